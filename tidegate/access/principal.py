@@ -1,0 +1,69 @@
+"""Who is asking, and what they may do right now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tidegate.access.scopes import ROLE_ADMIN, expand, role_permissions
+from tidegate.errors import Forbidden
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of one request, computed fresh from the database for that request.
+
+    `scopes` is already the intersection of the key's granted scopes with its creator's
+    current role permissions (or, for a browser session, the user's role permissions).
+    """
+
+    org_id: str
+    user_id: str
+    role: str
+    scopes: frozenset[str]
+    key_id: str | None = None
+    key_scopes: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def for_user(cls, org_id: str, user_id: str, role: str) -> "Principal":
+        perms = role_permissions(role)
+        return cls(org_id=org_id, user_id=user_id, role=role, scopes=perms)
+
+    @classmethod
+    def for_key(cls, org_id: str, user_id: str, role: str, key_id: str, granted: list[str]) -> "Principal":
+        key_scopes = expand(granted)
+        return cls(
+            org_id=org_id,
+            user_id=user_id,
+            role=role,
+            scopes=key_scopes & role_permissions(role),
+            key_id=key_id,
+            key_scopes=key_scopes,
+        )
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ROLE_ADMIN
+
+    @property
+    def actor_type(self) -> str:
+        return "api_key" if self.key_id else "user"
+
+    @property
+    def actor_id(self) -> str:
+        return self.key_id or self.user_id
+
+    def require(self, scope: str) -> None:
+        if scope in self.scopes:
+            return
+        if self.key_id and scope in self.key_scopes:
+            # The key was granted it, but its creator no longer holds it.
+            raise Forbidden(
+                "insufficient_scope",
+                f"This key's creator (role {self.role}) no longer has the '{scope}' permission; "
+                f"the key cannot use it.",
+            )
+        raise Forbidden("insufficient_scope", f"This request requires the '{scope}' scope.")
+
+    def missing(self, scopes: frozenset[str]) -> frozenset[str]:
+        """Those of `scopes` this principal does not hold now (so may not delegate)."""
+        return scopes - self.scopes

@@ -1,0 +1,81 @@
+"""The ASGI application."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tidegate import __version__
+from tidegate.api import audit, keys, org_settings, users
+from tidegate.api.middleware import RequestMiddleware
+from tidegate.api.responses import JSON, error_response, from_error
+from tidegate.audit.journal import Journal
+from tidegate.config import Settings, get_settings
+from tidegate.errors import TidegateError
+
+log = logging.getLogger("tidegate")
+
+HTTP_CODES = {
+    404: ("not_found_error", "route_not_found", "No such endpoint."),
+    405: ("invalid_request_error", "method_not_allowed", "This method is not allowed on this endpoint."),
+}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
+        parts.append(f"{loc or 'request'}: {err.get('msg')}")
+    return "; ".join(parts) or "Invalid request."
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    journal = Journal(settings.audit_dir, settings.database_url, fsync=os.environ.get("TIDEGATE_AUDIT_FSYNC") == "1")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        journal.flush()  # ship what a previous (possibly killed) process left behind
+        journal.start()
+        yield
+        journal.close()
+
+    app = FastAPI(
+        title="tidegate",
+        version=__version__,
+        default_response_class=JSON,
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.journal = journal
+
+    @app.exception_handler(TidegateError)
+    async def _tidegate_error(request: Request, exc: TidegateError):
+        return from_error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return error_response(400, "invalid_request_error", "invalid_parameters", _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        type_, code, message = HTTP_CODES.get(exc.status_code, ("api_error", "http_error", str(exc.detail)))
+        return error_response(exc.status_code, type_, code, message, headers=getattr(exc, "headers", None))
+
+    for module in (keys, users, org_settings, audit):
+        app.include_router(module.router, prefix="/api/v1")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return {"status": "ok", "version": __version__}
+
+    app.add_middleware(RequestMiddleware, journal=journal)
+    return app

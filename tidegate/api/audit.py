@@ -1,0 +1,39 @@
+"""/audit/events."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy.orm import Session
+
+from tidegate.access.principal import Principal
+from tidegate.api.deps import DB, require
+from tidegate.api.pagination import AfterQuery, cursor_page
+from tidegate.audit.query import event_view, list_events, parse_bound
+
+router = APIRouter(tags=["audit"])
+
+
+@router.get("/audit/events")
+def audit_events(
+    request: Request,
+    principal: Principal = require("admin:audit:read"),
+    session: Session = DB,
+    limit: int = Query(50, ge=1, le=100),
+    after: str | None = AfterQuery,
+    actor_id: str | None = Query(None, max_length=100),
+    key_id: str | None = Query(None, max_length=100),
+    action: str | None = Query(None, max_length=100),
+    target_id: str | None = Query(None, max_length=200),
+    start_date: str | None = Query(None, max_length=40, description="Alias: since"),
+    end_date: str | None = Query(None, max_length=40, description="Alias: until"),
+    since: str | None = Query(None, max_length=40),
+    until: str | None = Query(None, max_length=40),
+):
+    # Ship this process's journal first, so a caller sees its own earlier requests.
+    request.app.state.journal.flush()
+    rows = list_events(
+        session, principal.org_id, limit=limit, after=after, actor_id=actor_id, key_id=key_id, action=action,
+        target_id=target_id, since=parse_bound(since or start_date, "since", end=False),
+        until=parse_bound(until or end_date, "until", end=True),
+    )
+    return cursor_page(rows, limit, event_view)

@@ -1,0 +1,94 @@
+"""Per-request plumbing: a request id on every response, and the request audit event.
+
+A plain ASGI middleware (not BaseHTTPMiddleware) so that it adds no task or copy per
+request. The audit event is appended to the journal when the response *starts*, before
+any byte reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+
+from tidegate.api.deps import client_ip
+from tidegate.api.responses import error_response
+from tidegate.audit.journal import Journal
+from tidegate.audit.record import event_row
+
+log = logging.getLogger("tidegate.api")
+
+# First path segment under /api/v1 -> audit target type.
+TARGET_TYPES = {
+    "keys": "api_key", "users": "user", "sources": "source", "data": "source", "files": "file",
+    "access": "policy", "audit": "audit", "org": "organization", "connectors": "connector",
+}
+
+
+class RequestMiddleware:
+    def __init__(self, app, journal: Journal):
+        self.app = app
+        self.journal = journal
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = "req_" + uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = False
+
+        async def send_with_id(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                self._audit(scope, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            if started:
+                raise
+            response = error_response(500, "api_error", "internal_error",
+                                      f"Internal error; quote request id {request_id} when reporting it.")
+            await response(scope, receive, send_with_id)
+
+    def _audit(self, scope, status: int) -> None:
+        state = scope.get("state", {})
+        who = state.get("audit_key")
+        if who is None:
+            return  # no key identified: nothing to attribute the request to
+        request = Request(scope)
+        route = scope.get("route")
+        path_params = scope.get("path_params") or {}
+        target_type, target_id = state.get("audit_target") or (None, None)
+        if target_type is None:
+            parts = scope["path"].split("/")
+            target_type = TARGET_TYPES.get(parts[3] if len(parts) > 3 else "", None)
+            target_id = next(iter(path_params.values()), None) if path_params else None
+        details = {
+            "operation": getattr(route, "name", None),
+            "creator_user_id": who["user_id"],
+            **state.get("audit_details", {}),
+        }
+        self.journal.append(event_row(
+            org_id=who["org_id"],
+            actor_type="api_key",
+            actor_id=who["key_id"],
+            key_id=who["key_id"],
+            action=state.get("audit_action", "api.request"),
+            target_type=target_type,
+            target_id=str(target_id) if target_id is not None else None,
+            method=scope["method"],
+            path=scope["path"],  # never the query string: it could carry anything
+            status=status,
+            ip_address=client_ip(request),
+            user_agent=(request.headers.get("user-agent") or "")[:500] or None,
+            request_id=state.get("request_id"),
+            details=details,
+        ))

@@ -1,0 +1,38 @@
+"""/org/settings: admin controls (a tidegate extension)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session
+
+from tidegate.access.principal import Principal
+from tidegate.api.deps import DB, request_context, require
+from tidegate.orgs import service
+from tidegate.orgs.models import Organization
+
+router = APIRouter(tags=["organization"])
+
+
+class SettingsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_key_creation_enabled: bool | None = None
+
+
+def settings_view(org: Organization) -> dict:
+    return {"org_id": org.id, "name": org.name, "api_key_creation_enabled": org.api_key_creation_enabled}
+
+
+@router.get("/org/settings")
+def get_settings(principal: Principal = require("admin:org:read"), session: Session = DB):
+    return settings_view(service.get_org(session, principal.org_id))
+
+
+@router.patch("/org/settings")
+def update_settings(body: SettingsUpdate, request: Request,
+                    principal: Principal = require("admin:org:write"), session: Session = DB):
+    org = service.get_org(session, principal.org_id)
+    service.update_settings(session, principal, org, api_key_creation_enabled=body.api_key_creation_enabled,
+                            context=request_context(request))
+    return settings_view(org)

@@ -1,0 +1,66 @@
+"""Listing audit events, newest first, with filters."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tidegate.audit.models import AuditEvent
+from tidegate.db.base import isoformat
+from tidegate.errors import InvalidRequest
+
+
+def parse_bound(value: str | None, name: str, *, end: bool) -> datetime | None:
+    """ISO-8601 datetime, or a date (a whole day: an end date includes that day)."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            moment = datetime.combine(day + timedelta(days=1) if end else day, time(), timezone.utc)
+            return moment
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest("invalid_date", f"{name} must be an ISO-8601 date or datetime, got {value!r}.") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def list_events(
+    session: Session, org_id: str, *, limit: int, after: str | None = None, actor_id: str | None = None,
+    key_id: str | None = None, action: str | None = None, target_id: str | None = None,
+    since: datetime | None = None, until: datetime | None = None,
+) -> list[AuditEvent]:
+    query = select(AuditEvent).where(AuditEvent.org_id == org_id)
+    for column, value in ((AuditEvent.actor_id, actor_id), (AuditEvent.key_id, key_id),
+                          (AuditEvent.action, action), (AuditEvent.target_id, target_id)):
+        if value is not None:
+            query = query.where(column == value)
+    if since is not None:
+        query = query.where(AuditEvent.timestamp >= since)
+    if until is not None:
+        query = query.where(AuditEvent.timestamp < until)
+    if after:
+        query = query.where(AuditEvent.id < after)
+    return list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
+
+
+def event_view(event: AuditEvent) -> dict:
+    return {
+        "id": event.id,
+        "actor_id": event.actor_id,
+        "actor_type": event.actor_type,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "timestamp": isoformat(event.timestamp),
+        "ip_address": event.ip_address,
+        "key_id": event.key_id,
+        "method": event.method,
+        "path": event.path,
+        "status": event.status,
+        "user_agent": event.user_agent,
+        "request_id": event.request_id,
+        "details": event.details,
+    }

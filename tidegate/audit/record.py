@@ -1,0 +1,94 @@
+"""Writing audit events.
+
+Lifecycle and admin events are inserted in the same transaction as the change they
+describe: the change and its record commit together or not at all. Request events go
+through the journal (audit.journal) so that recording never waits on the database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from tidegate.access.principal import Principal
+from tidegate.audit.models import AuditEvent
+from tidegate.db.base import utcnow
+from tidegate.ids import new_id
+
+
+def event_row(
+    *,
+    org_id: str,
+    actor_type: str,
+    actor_id: str,
+    action: str,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    key_id: str | None = None,
+    details: dict | None = None,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+    request_id: str | None = None,
+    method: str | None = None,
+    path: str | None = None,
+    status: int | None = None,
+    timestamp: datetime | None = None,
+    id: str | None = None,
+) -> dict:
+    return {
+        "id": id or new_id("evt"),
+        "org_id": org_id,
+        "timestamp": timestamp or utcnow(),
+        "actor_type": actor_type,
+        "actor_id": actor_id,
+        "action": action,
+        "target_type": target_type,
+        "target_id": target_id,
+        "key_id": key_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "ip_address": ip_address,
+        "user_agent": user_agent,
+        "request_id": request_id,
+        "details": details,
+    }
+
+
+def record(
+    session: Session,
+    actor: Principal | None,
+    action: str,
+    *,
+    org_id: str,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    details: dict | None = None,
+    context: "RequestContext | None" = None,
+) -> None:
+    """Add one event to the caller's transaction. `actor` None means the operator CLI."""
+    session.add(AuditEvent(**event_row(
+        org_id=org_id,
+        actor_type=actor.actor_type if actor else "system",
+        actor_id=actor.actor_id if actor else "cli",
+        key_id=actor.key_id if actor else None,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        details=details,
+        ip_address=context.ip if context else None,
+        user_agent=context.user_agent if context else None,
+        request_id=context.request_id if context else None,
+    )))
+
+
+class RequestContext:
+    """Where a change came from, for its audit event."""
+
+    __slots__ = ("ip", "user_agent", "request_id")
+
+    def __init__(self, ip: str | None, user_agent: str | None, request_id: str | None):
+        self.ip = ip
+        self.user_agent = user_agent
+        self.request_id = request_id

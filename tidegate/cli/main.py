@@ -1,0 +1,297 @@
+"""The `tidegate` operator CLI: setup, serving, and console-style user and key admin.
+
+It works on the database directly (it is the operator's tool, like a console), but every
+change goes through the same services, rules and audit records as the API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from contextlib import contextmanager
+
+import typer
+from sqlalchemy import select
+
+from tidegate.access.principal import Principal
+from tidegate.access.scopes import PRESETS, preset_scopes
+from tidegate.config import get_settings
+from tidegate.credentials import service as keys_service
+from tidegate.db.base import isoformat, utcnow
+from tidegate.db.engine import migrate, session_scope
+from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.orgs import service as orgs
+from tidegate.orgs.models import Organization
+
+app = typer.Typer(help="tidegate: governed, auditable API keys for your organization's data.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage users (operator console).", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys (operator console).", no_args_is_help=True)
+org_app = typer.Typer(help="Organization admin controls.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+app.add_typer(org_app, name="org")
+
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+def emit(as_json: bool, payload: dict | list, human: str) -> None:
+    typer.echo(json.dumps(payload, indent=2) if as_json else human)
+
+
+@contextmanager
+def database(as_json: bool = False):
+    """A migrated database transaction; service errors become a clean non-zero exit."""
+    settings = get_settings()
+    migrate(settings.database_url)
+    try:
+        with session_scope(settings.database_url) as session:
+            yield settings, session
+    except TidegateError as exc:
+        if as_json:
+            typer.echo(json.dumps(exc.body()), err=True)
+        else:
+            typer.echo(f"error: {exc.message} ({exc.code})", err=True)
+        raise typer.Exit(code=1) from None
+
+
+@app.command()
+def init(
+    org_name: str = typer.Option("Default", "--org-name", help="Name of the organization to create."),
+    admin_email: str = typer.Option("admin@example.com", "--admin-email"),
+    admin_password: str | None = typer.Option(None, "--admin-password", help="Generated and printed if omitted."),
+    if_needed: bool = typer.Option(False, "--if-needed", help="Do nothing if any organization exists."),
+    as_json: bool = JsonOpt,
+):
+    """Create an organization, its first admin, and one Full Access key (shown once)."""
+    with database(as_json) as (settings, session):
+        if if_needed and session.scalar(select(Organization.id).limit(1)):
+            emit(as_json, {"initialized": False}, "Already initialized; nothing to do.")
+            return
+        generated = admin_password is None
+        password = admin_password or secrets.token_urlsafe(15)
+        created = orgs.create_organization(session, org_name, admin_email, password)
+        admin = Principal.for_user(created.org.id, created.admin.id, created.admin.role)
+        key = keys_service.create_key(
+            session, admin,
+            keys_service.KeyRequest(name="Initial admin key", scopes=preset_scopes("full_access", admin.role)),
+            pepper=settings.pepper, via="cli",
+        )
+    payload = {
+        "initialized": True,
+        "org_id": created.org.id,
+        "org_name": created.org.name,
+        "admin_user_id": created.admin.id,
+        "admin_email": created.admin.email,
+        "key_id": key.key.id,
+        "key": key.secret,
+    }
+    if generated:
+        payload["admin_password"] = password
+    emit(as_json, payload, "\n".join([
+        f"Organization  {created.org.name}  ({created.org.id})",
+        f"Admin         {created.admin.email}  ({created.admin.id})",
+        *([f"Password      {password}   (generated; shown once)"] if generated else []),
+        f"API key       {key.secret}",
+        "              Shown once: copy it now. It is stored only as a keyed hash.",
+        "",
+        "Try it:",
+        f"  curl -H 'Authorization: Bearer {key.secret}' -H 'X-Tenant-ID: {created.org.id}' \\",
+        "       http://127.0.0.1:8000/api/v1/keys",
+    ]))
+
+
+@app.command()
+def migrate_db():
+    """Bring the database schema up to date."""
+    migrate(get_settings().database_url)
+    typer.echo("Database is up to date.")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    workers: int = typer.Option(1, "--workers", min=1, max=64),
+):
+    """Run the HTTP server."""
+    import uvicorn
+
+    settings = get_settings()
+    migrate(settings.database_url)
+    if workers > 1 and not settings.redis_url:
+        typer.echo("warning: without TIDEGATE_REDIS_URL, rate limits are counted per worker process.", err=True)
+    forwarded = ",".join(settings.trusted_proxies) or None
+    uvicorn.run(
+        "tidegate.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        # Only believe X-Forwarded-For from configured proxies (default: none).
+        proxy_headers=False,
+        forwarded_allow_ips=forwarded,
+        server_header=False,
+        log_level=os.environ.get("TIDEGATE_LOG_LEVEL", "info"),
+        access_log=os.environ.get("TIDEGATE_ACCESS_LOG", "1") == "1",
+    )
+
+
+# -- users -------------------------------------------------------------------------------
+
+
+def _user_payload(user) -> dict:
+    return {"id": user.id, "org_id": user.org_id, "email": user.email, "role": user.role, "is_active": user.is_active}
+
+
+@users_app.command("create")
+def users_create(
+    org: str = typer.Option(..., "--org", help="Organization id or name."),
+    email: str = typer.Option(..., "--email"),
+    role: str = typer.Option("member", "--role", help="admin or member"),
+    password: str | None = typer.Option(None, "--password"),
+    as_json: bool = JsonOpt,
+):
+    with database(as_json) as (_, session):
+        organization = orgs.find_org(session, org)
+        user = orgs.create_user(session, None, organization.id, email=email, role=role, password=password)
+        payload = _user_payload(user)
+    emit(as_json, payload, f"Created {user.role} {user.email} ({user.id}).")
+
+
+@users_app.command("set-role")
+def users_set_role(
+    org: str = typer.Option(..., "--org"),
+    email: str = typer.Option(..., "--email"),
+    role: str = typer.Option(..., "--role"),
+    as_json: bool = JsonOpt,
+):
+    with database(as_json) as (_, session):
+        organization = orgs.find_org(session, org)
+        user = orgs.get_user_by_email(session, organization.id, email)
+        orgs.update_user(session, None, user, role=role)
+        payload = _user_payload(user)
+    emit(as_json, payload, f"{user.email} is now {user.role}.")
+
+
+@users_app.command("deactivate")
+def users_deactivate(
+    org: str = typer.Option(..., "--org"),
+    email: str = typer.Option(..., "--email"),
+    as_json: bool = JsonOpt,
+):
+    with database(as_json) as (_, session):
+        organization = orgs.find_org(session, org)
+        user = orgs.get_user_by_email(session, organization.id, email)
+        orgs.deactivate_user(session, None, user)
+        payload = _user_payload(user)
+    emit(as_json, payload, f"Deactivated {user.email}; keys they created no longer work.")
+
+
+@users_app.command("list")
+def users_list(org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
+    with database(as_json) as (_, session):
+        organization = orgs.find_org(session, org)
+        users = orgs.list_users(session, organization.id, limit=10_000, after=None, external_id=None)
+        payload = [_user_payload(u) for u in users]
+    emit(as_json, payload, "\n".join(f"{u['id']}  {u['role']:6}  {u['email']}" for u in payload) or "No users.")
+
+
+# -- keys --------------------------------------------------------------------------------
+
+
+def _key_payload(key) -> dict:
+    return {
+        "id": key.id, "org_id": key.org_id, "name": key.name, "key_prefix": key.key_prefix,
+        "scopes": key.scopes, "status": key.status_at(utcnow()), "created_by": key.created_by,
+        "created_at": isoformat(key.created_at), "expires_at": isoformat(key.expires_at),
+        "last_used_at": isoformat(key.last_used_at), "last_used_ip": key.last_used_ip,
+    }
+
+
+@keys_app.command("create")
+def keys_create(
+    org: str = typer.Option(..., "--org"),
+    user: str = typer.Option(..., "--user", help="Email of the user the key acts for."),
+    name: str = typer.Option(..., "--name"),
+    preset: str | None = typer.Option(None, "--preset", help=" or ".join(PRESETS)),
+    scopes: str | None = typer.Option(None, "--scopes", help="Comma-separated scopes."),
+    expires_in_days: int | None = typer.Option(None, "--expires-in-days"),
+    as_json: bool = JsonOpt,
+):
+    """Create a key on behalf of a user; refused wherever the API would refuse that user."""
+    with database(as_json) as (settings, session):
+        organization = orgs.find_org(session, org)
+        owner = orgs.get_user_by_email(session, organization.id, user)
+        if not owner.is_active:
+            raise InvalidRequest("user_inactive", f"{owner.email} is deactivated.")
+        if (preset is None) == (scopes is None):
+            raise InvalidRequest("invalid_scopes", "Give exactly one of --preset or --scopes.")
+        principal = Principal.for_user(organization.id, owner.id, owner.role)
+        scope_list = preset_scopes(preset, owner.role) if preset else [s.strip() for s in scopes.split(",") if s.strip()]
+        created = keys_service.create_key(
+            session, principal,
+            keys_service.KeyRequest(name=name, scopes=scope_list, expires_in_days=expires_in_days),
+            pepper=settings.pepper, via="cli",
+        )
+        payload = {**_key_payload(created.key), "secret": created.secret}
+    emit(as_json, payload, f"{created.secret}\n(key {created.key.id}; shown once, copy it now)")
+
+
+@keys_app.command("list")
+def keys_list(org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
+    with database(as_json) as (_, session):
+        organization = orgs.find_org(session, org)
+        system = Principal.for_user(organization.id, "cli", "admin")
+        keys = keys_service.list_keys(session, system, limit=100_000, after=None)
+        payload = [_key_payload(k) for k in keys]
+    emit(as_json, payload, "\n".join(
+        f"{k['id']}  {k['key_prefix']}  {k['status']:8} {k['name']}" for k in payload) or "No keys.")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
+    with database(as_json) as (_, session):
+        organization = orgs.find_org(session, org)
+        system = Principal.for_user(organization.id, "cli", "admin")
+        key = keys_service.get_key(session, system, key_id)
+        keys_service.revoke_key(session, None, key, via="cli")
+        payload = {"id": key.id, "status": "revoked"}
+    emit(as_json, payload, f"Revoked {key.id}.")
+
+
+# -- organization ------------------------------------------------------------------------
+
+
+@org_app.command("settings")
+def org_settings(
+    org: str = typer.Option(..., "--org"),
+    api_key_creation: str | None = typer.Option(None, "--api-key-creation", help="on or off"),
+    as_json: bool = JsonOpt,
+):
+    """Show, or change, the organization's admin controls."""
+    with database(as_json) as (_, session):
+        organization = orgs.find_org(session, org)
+        if api_key_creation is not None:
+            if api_key_creation not in ("on", "off"):
+                raise InvalidRequest("invalid_value", "--api-key-creation takes on or off.")
+            orgs.update_settings(session, None, organization, api_key_creation_enabled=api_key_creation == "on")
+        payload = {"org_id": organization.id, "name": organization.name,
+                   "api_key_creation_enabled": organization.api_key_creation_enabled}
+    emit(as_json, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
+
+
+@org_app.command("list")
+def org_list(as_json: bool = JsonOpt):
+    with database(as_json) as (_, session):
+        payload = [{"id": o.id, "name": o.name} for o in session.scalars(select(Organization).order_by(Organization.id))]
+    emit(as_json, payload, "\n".join(f"{o['id']}  {o['name']}" for o in payload) or "No organizations.")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""API keys as stored: a keyed hash of the secret, never the secret itself."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tidegate.db.base import Base, UtcDateTime, utcnow
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    __table_args__ = (Index(None, "org_id", "id"), Index(None, "created_by"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    # HMAC-SHA256(pepper, secret), hex. The pepper lives outside the database.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(40))
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_used_ip: Mapped[str | None] = mapped_column(String(64))
+    rate_limit_per_minute: Mapped[int] = mapped_column(Integer, default=60)
+    ip_allowlist: Mapped[list[str] | None] = mapped_column(JSON)
+    source_scope: Mapped[dict | None] = mapped_column(JSON)
+    access_policy_ids: Mapped[list[str] | None] = mapped_column(JSON)
+    bound_user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
+
+    def status_at(self, now: datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"

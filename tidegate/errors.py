@@ -1,0 +1,51 @@
+"""Errors every layer raises and the API renders as `{"error": {type, code, message}}`.
+
+Services raise these directly, so a refusal reads the same whether it came through the
+API, the CLI or the web UI.
+"""
+
+from __future__ import annotations
+
+
+class TidegateError(Exception):
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(self, code: str, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"type": self.type, "code": self.code, "message": self.message}}
+
+
+class InvalidRequest(TidegateError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthenticated(TidegateError):
+    status = 401
+    type = "authentication_error"
+
+
+class Forbidden(TidegateError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(TidegateError):
+    status = 404
+    type = "not_found_error"
+
+
+class Conflict(TidegateError):
+    status = 409
+    type = "conflict_error"
+
+
+class RateLimited(TidegateError):
+    status = 429
+    type = "rate_limit_error"

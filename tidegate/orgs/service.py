@@ -1,0 +1,244 @@
+"""Organizations and users: creation, roles, deactivation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tidegate.access.principal import Principal
+from tidegate.access.scopes import ROLE_ADMIN, ROLES
+from tidegate.audit.record import RequestContext, record
+from tidegate.db.base import utcnow
+from tidegate.errors import Conflict, InvalidRequest, NotFound
+from tidegate.ids import new_id
+from tidegate.orgs.models import Organization, User
+from tidegate.orgs.passwords import hash_password
+
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+MIN_PASSWORD_LENGTH = 12
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if not EMAIL.match(email):
+        raise InvalidRequest("invalid_email", f"{email!r} is not an email address.")
+    return email
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidRequest("invalid_role", f"Unknown role {role!r}; use one of: {', '.join(ROLES)}.")
+    return role
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidRequest("weak_password", f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.")
+    return password
+
+
+@dataclass
+class NewOrganization:
+    org: Organization
+    admin: User
+
+
+def create_organization(session: Session, name: str, admin_email: str, admin_password: str | None) -> NewOrganization:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise InvalidRequest("invalid_name", "Organization name must be 1-200 characters.")
+    if session.scalar(select(Organization).where(func.lower(Organization.name) == name.lower())):
+        raise Conflict("organization_exists", f"An organization named {name!r} already exists.")
+    org = Organization(id=new_id("org"), name=name, api_key_creation_enabled=True)
+    session.add(org)
+    session.flush()
+    admin = User(
+        id=new_id("user"),
+        org_id=org.id,
+        email=normalize_email(admin_email),
+        role=ROLE_ADMIN,
+        password_hash=hash_password(check_password(admin_password)) if admin_password else None,
+        is_active=True,
+    )
+    session.add(admin)
+    session.flush()
+    record(session, None, "organization.created", org_id=org.id, target_type="organization", target_id=org.id,
+           details={"name": name, "admin_user_id": admin.id})
+    return NewOrganization(org=org, admin=admin)
+
+
+def get_org(session: Session, org_id: str) -> Organization:
+    org = session.get(Organization, org_id)
+    if org is None:
+        raise NotFound("organization_not_found", f"No organization {org_id!r}.")
+    return org
+
+
+def find_org(session: Session, id_or_name: str) -> Organization:
+    """Operator lookup for the CLI: an org id or an exact (case-insensitive) name."""
+    org = session.get(Organization, id_or_name) or session.scalar(
+        select(Organization).where(func.lower(Organization.name) == id_or_name.strip().lower())
+    )
+    if org is None:
+        raise NotFound("organization_not_found", f"No organization {id_or_name!r}.")
+    return org
+
+
+def get_user(session: Session, org_id: str, user_id: str, *, include_inactive: bool = False) -> User:
+    """By tidegate id or, as the Querri SDK allows, by external id."""
+    user = session.get(User, user_id)
+    if user is None or user.org_id != org_id:
+        user = session.scalar(select(User).where(User.org_id == org_id, User.external_id == user_id))
+    if user is None or (not user.is_active and not include_inactive):
+        raise NotFound("user_not_found", f"No user {user_id!r} in this organization.")
+    return user
+
+
+def get_user_by_email(session: Session, org_id: str, email: str) -> User:
+    user = session.scalar(select(User).where(User.org_id == org_id, User.email == normalize_email(email)))
+    if user is None:
+        raise NotFound("user_not_found", f"No user with email {email!r} in this organization.")
+    return user
+
+
+def list_users(session: Session, org_id: str, *, limit: int, after: str | None, external_id: str | None) -> list[User]:
+    query = select(User).where(User.org_id == org_id, User.is_active.is_(True))
+    if external_id is not None:
+        query = query.where(User.external_id == external_id)
+    if after:
+        query = query.where(User.id > after)
+    return list(session.scalars(query.order_by(User.id).limit(limit + 1)))
+
+
+def create_user(
+    session: Session,
+    actor: Principal | None,
+    org_id: str,
+    *,
+    email: str,
+    role: str,
+    first_name: str | None = None,
+    last_name: str | None = None,
+    external_id: str | None = None,
+    password: str | None = None,
+    context: RequestContext | None = None,
+) -> User:
+    email = normalize_email(email)
+    check_role(role)
+    if session.scalar(select(User.id).where(User.org_id == org_id, User.email == email)):
+        raise Conflict("user_exists", f"A user with email {email!r} already exists in this organization.")
+    if external_id is not None and session.scalar(
+        select(User.id).where(User.org_id == org_id, User.external_id == external_id)
+    ):
+        raise Conflict("external_id_exists", f"A user with external id {external_id!r} already exists.")
+    user = User(
+        id=new_id("user"),
+        org_id=org_id,
+        email=email,
+        role=role,
+        first_name=first_name,
+        last_name=last_name,
+        external_id=external_id,
+        password_hash=hash_password(check_password(password)) if password else None,
+        is_active=True,
+    )
+    session.add(user)
+    session.flush()
+    record(session, actor, "user.created", org_id=org_id, target_type="user", target_id=user.id,
+           details={"email": email, "role": role}, context=context)
+    return user
+
+
+def _active_admin_count(session: Session, org_id: str) -> int:
+    return session.scalar(
+        select(func.count()).select_from(User).where(
+            User.org_id == org_id, User.role == ROLE_ADMIN, User.is_active.is_(True)
+        )
+    ) or 0
+
+
+def _guard_last_admin(session: Session, user: User) -> None:
+    # An organization with no active admin could never be administered again.
+    if user.role == ROLE_ADMIN and _active_admin_count(session, user.org_id) <= 1:
+        raise Conflict("last_admin", "This is the organization's only active admin; promote another user first.")
+
+
+def update_user(
+    session: Session,
+    actor: Principal | None,
+    user: User,
+    *,
+    role: str | None = None,
+    first_name: str | None = None,
+    last_name: str | None = None,
+    context: RequestContext | None = None,
+) -> User:
+    changes: dict[str, dict] = {}
+    if role is not None and role != user.role:
+        check_role(role)
+        _guard_last_admin(session, user)
+        changes["role"] = {"old": user.role, "new": role}
+        user.role = role
+    for field, value in (("first_name", first_name), ("last_name", last_name)):
+        if value is not None and value != getattr(user, field):
+            changes[field] = {"old": getattr(user, field), "new": value}
+            setattr(user, field, value)
+    if changes:
+        action = "user.role_changed" if "role" in changes else "user.updated"
+        record(session, actor, action, org_id=user.org_id, target_type="user", target_id=user.id,
+               details=changes, context=context)
+    return user
+
+
+def deactivate_user(session: Session, actor: Principal | None, user: User, *, context: RequestContext | None = None) -> User:
+    """Deactivated users cannot sign in, and every key they created stops working."""
+    if not user.is_active:
+        return user
+    _guard_last_admin(session, user)
+    user.is_active = False
+    user.deactivated_at = utcnow()
+    record(session, actor, "user.deactivated", org_id=user.org_id, target_type="user", target_id=user.id,
+           details={"email": user.email}, context=context)
+    return user
+
+
+def get_or_create_external(
+    session: Session, actor: Principal, org_id: str, external_id: str, *, email: str | None, role: str,
+    first_name: str | None, last_name: str | None, context: RequestContext | None = None,
+) -> tuple[User, bool]:
+    existing = session.scalar(select(User).where(User.org_id == org_id, User.external_id == external_id))
+    if existing is not None:
+        if not existing.is_active:
+            raise Conflict("user_inactive", f"The user with external id {external_id!r} is deactivated.")
+        return existing, False
+    if not email:
+        raise InvalidRequest("missing_field", "email is required to create a user.")
+    user = create_user(session, actor, org_id, email=email, role=role, first_name=first_name,
+                       last_name=last_name, external_id=external_id, context=context)
+    return user, True
+
+
+def unlink_external_id(session: Session, actor: Principal, org_id: str, external_id: str,
+                       *, context: RequestContext | None = None) -> User:
+    user = session.scalar(select(User).where(User.org_id == org_id, User.external_id == external_id))
+    if user is None:
+        raise NotFound("user_not_found", f"No user with external id {external_id!r}.")
+    user.external_id = None
+    record(session, actor, "user.external_id_removed", org_id=org_id, target_type="user", target_id=user.id,
+           details={"external_id": external_id}, context=context)
+    return user
+
+
+def update_settings(session: Session, actor: Principal | None, org: Organization, *,
+                    api_key_creation_enabled: bool | None, context: RequestContext | None = None) -> Organization:
+    changes = {}
+    if api_key_creation_enabled is not None and api_key_creation_enabled != org.api_key_creation_enabled:
+        changes["api_key_creation_enabled"] = {"old": org.api_key_creation_enabled, "new": api_key_creation_enabled}
+        org.api_key_creation_enabled = api_key_creation_enabled
+    if changes:
+        record(session, actor, "org.settings_updated", org_id=org.id, target_type="organization",
+               target_id=org.id, details=changes, context=context)
+    return org
