@@ -40,7 +40,7 @@ def _unavailable(what: str, exc: Exception):
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
+def postgresql_url():
     """A throwaway database on the PostgreSQL server, migrated, dropped afterwards."""
     name = f"tidegate_test_{uuid.uuid4().hex[:10]}"
     try:
@@ -83,7 +83,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 @pytest.fixture
 def client(settings):
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as test_client:
         yield test_client
 
 

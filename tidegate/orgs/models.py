@@ -18,6 +18,8 @@ class Organization(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     # Admin controls. Safe defaults: creation on (the product's purpose), checked live.
     api_key_creation_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Row-level security: users to whom no access policy applies see no rows (off: all rows).
+    deny_by_default: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class User(Base):

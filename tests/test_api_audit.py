@@ -1,0 +1,116 @@
+"""Audit: lifecycle events, request events, filters, pagination, isolation, no secrets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def events(client, org, key=None, **params):
+    r = client.get("/api/v1/audit/events", params={"limit": 100} | params, headers=org.headers(key))
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
+
+
+def test_key_lifecycle_is_audited(client, org):
+    created = client.post("/api/v1/keys", json={"name": "bi", "scopes": ["data:read"]}, headers=org.headers()).json()
+    client.patch(f"/api/v1/keys/{created['id']}", json={"name": "bi-2"}, headers=org.headers())
+    client.delete(f"/api/v1/keys/{created['id']}", headers=org.headers())
+    mine = events(client, org, target_id=created["id"])
+    actions = [e["action"] for e in mine]
+    assert {"api_key.created", "api_key.renamed", "api_key.revoked"} <= set(actions)
+    renamed = next(e for e in mine if e["action"] == "api_key.renamed")
+    assert renamed["details"] == {"old": "bi", "new": "bi-2"}
+    admin_key_id = next(e["actor_id"] for e in mine if e["action"] == "api_key.revoked")
+    assert admin_key_id.startswith("key_")
+    assert all(e["actor_type"] == "api_key" for e in mine)
+
+
+def test_every_request_with_a_key_is_audited(client, org):
+    key = org.key_for(org.admin_id, name="reader", scopes=["admin:users:read"])
+    ok = client.get(f"/api/v1/users/{org.admin_id}", headers={**org.headers(key), "User-Agent": "pytest-agent/1"})
+    denied = client.get("/api/v1/keys", headers=org.headers(key))
+    assert ok.status_code == 200 and denied.status_code == 403
+    key_id = next(e for e in events(client, org, action="api_key.created") if e["details"]["name"] == "reader")["target_id"]
+    requests = events(client, org, key_id=key_id, action="api.request")
+    by_request = {e["request_id"]: e for e in requests}
+    first = by_request[ok.headers["x-request-id"]]
+    assert first["method"] == "GET" and first["path"] == f"/api/v1/users/{org.admin_id}"
+    assert first["status"] == 200 and first["target_type"] == "user" and first["target_id"] == org.admin_id
+    assert first["ip_address"] == "127.0.0.1" and first["user_agent"] == "pytest-agent/1"
+    assert first["actor_type"] == "api_key" and first["actor_id"] == key_id
+    assert by_request[denied.headers["x-request-id"]]["status"] == 403
+
+
+def test_refused_keys_are_still_audited(client, org):
+    key = org.key_for(org.admin_id, name="soon-revoked")
+    key_id = next(e for e in events(client, org, action="api_key.created")
+                  if e["details"]["name"] == "soon-revoked")["target_id"]
+    client.delete(f"/api/v1/keys/{key_id}", headers=org.headers())
+    refused = client.get("/api/v1/keys", headers=org.headers(key))
+    assert refused.status_code == 401
+    statuses = [e["status"] for e in events(client, org, key_id=key_id, action="api.request")]
+    assert 401 in statuses
+
+
+def test_last_used_is_recorded(client, org):
+    key = org.key_for(org.admin_id, name="used")
+    before = [k for k in client.get("/api/v1/keys", headers=org.headers()).json()["data"] if k["name"] == "used"][0]
+    assert before["last_used_at"] is None
+    client.get("/api/v1/keys", headers=org.headers(key))
+    client.app.state.journal.flush()
+    after = client.get(f"/api/v1/keys/{before['id']}", headers=org.headers()).json()
+    assert after["last_used_at"] is not None and after["last_used_ip"] == "127.0.0.1"
+
+
+def test_filters_and_cursor(client, org):
+    for i in range(5):
+        client.get("/api/v1/keys", headers=org.headers())
+    all_events = events(client, org, action="api.request")
+    assert len(all_events) >= 5
+    ids = [e["id"] for e in all_events]
+    assert ids == sorted(ids, reverse=True)  # newest first
+    seen, after = [], None
+    while True:
+        page = client.get("/api/v1/audit/events", params={"limit": 2, "action": "api.request"} |
+                          ({"after": after} if after else {}), headers=org.headers()).json()
+        seen += [e["id"] for e in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["next_cursor"]
+    assert len(seen) == len(set(seen)) >= 5
+    newest = all_events[0]["timestamp"]
+    assert events(client, org, since="2999-01-01") == []
+    assert events(client, org, until="2000-01-01") == []
+    assert events(client, org, start_date=newest[:10], action="api.request")
+    assert events(client, org, actor_id="key_nobody") == []
+
+
+@pytest.mark.parametrize("params", [{"since": "yesterday"}, {"end_date": "2026-13-45"}, {"limit": 0}, {"limit": 1000}])
+def test_bad_filters_are_400(client, org, params):
+    r = client.get("/api/v1/audit/events", params=params, headers=org.headers())
+    assert r.status_code == 400
+
+
+def test_audit_is_org_isolated_and_admin_only(client, make_org):
+    a, b = make_org(), make_org()
+    client.get("/api/v1/keys", headers=a.headers())
+    assert all(e["id"] for e in events(client, b))
+    a_ids = {e["id"] for e in events(client, a)}
+    assert a_ids and not (a_ids & {e["id"] for e in events(client, b)})
+    member = a.add_user("m@example.com")
+    r = client.get("/api/v1/audit/events", headers=a.headers(a.key_for(member)))
+    assert r.status_code == 403
+
+
+def test_no_secret_in_audit_or_journal(client, org, settings):
+    created = client.post("/api/v1/keys", json={"name": "s", "scopes": ["data:read"]}, headers=org.headers()).json()
+    secret = created["secret"]
+    client.get("/api/v1/keys", headers=org.headers(secret))
+    client.get("/api/v1/keys?token=" + secret, headers=org.headers())
+    # Before shipping, the journal files must not hold it either.
+    journal_text = b"".join(p.read_bytes() for p in settings.audit_dir.glob("*.jsonl"))
+    assert secret.encode() not in journal_text
+    everything = json.dumps(events(client, org))
+    assert secret not in everything and org.admin_key not in everything
