@@ -108,7 +108,8 @@ class Server:
                 self._wait_healthy(timeout)
                 return self
             except _ExitedEarly:
-                self.proc = None
+                dead, self.proc = self.proc, None
+                _reap_group(dead.pid)
                 if "address already in use" in self.log_path.read_text(errors="replace").lower() and attempt < 2:
                     self.port = 0  # lost the free-port race; pick another
                     continue
@@ -425,3 +426,21 @@ class WorkerPool:
     def close(self) -> None:
         for conn in self.connections.values():
             conn.close()
+
+
+# -- external services ---------------------------------------------------------------------
+
+PG_URL = os.environ.get("TIDEGATE_TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TIDEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def unavailable(what: str, exc: Exception):
+    """Skip, loudly, when a service is missing -- but fail under CI=true, which must run it."""
+    import pytest
+
+    message = f"{what} unavailable ({exc.__class__.__name__}: {exc}); this test is SKIPPED"
+    if IN_CI:
+        pytest.fail(f"{message} -- but CI=true requires it", pytrace=False)
+    print(f"\n*** {message} ***")
+    pytest.skip(message)

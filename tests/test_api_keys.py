@@ -68,6 +68,7 @@ def test_member_full_access_preset_is_what_the_member_holds(client, org):
     ({"scopes": ["data:read"], "source_scope": {"mode": "some"}}, "invalid_source_scope"),
     ({"scopes": ["data:read"], "source_scope": {"mode": "selected", "source_ids": []}}, "invalid_source_scope"),
     ({"scopes": ["data:read"], "bound_user_id": "user_nobody"}, "invalid_bound_user"),
+    ({"scopes": ["data:read"], "access_policy_ids": ["pol_nobody"]}, "invalid_policy_ids"),
     ({"scopes": ["data:read"], "name": "   "}, "invalid_name"),
     ({"scopes": ["data:read"], "surprise": 1}, "invalid_parameters"),
     ({"scopes": "data:read"}, "invalid_parameters"),
@@ -94,15 +95,17 @@ def test_unknown_scope_message_names_it(client, org):
 
 def test_valid_options_are_stored(client, org):
     other = org.add_user("bound@example.com")
+    policy = client.post("/api/v1/access/policies", json={"name": "eu", "row_filters": [{"column": "region", "values": ["EU"]}]},
+                         headers=org.headers()).json()["id"]
     r = create(client, org, scopes=["data:read"], rate_limit_per_minute=10_000, ip_allowlist=["10.1.2.3", "10.0.0.0/8"],
-               source_scope={"mode": "selected", "source_ids": ["src_b", "src_a"]}, access_policy_ids=["pol_1"],
+               source_scope={"mode": "selected", "source_ids": ["src_b", "src_a"]}, access_policy_ids=[policy],
                bound_user_id=other)
     assert r.status_code == 201, r.text
     got = client.get(f"/api/v1/keys/{r.json()['id']}", headers=org.headers()).json()
     assert got["rate_limit_per_minute"] == 10_000
     assert got["ip_allowlist"] == ["10.1.2.3/32", "10.0.0.0/8"]
     assert got["source_scope"] == {"mode": "selected", "source_ids": ["src_a", "src_b"]}
-    assert got["access_policy_ids"] == ["pol_1"] and got["bound_user_id"] == other
+    assert got["access_policy_ids"] == [policy] and got["bound_user_id"] == other
 
 
 def test_member_cannot_grant_scopes_they_lack(client, org):

@@ -8,15 +8,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidegate import __version__
-from tidegate.api import audit, keys, org_settings, users
+from tidegate.api import audit, keys, org_settings, policies, users
 from tidegate.api.middleware import RequestMiddleware
 from tidegate.api.responses import JSON, error_response, from_error
 from tidegate.audit.journal import Journal
 from tidegate.config import Settings, get_settings
 from tidegate.errors import TidegateError
+from tidegate.web import routes as web
 
 log = logging.getLogger("tidegate")
 
@@ -61,6 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _tidegate_error(request: Request, exc: TidegateError):
         return from_error(exc)
 
+    @app.exception_handler(IntegrityError)
+    async def _integrity_error(request: Request, exc: IntegrityError):
+        # Two concurrent writes raced past a uniqueness check; the database kept one.
+        return error_response(409, "conflict_error", "conflict", "A conflicting change was made at the same time; retry.")
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         return error_response(400, "invalid_request_error", "invalid_parameters", _validation_message(exc))
@@ -70,8 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         type_, code, message = HTTP_CODES.get(exc.status_code, ("api_error", "http_error", str(exc.detail)))
         return error_response(exc.status_code, type_, code, message, headers=getattr(exc, "headers", None))
 
-    for module in (keys, users, org_settings, audit):
+    for module in (keys, users, org_settings, audit, policies):
         app.include_router(module.router, prefix="/api/v1")
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():

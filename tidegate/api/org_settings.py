@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
+from tidegate.access import policies
 from tidegate.access.principal import Principal
 from tidegate.api.deps import DB, request_context, require
 from tidegate.orgs import service
@@ -18,10 +19,16 @@ class SettingsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     api_key_creation_enabled: bool | None = None
+    deny_by_default: bool | None = None
 
 
 def settings_view(org: Organization) -> dict:
-    return {"org_id": org.id, "name": org.name, "api_key_creation_enabled": org.api_key_creation_enabled}
+    return {
+        "org_id": org.id,
+        "name": org.name,
+        "api_key_creation_enabled": org.api_key_creation_enabled,
+        "deny_by_default": org.deny_by_default,
+    }
 
 
 @router.get("/org/settings")
@@ -33,6 +40,9 @@ def get_settings(principal: Principal = require("admin:org:read"), session: Sess
 def update_settings(body: SettingsUpdate, request: Request,
                     principal: Principal = require("admin:org:write"), session: Session = DB):
     org = service.get_org(session, principal.org_id)
+    context = request_context(request)
     service.update_settings(session, principal, org, api_key_creation_enabled=body.api_key_creation_enabled,
-                            context=request_context(request))
+                            context=context)
+    if body.deny_by_default is not None:
+        policies.set_deny_by_default(session, principal, org, body.deny_by_default, context=context)
     return settings_view(org)

@@ -9,6 +9,7 @@ from datetime import timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from tidegate.access.policies import validate_policy_ids
 from tidegate.access.principal import Principal
 from tidegate.access.scopes import expand, validate_scopes
 from tidegate.audit.record import RequestContext, record
@@ -115,9 +116,9 @@ def create_key(
         bound_user_id = bound.id
     policy_ids = None
     if request.access_policy_ids is not None:
-        if not all(isinstance(p, str) and p for p in request.access_policy_ids):
-            raise InvalidRequest("invalid_access_policy_ids", "access_policy_ids must be a list of policy ids.")
-        policy_ids = sorted(set(request.access_policy_ids))
+        # Every id must name a policy of this organization now; a key's own policies can
+        # only narrow what it reads, and an unknown id would silently deny everything.
+        policy_ids = sorted(set(validate_policy_ids(session, creator.org_id, request.access_policy_ids)))
 
     secret = generate_key()
     key = ApiKey(
@@ -206,3 +207,62 @@ def revoke_key(session: Session, principal: Principal | None, key: ApiKey, *,
         record(session, principal, "api_key.revoked", org_id=key.org_id, target_type="api_key", target_id=key.id,
                details={"name": key.name, "key_prefix": key.key_prefix, "via": via}, context=context)
     return key
+
+
+MAX_ROTATION_GRACE = timedelta(days=30)
+
+
+def rotate_key(
+    session: Session, principal: Principal, key: ApiKey, *, grace: timedelta, pepper: bytes,
+    context: RequestContext | None = None, via: str = "api",
+) -> CreatedKey:
+    """Replace `key` with a new key of the same settings, and retire the old one.
+
+    The replacement has the old key's name, scopes, rate limit, IP allowlist, source scope,
+    access policies, bound user and lifetime (counted from now). With `grace` zero the old
+    key is revoked at once; otherwise its `expires_at` is set to now + grace (never later
+    than it already was), so it keeps working for the grace period and is then refused
+    with the ordinary `api_key_expired` error. Only the key's own creator may rotate it: a
+    replacement made by someone else would act with that person's permissions.
+    """
+    now = utcnow()
+    if key.created_by != principal.user_id:
+        raise Forbidden("not_key_owner", "Only the user who created a key can rotate it; revoke it instead.")
+    if key.status_at(now) != "active":
+        raise InvalidRequest("api_key_not_active", "Only an active key can be rotated.")
+    if not timedelta(0) <= grace <= MAX_ROTATION_GRACE:
+        raise InvalidRequest("invalid_grace_period", "The grace period must be between 0 and 30 days.")
+    lifetime_days = None
+    if key.expires_at is not None:
+        lifetime_days = max(1, min(MAX_EXPIRY_DAYS, round((key.expires_at - key.created_at) / timedelta(days=1))))
+    created = create_key(
+        session, principal,
+        KeyRequest(
+            name=key.name,
+            scopes=list(key.scopes),
+            expires_in_days=lifetime_days,
+            rate_limit_per_minute=key.rate_limit_per_minute,
+            ip_allowlist=list(key.ip_allowlist) if key.ip_allowlist is not None else None,
+            source_scope=dict(key.source_scope) if key.source_scope is not None else None,
+            access_policy_ids=list(key.access_policy_ids) if key.access_policy_ids is not None else None,
+            bound_user_id=key.bound_user_id,
+        ),
+        pepper=pepper, context=context, via=via,
+    )
+    record(session, principal, "api_key.rotated", org_id=key.org_id, target_type="api_key", target_id=key.id,
+           details={"name": key.name, "key_prefix": key.key_prefix, "replacement_key_id": created.key.id,
+                    "grace_seconds": int(grace.total_seconds()), "via": via},
+           context=context)
+    if grace == timedelta(0):
+        revoke_key(session, principal, key, context=context, via=via)
+    else:
+        retire_at = now + grace
+        if key.expires_at is None or retire_at < key.expires_at:
+            old = key.expires_at
+            key.expires_at = retire_at
+            record(session, principal, "api_key.expiry_scheduled", org_id=key.org_id, target_type="api_key",
+                   target_id=key.id,
+                   details={"old": old.isoformat() if old else None, "new": retire_at.isoformat(),
+                            "reason": "rotation", "via": via},
+                   context=context)
+    return created

@@ -1,0 +1,213 @@
+"""/access/policies, /access/users/{id}/policies, /access/groups (tidegate extension)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from tidegate.access import policies as service
+from tidegate.access.principal import Principal
+from tidegate.api.deps import DB, request_context, require, set_audit_target
+from tidegate.api.pagination import AfterQuery, cursor_page
+
+router = APIRouter(tags=["access policies"])
+READ = require("admin:policies:read")
+WRITE = require("admin:policies:write")
+
+
+class PolicyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str | None = None
+    source_ids: list[str] | None = None
+    row_filters: list[dict[str, Any]] | None = None
+
+
+class PolicyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    description: str | None = None
+    source_ids: list[str] | None = None
+    row_filters: list[dict[str, Any]] | None = None
+
+
+class UserIds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: list[str] = Field(max_length=1000)
+
+
+class PolicyIds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy_ids: list[str] = Field(max_length=1000)
+
+
+class GroupCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str | None = None
+
+
+class GroupUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    description: str | None = None
+
+
+def _changes(body: BaseModel) -> dict[str, Any]:
+    """Only the fields the client sent (PATCH semantics)."""
+    return {name: getattr(body, name) for name in body.model_fields_set}
+
+
+def _policy_detail(session: Session, policy) -> dict:
+    user_ids = service.policy_user_ids(session, policy.id)
+    return service.policy_view(policy, user_count=len(user_ids), user_ids=user_ids)
+
+
+@router.get("/access/policies")
+def list_policies(
+    principal: Principal = READ,
+    session: Session = DB,
+    limit: int = Query(25, ge=1, le=200),
+    after: str | None = AfterQuery,
+    name: str | None = Query(None, max_length=200, description="Exact name"),
+):
+    rows = service.list_policies(session, principal.org_id, limit=limit, after=after, name=name)
+    counts = service.policy_user_counts(session, [p.id for p in rows[:limit]])
+    return cursor_page(rows, limit, lambda p: service.policy_view(p, user_count=counts.get(p.id, 0)))
+
+
+@router.post("/access/policies", status_code=201)
+def create_policy(body: PolicyCreate, request: Request, principal: Principal = WRITE, session: Session = DB):
+    policy = service.create_policy(session, principal, principal.org_id, name=body.name, description=body.description,
+                                   source_ids=body.source_ids, row_filters=body.row_filters,
+                                   context=request_context(request))
+    set_audit_target(request, "access_policy", policy.id)
+    return _policy_detail(session, policy)
+
+
+@router.get("/access/policies/{policy_id}")
+def get_policy(policy_id: str, principal: Principal = READ, session: Session = DB):
+    return _policy_detail(session, service.get_policy(session, principal.org_id, policy_id))
+
+
+@router.patch("/access/policies/{policy_id}")
+def update_policy(policy_id: str, body: PolicyUpdate, request: Request, principal: Principal = WRITE,
+                  session: Session = DB):
+    policy = service.get_policy(session, principal.org_id, policy_id)
+    service.update_policy(session, principal, policy, context=request_context(request), **_changes(body))
+    return {"id": policy.id, "updated": True, "policy": _policy_detail(session, policy)}
+
+
+@router.delete("/access/policies/{policy_id}")
+def delete_policy(policy_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
+    policy = service.get_policy(session, principal.org_id, policy_id)
+    service.delete_policy(session, principal, policy, context=request_context(request))
+    return {"id": policy_id, "deleted": True}
+
+
+@router.post("/access/policies/{policy_id}/users")
+def assign_users(policy_id: str, body: UserIds, request: Request, principal: Principal = WRITE,
+                 session: Session = DB):
+    policy = service.get_policy(session, principal.org_id, policy_id)
+    result = service.assign_users(session, principal, policy, body.user_ids, context=request_context(request))
+    return {"policy_id": policy.id, "assigned_user_ids": result.added, "user_ids": result.user_ids}
+
+
+@router.delete("/access/policies/{policy_id}/users/{user_id}")
+def remove_user(policy_id: str, user_id: str, request: Request, principal: Principal = WRITE,
+                session: Session = DB):
+    policy = service.get_policy(session, principal.org_id, policy_id)
+    result = service.remove_user(session, principal, policy, user_id, context=request_context(request))
+    return {"policy_id": policy.id, "user_id": result.user_id, "removed": result.removed}
+
+
+@router.put("/access/users/{user_id}/policies")
+def replace_user_policies(user_id: str, body: PolicyIds, request: Request, principal: Principal = WRITE,
+                          session: Session = DB):
+    result = service.replace_user_policies(session, principal, principal.org_id, user_id, body.policy_ids,
+                                           context=request_context(request))
+    return {"user_id": result.user_id, "policy_ids": result.policy_ids, "added": result.added,
+            "removed": result.removed}
+
+
+# -- groups (tidegate extension: the contract has no groups API) --------------------------
+
+
+def _group_detail(session: Session, group) -> dict:
+    return service.group_view(group, member_ids=service.group_member_ids(session, group.id),
+                              policy_ids=service.group_policy_ids(session, group.id))
+
+
+@router.get("/access/groups")
+def list_groups(principal: Principal = READ, session: Session = DB, limit: int = Query(25, ge=1, le=200),
+                after: str | None = AfterQuery, name: str | None = Query(None, max_length=200)):
+    rows = service.list_groups(session, principal.org_id, limit=limit, after=after, name=name)
+    return cursor_page(rows, limit, lambda g: _group_detail(session, g))
+
+
+@router.post("/access/groups", status_code=201)
+def create_group(body: GroupCreate, request: Request, principal: Principal = WRITE, session: Session = DB):
+    group = service.create_group(session, principal, principal.org_id, name=body.name, description=body.description,
+                                 context=request_context(request))
+    set_audit_target(request, "group", group.id)
+    return _group_detail(session, group)
+
+
+@router.get("/access/groups/{group_id}")
+def get_group(group_id: str, principal: Principal = READ, session: Session = DB):
+    return _group_detail(session, service.get_group(session, principal.org_id, group_id))
+
+
+@router.patch("/access/groups/{group_id}")
+def update_group(group_id: str, body: GroupUpdate, request: Request, principal: Principal = WRITE,
+                 session: Session = DB):
+    group = service.get_group(session, principal.org_id, group_id)
+    service.update_group(session, principal, group, context=request_context(request), **_changes(body))
+    return _group_detail(session, group)
+
+
+@router.delete("/access/groups/{group_id}")
+def delete_group(group_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
+    group = service.get_group(session, principal.org_id, group_id)
+    service.delete_group(session, principal, group, context=request_context(request))
+    return {"id": group_id, "deleted": True}
+
+
+@router.post("/access/groups/{group_id}/users")
+def add_members(group_id: str, body: UserIds, request: Request, principal: Principal = WRITE, session: Session = DB):
+    group = service.get_group(session, principal.org_id, group_id)
+    service.add_group_members(session, principal, group, body.user_ids, context=request_context(request))
+    return _group_detail(session, group)
+
+
+@router.delete("/access/groups/{group_id}/users/{user_id}")
+def remove_member(group_id: str, user_id: str, request: Request, principal: Principal = WRITE,
+                  session: Session = DB):
+    group = service.get_group(session, principal.org_id, group_id)
+    removed = service.remove_group_member(session, principal, group, user_id, context=request_context(request))
+    return {"group_id": group.id, "user_id": user_id, "removed": removed}
+
+
+@router.post("/access/groups/{group_id}/policies")
+def assign_group_policies(group_id: str, body: PolicyIds, request: Request, principal: Principal = WRITE,
+                          session: Session = DB):
+    group = service.get_group(session, principal.org_id, group_id)
+    service.assign_group_policies(session, principal, group, body.policy_ids, context=request_context(request))
+    return _group_detail(session, group)
+
+
+@router.delete("/access/groups/{group_id}/policies/{policy_id}")
+def remove_group_policy(group_id: str, policy_id: str, request: Request, principal: Principal = WRITE,
+                        session: Session = DB):
+    group = service.get_group(session, principal.org_id, group_id)
+    removed = service.remove_group_policy(session, principal, group, policy_id, context=request_context(request))
+    return {"group_id": group.id, "policy_id": policy_id, "removed": removed}

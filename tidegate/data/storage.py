@@ -1,0 +1,425 @@
+"""Source versions as Parquet files, written crash-safely; uploaded files; garbage collection.
+
+Layout under the data directory (Settings.data_dir):
+
+    <data_dir>/<org_id>/<source_id>/<version_id>/part-NNNN.parquet
+    <data_dir>/<org_id>/files/<file_id>
+
+A version lists its part files (relative to the source directory). Append = a NEW version
+listing the previous version's parts plus one new part; replace = a new version with fresh
+parts. Part files are never modified or renamed once written, so a reader holding any
+version always finds exactly the rows that version had.
+
+Crash safety: every file is written under a temporary name, fsynced, renamed to its final
+name, and its directory fsynced, all BEFORE the database transaction that makes the version
+current commits. A kill -9 at any instant therefore leaves either the old current version
+(plus unreferenced files that `collect_garbage` deletes later) or the new one, never a mix.
+
+Old versions stay readable until `prune_versions` deletes their rows (after a grace period
+for readers in flight), and `collect_garbage` then deletes the files no version lists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import delete, inspect, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from tidegate.data import ingest
+from tidegate.data.models import File, Source, SourceVersion
+from tidegate.db.base import utcnow
+from tidegate.errors import Conflict, InvalidRequest
+from tidegate.ids import new_id
+
+TMP_MARK = ".tmp-"
+ROW_GROUP_SIZE = 128 * 1024
+PART_RE = re.compile(r"^ver_[0-9a-z]+/part-[0-9]{4,}\.parquet$")
+_ID_RE = re.compile(r"^[a-z]+_[0-9a-z]+$")
+
+_data_dir: Path | None = None
+
+
+def configure(data_dir: str | os.PathLike | None) -> None:
+    """Set the data directory for this process (None: Settings.data_dir, read lazily)."""
+    global _data_dir
+    _data_dir = Path(data_dir).resolve() if data_dir is not None else None
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    if data_dir is not None:
+        return Path(data_dir).resolve()
+    if _data_dir is not None:
+        return _data_dir
+    from tidegate.config import get_settings
+
+    return get_settings().data_dir
+
+
+def _safe_id(value: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValueError(f"not an identifier: {value!r}")
+    return value
+
+
+def source_dir(org_id: str, source_id: str, data_dir: str | os.PathLike | None = None) -> Path:
+    return data_root(data_dir) / _safe_id(org_id) / _safe_id(source_id)
+
+
+def part_paths(version: SourceVersion, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Absolute paths of a version's part files (validated: no way out of the source dir)."""
+    base = source_dir(version.org_id, version.source_id, data_dir)
+    paths = []
+    for part in version.parts or []:
+        if not isinstance(part, str) or not PART_RE.match(part):
+            raise ValueError(f"corrupt part name in version {version.id}: {part!r}")
+        paths.append(base / part)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------
+# Durable file primitives
+# ---------------------------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(path: Path, root: Path) -> None:
+    """Create `path` (under `root`) and fsync each parent whose entry list changed."""
+    root.mkdir(parents=True, exist_ok=True)
+    missing = []
+    current = path
+    while current != root and not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue
+        _fsync_dir(directory.parent)
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}{TMP_MARK}{secrets.token_hex(6)}")
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def write_bytes_durable(final: Path, data: bytes) -> None:
+    """Temp file, fsync, rename, fsync the directory. `final` must not exist yet."""
+    tmp = _tmp_name(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _publish(tmp, final)
+
+
+def write_parquet_durable(final: Path, table: pa.Table) -> None:
+    tmp = _tmp_name(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        pq.write_table(table, handle, row_group_size=ROW_GROUP_SIZE, compression="zstd")
+        handle.flush()
+        os.fsync(handle.fileno())
+    _publish(tmp, final)
+
+
+# ---------------------------------------------------------------------------------------
+# Versions
+# ---------------------------------------------------------------------------------------
+
+def current_version(session: Session, source: Source) -> SourceVersion | None:
+    if source.current_version_id is None:
+        return None
+    return session.get(SourceVersion, source.current_version_id)
+
+
+def write_new_version(session: Session, source: Source, table: pa.Table, *, append: bool,
+                      data_dir: str | os.PathLike | None = None) -> SourceVersion:
+    """Write `table` as a new version of `source` and make it current, WITHOUT committing.
+
+    - append=True: `table` is conformed to the current version's schema (`type_mismatch`,
+      `unknown_column` otherwise) and the new version lists the current parts plus one new
+      part. With no current version, it behaves as a replace.
+    - append=False: the new version holds exactly `table` (its schema becomes the source's).
+
+    The part file is durable on disk when this returns. The switch of
+    `source.current_version_id` is a compare-and-set inside the caller's transaction: if a
+    concurrent writer switched it first, this raises Conflict(`concurrent_write`) (on
+    PostgreSQL the source row is locked first, so concurrent writers wait instead). The
+    caller commits; if it rolls back or the process dies, the files written here are
+    orphans for `collect_garbage`, and the old version stays current and intact.
+    """
+    if not isinstance(table, pa.Table):
+        raise TypeError("table must be a pyarrow.Table")
+    root = data_root(data_dir)
+    state = inspect(source)
+    if state.transient:
+        session.add(source)
+    expected: str | None = None
+    if state.persistent:
+        # The latest committed pointer (not the instance's possibly stale copy); on
+        # PostgreSQL FOR UPDATE also makes concurrent writers of this source wait.
+        expected = session.execute(
+            select(Source.current_version_id).where(Source.id == source.id).with_for_update()
+        ).scalar_one()
+    previous = session.get(SourceVersion, expected) if expected is not None else None
+
+    if append and previous is not None:
+        table = ingest.conform_table(table, previous.columns)
+        columns = previous.columns
+        parts = list(previous.parts)
+        row_count = previous.row_count + table.num_rows
+    else:
+        ingest.validate_column_names(table.column_names)
+        try:
+            columns = ingest.columns_of(table)
+        except ValueError:
+            table = ingest.infer_table(table)
+            columns = ingest.columns_of(table)
+        if columns:
+            table = table.cast(ingest.schema_for(columns))
+        parts = []
+        row_count = table.num_rows
+
+    version_id = new_id("ver")
+    if table.num_rows > 0:
+        relative = f"{version_id}/part-{len(parts):04d}.parquet"
+        base = source_dir(source.org_id, source.id, root)
+        _makedirs_durable(base / version_id, root)
+        write_parquet_durable(base / relative, table)
+        parts.append(relative)
+
+    now = utcnow()
+    version = SourceVersion(
+        id=version_id, source_id=source.id, org_id=source.org_id, created_at=now,
+        row_count=row_count, columns=columns, parts=parts,
+    )
+    session.add(version)
+    if state.persistent:
+        session.flush()
+        condition = (Source.current_version_id == expected) if expected is not None \
+            else Source.current_version_id.is_(None)
+        result = session.execute(
+            update(Source).where(Source.id == source.id, condition)
+            .values(current_version_id=version_id, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            raise Conflict("concurrent_write", "The source was changed by another write at the same time; retry.")
+        # Reflect the switch on the instance without scheduling a second UPDATE.
+        set_committed_value(source, "current_version_id", version_id)
+        set_committed_value(source, "updated_at", now)
+    else:
+        source.current_version_id = version_id
+        source.updated_at = now
+    return version
+
+
+def prune_versions(session: Session, *, keep_seconds: float = 3600.0) -> int:
+    """Delete version rows nobody should still be reading (caller commits, then GC).
+
+    A non-current version is kept for `keep_seconds` after the version that superseded it
+    was created (long CSV/Parquet exports hold a version while they stream). All versions of
+    a source deleted more than `keep_seconds` ago go too.
+    """
+    cutoff = utcnow() - timedelta(seconds=keep_seconds)
+    doomed: list[str] = []
+    sources = {s.id: s for s in session.scalars(select(Source))}
+    by_source: dict[str, list[SourceVersion]] = {}
+    for version in session.scalars(select(SourceVersion).order_by(SourceVersion.source_id, SourceVersion.id)):
+        by_source.setdefault(version.source_id, []).append(version)
+    for source_id, versions in by_source.items():
+        source = sources.get(source_id)
+        if source is None:
+            continue
+        if source.deleted_at is not None:
+            if source.deleted_at <= cutoff:
+                doomed.extend(v.id for v in versions)
+            continue
+        for older, newer in zip(versions, versions[1:]):
+            if older.id != source.current_version_id and newer.created_at <= cutoff:
+                doomed.append(older.id)
+    for chunk_start in range(0, len(doomed), 500):
+        chunk = doomed[chunk_start:chunk_start + 500]
+        session.execute(delete(SourceVersion).where(SourceVersion.id.in_(chunk)))
+    if doomed:
+        from tidegate.data import engine
+
+        for version_id in doomed:
+            engine.drop_version(version_id)
+    return len(doomed)
+
+
+# ---------------------------------------------------------------------------------------
+# Uploaded files
+# ---------------------------------------------------------------------------------------
+
+def _clean_file_name(name: str) -> str:
+    name = (name or "").replace("\\", "/").split("/")[-1].strip()
+    if not name or name in (".", ".."):
+        raise InvalidRequest("invalid_file_name", "The file needs a name.")
+    if len(name) > 255:
+        raise InvalidRequest("invalid_file_name", "The file name is longer than 255 characters.")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise InvalidRequest("invalid_file_name", "The file name contains a control character.")
+    return name
+
+
+def store_file(session: Session, *, org_id: str, created_by: str, name: str, content: bytes,
+               content_type: str | None = None, data_dir: str | os.PathLike | None = None) -> File:
+    """Store an uploaded file durably and add its row (caller commits).
+
+    Tabular files (csv, tsv, json, ndjson, parquet, xlsx) are parsed to fill `columns` and
+    `row_count`; a tabular file that does not parse is refused (`invalid_file`, ...). Other
+    files are stored as they are, with `columns` None.
+    """
+    name = _clean_file_name(name)
+    if not content:
+        raise InvalidRequest("invalid_file", "The file is empty.")
+    columns = row_count = None
+    try:
+        kind = ingest.detect_file_type(name, content_type, content[:64])
+    except InvalidRequest:
+        kind = None
+    if kind is not None:
+        table = ingest.parse_file(content, filename=name, content_type=content_type, file_type=kind)
+        columns, row_count = ingest.columns_of(table), table.num_rows
+    root = data_root(data_dir)
+    file_id = new_id("file")
+    relative = f"{_safe_id(org_id)}/files/{file_id}"
+    _makedirs_durable(root / org_id / "files", root)
+    write_bytes_durable(root / relative, content)
+    record = File(
+        id=file_id, org_id=org_id, name=name, size=len(content), content_type=content_type,
+        created_by=created_by, created_at=utcnow(), storage_path=relative, columns=columns,
+        row_count=row_count,
+    )
+    session.add(record)
+    return record
+
+
+def file_path(file: File, data_dir: str | os.PathLike | None = None) -> Path:
+    root = data_root(data_dir)
+    path = (root / file.storage_path).resolve()
+    if root not in path.parents:
+        raise ValueError(f"corrupt storage path for {file.id}")
+    return path
+
+
+def read_file_table(file: File, *, columns: list[dict] | None = None,
+                    data_dir: str | os.PathLike | None = None) -> pa.Table:
+    """Parse a stored file (e.g. to create or append to a source from it)."""
+    try:
+        content = file_path(file, data_dir).read_bytes()
+    except FileNotFoundError:
+        raise InvalidRequest("invalid_file", "The file's contents are no longer stored.") from None
+    return ingest.parse_file(content, filename=file.name, content_type=file.content_type, columns=columns)
+
+
+# ---------------------------------------------------------------------------------------
+# Garbage collection
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class GcReport:
+    deleted_files: list[str] = field(default_factory=list)  # relative to data_dir
+    deleted_dirs: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+def collect_garbage(session: Session, data_dir: str | os.PathLike | None = None, *,
+                    min_age_seconds: float = 60.0, temp_min_age_seconds: float = 60.0) -> GcReport:
+    """Delete files no version (or File row) references, and leftover temp files.
+
+    Only files whose modification time is at least `min_age_seconds` old are touched: a
+    writer publishes a part file a moment before committing the version that lists it, and
+    that part must not look like garbage in between. Pass 0 when no writer can be running
+    (tests, maintenance). Temp files (a write cut short) go once `temp_min_age_seconds` old.
+    """
+    root = data_root(data_dir)
+    report = GcReport()
+    if not root.exists():
+        return report
+    referenced: set[Path] = set()
+    for version in session.scalars(select(SourceVersion)):
+        try:
+            referenced.update(part_paths(version, root))
+        except ValueError:
+            continue
+    for storage_path in session.scalars(select(File.storage_path)):
+        referenced.add(root / storage_path)
+    live_sources = set(session.scalars(select(SourceVersion.source_id).distinct()))
+    now = time.time()
+
+    def old_enough(path: Path) -> bool:
+        age = temp_min_age_seconds if TMP_MARK in path.name else min_age_seconds
+        try:
+            return path.lstat().st_mtime <= now - age
+        except FileNotFoundError:
+            return False
+
+    def remove_file(path: Path) -> None:
+        try:
+            size = path.lstat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        report.deleted_files.append(str(path.relative_to(root)))
+        report.freed_bytes += size
+
+    def remove_dir_if_empty(path: Path) -> None:
+        try:
+            if not any(path.iterdir()) and old_enough(path):
+                path.rmdir()
+                report.deleted_dirs.append(str(path.relative_to(root)))
+        except OSError:
+            pass
+
+    for org in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+        for child in sorted(org.iterdir()):
+            if child.is_symlink() or not child.is_dir():
+                continue
+            if child.name == "files":
+                for blob in child.iterdir():
+                    if blob.is_file() and blob not in referenced and old_enough(blob):
+                        remove_file(blob)
+                remove_dir_if_empty(child)
+                continue
+            if not child.name.startswith("src_"):
+                continue
+            for version_dir in sorted(child.iterdir()):
+                if version_dir.is_symlink() or not version_dir.is_dir():
+                    continue
+                for part in version_dir.iterdir():
+                    if part.is_file() and part not in referenced and old_enough(part):
+                        remove_file(part)
+                remove_dir_if_empty(version_dir)
+            if child.name not in live_sources:
+                remove_dir_if_empty(child)
+        remove_dir_if_empty(org)
+    return report

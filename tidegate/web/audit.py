@@ -1,0 +1,221 @@
+"""The audit log (admins): filter by key, user, action and dates; a per-key view of what
+a key accessed; CSV export of the filtered list.
+
+The key filter matches both the requests a key made (key_id) and the events about it
+(target_id: created, revoked, rotated...).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastapi import Path, Query, Request
+from sqlalchemy import select
+from starlette.responses import StreamingResponse
+
+from tidegate.api.deps import request_context
+from tidegate.audit.models import AuditEvent
+from tidegate.audit.query import list_events, parse_bound
+from tidegate.audit.record import record
+from tidegate.credentials import service as keys_service
+from tidegate.credentials.models import ApiKey
+from tidegate.db.base import isoformat, utcnow
+from tidegate.db.engine import session_scope
+from tidegate.errors import TidegateError
+from tidegate.orgs.models import User
+from tidegate.web.common import PageError, db, router, settings_of, signed_in
+from tidegate.web.render import SECURITY_HEADERS, page
+
+READ = "admin:audit:read"
+PAGE_SIZE = 50
+EXPORT_BATCH = 500
+EXPORT_MAX_ROWS = 100_000
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def Id():  # a fresh Query per parameter: FastAPI must not share one between parameters
+    return Query(None, max_length=100)
+
+
+def DateQ():
+    return Query(None, max_length=40)
+
+CSV_COLUMNS = ("timestamp", "action", "actor_type", "actor_id", "actor", "key_id", "key", "target_type",
+               "target_id", "method", "path", "status", "ip_address", "user_agent", "request_id", "details")
+
+
+@dataclass
+class Filters:
+    key_id: str | None = None
+    user_id: str | None = None
+    action: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def clean(self) -> "Filters":
+        return Filters(*(v.strip() or None if isinstance(v, str) else None
+                         for v in (self.key_id, self.user_id, self.action, self.since, self.until)))
+
+    def query(self) -> dict[str, str]:
+        return {k: v for k, v in vars(self).items() if v}
+
+
+def fetch(session, org_id: str, f: Filters, *, limit: int, after: str | None) -> list[AuditEvent]:
+    """Up to limit+1 events, newest first; raises InvalidRequest for a bad date."""
+    common = dict(actor_id=f.user_id, action=f.action, since=parse_bound(f.since, "From", end=False),
+                  until=parse_bound(f.until, "To", end=True))
+    if not f.key_id:
+        return list_events(session, org_id, limit=limit, after=after, **common)
+    by_key = list_events(session, org_id, limit=limit, after=after, key_id=f.key_id, **common)
+    about_key = list_events(session, org_id, limit=limit, after=after, target_id=f.key_id, **common)
+    merged = {e.id: e for e in by_key + about_key}
+    return sorted(merged.values(), key=lambda e: e.id, reverse=True)[: limit + 1]
+
+
+def labels(session, org_id: str, events: list[AuditEvent]) -> tuple[dict[str, str], dict[str, str]]:
+    """Display names: user id -> email, key id -> 'name (prefix)'."""
+    user_ids = {e.actor_id for e in events if e.actor_type == "user"}
+    key_ids = {e.key_id for e in events if e.key_id} | {e.actor_id for e in events if e.actor_type == "api_key"}
+    users = dict(session.execute(select(User.id, User.email).where(User.org_id == org_id, User.id.in_(user_ids))).all()) if user_ids else {}
+    keys = {k: f"{n} ({p}…)" for k, n, p in session.execute(
+        select(ApiKey.id, ApiKey.name, ApiKey.key_prefix).where(ApiKey.org_id == org_id, ApiKey.id.in_(key_ids))).all()} if key_ids else {}
+    return users, keys
+
+
+def actor_label(event: AuditEvent, users: dict[str, str], keys: dict[str, str]) -> str:
+    if event.actor_type == "user":
+        return users.get(event.actor_id, event.actor_id)
+    if event.actor_type == "api_key":
+        return "key " + keys.get(event.actor_id, event.actor_id)
+    return "operator (CLI)" if event.actor_id == "cli" else event.actor_id
+
+
+def event_rows(session, org_id: str, events: list[AuditEvent]) -> list[dict]:
+    users, keys = labels(session, org_id, events)
+    return [{
+        "id": e.id, "timestamp": e.timestamp, "action": e.action, "actor": actor_label(e, users, keys),
+        "actor_type": e.actor_type, "actor_id": e.actor_id, "request_id": e.request_id, "key_id": e.key_id, "key": keys.get(e.key_id, e.key_id) if e.key_id else "",
+        "target_type": e.target_type, "target_id": e.target_id, "method": e.method, "path": e.path,
+        "status": e.status, "ip": e.ip_address, "user_agent": e.user_agent,
+        "details": json.dumps(e.details, sort_keys=True) if e.details else "",
+    } for e in events]
+
+
+def filter_choices(session, org_id: str) -> dict:
+    users = session.execute(select(User.id, User.email).where(User.org_id == org_id).order_by(User.email)).all()
+    keys = session.execute(select(ApiKey.id, ApiKey.name, ApiKey.key_prefix)
+                           .where(ApiKey.org_id == org_id).order_by(ApiKey.name, ApiKey.id)).all()
+    actions = session.scalars(select(AuditEvent.action).where(AuditEvent.org_id == org_id).distinct()
+                              .order_by(AuditEvent.action)).all()
+    return {"users": users, "key_choices": keys, "actions": actions}
+
+
+def _flush_journal(request: Request) -> None:
+    # Ship this process's request events first, so that the page shows the latest requests.
+    request.app.state.journal.flush()
+
+
+@router.get("/audit")
+def audit_page(request: Request, key_id: str | None = Id(), user_id: str | None = Id(),
+               action: str | None = Id(), since: str | None = DateQ(), until: str | None = DateQ(),
+               after: str | None = Id()):
+    f = Filters(key_id, user_id, action, since, until).clean()
+    _flush_journal(request)
+    error, status, events = None, 200, []
+    with db(request) as session:
+        viewer = signed_in(request, session, READ)
+        try:
+            events = fetch(session, viewer.org.id, f, limit=PAGE_SIZE, after=after)
+        except TidegateError as exc:
+            error, status = exc.message, exc.status
+        more = len(events) > PAGE_SIZE
+        events = events[:PAGE_SIZE]
+        context = {
+            "title": "Audit log", "filters": f, "events": event_rows(session, viewer.org.id, events),
+            "next_query": {**f.query(), "after": events[-1].id} if more and events else None,
+            "export_query": f.query(), "error": error, **filter_choices(session, viewer.org.id),
+        }
+    return page(request, "audit.html", context, viewer=viewer, status=status)
+
+
+def neutralize(value) -> object:
+    """A cell a spreadsheet would run as a formula gets a leading quote."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _csv_line(values) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow([neutralize(v) for v in values])
+    return buffer.getvalue()
+
+
+@router.get("/audit/export.csv")
+def audit_export(request: Request, key_id: str | None = Id(), user_id: str | None = Id(),
+                 action: str | None = Id(), since: str | None = DateQ(), until: str | None = DateQ()):
+    f = Filters(key_id, user_id, action, since, until).clean()
+    _flush_journal(request)
+    with db(request) as session:
+        viewer = signed_in(request, session, READ)
+        try:
+            fetch(session, viewer.org.id, f, limit=1, after=None)  # validate the dates before streaming
+        except TidegateError as exc:
+            raise PageError(exc.status, "Bad filter", exc.message, viewer) from None
+        record(session, viewer.principal, "audit.exported", org_id=viewer.org.id, target_type="audit",
+               details={"filters": f.query(), "format": "csv", "via": "web"}, context=request_context(request))
+        org_id = viewer.org.id
+    database_url = settings_of(request).database_url
+
+    def rows() -> Iterator[str]:
+        yield _csv_line(CSV_COLUMNS)
+        after, sent = None, 0
+        while sent < EXPORT_MAX_ROWS:
+            with session_scope(database_url) as session:
+                batch = fetch(session, org_id, f, limit=EXPORT_BATCH, after=after)
+                page_rows = event_rows(session, org_id, batch[:EXPORT_BATCH])
+            for r in page_rows:
+                yield _csv_line((isoformat(r["timestamp"]), r["action"], r["actor_type"], r["actor_id"],
+                                 r["actor"], r["key_id"], r["key"], r["target_type"], r["target_id"], r["method"],
+                                 r["path"], r["status"], r["ip"], r["user_agent"], r["request_id"],
+                                 r["details"]))
+            sent += len(page_rows)
+            if len(batch) <= EXPORT_BATCH:
+                return
+            after = batch[EXPORT_BATCH - 1].id
+
+    stamp = utcnow().strftime("%Y%m%d-%H%M%S")
+    headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="audit-{stamp}.csv"'}
+    return StreamingResponse(rows(), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+@router.get("/audit/keys/{key_id}")
+def key_activity(request: Request, key_id: str = Path(max_length=100), after: str | None = Id()):
+    _flush_journal(request)
+    with db(request) as session:
+        viewer = signed_in(request, session, READ)
+        try:
+            key = keys_service.get_key(session, viewer.principal, key_id)
+        except TidegateError as exc:
+            raise PageError(exc.status, "Key not found", exc.message, viewer) from None
+        requests = list_events(session, viewer.org.id, limit=PAGE_SIZE, after=after, key_id=key.id)
+        more = len(requests) > PAGE_SIZE
+        requests = requests[:PAGE_SIZE]
+        lifecycle = list_events(session, viewer.org.id, limit=100, target_id=key.id)
+        creator = session.get(User, key.created_by)
+        context = {
+            "title": f"Key activity: {key.name}",
+            "key": {"id": key.id, "name": key.name, "prefix": key.key_prefix, "status": key.status_at(utcnow()),
+                    "created_at": key.created_at, "created_by": creator.email if creator else key.created_by,
+                    "last_used_at": key.last_used_at, "last_used_ip": key.last_used_ip,
+                    "expires_at": key.expires_at, "scopes": list(key.scopes)},
+            "requests": event_rows(session, viewer.org.id, requests),
+            "lifecycle": event_rows(session, viewer.org.id, lifecycle[:100]),
+            "next_after": requests[-1].id if more and requests else None,
+        }
+    return page(request, "audit_key.html", context, viewer=viewer, current="/audit")
+

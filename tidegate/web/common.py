@@ -1,0 +1,131 @@
+"""What every page handler shares: the router, error pages, the signed-in viewer, CSRF.
+
+Handlers are plain (sync) functions that open their own transaction with `db(request)`.
+`WebRoute` turns what they raise into pages: `NeedLogin` into a redirect to /login,
+`PageError` and service errors (`TidegateError`) into an HTML error page with the right
+4xx status, and malformed query/path parameters into a 400 page. API routes are not
+affected: they keep their JSON errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
+from starlette.responses import Response
+
+from tidegate.config import Settings
+from tidegate.db.engine import session_scope
+from tidegate.errors import TidegateError
+from tidegate.web.render import error_page, redirect
+from tidegate.web.sessions import SESSION_COOKIE, Viewer, csrf_valid, load_viewer
+
+TITLES = {400: "Bad request", 401: "Not signed in", 403: "Not allowed", 404: "Not found",
+          409: "Conflict", 429: "Too many requests"}
+
+
+class NeedLogin(Exception):
+    """No valid session: send the browser to the sign-in page."""
+
+
+class PageError(Exception):
+    def __init__(self, status: int, title: str, message: str, viewer: Viewer | None = None):
+        super().__init__(message)
+        self.status, self.title, self.message, self.viewer = status, title, message, viewer
+
+
+def login_url(request: Request) -> str:
+    if request.method != "GET":
+        return "/login"
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return "/login?next=" + quote(target, safe="")
+
+
+class WebRoute(APIRoute):
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except NeedLogin:
+                return redirect(login_url(request))
+            except PageError as exc:
+                return error_page(request, exc.status, exc.title, exc.message, viewer=exc.viewer)
+            except TidegateError as exc:
+                return error_page(request, exc.status, TITLES.get(exc.status, "Request refused"), exc.message)
+            except RequestValidationError:
+                return error_page(request, 400, "Bad request", "The address or form had a value this page cannot use.")
+
+        return guarded
+
+
+router = APIRouter(route_class=WebRoute, include_in_schema=False)
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+@contextmanager
+def db(request: Request) -> Iterator[Session]:
+    with session_scope(settings_of(request).database_url) as session:
+        yield session
+
+
+def current_viewer(request: Request, session: Session) -> Viewer | None:
+    return load_viewer(session, settings_of(request).session_key, request.cookies.get(SESSION_COOKIE))
+
+
+def signed_in(request: Request, session: Session, scope: str | None = None) -> Viewer:
+    viewer = current_viewer(request, session)
+    if viewer is None:
+        raise NeedLogin()
+    if scope is not None:
+        require_scope(viewer, scope)
+    return viewer
+
+
+def require_scope(viewer: Viewer, scope: str) -> None:
+    if not viewer.can(scope):
+        raise PageError(403, "Not allowed",
+                        "This page is for organization admins. Ask an admin of your organization if you need it.",
+                        viewer)
+
+
+def check_csrf(request: Request, viewer: Viewer, form: FormData) -> None:
+    token = request.cookies.get(SESSION_COOKIE)
+    if not csrf_valid(settings_of(request).session_key, token, form.get("csrf_token")):
+        raise PageError(403, "Request refused",
+                        "This form was missing its security token or it did not match your session. "
+                        "Reload the page and try again.", viewer)
+
+
+async def _form(request: Request) -> FormData:
+    try:
+        return await request.form(max_files=0, max_fields=300)
+    except Exception:  # malformed body, too many fields, a file upload
+        raise PageError(400, "Bad request", "The form could not be read.") from None
+
+
+FORM = Depends(_form)
+
+
+def text(form: FormData, name: str, max_length: int = 2000) -> str:
+    """A single text field, stripped; a file or an over-long value is a 400 page."""
+    value = form.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > max_length:
+        raise PageError(400, "Bad request", f"The field {name!r} is too long or not text.")
+    return value.strip()
+
+
+def is_https(request: Request) -> bool:
+    return request.url.scheme == "https"

@@ -1,0 +1,279 @@
+"""Settings > API Keys: list, search, create (secret shown once), revoke, rotate.
+
+Every change goes through tidegate.credentials.service, so it is checked and audited
+exactly like its /api/v1 twin (with this request's IP and user agent, via "web").
+Members see and manage their own keys; admins see every key of the organization.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from fastapi import Path, Query, Request
+from sqlalchemy import select
+from starlette.datastructures import FormData
+
+from tidegate.access.scopes import (
+    DATA_ACCESS_SCOPES, PRESET_DATA_ACCESS, PRESET_FULL_ACCESS, SCOPE_GROUPS, expand, preset_scopes,
+)
+from tidegate.api.deps import request_context
+from tidegate.credentials import service
+from tidegate.credentials.models import ApiKey
+from tidegate.db.base import utcnow
+from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.orgs.models import User
+from tidegate.web.common import FORM, PageError, check_csrf, db, require_scope, router, settings_of, signed_in, text
+from tidegate.web.render import page, redirect
+from tidegate.web.sessions import Viewer
+
+MANAGE = "admin:keys:manage"
+PAGE_SIZE = 100
+
+
+def KeyId():
+    return Path(max_length=100)
+
+EXPIRATIONS = (("never", "No expiration"), ("30", "30 days"), ("60", "60 days"), ("90", "90 days"),
+               ("date", "On a date…"))
+GRACE_PERIODS = (("0", "Revoke the old key now"), ("3600", "Keep the old key working for 1 hour"),
+                 ("86400", "Keep the old key working for 24 hours"), ("604800", "Keep the old key working for 7 days"))
+NOTICES = {
+    "revoked": "The key was revoked. Every request made with it is refused from now on.",
+}
+
+
+@dataclass
+class CreateForm:
+    """The create dialog's fields as typed, so that a refused form comes back filled in."""
+
+    name: str = ""
+    access: str = PRESET_DATA_ACCESS
+    scopes: list[str] = field(default_factory=list)
+    expiration: str = "never"
+    expiration_date: str = ""
+    source_ids: str = ""
+    rate_limit: str = str(service.DEFAULT_RATE_LIMIT)
+
+    @classmethod
+    def read(cls, form: FormData) -> "CreateForm":
+        scopes = form.getlist("scopes")
+        if len(scopes) > 100 or not all(isinstance(s, str) and len(s) <= 100 for s in scopes):
+            raise PageError(400, "Bad request", "Too many or malformed scopes.")
+        return cls(name=text(form, "name", 300), access=text(form, "access", 40), scopes=scopes,
+                   expiration=text(form, "expiration", 40), expiration_date=text(form, "expiration_date", 40),
+                   source_ids=text(form, "source_ids", 20_000), rate_limit=text(form, "rate_limit", 20))
+
+    def key_request(self, viewer: Viewer) -> service.KeyRequest:
+        if self.access in (PRESET_FULL_ACCESS, PRESET_DATA_ACCESS):
+            scopes = preset_scopes(self.access, viewer.user.role)
+        elif self.access == "custom":
+            scopes = self.scopes
+            if not scopes:
+                raise InvalidRequest("invalid_scopes", "Pick at least one permission for a custom key.")
+        else:
+            raise InvalidRequest("invalid_preset", "Choose Full Access, Data Access or Custom.")
+        return service.KeyRequest(
+            name=self.name, scopes=scopes, expires_in_days=self.expires_in_days(),
+            rate_limit_per_minute=self.rate_limit_per_minute(), source_scope=self.source_scope(),
+        )
+
+    def expires_in_days(self) -> int | None:
+        if self.expiration == "never":
+            return None
+        if self.expiration in ("30", "60", "90"):
+            return int(self.expiration)
+        if self.expiration == "date":
+            try:
+                day = date.fromisoformat(self.expiration_date)
+            except ValueError:
+                raise InvalidRequest("invalid_expiry", "Enter the expiration date as YYYY-MM-DD.") from None
+            days = (day - utcnow().date()).days
+            if not 1 <= days <= service.MAX_EXPIRY_DAYS:
+                raise InvalidRequest("invalid_expiry", "The expiration date must be between tomorrow and ten years from now.")
+            return days
+        raise InvalidRequest("invalid_expiry", "Choose an expiration.")
+
+    def rate_limit_per_minute(self) -> int | None:
+        if not self.rate_limit:
+            return None
+        if not re.fullmatch(r"\d{1,9}", self.rate_limit):
+            raise InvalidRequest("invalid_rate_limit", "The rate limit must be a whole number of requests per minute.")
+        return int(self.rate_limit)
+
+    def source_scope(self) -> dict | None:
+        ids = [s for s in re.split(r"[\s,]+", self.source_ids) if s]
+        if not ids:
+            return None
+        if len(ids) > 1000 or any(len(s) > 200 for s in ids):
+            raise InvalidRequest("invalid_source_scope", "Too many or too long source ids.")
+        return {"mode": "selected", "source_ids": ids}
+
+
+def offered_groups(viewer: Viewer) -> list[tuple[str, list[str]]]:
+    """SCOPE_GROUPS, less every scope the viewer does not hold (those are not offered)."""
+    groups = []
+    for group, scopes in SCOPE_GROUPS.items():
+        held = [s for s in scopes if viewer.can(s)]
+        if held:
+            groups.append((group, held))
+    return groups
+
+
+def _creators(session, keys: list[ApiKey]) -> dict[str, str]:
+    ids = {k.created_by for k in keys}
+    if not ids:
+        return {}
+    return dict(session.execute(select(User.id, User.email).where(User.id.in_(ids))).all())
+
+
+def _key_rows(session, viewer: Viewer, keys: list[ApiKey]) -> list[dict]:
+    emails = _creators(session, keys)
+    now = utcnow()
+    return [{
+        "id": k.id, "name": k.name, "prefix": k.key_prefix, "scopes": sorted(expand(k.scopes)),
+        "raw_scopes": list(k.scopes), "created_by": emails.get(k.created_by, k.created_by),
+        "created_at": k.created_at, "last_used_at": k.last_used_at, "last_used_ip": k.last_used_ip,
+        "expires_at": k.expires_at, "status": k.status_at(now), "source_scope": k.source_scope,
+        "rate_limit": k.rate_limit_per_minute,
+        "own": k.created_by == viewer.user.id,
+    } for k in keys]
+
+
+def keys_context(session, viewer: Viewer, *, q: str | None = None, after: str | None = None) -> dict:
+    rows = service.list_keys(session, viewer.principal, limit=PAGE_SIZE, after=after, search=q or None)
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    return {
+        "title": "API Keys",
+        "keys": _key_rows(session, viewer, rows),
+        "next_after": rows[-1].id if more and rows else None,
+        "q": q or "",
+        "creation_enabled": viewer.org.api_key_creation_enabled,
+        "groups": offered_groups(viewer),
+        "offer_data_access": DATA_ACCESS_SCOPES <= viewer.principal.scopes,
+        "expirations": EXPIRATIONS,
+        "grace_periods": GRACE_PERIODS,
+        "max_date": (utcnow().date() + timedelta(days=service.MAX_EXPIRY_DAYS)).isoformat(),
+        "min_date": (utcnow().date() + timedelta(days=1)).isoformat(),
+        "form": CreateForm(),
+        "is_admin_view": viewer.principal.is_admin,
+    }
+
+
+def _curl(request: Request, secret: str, org_id: str, scopes: list[str]) -> str:
+    base = str(request.base_url).rstrip("/")
+    path = "/api/v1/keys" if MANAGE in expand(scopes) else "/api/v1/sources"
+    return (f'curl -H "Authorization: Bearer {secret}" \\\n     -H "X-Tenant-ID: {org_id}" \\\n'
+            f"     {base}{path}")
+
+
+def _new_key(request: Request, viewer: Viewer, created: service.CreatedKey, rotated_from: str | None = None) -> dict:
+    return {
+        "id": created.key.id, "name": created.key.name, "prefix": created.key.key_prefix,
+        "secret": created.secret, "org_id": viewer.org.id, "rotated_from": rotated_from,
+        "curl": _curl(request, created.secret, viewer.org.id, created.key.scopes),
+    }
+
+
+@router.get("/settings")
+def settings_home(request: Request):
+    return redirect("/settings/api-keys")
+
+
+@router.get("/settings/api-keys")
+def keys_page(request: Request, q: str | None = Query(None, max_length=200),
+              after: str | None = Query(None, max_length=100), notice: str | None = Query(None, max_length=40)):
+    with db(request) as session:
+        viewer = signed_in(request, session, MANAGE)
+        context = keys_context(session, viewer, q=q, after=after)
+    return page(request, "keys.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer)
+
+
+@router.post("/settings/api-keys")
+def create_key(request: Request, form: FormData = FORM):
+    values = CreateForm.read(form)
+    try:
+        with db(request) as session:
+            viewer = signed_in(request, session)
+            check_csrf(request, viewer, form)
+            require_scope(viewer, MANAGE)
+            created = service.create_key(session, viewer.principal, values.key_request(viewer),
+                                         pepper=settings_of(request).pepper, context=request_context(request),
+                                         via="web")
+            new_key = _new_key(request, viewer, created)
+            context = keys_context(session, viewer)
+    except TidegateError as exc:
+        with db(request) as session:
+            viewer = signed_in(request, session, MANAGE)
+            context = keys_context(session, viewer)
+        return page(request, "keys.html", {**context, "form": values, "create_error": exc.message},
+                    viewer=viewer, status=exc.status)
+    # The only response that ever carries the secret (Cache-Control: no-store, like every page).
+    return page(request, "keys.html", {**context, "new_key": new_key}, viewer=viewer,
+                current="/settings/api-keys")
+
+
+def _get_key(session, viewer: Viewer, key_id: str) -> ApiKey:
+    try:
+        return service.get_key(session, viewer.principal, key_id)
+    except TidegateError as exc:
+        raise PageError(exc.status, "Key not found", exc.message, viewer) from None
+
+
+@router.get("/settings/api-keys/{key_id}/revoke")
+def revoke_confirm(request: Request, key_id: str = KeyId()):
+    with db(request) as session:
+        viewer = signed_in(request, session, MANAGE)
+        key = _key_rows(session, viewer, [_get_key(session, viewer, key_id)])[0]
+    return page(request, "key_action.html", {"title": "Revoke API key", "action": "revoke", "key": key,
+                                              "grace_periods": GRACE_PERIODS}, viewer=viewer,
+                current="/settings/api-keys")
+
+
+@router.post("/settings/api-keys/{key_id}/revoke")
+def revoke(request: Request, key_id: str = KeyId(), form: FormData = FORM):
+    with db(request) as session:
+        viewer = signed_in(request, session)
+        check_csrf(request, viewer, form)
+        require_scope(viewer, MANAGE)
+        key = _get_key(session, viewer, key_id)
+        service.revoke_key(session, viewer.principal, key, context=request_context(request), via="web")
+    return redirect("/settings/api-keys?notice=revoked")
+
+
+@router.get("/settings/api-keys/{key_id}/rotate")
+def rotate_confirm(request: Request, key_id: str = KeyId()):
+    with db(request) as session:
+        viewer = signed_in(request, session, MANAGE)
+        key = _key_rows(session, viewer, [_get_key(session, viewer, key_id)])[0]
+    return page(request, "key_action.html", {"title": "Rotate API key", "action": "rotate", "key": key,
+                                              "grace_periods": GRACE_PERIODS}, viewer=viewer,
+                current="/settings/api-keys")
+
+
+@router.post("/settings/api-keys/{key_id}/rotate")
+def rotate(request: Request, key_id: str = KeyId(), form: FormData = FORM):
+    grace = text(form, "grace_seconds", 20)
+    if grace not in {g for g, _ in GRACE_PERIODS}:
+        raise PageError(400, "Bad request", "Choose when the old key should stop working.")
+    try:
+        with db(request) as session:
+            viewer = signed_in(request, session)
+            check_csrf(request, viewer, form)
+            require_scope(viewer, MANAGE)
+            old = _get_key(session, viewer, key_id)
+            created = service.rotate_key(session, viewer.principal, old, grace=timedelta(seconds=int(grace)),
+                                         pepper=settings_of(request).pepper, context=request_context(request),
+                                         via="web")
+            new_key = _new_key(request, viewer, created, rotated_from=old.key_prefix)
+            context = keys_context(session, viewer)
+    except TidegateError as exc:
+        with db(request) as session:
+            viewer = signed_in(request, session, MANAGE)
+            context = keys_context(session, viewer)
+        return page(request, "keys.html", {**context, "page_error": exc.message}, viewer=viewer,
+                    status=exc.status, current="/settings/api-keys")
+    return page(request, "keys.html", {**context, "new_key": new_key}, viewer=viewer,
+                current="/settings/api-keys")

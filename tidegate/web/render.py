@@ -1,0 +1,135 @@
+"""Templates, security headers, and the small formatting helpers the pages share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from tidegate import __version__
+from tidegate.access.scopes import ALL_SCOPES, DATA_ACCESS_SCOPES, ROLE_MEMBER, ROLE_PERMISSIONS
+from tidegate.db.base import utcnow
+from tidegate.web.sessions import Viewer
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+# No inline script or style anywhere: JS and CSS come from /static only. Pico's form
+# icons are data: SVGs, hence img-src data:.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    # Pages show who may do what, and one of them shows a new key's secret: never cache.
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class NavItem:
+    label: str
+    href: str
+    scope: str | None  # shown only to viewers holding this permission
+
+
+# Top-level sections. Data sources will add NavItem("Sources", "/sources", "admin:sources:read")
+# here, before Settings.
+SECTIONS: tuple[NavItem, ...] = (
+    NavItem("Settings", "/settings", None),
+    NavItem("Audit log", "/audit", "admin:audit:read"),
+)
+SETTINGS_PAGES: tuple[NavItem, ...] = (
+    NavItem("API Keys", "/settings/api-keys", "admin:keys:manage"),
+    NavItem("People", "/settings/people", "admin:users:read"),
+    NavItem("Security", "/settings/security", "admin:org:read"),
+)
+# Settings > Security sub-sections. Access policies and groups will add theirs here
+# (e.g. NavItem("Access Policies", "/settings/security/access-policies", "admin:policies:read")).
+SECURITY_PAGES: tuple[NavItem, ...] = (
+    NavItem("Admin Controls", "/settings/security", "admin:org:read"),
+)
+
+
+def visible(items: tuple[NavItem, ...], viewer: Viewer | None) -> list[NavItem]:
+    if viewer is None:
+        return []
+    return [i for i in items if i.scope is None or viewer.can(i.scope)]
+
+
+def relative_time(moment: datetime | None, now: datetime | None = None) -> str:
+    if moment is None:
+        return "Never"
+    now = now or utcnow()
+    seconds = (now - moment).total_seconds()
+    future = seconds < 0
+    seconds = abs(seconds)
+    if seconds < 45:
+        return "just now" if not future else "in a few seconds"
+    for size, unit in ((86400 * 365, "year"), (86400 * 30, "month"), (86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size:
+            count = round(seconds / size)
+            text = f"{count} {unit}{'s' if count != 1 else ''}"
+            return f"in {text}" if future else f"{text} ago"
+    return "just now"
+
+
+def utc_text(moment: datetime | None, *, with_time: bool = True) -> str:
+    if moment is None:
+        return ""
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC" if with_time else "%Y-%m-%d")
+
+
+def iso(moment: datetime | None) -> str:
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if moment else ""
+
+
+def scope_summary(scopes: list[str]) -> str:
+    granted = ALL_SCOPES if "*" in scopes else frozenset(scopes)
+    if granted in (ALL_SCOPES, ROLE_PERMISSIONS[ROLE_MEMBER]):
+        return "Full Access"
+    if granted == DATA_ACCESS_SCOPES:
+        return "Data Access"
+    return f"Custom ({len(granted)} scope{'s' if len(granted) != 1 else ''})"
+
+
+_env = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters.update(relative=relative_time, utc=utc_text, iso=iso, scope_summary=scope_summary)
+_env.globals.update(version=__version__)
+
+
+def page(request: Request, template: str, context: dict, *, viewer: Viewer | None, status: int = 200,
+         current: str | None = None) -> HTMLResponse:
+    body = _env.get_template(template).render(
+        viewer=viewer,
+        sections=visible(SECTIONS, viewer),
+        settings_pages=visible(SETTINGS_PAGES, viewer),
+        security_pages=visible(SECURITY_PAGES, viewer),
+        current=current or request.url.path,
+        **context,
+    )
+    return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+
+def redirect(url: str) -> Response:
+    return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
+
+
+def error_page(request: Request, status: int, title: str, message: str, *, viewer: Viewer | None = None) -> HTMLResponse:
+    return page(request, "error.html", {"title": title, "message": message, "status": status},
+                viewer=viewer, status=status)

@@ -1,0 +1,12 @@
+"""Every web page, on one router; mount it and STATIC_DIR (at /static) on the app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tidegate.web import audit, auth, keys, people, security  # noqa: F401  (they register their pages)
+from tidegate.web.common import router
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+__all__ = ["router", "STATIC_DIR"]

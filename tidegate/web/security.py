@@ -1,0 +1,41 @@
+"""Settings > Security (admins). Admin Controls: switch API key creation on or off.
+
+Access policies and groups will add their own sub-pages (see render.SECURITY_PAGES).
+"""
+
+from __future__ import annotations
+
+from fastapi import Query, Request
+from starlette.datastructures import FormData
+
+from tidegate.api.deps import request_context
+from tidegate.orgs import service
+from tidegate.web.common import FORM, check_csrf, db, require_scope, router, signed_in
+from tidegate.web.render import page, redirect
+
+READ = "admin:org:read"
+WRITE = "admin:org:write"
+NOTICES = {"saved": "Admin controls saved."}
+
+
+@router.get("/settings/security")
+def security_page(request: Request, notice: str | None = Query(None, max_length=40)):
+    with db(request) as session:
+        viewer = signed_in(request, session, READ)
+        org = service.get_org(session, viewer.org.id)
+        context = {"title": "Admin Controls", "creation_enabled": org.api_key_creation_enabled,
+                   "can_write": viewer.can(WRITE), "notice": NOTICES.get(notice or "")}
+    return page(request, "security.html", context, viewer=viewer)
+
+
+@router.post("/settings/security/admin-controls")
+def save_admin_controls(request: Request, form: FormData = FORM):
+    with db(request) as session:
+        viewer = signed_in(request, session)
+        check_csrf(request, viewer, form)
+        require_scope(viewer, WRITE)
+        org = service.get_org(session, viewer.org.id)
+        service.update_settings(session, viewer.principal, org,
+                                api_key_creation_enabled=form.get("api_key_creation_enabled") == "on",
+                                context=request_context(request))
+    return redirect("/settings/security?notice=saved")

@@ -1,0 +1,106 @@
+// tidegate web UI: small progressive enhancements. Every page works without this file;
+// it adds <dialog>s, copy buttons and showing/hiding of optional form fields.
+"use strict";
+
+(function () {
+  function say(selector, message) {
+    var target = selector ? document.querySelector(selector) : null;
+    if (target) { target.textContent = message; }
+  }
+
+  function textOf(element) {
+    return ("value" in element && element.tagName !== "PRE") ? element.value : element.textContent;
+  }
+
+  function copy(button) {
+    var target = document.querySelector(button.dataset.copy);
+    if (!target) { return; }
+    var text = textOf(target);
+    var done = function () { say(button.dataset.status, "Copied to clipboard."); };
+    var manual = function () {
+      if (target.select) { target.select(); }
+      say(button.dataset.status, "Could not copy automatically: the text is selected, press Ctrl+C (or ⌘C).");
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, manual);
+    } else {
+      manual();
+    }
+  }
+
+  function openDialog(id, opener) {
+    var dialog = document.getElementById(id);
+    if (!dialog || dialog.open) { return; }
+    dialog.opener_ = opener || null;
+    dialog.showModal();
+  }
+
+  function confirmAction(link) {
+    var dialog = document.getElementById(link.dataset.confirmDialog);
+    if (!dialog) { return false; }
+    var form = dialog.querySelector("form[data-action-target]");
+    form.setAttribute("action", link.dataset.action);
+    dialog.querySelectorAll("[data-fill=name]").forEach(function (el) { el.textContent = link.dataset.name || ""; });
+    openDialog(dialog.id, link);
+    return true;
+  }
+
+  document.addEventListener("click", function (event) {
+    var el = event.target.closest("[data-copy], [data-open-dialog], [data-close-dialog], [data-confirm-dialog]");
+    if (!el) { return; }
+    if (el.hasAttribute("data-copy")) {
+      copy(el);
+    } else if (el.hasAttribute("data-open-dialog")) {
+      openDialog(el.dataset.openDialog, el);
+    } else if (el.hasAttribute("data-close-dialog")) {
+      var dialog = el.closest("dialog");
+      if (dialog) { dialog.close(); }
+    } else if (confirmAction(el)) {
+      event.preventDefault();
+    }
+  });
+
+  // Give focus back to whatever opened a dialog.
+  document.querySelectorAll("dialog").forEach(function (dialog) {
+    dialog.addEventListener("close", function () {
+      if (dialog.opener_ && document.contains(dialog.opener_)) { dialog.opener_.focus(); }
+    });
+  });
+
+  // The one-time secret: once its dialog closes (button or Escape), the element leaves the
+  // page, and the address no longer points at the POST that produced it.
+  document.querySelectorAll("dialog[data-secret]").forEach(function (dialog) {
+    dialog.addEventListener("close", function () {
+      var after = dialog.dataset.after;
+      dialog.remove();
+      if (after) { history.replaceState(null, "", after); }
+      var next = document.getElementById("create-key-button") || document.getElementById("main");
+      if (next) { next.focus(); }
+    });
+  });
+
+  // Show fields only when the choice that needs them is made.
+  function toggle(selector, attribute, value) {
+    document.querySelectorAll("[" + attribute + "]").forEach(function (el) {
+      el.hidden = el.getAttribute(attribute) !== value;
+    });
+  }
+  function syncAccess() {
+    var checked = document.querySelector("input[name=access]:checked");
+    toggle(null, "data-show-when-access", checked ? checked.value : "");
+  }
+  function syncExpiration() {
+    var select = document.querySelector("select[name=expiration]");
+    toggle(null, "data-show-when-expiration", select ? select.value : "");
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target.name === "access") { syncAccess(); }
+    if (event.target.name === "expiration") { syncExpiration(); }
+  });
+  syncAccess();
+  syncExpiration();
+
+  document.querySelectorAll("dialog[data-show-on-load]").forEach(function (dialog) {
+    dialog.showModal();
+  });
+})();
