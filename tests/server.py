@@ -171,6 +171,15 @@ class Server:
     def client(self, key: str | None = None, timeout: float = 30.0) -> httpx.Client:
         return httpx.Client(base_url=self.url + "/api/v1", headers=self.headers(key), timeout=timeout)
 
+    def new_admin_key(self, rate_limit_per_minute: int = 1000) -> tuple[str, str]:
+        """(id, secret) of a fresh Full Access key of the initial admin, so that a test's
+        traffic does not count against the shared initial key's rate limit."""
+        with self.client() as http:
+            resp = http.post("/keys", json={"name": f"admin-{os.urandom(3).hex()}", "preset": "full_access",
+                                            "rate_limit_per_minute": rate_limit_per_minute})
+        assert resp.status_code == 201, resp.text
+        return resp.json()["id"], resp.json()["secret"]
+
     def sdk(self, key: str | None = None, **options):
         from querri import Querri
 

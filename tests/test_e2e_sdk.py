@@ -37,7 +37,8 @@ def raw_get(server: Server, path: str, key: str | None = None, **params) -> http
 
 def sdk_happy_path(server: Server) -> None:
     """Keys, users and audit through the SDK, end to end, on one running server."""
-    admin = server.sdk()
+    _, admin_secret = server.new_admin_key()
+    admin = server.sdk(admin_secret)
 
     # keys.create: the secret comes back once, qk_-prefixed, and the key is usable at once.
     created = admin.keys.create(name=unique("happy"), scopes=["data:read", "admin:keys:manage"])
@@ -50,7 +51,7 @@ def sdk_happy_path(server: Server) -> None:
 
     fetched = admin.keys.get(created.id)
     assert (fetched.id, fetched.name, fetched.key_prefix) == (created.id, created.name, created.key_prefix)
-    assert created.secret not in raw_get(server, f"/keys/{created.id}").text
+    assert created.secret not in raw_get(server, f"/keys/{created.id}", admin_secret).text
 
     # users: create, get (by id and by external id), filter, update, get_or_create, unlink, delete.
     ext = unique("ext")
@@ -93,7 +94,7 @@ def sdk_happy_path(server: Server) -> None:
     assert {"api_key.created", "api_key.revoked"} <= actions
     requests = list(admin.audit.list(actor_id=created.id, action="api.request", limit=100))
     assert requests and all(e.actor_id == created.id for e in requests)
-    raw = server.audit_events(key_id=created.id, action="api.request")
+    raw = server.audit_events(admin_secret, key_id=created.id, action="api.request")
     assert {e["status"] for e in raw} >= {200, 401}  # the refused request is audited too
     assert all(e["key_id"] == created.id and e["request_id"].startswith("req_") for e in raw)
     admin.close()
@@ -108,7 +109,8 @@ def test_sdk_happy_path(server):
 
 
 def test_key_list_paginates_and_never_shows_secrets(server):
-    admin = server.sdk()
+    admin_id, admin_secret = server.new_admin_key()
+    admin = server.sdk(admin_secret)
     tag = unique("page")
     made = [admin.keys.create(name=f"{tag}-{i}", scopes=["data:read"]) for i in range(5)]
     secrets = [k.secret for k in made]
@@ -121,25 +123,25 @@ def test_key_list_paginates_and_never_shows_secrets(server):
     ids = [k.id for k in listed]
     assert len(ids) == len(set(ids)), "a key was listed twice across pages"
     assert {k.id for k in made} <= set(ids)
-    assert server.admin_key_id in ids
-    assert len(ids) >= 6 > 2
+    assert {server.admin_key_id, admin_id} <= set(ids)
+    assert len(ids) >= 7
 
     # Walk the same pages raw: no page, and no single-key read, carries a secret.
     after, pages = None, 0
     while True:
         params = {"limit": 2, **({"after": after} if after else {})}
-        resp = raw_get(server, "/keys", **params)
+        resp = raw_get(server, "/keys", admin_secret, **params)
         assert resp.status_code == 200
         pages += 1
         assert "secret" not in resp.text
-        assert not any(s in resp.text for s in secrets + [server.admin_key])
+        assert not any(s in resp.text for s in secrets + [server.admin_key, admin_secret])
         body = resp.json()
         if not body["has_more"]:
             break
         after = body["next_cursor"]
     assert pages >= 3
     for key in made:
-        resp = raw_get(server, f"/keys/{key.id}")
+        resp = raw_get(server, f"/keys/{key.id}", admin_secret)
         assert resp.status_code == 200 and key.secret not in resp.text and "secret" not in resp.json()
 
 
@@ -184,41 +186,41 @@ def test_unknown_key_and_wrong_tenant_are_authentication_errors(server):
 # -- the querri CLI -----------------------------------------------------------------------
 
 
-def querri_json(server: Server, *args: str, key: str | None = None):
-    out = server.querri("--json", *args, key=key)
-    return json.loads(out.stdout)
-
-
 def test_querri_cli_keys_users_audit(server):
-    keys = querri_json(server, "key", "list")
+    admin_id, admin_secret = server.new_admin_key()
+
+    def querri_json(*args: str):
+        return json.loads(server.querri("--json", *args, key=admin_secret).stdout)
+
+    keys = querri_json("key", "list")
     assert isinstance(keys, list) and server.admin_key_id in {k["id"] for k in keys}
     assert not any("secret" in k for k in keys)
 
     name = unique("cli")
-    new = querri_json(server, "key", "new", "--name", name, "--scopes", "data:read")
+    new = querri_json("key", "new", "--name", name, "--scopes", "data:read")
     assert new["name"] == name and new["scopes"] == ["data:read"]
     assert new["secret"].startswith("qk_") and new["key_prefix"] == new["secret"][:12]
 
-    got = querri_json(server, "key", "get", new["id"])
+    got = querri_json("key", "get", new["id"])
     assert got["id"] == new["id"] and got["status"] == "active" and "secret" not in got
-    assert new["id"] in {k["id"] for k in querri_json(server, "key", "list")}
+    assert new["id"] in {k["id"] for k in querri_json("key", "list")}
 
     # The new key holds only data:read: the CLI reports the 403 and exits 1.
     refused = server.querri("--json", "key", "list", key=new["secret"], check=False)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "insufficient_scope" in refused.stdout + refused.stderr
 
-    deleted = querri_json(server, "key", "delete", new["id"])
+    deleted = querri_json("key", "delete", new["id"])
     assert deleted == {"id": new["id"], "deleted": True}
-    assert querri_json(server, "key", "get", new["id"])["status"] == "revoked"
+    assert querri_json("key", "get", new["id"])["status"] == "revoked"
     revoked = server.querri("--json", "key", "list", key=new["secret"], check=False)
     assert revoked.returncode == 2, revoked.stdout + revoked.stderr  # auth_failed
     assert json.loads(revoked.stdout or revoked.stderr)["error"] == "auth_failed"
 
-    users = querri_json(server, "user", "list")
+    users = querri_json("user", "list")
     assert server.admin_email in {u["email"] for u in users}
 
-    events = querri_json(server, "audit", "list", "--target-id", new["id"])
+    events = querri_json("audit", "list", "--target-id", new["id"])
     assert {"api_key.created", "api_key.revoked"} <= {e["action"] for e in events}
-    recent = querri_json(server, "audit", "list", "--limit", "100")
-    assert any(e["action"] == "api.request" and e["actor_id"] == server.admin_key_id for e in recent)
+    recent = querri_json("audit", "list", "--limit", "100")
+    assert any(e["action"] == "api.request" and e["actor_id"] == admin_id for e in recent)

@@ -1,0 +1,121 @@
+"""Who may open which source, and with which row filter.
+
+Sharing decides WHO may open a source at all; policies then decide WHICH ROWS they see.
+- A source is private to its creator until shared with users (view or edit) or with the
+  whole organization; admins see and manage every source of their organization.
+- A key sees only the sources its creator (and its bound user, if set) may open now,
+  narrowed by its own `source_scope`; anything else answers 404 and is absent from lists.
+- The row filter of a key is its creator's policies AND its own access_policy_ids AND its
+  bound user's policies (access.policies.resolve_key_filter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import exists, or_, select
+from sqlalchemy.orm import Session
+
+from tidegate.access import policies
+from tidegate.access.principal import Principal
+from tidegate.access.rowfilter import RowFilter
+from tidegate.access.scopes import ROLE_ADMIN
+from tidegate.credentials.models import ApiKey
+from tidegate.data.models import Source, SourceShare, SourceVersion
+from tidegate.errors import Forbidden, NotFound
+from tidegate.orgs.models import User
+
+VIEW, EDIT, OWNER = "view", "edit", "owner"
+_RANK = {None: 0, VIEW: 1, EDIT: 2, OWNER: 3}
+
+
+@dataclass(frozen=True)
+class SourceAccess:
+    source: Source
+    version: SourceVersion | None
+    permission: str  # view | edit | owner (admins count as owner)
+    row_filter: RowFilter
+
+    @property
+    def columns(self) -> list[str]:
+        return self.version.column_names if self.version else []
+
+
+def _user_may_see(user: User):
+    """SQL condition: `user` may open the source (visibility only, not rows)."""
+    if user.role == ROLE_ADMIN:
+        return Source.org_id == user.org_id
+    shared = exists().where(SourceShare.source_id == Source.id, SourceShare.user_id == user.id)
+    return (Source.org_id == user.org_id) & or_(
+        Source.created_by == user.id, Source.org_share_permission.is_not(None), shared
+    )
+
+
+def _subjects(session: Session, principal: Principal) -> tuple[list[User], ApiKey | None]:
+    """Whose visibility bounds this caller: the user, or a key's creator and bound user."""
+    creator = session.get(User, principal.user_id)
+    key = session.get(ApiKey, principal.key_id) if principal.key_id else None
+    subjects = [creator]
+    if key is not None and key.bound_user_id:
+        bound = session.get(User, key.bound_user_id)
+        if bound is None or not bound.is_active or bound.org_id != principal.org_id:
+            return [], key  # a bound user who is gone sees nothing, so neither does the key
+        subjects.append(bound)
+    return subjects, key
+
+
+def visible_sources_query(session: Session, principal: Principal):
+    """A SELECT of the sources this caller may open now."""
+    subjects, key = _subjects(session, principal)
+    query = select(Source).where(Source.org_id == principal.org_id, Source.deleted_at.is_(None))
+    if not subjects:
+        return query.where(False)
+    for user in subjects:
+        query = query.where(_user_may_see(user))
+    scope = key.source_scope if key is not None else None
+    if scope and scope.get("mode") == "selected":
+        query = query.where(Source.id.in_(scope["source_ids"]))
+    return query
+
+
+def permission_of(session: Session, user: User, source: Source) -> str | None:
+    if source.org_id != user.org_id or source.deleted_at is not None:
+        return None
+    if user.role == ROLE_ADMIN or source.created_by == user.id:
+        return OWNER
+    share = session.scalar(
+        select(SourceShare.permission).where(SourceShare.source_id == source.id, SourceShare.user_id == user.id)
+    )
+    best = max((share, source.org_share_permission), key=lambda p: _RANK[p])
+    return best
+
+
+def open_source(session: Session, principal: Principal, source_id: str, *, need: str = VIEW,
+                with_filter: bool = True) -> SourceAccess:
+    """The source, its current version, the caller's permission and row filter; or 404/403.
+
+    Not visible at all -> 404 (never reveal that it exists). Visible but the needed
+    permission is missing -> 403.
+    """
+    source = session.get(Source, source_id)
+    if source is None or source.org_id != principal.org_id or source.deleted_at is not None:
+        raise NotFound("source_not_found", f"No source {source_id!r}.")
+    subjects, key = _subjects(session, principal)
+    scope = key.source_scope if key is not None else None
+    if scope and scope.get("mode") == "selected" and source.id not in scope["source_ids"]:
+        raise NotFound("source_not_found", f"No source {source_id!r}.")
+    permissions = [permission_of(session, user, source) for user in subjects]
+    if not subjects or any(p is None for p in permissions):
+        raise NotFound("source_not_found", f"No source {source_id!r}.")
+    permission = min(permissions, key=lambda p: _RANK[p])  # a key gets the weaker of its subjects
+    if _RANK[permission] < _RANK[need]:
+        raise Forbidden("source_permission_denied", f"You need {need} permission on this source.")
+    version = session.get(SourceVersion, source.current_version_id) if source.current_version_id else None
+    row_filter = RowFilter.allow_all()
+    if with_filter:
+        columns = version.column_names if version else []
+        if key is not None:
+            row_filter = policies.resolve_key_filter(session, key, source.id, columns)
+        else:
+            row_filter = policies.resolve_user_filter(session, principal.org_id, principal.user_id, source.id, columns)
+    return SourceAccess(source=source, version=version, permission=permission, row_filter=row_filter)
