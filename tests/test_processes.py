@@ -244,6 +244,7 @@ def test_no_secret_ever_reaches_the_server_logs(tmp_path):
             for key in (secret, tampered, secret):
                 http.get("/keys", headers=srv.headers(key))
             http.get("/users", headers=srv.headers(secret))                      # 403
+            http.get("/keys", params={"api_key": secret}, headers=srv.headers())  # secret in a query string
             http.get("/nowhere", headers=srv.headers(secret))                    # 404 route
             http.post("/keys", headers=srv.headers(secret), content=b"{not json")  # 400
             http.get("/keys", headers={"Authorization": f"Basic {secret}", "X-Tenant-ID": srv.org_id})

@@ -8,6 +8,7 @@ any byte reaches the client.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
@@ -19,6 +20,9 @@ from tidegate.audit.journal import Journal
 from tidegate.audit.record import event_row
 
 log = logging.getLogger("tidegate.api")
+# Our own access log: path only, never the query string (a client may put anything there),
+# never headers. uvicorn's access log is switched off in `tidegate serve` for that reason.
+access_log = logging.getLogger("tidegate.access")
 
 # First path segment under /api/v1 -> audit target type.
 TARGET_TYPES = {
@@ -39,6 +43,7 @@ class RequestMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = False
+        began = time.perf_counter()
 
         async def send_with_id(message):
             nonlocal started
@@ -46,6 +51,8 @@ class RequestMiddleware:
                 started = True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
                 self._audit(scope, message["status"])
+                access_log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"],
+                                message["status"], (time.perf_counter() - began) * 1000)
             await send(message)
 
         try:

@@ -134,8 +134,21 @@ def serve(
         forwarded_allow_ips=forwarded,
         server_header=False,
         log_level=os.environ.get("TIDEGATE_LOG_LEVEL", "info"),
-        access_log=os.environ.get("TIDEGATE_ACCESS_LOG", "1") == "1",
+        # uvicorn's access log prints query strings; ours (tidegate.access) prints paths only.
+        access_log=False,
+        log_config=_log_config(os.environ.get("TIDEGATE_ACCESS_LOG", "1") == "1"),
     )
+
+
+def _log_config(access: bool) -> dict:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = {**LOGGING_CONFIG, "loggers": dict(LOGGING_CONFIG["loggers"])}
+    config["loggers"]["tidegate"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config["loggers"]["tidegate.access"] = {
+        "handlers": ["default"] if access else [], "level": "INFO" if access else "WARNING", "propagate": False,
+    }
+    return config
 
 
 # -- users -------------------------------------------------------------------------------
