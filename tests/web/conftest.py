@@ -114,6 +114,8 @@ class UI:
         self.console_errors: list[str] = []
         self.expected_statuses: set[int] = set()
         self.shots = 0
+        for old in SCREENSHOTS.glob(f"{self.name}-[0-9][0-9]-*.png"):  # from an earlier run
+            old.unlink()
         self.page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(msg.text))
         self.page.on("pageerror", lambda exc: self.console_errors.append(f"uncaught: {exc}"))
 

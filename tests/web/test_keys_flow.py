@@ -33,7 +33,7 @@ def create_key(ui, name: str, *, access: str = "Data Access", scopes: list[str] 
 def dismiss_secret(ui, secret: str) -> None:
     page = ui.page
     page.get_by_role("button", name="I have copied the key").click()
-    expect(page.get_by_role("dialog")).to_have_count(0)
+    expect(page.locator("dialog#new-key-dialog")).to_have_count(0)  # removed, not just closed
     assert secret not in page.content()
     assert page.locator("#new-key-secret").count() == 0
     assert page.url.endswith("/settings/api-keys")
@@ -185,3 +185,17 @@ def test_csv_export_neutralizes_formulas(ui, web):
     assert request_rows, rows
     assert all(r["key"].startswith("'=HYPERLINK") for r in request_rows)
     assert not any(v.startswith(("=", "+", "-", "@")) for r in rows for v in r.values() if v)
+
+
+def test_markup_in_names_is_shown_as_text(ui, web):
+    name = '<img src=x onerror="console.error(1)"><b>bold</b>'
+    ui.sign_in(web.admin_email, web.admin_password)
+    secret, _ = create_key(ui, name)
+    dismiss_secret(ui, secret)
+    row = ui.key_row(secret[:12])
+    expect(row.get_by_role("rowheader")).to_have_text(name)
+    assert row.locator("img, b").count() == 0
+    ui.goto("/audit", label="audit-with-markup")
+    expect(ui.page.locator('tr[data-action="api_key.created"]').first).to_contain_text("onerror")
+    assert ui.page.locator("main img").count() == 0
+    # (the fixture then checks that nothing reached the console)

@@ -64,6 +64,12 @@ class Principal:
             )
         raise Forbidden("insufficient_scope", f"This request requires the '{scope}' scope.")
 
+    def require_any(self, *scopes: str) -> None:
+        """Allowed with any one of `scopes` (where the contract names alternatives)."""
+        if any(scope in self.scopes for scope in scopes):
+            return
+        raise Forbidden("insufficient_scope", f"This request requires one of the scopes: {', '.join(scopes)}.")
+
     def missing(self, scopes: frozenset[str]) -> frozenset[str]:
         """Those of `scopes` this principal does not hold now (so may not delegate)."""
         return scopes - self.scopes

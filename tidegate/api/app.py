@@ -13,11 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidegate import __version__
-from tidegate.api import audit, keys, org_settings, policies, users
+from tidegate.api import audit, files, keys, org_settings, policies, sources, users
 from tidegate.api.middleware import RequestMiddleware
 from tidegate.api.responses import JSON, error_response, from_error
 from tidegate.audit.journal import Journal
 from tidegate.config import Settings, get_settings
+from tidegate.data import engine
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
 
@@ -39,6 +40,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    engine.configure(data_dir=settings.data_dir)
     journal = Journal(settings.audit_dir, settings.database_url, fsync=os.environ.get("TIDEGATE_AUDIT_FSYNC") == "1")
 
     @asynccontextmanager
@@ -78,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         type_, code, message = HTTP_CODES.get(exc.status_code, ("api_error", "http_error", str(exc.detail)))
         return error_response(exc.status_code, type_, code, message, headers=getattr(exc, "headers", None))
 
-    for module in (keys, users, org_settings, audit, policies):
+    for module in (keys, users, org_settings, audit, policies, sources, files):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")

@@ -10,8 +10,10 @@ from sqlalchemy.orm import Session
 
 from tidegate.access import policies as service
 from tidegate.access.principal import Principal
+from tidegate.access.sources import open_source, visible_sources_query
 from tidegate.api.deps import DB, request_context, require, set_audit_target
 from tidegate.api.pagination import AfterQuery, cursor_page
+from tidegate.data.models import Source
 
 router = APIRouter(tags=["access policies"])
 READ = require("admin:policies:read")
@@ -211,3 +213,34 @@ def remove_group_policy(group_id: str, policy_id: str, request: Request, princip
     group = service.get_group(session, principal.org_id, group_id)
     removed = service.remove_group_policy(session, principal, group, policy_id, context=request_context(request))
     return {"group_id": group.id, "policy_id": policy_id, "removed": removed}
+
+
+# -- resolution and columns ----------------------------------------------------------------
+
+
+class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(max_length=200)
+    source_id: str = Field(max_length=100)
+
+
+@router.post("/access/resolve")
+def resolve(body: ResolveRequest, principal: Principal = READ, session: Session = DB):
+    access = open_source(session, principal, body.source_id, with_filter=False)
+    return service.resolve_view(session, principal.org_id, body.user_id, access.source.id, access.columns)
+
+
+@router.get("/access/columns")
+def columns(principal: Principal = READ, session: Session = DB,
+            source_id: str | None = Query(None, max_length=100)):
+    if source_id is not None:
+        found = [open_source(session, principal, source_id, with_filter=False)]
+    else:
+        found = [open_source(session, principal, s.id, with_filter=False)
+                 for s in session.scalars(visible_sources_query(session, principal).order_by(Source.id))]
+    return {"data": [
+        {"source_id": a.source.id, "source_name": a.source.name,
+         "columns": [{"name": c["name"], "type": c["type"]} for c in (a.version.columns if a.version else [])]}
+        for a in found
+    ]}

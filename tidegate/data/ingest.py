@@ -444,7 +444,7 @@ def _conform_arrow(arr, target: str, column: str):
     return _py_to_type(arr.to_pylist(), target, column)
 
 
-def _resolve_names(incoming: list[str], columns: list[dict]) -> dict[str, str]:
+def _resolve_names(incoming: list[str], columns: list[dict], *, many_to_one: bool = False) -> dict[str, str]:
     """Map incoming names to the schema's exact names (exact first, then ignoring case)."""
     exact = {c["name"] for c in columns}
     folded = {c["name"].casefold(): c["name"] for c in columns}
@@ -457,7 +457,7 @@ def _resolve_names(incoming: list[str], columns: list[dict]) -> dict[str, str]:
                 f'Column "{name}" does not exist in this source; its columns are: '
                 + ", ".join(f'"{c["name"]}"' for c in columns[:50]) + ".",
             )
-        if target in mapping.values():
+        if target in mapping.values() and not many_to_one:
             raise InvalidRequest("duplicate_column", f'Column "{target}" is given twice (names ignore case).')
         mapping[name] = target
     return mapping
@@ -503,15 +503,27 @@ def rows_to_table(rows: Any, *, columns: list[dict] | None = None, midnight_as_d
         arrays = [_infer_py([row.get(name) for row in rows], midnight_as_date=midnight_as_date)
                   for name in name_list]
         return pa.Table.from_arrays(arrays, names=name_list) if name_list else pa.table({})
-    mapping = _resolve_names(name_list, columns)
-    source_of = {target: name for name, target in mapping.items()}
+    mapping = _resolve_names(name_list, columns, many_to_one=True)
+    sources_of: dict[str, list[str]] = {}
+    for name, target in mapping.items():
+        sources_of.setdefault(target, []).append(name)
     arrays = []
     for col in columns:
-        name = source_of.get(col["name"])
-        if name is None:
+        names_for = sources_of.get(col["name"])
+        if not names_for:
             arrays.append(pa.nulls(len(rows), ARROW_TYPES[col["type"]]))
-        else:
-            arrays.append(_py_to_type([row.get(name) for row in rows], col["type"], col["name"]))
+            continue
+        if len(names_for) == 1:
+            values = [row.get(names_for[0]) for row in rows]
+        else:  # "id" in some rows, "ID" in others: fine, but never both in one row
+            values = []
+            for index, row in enumerate(rows, start=1):
+                present = [n for n in names_for if n in row]
+                if len(present) > 1:
+                    raise InvalidRequest("duplicate_column",
+                                         f'Row {index} gives column "{col["name"]}" twice (names ignore case).')
+                values.append(row.get(present[0]) if present else None)
+        arrays.append(_py_to_type(values, col["type"], col["name"]))
     return pa.Table.from_arrays(arrays, schema=schema_for(columns))
 
 
@@ -725,6 +737,16 @@ def parse_xlsx(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
         return pa.Table.from_arrays(arrays, schema=schema_for(columns))
     arrays = [_infer_py(v, midnight_as_date=True) for v in values]
     return pa.Table.from_arrays(arrays, names=names)
+
+
+def convert_values(values: list, target: str, column: str) -> pa.Array:
+    """Python values to a column of type `target`; `type_mismatch` names the first bad row."""
+    return _py_to_type(values, target, column)
+
+
+def infer_values(values: list, *, midnight_as_date: bool = False) -> pa.Array:
+    """Infer a canonical column from Python values (as for JSON rows)."""
+    return _infer_py(values, midnight_as_date=midnight_as_date)
 
 
 def infer_table(table: pa.Table) -> pa.Table:

@@ -1,0 +1,44 @@
+"""/files: upload (multipart part `file`), list, get, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, UploadFile
+from sqlalchemy.orm import Session
+
+from tidegate.access.principal import Principal
+from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target
+from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
+from tidegate.data import service
+from tidegate.errors import InvalidRequest
+
+router = APIRouter(tags=["files"])
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+
+
+@router.post("/files/upload", status_code=201)
+def upload(request: Request, file: UploadFile, principal: Principal = Depends(authenticated), session: Session = DB):
+    content = file.file.read(MAX_UPLOAD_BYTES + 1)
+    if len(content) > MAX_UPLOAD_BYTES:
+        raise InvalidRequest("file_too_large", f"Files may be at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
+    name = request.headers.get("filename") or file.filename or "upload"
+    stored = service.upload_file(session, principal, name=name, content=content, content_type=file.content_type,
+                                 context=request_context(request))
+    set_audit_target(request, "file", stored.id)
+    return service.file_view(stored)
+
+
+@router.get("/files")
+def list_files(principal: Principal = require("admin:files:read"), session: Session = DB, limit: int = LimitQuery,
+               after: str | None = AfterQuery):
+    return cursor_page(service.list_files(session, principal, limit=limit, after=after), limit, service.file_view)
+
+
+@router.get("/files/{file_id}")
+def get_file(file_id: str, principal: Principal = require("admin:files:read"), session: Session = DB):
+    return service.file_view(service.get_file(session, principal, file_id))
+
+
+@router.delete("/files/{file_id}")
+def delete_file(file_id: str, request: Request, principal: Principal = Depends(authenticated), session: Session = DB):
+    service.delete_file(session, principal, file_id, context=request_context(request))
+    return {"id": file_id, "deleted": True}

@@ -1,0 +1,520 @@
+"""The ONLY way to read a source's rows. Every function takes the caller's RowFilter.
+
+The filter is compiled to SQL with bound parameters only: `CAST("col" AS VARCHAR) IN (?, ...)`
+per clause, ANDed. Values are never pasted into SQL; identifiers come only from the version's
+own column list (exact match) and are double-quoted with quotes doubled. `deny_all`, a
+clause on a column the version does not have, or a clause with no values: zero rows (fail
+closed).
+
+Performance: per (version id, row_filter.cache_key()) the filtered rows are materialized
+once as an in-memory Arrow table, kept in a process-wide LRU bounded by total bytes. A
+page is then an O(1) slice plus `to_pylist()` and a count is `num_rows`, whatever the page
+number. Versions are immutable, so a cache entry never goes stale: a write creates a new
+version id, which simply misses the cache (old entries age out, or `drop_version`). A
+result too large for the cache (> `max_entry_fraction` of it) is not kept; reads of it fall
+back to SQL (LIMIT/OFFSET, COUNT, streaming) over the Parquet parts.
+
+DuckDB: one in-memory connection per process (re-created after fork), a fresh `cursor()`
+per call so threads never share one. The connection may read only the data directory
+(`allowed_directories`), has no extension auto-loading, and its configuration is locked.
+User SQL (`run_query`) never runs here: it runs in `sandbox` over the filtered table.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from tidegate.access.rowfilter import RowFilter
+from tidegate.data import ingest, sandbox, storage
+from tidegate.data.models import SourceVersion
+from tidegate.errors import InvalidRequest
+
+MAX_PAGE_SIZE = 10_000
+MAX_DISTINCT_LIMIT = 10_000
+DEFAULT_CACHE_BYTES = int(os.environ.get("TIDEGATE_DATA_CACHE_BYTES", str(1024 * 1024 * 1024)))
+
+_DENY = object()
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# ---------------------------------------------------------------------------------------
+# Configuration and connections
+# ---------------------------------------------------------------------------------------
+
+_options: dict[str, Any] = {
+    "threads": int(os.environ.get("TIDEGATE_DATA_THREADS", "2")),
+    "memory_limit": os.environ.get("TIDEGATE_DATA_MEMORY_LIMIT", "2GB"),
+    "max_entry_fraction": 0.5,
+}
+_conn_lock = threading.Lock()
+_conn: tuple[tuple, duckdb.DuckDBPyConnection] | None = None
+
+
+def configure(*, data_dir: str | os.PathLike | None = None, cache_bytes: int | None = None,
+              max_entry_fraction: float | None = None, threads: int | None = None,
+              memory_limit: str | None = None, query_timeout: float | None = None,
+              query_memory_limit: str | None = None, query_threads: int | None = None) -> None:
+    """Process-wide settings; call once at startup (the lead wires Settings.data_dir here)."""
+    global _conn
+    if data_dir is not None:
+        storage.configure(data_dir)
+    with _conn_lock:
+        if threads is not None:
+            _options["threads"] = int(threads)
+        if memory_limit is not None:
+            _options["memory_limit"] = memory_limit
+        if max_entry_fraction is not None:
+            _options["max_entry_fraction"] = float(max_entry_fraction)
+        _conn = None
+    if cache_bytes is not None:
+        _cache.resize(int(cache_bytes))
+    if query_timeout is not None or query_memory_limit is not None or query_threads is not None:
+        sandbox.configure(timeout=query_timeout, memory_limit=query_memory_limit, threads=query_threads)
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    global _conn
+    root = storage.data_root()
+    key = (os.getpid(), str(root), _options["threads"], _options["memory_limit"])
+    with _conn_lock:
+        if _conn is None or _conn[0] != key:
+            connection = duckdb.connect(":memory:", config={
+                "threads": _options["threads"],
+                "memory_limit": _options["memory_limit"],
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+            })
+            allowed = str(root).rstrip("/") + "/"
+            connection.execute("SET allowed_directories = [" + _sql_string(allowed) + "]")
+            connection.execute("SET enable_external_access = false")
+            connection.execute("SET lock_configuration = true")
+            _conn = (key, connection)
+        return _conn[1]
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# ---------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------
+
+class _ResultCache:
+    """LRU of filtered Arrow tables keyed by (version id, filter key), bounded by bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, tuple[pa.Table, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._oversized: OrderedDict[tuple, None] = OrderedDict()
+        self._build_locks = [threading.Lock() for _ in range(64)]
+        self.hits = self.misses = self.evictions = 0
+
+    def build_lock(self, key: tuple) -> threading.Lock:
+        return self._build_locks[hash(key) % len(self._build_locks)]
+
+    @property
+    def max_entry_bytes(self) -> int:
+        return int(self.max_bytes * _options["max_entry_fraction"])
+
+    def get(self, key: tuple) -> pa.Table | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: tuple, table: pa.Table) -> bool:
+        size = table.get_total_buffer_size()
+        if size > self.max_entry_bytes:
+            self.mark_oversized(key)
+            return False
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._entries[key] = (table, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._entries:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= evicted
+                self.evictions += 1
+        return True
+
+    def is_oversized(self, key: tuple) -> bool:
+        with self._lock:
+            return key in self._oversized
+
+    def mark_oversized(self, key: tuple) -> None:
+        with self._lock:
+            self._oversized[key] = None
+            while len(self._oversized) > 4096:
+                self._oversized.popitem(last=False)
+
+    def drop_version(self, version_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == version_id]:
+                self._bytes -= self._entries.pop(key)[1]
+            for key in [k for k in self._oversized if k[0] == version_id]:
+                del self._oversized[key]
+
+    def resize(self, max_bytes: int) -> None:
+        with self._lock:
+            self.max_bytes = max_bytes
+            while self._bytes > self.max_bytes and self._entries:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= evicted
+                self.evictions += 1
+            self._oversized.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._oversized.clear()
+            self._bytes = 0
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
+                    "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+                    "oversized": len(self._oversized)}
+
+    def keys(self) -> list[tuple]:
+        with self._lock:
+            return list(self._entries)
+
+
+_cache = _ResultCache(DEFAULT_CACHE_BYTES)
+_sizes: OrderedDict[str, int] = OrderedDict()  # version id -> uncompressed Parquet bytes
+_sizes_lock = threading.Lock()
+
+
+def cache_stats() -> dict:
+    return _cache.stats()
+
+
+def drop_version(version_id: str) -> None:
+    """Forget cached results of a version (e.g. once it is pruned). Never required for
+    correctness: versions are immutable and ids are never reused."""
+    _cache.drop_version(version_id)
+
+
+def clear_cache() -> None:
+    _cache.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Validation and filter compilation
+# ---------------------------------------------------------------------------------------
+
+def _check_filter(row_filter: Any) -> RowFilter:
+    if not isinstance(row_filter, RowFilter):
+        raise TypeError("row_filter must be a tidegate.access.rowfilter.RowFilter")
+    return row_filter
+
+
+def _check_page(page: Any, page_size: Any) -> None:
+    if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+        raise InvalidRequest("invalid_page", "page must be an integer >= 1.")
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidRequest("invalid_page_size", f"page_size must be an integer from 1 to {MAX_PAGE_SIZE:,}.")
+
+
+def compile_filter(version: SourceVersion, row_filter: RowFilter) -> tuple[str, list[str]] | object:
+    """`(where_sql, params)` (where_sql "" when unrestricted), or _DENY for zero rows."""
+    _check_filter(row_filter)
+    if row_filter.deny_all:
+        return _DENY
+    names = set(version.column_names)
+    conditions: list[str] = []
+    params: list[str] = []
+    for clause in sorted(row_filter.clauses, key=lambda c: (c.column, sorted(c.values))):
+        if clause.column not in names or not clause.values:
+            return _DENY  # fail closed
+        values = sorted(clause.values)
+        if not all(isinstance(v, str) for v in values):
+            raise TypeError("row filter values must be strings")
+        conditions.append(f"CAST({quote_ident(clause.column)} AS VARCHAR) IN ({', '.join('?' * len(values))})")
+        params.extend(values)
+    return " AND ".join(conditions), params
+
+
+def _select_list(version: SourceVersion) -> str:
+    return ", ".join(quote_ident(name) for name in version.column_names)
+
+
+def _parquet_sql(version: SourceVersion, where: str, select: str | None = None) -> str:
+    sql = f"SELECT {select or _select_list(version)} FROM read_parquet(?)"
+    return sql + (f" WHERE {where}" if where else "")
+
+
+def _paths(version: SourceVersion) -> list[str]:
+    return [str(p) for p in storage.part_paths(version)]
+
+
+def _canonical(table: pa.Table, version: SourceVersion) -> pa.Table:
+    schema = ingest.schema_for(version.columns)
+    return table if table.schema == schema else table.cast(schema)
+
+
+def _empty(version: SourceVersion) -> pa.Table:
+    return ingest.empty_table(version.columns)
+
+
+# ---------------------------------------------------------------------------------------
+# Materialization
+# ---------------------------------------------------------------------------------------
+
+def _uncompressed_bytes(version: SourceVersion) -> int:
+    with _sizes_lock:
+        if version.id in _sizes:
+            return _sizes[version.id]
+    total = 0
+    for path in _paths(version):
+        meta = pq.read_metadata(path)
+        total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    with _sizes_lock:
+        _sizes[version.id] = total
+        while len(_sizes) > 10_000:
+            _sizes.popitem(last=False)
+    return total
+
+
+def _sql_count(version: SourceVersion, where: str, params: list[str]) -> int:
+    cursor = _connection().cursor()
+    try:
+        sql = f"SELECT count(*) FROM read_parquet(?)" + (f" WHERE {where}" if where else "")
+        return int(cursor.sql(sql, params=[_paths(version), *params]).fetchall()[0][0])
+    finally:
+        cursor.close()
+
+
+def _materialize(version: SourceVersion, where: str, params: list[str]) -> pa.Table:
+    cursor = _connection().cursor()
+    try:
+        table = cursor.sql(_parquet_sql(version, where), params=[_paths(version), *params]).to_arrow_table()
+    finally:
+        cursor.close()
+    return _canonical(table, version)
+
+
+def _filtered(version: SourceVersion, row_filter: RowFilter, *, force: bool = False) -> pa.Table | None:
+    """The filtered rows as an Arrow table (cached), or None when too large to keep (then
+    callers use SQL). `force` materializes even then (not cached)."""
+    compiled = compile_filter(version, row_filter)
+    if compiled is _DENY or not version.parts:
+        return _empty(version)
+    key = (version.id, row_filter.cache_key())
+    table = _cache.get(key)
+    if table is not None:
+        return table
+    where, params = compiled
+    with _cache.build_lock(key):
+        table = _cache.get(key)
+        if table is not None:
+            return table
+        if not force:
+            if _cache.is_oversized(key):
+                return None
+            # Parquet's uncompressed size undercounts Arrow (dictionary pages), so only a
+            # clear excess skips materializing; otherwise build, then measure exactly.
+            estimate = _uncompressed_bytes(version)
+            if estimate > 4 * _cache.max_entry_bytes and where and version.row_count:
+                estimate = estimate * _sql_count(version, where, params) // version.row_count
+            if estimate > 4 * _cache.max_entry_bytes:
+                _cache.mark_oversized(key)
+                return None
+        table = _materialize(version, where, params)
+        if not _cache.put(key, table) and not force:
+            return None
+        return table
+
+
+# ---------------------------------------------------------------------------------------
+# Public reads
+# ---------------------------------------------------------------------------------------
+
+def read_page(version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int) -> tuple[list[dict], int]:
+    """One page of the rows the filter lets through, and how many there are in total."""
+    _check_filter(row_filter)
+    _check_page(page, page_size)
+    offset = (page - 1) * page_size
+    table = _filtered(version, row_filter)
+    if table is not None:
+        total = table.num_rows
+        if offset >= total:
+            return [], total
+        return table.slice(offset, page_size).to_pylist(), total
+    where, params = compile_filter(version, row_filter)
+    cursor = _connection().cursor()
+    try:
+        rows = cursor.sql(_parquet_sql(version, where) + " LIMIT ? OFFSET ?",
+                          params=[_paths(version), *params, page_size, offset]).to_arrow_table()
+    finally:
+        cursor.close()
+    return _canonical(rows, version).to_pylist(), count(version, row_filter)
+
+
+_counts: OrderedDict[tuple, int] = OrderedDict()
+_counts_lock = threading.Lock()
+
+
+def count(version: SourceVersion, row_filter: RowFilter) -> int:
+    """How many rows the filter lets through."""
+    _check_filter(row_filter)
+    table = _filtered(version, row_filter)
+    if table is not None:
+        return table.num_rows
+    key = (version.id, row_filter.cache_key())
+    with _counts_lock:
+        if key in _counts:
+            _counts.move_to_end(key)
+            return _counts[key]
+    where, params = compile_filter(version, row_filter)
+    total = _sql_count(version, where, params)
+    with _counts_lock:
+        _counts[key] = total
+        while len(_counts) > 65_536:
+            _counts.popitem(last=False)
+    return total
+
+
+def _batches(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    compiled = compile_filter(version, row_filter)
+    if compiled is _DENY or not version.parts:
+        return
+    key = (version.id, row_filter.cache_key())
+    table = _cache.get(key)
+    if table is not None:
+        yield from table.to_batches(max_chunksize=batch_rows)
+        return
+    where, params = compiled
+    schema = ingest.schema_for(version.columns)
+    cursor = _connection().cursor()
+    try:
+        reader = cursor.sql(_parquet_sql(version, where), params=[_paths(version), *params]).to_arrow_reader(batch_rows)
+        for batch in reader:
+            yield batch if batch.schema == schema else batch.cast(schema)
+    finally:
+        cursor.close()
+
+
+def stream_csv(version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 65_536) -> Iterator[bytes]:
+    """The filtered rows as CSV (header first), in chunks, never all in memory at once."""
+    _check_filter(row_filter)
+    compile_filter(version, row_filter)
+    return _csv_chunks(version, row_filter, batch_rows)
+
+
+def _csv_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> Iterator[bytes]:
+    schema = ingest.schema_for(version.columns)
+    sink = io.BytesIO()
+    writer = pacsv.CSVWriter(sink, schema)
+    try:
+        wrote = False
+        for batch in _batches(version, row_filter, batch_rows):
+            writer.write_batch(batch)
+            wrote = True
+            chunk = sink.getvalue()
+            if chunk:
+                sink.seek(0)
+                sink.truncate()
+                yield chunk
+        if not wrote:
+            writer.write_table(schema.empty_table())
+    finally:
+        writer.close()
+    rest = sink.getvalue()
+    if rest:
+        yield rest
+    elif not version.columns:
+        return
+
+
+def stream_parquet(version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 131_072) -> Iterator[bytes]:
+    """The filtered rows as one Parquet file, emitted row group by row group."""
+    _check_filter(row_filter)
+    compile_filter(version, row_filter)
+    return _parquet_chunks(version, row_filter, batch_rows)
+
+
+def _parquet_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> Iterator[bytes]:
+    schema = ingest.schema_for(version.columns)
+    sink = io.BytesIO()
+    writer = pq.ParquetWriter(sink, schema, compression="zstd")
+    try:
+        for batch in _batches(version, row_filter, batch_rows):
+            writer.write_batch(batch, row_group_size=batch_rows)
+            chunk = sink.getvalue()
+            if chunk:
+                sink.seek(0)
+                sink.truncate()
+                yield chunk
+    finally:
+        writer.close()
+    rest = sink.getvalue()
+    if rest:
+        yield rest
+
+
+def distinct_values(version: SourceVersion, row_filter: RowFilter, column: str, limit: int) -> list[str]:
+    """Distinct non-null values of `column` among the filtered rows, as the text the row
+    filter compares against (`CAST(col AS VARCHAR)`), sorted, at most `limit`."""
+    _check_filter(row_filter)
+    if column not in version.column_names:
+        raise InvalidRequest("unknown_column", f'Column "{column}" does not exist in this source.')
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_DISTINCT_LIMIT:
+        raise InvalidRequest("invalid_limit", f"limit must be an integer from 1 to {MAX_DISTINCT_LIMIT:,}.")
+    compiled = compile_filter(version, row_filter)
+    if compiled is _DENY or not version.parts:
+        return []
+    q = quote_ident(column)
+    table = _filtered(version, row_filter)
+    cursor = _connection().cursor()
+    try:
+        if table is not None:
+            cursor.register("__filtered", table)
+            sql = (f"SELECT DISTINCT CAST({q} AS VARCHAR) AS v FROM __filtered "
+                   f"WHERE {q} IS NOT NULL ORDER BY v LIMIT ?")
+            rows = cursor.sql(sql, params=[limit]).fetchall()
+        else:
+            where, params = compiled
+            condition = f"{q} IS NOT NULL" + (f" AND {where}" if where else "")
+            sql = (f"SELECT DISTINCT CAST({q} AS VARCHAR) AS v FROM read_parquet(?) "
+                   f"WHERE {condition} ORDER BY v LIMIT ?")
+            rows = cursor.sql(sql, params=[_paths(version), *params, limit]).fetchall()
+    finally:
+        cursor.close()
+    return [row[0] for row in rows]
+
+
+def run_query(version: SourceVersion, row_filter: RowFilter, sql: str, *, page: int,
+              page_size: int) -> tuple[list[dict], int, list[str]]:
+    """Read-only SQL over `data` = this version's rows ALREADY filtered for the caller.
+
+    Returns (rows of the page, total rows of the query's result, result column names).
+    The query is validated (sandbox.validate_query) before anything is read or run.
+    """
+    _check_filter(row_filter)
+    _check_page(page, page_size)
+    query = sandbox.validate_query(sql)
+    table = _filtered(version, row_filter, force=True)
+    return sandbox.execute(query, table, page=page, page_size=page_size)

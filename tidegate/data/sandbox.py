@@ -1,0 +1,417 @@
+"""Read-only SQL over one relation, `data`: the caller's rows, already filtered.
+
+A query is accepted only if two independent parsers agree that it is harmless:
+
+1. sqlglot (duckdb dialect): exactly one statement, a SELECT (CTEs, joins, unions allowed);
+   tables only `data` or the query's own CTE names, never qualified; no table functions, no
+   SELECT INTO, no parameters, no DESCRIBE/SUMMARIZE/PRAGMA/..., and every function on
+   `ALLOWED_FUNCTIONS`.
+2. DuckDB's own parser (`json_serialize_sql`, which parses without running) on the exact
+   text that will run: the same rules, checked on the tree DuckDB will execute, so a
+   difference between the two parsers cannot smuggle anything through.
+
+Only then does it run, on a DuckDB connection that has no file, network or extension access
+(`enable_external_access=false`, autoload/autoinstall off), a memory limit, few threads
+and a locked configuration; `data` is the filtered Arrow table registered on a per-query
+cursor (invisible to other cursors); a timer interrupts it after `timeout` seconds.
+
+Any refusal is InvalidRequest `invalid_query` (or `query_timeout` / `query_too_large` while
+running) and nothing has run.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from tidegate.errors import InvalidRequest
+
+MAX_SQL_LENGTH = 10_000
+RELATION = "data"
+_WRAP_ALIAS = "__tidegate_q"
+
+_AGGREGATES = """
+any_value approx_count_distinct approx_quantile arbitrary arg_max arg_min argmax argmin max_by min_by
+array_agg avg mean bit_and bit_or bit_xor bool_and bool_or corr count count_star count_if countif
+covar_pop covar_samp entropy favg first last fsum sumkahan kahan_sum geomean geometric_mean
+group_concat histogram kurtosis kurtosis_pop list listagg mad max min median mode product quantile
+quantile_cont quantile_disc regr_avgx regr_avgy regr_count regr_intercept regr_r2 regr_slope regr_sxx
+regr_sxy regr_syy sem skewness stddev stddev_pop stddev_samp string_agg sum var_pop var_samp variance
+weighted_avg wavg grouping grouping_id
+"""
+_WINDOW = "row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value nth_value"
+_CONDITIONAL = "coalesce ifnull nullif if greatest least"
+_STRING = """
+ascii bit_length char_length character_length chr concat concat_ws contains ends_with suffix starts_with
+prefix format printf hamming mismatches instr position strpos jaccard jaro_similarity
+jaro_winkler_similarity damerau_levenshtein levenshtein editdist3 lcase lower ucase upper left right
+left_grapheme right_grapheme len length length_grapheme strlen octet_length lpad rpad ltrim rtrim trim
+md5 md5_number sha1 sha256 hash nfc_normalize regexp_extract regexp_extract_all regexp_full_match
+regexp_matches regexp_replace regexp_split_to_array regexp_escape replace reverse split split_part
+str_split string_split string_split_regex str_split_regex string_to_array strip_accents substr substring
+substring_grapheme translate unicode ord to_base64 base64 from_base64 to_hex hex unhex from_hex
+url_encode url_decode like_escape ilike_escape not_like_escape not_ilike_escape array_to_string
+format_bytes
+"""
+_MATH = """
+abs acos acosh asin asinh atan atan2 atanh cbrt ceil ceiling cos cosh cot degrees radians even exp
+factorial floor fmod gamma lgamma gcd lcm greatest_common_divisor least_common_multiple isfinite isinf
+isnan ln log log10 log2 mod pi pow power random round round_even roundbankers sign signbit sin sinh
+sqrt tan tanh trunc xor bit_count divide add subtract multiply nextafter
+"""
+_DATETIME = """
+age century current_date current_localtime current_localtimestamp date_add date_diff datediff date_part
+datepart date_sub datesub date_trunc datetrunc day dayname dayofmonth dayofweek dayofyear decade epoch
+epoch_ms epoch_ns epoch_us era get_current_time get_current_timestamp hour isodow isoyear julian
+last_day make_date make_time make_timestamp make_timestamptz microsecond millennium millisecond minute
+month monthname nanosecond now quarter second strftime strptime time_bucket timezone timezone_hour
+timezone_minute to_centuries to_days to_decades to_hours to_microseconds to_millennia to_milliseconds
+to_minutes to_months to_quarters to_seconds to_timestamp to_weeks to_years today transaction_timestamp
+try_strptime week weekday weekofyear year yearweek days_in_month current_timestamp
+"""
+_NESTED = """
+list_value array_value list_extract list_element array_extract element_at list_contains list_has
+array_contains array_has list_has_any list_has_all array_has_any array_has_all list_position
+list_indexof array_position array_indexof list_slice array_slice list_sort array_sort list_reverse_sort
+array_reverse_sort list_distinct array_distinct list_unique array_unique list_transform array_transform
+list_apply array_apply apply list_filter array_filter filter list_concat list_cat array_concat array_cat
+list_append list_prepend array_append array_prepend array_push_back array_push_front array_length
+cardinality flatten list_zip array_zip unnest struct_pack struct_extract struct_insert row map
+map_extract map_keys map_values map_entries map_from_entries map_contains list_sum list_avg list_min
+list_max list_count list_first list_last list_median list_mode list_reduce array_reduce reduce
+list_select array_select list_where array_where list_grade_up array_grade_up list_intersect
+array_intersect list_reverse array_reverse list_string_agg list_product list_stddev_samp list_var_samp
+"""
+_JSON = """
+json_extract json_extract_string json_extract_path json_extract_path_text json_value json_exists
+json_valid json_array_length json_keys json_type json_contains json_structure json_object json_array
+json_quote to_json json json_merge_patch row_to_json array_to_json json_pretty json_group_array
+json_group_object from_json json_transform
+"""
+_MISC = "typeof uuid gen_random_uuid uuidv4 uuidv7 cast try_cast extract columns"
+
+# Functions a query may call, by the name DuckDB sees. Everything else is refused, notably:
+# read_*/glob/query/query_table/range/generate_series (table functions), getenv,
+# current_setting, getvariable, current_schema(s)/current_database/version, duckdb_*/pragma_*,
+# nextval/setval, setseed, sleep_ms/pg_sleep, repeat, json_*_sql (which parse or RUN SQL),
+# aggregate/list_aggregate (call a function by its name), write_log, error.
+ALLOWED_FUNCTIONS = frozenset(
+    " ".join([_AGGREGATES, _WINDOW, _CONDITIONAL, _STRING, _MATH, _DATETIME, _NESTED, _JSON, _MISC]).split()
+)
+
+# sqlglot node types never allowed anywhere in the tree.
+_FORBIDDEN_NODES: tuple[type, ...] = tuple(
+    getattr(exp, name) for name in (
+        "Into", "Command", "Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "Copy",
+        "Pragma", "Set", "Use", "Attach", "Detach", "Install", "Describe", "Summarize", "Show",
+        "Transaction", "Commit", "Rollback", "Placeholder", "Parameter", "SessionParameter",
+        "LoadData", "Kill", "Export", "Grant", "Revoke", "Cache", "Uncache", "Refresh", "Analyze",
+        "Lateral", "TableFromRows", "Version", "HistoricalData",
+    ) if hasattr(exp, name)
+)
+_ROOTS = (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Subquery)
+_FUNC_NAME = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+_OPERATOR = re.compile(r"^[^A-Za-z0-9_\s]+$|^(IS (NOT )?DISTINCT FROM)$")
+# DuckDB table-reference node types that may appear in a query.
+_TABLE_REF_TYPES = {"BASE_TABLE", "SUBQUERY", "JOIN", "EXPRESSION_LIST", "PIVOT", "EMPTY", "EMPTY_FROM"}
+
+
+def _refuse(message: str) -> InvalidRequest:
+    return InvalidRequest("invalid_query", message)
+
+
+@dataclass(frozen=True)
+class ValidatedQuery:
+    """A query both parsers accepted. `sql` is the user's text without trailing semicolons."""
+
+    sql: str
+    cte_names: frozenset[str]
+
+    def count_sql(self) -> str:
+        return f"SELECT count(*) AS n FROM (\n{self.sql}\n) AS {_WRAP_ALIAS}"
+
+    def page_sql(self, limit: int, offset: int) -> str:
+        return f"SELECT * FROM (\n{self.sql}\n) AS {_WRAP_ALIAS} LIMIT {int(limit)} OFFSET {int(offset)}"
+
+
+# ---------------------------------------------------------------------------------------
+# Layer 1: sqlglot
+# ---------------------------------------------------------------------------------------
+
+def _func_name(node: exp.Func) -> str | None:
+    if isinstance(node, exp.Anonymous):
+        return str(node.this).lower()
+    try:
+        rendered = node.sql(dialect="duckdb", comments=False)
+    except Exception:  # noqa: BLE001 - a generator gap is a refusal, not a crash
+        raise _refuse(f"Unsupported SQL construct: {node.key}.") from None
+    match = _FUNC_NAME.match(rendered)
+    return match.group(1).lower() if match else None  # syntax forms (CASE, CAST ...) checked by DuckDB
+
+
+def _check_sqlglot(sql: str) -> frozenset[str]:
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+    except sqlglot.errors.SqlglotError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        raise _refuse(f"Could not parse the query: {message[:300]}") from None
+    if len(statements) != 1:
+        raise _refuse("Exactly one SQL statement is allowed.")
+    root = statements[0]
+    if not isinstance(root, _ROOTS):
+        raise _refuse(f"Only SELECT queries are allowed (got {root.key.upper()}).")
+    cte_names = frozenset(cte.alias_or_name.lower() for cte in root.find_all(exp.CTE))
+    allowed_tables = cte_names | {RELATION}
+    for node in root.walk():
+        if isinstance(node, _FORBIDDEN_NODES):
+            if isinstance(node, (exp.Placeholder, exp.Parameter, exp.SessionParameter)):
+                raise _refuse("Query parameters and session variables are not allowed.")
+            if isinstance(node, exp.Into):
+                raise _refuse("SELECT INTO is not allowed: queries are read-only.")
+            raise _refuse(f"{node.key.upper()} is not allowed: only read-only SELECT queries over \"data\".")
+        if isinstance(node, exp.Table):
+            if not isinstance(node.this, exp.Identifier):
+                if isinstance(node.this, exp.Func):
+                    raise _refuse("Table functions are not allowed; query the relation \"data\".")
+                raise _refuse("Only the relation \"data\" (and the query's own CTEs) can be queried.")
+            if node.args.get("db") or node.args.get("catalog"):
+                raise _refuse(f'Qualified table names are not allowed ("{node.sql(dialect="duckdb")}"); '
+                              'query the relation "data".')
+            if node.name.lower() not in allowed_tables:
+                raise _refuse(f'Unknown table "{node.name}": only "data" (and the query\'s own CTEs) can be queried.')
+        elif isinstance(node, exp.Unnest) and isinstance(node.parent, (exp.From, exp.Join)):
+            raise _refuse("Table functions are not allowed; query the relation \"data\".")
+        elif isinstance(node, exp.Func):
+            if isinstance(node.parent, exp.Dot) and node.parent.expression is node:
+                raise _refuse("Qualified function names are not allowed.")
+            name = _func_name(node)
+            if name is not None and name not in ALLOWED_FUNCTIONS:
+                raise _refuse(f"Function {name}() is not allowed in queries.")
+        elif isinstance(node, exp.Column) and (node.args.get("catalog") or node.args.get("db")):
+            raise _refuse("Catalog- or schema-qualified column references are not allowed.")
+    return cte_names
+
+
+# ---------------------------------------------------------------------------------------
+# Layer 2: DuckDB's own parse tree of the exact text that will run
+# ---------------------------------------------------------------------------------------
+
+def _walk_duckdb(node: Any, tables: set[str], ctes: set[str]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _walk_duckdb(item, tables, ctes)
+        return
+    if not isinstance(node, dict):
+        return
+    cte_map = node.get("cte_map")
+    if isinstance(cte_map, dict):
+        for entry in cte_map.get("map") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                ctes.add(entry["key"].lower())
+    if node.get("class") == "PARAMETER":
+        raise _refuse("Query parameters are not allowed.")
+    if "function_name" in node:
+        name = str(node.get("function_name") or "")
+        if node.get("schema") or node.get("catalog"):
+            raise _refuse("Qualified function names are not allowed.")
+        if node.get("is_operator") is True:
+            if not _OPERATOR.match(name):
+                raise _refuse(f"Operator {name!r} is not allowed.")
+        elif name.lower() not in ALLOWED_FUNCTIONS and name.lower() != "":
+            raise _refuse(f"Function {name}() is not allowed in queries.")
+    # Table references serialize a "sample" key and no expression "class".
+    if "sample" in node and "class" not in node and isinstance(node.get("type"), str) and "modifiers" not in node:
+        kind = node["type"]
+        if kind == "TABLE_FUNCTION":
+            raise _refuse("Table functions are not allowed; query the relation \"data\".")
+        if kind not in _TABLE_REF_TYPES:
+            raise _refuse(f"{kind.replace('_', ' ').title()} is not allowed in queries.")
+        if kind == "BASE_TABLE":
+            if node.get("schema_name") or node.get("catalog_name"):
+                raise _refuse("Qualified table names are not allowed; query the relation \"data\".")
+            if node.get("at_clause"):
+                raise _refuse("AT (time travel) clauses are not allowed.")
+            tables.add(str(node.get("table_name") or "").lower())
+    for key, value in node.items():
+        if isinstance(value, (dict, list)):
+            _walk_duckdb(value, tables, ctes)
+
+
+def _check_duckdb(cursor, sql: str) -> None:
+    raw = cursor.sql("SELECT json_serialize_sql(?)", params=[sql]).fetchall()[0][0]
+    tree = json.loads(raw)
+    if tree.get("error"):
+        message = str(tree.get("error_message") or "syntax error").splitlines()[0]
+        if "Only SELECT statements" in message:
+            raise _refuse("Only SELECT queries are allowed.")
+        raise _refuse(f"Could not parse the query: {message[:300]}")
+    statements = tree.get("statements") or []
+    if len(statements) != 1:
+        raise _refuse("Exactly one SQL statement is allowed.")
+    tables: set[str] = set()
+    ctes: set[str] = set()
+    _walk_duckdb(statements, tables, ctes)
+    unknown = tables - ctes - {RELATION}
+    if unknown:
+        raise _refuse(f'Unknown table "{sorted(unknown)[0]}": only "data" (and the query\'s own CTEs) can be queried.')
+
+
+# ---------------------------------------------------------------------------------------
+# The locked-down connection
+# ---------------------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_conn: tuple[int, tuple, duckdb.DuckDBPyConnection] | None = None
+_options = {"memory_limit": "1GB", "threads": 2, "timeout": 10.0}
+
+
+def configure(*, memory_limit: str | None = None, threads: int | None = None, timeout: float | None = None) -> None:
+    global _conn
+    with _lock:
+        if memory_limit is not None:
+            _options["memory_limit"] = memory_limit
+        if threads is not None:
+            _options["threads"] = int(threads)
+        if timeout is not None:
+            _options["timeout"] = float(timeout)
+        _conn = None
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    global _conn
+    key = (_options["memory_limit"], _options["threads"])
+    with _lock:
+        if _conn is None or _conn[0] != os.getpid() or _conn[1] != key:
+            connection = duckdb.connect(":memory:", config={
+                "enable_external_access": False,
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+                "allow_community_extensions": False,
+                "allow_persistent_secrets": False,
+                "memory_limit": _options["memory_limit"],
+                "threads": _options["threads"],
+                "lock_configuration": True,
+            })
+            _conn = (os.getpid(), key, connection)
+        return _conn[2]
+
+
+def validate_query(sql: Any) -> ValidatedQuery:
+    """Both parser checks; raises InvalidRequest(`invalid_query`) before anything runs."""
+    if not isinstance(sql, str):
+        raise _refuse("sql must be a string.")
+    if len(sql) > MAX_SQL_LENGTH:
+        raise _refuse(f"The query is {len(sql)} characters long; at most {MAX_SQL_LENGTH:,} are allowed.")
+    if "\x00" in sql:
+        raise _refuse("The query contains a NUL character.")
+    text = sql.strip()
+    while text.endswith(";"):
+        text = text[:-1].rstrip()
+    if not text:
+        raise _refuse("The query is empty.")
+    cte_names = _check_sqlglot(text)
+    query = ValidatedQuery(sql=text, cte_names=cte_names)
+    cursor = _connection().cursor()
+    try:
+        _check_duckdb(cursor, text)
+        # The wrapped forms are what actually runs: check them too.
+        _check_duckdb(cursor, query.count_sql())
+        _check_duckdb(cursor, query.page_sql(1, 0))
+    finally:
+        cursor.close()
+    return query
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value():
+            return int(value)
+        return float(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if value and isinstance(value[0], tuple) and len(value[0]) == 2 and all(
+                isinstance(item, tuple) and len(item) == 2 for item in value):
+            return {str(k): _jsonable(v) for k, v in value}  # an Arrow map
+        return [_jsonable(v) for v in value]
+    if type(value).__name__ == "MonthDayNano":
+        months, days, nanos = value
+        return f"P{months}M{days}DT{nanos / 1e9:g}S"
+    return value
+
+
+def _needs_conversion(t: pa.DataType) -> bool:
+    if (pa.types.is_decimal(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+            or pa.types.is_fixed_size_binary(t) or pa.types.is_interval(t) or pa.types.is_duration(t)
+            or pa.types.is_map(t)):
+        return True
+    if pa.types.is_nested(t):
+        return any(_needs_conversion(t.field(i).type) for i in range(t.num_fields))
+    return False
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        candidate = name
+        while candidate in seen:
+            seen[name] += 1
+            candidate = f"{name}_{seen[name]}"
+        seen.setdefault(candidate, 1)
+        out.append(candidate)
+    return out
+
+
+def execute(query: ValidatedQuery, table: pa.Table, *, page: int, page_size: int,
+            timeout: float | None = None) -> tuple[list[dict], int, list[str]]:
+    """Run a validated query over `table` (registered as `data`); one page of its result."""
+    timeout = _options["timeout"] if timeout is None else timeout
+    cursor = _connection().cursor()
+    timer = threading.Timer(timeout, cursor.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        cursor.register(RELATION, table)
+        total = int(cursor.sql(query.count_sql()).fetchall()[0][0])
+        result = cursor.sql(query.page_sql(page_size, (page - 1) * page_size)).to_arrow_table()
+    except duckdb.InterruptException:
+        raise InvalidRequest("query_timeout", f"The query ran longer than {timeout:g} seconds and was stopped.") from None
+    except duckdb.OutOfMemoryException:
+        raise InvalidRequest("query_too_large", "The query needs more memory than queries may use.") from None
+    except duckdb.Error as exc:
+        message = str(exc).split("\n")[0][:400]
+        raise _refuse(f"The query failed: {message}") from None
+    finally:
+        timer.cancel()
+        try:
+            cursor.close()
+        except duckdb.Error:
+            pass
+    columns = _unique_names(result.column_names)
+    if columns != result.column_names:
+        result = result.rename_columns(columns)
+    rows = result.to_pylist()
+    if any(_needs_conversion(f.type) for f in result.schema):
+        rows = [{k: _jsonable(v) for k, v in row.items()} for row in rows]
+    return rows, total, columns

@@ -1,0 +1,322 @@
+"""Sources: creation, writes, sharing and views, with their business rules and audit.
+
+Reads of rows never happen here: they go through `tidegate.data.engine`, whose every
+function takes the caller's RowFilter, which only `access.sources.open_source` produces.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from tidegate.access.principal import Principal
+from tidegate.access.rowfilter import RowFilter
+from tidegate.access.sources import EDIT, OWNER, SourceAccess, open_source, visible_sources_query
+from tidegate.audit.record import RequestContext, record
+from tidegate.config import Settings
+from tidegate.data import connectors, engine, ingest, storage
+from tidegate.data.models import SHARE_PERMISSIONS, SERVICE_API, SERVICE_FILE, File, Source, SourceShare
+from tidegate.db.base import isoformat, utcnow
+from tidegate.errors import Forbidden, InvalidRequest, NotFound
+from tidegate.ids import new_id
+from tidegate.orgs.service import get_user
+
+MAX_INLINE_ROWS = 100_000
+
+
+def _check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise InvalidRequest("invalid_name", "Source name must be 1-200 characters.")
+    return name
+
+
+def _rows_table(rows, *, columns=None):
+    if not isinstance(rows, list):
+        raise InvalidRequest("invalid_rows", "rows must be a list of objects.")
+    if len(rows) > MAX_INLINE_ROWS:
+        raise InvalidRequest("too_many_rows", f"At most {MAX_INLINE_ROWS:,} rows per request; upload a file instead.")
+    return ingest.rows_to_table(rows, columns=columns)
+
+
+# -- creation ------------------------------------------------------------------------------
+
+
+def create_source(
+    session: Session, principal: Principal, settings: Settings, *, name: str, description: str | None = None,
+    rows: list | None = None, file_id: str | None = None, connector_id: str | None = None,
+    config: dict | None = None, context: RequestContext | None = None,
+) -> Source:
+    name = _check_name(name)
+    given = [x for x in (rows is not None, file_id is not None, connector_id is not None) if x]
+    if len(given) != 1:
+        raise InvalidRequest("invalid_source", "Give exactly one of rows, file_id or connector_id.")
+    source = Source(id=new_id("src"), org_id=principal.org_id, name=name, description=description,
+                    created_by=principal.user_id, created_at=utcnow(), updated_at=utcnow())
+    if rows is not None:
+        principal.require_any("data:write", "admin:sources:write")
+        source.service = SERVICE_API
+        table = _rows_table(rows)
+    elif file_id is not None:
+        principal.require_any("data:write", "admin:sources:write")
+        file = get_file(session, principal, file_id)
+        source.service = SERVICE_FILE
+        table = storage.read_file_table(file)
+    else:
+        principal.require("admin:sources:write")
+        if not principal.is_admin:
+            # A connector reaches other systems with stored credentials: admins only.
+            raise Forbidden("admin_required", "Only admins can create connector sources.")
+        connectors.get_connector(connector_id)
+        public, secret = connectors.split_config(connector_id, config or {})
+        source.service = connector_id
+        source.connector_id = connector_id
+        source.connector_config = public
+        source.connector_secret_encrypted = connectors.encrypt_secret(secret, settings.session_key) if secret else None
+        table = connectors.pull(connector_id, public, secret)
+        source.sync_status, source.last_synced_at = "ok", utcnow()
+    session.add(source)
+    session.flush()
+    version = storage.write_new_version(session, source, table, append=False)
+    record(session, principal, "source.created", org_id=principal.org_id, target_type="source", target_id=source.id,
+           details={"name": name, "service": source.service, "rows": version.row_count,
+                    "columns": version.column_names, **({"file_id": file_id} if file_id else {})},
+           context=context)
+    return source
+
+
+def write_rows(session: Session, principal: Principal, source_id: str, rows: list, *, replace: bool,
+               context: RequestContext | None = None) -> SourceAccess:
+    principal.require("data:write")
+    access = open_source(session, principal, source_id, need=EDIT)
+    if not access.row_filter.is_unrestricted:
+        if replace:
+            # Replacing would silently destroy rows this caller is not allowed to see.
+            raise Forbidden("row_filter_restricts_write",
+                            "Your access policies restrict which rows you see, so you cannot replace this source's data.")
+        _check_rows_pass_filter(rows, access.row_filter)
+    columns = None if replace or access.version is None else access.version.columns
+    table = _rows_table(rows, columns=columns)
+    version = storage.write_new_version(session, access.source, table, append=not replace)
+    record(session, principal, "source.data_replaced" if replace else "source.rows_appended", org_id=principal.org_id,
+           target_type="source", target_id=source_id, details={"rows": table.num_rows, "row_count": version.row_count},
+           context=context)
+    return open_source(session, principal, source_id, need=EDIT)
+
+
+def _check_rows_pass_filter(rows: list, row_filter: RowFilter) -> None:
+    """A filtered writer may only add rows they would be allowed to read back."""
+    if row_filter.deny_all:
+        raise Forbidden("row_filter_restricts_write", "Your access policies allow you no rows of this source.")
+    for number, row in enumerate(rows if isinstance(rows, list) else [], 1):
+        if not isinstance(row, dict):
+            continue
+        lowered = {str(k).lower(): v for k, v in row.items()}
+        for clause in row_filter.clauses:
+            value = lowered.get(clause.column.lower())
+            text = None if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
+            if text not in clause.values:
+                raise Forbidden("row_filter_restricts_write",
+                                f"Row {number}: column {clause.column!r} must be one of the values your policies allow.")
+
+
+def update_source(session: Session, principal: Principal, source_id: str, *, changes: dict, settings: Settings,
+                  context: RequestContext | None = None) -> Source:
+    principal.require("admin:sources:write")
+    access = open_source(session, principal, source_id, need=EDIT, with_filter=False)
+    source = access.source
+    diff = {}
+    if "name" in changes:
+        new = _check_name(changes["name"])
+        if new != source.name:
+            diff["name"] = {"old": source.name, "new": new}
+            source.name = new
+    if "description" in changes and changes["description"] != source.description:
+        if changes["description"] is not None and len(changes["description"]) > 2000:
+            raise InvalidRequest("invalid_description", "Description must be at most 2000 characters.")
+        diff["description"] = {"old": source.description, "new": changes["description"]}
+        source.description = changes["description"]
+    if changes.get("config"):
+        if source.connector_id is None:
+            raise InvalidRequest("not_a_connector_source", "Only connector sources have a config.")
+        if not principal.is_admin:
+            raise Forbidden("admin_required", "Only admins can change a connector's configuration.")
+        old_secret = connectors.decrypt_secret(source.connector_secret_encrypted, settings.session_key)
+        merged = {**(source.connector_config or {}), **changes["config"]}
+        public, secret = connectors.split_config(source.connector_id, merged, old_secret)
+        source.connector_config = public
+        source.connector_secret_encrypted = connectors.encrypt_secret(secret, settings.session_key) if secret else None
+        diff["config"] = {"changed_fields": sorted(changes["config"])}  # names only, never values
+    if diff:
+        source.updated_at = utcnow()
+        record(session, principal, "source.updated", org_id=principal.org_id, target_type="source",
+               target_id=source.id, details=diff, context=context)
+    return source
+
+
+def sync_source(session: Session, principal: Principal, source_id: str, settings: Settings, *,
+                context: RequestContext | None = None) -> Source:
+    principal.require("admin:sources:write")
+    access = open_source(session, principal, source_id, need=EDIT, with_filter=False)
+    source = access.source
+    table = connectors.pull_source(source, settings.session_key)
+    version = storage.write_new_version(session, source, table, append=False)
+    source.sync_status, source.last_synced_at, source.last_sync_error = "ok", utcnow(), None
+    record(session, principal, "source.synced", org_id=principal.org_id, target_type="source", target_id=source.id,
+           details={"rows": version.row_count}, context=context)
+    return source
+
+
+def delete_source(session: Session, principal: Principal, source_id: str, *,
+                  context: RequestContext | None = None) -> None:
+    principal.require_any("admin:sources:write", "data:write")
+    access = open_source(session, principal, source_id, need=OWNER, with_filter=False)
+    access.source.deleted_at = utcnow()
+    record(session, principal, "source.deleted", org_id=principal.org_id, target_type="source",
+           target_id=source_id, details={"name": access.source.name}, context=context)
+
+
+def list_sources(session: Session, principal: Principal, *, limit: int, after: str | None) -> list[Source]:
+    query = visible_sources_query(session, principal)
+    if after:
+        query = query.where(Source.id > after)
+    return list(session.scalars(query.order_by(Source.id).limit(limit + 1)))
+
+
+# -- sharing -------------------------------------------------------------------------------
+
+
+def list_shares(session: Session, principal: Principal, source_id: str) -> list[SourceShare]:
+    open_source(session, principal, source_id, need=OWNER, with_filter=False)
+    return list(session.scalars(select(SourceShare).where(SourceShare.source_id == source_id)
+                                .order_by(SourceShare.created_at)))
+
+
+def _check_permission(permission: str) -> str:
+    if permission not in SHARE_PERMISSIONS:
+        raise InvalidRequest("invalid_permission", f"permission must be one of: {', '.join(SHARE_PERMISSIONS)}.")
+    return permission
+
+
+def share_source(session: Session, principal: Principal, source_id: str, user_id: str, permission: str, *,
+                 context: RequestContext | None = None) -> SourceShare:
+    access = open_source(session, principal, source_id, need=OWNER, with_filter=False)
+    _check_permission(permission)
+    user = get_user(session, principal.org_id, user_id)
+    share = session.scalar(select(SourceShare).where(SourceShare.source_id == source_id, SourceShare.user_id == user.id))
+    if share is None:
+        share = SourceShare(id=new_id("shr"), source_id=source_id, user_id=user.id, permission=permission,
+                            granted_by=principal.user_id, created_at=utcnow())
+        session.add(share)
+    else:
+        share.permission = permission
+    session.flush()
+    record(session, principal, "source.shared", org_id=principal.org_id, target_type="source", target_id=source_id,
+           details={"user_id": user.id, "permission": permission, "name": access.source.name}, context=context)
+    return share
+
+
+def unshare_source(session: Session, principal: Principal, source_id: str, user_id: str, *,
+                   context: RequestContext | None = None) -> bool:
+    open_source(session, principal, source_id, need=OWNER, with_filter=False)
+    user = get_user(session, principal.org_id, user_id, include_inactive=True)
+    removed = session.execute(delete(SourceShare).where(SourceShare.source_id == source_id,
+                                                        SourceShare.user_id == user.id)).rowcount
+    if removed:
+        record(session, principal, "source.unshared", org_id=principal.org_id, target_type="source",
+               target_id=source_id, details={"user_id": user.id}, context=context)
+    return bool(removed)
+
+
+def org_share(session: Session, principal: Principal, source_id: str, *, enabled: bool, permission: str,
+              context: RequestContext | None = None) -> Source:
+    access = open_source(session, principal, source_id, need=OWNER, with_filter=False)
+    source = access.source
+    new = _check_permission(permission) if enabled else None
+    if new != source.org_share_permission:
+        record(session, principal, "source.org_shared", org_id=principal.org_id, target_type="source",
+               target_id=source_id, details={"old": source.org_share_permission, "new": new}, context=context)
+        source.org_share_permission = new
+    return source
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def upload_file(session: Session, principal: Principal, *, name: str, content: bytes, content_type: str | None,
+                context: RequestContext | None = None) -> File:
+    principal.require_any("admin:files:write", "admin:files:upload")
+    file = storage.store_file(session, org_id=principal.org_id, created_by=principal.user_id, name=name,
+                              content=content, content_type=content_type)
+    session.flush()
+    record(session, principal, "file.upload", org_id=principal.org_id, target_type="file", target_id=file.id,
+           details={"name": file.name, "size": file.size}, context=context)
+    return file
+
+
+def _visible_files(principal: Principal):
+    query = select(File).where(File.org_id == principal.org_id)
+    if not principal.is_admin:
+        query = query.where(File.created_by == principal.user_id)  # files are private to their uploader
+    return query
+
+
+def get_file(session: Session, principal: Principal, file_id: str) -> File:
+    file = session.scalar(_visible_files(principal).where(File.id == file_id))
+    if file is None:
+        raise NotFound("file_not_found", f"No file {file_id!r}.")
+    return file
+
+
+def list_files(session: Session, principal: Principal, *, limit: int, after: str | None) -> list[File]:
+    query = _visible_files(principal)
+    if after:
+        query = query.where(File.id > after)
+    return list(session.scalars(query.order_by(File.id).limit(limit + 1)))
+
+
+def delete_file(session: Session, principal: Principal, file_id: str, *, context: RequestContext | None = None) -> None:
+    principal.require_any("admin:files:write", "admin:files:delete")
+    file = get_file(session, principal, file_id)
+    session.delete(file)
+    record(session, principal, "file.deleted", org_id=principal.org_id, target_type="file", target_id=file_id,
+           details={"name": file.name}, context=context)
+
+
+def file_view(file: File) -> dict:
+    return {"id": file.id, "name": file.name, "size": file.size, "content_type": file.content_type,
+            "created_by": file.created_by, "created_at": isoformat(file.created_at),
+            "columns": [c["name"] for c in file.columns] if file.columns else None, "row_count": file.row_count}
+
+
+# -- views ---------------------------------------------------------------------------------
+
+
+def source_view(access: SourceAccess) -> dict:
+    """A source as this caller sees it: counts are of the rows the caller may read."""
+    source, version = access.source, access.version
+    return {
+        "id": source.id,
+        "name": source.name,
+        "description": source.description,
+        "service": source.service,
+        "connector_id": source.connector_id,
+        "status": source.sync_status or "ready",
+        "columns": version.column_names if version else [],
+        "column_types": {c["name"]: c["type"] for c in version.columns} if version else {},
+        "row_count": engine.count(version, access.row_filter) if version else 0,
+        "access_controlled": not access.row_filter.is_unrestricted,
+        "permission": access.permission,
+        "org_shared": source.org_share_permission is not None,
+        "created_by": source.created_by,
+        "created_at": isoformat(source.created_at),
+        "updated_at": isoformat(source.updated_at),
+        "last_synced_at": isoformat(source.last_synced_at),
+        # connector_config is shown without its secret part (split_config keeps those apart).
+        "config": source.connector_config,
+    }
+
+
+def share_view(share: SourceShare, source_id: str) -> dict:
+    return {"user_id": share.user_id, "permission": share.permission, "resource_type": "source",
+            "resource_id": source_id, "granted_by": share.granted_by}
