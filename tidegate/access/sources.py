@@ -97,9 +97,15 @@ def open_source(session: Session, principal: Principal, source_id: str, *, need:
     Not visible at all -> 404 (never reveal that it exists). Visible but the needed
     permission is missing -> 403.
     """
-    source = session.get(Source, source_id)
-    if source is None or source.org_id != principal.org_id or source.deleted_at is not None:
+    # The source and its current version in one query.
+    row = session.execute(
+        select(Source, SourceVersion)
+        .outerjoin(SourceVersion, SourceVersion.id == Source.current_version_id)
+        .where(Source.id == source_id, Source.org_id == principal.org_id, Source.deleted_at.is_(None))
+    ).first()
+    if row is None:
         raise NotFound("source_not_found", f"No source {source_id!r}.")
+    source, version = row
     subjects, key = _subjects(session, principal)
     scope = key.source_scope if key is not None else None
     if scope and scope.get("mode") == "selected" and source.id not in scope["source_ids"]:
@@ -110,7 +116,6 @@ def open_source(session: Session, principal: Principal, source_id: str, *, need:
     permission = min(permissions, key=lambda p: _RANK[p])  # a key gets the weaker of its subjects
     if _RANK[permission] < _RANK[need]:
         raise Forbidden("source_permission_denied", f"You need {need} permission on this source.")
-    version = session.get(SourceVersion, source.current_version_id) if source.current_version_id else None
     row_filter = RowFilter.allow_all()
     if with_filter:
         columns = version.column_names if version else []

@@ -50,7 +50,11 @@ def identify_key(session: Session, pepper: bytes, token: str, tenant_id: str | N
         # Checksum failed: a typo or not one of our keys. No database lookup.
         raise Unauthenticated("invalid_api_key", INVALID_KEY)
     digest = hash_secret(pepper, token)
-    key = session.scalar(select(ApiKey).where(ApiKey.secret_hash == digest))
+    # The creator comes in the same query (check_key_usable then finds it in the session).
+    row = session.execute(
+        select(ApiKey, User).join(User, User.id == ApiKey.created_by).where(ApiKey.secret_hash == digest)
+    ).first()
+    key = row[0] if row else None
     if key is None or not matches(pepper, token, key.secret_hash) or key.org_id != tenant_id:
         raise Unauthenticated("invalid_api_key", INVALID_KEY)
     return key

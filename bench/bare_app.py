@@ -1,0 +1,13 @@
+"""The yardstick: a bare FastAPI endpoint that returns 100 rows held in memory."""
+
+from fastapi import FastAPI
+
+from tidegate.api.responses import JSON
+
+ROWS = [{"id": i, "region": "US", "tier": "gold", "amount": i * 1.5, "name": f"row-{i}"} for i in range(100)]
+app = FastAPI(default_response_class=JSON)
+
+
+@app.get("/rows")
+def rows():
+    return {"data": ROWS, "total_count": 100, "page": 1, "page_size": 100}
