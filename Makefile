@@ -1,12 +1,13 @@
 # Two commands: `make run` and `make test`. Each sets everything up on a fresh machine.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-HOST   ?= 127.0.0.1
-PORT   ?= 8000
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+PICO_CSS := tidegate/web/static/vendor/pico.min.css
+HOST     ?= 127.0.0.1
+PORT     ?= 8000
 
-.PHONY: run test setup check-python clean
+.PHONY: run test setup browser check-python clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tidegate needs Python >= 3.11"'
@@ -17,14 +18,24 @@ $(STAMP): requirements.lock pyproject.toml | check-python
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The UI's one CSS library (Pico), from the npm registry; copied, never committed.
+$(PICO_CSS): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	mkdir -p $(dir $@)
+	cp node_modules/@picocss/pico/css/pico.min.css $@
+
+setup: $(STAMP) $(PICO_CSS)
+
+# Browser tests drive Debian's Chromium (never a downloaded browser build).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
 run: setup
 	$(BIN)/tidegate init --if-needed
 	$(BIN)/tidegate serve --host $(HOST) --port $(PORT)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info node_modules tidegate/web/static/vendor

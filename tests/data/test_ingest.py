@@ -295,3 +295,30 @@ def test_conform_table_vectorized_and_slow_paths_agree():
     floats = pa.table({"id": [1.0, 2.5]})
     code, message = code_of(ingest.conform_table, floats, SCHEMA)
     assert code == "type_mismatch" and "row 2 " in message
+
+
+# ---------------------------------------------------------------------------------------
+# Whatever the bytes, a table or a 400: never an unhandled exception
+# ---------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _mutations(seed: bytes):
+    return st.builds(
+        lambda cut, junk, pos: (seed[:pos] + junk + seed[pos + cut:]),
+        st.integers(0, 64), st.binary(max_size=64), st.integers(0, max(len(seed) - 1, 0)))
+
+
+@pytest.mark.parametrize("filename", sorted(FORMATS))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_files_never_crash(filename, data):
+    blob = data.draw(st.one_of(st.binary(max_size=300), _mutations(FORMATS[filename])))
+    try:
+        table = ingest.parse_file(blob, filename=filename)
+    except InvalidRequest as exc:
+        assert exc.status == 400 and exc.code
+    else:
+        assert all(c["type"] in ingest.COLUMN_TYPES for c in ingest.columns_of(table))

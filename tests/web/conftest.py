@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,14 +88,13 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def web(tmp_path_factory) -> WebServer:
-    """One server per test module: org "Acme" with admin admin@acme.test."""
-    base = tmp_path_factory.mktemp("web")
+@contextmanager
+def web_server(base: Path, *, database_url: str | None = None, org_name: str = "Acme"):
+    """`tidegate init` (org with admin admin@acme.test) and `tidegate serve` on a free port."""
     home = base / "home"
     home.mkdir()
-    env = base_env(home)
-    info = json.loads(run_cli(env, "init", "--json", "--org-name", "Acme", "--admin-email", ADMIN_EMAIL,
+    env = base_env(home, database_url=database_url)
+    info = json.loads(run_cli(env, "init", "--json", "--org-name", org_name, "--admin-email", ADMIN_EMAIL,
                               "--admin-password", ADMIN_PASSWORD).stdout)
     srv = Server(home=home, env=env, org_id=info["org_id"], admin_user_id=info["admin_user_id"],
                  admin_email=info["admin_email"], admin_key=info["key"], admin_key_id=info["key_id"])
@@ -103,6 +103,13 @@ def web(tmp_path_factory) -> WebServer:
         yield WebServer(srv, ADMIN_EMAIL, ADMIN_PASSWORD)
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory) -> WebServer:
+    """One server per test module, on SQLite (test_postgres.py overrides it)."""
+    with web_server(tmp_path_factory.mktemp("web")) as server:
+        yield server
 
 
 class UI:
@@ -184,7 +191,8 @@ def ui_factory(browser, web, request):
     made: list[UI] = []
 
     def make(suffix: str = "") -> UI:
-        ui = UI(browser, web, request.node.name + (f"-{suffix}" if suffix else ""))
+        module = request.node.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+        ui = UI(browser, web, f"{module}-{request.node.name}" + (f"-{suffix}" if suffix else ""))
         made.append(ui)
         return ui
 

@@ -129,13 +129,17 @@ def test_create_use_revoke_and_audit(ui, web):
 
     # Both lifecycle events are on the audit page, attributed to the admin, from the browser.
     ui.goto("/audit", label="audit")
-    created = page.locator(f'tr[data-action="api_key.created"]', has_text=key_id)
-    revoked = page.locator(f'tr[data-action="api_key.revoked"]', has_text=key_id)
+    about_key = page.locator(f'a[data-key-id="{key_id}"]')
+    created = page.locator('tr[data-action="api_key.created"]', has=about_key)
+    revoked = page.locator('tr[data-action="api_key.revoked"]', has=about_key)
     expect(created).to_have_count(1)
     expect(revoked).to_have_count(1)
     expect(created).to_contain_text(web.admin_email)
     expect(created).to_contain_text("127.0.0.1")
-    expect(created).to_contain_text('"via": "web"')
+    expect(created).to_contain_text(f"Production BI ({prefix}")
+    created.locator("summary").click()  # the details disclosure opens with the whole event
+    expect(created.locator("pre")).to_contain_text('"via": "web"')
+    ui.snap("audit-details-open")
 
     # Filtered by this key: its lifecycle and its requests, nothing else.
     page.get_by_label("Key", exact=True).select_option(key_id)
@@ -199,3 +203,47 @@ def test_markup_in_names_is_shown_as_text(ui, web):
     expect(ui.page.locator('tr[data-action="api_key.created"]').first).to_contain_text("onerror")
     assert ui.page.locator("main img").count() == 0
     # (the fixture then checks that nothing reached the console)
+
+
+def test_refused_create_keeps_the_form_and_never_500s(ui, web):
+    page = ui.page
+    ui.sign_in(web.admin_email, web.admin_password)
+    ui.expect_status(400, 403)
+    page.get_by_role("button", name="Create API Key").click()
+    dialog = page.get_by_role("dialog", name="Create API Key")
+    dialog.get_by_label("Name").fill("Needs a scope")
+    dialog.get_by_label("Custom").check()
+    with page.expect_navigation():
+        dialog.get_by_role("button", name="Create", exact=True).click()
+    ui.snap("custom-without-scopes")
+    dialog = page.get_by_role("dialog", name="Create API Key")
+    expect(dialog).to_be_visible()  # reopened, with the message and what was typed
+    expect(dialog.get_by_role("alert")).to_have_text("Pick at least one permission for a custom key.")
+    expect(dialog.get_by_label("Name")).to_have_value("Needs a scope")
+    expect(dialog.get_by_label("Custom")).to_be_checked()
+
+    csrf = ui.csrf()
+    base = {"csrf_token": csrf, "name": "k", "access": "data_access", "expiration": "never"}
+    cases = [
+        ({"name": "   "}, "Key name must be 1-200 characters."),
+        ({"access": "everything"}, "Choose Full Access, Data Access or Custom."),
+        ({"access": "custom", "scopes": "data:destroy"}, "Unknown scope(s): data:destroy"),
+        ({"expiration": "date", "expiration_date": "2001-01-01"}, "between tomorrow and ten years"),
+        ({"expiration": "date", "expiration_date": "soon"}, "YYYY-MM-DD"),
+        ({"expiration": "forever"}, "Choose an expiration."),
+        ({"rate_limit": "fast"}, "whole number"),
+        ({"rate_limit": "0"}, "between 1 and 10000"),
+        ({"name": "x" * 5000}, "too long"),
+    ]
+    for change, message in cases:
+        response = ui.context.request.post("/settings/api-keys", form={**base, **change})
+        assert response.status == 400, (change, response.status)
+        assert message in response.text(), (change, message)
+    for path in ("/settings/api-keys?after=" + "x" * 500, "/audit?since=yesterday", "/audit/keys/key_nope",
+                 "/settings/api-keys/key_nope/revoke", "/settings/people/user_nope/deactivate"):
+        response = ui.context.request.get(path)
+        assert 400 <= response.status < 500, (path, response.status)
+        assert response.headers["content-type"].startswith("text/html")
+    with web.api() as api:
+        names = [k["name"] for k in api.get("/keys", params={"limit": 100}).json()["data"]]
+    assert "Needs a scope" not in names and "k" not in names

@@ -55,6 +55,10 @@ def identify_key(session: Session, pepper: bytes, token: str, tenant_id: str | N
         select(ApiKey, User).join(User, User.id == ApiKey.created_by).where(ApiKey.secret_hash == digest)
     ).first()
     key = row[0] if row else None
+    if row:
+        # The identity map holds objects weakly: keep these two alive for the request, so
+        # later session.get() calls for them (access checks) cost no query.
+        session.info.setdefault("pinned", []).extend(row)
     if key is None or not matches(pepper, token, key.secret_hash) or key.org_id != tenant_id:
         raise Unauthenticated("invalid_api_key", INVALID_KEY)
     return key

@@ -147,6 +147,8 @@ def split_config(connector_type: str, config: Any, secret: dict | None = None) -
     public: dict[str, Any] = {}
     secrets: dict[str, Any] = dict(secret or {})
     for key, value in config.items():
+        if value is None:
+            continue  # null = unset (lets an update drop "table" when switching to "query")
         if key in connector.secret_fields:
             secrets[key] = value
         elif key in connector.config_fields:

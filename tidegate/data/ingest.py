@@ -29,7 +29,6 @@ import math
 import os
 import re
 import uuid
-import zipfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -669,10 +668,13 @@ def parse_ndjson(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
 def parse_parquet(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
     try:
         table = pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:
         raise _bad_file(f"Not a readable Parquet file: {exc}") from None
     validate_column_names(table.column_names)
-    arrays = [_normalize_arrow(table.column(i), name) for i, name in enumerate(table.column_names)]
+    try:
+        arrays = [_normalize_arrow(table.column(i), name) for i, name in enumerate(table.column_names)]
+    except (pa.ArrowException, ValueError, OverflowError) as exc:
+        raise _bad_file(f"The Parquet file holds values that cannot be read: {exc}") from None
     table = pa.Table.from_arrays(arrays, names=table.column_names)
     return conform_table(table, columns) if columns is not None else table
 
@@ -681,11 +683,12 @@ def parse_xlsx(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
     """The first worksheet; its first non-empty row is the header."""
     import openpyxl  # imported lazily: only uploads need it
     from openpyxl.utils import get_column_letter
-    from openpyxl.utils.exceptions import InvalidFileException
-
+    
     try:
         workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError) as exc:
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds on a malformed file
         raise _bad_file(f"Not a readable .xlsx workbook: {exc.__class__.__name__}") from None
     try:
         if not workbook.worksheets:
@@ -721,7 +724,9 @@ def parse_xlsx(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
             for i in range(width):
                 cell = row[i] if i < len(row) else None
                 values[i].append(None if cell == "" else cell)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError) as exc:
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed sheet XML, bad shared strings, ...
         raise _bad_file(f"Not a readable .xlsx workbook: {exc.__class__.__name__}") from None
     finally:
         workbook.close()

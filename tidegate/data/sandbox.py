@@ -122,6 +122,7 @@ _FORBIDDEN_NODES: tuple[type, ...] = tuple(
     ) if hasattr(exp, name)
 )
 _ROOTS = (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Subquery)
+_FIRST_WORD = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]+)", re.S)
 _FUNC_NAME = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 _OPERATOR = re.compile(r"^[^A-Za-z0-9_\s]+$|^(IS (NOT )?DISTINCT FROM)$")
 # DuckDB table-reference node types that may appear in a query.
@@ -171,7 +172,9 @@ def _check_sqlglot(sql: str) -> frozenset[str]:
         raise _refuse("Exactly one SQL statement is allowed.")
     root = statements[0]
     if not isinstance(root, _ROOTS):
-        raise _refuse(f"Only SELECT queries are allowed (got {root.key.upper()}).")
+        first = _FIRST_WORD.match(sql)
+        what = first.group(1).upper() if first else root.key.upper()
+        raise _refuse(f"Only SELECT queries are allowed; this is {what}.")
     cte_names = frozenset(cte.alias_or_name.lower() for cte in root.find_all(exp.CTE))
     allowed_tables = cte_names | {RELATION}
     for node in root.walk():
@@ -347,6 +350,9 @@ def _jsonable(value: Any) -> Any:
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
+    if type(value).__name__ == "MonthDayNano":  # an Arrow interval (a namedtuple)
+        months, days, nanos = value
+        return f"P{months}M{days}DT{nanos / 1e9:g}S"
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -354,9 +360,6 @@ def _jsonable(value: Any) -> Any:
                 isinstance(item, tuple) and len(item) == 2 for item in value):
             return {str(k): _jsonable(v) for k, v in value}  # an Arrow map
         return [_jsonable(v) for v in value]
-    if type(value).__name__ == "MonthDayNano":
-        months, days, nanos = value
-        return f"P{months}M{days}DT{nanos / 1e9:g}S"
     return value
 
 

@@ -78,8 +78,10 @@ def fetch(session, org_id: str, f: Filters, *, limit: int, after: str | None) ->
 
 def labels(session, org_id: str, events: list[AuditEvent]) -> tuple[dict[str, str], dict[str, str]]:
     """Display names: user id -> email, key id -> 'name (prefix)'."""
-    user_ids = {e.actor_id for e in events if e.actor_type == "user"}
-    key_ids = {e.key_id for e in events if e.key_id} | {e.actor_id for e in events if e.actor_type == "api_key"}
+    user_ids = ({e.actor_id for e in events if e.actor_type == "user"}
+                | {e.target_id for e in events if e.target_type == "user" and e.target_id})
+    key_ids = ({e.key_id for e in events if e.key_id} | {e.actor_id for e in events if e.actor_type == "api_key"}
+               | {e.target_id for e in events if e.target_type == "api_key" and e.target_id})
     users = dict(session.execute(select(User.id, User.email).where(User.org_id == org_id, User.id.in_(user_ids))).all()) if user_ids else {}
     keys = {k: f"{n} ({p}…)" for k, n, p in session.execute(
         select(ApiKey.id, ApiKey.name, ApiKey.key_prefix).where(ApiKey.org_id == org_id, ApiKey.id.in_(key_ids))).all()} if key_ids else {}
@@ -94,15 +96,37 @@ def actor_label(event: AuditEvent, users: dict[str, str], keys: dict[str, str]) 
     return "operator (CLI)" if event.actor_id == "cli" else event.actor_id
 
 
+def target_label(event: AuditEvent, users: dict[str, str], keys: dict[str, str]) -> str:
+    if not event.target_id:
+        return ""
+    if event.target_type == "user":
+        return users.get(event.target_id, event.target_id)
+    if event.target_type == "api_key":
+        return keys.get(event.target_id, event.target_id)
+    return f"{event.target_type or ''} {event.target_id}".strip()
+
+
 def event_rows(session, org_id: str, events: list[AuditEvent]) -> list[dict]:
     users, keys = labels(session, org_id, events)
     return [{
         "id": e.id, "timestamp": e.timestamp, "action": e.action, "actor": actor_label(e, users, keys),
         "actor_type": e.actor_type, "actor_id": e.actor_id, "request_id": e.request_id, "key_id": e.key_id, "key": keys.get(e.key_id, e.key_id) if e.key_id else "",
-        "target_type": e.target_type, "target_id": e.target_id, "method": e.method, "path": e.path,
+        "target_type": e.target_type, "target_id": e.target_id,
+        "target_label": target_label(e, users, keys), "method": e.method, "path": e.path,
         "status": e.status, "ip": e.ip_address, "user_agent": e.user_agent,
         "details": json.dumps(e.details, sort_keys=True) if e.details else "",
+        "details_pretty": json.dumps(e.details, sort_keys=True, indent=2) if e.details else "",
+        "details_summary": _summary(e.details),
     } for e in events]
+
+
+def _summary(details: dict | None) -> str:
+    """A short line for the details disclosure: its first few simple fields."""
+    if not details:
+        return ""
+    parts = [f"{k}: {v}" for k, v in details.items() if isinstance(v, (str, int, float, bool)) and k != "creator_user_id"]
+    text = ", ".join(parts[:2]) or f"{len(details)} field{'s' if len(details) != 1 else ''}"
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def filter_choices(session, org_id: str) -> dict:
