@@ -129,8 +129,9 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        # Only believe X-Forwarded-For from configured proxies (default: none).
-        proxy_headers=False,
+        # Only believe X-Forwarded-For/-Proto from configured proxies (default: none, so a
+        # client cannot claim another address to pass a key's IP allowlist).
+        proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=forwarded,
         server_header=False,
         log_level=os.environ.get("TIDEGATE_LOG_LEVEL", "info"),

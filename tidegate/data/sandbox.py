@@ -100,7 +100,7 @@ json_valid json_array_length json_keys json_type json_contains json_structure js
 json_quote to_json json json_merge_patch row_to_json array_to_json json_pretty json_group_array
 json_group_object from_json json_transform
 """
-_MISC = "typeof uuid gen_random_uuid uuidv4 uuidv7 cast try_cast extract columns"
+_MISC = "typeof uuid gen_random_uuid uuidv4 uuidv7 cast try_cast extract columns exists any all some try"
 
 # Functions a query may call, by the name DuckDB sees. Everything else is refused, notably:
 # read_*/glob/query/query_table/range/generate_series (table functions), getenv,
