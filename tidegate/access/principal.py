@@ -22,6 +22,8 @@ class Principal:
     scopes: frozenset[str]
     key_id: str | None = None
     key_scopes: frozenset[str] = field(default_factory=frozenset)
+    # The organization's access epoch read with the key (None: do not use cached access).
+    epoch: int | None = None
 
     @classmethod
     def for_user(cls, org_id: str, user_id: str, role: str) -> "Principal":
@@ -29,7 +31,8 @@ class Principal:
         return cls(org_id=org_id, user_id=user_id, role=role, scopes=perms)
 
     @classmethod
-    def for_key(cls, org_id: str, user_id: str, role: str, key_id: str, granted: list[str]) -> "Principal":
+    def for_key(cls, org_id: str, user_id: str, role: str, key_id: str, granted: list[str],
+                epoch: int | None = None) -> "Principal":
         key_scopes = expand(granted)
         return cls(
             org_id=org_id,
@@ -38,6 +41,7 @@ class Principal:
             scopes=key_scopes & role_permissions(role),
             key_id=key_id,
             key_scopes=key_scopes,
+            epoch=epoch,
         )
 
     @property

@@ -11,6 +11,8 @@ Sharing decides WHO may open a source at all; policies then decide WHICH ROWS th
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import exists, or_, select
@@ -27,6 +29,16 @@ from tidegate.orgs.models import User
 
 VIEW, EDIT, OWNER = "view", "edit", "owner"
 _RANK = {None: 0, VIEW: 1, EDIT: 2, OWNER: 3}
+
+# Read access decisions of keys, per (org, access epoch, key, creator role, source). Every
+# audited change bumps the organization's epoch (audit.record), and the epoch is read live
+# with the key on each request, so an entry is never used after any change: revocations,
+# policy edits, shares, role changes and new source versions all take effect on the very
+# next request, in every process. Keys whose state is read live (revoked, expired, owner
+# inactive) are refused before this cache is consulted.
+_CACHE_ENTRIES = 10_000
+_cache: OrderedDict[tuple, "SourceAccess"] = OrderedDict()
+_cache_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,26 @@ def open_source(session: Session, principal: Principal, source_id: str, *, need:
     Not visible at all -> 404 (never reveal that it exists). Visible but the needed
     permission is missing -> 403.
     """
+    cache_key = None
+    if need == VIEW and with_filter and principal.epoch is not None:
+        cache_key = (principal.org_id, principal.epoch, principal.key_id or principal.user_id, principal.role,
+                     source_id)
+        with _cache_lock:
+            hit = _cache.get(cache_key)
+            if hit is not None:
+                _cache.move_to_end(cache_key)
+                return hit
+    access = _open_source(session, principal, source_id, need=need, with_filter=with_filter)
+    if cache_key is not None:
+        with _cache_lock:
+            _cache[cache_key] = access
+            while len(_cache) > _CACHE_ENTRIES:
+                _cache.popitem(last=False)
+    return access
+
+
+def _open_source(session: Session, principal: Principal, source_id: str, *, need: str,
+                 with_filter: bool) -> SourceAccess:
     # The source and its current version in one query.
     row = session.execute(
         select(Source, SourceVersion)

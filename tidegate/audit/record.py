@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
@@ -67,7 +68,12 @@ def record(
     details: dict | None = None,
     context: "RequestContext | None" = None,
 ) -> None:
-    """Add one event to the caller's transaction. `actor` None means the operator CLI."""
+    """Add one event to the caller's transaction. `actor` None means the operator CLI.
+
+    Every audited change also bumps the organization's access epoch in that same
+    transaction: "every change is audited" is what makes "every change invalidates the
+    access cache" (access.sources) hold.
+    """
     session.add(AuditEvent(**event_row(
         org_id=org_id,
         actor_type=actor.actor_type if actor else "system",
@@ -81,6 +87,13 @@ def record(
         user_agent=context.user_agent if context else None,
         request_id=context.request_id if context else None,
     )))
+    from tidegate.orgs.models import Organization  # here: orgs imports this module
+
+    session.execute(
+        update(Organization).where(Organization.id == org_id)
+        .values(access_epoch=Organization.access_epoch + 1)
+        .execution_options(synchronize_session=False)
+    )
 
 
 class RequestContext:

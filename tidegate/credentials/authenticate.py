@@ -19,7 +19,7 @@ from tidegate.credentials.keyformat import is_well_formed
 from tidegate.credentials.models import ApiKey
 from tidegate.db.base import utcnow
 from tidegate.errors import Forbidden, Unauthenticated
-from tidegate.orgs.models import User
+from tidegate.orgs.models import Organization, User
 
 # One message for "no such key" and "key of another tenant": a caller must not learn
 # whether a key exists by trying it against organizations.
@@ -52,13 +52,17 @@ def identify_key(session: Session, pepper: bytes, token: str, tenant_id: str | N
     digest = hash_secret(pepper, token)
     # The creator comes in the same query (check_key_usable then finds it in the session).
     row = session.execute(
-        select(ApiKey, User).join(User, User.id == ApiKey.created_by).where(ApiKey.secret_hash == digest)
+        select(ApiKey, User, Organization.access_epoch)
+        .join(User, User.id == ApiKey.created_by)
+        .join(Organization, Organization.id == ApiKey.org_id)
+        .where(ApiKey.secret_hash == digest)
     ).first()
     key = row[0] if row else None
     if row:
         # The identity map holds objects weakly: keep these two alive for the request, so
         # later session.get() calls for them (access checks) cost no query.
-        session.info.setdefault("pinned", []).extend(row)
+        session.info.setdefault("pinned", []).extend(row[:2])
+        session.info["access_epoch"] = row[2]
     if key is None or not matches(pepper, token, key.secret_hash) or key.org_id != tenant_id:
         raise Unauthenticated("invalid_api_key", INVALID_KEY)
     return key
@@ -76,7 +80,8 @@ def check_key_usable(session: Session, key: ApiKey, client_ip: str | None) -> Au
         raise Unauthenticated("api_key_owner_inactive", "The user who created this API key is deactivated.")
     if key.ip_allowlist and not ip_allowed(client_ip, key.ip_allowlist):
         raise Forbidden("ip_not_allowed", f"Requests from {client_ip} are not allowed for this API key.")
-    principal = Principal.for_key(key.org_id, owner.id, owner.role, key.id, key.scopes)
+    principal = Principal.for_key(key.org_id, owner.id, owner.role, key.id, key.scopes,
+                                  epoch=session.info.get("access_epoch"))
     return Authenticated(principal=principal, key=key)
 
 

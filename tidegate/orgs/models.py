@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tidegate.db.base import Base, UtcDateTime, utcnow
@@ -18,6 +18,10 @@ class Organization(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     # Admin controls. Safe defaults: creation on (the product's purpose), checked live.
     api_key_creation_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Bumped in the same transaction as every audited change in the organization
+    # (audit.record). Cached access decisions are keyed by it, so any change invalidates
+    # them for the very next request, in every process.
+    access_epoch: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Row-level security: users to whom no access policy applies see no rows (off: all rows).
     deny_by_default: Mapped[bool] = mapped_column(Boolean, default=False)
 
