@@ -13,6 +13,7 @@ from tidegate.access.principal import Principal
 from tidegate.access.sources import VIEW, SourceAccess, open_source
 from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target, settings_of
 from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
+from tidegate.api.responses import JSON
 from tidegate.data import connectors, engine
 from tidegate.data import service as sources
 
@@ -22,7 +23,7 @@ AUTHENTICATED = Depends(authenticated)
 MAX_SQL = 10_000
 
 def require_any(*scopes: str):
-    def check(principal: Principal = AUTHENTICATED) -> Principal:
+    async def check(principal: Principal = AUTHENTICATED) -> Principal:
         principal.require_any(*scopes)
         return principal
 
@@ -178,7 +179,7 @@ def read_data(
                                  headers={"Content-Disposition": f'attachment; filename="{filename}"'})
     rows, total = engine.read_page(version, access.row_filter, page=page, page_size=page_size) if version else ([], 0)
     _audit_read(request, access, "data.read", len(rows), page=page, page_size=page_size)
-    return {"data": rows, "total_count": total, "page": page, "page_size": page_size, "columns": columns}
+    return JSON({"data": rows, "total_count": total, "page": page, "page_size": page_size, "columns": columns})
 
 def _run_query(request: Request, access: SourceAccess, body: Query_) -> dict:
     if access.version is None:
@@ -187,7 +188,8 @@ def _run_query(request: Request, access: SourceAccess, body: Query_) -> dict:
         rows, total, columns = engine.run_query(access.version, access.row_filter, body.sql, page=body.page,
                                                 page_size=body.page_size)
     _audit_read(request, access, "data.query", len(rows), page=body.page)
-    return {"data": rows, "total_rows": total, "page": body.page, "page_size": body.page_size, "columns": columns}
+    return JSON({"data": rows, "total_rows": total, "page": body.page, "page_size": body.page_size,
+                 "columns": columns})
 
 @router.post("/sources/{source_id}/query")
 def query_source(source_id: str, body: Query_, request: Request, principal: Principal = DATA_READ,
