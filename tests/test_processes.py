@@ -112,6 +112,37 @@ def test_demoting_then_deactivating_the_creator_is_instant_across_workers(multi,
         assert pool.request(i % 2, "GET", "/api/v1/users", multi.headers())[0] == 200
 
 
+def test_policy_and_share_changes_are_instant_across_workers(multi, pool):
+    """Cached access decisions (per organization access epoch) never outlive a change."""
+    rows = [{"region": r, "n": i} for i, r in enumerate(["US", "US", "EU", "EU", "APAC"])]
+    status, _, source = pool.request(0, "POST", "/api/v1/sources", multi.headers(), {"name": unique("src"), "rows": rows})
+    assert status == 201
+    email = f"{unique('reader')}@example.com"
+    member = json.loads(multi.cli("users", "create", "--org", multi.org_id, "--email", email, "--json").stdout)
+    key = json.loads(multi.cli("keys", "create", "--org", multi.org_id, "--user", email, "--name", "reader",
+                               "--preset", "data_access", "--json").stdout)
+    admin = multi.headers()
+    assert pool.request(0, "POST", f"/api/v1/sources/{source['id']}/shares", admin, {"user_id": member["id"]})[0] == 200
+    status, _, policy = pool.request(1, "POST", "/api/v1/access/policies", admin,
+                                     {"name": unique("pol"), "row_filters": [{"column": "region", "values": ["US"]}]})
+    assert status == 201
+    pool.request(1, "POST", f"/api/v1/access/policies/{policy['id']}/users", admin, {"user_ids": [member["id"]]})
+    path = f"/api/v1/sources/{source['id']}/data"
+    headers = multi.headers(key["secret"])
+    for i in range(6):  # both workers have served (and cached) the member's access
+        status, _, page = pool.request(i % 2, "GET", path, headers)
+        assert status == 200 and page["total_count"] == 2
+
+    pool.request(0, "PATCH", f"/api/v1/access/policies/{policy['id']}", admin,
+                 {"row_filters": [{"column": "region", "values": ["US", "EU"]}]})
+    counts = [pool.request(i % 2, "GET", path, headers)[2]["total_count"] for i in range(20)]
+    assert counts == [4] * 20
+
+    pool.request(1, "DELETE", f"/api/v1/sources/{source['id']}/shares/{member['id']}", admin)
+    statuses = [pool.request(i % 2, "GET", path, headers)[0] for i in range(20)]
+    assert statuses == [404] * 20
+
+
 # -- (b) every answered request is in the audit log, even after kill -9 ------------------------
 
 
