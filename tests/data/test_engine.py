@@ -373,3 +373,16 @@ def test_fast_row_conversion_matches_pyarrow(values, arrow_type):
     chunked = pa.concat_tables([table.slice(0, 2), table.slice(2)])  # several chunks
     for candidate in (table, chunked, chunked.slice(1, 3)):
         assert engine.rows_of(candidate) == candidate.to_pylist()
+
+
+def test_engine_connection_reads_only_the_data_directory(version, tmp_path):
+    outside = tmp_path / "outside.csv"
+    outside.write_text("secret\n1\n")
+    cursor = engine._connection().cursor()
+    try:
+        for statement in (f"SELECT * FROM read_csv('{outside}')", "SELECT * FROM read_text('/etc/passwd')",
+                          "SET enable_external_access = true", "INSTALL httpfs"):
+            with pytest.raises(Exception):  # noqa: B017 - DuckDB's own refusal
+                cursor.sql(statement).fetchall()
+    finally:
+        cursor.close()

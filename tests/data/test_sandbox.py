@@ -81,6 +81,10 @@ FORBIDDEN = {
     "join_other": "SELECT * FROM data JOIN users ON true",
     "subquery_other": "SELECT * FROM data WHERE id IN (SELECT id FROM api_keys)",
     "cte_over_other": "WITH data2 AS (SELECT * FROM organizations) SELECT * FROM data2",
+    "cte_out_of_scope": "SELECT * FROM (WITH t AS (SELECT 1 AS x) SELECT * FROM t) a, t",
+    "cte_file_out_of_scope": 'SELECT * FROM (WITH "secret.csv" AS (SELECT 1 AS x) SELECT * FROM "secret.csv") a, '
+                             '"secret.csv" b',
+    "python_variable": "SELECT * FROM table_",
     "union_other": "SELECT id FROM data UNION SELECT id FROM users",
     "time_travel": "SELECT * FROM data AT (VERSION => 1)",
     # table functions
@@ -165,11 +169,18 @@ def test_forbidden_construct_is_refused_before_anything_runs(version, name):
         sandbox.validate_query(sql)
 
 
-LAYER_TWO = ["read_csv", "read_in_subquery", "getenv", "function_in_lambda", "schema_qualified",
+LAYER_TWO = ["cte_out_of_scope", "cte_file_out_of_scope", "read_csv", "read_in_subquery", "getenv", "function_in_lambda", "schema_qualified",
              "catalog_qualified", "positional_parameter", "numbered_parameter", "describe_in_from",
              "summarize_in_from", "unnest_in_from", "time_travel", "file_as_table", "json_serialize_sql",
              "qualified_function", "catalog_function", "other_table", "cte_over_other", "duckdb_settings",
              "two_statements", "insert", "attach", "copy_to", "pragma", "set", "lateral_read", "range"]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in FORBIDDEN if FORBIDDEN[n].strip(" ;")))
+def test_sqlglot_layer_refuses_on_its_own(name):
+    with pytest.raises(InvalidRequest) as info:
+        sandbox._check_sqlglot(FORBIDDEN[name].strip().rstrip(";"))
+    assert info.value.code == "invalid_query"
 
 
 @pytest.mark.parametrize("name", LAYER_TWO)
@@ -220,10 +231,15 @@ ALLOWED = {
     "having": ("SELECT region FROM data GROUP BY region HAVING count(*) > 1", 1),
     "cte": ("WITH eu AS (SELECT * FROM data WHERE region = 'EU') SELECT count(*) FROM eu", 1),
     "cte_named_like_table": ("WITH users AS (SELECT * FROM data) SELECT * FROM users", 4),
+    "nested_ctes": ("WITH a AS (SELECT * FROM data), b AS (SELECT * FROM a WHERE id > 1) "
+                    "SELECT * FROM (WITH c AS (SELECT * FROM b) SELECT * FROM c)", 3),
     "recursive_cte": ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r", 5),
     "self_join": ("SELECT a.id, b.id FROM data a JOIN data b ON a.region = b.region AND a.id < b.id", 1),
     "union": ("SELECT id FROM data UNION ALL SELECT id FROM data", 8),
     "subquery": ("SELECT * FROM data WHERE amount > (SELECT avg(amount) FROM data)", 2),
+    "exists": ("SELECT * FROM data WHERE EXISTS (SELECT 1 FROM data d2 WHERE d2.id = data.id + 1)", 3),
+    "any_all": ("SELECT * FROM data WHERE amount >= ALL (SELECT amount FROM data) OR id = ANY (SELECT 1)", 2),
+    "pivot": ("SELECT * FROM data PIVOT (sum(amount) FOR region IN ('EU', 'US'))", 4),
     "window": ("SELECT id, row_number() OVER (PARTITION BY region ORDER BY amount DESC) AS rn FROM data", 4),
     "qualify": ("SELECT * FROM data QUALIFY row_number() OVER (PARTITION BY region ORDER BY id) = 1", 3),
     "dates": ("SELECT date_trunc('month', day) AS m, strftime(day, '%Y') AS y, extract(dow FROM day) AS d, "
@@ -343,3 +359,44 @@ def test_data_registered_on_one_cursor_is_invisible_to_another():
     finally:
         first.close()
         second.close()
+
+
+def test_queries_from_many_threads_each_see_their_own_data(Session, make_source):
+    import threading
+
+    engine.clear_cache()
+    source = make_source(pa.table({"region": ["EU", "US", "APAC"] * 100, "n": list(range(300))}))
+    version = current(Session, source.id)
+    errors = []
+
+    def worker(region):
+        try:
+            for _ in range(5):
+                rows, total, _ = engine.run_query(version, rf(region={region}),
+                                                  "SELECT DISTINCT region, count(*) OVER () AS c FROM data",
+                                                  page=1, page_size=10)
+                assert rows == [{"region": region, "c": 100}] and total == 1
+                assert engine.distinct_values(version, rf(region={region}), "region", 5) == [region]
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in ["EU", "US", "APAC"] * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_memory_hungry_query_is_refused(Session, make_source):
+    engine.clear_cache()
+    source = make_source(pa.table({"n": list(range(3000))}))
+    version = current(Session, source.id)
+    sandbox.configure(memory_limit="30MB")
+    try:
+        with pytest.raises(InvalidRequest) as info:
+            engine.run_query(version, ALLOW, "SELECT string_agg(a.n::VARCHAR || b.n::VARCHAR, ',') AS s "
+                                             "FROM data a, data b", page=1, page_size=1)
+        assert info.value.code == "query_too_large"
+    finally:
+        sandbox.configure(memory_limit="1GB")

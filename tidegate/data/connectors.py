@@ -171,6 +171,9 @@ def split_config(connector_type: str, config: Any, secret: dict | None = None) -
     if connector.id == "postgresql":
         for name in ("host", "database", "user", "schema"):
             _text(public, name, max_length=255)
+        if public["host"].startswith(("/", "@")) or "," in public["host"]:
+            # A local socket would log in as the server's own OS user; one host only.
+            raise InvalidRequest("invalid_connector_config", 'The "host" must be one network host name or address.')
         if public.get("schema") and not _IDENT.match(public["schema"]):
             raise InvalidRequest("invalid_connector_config", 'The "schema" setting is not a valid name.')
         port = public.get("port", 5432)

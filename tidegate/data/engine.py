@@ -97,6 +97,7 @@ def _connection() -> duckdb.DuckDBPyConnection:
                 "memory_limit": _options["memory_limit"],
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
+                "python_enable_replacements": False,
             })
             allowed = str(root).rstrip("/") + "/"
             connection.execute("SET allowed_directories = [" + _sql_string(allowed) + "]")
@@ -302,7 +303,7 @@ def _uncompressed_bytes(version: SourceVersion) -> int:
 def _sql_count(version: SourceVersion, where: str, params: list[str]) -> int:
     cursor = _connection().cursor()
     try:
-        sql = f"SELECT count(*) FROM read_parquet(?)" + (f" WHERE {where}" if where else "")
+        sql = "SELECT count(*) FROM read_parquet(?)" + (f" WHERE {where}" if where else "")
         return int(cursor.sql(sql, params=[_paths(version), *params]).fetchall()[0][0])
     finally:
         cursor.close()

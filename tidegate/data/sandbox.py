@@ -162,6 +162,18 @@ def _func_name(node: exp.Func) -> str | None:
     return match.group(1).lower() if match else None  # syntax forms (CASE, CAST ...) checked by DuckDB
 
 
+def _ctes_in_scope(node: exp.Expression) -> set[str]:
+    """CTE names visible where `node` is: those of every enclosing WITH."""
+    names: set[str] = set()
+    current = node.parent
+    while current is not None:
+        with_clause = current.args.get("with_") or current.args.get("with")  # key name varies by version
+        if isinstance(with_clause, exp.With):
+            names.update(cte.alias_or_name.lower() for cte in with_clause.expressions)
+        current = current.parent
+    return names
+
+
 def _check_sqlglot(sql: str) -> frozenset[str]:
     try:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
@@ -176,7 +188,6 @@ def _check_sqlglot(sql: str) -> frozenset[str]:
         what = first.group(1).upper() if first else root.key.upper()
         raise _refuse(f"Only SELECT queries are allowed; this is {what}.")
     cte_names = frozenset(cte.alias_or_name.lower() for cte in root.find_all(exp.CTE))
-    allowed_tables = cte_names | {RELATION}
     for node in root.walk():
         if isinstance(node, _FORBIDDEN_NODES):
             if isinstance(node, (exp.Placeholder, exp.Parameter, exp.SessionParameter)):
@@ -192,7 +203,7 @@ def _check_sqlglot(sql: str) -> frozenset[str]:
             if node.args.get("db") or node.args.get("catalog"):
                 raise _refuse(f'Qualified table names are not allowed ("{node.sql(dialect="duckdb")}"); '
                               'query the relation "data".')
-            if node.name.lower() not in allowed_tables:
+            if node.name.lower() != RELATION and node.name.lower() not in _ctes_in_scope(node):
                 raise _refuse(f'Unknown table "{node.name}": only "data" (and the query\'s own CTEs) can be queried.')
         elif isinstance(node, exp.Unnest) and isinstance(node.parent, (exp.From, exp.Join)):
             raise _refuse("Table functions are not allowed; query the relation \"data\".")
@@ -211,18 +222,19 @@ def _check_sqlglot(sql: str) -> frozenset[str]:
 # Layer 2: DuckDB's own parse tree of the exact text that will run
 # ---------------------------------------------------------------------------------------
 
-def _walk_duckdb(node: Any, tables: set[str], ctes: set[str]) -> None:
+def _walk_duckdb(node: Any, scope: frozenset[str]) -> None:
+    """Check DuckDB's parse tree; `scope` = CTE names visible at this point."""
     if isinstance(node, list):
         for item in node:
-            _walk_duckdb(item, tables, ctes)
+            _walk_duckdb(item, scope)
         return
     if not isinstance(node, dict):
         return
     cte_map = node.get("cte_map")
     if isinstance(cte_map, dict):
-        for entry in cte_map.get("map") or []:
-            if isinstance(entry, dict) and isinstance(entry.get("key"), str):
-                ctes.add(entry["key"].lower())
+        names = {entry["key"].lower() for entry in cte_map.get("map") or []
+                 if isinstance(entry, dict) and isinstance(entry.get("key"), str)}
+        scope = scope | names
     if node.get("class") == "PARAMETER":
         raise _refuse("Query parameters are not allowed.")
     if "function_name" in node:
@@ -232,24 +244,26 @@ def _walk_duckdb(node: Any, tables: set[str], ctes: set[str]) -> None:
         if node.get("is_operator") is True:
             if not _OPERATOR.match(name):
                 raise _refuse(f"Operator {name!r} is not allowed.")
-        elif name.lower() not in ALLOWED_FUNCTIONS and name.lower() != "":
+        elif name.lower() not in ALLOWED_FUNCTIONS:
             raise _refuse(f"Function {name}() is not allowed in queries.")
-    # Table references serialize a "sample" key and no expression "class".
-    if "sample" in node and "class" not in node and isinstance(node.get("type"), str) and "modifiers" not in node:
-        kind = node["type"]
-        if kind == "TABLE_FUNCTION":
-            raise _refuse("Table functions are not allowed; query the relation \"data\".")
-        if kind not in _TABLE_REF_TYPES:
-            raise _refuse(f"{kind.replace('_', ' ').title()} is not allowed in queries.")
-        if kind == "BASE_TABLE":
-            if node.get("schema_name") or node.get("catalog_name"):
-                raise _refuse("Qualified table names are not allowed; query the relation \"data\".")
-            if node.get("at_clause"):
-                raise _refuse("AT (time travel) clauses are not allowed.")
-            tables.add(str(node.get("table_name") or "").lower())
-    for key, value in node.items():
+    kind = node.get("type") if "class" not in node and isinstance(node.get("type"), str) else None
+    if kind in ("TABLE_FUNCTION", "SHOW_REF"):
+        raise _refuse("Table functions are not allowed; query the relation \"data\"."
+                      if kind == "TABLE_FUNCTION" else "DESCRIBE, SUMMARIZE and SHOW are not allowed in queries.")
+    if kind == "BASE_TABLE":
+        if node.get("schema_name") or node.get("catalog_name"):
+            raise _refuse("Qualified table names are not allowed; query the relation \"data\".")
+        if node.get("at_clause"):
+            raise _refuse("AT (time travel) clauses are not allowed.")
+        table = str(node.get("table_name") or "").lower()
+        if table != RELATION and table not in scope:
+            raise _refuse(f'Unknown table "{node.get("table_name")}": only "data" (and the query\'s own CTEs) '
+                          "can be queried.")
+    elif kind is not None and "sample" in node and "modifiers" not in node and kind not in _TABLE_REF_TYPES:
+        raise _refuse(f"{kind.replace('_', ' ').title()} is not allowed in queries.")
+    for value in node.values():
         if isinstance(value, (dict, list)):
-            _walk_duckdb(value, tables, ctes)
+            _walk_duckdb(value, scope)
 
 
 def _check_duckdb(cursor, sql: str) -> None:
@@ -263,12 +277,7 @@ def _check_duckdb(cursor, sql: str) -> None:
     statements = tree.get("statements") or []
     if len(statements) != 1:
         raise _refuse("Exactly one SQL statement is allowed.")
-    tables: set[str] = set()
-    ctes: set[str] = set()
-    _walk_duckdb(statements, tables, ctes)
-    unknown = tables - ctes - {RELATION}
-    if unknown:
-        raise _refuse(f'Unknown table "{sorted(unknown)[0]}": only "data" (and the query\'s own CTEs) can be queried.')
+    _walk_duckdb(statements, frozenset())
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,6 +312,7 @@ def _connection() -> duckdb.DuckDBPyConnection:
                 "autoload_known_extensions": False,
                 "allow_community_extensions": False,
                 "allow_persistent_secrets": False,
+                "python_enable_replacements": False,
                 "memory_limit": _options["memory_limit"],
                 "threads": _options["threads"],
                 "lock_configuration": True,
@@ -390,6 +400,8 @@ def execute(query: ValidatedQuery, table: pa.Table, *, page: int, page_size: int
             timeout: float | None = None) -> tuple[list[dict], int, list[str]]:
     """Run a validated query over `table` (registered as `data`); one page of its result."""
     timeout = _options["timeout"] if timeout is None else timeout
+    if table.num_columns == 0:
+        raise _refuse("This source has no columns yet, so there is nothing to query.")
     cursor = _connection().cursor()
     timer = threading.Timer(timeout, cursor.interrupt)
     timer.daemon = True

@@ -164,7 +164,7 @@ def write_new_version(session: Session, source: Source, table: pa.Table, *, appe
 
     - append=True: `table` is conformed to the current version's schema (`type_mismatch`,
       `unknown_column` otherwise) and the new version lists the current parts plus one new
-      part. With no current version, it behaves as a replace.
+      part. With no current version (or one without any column), it behaves as a replace.
     - append=False: the new version holds exactly `table` (its schema becomes the source's).
 
     The part file is durable on disk when this returns. The switch of
@@ -189,7 +189,7 @@ def write_new_version(session: Session, source: Source, table: pa.Table, *, appe
         ).scalar_one()
     previous = session.get(SourceVersion, expected) if expected is not None else None
 
-    if append and previous is not None:
+    if append and previous is not None and (previous.columns or previous.row_count):
         table = ingest.conform_table(table, previous.columns)
         columns = previous.columns
         parts = list(previous.parts)
@@ -374,12 +374,11 @@ def collect_garbage(session: Session, data_dir: str | os.PathLike | None = None,
     for storage_path in session.scalars(select(File.storage_path)):
         referenced.add(root / storage_path)
     live_sources = set(session.scalars(select(SourceVersion.source_id).distinct()))
-    now = time.time()
-
     def old_enough(path: Path) -> bool:
         age = temp_min_age_seconds if TMP_MARK in path.name else min_age_seconds
         try:
-            return path.lstat().st_mtime <= now - age
+            # time.time() now, not at the start: removing a file touches its directory.
+            return path.lstat().st_mtime <= time.time() - age
         except FileNotFoundError:
             return False
 
