@@ -19,6 +19,7 @@ from tidegate.api.responses import JSON, error_response, from_error
 from tidegate.audit.journal import Journal
 from tidegate.config import Settings, get_settings
 from tidegate.data import engine
+from tidegate.data.maintenance import PeriodicCollector
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
 
@@ -41,13 +42,16 @@ def _validation_message(exc: RequestValidationError) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine.configure(data_dir=settings.data_dir)
+    collector = PeriodicCollector(settings.database_url, settings.data_dir)
     journal = Journal(settings.audit_dir, settings.database_url, fsync=os.environ.get("TIDEGATE_AUDIT_FSYNC") == "1")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         journal.flush()  # ship what a previous (possibly killed) process left behind
         journal.start()
+        collector.start()
         yield
+        collector.close()
         journal.close()
 
     app = FastAPI(

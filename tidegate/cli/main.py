@@ -110,6 +110,17 @@ def migrate_db():
 
 
 @app.command()
+def gc(as_json: bool = JsonOpt):
+    """Drop superseded source versions and delete data files nothing references."""
+    from tidegate.data.maintenance import collect
+
+    settings = get_settings()
+    migrate(settings.database_url)
+    report = collect(settings.database_url, settings.data_dir)
+    emit(as_json, {"deleted_files": report.deleted_files}, f"Deleted {len(report.deleted_files)} unreferenced file(s).")
+
+
+@app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
