@@ -491,6 +491,13 @@ def group_policy_ids(session: Session, group_id: str) -> list[str]:
     ))
 
 
+def policy_group_ids(session: Session, policy_id: str) -> list[str]:
+    """The groups a policy is assigned to (the reverse of group_policy_ids)."""
+    return list(session.scalars(
+        select(GroupPolicy.group_id).where(GroupPolicy.policy_id == policy_id).order_by(GroupPolicy.group_id)
+    ))
+
+
 def group_view(group: Group, *, member_ids: list[str], policy_ids: list[str]) -> dict:
     return {
         "id": group.id,

@@ -96,6 +96,8 @@ def init(
         f"API key       {key.secret}",
         "              Shown once: copy it now. It is stored only as a keyed hash.",
         "",
+        f"Sign in at http://127.0.0.1:8000/ as {created.admin.email}" + (" with the password above." if generated else "."),
+        "",
         "Try it:",
         f"  curl -H 'Authorization: Bearer {key.secret}' -H 'X-Tenant-ID: {created.org.id}' \\",
         "       http://127.0.0.1:8000/api/v1/keys",

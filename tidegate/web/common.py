@@ -117,6 +117,37 @@ async def _form(request: Request) -> FormData:
 FORM = Depends(_form)
 
 
+async def _large_form(request: Request) -> FormData:
+    # Forms with many checkboxes (a policy's sources and suggested values).
+    try:
+        return await request.form(max_files=0, max_fields=5000)
+    except Exception:
+        raise PageError(400, "Bad request", "The form could not be read.") from None
+
+
+LARGE_FORM = Depends(_large_form)
+
+
+async def _upload_form(request: Request) -> FormData:
+    # One file part and a few text fields (multipart/form-data).
+    try:
+        return await request.form(max_files=1, max_fields=20)
+    except Exception:
+        raise PageError(400, "Bad request", "The upload could not be read.") from None
+
+
+UPLOAD_FORM = Depends(_upload_form)
+
+
+@contextmanager
+def as_page(viewer: Viewer, title: str | None = None) -> Iterator[None]:
+    """Service errors raised inside become error pages that keep the signed-in navigation."""
+    try:
+        yield
+    except TidegateError as exc:
+        raise PageError(exc.status, title or TITLES.get(exc.status, "Request refused"), exc.message, viewer) from None
+
+
 def text(form: FormData, name: str, max_length: int = 2000) -> str:
     """A single text field, stripped; a file or an over-long value is a 400 page."""
     value = form.get(name)

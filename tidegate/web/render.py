@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -42,9 +42,9 @@ class NavItem:
     scope: str | None  # shown only to viewers holding this permission
 
 
-# Top-level sections. Data sources will add NavItem("Sources", "/sources", "admin:sources:read")
-# here, before Settings.
+# Top-level sections.
 SECTIONS: tuple[NavItem, ...] = (
+    NavItem("Sources", "/sources", "admin:sources:read"),
     NavItem("Settings", "/settings", None),
     NavItem("Audit log", "/audit", "admin:audit:read"),
 )
@@ -53,10 +53,11 @@ SETTINGS_PAGES: tuple[NavItem, ...] = (
     NavItem("People", "/settings/people", "admin:users:read"),
     NavItem("Security", "/settings/security", "admin:org:read"),
 )
-# Settings > Security sub-sections. Access policies and groups will add theirs here
-# (e.g. NavItem("Access Policies", "/settings/security/access-policies", "admin:policies:read")).
+# Settings > Security sub-sections.
 SECURITY_PAGES: tuple[NavItem, ...] = (
     NavItem("Admin Controls", "/settings/security", "admin:org:read"),
+    NavItem("Access Policies", "/settings/security/access-policies", "admin:policies:read"),
+    NavItem("Groups", "/settings/security/groups", "admin:policies:read"),
 )
 
 
@@ -64,6 +65,12 @@ def visible(items: tuple[NavItem, ...], viewer: Viewer | None) -> list[NavItem]:
     if viewer is None:
         return []
     return [i for i in items if i.scope is None or viewer.can(i.scope)]
+
+
+def best_match(items: list[NavItem], path: str) -> str | None:
+    """The href of the item `path` is in: the longest href that is `path` or a parent of it."""
+    found = [i.href for i in items if path == i.href or path.startswith(i.href.rstrip("/") + "/")]
+    return max(found, key=len) if found else None
 
 
 def relative_time(moment: datetime | None, now: datetime | None = None) -> str:
@@ -103,24 +110,36 @@ def scope_summary(scopes: list[str]) -> str:
     return f"Custom ({len(granted)} scope{'s' if len(granted) != 1 else ''})"
 
 
+def cell(value: object) -> str:
+    """A data value as text in a preview table (None is shown by the template)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return str(value)
+
+
 _env = Environment(
     loader=FileSystemLoader(TEMPLATES),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(relative=relative_time, utc=utc_text, iso=iso, scope_summary=scope_summary)
+_env.filters.update(relative=relative_time, utc=utc_text, iso=iso, scope_summary=scope_summary, cell=cell)
 _env.globals.update(version=__version__)
 
 
 def page(request: Request, template: str, context: dict, *, viewer: Viewer | None, status: int = 200,
          current: str | None = None) -> HTMLResponse:
+    current = current or request.url.path
+    security_pages = visible(SECURITY_PAGES, viewer)
     body = _env.get_template(template).render(
         viewer=viewer,
         sections=visible(SECTIONS, viewer),
         settings_pages=visible(SETTINGS_PAGES, viewer),
-        security_pages=visible(SECURITY_PAGES, viewer),
-        current=current or request.url.path,
+        security_pages=security_pages,
+        security_current=best_match(security_pages, current),
+        current=current,
         **context,
     )
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)

@@ -1,6 +1,7 @@
-"""Settings > Security (admins). Admin Controls: switch API key creation on or off.
+"""Settings > Security (admins). Admin Controls: switch API key creation on or off, and
+deny-by-default for access policies.
 
-Access policies and groups will add their own sub-pages (see render.SECURITY_PAGES).
+Access policies and groups have their own sub-pages (tidegate.web.policies).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from fastapi import Query, Request
 from starlette.datastructures import FormData
 
+from tidegate.access import policies
 from tidegate.api.deps import request_context
 from tidegate.orgs import service
 from tidegate.web.common import FORM, check_csrf, db, require_scope, router, signed_in
@@ -24,6 +26,7 @@ def security_page(request: Request, notice: str | None = Query(None, max_length=
         viewer = signed_in(request, session, READ)
         org = service.get_org(session, viewer.org.id)
         context = {"title": "Admin Controls", "creation_enabled": org.api_key_creation_enabled,
+                   "deny_by_default": bool(org.deny_by_default),
                    "can_write": viewer.can(WRITE), "notice": NOTICES.get(notice or "")}
     return page(request, "security.html", context, viewer=viewer)
 
@@ -35,7 +38,10 @@ def save_admin_controls(request: Request, form: FormData = FORM):
         check_csrf(request, viewer, form)
         require_scope(viewer, WRITE)
         org = service.get_org(session, viewer.org.id)
+        context = request_context(request)
         service.update_settings(session, viewer.principal, org,
                                 api_key_creation_enabled=form.get("api_key_creation_enabled") == "on",
-                                context=request_context(request))
+                                context=context)
+        policies.set_deny_by_default(session, viewer.principal, org, form.get("deny_by_default") == "on",
+                                     context=context)
     return redirect("/settings/security?notice=saved")

@@ -93,12 +93,70 @@
     var select = document.querySelector("select[name=expiration]");
     toggle(null, "data-show-when-expiration", select ? select.value : "");
   }
+  function syncBinding() {
+    var checked = document.querySelector("input[name=binding]:checked");
+    toggle(null, "data-show-when-binding", checked ? checked.value : "");
+  }
+
+  // Access policy form: the values found in the data for the column a filter row picks.
+  function showSuggestions(select) {
+    var row = select.closest("[data-filter-row]");
+    var box = row && row.querySelector("[data-suggestions]");
+    if (!box) { return; }
+    box.replaceChildren();
+    var option = select.selectedOptions[0];
+    var key = option ? option.dataset.values : "";
+    var template = key ? document.getElementById("values-" + key) : null;
+    if (!template) { return; }
+    var content = template.content.cloneNode(true);
+    content.querySelectorAll("input[type=checkbox]").forEach(function (box_) {
+      box_.name = "pick_" + row.dataset.index;
+    });
+    box.appendChild(content);
+  }
+  function addFilterRow(button) {
+    var spare = document.querySelector("[data-filter-row][hidden]");
+    if (!spare) { return; }
+    spare.hidden = false;
+    var select = spare.querySelector("select");
+    if (select) { select.focus(); }
+    button.hidden = !document.querySelector("[data-filter-row][hidden]");
+  }
+  function clearFilterRow(button) {
+    var row = button.closest("[data-filter-row]");
+    if (!row) { return; }
+    row.querySelectorAll("select").forEach(function (el) { el.value = ""; });
+    row.querySelectorAll("textarea").forEach(function (el) { el.value = ""; });
+    var box = row.querySelector("[data-suggestions]");
+    if (box) { box.replaceChildren(); }
+    var shown = document.querySelectorAll("[data-filter-row]:not([hidden])");
+    var add = document.querySelector("[data-add-filter]");
+    if (shown.length > 1) {
+      row.hidden = true;
+      if (add) { add.hidden = false; add.focus(); }
+    } else {
+      var select = row.querySelector("select");
+      if (select) { select.focus(); }
+    }
+  }
+  document.addEventListener("click", function (event) {
+    var add = event.target.closest("[data-add-filter]");
+    if (add) { addFilterRow(add); return; }
+    var clear = event.target.closest("[data-clear-filter]");
+    if (clear) { clearFilterRow(clear); }
+  });
+  var addButton = document.querySelector("[data-add-filter]");
+  if (addButton) { addButton.hidden = !document.querySelector("[data-filter-row][hidden]"); }
+
   document.addEventListener("change", function (event) {
     if (event.target.name === "access") { syncAccess(); }
     if (event.target.name === "expiration") { syncExpiration(); }
+    if (event.target.name === "binding") { syncBinding(); }
+    if (event.target.matches("[data-column-select]")) { showSuggestions(event.target); }
   });
   syncAccess();
   syncExpiration();
+  syncBinding();
 
   document.querySelectorAll("dialog[data-show-on-load]").forEach(function (dialog) {
     dialog.showModal();
