@@ -1,0 +1,471 @@
+"""Settings > Security > Access Policies (admins): list, create, edit, delete; assign users
+and groups; and a preview of what a user would see in a source.
+
+The column picker is fed by the columns of the sources the admin may open (their current
+versions), and the value suggestions by `engine.distinct_values` over those sources with
+the ADMIN's own row filter (from `open_source`), so an admin who is filtered themselves is
+never shown values from rows they may not read. Every change goes through
+`tidegate.access.policies`, audited like its /api/v1/access twin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Path, Query, Request
+from sqlalchemy import select
+from starlette.datastructures import FormData
+
+from tidegate.access import policies as service
+from tidegate.access.models import Group, Policy
+from tidegate.access.rowfilter import RowFilter
+from tidegate.access.sources import open_source, permission_of, visible_sources_query
+from tidegate.api.deps import request_context
+from tidegate.data import engine
+from tidegate.data.models import Source, SourceVersion
+from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.orgs.models import User
+from tidegate.orgs.service import get_user
+from tidegate.web.common import (
+    FORM, LARGE_FORM, PageError, as_page, check_csrf, db, require_scope, router, signed_in, text,
+)
+from tidegate.web.render import page, redirect
+from tidegate.web.sessions import Viewer
+from tidegate.web.sources import PREVIEW_ROWS, RESTRICTED_VIEWER, Preview
+
+READ = "admin:policies:read"
+WRITE = "admin:policies:write"
+BASE = "/settings/security/access-policies"
+LIST_LIMIT = 200
+SPARE_ROWS = 8  # hidden blank filter rows that "Add another filter" reveals
+CATALOG_SOURCES = 500
+SUGGESTED_VALUES = 50
+SUGGESTION_BUDGET = 200  # distinct_values calls per page
+NO_SUGGESTIONS = ("float", "timestamp")
+NOTICES = {
+    "created": "The access policy was created. Assign it to people or groups below.",
+    "saved": "The access policy was saved. It applies from the next request.",
+    "deleted": "The access policy was deleted.",
+    "user_assigned": "The policy was assigned. It applies from their next request.",
+    "user_removed": "The person no longer has this policy directly.",
+    "group_assigned": "The policy was assigned to the group.",
+    "group_removed": "The policy was removed from the group.",
+}
+
+
+def PolicyId():
+    return Path(max_length=100)
+
+
+# -- what the pages are built from ---------------------------------------------------------
+
+
+@dataclass
+class CatalogColumn:
+    key: str  # "c0", "c1"...: names the <template> holding its suggested values
+    name: str  # first spelling seen (policies match columns case-insensitively)
+    types: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Catalog:
+    sources: list[dict]  # {id, name, columns}
+    columns: list[CatalogColumn]
+
+    def column(self, name: str) -> CatalogColumn | None:
+        folded = name.casefold()
+        return next((c for c in self.columns if c.name.casefold() == folded), None)
+
+    def source_name(self, source_id: str) -> str:
+        return next((s["name"] for s in self.sources if s["id"] == source_id), f"{source_id} (no longer exists)")
+
+
+def catalog(session, viewer: Viewer, *, with_values: bool) -> Catalog:
+    """The sources the viewer may open, their columns, and (optionally) suggested values."""
+    query = (visible_sources_query(session, viewer.principal).add_columns(SourceVersion)
+             .outerjoin(SourceVersion, SourceVersion.id == Source.current_version_id)
+             .order_by(Source.updated_at.desc(), Source.id).limit(CATALOG_SOURCES))
+    found = session.execute(query).all()
+    sources, columns, by_fold = [], [], {}
+    for source, version in found:
+        names = version.column_names if version else []
+        sources.append({"id": source.id, "name": source.name, "columns": names, "version": version})
+        for column in version.columns if version else []:
+            entry = by_fold.get(column["name"].casefold())
+            if entry is None:
+                entry = by_fold[column["name"].casefold()] = CatalogColumn(f"c{len(columns)}", column["name"])
+                columns.append(entry)
+            if column["type"] not in entry.types:
+                entry.types.append(column["type"])
+            entry.sources.append(source.name)
+    if with_values:
+        _suggest(session, viewer, sources, by_fold)
+    sources.sort(key=lambda s: s["name"].lower())
+    columns.sort(key=lambda c: c.name.lower())
+    return Catalog(sources=sources, columns=columns)
+
+
+def _suggest(session, viewer: Viewer, sources: list[dict], by_fold: dict[str, CatalogColumn]) -> None:
+    budget = SUGGESTION_BUDGET
+    values: dict[str, set[str]] = {}
+    for item in sources:  # most recently updated first
+        version = item["version"]
+        if version is None or budget <= 0:
+            continue
+        # The admin's OWN row filter: never values from rows they may not read.
+        row_filter = open_source(session, viewer.principal, item["id"]).row_filter
+        for column in version.columns:
+            folded = column["name"].casefold()
+            seen = values.setdefault(folded, set())
+            if column["type"] in NO_SUGGESTIONS or len(seen) >= SUGGESTED_VALUES or budget <= 0:
+                continue
+            budget -= 1
+            seen.update(engine.distinct_values(version, row_filter, column["name"], SUGGESTED_VALUES))
+    for folded, found in values.items():
+        by_fold[folded].values = sorted(found)[:SUGGESTED_VALUES]
+
+
+@dataclass
+class FilterRow:
+    column: str = ""
+    values: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PolicyForm:
+    """The policy form's fields as typed, so that a refused form comes back filled in."""
+
+    name: str = ""
+    description: str = ""
+    binding: str = "auto"
+    source_ids: list[str] = field(default_factory=list)
+    filters: list[FilterRow] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, policy: Policy) -> "PolicyForm":
+        return cls(name=policy.name, description=policy.description or "",
+                   binding="explicit" if policy.source_ids else "auto", source_ids=list(policy.source_ids or []),
+                   filters=[FilterRow(f["column"], list(f["values"])) for f in policy.row_filters or []])
+
+    @classmethod
+    def read(cls, form: FormData) -> "PolicyForm":
+        source_ids = form.getlist("source_ids")
+        if len(source_ids) > service.MAX_SOURCE_IDS or not all(isinstance(s, str) for s in source_ids):
+            raise PageError(400, "Bad request", "Too many or malformed sources.")
+        filters = []
+        for i in range(service.MAX_FILTERS):
+            column = text(form, f"column_{i}", service.MAX_COLUMN + 50)
+            typed = [v.strip() for v in text(form, f"values_{i}", 200_000).splitlines()]
+            picks = form.getlist(f"pick_{i}")
+            if not all(isinstance(p, str) for p in picks):
+                raise PageError(400, "Bad request", "Malformed values.")
+            values = list(dict.fromkeys(v for v in picks + typed if v))
+            if column or values:
+                filters.append(FilterRow(column, values))
+        return cls(name=text(form, "name", 300), description=text(form, "description", 5000),
+                   binding=text(form, "binding", 20), source_ids=list(dict.fromkeys(source_ids)), filters=filters)
+
+    def changes(self) -> dict:
+        """The service's arguments; InvalidRequest (a 400 page) for what it cannot take."""
+        if self.binding not in ("auto", "explicit"):
+            raise InvalidRequest("invalid_binding", "Choose Auto or Explicit for what the policy applies to.")
+        if self.binding == "explicit" and not self.source_ids:
+            raise InvalidRequest("invalid_source_ids",
+                                 "An explicit policy needs at least one source: choose its sources, or use Auto.")
+        for number, row in enumerate(self.filters, 1):
+            if not row.column:
+                raise InvalidRequest("invalid_row_filters", f"Row filter {number} has values but no column: "
+                                                            f"choose its column.")
+            if not row.values:
+                raise InvalidRequest("invalid_row_filters",
+                                     f"Choose at least one allowed value for column {row.column!r}.")
+        return {"name": self.name, "description": self.description or None,
+                "source_ids": self.source_ids if self.binding == "explicit" else [],
+                "row_filters": [{"column": r.column, "values": r.values} for r in self.filters]}
+
+
+def filter_rows(form: PolicyForm, cat: Catalog) -> list[dict]:
+    """The filter rows to draw: the policy's, one blank, then hidden spares."""
+    rows = []
+    for row in form.filters:
+        known = cat.column(row.column) if row.column else None
+        suggestions = known.values if known else []
+        rows.append({"column": known.name if known else row.column, "known": known is not None,
+                     "suggestions": suggestions, "picked": [v for v in row.values if v in suggestions],
+                     "other": [v for v in row.values if v not in suggestions], "spare": False})
+    visible = len(rows) + 1
+    total = min(service.MAX_FILTERS, visible + SPARE_ROWS)
+    while len(rows) < total:
+        rows.append({"column": "", "known": True, "suggestions": [], "picked": [], "other": [],
+                     "spare": len(rows) >= visible})
+    return rows
+
+
+def summary(policy: Policy, cat: Catalog) -> dict:
+    filters = [f"{f['column']} IN ({', '.join(f['values'])})" for f in policy.row_filters or []]
+    return {
+        "id": policy.id, "name": policy.name, "description": policy.description,
+        "binding": "Explicit" if policy.source_ids else "Auto",
+        "sources": [cat.source_name(s) for s in policy.source_ids or []],
+        "filters": filters, "updated_at": policy.updated_at,
+    }
+
+
+def _emails(session, org_id: str, ids) -> dict[str, str]:
+    ids = set(ids)
+    if not ids:
+        return {}
+    return dict(session.execute(select(User.id, User.email).where(User.org_id == org_id, User.id.in_(ids))).all())
+
+
+def _active_users(session, org_id: str) -> list[User]:
+    return list(session.scalars(select(User).where(User.org_id == org_id, User.is_active.is_(True))
+                                .order_by(User.email)))
+
+
+def _group_names(session, org_id: str) -> dict[str, str]:
+    return dict(session.execute(select(Group.id, Group.name).where(Group.org_id == org_id).order_by(Group.name)).all())
+
+
+# -- the list, and the "what would this user see" preview ----------------------------------
+
+
+@dataclass
+class UserPreview(Preview):
+    user_email: str = ""
+    source_name: str = ""
+    can_open: bool = True
+    policy_names: list[str] = field(default_factory=list)
+
+
+def user_preview(session, viewer: Viewer, user_id: str, source_id: str, page_number: int = 1) -> UserPreview:
+    with as_page(viewer, "Not found"):
+        user = get_user(session, viewer.org.id, user_id)
+        mine = open_source(session, viewer.principal, source_id)  # the admin's own filter
+    source, version, columns = mine.source, mine.version, mine.columns
+    view = service.resolve_view(session, viewer.org.id, user.id, source.id, columns)
+    row_filter: RowFilter = service.resolve_user_filter(session, viewer.org.id, user.id, source.id, columns)
+    names = dict(session.execute(select(Policy.id, Policy.name).where(
+        Policy.org_id == viewer.org.id, Policy.id.in_(view["policy_ids"]))).all()) if view["policy_ids"] else {}
+    preview = UserPreview(as_label=user.email, user_email=user.email, source_name=source.name, page=page_number,
+                          where=view["where_clause"], effective=view["effective_access"], reasons=view["reasons"],
+                          policy_names=[names.get(p, p) for p in view["policy_ids"]])
+    if permission_of(session, user, source) is None:
+        preview.can_open = False
+        preview.refused = (f"{user.email} cannot open this source at all: it is neither theirs nor shared with them "
+                           f"(nor with the organization). They see no rows; the filter below applies once it is shared.")
+        return preview
+    if user.id != viewer.user.id and not mine.row_filter.is_unrestricted:
+        row_filter = row_filter.both(mine.row_filter)
+        preview.notes.append(RESTRICTED_VIEWER.replace("to the key", "to them"))
+    if version is not None:
+        preview.rows, preview.total = engine.read_page(version, row_filter, page=page_number, page_size=PREVIEW_ROWS)
+    return preview
+
+
+def list_context(session, viewer: Viewer, *, user_id: str | None = None, source_id: str | None = None,
+                 page_number: int = 1) -> dict:
+    cat = catalog(session, viewer, with_values=False)
+    rows = service.list_policies(session, viewer.org.id, limit=LIST_LIMIT)[:LIST_LIMIT]
+    counts = service.policy_user_counts(session, [p.id for p in rows])
+    groups = _group_names(session, viewer.org.id)
+    items = []
+    for policy in sorted(rows, key=lambda p: p.name.lower()):
+        item = summary(policy, cat)
+        item["user_count"] = counts.get(policy.id, 0)
+        item["groups"] = [groups.get(g, g) for g in service.policy_group_ids(session, policy.id)]
+        items.append(item)
+    preview = None
+    if user_id and source_id:
+        preview = user_preview(session, viewer, user_id, source_id, page_number)
+        preview_columns = next((s["columns"] for s in cat.sources if s["id"] == source_id), [])
+    else:
+        preview_columns = []
+    return {"title": "Access Policies", "policies": items, "can_write": viewer.can(WRITE),
+            "users": _active_users(session, viewer.org.id), "sources": cat.sources,
+            "preview": preview, "preview_columns": preview_columns,
+            "preview_user": user_id or "", "preview_source": source_id or ""}
+
+
+@router.get(BASE)
+def policies_page(request: Request, notice: str | None = Query(None, max_length=40),
+                  user_id: str | None = Query(None, max_length=200), source_id: str | None = Query(None, max_length=100),
+                  page_number: int = Query(1, alias="page", ge=1, le=1_000_000)):
+    with db(request) as session:
+        viewer = signed_in(request, session, READ)
+        context = list_context(session, viewer, user_id=user_id, source_id=source_id, page_number=page_number)
+    return page(request, "policies.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer)
+
+
+# -- one policy: the form, assignments ------------------------------------------------------
+
+
+def policy_context(session, viewer: Viewer, policy: Policy | None, form: PolicyForm | None = None) -> dict:
+    cat = catalog(session, viewer, with_values=True)
+    form = form or (PolicyForm.of(policy) if policy else PolicyForm())
+    context = {
+        "title": policy.name if policy else "New access policy",
+        "policy": policy, "form": form, "rows": filter_rows(form, cat), "catalog": cat,
+        "can_write": viewer.can(WRITE), "known_source_ids": {s["id"] for s in cat.sources},
+    }
+    if policy is not None:
+        user_ids = service.policy_user_ids(session, policy.id)
+        emails = _emails(session, viewer.org.id, user_ids)
+        groups = _group_names(session, viewer.org.id)
+        group_ids = service.policy_group_ids(session, policy.id)
+        context.update({
+            "assigned": [{"id": u, "email": emails.get(u, u)} for u in user_ids],
+            "candidates": [u for u in _active_users(session, viewer.org.id) if u.id not in set(user_ids)],
+            "groups": [{"id": g, "name": groups.get(g, g)} for g in group_ids],
+            "group_candidates": [{"id": g, "name": n} for g, n in groups.items() if g not in set(group_ids)],
+        })
+    return context
+
+
+def _policy(session, viewer: Viewer, policy_id: str) -> Policy:
+    with as_page(viewer, "Access policy not found"):
+        return service.get_policy(session, viewer.org.id, policy_id)
+
+
+@router.get(BASE + "/new")
+def new_policy_page(request: Request):
+    with db(request) as session:
+        viewer = signed_in(request, session, WRITE)
+        context = policy_context(session, viewer, None)
+    return page(request, "policy.html", context, viewer=viewer)
+
+
+@router.post(BASE)
+def create_policy(request: Request, form: FormData = LARGE_FORM):
+    values = PolicyForm.read(form)
+    try:
+        with db(request) as session:
+            viewer = signed_in(request, session)
+            check_csrf(request, viewer, form)
+            require_scope(viewer, WRITE)
+            policy = service.create_policy(session, viewer.principal, viewer.org.id, **values.changes(),
+                                           context=request_context(request))
+            policy_id = policy.id
+    except TidegateError as exc:
+        with db(request) as session:
+            viewer = signed_in(request, session, WRITE)
+            context = policy_context(session, viewer, None, values)
+        return page(request, "policy.html", {**context, "form_error": exc.message}, viewer=viewer,
+                    status=exc.status, current=BASE + "/new")
+    return redirect(f"{BASE}/{policy_id}?notice=created")
+
+
+@router.get(BASE + "/{policy_id}")
+def policy_page(request: Request, policy_id: str = PolicyId(), notice: str | None = Query(None, max_length=40)):
+    with db(request) as session:
+        viewer = signed_in(request, session, READ)
+        context = policy_context(session, viewer, _policy(session, viewer, policy_id))
+    return page(request, "policy.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer)
+
+
+def _policy_error(request: Request, policy_id: str, exc: TidegateError, form: PolicyForm | None = None, **extra):
+    with db(request) as session:
+        viewer = signed_in(request, session, READ)
+        context = policy_context(session, viewer, _policy(session, viewer, policy_id), form)
+    return page(request, "policy.html", {**context, **extra}, viewer=viewer, status=exc.status,
+                current=f"{BASE}/{policy_id}")
+
+
+@router.post(BASE + "/{policy_id}")
+def update_policy(request: Request, policy_id: str = PolicyId(), form: FormData = LARGE_FORM):
+    values = PolicyForm.read(form)
+    try:
+        with db(request) as session:
+            viewer = signed_in(request, session)
+            check_csrf(request, viewer, form)
+            require_scope(viewer, WRITE)
+            policy = _policy(session, viewer, policy_id)
+            service.update_policy(session, viewer.principal, policy, **values.changes(),
+                                  context=request_context(request))
+    except TidegateError as exc:
+        return _policy_error(request, policy_id, exc, values, form_error=exc.message)
+    return redirect(f"{BASE}/{policy_id}?notice=saved")
+
+
+@router.get(BASE + "/{policy_id}/delete")
+def delete_policy_confirm(request: Request, policy_id: str = PolicyId()):
+    with db(request) as session:
+        viewer = signed_in(request, session, WRITE)
+        policy = _policy(session, viewer, policy_id)
+        context = {"title": "Delete access policy", "heading": f"Delete the access policy {policy.name}?",
+                   "message": "People and groups it is assigned to lose it at once; keys that name it fail closed "
+                              "(they see no rows).",
+                   "action": f"{BASE}/{policy.id}/delete", "button": "Delete policy", "back": f"{BASE}/{policy.id}"}
+    return page(request, "confirm.html", context, viewer=viewer)
+
+
+@router.post(BASE + "/{policy_id}/delete")
+def delete_policy(request: Request, policy_id: str = PolicyId(), form: FormData = FORM):
+    with db(request) as session:
+        viewer = signed_in(request, session)
+        check_csrf(request, viewer, form)
+        require_scope(viewer, WRITE)
+        policy = _policy(session, viewer, policy_id)
+        service.delete_policy(session, viewer.principal, policy, context=request_context(request))
+    return redirect(f"{BASE}?notice=deleted")
+
+
+def _assignment(request: Request, policy_id: str, form: FormData, change, notice: str, anchor: str):
+    """Run one assignment change on the policy; its page again, with a notice or the error."""
+    try:
+        with db(request) as session:
+            viewer = signed_in(request, session)
+            check_csrf(request, viewer, form)
+            require_scope(viewer, WRITE)
+            policy = _policy(session, viewer, policy_id)
+            change(session, viewer, policy, request_context(request))
+    except TidegateError as exc:
+        return _policy_error(request, policy_id, exc, page_error=exc.message)
+    return redirect(f"{BASE}/{policy_id}?notice={notice}#{anchor}")
+
+
+def _required(form: FormData, name: str, message: str) -> str:
+    value = text(form, name, 200)
+    if not value:
+        raise InvalidRequest("missing_field", message)
+    return value
+
+
+@router.post(BASE + "/{policy_id}/users")
+def assign_user(request: Request, policy_id: str = PolicyId(), form: FormData = FORM):
+    def change(session, viewer, policy, context):
+        user_id = _required(form, "user_id", "Choose a person to assign the policy to.")
+        service.assign_users(session, viewer.principal, policy, [user_id], context=context)
+
+    return _assignment(request, policy_id, form, change, "user_assigned", "users")
+
+
+@router.post(BASE + "/{policy_id}/users/{user_id}/remove")
+def remove_user(request: Request, policy_id: str = PolicyId(), user_id: str = Path(max_length=100),
+                form: FormData = FORM):
+    def change(session, viewer, policy, context):
+        service.remove_user(session, viewer.principal, policy, user_id, context=context)
+
+    return _assignment(request, policy_id, form, change, "user_removed", "users")
+
+
+@router.post(BASE + "/{policy_id}/groups")
+def assign_group(request: Request, policy_id: str = PolicyId(), form: FormData = FORM):
+    def change(session, viewer, policy, context):
+        group_id = _required(form, "group_id", "Choose a group to assign the policy to.")
+        group = service.get_group(session, viewer.org.id, group_id)
+        service.assign_group_policies(session, viewer.principal, group, [policy.id], context=context)
+
+    return _assignment(request, policy_id, form, change, "group_assigned", "groups")
+
+
+@router.post(BASE + "/{policy_id}/groups/{group_id}/remove")
+def remove_group(request: Request, policy_id: str = PolicyId(), group_id: str = Path(max_length=100),
+                 form: FormData = FORM):
+    def change(session, viewer, policy, context):
+        group = service.get_group(session, viewer.org.id, group_id)
+        service.remove_group_policy(session, viewer.principal, group, policy.id, context=context)
+
+    return _assignment(request, policy_id, form, change, "group_removed", "groups")
