@@ -6,7 +6,7 @@ import logging
 import os
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError
@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidegate import __version__
 from tidegate.api import audit, files, keys, org_settings, policies, sources, users
+from tidegate.api.inputs import url_without_nul
 from tidegate.api.middleware import RequestMiddleware
 from tidegate.api.responses import JSON, error_response, from_error
 from tidegate.audit.journal import Journal
@@ -26,6 +27,8 @@ from tidegate.web import routes as web
 log = logging.getLogger("tidegate")
 
 HTTP_CODES = {
+    # A body FastAPI could not read at all (e.g. a broken multipart form).
+    400: ("invalid_request_error", "invalid_parameters", "The request body could not be parsed."),
     404: ("not_found_error", "route_not_found", "No such endpoint."),
     405: ("invalid_request_error", "method_not_allowed", "This method is not allowed on this endpoint."),
 }
@@ -35,7 +38,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
-        parts.append(f"{loc or 'request'}: {err.get('msg')}")
+        reason = (err.get("ctx") or {}).get("error") if err.get("type") == "json_invalid" else None
+        parts.append(f"{loc or 'request'}: {err.get('msg')}" + (f" ({reason})" if reason else ""))
     return "; ".join(parts) or "Invalid request."
 
 
@@ -85,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(exc.status_code, type_, code, message, headers=getattr(exc, "headers", None))
 
     for module in (keys, users, org_settings, audit, policies, sources, files):
-        app.include_router(module.router, prefix="/api/v1")
+        app.include_router(module.router, prefix="/api/v1", dependencies=[Depends(url_without_nul)])
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
 

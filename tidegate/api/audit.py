@@ -7,10 +7,11 @@ from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
 from tidegate.api.deps import DB, require
+from tidegate.api.inputs import InputRoute
 from tidegate.api.pagination import AfterQuery, cursor_page
 from tidegate.audit.query import event_view, list_events, parse_bound
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(tags=["audit"], route_class=InputRoute)
 
 
 @router.get("/audit/events")

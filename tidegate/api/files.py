@@ -7,11 +7,12 @@ from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
 from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target
+from tidegate.api.inputs import InputRoute
 from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
 from tidegate.data import service
 from tidegate.errors import InvalidRequest
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], route_class=InputRoute)
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from tidegate.access.principal import Principal
 from tidegate.access.scopes import preset_scopes
 from tidegate.api.deps import DB, request_context, require, set_audit_target, settings_of
+from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
 from tidegate.api.responses import JSON
 from tidegate.credentials import service
@@ -16,28 +17,28 @@ from tidegate.credentials.models import ApiKey
 from tidegate.db.base import isoformat, utcnow
 from tidegate.errors import InvalidRequest
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(tags=["keys"], route_class=InputRoute)
 MANAGE = require("admin:keys:manage")
 
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     scopes: list[str] | None = Field(None, max_length=100)
     preset: str | None = Field(None, description="tidegate extension: full_access or data_access instead of scopes")
     expires_in_days: int | None = None
     rate_limit_per_minute: int | None = None
     ip_allowlist: list[str] | None = Field(None, max_length=100)
     source_scope: dict | None = None
-    access_policy_ids: list[str] | None = Field(None, max_length=100)
-    bound_user_id: str | None = None
+    access_policy_ids: list[Text] | None = Field(None, max_length=100)
+    bound_user_id: Text | None = None
 
 
 class KeyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
 
 
 def key_view(key: ApiKey) -> dict:

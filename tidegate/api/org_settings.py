@@ -9,10 +9,11 @@ from sqlalchemy.orm import Session
 from tidegate.access import policies
 from tidegate.access.principal import Principal
 from tidegate.api.deps import DB, request_context, require
+from tidegate.api.inputs import InputRoute
 from tidegate.orgs import service
 from tidegate.orgs.models import Organization
 
-router = APIRouter(tags=["organization"])
+router = APIRouter(tags=["organization"], route_class=InputRoute)
 
 
 class SettingsUpdate(BaseModel):

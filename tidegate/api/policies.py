@@ -12,10 +12,11 @@ from tidegate.access import policies as service
 from tidegate.access.principal import Principal
 from tidegate.access.sources import open_source, visible_sources_query
 from tidegate.api.deps import DB, request_context, require, set_audit_target
+from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, cursor_page
 from tidegate.data.models import Source
 
-router = APIRouter(tags=["access policies"])
+router = APIRouter(tags=["access policies"], route_class=InputRoute)
 READ = require("admin:policies:read")
 WRITE = require("admin:policies:write")
 
@@ -41,13 +42,13 @@ class PolicyUpdate(BaseModel):
 class UserIds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_ids: list[str] = Field(max_length=1000)
+    user_ids: list[Text] = Field(max_length=1000)
 
 
 class PolicyIds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    policy_ids: list[str] = Field(max_length=1000)
+    policy_ids: list[Text] = Field(max_length=1000)
 
 
 class GroupCreate(BaseModel):
@@ -221,8 +222,8 @@ def remove_group_policy(group_id: str, policy_id: str, request: Request, princip
 class ResolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(max_length=200)
-    source_id: str = Field(max_length=100)
+    user_id: Text = Field(max_length=200)
+    source_id: Text = Field(max_length=100)
 
 
 @router.post("/access/resolve")

@@ -12,12 +12,13 @@ from sqlalchemy.orm import Session
 from tidegate.access.principal import Principal
 from tidegate.access.sources import VIEW, SourceAccess, open_source
 from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target, settings_of
+from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
 from tidegate.api.responses import JSON
 from tidegate.data import connectors, engine
 from tidegate.data import service as sources
 
-router = APIRouter(tags=["sources"])
+router = APIRouter(tags=["sources"], route_class=InputRoute)
 AUTHENTICATED = Depends(authenticated)
 
 MAX_SQL = 10_000
@@ -36,18 +37,18 @@ DATA_WRITE = require("data:write")
 class SourceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=200)
-    description: str | None = Field(None, max_length=2000)
+    name: Text = Field(max_length=200)
+    description: Text | None = Field(None, max_length=2000)
     rows: list[dict[str, Any]] | None = None
-    file_id: str | None = Field(None, max_length=100)
-    connector_id: str | None = Field(None, max_length=100)
+    file_id: Text | None = Field(None, max_length=100)
+    connector_id: Text | None = Field(None, max_length=100)
     config: dict[str, Any] | None = None
 
 class SourceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, max_length=200)
-    description: str | None = Field(None, max_length=2000)
+    name: Text | None = Field(None, max_length=200)
+    description: Text | None = Field(None, max_length=2000)
     config: dict[str, Any] | None = None
 
 class Rows(BaseModel):
@@ -63,12 +64,12 @@ class Query_(BaseModel):
     page_size: int = Field(100, ge=1, le=10_000)
 
 class DataQuery(Query_):
-    source_id: str = Field(max_length=100)
+    source_id: Text = Field(max_length=100)
 
 class Share(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(max_length=200)
+    user_id: Text = Field(max_length=200)
     permission: str = "view"
 
 class OrgShare(BaseModel):

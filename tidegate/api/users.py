@@ -8,12 +8,13 @@ from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
 from tidegate.api.deps import DB, request_context, require, set_audit_target
+from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, cursor_page
 from tidegate.db.base import isoformat
 from tidegate.orgs import service
 from tidegate.orgs.models import User
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], route_class=InputRoute)
 READ = require("admin:users:read")
 WRITE = require("admin:users:write")
 
@@ -21,28 +22,28 @@ WRITE = require("admin:users:write")
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(min_length=3, max_length=320)
+    email: Text = Field(min_length=3, max_length=320)
     role: str = "member"
-    external_id: str | None = Field(None, min_length=1, max_length=200)
-    first_name: str | None = Field(None, max_length=200)
-    last_name: str | None = Field(None, max_length=200)
+    external_id: Text | None = Field(None, min_length=1, max_length=200)
+    first_name: Text | None = Field(None, max_length=200)
+    last_name: Text | None = Field(None, max_length=200)
 
 
 class UserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: str | None = None
-    first_name: str | None = Field(None, max_length=200)
-    last_name: str | None = Field(None, max_length=200)
+    first_name: Text | None = Field(None, max_length=200)
+    last_name: Text | None = Field(None, max_length=200)
 
 
 class ExternalUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: str = "member"
-    email: str | None = Field(None, min_length=3, max_length=320)
-    first_name: str | None = Field(None, max_length=200)
-    last_name: str | None = Field(None, max_length=200)
+    email: Text | None = Field(None, min_length=3, max_length=320)
+    first_name: Text | None = Field(None, max_length=200)
+    last_name: Text | None = Field(None, max_length=200)
 
 
 def user_view(user: User) -> dict:

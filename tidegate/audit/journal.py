@@ -155,12 +155,30 @@ def ship_pending(directory: Path, database_url: str, *, own_path: Path | None = 
         for path in sorted(directory.glob(f"*{READY}")):
             events = _read_segment(path)
             if events:
-                _insert_events(database_url, events)
+                try:
+                    _insert_events(database_url, events)
+                except Exception:
+                    # One event the database refuses must not block every later one:
+                    # ship the rest one by one and set the refused aside (kept, not lost).
+                    log.exception("audit segment %s failed as a batch; shipping event by event", path.name)
+                    _ship_individually(directory, database_url, events)
             path.unlink()
             shipped += len(events)
         return shipped
     finally:
         os.close(lock_fd)
+
+
+def _ship_individually(directory: Path, database_url: str, events: list[dict]) -> None:
+    for event in events:
+        try:
+            _insert_events(database_url, [event])
+        except Exception:
+            log.error("audit event %s refused by the database; kept in rejected.jsonl", event.get("id"))
+            with open(directory / "rejected.jsonl", "ab") as rejected:
+                rejected.write(orjson.dumps(event, default=_json_default) + b"\n")
+                rejected.flush()
+                os.fsync(rejected.fileno())
 
 
 def _read_segment(path: Path) -> list[dict]:

@@ -19,12 +19,14 @@ def parse_bound(value: str | None, name: str, *, end: bool) -> datetime | None:
     try:
         if len(value) == 10:
             day = date.fromisoformat(value)
-            moment = datetime.combine(day + timedelta(days=1) if end else day, time(), timezone.utc)
-            return moment
+            return datetime.combine(day + timedelta(days=1) if end else day, time(), timezone.utc)
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        # In UTC here, as the database compares it: 0001-01-01T00:00+01:00 has no UTC time.
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
     except ValueError:
         raise InvalidRequest("invalid_date", f"{name} must be an ISO-8601 date or datetime, got {value!r}.") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except OverflowError:  # the day after 9999-12-31, or a time before year 1 in UTC
+        raise InvalidRequest("invalid_date", f"{name} {value!r} is outside years 1-9999 (in UTC).") from None
 
 
 def list_events(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import String, update
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
@@ -37,7 +37,7 @@ def event_row(
     timestamp: datetime | None = None,
     id: str | None = None,
 ) -> dict:
-    return {
+    return _storable({
         "id": id or new_id("evt"),
         "org_id": org_id,
         "timestamp": timestamp or utcnow(),
@@ -54,7 +54,27 @@ def event_row(
         "user_agent": user_agent,
         "request_id": request_id,
         "details": details,
-    }
+    })
+
+
+# Text columns of audit_events and their lengths.
+_TEXT_LIMITS = {column.name: column.type.length for column in AuditEvent.__table__.columns
+                if isinstance(column.type, String)}
+
+
+def _storable(row: dict) -> dict:
+    """The event with every text field as any database can keep it: NUL becomes U+FFFD and
+    text is cut to its column's length (PostgreSQL refuses both; SQLite takes them).
+
+    Paths, ids and user agents come from the client: an event the database refused would
+    fail the change it records, or, from the journal, stop every later event from shipping.
+    """
+    for name, limit in _TEXT_LIMITS.items():
+        value = row.get(name)
+        if isinstance(value, str):
+            value = value.replace("\x00", "\ufffd")
+            row[name] = value[:limit] if limit else value
+    return row
 
 
 def record(

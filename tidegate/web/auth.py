@@ -127,7 +127,8 @@ def login(request: Request, form: FormData = FORM):
     _check_login_csrf(request, form)
     raw_email = form.get("email")
     password = form.get("password")
-    if not isinstance(raw_email, str) or not isinstance(password, str) or len(raw_email) > 320 or len(password) > 1000:
+    if not isinstance(raw_email, str) or not isinstance(password, str) or len(raw_email) > 320 or len(password) > 1000 \
+            or "\x00" in raw_email:  # no email holds NUL, and PostgreSQL cannot even look one up (500)
         return _login_form(request, status=400, error="Enter your email and password.")
     email = raw_email.strip().lower()
     next_url = safe_next(form.get("next") if isinstance(form.get("next"), str) else None)
