@@ -9,5 +9,6 @@ app = FastAPI(default_response_class=JSON)
 
 
 @app.get("/rows")
-def rows():
-    return {"data": ROWS, "total_count": 100, "page": 1, "page_size": 100}
+async def rows():
+    # As cheap as FastAPI gets: no thread hop, no jsonable_encoder pass, orjson rendering.
+    return JSON({"data": ROWS, "total_count": 100, "page": 1, "page_size": 100})
