@@ -148,7 +148,9 @@ def _open_source(session: Session, principal: Principal, source_id: str, *, need
     permission = min(permissions, key=lambda p: _RANK[p])  # a key gets the weaker of its subjects
     if _RANK[permission] < _RANK[need]:
         raise Forbidden("source_permission_denied", f"You need {need} permission on this source.")
-    row_filter = RowFilter.allow_all()
+    # Not asked to resolve the filter: one that lets nothing through, so that a caller
+    # who reads rows with it anyway gets none rather than all.
+    row_filter = RowFilter.deny("row filter not resolved for this access")
     if with_filter:
         columns = version.column_names if version else []
         if key is not None:

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from tidegate.config import Settings
 from tidegate.db.engine import session_scope
-from tidegate.errors import TidegateError
+from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.web.render import error_page, redirect
 from tidegate.web.sessions import SESSION_COOKIE, Viewer, csrf_valid, load_viewer
 
@@ -160,3 +160,11 @@ def text(form: FormData, name: str, max_length: int = 2000) -> str:
 
 def is_https(request: Request) -> bool:
     return request.url.scheme == "https"
+
+
+def required_text(form: FormData, name: str, message: str) -> str:
+    """A short form field that must be filled (an id chosen from a list)."""
+    value = text(form, name, 200)
+    if not value:
+        raise InvalidRequest("missing_field", message)
+    return value

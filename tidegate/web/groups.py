@@ -13,9 +13,11 @@ from starlette.datastructures import FormData
 from tidegate.access import policies as service
 from tidegate.access.models import Group, Policy
 from tidegate.api.deps import request_context
-from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.errors import TidegateError
 from tidegate.orgs.models import User
-from tidegate.web.common import FORM, as_page, check_csrf, db, require_scope, router, signed_in, text
+from tidegate.web.common import (
+    FORM, as_page, check_csrf, db, require_scope, required_text, router, signed_in, text,
+)
 from tidegate.web.policies import READ, WRITE
 from tidegate.web.policies import BASE as POLICIES
 from tidegate.web.render import page, redirect
@@ -173,17 +175,10 @@ def _change(request: Request, group_id: str, form: FormData, change, notice: str
     return redirect(f"{BASE}/{group_id}?notice={notice}#{anchor}")
 
 
-def _required(form: FormData, name: str, message: str) -> str:
-    value = text(form, name, 200)
-    if not value:
-        raise InvalidRequest("missing_field", message)
-    return value
-
-
 @router.post(BASE + "/{group_id}/members")
 def add_member(request: Request, group_id: str = GroupId(), form: FormData = FORM):
     def change(session, viewer, group, context):
-        user_id = _required(form, "user_id", "Choose a person to add.")
+        user_id = required_text(form, "user_id", "Choose a person to add.")
         service.add_group_members(session, viewer.principal, group, [user_id], context=context)
 
     return _change(request, group_id, form, change, "member_added", "members")
@@ -201,7 +196,7 @@ def remove_member(request: Request, group_id: str = GroupId(), user_id: str = Pa
 @router.post(BASE + "/{group_id}/policies")
 def assign_policy(request: Request, group_id: str = GroupId(), form: FormData = FORM):
     def change(session, viewer, group, context):
-        policy_id = _required(form, "policy_id", "Choose a policy to assign.")
+        policy_id = required_text(form, "policy_id", "Choose a policy to assign.")
         service.assign_group_policies(session, viewer.principal, group, [policy_id], context=context)
 
     return _change(request, group_id, form, change, "policy_assigned", "policies")

@@ -27,7 +27,7 @@ from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.orgs.models import User
 from tidegate.orgs.service import get_user
 from tidegate.web.common import (
-    FORM, LARGE_FORM, PageError, as_page, check_csrf, db, require_scope, router, signed_in, text,
+    FORM, LARGE_FORM, PageError, as_page, check_csrf, db, require_scope, required_text, router, signed_in, text,
 )
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
@@ -426,17 +426,10 @@ def _assignment(request: Request, policy_id: str, form: FormData, change, notice
     return redirect(f"{BASE}/{policy_id}?notice={notice}#{anchor}")
 
 
-def _required(form: FormData, name: str, message: str) -> str:
-    value = text(form, name, 200)
-    if not value:
-        raise InvalidRequest("missing_field", message)
-    return value
-
-
 @router.post(BASE + "/{policy_id}/users")
 def assign_user(request: Request, policy_id: str = PolicyId(), form: FormData = FORM):
     def change(session, viewer, policy, context):
-        user_id = _required(form, "user_id", "Choose a person to assign the policy to.")
+        user_id = required_text(form, "user_id", "Choose a person to assign the policy to.")
         service.assign_users(session, viewer.principal, policy, [user_id], context=context)
 
     return _assignment(request, policy_id, form, change, "user_assigned", "users")
@@ -454,7 +447,7 @@ def remove_user(request: Request, policy_id: str = PolicyId(), user_id: str = Pa
 @router.post(BASE + "/{policy_id}/groups")
 def assign_group(request: Request, policy_id: str = PolicyId(), form: FormData = FORM):
     def change(session, viewer, policy, context):
-        group_id = _required(form, "group_id", "Choose a group to assign the policy to.")
+        group_id = required_text(form, "group_id", "Choose a group to assign the policy to.")
         group = service.get_group(session, viewer.org.id, group_id)
         service.assign_group_policies(session, viewer.principal, group, [policy.id], context=context)
 
