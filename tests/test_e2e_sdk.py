@@ -224,3 +224,45 @@ def test_querri_cli_keys_users_audit(server):
     assert {"api_key.created", "api_key.revoked"} <= {e["action"] for e in events}
     recent = querri_json("audit", "list", "--limit", "100")
     assert any(e["action"] == "api.request" and e["actor_id"] == admin_id for e in recent)
+
+
+def test_governed_data_end_to_end_with_the_sdk(server):
+    """Issue 3's scenario, driven by the official SDK against the real server:
+    an admin creates a source and a policy; a member holding that policy gets a Data Access
+    key; the key sees exactly the member's rows in pages, query, CSV export and counts; the
+    policy is edited and the very next request reflects it; the member is demoted, then
+    removed, and the key follows."""
+    _, admin_key = server.new_admin_key()
+    admin = server.sdk(admin_key)
+    rows = [{"region": "US", "amount": 1}, {"region": "US", "amount": 2}, {"region": "EU", "amount": 3},
+            {"region": "APAC", "amount": 4}]
+    source = admin.sources.create_data_source(name=unique("sales"), rows=rows)
+    assert source.row_count == 4
+    member = admin.users.create(email=f"{unique('member')}@example.com", role="member")
+    admin.sharing.share_source(source.id, user_id=member.id, permission="view")
+    policy = admin.policies.create(name=unique("us"), row_filters=[{"column": "region", "values": ["US"]}])
+    admin.policies.assign_users(policy.id, user_ids=[member.id])
+
+    member_key = json.loads(server.cli("keys", "create", "--org", server.org_id, "--user", member.email,
+                                       "--name", "member data", "--preset", "data_access", "--json").stdout)
+    reader = server.sdk(member_key["secret"])
+
+    page = reader.sources.source_data(source.id, page=1, page_size=100)
+    assert sorted(r["amount"] for r in page.data) == [1, 2] and page.total_rows == 2
+    result = reader.sources.query(sql="SELECT count(*) AS n, sum(amount) AS s FROM data", source_id=source.id)
+    assert result.data == [{"n": 2, "s": 3}]
+    assert reader.sources.get(source.id)["row_count"] == 2
+    exported = raw_get(server, f"/sources/{source.id}/data", member_key["secret"], format="csv").text
+    assert exported.splitlines()[1:] == ['"US",1', '"US",2']
+    resolved = admin.policies.resolve(user_id=member.id, source_id=source.id)
+    assert resolved.effective_access == "filtered" and resolved.resolved_filters.row_filters == {"region": ["US"]}
+
+    admin.policies.update(policy.id, row_filters=[{"column": "region", "values": ["US", "EU"]}])
+    assert reader.sources.source_data(source.id).total_rows == 3
+
+    admin.users.update(member.id, role="admin")  # promoted: admins see every source...
+    assert reader.sources.source_data(source.id).total_rows == 3  # ...but their policy still filters
+    admin.users.update(member.id, role="member")
+    admin.users.delete(member.id)
+    with pytest.raises(AuthenticationError):
+        reader.sources.source_data(source.id)
