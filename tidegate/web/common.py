@@ -155,6 +155,8 @@ def text(form: FormData, name: str, max_length: int = 2000) -> str:
         return ""
     if not isinstance(value, str) or len(value) > max_length:
         raise PageError(400, "Bad request", f"The field {name!r} is too long or not text.")
+    if "\x00" in value:  # PostgreSQL refuses NUL in text, even as a query parameter
+        raise PageError(400, "Bad request", f"The field {name!r} contains a NUL character.")
     return value.strip()
 
 
