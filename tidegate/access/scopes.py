@@ -84,3 +84,10 @@ def preset_scopes(preset: str, role: str) -> list[str]:
     if preset == PRESET_DATA_ACCESS:
         return sorted(DATA_ACCESS_SCOPES)
     raise InvalidRequest("invalid_preset", f"Unknown preset {preset!r}; use one of: {', '.join(PRESETS)}.")
+
+
+def requested_scopes(scopes: list[str] | None, preset: str | None, role: str) -> list[str]:
+    """A key request names either explicit scopes or a preset, never both (API and CLI)."""
+    if (scopes is None) == (preset is None):
+        raise InvalidRequest("invalid_scopes", "Give either scopes or preset (full_access or data_access), not both.")
+    return scopes if scopes is not None else preset_scopes(preset, role)

@@ -7,15 +7,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
-from tidegate.access.scopes import preset_scopes
-from tidegate.api.deps import DB, request_context, require, set_audit_target, settings_of
+from tidegate.access.scopes import requested_scopes
+from tidegate.api.deps import (
+    DB,
+    request_context,
+    require,
+    set_audit_target,
+    settings_of,
+)
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
 from tidegate.api.responses import JSON
 from tidegate.credentials import service
 from tidegate.credentials.models import ApiKey
 from tidegate.db.base import isoformat, utcnow
-from tidegate.errors import InvalidRequest
 
 router = APIRouter(tags=["keys"], route_class=InputRoute)
 MANAGE = require("admin:keys:manage")
@@ -62,12 +67,6 @@ def key_view(key: ApiKey) -> dict:
     }
 
 
-def resolve_scopes(scopes: list[str] | None, preset: str | None, role: str) -> list[str]:
-    if (scopes is None) == (preset is None):
-        raise InvalidRequest("invalid_scopes", "Give either scopes or preset (full_access or data_access), not both.")
-    return scopes if scopes is not None else preset_scopes(preset, role)
-
-
 @router.post("/keys", status_code=201)
 def create_key(body: KeyCreate, request: Request, principal: Principal = MANAGE, session: Session = DB):
     created = service.create_key(
@@ -75,7 +74,7 @@ def create_key(body: KeyCreate, request: Request, principal: Principal = MANAGE,
         principal,
         service.KeyRequest(
             name=body.name,
-            scopes=resolve_scopes(body.scopes, body.preset, principal.role),
+            scopes=requested_scopes(body.scopes, body.preset, principal.role),
             expires_in_days=body.expires_in_days,
             rate_limit_per_minute=body.rate_limit_per_minute,
             ip_allowlist=body.ip_allowlist,

@@ -16,10 +16,10 @@ import typer
 from sqlalchemy import select
 
 from tidegate.access.principal import Principal
-from tidegate.access.scopes import PRESETS, preset_scopes
+from tidegate.access.scopes import PRESETS, preset_scopes, requested_scopes
+from tidegate.api.keys import key_view
 from tidegate.config import get_settings
 from tidegate.credentials import service as keys_service
-from tidegate.db.base import isoformat, utcnow
 from tidegate.db.engine import migrate, session_scope
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.orgs import service as orgs
@@ -229,12 +229,7 @@ def users_list(org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
 
 
 def _key_payload(key) -> dict:
-    return {
-        "id": key.id, "org_id": key.org_id, "name": key.name, "key_prefix": key.key_prefix,
-        "scopes": key.scopes, "status": key.status_at(utcnow()), "created_by": key.created_by,
-        "created_at": isoformat(key.created_at), "expires_at": isoformat(key.expires_at),
-        "last_used_at": isoformat(key.last_used_at), "last_used_ip": key.last_used_ip,
-    }
+    return {**key_view(key), "org_id": key.org_id}
 
 
 @keys_app.command("create")
@@ -253,10 +248,9 @@ def keys_create(
         owner = orgs.get_user_by_email(session, organization.id, user)
         if not owner.is_active:
             raise InvalidRequest("user_inactive", f"{owner.email} is deactivated.")
-        if (preset is None) == (scopes is None):
-            raise InvalidRequest("invalid_scopes", "Give exactly one of --preset or --scopes.")
         principal = Principal.for_user(organization.id, owner.id, owner.role)
-        scope_list = preset_scopes(preset, owner.role) if preset else [s.strip() for s in scopes.split(",") if s.strip()]
+        scope_list = None if scopes is None else [s.strip() for s in scopes.split(",") if s.strip()]
+        scope_list = requested_scopes(scope_list, preset, owner.role)
         created = keys_service.create_key(
             session, principal,
             keys_service.KeyRequest(name=name, scopes=scope_list, expires_in_days=expires_in_days),

@@ -68,9 +68,12 @@ def identify_key(session: Session, pepper: bytes, token: str, tenant_id: str | N
     return key
 
 
-def check_key_usable(session: Session, key: ApiKey, client_ip: str | None) -> Authenticated:
-    now = utcnow()
-    status = key.status_at(now)
+def principal_for_key(session: Session, key: ApiKey) -> Principal:
+    """What `key` may do now, or the 401 that refuses it (revoked, expired, owner inactive).
+
+    Also how the web UI previews "what this key would see": the same rules, one place.
+    """
+    status = key.status_at(utcnow())
     if status == "revoked":
         raise Unauthenticated("api_key_revoked", "This API key has been revoked.")
     if status == "expired":
@@ -78,10 +81,14 @@ def check_key_usable(session: Session, key: ApiKey, client_ip: str | None) -> Au
     owner = session.get(User, key.created_by)
     if owner is None or not owner.is_active:
         raise Unauthenticated("api_key_owner_inactive", "The user who created this API key is deactivated.")
+    return Principal.for_key(key.org_id, owner.id, owner.role, key.id, key.scopes,
+                             epoch=session.info.get("access_epoch"))
+
+
+def check_key_usable(session: Session, key: ApiKey, client_ip: str | None) -> Authenticated:
+    principal = principal_for_key(session, key)
     if key.ip_allowlist and not ip_allowed(client_ip, key.ip_allowlist):
         raise Forbidden("ip_not_allowed", f"Requests from {client_ip} are not allowed for this API key.")
-    principal = Principal.for_key(key.org_id, owner.id, owner.role, key.id, key.scopes,
-                                  epoch=session.info.get("access_epoch"))
     return Authenticated(principal=principal, key=key)
 
 

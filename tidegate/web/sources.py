@@ -28,15 +28,25 @@ from tidegate.access.sources import SourceAccess, open_source
 from tidegate.api.deps import request_context
 from tidegate.api.files import MAX_UPLOAD_BYTES
 from tidegate.credentials import service as keys_service
+from tidegate.credentials.authenticate import principal_for_key
 from tidegate.credentials.models import ApiKey
 from tidegate.data import engine
 from tidegate.data import service as data_service
 from tidegate.data.models import SHARE_PERMISSIONS
 from tidegate.db.base import utcnow
-from tidegate.errors import InvalidRequest, NotFound, TidegateError
+from tidegate.errors import InvalidRequest, NotFound, TidegateError, Unauthenticated
 from tidegate.orgs.models import User
 from tidegate.web.common import (
-    FORM, UPLOAD_FORM, as_page, check_csrf, db, require_scope, router, settings_of, signed_in, text,
+    FORM,
+    UPLOAD_FORM,
+    as_page,
+    check_csrf,
+    db,
+    require_scope,
+    router,
+    settings_of,
+    signed_in,
+    text,
 )
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
@@ -175,18 +185,20 @@ def key_label(key: ApiKey, creator: str | None = None) -> str:
     return f"{key.name} ({key.key_prefix}…)" + (f" — {creator}" if creator else "")
 
 
+KEY_REFUSALS = {
+    "api_key_revoked": "This key has been revoked: the API refuses every request made with it (401).",
+    "api_key_expired": "This key has expired: the API refuses every request made with it (401).",
+    "api_key_owner_inactive": ("The user who created this key is deactivated: the API refuses every request "
+                               "made with it (401)."),
+}
+
+
 def key_principal(session, key: ApiKey) -> tuple[Principal | None, str | None]:
-    """The Principal the API would build for `key` now (as check_key_usable), or why it refuses it."""
-    status = key.status_at(utcnow())
-    if status == "revoked":
-        return None, "This key has been revoked: the API refuses every request made with it (401)."
-    if status == "expired":
-        return None, "This key has expired: the API refuses every request made with it (401)."
-    owner = session.get(User, key.created_by)
-    if owner is None or not owner.is_active:
-        return None, ("The user who created this key is deactivated: the API refuses every request made "
-                      "with it (401).")
-    return Principal.for_key(key.org_id, owner.id, owner.role, key.id, key.scopes), None
+    """The Principal the API would build for `key` now, or why the API refuses it."""
+    try:
+        return principal_for_key(session, key), None
+    except Unauthenticated as refused:
+        return None, KEY_REFUSALS.get(refused.code, refused.message)
 
 
 def _read(access_version, row_filter: RowFilter, page_number: int) -> tuple[list[dict], int]:
