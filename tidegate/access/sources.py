@@ -109,22 +109,34 @@ def open_source(session: Session, principal: Principal, source_id: str, *, need:
     Not visible at all -> 404 (never reveal that it exists). Visible but the needed
     permission is missing -> 403.
     """
-    cache_key = None
-    if need == VIEW and with_filter and principal.epoch is not None:
-        cache_key = (principal.org_id, principal.epoch, principal.key_id or principal.user_id, principal.role,
-                     source_id)
-        with _cache_lock:
-            hit = _cache.get(cache_key)
-            if hit is not None:
-                _cache.move_to_end(cache_key)
-                return hit
+    if need == VIEW and with_filter:
+        hit = cached_access(principal, source_id)
+        if hit is not None:
+            return hit
     access = _open_source(session, principal, source_id, need=need, with_filter=with_filter)
-    if cache_key is not None:
+    if need == VIEW and with_filter and principal.epoch is not None:
         with _cache_lock:
-            _cache[cache_key] = access
+            _cache[_cache_key(principal, source_id)] = access
             while len(_cache) > _CACHE_ENTRIES:
                 _cache.popitem(last=False)
     return access
+
+
+def cached_access(principal: Principal, source_id: str) -> SourceAccess | None:
+    """`open_source(..., need=VIEW)`'s answer if it is cached for the principal's access
+    epoch, else None. No I/O: an async endpoint calls it on the event loop."""
+    if principal.epoch is None:
+        return None
+    key = _cache_key(principal, source_id)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+        return hit
+
+
+def _cache_key(principal: Principal, source_id: str) -> tuple:
+    return (principal.org_id, principal.epoch, principal.key_id or principal.user_id, principal.role, source_id)
 
 
 def _open_source(session: Session, principal: Principal, source_id: str, *, need: str,

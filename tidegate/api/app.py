@@ -6,25 +6,30 @@ import logging
 import os
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidegate import __version__
-from tidegate.api import audit, files, keys, org_settings, policies, sources, users
-from tidegate.api.inputs import url_without_nul
+from tidegate.api import audit, data, files, keys, org_settings, policies, sources, users
 from tidegate.api.middleware import RequestMiddleware
 from tidegate.api.responses import JSON, error_response, from_error
+from tidegate.audit import shipper
 from tidegate.audit.journal import Journal
 from tidegate.config import Settings, get_settings
+from tidegate.credentials.authenticate import KeyCache
 from tidegate.data import engine
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
 
 log = logging.getLogger("tidegate")
+
+# Every /api/v1 router. Routes are matched in this order, at a cost per route tried, so the
+# data reads (the hot path) come first.
+API_MODULES = (data, keys, users, org_settings, audit, policies, sources, files)
 
 HTTP_CODES = {
     # A body FastAPI could not read at all (e.g. a broken multipart form).
@@ -52,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         journal.flush()  # ship what a previous (possibly killed) process left behind
-        journal.start()
+        journal.start(ship=not shipper.ships_elsewhere())
         collector.start()
         yield
         collector.close()
@@ -69,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.journal = journal
+    app.state.key_cache = KeyCache(settings.database_url)
 
     @app.exception_handler(TidegateError)
     async def _tidegate_error(request: Request, exc: TidegateError):
@@ -88,8 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         type_, code, message = HTTP_CODES.get(exc.status_code, ("api_error", "http_error", str(exc.detail)))
         return error_response(exc.status_code, type_, code, message, headers=getattr(exc, "headers", None))
 
-    for module in (keys, users, org_settings, audit, policies, sources, files):
-        app.include_router(module.router, prefix="/api/v1", dependencies=[Depends(url_without_nul)])
+    for module in API_MODULES:
+        app.include_router(module.router, prefix="/api/v1")
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
 

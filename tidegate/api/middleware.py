@@ -71,6 +71,7 @@ class RequestMiddleware:
         if who is None:
             return  # no key identified: nothing to attribute the request to
         request = Request(scope)
+        ip = state["client_ip"] if "client_ip" in state else client_ip(request)
         route = scope.get("route")
         path_params = scope.get("path_params") or {}
         target_type, target_id = state.get("audit_target") or (None, None)
@@ -94,7 +95,7 @@ class RequestMiddleware:
             method=scope["method"],
             path=scope["path"],  # never the query string: it could carry anything
             status=status,
-            ip_address=client_ip(request),
+            ip_address=ip,
             user_agent=(request.headers.get("user-agent") or "")[:500] or None,
             request_id=state.get("request_id"),
             details=details,

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 
+from tidegate import jsonfmt
 from tidegate.errors import TidegateError
-
-
-def _fallback(value: Any):
-    """Types orjson does not know, as query results can hold them."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return str(value)
 
 
 class JSON(Response):
@@ -31,7 +17,7 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, default=_fallback, option=orjson.OPT_NON_STR_KEYS)
+        return jsonfmt.dumps(content)
 
 
 def error_response(status: int, type_: str, code: str, message: str, headers: dict[str, str] | None = None) -> JSON:

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
-from tidegate.access.sources import VIEW, SourceAccess, open_source
-from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target, settings_of
+from tidegate.access.sources import SourceAccess, open_source
+from tidegate.api.deps import DB, authenticated, request_context, require, require_any, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
-from tidegate.api.responses import JSON
-from tidegate.data import connectors, engine
+from tidegate.data import connectors
 from tidegate.data import service as sources
 
 router = APIRouter(tags=["sources"], route_class=InputRoute)
 AUTHENTICATED = Depends(authenticated)
 
-MAX_SQL = 10_000
-
-def require_any(*scopes: str):
-    async def check(principal: Principal = AUTHENTICATED) -> Principal:
-        principal.require_any(*scopes)
-        return principal
-
-    return Depends(check)
-
 SOURCE_READ = require_any("admin:sources:read", "data:read")
-DATA_READ = require("data:read")
 DATA_WRITE = require("data:write")
 
 class SourceCreate(BaseModel):
@@ -56,16 +44,6 @@ class Rows(BaseModel):
 
     rows: list[dict[str, Any]]
 
-class Query_(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sql: str = Field(min_length=1, max_length=MAX_SQL)
-    page: int = Field(1, ge=1, le=1_000_000)
-    page_size: int = Field(100, ge=1, le=10_000)
-
-class DataQuery(Query_):
-    source_id: Text = Field(max_length=100)
-
 class Share(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,12 +55,6 @@ class OrgShare(BaseModel):
 
     enabled: bool = True
     permission: str = "view"
-
-def _audit_read(request: Request, access: SourceAccess, action: str, rows: int, **extra) -> None:
-    """What a key read: the source, how many rows, under which policies."""
-    set_audit_target(request, "source", access.source.id, source_id=access.source.id, rows_returned=rows,
-                     policy_ids=list(access.row_filter.policy_ids), **extra)
-    request.scope["state"]["audit_action"] = action
 
 def write_result(access: SourceAccess, added: int) -> dict:
     view = sources.source_view(access)
@@ -151,64 +123,6 @@ def replace_data(source_id: str, body: Rows, request: Request, principal: Princi
     access = sources.write_rows(session, principal, source_id, body.rows, replace=True,
                                 context=request_context(request))
     return write_result(access, len(body.rows))
-
-@router.get("/sources/{source_id}/data")
-@router.get("/data/sources/{source_id}/data")
-def read_data(
-    source_id: str,
-    request: Request,
-    principal: Principal = DATA_READ,
-    session: Session = DB,
-    page: int = Query(1, ge=1, le=100_000_000),
-    page_size: int = Query(100, ge=1, le=10_000),
-    format: Literal["json", "csv", "parquet"] = Query("json"),
-):
-    access = open_source(session, principal, source_id, need=VIEW)
-    version = access.version
-    columns = access.columns
-    if format != "json":
-        total = engine.count(version, access.row_filter) if version else 0
-        _audit_read(request, access, "data.export", total, format=format)
-        if format == "csv":
-            body = engine.stream_csv(version, access.row_filter) if version else iter([b""])
-            media = "text/csv; charset=utf-8"
-        else:
-            body = engine.stream_parquet(version, access.row_filter) if version else iter([b""])
-            media = "application/vnd.apache.parquet"
-        filename = f"{access.source.id}.{format}"
-        return StreamingResponse(body, media_type=media,
-                                 headers={"Content-Disposition": f'attachment; filename="{filename}"'})
-    rows, total = engine.read_page(version, access.row_filter, page=page, page_size=page_size) if version else ([], 0)
-    _audit_read(request, access, "data.read", len(rows), page=page, page_size=page_size)
-    return JSON({"data": rows, "total_count": total, "page": page, "page_size": page_size, "columns": columns})
-
-def _run_query(request: Request, access: SourceAccess, body: Query_) -> dict:
-    if access.version is None:
-        rows, total, columns = [], 0, []
-    else:
-        rows, total, columns = engine.run_query(access.version, access.row_filter, body.sql, page=body.page,
-                                                page_size=body.page_size)
-    _audit_read(request, access, "data.query", len(rows), page=body.page)
-    return JSON({"data": rows, "total_rows": total, "page": body.page, "page_size": body.page_size,
-                 "columns": columns})
-
-@router.post("/sources/{source_id}/query")
-def query_source(source_id: str, body: Query_, request: Request, principal: Principal = DATA_READ,
-                 session: Session = DB):
-    return _run_query(request, open_source(session, principal, source_id, need=VIEW), body)
-
-@router.post("/data/query")
-def data_query(body: DataQuery, request: Request, principal: Principal = DATA_READ, session: Session = DB):
-    return _run_query(request, open_source(session, principal, body.source_id, need=VIEW), body)
-
-@router.get("/sources/{source_id}/columns/{column}/values")
-def column_values(source_id: str, column: str, request: Request, principal: Principal = DATA_READ,
-                  session: Session = DB, limit: int = Query(100, ge=1, le=1000)):
-    """Distinct values of a column among the rows the caller may see (tidegate extension)."""
-    access = open_source(session, principal, source_id, need=VIEW)
-    values = engine.distinct_values(access.version, access.row_filter, column, limit) if access.version else []
-    _audit_read(request, access, "data.values", len(values), column=column)
-    return {"data": values}
 
 # -- sharing -------------------------------------------------------------------------------
 

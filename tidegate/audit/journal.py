@@ -9,7 +9,8 @@ cost of an fsync per request).
 
 Segments: a process appends to `<pid>-<n>.active.jsonl` while holding an exclusive flock
 on it; every second (and before an audit query) it renames the segment to `.ready.jsonl`
-and starts a new one. A shipper inserts ready segments into `audit_events` with the event
+and starts a new one. A shipper (a thread of the process, or under `tidegate serve` one
+process beside the workers: `audit.shipper`) inserts ready segments into `audit_events` with the event
 ids as primary keys (so shipping twice inserts once), updates the keys' `last_used_at`,
 commits, and only then deletes the segment. An `.active` segment whose flock can be taken
 belongs to a dead process: it is shipped too, which is how a restart recovers after -9.
@@ -51,6 +52,7 @@ class Journal:
         self._fd: int | None = None
         self._path: Path | None = None
         self._written = 0
+        self._pid = 0
         self._sequence = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,7 +64,7 @@ class Journal:
         path = self.directory / f"{os.getpid()}-{self._sequence}-{os.urandom(4).hex()}{ACTIVE}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held for the segment's life; released by the kernel on death
-        self._fd, self._path, self._written = fd, path, 0
+        self._fd, self._path, self._written, self._pid = fd, path, 0, os.getpid()
 
     def append(self, event: dict) -> None:
         line = orjson.dumps(event, default=_json_default) + b"\n"
@@ -76,7 +78,7 @@ class Journal:
 
     def _pid_changed(self) -> bool:
         # After a fork the child must not share the parent's segment.
-        return self._path is not None and not self._path.name.startswith(f"{os.getpid()}-")
+        return self._pid != os.getpid()
 
     def rotate(self) -> None:
         """Hand the current segment to the shipper, if it holds anything."""
@@ -95,11 +97,13 @@ class Journal:
         self.rotate()
         return ship_pending(self.directory, self.database_url, own_path=self._path)
 
-    def start(self, interval: float = 1.0) -> None:
+    def start(self, interval: float = 1.0, *, ship: bool = True) -> None:
+        """Every `interval`: rotate the segment, and ship what is ready unless `ship` is
+        False (then a separate shipper process does it: `audit.shipper`)."""
         def loop():
             while not self._stop.wait(interval):
                 try:
-                    self.flush()
+                    self.flush() if ship else self.rotate()
                 except Exception:  # keep the segments; the next round retries
                     log.exception("audit shipping failed; will retry")
 
@@ -202,7 +206,9 @@ def _insert_events(database_url: str, events: list[dict]) -> None:
         insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
         for start in range(0, len(events), SHIP_BATCH):
             batch = events[start : start + SHIP_BATCH]
-            session.execute(insert(AuditEvent).on_conflict_do_nothing(index_elements=["id"]), batch)
+            # Core, not ORM, insert: the ORM's per-row bookkeeping doubled the cost per event.
+            session.connection().execute(insert(AuditEvent.__table__).on_conflict_do_nothing(index_elements=["id"]),
+                                         batch)
         _update_last_used(session, events)
 
 

@@ -71,9 +71,11 @@ def _storable(row: dict) -> dict:
     """
     for name, limit in _TEXT_LIMITS.items():
         value = row.get(name)
-        if isinstance(value, str):
-            value = value.replace("\x00", "\ufffd")
-            row[name] = value[:limit] if limit else value
+        if isinstance(value, str):  # (the common case, clean text, is left as it is)
+            if "\x00" in value:
+                value = row[name] = value.replace("\x00", "\ufffd")
+            if limit and len(value) > limit:
+                row[name] = value[:limit]
     return row
 
 

@@ -129,13 +129,26 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, max=64),
 ):
     """Run the HTTP server."""
-    import uvicorn
+    from tidegate.audit import shipper
 
     settings = get_settings()
     migrate(settings.database_url)
     if workers > 1 and not settings.redis_url:
         typer.echo("warning: without TIDEGATE_REDIS_URL, rate limits are counted per worker process.", err=True)
     forwarded = ",".join(settings.trusted_proxies) or None
+    # Workers append audit events; one process beside them ships them (see audit.shipper).
+    audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url)
+    audit_shipper.start()
+    os.environ[shipper.ENV_FLAG] = "process"
+    try:
+        _run_uvicorn(settings, host, port, workers, forwarded)
+    finally:
+        audit_shipper.stop()
+
+
+def _run_uvicorn(settings, host: str, port: int, workers: int, forwarded: str | None) -> None:
+    import uvicorn
+
     uvicorn.run(
         "tidegate.api.app:create_app",
         factory=True,

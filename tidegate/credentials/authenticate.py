@@ -1,23 +1,30 @@
 """Turning `Authorization: Bearer qk_...` + `X-Tenant-ID` into a Principal, or refusing.
 
-Everything is read from the database on every request: a revocation, an expiry, a role
-change or a deactivation is seen by the very next request in every worker process.
-The lookup is one indexed read by keyed hash.
+The key and its creator are read from the database, or from an in-process cache that is
+exact: an entry is used only while no commit has landed anywhere since it was read
+(`db.changes.ChangeWatch`). So a revocation, an expiry, a role change or a deactivation is
+seen by the very next request in every worker process. Where that cannot be told cheaply
+(PostgreSQL) every request reads the database: one indexed query by keyed hash.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
-from tidegate.credentials.hashing import hash_secret, matches
+from tidegate.credentials.hashing import hash_secret
 from tidegate.credentials.keyformat import is_well_formed
 from tidegate.credentials.models import ApiKey
 from tidegate.db.base import utcnow
+from tidegate.db.changes import ChangeWatch
+from tidegate.db.engine import session_scope
 from tidegate.errors import Forbidden, Unauthenticated
 from tidegate.orgs.models import Organization, User
 
@@ -26,10 +33,31 @@ from tidegate.orgs.models import Organization, User
 INVALID_KEY = "The API key is invalid for this organization."
 
 
-@dataclass
-class Authenticated:
-    principal: Principal
-    key: ApiKey
+@dataclass(frozen=True)
+class KeyState:
+    """What authentication needs of a key and its creator, as read at one moment."""
+
+    key_id: str
+    org_id: str
+    scopes: tuple[str, ...]
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    ip_allowlist: tuple[str, ...]
+    rate_limit_per_minute: int
+    owner_id: str
+    owner_role: str | None
+    owner_active: bool
+    access_epoch: int | None
+
+    @classmethod
+    def of(cls, key: ApiKey, owner: User | None, access_epoch: int | None) -> "KeyState":
+        return cls(
+            key_id=key.id, org_id=key.org_id, scopes=tuple(key.scopes or ()), revoked_at=key.revoked_at,
+            expires_at=key.expires_at, ip_allowlist=tuple(key.ip_allowlist or ()),
+            rate_limit_per_minute=key.rate_limit_per_minute, owner_id=key.created_by,
+            owner_role=owner.role if owner else None, owner_active=bool(owner and owner.is_active),
+            access_epoch=access_epoch,
+        )
 
 
 def parse_bearer(authorization: str | None) -> str:
@@ -42,54 +70,59 @@ def parse_bearer(authorization: str | None) -> str:
     return token
 
 
-def identify_key(session: Session, pepper: bytes, token: str, tenant_id: str | None) -> ApiKey:
-    """The key the token names, in the named tenant, whatever its state."""
+def digest_of(pepper: bytes, token: str, tenant_id: str | None) -> str:
+    """The keyed hash a well-formed token is stored under; 401 before any lookup otherwise."""
     if not tenant_id:
         raise Unauthenticated("missing_tenant", "Send 'X-Tenant-ID: org_...' with every request.")
     if not is_well_formed(token):
         # Checksum failed: a typo or not one of our keys. No database lookup.
         raise Unauthenticated("invalid_api_key", INVALID_KEY)
-    digest = hash_secret(pepper, token)
-    # The creator comes in the same query (check_key_usable then finds it in the session).
+    return hash_secret(pepper, token)
+
+
+def load_key_state(session: Session, digest: str) -> KeyState | None:
+    """The key stored under `digest` with its creator, whatever its state; one query."""
     row = session.execute(
         select(ApiKey, User, Organization.access_epoch)
-        .join(User, User.id == ApiKey.created_by)
+        .outerjoin(User, User.id == ApiKey.created_by)
         .join(Organization, Organization.id == ApiKey.org_id)
         .where(ApiKey.secret_hash == digest)
     ).first()
-    key = row[0] if row else None
-    if row:
-        # The identity map holds objects weakly: keep these two alive for the request, so
-        # later session.get() calls for them (access checks) cost no query.
-        session.info.setdefault("pinned", []).extend(row[:2])
-        session.info["access_epoch"] = row[2]
-    if key is None or not matches(pepper, token, key.secret_hash) or key.org_id != tenant_id:
+    return KeyState.of(*row) if row else None
+
+
+def identify(state: KeyState | None, tenant_id: str) -> KeyState:
+    # The lookup was by the full keyed hash (unique index), so a row is an exact match.
+    if state is None or state.org_id != tenant_id:
         raise Unauthenticated("invalid_api_key", INVALID_KEY)
-    return key
+    return state
+
+
+def principal_for(state: KeyState, now: datetime | None = None) -> Principal:
+    """What the key may do now, or the 401 that refuses it (revoked, expired, owner inactive).
+
+    The one place for these rules: the API calls it per request, and the web UI through
+    `principal_for_key` to preview "what this key would see".
+    """
+    now = now or utcnow()
+    if state.revoked_at is not None:
+        raise Unauthenticated("api_key_revoked", "This API key has been revoked.")
+    if state.expires_at is not None and state.expires_at <= now:
+        raise Unauthenticated("api_key_expired", "This API key has expired.")
+    if not state.owner_active:
+        raise Unauthenticated("api_key_owner_inactive", "The user who created this API key is deactivated.")
+    return Principal.for_key(state.org_id, state.owner_id, state.owner_role, state.key_id, list(state.scopes),
+                             epoch=state.access_epoch)
 
 
 def principal_for_key(session: Session, key: ApiKey) -> Principal:
-    """What `key` may do now, or the 401 that refuses it (revoked, expired, owner inactive).
-
-    Also how the web UI previews "what this key would see": the same rules, one place.
-    """
-    status = key.status_at(utcnow())
-    if status == "revoked":
-        raise Unauthenticated("api_key_revoked", "This API key has been revoked.")
-    if status == "expired":
-        raise Unauthenticated("api_key_expired", "This API key has expired.")
-    owner = session.get(User, key.created_by)
-    if owner is None or not owner.is_active:
-        raise Unauthenticated("api_key_owner_inactive", "The user who created this API key is deactivated.")
-    return Principal.for_key(key.org_id, owner.id, owner.role, key.id, key.scopes,
-                             epoch=session.info.get("access_epoch"))
+    """`principal_for` an ORM key (its creator read in `session`); no access caching."""
+    return principal_for(KeyState.of(key, session.get(User, key.created_by), None))
 
 
-def check_key_usable(session: Session, key: ApiKey, client_ip: str | None) -> Authenticated:
-    principal = principal_for_key(session, key)
-    if key.ip_allowlist and not ip_allowed(client_ip, key.ip_allowlist):
+def check_ip(state: KeyState, client_ip: str | None) -> None:
+    if state.ip_allowlist and not ip_allowed(client_ip, list(state.ip_allowlist)):
         raise Forbidden("ip_not_allowed", f"Requests from {client_ip} are not allowed for this API key.")
-    return Authenticated(principal=principal, key=key)
 
 
 def ip_allowed(client_ip: str | None, allowlist: list[str]) -> bool:
@@ -102,3 +135,45 @@ def ip_allowed(client_ip: str | None, allowlist: list[str]) -> bool:
     if address.version == 6 and address.ipv4_mapped:
         address = address.ipv4_mapped
     return any(address in ipaddress.ip_network(entry, strict=False) for entry in allowlist)
+
+
+class KeyCache:
+    """Recently used keys by keyed hash, each valid only at the generation it was read at.
+
+    Unknown hashes are never cached (anyone can make well-formed tokens: caching misses
+    would let them fill memory); a miss always reads the database.
+    """
+
+    def __init__(self, database_url: str, size: int = 10_000):
+        self.database_url = database_url
+        self.watch = ChangeWatch(database_url)
+        self.size = size
+        self._entries: OrderedDict[str, tuple[tuple[int, int], KeyState]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, digest: str) -> KeyState | None:
+        """The state under `digest` if it was read since the last commit anywhere; else None."""
+        generation = self.watch.generation()
+        if generation is None:
+            return None
+        with self._lock:
+            hit = self._entries.get(digest)
+            if hit is None or hit[0] != generation:
+                return None
+            self._entries.move_to_end(digest)
+            return hit[1]
+
+    def load(self, digest: str) -> KeyState | None:
+        """Read from the database (blocking) and remember it."""
+        # The generation is taken BEFORE the read: a commit landing in between makes the
+        # entry stale at once (one extra read), never a stale entry that looks fresh.
+        generation = self.watch.generation()
+        with session_scope(self.database_url) as session:
+            state = load_key_state(session, digest)
+        if state is not None and generation is not None:
+            with self._lock:
+                self._entries[digest] = (generation, state)
+                self._entries.move_to_end(digest)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return state

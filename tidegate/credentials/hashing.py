@@ -13,6 +13,3 @@ import hmac
 def hash_secret(pepper: bytes, secret: str) -> str:
     return hmac.new(pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()
 
-
-def matches(pepper: bytes, secret: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_secret(pepper, secret), stored_hash)

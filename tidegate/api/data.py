@@ -1,0 +1,120 @@
+"""Reading rows: pages and exports of a source, read-only SQL over it, a column's values.
+
+Kept apart from /sources (which manages sources) because these are the hot path: this
+router is matched first. Every read here opens the source through `access.sources`, which
+resolves the caller's row filter, and reads through `data.engine`, which requires it.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from tidegate.access.principal import Principal
+from tidegate.access.sources import VIEW, SourceAccess, cached_access, open_source
+from tidegate.api.deps import DB, caller_with, in_session, require, set_audit_target
+from tidegate.api.inputs import InputRoute, Text, query_choice, query_int, query_parameter_docs
+from tidegate.api.responses import JSON
+from tidegate.data import engine
+from tidegate.jsonfmt import Raw
+
+router = APIRouter(tags=["data"], route_class=InputRoute)
+DATA_READ = require("data:read")
+
+MAX_SQL = 10_000
+
+class Query_(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str = Field(min_length=1, max_length=MAX_SQL)
+    page: int = Field(1, ge=1, le=1_000_000)
+    page_size: int = Field(100, ge=1, le=10_000)
+
+class DataQuery(Query_):
+    source_id: Text = Field(max_length=100)
+
+def _audit_read(request: Request, access: SourceAccess, action: str, rows: int, **extra) -> None:
+    """What a key read: the source, how many rows, under which policies."""
+    set_audit_target(request, "source", access.source.id, source_id=access.source.id, rows_returned=rows,
+                     policy_ids=list(access.row_filter.policy_ids), **extra)
+    request.scope["state"]["audit_action"] = action
+
+PAGE_PARAMETERS = query_parameter_docs(
+    ("source_id", {"type": "string"}, "The source's id."),
+    ("page", {"type": "integer", "minimum": 1, "maximum": 100_000_000, "default": 1}, "Page number, from 1."),
+    ("page_size", {"type": "integer", "minimum": 1, "maximum": engine.MAX_PAGE_SIZE, "default": 100},
+     "Rows per page."),
+    ("format", {"type": "string", "enum": ["json", "csv", "parquet"], "default": "json"},
+     "json: one page; csv or parquet: every row the caller may see, streamed."),
+)
+
+
+@router.get("/sources/{source_id}/data", openapi_extra=PAGE_PARAMETERS)
+@router.get("/data/sources/{source_id}/data", openapi_extra=PAGE_PARAMETERS)
+async def read_data(request: Request):
+    # The hot path. Its parameters are read here, and the caller checked by a direct call,
+    # rather than declared to FastAPI (Query(), Depends): measured, that declaration cost
+    # ~40 us of a ~140 us request. The OpenAPI description is given in PAGE_PARAMETERS.
+    principal = await caller_with(request, "data:read")
+    source_id = request.path_params["source_id"]
+    page = query_int(request, "page", 1, low=1, high=100_000_000)
+    page_size = query_int(request, "page_size", 100, low=1, high=engine.MAX_PAGE_SIZE)
+    format = query_choice(request, "format", "json", ("json", "csv", "parquet"))
+    # async: a repeated page read is answered from memory (access and filtered rows are
+    # cached per access epoch and per version+filter) without a thread hop; misses go to
+    # the threadpool.
+    access = cached_access(principal, source_id) or await in_session(request, open_source, principal, source_id,
+                                                                     need=VIEW)
+    version = access.version
+    if format != "json":
+        total = await run_in_threadpool(engine.count, version, access.row_filter) if version else 0
+        _audit_read(request, access, "data.export", total, format=format)
+        if format == "csv":
+            body = engine.stream_csv(version, access.row_filter) if version else iter([b""])
+            media = "text/csv; charset=utf-8"
+        else:
+            body = engine.stream_parquet(version, access.row_filter) if version else iter([b""])
+            media = "application/vnd.apache.parquet"
+        filename = f"{access.source.id}.{format}"
+        return StreamingResponse(body, media_type=media,
+                                 headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    if version is None:
+        rendered = engine.JSONPage(b"[]", 0, 0)
+    else:
+        rendered = (engine.page_json(version, access.row_filter, page=page, page_size=page_size, cached_only=True)
+                    or await run_in_threadpool(engine.page_json, version, access.row_filter, page=page,
+                                               page_size=page_size))
+    _audit_read(request, access, "data.read", rendered.count, page=page, page_size=page_size)
+    return JSON({"data": Raw(rendered.rows), "total_count": rendered.total, "page": page, "page_size": page_size,
+                 "columns": access.columns})
+
+def _run_query(request: Request, access: SourceAccess, body: Query_) -> dict:
+    if access.version is None:
+        rows, total, columns = [], 0, []
+    else:
+        rows, total, columns = engine.run_query(access.version, access.row_filter, body.sql, page=body.page,
+                                                page_size=body.page_size)
+    _audit_read(request, access, "data.query", len(rows), page=body.page)
+    return JSON({"data": rows, "total_rows": total, "page": body.page, "page_size": body.page_size,
+                 "columns": columns})
+
+@router.post("/sources/{source_id}/query")
+def query_source(source_id: str, body: Query_, request: Request, principal: Principal = DATA_READ,
+                 session: Session = DB):
+    return _run_query(request, open_source(session, principal, source_id, need=VIEW), body)
+
+@router.post("/data/query")
+def data_query(body: DataQuery, request: Request, principal: Principal = DATA_READ, session: Session = DB):
+    return _run_query(request, open_source(session, principal, body.source_id, need=VIEW), body)
+
+@router.get("/sources/{source_id}/columns/{column}/values")
+def column_values(source_id: str, column: str, request: Request, principal: Principal = DATA_READ,
+                  session: Session = DB, limit: int = Query(100, ge=1, le=1000)):
+    """Distinct values of a column among the rows the caller may see (tidegate extension)."""
+    access = open_source(session, principal, source_id, need=VIEW)
+    values = engine.distinct_values(access.version, access.row_filter, column, limit) if access.version else []
+    _audit_read(request, access, "data.values", len(values), column=column)
+    return {"data": values}
