@@ -119,7 +119,8 @@ def test_rate_limit_429_with_retry_after(client, org):
     r = client.get("/api/v1/keys", headers=org.headers(limited))
     assert r.status_code == 429
     assert error_of(r)["code"] == "rate_limit_exceeded"
-    assert 1 <= int(r.headers["retry-after"]) <= 60
+    # Exact for the sliding window counter, which can need up to two windows to free a slot.
+    assert 1 <= int(r.headers["retry-after"]) <= 120
     # Other keys are not affected.
     assert client.get("/api/v1/keys", headers=org.headers()).status_code == 200
 

@@ -173,11 +173,45 @@ def test_injection_through_policy_values_and_columns(client, org, world):
     assert r.status_code == 400
 
 
-@pytest.mark.parametrize("params", [{"page": 0}, {"page": -1}, {"page_size": 0}, {"page_size": 10_001}, {"page_size": -5},
-                                    {"page": "1; DROP"}, {"format": "xml"}, {"page": 10**12}])
+@pytest.mark.parametrize("params", [
+    {"page": 0}, {"page": -1}, {"page_size": 0}, {"page_size": 10_001}, {"page_size": -5},
+    {"page": "1; DROP"}, {"format": "xml"}, {"page": 10**12}, {"page": 100_000_001},
+    {"page": "1.5"}, {"page": " "}, {"page": ""}, {"page_size": "1e3"}, {"page": "+3"}, {"page": "0x10"},
+    {"page_size": "1_000"}, {"page": "\u0663"}, {"page_size": "\uff15"}, {"page": "1" * 13},
+    {"page": "2", "page_size": "abc"}, {"page": "\x00"},
+    {"format": "JSON"}, {"format": " json"}, {"format": ""}, {"format": "csv\x00"},
+])
 def test_bad_paging_is_400(client, org, world, params):
     r = client.get(f"/api/v1/sources/{world['source']}/data", params=params, headers=org.headers(world["key"]))
-    assert r.status_code == 400
+    assert r.status_code == 400, (params, r.text)
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"type", "code", "message"}, body
+    assert body["error"]["type"] == "invalid_request_error" and body["error"]["code"] == "invalid_parameters"
+    offending = next(name for name, value in params.items() if not (name == "page" and value == "2"))
+    assert body["error"]["message"].startswith(offending), body["error"]["message"]
+
+
+@pytest.mark.parametrize("params, page, page_size", [
+    ({}, 1, 100), ({"page": "2", "page_size": "2"}, 2, 2), ({"page": "002"}, 2, 100),
+    ({"page_size": "10000"}, 1, 10_000), ({"page": "100000000"}, 100_000_000, 100),
+])
+def test_good_paging_is_read_as_given(client, org, world, params, page, page_size):
+    r = client.get(f"/api/v1/sources/{world['source']}/data", params=params, headers=org.headers(world["key"]))
+    assert r.status_code == 200, r.text
+    assert (r.json()["page"], r.json()["page_size"]) == (page, page_size)
+
+
+def test_openapi_still_documents_the_data_read_parameters(client):
+    spec = client.get("/api/openapi.json").json()
+    for path in ("/api/v1/sources/{source_id}/data", "/api/v1/data/sources/{source_id}/data"):
+        operation = spec["paths"][path]["get"]
+        params = {(p["name"], p["in"]): p for p in operation["parameters"]}
+        assert set(params) == {("source_id", "path"), ("page", "query"), ("page_size", "query"), ("format", "query")}
+        assert params["source_id", "path"]["required"] is True
+        assert params["page", "query"]["schema"]["type"] == "integer" and params["page", "query"]["schema"]["minimum"] == 1
+        assert params["page_size", "query"]["schema"]["maximum"] == 10_000
+        assert params["format", "query"]["schema"]["enum"] == ["json", "csv", "parquet"]
+        assert not any(p["required"] for (_, where), p in params.items() if where == "query")
 
 
 def test_huge_page_is_empty_not_an_error(client, org, world):
@@ -256,3 +290,74 @@ def test_member_cannot_create_connector_sources(client, org):
 def test_connectors_listed(client, org):
     ids = [c["id"] for c in client.get("/api/v1/connectors", headers=org.headers()).json()["data"]]
     assert {"postgresql", "sqlite"} <= set(ids)
+
+
+# -- the rendered-page cache (engine.page_json) -------------------------------------------------
+
+
+def page_of(client, org, src, key=None, **params):
+    r = client.get(f"/api/v1/sources/{src}/data", params=params, headers=org.headers(key))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_pages_reflect_appends_and_replacements(client, org, world):
+    h_member, src = world["key"], world["source"]
+    # Read (and cache) every page, including an empty one past the end.
+    before = [page_of(client, org, src, page=p, page_size=2) for p in (1, 2, 3, 4)]
+    assert [len(p["data"]) for p in before] == [2, 2, 1, 0] and before[0]["total_count"] == 5
+    assert page_of(client, org, src, h_member)["total_count"] == 2
+    added = [{"region": "US", "tier": "bronze", "amount": 60}, {"region": "LATAM", "tier": "gold", "amount": 70},
+             {"region": "US", "tier": "gold", "amount": 80}]
+    r = client.post(f"/api/v1/sources/{src}/rows", json={"rows": added}, headers=org.headers())
+    assert r.status_code == 200 and r.json()["row_count"] == 8
+    after = [page_of(client, org, src, page=p, page_size=2) for p in (1, 2, 3, 4)]
+    assert [p["total_count"] for p in after] == [8] * 4
+    assert [r for p in after for r in p["data"]] == ROWS + added  # the empty page 4 now holds rows
+    member = page_of(client, org, src, h_member)
+    assert member["total_count"] == 4 and [r["amount"] for r in member["data"]] == [10, 20, 60, 80]
+    # A replacement is seen the same way.
+    r = client.put(f"/api/v1/sources/{src}/data", json={"rows": [{"region": "US", "tier": "x", "amount": 1}]},
+                   headers=org.headers())
+    assert r.status_code == 200
+    assert page_of(client, org, src, page=1, page_size=2)["data"] == [{"region": "US", "tier": "x", "amount": 1}]
+    assert page_of(client, org, src, page=2, page_size=2) == {"data": [], "total_count": 1, "page": 2, "page_size": 2,
+                                                              "columns": ["region", "tier", "amount"]}
+    assert page_of(client, org, src, h_member)["total_count"] == 1
+
+
+def test_same_page_different_filters_never_share_a_rendered_page(client, org, world):
+    src = world["source"]
+    eu_member = org.add_user("eu-member@example.com")
+    client.post(f"/api/v1/sources/{src}/shares", json={"user_id": eu_member}, headers=org.headers())
+    eu = client.post("/api/v1/access/policies", json={"name": "eu", "row_filters": [{"column": "region", "values": ["EU"]}]},
+                     headers=org.headers()).json()["id"]
+    client.post(f"/api/v1/access/policies/{eu}/users", json={"user_ids": [eu_member]}, headers=org.headers())
+    callers = {
+        "admin": (None, ["US", "US", "EU", "EU", "APAC"]),
+        "US member": (world["key"], ["US", "US"]),
+        "EU member": (org.key_for(eu_member, scopes=["data:read"]), ["EU", "EU"]),
+        # The same user as "admin", narrowed by a policy on the key itself.
+        "admin, EU key": (org.key_for(org.admin_id, scopes=["data:read"], access_policy_ids=[eu]), ["EU", "EU"]),
+        # The US member's key narrowed to EU: US AND EU, nothing.
+        "US member, EU key": (org.key_for(world["member"], scopes=["data:read"], access_policy_ids=[eu]), []),
+    }
+    order = list(callers)
+    for round_ in range(3):
+        for name in (order if round_ % 2 == 0 else order[::-1]):
+            key, expected = callers[name]
+            for params in ({}, {"page": 1, "page_size": 100}):
+                page = page_of(client, org, src, key, **params)
+                assert [r["region"] for r in page["data"]] == expected, (round_, name, params)
+                assert page["total_count"] == len(expected)
+
+
+def test_page_and_page_size_are_part_of_the_rendered_page(client, org, world):
+    src = world["source"]
+    seen = {}
+    for page_size in (1, 2, 3):
+        for page in (1, 2, 3):
+            seen[page, page_size] = page_of(client, org, src, page=page, page_size=page_size)["data"]
+    for (page, page_size), rows in seen.items():
+        start = (page - 1) * page_size
+        assert rows == ROWS[start:start + page_size], (page, page_size)

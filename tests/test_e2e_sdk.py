@@ -165,7 +165,8 @@ def test_rate_limited_key_gets_rate_limit_error_with_retry_after(server):
         client.keys.get(limited.id)
     assert refused.value.status == 429
     assert refused.value.code == "rate_limit_exceeded"
-    assert refused.value.retry_after is not None and 1 <= refused.value.retry_after <= 60
+    # Exact for the sliding window counter, which can need up to two windows to free a slot.
+    assert refused.value.retry_after is not None and 1 <= refused.value.retry_after <= 120
     # Other keys are unaffected.
     assert server.sdk().keys.get(limited.id).id == limited.id
 

@@ -21,7 +21,12 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
-def new_id(prefix: str) -> str:
+def new_ulid() -> str:
+    """The 26-character time-ordered part of an id."""
     millis = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
-    return f"{prefix}_{_encode(millis, 10)}{_encode(rand, 16)}"
+    return _encode(millis, 10) + _encode(rand, 16)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{new_ulid()}"

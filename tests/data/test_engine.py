@@ -8,10 +8,12 @@ import inspect
 import io
 import threading
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tidegate import jsonfmt
 from tidegate.access.rowfilter import Clause, RowFilter
 from tidegate.data import engine, ingest, storage
 from tidegate.data.models import Source
@@ -386,3 +388,73 @@ def test_engine_connection_reads_only_the_data_directory(version, tmp_path):
                 cursor.sql(statement).fetchall()
     finally:
         cursor.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Rendered pages (page_json)
+# ---------------------------------------------------------------------------------------
+
+def rendered(version, row_filter, page, page_size):
+    """What page_json must hold: read_page's rows, rendered."""
+    rows, total = engine.read_page(version, row_filter, page=page, page_size=page_size)
+    return jsonfmt.dumps(rows), len(rows), total
+
+
+@pytest.mark.parametrize("row_filter", [ALLOW, rf(region={"EU"}), rf(region={"US", "APAC"}, active={"True"}),
+                                        RowFilter.deny("no"), rf(nope={"x"})])
+def test_page_json_is_read_page_rendered(version, row_filter):
+    engine.clear_cache()
+    for page, page_size in [(1, 7), (2, 7), (1, 10_000), (40, 7), (1000, 10)]:
+        first = engine.page_json(version, row_filter, page=page, page_size=page_size)
+        again = engine.page_json(version, row_filter, page=page, page_size=page_size)  # from the page cache
+        expected = rendered(version, row_filter, page, page_size)
+        assert (first.rows, first.count, first.total) == expected, (page, page_size)
+        assert (again.rows, again.count, again.total) == expected
+        assert [r["id"] for r in orjson.loads(first.rows)] == ids(engine.read_page(version, row_filter, page=page,
+                                                                               page_size=page_size)[0])
+
+
+def test_page_json_cached_only_answers_from_memory_or_not_at_all(version):
+    engine.clear_cache()
+    eu, us = rf(region={"EU"}), rf(region={"US"})
+    assert engine.page_json(version, eu, page=2, page_size=7, cached_only=True) is None
+    assert engine.page_json(version, eu, page=2, page_size=7, cached_only=True) is None  # and cached nothing
+    assert engine.cache_stats()["entries"] == 0
+    uncached = engine.page_json(version, eu, page=2, page_size=7)
+    assert (uncached.rows, uncached.count, uncached.total) == rendered(version, eu, 2, 7)
+
+    engine.clear_cache()
+    engine.count(version, eu)  # the filtered table is in memory, no page rendered yet
+    assert engine.page_json(version, us, page=2, page_size=7, cached_only=True) is None  # per filter
+    hit = engine.page_json(version, eu, page=2, page_size=7, cached_only=True)
+    assert hit is not None and (hit.rows, hit.count, hit.total) == (uncached.rows, uncached.count, uncached.total)
+    # No I/O: with the version's files gone, pages of the cached table are still answered.
+    for path in storage.part_paths(version):
+        path.unlink()
+    other = engine.page_json(version, eu, page=3, page_size=5, cached_only=True)
+    assert [r["id"] for r in orjson.loads(other.rows)] == [i for i in range(N) if i % 4 == 0][10:15]
+    assert other.total == N // 4
+    # Zero rows need no table at all.
+    empty = engine.page_json(version, RowFilter.deny("no"), page=1, page_size=7, cached_only=True)
+    assert (empty.rows, empty.count, empty.total) == (b"[]", 0, 0)
+    # Paging is still validated.
+    with pytest.raises(InvalidRequest):
+        engine.page_json(version, eu, page=0, page_size=7, cached_only=True)
+    with pytest.raises(TypeError):
+        engine.page_json(version, None, page=1, page_size=7, cached_only=True)
+
+
+def test_page_json_of_a_result_too_big_to_cache(version):
+    engine.clear_cache()
+    engine.configure(cache_bytes=1024)  # no filtered table fits
+    try:
+        eu = rf(region={"EU"})
+        assert engine.page_json(version, eu, page=3, page_size=10, cached_only=True) is None
+        page = engine.page_json(version, eu, page=3, page_size=10)  # through SQL
+        assert [r["id"] for r in orjson.loads(page.rows)] == [i for i in range(N) if i % 4 == 0][20:30]
+        assert page.total == N // 4
+        again = engine.page_json(version, eu, page=3, page_size=10, cached_only=True)
+        assert again is not None and again.rows == page.rows  # the rendered page itself is kept
+        assert engine.page_json(version, eu, page=4, page_size=10, cached_only=True) is None
+    finally:
+        engine.configure(cache_bytes=engine.DEFAULT_CACHE_BYTES)

@@ -54,4 +54,8 @@ class RowFilter:
 
     def cache_key(self) -> tuple:
         """Hashable identity for caches kept per (source version, effective filter)."""
-        return (self.deny_all, tuple(sorted((c.column, tuple(sorted(c.values))) for c in self.clauses)))
+        key = self.__dict__.get("_cache_key")
+        if key is None:  # computed once: it is asked for on every page read
+            key = (self.deny_all, tuple(sorted((c.column, tuple(sorted(c.values))) for c in self.clauses)))
+            self.__dict__["_cache_key"] = key  # (a frozen dataclass: not through __setattr__)
+        return key

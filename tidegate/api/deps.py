@@ -94,7 +94,8 @@ async def authenticated(request: Request) -> Principal:
     # From here on the key is known: the request is audited against it, refused or not.
     request_state["audit_key"] = {"key_id": key.key_id, "org_id": key.org_id, "user_id": key.owner_id}
     principal = principal_for(key)
-    ip = request_state["client_ip"] = client_ip(request)  # also for the audit event
+    ip = request_state["client_ip"] = client_ip(request)  # these two also for the audit event
+    request_state["user_agent"] = request.headers.get("user-agent")
     check_ip(key, ip)
     _refuse_nul_in_url(request)
     if ratelimit.is_local(settings.redis_url):

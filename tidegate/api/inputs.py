@@ -88,6 +88,8 @@ class StrictJSONRequest(Request):
 class InputRoute(APIRoute):
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
+        if self.methods <= {"GET", "HEAD"}:
+            return handler  # no body to read
 
         async def strict_json_handler(request: Request):
             return await handler(StrictJSONRequest(request.scope, request.receive))

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 
 from tidegate.api.deps import client_ip
 from tidegate.api.responses import error_response
 from tidegate.audit.journal import Journal
 from tidegate.audit.record import event_row
+from tidegate.ids import new_ulid
 
 log = logging.getLogger("tidegate.api")
 # Our own access log: path only, never the query string (a client may put anything there),
@@ -39,7 +38,9 @@ class RequestMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        request_id = "req_" + uuid.uuid4().hex
+        # A request's audit event is "evt_" + the same ULID: one id drawn per request.
+        request_ulid = new_ulid()
+        request_id = "req_" + request_ulid
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = False
@@ -49,8 +50,9 @@ class RequestMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
-                self._audit(scope, message["status"])
+                # Appended, not set through MutableHeaders: no response of ours sets it.
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                self._audit(scope, message["status"], "evt_" + request_ulid)
                 access_log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"],
                                 message["status"], (time.perf_counter() - began) * 1000)
             await send(message)
@@ -65,13 +67,16 @@ class RequestMiddleware:
                                       f"Internal error; quote request id {request_id} when reporting it.")
             await response(scope, receive, send_with_id)
 
-    def _audit(self, scope, status: int) -> None:
+    def _audit(self, scope, status: int, event_id: str) -> None:
         state = scope.get("state", {})
         who = state.get("audit_key")
         if who is None:
             return  # no key identified: nothing to attribute the request to
-        request = Request(scope)
-        ip = state["client_ip"] if "client_ip" in state else client_ip(request)
+        if "client_ip" in state:  # read once already, by authentication
+            ip, user_agent = state["client_ip"], state["user_agent"]
+        else:
+            request = Request(scope)
+            ip, user_agent = client_ip(request), request.headers.get("user-agent")
         route = scope.get("route")
         path_params = scope.get("path_params") or {}
         target_type, target_id = state.get("audit_target") or (None, None)
@@ -85,6 +90,7 @@ class RequestMiddleware:
             **state.get("audit_details", {}),
         }
         self.journal.append(event_row(
+            id=event_id,
             org_id=who["org_id"],
             actor_type="api_key",
             actor_id=who["key_id"],
@@ -96,7 +102,7 @@ class RequestMiddleware:
             path=scope["path"],  # never the query string: it could carry anything
             status=status,
             ip_address=ip,
-            user_agent=(request.headers.get("user-agent") or "")[:500] or None,
+            user_agent=(user_agent or "")[:500] or None,
             request_id=state.get("request_id"),
             details=details,
         ))

@@ -7,7 +7,9 @@ is serving: measured, a third of a worker's throughput at 4,000 requests/s. So u
 them (`journal.ship_pending`, which is idempotent and serialized by a lock file, so a
 shipper killed mid-batch loses nothing: the next one ships the batch again).
 
-The server restarts the shipper if it dies, and the shipper exits when the server does.
+The server restarts the shipper if it dies, and the shipper exits, after a last round,
+when the server stops it or is gone (checked every round: a single-worker server killed by
+SIGTERM re-raises it after uvicorn's graceful shutdown, so its own `finally` never runs).
 `create_app` used on its own (tests, another ASGI server) ships in a thread as before.
 """
 
@@ -18,7 +20,6 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 from tidegate.audit.journal import ship_pending
@@ -33,14 +34,22 @@ def ships_elsewhere() -> bool:
     return os.environ.get(ENV_FLAG) == "process"
 
 
-def _run(directory: str, database_url: str, parent_pid: int, interval: float) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the server stops us
-    while os.getppid() == parent_pid:
+def _run(directory: str, database_url: str, parent_pid: int, interval: float, stop) -> None:
+    # Signals to the whole process group (Ctrl-C, a service manager's SIGTERM) are for the
+    # server: it stops us through `stop`, or we see it gone. Either way we ship once more.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
         try:
             ship_pending(Path(directory), database_url)
         except Exception:  # keep the segments; the next round retries
             log.exception("audit shipping failed; will retry")
-        time.sleep(interval)
+        if stop.is_set() or os.getppid() != parent_pid:
+            return
+        stop.wait(interval)
+        if stop.is_set() or os.getppid() != parent_pid:
+            ship_pending(Path(directory), database_url)
+            return
 
 
 class ShipperProcess:
@@ -52,6 +61,7 @@ class ShipperProcess:
         self.interval = interval
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.Process | None = None
+        self._stop_child = self._context.Event()
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
 
@@ -61,7 +71,7 @@ class ShipperProcess:
 
     def _spawn(self) -> None:
         self._process = self._context.Process(
-            target=_run, args=(str(self.directory), self.database_url, os.getpid(), self.interval),
+            target=_run, args=(str(self.directory), self.database_url, os.getpid(), self.interval, self._stop_child),
             name="tidegate-audit-shipper", daemon=True)
         self._process.start()
 
@@ -71,7 +81,7 @@ class ShipperProcess:
 
         def watch():
             while not self._stop.wait(1.0):
-                if not self._process.is_alive():
+                if not self._process.is_alive() and not self._stop_child.is_set():
                     log.warning("audit shipper exited (code %s); restarting it", self._process.exitcode)
                     self._spawn()
 
@@ -79,11 +89,14 @@ class ShipperProcess:
         self._watch.start()
 
     def stop(self) -> None:
-        """Stop the shipper, then ship what the workers left (they have rotated by now)."""
+        """Stop the shipper after its last round, then ship what is left from here."""
         self._stop.set()
+        self._stop_child.set()
         if self._watch is not None:
             self._watch.join(timeout=5)
-        if self._process is not None and self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=10)
+        if self._process is not None:
+            self._process.join(timeout=30)
+            if self._process.is_alive():
+                self._process.kill()  # safe: shipping is idempotent and transactional
+                self._process.join(timeout=5)
         ship_pending(self.directory, self.database_url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -136,6 +137,11 @@ def serve(
     if workers > 1 and not settings.redis_url:
         typer.echo("warning: without TIDEGATE_REDIS_URL, rate limits are counted per worker process.", err=True)
     forwarded = ",".join(settings.trusted_proxies) or None
+    # uvicorn, after a graceful shutdown, re-raises the SIGTERM/SIGINT it caught with the
+    # handler it found installed. The default one would kill this process on the spot
+    # (single worker) and skip stopping the shipper below; this one unwinds through it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_on_signal)
     # Workers append audit events; one process beside them ships them (see audit.shipper).
     audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url)
     audit_shipper.start()
@@ -144,6 +150,10 @@ def serve(
         _run_uvicorn(settings, host, port, workers, forwarded)
     finally:
         audit_shipper.stop()
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _run_uvicorn(settings, host: str, port: int, workers: int, forwarded: str | None) -> None:

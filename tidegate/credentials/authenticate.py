@@ -111,8 +111,12 @@ def principal_for(state: KeyState, now: datetime | None = None) -> Principal:
         raise Unauthenticated("api_key_expired", "This API key has expired.")
     if not state.owner_active:
         raise Unauthenticated("api_key_owner_inactive", "The user who created this API key is deactivated.")
-    return Principal.for_key(state.org_id, state.owner_id, state.owner_role, state.key_id, list(state.scopes),
-                             epoch=state.access_epoch)
+    principal = state.__dict__.get("_principal")
+    if principal is None:  # the same for every request while the state is cached
+        principal = Principal.for_key(state.org_id, state.owner_id, state.owner_role, state.key_id,
+                                      list(state.scopes), epoch=state.access_epoch)
+        state.__dict__["_principal"] = principal  # (a frozen dataclass: not through __setattr__)
+    return principal
 
 
 def principal_for_key(session: Session, key: ApiKey) -> Principal:
