@@ -260,7 +260,22 @@ def test_reads_by_key_are_audited_with_rows_and_policies(client, org, world):
     read = next(e for e in events if e["request_id"] == r.headers["x-request-id"])
     assert read["details"]["rows_returned"] == 2 and read["details"]["policy_ids"] == [world["policy"]]
     assert read["details"]["source_id"] == src
+    assert read["details"]["operation"] == "read_data" and read["id"] == "evt_" + r.headers["x-request-id"][4:]
     assert by_action["data.export"]["details"]["rows_returned"] == 2
+    assert by_action["data.query"]["details"]["operation"] == "query_source"
+
+
+def test_head_on_a_data_read_is_405_and_reads_nothing(client, org, world):
+    """read_data is a plain Starlette route, which also routes HEAD to it; HEAD is refused
+    before anything is read or counted, as FastAPI routes refuse it."""
+    src = world["source"]
+    for path in (f"/api/v1/sources/{src}/data", f"/api/v1/data/sources/{src}/data"):
+        r = client.head(path, headers=org.headers(world["key"]))
+        assert r.status_code == 405
+    r = client.request("HEAD", f"/api/v1/keys", headers=org.headers(world["key"]))
+    assert r.status_code == 405  # the same as any FastAPI route
+    events = client.get("/api/v1/audit/events", params={"target_id": src, "limit": 100}, headers=org.headers()).json()["data"]
+    assert not [e for e in events if e["method"] == "HEAD"]
 
 
 def test_private_until_shared_and_org_share(client, org):

@@ -96,6 +96,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in API_MODULES:
         app.include_router(module.router, prefix="/api/v1")
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict:
+        # FastAPI's document, plus the operations of the plain Starlette routes (api.data).
+        if app.openapi_schema is None:
+            schema = fastapi_openapi()
+            for path, operations in data.openapi_operations("/api/v1").items():
+                schema["paths"].setdefault(path, {}).update(operations)
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
 

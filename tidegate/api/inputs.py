@@ -54,15 +54,6 @@ def query_choice(request: Request, name: str, default: str, choices: tuple[str, 
     raise InvalidRequest("invalid_parameters", f"{name}: must be one of {', '.join(choices)}.")
 
 
-def query_parameter_docs(path_param: tuple[str, dict, str], *query: tuple[str, dict, str]) -> dict:
-    """`openapi_extra` describing a path parameter and query parameters that an endpoint
-    reads itself (query_int / query_choice) instead of declaring them to FastAPI."""
-    name, schema, text = path_param
-    return {"parameters": [{"name": name, "in": "path", "required": True, "schema": schema, "description": text}]
-            + [{"name": name, "in": "query", "required": False, "schema": schema, "description": text}
-               for name, schema, text in query]}
-
-
 class StrictJSONRequest(Request):
     """`json()` as FastAPI calls it for a JSON body: UTF-8 only (RFC 8259), strings valid Unicode."""
 

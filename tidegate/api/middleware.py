@@ -85,7 +85,8 @@ class RequestMiddleware:
             target_type = TARGET_TYPES.get(parts[3] if len(parts) > 3 else "", None)
             target_id = next(iter(path_params.values()), None) if path_params else None
         details = {
-            "operation": getattr(route, "name", None),
+            # (a plain Starlette route, api.data's read_data, sets no "route": its endpoint's name)
+            "operation": getattr(route, "name", None) or getattr(scope.get("endpoint"), "__name__", None),
             "creator_user_id": who["user_id"],
             **state.get("audit_details", {}),
         }
