@@ -244,9 +244,9 @@ def _reap_group(pgid: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc."""
-    pids = []
+def live_processes() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every live (non-zombie) process, from /proc."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -255,10 +255,14 @@ def group_pids(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        state, process_group = fields[0], int(fields[2])
-        if process_group == pgid and state not in ("Z", "X"):
-            pids.append(int(entry))
-    return pids
+        if fields[0] not in ("Z", "X"):
+            found.append((int(entry), int(fields[1]), int(fields[2])))
+    return found
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes of a process group."""
+    return [pid for pid, _, group in live_processes() if group == pgid]
 
 
 def init_home(base: Path, *, org_name: str = "Acme", admin_email: str = "admin@example.com",
@@ -453,3 +457,24 @@ def unavailable(what: str, exc: Exception):
         pytest.fail(f"{message} -- but CI=true requires it", pytrace=False)
     print(f"\n*** {message} ***")
     pytest.skip(message)
+
+
+@contextmanager
+def scratch_postgres_database(prefix: str):
+    """The URL of a new, empty PostgreSQL database, dropped afterwards (skips or, under CI,
+    fails when PostgreSQL is unavailable)."""
+    import uuid
+
+    import psycopg
+
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+    except Exception as exc:  # noqa: BLE001
+        unavailable("PostgreSQL", exc)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -13,14 +13,13 @@ import os
 import signal
 import sqlite3
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from server import PG_URL, init_home, running_server, unavailable
+from server import init_home, live_processes, running_server, scratch_postgres_database
 
 pytestmark = pytest.mark.slow
 
@@ -31,19 +30,7 @@ ARRIVAL_TIMEOUT = 5.0
 
 
 def children(pid: int) -> list[int]:
-    """Live child processes of `pid`, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
+    return [child for child, parent, _ in live_processes() if parent == pid]
 
 
 def cmdline(pid: int) -> str:
@@ -252,22 +239,9 @@ def test_sigterm_to_the_server_alone_stops_its_shipper(lone, workers):
 
 
 def test_served_requests_reach_postgresql_on_their_own(tmp_path):
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:  # noqa: BLE001
-        unavailable("PostgreSQL", exc)
-    name = f"tidegate_shipper_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"{PG_URL.rsplit('/', 1)[0]}/{name}"
-        with running_server(tmp_path, database_url=url) as srv:
-            ids = make_requests(srv)
-            wait_until_stored(srv, ids)
-            os.kill(shipper_pid(srv), signal.SIGKILL)
-            ids = make_requests(srv)
-            wait_until_stored(srv, ids)
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_postgres_database("tidegate_shipper") as url, running_server(tmp_path, database_url=url) as srv:
+        ids = make_requests(srv)
+        wait_until_stored(srv, ids)
+        os.kill(shipper_pid(srv), signal.SIGKILL)
+        ids = make_requests(srv)
+        wait_until_stored(srv, ids)

@@ -15,7 +15,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from server import PG_URL, REDIS_URL, WorkerPool, init_home, running_server, unavailable
+from server import REDIS_URL, WorkerPool, init_home, running_server, scratch_postgres_database, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -240,25 +240,14 @@ def test_sdk_happy_path_on_postgresql(tmp_path):
 
     from test_e2e_sdk import sdk_happy_path
 
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:  # noqa: BLE001
-        unavailable("PostgreSQL", exc)
-    name = f"tidegate_e2e_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"{PG_URL.rsplit('/', 1)[0]}/{name}"
-        with running_server(tmp_path, database_url=url) as srv:
-            sdk_happy_path(srv)
-            with psycopg.connect(url, connect_timeout=3) as db:
-                keys = db.execute("SELECT count(*) FROM api_keys WHERE org_id = %s", (srv.org_id,)).fetchone()[0]
-                events = db.execute("SELECT count(*) FROM audit_events WHERE org_id = %s AND action = 'api.request'",
-                                    (srv.org_id,)).fetchone()[0]
-            assert keys >= 2 and events > 0
-            assert not list(srv.home.glob("*.db")), "the server used SQLite, not PostgreSQL"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_postgres_database("tidegate_e2e") as url, running_server(tmp_path, database_url=url) as srv:
+        sdk_happy_path(srv)
+        with psycopg.connect(url, connect_timeout=3) as db:
+            keys = db.execute("SELECT count(*) FROM api_keys WHERE org_id = %s", (srv.org_id,)).fetchone()[0]
+            events = db.execute("SELECT count(*) FROM audit_events WHERE org_id = %s AND action = 'api.request'",
+                                (srv.org_id,)).fetchone()[0]
+        assert keys >= 2 and events > 0
+        assert not list(srv.home.glob("*.db")), "the server used SQLite, not PostgreSQL"
 
 
 # -- no secret in the server's output ------------------------------------------------------------

@@ -36,8 +36,8 @@ Text = Annotated[str, AfterValidator(_without_nul)]
 
 
 def query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
-    """An integer query parameter, for the few hot endpoints that parse their own (FastAPI's
-    declared Query() parameters cost ~6 us each per request). A 400 names the parameter."""
+    """An integer query parameter, for the hot endpoint that parses its own (api.data's
+    read_data, a plain Starlette route). A 400 names the parameter."""
     raw = request.query_params.get(name)
     if raw is None:
         return default
