@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -163,12 +165,13 @@ def test_database_copy_does_not_yield_a_usable_key(client, org, settings):
     assert secret not in repr(stored)
     assert stored["key_prefix"] == secret[:12]
     if settings.database_url.startswith("sqlite"):
-        raw = open(settings.database_url.removeprefix("sqlite:///"), "rb").read()
-        wal = settings.database_url.removeprefix("sqlite:///") + "-wal"
-        import os
-        if os.path.exists(wal):
-            raw += open(wal, "rb").read()
-        assert secret.encode() not in raw
+        # Read by another process: closing a descriptor of the database file in this one
+        # would drop every POSIX lock SQLite holds on it here (sqlite.org/howtocorrupt.html),
+        # and a later writer elsewhere could then delete the WAL under our connections.
+        path = settings.database_url.removeprefix("sqlite:///")
+        raw = subprocess.run(["cat", path, *([path + "-wal"] if os.path.exists(path + "-wal") else [])],
+                             capture_output=True, check=True).stdout
+        assert len(raw) > 4096 and secret.encode() not in raw
     # The stored hash is not itself a credential.
     r = client.get("/api/v1/keys", headers={"Authorization": f"Bearer {stored['secret_hash']}", "X-Tenant-ID": org.id})
     assert r.status_code == 401

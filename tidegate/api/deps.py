@@ -6,8 +6,8 @@ import ipaddress
 from collections.abc import Iterator
 
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from tidegate.access import ratelimit
 from tidegate.access.principal import Principal
