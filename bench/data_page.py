@@ -3,7 +3,10 @@
 Prints requests/s and p50/p99 latency for page 1 and page 5,000 of a source filtered by two
 access policies, next to the same run's figures for a bare FastAPI endpoint returning 100
 rows from memory. Targets (issue 3): key rate >= half the bare rate; page 5,000 p50 <= 2x
-page 1 p50. Needs `wrk` (Debian package `wrk`). Loopback only.
+page 1 p50. Also, not a target, random pages of random sizes: pages not rendered before.
+tidegate runs as `tidegate serve` (one worker, its audit shipper beside it), the yardstick
+as one uvicorn worker; wrk sends one key per thread (a key is capped at 10,000/minute).
+Needs `wrk` (Debian package `wrk`). Loopback only.
 
     .venv/bin/python bench/data_page.py [--rows 1000000] [--seconds 5] [--connections 16]
 """
@@ -48,6 +51,8 @@ def wait_up(url: str, timeout: float = 60) -> None:
 
 
 WRK_THREADS = 8
+VISIBLE_REGIONS = ["US", "EU", "APAC"]
+VISIBLE_TIERS = ["gold", "silver", "bronze", "iron"]
 
 # Each wrk thread sends its own key, so that no key passes its 10,000 requests/minute limit
 # (a real deployment has many clients; one key is capped at ~167 requests/s).
@@ -63,13 +68,23 @@ function init(args)
 end
 """
 
+# Every request a page not asked for before (almost): a random page of a random size, so
+# the rendered-page cache rarely helps and each page is cut from the filtered rows anew.
+RANDOM_PAGES = """
+function request()
+  local size = math.random(50, 150)
+  return wrk.format(nil, wrk.path .. "&page_size=" .. size .. "&page=" .. math.random(1, math.floor(%d / size)))
+end
+"""
 
-def wrk(url: str, seconds: int, connections: int, headers: dict[str, str], keys: list[str] = ()) -> dict:
+
+def wrk(url: str, seconds: int, connections: int, headers: dict[str, str], keys: list[str] = (),
+        extra_lua: str = "") -> dict:
     args = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(PER_THREAD_KEY % ", ".join(f'"{k}"' for k in keys))
+        script.write(PER_THREAD_KEY % ", ".join(f'"{k}"' for k in keys) + extra_lua)
         script.flush()
         out = subprocess.run(args + ["-s", script.name], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -97,12 +112,14 @@ def build_source(home: Path, rows: int) -> dict:
     settings = get_settings()
     migrate(settings.database_url)
     engine.configure(data_dir=settings.data_dir)
+    # The two policies let 3/4 x 4/5 = 60% of the rows through, so page 5,000 of 100 rows
+    # (rows 499,901-500,000) exists on a 1,000,000-row source.
     regions = ["US", "EU", "APAC", "LATAM"]
-    tiers = ["gold", "silver", "bronze"]
+    tiers = ["gold", "silver", "bronze", "iron", "tin"]
     table = pa.table({
         "id": pa.array(range(rows), pa.int64()),
         "region": pa.array([regions[i % 4] for i in range(rows)]),
-        "tier": pa.array([tiers[i % 3] for i in range(rows)]),
+        "tier": pa.array([tiers[i % 5] for i in range(rows)]),
         "amount": pa.array([i * 1.5 for i in range(rows)]),
         "name": pa.array([f"row-{i}" for i in range(rows)]),
     })
@@ -114,16 +131,16 @@ def build_source(home: Path, rows: int) -> dict:
         storage.write_new_version(session, source, table, append=False)
         sources.share_source(session, admin, source.id, member.id, "view")
         p1 = policies.create_policy(session, admin, made.org.id, name="regions",
-                                    row_filters=[{"column": "region", "values": ["US", "EU"]}])
+                                    row_filters=[{"column": "region", "values": VISIBLE_REGIONS}])
         p2 = policies.create_policy(session, admin, made.org.id, name="tiers",
-                                    row_filters=[{"column": "tier", "values": ["gold", "silver"]}])
+                                    row_filters=[{"column": "tier", "values": VISIBLE_TIERS}])
         policies.assign_users(session, admin, p1, [member.id])
         policies.assign_users(session, admin, p2, [member.id])
         member_principal = Principal.for_user(made.org.id, member.id, "member")
         # One key per wrk thread per measured run: each stays under the 10,000/minute ceiling.
         secrets = [keys.create_key(session, member_principal, keys.KeyRequest(
             name=f"bench-{i}", scopes=["data:read"], rate_limit_per_minute=10_000), pepper=settings.pepper).secret
-            for i in range(1 + 2 * WRK_THREADS)]
+            for i in range(1 + 3 * WRK_THREADS)]
     return {"org_id": made.org.id, "source_id": source.id, "keys": secrets}
 
 
@@ -155,19 +172,23 @@ def main() -> None:
         def headers(key):
             return {"Authorization": f"Bearer {key}", "X-Tenant-ID": world["org_id"]}
 
-        run_keys = world["keys"][1:1 + WRK_THREADS], world["keys"][1 + WRK_THREADS:]
+        run_keys = [world["keys"][1 + i * WRK_THREADS:1 + (i + 1) * WRK_THREADS] for i in range(3)]
         tenant = {"X-Tenant-ID": world["org_id"]}
         check = httpx.get(base + "&page=1", headers=headers(world["keys"][0])).json()
-        assert len(check["data"]) == 100 and all(r["region"] in ("US", "EU") and r["tier"] in ("gold", "silver")
+        assert len(check["data"]) == 100 and all(r["region"] in VISIBLE_REGIONS and r["tier"] in VISIBLE_TIERS
                                                  for r in check["data"]), "filter not applied"
         print(f"filtered rows visible to the key: {check['total_count']:,} of {args.rows:,}")
         # Warm-up (first request materializes the filtered result for this version+filter).
-        httpx.get(base + "&page=5000", headers=headers(world["keys"][0]), timeout=60)
+        deep = httpx.get(base + "&page=5000", headers=headers(world["keys"][0]), timeout=60).json()
+        assert len(deep["data"]) == 100, "page 5,000 must be a full page"
 
         results = {
             "bare": wrk(f"http://127.0.0.1:{bare_port}/rows", args.seconds, args.connections, {}),
             "key_page_1": wrk(base + "&page=1", args.seconds, args.connections, tenant, run_keys[0]),
             "key_page_5000": wrk(base + "&page=5000", args.seconds, args.connections, tenant, run_keys[1]),
+            # Not a target: what a page costs when it has not been rendered before.
+            "key_random_pages": wrk(base.replace("?page_size=100", "?format=json"), args.seconds, args.connections,
+                                    tenant, run_keys[2], RANDOM_PAGES % check["total_count"]),
         }
     finally:
         for proc in procs:
