@@ -146,14 +146,27 @@ def serve(
     audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url)
     audit_shipper.start()
     os.environ[shipper.ENV_FLAG] = "process"
+    stopped_by = None
     try:
         _run_uvicorn(settings, host, port, workers, forwarded)
+    except StoppedBySignal as stop:
+        stopped_by = stop.signum
     finally:
         audit_shipper.stop()
+    if stopped_by is not None:
+        # Now die by that signal, as uvicorn would have: what a service manager expects.
+        signal.signal(stopped_by, signal.SIG_DFL)
+        signal.raise_signal(stopped_by)
+
+
+class StoppedBySignal(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
+    raise StoppedBySignal(signum)
 
 
 def _run_uvicorn(settings, host: str, port: int, workers: int, forwarded: str | None) -> None:
