@@ -102,3 +102,24 @@ def test_none_where_it_cannot_be_told(url):
 def test_none_when_the_database_cannot_be_opened(tmp_path):
     watch = ChangeWatch(url_of(tmp_path / "no-such-directory" / "x.db"))
     assert watch.generation() is None  # unknown: a caller must not serve from a cache
+
+
+def test_a_missing_database_file_is_not_created(tmp_path):
+    missing = tmp_path / "gone.db"
+    assert ChangeWatch(url_of(missing)).generation() is None
+    assert not missing.exists()
+
+
+def test_a_path_with_uri_characters_works(tmp_path):
+    odd = tmp_path / "a dir#with%odd chars"  # (a "?" cannot be in a database URL at all)
+    odd.mkdir()
+    path = odd / "t.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE t (n INTEGER)")
+    watch = ChangeWatch(url_of(path))
+    before = watch.generation()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("INSERT INTO t VALUES (1)")
+    assert before is not None and watch.generation() != before
+    other.close()
+    conn.close()

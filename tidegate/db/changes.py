@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
@@ -44,7 +45,9 @@ class ChangeWatch:
             try:
                 if self._conn is None or self._pid != os.getpid():
                     # A forked child must not share its parent's connection.
-                    self._conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+                    # mode=rw: never create the database (a missing file is "unknown", not empty).
+                    uri = Path(self._path).resolve().as_uri() + "?mode=rw"
+                    self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
                     self._pid = os.getpid()
                     self._opened += 1
                 return self._opened, self._conn.execute("PRAGMA data_version").fetchone()[0]
