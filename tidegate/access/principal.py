@@ -10,7 +10,8 @@ from tidegate.errors import Forbidden
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller of one request, computed fresh from the database for that request.
+    """The caller of one request, from the key's and its creator's current state (read from
+    the database, or from the key cache while nothing has been committed since).
 
     `scopes` is already the intersection of the key's granted scopes with its creator's
     current role permissions (or, for a browser session, the user's role permissions).

@@ -5,10 +5,10 @@ Every read goes through `access.sources.open_source` (so a source the viewer may
 is a 404 page, exactly as through the API) and `data.engine` with the RowFilter it gives.
 Every change goes through `tidegate.data.service`, audited like its /api/v1 twin.
 
-The preview for a key computes the key's Principal the way `credentials.authenticate.
-check_key_usable` does (the key's scopes against its creator's CURRENT role), refuses
-revoked and expired keys and keys whose creator is deactivated, then opens the source with
-that Principal: the rows, count and WHERE clause shown are those the API would apply to
+The preview for a key computes the key's Principal with `credentials.authenticate.
+principal_for_key`, the API's own rules (the key's scopes against its creator's CURRENT
+role), refuses revoked and expired keys and keys whose creator is deactivated, then opens
+the source with that Principal: the rows, count and WHERE clause shown are those the API would apply to
 the key's next request.
 """
 
