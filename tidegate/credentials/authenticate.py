@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from tidegate.access.principal import Principal
 from tidegate.credentials.hashing import hash_secret
 from tidegate.credentials.keyformat import is_well_formed
-from tidegate.credentials.models import ApiKey
+from tidegate.credentials.models import ApiKey, key_status
 from tidegate.db.base import utcnow
 from tidegate.db.changes import ChangeWatch
 from tidegate.db.engine import session_scope
@@ -104,10 +104,10 @@ def principal_for(state: KeyState, now: datetime | None = None) -> Principal:
     The one place for these rules: the API calls it per request, and the web UI through
     `principal_for_key` to preview "what this key would see".
     """
-    now = now or utcnow()
-    if state.revoked_at is not None:
+    status = key_status(state.revoked_at, state.expires_at, now or utcnow())
+    if status == "revoked":
         raise Unauthenticated("api_key_revoked", "This API key has been revoked.")
-    if state.expires_at is not None and state.expires_at <= now:
+    if status == "expired":
         raise Unauthenticated("api_key_expired", "This API key has expired.")
     if not state.owner_active:
         raise Unauthenticated("api_key_owner_inactive", "The user who created this API key is deactivated.")

@@ -35,8 +35,13 @@ class ApiKey(Base):
     bound_user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
 
     def status_at(self, now: datetime) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at is not None and self.expires_at <= now:
-            return "expired"
-        return "active"
+        return key_status(self.revoked_at, self.expires_at, now)
+
+
+def key_status(revoked_at: datetime | None, expires_at: datetime | None, now: datetime) -> str:
+    """"revoked", "expired" or "active": the one rule, for stored keys and cached key states."""
+    if revoked_at is not None:
+        return "revoked"
+    if expires_at is not None and expires_at <= now:
+        return "expired"
+    return "active"
