@@ -77,7 +77,6 @@ class RequestMiddleware:
         else:
             request = Request(scope)
             ip, user_agent = client_ip(request), request.headers.get("user-agent")
-        route = scope.get("route")
         path_params = scope.get("path_params") or {}
         target_type, target_id = state.get("audit_target") or (None, None)
         if target_type is None:
@@ -85,8 +84,9 @@ class RequestMiddleware:
             target_type = TARGET_TYPES.get(parts[3] if len(parts) > 3 else "", None)
             target_id = next(iter(path_params.values()), None) if path_params else None
         details = {
-            # (a plain Starlette route, api.data's read_data, sets no "route": its endpoint's name)
-            "operation": getattr(route, "name", None) or getattr(scope.get("endpoint"), "__name__", None),
+            # The endpoint's name: what a route is named after, and set by FastAPI routes and
+            # plain Starlette ones (api.data's read_data) alike.
+            "operation": getattr(scope.get("endpoint"), "__name__", None),
             "creator_user_id": who["user_id"],
             **state.get("audit_details", {}),
         }
