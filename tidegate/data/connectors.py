@@ -296,14 +296,7 @@ def _pull_postgresql(config: dict, secret: dict) -> tuple[list[str], list[list],
                 for d in cursor.description or []:
                     info = connection.adapters.types.get(d.type_code)
                     declared.append(_PG_TYPES.get(info.name if info else ""))
-                columns: list[list] = [[] for _ in names]
-                while True:
-                    rows = cursor.fetchmany(FETCH_BATCH)
-                    if not rows:
-                        break
-                    for row in rows:
-                        for i, value in enumerate(row):
-                            columns[i].append(value)
+                columns = _fetch_columns(cursor, len(names))
     except psycopg.Error as exc:
         raise InvalidRequest("connector_error",
                              f"PostgreSQL at {where} refused the read: {_scrub(str(exc), secret)}") from None
@@ -364,14 +357,7 @@ def _pull_sqlite(config: dict) -> tuple[list[str], list[list], list[str | None]]
             statement = config["query"]
         cursor = connection.execute(statement)
         names = [d[0] for d in cursor.description or []]
-        columns: list[list] = [[] for _ in names]
-        while True:
-            rows = cursor.fetchmany(FETCH_BATCH)
-            if not rows:
-                break
-            for row in rows:
-                for i, value in enumerate(row):
-                    columns[i].append(value)
+        columns = _fetch_columns(cursor, len(names))
     except (sqlite3.Error, sqlite3.Warning) as exc:
         raise InvalidRequest("connector_error", f"SQLite refused the read: {str(exc)[:300]}") from None
     finally:
@@ -404,3 +390,13 @@ def pull_source(source, session_key: bytes) -> pa.Table:
         raise InvalidRequest("not_a_connector_source", "This source is not fed by a connector.")
     secret = decrypt_secret(source.connector_secret_encrypted, session_key)
     return pull(source.service, source.connector_config or {}, secret)
+
+
+def _fetch_columns(cursor, width: int) -> list[list]:
+    """Every remaining row of a DB-API cursor, by column, fetched FETCH_BATCH at a time."""
+    columns: list[list] = [[] for _ in range(width)]
+    while rows := cursor.fetchmany(FETCH_BATCH):
+        for row in rows:
+            for i, value in enumerate(row):
+                columns[i].append(value)
+    return columns
