@@ -524,18 +524,22 @@ def _csv_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: int) 
         for batch in _batches(version, row_filter, batch_rows):
             writer.write_batch(batch)
             wrote = True
-            chunk = sink.getvalue()
-            if chunk:
-                sink.seek(0)
-                sink.truncate()
+            if chunk := _drain(sink):
                 yield chunk
         if not wrote:
             writer.write_table(schema.empty_table())
     finally:
         writer.close()
-    rest = sink.getvalue()
-    if rest:
+    if rest := _drain(sink):
         yield rest
+
+
+def _drain(sink: io.BytesIO) -> bytes:
+    """What a writer has put in `sink` so far, leaving it empty."""
+    chunk = sink.getvalue()
+    sink.seek(0)
+    sink.truncate()
+    return chunk
 
 
 def stream_parquet(version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 131_072) -> Iterator[bytes]:
@@ -552,15 +556,11 @@ def _parquet_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: i
     try:
         for batch in _batches(version, row_filter, batch_rows):
             writer.write_batch(batch, row_group_size=batch_rows)
-            chunk = sink.getvalue()
-            if chunk:
-                sink.seek(0)
-                sink.truncate()
+            if chunk := _drain(sink):
                 yield chunk
     finally:
         writer.close()
-    rest = sink.getvalue()
-    if rest:
+    if rest := _drain(sink):
         yield rest
 
 
