@@ -61,8 +61,7 @@ class ShipperProcess:
         self.interval = interval
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.Process | None = None
-        self._stop_child = self._context.Event()
-        self._stop = threading.Event()
+        self._stop = self._context.Event()  # seen by the child and by the watch thread
         self._watch: threading.Thread | None = None
 
     @property
@@ -71,7 +70,7 @@ class ShipperProcess:
 
     def _spawn(self) -> None:
         self._process = self._context.Process(
-            target=_run, args=(str(self.directory), self.database_url, os.getpid(), self.interval, self._stop_child),
+            target=_run, args=(str(self.directory), self.database_url, os.getpid(), self.interval, self._stop),
             name="tidegate-audit-shipper", daemon=True)
         self._process.start()
 
@@ -81,7 +80,7 @@ class ShipperProcess:
 
         def watch():
             while not self._stop.wait(1.0):
-                if not self._process.is_alive() and not self._stop_child.is_set():
+                if not self._process.is_alive() and not self._stop.is_set():
                     log.warning("audit shipper exited (code %s); restarting it", self._process.exitcode)
                     self._spawn()
 
@@ -91,7 +90,6 @@ class ShipperProcess:
     def stop(self) -> None:
         """Stop the shipper after its last round, then ship what is left from here."""
         self._stop.set()
-        self._stop_child.set()
         if self._watch is not None:
             self._watch.join(timeout=5)
         if self._process is not None:
