@@ -92,6 +92,15 @@ def signed_in(request: Request, session: Session, scope: str | None = None) -> V
     return viewer
 
 
+def signed_in_to_change(request: Request, session: Session, form: FormData, scope: str) -> Viewer:
+    """The viewer posting `form`: signed in, the form's CSRF token valid, then holding `scope`
+    (in that order: a forged form is refused as forged, whoever it names)."""
+    viewer = signed_in(request, session)
+    check_csrf(request, viewer, form)
+    require_scope(viewer, scope)
+    return viewer
+
+
 def require_scope(viewer: Viewer, scope: str) -> None:
     if not viewer.can(scope):
         raise PageError(403, "Not allowed",

@@ -16,7 +16,7 @@ from tidegate.api.deps import request_context
 from tidegate.errors import TidegateError
 from tidegate.orgs.models import User
 from tidegate.web.common import (
-    FORM, as_page, check_csrf, db, require_scope, required_text, router, signed_in, text,
+    FORM, as_page, db, required_text, router, signed_in, signed_in_to_change, text,
 )
 from tidegate.web.policies import READ, WRITE
 from tidegate.web.policies import BASE as POLICIES
@@ -74,9 +74,7 @@ def create_group(request: Request, form: FormData = FORM):
     values = {"name": text(form, "name", 300), "description": text(form, "description", 5000)}
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, WRITE)
+            viewer = signed_in_to_change(request, session, form, WRITE)
             group = service.create_group(session, viewer.principal, viewer.org.id, name=values["name"],
                                          description=values["description"] or None, context=request_context(request))
             group_id = group.id
@@ -128,9 +126,7 @@ def rename_group(request: Request, group_id: str = GroupId(), form: FormData = F
     values = {"name": text(form, "name", 300), "description": text(form, "description", 5000)}
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, WRITE)
+            viewer = signed_in_to_change(request, session, form, WRITE)
             group = _group(session, viewer, group_id)
             service.update_group(session, viewer.principal, group, name=values["name"],
                                  description=values["description"] or None, context=request_context(request))
@@ -154,9 +150,7 @@ def delete_group_confirm(request: Request, group_id: str = GroupId()):
 @router.post(BASE + "/{group_id}/delete")
 def delete_group(request: Request, group_id: str = GroupId(), form: FormData = FORM):
     with db(request) as session:
-        viewer = signed_in(request, session)
-        check_csrf(request, viewer, form)
-        require_scope(viewer, WRITE)
+        viewer = signed_in_to_change(request, session, form, WRITE)
         group = _group(session, viewer, group_id)
         service.delete_group(session, viewer.principal, group, context=request_context(request))
     return redirect(f"{BASE}?notice=deleted")
@@ -165,9 +159,7 @@ def delete_group(request: Request, group_id: str = GroupId(), form: FormData = F
 def _change(request: Request, group_id: str, form: FormData, change, notice: str, anchor: str):
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, WRITE)
+            viewer = signed_in_to_change(request, session, form, WRITE)
             group = _group(session, viewer, group_id)
             change(session, viewer, group, request_context(request))
     except TidegateError as exc:

@@ -24,7 +24,7 @@ from tidegate.credentials.models import ApiKey
 from tidegate.db.base import utcnow
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.orgs.models import User
-from tidegate.web.common import FORM, PageError, check_csrf, db, require_scope, router, settings_of, signed_in, text
+from tidegate.web.common import FORM, PageError, db, router, settings_of, signed_in, signed_in_to_change, text
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
@@ -196,9 +196,7 @@ def create_key(request: Request, form: FormData = FORM):
     values = CreateForm.read(form)
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, MANAGE)
+            viewer = signed_in_to_change(request, session, form, MANAGE)
             created = service.create_key(session, viewer.principal, values.key_request(viewer),
                                          pepper=settings_of(request).pepper, context=request_context(request),
                                          via="web")
@@ -235,9 +233,7 @@ def revoke_confirm(request: Request, key_id: str = KeyId()):
 @router.post("/settings/api-keys/{key_id}/revoke")
 def revoke(request: Request, key_id: str = KeyId(), form: FormData = FORM):
     with db(request) as session:
-        viewer = signed_in(request, session)
-        check_csrf(request, viewer, form)
-        require_scope(viewer, MANAGE)
+        viewer = signed_in_to_change(request, session, form, MANAGE)
         key = _get_key(session, viewer, key_id)
         service.revoke_key(session, viewer.principal, key, context=request_context(request), via="web")
     return redirect("/settings/api-keys?notice=revoked")
@@ -260,9 +256,7 @@ def rotate(request: Request, key_id: str = KeyId(), form: FormData = FORM):
         raise PageError(400, "Bad request", "Choose when the old key should stop working.")
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, MANAGE)
+            viewer = signed_in_to_change(request, session, form, MANAGE)
             old = _get_key(session, viewer, key_id)
             created = service.rotate_key(session, viewer.principal, old, grace=timedelta(seconds=int(grace)),
                                          pepper=settings_of(request).pepper, context=request_context(request),

@@ -16,7 +16,7 @@ from tidegate.api.deps import request_context
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.orgs import service
 from tidegate.orgs.models import User
-from tidegate.web.common import FORM, PageError, check_csrf, db, require_scope, router, signed_in, text
+from tidegate.web.common import FORM, PageError, db, router, signed_in, signed_in_to_change, text
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
@@ -73,9 +73,7 @@ def add_person(request: Request, form: FormData = FORM):
         raise PageError(400, "Bad request", "The password field is missing or too long.")
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, WRITE)
+            viewer = signed_in_to_change(request, session, form, WRITE)
             if not password:
                 raise InvalidRequest("weak_password", "Give the new user an initial password.")
             service.create_user(session, viewer.principal, viewer.org.id, email=values["email"], role=values["role"],
@@ -91,9 +89,7 @@ def change_role(request: Request, user_id: str = UserId(), form: FormData = FORM
     role = text(form, "role", 20)
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, WRITE)
+            viewer = signed_in_to_change(request, session, form, WRITE)
             user = _user(session, viewer, user_id)
             if not user.is_active:
                 raise InvalidRequest("user_inactive", f"{user.email} is deactivated.")
@@ -116,9 +112,7 @@ def deactivate_confirm(request: Request, user_id: str = UserId()):
 def deactivate(request: Request, user_id: str = UserId(), form: FormData = FORM):
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, WRITE)
+            viewer = signed_in_to_change(request, session, form, WRITE)
             user = _user(session, viewer, user_id)
             if user.id == viewer.user.id:
                 raise InvalidRequest("cannot_deactivate_self",

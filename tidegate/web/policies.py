@@ -27,7 +27,7 @@ from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.orgs.models import User
 from tidegate.orgs.service import get_user
 from tidegate.web.common import (
-    FORM, LARGE_FORM, PageError, as_page, check_csrf, db, require_scope, required_text, router, signed_in, text,
+    FORM, LARGE_FORM, PageError, as_page, db, required_text, router, signed_in, signed_in_to_change, text,
 )
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
@@ -342,9 +342,7 @@ def create_policy(request: Request, form: FormData = LARGE_FORM):
     values = PolicyForm.read(form)
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, WRITE)
+            viewer = signed_in_to_change(request, session, form, WRITE)
             policy = service.create_policy(session, viewer.principal, viewer.org.id, **values.changes(),
                                            context=request_context(request))
             policy_id = policy.id
@@ -378,9 +376,7 @@ def update_policy(request: Request, policy_id: str = PolicyId(), form: FormData 
     values = PolicyForm.read(form)
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, WRITE)
+            viewer = signed_in_to_change(request, session, form, WRITE)
             policy = _policy(session, viewer, policy_id)
             service.update_policy(session, viewer.principal, policy, **values.changes(),
                                   context=request_context(request))
@@ -404,9 +400,7 @@ def delete_policy_confirm(request: Request, policy_id: str = PolicyId()):
 @router.post(BASE + "/{policy_id}/delete")
 def delete_policy(request: Request, policy_id: str = PolicyId(), form: FormData = FORM):
     with db(request) as session:
-        viewer = signed_in(request, session)
-        check_csrf(request, viewer, form)
-        require_scope(viewer, WRITE)
+        viewer = signed_in_to_change(request, session, form, WRITE)
         policy = _policy(session, viewer, policy_id)
         service.delete_policy(session, viewer.principal, policy, context=request_context(request))
     return redirect(f"{BASE}?notice=deleted")
@@ -416,9 +410,7 @@ def _assignment(request: Request, policy_id: str, form: FormData, change, notice
     """Run one assignment change on the policy; its page again, with a notice or the error."""
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, WRITE)
+            viewer = signed_in_to_change(request, session, form, WRITE)
             policy = _policy(session, viewer, policy_id)
             change(session, viewer, policy, request_context(request))
     except TidegateError as exc:

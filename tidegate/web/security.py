@@ -12,7 +12,7 @@ from starlette.datastructures import FormData
 from tidegate.access import policies
 from tidegate.api.deps import request_context
 from tidegate.orgs import service
-from tidegate.web.common import FORM, check_csrf, db, require_scope, router, signed_in
+from tidegate.web.common import FORM, db, router, signed_in, signed_in_to_change
 from tidegate.web.render import page, redirect
 
 READ = "admin:org:read"
@@ -34,9 +34,7 @@ def security_page(request: Request, notice: str | None = Query(None, max_length=
 @router.post("/settings/security/admin-controls")
 def save_admin_controls(request: Request, form: FormData = FORM):
     with db(request) as session:
-        viewer = signed_in(request, session)
-        check_csrf(request, viewer, form)
-        require_scope(viewer, WRITE)
+        viewer = signed_in_to_change(request, session, form, WRITE)
         org = service.get_org(session, viewer.org.id)
         context = request_context(request)
         service.update_settings(session, viewer.principal, org,

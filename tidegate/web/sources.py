@@ -40,12 +40,11 @@ from tidegate.web.common import (
     FORM,
     UPLOAD_FORM,
     as_page,
-    check_csrf,
     db,
-    require_scope,
     router,
     settings_of,
     signed_in,
+    signed_in_to_change,
     text,
 )
 from tidegate.web.render import page, redirect
@@ -123,9 +122,7 @@ def upload(request: Request, form: FormData = UPLOAD_FORM):
     upload_ = form.get("file")
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, READ)
+            viewer = signed_in_to_change(request, session, form, READ)
             if not isinstance(upload_, UploadFile) or not upload_.filename:
                 raise InvalidRequest("missing_file", "Choose a file to upload.")
             content = upload_.file.read(MAX_UPLOAD_BYTES + 1)
@@ -348,9 +345,7 @@ def share(request: Request, source_id: str = SourceId(), form: FormData = FORM):
     user_id = text(form, "user_id", 200)
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, SHARE_WRITE)
+            viewer = signed_in_to_change(request, session, form, SHARE_WRITE)
             if not user_id:
                 raise InvalidRequest("invalid_user", "Choose a person to share with.")
             data_service.share_source(session, viewer.principal, source_id, user_id, _permission(form),
@@ -365,9 +360,7 @@ def unshare(request: Request, source_id: str = SourceId(), user_id: str = Path(m
             form: FormData = FORM):
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, SHARE_WRITE)
+            viewer = signed_in_to_change(request, session, form, SHARE_WRITE)
             data_service.unshare_source(session, viewer.principal, source_id, user_id,
                                         context=request_context(request))
     except TidegateError as exc:
@@ -380,9 +373,7 @@ def org_share(request: Request, source_id: str = SourceId(), form: FormData = FO
     enabled = form.get("enabled") == "on"
     try:
         with db(request) as session:
-            viewer = signed_in(request, session)
-            check_csrf(request, viewer, form)
-            require_scope(viewer, SHARE_WRITE)
+            viewer = signed_in_to_change(request, session, form, SHARE_WRITE)
             data_service.org_share(session, viewer.principal, source_id, enabled=enabled,
                                    permission=_permission(form), context=request_context(request))
     except TidegateError as exc:
