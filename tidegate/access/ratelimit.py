@@ -1,4 +1,6 @@
-"""Per-key request limits: a sliding window counter per key and minute.
+"""Request limits: a sliding window counter per key and minute, and one per person shared
+by all the keys they created (the organization's `user_rate_limit_per_minute`). A request
+counts against both, and is refused if either is full.
 
 The count a request is judged by is this minute's hits plus last minute's, weighted by how
 much of last minute is still inside the sliding 60 s (the `limits` library's "sliding
@@ -47,21 +49,34 @@ class LocalSlidingWindow:
     def hit(self, key: str, limit: int, now: float | None = None) -> float | None:
         """Count one request if `limit` allows it and return None; else return how many
         seconds until one would be allowed (nothing is counted)."""
+        refused = self.hit_all(((key, limit),), now)
+        return None if refused is None else refused[1]
+
+    def hit_all(self, counters: tuple[tuple[str, int], ...], now: float | None = None) -> tuple[int, float] | None:
+        """Count one request on every (key, limit) of `counters` if each allows it and return
+        None; else count nothing and return (position of the first full counter, seconds
+        until it would allow one). All or nothing, under one lock."""
         now = time.time() if now is None else now
         index = int(now // self.period)
         elapsed = now - index * self.period
         with self._lock:
-            window = self._windows.get(key)
-            if window is None or window[0] < index - 1:
-                window = self._windows[key] = [index, 0, 0]
-            elif window[0] == index - 1:
-                window[:] = [index, window[2], 0]
-            previous, current = window[1], window[2]
-            if previous * (self.period - elapsed) / self.period + current + 1 <= limit:
-                window[2] = current + 1
+            windows = []
+            for position, (key, limit) in enumerate(counters):
+                window = self._windows.get(key)
+                if window is None or window[0] < index - 1:
+                    window = self._windows[key] = [index, 0, 0]
+                elif window[0] == index - 1:
+                    window[:] = [index, window[2], 0]
+                previous, current = window[1], window[2]
+                if previous * (self.period - elapsed) / self.period + current + 1 > limit:
+                    break
+                windows.append(window)
+            else:
+                for window in windows:
+                    window[2] += 1
                 self._sweep_if_due()
                 return None
-        return self._retry_after(limit, previous, current, elapsed)
+        return position, self._retry_after(limit, previous, current, elapsed)
 
     def _retry_after(self, limit: int, previous: int, current: int, elapsed: float) -> float:
         if current + 1 <= limit:
@@ -98,15 +113,34 @@ def is_local(redis_url: str | None) -> bool:
     return not redis_url
 
 
-def enforce(redis_url: str | None, key_id: str, per_minute: int) -> None:
-    """Count a request of `key_id`, or refuse it: 429 with Retry-After; 503 if Redis is down."""
+def enforce(redis_url: str | None, key_id: str, per_minute: int,
+            owner_id: str | None = None, owner_per_minute: int | None = None) -> None:
+    """Count a request of `key_id` (and, given `owner_id`, of the person whose keys share
+    `owner_per_minute`), or refuse it: 429 with Retry-After; 503 if Redis is down."""
+    shared = owner_id is not None and owner_per_minute is not None
     if not redis_url:
-        wait = _local.hit(key_id, per_minute)
+        counters = ((key_id, per_minute), (USER_PREFIX + owner_id, owner_per_minute)) if shared \
+            else ((key_id, per_minute),)
+        refused = _local.hit_all(counters)
+        if refused is None:
+            return
+        by_owner, wait = refused[0] == 1, refused[1]
     else:
-        wait = _redis_wait(redis_url, key_id, per_minute)
-    if wait is None:
-        return
+        by_owner, wait = False, _redis_wait(redis_url, KEY_NAMESPACE, key_id, per_minute)
+        if wait is None and shared:
+            # Counted for the key already: a request the owner's ceiling refuses still uses
+            # its key's count (two Redis counters cannot be hit all-or-nothing in one trip).
+            by_owner, wait = True, _redis_wait(redis_url, USER_NAMESPACE, owner_id, owner_per_minute)
+        if wait is None:
+            return
     retry_after = max(1, math.ceil(wait))
+    if by_owner:
+        raise RateLimited(
+            "user_rate_limit_exceeded",
+            f"All API keys of this key's owner share a limit of {owner_per_minute} requests per minute; "
+            f"retry in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
     raise RateLimited(
         "rate_limit_exceeded",
         f"This key is limited to {per_minute} requests per minute; retry in {retry_after} s.",
@@ -114,13 +148,17 @@ def enforce(redis_url: str | None, key_id: str, per_minute: int) -> None:
     )
 
 
-def _redis_wait(redis_url: str, key_id: str, per_minute: int) -> float | None:
+KEY_NAMESPACE, USER_NAMESPACE = "tidegate-key", "tidegate-user"
+USER_PREFIX = "user:"  # in-memory counters: keep a person's apart from any key's
+
+
+def _redis_wait(redis_url: str, namespace: str, identifier: str, per_minute: int) -> float | None:
     limiter = _redis_limiter(redis_url)
     item = _per_minute(per_minute)
     try:
-        if limiter.hit(item, "tidegate-key", key_id):
+        if limiter.hit(item, namespace, identifier):
             return None
-        reset_at = limiter.get_window_stats(item, "tidegate-key", key_id).reset_time
+        reset_at = limiter.get_window_stats(item, namespace, identifier).reset_time
     except Exception as exc:  # the store is down: refuse rather than run unlimited
         raise LimiterUnavailable("rate_limiter_unavailable", "The rate limiter is unavailable; try again shortly.") from exc
     return reset_at - time.time()

@@ -98,10 +98,12 @@ async def authenticated(request: Request) -> Principal:
     request_state["user_agent"] = request.headers.get("user-agent")
     check_ip(key, ip)
     _refuse_nul_in_url(request)
+    limits = (settings.redis_url, key.key_id, key.rate_limit_per_minute, key.owner_id,
+              key.owner_rate_limit_per_minute)  # the key's own, and its owner's shared by all their keys
     if ratelimit.is_local(settings.redis_url):
-        ratelimit.enforce(settings.redis_url, key.key_id, key.rate_limit_per_minute)
+        ratelimit.enforce(*limits)
     else:  # a network round trip: not on the event loop
-        await run_in_threadpool(ratelimit.enforce, settings.redis_url, key.key_id, key.rate_limit_per_minute)
+        await run_in_threadpool(ratelimit.enforce, *limits)
     request_state["principal"] = principal
     return principal
 

@@ -64,6 +64,7 @@ def key_view(key: ApiKey) -> dict:
         "source_scope": key.source_scope,
         "access_policy_ids": key.access_policy_ids,
         "ip_allowlist": key.ip_allowlist,
+        "parent_key_id": key.parent_key_id,
     }
 
 

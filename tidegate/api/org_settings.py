@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictInt
 from sqlalchemy.orm import Session
 
 from tidegate.access import policies
@@ -21,6 +21,8 @@ class SettingsUpdate(BaseModel):
 
     api_key_creation_enabled: bool | None = None
     deny_by_default: bool | None = None
+    max_keys_per_user: StrictInt | None = None
+    user_rate_limit_per_minute: StrictInt | None = None
 
 
 def settings_view(org: Organization) -> dict:
@@ -29,6 +31,8 @@ def settings_view(org: Organization) -> dict:
         "name": org.name,
         "api_key_creation_enabled": org.api_key_creation_enabled,
         "deny_by_default": org.deny_by_default,
+        "max_keys_per_user": org.max_keys_per_user,
+        "user_rate_limit_per_minute": org.user_rate_limit_per_minute,
     }
 
 
@@ -43,7 +47,8 @@ def update_settings(body: SettingsUpdate, request: Request,
     org = service.get_org(session, principal.org_id)
     context = request_context(request)
     service.update_settings(session, principal, org, api_key_creation_enabled=body.api_key_creation_enabled,
-                            context=context)
+                            max_keys_per_user=body.max_keys_per_user,
+                            user_rate_limit_per_minute=body.user_rate_limit_per_minute, context=context)
     if body.deny_by_default is not None:
         policies.set_deny_by_default(session, principal, org, body.deny_by_default, context=context)
     return settings_view(org)

@@ -276,6 +276,7 @@ def keys_create(
     preset: str | None = typer.Option(None, "--preset", help=" or ".join(PRESETS)),
     scopes: str | None = typer.Option(None, "--scopes", help="Comma-separated scopes."),
     expires_in_days: int | None = typer.Option(None, "--expires-in-days"),
+    rate_limit_per_minute: int | None = typer.Option(None, "--rate-limit-per-minute"),
     as_json: bool = JsonOpt,
 ):
     """Create a key on behalf of a user; refused wherever the API would refuse that user."""
@@ -289,7 +290,8 @@ def keys_create(
         scope_list = requested_scopes(scope_list, preset, owner.role)
         created = keys_service.create_key(
             session, principal,
-            keys_service.KeyRequest(name=name, scopes=scope_list, expires_in_days=expires_in_days),
+            keys_service.KeyRequest(name=name, scopes=scope_list, expires_in_days=expires_in_days,
+                                    rate_limit_per_minute=rate_limit_per_minute),
             pepper=settings.pepper, via="cli",
         )
         payload = {**_key_payload(created.key), "secret": created.secret}
@@ -325,17 +327,25 @@ def keys_revoke(key_id: str, org: str = typer.Option(..., "--org"), as_json: boo
 def org_settings(
     org: str = typer.Option(..., "--org"),
     api_key_creation: str | None = typer.Option(None, "--api-key-creation", help="on or off"),
+    max_keys_per_user: int | None = typer.Option(None, "--max-keys-per-user",
+                                                 help="Active keys one person may hold."),
+    user_rate_limit_per_minute: int | None = typer.Option(
+        None, "--user-rate-limit-per-minute", help="Requests per minute shared by all of one person's keys."),
     as_json: bool = JsonOpt,
 ):
     """Show, or change, the organization's admin controls."""
     with database(as_json) as (_, session):
         organization = orgs.find_org(session, org)
-        if api_key_creation is not None:
-            if api_key_creation not in ("on", "off"):
-                raise InvalidRequest("invalid_value", "--api-key-creation takes on or off.")
-            orgs.update_settings(session, None, organization, api_key_creation_enabled=api_key_creation == "on")
+        if api_key_creation is not None and api_key_creation not in ("on", "off"):
+            raise InvalidRequest("invalid_value", "--api-key-creation takes on or off.")
+        orgs.update_settings(session, None, organization,
+                             api_key_creation_enabled=None if api_key_creation is None else api_key_creation == "on",
+                             max_keys_per_user=max_keys_per_user,
+                             user_rate_limit_per_minute=user_rate_limit_per_minute)
         payload = {"org_id": organization.id, "name": organization.name,
-                   "api_key_creation_enabled": organization.api_key_creation_enabled}
+                   "api_key_creation_enabled": organization.api_key_creation_enabled,
+                   "max_keys_per_user": organization.max_keys_per_user,
+                   "user_rate_limit_per_minute": organization.user_rate_limit_per_minute}
     emit(as_json, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
 
 

@@ -48,15 +48,18 @@ class KeyState:
     owner_role: str | None
     owner_active: bool
     access_epoch: int | None
+    # The organization's ceiling shared by all of the owner's keys (None: not read).
+    owner_rate_limit_per_minute: int | None = None
 
     @classmethod
-    def of(cls, key: ApiKey, owner: User | None, access_epoch: int | None) -> "KeyState":
+    def of(cls, key: ApiKey, owner: User | None, access_epoch: int | None,
+           owner_rate_limit_per_minute: int | None = None) -> "KeyState":
         return cls(
             key_id=key.id, org_id=key.org_id, scopes=tuple(key.scopes or ()), revoked_at=key.revoked_at,
             expires_at=key.expires_at, ip_allowlist=tuple(key.ip_allowlist or ()),
             rate_limit_per_minute=key.rate_limit_per_minute, owner_id=key.created_by,
             owner_role=owner.role if owner else None, owner_active=bool(owner and owner.is_active),
-            access_epoch=access_epoch,
+            access_epoch=access_epoch, owner_rate_limit_per_minute=owner_rate_limit_per_minute,
         )
 
 
@@ -83,7 +86,7 @@ def digest_of(pepper: bytes, token: str, tenant_id: str | None) -> str:
 def load_key_state(session: Session, digest: str) -> KeyState | None:
     """The key stored under `digest` with its creator, whatever its state; one query."""
     row = session.execute(
-        select(ApiKey, User, Organization.access_epoch)
+        select(ApiKey, User, Organization.access_epoch, Organization.user_rate_limit_per_minute)
         .outerjoin(User, User.id == ApiKey.created_by)
         .join(Organization, Organization.id == ApiKey.org_id)
         .where(ApiKey.secret_hash == digest)

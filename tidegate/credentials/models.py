@@ -12,7 +12,7 @@ from tidegate.db.base import Base, UtcDateTime, utcnow
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
-    __table_args__ = (Index(None, "org_id", "id"), Index(None, "created_by"))
+    __table_args__ = (Index(None, "org_id", "id"), Index(None, "created_by"), Index(None, "parent_key_id"))
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
@@ -33,6 +33,9 @@ class ApiKey(Base):
     source_scope: Mapped[dict | None] = mapped_column(JSON)
     access_policy_ids: Mapped[list[str] | None] = mapped_column(JSON)
     bound_user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
+    # The key whose request created this one (None: made by a person, in the web UI or CLI).
+    # A child never exceeds its parent, and revoking the parent revokes it.
+    parent_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
 
     def status_at(self, now: datetime) -> str:
         return key_status(self.revoked_at, self.expires_at, now)

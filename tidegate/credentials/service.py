@@ -6,18 +6,19 @@ import ipaddress
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from tidegate.access.policies import validate_policy_ids
 from tidegate.access.principal import Principal
 from tidegate.access.scopes import expand, validate_scopes
 from tidegate.audit.record import RequestContext, record
+from tidegate.credentials.bounds import KeyTerms, bound_by_parent
 from tidegate.credentials.hashing import hash_secret
 from tidegate.credentials.keyformat import display_prefix, generate_key
 from tidegate.credentials.models import ApiKey
 from tidegate.db.base import utcnow
-from tidegate.errors import Forbidden, InvalidRequest, NotFound
+from tidegate.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from tidegate.ids import new_id
 from tidegate.orgs.models import Organization, User
 
@@ -85,8 +86,13 @@ def _check_source_scope(scope: dict | None) -> dict | None:
 
 def create_key(
     session: Session, creator: Principal, request: KeyRequest, *, pepper: bytes,
-    context: RequestContext | None = None, via: str = "api",
+    context: RequestContext | None = None, via: str = "api", parent: ApiKey | None = None,
+    replacing: ApiKey | None = None,
 ) -> CreatedKey:
+    """A new key of `creator`'s. When the request is authenticated by a key, that key is the
+    new key's parent: the new key is bounded by its whole restriction set (credentials.bounds)
+    and revoked with it. `parent` names one explicitly (rotation keeps a child a child);
+    `replacing` is a key retired in the same transaction (not counted against the limit)."""
     org = session.get(Organization, creator.org_id)
     if not org.api_key_creation_enabled:
         raise Forbidden("api_key_creation_disabled", "An admin has switched off API key creation for this organization.")
@@ -100,8 +106,47 @@ def create_key(
             "insufficient_scope",
             f"You cannot grant scope(s) you do not hold: {', '.join(sorted(missing))}.",
         )
-    rate = request.rate_limit_per_minute if request.rate_limit_per_minute is not None else DEFAULT_RATE_LIMIT
-    if not 1 <= rate <= MAX_RATE_LIMIT:
+    terms = _check_terms(session, creator, request)
+    if parent is None and creator.key_id is not None:
+        parent = session.get(ApiKey, creator.key_id)
+    if parent is not None:
+        terms = bound_by_parent(parent, terms)
+    _lock_key_creation(session, creator.user_id)
+    _check_key_limit(session, org, creator.user_id, replacing)
+
+    secret = generate_key()
+    key = ApiKey(
+        id=new_id("key"),
+        org_id=creator.org_id,
+        name=name,
+        key_prefix=display_prefix(secret),
+        secret_hash=hash_secret(pepper, secret),
+        scopes=scopes,
+        created_by=creator.user_id,
+        created_at=utcnow(),
+        expires_at=terms.expires_at,
+        rate_limit_per_minute=terms.rate_limit_per_minute or DEFAULT_RATE_LIMIT,
+        ip_allowlist=terms.ip_allowlist,
+        source_scope=terms.source_scope,
+        access_policy_ids=terms.access_policy_ids,
+        bound_user_id=terms.bound_user_id,
+        parent_key_id=parent.id if parent is not None else None,
+    )
+    session.add(key)
+    session.flush()
+    details = {"name": name, "scopes": scopes, "key_prefix": key.key_prefix, "via": via,
+               "expires_at": key.expires_at.isoformat() if key.expires_at else None}
+    if parent is not None:
+        details["parent_key_id"] = parent.id
+    record(session, creator, "api_key.created", org_id=creator.org_id, target_type="api_key", target_id=key.id,
+           details=details, context=context)
+    return CreatedKey(key=key, secret=secret)
+
+
+def _check_terms(session: Session, creator: Principal, request: KeyRequest) -> KeyTerms:
+    """The request's restrictions, validated (400 on bad input); omitted ones stay None."""
+    rate = request.rate_limit_per_minute
+    if rate is not None and not 1 <= rate <= MAX_RATE_LIMIT:
         raise InvalidRequest("invalid_rate_limit", f"rate_limit_per_minute must be between 1 and {MAX_RATE_LIMIT}.")
     expires_at = None
     if request.expires_in_days is not None:
@@ -119,31 +164,50 @@ def create_key(
         # Every id must name a policy of this organization now; a key's own policies can
         # only narrow what it reads, and an unknown id would silently deny everything.
         policy_ids = sorted(set(validate_policy_ids(session, creator.org_id, request.access_policy_ids)))
-
-    secret = generate_key()
-    key = ApiKey(
-        id=new_id("key"),
-        org_id=creator.org_id,
-        name=name,
-        key_prefix=display_prefix(secret),
-        secret_hash=hash_secret(pepper, secret),
-        scopes=scopes,
-        created_by=creator.user_id,
-        created_at=utcnow(),
-        expires_at=expires_at,
+    return KeyTerms(
         rate_limit_per_minute=rate,
+        expires_at=expires_at,
         ip_allowlist=_check_ip_allowlist(request.ip_allowlist),
         source_scope=_check_source_scope(request.source_scope),
         access_policy_ids=policy_ids,
         bound_user_id=bound_user_id,
     )
-    session.add(key)
-    session.flush()
-    record(session, creator, "api_key.created", org_id=creator.org_id, target_type="api_key", target_id=key.id,
-           details={"name": name, "scopes": scopes, "key_prefix": key.key_prefix, "via": via,
-                    "expires_at": expires_at.isoformat() if expires_at else None},
-           context=context)
-    return CreatedKey(key=key, secret=secret)
+
+
+def _lock_key_creation(session: Session, user_id: str) -> None:
+    """Serialise key creation per user until commit, so that counting a user's keys and
+    adding one is atomic (two concurrent requests cannot both take the last slot)."""
+    if session.get_bind().dialect.name == "sqlite":
+        # A write takes SQLite's single writer lock now (the driver opens the transaction
+        # at the first write): the count below then sees every committed key, and no other
+        # writer can add one before this transaction ends.
+        session.execute(text("UPDATE users SET is_active = is_active WHERE id = :id"), {"id": user_id})
+    else:
+        # FOR NO KEY UPDATE: blocks a concurrent creation for the same user, not inserts
+        # that merely reference the user row.
+        session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
+
+
+def active_key_count(session: Session, user_id: str, *, excluding: str | None = None) -> int:
+    now = utcnow()
+    query = select(func.count()).select_from(ApiKey).where(
+        ApiKey.created_by == user_id, ApiKey.revoked_at.is_(None),
+        or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+    )
+    if excluding is not None:
+        query = query.where(ApiKey.id != excluding)
+    return session.scalar(query) or 0
+
+
+def _check_key_limit(session: Session, org: Organization, user_id: str, replacing: ApiKey | None) -> None:
+    limit = org.max_keys_per_user
+    held = active_key_count(session, user_id, excluding=replacing.id if replacing is not None else None)
+    if held >= limit:
+        raise Conflict(
+            "key_limit_reached",
+            f"This user already holds {held} active API keys, the organization's limit (max_keys_per_user "
+            f"{limit}); revoke one first.",
+        )
 
 
 def _visible_keys(principal: Principal):
@@ -200,13 +264,41 @@ def rename_key(session: Session, principal: Principal, key: ApiKey, name: str, *
 
 def revoke_key(session: Session, principal: Principal | None, key: ApiKey, *,
                context: RequestContext | None = None, via: str = "api") -> ApiKey:
-    """Idempotent: revoking a revoked key changes nothing and records nothing."""
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        key.revoked_by = principal.user_id if principal else None
-        record(session, principal, "api_key.revoked", org_id=key.org_id, target_type="api_key", target_id=key.id,
-               details={"name": key.name, "key_prefix": key.key_prefix, "via": via}, context=context)
+    """Revoke `key` and every key descended from it (the keys it minted, theirs, ...), each
+    with its own audit event. Idempotent: nothing already revoked is changed or recorded."""
+    now = utcnow()
+    _revoke_one(session, principal, key, now, {"via": via}, context)
+    for child in descendants(session, key):
+        _revoke_one(session, principal, child, now,
+                    {"via": via, "reason": "parent_revoked", "parent_key_id": child.parent_key_id,
+                     "revoked_with": key.id}, context)
     return key
+
+
+def _revoke_one(session: Session, principal: Principal | None, key: ApiKey, now, details: dict,
+                context: RequestContext | None) -> None:
+    if key.revoked_at is not None:
+        return
+    key.revoked_at = now
+    key.revoked_by = principal.user_id if principal else None
+    record(session, principal, "api_key.revoked", org_id=key.org_id, target_type="api_key", target_id=key.id,
+           details={"name": key.name, "key_prefix": key.key_prefix, **details}, context=context)
+
+
+def descendants(session: Session, key: ApiKey) -> list[ApiKey]:
+    """Every key minted by `key`, directly or through its children, parents before children."""
+    found: list[ApiKey] = []
+    seen = {key.id}
+    frontier = [key.id]
+    while frontier:
+        children = list(session.scalars(
+            select(ApiKey).where(ApiKey.parent_key_id.in_(frontier), ApiKey.org_id == key.org_id).order_by(ApiKey.id)
+        ))
+        children = [c for c in children if c.id not in seen]
+        seen.update(c.id for c in children)
+        found.extend(children)
+        frontier = [c.id for c in children]
+    return found
 
 
 MAX_ROTATION_GRACE = timedelta(days=30)
@@ -235,6 +327,12 @@ def rotate_key(
     lifetime_days = None
     if key.expires_at is not None:
         lifetime_days = max(1, min(MAX_EXPIRY_DAYS, round((key.expires_at - key.created_at) / timedelta(days=1))))
+    # A child key's replacement is still its parent's child: bounded by it (an expiry past
+    # the parent's becomes the parent's) and revoked with it.
+    parent = session.get(ApiKey, key.parent_key_id) if key.parent_key_id else None
+    if (parent is not None and parent.expires_at is not None and lifetime_days is not None
+            and now + timedelta(days=lifetime_days) > parent.expires_at):
+        lifetime_days = None
     created = create_key(
         session, principal,
         KeyRequest(
@@ -247,7 +345,8 @@ def rotate_key(
             access_policy_ids=list(key.access_policy_ids) if key.access_policy_ids is not None else None,
             bound_user_id=key.bound_user_id,
         ),
-        pepper=pepper, context=context, via=via,
+        pepper=pepper, context=context, via=via, parent=parent,
+        replacing=key if grace == timedelta(0) else None,
     )
     record(session, principal, "api_key.rotated", org_id=key.org_id, target_type="api_key", target_id=key.id,
            details={"name": key.name, "key_prefix": key.key_prefix, "replacement_key_id": created.key.id,
@@ -257,12 +356,22 @@ def rotate_key(
         revoke_key(session, principal, key, context=context, via=via)
     else:
         retire_at = now + grace
-        if key.expires_at is None or retire_at < key.expires_at:
-            old = key.expires_at
-            key.expires_at = retire_at
-            record(session, principal, "api_key.expiry_scheduled", org_id=key.org_id, target_type="api_key",
-                   target_id=key.id,
-                   details={"old": old.isoformat() if old else None, "new": retire_at.isoformat(),
-                            "reason": "rotation", "via": via},
-                   context=context)
+        _expire_by(session, principal, key, retire_at, "rotation", via, context)
+        # The keys it minted may not outlive it (a child's expiry is never later than its parent's).
+        for child in descendants(session, key):
+            _expire_by(session, principal, child, retire_at, "parent_rotation", via, context)
     return created
+
+
+def _expire_by(session: Session, principal: Principal, key: ApiKey, retire_at, reason: str, via: str,
+               context: RequestContext | None) -> None:
+    """Bring `key`'s expiry forward to `retire_at` (never later than it already was)."""
+    if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= retire_at):
+        return
+    old = key.expires_at
+    key.expires_at = retire_at
+    record(session, principal, "api_key.expiry_scheduled", org_id=key.org_id, target_type="api_key",
+           target_id=key.id,
+           details={"old": old.isoformat() if old else None, "new": retire_at.isoformat(),
+                    "reason": reason, "via": via},
+           context=context)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tidegate.db.base import Base, UtcDateTime, utcnow
@@ -24,6 +24,10 @@ class Organization(Base):
     access_epoch: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Row-level security: users to whom no access policy applies see no rows (off: all rows).
     deny_by_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What one person can hold: active keys they created, and one request rate shared by
+    # all of them (on top of each key's own limit).
+    max_keys_per_user: Mapped[int] = mapped_column(Integer, default=100, server_default="100")
+    user_rate_limit_per_minute: Mapped[int] = mapped_column(Integer, default=100_000, server_default="100000")
 
 
 class User(Base):

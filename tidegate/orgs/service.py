@@ -232,12 +232,41 @@ def unlink_external_id(session: Session, actor: Principal, org_id: str, external
     return user
 
 
+MAX_KEYS_PER_USER = 100_000
+MAX_USER_RATE_LIMIT = 100_000_000
+
+
+def check_max_keys_per_user(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_KEYS_PER_USER:
+        raise InvalidRequest("invalid_max_keys_per_user",
+                             f"max_keys_per_user must be a whole number between 1 and {MAX_KEYS_PER_USER:,}.")
+    return value
+
+
+def check_user_rate_limit(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_USER_RATE_LIMIT:
+        raise InvalidRequest("invalid_user_rate_limit",
+                             f"user_rate_limit_per_minute must be a whole number between 1 and "
+                             f"{MAX_USER_RATE_LIMIT:,}.")
+    return value
+
+
 def update_settings(session: Session, actor: Principal | None, org: Organization, *,
-                    api_key_creation_enabled: bool | None, context: RequestContext | None = None) -> Organization:
+                    api_key_creation_enabled: bool | None, max_keys_per_user: int | None = None,
+                    user_rate_limit_per_minute: int | None = None,
+                    context: RequestContext | None = None) -> Organization:
+    """Validates everything before changing anything: a refused update changes nothing."""
+    if max_keys_per_user is not None:
+        check_max_keys_per_user(max_keys_per_user)
+    if user_rate_limit_per_minute is not None:
+        check_user_rate_limit(user_rate_limit_per_minute)
     changes = {}
-    if api_key_creation_enabled is not None and api_key_creation_enabled != org.api_key_creation_enabled:
-        changes["api_key_creation_enabled"] = {"old": org.api_key_creation_enabled, "new": api_key_creation_enabled}
-        org.api_key_creation_enabled = api_key_creation_enabled
+    for field, value in (("api_key_creation_enabled", api_key_creation_enabled),
+                         ("max_keys_per_user", max_keys_per_user),
+                         ("user_rate_limit_per_minute", user_rate_limit_per_minute)):
+        if value is not None and value != getattr(org, field):
+            changes[field] = {"old": getattr(org, field), "new": value}
+            setattr(org, field, value)
     if changes:
         record(session, actor, "org.settings_updated", org_id=org.id, target_type="organization",
                target_id=org.id, details=changes, context=context)

@@ -1,18 +1,22 @@
-"""Settings > Security (admins). Admin Controls: switch API key creation on or off, and
-deny-by-default for access policies.
+"""Settings > Security (admins). Admin Controls: switch API key creation on or off,
+deny-by-default for access policies, and what one person can hold (active keys, and the
+request rate all their keys share).
 
 Access policies and groups have their own sub-pages (tidegate.web.policies).
 """
 
 from __future__ import annotations
 
+import re
+
 from fastapi import Query, Request
 from starlette.datastructures import FormData
 
 from tidegate.access import policies
 from tidegate.api.deps import request_context
+from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.orgs import service
-from tidegate.web.common import FORM, db, router, signed_in, signed_in_to_change
+from tidegate.web.common import FORM, db, router, signed_in, signed_in_to_change, text
 from tidegate.web.render import page, redirect
 
 READ = "admin:org:read"
@@ -20,26 +24,57 @@ WRITE = "admin:org:write"
 NOTICES = {"saved": "Admin controls saved."}
 
 
+def _context(org, viewer, notice: str | None = None, error: str | None = None, typed: dict | None = None) -> dict:
+    return {"title": "Admin Controls", "creation_enabled": org.api_key_creation_enabled,
+            "deny_by_default": bool(org.deny_by_default),
+            "max_keys_per_user": (typed or {}).get("max_keys_per_user", org.max_keys_per_user),
+            "user_rate_limit_per_minute": (typed or {}).get("user_rate_limit_per_minute",
+                                                            org.user_rate_limit_per_minute),
+            "can_write": viewer.can(WRITE), "notice": NOTICES.get(notice or ""), "error": error}
+
+
 @router.get("/settings/security")
 def security_page(request: Request, notice: str | None = Query(None, max_length=40)):
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         org = service.get_org(session, viewer.org.id)
-        context = {"title": "Admin Controls", "creation_enabled": org.api_key_creation_enabled,
-                   "deny_by_default": bool(org.deny_by_default),
-                   "can_write": viewer.can(WRITE), "notice": NOTICES.get(notice or "")}
+        context = _context(org, viewer, notice)
     return page(request, "security.html", context, viewer=viewer)
+
+
+def _whole_number(form: FormData, name: str, invalid_code: str) -> int | None:
+    """A whole number field; empty (or absent) leaves the setting as it is."""
+    value = text(form, name, 20).replace(",", "").replace("_", "")
+    if not value:
+        return None
+    if not re.fullmatch(r"\d{1,12}", value):
+        raise InvalidRequest(invalid_code, f"{name} must be a whole number.")
+    return int(value)
 
 
 @router.post("/settings/security/admin-controls")
 def save_admin_controls(request: Request, form: FormData = FORM):
-    with db(request) as session:
-        viewer = signed_in_to_change(request, session, form, WRITE)
-        org = service.get_org(session, viewer.org.id)
-        context = request_context(request)
-        service.update_settings(session, viewer.principal, org,
-                                api_key_creation_enabled=form.get("api_key_creation_enabled") == "on",
-                                context=context)
-        policies.set_deny_by_default(session, viewer.principal, org, form.get("deny_by_default") == "on",
-                                     context=context)
+    typed = {"max_keys_per_user": text(form, "max_keys_per_user", 20),
+             "user_rate_limit_per_minute": text(form, "user_rate_limit_per_minute", 20)}
+    try:
+        with db(request) as session:
+            viewer = signed_in_to_change(request, session, form, WRITE)
+            org = service.get_org(session, viewer.org.id)
+            context = request_context(request)
+            service.update_settings(
+                session, viewer.principal, org,
+                api_key_creation_enabled=form.get("api_key_creation_enabled") == "on",
+                max_keys_per_user=_whole_number(form, "max_keys_per_user", "invalid_max_keys_per_user"),
+                user_rate_limit_per_minute=_whole_number(form, "user_rate_limit_per_minute",
+                                                         "invalid_user_rate_limit"),
+                context=context)
+            policies.set_deny_by_default(session, viewer.principal, org, form.get("deny_by_default") == "on",
+                                         context=context)
+    except TidegateError as exc:
+        # Nothing was saved (the transaction rolled back): show the form as typed, and why.
+        with db(request) as session:
+            viewer = signed_in(request, session, READ)
+            org = service.get_org(session, viewer.org.id)
+            page_context = _context(org, viewer, error=exc.message, typed=typed)
+        return page(request, "security.html", page_context, viewer=viewer, status=exc.status)
     return redirect("/settings/security?notice=saved")
