@@ -97,7 +97,10 @@ def test_valid_options_are_stored(client, org):
     other = org.add_user("bound@example.com")
     policy = client.post("/api/v1/access/policies", json={"name": "eu", "row_filters": [{"column": "region", "values": ["EU"]}]},
                          headers=org.headers()).json()["id"]
-    r = create(client, org, scopes=["data:read"], rate_limit_per_minute=10_000, ip_allowlist=["10.1.2.3", "10.0.0.0/8"],
+    # Asked by a key with the highest rate limit: a child may not exceed its parent's.
+    fast = org.key_for(org.admin_id, rate_limit_per_minute=10_000)
+    r = create(client, org, fast, scopes=["data:read"], rate_limit_per_minute=10_000,
+               ip_allowlist=["10.1.2.3", "10.0.0.0/8"],
                source_scope={"mode": "selected", "source_ids": ["src_b", "src_a"]}, access_policy_ids=[policy],
                bound_user_id=other)
     assert r.status_code == 201, r.text
