@@ -49,34 +49,40 @@ class LocalSlidingWindow:
     def hit(self, key: str, limit: int, now: float | None = None) -> float | None:
         """Count one request if `limit` allows it and return None; else return how many
         seconds until one would be allowed (nothing is counted)."""
-        refused = self.hit_all(((key, limit),), now)
+        refused = self.hit_pair(key, limit, None, 0, now)
         return None if refused is None else refused[1]
 
-    def hit_all(self, counters: tuple[tuple[str, int], ...], now: float | None = None) -> tuple[int, float] | None:
-        """Count one request on every (key, limit) of `counters` if each allows it and return
-        None; else count nothing and return (position of the first full counter, seconds
-        until it would allow one). All or nothing, under one lock."""
+    def hit_pair(self, key: str, limit: int, other: str | None, other_limit: int,
+                 now: float | None = None) -> tuple[int, float] | None:
+        """Count one request on `key` and (unless None) `other`, if both limits allow it, and
+        return None; else count nothing and return (0 if `key` is full, 1 if `other` is;
+        seconds until it would allow one). All or nothing, under one lock."""
         now = time.time() if now is None else now
         index = int(now // self.period)
         elapsed = now - index * self.period
         with self._lock:
-            windows = []
-            for position, (key, limit) in enumerate(counters):
-                window = self._windows.get(key)
-                if window is None or window[0] < index - 1:
-                    window = self._windows[key] = [index, 0, 0]
-                elif window[0] == index - 1:
-                    window[:] = [index, window[2], 0]
-                previous, current = window[1], window[2]
-                if previous * (self.period - elapsed) / self.period + current + 1 > limit:
-                    break
-                windows.append(window)
-            else:
-                for window in windows:
-                    window[2] += 1
-                self._sweep_if_due()
-                return None
-        return position, self._retry_after(limit, previous, current, elapsed)
+            window = self._window(key, index)
+            previous, current = window[1], window[2]
+            if previous * (self.period - elapsed) / self.period + current + 1 > limit:
+                return 0, self._retry_after(limit, previous, current, elapsed)
+            if other is not None:
+                shared = self._window(other, index)
+                previous, current = shared[1], shared[2]
+                if previous * (self.period - elapsed) / self.period + current + 1 > other_limit:
+                    return 1, self._retry_after(other_limit, previous, current, elapsed)
+                shared[2] = current + 1
+            window[2] += 1
+            self._sweep_if_due()
+            return None
+
+    def _window(self, key: str, index: int) -> list:
+        """[window index, previous count, current count] of `key`, moved to window `index`."""
+        window = self._windows.get(key)
+        if window is None or window[0] < index - 1:
+            window = self._windows[key] = [index, 0, 0]
+        elif window[0] == index - 1:
+            window[:] = [index, window[2], 0]
+        return window
 
     def _retry_after(self, limit: int, previous: int, current: int, elapsed: float) -> float:
         if current + 1 <= limit:
@@ -119,9 +125,8 @@ def enforce(redis_url: str | None, key_id: str, per_minute: int,
     `owner_per_minute`), or refuse it: 429 with Retry-After; 503 if Redis is down."""
     shared = owner_id is not None and owner_per_minute is not None
     if not redis_url:
-        counters = ((key_id, per_minute), (USER_PREFIX + owner_id, owner_per_minute)) if shared \
-            else ((key_id, per_minute),)
-        refused = _local.hit_all(counters)
+        refused = _local.hit_pair(key_id, per_minute, USER_PREFIX + owner_id if shared else None,
+                                  owner_per_minute or 0)
         if refused is None:
             return
         by_owner, wait = refused[0] == 1, refused[1]
