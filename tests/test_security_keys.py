@@ -507,3 +507,34 @@ def test_rotation_grace_shortens_the_childrens_expiry(client, org, world):
     assert expires <= datetime.now(timezone.utc) + timedelta(hours=1, minutes=1)
     (event,) = events(org, "api_key.expiry_scheduled", child["id"])
     assert event.details["reason"] == "parent_rotation"
+
+
+def test_web_revoke_cascades(settings):
+    from tidegate.access.principal import Principal
+    from tidegate.credentials import service
+
+    email, password = f"webr-{uuid.uuid4().hex[:8]}@example.com", "web-password-" + uuid.uuid4().hex[:8]
+    with session_scope(settings.database_url) as session:
+        created = orgs.create_organization(session, f"webr-{uuid.uuid4().hex[:8]}", email, password)
+        org_id, admin = created.org.id, created.admin
+        parent = service.create_key(session, Principal.for_user(org_id, admin.id, admin.role),
+                                    service.KeyRequest(name="parent", scopes=["admin:keys:manage", "data:read"]),
+                                    pepper=settings.pepper)
+        parent_id, parent_secret = parent.key.id, parent.secret
+    with TestClient(create_app(settings), base_url="http://127.0.0.1", client=("127.0.0.1", 50000)) as web:
+        api = {"Authorization": f"Bearer {parent_secret}", "X-Tenant-ID": org_id}
+        child = web.post("/api/v1/keys", json={"name": "child", "scopes": ["data:read"]}, headers=api).json()
+        child_headers = {"Authorization": f"Bearer {child['secret']}", "X-Tenant-ID": org_id}
+        assert web.get("/api/v1/sources", headers=child_headers).status_code == 200
+        _sign_in(web, email, password)
+        confirm = web.get(f"/settings/api-keys/{parent_id}/revoke")
+        assert "also revokes the 1 active key" in confirm.text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', confirm.text).group(1)
+        done = web.post(f"/settings/api-keys/{parent_id}/revoke", data={"csrf_token": token}, follow_redirects=False)
+        assert done.status_code in (302, 303)
+        r = web.get("/api/v1/sources", headers=child_headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "api_key_revoked"
+    with session_scope(settings.database_url) as session:
+        event = session.scalar(select(AuditEvent).where(AuditEvent.action == "api_key.revoked",
+                                                        AuditEvent.target_id == child["id"]))
+        assert event.details["via"] == "web" and event.details["reason"] == "parent_revoked"

@@ -224,9 +224,12 @@ def _get_key(session, viewer: Viewer, key_id: str) -> ApiKey:
 def revoke_confirm(request: Request, key_id: str = KeyId()):
     with db(request) as session:
         viewer = signed_in(request, session, MANAGE)
-        key = _key_rows(session, viewer, [_get_key(session, viewer, key_id)])[0]
+        stored = _get_key(session, viewer, key_id)
+        key = _key_rows(session, viewer, [stored])[0]
+        now = utcnow()
+        minted = sum(1 for k in service.descendants(session, stored) if k.status_at(now) == "active")
     return page(request, "key_action.html", {"title": "Revoke API key", "action": "revoke", "key": key,
-                                              "grace_periods": GRACE_PERIODS}, viewer=viewer,
+                                              "minted": minted, "grace_periods": GRACE_PERIODS}, viewer=viewer,
                 current="/settings/api-keys")
 
 
