@@ -41,5 +41,9 @@ def test_upgrade_keeps_existing_data(tmp_path):
         row = connection.execute(text("SELECT name, deny_by_default, access_epoch FROM organizations")).one()
         assert tuple(row) == ("Old", 0, 0)
         assert connection.execute(text("SELECT count(*) FROM api_keys WHERE created_by = 'user_1'")).scalar() == 1
+        # 0007: existing organizations get the default per-user bounds; existing keys have no parent.
+        row = connection.execute(text("SELECT max_keys_per_user, user_rate_limit_per_minute FROM organizations")).one()
+        assert tuple(row) == (100, 100_000)
+        assert connection.execute(text("SELECT parent_key_id FROM api_keys")).scalar() is None
         leftovers = connection.execute(text("SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp%'")).all()
         assert leftovers == []
