@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from tidegate import jsonfmt
+from tidegate import jsonfmt, spreadsheet
 from tidegate.access.rowfilter import RowFilter
 from tidegate.caching import LRUCache, require_immutable
 from tidegate.data import ingest, sandbox, storage
@@ -498,21 +498,28 @@ def _batches(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> 
         cursor.close()
 
 
-def stream_csv(version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 65_536) -> Iterator[bytes]:
-    """The filtered rows as CSV (header first), in chunks, never all in memory at once."""
+def stream_csv(version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 65_536,
+               raw: bool = False) -> Iterator[bytes]:
+    """The filtered rows as CSV (header first), in chunks, never all in memory at once.
+
+    Text cells (and column names) a spreadsheet would run as formulas get a leading quote
+    (`spreadsheet.neutralize_batch`); `raw` writes them verbatim, for scripts.
+    """
     _check_filter(row_filter)
     compile_filter(version, row_filter)
-    return _csv_chunks(version, row_filter, batch_rows)
+    return _csv_chunks(version, row_filter, batch_rows, raw)
 
 
-def _csv_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> Iterator[bytes]:
+def _csv_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: int, raw: bool) -> Iterator[bytes]:
     schema = ingest.schema_for(version.columns)
+    if not raw:
+        schema = spreadsheet.neutralize_schema(schema)
     sink = io.BytesIO()
     writer = pacsv.CSVWriter(sink, schema)
     try:
         wrote = False
         for batch in _batches(version, row_filter, batch_rows):
-            writer.write_batch(batch)
+            writer.write_batch(batch if raw else spreadsheet.neutralize_batch(batch, schema))
             wrote = True
             if chunk := _drain(sink):
                 yield chunk
