@@ -33,9 +33,9 @@ import re
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -203,9 +203,9 @@ def _ctes_in_scope(node: exp.Expression) -> set[str]:
         with_clause = current.args.get("with_") or current.args.get("with")  # key name varies by version
         if isinstance(with_clause, exp.With):
             ctes = list(with_clause.expressions)
-            if len(path) >= 2 and path[-1] is with_clause and path[-2] in ctes:
-                cte = path[-2]
-                index = next(i for i, c in enumerate(ctes) if c is cte)
+            index = next((i for i, c in enumerate(ctes) if len(path) >= 2 and c is path[-2]), None)
+            if path[-1] is with_clause and index is not None:
+                cte = ctes[index]
                 names.update(c.alias_or_name.lower() for c in ctes[:index])
                 body = cte.this
                 if (with_clause.args.get("recursive") and isinstance(body, exp.Union) and len(path) >= 4
