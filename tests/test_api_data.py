@@ -206,11 +206,13 @@ def test_openapi_still_documents_the_data_read_parameters(client):
     for path in ("/api/v1/sources/{source_id}/data", "/api/v1/data/sources/{source_id}/data"):
         operation = spec["paths"][path]["get"]
         params = {(p["name"], p["in"]): p for p in operation["parameters"]}
-        assert set(params) == {("source_id", "path"), ("page", "query"), ("page_size", "query"), ("format", "query")}
+        assert set(params) == {("source_id", "path"), ("page", "query"), ("page_size", "query"), ("format", "query"),
+                               ("raw", "query")}
         assert params["source_id", "path"]["required"] is True
         assert params["page", "query"]["schema"]["type"] == "integer" and params["page", "query"]["schema"]["minimum"] == 1
         assert params["page_size", "query"]["schema"]["maximum"] == 10_000
         assert params["format", "query"]["schema"]["enum"] == ["json", "csv", "parquet"]
+        assert params["raw", "query"]["schema"]["enum"] == ["0", "1"]  # CSV formula neutralization opt-out
         assert not any(p["required"] for (_, where), p in params.items() if where == "query")
 
 

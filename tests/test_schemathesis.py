@@ -204,7 +204,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
 
 def check_response(case, response) -> None:
     curl = case.as_curl_command(headers=CURRENT["world"].headers)
-    where = f"{case.operation.label}\n{curl}\n-> {response.status_code} {response.text[:2000]}"
+    where = f"{case.operation.label}\n{curl}\n-> {response.status_code} {response.text_lossy()[:2000]}"  # a body may be Parquet
     assert response.status_code < 500, f"server error\n{where}"
     assert response.headers.get("x-request-id"), f"no X-Request-ID\n{where}"
     if 400 <= response.status_code < 500:

@@ -11,8 +11,6 @@ Sharing decides WHO may open a source at all; policies then decide WHICH ROWS th
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import exists, or_, select
@@ -22,8 +20,10 @@ from tidegate.access import policies
 from tidegate.access.principal import Principal
 from tidegate.access.rowfilter import RowFilter
 from tidegate.access.scopes import ROLE_ADMIN
+from tidegate.caching import LRUCache
 from tidegate.credentials.models import ApiKey
 from tidegate.data.models import Source, SourceShare, SourceVersion
+from tidegate.data.snapshots import SourceSnapshot, VersionSnapshot
 from tidegate.errors import Forbidden, NotFound
 from tidegate.orgs.models import User
 
@@ -35,16 +35,19 @@ _RANK = {None: 0, VIEW: 1, EDIT: 2, OWNER: 3}
 # with the key on each request, so an entry is never used after any change: revocations,
 # policy edits, shares, role changes and new source versions all take effect on the very
 # next request, in every process. Keys whose state is read live (revoked, expired, owner
-# inactive) are refused before this cache is consulted.
+# inactive) are refused before this cache is consulted. It holds frozen snapshots only: the
+# request that filled it may fail and roll its session back, and the next must not care.
 _CACHE_ENTRIES = 10_000
-_cache: OrderedDict[tuple, "SourceAccess"] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache: LRUCache[tuple, "SourceAccess"] = LRUCache(_CACHE_ENTRIES, name="source access cache")
 
 
 @dataclass(frozen=True)
 class SourceAccess:
-    source: Source
-    version: SourceVersion | None
+    """What one caller may do with one source now. Values only (no ORM objects): to change
+    the source, load its row in your own session with `source_row`."""
+
+    source: SourceSnapshot
+    version: VersionSnapshot | None
     permission: str  # view | edit | owner (admins count as owner)
     row_filter: RowFilter
 
@@ -90,7 +93,7 @@ def visible_sources_query(session: Session, principal: Principal):
     return query
 
 
-def permission_of(session: Session, user: User, source: Source) -> str | None:
+def permission_of(session: Session, user: User, source: Source | SourceSnapshot) -> str | None:
     if source.org_id != user.org_id or source.deleted_at is not None:
         return None
     if user.role == ROLE_ADMIN or source.created_by == user.id:
@@ -115,11 +118,16 @@ def open_source(session: Session, principal: Principal, source_id: str, *, need:
             return hit
     access = _open_source(session, principal, source_id, need=need, with_filter=with_filter)
     if need == VIEW and with_filter and principal.epoch is not None:
-        with _cache_lock:
-            _cache[_cache_key(principal, source_id)] = access
-            while len(_cache) > _CACHE_ENTRIES:
-                _cache.popitem(last=False)
+        _cache.put(_cache_key(principal, source_id), access)
     return access
+
+
+def source_row(session: Session, access: SourceAccess) -> Source:
+    """The ORM row of a source the caller opened (`open_source`), loaded in `session`, to change it."""
+    source = session.get(Source, access.source.id)
+    if source is None or source.deleted_at is not None:
+        raise NotFound("source_not_found", f"No source {access.source.id!r}.")
+    return source
 
 
 def cached_access(principal: Principal, source_id: str) -> SourceAccess | None:
@@ -127,12 +135,7 @@ def cached_access(principal: Principal, source_id: str) -> SourceAccess | None:
     epoch, else None. No I/O: an async endpoint calls it on the event loop."""
     if principal.epoch is None:
         return None
-    key = _cache_key(principal, source_id)
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            _cache.move_to_end(key)
-        return hit
+    return _cache.get(_cache_key(principal, source_id))
 
 
 def _cache_key(principal: Principal, source_id: str) -> tuple:
@@ -169,4 +172,5 @@ def _open_source(session: Session, principal: Principal, source_id: str, *, need
             row_filter = policies.resolve_key_filter(session, key, source.id, columns)
         else:
             row_filter = policies.resolve_user_filter(session, principal.org_id, principal.user_id, source.id, columns)
-    return SourceAccess(source=source, version=version, permission=permission, row_filter=row_filter)
+    return SourceAccess(source=SourceSnapshot.of(source), version=VersionSnapshot.of(version) if version else None,
+                        permission=permission, row_filter=row_filter)

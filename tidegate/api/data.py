@@ -64,6 +64,7 @@ async def read_data(request: Request) -> Response:
     page = query_int(request, "page", 1, low=1, high=100_000_000)
     page_size = query_int(request, "page_size", 100, low=1, high=engine.MAX_PAGE_SIZE)
     format = query_choice(request, "format", "json", ("json", "csv", "parquet"))
+    raw = query_choice(request, "raw", "0", ("0", "1")) == "1"  # CSV: formula-like cells verbatim
     # async: a repeated page read is answered from memory (access and filtered rows are
     # cached per access epoch and per version+filter) without a thread hop; misses go to
     # the threadpool.
@@ -72,9 +73,9 @@ async def read_data(request: Request) -> Response:
     version = access.version
     if format != "json":
         total = await run_in_threadpool(engine.count, version, access.row_filter) if version else 0
-        _audit_read(request, access, "data.export", total, format=format)
+        _audit_read(request, access, "data.export", total, format=format, **({"raw": True} if raw else {}))
         if format == "csv":
-            body = engine.stream_csv(version, access.row_filter) if version else iter([b""])
+            body = engine.stream_csv(version, access.row_filter, raw=raw) if version else iter([b""])
             media = "text/csv; charset=utf-8"
         else:
             body = engine.stream_parquet(version, access.row_filter) if version else iter([b""])
@@ -111,6 +112,10 @@ def openapi_operations(prefix: str) -> dict:
         {"name": "format", "in": "query", "required": False,
          "description": "json: one page; csv or parquet: every row the caller may see, streamed.",
          "schema": {"type": "string", "enum": ["json", "csv", "parquet"], "default": "json"}},
+        {"name": "raw", "in": "query", "required": False,
+         "description": ("CSV only. 0 (default): text cells starting with =, +, -, @, tab or CR get a leading "
+                         "quote so spreadsheets do not run them as formulas; 1: every cell verbatim, for scripts."),
+         "schema": {"type": "string", "enum": ["0", "1"], "default": "0"}},
     ]
     responses = {"200": {"description": "`{data, total_count, page, page_size, columns}`, or the CSV or Parquet file.",
                          "content": {"application/json": {"schema": {"type": "object"}},

@@ -10,8 +10,6 @@ seen by the very next request in every worker process. Where that cannot be told
 from __future__ import annotations
 
 import ipaddress
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
+from tidegate.caching import LRUCache
 from tidegate.credentials.hashing import hash_secret
 from tidegate.credentials.keyformat import is_well_formed
 from tidegate.credentials.models import ApiKey, key_status
@@ -155,20 +154,17 @@ class KeyCache:
         self.database_url = database_url
         self.watch = ChangeWatch(database_url)
         self.size = size
-        self._entries: OrderedDict[str, tuple[tuple[int, int], KeyState]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._entries: LRUCache[str, tuple[tuple[int, int], KeyState]] = LRUCache(size, name="key cache")
 
     def cached(self, digest: str) -> KeyState | None:
         """The state under `digest` if it was read since the last commit anywhere; else None."""
         generation = self.watch.generation()
         if generation is None:
             return None
-        with self._lock:
-            hit = self._entries.get(digest)
-            if hit is None or hit[0] != generation:
-                return None
-            self._entries.move_to_end(digest)
-            return hit[1]
+        hit = self._entries.get(digest)
+        if hit is None or hit[0] != generation:
+            return None
+        return hit[1]
 
     def load(self, digest: str) -> KeyState | None:
         """Read from the database (blocking) and remember it."""
@@ -178,9 +174,5 @@ class KeyCache:
         with session_scope(self.database_url) as session:
             state = load_key_state(session, digest)
         if state is not None and generation is not None:
-            with self._lock:
-                self._entries[digest] = (generation, state)
-                self._entries.move_to_end(digest)
-                while len(self._entries) > self.size:
-                    self._entries.popitem(last=False)
+            self._entries.put(digest, (generation, state))
         return state

@@ -37,8 +37,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from tidegate import jsonfmt
+from tidegate import jsonfmt, spreadsheet
 from tidegate.access.rowfilter import RowFilter
+from tidegate.caching import LRUCache, require_immutable
 from tidegate.data import ingest, sandbox, storage
 from tidegate.data.models import SourceVersion
 from tidegate.errors import InvalidRequest
@@ -150,6 +151,7 @@ class _ResultCache:
             return entry[0]
 
     def put(self, key: tuple, table: Any, size: int | None = None) -> bool:
+        require_immutable(table, where="result cache value")  # Arrow tables or frozen pages, never ORM rows
         size = table.get_total_buffer_size() if size is None else size
         if size > self.max_entry_bytes:
             self.mark_oversized(key)
@@ -211,8 +213,7 @@ class _ResultCache:
 
 _cache = _ResultCache(DEFAULT_CACHE_BYTES)
 _pages = _ResultCache(DEFAULT_PAGE_CACHE_BYTES)
-_sizes: OrderedDict[str, int] = OrderedDict()  # version id -> uncompressed Parquet bytes
-_sizes_lock = threading.Lock()
+_sizes: LRUCache[str, int] = LRUCache(10_000, name="parquet sizes")  # version id -> uncompressed bytes
 
 
 def cache_stats() -> dict:
@@ -294,18 +295,14 @@ def _empty(version: SourceVersion) -> pa.Table:
 # ---------------------------------------------------------------------------------------
 
 def _uncompressed_bytes(version: SourceVersion) -> int:
-    with _sizes_lock:
-        if version.id in _sizes:
-            return _sizes[version.id]
+    known = _sizes.get(version.id)
+    if known is not None:
+        return known
     total = 0
     for path in _paths(version):
         meta = pq.read_metadata(path)
         total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    with _sizes_lock:
-        _sizes[version.id] = total
-        while len(_sizes) > 10_000:
-            _sizes.popitem(last=False)
-    return total
+    return _sizes.put(version.id, total)
 
 
 def _sql_count(version: SourceVersion, where: str, params: list[str]) -> int:
@@ -464,8 +461,7 @@ def _page_of(table: pa.Table, offset: int, page_size: int) -> tuple[list[dict], 
     return rows_of(table.slice(offset, page_size)), total
 
 
-_counts: OrderedDict[tuple, int] = OrderedDict()
-_counts_lock = threading.Lock()
+_counts: LRUCache[tuple, int] = LRUCache(65_536, name="row counts")
 
 
 def count(version: SourceVersion, row_filter: RowFilter) -> int:
@@ -475,17 +471,11 @@ def count(version: SourceVersion, row_filter: RowFilter) -> int:
     if table is not None:
         return table.num_rows
     key = (version.id, row_filter.cache_key())
-    with _counts_lock:
-        if key in _counts:
-            _counts.move_to_end(key)
-            return _counts[key]
+    known = _counts.get(key)
+    if known is not None:
+        return known
     where, params = compile_filter(version, row_filter)
-    total = _sql_count(version, where, params)
-    with _counts_lock:
-        _counts[key] = total
-        while len(_counts) > 65_536:
-            _counts.popitem(last=False)
-    return total
+    return _counts.put(key, _sql_count(version, where, params))
 
 
 def _batches(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -508,21 +498,28 @@ def _batches(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> 
         cursor.close()
 
 
-def stream_csv(version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 65_536) -> Iterator[bytes]:
-    """The filtered rows as CSV (header first), in chunks, never all in memory at once."""
+def stream_csv(version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 65_536,
+               raw: bool = False) -> Iterator[bytes]:
+    """The filtered rows as CSV (header first), in chunks, never all in memory at once.
+
+    Text cells (and column names) a spreadsheet would run as formulas get a leading quote
+    (`spreadsheet.neutralize_batch`); `raw` writes them verbatim, for scripts.
+    """
     _check_filter(row_filter)
     compile_filter(version, row_filter)
-    return _csv_chunks(version, row_filter, batch_rows)
+    return _csv_chunks(version, row_filter, batch_rows, raw)
 
 
-def _csv_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> Iterator[bytes]:
+def _csv_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: int, raw: bool) -> Iterator[bytes]:
     schema = ingest.schema_for(version.columns)
+    if not raw:
+        schema = spreadsheet.neutralize_schema(schema)
     sink = io.BytesIO()
     writer = pacsv.CSVWriter(sink, schema)
     try:
         wrote = False
         for batch in _batches(version, row_filter, batch_rows):
-            writer.write_batch(batch)
+            writer.write_batch(batch if raw else spreadsheet.neutralize_batch(batch, schema))
             wrote = True
             if chunk := _drain(sink):
                 yield chunk

@@ -3,7 +3,9 @@
 A query is accepted only if two independent parsers agree that it is harmless:
 
 1. sqlglot (duckdb dialect): exactly one statement, a SELECT (CTEs, joins, unions allowed);
-   tables only `data` or the query's own CTE names, never qualified; no table functions, no
+   tables only `data` or the query's own CTE names as DuckDB scopes them (a CTE's body does
+   not see itself: `WITH pg_settings AS (SELECT * FROM pg_settings)` names the catalog
+   view, and is refused), never qualified; no table functions, no
    SELECT INTO, no parameters, no DESCRIBE/SUMMARIZE/PRAGMA/..., and every function on
    `ALLOWED_FUNCTIONS`.
 2. DuckDB's own parser (`json_serialize_sql`, which parses without running) on the exact
@@ -12,7 +14,9 @@ A query is accepted only if two independent parsers agree that it is harmless:
 
 Only then does it run, on a DuckDB connection that has no file, network or extension access
 (`enable_external_access=false`, autoload/autoinstall off), a memory limit, few threads
-and a locked configuration; `data` is the filtered Arrow table registered on a per-query
+and a locked configuration, where every built-in catalog view and catalog table function is
+shadowed by an empty one (`_hide_catalog`); DuckDB messages reach the caller without server
+paths (`public_message`); `data` is the filtered Arrow table registered on a per-query
 cursor (invisible to other cursors); a timer interrupts it after `timeout` seconds.
 
 Any refusal is InvalidRequest `invalid_query` (or `query_timeout` / `query_too_large` while
@@ -26,9 +30,12 @@ import datetime as dt
 import json
 import os
 import re
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -133,6 +140,25 @@ def _refuse(message: str) -> InvalidRequest:
     return InvalidRequest("invalid_query", message)
 
 
+# An absolute path of two or more segments (`/srv/tidegate/data`, `C:\\x\\y`): in a DuckDB
+# message it names a file of this server, never the caller's concern.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[\w.~-]+){2,}/?|[A-Za-z]:\\[^\s'\"]+")
+
+
+def _server_paths() -> list[str]:
+    """Directories of this server a message must not reveal, longest first."""
+    paths = {os.environ.get("TIDEGATE_HOME") or "", os.getcwd(), tempfile.gettempdir(), sys.prefix,
+             str(Path.home())}
+    return sorted((p.rstrip("/") for p in paths if p and p.strip("/")), key=len, reverse=True)
+
+
+def public_message(message: str) -> str:
+    """A DuckDB message fit for the caller: no server path in it (issue 8 §5)."""
+    for path in _server_paths():
+        message = message.replace(path, "<server path>")
+    return _ABSOLUTE_PATH.sub("<server path>", message)
+
+
 @dataclass(frozen=True)
 class ValidatedQuery:
     """A query both parsers accepted. `sql` is the user's text without trailing semicolons."""
@@ -163,13 +189,31 @@ def _func_name(node: exp.Func) -> str | None:
 
 
 def _ctes_in_scope(node: exp.Expression) -> set[str]:
-    """CTE names visible where `node` is: those of every enclosing WITH."""
+    """CTE names visible where `node` is, as DuckDB binds them.
+
+    The main query of a WITH sees all its CTEs; a CTE's own body sees only those defined
+    BEFORE it, never itself (so `WITH pg_settings AS (SELECT * FROM pg_settings)` reads the
+    catalog view: that inner name is not a CTE, and is refused); only the recursive term
+    (right of the UNION) of a WITH RECURSIVE CTE sees the CTE itself.
+    """
     names: set[str] = set()
+    path = [node]
     current = node.parent
     while current is not None:
         with_clause = current.args.get("with_") or current.args.get("with")  # key name varies by version
         if isinstance(with_clause, exp.With):
-            names.update(cte.alias_or_name.lower() for cte in with_clause.expressions)
+            ctes = list(with_clause.expressions)
+            index = next((i for i, c in enumerate(ctes) if len(path) >= 2 and c is path[-2]), None)
+            if path[-1] is with_clause and index is not None:
+                cte = ctes[index]
+                names.update(c.alias_or_name.lower() for c in ctes[:index])
+                body = cte.this
+                if (with_clause.args.get("recursive") and isinstance(body, exp.Union) and len(path) >= 4
+                        and path[-3] is body and path[-4] is body.expression):
+                    names.add(cte.alias_or_name.lower())
+            else:
+                names.update(cte.alias_or_name.lower() for cte in ctes)
+        path.append(current)
         current = current.parent
     return names
 
@@ -230,11 +274,22 @@ def _walk_duckdb(node: Any, scope: frozenset[str]) -> None:
         return
     if not isinstance(node, dict):
         return
+    done = {"cte_map"}
     cte_map = node.get("cte_map")
-    if isinstance(cte_map, dict):
-        names = {entry["key"].lower() for entry in cte_map.get("map") or []
-                 if isinstance(entry, dict) and isinstance(entry.get("key"), str)}
-        scope = scope | names
+    if cte_map is not None:
+        # Each CTE sees the ones before it, never itself (a self-reference binds to the
+        # catalog); the node's own query sees them all.
+        for entry in (cte_map.get("map") if isinstance(cte_map, dict) else None) or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+                raise _refuse("Unsupported WITH clause.")
+            _walk_duckdb(entry.get("value"), scope)
+            scope = scope | {entry["key"].lower()}
+    if node.get("type") == "RECURSIVE_CTE_NODE":
+        # Only the recursive term (right) reads the CTE itself; the anchor (left) would
+        # read a catalog entry of the same name.
+        _walk_duckdb(node.get("left"), scope)
+        _walk_duckdb(node.get("right"), scope | {str(node.get("cte_name") or "").lower()})
+        done |= {"left", "right"}
     if node.get("class") == "PARAMETER":
         raise _refuse("Query parameters are not allowed.")
     if "function_name" in node:
@@ -261,8 +316,8 @@ def _walk_duckdb(node: Any, scope: frozenset[str]) -> None:
                           "can be queried.")
     elif kind is not None and "sample" in node and "modifiers" not in node and kind not in _TABLE_REF_TYPES:
         raise _refuse(f"{kind.replace('_', ' ').title()} is not allowed in queries.")
-    for value in node.values():
-        if isinstance(value, (dict, list)):
+    for name, value in node.items():
+        if name not in done and isinstance(value, (dict, list)):
             _walk_duckdb(value, scope)
 
 
@@ -270,7 +325,7 @@ def _check_duckdb(cursor, sql: str) -> None:
     raw = cursor.sql("SELECT json_serialize_sql(?)", params=[sql]).fetchall()[0][0]
     tree = json.loads(raw)
     if tree.get("error"):
-        message = str(tree.get("error_message") or "syntax error").splitlines()[0]
+        message = public_message(str(tree.get("error_message") or "syntax error").splitlines()[0])
         if "Only SELECT statements" in message:
             raise _refuse("Only SELECT queries are allowed.")
         raise _refuse(f"Could not parse the query: {message[:300]}")
@@ -317,8 +372,34 @@ def _connection() -> duckdb.DuckDBPyConnection:
                 "threads": _options["threads"],
                 "lock_configuration": True,
             })
+            _hide_catalog(connection)
             _conn = (os.getpid(), key, connection)
         return _conn[2]
+
+
+# Catalog table functions shadowed too (settings, secrets, files, memory, versions).
+_CATALOG_FUNCTIONS = ("duckdb\\_%", "pragma\\_%", "which_secret")
+
+
+def _hide_catalog(connection: duckdb.DuckDBPyConnection) -> None:
+    """Defense in depth behind the parsers: an unqualified catalog name reads nothing.
+
+    DuckDB resolves an unqualified name in `main` before its built-in schemas, so an empty
+    view in `main` named after each built-in view (pg_settings, sqlite_master,
+    duckdb_views ...) and an empty table macro named after each catalog table function
+    (duckdb_settings() ...) leave a query that got past both parsers nothing to read but
+    `data`. (`data` itself is a temporary view of the query's cursor, found first.)
+    """
+    views = connection.sql("SELECT DISTINCT view_name FROM duckdb_views() "
+                           "WHERE internal AND schema_name IN ('main', 'pg_catalog')").fetchall()
+    like = " OR ".join("function_name LIKE ? ESCAPE '\\'" for _ in _CATALOG_FUNCTIONS)
+    functions = connection.sql(f"SELECT DISTINCT function_name FROM duckdb_functions() "
+                               f"WHERE function_type = 'table' AND ({like})", params=list(_CATALOG_FUNCTIONS)).fetchall()
+    empty = "SELECT NULL::VARCHAR AS hidden WHERE false"
+    for (name,) in views:
+        connection.execute(f'CREATE VIEW main."{name.replace(chr(34), chr(34) * 2)}" AS {empty}')
+    for (name,) in functions:
+        connection.execute(f'CREATE MACRO main."{name.replace(chr(34), chr(34) * 2)}"() AS TABLE {empty}')
 
 
 def validate_query(sql: Any) -> ValidatedQuery:
@@ -415,7 +496,7 @@ def execute(query: ValidatedQuery, table: pa.Table, *, page: int, page_size: int
     except duckdb.OutOfMemoryException:
         raise InvalidRequest("query_too_large", "The query needs more memory than queries may use.") from None
     except duckdb.Error as exc:
-        message = str(exc).split("\n")[0][:400]
+        message = public_message(str(exc).split("\n")[0])[:400]
         raise _refuse(f"The query failed: {message}") from None
     finally:
         timer.cancel()

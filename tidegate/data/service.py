@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
 from tidegate.access.rowfilter import RowFilter
-from tidegate.access.sources import EDIT, OWNER, SourceAccess, open_source, visible_sources_query
+from tidegate.access.sources import EDIT, OWNER, SourceAccess, open_source, source_row, visible_sources_query
 from tidegate.audit.record import RequestContext, record
 from tidegate.config import Settings
 from tidegate.data import connectors, engine, ingest, storage
@@ -97,7 +97,7 @@ def write_rows(session: Session, principal: Principal, source_id: str, rows: lis
         _check_rows_pass_filter(rows, access.row_filter)
     columns = None if replace or access.version is None else access.version.columns
     table = _rows_table(rows, columns=columns)
-    version = storage.write_new_version(session, access.source, table, append=not replace)
+    version = storage.write_new_version(session, source_row(session, access), table, append=not replace)
     record(session, principal, "source.data_replaced" if replace else "source.rows_appended", org_id=principal.org_id,
            target_type="source", target_id=source_id, details={"rows": table.num_rows, "row_count": version.row_count},
            context=context)
@@ -123,8 +123,7 @@ def _check_rows_pass_filter(rows: list, row_filter: RowFilter) -> None:
 def update_source(session: Session, principal: Principal, source_id: str, *, changes: dict, settings: Settings,
                   context: RequestContext | None = None) -> Source:
     principal.require("admin:sources:write")
-    access = open_source(session, principal, source_id, need=EDIT, with_filter=False)
-    source = access.source
+    source = source_row(session, open_source(session, principal, source_id, need=EDIT, with_filter=False))
     diff = {}
     if "name" in changes:
         new = _check_name(changes["name"])
@@ -157,8 +156,7 @@ def update_source(session: Session, principal: Principal, source_id: str, *, cha
 def sync_source(session: Session, principal: Principal, source_id: str, settings: Settings, *,
                 context: RequestContext | None = None) -> Source:
     principal.require("admin:sources:write")
-    access = open_source(session, principal, source_id, need=EDIT, with_filter=False)
-    source = access.source
+    source = source_row(session, open_source(session, principal, source_id, need=EDIT, with_filter=False))
     table = connectors.pull_source(source, settings.session_key)
     version = storage.write_new_version(session, source, table, append=False)
     source.sync_status, source.last_synced_at, source.last_sync_error = "ok", utcnow(), None
@@ -170,10 +168,10 @@ def sync_source(session: Session, principal: Principal, source_id: str, settings
 def delete_source(session: Session, principal: Principal, source_id: str, *,
                   context: RequestContext | None = None) -> None:
     principal.require_any("admin:sources:write", "data:write")
-    access = open_source(session, principal, source_id, need=OWNER, with_filter=False)
-    access.source.deleted_at = utcnow()
+    source = source_row(session, open_source(session, principal, source_id, need=OWNER, with_filter=False))
+    source.deleted_at = utcnow()
     record(session, principal, "source.deleted", org_id=principal.org_id, target_type="source",
-           target_id=source_id, details={"name": access.source.name}, context=context)
+           target_id=source_id, details={"name": source.name}, context=context)
 
 
 def list_sources(session: Session, principal: Principal, *, limit: int, after: str | None) -> list[Source]:
@@ -230,8 +228,7 @@ def unshare_source(session: Session, principal: Principal, source_id: str, user_
 
 def org_share(session: Session, principal: Principal, source_id: str, *, enabled: bool, permission: str,
               context: RequestContext | None = None) -> Source:
-    access = open_source(session, principal, source_id, need=OWNER, with_filter=False)
-    source = access.source
+    source = source_row(session, open_source(session, principal, source_id, need=OWNER, with_filter=False))
     new = _check_permission(permission) if enabled else None
     if new != source.org_share_permission:
         record(session, principal, "source.org_shared", org_id=principal.org_id, target_type="source",

@@ -27,6 +27,7 @@ from tidegate.db.base import isoformat, utcnow
 from tidegate.db.engine import session_scope
 from tidegate.errors import TidegateError
 from tidegate.orgs.models import User
+from tidegate.spreadsheet import neutralize
 from tidegate.web.common import PageError, db, router, settings_of, signed_in
 from tidegate.web.render import SECURITY_HEADERS, page
 
@@ -34,7 +35,6 @@ READ = "admin:audit:read"
 PAGE_SIZE = 50
 EXPORT_BATCH = 500
 EXPORT_MAX_ROWS = 100_000
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def Id():  # a fresh Query per parameter: FastAPI must not share one between parameters
@@ -164,13 +164,6 @@ def audit_page(request: Request, key_id: str | None = Id(), user_id: str | None 
             "export_query": f.query(), "error": error, **filter_choices(session, viewer.org.id),
         }
     return page(request, "audit.html", context, viewer=viewer, status=status)
-
-
-def neutralize(value) -> object:
-    """A cell a spreadsheet would run as a formula gets a leading quote."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
 
 
 def _csv_line(values) -> str:
