@@ -251,7 +251,7 @@ class SigninThrottle:
             open_orgs = frozenset(org for org, wait in waits.items() if wait <= 0) if ip_wait <= 0 else frozenset()
             closed = [wait for wait in waits.values() if wait > 0]
             if not open_orgs:
-                return SignInPaused(_seconds(max(ip_wait, min(closed)))), []
+                return SignInPaused(_seconds(max(ip_wait, min(closed, default=0)))), []
             operations = [("add", ip_key, attempt_id, now, p.ip_window)]
             for org in open_orgs:
                 triple, account = keys[org]
