@@ -248,3 +248,12 @@ def test_memory_is_bounded_per_counter(clock):
     for n in range(100):
         fail(gate, "10.10.0.1", email=f"u{n}@x.test")
     assert max(len(entries) for entries in gate.store._entries.values()) <= 20
+
+
+def test_an_ipv6_client_is_its_64_and_rotating_inside_it_does_not_escape(gate):
+    for n in range(5):
+        fail(gate, f"2001:db8:1:2::{n + 1:x}")
+    paused_for(gate, "2001:db8:1:2:ffff:1:2:3")
+    assert gate.begin([A], "victim@x.test", "2001:db8:1:3::1").open_orgs == {A}  # another /64
+    assert throttle.client_subject("::ffff:192.0.2.1") == "192.0.2.1"
+    assert throttle.client_subject(None) == "unknown"

@@ -12,6 +12,8 @@ Three counters of recent failed attempts, each a log of (attempt id, time):
 - per client IP across all accounts: 100 failures in 15 minutes lock the IP (credential
   stuffing from one address).
 
+A client is its IPv4 address or its IPv6 /64.
+
 The email is typed before the organization is known (one email may have a user in several
 organizations), so an attempt counts against every organization with an active user of that
 email; an email with no user counts against a placeholder organization, so that an unknown
@@ -33,6 +35,7 @@ a success clears nor a delay that grows with the failures, and cannot take a tes
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import secrets
 import threading
@@ -185,6 +188,20 @@ def redis_client(redis_url: str):
     return storage_from_string(redis_url).storage
 
 
+def client_subject(ip: str | None) -> str:
+    """What is counted as one client: an IPv4 address, or an IPv6 /64 (one host or household
+    is given a whole /64, so rotating addresses inside it must not escape a lock)."""
+    try:
+        address = ipaddress.ip_address(ip or "")
+    except ValueError:
+        return ip or "unknown"
+    if address.version == 4:
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{address}/64", strict=False))
+
+
 def _recent(entries: dict[str, float], now: float, window: float) -> list[float]:
     return sorted(at for at in entries.values() if at > now - window)
 
@@ -238,7 +255,7 @@ class SigninThrottle:
         Raises SignInPaused when none is (nothing is counted then), ThrottleUnavailable when
         the store is down."""
         orgs = sorted(set(orgs)) or [UNKNOWN_ORG]
-        ip = ip or "unknown"
+        ip = client_subject(ip)
         p, now, attempt_id = self.policy, self.clock(), secrets.token_hex(8)
         ip_key = self._ip(ip)
         keys = {org: (self._triple(org, email, ip), self._account(org, email)) for org in orgs}
