@@ -172,6 +172,28 @@ def test_account_slow_down_bounds_guessing_from_many_ips_but_the_user_gets_in(ga
     gate.succeeded(gate.begin([A], "victim@x.test", "192.0.2.10"), [A])
 
 
+def test_an_attackers_ips_cannot_take_the_turns_of_the_real_user_from_a_clean_ip(gate, clock):
+    attackers = [f"10.11.0.{n}" for n in range(12)]
+    allowed = {"attacker": 0, "user": 0}
+    refused_user = []
+    for second in range(1800):  # half an hour: an attacker's IP tries every second
+        try:
+            gate.begin([A], "victim@x.test", attackers[second % len(attackers)])
+            allowed["attacker"] += 1
+        except SignInPaused:
+            pass
+        if second >= 600 and second % 60 == 0:  # once the attacker's IPs have all failed once
+            try:  # the real user, each time from an IP that has not failed
+                gate.succeeded(gate.begin([A], "victim@x.test", f"192.0.2.{second // 60}"), [A])
+                allowed["user"] += 1
+            except SignInPaused as paused:
+                refused_user.append(paused.wait)
+        clock.advance(1)
+    assert refused_user == [] and allowed["user"] == 20
+    # Two lanes: at most two guesses per 30 s (after the first ten and the growing delays).
+    assert allowed["attacker"] <= 10 + 8 + 2 * 1800 / gate.policy.max_delay
+
+
 def test_a_success_does_not_reset_the_account_slow_down(gate, clock):
     for n in range(gate.policy.slow_after + 3):
         clock.advance(gate.policy.max_delay)

@@ -7,8 +7,10 @@ Three counters of recent failed attempts, each a log of (attempt id, time):
   the IP that failed is locked: five failures from five IPs lock nobody out.
 - per account, i.e. (organization, email), from any IP: after ten failures in an hour each
   further attempt must come a growing delay after the previous one (2 s, 4 s, ... at most
-  30 s): a slow-down, never a lockout. Guessing across many IPs is bounded to one attempt
-  per 30 s an account, and the real user from a clean IP waits at most that long.
+  30 s): a slow-down, never a lockout. The delay is kept in two lanes: one for IPs that have
+  not failed on this account in the last hour, one for those that have. Guessing across any
+  number of IPs is bounded to two attempts per 30 s an account, and an attacker's IPs, once
+  they have failed, cannot take the turns of the real user signing in from a clean IP.
 - per client IP across all accounts: 100 failures in 15 minutes lock the IP (credential
   stuffing from one address).
 
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 UNKNOWN_ORG = "-"  # the organization an email with no user is counted under
+CLEAN, SEEN = ".clean", ".seen"  # slow-down lanes, as suffixes of the account counter's entries
 NAMESPACE = "tidegate-signin"
 
 
@@ -239,13 +242,20 @@ class SigninThrottle:
         recent = _recent(entries, now, window)
         return recent[-limit] + window - now if len(recent) >= limit else 0.0
 
-    def _slow_wait(self, entries: dict[str, float], now: float) -> float:
+    def _slow_wait(self, entries: dict[str, float], now: float, lane: str) -> float:
+        """Seconds until the account's next attempt in `lane`: the delay grows with the failures
+        in both lanes, and runs from the latest attempt in this one."""
         p = self.policy
         recent = _recent(entries, now, p.slow_window)
         if len(recent) < p.slow_after:
             return 0.0
         delay = min(p.max_delay, p.first_delay * 2.0 ** min(len(recent) - p.slow_after, 64))
-        return recent[-1] + delay - now
+        in_lane = _recent({m: at for m, at in entries.items() if m.endswith(lane)}, now, p.slow_window)
+        return in_lane[-1] + delay - now if in_lane else 0.0
+
+    def _lane(self, triple_entries: dict[str, float], now: float) -> str:
+        """CLEAN for an IP with no failure on this account within the slow-down window."""
+        return SEEN if _recent(triple_entries, now, self.policy.slow_window) else CLEAN
 
     # -- the sign-in flow ---------------------------------------------------------------------
 
@@ -262,8 +272,9 @@ class SigninThrottle:
 
         def decide(entries):
             ip_wait = self._lock_wait(entries[ip_key], now, p.ip_lock_after, p.ip_window)
+            lanes = {org: self._lane(entries[triple], now) for org, (triple, _) in keys.items()}
             waits = {org: max(self._lock_wait(entries[triple], now, p.lock_after, p.lock_window),
-                              self._slow_wait(entries[account], now))
+                              self._slow_wait(entries[account], now, lanes[org]))
                      for org, (triple, account) in keys.items()}
             open_orgs = frozenset(org for org, wait in waits.items() if wait <= 0) if ip_wait <= 0 else frozenset()
             closed = [wait for wait in waits.values() if wait > 0]
@@ -272,8 +283,8 @@ class SigninThrottle:
             operations = [("add", ip_key, attempt_id, now, p.ip_window)]
             for org in open_orgs:
                 triple, account = keys[org]
-                operations += [("add", triple, attempt_id, now, p.lock_window),
-                               ("add", account, attempt_id, now, p.slow_window)]
+                operations += [("add", triple, attempt_id, now, max(p.lock_window, p.slow_window)),  # lanes: 1 h
+                               ("add", account, attempt_id + lanes[org], now, p.slow_window)]
             closed_wait = _seconds(min(closed)) if closed else 0
             return Attempt(attempt_id, email, ip, open_orgs, closed_wait), operations
 
@@ -304,8 +315,9 @@ class SigninThrottle:
         orgs = set(orgs) & attempt.open_orgs
         operations: list[tuple] = [("remove", self._ip(attempt.ip), attempt.id)]
         for org in orgs:
+            account = self._account(org, attempt.email)
             operations += [("delete", self._triple(org, attempt.email, attempt.ip)),
-                           ("remove", self._account(org, attempt.email), attempt.id)]
+                           ("remove", account, attempt.id + CLEAN), ("remove", account, attempt.id + SEEN)]
         try:
             self.store.transact([], lambda _entries: (None, operations))
         except ThrottleUnavailable:
