@@ -24,6 +24,7 @@ from tidegate.data import engine
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
+from tidegate.web.throttle import SigninThrottle
 
 log = logging.getLogger("tidegate")
 
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.journal = journal
     app.state.key_cache = KeyCache(settings.database_url)
+    app.state.signin_throttle = SigninThrottle.for_redis_url(settings.redis_url)  # built now, not per request
 
     @app.exception_handler(TidegateError)
     async def _tidegate_error(request: Request, exc: TidegateError):

@@ -135,7 +135,7 @@ def serve(
     settings = get_settings()
     migrate(settings.database_url)
     if workers > 1 and not settings.redis_url:
-        typer.echo("warning: without TIDEGATE_REDIS_URL, rate limits are counted per worker process.", err=True)
+        typer.echo("warning: without TIDEGATE_REDIS_URL, rate limits and sign-in throttling are counted per worker process.", err=True)
     forwarded = ",".join(settings.trusted_proxies) or None
     # uvicorn, after a graceful shutdown, re-raises the SIGTERM/SIGINT it caught with the
     # handler it found installed. The default one would kill this process on the spot

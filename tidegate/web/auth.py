@@ -3,8 +3,8 @@
 Email + password (argon2id). The same email may belong to users in several
 organizations: when the password matches more than one of them, the person picks the
 organization next (the choice is carried by a short-lived token signed with the server's
-session key and bound to this browser's sign-in cookie). Failed attempts slow down per
-email and per IP (see throttle.py).
+session key and bound to this browser's sign-in cookie). Failed attempts lock out per
+(organization, email, client IP) and slow down per account and per IP (see throttle.py).
 """
 
 from __future__ import annotations
@@ -98,6 +98,14 @@ def _signed_in_response(request: Request, session, user: User, next_url: str) ->
     return response
 
 
+def _paused_form(request: Request, wait: int, email: str, next_url: str) -> Response:
+    # The same words for an unknown email as for a real account: nothing to learn from it.
+    return _login_form(
+        request, status=429, email=email, next_url=next_url, headers={"Retry-After": str(wait)},
+        error=f"Too many failed sign-in attempts for this account or from your network. "
+              f"For your security, sign-in is paused: try again in {_wait_text(wait)}.")
+
+
 def _wait_text(seconds: int) -> str:
     if seconds < 90:
         return f"{seconds} seconds"
@@ -135,29 +143,29 @@ def login(request: Request, form: FormData = FORM):
     if not email or not password:
         return _login_form(request, status=400, error="Enter your email and password.", email=email,
                            next_url=next_url)
-    ip = client_ip(request)
-    try:
-        wait = throttle.locked_for(settings.redis_url, email, ip)
-    except throttle.ThrottleUnavailable:
-        return _login_form(request, status=503, email=email, next_url=next_url,
-                           error="Sign-in is temporarily unavailable. Try again shortly.")
-    if wait:
-        return _login_form(
-            request, status=429, email=email, next_url=next_url, headers={"Retry-After": str(wait)},
-            error=f"Too many failed sign-in attempts for this account or from your network. "
-                  f"For your security, sign-in is paused: try again in {_wait_text(wait)}.")
+    signin_throttle: throttle.SigninThrottle = request.app.state.signin_throttle
     with db(request) as session:
         users = list(session.scalars(select(User).where(
             User.email == email, User.is_active.is_(True), User.password_hash.is_not(None),
         ).order_by(User.id)))
-        if not users:
+        # The organization is chosen after the password: the attempt counts against every
+        # organization this email has a user in (see throttle.py).
+        try:
+            attempt = signin_throttle.begin([u.org_id for u in users], email, client_ip(request))
+        except throttle.SignInPaused as paused:
+            return _paused_form(request, paused.wait, email, next_url)
+        except throttle.ThrottleUnavailable:
+            return _login_form(request, status=503, email=email, next_url=next_url, headers={"Retry-After": "5"},
+                               error="Sign-in is temporarily unavailable. Try again shortly.")
+        candidates = [u for u in users if u.org_id in attempt.open_orgs]
+        if not candidates:
             verify_password(_dummy_hash(), password)  # take as long as a real check
-        matched = [u for u in users if verify_password(u.password_hash, password)]
+        matched = [u for u in candidates if verify_password(u.password_hash, password)]
+        if matched:
+            signin_throttle.succeeded(attempt, [u.org_id for u in matched])
         if len(matched) == 1:
-            throttle.succeeded(settings.redis_url, email)
             return _signed_in_response(request, session, matched[0], next_url)
         if matched:
-            throttle.succeeded(settings.redis_url, email)
             orgs = {o.id: o for o in session.scalars(
                 select(Organization).where(Organization.id.in_([u.org_id for u in matched])))}
             choices = sorted(((u.id, orgs[u.org_id].name) for u in matched), key=lambda c: c[1].lower())
@@ -169,10 +177,9 @@ def login(request: Request, form: FormData = FORM):
             "title": "Choose an organization", "choices": choices, "choice_token": choice_token,
             "csrf": csrf_token(settings.session_key, pre, "login"), "next": next_url, "email": email,
         }, viewer=None)
-    try:
-        throttle.failed(settings.redis_url, email, ip)
-    except throttle.ThrottleUnavailable:
-        pass
+    if attempt.closed_wait:
+        # The password may have been right for an organization paused for this attempt: say so.
+        return _paused_form(request, attempt.closed_wait, email, next_url)
     return _login_form(request, status=401, error=FAILED, email=email, next_url=next_url)
 
 
