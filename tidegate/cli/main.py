@@ -208,6 +208,10 @@ def _run_uvicorn(settings, host: str, port: int, workers: int, forwarded: str | 
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=forwarded,
         server_header=False,
+        # A worker that has not answered the supervisor's ping within this is killed and
+        # replaced. uvicorn's 5 s is less than a worker's start-up (imports: 2.5 s of CPU) on
+        # a busy machine, where every replacement was killed in turn: never serving again.
+        timeout_worker_healthcheck=30,
         log_level=os.environ.get("TIDEGATE_LOG_LEVEL", "info"),
         # uvicorn's access log prints query strings; ours (tidegate.access) prints paths only.
         access_log=False,
