@@ -71,7 +71,6 @@ def audit_status(srv) -> dict:
 def test_the_journal_keeps_events_while_postgresql_is_down_across_shipper_and_server_restarts(postgres, pg_home):
     srv = pg_home.start(workers=1, timeout=START)
     audit_dir = srv.home / "audit"
-    began = time.monotonic()
     with stopped(shipper_pid(srv), audit_dir / "ship.lock"):
         ids = make_requests(srv, 20)  # answered; their events only in the journal
         postgres.stop()
@@ -93,9 +92,10 @@ def test_the_journal_keeps_events_while_postgresql_is_down_across_shipper_and_se
     assert status["oldest_pending_age_seconds"] is not None
 
     postgres.start()
+    back_at = time.monotonic()
     srv.start(workers=1, timeout=START)
     figures = wait_for_events(srv, ids, [])
+    figures["shipped_s_after_database_back"] = round(time.monotonic() - back_at, 1)
     status = audit_status(srv)
     assert status["pending_events"] == 0 and status["torn_records"] == 0, status
-    figures["recovery_s"] = round(time.monotonic() - began, 1)
     report("audit shipper with postgresql down, shipper and server restarted", figures)

@@ -38,20 +38,21 @@ def test_kill_9_during_appends_and_replaces_loses_no_acknowledged_write(tmp_path
         def send(client, index, n):
             if index in (0, 1):  # appenders: a batch of rows unique to this request
                 return client.post(f"/api/v1/sources/{ledger['id']}/rows",
-                                   json={"rows": [{"batch": f"{index}-{n}", "i": i} for i in range(APPEND_ROWS)]})
+                                   json={"rows": [{"batch": f"{round_}-{index}-{n}", "i": i} for i in range(APPEND_ROWS)]})
             if index == 2:  # a replacer: version n, whole
                 return client.put(f"/api/v1/sources/{snapshot['id']}/data",
-                                  json={"rows": [{"version": n, "i": i} for i in range(VERSION_ROWS)]})
+                                  json={"rows": [{"version": round_ * 100_000 + n, "i": i} for i in range(VERSION_ROWS)]})
             return client.get(f"/api/v1/sources/{ledger['id']}/data", params={"page_size": 5})
 
-        rounds, answers = 2, []
-        for _ in range(rounds):
+        rounds, answers, tagged = 2, [], []
+        for round_ in range(rounds):
             with Traffic(srv.url, srv.headers(secret), send, pause=0.0) as traffic:
                 assert traffic.wait_for(lambda a: a.status == 200 and a.sender[0] == 2, 20) is not None
                 time.sleep(1.5)
                 srv.kill()  # in the middle of appends and replaces
                 time.sleep(0.3)
             answers += traffic.snapshot()
+            tagged += [(round_, a) for a in traffic.snapshot()]
             killed_at = time.monotonic()
             srv.start(workers=2, timeout=START)
             restart_s = time.monotonic() - killed_at
@@ -62,15 +63,16 @@ def test_kill_9_during_appends_and_replaces_loses_no_acknowledged_write(tmp_path
             rows = http.get(f"/sources/{ledger['id']}/data", params={"page_size": 10_000}).json()["data"]
             versions = http.get(f"/sources/{snapshot['id']}/data", params={"page_size": 10_000}).json()["data"]
         batches = Counter(row["batch"] for row in rows)
-        appended = {f"{a.sender[0]}-{a.sender[1]}" for a in acknowledged if a.sender[0] in (0, 1) and a.status == 200}
+        appended = {f"{r}-{a.sender[0]}-{a.sender[1]}" for r, a in tagged
+                    if a.status == 200 and a.sender[0] in (0, 1)}
         missing = [b for b in appended if batches[b] == 0]
         assert not missing, f"{len(missing)} acknowledged appends lost"
-        assert all(count == APPEND_ROWS for batch, count in batches.items() if batch != "seed"), \
-            "an append is partial or doubled"
+        wrong = {batch: count for batch, count in batches.items() if batch != "seed" and count != APPEND_ROWS}
+        assert not wrong, f"appends partial or doubled: {wrong}"
         # One whole version, never a mix, and never older than the last acknowledged one.
         present = {row["version"] for row in versions}
         assert len(present) == 1 and len(versions) == VERSION_ROWS, (present, len(versions))
-        replaced = [a.sender[1] for a in acknowledged if a.sender[0] == 2 and a.status == 200]
+        replaced = [r * 100_000 + a.sender[1] for r, a in tagged if a.sender[0] == 2 and a.status == 200]
         assert present.pop() >= max(replaced)
         figures = {"requests": len(answers), "answered": len(acknowledged), "5xx": 0,
                    "appends_acknowledged": len(appended), "replaces_acknowledged": len(replaced),

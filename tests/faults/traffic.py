@@ -123,6 +123,11 @@ def check_answers(answers: list[Answer], outage: Outage, allowed_codes: set[str]
             "codes": dict(codes), "recovery_s": round(max(0.0, recovered - outage.up_at), 2)}
 
 
+# The event of the request itself (the middleware's, which has the method), not the lifecycle
+# events a write records under the same request id.
+REQUEST_EVENT = "method IS NOT NULL"
+
+
 def stored_event_counts(database_url: str | None, sqlite_path, request_ids: list[str]) -> Counter:
     """How many audit events each request id has in the server's database."""
     counts: Counter = Counter()
@@ -132,12 +137,14 @@ def stored_event_counts(database_url: str | None, sqlite_path, request_ids: list
             import psycopg
 
             with psycopg.connect(database_url, connect_timeout=5) as db:
-                rows = db.execute("SELECT request_id FROM audit_events WHERE request_id = ANY(%s)", (chunk,)).fetchall()
+                rows = db.execute(f"SELECT request_id FROM audit_events WHERE {REQUEST_EVENT} AND request_id = ANY(%s)",
+                                  (chunk,)).fetchall()
         else:
             db = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True, timeout=30)
             try:
                 marks = ",".join("?" * len(chunk))
-                rows = db.execute(f"SELECT request_id FROM audit_events WHERE request_id IN ({marks})", chunk).fetchall()
+                rows = db.execute(f"SELECT request_id FROM audit_events WHERE {REQUEST_EVENT} AND request_id IN ({marks})",
+                                  chunk).fetchall()
             finally:
                 db.close()
         counts.update(row[0] for row in rows)
