@@ -158,7 +158,8 @@ def serve(
     from tidegate.audit import shipper
 
     settings = get_settings()
-    migrate(settings.database_url)
+    with refusals_reported(False):
+        migrate(settings.database_url)
     if workers > 1 and not settings.redis_url:
         typer.echo("warning: without TIDEGATE_REDIS_URL, rate limits are counted per worker process.", err=True)
     forwarded = ",".join(settings.trusted_proxies) or None
