@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import sqlite3
 
 import pytest
+from sqlalchemy.exc import OperationalError
+
+from tidegate.audit import journal as journal_module
 
 
 def events(client, org, key=None, **params):
@@ -118,13 +123,6 @@ def test_no_secret_in_audit_or_journal(client, org, settings):
 
 # -- no audit, no access; a dependency down is a 503 ---------------------------------------------
 
-
-import errno
-import sqlite3
-
-from sqlalchemy.exc import OperationalError
-
-from tidegate.audit import journal as journal_module
 
 
 def _disk_full(fd, data):

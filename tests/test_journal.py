@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+
+import pytest
+
 from sqlalchemy import func, select
 
-from tidegate.audit.journal import Journal, backlog, decode_records
+from tidegate.audit import journal as journal_module
+from tidegate.audit.journal import (AuditUnavailable, Journal, backlog, decode_records, encode_record,
+                                     reship_set_aside, ship_pending)
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.record import event_row
 from tidegate.db.engine import session_scope
@@ -51,15 +59,6 @@ def test_a_refused_event_does_not_block_the_others(tmp_path, database_url):
 
 # -- records: whole, checksummed, torn ones detected -------------------------------------------
 
-
-import errno
-import os
-import stat
-
-import pytest
-
-from tidegate.audit import journal as journal_module
-from tidegate.audit.journal import AuditUnavailable, encode_record, reship_set_aside, ship_pending
 
 DOWN_URL = "postgresql+psycopg://nobody@127.0.0.1:9/nowhere"  # discard port: connection refused at once
 
