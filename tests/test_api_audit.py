@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import sqlite3
 
 import pytest
+from sqlalchemy.exc import OperationalError
+
+from tidegate.audit import journal as journal_module
 
 
 def events(client, org, key=None, **params):
@@ -114,3 +119,82 @@ def test_no_secret_in_audit_or_journal(client, org, settings):
     assert secret.encode() not in journal_text
     everything = json.dumps(events(client, org))
     assert secret not in everything and org.admin_key not in everything
+
+
+# -- no audit, no access; a dependency down is a 503 ---------------------------------------------
+
+
+
+def _disk_full(fd, data):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("path", ["/data", "/data?format=csv", "/data?format=parquet", ""])
+def test_a_request_whose_event_cannot_be_journaled_is_refused_before_any_data(client, org, monkeypatch, path):
+    rows = [{"secret_region": "ZZTOP", "n": i} for i in range(50)]
+    created = client.post("/api/v1/sources", json={"name": "guarded", "rows": rows}, headers=org.headers())
+    assert created.status_code == 201
+    url = f"/api/v1/sources/{created.json()['id']}{path}"
+    monkeypatch.setattr(journal_module, "_write_all", _disk_full)
+    refused = client.get(url, headers=org.headers())
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "audit_unavailable"
+    assert int(refused.headers["retry-after"]) >= 1 and refused.json()["error"]["retry_after"] >= 1
+    assert refused.headers["x-request-id"].startswith("req_")
+    assert b"ZZTOP" not in refused.content and b"guarded" not in refused.content
+    monkeypatch.undo()
+    served = client.get(url, headers=org.headers())
+    assert served.status_code == 200
+    assert b"ZZTOP" in served.content or path == ""  # (the source itself, not its rows)
+    statuses = {e["request_id"]: e["status"] for e in events(client, org)}
+    assert statuses[served.headers["x-request-id"]] == 200
+    assert refused.headers["x-request-id"] not in statuses  # refused, so nothing was read to record
+
+
+def _database_down(*args, **kwargs):
+    raise OperationalError("SELECT 1", {}, psycopg_like_refusal())
+
+
+def psycopg_like_refusal():
+    import psycopg
+
+    return psycopg.OperationalError("connection failed: Connection refused")
+
+
+def test_a_database_outage_is_a_503_with_retry_after_and_still_audited(client, org, monkeypatch):
+    monkeypatch.setattr("tidegate.api.keys.service.list_keys", _database_down)
+    down = client.get("/api/v1/keys", headers=org.headers())
+    assert down.status_code == 503, down.text
+    assert down.json()["error"] == {"type": "api_error", "code": "database_unavailable",
+                                    "message": down.json()["error"]["message"], "retry_after": 2}
+    assert down.headers["retry-after"] == "2"
+    monkeypatch.undo()
+    assert client.get("/api/v1/keys", headers=org.headers()).status_code == 200
+    statuses = {e["request_id"]: e["status"] for e in events(client, org)}
+    assert statuses[down.headers["x-request-id"]] == 503
+
+
+@pytest.mark.parametrize("message, status", [("database is locked", 503), ("database or disk is full", 503),
+                                             ("no such table: api_keys", 500)])
+def test_sqlite_outages_are_503_but_sqlite_bugs_stay_500(settings, org, monkeypatch, message, status):
+    from fastapi.testclient import TestClient
+
+    from tidegate.api.app import create_app
+
+    def failing(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
+
+    monkeypatch.setattr("tidegate.api.keys.service.list_keys", failing)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as plain:
+        response = plain.get("/api/v1/keys", headers=org.headers())
+    assert response.status_code == status, response.text
+    assert ("retry-after" in response.headers) == (status == 503)
+
+
+def test_a_database_outage_on_a_web_page_is_a_503_page(client, org, monkeypatch):
+    from tidegate.web import common
+
+    monkeypatch.setattr(common, "current_viewer", _database_down)
+    page = client.get("/settings/api-keys")
+    assert page.status_code == 503 and page.headers["retry-after"] == "2"
+    assert "text/html" in page.headers["content-type"] and "unavailable" in page.text.lower()

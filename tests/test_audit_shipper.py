@@ -23,7 +23,8 @@ from server import init_home, live_processes, running_server, scratch_postgres_d
 
 pytestmark = pytest.mark.slow
 
-ARRIVAL_TIMEOUT = 5.0
+# Bounded, but with room for a busy machine: a restarted shipper first imports for seconds.
+ARRIVAL_TIMEOUT = 20.0
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -344,3 +344,26 @@ def test_cli_help_lists_the_command_groups(tg):
     out = tg("--help").stdout
     for word in ("init", "serve", "users", "keys", "org"):
         assert word in out
+
+
+def test_a_database_that_is_down_is_a_clean_exit_75(tmp_path):
+    env = base_env(tmp_path / "home", database_url="postgresql://nobody@127.0.0.1:9/nowhere")
+    done = run_cli(env, "org", "list", "--json", check=False)
+    assert done.returncode == 75, done.stderr
+    assert '"database_unavailable"' in done.stderr and "Traceback" not in done.stderr
+
+
+def test_audit_status_shows_the_backlog(tmp_path):
+    from tidegate.audit.journal import Journal
+    from tidegate.audit.record import event_row
+
+    home = tmp_path / "home"
+    journal = Journal(home / "audit", "postgresql://nobody@127.0.0.1:9/nowhere")
+    for _ in range(3):
+        journal.append(event_row(org_id="org_x", actor_type="api_key", actor_id="key_x", action="api.request"))
+    journal.rotate()
+    env = base_env(home)
+    status = json.loads(run_cli(env, "audit", "status", "--json").stdout)
+    assert status["pending_events"] == 3 and status["segments"] == 1 and status["set_aside_events"] == 0
+    assert status["oldest_pending_age_seconds"] >= 0 and status["torn_records"] == 0
+    assert "pending events     3" in run_cli(env, "audit", "status").stdout

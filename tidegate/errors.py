@@ -49,3 +49,23 @@ class Conflict(TidegateError):
 class RateLimited(TidegateError):
     status = 429
     type = "rate_limit_error"
+
+
+class ServiceUnavailable(TidegateError):
+    """A dependency (database, Redis, disk, audit journal) is down: retry later.
+
+    Always carries Retry-After, as a header and in the envelope (`retry_after`, seconds)."""
+
+    status = 503
+    type = "api_error"
+    RETRY_AFTER = 2
+
+    def __init__(self, code: str, message: str, *, retry_after: int | None = None,
+                 headers: dict[str, str] | None = None):
+        self.retry_after = retry_after or self.RETRY_AFTER
+        super().__init__(code, message, headers={"Retry-After": str(self.retry_after), **(headers or {})})
+
+    def body(self) -> dict:
+        body = super().body()
+        body["error"]["retry_after"] = self.retry_after
+        return body

@@ -23,16 +23,21 @@ import threading
 import time
 from functools import lru_cache
 
+# Imported with this module, at start-up: `limits` imports it lazily, and two request threads
+# doing that at once let one see a half-imported module (see _redis_limiters).
+import redis  # noqa: F401
 from limits import RateLimitItemPerMinute, storage, strategies
 
-from tidegate.errors import RateLimited, TidegateError
+from tidegate.errors import RateLimited, ServiceUnavailable
 
 PERIOD = 60.0
 
 
-class LimiterUnavailable(TidegateError):
-    status = 503
-    type = "api_error"
+class LimiterUnavailable(ServiceUnavailable):
+    """Redis is down: refuse (fail closed) rather than run unlimited; 503 with Retry-After."""
+
+    def __init__(self):
+        super().__init__("rate_limiter_unavailable", "The rate limiter is unavailable; try again shortly.")
 
 
 class LocalSlidingWindow:
@@ -104,9 +109,30 @@ class LocalSlidingWindow:
 _local = LocalSlidingWindow()
 
 
-@lru_cache(maxsize=4)
+# Redis clients, built once per process at start-up (`connect`, from the app's lifespan).
+# Built lazily by concurrent request threads, `limits` saw a half-imported `redis` module and
+# refused it ("ConfigurationError ... Found version: 0.0.0"): 500s on the first requests.
+_redis_limiters: dict[str, strategies.SlidingWindowCounterRateLimiter] = {}
+_redis_lock = threading.Lock()
+# Fail fast while Redis is down (the request gets its 503 at once), reconnect when it is back.
+REDIS_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 2, "health_check_interval": 10}
+
+
+def connect(redis_url: str | None) -> None:
+    """Build the Redis client for `redis_url` now (no network I/O: it connects on first use)."""
+    if redis_url:
+        _redis_limiter(redis_url)
+
+
 def _redis_limiter(redis_url: str) -> strategies.SlidingWindowCounterRateLimiter:
-    return strategies.SlidingWindowCounterRateLimiter(storage.storage_from_string(redis_url))
+    limiter = _redis_limiters.get(redis_url)
+    if limiter is None:
+        with _redis_lock:
+            limiter = _redis_limiters.get(redis_url)
+            if limiter is None:
+                limiter = _redis_limiters[redis_url] = strategies.SlidingWindowCounterRateLimiter(
+                    storage.storage_from_string(redis_url, **REDIS_OPTIONS))
+    return limiter
 
 
 @lru_cache(maxsize=1024)
@@ -158,12 +184,12 @@ USER_PREFIX = "user:"  # in-memory counters: keep a person's apart from any key'
 
 
 def _redis_wait(redis_url: str, namespace: str, identifier: str, per_minute: int) -> float | None:
-    limiter = _redis_limiter(redis_url)
     item = _per_minute(per_minute)
     try:
+        limiter = _redis_limiter(redis_url)
         if limiter.hit(item, namespace, identifier):
             return None
         reset_at = limiter.get_window_stats(item, namespace, identifier).reset_time
     except Exception as exc:  # the store is down: refuse rather than run unlimited
-        raise LimiterUnavailable("rate_limiter_unavailable", "The rate limiter is unavailable; try again shortly.") from exc
+        raise LimiterUnavailable() from exc
     return reset_at - time.time()

@@ -13,11 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidegate import __version__
+from tidegate.access import ratelimit
 from tidegate.api import audit, data, files, keys, org_settings, policies, sources, users
 from tidegate.api.middleware import RequestMiddleware
 from tidegate.api.responses import JSON, error_response, from_error
 from tidegate.audit import shipper
-from tidegate.audit.journal import Journal
+from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
 from tidegate.data import engine
@@ -57,7 +58,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        journal.flush()  # ship what a previous (possibly killed) process left behind
+        # Clients are built here, once, not lazily by the first concurrent requests.
+        ratelimit.connect(settings.redis_url)
+        try:
+            journal.flush()  # ship what a previous (possibly killed) process left behind
+        except Exception as exc:  # the database is down: serve (503s) and keep retrying
+            log.warning("audit events of earlier runs not shipped yet (%s); will retry", brief_error(exc))
         journal.start(ship=not shipper.ships_elsewhere())
         collector.start()
         yield

@@ -2,7 +2,9 @@
 
 A plain ASGI middleware (not BaseHTTPMiddleware) so that it adds no task or copy per
 request. The audit event is appended to the journal when the response *starts*, before
-any byte reaches the client.
+any byte reaches the client; if it cannot be, the request is answered 503
+`audit_unavailable` instead (no audit, no access). A dependency that fails (database, disk,
+Redis) answers 503 with Retry-After, never a 500 (see `tidegate.outages`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import time
 from starlette.requests import Request
 
 from tidegate.api.deps import client_ip
-from tidegate.api.responses import error_response
-from tidegate.audit.journal import Journal
+from tidegate.api.responses import error_response, from_error
+from tidegate.audit.journal import AuditUnavailable, Journal
 from tidegate.audit.record import event_row
 from tidegate.ids import new_ulid
+from tidegate.outages import unavailable_error
 
 log = logging.getLogger("tidegate.api")
 # Our own access log: path only, never the query string (a client may put anything there),
@@ -43,29 +46,62 @@ class RequestMiddleware:
         request_id = "req_" + request_ulid
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        started = False
+        started = False  # the response has begun to leave
+        unjournaled: AuditUnavailable | None = None  # why the response was stopped before it began
         began = time.perf_counter()
 
         async def send_with_id(message):
-            nonlocal started
+            nonlocal started, unjournaled
+            if unjournaled is not None:
+                raise unjournaled  # nothing of a response whose event was not journaled
             if message["type"] == "http.response.start":
-                started = True
                 # Appended, not set through MutableHeaders: no response of ours sets it.
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
-                self._audit(scope, message["status"], "evt_" + request_ulid)
+                try:
+                    # No audit, no access: journaled before the first byte (of a stream too) leaves.
+                    self._audit(scope, message["status"], "evt_" + request_ulid)
+                except AuditUnavailable as exc:
+                    unjournaled = exc
+                    raise
                 access_log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"],
                                 message["status"], (time.perf_counter() - began) * 1000)
+                started = True
             await send(message)
+
+        async def refuse_unjournaled():
+            # Sent as is: it carries no data, and the journal that would record it is failing.
+            response = from_error(unjournaled)
+            response.headers["x-request-id"] = request_id
+            await response(scope, receive, send)
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("unhandled error in request %s", request_id)
+        except Exception as exc:
             if started:
                 raise
-            response = error_response(500, "api_error", "internal_error",
-                                      f"Internal error; quote request id {request_id} when reporting it.")
-            await response(scope, receive, send_with_id)
+            if unjournaled is None:
+                try:
+                    await self._failure_response(exc, request_id)(scope, receive, send_with_id)
+                    return
+                except AuditUnavailable:
+                    if started:
+                        raise
+            await refuse_unjournaled()
+            return
+        if unjournaled is not None and not started:  # the app swallowed the refusal
+            await refuse_unjournaled()
+
+    @staticmethod
+    def _failure_response(exc: Exception, request_id: str):
+        """503 with Retry-After if a dependency is down (database, disk, Redis); else 500."""
+        down = unavailable_error(exc)
+        if down is not None:
+            log.warning("request %s: %s (%s: %s)", request_id, down.code, type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "")
+            return from_error(down)
+        log.error("unhandled error in request %s", request_id, exc_info=exc)
+        return error_response(500, "api_error", "internal_error",
+                              f"Internal error; quote request id {request_id} when reporting it.")
 
     def _audit(self, scope, status: int, event_id: str) -> None:
         state = scope.get("state", {})

@@ -37,7 +37,7 @@ def event_row(
     timestamp: datetime | None = None,
     id: str | None = None,
 ) -> dict:
-    return _storable({
+    return storable({
         "id": id or new_id("evt"),
         "org_id": org_id,
         "timestamp": timestamp or utcnow(),
@@ -62,7 +62,7 @@ _TEXT_LIMITS = {column.name: column.type.length for column in AuditEvent.__table
                 if isinstance(column.type, String)}
 
 
-def _storable(row: dict) -> dict:
+def storable(row: dict) -> dict:
     """The event with every text field as any database can keep it: NUL becomes U+FFFD and
     text is cut to its column's length (PostgreSQL refuses both; SQLite takes them).
 

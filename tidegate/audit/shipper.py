@@ -22,7 +22,7 @@ import signal
 import threading
 from pathlib import Path
 
-from tidegate.audit.journal import ship_pending
+from tidegate.audit.journal import backoff, brief_error, private_directory, ship_pending
 
 log = logging.getLogger("tidegate.audit")
 
@@ -39,17 +39,25 @@ def _run(directory: str, database_url: str, parent_pid: int, interval: float, st
     # server: it stops us through `stop`, or we see it gone. Either way we ship once more.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    failures = 0
     while True:
-        try:
-            ship_pending(Path(directory), database_url)
-        except Exception:  # keep the segments; the next round retries
-            log.exception("audit shipping failed; will retry")
+        failures = 0 if _ship_round(directory, database_url) else failures + 1
         if stop.is_set() or os.getppid() != parent_pid:
             return
-        stop.wait(interval)
+        # While the database is down, wait longer between rounds (at most journal.MAX_BACKOFF).
+        stop.wait(backoff(interval, failures))
         if stop.is_set() or os.getppid() != parent_pid:
-            ship_pending(Path(directory), database_url)
+            _ship_round(directory, database_url)
             return
+
+
+def _ship_round(directory: str, database_url: str) -> bool:
+    try:
+        ship_pending(Path(directory), database_url)
+        return True
+    except Exception as exc:  # keep the segments; the next round retries
+        log.warning("audit shipping failed (%s); will retry", brief_error(exc))
+        return False
 
 
 class ShipperProcess:
@@ -75,7 +83,7 @@ class ShipperProcess:
         self._process.start()
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_directory(self.directory)
         self._spawn()
 
         def watch():
@@ -97,4 +105,5 @@ class ShipperProcess:
             if self._process.is_alive():
                 self._process.kill()  # safe: shipping is idempotent and transactional
                 self._process.join(timeout=5)
-        ship_pending(self.directory, self.database_url)
+        if not _ship_round(str(self.directory), self.database_url):
+            log.warning("audit events stay in %s until the next start", self.directory)

@@ -22,17 +22,20 @@ from tidegate.api.keys import key_view
 from tidegate.config import get_settings
 from tidegate.credentials import service as keys_service
 from tidegate.db.engine import migrate, session_scope
-from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.errors import InvalidRequest, ServiceUnavailable, TidegateError
 from tidegate.orgs import service as orgs
 from tidegate.orgs.models import Organization
+from tidegate.outages import unavailable_error
 
 app = typer.Typer(help="tidegate: governed, auditable API keys for your organization's data.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users (operator console).", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys (operator console).", no_args_is_help=True)
 org_app = typer.Typer(help="Organization admin controls.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit journal: its backlog, and events the database refused.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(org_app, name="org")
+app.add_typer(audit_app, name="audit")
 
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
@@ -45,16 +48,38 @@ def emit(as_json: bool, payload: dict | list, human: str) -> None:
 def database(as_json: bool = False):
     """A migrated database transaction; service errors become a clean non-zero exit."""
     settings = get_settings()
-    migrate(settings.database_url)
-    try:
+    with refusals_reported(as_json):
+        migrate(settings.database_url)
         with session_scope(settings.database_url) as session:
             yield settings, session
+
+
+# Exit status when a dependency is down: sysexits' EX_TEMPFAIL, "try again later".
+EXIT_UNAVAILABLE = 75
+
+
+@contextmanager
+def refusals_reported(as_json: bool):
+    """Service refusals exit 1, a database or disk that is down exits 75, each with a clean
+    message (a JSON envelope with --json) instead of a traceback."""
+    try:
+        yield
     except TidegateError as exc:
-        if as_json:
-            typer.echo(json.dumps(exc.body()), err=True)
-        else:
-            typer.echo(f"error: {exc.message} ({exc.code})", err=True)
-        raise typer.Exit(code=1) from None
+        _report(as_json, exc)
+        raise typer.Exit(code=EXIT_UNAVAILABLE if isinstance(exc, ServiceUnavailable) else 1) from None
+    except Exception as exc:
+        down = unavailable_error(exc)
+        if down is None:
+            raise
+        _report(as_json, down)
+        raise typer.Exit(code=EXIT_UNAVAILABLE) from None
+
+
+def _report(as_json: bool, exc: TidegateError) -> None:
+    if as_json:
+        typer.echo(json.dumps(exc.body()), err=True)
+    else:
+        typer.echo(f"error: {exc.message} ({exc.code})", err=True)
 
 
 @app.command()
@@ -133,7 +158,8 @@ def serve(
     from tidegate.audit import shipper
 
     settings = get_settings()
-    migrate(settings.database_url)
+    with refusals_reported(False):
+        migrate(settings.database_url)
     if workers > 1 and not settings.redis_url:
         typer.echo("warning: without TIDEGATE_REDIS_URL, rate limits and sign-in throttling are counted per worker process.", err=True)
     forwarded = ",".join(settings.trusted_proxies) or None
@@ -183,6 +209,10 @@ def _run_uvicorn(settings, host: str, port: int, workers: int, forwarded: str | 
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=forwarded,
         server_header=False,
+        # A worker that has not answered the supervisor's ping within this is killed and
+        # replaced. uvicorn's 5 s is less than a worker's start-up (imports: 2.5 s of CPU) on
+        # a busy machine, where every replacement was killed in turn: never serving again.
+        timeout_worker_healthcheck=30,
         log_level=os.environ.get("TIDEGATE_LOG_LEVEL", "info"),
         # uvicorn's access log prints query strings; ours (tidegate.access) prints paths only.
         access_log=False,
@@ -354,6 +384,42 @@ def org_list(as_json: bool = JsonOpt):
     with database(as_json) as (_, session):
         payload = [{"id": o.id, "name": o.name} for o in session.scalars(select(Organization).order_by(Organization.id))]
     emit(as_json, payload, "\n".join(f"{o['id']}  {o['name']}" for o in payload) or "No organizations.")
+
+
+# -- audit journal -------------------------------------------------------------------------
+
+
+@audit_app.command("status")
+def audit_status(as_json: bool = JsonOpt):
+    """What is waiting in the audit journal: events not yet in the database, set aside, torn."""
+    from tidegate.audit.journal import backlog
+
+    directory = get_settings().audit_dir
+    payload = backlog(directory).view(directory) if directory.exists() else \
+        {"directory": str(directory), "segments": 0, "pending_events": 0, "oldest_pending_at": None,
+         "oldest_pending_age_seconds": None, "set_aside_events": 0, "torn_records": 0}
+    age = payload["oldest_pending_age_seconds"]
+    emit(as_json, payload, "\n".join([
+        f"journal            {payload['directory']}",
+        f"pending events     {payload['pending_events']} in {payload['segments']} segment(s)"
+        + (f", oldest {age:.0f} s old" if age is not None else ""),
+        f"set aside          {payload['set_aside_events']}" + ("  (refused by the database; see "
+                                                               "`tidegate audit reship`)" if payload["set_aside_events"] else ""),
+        f"torn records       {payload['torn_records']}",
+    ]))
+
+
+@audit_app.command("reship")
+def audit_reship(as_json: bool = JsonOpt):
+    """Ship the events the database refused (kept in rejected.jsonl) again, e.g. after an upgrade."""
+    from tidegate.audit.journal import private_directory, reship_set_aside
+
+    settings = get_settings()
+    with refusals_reported(as_json):
+        migrate(settings.database_url)
+        shipped, refused = reship_set_aside(private_directory(settings.audit_dir), settings.database_url)
+    emit(as_json, {"shipped": shipped, "still_set_aside": refused},
+         f"Shipped {shipped} set-aside event(s); {refused} still refused.")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -33,7 +33,11 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # After a PostgreSQL restart or outage the pool recovers by itself: every checkout is
+    # pre-pinged, a disconnect invalidates the whole pool, and a down server fails a
+    # connect within seconds (a 503) instead of holding the request.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, pool_timeout=10,
+                         connect_args={"connect_timeout": 5})
 
 
 @lru_cache(maxsize=8)

@@ -23,11 +23,12 @@ from starlette.responses import Response
 from tidegate.config import Settings
 from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.outages import unavailable_error
 from tidegate.web.render import error_page, redirect
 from tidegate.web.sessions import SESSION_COOKIE, Viewer, csrf_valid, load_viewer
 
 TITLES = {400: "Bad request", 401: "Not signed in", 403: "Not allowed", 404: "Not found",
-          409: "Conflict", 429: "Too many requests"}
+          409: "Conflict", 429: "Too many requests", 503: "Temporarily unavailable"}
 
 
 class NeedLogin(Exception):
@@ -59,11 +60,22 @@ class WebRoute(APIRoute):
             except PageError as exc:
                 return error_page(request, exc.status, exc.title, exc.message, viewer=exc.viewer)
             except TidegateError as exc:
-                return error_page(request, exc.status, TITLES.get(exc.status, "Request refused"), exc.message)
+                return _with_headers(error_page(request, exc.status, TITLES.get(exc.status, "Request refused"),
+                                                exc.message), exc.headers)
             except RequestValidationError:
                 return error_page(request, 400, "Bad request", "The address or form had a value this page cannot use.")
+            except Exception as exc:
+                down = unavailable_error(exc)  # the database, disk or Redis is down: 503, not 500
+                if down is None:
+                    raise
+                return _with_headers(error_page(request, 503, TITLES[503], down.message), down.headers)
 
         return guarded
+
+
+def _with_headers(response: Response, headers: dict[str, str]) -> Response:
+    response.headers.update(headers)
+    return response
 
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
