@@ -58,7 +58,7 @@ COVERAGE = {"requests": 300, "bad_query": 10, "page": 50, "query": 30, "csv": 5,
             "policy_assign": 1, "policy_unassign": 1, "role_change": 2, "append": 2, "denied_append": 1,
             "key_revoke": 3, "revoked_key": 3, "source_delete": 1}
 READERS = 6  # + one admin changing things + one key churner = 8 client threads
-AUDIT_WAIT = 30.0
+AUDIT_WAIT = 20.0  # the shipper ships every second
 RATE = 10_000  # per key and minute: the workload measures correctness, not the limiter
 
 PUBLIC = ("US", "EU", "APAC", "LATAM")
