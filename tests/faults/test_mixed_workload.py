@@ -61,6 +61,7 @@ MAX_DURATION = 4 * DURATION
 COVERAGE = {"requests": 300, "bad_query": 10, "page": 50, "query": 30, "csv": 5, "policy_edit": 2,
             "policy_assign": 1, "policy_unassign": 1, "role_change": 2, "append": 2, "denied_append": 1,
             "key_revoke": 3, "revoked_key": 3, "source_delete": 1}
+START_TIMEOUT = 120.0  # four processes importing tidegate on a busy 2-core machine
 READERS = 6  # + one admin changing things + one key churner = 8 client threads
 AUDIT_WAIT = 20.0  # the shipper ships every second
 RATE = 10_000  # per key and minute: the workload measures correctness, not the limiter
@@ -115,7 +116,7 @@ def mixed_server(request, tmp_path):
         srv.database = request.param
         srv.raw_database_url = url
         stack.callback(srv.stop)
-        srv.start(workers=2)
+        srv.start(workers=2, timeout=START_TIMEOUT)
         yield srv
 
 
