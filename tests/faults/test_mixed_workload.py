@@ -549,9 +549,9 @@ def set_up(srv) -> Workload:
 
 
 def request_events(srv) -> tuple[dict[str, int | None], Counter]:
-    """({request id: status}, events per request id) of the org's request events: a request's
-    event id is "evt_" + the request's ULID."""
-    query = "SELECT id, status FROM audit_events WHERE org_id = {}"
+    """({request id: status}, events per request id) of the org's request events: the events
+    with a status (change events, recorded beside them, carry the request id but no status)."""
+    query = "SELECT request_id, status FROM audit_events WHERE org_id = {} AND status IS NOT NULL"
     if srv.database == "sqlite":
         with sqlite3.connect(f"file:{srv.home / 'tidegate.db'}?mode=ro", uri=True, timeout=30) as db:
             rows = db.execute(query.format("?"), (srv.org_id,)).fetchall()
@@ -562,10 +562,7 @@ def request_events(srv) -> tuple[dict[str, int | None], Counter]:
             rows = db.execute(query.format("%s"), (srv.org_id,)).fetchall()
     found: dict[str, int | None] = {}
     count = Counter()
-    for event_id, status in rows:
-        if not event_id.startswith("evt_"):
-            continue
-        request_id = "req_" + event_id[4:]
+    for request_id, status in rows:
         count[request_id] += 1
         found[request_id] = status
     return found, count
