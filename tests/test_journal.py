@@ -180,3 +180,30 @@ def test_torn_records_are_quarantined_and_counted(tmp_path, database_url):
     assert count(database_url, "org_torn_ship") == 1
     assert backlog(directory).torn_records == 2  # quarantined in torn.jsonl, not forgotten
     assert stat.S_IMODE((directory / "torn.jsonl").stat().st_mode) == 0o600
+
+
+def test_a_shipper_claiming_orphans_while_a_segment_is_created_takes_nothing_from_a_live_writer(
+        tmp_path, database_url, monkeypatch):
+    """A segment is created, locked and only then named `.active`: a shipper that looks for dead
+    writers' segments at any moment of that never ships and deletes the live writer's file."""
+    directory = tmp_path / "audit"
+    journal = Journal(directory, database_url)
+    real_flock = journal_module.fcntl.flock
+    claims = []
+
+    def flock_with_a_shipper_in_the_gap(fd, operation):
+        if operation == journal_module.fcntl.LOCK_EX and not claims:  # the writer taking its lock
+            claims.append(None)  # once (the shipper takes locks of its own)
+            claims[0] = ship_pending(directory, database_url)  # the shipper's round, right now
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(journal_module.fcntl, "flock", flock_with_a_shipper_in_the_gap)
+    events = some_events("org_journal_gap", 3)
+    for event in events:
+        journal.append(event)
+    monkeypatch.setattr(journal_module.fcntl, "flock", real_flock)
+    journal.rotate()
+    ship_pending(directory, database_url)
+    assert claims == [0]
+    assert count(database_url, "org_journal_gap") == 3
+    journal.close()

@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import threading
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ log = logging.getLogger("tidegate.audit")
 
 ACTIVE = ".active.jsonl"
 READY = ".ready.jsonl"
+OPENING = ".opening"  # a segment being created; never holds a record
+STALE_OPENING_SECONDS = 60
 SET_ASIDE = "rejected.jsonl"  # events the database refused as such: kept, `tidegate audit reship`
 TORN = "torn.jsonl"  # what was left of torn records: kept and counted
 SHIP_LOCK = "ship.lock"
@@ -194,12 +197,23 @@ class Journal:
     def _open_segment(self) -> None:
         self._sequence += 1
         path = self.directory / f"{os.getpid()}-{self._sequence}-{os.urandom(4).hex()}{ACTIVE}"
+        # Created under another name, locked, then renamed: a segment is never visible as
+        # `.active` unlocked, where the shipper would take it for a dead writer's and ship
+        # and delete it under us (every later event of this worker lost).
+        opening = path.with_name(path.name[: -len(ACTIVE)] + OPENING)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = os.open(opening, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             log.error("audit journal: cannot create a segment in %s: %s", self.directory, exc)
             raise AuditUnavailable() from exc
         fcntl.flock(fd, fcntl.LOCK_EX)  # held for the segment's life; released by the kernel on death
+        try:
+            os.rename(opening, path)
+        except OSError as exc:
+            os.close(fd)
+            opening.unlink(missing_ok=True)
+            log.error("audit journal: cannot create a segment in %s: %s", self.directory, exc)
+            raise AuditUnavailable() from exc
         self._fd, self._path, self._records, self._size, self._pid = fd, path, 0, 0, os.getpid()
 
     def append(self, event: dict) -> None:
@@ -304,6 +318,11 @@ def _json_default(value):
 
 def _claim_orphans(directory: Path, own_path: Path | None) -> None:
     """Turn active segments of dead processes into ready ones."""
+    for path in directory.glob(f"*{OPENING}"):
+        # A writer killed between creating and renaming its segment wrote nothing in it. One
+        # still being created is unlocked for an instant too: only stale ones are removed.
+        if _older_than(path, STALE_OPENING_SECONDS) and _unlocked(path):
+            path.unlink(missing_ok=True)
     for path in directory.glob(f"*{ACTIVE}"):
         if own_path is not None and path == own_path:
             continue
@@ -321,6 +340,27 @@ def _claim_orphans(directory: Path, own_path: Path | None) -> None:
                 os.rename(path, path.with_name(path.name[: -len(ACTIVE)] + READY))
         finally:
             os.close(fd)
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
+
+
+def _unlocked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class _ShipLock:
