@@ -10,9 +10,10 @@ Registry (`CONNECTORS`, `list_connectors()`):
   `connector_unreachable` message (no port scan by error message). The whole read is
   limited to TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS (default 300).
 - `sqlite`: config {path, table | query}. The file must lie under a directory allowed by
-  `configure(sqlite_dirs=...)` / TIDEGATE_SQLITE_CONNECTOR_DIRS and never inside the
-  tidegate home nor be tidegate's own database file; it is opened read-only, and an authorizer allows only reads (no ATTACH,
-  PRAGMA or writes), with a time limit.
+  `configure(sqlite_dirs=...)` / TIDEGATE_SQLITE_CONNECTOR_DIRS, never inside the
+  tidegate home, and never be tidegate's own database (by path or hard link); it is
+  opened read-only, and an authorizer allows only reads (no ATTACH, PRAGMA or writes),
+  with a time limit.
 
 Credentials are write-only: `split_config` moves secret fields out of the config, and they
 are stored only as a Fernet token (`encrypt_secret`) whose key is derived (HKDF-SHA256)
