@@ -48,7 +48,7 @@ from tidegate.db.base import isoformat, utcnow
 from tidegate.errors import Conflict, InvalidRequest, NotFound
 from tidegate.ids import new_id
 from tidegate.orgs.models import Organization, User
-from tidegate.orgs.service import get_user
+from tidegate.orgs.service import get_user, lock_organization
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
@@ -305,6 +305,7 @@ def create_policy(
     description = _check_description(description)
     source_ids = normalize_source_ids(source_ids)
     row_filters = normalize_row_filters(row_filters)
+    lock_organization(session, org_id)  # the name check holds until commit
     if _policy_name_taken(session, org_id, name):
         raise Conflict("policy_exists", f"An access policy named {name!r} already exists.")
     now = utcnow()
@@ -341,6 +342,8 @@ def update_policy(
         new["source_ids"] = normalize_source_ids(source_ids)
     if row_filters is not UNSET:
         new["row_filters"] = normalize_row_filters(row_filters)
+    if "name" in new and new["name"] != policy.name:
+        lock_organization(session, policy.org_id)
     if "name" in new and new["name"] != policy.name and _policy_name_taken(session, policy.org_id, new["name"], policy.id):
         raise Conflict("policy_exists", f"An access policy named {new['name']!r} already exists.")
     changes = {}
@@ -522,6 +525,7 @@ def create_group(session: Session, actor: Principal | None, org_id: str, *, name
                  description: str | None = None, context: RequestContext | None = None) -> Group:
     name = _check_name(name, "Group")
     description = _check_description(description)
+    lock_organization(session, org_id)  # the name check holds until commit
     if _group_name_taken(session, org_id, name):
         raise Conflict("group_exists", f"A group named {name!r} already exists.")
     now = utcnow()
@@ -540,6 +544,8 @@ def update_group(session: Session, actor: Principal | None, group: Group, *, nam
         new["name"] = _check_name(name, "Group")
     if description is not UNSET:
         new["description"] = _check_description(description)
+    if "name" in new and new["name"] != group.name:
+        lock_organization(session, group.org_id)
     if "name" in new and new["name"] != group.name and _group_name_taken(session, group.org_id, new["name"], group.id):
         raise Conflict("group_exists", f"A group named {new['name']!r} already exists.")
     changes = {}
