@@ -1,4 +1,5 @@
-"""Per-request plumbing: a request id on every response, and the request audit event.
+"""Per-request plumbing: a request id and `X-Content-Type-Options: nosniff` on every
+response, and the request audit event.
 
 A plain ASGI middleware (not BaseHTTPMiddleware) so that it adds no task or copy per
 request. The audit event is appended to the journal when the response *starts*, before
@@ -51,7 +52,11 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 # Appended, not set through MutableHeaders: no response of ours sets it.
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                # nosniff on every response (API, static files, errors, 404s); pages set it already.
+                if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message["headers"] = headers
                 self._audit(scope, message["status"], "evt_" + request_ulid)
                 access_log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"],
                                 message["status"], (time.perf_counter() - began) * 1000)
