@@ -162,3 +162,49 @@ def test_the_cli_keeps_the_rule_against_a_concurrent_api_change(client, make_org
         cli, api = at_once(cli_demotes_a, lambda: ACTIONS["demote"](client, org, b_key, b_id))
         assert sorted([cli == "ok", api.status_code == 200]) == [False, True], (cli, api.text)
         assert active_admins(org) == 1
+
+
+@pytest.fixture
+def slow_membership_writes(monkeypatch):
+    """Widen the window between reading current assignments and writing new ones."""
+    real_utcnow, real_direct = policies_service.utcnow, policies_service.direct_policy_ids
+
+    def slow_utcnow():  # called for each row added, after the existing rows were read
+        time.sleep(WINDOW)
+        return real_utcnow()
+
+    def slow_direct(*args, **kwargs):
+        result = real_direct(*args, **kwargs)
+        time.sleep(WINDOW)
+        return result
+
+    monkeypatch.setattr(policies_service, "utcnow", slow_utcnow)
+    monkeypatch.setattr(policies_service, "direct_policy_ids", slow_direct)
+
+
+def test_concurrent_identical_assignments_stay_idempotent(client, org, slow_membership_writes):
+    for i in range(ROUNDS):
+        user_id = org.add_user(f"member-{i}@example.com")
+        policy = client.post("/api/v1/access/policies", json={"name": f"p{i}"}, headers=org.headers()).json()
+        group = client.post("/api/v1/access/groups", json={"name": f"g{i}"}, headers=org.headers()).json()
+        assigned = at_once(*[lambda: client.post(f"/api/v1/access/policies/{policy['id']}/users",
+                                                 json={"user_ids": [user_id]}, headers=org.headers())] * 2)
+        assert [r.status_code for r in assigned] == [200, 200], [r.text for r in assigned]
+        assert sorted(len(r.json()["assigned_user_ids"]) for r in assigned) == [0, 1]
+        members = at_once(*[lambda: client.post(f"/api/v1/access/groups/{group['id']}/users",
+                                                json={"user_ids": [user_id]}, headers=org.headers())] * 2)
+        assert all(r.status_code in (200, 201) for r in members), [r.text for r in members]
+
+
+def test_concurrent_policy_replacements_set_one_of_the_two_sets(client, org, slow_membership_writes):
+    p1, p2 = (client.post("/api/v1/access/policies", json={"name": n}, headers=org.headers()).json()["id"]
+              for n in ("only one", "only two"))
+    for i in range(ROUNDS):
+        user_id = org.add_user(f"replaced-{i}@example.com")
+        responses = at_once(*[lambda ids=ids: client.put(f"/api/v1/access/users/{user_id}/policies",
+                                                         json={"policy_ids": ids}, headers=org.headers())
+                              for ids in ([p1], [p2])])
+        assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+        with session_scope(org.settings.database_url) as session:
+            final = policies_service.direct_policy_ids(session, user_id)
+        assert sorted(final) in ([p1], [p2]), final  # never both: the union nobody asked for

@@ -396,6 +396,7 @@ def assign_users(session: Session, actor: Principal | None, policy: Policy, user
                  context: RequestContext | None = None) -> AssignResult:
     """Additive and idempotent. All users must be active users of the policy's org, or nothing changes."""
     resolved = resolve_user_ids(session, policy.org_id, user_ids)
+    lock_organization(session, policy.org_id)  # concurrent identical calls stay idempotent
     existing = set(session.scalars(select(PolicyAssignment.user_id).where(
         PolicyAssignment.policy_id == policy.id, PolicyAssignment.user_id.in_(resolved))))
     added = [u for u in resolved if u not in existing]
@@ -444,6 +445,7 @@ def replace_user_policies(session: Session, actor: Principal | None, org_id: str
     """
     user = get_user(session, org_id, user_id)
     wanted = validate_policy_ids(session, org_id, policy_ids)
+    lock_organization(session, org_id)  # "exactly": never the union of two concurrent calls
     current = direct_policy_ids(session, user.id)
     added = sorted(set(wanted) - set(current))
     removed = sorted(set(current) - set(wanted))
@@ -579,6 +581,7 @@ def add_group_members(session: Session, actor: Principal | None, group: Group, u
                       context: RequestContext | None = None) -> list[str]:
     """Additive, idempotent, all or nothing. Returns the users newly added."""
     resolved = resolve_user_ids(session, group.org_id, user_ids)
+    lock_organization(session, group.org_id)  # concurrent identical calls stay idempotent
     existing = set(session.scalars(select(GroupMember.user_id).where(
         GroupMember.group_id == group.id, GroupMember.user_id.in_(resolved))))
     added = [u for u in resolved if u not in existing]
@@ -607,6 +610,7 @@ def assign_group_policies(session: Session, actor: Principal | None, group: Grou
                           context: RequestContext | None = None) -> list[str]:
     """Additive, idempotent, all or nothing. Returns the policies newly assigned."""
     wanted = validate_policy_ids(session, group.org_id, policy_ids)
+    lock_organization(session, group.org_id)  # concurrent identical calls stay idempotent
     existing = set(session.scalars(select(GroupPolicy.policy_id).where(
         GroupPolicy.group_id == group.id, GroupPolicy.policy_id.in_(wanted))))
     added = [p for p in wanted if p not in existing]
