@@ -348,10 +348,10 @@ def _sqlite_path(raw: str) -> Path:
     if not any(resolved == d or d in resolved.parents for d in allowed):
         raise InvalidRequest("connector_error",
                              "This SQLite file is not in a directory the server allows connectors to read.")
+    if _is_own_file(resolved):  # before the existence check: nothing told about the server's files
+        raise InvalidRequest("connector_error", "The server's own files cannot be read by a connector.")
     if not resolved.is_file():
         raise InvalidRequest("connector_error", "The SQLite file does not exist.")
-    if _is_own_file(resolved):
-        raise InvalidRequest("connector_error", "The server's own files cannot be read by a connector.")
     return resolved
 
 
