@@ -71,7 +71,11 @@ def normalize_database_url(url: str) -> str:
 def load_settings() -> Settings:
     home = Path(os.environ.get("TIDEGATE_HOME", "./.tidegate")).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o700)
+    # The home, its data and audit directories are the server's alone (also when an older
+    # version created them with wider modes).
+    for directory in (home, home / "data", home / "audit"):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
     database_url = os.environ.get("TIDEGATE_DATABASE_URL") or f"sqlite:///{home / 'tidegate.db'}"
     pepper_env = os.environ.get("TIDEGATE_PEPPER")
     session_env = os.environ.get("TIDEGATE_SESSION_KEY")

@@ -48,7 +48,7 @@ from tidegate.db.base import isoformat, utcnow
 from tidegate.errors import Conflict, InvalidRequest, NotFound
 from tidegate.ids import new_id
 from tidegate.orgs.models import Organization, User
-from tidegate.orgs.service import get_user
+from tidegate.orgs.service import get_user, lock_organization
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
@@ -305,6 +305,7 @@ def create_policy(
     description = _check_description(description)
     source_ids = normalize_source_ids(source_ids)
     row_filters = normalize_row_filters(row_filters)
+    lock_organization(session, org_id)  # the name check holds until commit
     if _policy_name_taken(session, org_id, name):
         raise Conflict("policy_exists", f"An access policy named {name!r} already exists.")
     now = utcnow()
@@ -341,6 +342,8 @@ def update_policy(
         new["source_ids"] = normalize_source_ids(source_ids)
     if row_filters is not UNSET:
         new["row_filters"] = normalize_row_filters(row_filters)
+    if "name" in new and new["name"] != policy.name:
+        lock_organization(session, policy.org_id)
     if "name" in new and new["name"] != policy.name and _policy_name_taken(session, policy.org_id, new["name"], policy.id):
         raise Conflict("policy_exists", f"An access policy named {new['name']!r} already exists.")
     changes = {}
@@ -393,6 +396,7 @@ def assign_users(session: Session, actor: Principal | None, policy: Policy, user
                  context: RequestContext | None = None) -> AssignResult:
     """Additive and idempotent. All users must be active users of the policy's org, or nothing changes."""
     resolved = resolve_user_ids(session, policy.org_id, user_ids)
+    lock_organization(session, policy.org_id)  # concurrent identical calls stay idempotent
     existing = set(session.scalars(select(PolicyAssignment.user_id).where(
         PolicyAssignment.policy_id == policy.id, PolicyAssignment.user_id.in_(resolved))))
     added = [u for u in resolved if u not in existing]
@@ -441,6 +445,7 @@ def replace_user_policies(session: Session, actor: Principal | None, org_id: str
     """
     user = get_user(session, org_id, user_id)
     wanted = validate_policy_ids(session, org_id, policy_ids)
+    lock_organization(session, org_id)  # "exactly": never the union of two concurrent calls
     current = direct_policy_ids(session, user.id)
     added = sorted(set(wanted) - set(current))
     removed = sorted(set(current) - set(wanted))
@@ -522,6 +527,7 @@ def create_group(session: Session, actor: Principal | None, org_id: str, *, name
                  description: str | None = None, context: RequestContext | None = None) -> Group:
     name = _check_name(name, "Group")
     description = _check_description(description)
+    lock_organization(session, org_id)  # the name check holds until commit
     if _group_name_taken(session, org_id, name):
         raise Conflict("group_exists", f"A group named {name!r} already exists.")
     now = utcnow()
@@ -540,6 +546,8 @@ def update_group(session: Session, actor: Principal | None, group: Group, *, nam
         new["name"] = _check_name(name, "Group")
     if description is not UNSET:
         new["description"] = _check_description(description)
+    if "name" in new and new["name"] != group.name:
+        lock_organization(session, group.org_id)
     if "name" in new and new["name"] != group.name and _group_name_taken(session, group.org_id, new["name"], group.id):
         raise Conflict("group_exists", f"A group named {new['name']!r} already exists.")
     changes = {}
@@ -573,6 +581,7 @@ def add_group_members(session: Session, actor: Principal | None, group: Group, u
                       context: RequestContext | None = None) -> list[str]:
     """Additive, idempotent, all or nothing. Returns the users newly added."""
     resolved = resolve_user_ids(session, group.org_id, user_ids)
+    lock_organization(session, group.org_id)  # concurrent identical calls stay idempotent
     existing = set(session.scalars(select(GroupMember.user_id).where(
         GroupMember.group_id == group.id, GroupMember.user_id.in_(resolved))))
     added = [u for u in resolved if u not in existing]
@@ -601,6 +610,7 @@ def assign_group_policies(session: Session, actor: Principal | None, group: Grou
                           context: RequestContext | None = None) -> list[str]:
     """Additive, idempotent, all or nothing. Returns the policies newly assigned."""
     wanted = validate_policy_ids(session, group.org_id, policy_ids)
+    lock_organization(session, group.org_id)  # concurrent identical calls stay idempotent
     existing = set(session.scalars(select(GroupPolicy.policy_id).where(
         GroupPolicy.group_id == group.id, GroupPolicy.policy_id.in_(wanted))))
     added = [p for p in wanted if p not in existing]

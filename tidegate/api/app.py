@@ -21,7 +21,7 @@ from tidegate.audit import shipper
 from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
-from tidegate.data import engine
+from tidegate.data import egress, engine
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
@@ -53,6 +53,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine.configure(data_dir=settings.data_dir)
+    egress.allow_policy()  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
     collector = PeriodicCollector(settings.database_url, settings.data_dir)
     journal = Journal(settings.audit_dir, settings.database_url, fsync=os.environ.get("TIDEGATE_AUDIT_FSYNC") == "1")
 

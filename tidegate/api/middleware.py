@@ -1,4 +1,5 @@
-"""Per-request plumbing: a request id on every response, and the request audit event.
+"""Per-request plumbing: a request id and `X-Content-Type-Options: nosniff` on every
+response, and the request audit event.
 
 A plain ASGI middleware (not BaseHTTPMiddleware) so that it adds no task or copy per
 request. The audit event is appended to the journal when the response *starts*, before
@@ -56,7 +57,11 @@ class RequestMiddleware:
                 raise unjournaled  # nothing of a response whose event was not journaled
             if message["type"] == "http.response.start":
                 # Appended, not set through MutableHeaders: no response of ours sets it.
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                # nosniff on every response (API, static files, errors, 404s); pages set it already.
+                if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message["headers"] = headers
                 try:
                     # No audit, no access: journaled before the first byte (of a stream too) leaves.
                     self._audit(scope, message["status"], "evt_" + request_ulid)
@@ -72,6 +77,7 @@ class RequestMiddleware:
             # Sent as is: it carries no data, and the journal that would record it is failing.
             response = from_error(unjournaled)
             response.headers["x-request-id"] = request_id
+            response.headers["x-content-type-options"] = "nosniff"
             await response(scope, receive, send)
 
         try:

@@ -4,11 +4,16 @@ Registry (`CONNECTORS`, `list_connectors()`):
 - `postgresql`: config {host, port?, database, user, sslmode?, schema?, table | query,
   connect_timeout?}; secret {password?}. Table mode reads one table (identifiers quoted
   by psycopg); query mode runs one read-only query (READ ONLY transaction, statement
-  timeout, server-side cursor so only SELECT-like queries work).
+  timeout, server-side cursor so only SELECT-like queries work). The host must be allowed
+  by the egress policy (data/egress.py, TIDEGATE_CONNECTOR_ALLOW) and the connection goes
+  to the address that was checked; every connection failure answers the same
+  `connector_unreachable` message (no port scan by error message). The whole read is
+  limited to TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS (default 300).
 - `sqlite`: config {path, table | query}. The file must lie under a directory allowed by
-  `configure(sqlite_dirs=...)` / TIDEGATE_SQLITE_CONNECTOR_DIRS and never inside the
-  tidegate home; it is opened read-only, and an authorizer allows only reads (no ATTACH,
-  PRAGMA or writes), with a time limit.
+  `configure(sqlite_dirs=...)` / TIDEGATE_SQLITE_CONNECTOR_DIRS, never inside the
+  tidegate home, and never be tidegate's own database (by path or hard link); it is
+  opened read-only, and an authorizer allows only reads (no ATTACH, PRAGMA or writes),
+  with a time limit.
 
 Credentials are write-only: `split_config` moves secret fields out of the config, and they
 are stored only as a Fernet token (`encrypt_secret`) whose key is derived (HKDF-SHA256)
@@ -23,6 +28,7 @@ import base64
 import os
 import re
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +40,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from tidegate.data import ingest
+from tidegate.data import egress, ingest
 from tidegate.errors import InvalidRequest
 
 FETCH_BATCH = 10_000
@@ -259,26 +265,44 @@ _PG_TYPES = {
 }
 
 
+def statement_timeout_seconds() -> int:
+    """The wall-clock limit of one connector read (TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS)."""
+    raw = os.environ.get("TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS", "")
+    try:
+        seconds = int(raw) if raw.strip() else DEFAULT_TIMEOUT_SECONDS
+    except ValueError:
+        seconds = DEFAULT_TIMEOUT_SECONDS
+    return max(1, seconds)
+
+
 def _pull_postgresql(config: dict, secret: dict) -> tuple[list[str], list[list], list[str | None]]:
     import psycopg
     from psycopg import sql as pgsql
 
     where = f"{config['host']}:{config['port']}/{config['database']}"
+    destination = egress.check_destination(config["host"], config["port"])
+    timeout = statement_timeout_seconds()
     params = {
-        "host": config["host"], "port": config["port"], "dbname": config["database"],
-        "user": config["user"], "connect_timeout": config["connect_timeout"],
+        # hostaddr: connect to the address the egress policy checked, never to a second
+        # DNS answer; host stays the name (TLS verification, messages).
+        "host": config["host"], "hostaddr": destination.address, "port": config["port"],
+        "dbname": config["database"], "user": config["user"], "connect_timeout": config["connect_timeout"],
         "application_name": "tidegate-connector",
         # No fallback to the server's own credentials or environment.
         "passfile": os.devnull, "sslmode": config.get("sslmode") or "prefer",
-        "options": f"-c default_transaction_read_only=on -c statement_timeout={DEFAULT_TIMEOUT_SECONDS * 1000}",
+        "options": f"-c default_transaction_read_only=on -c statement_timeout={timeout * 1000}",
     }
     if secret.get("password"):
         params["password"] = secret["password"]
     try:
         connection = psycopg.connect(**params)
-    except psycopg.Error as exc:
-        raise InvalidRequest("connector_error",
-                             f"Could not connect to PostgreSQL at {where}: {_scrub(str(exc), secret)}") from None
+    except psycopg.Error:
+        raise egress.unreachable(config["host"], config["port"]) from None
+    # statement_timeout bounds each statement on the server; this bounds the whole read
+    # (every FETCH), even if the query changed its own settings.
+    watchdog = threading.Timer(timeout, connection.cancel_safe)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         with connection.transaction():
             connection.execute("SET TRANSACTION READ ONLY")
@@ -297,10 +321,14 @@ def _pull_postgresql(config: dict, secret: dict) -> tuple[list[str], list[list],
                     info = connection.adapters.types.get(d.type_code)
                     declared.append(_PG_TYPES.get(info.name if info else ""))
                 columns = _fetch_columns(cursor, len(names))
+    except psycopg.errors.QueryCanceled:
+        raise InvalidRequest("connector_timeout",
+                             f"The read from PostgreSQL at {where} took longer than {timeout} seconds.") from None
     except psycopg.Error as exc:
         raise InvalidRequest("connector_error",
                              f"PostgreSQL at {where} refused the read: {_scrub(str(exc), secret)}") from None
     finally:
+        watchdog.cancel()
         connection.close()
     return names, columns, declared
 
@@ -320,19 +348,38 @@ def _sqlite_path(raw: str) -> Path:
     if not any(resolved == d or d in resolved.parents for d in allowed):
         raise InvalidRequest("connector_error",
                              "This SQLite file is not in a directory the server allows connectors to read.")
-    try:
-        from tidegate.config import get_settings
-
-        home = get_settings().home.resolve()
-        if resolved == home or home in resolved.parents:
-            raise InvalidRequest("connector_error", "The server's own files cannot be read by a connector.")
-    except InvalidRequest:
-        raise
-    except Exception:  # noqa: BLE001 - no settings in this process: nothing more to protect
-        pass
+    if _is_own_file(resolved):  # before the existence check: nothing told about the server's files
+        raise InvalidRequest("connector_error", "The server's own files cannot be read by a connector.")
     if not resolved.is_file():
         raise InvalidRequest("connector_error", "The SQLite file does not exist.")
     return resolved
+
+
+def _is_own_file(resolved: Path) -> bool:
+    """Inside the tidegate home, or the metadata database file itself (by path or, for a
+    hard link elsewhere, by inode): a connector on it would read every tenant."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        from tidegate.config import get_settings
+
+        settings = get_settings()
+    except Exception:  # noqa: BLE001 - no settings in this process: nothing more to protect
+        return False
+    home = settings.home.resolve()
+    if resolved == home or home in resolved.parents:
+        return True
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return False
+    database = Path(url.database).resolve()
+    if resolved == database or (resolved.parent == database.parent
+                                and resolved.name.startswith(database.name + "-")):  # -wal, -shm, -journal
+        return True
+    try:
+        return os.path.samefile(resolved, database)
+    except OSError:
+        return False
 
 
 def _pull_sqlite(config: dict) -> tuple[list[str], list[list], list[str | None]]:
@@ -341,7 +388,7 @@ def _pull_sqlite(config: dict) -> tuple[list[str], list[list], list[str | None]]
         connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
         raise InvalidRequest("connector_error", f"Could not open the SQLite file: {exc}") from None
-    deadline = time.monotonic() + DEFAULT_TIMEOUT_SECONDS
+    deadline = time.monotonic() + statement_timeout_seconds()
 
     def authorizer(action, arg1, arg2, db_name, trigger):
         if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _SQLITE_DENIED_FUNCTIONS:

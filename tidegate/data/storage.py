@@ -99,8 +99,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _makedirs_durable(path: Path, root: Path) -> None:
-    """Create `path` (under `root`) and fsync each parent whose entry list changed."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Create `path` (under `root`) and fsync each parent whose entry list changed.
+
+    Directories are 0700: data files are the server's alone.
+    """
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
     missing = []
     current = path
     while current != root and not current.exists():
@@ -108,7 +111,7 @@ def _makedirs_durable(path: Path, root: Path) -> None:
         current = current.parent
     for directory in reversed(missing):
         try:
-            directory.mkdir()
+            directory.mkdir(mode=0o700)
         except FileExistsError:
             continue
         _fsync_dir(directory.parent)

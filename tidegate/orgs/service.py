@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
@@ -128,6 +128,7 @@ def create_user(
 ) -> User:
     email = normalize_email(email)
     check_role(role)
+    lock_organization(session, org_id)
     if session.scalar(select(User.id).where(User.org_id == org_id, User.email == email)):
         raise Conflict("user_exists", f"A user with email {email!r} already exists in this organization.")
     if external_id is not None and session.scalar(
@@ -150,6 +151,24 @@ def create_user(
     record(session, actor, "user.created", org_id=org_id, target_type="user", target_id=user.id,
            details={"email": email, "role": role}, context=context)
     return user
+
+
+def lock_organization(session: Session, org_id: str) -> None:
+    """Hold the organization's write lock until the caller's transaction ends.
+
+    Every check-then-act rule of an organization (the last active admin, unique emails,
+    external ids and names) takes it before its check, so two concurrent changes run one
+    after the other and the second checks what the first committed. On PostgreSQL the
+    UPDATE row-locks the organization (READ COMMITTED: later reads see the other
+    transaction's commit); on SQLite the first write of a transaction takes the database's
+    write lock, and pysqlite runs the reads before it outside the transaction, so reads
+    after it are current. (The bump is what `audit.record` does for every change anyway.)
+    """
+    session.execute(
+        update(Organization).where(Organization.id == org_id)
+        .values(access_epoch=Organization.access_epoch + 1)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _active_admin_count(session: Session, org_id: str) -> int:
@@ -179,6 +198,11 @@ def update_user(
     changes: dict[str, dict] = {}
     if role is not None and role != user.role:
         check_role(role)
+        lock_organization(session, user.org_id)
+        session.refresh(user)  # as committed by a concurrent change we waited for
+        if not user.is_active:
+            raise Conflict("user_inactive", f"{user.email} was deactivated meanwhile.")
+    if role is not None and role != user.role:
         _guard_last_admin(session, user)
         changes["role"] = {"old": user.role, "new": role}
         user.role = role
@@ -197,6 +221,10 @@ def deactivate_user(session: Session, actor: Principal | None, user: User, *, co
     """Deactivated users cannot sign in, and every key they created stops working."""
     if not user.is_active:
         return user
+    lock_organization(session, user.org_id)
+    session.refresh(user)  # as committed by a concurrent change we waited for
+    if not user.is_active:
+        return user
     _guard_last_admin(session, user)
     user.is_active = False
     user.deactivated_at = utcnow()
@@ -209,6 +237,7 @@ def get_or_create_external(
     session: Session, actor: Principal, org_id: str, external_id: str, *, email: str | None, role: str,
     first_name: str | None, last_name: str | None, context: RequestContext | None = None,
 ) -> tuple[User, bool]:
+    lock_organization(session, org_id)  # two concurrent PUTs: one creates, the other finds it
     existing = session.scalar(select(User).where(User.org_id == org_id, User.external_id == external_id))
     if existing is not None:
         if not existing.is_active:

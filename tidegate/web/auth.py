@@ -27,8 +27,8 @@ from tidegate.web import throttle
 from tidegate.web.common import FORM, PageError, current_viewer, db, is_https, router, settings_of
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import (
-    LOGIN_COOKIE, SESSION_COOKIE, SESSION_LIFETIME, csrf_token, csrf_valid, end_session, new_token, sign,
-    start_session,
+    LOGIN_COOKIE, LOGIN_COOKIE_TTL, SESSION_COOKIE, SESSION_LIFETIME, csrf_token, csrf_valid, end_session,
+    login_cookie_valid, new_login_cookie, sign, start_session,
 )
 
 HOME = "/settings/api-keys"
@@ -51,12 +51,15 @@ def safe_next(value: str | None) -> str:
 
 
 def _login_cookie(request: Request) -> str:
+    """This browser's pre-sign-in cookie if this server issued it, else a new one (never the
+    client's own value: a cookie planted by another site must not become valid)."""
     value = request.cookies.get(LOGIN_COOKIE)
-    return value if value and 20 <= len(value) <= 100 else new_token()
+    key = settings_of(request).session_key
+    return value if login_cookie_valid(key, value) else new_login_cookie(key)
 
 
 def _set_login_cookie(response: Response, request: Request, value: str) -> None:
-    response.set_cookie(LOGIN_COOKIE, value, max_age=3600, path="/", secure=is_https(request),
+    response.set_cookie(LOGIN_COOKIE, value, max_age=LOGIN_COOKIE_TTL, path="/", secure=is_https(request),
                         httponly=True, samesite="lax")
 
 
@@ -75,7 +78,8 @@ def _login_form(request: Request, *, status: int = 200, error: str | None = None
 
 def _check_login_csrf(request: Request, form: FormData) -> str:
     pre = request.cookies.get(LOGIN_COOKIE)
-    if not csrf_valid(settings_of(request).session_key, pre, form.get("csrf_token"), "login"):
+    key = settings_of(request).session_key
+    if not login_cookie_valid(key, pre) or not csrf_valid(key, pre, form.get("csrf_token"), "login"):
         raise PageError(403, "Sign-in form expired",
                         "The sign-in form was missing its security token or it did not match this browser. "
                         "Reload the sign-in page and try again.")

@@ -3,8 +3,11 @@
 The cookie holds a random 256-bit token; the table holds HMAC-SHA256(session key, token).
 CSRF tokens are synchronizer tokens derived from the session: HMAC(session key, "csrf" +
 token). Every state-changing form carries one and the server recomputes and compares it;
-a page from another site can neither read it nor compute it. Before sign-in, a random
-`tidegate_login` cookie plays the session's part, so the sign-in form is protected too.
+a page from another site can neither read it nor compute it. Before sign-in, a
+`tidegate_login` cookie plays the session's part, so the sign-in form is protected too; the
+server only ever accepts one it issued itself (random value, issue time, HMAC under the
+session key; at most LOGIN_COOKIE_TTL old): a value planted in the browser by someone else
+is replaced, never adopted, and a form posted with one is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -56,6 +60,25 @@ def csrf_valid(key: bytes, token: str | None, submitted: object, purpose: str = 
 
 def sign(key: bytes, purpose: str, payload: str) -> str:
     return _mac(key, purpose, payload)
+
+
+LOGIN_COOKIE_TTL = 3600  # seconds
+
+
+def new_login_cookie(key: bytes) -> str:
+    payload = f"{new_token()}.{int(time.time())}"
+    return f"{payload}.{_mac(key, 'login-cookie', payload)}"
+
+
+def login_cookie_valid(key: bytes, value: str | None) -> bool:
+    """Issued by this server (with this session key) less than LOGIN_COOKIE_TTL ago."""
+    if not value or len(value) > 200 or value.count(".") != 2:
+        return False
+    payload, _, mac = value.rpartition(".")
+    issued = payload.rpartition(".")[2]
+    if not hmac.compare_digest(_mac(key, "login-cookie", payload), mac) or not issued.isdigit():
+        return False
+    return 0 <= time.time() - int(issued) < LOGIN_COOKIE_TTL
 
 
 @dataclass(frozen=True)
