@@ -264,3 +264,80 @@ def test_management_never_waits_behind_queries(tmp_path):
         assert in_flight >= 40, "the flood was over before management was measured"
         assert codes <= {"query_timeout", "too_many_concurrent_queries"}, codes
         assert max(latencies) < 2.0, latencies
+
+
+# -- the pool itself, in process ------------------------------------------------------------
+
+
+def _principal(key_id: str, org_id: str = "org_a"):
+    from tidegate.access.principal import Principal
+
+    return Principal(org_id=org_id, user_id="usr_1", role="member", scopes=frozenset({"data:read"}), key_id=key_id)
+
+
+def test_a_slot_comes_back_only_when_its_thread_is_free():
+    import asyncio
+
+    from tidegate.config import QueryLimits
+    from tidegate.data.querypool import GRACE_SECONDS, QueryPool
+    from tidegate.errors import RateLimited, TidegateError
+
+    pool = QueryPool(QueryLimits(timeout_seconds=0.5, workers=1, per_key=1, per_org=5))
+    released = threading.Event()
+
+    def stubborn(budget, connection):  # ignores its deadline, as a non-interruptible call would
+        time.sleep(3.0)
+        released.set()
+        return "late"
+
+    async def scenario():
+        started = time.monotonic()
+        with pytest.raises(TidegateError) as timed_out:
+            await pool.run(_principal("key_1"), stubborn)
+        assert timed_out.value.code == "query_timeout"
+        assert time.monotonic() - started < 0.5 + GRACE_SECONDS + 0.5  # answered at the deadline
+        with pytest.raises(RateLimited) as busy:  # ...but the key's slot is still taken
+            await pool.run(_principal("key_1"), lambda budget, connection: "x")
+        assert busy.value.code == "too_many_concurrent_queries" and busy.value.headers["Retry-After"] == "1"
+        # a query waiting in line past its deadline never starts
+        ran = []
+        with pytest.raises(TidegateError) as waited:
+            await pool.run(_principal("key_2"), lambda budget, connection: ran.append(1))
+        assert waited.value.code == "query_timeout"
+        await asyncio.get_running_loop().run_in_executor(None, released.wait, 5)
+        await asyncio.sleep(0.2)
+        assert ran == [] and pool.admitted()["total"] == 0
+        assert await pool.run(_principal("key_1"), lambda budget, connection: "again") == "again"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+
+
+def test_the_server_wide_cap():
+    import asyncio
+
+    from tidegate.config import QueryLimits
+    from tidegate.data.querypool import QUEUE_FACTOR, QueryPool
+    from tidegate.errors import RateLimited
+
+    pool = QueryPool(QueryLimits(timeout_seconds=5, workers=1, per_key=100, per_org=100))
+    gate = threading.Event()
+
+    async def scenario():
+        waiting = [asyncio.ensure_future(pool.run(_principal(f"key_{i}", f"org_{i}"),
+                                                  lambda budget, connection: gate.wait(5)))
+                   for i in range(QUEUE_FACTOR)]
+        await asyncio.sleep(0.2)
+        with pytest.raises(RateLimited) as full:
+            await pool.run(_principal("key_x", "org_x"), lambda budget, connection: 1)
+        assert "server" in full.value.message
+        gate.set()
+        assert await asyncio.gather(*waiting) == [True] * QUEUE_FACTOR
+        assert pool.admitted()["total"] == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pool.shutdown()

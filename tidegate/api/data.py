@@ -18,12 +18,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from tidegate import jsonfmt
 from tidegate.access.principal import Principal
 from tidegate.access.sources import VIEW, SourceAccess, cached_access, open_source
 from tidegate.api.deps import DB, caller_with, in_session, require, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text, query_choice, query_int
 from tidegate.api.responses import JSON
-from tidegate import jsonfmt
 from tidegate.data import engine, querypool, sandbox
 from tidegate.jsonfmt import Raw
 
