@@ -244,11 +244,7 @@ def test_management_never_waits_behind_queries(tmp_path):
                                            member.json()["email"], "--name", "member", "--preset", "data_access",
                                            "--json").stdout)["secret"]
 
-        with ThreadPoolExecutor(45) as clients:
-            started = time.monotonic()
-            flood = [clients.submit(query, server, member_key, source_id, SLOW_SQL) for _ in range(45)]
-            time.sleep(2.0)  # the flood is in: 12 running, the rest waiting
-            in_flight = sum(not f.done() for f in flood)
+        def keys_latencies() -> list[float]:
             latencies = []
             with server.client(admin_key, timeout=30) as http:
                 for _ in range(5):
@@ -256,14 +252,26 @@ def test_management_never_waits_behind_queries(tmp_path):
                     keys = http.get("/keys")
                     latencies.append(time.monotonic() - before)
                     assert keys.status_code == 200, keys.text
+            return latencies
+
+        idle = keys_latencies()  # the same requests without queries: how loaded the machine is
+        with ThreadPoolExecutor(45) as clients:
+            started = time.monotonic()
+            flood = [clients.submit(query, server, member_key, source_id, SLOW_SQL) for _ in range(45)]
+            time.sleep(2.0)  # the flood is in: 12 running, the rest waiting
+            in_flight = sum(not f.done() for f in flood)
+            latencies = keys_latencies()
             answers = [f.result() for f in flood]
             flood_time = time.monotonic() - started
         codes = {error_code(r) for r in answers}
         print(f"GET /keys under 45 concurrent queries: max {max(latencies):.3f} s, "
-              f"median {sorted(latencies)[2]:.3f} s; queries in flight {in_flight}, done after {flood_time:.1f} s")
+              f"median {sorted(latencies)[2]:.3f} s (idle: max {max(idle):.3f} s); "
+              f"queries in flight {in_flight}, done after {flood_time:.1f} s")
         assert in_flight >= 40, "the flood was over before management was measured"
         assert codes <= {"query_timeout", "too_many_concurrent_queries"}, codes
-        assert max(latencies) < 2.0, latencies
+        # Waiting behind the queries would take seconds (they run 8 s each); a machine shared
+        # with other work makes every request slower, so the bound allows for how loaded it is.
+        assert max(latencies) < min(5.0, max(2.0, 4 * max(idle))), (latencies, idle)
 
 
 # -- the pool itself, in process ------------------------------------------------------------
