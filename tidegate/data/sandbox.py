@@ -15,8 +15,9 @@ Only then does it run, on a DuckDB connection that has no file, network or exten
 and a locked configuration; `data` is the filtered Arrow table registered on a per-query
 cursor (invisible to other cursors); a timer interrupts it after `timeout` seconds.
 
-Any refusal is InvalidRequest `invalid_query` (or `query_timeout` / `query_too_large` while
-running) and nothing has run.
+Any refusal is InvalidRequest `invalid_query` (or, while running, `query_timeout` /
+`query_too_large`, and `result_too_large` / `value_too_large` as the page is read) and nothing
+has run or nothing is returned.
 """
 
 from __future__ import annotations
