@@ -11,11 +11,50 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 SECRETS_FILE = "secrets.json"
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """What one SQL query (`POST .../query`) may cost. Counted per server process."""
+
+    timeout_seconds: float = 30.0  # wall clock, from admission to the answer
+    memory_limit_bytes: int = 512 * 1024 * 1024  # DuckDB memory of one running query
+    max_result_bytes: int = 64 * 1024 * 1024  # the page of results, as data and as JSON
+    max_value_bytes: int = 16 * 1024 * 1024  # any one value of the result
+    workers: int = 4  # queries running at once; more wait in line (within the per-key/org caps)
+    per_key: int = 4  # queries of one key running or waiting at once
+    per_org: int = 8  # queries of one organization running or waiting at once
+
+
+def _env_number(name: str, default, kind=int):
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise SystemExit(f"{name} must be greater than 0, not {raw!r}")
+    return value
+
+
+def load_query_limits() -> QueryLimits:
+    d = QueryLimits()
+    return QueryLimits(
+        timeout_seconds=_env_number("TIDEGATE_QUERY_TIMEOUT_SECONDS", d.timeout_seconds, float),
+        memory_limit_bytes=_env_number("TIDEGATE_QUERY_MEMORY_LIMIT_BYTES", d.memory_limit_bytes),
+        max_result_bytes=_env_number("TIDEGATE_QUERY_MAX_RESULT_BYTES", d.max_result_bytes),
+        max_value_bytes=_env_number("TIDEGATE_QUERY_MAX_VALUE_BYTES", d.max_value_bytes),
+        workers=_env_number("TIDEGATE_QUERY_WORKERS", d.workers),
+        per_key=_env_number("TIDEGATE_QUERY_MAX_PER_KEY", d.per_key),
+        per_org=_env_number("TIDEGATE_QUERY_MAX_PER_ORG", d.per_org),
+    )
 
 
 @dataclass(frozen=True)
@@ -28,6 +67,7 @@ class Settings:
     # Client addresses from which X-Forwarded-For is believed. Empty = never: otherwise a
     # client could claim any address and walk past a key's IP allowlist.
     trusted_proxies: tuple[str, ...]
+    query_limits: QueryLimits = field(default_factory=QueryLimits)
 
     @property
     def audit_dir(self) -> Path:
@@ -88,6 +128,7 @@ def load_settings() -> Settings:
         pepper=(pepper_env or stored["pepper"]).encode(),
         session_key=(session_env or stored["session_key"]).encode(),
         trusted_proxies=tuple(p.strip() for p in proxies.split(",") if p.strip()),
+        query_limits=load_query_limits(),
     )
 
 

@@ -7,6 +7,9 @@ resolves the caller's row filter, and reads through `data.engine`, which require
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,12 +18,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from tidegate import jsonfmt
 from tidegate.access.principal import Principal
 from tidegate.access.sources import VIEW, SourceAccess, cached_access, open_source
-from tidegate.api.deps import DB, caller_with, in_session, require, set_audit_target
+from tidegate.api.deps import DB, caller_with, in_session, require, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text, query_choice, query_int
 from tidegate.api.responses import JSON
-from tidegate.data import engine
+from tidegate.data import engine, querypool, sandbox
 from tidegate.jsonfmt import Raw
 
 router = APIRouter(tags=["data"], route_class=InputRoute)
@@ -34,6 +38,8 @@ class Query_(BaseModel):
     sql: str = Field(min_length=1, max_length=MAX_SQL)
     page: int = Field(1, ge=1, le=1_000_000)
     page_size: int = Field(100, ge=1, le=10_000)
+    # At most the server's limit (TIDEGATE_QUERY_TIMEOUT_SECONDS); a caller may ask for less.
+    timeout_seconds: float | None = Field(None, gt=0, le=86_400)
 
 class DataQuery(Query_):
     source_id: Text = Field(max_length=100)
@@ -127,24 +133,46 @@ def openapi_operations(prefix: str) -> dict:
         "operationId": "read_data" + (prefix + path).replace("/", "_").replace("{", "_").replace("}", "_") + "_get",
     }} for path in READ_DATA_PATHS}
 
-def _run_query(request: Request, access: SourceAccess, body: Query_) -> dict:
+@dataclass(frozen=True)
+class _QueryPage:
+    rows: bytes  # the page's rows, rendered (a JSON array of objects)
+    count: int
+    total: int
+    columns: list[str]
+
+
+def _query_page(access: SourceAccess, body: Query_, budget: sandbox.Budget, connection) -> _QueryPage:
+    """Runs in the query pool: the page, rendered there too (rendering megabytes of JSON on
+    the event loop would stall every other request), and refused if it renders too large."""
+    rows, total, columns = engine.run_query(access.version, access.row_filter, body.sql, page=body.page,
+                                            page_size=body.page_size, budget=budget, connection=connection)
+    rendered = jsonfmt.dumps(rows)
+    if len(rendered) > budget.max_result_bytes:
+        raise sandbox.result_too_large(budget.max_result_bytes)
+    return _QueryPage(rendered, len(rows), total, columns)
+
+
+async def _run_query(request: Request, principal: Principal, source_id: str, body: Query_) -> JSON:
+    """Opens the source in the general threadpool (briefly), then runs the query in the query
+    pool, which admits it or refuses it (429) first: see `data.querypool`."""
+    access = cached_access(principal, source_id) or await in_session(request, open_source, principal, source_id,
+                                                                     need=VIEW)
     if access.version is None:
-        rows, total, columns = [], 0, []
+        result = _QueryPage(b"[]", 0, 0, [])
     else:
-        rows, total, columns = engine.run_query(access.version, access.row_filter, body.sql, page=body.page,
-                                                page_size=body.page_size)
-    _audit_read(request, access, "data.query", len(rows), page=body.page)
-    return JSON({"data": rows, "total_rows": total, "page": body.page, "page_size": body.page_size,
-                 "columns": columns})
+        pool = querypool.pool_for(settings_of(request).query_limits)
+        result = await pool.run(principal, partial(_query_page, access, body), timeout=body.timeout_seconds)
+    _audit_read(request, access, "data.query", result.count, page=body.page)
+    return JSON({"data": Raw(result.rows), "total_rows": result.total, "page": body.page,
+                 "page_size": body.page_size, "columns": result.columns})
 
 @router.post("/sources/{source_id}/query")
-def query_source(source_id: str, body: Query_, request: Request, principal: Principal = DATA_READ,
-                 session: Session = DB):
-    return _run_query(request, open_source(session, principal, source_id, need=VIEW), body)
+async def query_source(source_id: str, body: Query_, request: Request, principal: Principal = DATA_READ):
+    return await _run_query(request, principal, source_id, body)
 
 @router.post("/data/query")
-def data_query(body: DataQuery, request: Request, principal: Principal = DATA_READ, session: Session = DB):
-    return _run_query(request, open_source(session, principal, body.source_id, need=VIEW), body)
+async def data_query(body: DataQuery, request: Request, principal: Principal = DATA_READ):
+    return await _run_query(request, principal, body.source_id, body)
 
 @router.get("/sources/{source_id}/columns/{column}/values")
 def column_values(source_id: str, column: str, request: Request, principal: Principal = DATA_READ,

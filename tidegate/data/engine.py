@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from tidegate import jsonfmt, spreadsheet
 from tidegate.access.rowfilter import RowFilter
 from tidegate.caching import LRUCache, require_immutable
-from tidegate.data import ingest, sandbox, storage
+from tidegate.data import ingest, querycost, sandbox, storage
 from tidegate.data.models import SourceVersion
 from tidegate.errors import InvalidRequest
 
@@ -593,14 +593,24 @@ def distinct_values(version: SourceVersion, row_filter: RowFilter, column: str, 
 
 
 def run_query(version: SourceVersion, row_filter: RowFilter, sql: str, *, page: int,
-              page_size: int) -> tuple[list[dict], int, list[str]]:
+              page_size: int, budget: sandbox.Budget | None = None,
+              connection: duckdb.DuckDBPyConnection | None = None) -> tuple[list[dict], int, list[str]]:
     """Read-only SQL over `data` = this version's rows ALREADY filtered for the caller.
 
     Returns (rows of the page, total rows of the query's result, result column names).
-    The query is validated (sandbox.validate_query) before anything is read or run.
+    The query is validated (sandbox.validate_query, querycost.check) before anything is
+    read or run. `budget`: its deadline and result sizes (default: the sandbox's timeout);
+    `connection`: the database to run on (a query pool worker's own; default shared).
     """
     _check_filter(row_filter)
     _check_page(page, page_size)
+    budget = budget or sandbox.Budget.starting_now()
     query = sandbox.validate_query(sql)
+    parser = (connection or _connection()).cursor()  # only parses the text
+    try:
+        querycost.check(parser, query.sql)
+    finally:
+        parser.close()
     table = _filtered(version, row_filter, force=True)
-    return sandbox.execute(query, table, page=page, page_size=page_size)
+    budget.check_time()
+    return sandbox.execute(query, table, page=page, page_size=page_size, budget=budget, connection=connection)

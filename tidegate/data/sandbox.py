@@ -19,8 +19,9 @@ shadowed by an empty one (`_hide_catalog`); DuckDB messages reach the caller wit
 paths (`public_message`); `data` is the filtered Arrow table registered on a per-query
 cursor (invisible to other cursors); a timer interrupts it after `timeout` seconds.
 
-Any refusal is InvalidRequest `invalid_query` (or `query_timeout` / `query_too_large` while
-running) and nothing has run.
+Any refusal is InvalidRequest `invalid_query` (or, while running, `query_timeout` /
+`query_too_large`, and `result_too_large` / `value_too_large` as the page is read) and nothing
+has run or nothing is returned.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -40,6 +42,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
 
@@ -356,24 +359,30 @@ def configure(*, memory_limit: str | None = None, threads: int | None = None, ti
         _conn = None
 
 
+def open_connection(*, memory_limit: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A new locked-down database. Its memory limit is the ceiling of what runs on it: a
+    query pool opens one per worker thread, so that each running query has its own."""
+    connection = duckdb.connect(":memory:", config={
+        "enable_external_access": False,
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "allow_community_extensions": False,
+        "allow_persistent_secrets": False,
+        "python_enable_replacements": False,
+        "memory_limit": memory_limit or _options["memory_limit"],
+        "threads": threads or _options["threads"],
+        "lock_configuration": True,
+    })
+    _hide_catalog(connection)
+    return connection
+
+
 def _connection() -> duckdb.DuckDBPyConnection:
     global _conn
     key = (_options["memory_limit"], _options["threads"])
     with _lock:
         if _conn is None or _conn[0] != os.getpid() or _conn[1] != key:
-            connection = duckdb.connect(":memory:", config={
-                "enable_external_access": False,
-                "autoinstall_known_extensions": False,
-                "autoload_known_extensions": False,
-                "allow_community_extensions": False,
-                "allow_persistent_secrets": False,
-                "python_enable_replacements": False,
-                "memory_limit": _options["memory_limit"],
-                "threads": _options["threads"],
-                "lock_configuration": True,
-            })
-            _hide_catalog(connection)
-            _conn = (os.getpid(), key, connection)
+            _conn = (os.getpid(), key, open_connection())
         return _conn[2]
 
 
@@ -477,22 +486,67 @@ def _unique_names(names: list[str]) -> list[str]:
     return out
 
 
+DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_VALUE_BYTES = 16 * 1024 * 1024
+_BATCH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one query may use: a wall-clock deadline (time.monotonic) and result sizes."""
+
+    timeout: float  # seconds, as configured: what refusals name
+    deadline: float
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+
+    @classmethod
+    def starting_now(cls, timeout: float | None = None, **sizes: int) -> "Budget":
+        timeout = _options["timeout"] if timeout is None else float(timeout)
+        return cls(timeout=timeout, deadline=time.monotonic() + timeout, **sizes)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def timed_out(self) -> InvalidRequest:
+        return InvalidRequest("query_timeout", f"The query ran longer than {self.timeout:g} seconds and was stopped.")
+
+    def check_time(self) -> None:
+        if self.remaining() <= 0:
+            raise self.timed_out()
+
+
+def _interrupt(cursor: duckdb.DuckDBPyConnection) -> None:
+    try:
+        cursor.interrupt()
+    except duckdb.Error:
+        pass  # the query ended (and its cursor closed) just before
+
+
 def execute(query: ValidatedQuery, table: pa.Table, *, page: int, page_size: int,
-            timeout: float | None = None) -> tuple[list[dict], int, list[str]]:
-    """Run a validated query over `table` (registered as `data`); one page of its result."""
-    timeout = _options["timeout"] if timeout is None else timeout
+            timeout: float | None = None, budget: Budget | None = None,
+            connection: duckdb.DuckDBPyConnection | None = None) -> tuple[list[dict], int, list[str]]:
+    """Run a validated query over `table` (registered as `data`); one page of its result.
+
+    A timer interrupts DuckDB at the budget's deadline; the page is read in batches and
+    refused (`result_too_large` / `value_too_large`) as soon as it outgrows the budget,
+    before the rest is produced. `connection`: where to run (default: the shared one).
+    """
+    budget = budget or Budget.starting_now(timeout)
     if table.num_columns == 0:
         raise _refuse("This source has no columns yet, so there is nothing to query.")
-    cursor = _connection().cursor()
-    timer = threading.Timer(timeout, cursor.interrupt)
+    budget.check_time()
+    cursor = (connection or _connection()).cursor()
+    timer = threading.Timer(max(budget.remaining(), 0.0), _interrupt, [cursor])
     timer.daemon = True
     timer.start()
     try:
         cursor.register(RELATION, table)
         total = int(cursor.sql(query.count_sql()).fetchall()[0][0])
-        result = cursor.sql(query.page_sql(page_size, (page - 1) * page_size)).to_arrow_table()
+        reader = cursor.sql(query.page_sql(page_size, (page - 1) * page_size)).to_arrow_reader(_BATCH_ROWS)
+        result = _read_capped(reader, budget)
     except duckdb.InterruptException:
-        raise InvalidRequest("query_timeout", f"The query ran longer than {timeout:g} seconds and was stopped.") from None
+        raise budget.timed_out() from None
     except duckdb.OutOfMemoryException:
         raise InvalidRequest("query_too_large", "The query needs more memory than queries may use.") from None
     except duckdb.Error as exc:
@@ -504,6 +558,7 @@ def execute(query: ValidatedQuery, table: pa.Table, *, page: int, page_size: int
             cursor.close()
         except duckdb.Error:
             pass
+    budget.check_time()  # an interrupt that came as the last batch was read
     columns = _unique_names(result.column_names)
     if columns != result.column_names:
         result = result.rename_columns(columns)
@@ -511,3 +566,38 @@ def execute(query: ValidatedQuery, table: pa.Table, *, page: int, page_size: int
     if any(_needs_conversion(f.type) for f in result.schema):
         rows = [{k: _jsonable(v) for k, v in row.items()} for row in rows]
     return rows, total, columns
+
+
+def result_too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest("result_too_large", f"The query's result is larger than {_mib(limit)}, the most a "
+                                              "query may return; select fewer columns or rows (LIMIT, page_size).")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1048576:g} MiB" if size >= 1048576 else f"{size:,} bytes"
+
+
+def _read_capped(reader: pa.RecordBatchReader, budget: Budget) -> pa.Table:
+    """The reader's batches as one table, refused as soon as they outgrow the budget."""
+    batches, size = [], 0
+    for batch in reader:
+        _check_values(batch, budget.max_value_bytes)
+        size += batch.nbytes
+        if size > budget.max_result_bytes:
+            raise result_too_large(budget.max_result_bytes)
+        batches.append(batch)
+    return pa.Table.from_batches(batches, schema=reader.schema)
+
+
+def _check_values(batch: pa.RecordBatch, limit: int) -> None:
+    """No single text or binary value over `limit` bytes (nested values count in the total)."""
+    for name, column in zip(batch.schema.names, batch.columns):
+        kind = column.type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+                or pa.types.is_large_binary(kind) or pa.types.is_string_view(kind)
+                or pa.types.is_binary_view(kind)):
+            continue
+        longest = pc.max(pc.binary_length(column)).as_py()
+        if longest is not None and longest > limit:
+            raise InvalidRequest("value_too_large", f"A value of column {name!r} is {_mib(longest)}; a query may "
+                                                    f"return values of at most {_mib(limit)}.")
