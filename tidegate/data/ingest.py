@@ -767,6 +767,28 @@ def _check_parquet_size(metadata: pq.FileMetaData) -> None:
                           for i in range(metadata.num_row_groups)])
 
 
+# Excel's own limit; openpyxl yields an empty row for every row number skipped, so a row
+# numbered 10**9 would otherwise cost a billion iterations.
+XLSX_MAX_SHEET_ROWS = 1_048_576
+
+
+def _skip_openpyxl_dimension_scan() -> None:
+    """openpyxl's read-only worksheet parses the WHOLE sheet when it opens a workbook if the
+    sheet has no <dimension> element (every sheet of every workbook, before a row is read),
+    and pads every row to a declared dimension however wide. Reading without dimensions is
+    what openpyxl itself advises for untrusted files (`reset_dimensions()`); this makes it
+    the default for read-only loads, so reading stops as soon as a cap is passed."""
+    from openpyxl.reader import excel
+    from openpyxl.worksheet._read_only import ReadOnlyWorksheet
+
+    if excel.ReadOnlyWorksheet is ReadOnlyWorksheet:
+        class UnsizedReadOnlyWorksheet(ReadOnlyWorksheet):
+            def _get_size(self):
+                pass  # dimensions unknown: rows come as stored, unpadded
+
+        excel.ReadOnlyWorksheet = UnsizedReadOnlyWorksheet
+
+
 def _check_xlsx_archive(source) -> None:
     try:
         with zipfile.ZipFile(source) as archive:
@@ -791,6 +813,7 @@ def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.T
     import openpyxl  # imported lazily: only uploads need it
     from openpyxl.utils import get_column_letter
 
+    _skip_openpyxl_dimension_scan()
     try:
         workbook = openpyxl.load_workbook(source, read_only=True, data_only=True)
     except InvalidRequest:
@@ -821,8 +844,13 @@ def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.T
         validate_column_names(names)
         values: list[list] = [[] for _ in names]
         count = 0
+        cells = 0  # as openpyxl hands them over: a far-right cell pads its row with empty ones
         max_rows = min(limits.max_ingest_rows, cell_cap // width)
         for number, row in enumerate(rows_iter, start=2):
+            cells += len(row)
+            if number > XLSX_MAX_SHEET_ROWS or cells > cell_cap:  # far-apart row numbers, padding
+                raise (_too_many_rows(number) if number > XLSX_MAX_SHEET_ROWS
+                       else _too_many_cells(cells, cell_cap, "worksheet"))
             if not any(cell is not None and cell != "" for cell in row):
                 continue
             for extra, cell in enumerate(row[width:], start=width + 1):
