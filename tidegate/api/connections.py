@@ -37,6 +37,18 @@ def _raw_error(status: int, code: str, message: str, extra_headers: bytes = b"")
             b"connection: close\r\n%s\r\n" % (status, _REASONS[status], len(body), extra_headers)) + body
 
 
+def _headers_too_large(limit: int):
+    async def app(scope, receive, send):
+        body = _raw_error(431, "request_header_too_large",
+                          f"The request line and headers may be at most {limit:,} bytes.").split(b"\r\n\r\n", 1)[1]
+        await send({"type": "http.response.start", "status": 431, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
 _refusals = {"count": 0, "logged_at": float("-inf")}
 REFUSAL_LOG_INTERVAL = 10.0
 
@@ -61,7 +73,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._max_header_bytes = limits.max_header_bytes
         self._timer: asyncio.TimerHandle | None = None
         self._reading_head = True  # from a request's first byte (or the connection) to its headers' end
-        self._head_bytes = 0
+        self._head_bytes = 0  # received while reading a head (headers that never end)
+        self._head_parsed = 0  # of the request line and headers parsed (headers that arrive whole)
         self._body_active_at = 0.0  # loop time of the last body byte (or of the headers' end)
         self._linger_until: float | None = None  # a response went out before the body was in
 
@@ -100,11 +113,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is None:  # the next request of a keep-alive connection
             self._arm(self._header_timeout, self._head_timed_out)
 
+    def on_url(self, url: bytes) -> None:
+        self._head_parsed += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_parsed += len(name) + len(value)
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._head_bytes = 0
         self._disarm()
-        super().on_headers_complete()
+        if self._head_parsed > self._max_header_bytes:  # arrived whole, in one read
+            app, self.app = self.app, _headers_too_large(self._max_header_bytes)
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        else:
+            super().on_headers_complete()
+        self._head_parsed = 0
         self._body_active_at = self.loop.time()
         self._linger_until = None
         self._arm(self._body_timeout, self._body_check)  # disarmed when the message is complete
