@@ -523,6 +523,24 @@ def test_a_stalled_body_and_an_idle_keep_alive_connection_are_closed(served):
         assert stalled_closed is not None and kept_closed is not None
 
 
+def test_a_keep_alive_connection_dripping_blank_lines_is_closed(served):
+    """Bytes that never start a request still start the header clock (they cancel uvicorn's
+    keep-alive timer)."""
+    with connect(served) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        closed = None
+        while closed is None and time.monotonic() < started + HEADER_TIMEOUT + KEEPALIVE + MARGIN:
+            try:
+                sock.sendall(b"\r\n")
+            except OSError:
+                closed = time.monotonic()
+                break
+            _, closed = read_until_closed(sock, time.monotonic() + 0.5)
+        assert closed is not None, "the connection outlived the header timeout"
+
+
 def test_oversized_headers_are_refused(served):
     raw = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * (100 * 1024) + b"\r\n\r\n"
     answer = request(served, raw)  # arriving whole

@@ -63,7 +63,13 @@ def _log_refusal(logger, now: float, cap: int) -> None:
         _refusals.update(count=0, logged_at=now)
 
 
+HEAD, BODY, IDLE = "head", "body", "idle"  # what the connection is waiting for from the client
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """One timer per connection, re-armed only when it fires: a request costs a few
+    attribute writes, not a timer of its own (the data page path is benchmarked)."""
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         limits = get_limits()
@@ -72,10 +78,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._max_connections = limits.max_connections
         self._max_header_bytes = limits.max_header_bytes
         self._timer: asyncio.TimerHandle | None = None
-        self._reading_head = True  # from a request's first byte (or the connection) to its headers' end
+        self._phase = HEAD
+        self._since = 0.0  # HEAD: when the head began; BODY: the last body byte (or headers' end)
         self._head_bytes = 0  # received while reading a head (headers that never end)
         self._head_parsed = 0  # of the request line and headers parsed (headers that arrive whole)
-        self._body_active_at = 0.0  # loop time of the last body byte (or of the headers' end)
         self._linger_until: float | None = None  # a response went out before the body was in
 
     # -- connection ------------------------------------------------------------------
@@ -89,29 +95,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                                             b"retry-after: 1\r\n"))
             self.transport.close()
             return
-        self._arm(self._header_timeout, self._head_timed_out)
+        self._since = self.loop.time()
+        self._timer = self.loop.call_later(self._header_timeout, self._check)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._reading_head:
+        if self._phase is IDLE:  # any byte after a request starts the next head's clock
+            self._phase, self._since, self._head_bytes = HEAD, self.loop.time(), 0
+        if self._phase is HEAD:
             self._head_bytes += len(data)
         else:
-            self._body_active_at = self.loop.time()
+            self._since = self.loop.time()
         super().data_received(data)
-        if self._reading_head and self._head_bytes > self._max_header_bytes and not self.transport.is_closing():
-            self._refuse_idle(431, "request_header_too_large",
-                              f"The request line and headers may be at most {self._max_header_bytes:,} bytes.")
+        if self._phase is HEAD and self._head_bytes > self._max_header_bytes and not self.transport.is_closing():
+            self._refuse(431, "request_header_too_large",
+                         f"The request line and headers may be at most {self._max_header_bytes:,} bytes.")
 
     # -- parser callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._reading_head = True
-        if self._timer is None:  # the next request of a keep-alive connection
-            self._arm(self._header_timeout, self._head_timed_out)
+        if self._phase is IDLE:  # the next request, pipelined behind the end of a body
+            self._phase, self._since, self._head_bytes = HEAD, self.loop.time(), 0
 
     def on_url(self, url: bytes) -> None:
         self._head_parsed += len(url)
@@ -122,9 +132,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._reading_head = False
+        self._phase, self._since = BODY, self.loop.time()
+        self._linger_until = None
         self._head_bytes = 0
-        self._disarm()
         if self._head_parsed > self._max_header_bytes:  # arrived whole, in one read
             app, self.app = self.app, _headers_too_large(self._max_header_bytes)
             try:
@@ -134,61 +144,54 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             super().on_headers_complete()
         self._head_parsed = 0
-        self._body_active_at = self.loop.time()
-        self._linger_until = None
-        self._arm(self._body_timeout, self._body_check)  # disarmed when the message is complete
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._phase = IDLE  # idle keep-alive connections: uvicorn's timeout_keep_alive
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
-            # Answered before the body was in (413): discard the rest, but not for ever.
+        if self._phase is BODY and not self.transport.is_closing():
+            # Answered before the body was in (a 413): discard the rest, but not for ever.
             self._linger_until = self.loop.time() + self._body_timeout
 
-    # -- timers -----------------------------------------------------------------------
+    # -- the timer ----------------------------------------------------------------------
 
-    def _arm(self, delay: float, callback) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(delay, callback)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _head_timed_out(self) -> None:
+    def _check(self) -> None:
         self._timer = None
-        if self._reading_head and not self.transport.is_closing():
-            self._refuse_idle(408, "request_timeout",
-                              f"The request line and headers must arrive within {self._header_timeout:g} s.")
-
-    def _body_check(self) -> None:
-        self._timer = None
-        if self.transport.is_closing() or self.cycle is None or not self.cycle.more_body:
+        if self.transport.is_closing():
             return
         now = self.loop.time()
-        if self.flow.read_paused:  # the application is not reading yet: not the client's silence
-            self._body_active_at = now
-        due = min(self._body_active_at + self._body_timeout, self._linger_until or float("inf"))
-        if now < due:
-            self._timer = self.loop.call_later(due - now, self._body_check)
-            return
-        self.logger.info("Closed a connection whose request body stalled (%g s).", self._body_timeout)
-        self._close_during_request()
+        if self._phase is HEAD:
+            due = self._since + self._header_timeout
+            if now >= due:
+                self._refuse(408, "request_timeout",
+                             f"The request line and headers must arrive within {self._header_timeout:g} s.")
+                return
+        elif self._phase is BODY:
+            if self.flow.read_paused:  # the application is not reading yet: not the client's silence
+                self._since = now
+            due = min(self._since + self._body_timeout, self._linger_until or float("inf"))
+            if now >= due:
+                self.logger.info("Closed a connection whose request body stalled (%g s).", self._body_timeout)
+                self._close()
+                return
+        else:
+            due = now + self._header_timeout  # idle: check again later
+        self._timer = self.loop.call_later(due - now, self._check)
 
     # -- closing ----------------------------------------------------------------------
 
-    def _refuse_idle(self, status: int, code: str, message: str) -> None:
+    def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer `status` and close; the error is written only if no response is under way."""
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(_raw_error(status, code, message))
-        self._close_during_request()
+        self._close()
 
-    def _close_during_request(self) -> None:
-        self._disarm()
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.cycle is not None and not self.cycle.response_complete:
             # As connection_lost would: the application's receive() answers http.disconnect
             # and whatever it still sends is dropped.
