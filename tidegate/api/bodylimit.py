@@ -28,17 +28,18 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        headers = scope["headers"]
+        for name, _ in headers:
+            if name == b"content-length" or name == b"transfer-encoding":
+                break
+        else:  # neither: HTTP/1.1 says there is no body (every GET of the data pages)
+            return await self.app(scope, receive, send)
         declared = content_type = None
-        has_body = False
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"content-length":
-                has_body, declared = True, value
-            elif name == b"transfer-encoding":
-                has_body = True
+                declared = value
             elif name == b"content-type":
                 content_type = value
-        if not has_body:  # no Content-Length and no Transfer-Encoding: HTTP/1.1 says no body
-            return await self.app(scope, receive, send)
         limit, message = self._limit_for(scope["path"], content_type)
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _refuse(message, scope, receive, send)

@@ -81,7 +81,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = HEAD
         self._since = 0.0  # HEAD: when the head began; BODY: the last body byte (or headers' end)
         self._head_bytes = 0  # received while reading a head (headers that never end)
-        self._head_parsed = 0  # of the request line and headers parsed (headers that arrive whole)
         self._linger_until: float | None = None  # a response went out before the body was in
 
     # -- connection ------------------------------------------------------------------
@@ -123,19 +122,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._phase is IDLE:  # the next request, pipelined behind the end of a body
             self._phase, self._since, self._head_bytes = HEAD, self.loop.time(), 0
 
-    def on_url(self, url: bytes) -> None:
-        self._head_parsed += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_parsed += len(name) + len(value)
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         self._phase, self._since = BODY, self.loop.time()
         self._linger_until = None
+        # Headers that arrived whole, in one read, past the cap. Measured only when more
+        # than the cap arrived while reading the head (the common request skips the sum).
+        too_large = self._head_bytes > self._max_header_bytes and self._head_size() > self._max_header_bytes
         self._head_bytes = 0
-        if self._head_parsed > self._max_header_bytes:  # arrived whole, in one read
+        if too_large:
             app, self.app = self.app, _headers_too_large(self._max_header_bytes)
             try:
                 super().on_headers_complete()
@@ -143,7 +137,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.app = app
         else:
             super().on_headers_complete()
-        self._head_parsed = 0
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
 
     def on_message_complete(self) -> None:
         self._phase = IDLE  # idle keep-alive connections: uvicorn's timeout_keep_alive
