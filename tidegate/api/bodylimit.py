@@ -49,12 +49,17 @@ class BodyLimitMiddleware:
         """(bytes allowed, the refusal's message)."""
         if path in UPLOAD_PATHS:
             size = self.limits.max_upload_bytes
-            return size + MULTIPART_OVERHEAD, f"An uploaded file may be at most {describe_bytes(size)} ({size:,} bytes)."
+            return size + MULTIPART_OVERHEAD, f"An uploaded file may be at most {_amount(size)}."
         if content_type and content_type.lower().lstrip().startswith(FORM_TYPES):
             size = self.limits.max_form_bytes
-            return size, f"A form may be at most {describe_bytes(size)} ({size:,} bytes)."
+            return size, f"A form may be at most {_amount(size)}."
         size = self.limits.max_json_bytes
-        return size, f"A request body may be at most {describe_bytes(size)} ({size:,} bytes)."
+        return size, f"A request body may be at most {_amount(size)}."
+
+
+def _amount(size: int) -> str:
+    described = describe_bytes(size)
+    return described if described.endswith("bytes") else f"{described} ({size:,} bytes)"
 
 
 def _counting(limit: int, refusal: str, scope, receive, send):
