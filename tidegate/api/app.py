@@ -15,8 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tidegate import __version__
 from tidegate.access import ratelimit
 from tidegate.api import audit, data, files, keys, org_settings, policies, sources, users
+from tidegate.api.bodylimit import BodyLimitMiddleware
 from tidegate.api.middleware import RequestMiddleware
 from tidegate.api.responses import JSON, error_response, from_error
+from tidegate.api.uploads import spool_uploads_under
 from tidegate.audit import shipper
 from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine.configure(data_dir=settings.data_dir)
     egress.allow_policy()  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
+    spool_uploads_under(settings.home / "tmp")
     collector = PeriodicCollector(settings.database_url, settings.data_dir)
     journal = Journal(settings.audit_dir, settings.database_url, fsync=os.environ.get("TIDEGATE_AUDIT_FSYNC") == "1")
 
@@ -123,5 +126,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz():
         return {"status": "ok", "version": __version__}
 
+    app.add_middleware(BodyLimitMiddleware)  # inside RequestMiddleware: a 413 gets its request id
     app.add_middleware(RequestMiddleware, journal=journal)
     return app

@@ -10,19 +10,16 @@ from tidegate.api.deps import DB, authenticated, request_context, require, set_a
 from tidegate.api.inputs import InputRoute
 from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
 from tidegate.data import service
-from tidegate.errors import InvalidRequest
 
 router = APIRouter(tags=["files"], route_class=InputRoute)
-MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
 
 @router.post("/files/upload", status_code=201)
 def upload(request: Request, file: UploadFile, principal: Principal = Depends(authenticated), session: Session = DB):
-    content = file.file.read(MAX_UPLOAD_BYTES + 1)
-    if len(content) > MAX_UPLOAD_BYTES:
-        raise InvalidRequest("file_too_large", f"Files may be at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
+    # The upload's spooled file (on disk past 1 MiB), copied to storage in chunks: an upload
+    # never sits in memory whole. Its size cap: file_too_large.
     name = request.headers.get("filename") or file.filename or "upload"
-    stored = service.upload_file(session, principal, name=name, content=content, content_type=file.content_type,
+    stored = service.upload_file(session, principal, name=name, content=file.file, content_type=file.content_type,
                                  context=request_context(request))
     set_audit_target(request, "file", stored.id)
     return service.file_view(stored)

@@ -198,6 +198,9 @@ def _exit_on_signal(signum, frame):
 def _run_uvicorn(settings, host: str, port: int, workers: int, forwarded: str | None) -> None:
     import uvicorn
 
+    from tidegate.limits import get_limits
+
+    limits = get_limits()  # a bad TIDEGATE_* limit stops start-up here, not in a worker
     uvicorn.run(
         "tidegate.api.app:create_app",
         factory=True,
@@ -213,6 +216,14 @@ def _run_uvicorn(settings, host: str, port: int, workers: int, forwarded: str | 
         # replaced. uvicorn's 5 s is less than a worker's start-up (imports: 2.5 s of CPU) on
         # a busy machine, where every replacement was killed in turn: never serving again.
         timeout_worker_healthcheck=30,
+        # Header, body and connection-count limits per worker (see tidegate.api.connections).
+        http="tidegate.api.connections:GuardedHttpToolsProtocol",
+        timeout_keep_alive=limits.keepalive_timeout_seconds,
+        # uvicorn answers 503 once as many requests run as this; our protocol already refuses
+        # connections past max_connections, so this bounds only the requests still running
+        # for clients that went away.
+        limit_concurrency=limits.max_connections + 1,
+        h11_max_incomplete_event_size=limits.max_header_bytes,  # if the h11 protocol is chosen
         log_level=os.environ.get("TIDEGATE_LOG_LEVEL", "info"),
         # uvicorn's access log prints query strings; ours (tidegate.access) prints paths only.
         access_log=False,

@@ -29,6 +29,7 @@ import math
 import os
 import re
 import uuid
+import zipfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from tidegate import limits as cost_limits
 from tidegate.errors import InvalidRequest
 
 COLUMN_TYPES = ("string", "integer", "float", "boolean", "date", "timestamp")
@@ -86,6 +88,59 @@ _PY = {name: re.compile(rx) for name, rx in
 
 def _bad_file(message: str) -> InvalidRequest:
     return InvalidRequest("invalid_file", message[:500])
+
+
+# ---------------------------------------------------------------------------------------
+# Size caps: what a file may expand to (tidegate.limits), checked as early as is cheap
+# ---------------------------------------------------------------------------------------
+
+# An xlsx is a zip: a few KB of deflated XML can claim millions of rows. As Apache POI's
+# ZipSecureFile does, refuse an entry that inflates more than 100-fold (beyond a small size
+# where high ratios are harmless), and every workbook whose entries add up past the cap.
+MAX_INFLATE_RATIO = 100
+INFLATE_RATIO_GRACE_BYTES = 1024 * 1024
+
+
+def _too_many_rows(rows: int) -> InvalidRequest:
+    cap = cost_limits.get_limits().max_ingest_rows
+    return InvalidRequest("too_many_rows", f"The file has more than {cap:,} rows (at least {rows:,}); "
+                                           f"split it into several files.")
+
+
+def _too_many_cells(cells: int, cap: int, kind: str = "file") -> InvalidRequest:
+    return InvalidRequest("too_many_cells", f"The {kind} has more than {cap:,} cells (at least {cells:,}); "
+                                            f"split it, or upload it as CSV or Parquet.")
+
+
+def check_table_size(rows: int, columns: int, *, cell_cap: int | None = None, kind: str = "file") -> None:
+    """Refuse `rows` x `columns` past the row or cell cap (too_many_rows / too_many_cells)."""
+    limits = cost_limits.get_limits()
+    if rows > limits.max_ingest_rows:
+        raise _too_many_rows(rows)
+    cap = min(cell_cap or limits.max_ingest_cells, limits.max_ingest_cells)
+    if rows * columns > cap:
+        raise _too_many_cells(rows * columns, cap, kind)
+
+
+def _check_inflated_size(entries: list[tuple[str, int, int | None]]) -> None:
+    """(name, uncompressed size, compressed size or None) of a compressed file's parts, before
+    any is inflated: refuse a bomb by its own declarations (file_too_large). A zip entry that
+    lies about its size cannot inflate past it: Python's zipfile stops at the declared size
+    and then fails the CRC check."""
+    cap = cost_limits.get_limits().max_decompressed_bytes
+    total = 0
+    for name, size, compressed in entries:
+        total += size
+        if total > cap:
+            raise InvalidRequest("file_too_large", f"The file expands to more than "
+                                                   f"{cost_limits.describe_bytes(cap)} when decompressed.")
+        if compressed is None or size <= INFLATE_RATIO_GRACE_BYTES:
+            continue
+        if size > MAX_INFLATE_RATIO * max(compressed, 1):
+            raise InvalidRequest(
+                "file_too_large",
+                f"The file's part {name[:100]!r} expands {size // max(compressed, 1):,}-fold "
+                f"({size:,} bytes from {compressed:,}); at most {MAX_INFLATE_RATIO}-fold is accepted.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -562,20 +617,36 @@ def detect_file_type(filename: str | None = None, content_type: str | None = Non
 
 def parse_file(data: bytes | str | os.PathLike, *, filename: str | None = None, content_type: str | None = None,
                file_type: str | None = None, columns: list[dict] | None = None) -> pa.Table:
-    """Parse file bytes (or a path) into a canonical table, conformed to `columns` if given."""
+    """Parse file bytes (or a path) into a canonical table, conformed to `columns` if given.
+
+    Parquet and xlsx are read from a path without first loading the whole file in memory.
+    """
+    path = None
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         filename = filename or path.name
         try:
+            with open(path, "rb") as handle:
+                head = handle.read(64)
+        except OSError as exc:
+            raise _bad_file(f"Cannot read the file: {exc.strerror}.") from None
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        data = bytes(data)
+        head = data[:64]
+    else:
+        raise TypeError("data must be bytes or a path")
+    kind = file_type or detect_file_type(filename, content_type, head)
+    if kind not in FILE_TYPES:
+        raise InvalidRequest("unsupported_file_type", f"Unsupported file type {kind!r}.")
+    if kind in ("parquet", "xlsx") and path is not None:
+        if path.stat().st_size == 0:
+            raise _bad_file("The file is empty.")
+        return parse_parquet(path, columns=columns) if kind == "parquet" else parse_xlsx(path, columns=columns)
+    if path is not None:
+        try:
             data = path.read_bytes()
         except OSError as exc:
             raise _bad_file(f"Cannot read the file: {exc.strerror}.") from None
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError("data must be bytes or a path")
-    data = bytes(data)
-    kind = file_type or detect_file_type(filename, content_type, data[:64])
-    if kind not in FILE_TYPES:
-        raise InvalidRequest("unsupported_file_type", f"Unsupported file type {kind!r}.")
     if not data.strip():
         raise _bad_file("The file is empty.")
     if kind == "csv":
@@ -628,6 +699,7 @@ def parse_delimited(data: bytes, delimiter: str, *, columns: list[dict] | None =
         table = pacsv.read_csv(pa.BufferReader(data), parse_options=parse_options, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         raise _bad_file(f"Not a readable {'CSV' if delimiter == ',' else 'TSV'} file: {exc}") from None
+    check_table_size(table.num_rows, table.num_columns)
     table = table.rename_columns(stripped)
     if columns is not None:
         return conform_table(table, columns)
@@ -642,6 +714,8 @@ def parse_json(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
         raise _bad_file(f"Not valid JSON: {exc}") from None
     if not isinstance(rows, list):
         raise _bad_file("A JSON file must hold an array of objects.")
+    if len(rows) > cost_limits.get_limits().max_ingest_rows:
+        raise _too_many_rows(len(rows))
     try:
         return rows_to_table(rows, columns=columns)
     except InvalidRequest as exc:
@@ -651,6 +725,7 @@ def parse_json(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
 
 
 def parse_ndjson(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
+    max_rows = cost_limits.get_limits().max_ingest_rows
     rows = []
     for number, line in enumerate(_to_utf8(data).splitlines(), start=1):
         if not line.strip():
@@ -662,12 +737,17 @@ def parse_ndjson(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
         if not isinstance(row, dict):
             raise _bad_file(f"Line {number} is not a JSON object.")
         rows.append(row)
+        if len(rows) > max_rows:
+            raise _too_many_rows(len(rows))
     return rows_to_table(rows, columns=columns)
 
 
-def parse_parquet(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_parquet(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.Table:
+    source = str(data) if isinstance(data, Path) else pa.BufferReader(data)
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        parquet = pq.ParquetFile(source)
+        _check_parquet_size(parquet.metadata)
+        table = parquet.read()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _bad_file(f"Not a readable Parquet file: {exc}") from None
     validate_column_names(table.column_names)
@@ -679,13 +759,63 @@ def parse_parquet(data: bytes, *, columns: list[dict] | None = None) -> pa.Table
     return conform_table(table, columns) if columns is not None else table
 
 
-def parse_xlsx(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
-    """The first worksheet; its first non-empty row is the header."""
+def _check_parquet_size(metadata: pq.FileMetaData) -> None:
+    """Dictionary and run-length encoding let a few bytes stand for a billion rows: check
+    the footer's counts before reading any column."""
+    check_table_size(metadata.num_rows, metadata.num_columns)
+    _check_inflated_size([(f"row group {i}", metadata.row_group(i).total_byte_size, None)
+                          for i in range(metadata.num_row_groups)])
+
+
+# Excel's own limit; openpyxl yields an empty row for every row number skipped, so a row
+# numbered 10**9 would otherwise cost a billion iterations.
+XLSX_MAX_SHEET_ROWS = 1_048_576
+
+
+def _skip_openpyxl_dimension_scan() -> None:
+    """openpyxl's read-only worksheet parses the WHOLE sheet when it opens a workbook if the
+    sheet has no <dimension> element (every sheet of every workbook, before a row is read),
+    and pads every row to a declared dimension however wide. Reading without dimensions is
+    what openpyxl itself advises for untrusted files (`reset_dimensions()`); this makes it
+    the default for read-only loads, so reading stops as soon as a cap is passed."""
+    from openpyxl.reader import excel
+    from openpyxl.worksheet._read_only import ReadOnlyWorksheet
+
+    if excel.ReadOnlyWorksheet is ReadOnlyWorksheet:
+        class UnsizedReadOnlyWorksheet(ReadOnlyWorksheet):
+            def _get_size(self):
+                pass  # dimensions unknown: rows come as stored, unpadded
+
+        excel.ReadOnlyWorksheet = UnsizedReadOnlyWorksheet
+
+
+def _check_xlsx_archive(source) -> None:
+    try:
+        with zipfile.ZipFile(source) as archive:
+            entries = [(info.filename, info.file_size, info.compress_size) for info in archive.infolist()]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        raise _bad_file("Not a readable .xlsx workbook: not a zip archive.") from None
+    _check_inflated_size(entries)
+
+
+def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.Table:
+    """The first worksheet; its first non-empty row is the header.
+
+    The archive's declared sizes are checked before openpyxl inflates anything, and reading
+    stops at the first row past the row or cell cap.
+    """
+    source = str(data) if isinstance(data, Path) else io.BytesIO(data)
+    _check_xlsx_archive(source)
+    if not isinstance(source, str):
+        source.seek(0)
+    limits = cost_limits.get_limits()
+    cell_cap = min(limits.max_xlsx_cells, limits.max_ingest_cells)
     import openpyxl  # imported lazily: only uploads need it
     from openpyxl.utils import get_column_letter
-    
+
+    _skip_openpyxl_dimension_scan()
     try:
-        workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        workbook = openpyxl.load_workbook(source, read_only=True, data_only=True)
     except InvalidRequest:
         raise
     except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds on a malformed file
@@ -713,7 +843,14 @@ def parse_xlsx(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
             names.append(name.strip())
         validate_column_names(names)
         values: list[list] = [[] for _ in names]
+        count = 0
+        cells = 0  # as openpyxl hands them over: a far-right cell pads its row with empty ones
+        max_rows = min(limits.max_ingest_rows, cell_cap // width)
         for number, row in enumerate(rows_iter, start=2):
+            cells += len(row)
+            if number > XLSX_MAX_SHEET_ROWS or cells > cell_cap:  # far-apart row numbers, padding
+                raise (_too_many_rows(number) if number > XLSX_MAX_SHEET_ROWS
+                       else _too_many_cells(cells, cell_cap, "worksheet"))
             if not any(cell is not None and cell != "" for cell in row):
                 continue
             for extra, cell in enumerate(row[width:], start=width + 1):
@@ -721,6 +858,9 @@ def parse_xlsx(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
                     raise InvalidRequest(
                         "invalid_column_name",
                         f"Column {get_column_letter(extra)} has values (sheet row {number}) but no header.")
+            count += 1
+            if count > max_rows:  # stop reading at the first row past a cap
+                check_table_size(count, width, cell_cap=cell_cap, kind="worksheet")
             for i in range(width):
                 cell = row[i] if i < len(row) else None
                 values[i].append(None if cell == "" else cell)

@@ -6,6 +6,8 @@ function takes the caller's RowFilter, which only `access.sources.open_source` p
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -19,6 +21,7 @@ from tidegate.data.models import SHARE_PERMISSIONS, SERVICE_API, SERVICE_FILE, F
 from tidegate.db.base import isoformat, utcnow
 from tidegate.errors import Forbidden, InvalidRequest, NotFound
 from tidegate.ids import new_id
+from tidegate.limits import get_limits
 from tidegate.orgs.service import get_user
 
 MAX_INLINE_ROWS = 100_000
@@ -240,11 +243,13 @@ def org_share(session: Session, principal: Principal, source_id: str, *, enabled
 # -- files ---------------------------------------------------------------------------------
 
 
-def upload_file(session: Session, principal: Principal, *, name: str, content: bytes, content_type: str | None,
-                context: RequestContext | None = None) -> File:
+def upload_file(session: Session, principal: Principal, *, name: str, content: bytes | BinaryIO,
+                content_type: str | None, context: RequestContext | None = None) -> File:
+    """Store an upload; `content` may be the upload's (spooled) file, copied to storage in chunks."""
     principal.require_any("admin:files:write", "admin:files:upload")
     file = storage.store_file(session, org_id=principal.org_id, created_by=principal.user_id, name=name,
-                              content=content, content_type=content_type)
+                              content=content, content_type=content_type,
+                              max_bytes=get_limits().max_upload_bytes)
     session.flush()
     record(session, principal, "file.upload", org_id=principal.org_id, target_type="file", target_id=file.id,
            details={"name": file.name, "size": file.size}, context=context)

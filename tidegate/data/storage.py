@@ -21,6 +21,7 @@ for readers in flight), and `collect_garbage` then deletes the files no version 
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
@@ -28,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -293,37 +295,73 @@ def _clean_file_name(name: str) -> str:
     return name
 
 
-def store_file(session: Session, *, org_id: str, created_by: str, name: str, content: bytes,
-               content_type: str | None = None, data_dir: str | os.PathLike | None = None) -> File:
+def store_file(session: Session, *, org_id: str, created_by: str, name: str, content: bytes | BinaryIO,
+               content_type: str | None = None, data_dir: str | os.PathLike | None = None,
+               max_bytes: int | None = None) -> File:
     """Store an uploaded file durably and add its row (caller commits).
 
-    Tabular files (csv, tsv, json, ndjson, parquet, xlsx) are parsed to fill `columns` and
-    `row_count`; a tabular file that does not parse is refused (`invalid_file`, ...). Other
-    files are stored as they are, with `columns` None.
+    `content` is bytes or a binary file (an upload's spooled file): a file is copied in
+    chunks, never held in memory whole, and refused past `max_bytes` (file_too_large).
+    Tabular files (csv, tsv, json, ndjson, parquet, xlsx) are parsed, from the stored copy,
+    to fill `columns` and `row_count`; a tabular file that does not parse is refused
+    (`invalid_file`, ...) and its copy removed. Other files are stored as they are.
     """
     name = _clean_file_name(name)
-    if not content:
-        raise InvalidRequest("invalid_file", "The file is empty.")
-    columns = row_count = None
-    try:
-        kind = ingest.detect_file_type(name, content_type, content[:64])
-    except InvalidRequest:
-        kind = None
-    if kind is not None:
-        table = ingest.parse_file(content, filename=name, content_type=content_type, file_type=kind)
-        columns, row_count = ingest.columns_of(table), table.num_rows
     root = data_root(data_dir)
     file_id = new_id("file")
     relative = f"{_safe_id(org_id)}/files/{file_id}"
+    final = root / relative
     _makedirs_durable(root / org_id / "files", root)
-    write_bytes_durable(root / relative, content)
+    tmp = _tmp_name(final)
+    try:
+        size = _write_stream(tmp, io.BytesIO(content) if isinstance(content, (bytes, bytearray)) else content,
+                             max_bytes)
+        if size == 0:
+            raise InvalidRequest("invalid_file", "The file is empty.")
+        columns = row_count = None
+        with open(tmp, "rb") as handle:
+            head = handle.read(64)
+        try:
+            kind = ingest.detect_file_type(name, content_type, head)
+        except InvalidRequest:
+            kind = None
+        if kind is not None:
+            table = ingest.parse_file(tmp, filename=name, content_type=content_type, file_type=kind)
+            columns, row_count = ingest.columns_of(table), table.num_rows
+            del table
+        _publish(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     record = File(
-        id=file_id, org_id=org_id, name=name, size=len(content), content_type=content_type,
+        id=file_id, org_id=org_id, name=name, size=size, content_type=content_type,
         created_by=created_by, created_at=utcnow(), storage_path=relative, columns=columns,
         row_count=row_count,
     )
     session.add(record)
     return record
+
+
+COPY_CHUNK = 1024 * 1024
+
+
+def _write_stream(tmp: Path, source: BinaryIO, max_bytes: int | None) -> int:
+    """Copy `source` into the new file `tmp` (0600) chunk by chunk and fsync it; its size."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    size = 0
+    try:
+        while chunk := source.read(COPY_CHUNK):
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise InvalidRequest("file_too_large",
+                                     f"Files may be at most {max_bytes // (1024 * 1024)} MB ({max_bytes:,} bytes).")
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size
 
 
 def file_path(file: File, data_dir: str | os.PathLike | None = None) -> Path:

@@ -26,7 +26,6 @@ from tidegate.access.principal import Principal
 from tidegate.access.rowfilter import RowFilter
 from tidegate.access.sources import SourceAccess, open_source
 from tidegate.api.deps import request_context
-from tidegate.api.files import MAX_UPLOAD_BYTES
 from tidegate.credentials import service as keys_service
 from tidegate.credentials.authenticate import principal_for_key
 from tidegate.credentials.models import ApiKey
@@ -35,6 +34,7 @@ from tidegate.data import service as data_service
 from tidegate.data.models import SHARE_PERMISSIONS
 from tidegate.db.base import utcnow
 from tidegate.errors import InvalidRequest, NotFound, TidegateError, Unauthenticated
+from tidegate.limits import get_limits
 from tidegate.orgs.models import User
 from tidegate.web.common import (
     FORM,
@@ -103,7 +103,7 @@ def sources_context(session, viewer: Viewer, *, after: str | None = None) -> dic
             "permission": access.permission,
         })
     return {"title": "Sources", "sources": items, "next_after": rows[-1].id if more and rows else None,
-            "can_upload": can_upload(viewer), "max_upload_mb": MAX_UPLOAD_BYTES // (1024 * 1024),
+            "can_upload": can_upload(viewer), "max_upload_mb": get_limits().max_upload_bytes // (1024 * 1024),
             "upload_name": ""}
 
 
@@ -125,12 +125,8 @@ def upload(request: Request, form: FormData = UPLOAD_FORM):
             viewer = signed_in_to_change(request, session, form, READ)
             if not isinstance(upload_, UploadFile) or not upload_.filename:
                 raise InvalidRequest("missing_file", "Choose a file to upload.")
-            content = upload_.file.read(MAX_UPLOAD_BYTES + 1)
-            if len(content) > MAX_UPLOAD_BYTES:
-                raise InvalidRequest("file_too_large",
-                                     f"Files may be at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
             context = request_context(request)
-            stored = data_service.upload_file(session, viewer.principal, name=upload_.filename, content=content,
+            stored = data_service.upload_file(session, viewer.principal, name=upload_.filename, content=upload_.file,
                                               content_type=upload_.content_type, context=context)
             if stored.columns is None:
                 raise InvalidRequest("not_tabular", f"{stored.name} is not a table: upload a CSV, TSV, JSON, "
