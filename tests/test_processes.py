@@ -15,6 +15,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from tidegate.audit.journal import decode_records
 from server import REDIS_URL, WorkerPool, init_home, running_server, scratch_postgres_database, unavailable
 
 pytestmark = pytest.mark.slow
@@ -149,11 +150,8 @@ def test_policy_and_share_changes_are_instant_across_workers(multi, pool):
 def journal_request_ids(home) -> set[str]:
     ids = set()
     for segment in (home / "audit").glob("*.jsonl"):
-        for line in segment.read_bytes().splitlines():
-            try:
-                ids.add(json.loads(line).get("request_id"))
-            except ValueError:
-                pass
+        records, _torn = decode_records(segment.read_bytes())
+        ids.update(record.get("request_id") for record in records)
     return ids
 
 

@@ -197,7 +197,7 @@ def test_an_opened_source_outlives_its_rolled_back_session(client, keyed_source,
 TIDEGATE = Path(__file__).resolve().parents[1] / "tidegate"
 # Functions that may keep a value per process with functools: each returns a process
 # resource (an engine, a limiter client) or an immutable value, never a database row.
-LRU_CACHED = {"config.py": {"get_settings"}, "web/auth.py": {"_dummy_hash"}, "data/egress.py": {"_parse", "_own_database_server"},
+LRU_CACHED = {"config.py": {"get_settings"}, "web/auth.py": {"_dummy_hash"}, "data/egress.py": {"_parse", "_own_database_server"}, "limits.py": {"get_limits"},
               "access/ratelimit.py": {"_redis_limiter", "_per_minute"}, "db/engine.py": {"get_engine", "_session_factory"}}
 # Hand-rolled LRUs allowed only where they call require_immutable on every put.
 ORDERED_DICT_OK = {"caching.py", "data/engine.py"}

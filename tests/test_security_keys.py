@@ -356,7 +356,7 @@ def test_key_limit_code_is_distinct_from_user_ceiling():
 
 @pytest.mark.parametrize("redis", [True])
 def test_user_ceiling_with_redis(redis):
-    from conftest import REDIS_URL
+    from server import REDIS_URL
     import redis as redis_client
 
     try:

@@ -25,7 +25,11 @@ def private_sqlite_file(url: str) -> None:
     if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
         return
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        # Only ever a new file: closing a descriptor of a file this process already has open
+        # in SQLite would drop SQLite's POSIX locks on it (and let another writer corrupt it).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     except OSError:
         return  # no such directory, not ours, read-only: SQLite reports it when it opens the file
     for name in (path, path + "-wal", path + "-shm", path + "-journal"):
