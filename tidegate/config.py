@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from tidegate.limits import from_environment
+
 SECRETS_FILE = "secrets.json"
 
 
@@ -31,30 +33,22 @@ class QueryLimits:
     per_org: int = 8  # queries of one organization running or waiting at once
 
 
-def _env_number(name: str, default, kind=int):
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise SystemExit(f"{name} must be greater than 0, not {raw!r}")
-    return value
+_QUERY_ENV = {
+    "timeout_seconds": "TIDEGATE_QUERY_TIMEOUT_SECONDS",
+    "memory_limit_bytes": "TIDEGATE_QUERY_MEMORY_LIMIT_BYTES",
+    "max_result_bytes": "TIDEGATE_QUERY_MAX_RESULT_BYTES",
+    "max_value_bytes": "TIDEGATE_QUERY_MAX_VALUE_BYTES",
+    "workers": "TIDEGATE_QUERY_WORKERS",
+    "per_key": "TIDEGATE_QUERY_MAX_PER_KEY",
+    "per_org": "TIDEGATE_QUERY_MAX_PER_ORG",
+}
 
 
 def load_query_limits() -> QueryLimits:
-    d = QueryLimits()
-    return QueryLimits(
-        timeout_seconds=_env_number("TIDEGATE_QUERY_TIMEOUT_SECONDS", d.timeout_seconds, float),
-        memory_limit_bytes=_env_number("TIDEGATE_QUERY_MEMORY_LIMIT_BYTES", d.memory_limit_bytes),
-        max_result_bytes=_env_number("TIDEGATE_QUERY_MAX_RESULT_BYTES", d.max_result_bytes),
-        max_value_bytes=_env_number("TIDEGATE_QUERY_MAX_VALUE_BYTES", d.max_value_bytes),
-        workers=_env_number("TIDEGATE_QUERY_WORKERS", d.workers),
-        per_key=_env_number("TIDEGATE_QUERY_MAX_PER_KEY", d.per_key),
-        per_org=_env_number("TIDEGATE_QUERY_MAX_PER_ORG", d.per_org),
-    )
+    try:
+        return from_environment(QueryLimits, _QUERY_ENV)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 @dataclass(frozen=True)

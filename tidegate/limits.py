@@ -54,13 +54,19 @@ _ENV = {
 
 def load_limits(environ: dict[str, str] | None = None) -> Limits:
     """The defaults, overridden by any TIDEGATE_* variable set; a bad value stops start-up."""
+    return from_environment(Limits, _ENV, environ)
+
+
+def from_environment(cls, variables: dict[str, str], environ: dict[str, str] | None = None):
+    """A frozen dataclass of positive numbers: its defaults, overridden by any of
+    `variables` (field name -> env var) that is set. ValueError names a bad one."""
     environ = os.environ if environ is None else environ
     values = {}
-    for field_name, variable in _ENV.items():
+    for field_name, variable in variables.items():
         raw = environ.get(variable, "").strip()
         if not raw:
             continue
-        kind = type(getattr(Limits, field_name))
+        kind = type(getattr(cls, field_name))
         try:
             value = kind(raw)
         except ValueError:
@@ -68,7 +74,7 @@ def load_limits(environ: dict[str, str] | None = None) -> Limits:
         if value <= 0:
             raise ValueError(f"{variable} must be greater than 0, not {raw!r}")
         values[field_name] = value
-    return Limits(**values)
+    return cls(**values)
 
 
 @lru_cache(maxsize=1)
