@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from figures import report
 from server import Server, base_env, run_cli
-from traffic import START, RECOVERY_BOUND, Outage, Traffic, check_answers, wait_for_events
+from traffic import START, Traffic, check_answers, wait_for_events
 
 pytestmark = pytest.mark.slow
 
@@ -69,18 +68,11 @@ def test_a_full_disk_is_503_without_torn_records_then_recovers(small_disk, tmp_p
             return client.get("/api/v1/keys", params={"limit": 1})
 
         with Traffic(srv.url, srv.headers(secret), send) as traffic:
-            assert traffic.wait_for(lambda a: a.status == 200, 20) is not None
-            time.sleep(1.0)
-            down_at = time.monotonic()
-            filler = fill(small_disk)
-            assert traffic.wait_for(lambda a: a.status == 503, 10) is not None, "no request noticed the full disk"
-            time.sleep(2.0)
-            filler.unlink()
-            up_at = time.monotonic()
-            assert traffic.wait_for(lambda a: a.status == 200, RECOVERY_BOUND) is not None, srv.logs()[-3000:]
-            time.sleep(1.5)
+            fillers = []
+            outage = traffic.through_outage(lambda: fillers.append(fill(small_disk)), lambda: fillers.pop().unlink(),
+                                            2.0, srv.logs, "the full disk")
         answers = traffic.snapshot()
-        figures = check_answers(answers, Outage(down_at, up_at), DISK_CODES)
+        figures = check_answers(answers, outage, DISK_CODES)
         served = [a for a in answers if a.status < 500]
         figures |= wait_for_events(srv, [a.request_id for a in served],
                                    [a.request_id for a in answers if a.status == 503])

@@ -9,7 +9,6 @@ The Redis here is the suite's own redis-server on a free port, never the shared 
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 
 import httpx
@@ -17,7 +16,7 @@ import pytest
 
 from figures import report
 from server import init_home
-from traffic import START, RECOVERY_BOUND, Outage, Traffic, check_answers, wait_for_events
+from traffic import START, Traffic, check_answers, wait_for_events
 
 pytestmark = pytest.mark.slow
 
@@ -59,21 +58,12 @@ def test_redis_outage_is_503_then_recovers_and_first_requests_never_fail(private
                 srv.stop()
         _, secret = srv.new_admin_key(10_000)
         with Traffic(srv.url, srv.headers(secret), list_keys) as traffic:
-            assert traffic.wait_for(lambda a: a.status == 200, 20) is not None
-            time.sleep(1.0)
-            down_at = time.monotonic()
-            private_redis.stop()
-            assert traffic.wait_for(lambda a: a.status == 503, 10) is not None, "no request noticed the outage"
-            time.sleep(2.0)
-            private_redis.start()
-            up_at = time.monotonic()
-            assert traffic.wait_for(lambda a: a.status == 200, RECOVERY_BOUND) is not None, srv.logs()[-3000:]
-            time.sleep(1.5)
+            outage = traffic.through_outage(private_redis.stop, private_redis.start, 2.0, srv.logs)
         answers = traffic.snapshot()
-        figures = check_answers(answers, Outage(down_at, up_at), {"rate_limiter_unavailable"})
+        figures = check_answers(answers, outage, {"rate_limiter_unavailable"})
         # The key was identified before the limiter failed: refused requests are audited too.
         figures |= wait_for_events(srv, [a.request_id for a in answers], [])
-        figures["outage_s"] = round(up_at - down_at, 2)
+        figures["outage_s"] = round(outage.up_at - outage.down_at, 2)
         report("redis stop under load", figures)
     finally:
         srv.stop()

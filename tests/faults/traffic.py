@@ -81,6 +81,21 @@ class Traffic:
         with self._lock:
             return list(self.answers)
 
+    def through_outage(self, take_down, bring_back, held: float, logs, what: str = "the outage") -> "Outage":
+        """Serving (a 200), then `take_down()`; once a request answers 503, `held` seconds later
+        `bring_back()`; then serving again within RECOVERY_BOUND, and a little more traffic."""
+        assert self.wait_for(lambda a: a.status == 200, 20) is not None
+        time.sleep(1.0)
+        down_at = time.monotonic()
+        take_down()
+        assert self.wait_for(lambda a: a.status == 503, 10) is not None, f"no request noticed {what}"
+        time.sleep(held)
+        bring_back()
+        up_at = time.monotonic()
+        assert self.wait_for(lambda a: a.status == 200, RECOVERY_BOUND) is not None, logs()[-3000:]
+        time.sleep(1.5)
+        return Outage(down_at, up_at)
+
     def wait_for(self, condition, timeout: float) -> float | None:
         """Seconds until some answer after now satisfies `condition`, or None after `timeout`."""
         since = time.monotonic()
