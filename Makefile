@@ -34,6 +34,10 @@ run: setup
 	$(BIN)/tidegate init --if-needed
 	$(BIN)/tidegate serve --host $(HOST) --port $(PORT)
 
+# Three workers on two cores: most tests wait on servers they start, not on the CPU.
+# Whole files go to one worker (--dist loadfile): a module's servers start once.
+PYTEST_ARGS ?= -n 3 --dist loadfile
+
 test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -151,6 +151,35 @@ def test_a_request_whose_event_cannot_be_journaled_is_refused_before_any_data(cl
     assert refused.headers["x-request-id"] not in statuses  # refused, so nothing was read to record
 
 
+def test_a_committed_change_whose_journal_fails_is_recorded_in_the_database_not_refused(client, org, monkeypatch):
+    """A 503 after the change committed would invite a retry that repeats it (rows appended twice)."""
+    created = client.post("/api/v1/sources", json={"name": "ledger", "rows": [{"n": 0}]}, headers=org.headers())
+    source = created.json()["id"]
+    monkeypatch.setattr(journal_module, "_write_all", _disk_full)
+    appended = client.post(f"/api/v1/sources/{source}/rows", json={"rows": [{"n": 1}]}, headers=org.headers())
+    assert appended.status_code == 200, appended.text
+    # A read that fails to journal is still refused: it changed nothing, so a retry is harmless.
+    assert client.get(f"/api/v1/sources/{source}/data", headers=org.headers()).status_code == 503
+    monkeypatch.undo()
+    served = client.get(f"/api/v1/sources/{source}/data", headers=org.headers()).json()
+    assert sorted(row["n"] for row in served["data"]) == [0, 1]  # appended once
+    statuses = {e["request_id"]: e["status"] for e in events(client, org)}
+    assert statuses[appended.headers["x-request-id"]] == 200  # its event went to the database
+
+
+def test_a_committed_change_is_refused_only_if_neither_journal_nor_database_takes_its_event(
+        client, org, monkeypatch):
+    created = client.post("/api/v1/sources", json={"name": "ledger", "rows": [{"n": 0}]}, headers=org.headers())
+    source = created.json()["id"]
+    monkeypatch.setattr(journal_module, "_write_all", _disk_full)
+    monkeypatch.setattr(journal_module, "_insert_events", _database_down)
+    refused = client.post(f"/api/v1/sources/{source}/rows", json={"rows": [{"n": 1}]}, headers=org.headers())
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "audit_unavailable"
+    # A refused (4xx) change changed nothing: it is refused too rather than recorded elsewhere.
+    bad = client.post(f"/api/v1/sources/{source}/rows", json={"rows": "nope"}, headers=org.headers())
+    assert bad.status_code == 503
+
+
 def _database_down(*args, **kwargs):
     raise OperationalError("SELECT 1", {}, psycopg_like_refusal())
 

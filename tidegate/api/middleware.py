@@ -4,7 +4,9 @@ response, and the request audit event.
 A plain ASGI middleware (not BaseHTTPMiddleware) so that it adds no task or copy per
 request. The audit event is appended to the journal when the response *starts*, before
 any byte reaches the client; if it cannot be, the request is answered 503
-`audit_unavailable` instead (no audit, no access). A dependency that fails (database, disk,
+`audit_unavailable` instead (no audit, no access). A change that succeeded has already
+committed: its event goes straight to the database instead, so that a retry of a 503 does
+not repeat the change. A dependency that fails (database, disk,
 Redis) answers 503 with Retry-After, never a 500 (see `tidegate.outages`).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
+import anyio
 from starlette.requests import Request
 
 from tidegate.api.deps import client_ip
@@ -26,6 +29,8 @@ log = logging.getLogger("tidegate.api")
 # Our own access log: path only, never the query string (a client may put anything there),
 # never headers. uvicorn's access log is switched off in `tidegate serve` for that reason.
 access_log = logging.getLogger("tidegate.access")
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # change nothing: refused if not journaled
 
 # First path segment under /api/v1 -> audit target type.
 TARGET_TYPES = {
@@ -64,7 +69,15 @@ class RequestMiddleware:
                 message["headers"] = headers
                 try:
                     # No audit, no access: journaled before the first byte (of a stream too) leaves.
-                    self._audit(scope, message["status"], "evt_" + request_ulid)
+                    event = self._event(scope, message["status"], "evt_" + request_ulid)
+                    if event is not None:
+                        try:
+                            self.journal.append(event)
+                        except AuditUnavailable:
+                            if scope["method"] in SAFE_METHODS or not 200 <= message["status"] < 300:
+                                raise
+                            # A committed change: recorded in the database, not refused (see above).
+                            await anyio.to_thread.run_sync(self.journal.insert_directly, event)
                 except AuditUnavailable as exc:
                     unjournaled = exc
                     raise
@@ -109,11 +122,11 @@ class RequestMiddleware:
         return error_response(500, "api_error", "internal_error",
                               f"Internal error; quote request id {request_id} when reporting it.")
 
-    def _audit(self, scope, status: int, event_id: str) -> None:
+    def _event(self, scope, status: int, event_id: str) -> dict | None:
         state = scope.get("state", {})
         who = state.get("audit_key")
         if who is None:
-            return  # no key identified: nothing to attribute the request to
+            return None  # no key identified: nothing to attribute the request to
         if "client_ip" in state:  # read once already, by authentication
             ip, user_agent = state["client_ip"], state["user_agent"]
         else:
@@ -132,7 +145,7 @@ class RequestMiddleware:
             "creator_user_id": who["user_id"],
             **state.get("audit_details", {}),
         }
-        self.journal.append(event_row(
+        return event_row(
             id=event_id,
             org_id=who["org_id"],
             actor_type="api_key",
@@ -148,4 +161,4 @@ class RequestMiddleware:
             user_agent=(user_agent or "")[:500] or None,
             request_id=state.get("request_id"),
             details=details,
-        ))
+        )

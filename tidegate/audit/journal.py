@@ -233,6 +233,21 @@ class Journal:
             self._size += len(record)
             self._records += 1
 
+    def insert_directly(self, event: dict) -> None:
+        """Insert `event` into the database, bypassing the journal that refused it.
+
+        For a change that has already committed: answering 503 would invite a retry that
+        repeats the change (an append twice, a second key), and the database that just took
+        the change can usually take its event. Raises AuditUnavailable if it cannot.
+        Blocks on the database: call it from a thread.
+        """
+        try:
+            _insert_one(self.database_url, event)
+        except Exception as exc:  # noqa: BLE001 - any failure: the event is not recorded
+            log.error("audit journal: event %s not inserted either (%s)", event.get("id"), exc)
+            raise AuditUnavailable() from exc
+        log.warning("audit journal: event %s inserted directly (the journal refused it)", event.get("id"))
+
     def _cut_back(self) -> None:
         """Remove what a failed write left of its record, so the next record starts clean."""
         if _truncate_quietly(self._fd, self._size):
