@@ -7,7 +7,7 @@ PICO_CSS := tidegate/web/static/vendor/pico.min.css
 HOST     ?= 127.0.0.1
 PORT     ?= 8000
 
-.PHONY: run test setup browser check-python clean
+.PHONY: run test lint setup browser check-python clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tidegate needs Python >= 3.11"'
@@ -38,7 +38,12 @@ run: setup
 # Whole files go to one worker (--dist loadfile): a module's servers start once.
 PYTEST_ARGS ?= -n 3 --dist loadfile
 
-test: setup browser
+# Style and structure, before the tests: ruff (lint and format).
+lint: setup
+	$(BIN)/ruff check tidegate tests bench
+	$(BIN)/ruff format --check tidegate tests bench
+
+test: setup browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -78,8 +78,9 @@ end
 """
 
 
-def wrk(url: str, seconds: int, connections: int, headers: dict[str, str], keys: list[str] = (),
-        extra_lua: str = "") -> dict:
+def wrk(
+    url: str, seconds: int, connections: int, headers: dict[str, str], keys: list[str] = (), extra_lua: str = ""
+) -> dict:
     args = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
@@ -116,13 +117,15 @@ def build_source(home: Path, rows: int) -> dict:
     # (rows 499,901-500,000) exists on a 1,000,000-row source.
     regions = ["US", "EU", "APAC", "LATAM"]
     tiers = ["gold", "silver", "bronze", "iron", "tin"]
-    table = pa.table({
-        "id": pa.array(range(rows), pa.int64()),
-        "region": pa.array([regions[i % 4] for i in range(rows)]),
-        "tier": pa.array([tiers[i % 5] for i in range(rows)]),
-        "amount": pa.array([i * 1.5 for i in range(rows)]),
-        "name": pa.array([f"row-{i}" for i in range(rows)]),
-    })
+    table = pa.table(
+        {
+            "id": pa.array(range(rows), pa.int64()),
+            "region": pa.array([regions[i % 4] for i in range(rows)]),
+            "tier": pa.array([tiers[i % 5] for i in range(rows)]),
+            "amount": pa.array([i * 1.5 for i in range(rows)]),
+            "name": pa.array([f"row-{i}" for i in range(rows)]),
+        }
+    )
     with session_scope(settings.database_url) as session:
         made = orgs.create_organization(session, "bench", "admin@bench.test", None)
         admin = Principal.for_user(made.org.id, made.admin.id, "admin")
@@ -130,17 +133,25 @@ def build_source(home: Path, rows: int) -> dict:
         source = sources.create_source(session, admin, settings, name="big", rows=[{"id": 0}])
         storage.write_new_version(session, source, table, append=False)
         sources.share_source(session, admin, source.id, member.id, "view")
-        p1 = policies.create_policy(session, admin, made.org.id, name="regions",
-                                    row_filters=[{"column": "region", "values": VISIBLE_REGIONS}])
-        p2 = policies.create_policy(session, admin, made.org.id, name="tiers",
-                                    row_filters=[{"column": "tier", "values": VISIBLE_TIERS}])
+        p1 = policies.create_policy(
+            session, admin, made.org.id, name="regions", row_filters=[{"column": "region", "values": VISIBLE_REGIONS}]
+        )
+        p2 = policies.create_policy(
+            session, admin, made.org.id, name="tiers", row_filters=[{"column": "tier", "values": VISIBLE_TIERS}]
+        )
         policies.assign_users(session, admin, p1, [member.id])
         policies.assign_users(session, admin, p2, [member.id])
         member_principal = Principal.for_user(made.org.id, member.id, "member")
         # One key per wrk thread per measured run: each stays under the 10,000/minute ceiling.
-        secrets = [keys.create_key(session, member_principal, keys.KeyRequest(
-            name=f"bench-{i}", scopes=["data:read"], rate_limit_per_minute=10_000), pepper=settings.pepper).secret
-            for i in range(1 + 3 * WRK_THREADS)]
+        secrets = [
+            keys.create_key(
+                session,
+                member_principal,
+                keys.KeyRequest(name=f"bench-{i}", scopes=["data:read"], rate_limit_per_minute=10_000),
+                pepper=settings.pepper,
+            ).secret
+            for i in range(1 + 3 * WRK_THREADS)
+        ]
     return {"org_id": made.org.id, "source_id": source.id, "keys": secrets}
 
 
@@ -161,8 +172,20 @@ def main() -> None:
     tg_port, bare_port = free_port(), free_port()
     procs = [
         subprocess.Popen([str(BIN / "tidegate"), "serve", "--port", str(tg_port)], env=env, start_new_session=True),
-        subprocess.Popen([str(BIN / "uvicorn"), "bench.bare_app:app", "--port", str(bare_port), "--log-level", "warning",
-                          "--no-access-log"], cwd=ROOT, env=env, start_new_session=True),
+        subprocess.Popen(
+            [
+                str(BIN / "uvicorn"),
+                "bench.bare_app:app",
+                "--port",
+                str(bare_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        ),
     ]
     try:
         wait_up(f"http://127.0.0.1:{tg_port}/healthz")
@@ -172,11 +195,12 @@ def main() -> None:
         def headers(key):
             return {"Authorization": f"Bearer {key}", "X-Tenant-ID": world["org_id"]}
 
-        run_keys = [world["keys"][1 + i * WRK_THREADS:1 + (i + 1) * WRK_THREADS] for i in range(3)]
+        run_keys = [world["keys"][1 + i * WRK_THREADS : 1 + (i + 1) * WRK_THREADS] for i in range(3)]
         tenant = {"X-Tenant-ID": world["org_id"]}
         check = httpx.get(base + "&page=1", headers=headers(world["keys"][0])).json()
-        assert len(check["data"]) == 100 and all(r["region"] in VISIBLE_REGIONS and r["tier"] in VISIBLE_TIERS
-                                                 for r in check["data"]), "filter not applied"
+        assert len(check["data"]) == 100 and all(
+            r["region"] in VISIBLE_REGIONS and r["tier"] in VISIBLE_TIERS for r in check["data"]
+        ), "filter not applied"
         print(f"filtered rows visible to the key: {check['total_count']:,} of {args.rows:,}")
         # Warm-up (first request materializes the filtered result for this version+filter).
         deep = httpx.get(base + "&page=5000", headers=headers(world["keys"][0]), timeout=60).json()
@@ -187,8 +211,14 @@ def main() -> None:
             "key_page_1": wrk(base + "&page=1", args.seconds, args.connections, tenant, run_keys[0]),
             "key_page_5000": wrk(base + "&page=5000", args.seconds, args.connections, tenant, run_keys[1]),
             # Not a target: what a page costs when it has not been rendered before.
-            "key_random_pages": wrk(base.replace("?page_size=100", "?format=json"), args.seconds, args.connections,
-                                    tenant, run_keys[2], RANDOM_PAGES % check["total_count"]),
+            "key_random_pages": wrk(
+                base.replace("?page_size=100", "?format=json"),
+                args.seconds,
+                args.connections,
+                tenant,
+                run_keys[2],
+                RANDOM_PAGES % check["total_count"],
+            ),
         }
     finally:
         for proc in procs:

@@ -110,9 +110,13 @@ class Org:
             user = orgs.get_user(session, self.id, user_id)
             principal = Principal.for_user(self.id, user.id, user.role)
             created = keys_service.create_key(
-                session, principal,
-                keys_service.KeyRequest(name=options.pop("name", "test key"),
-                                        scopes=scopes or preset_scopes("full_access", user.role), **options),
+                session,
+                principal,
+                keys_service.KeyRequest(
+                    name=options.pop("name", "test key"),
+                    scopes=scopes or preset_scopes("full_access", user.role),
+                    **options,
+                ),
                 pepper=self.settings.pepper,
             )
             return created.secret
@@ -126,7 +130,8 @@ def make_org(settings):
             created = orgs.create_organization(session, name, f"admin-{uuid.uuid4().hex[:6]}@example.com", None)
             principal = Principal.for_user(created.org.id, created.admin.id, created.admin.role)
             key = keys_service.create_key(
-                session, principal,
+                session,
+                principal,
                 keys_service.KeyRequest(name="admin key", scopes=preset_scopes("full_access", "admin")),
                 pepper=settings.pepper,
             )

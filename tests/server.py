@@ -42,8 +42,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def base_env(home: Path, *, database_url: str | None = None, redis_url: str | None = None,
-             access_log: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
+def base_env(
+    home: Path,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    access_log: bool = False,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     """The caller's environment minus any tidegate/Querri settings, plus this home's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TIDEGATE_", "QUERRI_"))}
     env["TIDEGATE_HOME"] = str(home)
@@ -57,8 +63,9 @@ def base_env(home: Path, *, database_url: str | None = None, redis_url: str | No
     return env
 
 
-def run_cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = CLI_TIMEOUT,
-            executable: str = TIDEGATE) -> subprocess.CompletedProcess:
+def run_cli(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float = CLI_TIMEOUT, executable: str = TIDEGATE
+) -> subprocess.CompletedProcess:
     proc = subprocess.run([executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -89,7 +96,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, workers: int | None = None, timeout: float = START_TIMEOUT) -> "Server":
+    def start(self, workers: int | None = None, timeout: float = START_TIMEOUT) -> Server:
         assert self.proc is None, "server already running"
         if workers is not None:
             self.workers = workers
@@ -102,8 +109,14 @@ class Server:
                 args += ["--workers", str(self.workers)]
             with open(self.log_path, "wb") as log:
                 # Own process group: stop()/kill() signal the supervisor and every worker.
-                self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                self.proc = subprocess.Popen(
+                    args,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             try:
                 self._wait_healthy(timeout)
                 return self
@@ -155,7 +168,7 @@ class Server:
         proc.wait(timeout=10)
         _reap_group(proc.pid)
 
-    def restart(self, timeout: float = START_TIMEOUT) -> "Server":
+    def restart(self, timeout: float = START_TIMEOUT) -> Server:
         self.stop()
         return self.start(timeout=timeout)
 
@@ -176,9 +189,21 @@ class Server:
         traffic does not count against the shared initial key's rate limit. Made by the
         operator CLI, as the admin: a key made through the API by the initial key could not
         have a higher rate limit than that key's own."""
-        out = self.cli("keys", "create", "--json", "--org", self.org_id, "--user", self.admin_email,
-                       "--name", f"admin-{os.urandom(3).hex()}", "--preset", "full_access",
-                       "--rate-limit-per-minute", str(rate_limit_per_minute))
+        out = self.cli(
+            "keys",
+            "create",
+            "--json",
+            "--org",
+            self.org_id,
+            "--user",
+            self.admin_email,
+            "--name",
+            f"admin-{os.urandom(3).hex()}",
+            "--preset",
+            "full_access",
+            "--rate-limit-per-minute",
+            str(rate_limit_per_minute),
+        )
         created = json.loads(out.stdout)
         return created["id"], created["secret"]
 
@@ -193,14 +218,23 @@ class Server:
         """`tidegate ...` against this server's home and database."""
         return run_cli(self.env, *args, check=check, timeout=timeout)
 
-    def querri(self, *args: str, key: str | None = None, check: bool = True,
-               timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+    def querri(
+        self, *args: str, key: str | None = None, check: bool = True, timeout: float = CLI_TIMEOUT
+    ) -> subprocess.CompletedProcess:
         """The official `querri` CLI, configured by environment to talk to this server."""
         env = {k: v for k, v in self.env.items() if not k.startswith("TIDEGATE_")}
-        env.update({"QUERRI_API_KEY": key or self.admin_key, "QUERRI_ORG_ID": self.org_id,
-                    "QUERRI_HOST": self.url, "QUERRI_MAX_RETRIES": "0",
-                    "HOME": str(self.home / "querri-home"),  # no ~/.querri token store
-                    "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"})
+        env.update(
+            {
+                "QUERRI_API_KEY": key or self.admin_key,
+                "QUERRI_ORG_ID": self.org_id,
+                "QUERRI_HOST": self.url,
+                "QUERRI_MAX_RETRIES": "0",
+                "HOME": str(self.home / "querri-home"),  # no ~/.querri token store
+                "NO_COLOR": "1",
+                "TERM": "dumb",
+                "COLUMNS": "200",
+            }
+        )
         Path(env["HOME"]).mkdir(exist_ok=True)
         return run_cli(env, *args, check=check, timeout=timeout, executable=QUERRI)
 
@@ -256,7 +290,7 @@ def live_processes() -> list[tuple[int, int, int]]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
         if fields[0] not in ("Z", "X"):
             found.append((int(entry), int(fields[1]), int(fields[2])))
     return found
@@ -267,17 +301,31 @@ def group_pids(pgid: int) -> list[int]:
     return [pid for pid, _, group in live_processes() if group == pgid]
 
 
-def init_home(base: Path, *, org_name: str = "Acme", admin_email: str = "admin@example.com",
-              database_url: str | None = None, redis_url: str | None = None, access_log: bool = False,
-              extra_env: dict[str, str] | None = None) -> Server:
+def init_home(
+    base: Path,
+    *,
+    org_name: str = "Acme",
+    admin_email: str = "admin@example.com",
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    access_log: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> Server:
     """A fresh TIDEGATE_HOME initialized with `tidegate init --json`; the server is not started."""
     home = base / f"home-{os.urandom(3).hex()}"
     home.mkdir(parents=True)
     env = base_env(home, database_url=database_url, redis_url=redis_url, access_log=access_log, extra=extra_env)
     out = run_cli(env, "init", "--json", "--org-name", org_name, "--admin-email", admin_email)
     info = json.loads(out.stdout)
-    return Server(home=home, env=env, org_id=info["org_id"], admin_user_id=info["admin_user_id"],
-                  admin_email=info["admin_email"], admin_key=info["key"], admin_key_id=info["key_id"])
+    return Server(
+        home=home,
+        env=env,
+        org_id=info["org_id"],
+        admin_user_id=info["admin_user_id"],
+        admin_email=info["admin_email"],
+        admin_key=info["key"],
+        admin_key_id=info["key_id"],
+    )
 
 
 @contextmanager
@@ -324,8 +372,11 @@ def _socket_inodes(pid: int) -> set[int]:
 
 def connection_owner(server: Server, client_port: int) -> int | None:
     """The pid of the server process holding the accepted end of our connection."""
-    inodes = [inode for local, remote, state, inode in _tcp_table()
-              if local == server.port and remote == client_port and state == "01" and inode]
+    inodes = [
+        inode
+        for local, remote, state, inode in _tcp_table()
+        if local == server.port and remote == client_port and state == "01" and inode
+    ]
     if not inodes:
         return None
     for pid in group_pids(server.proc.pid):
@@ -348,8 +399,9 @@ class PinnedConnection:
         resp.read()
         self.pid = connection_owner(server, self.local_port)
 
-    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                body: dict | None = None) -> tuple[int, dict[str, str], dict]:
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, body: dict | None = None
+    ) -> tuple[int, dict[str, str], dict]:
         data = json.dumps(body).encode() if body is not None else None
         hdrs = dict(headers or {})
         if data is not None:
@@ -421,8 +473,9 @@ class WorkerPool:
             for c in spare:
                 c.close()
 
-    def request(self, index: int, method: str, path: str, headers: dict[str, str] | None = None,
-                body: dict | None = None) -> tuple[int, dict[str, str], dict]:
+    def request(
+        self, index: int, method: str, path: str, headers: dict[str, str] | None = None, body: dict | None = None
+    ) -> tuple[int, dict[str, str], dict]:
         for attempt in range(3):
             conn = self._connection(index)
             try:

@@ -37,7 +37,9 @@ def test_every_request_with_a_key_is_audited(client, org):
     ok = client.get(f"/api/v1/users/{org.admin_id}", headers={**org.headers(key), "User-Agent": "pytest-agent/1"})
     denied = client.get("/api/v1/keys", headers=org.headers(key))
     assert ok.status_code == 200 and denied.status_code == 403
-    key_id = next(e for e in events(client, org, action="api_key.created") if e["details"]["name"] == "reader")["target_id"]
+    key_id = next(e for e in events(client, org, action="api_key.created") if e["details"]["name"] == "reader")[
+        "target_id"
+    ]
     requests = events(client, org, key_id=key_id, action="api.request")
     by_request = {e["request_id"]: e for e in requests}
     first = by_request[ok.headers["x-request-id"]]
@@ -50,8 +52,9 @@ def test_every_request_with_a_key_is_audited(client, org):
 
 def test_refused_keys_are_still_audited(client, org):
     key = org.key_for(org.admin_id, name="soon-revoked")
-    key_id = next(e for e in events(client, org, action="api_key.created")
-                  if e["details"]["name"] == "soon-revoked")["target_id"]
+    key_id = next(e for e in events(client, org, action="api_key.created") if e["details"]["name"] == "soon-revoked")[
+        "target_id"
+    ]
     client.delete(f"/api/v1/keys/{key_id}", headers=org.headers())
     refused = client.get("/api/v1/keys", headers=org.headers(key))
     assert refused.status_code == 401
@@ -70,7 +73,7 @@ def test_last_used_is_recorded(client, org):
 
 
 def test_filters_and_cursor(client, org):
-    for i in range(5):
+    for _ in range(5):
         client.get("/api/v1/keys", headers=org.headers())
     all_events = events(client, org, action="api.request")
     assert len(all_events) >= 5
@@ -78,8 +81,11 @@ def test_filters_and_cursor(client, org):
     assert ids == sorted(ids, reverse=True)  # newest first
     seen, after = [], None
     while True:
-        page = client.get("/api/v1/audit/events", params={"limit": 2, "action": "api.request"} |
-                          ({"after": after} if after else {}), headers=org.headers()).json()
+        page = client.get(
+            "/api/v1/audit/events",
+            params={"limit": 2, "action": "api.request"} | ({"after": after} if after else {}),
+            headers=org.headers(),
+        ).json()
         seen += [e["id"] for e in page["data"]]
         if not page["has_more"]:
             break
@@ -124,7 +130,6 @@ def test_no_secret_in_audit_or_journal(client, org, settings):
 # -- no audit, no access; a dependency down is a 503 ---------------------------------------------
 
 
-
 def _disk_full(fd, data):
     raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -167,8 +172,7 @@ def test_a_committed_change_whose_journal_fails_is_recorded_in_the_database_not_
     assert statuses[appended.headers["x-request-id"]] == 200  # its event went to the database
 
 
-def test_a_committed_change_is_refused_only_if_neither_journal_nor_database_takes_its_event(
-        client, org, monkeypatch):
+def test_a_committed_change_is_refused_only_if_neither_journal_nor_database_takes_its_event(client, org, monkeypatch):
     created = client.post("/api/v1/sources", json={"name": "ledger", "rows": [{"n": 0}]}, headers=org.headers())
     source = created.json()["id"]
     monkeypatch.setattr(journal_module, "_write_all", _disk_full)
@@ -194,8 +198,12 @@ def test_a_database_outage_is_a_503_with_retry_after_and_still_audited(client, o
     monkeypatch.setattr("tidegate.api.keys.service.list_keys", _database_down)
     down = client.get("/api/v1/keys", headers=org.headers())
     assert down.status_code == 503, down.text
-    assert down.json()["error"] == {"type": "api_error", "code": "database_unavailable",
-                                    "message": down.json()["error"]["message"], "retry_after": 2}
+    assert down.json()["error"] == {
+        "type": "api_error",
+        "code": "database_unavailable",
+        "message": down.json()["error"]["message"],
+        "retry_after": 2,
+    }
     assert down.headers["retry-after"] == "2"
     monkeypatch.undo()
     assert client.get("/api/v1/keys", headers=org.headers()).status_code == 200
@@ -203,8 +211,10 @@ def test_a_database_outage_is_a_503_with_retry_after_and_still_audited(client, o
     assert statuses[down.headers["x-request-id"]] == 503
 
 
-@pytest.mark.parametrize("message, status", [("database is locked", 503), ("database or disk is full", 503),
-                                             ("no such table: api_keys", 500)])
+@pytest.mark.parametrize(
+    "message, status",
+    [("database is locked", 503), ("database or disk is full", 503), ("no such table: api_keys", 500)],
+)
 def test_sqlite_outages_are_503_but_sqlite_bugs_stay_500(settings, org, monkeypatch, message, status):
     from fastapi.testclient import TestClient
 

@@ -70,8 +70,9 @@ def test_other_tenant_cannot_tell_whether_a_key_exists(client, make_org):
 def test_revoked_key_refused_on_next_request(client, org):
     victim = org.key_for(org.admin_id, name="victim")
     assert client.get("/api/v1/keys", headers=org.headers(victim)).status_code == 200
-    victim_id = next(k["id"] for k in client.get("/api/v1/keys", headers=org.headers()).json()["data"]
-                     if k["name"] == "victim")
+    victim_id = next(
+        k["id"] for k in client.get("/api/v1/keys", headers=org.headers()).json()["data"] if k["name"] == "victim"
+    )
     r = client.delete(f"/api/v1/keys/{victim_id}", headers=org.headers())
     assert r.status_code == 200
     assert r.json()["id"] == victim_id and r.json()["status"] == "revoked"
@@ -84,8 +85,11 @@ def test_expired_key_is_401(client, org):
     soon = org.key_for(org.admin_id, name="soon", expires_in_days=1)
     assert client.get("/api/v1/keys", headers=org.headers(soon)).status_code == 200
     with session_scope(org.settings.database_url) as session:
-        session.execute(update(ApiKey).where(ApiKey.name == "soon", ApiKey.org_id == org.id)
-                        .values(expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.name == "soon", ApiKey.org_id == org.id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     r = client.get("/api/v1/keys", headers=org.headers(soon))
     assert r.status_code == 401
     assert error_of(r)["code"] == "api_key_expired"
@@ -169,8 +173,9 @@ def test_database_copy_does_not_yield_a_usable_key(client, org, settings):
         # would drop every POSIX lock SQLite holds on it here (sqlite.org/howtocorrupt.html),
         # and a later writer elsewhere could then delete the WAL under our connections.
         path = settings.database_url.removeprefix("sqlite:///")
-        raw = subprocess.run(["cat", path, *([path + "-wal"] if os.path.exists(path + "-wal") else [])],
-                             capture_output=True, check=True).stdout
+        raw = subprocess.run(
+            ["cat", path, *([path + "-wal"] if os.path.exists(path + "-wal") else [])], capture_output=True, check=True
+        ).stdout
         assert len(raw) > 4096 and secret.encode() not in raw
     # The stored hash is not itself a credential.
     r = client.get("/api/v1/keys", headers={"Authorization": f"Bearer {stored['secret_hash']}", "X-Tenant-ID": org.id})

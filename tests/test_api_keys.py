@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -27,7 +27,7 @@ def test_create_returns_secret_once(client, org):
     assert body["scopes"] == ["admin:sources:read", "data:read"]
     assert body["status"] == "active" and body["rate_limit_per_minute"] == 60
     expires = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
-    assert abs(expires - (datetime.now(timezone.utc) + timedelta(days=30))) < timedelta(minutes=1)
+    assert abs(expires - (datetime.now(UTC) + timedelta(days=30))) < timedelta(minutes=1)
     assert r.headers["cache-control"] == "no-store"
     # Never again: not in get, not in list.
     got = client.get(f"/api/v1/keys/{body['id']}", headers=org.headers())
@@ -53,27 +53,30 @@ def test_member_full_access_preset_is_what_the_member_holds(client, org):
     assert set(r.json()["scopes"]) == ROLE_PERMISSIONS["member"]
 
 
-@pytest.mark.parametrize("body,code", [
-    ({"scopes": ["data:read", "data:destroy"]}, "invalid_scope"),
-    ({"scopes": []}, "invalid_scopes"),
-    ({}, "invalid_scopes"),
-    ({"scopes": ["data:read"], "preset": "data_access"}, "invalid_scopes"),
-    ({"preset": "everything"}, "invalid_preset"),
-    ({"scopes": ["data:read"], "rate_limit_per_minute": 0}, "invalid_rate_limit"),
-    ({"scopes": ["data:read"], "rate_limit_per_minute": 10_001}, "invalid_rate_limit"),
-    ({"scopes": ["data:read"], "expires_in_days": 0}, "invalid_expiry"),
-    ({"scopes": ["data:read"], "expires_in_days": -5}, "invalid_expiry"),
-    ({"scopes": ["data:read"], "ip_allowlist": ["not-an-ip"]}, "invalid_ip_allowlist"),
-    ({"scopes": ["data:read"], "ip_allowlist": ["10.0.0.0/33"]}, "invalid_ip_allowlist"),
-    ({"scopes": ["data:read"], "source_scope": {"mode": "some"}}, "invalid_source_scope"),
-    ({"scopes": ["data:read"], "source_scope": {"mode": "selected", "source_ids": []}}, "invalid_source_scope"),
-    ({"scopes": ["data:read"], "bound_user_id": "user_nobody"}, "invalid_bound_user"),
-    ({"scopes": ["data:read"], "access_policy_ids": ["pol_nobody"]}, "invalid_policy_ids"),
-    ({"scopes": ["data:read"], "name": "   "}, "invalid_name"),
-    ({"scopes": ["data:read"], "surprise": 1}, "invalid_parameters"),
-    ({"scopes": "data:read"}, "invalid_parameters"),
-    ({"scopes": ["data:read"], "expires_in_days": "soon"}, "invalid_parameters"),
-])
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        ({"scopes": ["data:read", "data:destroy"]}, "invalid_scope"),
+        ({"scopes": []}, "invalid_scopes"),
+        ({}, "invalid_scopes"),
+        ({"scopes": ["data:read"], "preset": "data_access"}, "invalid_scopes"),
+        ({"preset": "everything"}, "invalid_preset"),
+        ({"scopes": ["data:read"], "rate_limit_per_minute": 0}, "invalid_rate_limit"),
+        ({"scopes": ["data:read"], "rate_limit_per_minute": 10_001}, "invalid_rate_limit"),
+        ({"scopes": ["data:read"], "expires_in_days": 0}, "invalid_expiry"),
+        ({"scopes": ["data:read"], "expires_in_days": -5}, "invalid_expiry"),
+        ({"scopes": ["data:read"], "ip_allowlist": ["not-an-ip"]}, "invalid_ip_allowlist"),
+        ({"scopes": ["data:read"], "ip_allowlist": ["10.0.0.0/33"]}, "invalid_ip_allowlist"),
+        ({"scopes": ["data:read"], "source_scope": {"mode": "some"}}, "invalid_source_scope"),
+        ({"scopes": ["data:read"], "source_scope": {"mode": "selected", "source_ids": []}}, "invalid_source_scope"),
+        ({"scopes": ["data:read"], "bound_user_id": "user_nobody"}, "invalid_bound_user"),
+        ({"scopes": ["data:read"], "access_policy_ids": ["pol_nobody"]}, "invalid_policy_ids"),
+        ({"scopes": ["data:read"], "name": "   "}, "invalid_name"),
+        ({"scopes": ["data:read"], "surprise": 1}, "invalid_parameters"),
+        ({"scopes": "data:read"}, "invalid_parameters"),
+        ({"scopes": ["data:read"], "expires_in_days": "soon"}, "invalid_parameters"),
+    ],
+)
 def test_bad_input_is_400_and_changes_nothing(client, org, body, code):
     before = key_count(client, org)
     r = create(client, org, **body)
@@ -95,14 +98,24 @@ def test_unknown_scope_message_names_it(client, org):
 
 def test_valid_options_are_stored(client, org):
     other = org.add_user("bound@example.com")
-    policy = client.post("/api/v1/access/policies", json={"name": "eu", "row_filters": [{"column": "region", "values": ["EU"]}]},
-                         headers=org.headers()).json()["id"]
+    policy = client.post(
+        "/api/v1/access/policies",
+        json={"name": "eu", "row_filters": [{"column": "region", "values": ["EU"]}]},
+        headers=org.headers(),
+    ).json()["id"]
     # Asked by a key with the highest rate limit: a child may not exceed its parent's.
     fast = org.key_for(org.admin_id, rate_limit_per_minute=10_000)
-    r = create(client, org, fast, scopes=["data:read"], rate_limit_per_minute=10_000,
-               ip_allowlist=["10.1.2.3", "10.0.0.0/8"],
-               source_scope={"mode": "selected", "source_ids": ["src_b", "src_a"]}, access_policy_ids=[policy],
-               bound_user_id=other)
+    r = create(
+        client,
+        org,
+        fast,
+        scopes=["data:read"],
+        rate_limit_per_minute=10_000,
+        ip_allowlist=["10.1.2.3", "10.0.0.0/8"],
+        source_scope={"mode": "selected", "source_ids": ["src_b", "src_a"]},
+        access_policy_ids=[policy],
+        bound_user_id=other,
+    )
     assert r.status_code == 201, r.text
     got = client.get(f"/api/v1/keys/{r.json()['id']}", headers=org.headers()).json()
     assert got["rate_limit_per_minute"] == 10_000
@@ -143,7 +156,10 @@ def test_members_see_and_manage_only_their_own_keys(client, org):
     bob_key_id = client.get("/api/v1/keys", headers=org.headers(bob_key)).json()["data"][0]["id"]
     assert client.get(f"/api/v1/keys/{bob_key_id}", headers=org.headers(alice_key)).status_code == 404
     assert client.delete(f"/api/v1/keys/{bob_key_id}", headers=org.headers(alice_key)).status_code == 404
-    assert client.patch(f"/api/v1/keys/{bob_key_id}", json={"name": "x"}, headers=org.headers(alice_key)).status_code == 404
+    assert (
+        client.patch(f"/api/v1/keys/{bob_key_id}", json={"name": "x"}, headers=org.headers(alice_key)).status_code
+        == 404
+    )
     assert client.get("/api/v1/keys", headers=org.headers(bob_key)).status_code == 200  # untouched
     admin_view = client.get("/api/v1/keys", params={"limit": 100}, headers=org.headers()).json()["data"]
     assert {"alice's", "bob's"} <= {k["name"] for k in admin_view}
@@ -172,7 +188,9 @@ def test_cursor_pagination_and_filters(client, org):
             break
         after = page["next_cursor"]
     assert sorted(seen) == [f"pipeline-{i}" for i in range(5)]
-    prefix = client.get("/api/v1/keys", params={"search": "other"}, headers=org.headers()).json()["data"][0]["key_prefix"]
+    prefix = client.get("/api/v1/keys", params={"search": "other"}, headers=org.headers()).json()["data"][0][
+        "key_prefix"
+    ]
     by_prefix = client.get("/api/v1/keys", params={"search": prefix}, headers=org.headers()).json()["data"]
     assert [k["name"] for k in by_prefix] == ["other"]
     # LIKE metacharacters are matched literally.
@@ -200,7 +218,10 @@ def test_status_filter(client, org):
         session.execute(update(ApiKey).where(ApiKey.id == expired).values(expires_at=utcnow() - timedelta(hours=1)))
 
     def names(status):
-        return {k["name"] for k in client.get("/api/v1/keys", params={"status": status}, headers=org.headers()).json()["data"]}
+        return {
+            k["name"]
+            for k in client.get("/api/v1/keys", params={"status": status}, headers=org.headers()).json()["data"]
+        }
 
     assert names("revoked") == {"revoked"}
     assert names("expired") == {"expired"}

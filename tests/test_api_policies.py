@@ -11,8 +11,9 @@ def post_policy(client, org, **body):
 
 def test_policy_crud_and_assignment_shapes(client, org):
     alice = org.add_user("alice@example.com")
-    r = post_policy(client, org, name="us-only", description="US rows",
-                    row_filters=[{"column": "region", "values": ["US"]}])
+    r = post_policy(
+        client, org, name="us-only", description="US rows", row_filters=[{"column": "region", "values": ["US"]}]
+    )
     assert r.status_code == 201, r.text
     policy = r.json()
     assert policy["id"].startswith("pol_") and policy["source_ids"] == [] and policy["user_count"] == 0
@@ -20,7 +21,9 @@ def test_policy_crud_and_assignment_shapes(client, org):
 
     r = client.post(f"/api/v1/access/policies/{policy['id']}/users", json={"user_ids": [alice]}, headers=org.headers())
     assert r.json()["policy_id"] == policy["id"] and r.json()["assigned_user_ids"] == [alice]
-    again = client.post(f"/api/v1/access/policies/{policy['id']}/users", json={"user_ids": [alice]}, headers=org.headers())
+    again = client.post(
+        f"/api/v1/access/policies/{policy['id']}/users", json={"user_ids": [alice]}, headers=org.headers()
+    )
     assert again.json()["assigned_user_ids"] == []  # idempotent: nothing new
     detail = client.get(f"/api/v1/access/policies/{policy['id']}", headers=org.headers()).json()
     assert detail["user_ids"] == [alice] and detail["user_count"] == 1
@@ -29,10 +32,15 @@ def test_policy_crud_and_assignment_shapes(client, org):
     assert [p["id"] for p in by_name] == [policy["id"]]
     assert client.get("/api/v1/access/policies", params={"name": "us"}, headers=org.headers()).json()["data"] == []
 
-    r = client.patch(f"/api/v1/access/policies/{policy['id']}", json={"row_filters": [{"column": "region", "values": ["US", "CA"]}]},
-                     headers=org.headers())
+    r = client.patch(
+        f"/api/v1/access/policies/{policy['id']}",
+        json={"row_filters": [{"column": "region", "values": ["US", "CA"]}]},
+        headers=org.headers(),
+    )
     assert r.json()["id"] == policy["id"] and r.json()["updated"] is True
-    assert client.get(f"/api/v1/access/policies/{policy['id']}", headers=org.headers()).json()["row_filters"][0]["values"] == ["US", "CA"]
+    assert client.get(f"/api/v1/access/policies/{policy['id']}", headers=org.headers()).json()["row_filters"][0][
+        "values"
+    ] == ["US", "CA"]
 
     r = client.delete(f"/api/v1/access/policies/{policy['id']}/users/{alice}", headers=org.headers())
     assert r.json() == {"policy_id": policy["id"], "user_id": alice, "removed": True}
@@ -53,13 +61,16 @@ def test_duplicate_name_is_409(client, org):
     assert r.status_code == 409 and r.json()["error"]["code"] == "policy_exists"
 
 
-@pytest.mark.parametrize("body,code", [
-    ({"name": "x", "row_filters": [{"column": "region", "values": [1]}]}, "invalid_row_filters"),
-    ({"name": "x", "row_filters": [{"column": "", "values": ["a"]}]}, "invalid_row_filters"),
-    ({"name": "x", "row_filters": [{"values": ["a"]}]}, "invalid_row_filters"),
-    ({"name": ""}, "invalid_name"),
-    ({"name": "x", "unknown": 1}, "invalid_parameters"),
-])
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        ({"name": "x", "row_filters": [{"column": "region", "values": [1]}]}, "invalid_row_filters"),
+        ({"name": "x", "row_filters": [{"column": "", "values": ["a"]}]}, "invalid_row_filters"),
+        ({"name": "x", "row_filters": [{"values": ["a"]}]}, "invalid_row_filters"),
+        ({"name": ""}, "invalid_name"),
+        ({"name": "x", "unknown": 1}, "invalid_parameters"),
+    ],
+)
 def test_bad_policy_input(client, org, body, code):
     r = post_policy(client, org, **body)
     assert r.status_code == 400 and r.json()["error"]["code"] == code
@@ -70,7 +81,9 @@ def test_replace_is_atomic(client, org):
     alice = org.add_user("alice@example.com")
     good = post_policy(client, org, name="good").json()["id"]
     client.put(f"/api/v1/access/users/{alice}/policies", json={"policy_ids": [good]}, headers=org.headers())
-    r = client.put(f"/api/v1/access/users/{alice}/policies", json={"policy_ids": ["pol_missing"]}, headers=org.headers())
+    r = client.put(
+        f"/api/v1/access/users/{alice}/policies", json={"policy_ids": ["pol_missing"]}, headers=org.headers()
+    )
     assert r.status_code == 400
     assert client.get(f"/api/v1/access/policies/{good}", headers=org.headers()).json()["user_ids"] == [alice]
 
@@ -106,8 +119,10 @@ def test_policies_are_admin_only_and_org_isolated(client, make_org):
 def test_policy_changes_are_audited(client, org):
     pid = post_policy(client, org, name="audited").json()["id"]
     client.patch(f"/api/v1/access/policies/{pid}", json={"name": "audited-2"}, headers=org.headers())
-    actions = {e["action"] for e in client.get("/api/v1/audit/events", params={"target_id": pid},
-                                                headers=org.headers()).json()["data"]}
+    actions = {
+        e["action"]
+        for e in client.get("/api/v1/audit/events", params={"target_id": pid}, headers=org.headers()).json()["data"]
+    }
     assert {"policy.created", "policy.updated"} <= actions
 
 

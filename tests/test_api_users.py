@@ -6,8 +6,9 @@ import pytest
 
 
 def test_create_get_list_update_delete(client, org):
-    r = client.post("/api/v1/users", json={"email": "Ann@Example.com", "role": "member", "first_name": "Ann"},
-                    headers=org.headers())
+    r = client.post(
+        "/api/v1/users", json={"email": "Ann@Example.com", "role": "member", "first_name": "Ann"}, headers=org.headers()
+    )
     assert r.status_code == 201, r.text
     user = r.json()
     assert user["email"] == "ann@example.com" and user["role"] == "member" and user["id"].startswith("user_")
@@ -28,8 +29,9 @@ def test_pagination(client, org):
         client.post("/api/v1/users", json={"email": f"p{i}@example.com"}, headers=org.headers())
     ids, after = [], None
     while True:
-        page = client.get("/api/v1/users", params={"limit": 2} | ({"after": after} if after else {}),
-                          headers=org.headers()).json()
+        page = client.get(
+            "/api/v1/users", params={"limit": 2} | ({"after": after} if after else {}), headers=org.headers()
+        ).json()
         ids += [u["id"] for u in page["data"]]
         if not page["has_more"]:
             break
@@ -37,12 +39,15 @@ def test_pagination(client, org):
     assert len(ids) == len(set(ids)) == 5  # 4 + the admin
 
 
-@pytest.mark.parametrize("body,status,code", [
-    ({"email": "not-an-email"}, 400, "invalid_email"),
-    ({"email": "x@example.com", "role": "owner"}, 400, "invalid_role"),
-    ({"role": "member"}, 400, "invalid_parameters"),
-    ({"email": "x@example.com", "extra": True}, 400, "invalid_parameters"),
-])
+@pytest.mark.parametrize(
+    "body,status,code",
+    [
+        ({"email": "not-an-email"}, 400, "invalid_email"),
+        ({"email": "x@example.com", "role": "owner"}, 400, "invalid_role"),
+        ({"role": "member"}, 400, "invalid_parameters"),
+        ({"email": "x@example.com", "extra": True}, 400, "invalid_parameters"),
+    ],
+)
 def test_bad_user_input(client, org, body, status, code):
     before = len(client.get("/api/v1/users", headers=org.headers()).json()["data"])
     r = client.post("/api/v1/users", json=body, headers=org.headers())
@@ -57,12 +62,14 @@ def test_duplicate_email_is_409(client, org):
 
 
 def test_external_id_get_or_create(client, org):
-    r = client.put("/api/v1/users/external/crm-42", json={"email": "ext@example.com", "role": "member"},
-                   headers=org.headers())
+    r = client.put(
+        "/api/v1/users/external/crm-42", json={"email": "ext@example.com", "role": "member"}, headers=org.headers()
+    )
     assert r.status_code == 200 and r.json()["created"] is True
     user_id = r.json()["id"]
-    again = client.put("/api/v1/users/external/crm-42", json={"email": "changed@example.com", "role": "admin"},
-                       headers=org.headers())
+    again = client.put(
+        "/api/v1/users/external/crm-42", json={"email": "changed@example.com", "role": "admin"}, headers=org.headers()
+    )
     assert again.json()["created"] is False and again.json()["id"] == user_id
     assert again.json()["email"] == "ext@example.com" and again.json()["role"] == "member"  # unchanged
     assert client.get("/api/v1/users/crm-42", headers=org.headers()).json()["id"] == user_id

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from server import init_home, live_processes, running_server, scratch_postgres_database
 
 pytestmark = pytest.mark.slow
@@ -54,8 +53,9 @@ def shipper_pid(srv, timeout: float = 10.0) -> int:
     worker, uvicorn serves in the server process itself, so that child is the shipper)."""
     deadline = time.monotonic() + timeout
     while True:
-        spawned = [pid for pid in children(srv.proc.pid)
-                   if "multiprocessing" in cmdline(pid) and "spawn_main" in cmdline(pid)]
+        spawned = [
+            pid for pid in children(srv.proc.pid) if "multiprocessing" in cmdline(pid) and "spawn_main" in cmdline(pid)
+        ]
         if len(spawned) == 1:
             return spawned[0]
         if time.monotonic() > deadline:
@@ -67,8 +67,11 @@ def first_shipper_pid(srv) -> int:
     """The shipper the server started, with any number of workers: uvicorn's workers are
     spawned after `tidegate serve` sets TIDEGATE_AUDIT_SHIPPER=process, the shipper before."""
     spawned = [pid for pid in children(srv.proc.pid) if "spawn_main" in cmdline(pid)]
-    shippers = [pid for pid in spawned
-                if b"TIDEGATE_AUDIT_SHIPPER=process" not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")]
+    shippers = [
+        pid
+        for pid in spawned
+        if b"TIDEGATE_AUDIT_SHIPPER=process" not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    ]
     assert len(shippers) == 1, (spawned, shippers)
     return shippers[0]
 
@@ -92,13 +95,15 @@ def stored_request_ids(srv, request_ids: list[str]) -> list[str]:
         import psycopg
 
         with psycopg.connect(url, connect_timeout=3) as db:
-            rows = db.execute(f"SELECT request_id FROM audit_events WHERE request_id IN ({marks.replace('?', '%s')})",
-                              request_ids).fetchall()
+            rows = db.execute(
+                f"SELECT request_id FROM audit_events WHERE request_id IN ({marks.replace('?', '%s')})", request_ids
+            ).fetchall()
     else:
         db = sqlite3.connect(f"file:{srv.home / 'tidegate.db'}?mode=ro", uri=True, timeout=30)
         try:
-            rows = db.execute(f"SELECT request_id FROM audit_events WHERE request_id IN ({marks})",
-                              request_ids).fetchall()
+            rows = db.execute(
+                f"SELECT request_id FROM audit_events WHERE request_id IN ({marks})", request_ids
+            ).fetchall()
         finally:
             db.close()
     return [row[0] for row in rows]
@@ -113,8 +118,10 @@ def wait_until_stored(srv, request_ids: list[str], timeout: float = ARRIVAL_TIME
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
             missing = set(request_ids) - set(stored)
-            raise AssertionError(f"{len(missing)} of {len(request_ids)} events not in the database after "
-                                 f"{timeout}s; duplicates: {len(stored) - len(set(stored))}\n{srv.logs()[-3000:]}")
+            raise AssertionError(
+                f"{len(missing)} of {len(request_ids)} events not in the database after "
+                f"{timeout}s; duplicates: {len(stored) - len(set(stored))}\n{srv.logs()[-3000:]}"
+            )
         time.sleep(0.1)
 
 

@@ -14,9 +14,9 @@ import traceback
 from dataclasses import dataclass
 
 import pytest
+from server import base_env, init_home, run_cli
 from typer.testing import CliRunner
 
-from server import base_env, init_home, run_cli
 from tidegate.cli.main import app
 from tidegate.config import get_settings
 
@@ -167,8 +167,9 @@ def test_users_create_set_role_deactivate(tg):
     duplicate = tg("users", "create", "--org", "Acme", "--email", "mia@acme.example", "--json", ok=False)
     assert duplicate.error["code"] == "user_exists"
 
-    promoted = tg("users", "set-role", "--org", acme["org_id"], "--email", "mia@acme.example",
-                  "--role", "admin", "--json").json
+    promoted = tg(
+        "users", "set-role", "--org", acme["org_id"], "--email", "mia@acme.example", "--role", "admin", "--json"
+    ).json
     assert promoted["role"] == "admin" and promoted["id"] == made["id"]
     listed = {u["email"]: u for u in tg("users", "list", "--org", "Acme", "--json").json}
     assert listed["mia@acme.example"]["role"] == "admin"
@@ -190,19 +191,36 @@ def test_bad_role_and_unknown_org_give_a_clear_message(tg):
     assert "Unknown role 'superuser'" in bad_role.stderr and "admin, member" in bad_role.stderr
     assert "x@acme.example" not in {u["email"] for u in tg("users", "list", "--org", "Acme", "--json").json}
 
-    set_bad = tg("users", "set-role", "--org", "Acme", "--email", "admin@acme.example", "--role", "owner",
-                 "--json", ok=False)
+    set_bad = tg(
+        "users", "set-role", "--org", "Acme", "--email", "admin@acme.example", "--role", "owner", "--json", ok=False
+    )
     assert set_bad.error["code"] == "invalid_role"
 
-    for args in (["users", "create", "--email", "y@acme.example"], ["users", "list"], ["keys", "list"],
-                 ["keys", "create", "--user", "admin@acme.example", "--name", "k", "--preset", "data_access"],
-                 ["org", "settings"]):
+    for args in (
+        ["users", "create", "--email", "y@acme.example"],
+        ["users", "list"],
+        ["keys", "list"],
+        ["keys", "create", "--user", "admin@acme.example", "--name", "k", "--preset", "data_access"],
+        ["org", "settings"],
+    ):
         missing = tg(*args, "--org", "Nope", ok=False)
         assert "No organization 'Nope'" in missing.stderr and "(organization_not_found)" in missing.stderr, args
         assert missing.code == 1
 
-    unknown_user = tg("keys", "create", "--org", "Acme", "--user", "ghost@acme.example", "--name", "k",
-                      "--preset", "data_access", "--json", ok=False)
+    unknown_user = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "ghost@acme.example",
+        "--name",
+        "k",
+        "--preset",
+        "data_access",
+        "--json",
+        ok=False,
+    )
     assert unknown_user.error["code"] == "user_not_found"
 
 
@@ -211,27 +229,90 @@ def test_bad_role_and_unknown_org_give_a_clear_message(tg):
 
 def test_keys_create_with_preset_or_scopes(tg):
     acme = init_org(tg)
-    data = tg("keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "reader",
-              "--preset", "data_access", "--json").json
+    data = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "admin@acme.example",
+        "--name",
+        "reader",
+        "--preset",
+        "data_access",
+        "--json",
+    ).json
     assert data["scopes"] == DATA_ACCESS and data["secret"].startswith("qk_")
     assert data["key_prefix"] == data["secret"][:12] and data["created_by"] == acme["admin_user_id"]
 
-    explicit = tg("keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "auditor",
-                  "--scopes", "admin:audit:read, data:read", "--expires-in-days", "7", "--json").json
+    explicit = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "admin@acme.example",
+        "--name",
+        "auditor",
+        "--scopes",
+        "admin:audit:read, data:read",
+        "--expires-in-days",
+        "7",
+        "--json",
+    ).json
     assert explicit["scopes"] == ["admin:audit:read", "data:read"] and explicit["expires_at"]
 
-    human = tg("keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "h",
-               "--preset", "data_access")
+    human = tg(
+        "keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "h", "--preset", "data_access"
+    )
     assert human.stdout.startswith("qk_") and "shown once" in human.stdout
 
-    both = tg("keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "x",
-              "--preset", "data_access", "--scopes", "data:read", "--json", ok=False)
+    both = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "admin@acme.example",
+        "--name",
+        "x",
+        "--preset",
+        "data_access",
+        "--scopes",
+        "data:read",
+        "--json",
+        ok=False,
+    )
     assert both.error["code"] == "invalid_scopes"
-    unknown = tg("keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "x",
-                 "--scopes", "data:read,root:everything", "--json", ok=False)
+    unknown = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "admin@acme.example",
+        "--name",
+        "x",
+        "--scopes",
+        "data:read,root:everything",
+        "--json",
+        ok=False,
+    )
     assert unknown.error["code"] == "invalid_scope" and "root:everything" in unknown.error["message"]
-    bad_preset = tg("keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "x",
-                    "--preset", "god_mode", "--json", ok=False)
+    bad_preset = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "admin@acme.example",
+        "--name",
+        "x",
+        "--preset",
+        "god_mode",
+        "--json",
+        ok=False,
+    )
     assert bad_preset.error["code"] == "invalid_preset"
 
     ids = {k["id"] for k in tg("keys", "list", "--org", "Acme", "--json").json}
@@ -243,30 +324,88 @@ def test_member_cannot_create_a_key_with_an_admin_only_scope(tg):
     tg("users", "create", "--org", "Acme", "--email", "mo@acme.example", "--role", "member")
     before = len(tg("keys", "list", "--org", "Acme", "--json").json)
 
-    refused = tg("keys", "create", "--org", "Acme", "--user", "mo@acme.example", "--name", "sneaky",
-                 "--scopes", "data:read,admin:users:read", "--json", ok=False)
+    refused = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "mo@acme.example",
+        "--name",
+        "sneaky",
+        "--scopes",
+        "data:read,admin:users:read",
+        "--json",
+        ok=False,
+    )
     assert refused.error["code"] == "insufficient_scope" and "admin:users:read" in refused.error["message"]
-    wildcard = tg("keys", "create", "--org", "Acme", "--user", "mo@acme.example", "--name", "star",
-                  "--scopes", "*", "--json", ok=False)
+    wildcard = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "mo@acme.example",
+        "--name",
+        "star",
+        "--scopes",
+        "*",
+        "--json",
+        ok=False,
+    )
     assert wildcard.error["code"] == "insufficient_scope"
     assert len(tg("keys", "list", "--org", "Acme", "--json").json) == before
 
     # Full Access for a member is the member's permissions, nothing admin-only.
-    full = tg("keys", "create", "--org", "Acme", "--user", "mo@acme.example", "--name", "mine",
-              "--preset", "full_access", "--json").json
+    full = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "mo@acme.example",
+        "--name",
+        "mine",
+        "--preset",
+        "full_access",
+        "--json",
+    ).json
     assert "data:read" in full["scopes"] and "admin:keys:manage" in full["scopes"]
     assert not {"admin:users:read", "admin:audit:read", "admin:org:write"} & set(full["scopes"])
 
     tg("users", "deactivate", "--org", "Acme", "--email", "mo@acme.example")
-    inactive = tg("keys", "create", "--org", "Acme", "--user", "mo@acme.example", "--name", "late",
-                  "--preset", "data_access", "--json", ok=False)
+    inactive = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "mo@acme.example",
+        "--name",
+        "late",
+        "--preset",
+        "data_access",
+        "--json",
+        ok=False,
+    )
     assert inactive.error["code"] == "user_inactive"
 
 
 def test_keys_list_and_revoke(tg):
     acme = init_org(tg)
-    made = tg("keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "temp",
-              "--preset", "data_access", "--json").json
+    made = tg(
+        "keys",
+        "create",
+        "--org",
+        "Acme",
+        "--user",
+        "admin@acme.example",
+        "--name",
+        "temp",
+        "--preset",
+        "data_access",
+        "--json",
+    ).json
     statuses = {k["id"]: k["status"] for k in tg("keys", "list", "--org", "Acme", "--json").json}
     assert statuses == {acme["key_id"]: "active", made["id"]: "active"}
 
@@ -285,7 +424,9 @@ def test_keys_list_and_revoke(tg):
     init_org(tg, "Other")
     cross = tg("keys", "revoke", acme["key_id"], "--org", "Other", "--json", ok=False)
     assert cross.error["code"] == "api_key_not_found"
-    assert {k["id"]: k["status"] for k in tg("keys", "list", "--org", "Acme", "--json").json}[acme["key_id"]] == "active"
+    assert {k["id"]: k["status"] for k in tg("keys", "list", "--org", "Acme", "--json").json}[
+        acme["key_id"]
+    ] == "active"
 
 
 # -- org settings, with a running server ------------------------------------------------------
@@ -296,24 +437,59 @@ def test_switching_off_key_creation_blocks_new_keys_but_existing_keys_keep_worki
     srv = init_home(tmp_path)
     srv.start()
     try:
-        existing = json.loads(srv.cli("keys", "create", "--org", srv.org_id, "--user", srv.admin_email,
-                                      "--name", "before", "--preset", "full_access", "--json").stdout)
+        existing = json.loads(
+            srv.cli(
+                "keys",
+                "create",
+                "--org",
+                srv.org_id,
+                "--user",
+                srv.admin_email,
+                "--name",
+                "before",
+                "--preset",
+                "full_access",
+                "--json",
+            ).stdout
+        )
 
         bad = srv.cli("org", "settings", "--org", srv.org_id, "--api-key-creation", "maybe", "--json", check=False)
         assert bad.returncode != 0 and json.loads(bad.stderr)["error"]["code"] == "invalid_value"
 
-        off = json.loads(srv.cli("org", "settings", "--org", srv.org_id, "--api-key-creation", "off",
-                                 "--json").stdout)
+        off = json.loads(srv.cli("org", "settings", "--org", srv.org_id, "--api-key-creation", "off", "--json").stdout)
         assert off["api_key_creation_enabled"] is False
         shown = json.loads(srv.cli("org", "settings", "--org", srv.org_id, "--json").stdout)
         assert shown["api_key_creation_enabled"] is False
 
-        refused = srv.cli("keys", "create", "--org", srv.org_id, "--user", srv.admin_email, "--name", "after",
-                          "--preset", "data_access", "--json", check=False)
+        refused = srv.cli(
+            "keys",
+            "create",
+            "--org",
+            srv.org_id,
+            "--user",
+            srv.admin_email,
+            "--name",
+            "after",
+            "--preset",
+            "data_access",
+            "--json",
+            check=False,
+        )
         assert refused.returncode != 0 and "qk_" not in refused.stdout
         assert json.loads(refused.stderr)["error"]["code"] == "api_key_creation_disabled"
-        human = srv.cli("keys", "create", "--org", srv.org_id, "--user", srv.admin_email, "--name", "after",
-                        "--preset", "data_access", check=False)
+        human = srv.cli(
+            "keys",
+            "create",
+            "--org",
+            srv.org_id,
+            "--user",
+            srv.admin_email,
+            "--name",
+            "after",
+            "--preset",
+            "data_access",
+            check=False,
+        )
         assert human.returncode != 0 and "api_key_creation_disabled" in human.stderr
 
         # The running server sees the switch at once, and refuses over the API too...

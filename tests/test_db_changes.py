@@ -72,8 +72,16 @@ def test_generation_changes_after_a_commit_by_another_process(db_file):
     assert after is not None and after != before
     assert watch.generation() == after
     # Another process that only reads leaves it alone.
-    subprocess.run([sys.executable, "-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute("
-                    "'SELECT count(*) FROM t').fetchall()", str(db_file)], check=True, timeout=30)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM t').fetchall()",
+            str(db_file),
+        ],
+        check=True,
+        timeout=30,
+    )
     assert watch.generation() == after
 
 
@@ -86,13 +94,16 @@ def test_values_of_two_watches_are_never_equal_by_accident(db_file):
     assert watch.generation() != first
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql+psycopg://root@127.0.0.1:5432/test",
-    "postgresql://root@127.0.0.1:5432/test",
-    "sqlite://",
-    "sqlite:///:memory:",
-    "sqlite:///file:shared?mode=memory&cache=shared&uri=true",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://root@127.0.0.1:5432/test",
+        "postgresql://root@127.0.0.1:5432/test",
+        "sqlite://",
+        "sqlite:///:memory:",
+        "sqlite:///file:shared?mode=memory&cache=shared&uri=true",
+    ],
+)
 def test_none_where_it_cannot_be_told(url):
     watch = ChangeWatch(url)
     assert not watch.supported

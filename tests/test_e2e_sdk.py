@@ -11,7 +11,6 @@ import uuid
 import httpx
 import pytest
 from querri import AuthenticationError, NotFoundError, PermissionError, RateLimitError
-
 from server import Server, running_server
 
 pytestmark = pytest.mark.slow
@@ -155,8 +154,7 @@ def test_key_with_only_data_read_cannot_manage_keys(server):
 
 
 def test_rate_limited_key_gets_rate_limit_error_with_retry_after(server):
-    limited = server.sdk().keys.create(name=unique("limited"), scopes=["admin:keys:manage"],
-                                       rate_limit_per_minute=2)
+    limited = server.sdk().keys.create(name=unique("limited"), scopes=["admin:keys:manage"], rate_limit_per_minute=2)
     assert limited.rate_limit_per_minute == 2
     client = server.sdk(limited.secret, max_retries=0)
     assert client.keys.get(limited.id).rate_limit_per_minute == 2
@@ -235,8 +233,12 @@ def test_governed_data_end_to_end_with_the_sdk(server):
     removed, and the key follows."""
     _, admin_key = server.new_admin_key()
     admin = server.sdk(admin_key)
-    rows = [{"region": "US", "amount": 1}, {"region": "US", "amount": 2}, {"region": "EU", "amount": 3},
-            {"region": "APAC", "amount": 4}]
+    rows = [
+        {"region": "US", "amount": 1},
+        {"region": "US", "amount": 2},
+        {"region": "EU", "amount": 3},
+        {"region": "APAC", "amount": 4},
+    ]
     source = admin.sources.create_data_source(name=unique("sales"), rows=rows)
     assert source.row_count == 4
     member = admin.users.create(email=f"{unique('member')}@example.com", role="member")
@@ -244,8 +246,21 @@ def test_governed_data_end_to_end_with_the_sdk(server):
     policy = admin.policies.create(name=unique("us"), row_filters=[{"column": "region", "values": ["US"]}])
     admin.policies.assign_users(policy.id, user_ids=[member.id])
 
-    member_key = json.loads(server.cli("keys", "create", "--org", server.org_id, "--user", member.email,
-                                       "--name", "member data", "--preset", "data_access", "--json").stdout)
+    member_key = json.loads(
+        server.cli(
+            "keys",
+            "create",
+            "--org",
+            server.org_id,
+            "--user",
+            member.email,
+            "--name",
+            "member data",
+            "--preset",
+            "data_access",
+            "--json",
+        ).stdout
+    )
     reader = server.sdk(member_key["secret"])
 
     page = reader.sources.source_data(source.id, page=1, page_size=100)

@@ -16,8 +16,11 @@ def test_wrong_method(client, org):
 
 
 def test_validation_error_names_the_field(client, org):
-    r = client.post("/api/v1/keys", json={"name": "x", "scopes": ["data:read"], "rate_limit_per_minute": "fast"},
-                    headers=org.headers())
+    r = client.post(
+        "/api/v1/keys",
+        json={"name": "x", "scopes": ["data:read"], "rate_limit_per_minute": "fast"},
+        headers=org.headers(),
+    )
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and "rate_limit_per_minute" in err["message"]

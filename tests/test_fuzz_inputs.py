@@ -39,9 +39,16 @@ from tidegate.credentials.models import ApiKey
 from tidegate.db.engine import session_scope
 
 FUZZ = settings(
-    deadline=None, derandomize=True, database=None, print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 
 
@@ -54,15 +61,45 @@ def fuzz(max_examples: int):
 # Text that has broken servers before: NUL, lone surrogates (valid JSON escapes, invalid
 # Unicode), quotes, LIKE and comment metacharacters, case-folding and normalization traps,
 # bidi and BOM, and sizes just past the limits.
-HOSTILE_TEXT = ["", " ", "\x00", "a\x00b", "\t", "\n", "'", '"', "\\", "%", "_", "--", "/*", ";", "é", "e\u0301",
-                "ß", "SS", "İ", "\u202e", "\ufeff", "😀", "null", "0", "data:read", "*", "x" * 201, "y" * 3000]
+HOSTILE_TEXT = [
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\t",
+    "\n",
+    "'",
+    '"',
+    "\\",
+    "%",
+    "_",
+    "--",
+    "/*",
+    ";",
+    "é",
+    "e\u0301",
+    "ß",
+    "SS",
+    "İ",
+    "\u202e",
+    "\ufeff",
+    "😀",
+    "null",
+    "0",
+    "data:read",
+    "*",
+    "x" * 201,
+    "y" * 3000,
+]
 SURROGATES = ["\ud800", "x\udfff", "\udbff\ud800"]  # JSON can carry them (\ud800), Unicode cannot
 
 text = st.one_of(st.text(max_size=20), st.sampled_from(HOSTILE_TEXT + SURROGATES))
 url_text = st.one_of(st.text(max_size=20), st.sampled_from(HOSTILE_TEXT))  # a URL cannot carry a lone surrogate
-numbers = st.one_of(st.integers(), st.sampled_from([0, -1, 1, 60, 10_000, 10_001, 3650, 3651, 2**31, 2**63, 2**64,
-                                                    10**30, -(10**30)]),
-                    st.floats(allow_nan=False, allow_infinity=False))
+numbers = st.one_of(
+    st.integers(),
+    st.sampled_from([0, -1, 1, 60, 10_000, 10_001, 3650, 3651, 2**31, 2**63, 2**64, 10**30, -(10**30)]),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
 json_values = st.recursive(
     st.none() | st.booleans() | numbers | text,
     lambda children: st.lists(children, max_size=3) | st.dictionaries(text, children, max_size=3),
@@ -76,12 +113,20 @@ def send(client, method: str, url: str, headers: dict, body=None, params=None):
     if body is None:
         return client.request(method, url, headers=headers, params=params)
     content = json.dumps(body, ensure_ascii=True)
-    return client.request(method, url, headers={**headers, "Content-Type": "application/json"}, params=params,
-                          content=content.encode())
+    return client.request(
+        method, url, headers={**headers, "Content-Type": "application/json"}, params=params, content=content.encode()
+    )
 
 
-ERROR_TYPE = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-              404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error", 429: "rate_limit_error"}
+ERROR_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
 
 
 def check_answer(r, allowed: set[int]) -> dict | None:
@@ -116,40 +161,66 @@ def count(settings_, model, org_id: str) -> int:
 
 # -- 1. key creation ----------------------------------------------------------------------
 
+
 @st.composite
 def key_bodies(draw, policy_id: str, member_id: str):
     """A valid body, a valid body with one field made hostile, or anything at all."""
     valid = {
         "name": draw(st.text(min_size=1, max_size=30).filter(str.strip)),
-        **draw(st.one_of(
-            st.fixed_dictionaries({"scopes": st.lists(st.sampled_from(sorted(ALL_SCOPES) + ["*"]), min_size=1,
-                                                      max_size=4)}),
-            st.fixed_dictionaries({"preset": st.sampled_from(["full_access", "data_access"])}),
-        )),
-        **draw(st.fixed_dictionaries({}, optional={
-            "expires_in_days": st.integers(1, 3650),
-            "rate_limit_per_minute": st.integers(1, 10_000),
-            "ip_allowlist": st.lists(st.sampled_from(["10.0.0.1", "10.0.0.0/8", "::1", "2001:db8::/32", "0.0.0.0/0"]),
-                                     min_size=1, max_size=3),
-            "source_scope": st.sampled_from([{"mode": "all"}, {"mode": "selected", "source_ids": ["src_a"]}]),
-            "access_policy_ids": st.just([policy_id]),
-            "bound_user_id": st.just(member_id),
-        })),
+        **draw(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {"scopes": st.lists(st.sampled_from(sorted(ALL_SCOPES) + ["*"]), min_size=1, max_size=4)}
+                ),
+                st.fixed_dictionaries({"preset": st.sampled_from(["full_access", "data_access"])}),
+            )
+        ),
+        **draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "expires_in_days": st.integers(1, 3650),
+                    "rate_limit_per_minute": st.integers(1, 10_000),
+                    "ip_allowlist": st.lists(
+                        st.sampled_from(["10.0.0.1", "10.0.0.0/8", "::1", "2001:db8::/32", "0.0.0.0/0"]),
+                        min_size=1,
+                        max_size=3,
+                    ),
+                    "source_scope": st.sampled_from([{"mode": "all"}, {"mode": "selected", "source_ids": ["src_a"]}]),
+                    "access_policy_ids": st.just([policy_id]),
+                    "bound_user_id": st.just(member_id),
+                },
+            )
+        ),
     }
     hostile = {
         "name": st.one_of(text, json_values),
-        "scopes": st.one_of(st.lists(st.one_of(st.sampled_from(["data:destroy", "DATA:READ", "", " data:read"]), text),
-                                     max_size=4), json_values),
+        "scopes": st.one_of(
+            st.lists(st.one_of(st.sampled_from(["data:destroy", "DATA:READ", "", " data:read"]), text), max_size=4),
+            json_values,
+        ),
         "preset": st.one_of(st.sampled_from(["everything", "FULL_ACCESS", ""]), json_values),
         "expires_in_days": st.one_of(numbers, json_values),
         "rate_limit_per_minute": st.one_of(numbers, json_values),
-        "ip_allowlist": st.one_of(st.lists(st.one_of(st.sampled_from(
-            ["10.0.0.0/33", "256.1.1.1", "", " 10.1.1.1 ", "fe80::1%eth0", "1", "10.0.0.1/8/8"]), text), max_size=3),
-            json_values),
+        "ip_allowlist": st.one_of(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(
+                        ["10.0.0.0/33", "256.1.1.1", "", " 10.1.1.1 ", "fe80::1%eth0", "1", "10.0.0.1/8/8"]
+                    ),
+                    text,
+                ),
+                max_size=3,
+            ),
+            json_values,
+        ),
         "source_scope": st.one_of(
-            st.fixed_dictionaries({"mode": st.one_of(st.sampled_from(["all", "selected", "some"]), json_values)},
-                                  optional={"source_ids": st.one_of(st.lists(text, max_size=3), json_values)}),
-            json_values),
+            st.fixed_dictionaries(
+                {"mode": st.one_of(st.sampled_from(["all", "selected", "some"]), json_values)},
+                optional={"source_ids": st.one_of(st.lists(text, max_size=3), json_values)},
+            ),
+            json_values,
+        ),
         "access_policy_ids": st.one_of(st.lists(st.one_of(st.just(policy_id), text), max_size=3), json_values),
         "bound_user_id": st.one_of(text, json_values),
         "unknown_field": json_values,
@@ -166,8 +237,11 @@ def key_bodies(draw, policy_id: str, member_id: str):
 @pytest.fixture
 def key_world(client, org, admin):
     member = org.add_user("bound@example.com")
-    policy = client.post("/api/v1/access/policies", json={"name": "eu", "row_filters": [
-        {"column": "region", "values": ["EU"]}]}, headers=admin).json()["id"]
+    policy = client.post(
+        "/api/v1/access/policies",
+        json={"name": "eu", "row_filters": [{"column": "region", "values": ["EU"]}]},
+        headers=admin,
+    ).json()["id"]
     return {"member": member, "policy": policy}
 
 
@@ -235,27 +309,36 @@ def expected_rows(row_filters: list[dict], explicit: bool) -> list[dict]:
             continue
         for name in names:
             allowed.setdefault(name, set()).update(row_filter["values"])
-    return [row for row in POLICY_ROWS
-            if all(row_text(row[name]) in values for name, values in allowed.items())]
+    return [row for row in POLICY_ROWS if all(row_text(row[name]) in values for name, values in allowed.items())]
 
 
 def canonical(rows: list[dict]) -> list[str]:
     return sorted(json.dumps(row, sort_keys=True) for row in rows)
 
 
-value_texts = st.one_of(st.sampled_from(sorted({row_text(r[c]) for r in POLICY_ROWS for c in POLICY_COLUMNS
-                                               if r[c] is not None})), text)
-column_names = st.one_of(st.sampled_from(POLICY_COLUMNS + ["REGION", "STRASSE", "strasse", "Amount", "missing"]),
-                         text)
+value_texts = st.one_of(
+    st.sampled_from(sorted({row_text(r[c]) for r in POLICY_ROWS for c in POLICY_COLUMNS if r[c] is not None})), text
+)
+column_names = st.one_of(st.sampled_from(POLICY_COLUMNS + ["REGION", "STRASSE", "strasse", "Amount", "missing"]), text)
 row_filter_lists = st.one_of(
-    st.lists(st.fixed_dictionaries({"column": column_names, "values": st.lists(value_texts, min_size=1, max_size=4)}),
-             max_size=3),
-    st.lists(st.one_of(
-        st.fixed_dictionaries({}, optional={"column": st.one_of(column_names, json_values),
-                                            "values": st.one_of(st.lists(st.one_of(value_texts, json_values),
-                                                                         max_size=3), json_values),
-                                            "extra": json_values}),
-        json_values), max_size=3),
+    st.lists(
+        st.fixed_dictionaries({"column": column_names, "values": st.lists(value_texts, min_size=1, max_size=4)}),
+        max_size=3,
+    ),
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "column": st.one_of(column_names, json_values),
+                    "values": st.one_of(st.lists(st.one_of(value_texts, json_values), max_size=3), json_values),
+                    "extra": json_values,
+                },
+            ),
+            json_values,
+        ),
+        max_size=3,
+    ),
     json_values,
 )
 
@@ -289,10 +372,16 @@ def test_policy_row_filters(client, org, admin, policy_source):
         # What the policy stored is what every later read is filtered by.
         stored = policy["row_filters"]
         member = org.add_user(f"member-{n}@example.com")
-        assert client.post(f"/api/v1/sources/{policy_source}/shares", json={"user_id": member},
-                           headers=admin).status_code == 200
-        assert client.post(f"/api/v1/access/policies/{policy['id']}/users", json={"user_ids": [member]},
-                           headers=admin).status_code == 200
+        assert (
+            client.post(f"/api/v1/sources/{policy_source}/shares", json={"user_id": member}, headers=admin).status_code
+            == 200
+        )
+        assert (
+            client.post(
+                f"/api/v1/access/policies/{policy['id']}/users", json={"user_ids": [member]}, headers=admin
+            ).status_code
+            == 200
+        )
         key = org.headers(org.key_for(member, scopes=["data:read"], rate_limit_per_minute=FAST))
         want = canonical(expected_rows(stored, explicit))
         page = client.get(f"/api/v1/sources/{policy_source}/data", params={"page_size": 100}, headers=key)
@@ -307,45 +396,162 @@ def test_policy_row_filters(client, org, admin, policy_source):
 
 # -- 3. SQL -------------------------------------------------------------------------------
 
-VISIBLE = [{"region": "US", "tier": "gold", "amount": 10, "note": "a"},
-           {"region": "US", "tier": "silver", "amount": 20, "note": "b'c"},
-           {"region": "US", "tier": None, "amount": None, "note": "US"}]
+VISIBLE = [
+    {"region": "US", "tier": "gold", "amount": 10, "note": "a"},
+    {"region": "US", "tier": "silver", "amount": 20, "note": "b'c"},
+    {"region": "US", "tier": None, "amount": None, "note": "US"},
+]
 # Rows the caller must never see; every one carries markers no generated query contains.
-HIDDEN = [{"region": "EU", "tier": "zqhidden7", "amount": 7777777, "note": "zqsecret9"},
-          {"region": "APAC", "tier": "zqhidden7", "amount": 8888888, "note": "zqsecret9"}]
+HIDDEN = [
+    {"region": "EU", "tier": "zqhidden7", "amount": 7777777, "note": "zqsecret9"},
+    {"region": "APAC", "tier": "zqhidden7", "amount": 8888888, "note": "zqsecret9"},
+]
 MARKERS = re.compile(r"zqhidden7|zqsecret9|7777777|8888888", re.I)
 
 # Fragments a query is built from: valid ones (so that many queries run) and ones the
 # sandbox must refuse (other relations, table functions, dangerous functions, parameters).
 COLUMNS = ["region", "tier", "amount", "note", '"region"', "REGION", "data.region", "d.amount"]
 BAD_COLUMNS = ["x.tier", "main.data.region", "nope"]
-LITERALS = ["1", "0", "-1", "2.5", "NULL", "TRUE", "'US'", "'EU'", "''", "'it''s'", "'%'", "'--'", "'/*'",
-            "'; DROP TABLE data; --'", "9223372036854775807", "1e308", "DATE '2020-01-01'", "[1, 2]", "{'a': 1}"]
+LITERALS = [
+    "1",
+    "0",
+    "-1",
+    "2.5",
+    "NULL",
+    "TRUE",
+    "'US'",
+    "'EU'",
+    "''",
+    "'it''s'",
+    "'%'",
+    "'--'",
+    "'/*'",
+    "'; DROP TABLE data; --'",
+    "9223372036854775807",
+    "1e308",
+    "DATE '2020-01-01'",
+    "[1, 2]",
+    "{'a': 1}",
+]
 BAD_LITERALS = ["'\\'", "'unterminated", '"no such column"', "$1", "?", "getvariable('x')", "$$dollar$$"]
-FUNCTIONS = ["count", "min", "max", "lower", "upper", "length", "list", "md5", "typeof", "first", "any_value", "hash",
-             "to_json", "abs", "sum"]
+FUNCTIONS = [
+    "count",
+    "min",
+    "max",
+    "lower",
+    "upper",
+    "length",
+    "list",
+    "md5",
+    "typeof",
+    "first",
+    "any_value",
+    "hash",
+    "to_json",
+    "abs",
+    "sum",
+]
 BINARY_FUNCTIONS = ["coalesce", "concat", "nullif", "greatest", "string_agg", "least", "ifnull"]
-BAD_FUNCTIONS = ["read_csv", "read_parquet", "read_json_auto", "read_text", "glob", "getenv", "current_setting",
-                 "range", "generate_series", "query", "query_table", "duckdb_tables", "duckdb_settings",
-                 "pragma_version", "version", "sleep_ms", "json_serialize_sql", "json_execute_serialized_sql",
-                 "nextval", "setseed", "repeat", "error", "aggregate", "list_aggregate", "current_database",
-                 "system.main.getenv", "main.lower", "pg_catalog.version", "load_extension", "current_schemas"]
+BAD_FUNCTIONS = [
+    "read_csv",
+    "read_parquet",
+    "read_json_auto",
+    "read_text",
+    "glob",
+    "getenv",
+    "current_setting",
+    "range",
+    "generate_series",
+    "query",
+    "query_table",
+    "duckdb_tables",
+    "duckdb_settings",
+    "pragma_version",
+    "version",
+    "sleep_ms",
+    "json_serialize_sql",
+    "json_execute_serialized_sql",
+    "nextval",
+    "setseed",
+    "repeat",
+    "error",
+    "aggregate",
+    "list_aggregate",
+    "current_database",
+    "system.main.getenv",
+    "main.lower",
+    "pg_catalog.version",
+    "load_extension",
+    "current_schemas",
+]
 OPERATORS = ["||", "=", "<>", "<", ">=", "AND", "OR", "IS DISTINCT FROM", "+", "*", "/", "%", "LIKE", "->>"]
 TYPES = ["VARCHAR", "INTEGER", "DOUBLE", "DATE", "BLOB", "JSON", "INTEGER[]"]
-TABLES = ["data", '"data"', "DATA", "data AS d", "data d", "data AS x, data AS d", "data JOIN data AS d USING (region)",
-          "data AS d LEFT JOIN data AS x ON d.amount = x.amount", "data AS d CROSS JOIN data AS e",
-          "data AS d SEMI JOIN data AS e ON e.tier = d.tier", "data USING SAMPLE 100%"]
-BAD_TABLES = ["sources", "main.data", "memory.main.data", "information_schema.tables", "duckdb_tables()",
-              "read_csv('/etc/passwd')", "range(10)", "'x.parquet'", "glob('*')", "unnest([1, 2])", "sqlite_master",
-              "pg_catalog.pg_tables", "temp.data", "data AT (VERSION => 1)", "other", "__filtered",
-              "read_parquet(['a', 'b'])", "(FROM 'x.csv')", "data, 'y.csv'"]
-STATEMENTS = ["ATTACH 'x.db' AS x", "COPY data TO '/tmp/x.csv'", "PRAGMA database_list", "SET threads = 1",
-              "INSTALL httpfs", "LOAD httpfs", "CREATE TABLE x AS SELECT 1", "DROP TABLE data", "DESCRIBE data",
-              "SUMMARIZE data", "SHOW TABLES", "EXPLAIN SELECT * FROM data", "CALL pragma_version()",
-              "EXPORT DATABASE '/tmp/x'", "SELECT * INTO x FROM data", "CHECKPOINT", "DETACH x", "USE x",
-              "PREPARE p AS SELECT 1", "EXECUTE p", "BEGIN", "FROM data", "FROM data SELECT region",
-              "UPDATE data SET region = 'US'", "DELETE FROM data", "INSERT INTO data VALUES (1)",
-              "VALUES (1, 2)", "TABLE data", "PIVOT data ON region USING sum(amount)", "SELECT 1; SELECT 2"]
+TABLES = [
+    "data",
+    '"data"',
+    "DATA",
+    "data AS d",
+    "data d",
+    "data AS x, data AS d",
+    "data JOIN data AS d USING (region)",
+    "data AS d LEFT JOIN data AS x ON d.amount = x.amount",
+    "data AS d CROSS JOIN data AS e",
+    "data AS d SEMI JOIN data AS e ON e.tier = d.tier",
+    "data USING SAMPLE 100%",
+]
+BAD_TABLES = [
+    "sources",
+    "main.data",
+    "memory.main.data",
+    "information_schema.tables",
+    "duckdb_tables()",
+    "read_csv('/etc/passwd')",
+    "range(10)",
+    "'x.parquet'",
+    "glob('*')",
+    "unnest([1, 2])",
+    "sqlite_master",
+    "pg_catalog.pg_tables",
+    "temp.data",
+    "data AT (VERSION => 1)",
+    "other",
+    "__filtered",
+    "read_parquet(['a', 'b'])",
+    "(FROM 'x.csv')",
+    "data, 'y.csv'",
+]
+STATEMENTS = [
+    "ATTACH 'x.db' AS x",
+    "COPY data TO '/tmp/x.csv'",
+    "PRAGMA database_list",
+    "SET threads = 1",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "CREATE TABLE x AS SELECT 1",
+    "DROP TABLE data",
+    "DESCRIBE data",
+    "SUMMARIZE data",
+    "SHOW TABLES",
+    "EXPLAIN SELECT * FROM data",
+    "CALL pragma_version()",
+    "EXPORT DATABASE '/tmp/x'",
+    "SELECT * INTO x FROM data",
+    "CHECKPOINT",
+    "DETACH x",
+    "USE x",
+    "PREPARE p AS SELECT 1",
+    "EXECUTE p",
+    "BEGIN",
+    "FROM data",
+    "FROM data SELECT region",
+    "UPDATE data SET region = 'US'",
+    "DELETE FROM data",
+    "INSERT INTO data VALUES (1)",
+    "VALUES (1, 2)",
+    "TABLE data",
+    "PIVOT data ON region USING sum(amount)",
+    "SELECT 1; SELECT 2",
+]
 
 
 def mostly(valid: list[str], invalid: list[str]):
@@ -374,10 +580,14 @@ expressions = st.recursive(
 _select = st.builds(
     "SELECT {}{} FROM {}{}{}{}{}".format,
     st.sampled_from(["", "DISTINCT "]),
-    st.one_of(st.just("*"), st.sampled_from(["region, count(*) AS n", "tier, sum(amount) AS s", "* EXCLUDE (note)",
-                                             "COLUMNS('re.*')", "count(*) AS n"]),
-              st.lists(expressions, min_size=1, max_size=3).map(", ".join),
-              st.builds("{} AS {}".format, expressions, st.sampled_from(["region", "n", '"a b"', "data"]))),
+    st.one_of(
+        st.just("*"),
+        st.sampled_from(
+            ["region, count(*) AS n", "tier, sum(amount) AS s", "* EXCLUDE (note)", "COLUMNS('re.*')", "count(*) AS n"]
+        ),
+        st.lists(expressions, min_size=1, max_size=3).map(", ".join),
+        st.builds("{} AS {}".format, expressions, st.sampled_from(["region", "n", '"a b"', "data"])),
+    ),
     st.one_of(mostly(TABLES, BAD_TABLES), st.builds("({}) AS s".format, select_query)),
     st.one_of(st.just(""), st.builds(" WHERE {}".format, expressions)),
     st.sampled_from(["", "", " GROUP BY ALL", " GROUP BY ALL HAVING count(*) > 0"]),
@@ -386,16 +596,40 @@ _select = st.builds(
 )
 _simple_select = st.builds(
     "SELECT {} FROM {}{}".format,
-    st.sampled_from(["*", "region", "tier, amount", "count(*) AS n", "sum(amount) AS s", "note || tier AS x",
-                     "DISTINCT tier", "max(amount) - min(amount) AS spread", "list(note ORDER BY note) AS l"]),
+    st.sampled_from(
+        [
+            "*",
+            "region",
+            "tier, amount",
+            "count(*) AS n",
+            "sum(amount) AS s",
+            "note || tier AS x",
+            "DISTINCT tier",
+            "max(amount) - min(amount) AS spread",
+            "list(note ORDER BY note) AS l",
+        ]
+    ),
     mostly(TABLES, BAD_TABLES),
-    st.sampled_from(["", " WHERE amount > 10", " WHERE tier IS NULL", " WHERE region = 'EU'", " ORDER BY 1",
-                     " WHERE note LIKE '%c'", " LIMIT 2"]),
+    st.sampled_from(
+        [
+            "",
+            " WHERE amount > 10",
+            " WHERE tier IS NULL",
+            " WHERE region = 'EU'",
+            " ORDER BY 1",
+            " WHERE note LIKE '%c'",
+            " LIMIT 2",
+        ]
+    ),
 )
 statements = st.one_of(
     select_query,
-    st.builds("({}) {} ({})".format, select_query,
-              st.sampled_from(["UNION", "UNION ALL", "UNION BY NAME", "EXCEPT", "INTERSECT"]), select_query),
+    st.builds(
+        "({}) {} ({})".format,
+        select_query,
+        st.sampled_from(["UNION", "UNION ALL", "UNION BY NAME", "EXCEPT", "INTERSECT"]),
+        select_query,
+    ),
     st.builds("WITH x AS ({}) SELECT * FROM x".format, select_query),
     st.builds("WITH data AS ({}) SELECT * FROM data".format, select_query),
     st.builds("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) {}".format, select_query),
@@ -405,9 +639,13 @@ noisy_sql = st.builds(
     "{}{}{}".format,
     mostly(["", " ", "\n", "-- c\n", "/* c */ "], ["/* unterminated ", "'", "SELECT 1; "]),
     statements,
-    st.one_of(mostly(["", ";", " ;;", " -- tail", "\n"],
-                     ["; SELECT 1", "; DROP TABLE data", " /*", "'", ")", " UNION SELECT * FROM sources", "\x00"]),
-              st.text(alphabet="'\";()-/* \n$?", max_size=4)),
+    st.one_of(
+        mostly(
+            ["", ";", " ;;", " -- tail", "\n"],
+            ["; SELECT 1", "; DROP TABLE data", " /*", "'", ")", " UNION SELECT * FROM sources", "\x00"],
+        ),
+        st.text(alphabet="'\";()-/* \n$?", max_size=4),
+    ),
 )
 sql_texts = st.one_of(statements, statements, noisy_sql)
 
@@ -421,8 +659,11 @@ def sql_world(client, org, admin):
     mixed = client.post("/api/v1/sources", json={"name": "mixed", "rows": VISIBLE + HIDDEN}, headers=h).json()["id"]
     visible = client.post("/api/v1/sources", json={"name": "visible", "rows": VISIBLE}, headers=h).json()["id"]
     client.post(f"/api/v1/sources/{mixed}/shares", json={"user_id": member}, headers=h)
-    policy = client.post("/api/v1/access/policies", json={"name": "us", "row_filters": [
-        {"column": "region", "values": ["US"]}]}, headers=h).json()["id"]
+    policy = client.post(
+        "/api/v1/access/policies",
+        json={"name": "us", "row_filters": [{"column": "region", "values": ["US"]}]},
+        headers=h,
+    ).json()["id"]
     client.post(f"/api/v1/access/policies/{policy}/users", json={"user_ids": [member]}, headers=h)
     member_key = org.key_for(member, scopes=["data:read"], rate_limit_per_minute=FAST)
     return {"mixed": mixed, "visible": visible, "member": org.headers(member_key)}
@@ -435,8 +676,10 @@ def run_sql(client, source: str, headers: dict, sql: str):
 def test_sql_cannot_reach_past_the_filter(client, org, admin, sql_world):
     # Sanity: the two sides differ without the filter, and agree with it.
     assert run_sql(client, sql_world["mixed"], admin, "SELECT count(*) AS n FROM data").json()["data"] == [{"n": 5}]
-    assert run_sql(client, sql_world["mixed"], sql_world["member"], "SELECT count(*) AS n FROM data").json()["data"] \
+    assert (
+        run_sql(client, sql_world["mixed"], sql_world["member"], "SELECT count(*) AS n FROM data").json()["data"]
         == run_sql(client, sql_world["visible"], admin, "SELECT count(*) AS n FROM data").json()["data"]
+    )
     outcomes = {"ok": 0, "refused": 0}
 
     @fuzz(120)
@@ -460,7 +703,9 @@ def test_sql_cannot_reach_past_the_filter(client, org, admin, sql_world):
             # Which of several tied rows a LIMIT keeps is up to the engine, so compare what
             # may be compared: as many rows, each one of the rows the caller may see.
             assert len(got["data"]) == len(want["data"]), sql
-            unlimited = set(canonical(run_sql(client, sql_world["visible"], admin, "SELECT * FROM data").json()["data"]))
+            unlimited = set(
+                canonical(run_sql(client, sql_world["visible"], admin, "SELECT * FROM data").json()["data"])
+            )
             if got["columns"] == ["region", "tier", "amount", "note"]:
                 assert set(canonical(got["data"])) <= unlimited, sql
         else:
@@ -475,15 +720,27 @@ def test_sql_cannot_reach_past_the_filter(client, org, admin, sql_world):
 # -- 4. paging, cursors and limits -----------------------------------------------------------
 
 param_values = st.one_of(
-    st.integers(1, 30), st.integers(1, 30).map(str), st.integers(),
-    st.sampled_from([0, -1, 1, 100, 101, 200, 201, 1000, 1001, 10_000, 10_001, 100_000_000, 100_000_001, 10**12,
-                     2**63, 10**30]),
-    st.floats(allow_nan=True, allow_infinity=True).map(str), url_text,
+    st.integers(1, 30),
+    st.integers(1, 30).map(str),
+    st.integers(),
+    st.sampled_from(
+        [0, -1, 1, 100, 101, 200, 201, 1000, 1001, 10_000, 10_001, 100_000_000, 100_000_001, 10**12, 2**63, 10**30]
+    ),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    url_text,
     st.lists(st.integers(-5, 5), min_size=2, max_size=2),  # the parameter given twice
 )
-LIST_ENDPOINTS = [("/api/v1/keys", 100), ("/api/v1/users", 100), ("/api/v1/access/policies", 200),
-                  ("/api/v1/access/groups", 200), ("/api/v1/files", 100), ("/api/v1/sources", 100),
-                  ("/api/v1/data/sources", 100), ("/api/v1/connectors", 100), ("/api/v1/audit/events", 100)]
+LIST_ENDPOINTS = [
+    ("/api/v1/keys", 100),
+    ("/api/v1/users", 100),
+    ("/api/v1/access/policies", 200),
+    ("/api/v1/access/groups", 200),
+    ("/api/v1/files", 100),
+    ("/api/v1/sources", 100),
+    ("/api/v1/data/sources", 100),
+    ("/api/v1/connectors", 100),
+    ("/api/v1/audit/events", 100),
+]
 
 
 @pytest.fixture
@@ -494,9 +751,16 @@ def paging_source(client, org, admin):
 
 def test_data_paging_params(client, org, admin, paging_source):
     @fuzz(60)
-    @given(params=st.fixed_dictionaries({}, optional={"page": param_values, "page_size": param_values,
-                                                      "format": st.one_of(st.sampled_from(["json", "csv", "parquet",
-                                                                                           "JSON", "xml"]), url_text)}))
+    @given(
+        params=st.fixed_dictionaries(
+            {},
+            optional={
+                "page": param_values,
+                "page_size": param_values,
+                "format": st.one_of(st.sampled_from(["json", "csv", "parquet", "JSON", "xml"]), url_text),
+            },
+        )
+    )
     def run(params):
         r = client.get(f"/api/v1/sources/{paging_source}/data", params=params, headers=admin)
         check_answer(r, {200, 400})
@@ -504,23 +768,35 @@ def test_data_paging_params(client, org, admin, paging_source):
             body = r.json()
             assert len(body["data"]) <= body["page_size"] and body["total_count"] == 25
             offset = (body["page"] - 1) * body["page_size"]
-            assert [row["n"] for row in body["data"]] == list(range(25))[offset:offset + body["page_size"]]
+            assert [row["n"] for row in body["data"]] == list(range(25))[offset : offset + body["page_size"]]
 
     run()
 
 
 def test_query_paging_fields(client, org, admin, paging_source):
     @fuzz(40)
-    @given(extra=st.fixed_dictionaries({}, optional={"page": st.one_of(st.integers(1, 30), json_values),
-                                                      "page_size": st.one_of(st.integers(1, 30), json_values)}))
+    @given(
+        extra=st.fixed_dictionaries(
+            {},
+            optional={
+                "page": st.one_of(st.integers(1, 30), json_values),
+                "page_size": st.one_of(st.integers(1, 30), json_values),
+            },
+        )
+    )
     def run(extra):
-        r = send(client, "POST", f"/api/v1/sources/{paging_source}/query", admin,
-                 {"sql": "SELECT n FROM data ORDER BY n", **extra})
+        r = send(
+            client,
+            "POST",
+            f"/api/v1/sources/{paging_source}/query",
+            admin,
+            {"sql": "SELECT n FROM data ORDER BY n", **extra},
+        )
         check_answer(r, {200, 400})
         if r.status_code == 200:
             body = r.json()
             offset = (body["page"] - 1) * body["page_size"]
-            assert [row["n"] for row in body["data"]] == list(range(25))[offset:offset + body["page_size"]]
+            assert [row["n"] for row in body["data"]] == list(range(25))[offset : offset + body["page_size"]]
             assert body["total_rows"] == 25
 
     run()
@@ -528,9 +804,10 @@ def test_query_paging_fields(client, org, admin, paging_source):
 
 def test_list_limits_and_cursors(client, org, admin, paging_source):
     @fuzz(60)
-    @given(endpoint=st.sampled_from(LIST_ENDPOINTS),
-           params=st.fixed_dictionaries({}, optional={"limit": param_values, "after": st.one_of(url_text,
-                                                                                                param_values)}))
+    @given(
+        endpoint=st.sampled_from(LIST_ENDPOINTS),
+        params=st.fixed_dictionaries({}, optional={"limit": param_values, "after": st.one_of(url_text, param_values)}),
+    )
     def run(endpoint, params):
         path, max_limit = endpoint
         r = client.get(path, params=params, headers=admin)
@@ -547,17 +824,38 @@ def test_list_limits_and_cursors(client, org, admin, paging_source):
     run()
 
 
-AUDIT_BOUNDS = st.one_of(url_text, st.sampled_from([
-    "2020-01-01", "9999-12-31", "0001-01-01", "2020-02-30", "2020-01-01T00:00:00Z", "2020-01-01T00:00:00+14:00",
-    "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "9999-12-31T23:59:59.999999", "2020-01-01T25:00",
-    "20200101", "2020-W01", "2020-001", "1" * 40]))
+AUDIT_BOUNDS = st.one_of(
+    url_text,
+    st.sampled_from(
+        [
+            "2020-01-01",
+            "9999-12-31",
+            "0001-01-01",
+            "2020-02-30",
+            "2020-01-01T00:00:00Z",
+            "2020-01-01T00:00:00+14:00",
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+            "9999-12-31T23:59:59.999999",
+            "2020-01-01T25:00",
+            "20200101",
+            "2020-W01",
+            "2020-001",
+            "1" * 40,
+        ]
+    ),
+)
 
 
 def test_audit_filters(client, org, admin):
     @fuzz(60)
-    @given(params=st.fixed_dictionaries({}, optional={
-        name: AUDIT_BOUNDS for name in ("since", "until", "start_date", "end_date")} | {
-        name: url_text for name in ("actor_id", "key_id", "action", "target_id")}))
+    @given(
+        params=st.fixed_dictionaries(
+            {},
+            optional={name: AUDIT_BOUNDS for name in ("since", "until", "start_date", "end_date")}
+            | {name: url_text for name in ("actor_id", "key_id", "action", "target_id")},
+        )
+    )
     def run(params):
         check_answer(client.get("/api/v1/audit/events", params=params, headers=admin), {200, 400})
 
@@ -566,9 +864,18 @@ def test_audit_filters(client, org, admin):
 
 # -- 5. hostile ids in paths ---------------------------------------------------------------
 
-ID_PATHS = ["/api/v1/keys/{}", "/api/v1/users/{}", "/api/v1/users/external/{}", "/api/v1/access/policies/{}",
-            "/api/v1/access/groups/{}", "/api/v1/sources/{}", "/api/v1/sources/{}/data", "/api/v1/files/{}",
-            "/api/v1/sources/{}/shares", "/api/v1/data/sources/{}"]
+ID_PATHS = [
+    "/api/v1/keys/{}",
+    "/api/v1/users/{}",
+    "/api/v1/users/external/{}",
+    "/api/v1/access/policies/{}",
+    "/api/v1/access/groups/{}",
+    "/api/v1/sources/{}",
+    "/api/v1/sources/{}/data",
+    "/api/v1/files/{}",
+    "/api/v1/sources/{}/shares",
+    "/api/v1/data/sources/{}",
+]
 
 
 def test_hostile_ids_in_paths_are_refused_and_audited(client, org, admin):
@@ -578,8 +885,11 @@ def test_hostile_ids_in_paths_are_refused_and_audited(client, org, admin):
     sent = []
 
     @fuzz(40)
-    @given(template=st.sampled_from(ID_PATHS), value=url_text.filter(lambda v: v.strip() not in ("", ".", "..")),
-           method=st.sampled_from(["GET", "DELETE"]))
+    @given(
+        template=st.sampled_from(ID_PATHS),
+        value=url_text.filter(lambda v: v.strip() not in ("", ".", "..")),
+        method=st.sampled_from(["GET", "DELETE"]),
+    )
     def run(template, value, method):
         if method == "DELETE" and template.endswith(("/data", "/shares")):
             method = "GET"
@@ -594,8 +904,9 @@ def test_hostile_ids_in_paths_are_refused_and_audited(client, org, admin):
     logged = set()
     after = None
     while True:
-        page = client.get("/api/v1/audit/events", params={"limit": 100, **({"after": after} if after else {})},
-                          headers=admin).json()
+        page = client.get(
+            "/api/v1/audit/events", params={"limit": 100, **({"after": after} if after else {})}, headers=admin
+        ).json()
         logged |= {e["request_id"] for e in page["data"]}
         if not page["has_more"]:
             break
@@ -605,17 +916,23 @@ def test_hostile_ids_in_paths_are_refused_and_audited(client, org, admin):
 
 # -- regressions: what the fuzzers found ------------------------------------------------------
 
-@pytest.mark.parametrize("path,body", [
-    ("/api/v1/keys", '{"name": "k", "scopes": ["\\ud800"]}'),
-    ("/api/v1/keys", '{"name": "k", "scopes": ["data:read"], "access_policy_ids": ["x\\udfff"]}'),
-    ("/api/v1/keys", '{"name": "k", "scopes": ["data:read"], '
-                     '"source_scope": {"mode": "selected", "source_ids": ["\\ud800"]}}'),
-    ("/api/v1/access/policies", '{"name": "p\\ud800"}'),
-    ("/api/v1/access/policies", '{"name": "p", "row_filters": [{"column": "a", "values": ["\\udbff"]}]}'),
-    ("/api/v1/access/groups", '{"name": "g\\ud800"}'),
-    ("/api/v1/sources", '{"name": "s", "rows": [{"a": "\\ud800"}]}'),
-    ("/api/v1/sources", '{"name": "s", "rows": [{"\\ud800": 1}]}'),
-])
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/api/v1/keys", '{"name": "k", "scopes": ["\\ud800"]}'),
+        ("/api/v1/keys", '{"name": "k", "scopes": ["data:read"], "access_policy_ids": ["x\\udfff"]}'),
+        (
+            "/api/v1/keys",
+            '{"name": "k", "scopes": ["data:read"], "source_scope": {"mode": "selected", "source_ids": ["\\ud800"]}}',
+        ),
+        ("/api/v1/access/policies", '{"name": "p\\ud800"}'),
+        ("/api/v1/access/policies", '{"name": "p", "row_filters": [{"column": "a", "values": ["\\udbff"]}]}'),
+        ("/api/v1/access/groups", '{"name": "g\\ud800"}'),
+        ("/api/v1/sources", '{"name": "s", "rows": [{"a": "\\ud800"}]}'),
+        ("/api/v1/sources", '{"name": "s", "rows": [{"\\ud800": 1}]}'),
+    ],
+)
 def test_lone_surrogate_in_json_is_400_and_changes_nothing(client, org, admin, path, body):
     """A lone surrogate escape is valid JSON but not Unicode: it was a 500 (the database
     driver or the response encoder failed on it); the JSON decoder now refuses it."""
@@ -629,11 +946,14 @@ def test_lone_surrogate_in_json_is_400_and_changes_nothing(client, org, admin, p
     assert r.status_code == 201 and r.json()["name"] == "emoji 😀"
 
 
-@pytest.mark.parametrize("content_type,body,reason", [
-    ("application/json", b'{"name": "\xff\xfe"}', "not UTF-8"),
-    ("application/json", b"\xef\xbb\xbf{}" + b"\x80", "not UTF-8"),
-    ("multipart/form-data", b"--x\r\nno boundary given", "could not be parsed"),
-])
+@pytest.mark.parametrize(
+    "content_type,body,reason",
+    [
+        ("application/json", b'{"name": "\xff\xfe"}', "not UTF-8"),
+        ("application/json", b"\xef\xbb\xbf{}" + b"\x80", "not UTF-8"),
+        ("multipart/form-data", b"--x\r\nno boundary given", "could not be parsed"),
+    ],
+)
 def test_unreadable_body_is_an_invalid_request_error(client, org, admin, content_type, body, reason):
     """A body that cannot be read was `{"type": "api_error", "code": "http_error"}`: the
     server-fault type on a client's mistake."""
@@ -643,25 +963,28 @@ def test_unreadable_body_is_an_invalid_request_error(client, org, admin, content
     assert error["code"] == "invalid_parameters" and reason in error["message"], error
 
 
-@pytest.mark.parametrize("method,path,body", [
-    ("POST", "/api/v1/keys", {"name": "a\x00b", "scopes": ["data:read"]}),
-    ("POST", "/api/v1/keys", {"name": "k", "scopes": ["data:read"], "bound_user_id": "user_\x00"}),
-    ("POST", "/api/v1/keys", {"name": "k", "scopes": ["data:read"], "access_policy_ids": ["pol_\x00"]}),
-    ("POST", "/api/v1/users", {"email": "a\x00@example.com"}),
-    ("POST", "/api/v1/users", {"email": "x@example.com", "external_id": "e\x00"}),
-    ("POST", "/api/v1/users", {"email": "y@example.com", "first_name": "\x00"}),
-    ("POST", "/api/v1/sources", {"name": "s\x00", "rows": [{"a": 1}]}),
-    ("POST", "/api/v1/sources", {"name": "s", "description": "\x00", "rows": [{"a": 1}]}),
-    ("POST", "/api/v1/access/resolve", {"user_id": "u\x00", "source_id": "src_x"}),
-    ("PUT", "/api/v1/access/users/user_x/policies", {"policy_ids": ["p\x00"]}),
-    ("GET", "/api/v1/keys?search=a%00", None),
-    ("GET", "/api/v1/keys?after=key_%00", None),
-    ("GET", "/api/v1/users?external_id=%00", None),
-    ("GET", "/api/v1/audit/events?action=%00", None),
-    ("GET", "/api/v1/sources/src_%00", None),
-    ("GET", "/api/v1/files/file_%00", None),
-    ("PUT", "/api/v1/users/external/a%00b", {}),
-])
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("POST", "/api/v1/keys", {"name": "a\x00b", "scopes": ["data:read"]}),
+        ("POST", "/api/v1/keys", {"name": "k", "scopes": ["data:read"], "bound_user_id": "user_\x00"}),
+        ("POST", "/api/v1/keys", {"name": "k", "scopes": ["data:read"], "access_policy_ids": ["pol_\x00"]}),
+        ("POST", "/api/v1/users", {"email": "a\x00@example.com"}),
+        ("POST", "/api/v1/users", {"email": "x@example.com", "external_id": "e\x00"}),
+        ("POST", "/api/v1/users", {"email": "y@example.com", "first_name": "\x00"}),
+        ("POST", "/api/v1/sources", {"name": "s\x00", "rows": [{"a": 1}]}),
+        ("POST", "/api/v1/sources", {"name": "s", "description": "\x00", "rows": [{"a": 1}]}),
+        ("POST", "/api/v1/access/resolve", {"user_id": "u\x00", "source_id": "src_x"}),
+        ("PUT", "/api/v1/access/users/user_x/policies", {"policy_ids": ["p\x00"]}),
+        ("GET", "/api/v1/keys?search=a%00", None),
+        ("GET", "/api/v1/keys?after=key_%00", None),
+        ("GET", "/api/v1/users?external_id=%00", None),
+        ("GET", "/api/v1/audit/events?action=%00", None),
+        ("GET", "/api/v1/sources/src_%00", None),
+        ("GET", "/api/v1/files/file_%00", None),
+        ("PUT", "/api/v1/users/external/a%00b", {}),
+    ],
+)
 def test_nul_in_text_is_400_on_every_backend(client, org, admin, method, path, body):
     """PostgreSQL cannot hold NUL in text, not even as a query parameter: each of these was a
     500 there (and a 2xx or 404 on SQLite). Now a 400 on both, nothing stored, and audited."""
@@ -675,12 +998,15 @@ def test_nul_in_text_is_400_on_every_backend(client, org, admin, method, path, b
     assert r.headers["x-request-id"] in {e["request_id"] for e in events.json()["data"]}
 
 
-@pytest.mark.parametrize("path,headers", [
-    ("/api/v1/sources/src_" + "a" * 300, {}),                       # target_id longer than its column
-    ("/api/v1/sources/" + "b" * 2100, {}),                          # path longer than its column
-    ("/api/v1/files/file_%00x", {}),                                # NUL in path and target_id
-    ("/api/v1/org/settings", {"User-Agent": "u" * 600}),            # user agent longer than its column
-])
+@pytest.mark.parametrize(
+    "path,headers",
+    [
+        ("/api/v1/sources/src_" + "a" * 300, {}),  # target_id longer than its column
+        ("/api/v1/sources/" + "b" * 2100, {}),  # path longer than its column
+        ("/api/v1/files/file_%00x", {}),  # NUL in path and target_id
+        ("/api/v1/org/settings", {"User-Agent": "u" * 600}),  # user agent longer than its column
+    ],
+)
 def test_an_odd_request_cannot_stop_the_audit_log(client, org, admin, path, headers):
     """A request event the database refuses (on PostgreSQL: NUL, or text longer than its
     column) used to be retried forever by the journal shipper, so no later event of any
@@ -707,8 +1033,15 @@ def test_a_change_with_a_long_user_agent_is_recorded(client, org, admin):
     assert [len(e["user_agent"]) for e in events["data"] if e["target_id"] == r.json()["id"]] == [500]
 
 
-@pytest.mark.parametrize("params", [{"until": "9999-12-31"}, {"end_date": "9999-12-31"},
-                                    {"since": "0001-01-01T00:00:00+01:00"}, {"until": "9999-12-31T23:59:59-01:00"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"until": "9999-12-31"},
+        {"end_date": "9999-12-31"},
+        {"since": "0001-01-01T00:00:00+01:00"},
+        {"until": "9999-12-31T23:59:59-01:00"},
+    ],
+)
 def test_audit_bounds_outside_the_calendar_are_400(client, org, admin, params):
     """A bound that has no UTC time (the day after 9999-12-31, an hour before year 1) was an
     OverflowError: 500."""

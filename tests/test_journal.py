@@ -7,12 +7,18 @@ import os
 import stat
 
 import pytest
-
 from sqlalchemy import func, select
 
 from tidegate.audit import journal as journal_module
-from tidegate.audit.journal import (AuditUnavailable, Journal, backlog, decode_records, encode_record,
-                                     reship_set_aside, ship_pending)
+from tidegate.audit.journal import (
+    AuditUnavailable,
+    Journal,
+    backlog,
+    decode_records,
+    encode_record,
+    reship_set_aside,
+    ship_pending,
+)
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.record import event_row
 from tidegate.db.engine import session_scope
@@ -25,8 +31,10 @@ def count(url, org_id):
 
 def test_ships_once_even_if_shipped_twice(tmp_path, database_url):
     journal = Journal(tmp_path / "audit", database_url)
-    events = [event_row(org_id="org_journal_a", actor_type="api_key", actor_id="key_x", action="api.request")
-              for _ in range(5)]
+    events = [
+        event_row(org_id="org_journal_a", actor_type="api_key", actor_id="key_x", action="api.request")
+        for _ in range(5)
+    ]
     for event in events:
         journal.append(event)
     journal.rotate()
@@ -41,8 +49,10 @@ def test_ships_once_even_if_shipped_twice(tmp_path, database_url):
 
 def test_a_refused_event_does_not_block_the_others(tmp_path, database_url):
     journal = Journal(tmp_path / "audit", database_url)
-    good = [event_row(org_id="org_journal_b", actor_type="api_key", actor_id="key_x", action="api.request")
-            for _ in range(3)]
+    good = [
+        event_row(org_id="org_journal_b", actor_type="api_key", actor_id="key_x", action="api.request")
+        for _ in range(3)
+    ]
     bad = dict(good[0], id="evt_" + "x" * 100)  # longer than the id column: refused by PostgreSQL
     bad["org_id"] = None  # NOT NULL on every database
     for event in [good[0], bad, good[1], good[2]]:
@@ -183,7 +193,8 @@ def test_torn_records_are_quarantined_and_counted(tmp_path, database_url):
 
 
 def test_a_shipper_claiming_orphans_while_a_segment_is_created_takes_nothing_from_a_live_writer(
-        tmp_path, database_url, monkeypatch):
+    tmp_path, database_url, monkeypatch
+):
     """A segment is created, locked and only then named `.active`: a shipper that looks for dead
     writers' segments at any moment of that never ships and deletes the live writer's file."""
     directory = tmp_path / "audit"

@@ -35,7 +35,6 @@ from tidegate.credentials.models import ApiKey
 from tidegate.db.base import utcnow
 from tidegate.db.engine import session_scope
 
-
 # -- helpers ----------------------------------------------------------------------------------
 
 _WRITER = textwrap.dedent("""
@@ -56,8 +55,12 @@ _WRITER = textwrap.dedent("""
 def write_elsewhere(database_url: str, sql: str, **params) -> None:
     """Run one UPDATE in a separate Python process (sqlite3 / psycopg only, no tidegate)
     and commit it; exactly one row must change."""
-    out = subprocess.run([sys.executable, "-c", _WRITER, database_url, sql, json.dumps(params)],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-c", _WRITER, database_url, sql, json.dumps(params)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1", f"{sql} changed {out.stdout.strip()} rows"
 
@@ -139,13 +142,21 @@ def test_a_write_by_another_process_is_seen_by_the_very_next_request(client, org
         assert client.get(path, headers=org.headers(secret)).status_code == 200
     assert_cached(keys, settings, digest)
 
-    write_elsewhere(settings.database_url, sql, digest=digest, owner=owner, false=False,
-                    data_read='["data:read"]', elsewhere='["10.0.0.0/8"]',
-                    now=sql_time(settings.database_url, utcnow()),
-                    past=sql_time(settings.database_url, utcnow() - timedelta(seconds=1)))
+    write_elsewhere(
+        settings.database_url,
+        sql,
+        digest=digest,
+        owner=owner,
+        false=False,
+        data_read='["data:read"]',
+        elsewhere='["10.0.0.0/8"]',
+        now=sql_time(settings.database_url, utcnow()),
+        past=sql_time(settings.database_url, utcnow() - timedelta(seconds=1)),
+    )
 
-    results = [(r.status_code, error_code(r)) for r in (client.get(path, headers=org.headers(secret))
-                                                        for _ in range(3))]
+    results = [
+        (r.status_code, error_code(r)) for r in (client.get(path, headers=org.headers(secret)) for _ in range(3))
+    ]
     if change == "rate limit lowered to 1":
         assert results[0] in {(200, None), (429, "rate_limit_exceeded")}
         assert results[1:] == [(429, "rate_limit_exceeded")] * 2
@@ -169,17 +180,23 @@ def test_demotion_then_reactivation_written_elsewhere_both_take_effect(client, o
     assert (r.status_code, error_code(r)) == (403, "insufficient_scope")
     assert client.get("/api/v1/keys", headers=h).status_code == 200  # what a member may do still works
     assert_cached(keys, settings, digest)
-    write_elsewhere(settings.database_url, "UPDATE users SET is_active = :false WHERE id = :owner",
-                    owner=owner, false=False)
+    write_elsewhere(
+        settings.database_url, "UPDATE users SET is_active = :false WHERE id = :owner", owner=owner, false=False
+    )
     r = client.get("/api/v1/keys", headers=h)
     assert (r.status_code, error_code(r)) == (401, "api_key_owner_inactive")
-    write_elsewhere(settings.database_url, "UPDATE users SET is_active = :true, role = 'admin' WHERE id = :owner",
-                    owner=owner, true=True)
+    write_elsewhere(
+        settings.database_url,
+        "UPDATE users SET is_active = :true, role = 'admin' WHERE id = :owner",
+        owner=owner,
+        true=True,
+    )
     assert client.get("/api/v1/users", headers=h).status_code == 200
 
 
 def test_a_commit_between_the_generation_and_the_read_is_not_cached_as_fresh(
-        client, org, settings, keys, quiet, monkeypatch):
+    client, org, settings, keys, quiet, monkeypatch
+):
     """The race the cache's ordering exists for: the key is read (still active), then a
     revocation commits, then the entry is stored. Stamped with the generation from before
     the read, the entry is stale at once; stamped after, it would be served for ever."""
@@ -192,8 +209,12 @@ def test_a_commit_between_the_generation_and_the_read_is_not_cached_as_fresh(
         state = real_load(session, wanted)
         if wanted == digest and not raced:
             raced.append(True)
-            write_elsewhere(settings.database_url, "UPDATE api_keys SET revoked_at = :now WHERE secret_hash = :digest",
-                            digest=digest, now=sql_time(settings.database_url, utcnow()))
+            write_elsewhere(
+                settings.database_url,
+                "UPDATE api_keys SET revoked_at = :now WHERE secret_hash = :digest",
+                digest=digest,
+                now=sql_time(settings.database_url, utcnow()),
+            )
         return state
 
     monkeypatch.setattr(authenticate, "load_key_state", load_then_revoke)

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from tidegate.credentials.hashing import hash_secret
 from tidegate.credentials.keyformat import (
-    BASE62, CHECKSUM_LENGTH, RANDOM_LENGTH, base62, checksum, display_prefix, generate_key, is_well_formed,
+    BASE62,
+    CHECKSUM_LENGTH,
+    RANDOM_LENGTH,
+    base62,
+    checksum,
+    display_prefix,
+    generate_key,
+    is_well_formed,
 )
 
 
@@ -46,8 +53,17 @@ def test_every_single_character_typo_is_refused():
 
 def test_malformed_keys_refused():
     key = generate_key()
-    for bad in ["", "qk_", key[:-1], key + "0", "sk_" + key[3:], key.upper(), key.replace("qk_", "QK_"),
-                key[:10] + "-" + key[11:], " " + key]:
+    for bad in [
+        "",
+        "qk_",
+        key[:-1],
+        key + "0",
+        "sk_" + key[3:],
+        key.upper(),
+        key.replace("qk_", "QK_"),
+        key[:10] + "-" + key[11:],
+        " " + key,
+    ]:
         assert not is_well_formed(bad), bad
 
 

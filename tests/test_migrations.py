@@ -27,13 +27,25 @@ def test_upgrade_keeps_existing_data(tmp_path):
     command.upgrade(alembic_config(url), "0001")
     raw = create_engine(url)
     with raw.begin() as conn:
-        conn.execute(text("INSERT INTO organizations (id, name, created_at, api_key_creation_enabled) "
-                          "VALUES ('org_1', 'Old', '2026-01-01 00:00:00', 1)"))
-        conn.execute(text("INSERT INTO users (id, org_id, email, role, is_active, created_at) "
-                          "VALUES ('user_1', 'org_1', 'a@example.com', 'admin', 1, '2026-01-01 00:00:00')"))
-        conn.execute(text("INSERT INTO api_keys (id, org_id, name, key_prefix, secret_hash, scopes, created_by, "
-                          "created_at, rate_limit_per_minute) VALUES ('key_1', 'org_1', 'k', 'qk_x', 'h', '[]', "
-                          "'user_1', '2026-01-01 00:00:00', 60)"))
+        conn.execute(
+            text(
+                "INSERT INTO organizations (id, name, created_at, api_key_creation_enabled) "
+                "VALUES ('org_1', 'Old', '2026-01-01 00:00:00', 1)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO users (id, org_id, email, role, is_active, created_at) "
+                "VALUES ('user_1', 'org_1', 'a@example.com', 'admin', 1, '2026-01-01 00:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (id, org_id, name, key_prefix, secret_hash, scopes, created_by, "
+                "created_at, rate_limit_per_minute) VALUES ('key_1', 'org_1', 'k', 'qk_x', 'h', '[]', "
+                "'user_1', '2026-01-01 00:00:00', 60)"
+            )
+        )
     raw.dispose()
     migrate(url)
     with get_engine(url).connect() as connection:

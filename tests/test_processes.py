@@ -14,9 +14,9 @@ from collections import Counter
 
 import httpx
 import pytest
+from server import REDIS_URL, WorkerPool, init_home, running_server, scratch_postgres_database, unavailable
 
 from tidegate.audit.journal import decode_records
-from server import REDIS_URL, WorkerPool, init_home, running_server, scratch_postgres_database, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -84,10 +84,24 @@ def test_revocation_is_instant_across_workers(multi, pool):
 def test_demoting_then_deactivating_the_creator_is_instant_across_workers(multi, pool):
     # A second admin, and a key they created (operator CLI: a separate process).
     email = f"{unique('creator')}@example.com"
-    creator = json.loads(multi.cli("users", "create", "--org", multi.org_id, "--email", email,
-                                   "--role", "admin", "--json").stdout)
-    key = json.loads(multi.cli("keys", "create", "--org", multi.org_id, "--user", email, "--name", "creator key",
-                               "--scopes", "admin:users:read,admin:keys:manage", "--json").stdout)
+    creator = json.loads(
+        multi.cli("users", "create", "--org", multi.org_id, "--email", email, "--role", "admin", "--json").stdout
+    )
+    key = json.loads(
+        multi.cli(
+            "keys",
+            "create",
+            "--org",
+            multi.org_id,
+            "--user",
+            email,
+            "--name",
+            "creator key",
+            "--scopes",
+            "admin:users:read,admin:keys:manage",
+            "--json",
+        ).stdout
+    )
     headers = multi.headers(key["secret"])
     for i in range(6):
         status, _, body = pool.request(i % 2, "GET", "/api/v1/users?limit=100", headers)
@@ -116,16 +130,36 @@ def test_demoting_then_deactivating_the_creator_is_instant_across_workers(multi,
 def test_policy_and_share_changes_are_instant_across_workers(multi, pool):
     """Cached access decisions (per organization access epoch) never outlive a change."""
     rows = [{"region": r, "n": i} for i, r in enumerate(["US", "US", "EU", "EU", "APAC"])]
-    status, _, source = pool.request(0, "POST", "/api/v1/sources", multi.headers(), {"name": unique("src"), "rows": rows})
+    status, _, source = pool.request(
+        0, "POST", "/api/v1/sources", multi.headers(), {"name": unique("src"), "rows": rows}
+    )
     assert status == 201
     email = f"{unique('reader')}@example.com"
     member = json.loads(multi.cli("users", "create", "--org", multi.org_id, "--email", email, "--json").stdout)
-    key = json.loads(multi.cli("keys", "create", "--org", multi.org_id, "--user", email, "--name", "reader",
-                               "--preset", "data_access", "--json").stdout)
+    key = json.loads(
+        multi.cli(
+            "keys",
+            "create",
+            "--org",
+            multi.org_id,
+            "--user",
+            email,
+            "--name",
+            "reader",
+            "--preset",
+            "data_access",
+            "--json",
+        ).stdout
+    )
     admin = multi.headers()
     assert pool.request(0, "POST", f"/api/v1/sources/{source['id']}/shares", admin, {"user_id": member["id"]})[0] == 200
-    status, _, policy = pool.request(1, "POST", "/api/v1/access/policies", admin,
-                                     {"name": unique("pol"), "row_filters": [{"column": "region", "values": ["US"]}]})
+    status, _, policy = pool.request(
+        1,
+        "POST",
+        "/api/v1/access/policies",
+        admin,
+        {"name": unique("pol"), "row_filters": [{"column": "region", "values": ["US"]}]},
+    )
     assert status == 201
     pool.request(1, "POST", f"/api/v1/access/policies/{policy['id']}/users", admin, {"user_ids": [member["id"]]})
     path = f"/api/v1/sources/{source['id']}/data"
@@ -134,8 +168,13 @@ def test_policy_and_share_changes_are_instant_across_workers(multi, pool):
         status, _, page = pool.request(i % 2, "GET", path, headers)
         assert status == 200 and page["total_count"] == 2
 
-    pool.request(0, "PATCH", f"/api/v1/access/policies/{policy['id']}", admin,
-                 {"row_filters": [{"column": "region", "values": ["US", "EU"]}]})
+    pool.request(
+        0,
+        "PATCH",
+        f"/api/v1/access/policies/{policy['id']}",
+        admin,
+        {"row_filters": [{"column": "region", "values": ["US", "EU"]}]},
+    )
     counts = [pool.request(i % 2, "GET", path, headers)[2]["total_count"] for i in range(20)]
     assert counts == [4] * 20
 
@@ -211,15 +250,17 @@ def test_redis_rate_limit_holds_across_workers(tmp_path):
         assert not [k for k in store.scan_iter(match=f"*{key['id']}*")]
         workers = WorkerPool(srv, 2)
         try:
-            results = [(i % 2, *workers.request(i % 2, "GET", f"/api/v1/keys/{key['id']}", srv.headers(key["secret"])))
-                       for i in range(12)]
+            results = [
+                (i % 2, *workers.request(i % 2, "GET", f"/api/v1/keys/{key['id']}", srv.headers(key["secret"])))
+                for i in range(12)
+            ]
         finally:
             workers.close()
         statuses = [status for _, status, _, _ in results]
         # Counted per worker this would be 5 + 5 successes; shared, exactly 5 in all.
         assert statuses == [200] * 5 + [429] * 7, statuses
         assert {worker for worker, status, _, _ in results if status == 200} == {0, 1}
-        for _, status, headers, body in results[5:]:
+        for _, _status, headers, body in results[5:]:
             assert (body["error"]["type"], body["error"]["code"]) == ("rate_limit_error", "rate_limit_exceeded")
             assert 1 <= int(headers["retry-after"]) <= 60
         counters = [k for k in store.scan_iter(match=f"*{key['id']}*")]
@@ -235,15 +276,15 @@ def test_redis_rate_limit_holds_across_workers(tmp_path):
 
 def test_sdk_happy_path_on_postgresql(tmp_path):
     import psycopg
-
     from test_e2e_sdk import sdk_happy_path
 
     with scratch_postgres_database("tidegate_e2e") as url, running_server(tmp_path, database_url=url) as srv:
         sdk_happy_path(srv)
         with psycopg.connect(url, connect_timeout=3) as db:
             keys = db.execute("SELECT count(*) FROM api_keys WHERE org_id = %s", (srv.org_id,)).fetchone()[0]
-            events = db.execute("SELECT count(*) FROM audit_events WHERE org_id = %s AND action = 'api.request'",
-                                (srv.org_id,)).fetchone()[0]
+            events = db.execute(
+                "SELECT count(*) FROM audit_events WHERE org_id = %s AND action = 'api.request'", (srv.org_id,)
+            ).fetchone()[0]
         assert keys >= 2 and events > 0
         assert not list(srv.home.glob("*.db")), "the server used SQLite, not PostgreSQL"
 
@@ -261,13 +302,13 @@ def test_no_secret_ever_reaches_the_server_logs(tmp_path):
         with httpx.Client(base_url=srv.url + "/api/v1", timeout=30) as http:
             for key in (secret, tampered, secret):
                 http.get("/keys", headers=srv.headers(key))
-            http.get("/users", headers=srv.headers(secret))                      # 403
+            http.get("/users", headers=srv.headers(secret))  # 403
             http.get("/keys", params={"api_key": secret}, headers=srv.headers())  # secret in a query string
-            http.get("/nowhere", headers=srv.headers(secret))                    # 404 route
+            http.get("/nowhere", headers=srv.headers(secret))  # 404 route
             http.post("/keys", headers=srv.headers(secret), content=b"{not json")  # 400
             http.get("/keys", headers={"Authorization": f"Basic {secret}", "X-Tenant-ID": srv.org_id})
             http.get("/keys", headers={"Authorization": f"Bearer {secret}", "X-Tenant-ID": "org_other"})
-            http.get("/keys", headers=srv.headers(secret))                       # 429 by now
+            http.get("/keys", headers=srv.headers(secret))  # 429 by now
             http.delete(f"/keys/{created['id']}", headers=srv.headers())
             assert http.get("/keys", headers=srv.headers(secret)).status_code == 401  # revoked
     finally:

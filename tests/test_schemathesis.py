@@ -54,8 +54,14 @@ ROWS = [
 
 
 def _settings(home: Path, database_url: str) -> Settings:
-    return Settings(home=home, database_url=database_url, redis_url=None, pepper=secrets.token_hex(32).encode(),
-                    session_key=secrets.token_hex(32).encode(), trusted_proxies=())
+    return Settings(
+        home=home,
+        database_url=database_url,
+        redis_url=None,
+        pepper=secrets.token_hex(32).encode(),
+        session_key=secrets.token_hex(32).encode(),
+        trusted_proxies=(),
+    )
 
 
 def _served_schema() -> dict[str, Any]:
@@ -76,11 +82,13 @@ def _served_schema() -> dict[str, Any]:
 RAW_SCHEMA = _served_schema()
 schema = schemathesis.openapi.from_dict(
     RAW_SCHEMA,
-    config=schemathesis.Config.from_dict({
-        "seed": 20240611,  # each operation derives its own seed from this: same cases on every run
-        "generation": {"mode": "all", "max-examples": MAX_EXAMPLES},
-        "output": {"sanitization": {"enabled": False}},  # failure reports show what was really sent
-    }),
+    config=schemathesis.Config.from_dict(
+        {
+            "seed": 20240611,  # each operation derives its own seed from this: same cases on every run
+            "generation": {"mode": "all", "max-examples": MAX_EXAMPLES},
+            "output": {"sanitization": {"enabled": False}},  # failure reports show what was really sent
+        }
+    ),
 )
 
 
@@ -130,14 +138,19 @@ def world(app_client) -> World:
     proxy, client = app_client
     settings_ = client.app.state.settings
     with session_scope(settings_.database_url) as session:
-        created = orgs.create_organization(session, f"org-{uuid.uuid4().hex[:12]}",
-                                           f"admin-{uuid.uuid4().hex[:6]}@example.com", None)
+        created = orgs.create_organization(
+            session, f"org-{uuid.uuid4().hex[:12]}", f"admin-{uuid.uuid4().hex[:6]}@example.com", None
+        )
         principal = Principal.for_user(created.org.id, created.admin.id, created.admin.role)
         secret = keys_service.create_key(
-            session, principal,
+            session,
+            principal,
             # The highest rate limit: a run must exercise the operation, not the limiter.
-            keys_service.KeyRequest(name="admin key", scopes=preset_scopes("full_access", "admin"),
-                                    rate_limit_per_minute=keys_service.MAX_RATE_LIMIT),
+            keys_service.KeyRequest(
+                name="admin key",
+                scopes=preset_scopes("full_access", "admin"),
+                rate_limit_per_minute=keys_service.MAX_RATE_LIMIT,
+            ),
             pepper=settings_.pepper,
         ).secret
     headers = {"Authorization": f"Bearer {secret}", "X-Tenant-ID": created.org.id}
@@ -146,26 +159,46 @@ def world(app_client) -> World:
         assert response.status_code in status, response.text
         return response.json()
 
-    member = ok(client.post("/api/v1/users", json={"email": "member@example.com", "external_id": "ext-member"},
-                            headers=headers))["id"]
+    member = ok(
+        client.post("/api/v1/users", json={"email": "member@example.com", "external_id": "ext-member"}, headers=headers)
+    )["id"]
     key = ok(client.post("/api/v1/keys", json={"name": "second", "scopes": ["data:read"]}, headers=headers))["id"]
     source = ok(client.post("/api/v1/sources", json={"name": "sales", "rows": ROWS}, headers=headers))["id"]
     ok(client.post(f"/api/v1/sources/{source}/shares", json={"user_id": member}, headers=headers))
-    policy = ok(client.post("/api/v1/access/policies", json={"name": "us", "row_filters": [
-        {"column": "region", "values": ["US"]}]}, headers=headers))["id"]
+    policy = ok(
+        client.post(
+            "/api/v1/access/policies",
+            json={"name": "us", "row_filters": [{"column": "region", "values": ["US"]}]},
+            headers=headers,
+        )
+    )["id"]
     ok(client.post(f"/api/v1/access/policies/{policy}/users", json={"user_ids": [member]}, headers=headers))
     group = ok(client.post("/api/v1/access/groups", json={"name": "team"}, headers=headers))["id"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(ROWS[0]))
     writer.writeheader()
     writer.writerows(ROWS)
-    file = ok(client.post("/api/v1/files/upload", files={"file": ("sales.csv", buffer.getvalue().encode(), "text/csv")},
-                          headers=headers))["id"]
+    file = ok(
+        client.post(
+            "/api/v1/files/upload",
+            files={"file": ("sales.csv", buffer.getvalue().encode(), "text/csv")},
+            headers=headers,
+        )
+    )["id"]
     # Never the admin or the admin's key: deleting those would make the rest of the
     # examples plain 401s.
-    ids = {"user_id": [member], "external_id": ["ext-member"], "key_id": [key], "source_id": [source],
-           "policy_id": [policy], "group_id": [group], "file_id": [file], "column": ["region", "amount"],
-           "user_ids": [[member]], "policy_ids": [[policy]]}
+    ids = {
+        "user_id": [member],
+        "external_id": ["ext-member"],
+        "key_id": [key],
+        "source_id": [source],
+        "policy_id": [policy],
+        "group_id": [group],
+        "file_id": [file],
+        "column": ["region", "amount"],
+        "user_ids": [[member]],
+        "policy_ids": [[policy]],
+    }
     CURRENT["world"] = World(proxy, headers, ids)
     yield CURRENT["world"]
     CURRENT.pop("world", None)
@@ -180,8 +213,10 @@ def _with_real_ids(values: Any, choice: int) -> Any:
     world = CURRENT.get("world")
     if choice == 0 or world is None or not isinstance(values, dict):
         return values
-    return {name: (world.ids[name][choice % len(world.ids[name])] if name in world.ids else value)
-            for name, value in values.items()}
+    return {
+        name: (world.ids[name][choice % len(world.ids[name])] if name in world.ids else value)
+        for name, value in values.items()
+    }
 
 
 @schema.hook
@@ -198,8 +233,15 @@ def flatmap_body(context, body):
 
 
 # The error type each 4xx status carries ("api_error" is the server's own fault: never a 4xx).
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error", 429: "rate_limit_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
 
 
 def check_response(case, response) -> None:
@@ -217,10 +259,19 @@ def check_response(case, response) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-          # `world` is made once per operation on purpose: its examples share one organization.
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.filter_too_much, HealthCheck.data_too_large])
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    # `world` is made once per operation on purpose: its examples share one organization.
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+)
 def test_operation_is_robust(case, world):
     response = case.call(headers=world.headers, app=world.app)
     check_response(case, response)
@@ -233,9 +284,12 @@ def test_the_schema_covers_the_api(app_client):
 
     _, client = app_client
     assert client.get(SCHEMA_PATH).json() == RAW_SCHEMA
-    routes = {(method, "/api/v1" + route.path)
-              for module in API_MODULES
-              for route in module.router.routes for method in route.methods}
+    routes = {
+        (method, "/api/v1" + route.path)
+        for module in API_MODULES
+        for route in module.router.routes
+        for method in route.methods
+    }
     documented = {(method.upper(), path) for path, ops in RAW_SCHEMA["paths"].items() for method in ops}
     assert routes == documented
     operations = [result.ok() for result in schema.get_all_operations()]  # .ok() raises on a schema error

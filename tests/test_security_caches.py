@@ -15,8 +15,11 @@ import io
 
 import pytest
 
-ROWS = [{"region": "US", "amount": 10, "note": "a"}, {"region": "EU", "amount": 20, "note": "b"},
-        {"region": "US", "amount": 30, "note": "c"}]
+ROWS = [
+    {"region": "US", "amount": 10, "note": "a"},
+    {"region": "EU", "amount": 20, "note": "b"},
+    {"region": "US", "amount": 30, "note": "c"},
+]
 
 # Requests that open the source (filling the access cache) and then fail with a 4xx.
 FAILURES = {
@@ -36,8 +39,11 @@ def keyed_source(client, org):
     headers = org.headers()
     source = client.post("/api/v1/sources", json={"name": "s", "rows": ROWS}, headers=headers).json()["id"]
     client.post(f"/api/v1/sources/{source}/shares", json={"user_id": member, "permission": "view"}, headers=headers)
-    policy = client.post("/api/v1/access/policies", json={"name": "us", "row_filters": [
-        {"column": "region", "values": ["US"]}]}, headers=headers).json()["id"]
+    policy = client.post(
+        "/api/v1/access/policies",
+        json={"name": "us", "row_filters": [{"column": "region", "values": ["US"]}]},
+        headers=headers,
+    ).json()["id"]
     client.post(f"/api/v1/access/policies/{policy}/users", json={"user_ids": [member]}, headers=headers)
     key = org.key_for(member, scopes=["data:read", "admin:sources:read"], rate_limit_per_minute=10_000)
     return source, org.headers(key)
@@ -127,15 +133,35 @@ def _orm_source() -> Source:
 
 
 def _orm_version() -> SourceVersion:
-    return SourceVersion(id="ver_x", source_id="src_x", org_id="org_x", row_count=1,
-                         columns=[{"name": "a", "type": "string"}], parts=["ver_x/part-0000.parquet"])
+    return SourceVersion(
+        id="ver_x",
+        source_id="src_x",
+        org_id="org_x",
+        row_count=1,
+        columns=[{"name": "a", "type": "string"}],
+        parts=["ver_x/part-0000.parquet"],
+    )
 
 
-@pytest.mark.parametrize("value", [
-    _orm_source(), _orm_version(), (1, _orm_source()), frozenset({("k", 1)}) | {_Holder(_orm_version())},
-    _Holder(_orm_source()), _Holder((1, (2, _orm_version()))), [1, 2], {"a": 1}, {1, 2}, _Mutable(1),
-    _Holder([1]), _Holder({"columns": []}), object(),
-], ids=lambda v: type(v).__name__)
+@pytest.mark.parametrize(
+    "value",
+    [
+        _orm_source(),
+        _orm_version(),
+        (1, _orm_source()),
+        frozenset({("k", 1)}) | {_Holder(_orm_version())},
+        _Holder(_orm_source()),
+        _Holder((1, (2, _orm_version()))),
+        [1, 2],
+        {"a": 1},
+        {1, 2},
+        _Mutable(1),
+        _Holder([1]),
+        _Holder({"columns": []}),
+        object(),
+    ],
+    ids=lambda v: type(v).__name__,
+)
 def test_a_cache_refuses_anything_mutable_or_from_the_database(value):
     cache: LRUCache = LRUCache(4, name="test cache")
     with pytest.raises(TypeError):
@@ -147,16 +173,24 @@ def test_a_cache_refuses_anything_mutable_or_from_the_database(value):
 
 def test_the_old_access_value_is_refused():
     """SourceAccess as it was (ORM source and version inside): the cache will not take it."""
-    old = SourceAccess(source=_orm_source(), version=_orm_version(), permission="view",  # type: ignore[arg-type]
-                       row_filter=RowFilter.allow_all())
+    old = SourceAccess(
+        source=_orm_source(),
+        version=_orm_version(),
+        permission="view",  # type: ignore[arg-type]
+        row_filter=RowFilter.allow_all(),
+    )
     with pytest.raises(TypeError, match="database object"):
         LRUCache(4).put("k", old)
 
 
 def test_a_cache_takes_frozen_values_and_stays_bounded():
     version = VersionSnapshot.of(_orm_version())
-    access = SourceAccess(source=SourceSnapshot.of(_orm_source()), version=version, permission="view",
-                          row_filter=RowFilter(clauses=(Clause("a", frozenset({"x"})),)))
+    access = SourceAccess(
+        source=SourceSnapshot.of(_orm_source()),
+        version=version,
+        permission="view",
+        row_filter=RowFilter(clauses=(Clause("a", frozenset({"x"})),)),
+    )
     cache: LRUCache = LRUCache(2)
     for key, value in [("a", access), ("b", (1, "x", None, 2.5)), ("c", pa.table({"a": [1]}))]:
         assert cache.put(key, value) is value
@@ -197,8 +231,14 @@ def test_an_opened_source_outlives_its_rolled_back_session(client, keyed_source,
 TIDEGATE = Path(__file__).resolve().parents[1] / "tidegate"
 # Functions that may keep a value per process with functools: each returns a process
 # resource (an engine, a limiter client) or an immutable value, never a database row.
-LRU_CACHED = {"config.py": {"get_settings"}, "web/auth.py": {"_dummy_hash"}, "data/egress.py": {"_parse", "_own_database_server"}, "limits.py": {"get_limits"},
-              "access/ratelimit.py": {"_redis_limiter", "_per_minute"}, "db/engine.py": {"get_engine", "_session_factory"}}
+LRU_CACHED = {
+    "config.py": {"get_settings"},
+    "web/auth.py": {"_dummy_hash"},
+    "data/egress.py": {"_parse", "_own_database_server"},
+    "limits.py": {"get_limits"},
+    "access/ratelimit.py": {"_redis_limiter", "_per_minute"},
+    "db/engine.py": {"get_engine", "_session_factory"},
+}
 # Hand-rolled LRUs allowed only where they call require_immutable on every put.
 ORDERED_DICT_OK = {"caching.py", "data/engine.py"}
 

@@ -59,8 +59,16 @@ def fake_dns(monkeypatch):
         lookups.append(host)
         queue = answers[host]
         addresses = queue.pop(0) if len(queue) > 1 else queue[0]
-        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
-                 (a, port, 0, 0) if ":" in a else (a, port)) for a in addresses]
+        return [
+            (
+                socket.AF_INET6 if ":" in a else socket.AF_INET,
+                socket.SOCK_STREAM,
+                6,
+                "",
+                (a, port, 0, 0) if ":" in a else (a, port),
+            )
+            for a in addresses
+        ]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     return answers, lookups
@@ -88,11 +96,32 @@ def refusal(fn, *args, **kwargs) -> InvalidRequest:
 # Default policy: public addresses only, refused before any connection
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("host", [
-    "127.0.0.1", "127.1", "2130706433", "::1", "localhost", "0.0.0.0", "::",
-    "10.0.0.5", "172.16.3.4", "192.168.1.10", "169.254.169.254", "100.64.0.1", "fe80::1", "fd00::1",
-    "224.0.0.1", "255.255.255.255", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2002:7f00:1::1", "64:ff9b::a00:1",
-])
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.1",
+        "2130706433",
+        "::1",
+        "localhost",
+        "0.0.0.0",
+        "::",
+        "10.0.0.5",
+        "172.16.3.4",
+        "192.168.1.10",
+        "169.254.169.254",
+        "100.64.0.1",
+        "fe80::1",
+        "fd00::1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "2002:7f00:1::1",
+        "64:ff9b::a00:1",
+    ],
+)
 def test_default_policy_refuses_internal_addresses_before_connecting(no_connections, host):
     error = refusal(pull_pg, host)
     assert error.code == "connector_host_not_allowed"
@@ -114,7 +143,8 @@ def test_public_address_is_allowed_and_connected_by_checked_address(no_connectio
     with pytest.raises(ConnectAttempted):
         pull_pg("db.example.com")
     assert [(c["host"], c["hostaddr"], c["port"]) for c in no_connections] == [
-        ("db.example.com", "93.184.216.34", 5432)]
+        ("db.example.com", "93.184.216.34", 5432)
+    ]
 
 
 def test_dns_rebinding_cannot_redirect_the_connection(no_connections, fake_dns):
@@ -133,8 +163,13 @@ def test_unresolvable_name_and_every_connection_failure_answer_alike(monkeypatch
     answers["db.example.com"] = [["93.184.216.34"]]
     messages = set()
 
-    for failure in ("connection refused", "timeout expired", "No route to host",
-                    'password authentication failed for user "u"'):
+    for failure in (
+        "connection refused",
+        "timeout expired",
+        "No route to host",
+        'password authentication failed for user "u"',
+    ):
+
         def fail(*args, failure=failure, **kwargs):
             raise psycopg.OperationalError(failure)
 
@@ -151,23 +186,27 @@ def test_unresolvable_name_and_every_connection_failure_answer_alike(monkeypatch
 # TIDEGATE_CONNECTOR_ALLOW: only what it lists
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("allow,host,port,allowed", [
-    ("127.0.0.1:5432", "127.0.0.1", 5432, True),
-    ("127.0.0.1:5432", "127.0.0.1", 5433, False),
-    ("127.0.0.1:5432", "127.0.0.2", 5432, False),
-    ("127.0.0.1:5432", "93.184.216.34", 5432, False),  # set: public is no longer implied
-    ("127.0.0.0/8", "127.9.9.9", 6000, True),
-    ("10.0.0.0/8:5432", "10.2.3.4", 5432, True),
-    ("10.0.0.0/8:5432", "10.2.3.4", 22, False),
-    ("[::1]:5432", "::1", 5432, True),
-    ("[::1]:5432", "127.0.0.1", 5432, False),
-    ("fd00::/8", "fd12::1", 5432, True),
-    ("public, 10.1.1.1", "93.184.216.34", 5432, True),
-    ("public, 10.1.1.1", "10.1.1.1", 5432, True),
-    ("public, 10.1.1.1", "10.1.1.2", 5432, False),
-    ("localhost:5432", "localhost", 5432, True),
-    ("localhost:5432", "127.0.0.1", 5432, False),  # a name entry allows that name only
-])
+
+@pytest.mark.parametrize(
+    "allow,host,port,allowed",
+    [
+        ("127.0.0.1:5432", "127.0.0.1", 5432, True),
+        ("127.0.0.1:5432", "127.0.0.1", 5433, False),
+        ("127.0.0.1:5432", "127.0.0.2", 5432, False),
+        ("127.0.0.1:5432", "93.184.216.34", 5432, False),  # set: public is no longer implied
+        ("127.0.0.0/8", "127.9.9.9", 6000, True),
+        ("10.0.0.0/8:5432", "10.2.3.4", 5432, True),
+        ("10.0.0.0/8:5432", "10.2.3.4", 22, False),
+        ("[::1]:5432", "::1", 5432, True),
+        ("[::1]:5432", "127.0.0.1", 5432, False),
+        ("fd00::/8", "fd12::1", 5432, True),
+        ("public, 10.1.1.1", "93.184.216.34", 5432, True),
+        ("public, 10.1.1.1", "10.1.1.1", 5432, True),
+        ("public, 10.1.1.1", "10.1.1.2", 5432, False),
+        ("localhost:5432", "localhost", 5432, True),
+        ("localhost:5432", "127.0.0.1", 5432, False),  # a name entry allows that name only
+    ],
+)
 def test_allowlist(monkeypatch, no_connections, allow, host, port, allowed):
     monkeypatch.setenv(egress.ENV, allow)
     if allowed:
@@ -208,9 +247,15 @@ def test_tidegates_own_database_server_is_refused(monkeypatch, no_connections):
 
 def test_api_refuses_a_loopback_connector_with_the_precise_code(client, org, monkeypatch):
     monkeypatch.setattr(psycopg, "connect", lambda *a, **k: pytest.fail("connected"))
-    r = client.post("/api/v1/sources", headers=org.headers(), json={
-        "name": "pg", "connector_id": "postgresql",
-        "config": {"host": "127.0.0.1", "database": "test", "user": "root", "table": "users"}})
+    r = client.post(
+        "/api/v1/sources",
+        headers=org.headers(),
+        json={
+            "name": "pg",
+            "connector_id": "postgresql",
+            "config": {"host": "127.0.0.1", "database": "test", "user": "root", "table": "users"},
+        },
+    )
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "connector_host_not_allowed"
 
@@ -218,6 +263,7 @@ def test_api_refuses_a_loopback_connector_with_the_precise_code(client, org, mon
 # ---------------------------------------------------------------------------------------
 # Read-only and time-limited, against the local server (loopback, allowed explicitly)
 # ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def pg_database():
@@ -236,8 +282,13 @@ def pg_database():
         conn.execute("CREATE SEQUENCE s")
         # A write hidden in a function: only the read-only transaction stops it.
         conn.execute("CREATE FUNCTION wipe() RETURNS int LANGUAGE sql AS 'DELETE FROM t; SELECT 1'")
-    yield {"host": info.get("host", "127.0.0.1"), "port": int(info.get("port", 5432)), "database": name,
-           "user": info.get("user", "root"), "connect_timeout": 3}
+    yield {
+        "host": info.get("host", "127.0.0.1"),
+        "port": int(info.get("port", 5432)),
+        "database": name,
+        "user": info.get("user", "root"),
+        "connect_timeout": 3,
+    }
     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
 
@@ -248,11 +299,14 @@ def pg(pg_database, monkeypatch):
     return pg_database
 
 
-@pytest.mark.parametrize("query", [
-    "SELECT wipe()",
-    "SELECT nextval('s')",
-    "SELECT set_config('default_transaction_read_only', 'off', false), nextval('s')",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT wipe()",
+        "SELECT nextval('s')",
+        "SELECT set_config('default_transaction_read_only', 'off', false), nextval('s')",
+    ],
+)
 def test_connector_reads_are_read_only(pg, query):
     error = refusal(connectors.pull, "postgresql", {**pg, "query": query}, None)
     assert error.code == "connector_error" and "read-only" in error.message
@@ -267,8 +321,9 @@ def test_statement_timeout_is_honored(pg, monkeypatch):
     assert time.monotonic() - began < 5
     # rows that trickle in are bounded as a whole too
     began = time.monotonic()
-    error = refusal(connectors.pull, "postgresql",
-                    {**pg, "query": "SELECT pg_sleep(0.3) AS x FROM generate_series(1, 30)"}, None)
+    error = refusal(
+        connectors.pull, "postgresql", {**pg, "query": "SELECT pg_sleep(0.3) AS x FROM generate_series(1, 30)"}, None
+    )
     assert error.code == "connector_timeout" and time.monotonic() - began < 5
 
 
@@ -281,6 +336,7 @@ def test_loopback_without_an_entry_is_refused_even_though_a_server_listens(pg_da
 # ---------------------------------------------------------------------------------------
 # SQLite connector: never tidegate's own database
 # ---------------------------------------------------------------------------------------
+
 
 def test_sqlite_connector_cannot_read_tidegates_own_database(tmp_path, monkeypatch, settings):
     shared = tmp_path / "shared"
@@ -308,8 +364,9 @@ def test_sqlite_connector_cannot_read_tidegates_own_database(tmp_path, monkeypat
             error = refusal(connectors.pull, "sqlite", {"path": str(path), "table": "users"}, None)
             assert error.code == "connector_error" and "victim" not in error.message
         if (shared / "tidegate.db-wal").exists():
-            error = refusal(connectors.pull, "sqlite", {"path": str(shared / "tidegate.db-wal"), "table": "users"},
-                            None)
+            error = refusal(
+                connectors.pull, "sqlite", {"path": str(shared / "tidegate.db-wal"), "table": "users"}, None
+            )
             assert error.code == "connector_error"
         assert connectors.pull("sqlite", {"path": str(other), "table": "users"}, None).num_rows == 0
     finally:

@@ -17,8 +17,15 @@ import pytest
 
 from tidegate import spreadsheet
 
-ATTACKS = ["=cmd|' /C calc'!A0", "+SUM(1+1)*cmd|' /C calc'!A0", "@SUM(1+1)", "=HYPERLINK(\"http://x\",\"y\")",
-           "-2+3+cmd|' /C calc'!A0", "\t=1+1", "\r=1+1"]
+ATTACKS = [
+    "=cmd|' /C calc'!A0",
+    "+SUM(1+1)*cmd|' /C calc'!A0",
+    "@SUM(1+1)",
+    '=HYPERLINK("http://x","y")',
+    "-2+3+cmd|' /C calc'!A0",
+    "\t=1+1",
+    "\r=1+1",
+]
 SAFE = ["hello", "a=b", " x", "42", "", "é=", "9+1"]
 ROWS = [{"label": text, "amount": -5 if i == 0 else i} for i, text in enumerate(ATTACKS + SAFE)]
 
@@ -52,8 +59,9 @@ def test_raw_csv_is_verbatim_for_scripts(client, org, source):
 
 def test_raw_must_be_0_or_1(client, org, source):
     for value in ("yes", "2", "true", ""):
-        response = client.get(f"/api/v1/sources/{source}/data", params={"format": "csv", "raw": value},
-                              headers=org.headers())
+        response = client.get(
+            f"/api/v1/sources/{source}/data", params={"format": "csv", "raw": value}, headers=org.headers()
+        )
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_parameters"
 
 
@@ -65,8 +73,11 @@ def test_parquet_and_json_keep_values_exact(client, org, source):
     assert [row["label"] for row in page["data"]] == ATTACKS + SAFE
 
 
-CORPUS = ATTACKS + SAFE + ["=", "+", "-", "@", "\t", "\r", "'=x", "A", "Z=", "~", "0", ":", None, "\u00a0=x",
-                           "\U0001f600=", "-5"]
+CORPUS = (
+    ATTACKS
+    + SAFE
+    + ["=", "+", "-", "@", "\t", "\r", "'=x", "A", "Z=", "~", "0", ":", None, "\u00a0=x", "\U0001f600=", "-5"]
+)
 
 
 def test_the_scalar_and_columnar_forms_are_one_rule():
@@ -74,7 +85,7 @@ def test_the_scalar_and_columnar_forms_are_one_rule():
     expected = [spreadsheet.neutralize(value) for value in CORPUS]
     for kind in (pa.string(), pa.large_string()):
         assert spreadsheet.neutralize_array(pa.array(CORPUS, kind)).to_pylist() == expected
-    assert all(value.startswith("'") for value in expected[:len(ATTACKS)])
+    assert all(value.startswith("'") for value in expected[: len(ATTACKS)])
     for start in spreadsheet.FORMULA_STARTS:
         assert spreadsheet.neutralize(start + "1") == "'" + start + "1"
         assert start < "A"  # neutralize_array's first cheap pass relies on it

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -57,8 +57,12 @@ def run_cli(org, *args: str):
     from tidegate.cli.main import app
     from tidegate.config import get_settings
 
-    env = {"TIDEGATE_HOME": str(org.settings.home), "TIDEGATE_DATABASE_URL": org.settings.database_url,
-           "TIDEGATE_PEPPER": org.settings.pepper.decode(), "TIDEGATE_SESSION_KEY": org.settings.session_key.decode()}
+    env = {
+        "TIDEGATE_HOME": str(org.settings.home),
+        "TIDEGATE_DATABASE_URL": org.settings.database_url,
+        "TIDEGATE_PEPPER": org.settings.pepper.decode(),
+        "TIDEGATE_SESSION_KEY": org.settings.session_key.decode(),
+    }
     get_settings.cache_clear()
     try:
         return CliRunner().invoke(app, list(args), env=env)
@@ -80,18 +84,37 @@ def world(client, org):
     b = client.post("/api/v1/sources", json={"name": "b", "rows": ROWS}, headers=org.headers()).json()["id"]
     c = client.post("/api/v1/sources", json={"name": "c", "rows": ROWS}, headers=org.headers()).json()["id"]
     member = org.add_user(f"bound-{uuid.uuid4().hex[:6]}@example.com")
-    eu = client.post("/api/v1/access/policies", json={"name": "eu", "row_filters": [
-        {"column": "region", "values": ["EU"]}]}, headers=org.headers()).json()["id"]
-    us = client.post("/api/v1/access/policies", json={"name": "us", "row_filters": [
-        {"column": "region", "values": ["US"]}]}, headers=org.headers()).json()["id"]
+    eu = client.post(
+        "/api/v1/access/policies",
+        json={"name": "eu", "row_filters": [{"column": "region", "values": ["EU"]}]},
+        headers=org.headers(),
+    ).json()["id"]
+    us = client.post(
+        "/api/v1/access/policies",
+        json={"name": "us", "row_filters": [{"column": "region", "values": ["US"]}]},
+        headers=org.headers(),
+    ).json()["id"]
     expires_in_days = 10
     parent = org.key_for(
-        org.admin_id, scopes=MANAGE_AND_READ, access_policy_ids=[eu],
-        source_scope={"mode": "selected", "source_ids": [a, b]}, ip_allowlist=["127.0.0.0/24", "::1"],
-        expires_in_days=expires_in_days, rate_limit_per_minute=500, name="restricted parent",
+        org.admin_id,
+        scopes=MANAGE_AND_READ,
+        access_policy_ids=[eu],
+        source_scope={"mode": "selected", "source_ids": [a, b]},
+        ip_allowlist=["127.0.0.0/24", "::1"],
+        expires_in_days=expires_in_days,
+        rate_limit_per_minute=500,
+        name="restricted parent",
     )
-    return {"a": a, "b": b, "c": c, "member": member, "eu": eu, "us": us, "parent": parent,
-            "parent_id": key_id_of(client, org, parent)}
+    return {
+        "a": a,
+        "b": b,
+        "c": c,
+        "member": member,
+        "eu": eu,
+        "us": us,
+        "parent": parent,
+        "parent_id": key_id_of(client, org, parent),
+    }
 
 
 # -- 1. a child never exceeds its parent -------------------------------------------------------
@@ -102,8 +125,10 @@ BROADER = {
     # A superset widens: filters on the same column union (EU or US), so it is refused too.
     "access_policy_ids: superset": ("access_policy_ids", lambda w: {"access_policy_ids": [w["eu"], w["us"]]}),
     "source_scope: all": ("source_scope", lambda w: {"source_scope": {"mode": "all"}}),
-    "source_scope: outside": ("source_scope", lambda w: {"source_scope": {"mode": "selected",
-                                                                          "source_ids": [w["a"], w["c"]]}}),
+    "source_scope: outside": (
+        "source_scope",
+        lambda w: {"source_scope": {"mode": "selected", "source_ids": [w["a"], w["c"]]}},
+    ),
     "ip_allowlist: everywhere": ("ip_allowlist", lambda w: {"ip_allowlist": ["0.0.0.0/0"]}),
     "ip_allowlist: wider": ("ip_allowlist", lambda w: {"ip_allowlist": ["127.0.0.0/8"]}),
     "ip_allowlist: v6 elsewhere": ("ip_allowlist", lambda w: {"ip_allowlist": ["::/0"]}),
@@ -129,9 +154,17 @@ def test_restricted_key_cannot_mint_a_broader_child(client, org, world, case):
 def test_refusal_names_every_dimension_exceeded(client, org, world):
     """The bound user differs from the parent's only when the parent has none: here it has
     none, so five of the six dimensions can be exceeded at once."""
-    r = create(client, org, world["parent"], scopes=["data:read"], access_policy_ids=[],
-               source_scope={"mode": "all"}, ip_allowlist=["0.0.0.0/0"], expires_in_days=3650,
-               rate_limit_per_minute=10_000)
+    r = create(
+        client,
+        org,
+        world["parent"],
+        scopes=["data:read"],
+        access_policy_ids=[],
+        source_scope={"mode": "all"},
+        ip_allowlist=["0.0.0.0/0"],
+        expires_in_days=3650,
+        rate_limit_per_minute=10_000,
+    )
     assert r.status_code == 403
     message = r.json()["error"]["message"]
     named = re.search(r"exceeds the parent key in: ([a-z_, ]+)\.", message).group(1).split(", ")
@@ -162,8 +195,14 @@ def test_child_that_omits_everything_inherits_everything(client, org, world):
     child = r.json()
     parent = client.get(f"/api/v1/keys/{world['parent_id']}", headers=org.headers()).json()
     assert child["parent_key_id"] == world["parent_id"] and parent["parent_key_id"] is None
-    for field in ("access_policy_ids", "source_scope", "ip_allowlist", "bound_user_id", "expires_at",
-                  "rate_limit_per_minute"):
+    for field in (
+        "access_policy_ids",
+        "source_scope",
+        "ip_allowlist",
+        "bound_user_id",
+        "expires_at",
+        "rate_limit_per_minute",
+    ):
         assert child[field] == parent[field], field
     # ...and reads exactly what the parent may: EU rows of sources a and b, nothing of c.
     h = org.headers(child["secret"])
@@ -173,17 +212,26 @@ def test_child_that_omits_everything_inherits_everything(client, org, world):
         result = client.post(f"/api/v1/sources/{src}/query", json={"sql": "SELECT region FROM data"}, headers=h)
         assert sorted(r["region"] for r in result.json()["data"]) == ["EU", "EU"]
     assert client.get(f"/api/v1/sources/{world['c']}/data", headers=h).status_code == 404
-    assert sorted(s["id"] for s in client.get("/api/v1/sources", headers=h).json()["data"]) == \
-        sorted([world["a"], world["b"]])
+    assert sorted(s["id"] for s in client.get("/api/v1/sources", headers=h).json()["data"]) == sorted(
+        [world["a"], world["b"]]
+    )
     created = events(org, "api_key.created", child["id"])
     assert len(created) == 1 and created[0].details["parent_key_id"] == world["parent_id"]
 
 
 def test_child_within_the_parent_is_allowed_and_narrower(client, org, world):
     parent = client.get(f"/api/v1/keys/{world['parent_id']}", headers=org.headers()).json()
-    r = create(client, org, world["parent"], scopes=["data:read"], access_policy_ids=[world["eu"]],
-               source_scope={"mode": "selected", "source_ids": [world["a"]]}, ip_allowlist=["127.0.0.1"],
-               expires_in_days=5, rate_limit_per_minute=7)
+    r = create(
+        client,
+        org,
+        world["parent"],
+        scopes=["data:read"],
+        access_policy_ids=[world["eu"]],
+        source_scope={"mode": "selected", "source_ids": [world["a"]]},
+        ip_allowlist=["127.0.0.1"],
+        expires_in_days=5,
+        rate_limit_per_minute=7,
+    )
     assert r.status_code == 201, r.text
     child = r.json()
     assert child["source_scope"] == {"mode": "selected", "source_ids": [world["a"]]}
@@ -194,10 +242,22 @@ def test_child_within_the_parent_is_allowed_and_narrower(client, org, world):
 
 
 def test_grandchild_is_bounded_by_the_child(client, org, world):
-    child = create(client, org, world["parent"], scopes=["admin:keys:manage", "data:read"],
-                   source_scope={"mode": "selected", "source_ids": [world["a"]]}, rate_limit_per_minute=50).json()
-    r = create(client, org, child["secret"], scopes=["data:read"],
-               source_scope={"mode": "selected", "source_ids": [world["a"], world["b"]]}, rate_limit_per_minute=60)
+    child = create(
+        client,
+        org,
+        world["parent"],
+        scopes=["admin:keys:manage", "data:read"],
+        source_scope={"mode": "selected", "source_ids": [world["a"]]},
+        rate_limit_per_minute=50,
+    ).json()
+    r = create(
+        client,
+        org,
+        child["secret"],
+        scopes=["data:read"],
+        source_scope={"mode": "selected", "source_ids": [world["a"], world["b"]]},
+        rate_limit_per_minute=60,
+    )
     assert r.status_code == 403
     assert "source_scope, rate_limit_per_minute" in r.json()["error"]["message"]
     grandchild = create(client, org, child["secret"], scopes=["data:read"]).json()
@@ -221,6 +281,7 @@ def test_person_made_keys_have_no_parent(client, org):
 
 # -- 2. revoking a key revokes every key it minted -----------------------------------------------
 
+
 def test_revocation_cascades_to_grandchildren(client, org, world):
     child = create(client, org, world["parent"], scopes=["admin:keys:manage", "data:read"]).json()
     sibling = create(client, org, world["parent"], scopes=["data:read"]).json()
@@ -238,8 +299,11 @@ def test_revocation_cascades_to_grandchildren(client, org, world):
     assert client.get("/api/v1/sources", headers=org.headers(bystander)).status_code == 200
     # One audit event per revoked key, the descendants' saying why.
     assert len(events(org, "api_key.revoked", world["parent_id"])) == 1
-    for descendant, parent_id in ((child, world["parent_id"]), (sibling, world["parent_id"]),
-                                  (grandchild, child["id"])):
+    for descendant, parent_id in (
+        (child, world["parent_id"]),
+        (sibling, world["parent_id"]),
+        (grandchild, child["id"]),
+    ):
         (event,) = events(org, "api_key.revoked", descendant["id"])
         assert event.details["reason"] == "parent_revoked"
         assert event.details["parent_key_id"] == parent_id and event.details["revoked_with"] == world["parent_id"]
@@ -268,6 +332,7 @@ def test_cli_revoke_cascades(client, org, world):
 
 # -- 3. at most max_keys_per_user active keys ------------------------------------------------------
 
+
 def test_key_limit(client, org):
     r = client.patch("/api/v1/org/settings", json={"max_keys_per_user": 3}, headers=org.headers())
     assert r.status_code == 200 and r.json()["max_keys_per_user"] == 3
@@ -295,8 +360,9 @@ def test_key_limit_holds_under_concurrency(settings, org):
     """Eight creations race for two free slots: exactly two succeed (count and insert are
     one atomic step per person), on SQLite and PostgreSQL."""
     with session_scope(settings.database_url) as session:
-        orgs.update_settings(session, None, orgs.get_org(session, org.id), api_key_creation_enabled=None,
-                             max_keys_per_user=3)
+        orgs.update_settings(
+            session, None, orgs.get_org(session, org.id), api_key_creation_enabled=None, max_keys_per_user=3
+        )
     results, barrier = [], threading.Barrier(8)
 
     def attempt():
@@ -318,14 +384,16 @@ def test_key_limit_holds_under_concurrency(settings, org):
 
 # -- 4. one request ceiling per person, shared by all their keys -------------------------------------
 
+
 def test_user_rate_ceiling_is_shared_across_keys(client, org):
     member = org.add_user(f"rate-{uuid.uuid4().hex[:6]}@example.com")
     one = org.key_for(member, scopes=["data:read"], rate_limit_per_minute=1000)
     two = org.key_for(member, scopes=["data:read"], rate_limit_per_minute=1000)
     r = client.patch("/api/v1/org/settings", json={"user_rate_limit_per_minute": 5}, headers=org.headers())
     assert r.status_code == 200 and r.json()["user_rate_limit_per_minute"] == 5
-    statuses = [client.get("/api/v1/sources", headers=org.headers(key)).status_code
-                for key in (one, two, one, two, one)]
+    statuses = [
+        client.get("/api/v1/sources", headers=org.headers(key)).status_code for key in (one, two, one, two, one)
+    ]
     assert statuses == [200] * 5
     for key in (one, two):
         r = client.get("/api/v1/sources", headers=org.headers(key))
@@ -333,7 +401,9 @@ def test_user_rate_ceiling_is_shared_across_keys(client, org):
         assert r.json()["error"]["code"] == "user_rate_limit_exceeded" and int(r.headers["Retry-After"]) >= 1
     # Another person's keys are not affected; the admin key still answers.
     other = org.add_user(f"rate2-{uuid.uuid4().hex[:6]}@example.com")
-    assert client.get("/api/v1/sources", headers=org.headers(org.key_for(other, scopes=["data:read"]))).status_code == 200
+    assert (
+        client.get("/api/v1/sources", headers=org.headers(org.key_for(other, scopes=["data:read"]))).status_code == 200
+    )
     # Raising the ceiling applies from the next request.
     client.patch("/api/v1/org/settings", json={"user_rate_limit_per_minute": 100}, headers=org.headers())
     assert client.get("/api/v1/sources", headers=org.headers(one)).status_code == 200
@@ -356,8 +426,8 @@ def test_key_limit_code_is_distinct_from_user_ceiling():
 
 @pytest.mark.parametrize("redis", [True])
 def test_user_ceiling_with_redis(redis):
-    from server import REDIS_URL
     import redis as redis_client
+    from server import REDIS_URL
 
     try:
         redis_client.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
@@ -376,18 +446,22 @@ def test_user_ceiling_with_redis(redis):
 
 # -- 5. the two settings: API validation, CLI, web Security page --------------------------------------
 
-@pytest.mark.parametrize("body,code", [
-    ({"max_keys_per_user": 0}, "invalid_max_keys_per_user"),
-    ({"max_keys_per_user": -1}, "invalid_max_keys_per_user"),
-    ({"max_keys_per_user": 100_001}, "invalid_max_keys_per_user"),
-    ({"user_rate_limit_per_minute": 0}, "invalid_user_rate_limit"),
-    ({"user_rate_limit_per_minute": 100_000_001}, "invalid_user_rate_limit"),
-    ({"max_keys_per_user": "5"}, "invalid_parameters"),
-    ({"max_keys_per_user": True}, "invalid_parameters"),
-    ({"user_rate_limit_per_minute": 1.5}, "invalid_parameters"),
-    # One bad value refuses the whole update: the good one is not applied either.
-    ({"max_keys_per_user": 7, "user_rate_limit_per_minute": 0}, "invalid_user_rate_limit"),
-])
+
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        ({"max_keys_per_user": 0}, "invalid_max_keys_per_user"),
+        ({"max_keys_per_user": -1}, "invalid_max_keys_per_user"),
+        ({"max_keys_per_user": 100_001}, "invalid_max_keys_per_user"),
+        ({"user_rate_limit_per_minute": 0}, "invalid_user_rate_limit"),
+        ({"user_rate_limit_per_minute": 100_000_001}, "invalid_user_rate_limit"),
+        ({"max_keys_per_user": "5"}, "invalid_parameters"),
+        ({"max_keys_per_user": True}, "invalid_parameters"),
+        ({"user_rate_limit_per_minute": 1.5}, "invalid_parameters"),
+        # One bad value refuses the whole update: the good one is not applied either.
+        ({"max_keys_per_user": 7, "user_rate_limit_per_minute": 0}, "invalid_user_rate_limit"),
+    ],
+)
 def test_settings_validation(client, org, body, code):
     before = client.get("/api/v1/org/settings", headers=org.headers()).json()
     assert before["max_keys_per_user"] == 100 and before["user_rate_limit_per_minute"] == 100_000
@@ -399,19 +473,32 @@ def test_settings_validation(client, org, body, code):
 
 
 def test_settings_are_audited(client, org):
-    r = client.patch("/api/v1/org/settings", json={"max_keys_per_user": 7, "user_rate_limit_per_minute": 900},
-                     headers=org.headers())
+    r = client.patch(
+        "/api/v1/org/settings", json={"max_keys_per_user": 7, "user_rate_limit_per_minute": 900}, headers=org.headers()
+    )
     assert r.status_code == 200
     (event,) = events(org, "org.settings_updated")
-    assert event.details == {"max_keys_per_user": {"old": 100, "new": 7},
-                             "user_rate_limit_per_minute": {"old": 100_000, "new": 900}}
+    assert event.details == {
+        "max_keys_per_user": {"old": 100, "new": 7},
+        "user_rate_limit_per_minute": {"old": 100_000, "new": 900},
+    }
 
 
 def test_cli_org_settings(org):
     import json
 
-    ok = run_cli(org, "org", "settings", "--org", org.id, "--max-keys-per-user", "9",
-                 "--user-rate-limit-per-minute", "1234", "--json")
+    ok = run_cli(
+        org,
+        "org",
+        "settings",
+        "--org",
+        org.id,
+        "--max-keys-per-user",
+        "9",
+        "--user-rate-limit-per-minute",
+        "1234",
+        "--json",
+    )
     assert ok.exit_code == 0, ok.output
     payload = json.loads(ok.stdout)
     assert payload["max_keys_per_user"] == 9 and payload["user_rate_limit_per_minute"] == 1234
@@ -421,18 +508,46 @@ def test_cli_org_settings(org):
     with session_scope(org.settings.database_url) as session:
         admin_email = orgs.get_user(session, org.id, org.admin_id).email
     for _ in range(8):
-        assert run_cli(org, "keys", "create", "--org", org.id, "--user", admin_email, "--name", "k",
-                       "--preset", "data_access", "--json").exit_code == 0
-    refused = run_cli(org, "keys", "create", "--org", org.id, "--user", admin_email, "--name", "k",
-                      "--preset", "data_access", "--json")
+        assert (
+            run_cli(
+                org,
+                "keys",
+                "create",
+                "--org",
+                org.id,
+                "--user",
+                admin_email,
+                "--name",
+                "k",
+                "--preset",
+                "data_access",
+                "--json",
+            ).exit_code
+            == 0
+        )
+    refused = run_cli(
+        org,
+        "keys",
+        "create",
+        "--org",
+        org.id,
+        "--user",
+        admin_email,
+        "--name",
+        "k",
+        "--preset",
+        "data_access",
+        "--json",
+    )
     assert refused.exit_code == 1 and "key_limit_reached" in refused.output
 
 
 def _sign_in(client: TestClient, email: str, password: str) -> None:
     login = client.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', login.text).group(1)
-    r = client.post("/login", data={"csrf_token": token, "email": email, "password": password, "next": "/"},
-                    follow_redirects=False)
+    r = client.post(
+        "/login", data={"csrf_token": token, "email": email, "password": password, "next": "/"}, follow_redirects=False
+    )
     assert r.status_code in (302, 303), r.text
 
 
@@ -451,17 +566,20 @@ def test_web_security_page_shows_and_saves_the_settings(settings):
         # Without the CSRF token: refused, nothing saved.
         assert web.post("/settings/security/admin-controls", data=form).status_code == 403
         # A bad value: 400, the form shows why, nothing saved.
-        bad = web.post("/settings/security/admin-controls", data={**form, "csrf_token": token,
-                                                                  "user_rate_limit_per_minute": "0"})
+        bad = web.post(
+            "/settings/security/admin-controls", data={**form, "csrf_token": token, "user_rate_limit_per_minute": "0"}
+        )
         assert bad.status_code == 400 and "user_rate_limit_per_minute must be" in bad.text
-        bad = web.post("/settings/security/admin-controls", data={**form, "csrf_token": token,
-                                                                  "max_keys_per_user": "many"})
+        bad = web.post(
+            "/settings/security/admin-controls", data={**form, "csrf_token": token, "max_keys_per_user": "many"}
+        )
         assert bad.status_code == 400 and "max_keys_per_user must be a whole number" in bad.text
         with session_scope(settings.database_url) as session:
             org = orgs.get_org(session, org_id)
             assert (org.max_keys_per_user, org.user_rate_limit_per_minute) == (100, 100_000)
-        saved = web.post("/settings/security/admin-controls", data={**form, "csrf_token": token},
-                         follow_redirects=False)
+        saved = web.post(
+            "/settings/security/admin-controls", data={**form, "csrf_token": token}, follow_redirects=False
+        )
         assert saved.status_code in (302, 303)
         page = web.get("/settings/security")
         assert 'value="12"' in page.text and 'value="3000"' in page.text
@@ -474,6 +592,7 @@ def test_web_security_page_shows_and_saves_the_settings(settings):
 
 # -- 6. rotation keeps the bound ----------------------------------------------------------------------
 
+
 def test_rotating_a_child_keeps_it_a_child_within_the_parent(client, org, world):
     from tidegate.access.principal import Principal
     from tidegate.credentials import service
@@ -483,8 +602,13 @@ def test_rotating_a_child_keeps_it_a_child_within_the_parent(client, org, world)
         admin = orgs.get_user(session, org.id, org.admin_id)
         key = session.get(ApiKey, child["id"])
         parent = session.get(ApiKey, world["parent_id"])
-        replacement = service.rotate_key(session, Principal.for_user(org.id, admin.id, admin.role), key,
-                                         grace=timedelta(0), pepper=org.settings.pepper).key
+        replacement = service.rotate_key(
+            session,
+            Principal.for_user(org.id, admin.id, admin.role),
+            key,
+            grace=timedelta(0),
+            pepper=org.settings.pepper,
+        ).key
         assert replacement.parent_key_id == world["parent_id"]
         assert replacement.expires_at <= parent.expires_at
         replacement_id = replacement.id
@@ -500,11 +624,16 @@ def test_rotation_grace_shortens_the_childrens_expiry(client, org, world):
     with session_scope(org.settings.database_url) as session:
         admin = orgs.get_user(session, org.id, org.admin_id)
         parent = session.get(ApiKey, world["parent_id"])
-        service.rotate_key(session, Principal.for_user(org.id, admin.id, admin.role), parent,
-                           grace=timedelta(hours=1), pepper=org.settings.pepper)
+        service.rotate_key(
+            session,
+            Principal.for_user(org.id, admin.id, admin.role),
+            parent,
+            grace=timedelta(hours=1),
+            pepper=org.settings.pepper,
+        )
     got = client.get(f"/api/v1/keys/{child['id']}", headers=org.headers()).json()
     expires = datetime.fromisoformat(got["expires_at"].replace("Z", "+00:00"))
-    assert expires <= datetime.now(timezone.utc) + timedelta(hours=1, minutes=1)
+    assert expires <= datetime.now(UTC) + timedelta(hours=1, minutes=1)
     (event,) = events(org, "api_key.expiry_scheduled", child["id"])
     assert event.details["reason"] == "parent_rotation"
 
@@ -517,9 +646,12 @@ def test_web_revoke_cascades(settings):
     with session_scope(settings.database_url) as session:
         created = orgs.create_organization(session, f"webr-{uuid.uuid4().hex[:8]}", email, password)
         org_id, admin = created.org.id, created.admin
-        parent = service.create_key(session, Principal.for_user(org_id, admin.id, admin.role),
-                                    service.KeyRequest(name="parent", scopes=["admin:keys:manage", "data:read"]),
-                                    pepper=settings.pepper)
+        parent = service.create_key(
+            session,
+            Principal.for_user(org_id, admin.id, admin.role),
+            service.KeyRequest(name="parent", scopes=["admin:keys:manage", "data:read"]),
+            pepper=settings.pepper,
+        )
         parent_id, parent_secret = parent.key.id, parent.secret
     with TestClient(create_app(settings), base_url="http://127.0.0.1", client=("127.0.0.1", 50000)) as web:
         api = {"Authorization": f"Bearer {parent_secret}", "X-Tenant-ID": org_id}
@@ -535,6 +667,7 @@ def test_web_revoke_cascades(settings):
         r = web.get("/api/v1/sources", headers=child_headers)
         assert r.status_code == 401 and r.json()["error"]["code"] == "api_key_revoked"
     with session_scope(settings.database_url) as session:
-        event = session.scalar(select(AuditEvent).where(AuditEvent.action == "api_key.revoked",
-                                                        AuditEvent.target_id == child["id"]))
+        event = session.scalar(
+            select(AuditEvent).where(AuditEvent.action == "api_key.revoked", AuditEvent.target_id == child["id"])
+        )
         assert event.details["via"] == "web" and event.details["reason"] == "parent_revoked"

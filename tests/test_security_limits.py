@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-
 from server import init_home
+
 from tidegate import limits
 from tidegate.api.app import create_app
 from tidegate.data import ingest, storage
@@ -45,6 +45,7 @@ def database_url(sqlite_url):
 @pytest.fixture
 def set_limits(monkeypatch):
     """Set limits through their environment variables, as an operator would."""
+
     def apply(**values):
         for name, value in values.items():
             monkeypatch.setenv(limits._ENV[name], str(value))
@@ -70,13 +71,17 @@ def source_count(client, org) -> int:
 # Request bodies (in process)
 # ---------------------------------------------------------------------------------------
 
+
 def test_an_oversized_json_body_is_refused_before_authentication(client, org):
     body = b'{"name": "big", "rows": [' + b'{"a": 1},' * (20 * MiB // 9) + b'{"a": 1}]}'
     assert len(body) > 20 * MiB
     bad_key = {"Authorization": "Bearer qk_" + "A" * 38, "X-Tenant-ID": org.id, "Content-Type": "application/json"}
     error = error_of(client.post("/api/v1/sources", content=body, headers=bad_key), 413)
-    assert error == {"type": "invalid_request_error", "code": "request_too_large",
-                     "message": "A request body may be at most 16 MiB (16,777,216 bytes)."}
+    assert error == {
+        "type": "invalid_request_error",
+        "code": "request_too_large",
+        "message": "A request body may be at most 16 MiB (16,777,216 bytes).",
+    }
     # A valid key: the same refusal, and nothing was created.
     before = source_count(client, org)
     r = client.post("/api/v1/sources", content=body, headers={**org.headers(), "Content-Type": "application/json"})
@@ -111,8 +116,11 @@ def test_json_limit_is_configurable(settings, org, set_limits):
 
 
 def test_web_forms_have_a_small_limit(client):
-    r = client.post("/login", content=b"email=a%40b.c&password=" + b"x" * (2 * MiB),
-                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        "/login",
+        content=b"email=a%40b.c&password=" + b"x" * (2 * MiB),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     error = error_of(r, 413)
     assert error["code"] == "request_too_large" and "1 MiB" in error["message"]
 
@@ -120,10 +128,12 @@ def test_web_forms_have_a_small_limit(client):
 def test_upload_limit_is_its_own(settings, org, set_limits):
     set_limits(max_upload_bytes=MiB)
     with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+
         def upload(size: int):
             content = b"a,b\n" + b"1,2\n" * ((size - 4) // 4)
-            return client.post("/api/v1/files/upload", files={"file": ("t.csv", content, "text/csv")},
-                               headers=org.headers())
+            return client.post(
+                "/api/v1/files/upload", files={"file": ("t.csv", content, "text/csv")}, headers=org.headers()
+            )
 
         assert upload(900 * 1024).status_code == 201
         refused = error_of(upload(3 * MiB), 413)  # refused by Content-Length, before parsing
@@ -179,8 +189,9 @@ def test_requests_without_a_body_take_the_fast_path():
 
     middleware = BodyLimitMiddleware(app)
     asyncio.run(middleware({"type": "http", "path": "/api/v1/keys", "headers": [(b"host", b"x")]}, receive, send))
-    asyncio.run(middleware({"type": "http", "path": "/api/v1/keys",
-                            "headers": [(b"content-length", b"2")]}, receive, send))
+    asyncio.run(
+        middleware({"type": "http", "path": "/api/v1/keys", "headers": [(b"content-length", b"2")]}, receive, send)
+    )
     assert seen[0] == (receive, send)
     assert seen[1] != (receive, send)  # a body: counted
 
@@ -220,9 +231,14 @@ _XLSX_PARTS = {
 def xlsx_of(rows: list[bytes], header: bytes = b"a") -> bytes:
     """A minimal workbook whose sheet is written directly (openpyxl takes ~1 min to write the
     600,000 rows of the bomb): a header row, then `rows` as <row> cell XML."""
-    sheet = (b'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.openxmlformats.org/'
-             b'spreadsheetml/2006/main"><sheetData><row><c t="inlineStr"><is><t>' + header + b"</t></is></c></row>"
-             + b"".join(rows) + b"</sheetData></worksheet>")
+    sheet = (
+        b'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.openxmlformats.org/'
+        b'spreadsheetml/2006/main"><sheetData><row><c t="inlineStr"><is><t>'
+        + header
+        + b"</t></is></c></row>"
+        + b"".join(rows)
+        + b"</sheetData></worksheet>"
+    )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
         for name, text in _XLSX_PARTS.items():
@@ -253,11 +269,11 @@ def test_the_xlsx_bomb_is_refused_before_it_expands(openpyxl_never_opens):
     assert "expands" in refused.value.message and "100-fold" in refused.value.message
 
 
-def test_the_xlsx_bomb_is_refused_through_the_api_and_nothing_is_stored(client, org, settings,
-                                                                         openpyxl_never_opens):
+def test_the_xlsx_bomb_is_refused_through_the_api_and_nothing_is_stored(client, org, settings, openpyxl_never_opens):
     bomb = xlsx_of([b"<row><c><v>1</v></c></row>"] * 600_000)
-    r = client.post("/api/v1/files/upload", files={"file": ("bomb.xlsx", bomb, "application/octet-stream")},
-                    headers=org.headers())
+    r = client.post(
+        "/api/v1/files/upload", files={"file": ("bomb.xlsx", bomb, "application/octet-stream")}, headers=org.headers()
+    )
     assert error_of(r, 400)["code"] == "file_too_large"
     assert client.get("/api/v1/files", headers=org.headers()).json()["data"] == []
     files_dir = settings.data_dir / org.id / "files"
@@ -267,7 +283,7 @@ def test_the_xlsx_bomb_is_refused_through_the_api_and_nothing_is_stored(client, 
 def test_xlsx_reading_stops_at_the_cell_cap(set_limits, monkeypatch):
     # Distinct values: compresses like a real sheet (well under 100-fold), so only the cap stops it.
     rows = [b"<row><c><v>%d</v></c><c><v>%d</v></c></row>" % (i * 7919 % 1000003, i) for i in range(100_000)]
-    workbook = xlsx_of(rows, header=b"a</t></is></c><c t=\"inlineStr\"><is><t>b")
+    workbook = xlsx_of(rows, header=b'a</t></is></c><c t="inlineStr"><is><t>b')
     from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
     rows_read = []
@@ -374,12 +390,15 @@ MARGIN = 3.0  # scheduling slack on a loaded 2-core machine
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    srv = init_home(tmp_path_factory.mktemp("limits"), extra_env={
-        "TIDEGATE_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
-        "TIDEGATE_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
-        "TIDEGATE_KEEPALIVE_TIMEOUT_SECONDS": str(KEEPALIVE),
-        "TIDEGATE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-    })
+    srv = init_home(
+        tmp_path_factory.mktemp("limits"),
+        extra_env={
+            "TIDEGATE_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+            "TIDEGATE_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+            "TIDEGATE_KEEPALIVE_TIMEOUT_SECONDS": str(KEEPALIVE),
+            "TIDEGATE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        },
+    )
     srv.start()
     try:
         yield srv
@@ -399,7 +418,7 @@ def read_until_closed(sock: socket.socket, deadline: float) -> tuple[bytes, floa
         sock.settimeout(max(deadline - time.monotonic(), 0.05))  # past the deadline: one quick look
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return data, None
         except ConnectionResetError:
             return data, time.monotonic()
@@ -472,11 +491,14 @@ def send_big_body(srv, head: bytes, body_chunks, *, deadline: float) -> tuple[by
 def test_a_138_mb_body_with_a_bad_key_is_413_and_costs_no_memory(served):
     """The issue: 138 MB of JSON parsed into 1.4 GB before authentication refused it."""
     size = 138 * 1000 * 1000
-    head = (b"POST /api/v1/sources HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer qk_nope\r\n"
-            b"X-Tenant-ID: org_nope\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size)
+    head = (
+        b"POST /api/v1/sources HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer qk_nope\r\n"
+        b"X-Tenant-ID: org_nope\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size
+    )
     chunk = b'{"a": 1},' * (MiB // 9)
-    response, grew_kb = send_big_body(served, head, (chunk for _ in range(size // len(chunk))),
-                                      deadline=time.monotonic() + 60)
+    response, grew_kb = send_big_body(
+        served, head, (chunk for _ in range(size // len(chunk))), deadline=time.monotonic() + 60
+    )
     assert response.startswith(b"HTTP/1.1 413"), response[:300]
     assert b'"request_too_large"' in response
     assert grew_kb < 40 * 1024, f"server RSS grew {grew_kb} KiB"
@@ -484,8 +506,10 @@ def test_a_138_mb_body_with_a_bad_key_is_413_and_costs_no_memory(served):
 
 
 def test_a_chunked_body_without_length_is_413_before_authentication(served):
-    head = (b"POST /api/v1/sources HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer qk_nope\r\n"
-            b"X-Tenant-ID: org_nope\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /api/v1/sources HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer qk_nope\r\n"
+        b"X-Tenant-ID: org_nope\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     piece = b" " * MiB
     framed = b"%x\r\n%s\r\n" % (len(piece), piece)
     response, grew_kb = send_big_body(served, head, (framed for _ in range(60)), deadline=time.monotonic() + 60)
@@ -531,8 +555,10 @@ def test_idle_sockets_and_slowloris_are_closed_while_normal_requests_are_served(
 
 def test_a_stalled_body_and_an_idle_keep_alive_connection_are_closed(served):
     with connect(served) as stalled, connect(served) as kept:
-        stalled.sendall(b"POST /api/v1/sources HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: 1000\r\n\r\n{")
+        stalled.sendall(
+            b"POST /api/v1/sources HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         answered = time.monotonic()
         first = kept.recv(65536)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-
 from server import init_home
+
 from tidegate.api.app import create_app
 from tidegate.config import load_settings
 from tidegate.web import sessions
@@ -25,18 +25,21 @@ def nosniff_values(response) -> list[str]:
     return [v for k, v in response.headers.multi_items() if k.lower() == "x-content-type-options"]
 
 
-@pytest.mark.parametrize("method,path,status", [
-    ("GET", "/healthz", 200),
-    ("GET", "/api/v1/keys", 401),  # an error envelope
-    ("GET", "/api/v1/no-such-thing", 404),
-    ("GET", "/no-such-page", 404),
-    ("DELETE", "/healthz", 405),
-    ("GET", "/static/app.js", 200),  # a static file
-    ("GET", "/static/missing.js", 404),
-    ("GET", "/login", 200),  # a web page (sets its own; never twice)
-    ("GET", "/", 303),  # a redirect
-    ("GET", "/api/openapi.json", 200),
-])
+@pytest.mark.parametrize(
+    "method,path,status",
+    [
+        ("GET", "/healthz", 200),
+        ("GET", "/api/v1/keys", 401),  # an error envelope
+        ("GET", "/api/v1/no-such-thing", 404),
+        ("GET", "/no-such-page", 404),
+        ("DELETE", "/healthz", 405),
+        ("GET", "/static/app.js", 200),  # a static file
+        ("GET", "/static/missing.js", 404),
+        ("GET", "/login", 200),  # a web page (sets its own; never twice)
+        ("GET", "/", 303),  # a redirect
+        ("GET", "/api/openapi.json", 200),
+    ],
+)
 def test_every_response_says_nosniff(client, method, path, status):
     response = client.request(method, path, follow_redirects=False)
     assert response.status_code == status
@@ -55,12 +58,14 @@ def test_authenticated_api_and_internal_errors_say_nosniff(client, org, monkeypa
 # The pre-sign-in CSRF cookie: issued by the server only
 # ---------------------------------------------------------------------------------------
 
+
 def login_post(client, cookie: str | None, token: str, email: str = "nobody@example.com"):
     client.cookies.clear()
     if cookie is not None:
         client.cookies.set(LOGIN_COOKIE, cookie)
-    return client.post("/login", data={"csrf_token": token, "email": email, "password": "wrong password 123"},
-                       follow_redirects=False)
+    return client.post(
+        "/login", data={"csrf_token": token, "email": email, "password": "wrong password 123"}, follow_redirects=False
+    )
 
 
 def test_a_planted_login_cookie_is_replaced_not_adopted(client, settings):
@@ -106,6 +111,7 @@ def test_a_forged_login_cookie_with_its_matching_token_is_refused(client, settin
 # File modes
 # ---------------------------------------------------------------------------------------
 
+
 def modes_under(root) -> dict[str, int]:
     found = {".": stat.S_IMODE(os.stat(root).st_mode)}
     for directory, dirs, files in os.walk(root):
@@ -117,8 +123,11 @@ def modes_under(root) -> dict[str, int]:
 
 def assert_private(root) -> dict[str, int]:
     modes = modes_under(root)
-    wrong = {path: oct(mode) for path, mode in modes.items()
-             if mode != (0o700 if os.path.isdir(os.path.join(root, path)) else 0o600)}
+    wrong = {
+        path: oct(mode)
+        for path, mode in modes.items()
+        if mode != (0o700 if os.path.isdir(os.path.join(root, path)) else 0o600)
+    }
     assert not wrong, f"not private: {wrong}"
     return modes
 
@@ -136,11 +145,11 @@ def test_database_and_data_are_private_after_init_and_a_write(tmp_path, monkeypa
         settings = load_settings()
         headers = {"Authorization": f"Bearer {srv.admin_key}", "X-Tenant-ID": srv.org_id}
         with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
-            created = client.post("/api/v1/sources", json={"name": "s", "rows": [{"a": 1}, {"a": 2}]},
-                                  headers=headers)
+            created = client.post("/api/v1/sources", json={"name": "s", "rows": [{"a": 1}, {"a": 2}]}, headers=headers)
             assert created.status_code == 201, created.text
-            appended = client.post(f"/api/v1/sources/{created.json()['id']}/rows", json={"rows": [{"a": 3}]},
-                                   headers=headers)
+            appended = client.post(
+                f"/api/v1/sources/{created.json()['id']}/rows", json={"rows": [{"a": 3}]}, headers=headers
+            )
             assert appended.status_code in (200, 201), appended.text
             modes = assert_private(srv.home)  # while the database is open: -wal and -shm too
         assert any(p.endswith(".parquet") for p in modes) and "tidegate.db-wal" in modes

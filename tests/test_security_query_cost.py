@@ -24,7 +24,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from server import Server, group_pids, running_server
 
 pytestmark = pytest.mark.slow
@@ -85,22 +84,28 @@ def limited(tmp_path_factory):
 # -- memory ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sql, code", [
-    ("SELECT length(lpad('x', 2000000000, 'y'))", "query_too_expensive"),
-    ("SELECT length(RPAD('x', 2000000000))", "query_too_expensive"),
-    ("SELECT length(lpad('x', 2000000000::INTEGER, 'y'))", "query_too_expensive"),
-    ("SELECT length(lpad('x', max(amount) * 1000000, 'y')) FROM data", "query_too_expensive"),
-    ("SELECT length(printf('%2000000000d', 1))", "query_too_expensive"),
-    ("SELECT length(printf('%*d', 2000000000, 1))", "query_too_expensive"),
-    ("SELECT length(format('{:>2000000000}', 'x'))", "query_too_expensive"),
-    ("SELECT length(printf(region, 1)) FROM data", "query_too_expensive"),
-    # Grows by concatenation, step by step: the memory limit (or, on a slow machine, the
-    # clock) stops it.
-    ("WITH a AS (SELECT lpad('x', 1000, 'y') s), b AS (SELECT s||s||s||s||s||s||s||s s FROM a), "
-     "c AS (SELECT s||s||s||s||s||s||s||s s FROM b), d AS (SELECT s||s||s||s||s||s||s||s s FROM c), "
-     "e AS (SELECT s||s||s||s||s||s||s||s s FROM d), f AS (SELECT s||s||s||s||s||s||s||s s FROM e), "
-     "g AS (SELECT s||s||s||s||s||s||s||s s FROM f) SELECT length(s) FROM g", "query_too_large query_timeout"),
-])
+@pytest.mark.parametrize(
+    "sql, code",
+    [
+        ("SELECT length(lpad('x', 2000000000, 'y'))", "query_too_expensive"),
+        ("SELECT length(RPAD('x', 2000000000))", "query_too_expensive"),
+        ("SELECT length(lpad('x', 2000000000::INTEGER, 'y'))", "query_too_expensive"),
+        ("SELECT length(lpad('x', max(amount) * 1000000, 'y')) FROM data", "query_too_expensive"),
+        ("SELECT length(printf('%2000000000d', 1))", "query_too_expensive"),
+        ("SELECT length(printf('%*d', 2000000000, 1))", "query_too_expensive"),
+        ("SELECT length(format('{:>2000000000}', 'x'))", "query_too_expensive"),
+        ("SELECT length(printf(region, 1)) FROM data", "query_too_expensive"),
+        # Grows by concatenation, step by step: the memory limit (or, on a slow machine, the
+        # clock) stops it.
+        (
+            "WITH a AS (SELECT lpad('x', 1000, 'y') s), b AS (SELECT s||s||s||s||s||s||s||s s FROM a), "
+            "c AS (SELECT s||s||s||s||s||s||s||s s FROM b), d AS (SELECT s||s||s||s||s||s||s||s s FROM c), "
+            "e AS (SELECT s||s||s||s||s||s||s||s s FROM d), f AS (SELECT s||s||s||s||s||s||s||s s FROM e), "
+            "g AS (SELECT s||s||s||s||s||s||s||s s FROM f) SELECT length(s) FROM g",
+            "query_too_large query_timeout",
+        ),
+    ],
+)
 def test_size_bombs_are_refused_with_bounded_memory(limited, sql, code):
     server, key, source_id = limited
     started = time.monotonic()
@@ -117,11 +122,18 @@ def test_size_bombs_are_refused_with_bounded_memory(limited, sql, code):
 
 def test_bounded_pads_and_formats_still_work(limited):
     server, key, source_id = limited
-    resp = query(server, key, source_id, "SELECT rpad(region, 6, '.') AS r, printf('%05d', amount) AS p, "
-                                         "format('{:>4}', amount) AS f FROM data ORDER BY amount LIMIT 2")
+    resp = query(
+        server,
+        key,
+        source_id,
+        "SELECT rpad(region, 6, '.') AS r, printf('%05d', amount) AS p, "
+        "format('{:>4}', amount) AS f FROM data ORDER BY amount LIMIT 2",
+    )
     assert resp.status_code == 200, resp.text
-    assert resp.json()["data"] == [{"r": "US....", "p": "00000", "f": "   0"},
-                                   {"r": "EU....", "p": "00001", "f": "   1"}]
+    assert resp.json()["data"] == [
+        {"r": "US....", "p": "00000", "f": "   0"},
+        {"r": "EU....", "p": "00001", "f": "   1"},
+    ]
 
 
 # -- wall clock --------------------------------------------------------------------------
@@ -158,8 +170,10 @@ def test_a_result_over_the_byte_cap_is_refused_not_sent(limited):
     server, key, source_id = limited
     # 10,000 rows of 10 kB: 100 MB, against a 1 MiB cap.
     tenfold = "||".join(["w.s"] * 10)
-    sql = (f"WITH w AS (SELECT lpad('', 1000, 'y') AS s) SELECT a.amount, {tenfold} AS v "
-           "FROM data a, data b, w LIMIT 10000")
+    sql = (
+        f"WITH w AS (SELECT lpad('', 1000, 'y') AS s) SELECT a.amount, {tenfold} AS v "
+        "FROM data a, data b, w LIMIT 10000"
+    )
     started = time.monotonic()
     resp = query(server, key, source_id, sql, page_size=10_000)
     assert resp.status_code == 400 and error_code(resp) == "result_too_large", resp.text[:300]
@@ -230,8 +244,12 @@ def test_per_key_and_per_org_concurrency_limits(limited):
 
 
 def test_management_never_waits_behind_queries(tmp_path):
-    load_limits = {"TIDEGATE_QUERY_TIMEOUT_SECONDS": "8", "TIDEGATE_QUERY_WORKERS": "12",
-                   "TIDEGATE_QUERY_MAX_PER_KEY": "100", "TIDEGATE_QUERY_MAX_PER_ORG": "100"}
+    load_limits = {
+        "TIDEGATE_QUERY_TIMEOUT_SECONDS": "8",
+        "TIDEGATE_QUERY_WORKERS": "12",
+        "TIDEGATE_QUERY_MAX_PER_KEY": "100",
+        "TIDEGATE_QUERY_MAX_PER_ORG": "100",
+    }
     with running_server(tmp_path, extra_env=load_limits) as server:
         _, admin_key = server.new_admin_key()
         source_id = make_source(server, admin_key)
@@ -240,9 +258,21 @@ def test_management_never_waits_behind_queries(tmp_path):
             assert member.status_code in (200, 201), member.text
             shared = http.post(f"/sources/{source_id}/shares", json={"user_id": member.json()["id"]})
             assert shared.status_code == 200, shared.text
-        member_key = json.loads(server.cli("keys", "create", "--org", server.org_id, "--user",
-                                           member.json()["email"], "--name", "member", "--preset", "data_access",
-                                           "--json").stdout)["secret"]
+        member_key = json.loads(
+            server.cli(
+                "keys",
+                "create",
+                "--org",
+                server.org_id,
+                "--user",
+                member.json()["email"],
+                "--name",
+                "member",
+                "--preset",
+                "data_access",
+                "--json",
+            ).stdout
+        )["secret"]
 
         def keys_latencies() -> list[float]:
             latencies = []
@@ -264,9 +294,11 @@ def test_management_never_waits_behind_queries(tmp_path):
             answers = [f.result() for f in flood]
             flood_time = time.monotonic() - started
         codes = {error_code(r) for r in answers}
-        print(f"GET /keys under 45 concurrent queries: max {max(latencies):.3f} s, "
-              f"median {sorted(latencies)[2]:.3f} s (idle: max {max(idle):.3f} s); "
-              f"queries in flight {in_flight}, done after {flood_time:.1f} s")
+        print(
+            f"GET /keys under 45 concurrent queries: max {max(latencies):.3f} s, "
+            f"median {sorted(latencies)[2]:.3f} s (idle: max {max(idle):.3f} s); "
+            f"queries in flight {in_flight}, done after {flood_time:.1f} s"
+        )
         assert in_flight >= 40, "the flood was over before management was measured"
         assert codes <= {"query_timeout", "too_many_concurrent_queries"}, codes
         # Waiting behind the queries would take seconds (they run 8 s each); a machine shared
@@ -334,9 +366,10 @@ def test_the_server_wide_cap():
     gate = threading.Event()
 
     async def scenario():
-        waiting = [asyncio.ensure_future(pool.run(_principal(f"key_{i}", f"org_{i}"),
-                                                  lambda budget, connection: gate.wait(5)))
-                   for i in range(QUEUE_FACTOR)]
+        waiting = [
+            asyncio.ensure_future(pool.run(_principal(f"key_{i}", f"org_{i}"), lambda budget, connection: gate.wait(5)))
+            for i in range(QUEUE_FACTOR)
+        ]
         await asyncio.sleep(0.2)
         with pytest.raises(RateLimited) as full:
             await pool.run(_principal("key_x", "org_x"), lambda budget, connection: 1)

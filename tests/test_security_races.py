@@ -29,6 +29,7 @@ def wide_windows(monkeypatch):
             result = check(*args, **kwargs)
             time.sleep(WINDOW)
             return result
+
         return wrapper
 
     monkeypatch.setattr(orgs_service, "_active_admin_count", slow(orgs_service._active_admin_count))
@@ -64,8 +65,11 @@ def at_once(*calls):
 
 def active_admins(org) -> int:
     with session_scope(org.settings.database_url) as session:
-        return session.scalar(select(func.count()).select_from(User).where(
-            User.org_id == org.id, User.role == "admin", User.is_active.is_(True)))
+        return session.scalar(
+            select(func.count())
+            .select_from(User)
+            .where(User.org_id == org.id, User.role == "admin", User.is_active.is_(True))
+        )
 
 
 def two_admins(make_org):
@@ -76,14 +80,15 @@ def two_admins(make_org):
 
 ACTIONS = {
     "demote": lambda client, org, key, target: client.patch(
-        f"/api/v1/users/{target}", json={"role": "member"}, headers=org.headers(key)),
-    "deactivate": lambda client, org, key, target: client.delete(
-        f"/api/v1/users/{target}", headers=org.headers(key)),
+        f"/api/v1/users/{target}", json={"role": "member"}, headers=org.headers(key)
+    ),
+    "deactivate": lambda client, org, key, target: client.delete(f"/api/v1/users/{target}", headers=org.headers(key)),
 }
 
 
-@pytest.mark.parametrize("a_does,b_does", [("demote", "demote"), ("deactivate", "deactivate"),
-                                           ("demote", "deactivate")])
+@pytest.mark.parametrize(
+    "a_does,b_does", [("demote", "demote"), ("deactivate", "deactivate"), ("demote", "deactivate")]
+)
 def test_two_admins_removing_each_other_leave_one_admin(client, make_org, wide_windows, a_does, b_does):
     last_admin_refusals = 0
     for _ in range(ROUNDS):
@@ -128,15 +133,17 @@ def test_concurrent_creations_of_one_user_get_the_precise_conflict(client, org, 
 def test_concurrent_external_upserts_create_once(client, org, wide_windows):
     for i in range(ROUNDS):
         body = {"email": f"ext-{i}@example.com", "role": "member"}
-        responses = at_once(*[lambda: client.put(f"/api/v1/users/external/ext-{i}", json=body,
-                                                 headers=org.headers())] * 2)
+        responses = at_once(
+            *[lambda: client.put(f"/api/v1/users/external/ext-{i}", json=body, headers=org.headers())] * 2
+        )
         assert all(r.status_code in (200, 201) for r in responses), [r.text for r in responses]
         assert len({r.json()["id"] for r in responses}) == 1
         assert sorted(r.json()["created"] for r in responses) == [False, True]
 
 
-@pytest.mark.parametrize("path,code", [("/api/v1/access/policies", "policy_exists"),
-                                       ("/api/v1/access/groups", "group_exists")])
+@pytest.mark.parametrize(
+    "path,code", [("/api/v1/access/policies", "policy_exists"), ("/api/v1/access/groups", "group_exists")]
+)
 def test_concurrent_names_get_the_precise_conflict(client, org, wide_windows, path, code):
     for i in range(ROUNDS):
         body = {"name": f"same name {i}"}
@@ -187,23 +194,42 @@ def test_concurrent_identical_assignments_stay_idempotent(client, org, slow_memb
         user_id = org.add_user(f"member-{i}@example.com")
         policy = client.post("/api/v1/access/policies", json={"name": f"p{i}"}, headers=org.headers()).json()
         group = client.post("/api/v1/access/groups", json={"name": f"g{i}"}, headers=org.headers()).json()
-        assigned = at_once(*[lambda: client.post(f"/api/v1/access/policies/{policy['id']}/users",
-                                                 json={"user_ids": [user_id]}, headers=org.headers())] * 2)
+        assigned = at_once(
+            *[
+                lambda: client.post(
+                    f"/api/v1/access/policies/{policy['id']}/users", json={"user_ids": [user_id]}, headers=org.headers()
+                )
+            ]
+            * 2
+        )
         assert [r.status_code for r in assigned] == [200, 200], [r.text for r in assigned]
         assert sorted(len(r.json()["assigned_user_ids"]) for r in assigned) == [0, 1]
-        members = at_once(*[lambda: client.post(f"/api/v1/access/groups/{group['id']}/users",
-                                                json={"user_ids": [user_id]}, headers=org.headers())] * 2)
+        members = at_once(
+            *[
+                lambda: client.post(
+                    f"/api/v1/access/groups/{group['id']}/users", json={"user_ids": [user_id]}, headers=org.headers()
+                )
+            ]
+            * 2
+        )
         assert all(r.status_code in (200, 201) for r in members), [r.text for r in members]
 
 
 def test_concurrent_policy_replacements_set_one_of_the_two_sets(client, org, slow_membership_writes):
-    p1, p2 = (client.post("/api/v1/access/policies", json={"name": n}, headers=org.headers()).json()["id"]
-              for n in ("only one", "only two"))
+    p1, p2 = (
+        client.post("/api/v1/access/policies", json={"name": n}, headers=org.headers()).json()["id"]
+        for n in ("only one", "only two")
+    )
     for i in range(ROUNDS):
         user_id = org.add_user(f"replaced-{i}@example.com")
-        responses = at_once(*[lambda ids=ids: client.put(f"/api/v1/access/users/{user_id}/policies",
-                                                         json={"policy_ids": ids}, headers=org.headers())
-                              for ids in ([p1], [p2])])
+        responses = at_once(
+            *[
+                lambda ids=ids: client.put(
+                    f"/api/v1/access/users/{user_id}/policies", json={"policy_ids": ids}, headers=org.headers()
+                )
+                for ids in ([p1], [p2])
+            ]
+        )
         assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
         with session_scope(org.settings.database_url) as session:
             final = policies_service.direct_policy_ids(session, user_id)

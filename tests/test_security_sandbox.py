@@ -15,8 +15,20 @@ import pytest
 from tidegate.data import sandbox
 from tidegate.errors import InvalidRequest
 
-CATALOG = ["pg_settings", "sqlite_master", "sqlite_schema", "duckdb_views", "duckdb_columns", "duckdb_types",
-           "pg_proc", "duckdb_settings", "duckdb_tables", "pg_tables", "pg_class", "pg_namespace"]
+CATALOG = [
+    "pg_settings",
+    "sqlite_master",
+    "sqlite_schema",
+    "duckdb_views",
+    "duckdb_columns",
+    "duckdb_types",
+    "pg_proc",
+    "duckdb_settings",
+    "duckdb_tables",
+    "pg_tables",
+    "pg_class",
+    "pg_namespace",
+]
 
 SHAPES = {
     "plain": "SELECT * FROM {n}",
@@ -30,8 +42,9 @@ SHAPES = {
     "cte_forward_reference": "WITH a AS (SELECT * FROM {n}), {n} AS (SELECT * FROM data) SELECT * FROM a",
     "cte_nested": "WITH a AS (WITH {n} AS (SELECT * FROM {n}) SELECT * FROM {n}) SELECT * FROM a",
     "cte_in_subquery": "SELECT * FROM data WHERE region IN (WITH {n} AS (SELECT * FROM {n}) SELECT 'x' FROM {n})",
-    "recursive_anchor": ("WITH RECURSIVE {n} AS (SELECT * FROM {n} UNION ALL SELECT * FROM {n} WHERE false) "
-                         "SELECT * FROM {n}"),
+    "recursive_anchor": (
+        "WITH RECURSIVE {n} AS (SELECT * FROM {n} UNION ALL SELECT * FROM {n} WHERE false) SELECT * FROM {n}"
+    ),
     "recursive_plain": "WITH RECURSIVE {n} AS (SELECT * FROM {n}) SELECT * FROM {n}",
     "alias_as_data": "SELECT * FROM {n} AS data",
     "quoted": 'SELECT * FROM "{n}"',
@@ -69,8 +82,9 @@ FUNCTIONS = [
     "SELECT * FROM data WHERE region = (SELECT value FROM duckdb_settings() LIMIT 1)",
 ]
 
-ATTACKS = {f"{shape}:{name}": sql.format(n=name, N=name.upper())
-           for shape, sql in SHAPES.items() for name in CATALOG} | {f"function:{i}": f for i, f in enumerate(FUNCTIONS)}
+ATTACKS = {
+    f"{shape}:{name}": sql.format(n=name, N=name.upper()) for shape, sql in SHAPES.items() for name in CATALOG
+} | {f"function:{i}": f for i, f in enumerate(FUNCTIONS)}
 
 DATA = pa.table({"region": ["EU", "US"], "amount": [1, 2]})
 DATA_ROWS = [{"region": "EU", "amount": 1}, {"region": "US", "amount": 2}]
@@ -114,8 +128,12 @@ def test_the_connection_itself_shows_no_catalog(name):
     cursor = sandbox._connection().cursor()
     try:
         cursor.register("data", DATA)
-        for sql in (f"SELECT * FROM {name}", f"WITH {name} AS (SELECT * FROM {name}) SELECT * FROM {name}",
-                    "SELECT * FROM duckdb_settings()", "SELECT * FROM pragma_version()"):
+        for sql in (
+            f"SELECT * FROM {name}",
+            f"WITH {name} AS (SELECT * FROM {name}) SELECT * FROM {name}",
+            "SELECT * FROM duckdb_settings()",
+            "SELECT * FROM pragma_version()",
+        ):
             try:
                 rows = cursor.sql(sql).fetchall()
             except Exception:  # noqa: BLE001 - a table function called with no arguments may not bind
@@ -132,10 +150,12 @@ LEGITIMATE = {
     "cte_chain": ("WITH a AS (SELECT * FROM data), b AS (SELECT * FROM a) SELECT * FROM b", 2),
     "alias_like_catalog": ("SELECT sqlite_master.region FROM data AS sqlite_master", 2),
     "derived_alias": ("SELECT * FROM (SELECT * FROM data) AS duckdb_views", 2),
-    "recursive": ("WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
-                  "SELECT r.n FROM r", 3),
-    "nested_scope": ("WITH a AS (SELECT * FROM data) SELECT * FROM a WHERE region IN "
-                     "(WITH b AS (SELECT * FROM a) SELECT region FROM b)", 2),
+    "recursive": ("WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT r.n FROM r", 3),
+    "nested_scope": (
+        "WITH a AS (SELECT * FROM data) SELECT * FROM a WHERE region IN "
+        "(WITH b AS (SELECT * FROM a) SELECT region FROM b)",
+        2,
+    ),
 }
 
 
@@ -161,8 +181,10 @@ def test_over_http_nothing_but_data_and_no_server_path(client, org, settings):
     headers = org.headers(org.key_for(org.admin_id, rate_limit_per_minute=10_000))
     source = client.post("/api/v1/sources", json={"name": "s", "rows": DATA.to_pylist()}, headers=headers).json()["id"]
     home = str(settings.home)
-    attacks = list(ATTACKS.values()) + [f"SELECT CAST('{home}/x' AS INTEGER) FROM data",
-                                        f"SELECT * FROM read_parquet('{home}/data/*.parquet')"]
+    attacks = list(ATTACKS.values()) + [
+        f"SELECT CAST('{home}/x' AS INTEGER) FROM data",
+        f"SELECT * FROM read_parquet('{home}/data/*.parquet')",
+    ]
     for sql in attacks:
         response = client.post(f"/api/v1/sources/{source}/query", json={"sql": sql}, headers=headers)
         assert response.status_code in (200, 400), (sql, response.text)

@@ -30,8 +30,22 @@ from sqlalchemy.exc import NoInspectionAvailable
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-_ATOMS = (type(None), bool, int, float, complex, str, bytes, Decimal, dt.date, dt.time, dt.timedelta,
-          dt.tzinfo, uuid.UUID, enum.Enum)
+_ATOMS = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    Decimal,
+    dt.date,
+    dt.time,
+    dt.timedelta,
+    dt.tzinfo,
+    uuid.UUID,
+    enum.Enum,
+)
 # Arrow data is immutable once built (no API changes a Table's buffers in place).
 _ARROW = (pa.Table, pa.RecordBatch, pa.Array, pa.ChunkedArray, pa.Schema, pa.DataType, pa.Scalar)
 
@@ -64,16 +78,20 @@ def _check(value: Any, where: str) -> None:
             _check(item, f"{where}[{index}]")
         return
     if _is_mapped(value):
-        raise TypeError(f"{where} is a database object ({type(value).__name__}): caches hold frozen snapshots, "
-                        f"never ORM instances (they expire with the session that loaded them)")
+        raise TypeError(
+            f"{where} is a database object ({type(value).__name__}): caches hold frozen snapshots, "
+            f"never ORM instances (they expire with the session that loaded them)"
+        )
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if not type(value).__dataclass_params__.frozen:  # type: ignore[attr-defined]
             raise TypeError(f"{where} is a dataclass that is not frozen ({type(value).__name__})")
         for field in dataclasses.fields(value):
             _check(getattr(value, field.name), f"{where}.{field.name}")
         return
-    raise TypeError(f"{where} is a mutable or unknown {type(value).__name__}: caches hold only immutable values "
-                    f"(tuples, frozensets, frozen dataclasses, str, numbers, Arrow data)")
+    raise TypeError(
+        f"{where} is a mutable or unknown {type(value).__name__}: caches hold only immutable values "
+        f"(tuples, frozensets, frozen dataclasses, str, numbers, Arrow data)"
+    )
 
 
 class LRUCache(Generic[K, V]):

@@ -98,7 +98,7 @@ def normalize_database_url(url: str) -> str:
     """Accept the plain `postgresql://` form and pick the psycopg 3 driver for it."""
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
-            return "postgresql+psycopg://" + url[len(plain):]
+            return "postgresql+psycopg://" + url[len(plain) :]
     return url
 
 

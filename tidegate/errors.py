@@ -60,8 +60,9 @@ class ServiceUnavailable(TidegateError):
     type = "api_error"
     RETRY_AFTER = 2
 
-    def __init__(self, code: str, message: str, *, retry_after: int | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self, code: str, message: str, *, retry_after: int | None = None, headers: dict[str, str] | None = None
+    ):
         self.retry_after = retry_after or self.RETRY_AFTER
         super().__init__(code, message, headers={"Retry-After": str(self.retry_after), **(headers or {})})
 

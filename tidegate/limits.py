@@ -70,7 +70,9 @@ def from_environment(cls, variables: dict[str, str], environ: dict[str, str] | N
         try:
             value = kind(raw)
         except ValueError:
-            raise ValueError(f"{variable} must be a {'number' if kind is float else 'whole number'}, not {raw!r}") from None
+            raise ValueError(
+                f"{variable} must be a {'number' if kind is float else 'whole number'}, not {raw!r}"
+            ) from None
         if value <= 0:
             raise ValueError(f"{variable} must be greater than 0, not {raw!r}")
         values[field_name] = value

@@ -20,8 +20,15 @@ from tidegate.errors import ServiceUnavailable
 # What the disk says when it cannot take a write.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 # SQLite's messages for the database being busy or its disk failing or full.
-SQLITE_OUTAGES = ("database is locked", "database table is locked", "disk i/o error", "database or disk is full",
-                  "unable to open database file", "readonly database", "database is busy")
+SQLITE_OUTAGES = (
+    "database is locked",
+    "database table is locked",
+    "disk i/o error",
+    "database or disk is full",
+    "unable to open database file",
+    "readonly database",
+    "database is busy",
+)
 # Refusals PostgreSQL calls OperationalError but that are about the statement, not the server.
 PG_NOT_OUTAGES = ("57014",)  # query_canceled: a statement timeout is the query's own limit
 
@@ -31,8 +38,9 @@ def database_unavailable() -> ServiceUnavailable:
 
 
 def storage_unavailable() -> ServiceUnavailable:
-    return ServiceUnavailable("storage_unavailable", "The server's disk cannot take this write now; retry shortly.",
-                              retry_after=5)
+    return ServiceUnavailable(
+        "storage_unavailable", "The server's disk cannot take this write now; retry shortly.", retry_after=5
+    )
 
 
 def rate_limiter_unavailable() -> ServiceUnavailable:
@@ -64,8 +72,9 @@ def _is_database_outage(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
         return _is_driver_outage(exc.orig) if exc.orig is not None else True
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, sqlite3.OperationalError)) \
-        and _is_driver_outage(exc)
+    return isinstance(
+        exc, (psycopg.OperationalError, psycopg.InterfaceError, sqlite3.OperationalError)
+    ) and _is_driver_outage(exc)
 
 
 def _is_driver_outage(orig: BaseException) -> bool:
@@ -82,8 +91,9 @@ def _is_redis_outage(exc: BaseException) -> bool:
         import redis
     except ImportError:  # pragma: no cover - redis is a dependency
         return False
-    return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                            redis.exceptions.BusyLoadingError))
+    return isinstance(
+        exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
+    )
 
 
 def _is_duckdb_disk_error(exc: BaseException) -> bool:

@@ -28,8 +28,11 @@ def neutralize(value: object) -> object:
 
 
 def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or (
-        hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind))
+    return (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind))
+    )
 
 
 def neutralize_array(array: pa.Array) -> pa.Array:
@@ -56,13 +59,15 @@ def neutralize_schema(schema: pa.Schema) -> pa.Schema:
     names = [neutralize(name) for name in schema.names]
     if names == schema.names:
         return schema
-    return pa.schema([field.with_name(name) for field, name in zip(schema, names)], metadata=schema.metadata)
+    return pa.schema(
+        [field.with_name(name) for field, name in zip(schema, names, strict=True)], metadata=schema.metadata
+    )
 
 
 def neutralize_batch(batch: pa.RecordBatch, schema: pa.Schema | None = None) -> pa.RecordBatch:
     """`batch` with every text cell neutralized, under `schema` (default: `neutralize_schema`)."""
     schema = schema or neutralize_schema(batch.schema)
     columns = [neutralize_array(column) for column in batch.columns]
-    if schema == batch.schema and all(new is old for new, old in zip(columns, batch.columns)):
+    if schema == batch.schema and all(new is old for new, old in zip(columns, batch.columns, strict=True)):
         return batch
     return pa.RecordBatch.from_arrays(columns, schema=schema)

@@ -49,8 +49,9 @@ class OrgWorld:
 
     def user(self, role: str = "member", external_id: str | None = None) -> str:
         with self.tx() as s:
-            return orgs.create_user(s, None, self.id, email=f"u-{uuid.uuid4().hex[:10]}@example.com",
-                                    role=role, external_id=external_id).id
+            return orgs.create_user(
+                s, None, self.id, email=f"u-{uuid.uuid4().hex[:10]}@example.com", role=role, external_id=external_id
+            ).id
 
     def deactivate(self, user_id: str) -> None:
         with self.tx() as s:
@@ -58,8 +59,14 @@ class OrgWorld:
 
     def policy(self, name: str | None = None, row_filters=None, source_ids=None, users=()) -> str:
         with self.tx() as s:
-            p = policies.create_policy(s, self.admin, self.id, name=name or f"p-{uuid.uuid4().hex[:8]}",
-                                       row_filters=row_filters, source_ids=source_ids)
+            p = policies.create_policy(
+                s,
+                self.admin,
+                self.id,
+                name=name or f"p-{uuid.uuid4().hex[:8]}",
+                row_filters=row_filters,
+                source_ids=source_ids,
+            )
             if users:
                 policies.assign_users(s, self.admin, p, list(users))
             return p.id
@@ -82,9 +89,11 @@ class OrgWorld:
             creator = orgs.get_user(s, self.id, creator_id)
             principal = Principal.for_user(self.id, creator.id, creator.role)
             created = keys_service.create_key(
-                s, principal,
-                keys_service.KeyRequest(name="k", scopes=["data:read"], access_policy_ids=access_policy_ids,
-                                        bound_user_id=bound_user_id),
+                s,
+                principal,
+                keys_service.KeyRequest(
+                    name="k", scopes=["data:read"], access_policy_ids=access_policy_ids, bound_user_id=bound_user_id
+                ),
                 pepper=PEPPER,
             )
             return created.key.id
@@ -104,8 +113,9 @@ class OrgWorld:
 def make_world(db_url):
     def make() -> OrgWorld:
         with session_scope(db_url) as s:
-            created = orgs.create_organization(s, f"org-{uuid.uuid4().hex[:12]}",
-                                               f"admin-{uuid.uuid4().hex[:6]}@example.com", None)
+            created = orgs.create_organization(
+                s, f"org-{uuid.uuid4().hex[:12]}", f"admin-{uuid.uuid4().hex[:6]}@example.com", None
+            )
             return OrgWorld(db_url, created.org.id, created.admin.id)
 
     return make

@@ -11,9 +11,7 @@ from .conftest import visible
 
 SRC = "src_sales"
 COLUMNS = ["region", "tier"]
-ROWS = [
-    {"region": r, "tier": t} for r in ("US", "EU", "APAC") for t in ("gold", "silver")
-]
+ROWS = [{"region": r, "tier": t} for r in ("US", "EU", "APAC") for t in ("gold", "silver")]
 
 
 def rows_of(row_filter):
@@ -27,20 +25,42 @@ def f(column, *values):
 @pytest.mark.parametrize(
     "creator_filters, key_filters, bound_filters, expected",
     [
-        pytest.param(None, None, None, [(r, t) for r in ("APAC", "EU", "US") for t in ("gold", "silver")],
-                     id="nothing-anywhere"),
+        pytest.param(
+            None, None, None, [(r, t) for r in ("APAC", "EU", "US") for t in ("gold", "silver")], id="nothing-anywhere"
+        ),
         pytest.param(f("region", "US"), None, None, [("US", "gold"), ("US", "silver")], id="creator-only"),
-        pytest.param(None, f("region", "US"), None, [("US", "gold"), ("US", "silver")],
-                     id="key-policy-narrows-unrestricted-creator"),
-        pytest.param(f("region", "US"), f("region", "US", "EU"), None, [("US", "gold"), ("US", "silver")],
-                     id="key-policy-cannot-widen"),
-        pytest.param(f("region", "US", "EU"), f("tier", "gold"), None, [("EU", "gold"), ("US", "gold")],
-                     id="key-policy-other-column-ands"),
-        pytest.param(f("region", "US", "EU"), None, f("region", "EU", "APAC"), [("EU", "gold"), ("EU", "silver")],
-                     id="bound-user-intersects"),
+        pytest.param(
+            None,
+            f("region", "US"),
+            None,
+            [("US", "gold"), ("US", "silver")],
+            id="key-policy-narrows-unrestricted-creator",
+        ),
+        pytest.param(
+            f("region", "US"),
+            f("region", "US", "EU"),
+            None,
+            [("US", "gold"), ("US", "silver")],
+            id="key-policy-cannot-widen",
+        ),
+        pytest.param(
+            f("region", "US", "EU"),
+            f("tier", "gold"),
+            None,
+            [("EU", "gold"), ("US", "gold")],
+            id="key-policy-other-column-ands",
+        ),
+        pytest.param(
+            f("region", "US", "EU"),
+            None,
+            f("region", "EU", "APAC"),
+            [("EU", "gold"), ("EU", "silver")],
+            id="bound-user-intersects",
+        ),
         pytest.param(f("region", "US"), None, f("region", "EU"), [], id="disjoint-creator-and-bound-user"),
-        pytest.param(f("region", "US", "EU"), f("tier", "silver"), f("region", "EU"), [("EU", "silver")],
-                     id="all-three"),
+        pytest.param(
+            f("region", "US", "EU"), f("tier", "silver"), f("region", "EU"), [("EU", "silver")], id="all-three"
+        ),
     ],
 )
 def test_key_composition(world, creator_filters, key_filters, bound_filters, expected):
@@ -119,7 +139,11 @@ def test_key_policies_under_deny_by_default(world):
     key_policy = world.policy(row_filters=f("customer", "c1"))  # auto, column absent from SRC
     key = world.key(creator, access_policy_ids=[key_policy])
     assert rows_of(world.key_filter(key, SRC, COLUMNS)) == [
-        ("EU", "gold"), ("EU", "silver"), ("US", "gold"), ("US", "silver")]
+        ("EU", "gold"),
+        ("EU", "silver"),
+        ("US", "gold"),
+        ("US", "silver"),
+    ]
     world.deny_by_default(True)
     assert world.key_filter(key, SRC, COLUMNS).deny_all
 

@@ -21,6 +21,7 @@ def events(world, action=None):
 
 # ----------------------------------------------------------------------------- validation
 
+
 @pytest.mark.parametrize(
     "row_filters, fragment",
     [
@@ -38,11 +39,15 @@ def events(world, action=None):
         pytest.param([{"column": "region", "values": [None]}], "must be strings", id="values-null"),
         pytest.param([{"column": "region", "values": ["x" * 1001]}], "at most 1000", id="value-too-long"),
         pytest.param([{"column": "region", "values": ["a\x00"]}], "NUL", id="value-nul"),
-        pytest.param([{"column": "region", "values": [str(i) for i in range(1001)]}], "at most 1000 values",
-                     id="too-many-values"),
+        pytest.param(
+            [{"column": "region", "values": [str(i) for i in range(1001)]}], "at most 1000 values", id="too-many-values"
+        ),
         pytest.param([{"column": f"c{i}", "values": ["v"]} for i in range(51)], "at most 50", id="too-many-filters"),
-        pytest.param([{"column": "region", "values": ["US"]}, {"column": "REGION", "values": ["EU"]}],
-                     "case-insensitively", id="duplicate-column"),
+        pytest.param(
+            [{"column": "region", "values": ["US"]}, {"column": "REGION", "values": ["EU"]}],
+            "case-insensitively",
+            id="duplicate-column",
+        ),
         pytest.param([{"column": "region", "values": ["US"], "op": "in"}], "unknown field", id="unknown-field"),
     ],
 )
@@ -54,14 +59,17 @@ def test_row_filter_validation(world, row_filters, fragment):
     assert events(world, "policy.created") == []
 
 
-@pytest.mark.parametrize("kwargs, code", [
-    ({"name": ""}, "invalid_name"),
-    ({"name": "x" * 201}, "invalid_name"),
-    ({"name": "ok", "description": "d" * 2001}, "invalid_description"),
-    ({"name": "ok", "source_ids": "src_1"}, "invalid_source_ids"),
-    ({"name": "ok", "source_ids": [""]}, "invalid_source_ids"),
-    ({"name": "ok", "source_ids": [7]}, "invalid_source_ids"),
-])
+@pytest.mark.parametrize(
+    "kwargs, code",
+    [
+        ({"name": ""}, "invalid_name"),
+        ({"name": "x" * 201}, "invalid_name"),
+        ({"name": "ok", "description": "d" * 2001}, "invalid_description"),
+        ({"name": "ok", "source_ids": "src_1"}, "invalid_source_ids"),
+        ({"name": "ok", "source_ids": [""]}, "invalid_source_ids"),
+        ({"name": "ok", "source_ids": [7]}, "invalid_source_ids"),
+    ],
+)
 def test_policy_field_validation(world, kwargs, code):
     with pytest.raises(InvalidRequest) as err, world.tx() as s:
         policies.create_policy(s, world.admin, world.id, **kwargs)
@@ -72,14 +80,19 @@ def test_create_normalizes_and_renders(world):
     user = world.user()
     with world.tx() as s:
         p = policies.create_policy(
-            s, world.admin, world.id, name="  Sales US ", description="US only",
+            s,
+            world.admin,
+            world.id,
+            name="  Sales US ",
+            description="US only",
             source_ids=["src_b", "src_a", "src_b"],
             row_filters=[{"column": "Region", "values": ["US", "US", "CA"]}],
         )
         policies.assign_users(s, world.admin, p, [user])
         assert p.id.startswith("pol_")
-        view = policies.policy_view(p, user_count=policies.policy_user_counts(s, [p.id])[p.id],
-                                    user_ids=policies.policy_user_ids(s, p.id))
+        view = policies.policy_view(
+            p, user_count=policies.policy_user_counts(s, [p.id])[p.id], user_ids=policies.policy_user_ids(s, p.id)
+        )
     assert view["name"] == "Sales US"
     assert view["source_ids"] == ["src_a", "src_b"] and view["binding"] == "explicit"
     assert view["row_filters"] == [{"column": "Region", "values": ["US", "CA"]}]
@@ -106,15 +119,18 @@ def test_update_records_old_and_new(world):
     with world.tx() as s:
         p = policies.get_policy(s, world.id, pid)
         created_updated_at = p.updated_at
-        policies.update_policy(s, world.admin, p, name="b", source_ids=["src_1"],
-                               row_filters=[{"column": "region", "values": ["EU"]}])
+        policies.update_policy(
+            s, world.admin, p, name="b", source_ids=["src_1"], row_filters=[{"column": "region", "values": ["EU"]}]
+        )
         policies.update_policy(s, world.admin, p, name="b")  # no change: no event
     (event,) = events(world, "policy.updated")
     assert event.details == {
         "name": {"old": "a", "new": "b"},
         "source_ids": {"old": [], "new": ["src_1"]},
-        "row_filters": {"old": [{"column": "region", "values": ["US"]}],
-                        "new": [{"column": "region", "values": ["EU"]}]},
+        "row_filters": {
+            "old": [{"column": "region", "values": ["US"]}],
+            "new": [{"column": "region", "values": ["EU"]}],
+        },
     }
     with world.tx() as s:
         p = policies.get_policy(s, world.id, pid)
@@ -153,6 +169,7 @@ def test_list_policies_pages_and_filters_by_name(world, make_world):
 
 
 # ----------------------------------------------------------------------------- assignments
+
 
 def test_assign_users_is_additive_and_idempotent(world):
     a, b = world.user(), world.user(external_id="ext-b")
@@ -236,6 +253,7 @@ def test_replace_leaves_group_policies_alone(world):
 
 # ----------------------------------------------------------------------------- groups
 
+
 def test_group_lifecycle_and_audit(world):
     a, b = world.user(), world.user()
     p1, p2 = world.policy(), world.policy()
@@ -251,8 +269,9 @@ def test_group_lifecycle_and_audit(world):
         assert policies.remove_group_policy(s, world.admin, g, p2) is True
         assert policies.remove_group_policy(s, world.admin, g, p2) is False
         policies.update_group(s, world.admin, g, name="Sales EMEA")
-        view = policies.group_view(g, member_ids=policies.group_member_ids(s, g.id),
-                                   policy_ids=policies.group_policy_ids(s, g.id))
+        view = policies.group_view(
+            g, member_ids=policies.group_member_ids(s, g.id), policy_ids=policies.group_policy_ids(s, g.id)
+        )
         gid = g.id
     assert view["name"] == "Sales EMEA" and view["user_ids"] == [a] and view["policy_ids"] == [p1]
     with world.tx() as s:
@@ -262,8 +281,15 @@ def test_group_lifecycle_and_audit(world):
         with pytest.raises(NotFound):
             policies.get_group(s, world.id, gid)
     actions = [e.action for e in events(world) if e.target_type == "group"]
-    assert actions == ["group.created", "group.member_added", "group.policy_assigned", "group.member_removed",
-                       "group.policy_removed", "group.updated", "group.deleted"]
+    assert actions == [
+        "group.created",
+        "group.member_added",
+        "group.policy_assigned",
+        "group.member_removed",
+        "group.policy_removed",
+        "group.updated",
+        "group.deleted",
+    ]
     updated = events(world, "group.updated")[0]
     assert updated.details == {"name": {"old": "Sales", "new": "Sales EMEA"}}
 
@@ -285,6 +311,7 @@ def test_deny_by_default_setting_is_audited(world):
 
 
 # ----------------------------------------------------------------------------- org isolation
+
 
 def test_org_isolation(world, make_world):
     other = make_world()

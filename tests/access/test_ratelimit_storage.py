@@ -97,6 +97,7 @@ def test_concurrent_hits_never_exceed_the_limit():
 
 # -- expired counters are swept; the window slides exactly: LocalSlidingWindow ------------------
 
+
 def test_local_window_frees_expired_counters():
     w = ratelimit.LocalSlidingWindow(period=0.02)
     assert w.hit("x", 1) is None

@@ -24,48 +24,163 @@ CASES = [
     # (policies by name, direct policy names, {group: [policy names]}, deny_by_default, source columns, expected)
     pytest.param({}, [], {}, False, ["region"], ALL, id="no-policy-permissive"),
     pytest.param({}, [], {}, True, ["region"], NONE, id="no-policy-deny-by-default"),
-    pytest.param({"a": P(("region", ["US"]))}, ["a"], {}, False, ["region", "amount"], {"region": {"US"}},
-                 id="auto-applies"),
-    pytest.param({"a": P(("Country", ["FR"]))}, ["a"], {}, False, ["COUNTRY"], {"COUNTRY": {"FR"}},
-                 id="column-case-insensitive-uses-source-name"),
-    pytest.param({"a": P(("country", ["FR"]))}, ["a"], {}, False, ["Country"], {"Country": {"FR"}},
-                 id="column-case-insensitive-2"),
+    pytest.param(
+        {"a": P(("region", ["US"]))}, ["a"], {}, False, ["region", "amount"], {"region": {"US"}}, id="auto-applies"
+    ),
+    pytest.param(
+        {"a": P(("Country", ["FR"]))},
+        ["a"],
+        {},
+        False,
+        ["COUNTRY"],
+        {"COUNTRY": {"FR"}},
+        id="column-case-insensitive-uses-source-name",
+    ),
+    pytest.param(
+        {"a": P(("country", ["FR"]))},
+        ["a"],
+        {},
+        False,
+        ["Country"],
+        {"Country": {"FR"}},
+        id="column-case-insensitive-2",
+    ),
     pytest.param({"a": P(("region", ["US"]))}, ["a"], {}, False, ["amount"], ALL, id="auto-absent-column-skipped"),
-    pytest.param({"a": P(("region", ["US"]))}, ["a"], {}, True, ["amount"], NONE,
-                 id="auto-absent-column-deny-by-default"),
-    pytest.param({"a": P(("region", ["US"]), ("tier", ["gold"]))}, ["a"], {}, False, ["region"],
-                 {"region": {"US"}}, id="auto-partial-columns-apply-present-ones"),
-    pytest.param({"a": P(("region", ["US"])), "b": P(("region", ["EU"]))}, ["a", "b"], {}, False, ["region"],
-                 {"region": {"US", "EU"}}, id="same-column-or"),
-    pytest.param({"a": P(("region", ["US"])), "b": P(("REGION", ["EU"]))}, ["a", "b"], {}, False, ["Region"],
-                 {"Region": {"US", "EU"}}, id="same-column-or-across-case"),
-    pytest.param({"a": P(("region", ["US"])), "b": P(("tier", ["gold"]))}, ["a", "b"], {}, False,
-                 ["region", "tier"], {"region": {"US"}, "tier": {"gold"}}, id="different-columns-and"),
-    pytest.param({"a": P(("region", ["US", "EU"]), ("tier", ["gold"])), "b": P(("region", ["APAC"]))}, ["a", "b"],
-                 {}, False, ["region", "tier"], {"region": {"US", "EU", "APAC"}, "tier": {"gold"}},
-                 id="mixed-union-and-intersection"),
-    pytest.param({"a": P(("region", ["US"]), sources=[SRC])}, ["a"], {}, False, ["region"], {"region": {"US"}},
-                 id="explicit-bound-here"),
-    pytest.param({"a": P(("region", ["US"]), sources=[OTHER])}, ["a"], {}, False, ["region"], ALL,
-                 id="explicit-bound-elsewhere"),
-    pytest.param({"a": P(("region", ["US"]), sources=[OTHER])}, ["a"], {}, True, ["region"], NONE,
-                 id="explicit-bound-elsewhere-deny-by-default"),
-    pytest.param({"a": P(("region", ["US"]), sources=[SRC])}, ["a"], {}, False, ["amount"], NONE,
-                 id="explicit-missing-column-fails-closed"),
-    pytest.param({"a": P(("region", ["US"]), sources=[SRC]), "b": P(("amount", ["1"]))}, ["a", "b"], {}, False,
-                 ["amount"], NONE, id="explicit-fail-closed-beats-other-grants"),
-    pytest.param({"a": P(sources=[SRC])}, ["a"], {}, True, ["region"], ALL,
-                 id="filterless-explicit-grants-all-under-deny-by-default"),
-    pytest.param({"a": P(("region", ["US"]))}, [], {"g": ["a"]}, False, ["region"], {"region": {"US"}},
-                 id="group-inherited"),
-    pytest.param({"a": P(("region", ["US"])), "b": P(("region", ["EU"]))}, ["a"], {"g": ["b"]}, False, ["region"],
-                 {"region": {"US", "EU"}}, id="group-and-direct-same-column-or"),
-    pytest.param({"a": P(("region", ["US"])), "b": P(("tier", ["gold"]))}, ["a"], {"g": ["b"]}, False,
-                 ["region", "tier"], {"region": {"US"}, "tier": {"gold"}}, id="group-and-direct-different-columns-and"),
-    pytest.param({"a": P(("region", ["US"])), "b": P(("region", ["EU"]))}, ["a"], {"g": ["a", "b"], "h": ["b"]},
-                 False, ["region"], {"region": {"US", "EU"}}, id="same-policy-via-several-paths"),
-    pytest.param({"a": P(("region", ["US"]))}, [], {"g": ["a"]}, True, ["region"], {"region": {"US"}},
-                 id="group-policy-grants-under-deny-by-default"),
+    pytest.param(
+        {"a": P(("region", ["US"]))}, ["a"], {}, True, ["amount"], NONE, id="auto-absent-column-deny-by-default"
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"]), ("tier", ["gold"]))},
+        ["a"],
+        {},
+        False,
+        ["region"],
+        {"region": {"US"}},
+        id="auto-partial-columns-apply-present-ones",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"])), "b": P(("region", ["EU"]))},
+        ["a", "b"],
+        {},
+        False,
+        ["region"],
+        {"region": {"US", "EU"}},
+        id="same-column-or",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"])), "b": P(("REGION", ["EU"]))},
+        ["a", "b"],
+        {},
+        False,
+        ["Region"],
+        {"Region": {"US", "EU"}},
+        id="same-column-or-across-case",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"])), "b": P(("tier", ["gold"]))},
+        ["a", "b"],
+        {},
+        False,
+        ["region", "tier"],
+        {"region": {"US"}, "tier": {"gold"}},
+        id="different-columns-and",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US", "EU"]), ("tier", ["gold"])), "b": P(("region", ["APAC"]))},
+        ["a", "b"],
+        {},
+        False,
+        ["region", "tier"],
+        {"region": {"US", "EU", "APAC"}, "tier": {"gold"}},
+        id="mixed-union-and-intersection",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"]), sources=[SRC])},
+        ["a"],
+        {},
+        False,
+        ["region"],
+        {"region": {"US"}},
+        id="explicit-bound-here",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"]), sources=[OTHER])}, ["a"], {}, False, ["region"], ALL, id="explicit-bound-elsewhere"
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"]), sources=[OTHER])},
+        ["a"],
+        {},
+        True,
+        ["region"],
+        NONE,
+        id="explicit-bound-elsewhere-deny-by-default",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"]), sources=[SRC])},
+        ["a"],
+        {},
+        False,
+        ["amount"],
+        NONE,
+        id="explicit-missing-column-fails-closed",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"]), sources=[SRC]), "b": P(("amount", ["1"]))},
+        ["a", "b"],
+        {},
+        False,
+        ["amount"],
+        NONE,
+        id="explicit-fail-closed-beats-other-grants",
+    ),
+    pytest.param(
+        {"a": P(sources=[SRC])},
+        ["a"],
+        {},
+        True,
+        ["region"],
+        ALL,
+        id="filterless-explicit-grants-all-under-deny-by-default",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"]))}, [], {"g": ["a"]}, False, ["region"], {"region": {"US"}}, id="group-inherited"
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"])), "b": P(("region", ["EU"]))},
+        ["a"],
+        {"g": ["b"]},
+        False,
+        ["region"],
+        {"region": {"US", "EU"}},
+        id="group-and-direct-same-column-or",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"])), "b": P(("tier", ["gold"]))},
+        ["a"],
+        {"g": ["b"]},
+        False,
+        ["region", "tier"],
+        {"region": {"US"}, "tier": {"gold"}},
+        id="group-and-direct-different-columns-and",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"])), "b": P(("region", ["EU"]))},
+        ["a"],
+        {"g": ["a", "b"], "h": ["b"]},
+        False,
+        ["region"],
+        {"region": {"US", "EU"}},
+        id="same-policy-via-several-paths",
+    ),
+    pytest.param(
+        {"a": P(("region", ["US"]))},
+        [],
+        {"g": ["a"]},
+        True,
+        ["region"],
+        {"region": {"US"}},
+        id="group-policy-grants-under-deny-by-default",
+    ),
 ]
 
 
@@ -106,8 +221,9 @@ def test_policy_semantics(world, specs, direct, groups, deny, columns, expected)
 
 def test_explicit_fail_closed_reason_names_policy_and_column(world):
     user = world.user()
-    pid = world.policy(name="EMEA only", row_filters=[{"column": "Region", "values": ["EU"]}],
-                       source_ids=[SRC], users=[user])
+    pid = world.policy(
+        name="EMEA only", row_filters=[{"column": "Region", "values": ["EU"]}], source_ids=[SRC], users=[user]
+    )
     row_filter = world.user_filter(user, SRC, ["amount"])
     assert row_filter.deny_all
     assert pid in row_filter.policy_ids
@@ -127,8 +243,10 @@ def test_deny_by_default_reason(world):
 def test_rows_seen(world):
     """The composed filter, applied to rows: the OR/AND rules in terms of what a user sees."""
     rows = [
-        {"region": "US", "tier": "gold"}, {"region": "US", "tier": "silver"},
-        {"region": "EU", "tier": "gold"}, {"region": "APAC", "tier": "gold"},
+        {"region": "US", "tier": "gold"},
+        {"region": "US", "tier": "silver"},
+        {"region": "EU", "tier": "gold"},
+        {"region": "APAC", "tier": "gold"},
     ]
     user = world.user()
     world.policy(row_filters=[{"column": "region", "values": ["US"]}], users=[user])
@@ -161,8 +279,9 @@ def test_changes_are_seen_by_the_next_resolution(world):
     pid = world.policy(row_filters=[{"column": "region", "values": ["US"]}], users=[user])
     assert _shape(world.user_filter(user, SRC, ["region"])) == {"region": {"US"}}
     with world.tx() as s:
-        policies.update_policy(s, world.admin, policies.get_policy(s, world.id, pid),
-                               row_filters=[{"column": "region", "values": ["EU"]}])
+        policies.update_policy(
+            s, world.admin, policies.get_policy(s, world.id, pid), row_filters=[{"column": "region", "values": ["EU"]}]
+        )
     assert _shape(world.user_filter(user, SRC, ["region"])) == {"region": {"EU"}}
     with world.tx() as s:
         policies.update_policy(s, world.admin, policies.get_policy(s, world.id, pid), source_ids=[OTHER])

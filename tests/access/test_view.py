@@ -21,9 +21,14 @@ def test_no_policy_view(world):
     user = world.user()
     view = resolve(world, user, ["region"])
     assert view == {
-        "user_id": user, "source_id": SRC, "source_is_access_controlled": False, "effective_access": "full",
-        "resolved_filters": {"row_filters": {}, "has_any_policy": False}, "where_clause": "",
-        "policy_ids": [], "reasons": view["reasons"],
+        "user_id": user,
+        "source_id": SRC,
+        "source_is_access_controlled": False,
+        "effective_access": "full",
+        "resolved_filters": {"row_filters": {}, "has_any_policy": False},
+        "where_clause": "",
+        "policy_ids": [],
+        "reasons": view["reasons"],
     }
     assert any("all rows" in r for r in view["reasons"])
 
@@ -36,8 +41,10 @@ def test_filtered_view_matches_contract_example(world):
     assert view["user_id"] == user
     assert view["source_is_access_controlled"] is True
     assert view["effective_access"] == "filtered"
-    assert view["resolved_filters"] == {"row_filters": {"region": ["US-East"], "tier": ["gold"]},
-                                        "has_any_policy": True}
+    assert view["resolved_filters"] == {
+        "row_filters": {"region": ["US-East"], "tier": ["gold"]},
+        "has_any_policy": True,
+    }
     assert view["where_clause"] == "\"region\" IN ('US-East') AND \"tier\" IN ('gold')"
     assert sorted(view["policy_ids"]) == sorted([p1, p2])
     assert any(p1 in r and "applies" in r for r in view["reasons"])
@@ -45,8 +52,9 @@ def test_filtered_view_matches_contract_example(world):
 
 def test_none_views(world):
     user = world.user()
-    pid = world.policy(name="bound", row_filters=[{"column": "region", "values": ["US"]}], source_ids=[SRC],
-                       users=[user])
+    pid = world.policy(
+        name="bound", row_filters=[{"column": "region", "values": ["US"]}], source_ids=[SRC], users=[user]
+    )
     view = resolve(world, user, ["amount"])
     assert view["effective_access"] == "none" and view["where_clause"] == "FALSE"
     assert view["resolved_filters"] == {"row_filters": {}, "has_any_policy": True}
@@ -81,9 +89,13 @@ def test_resolve_view_unknown_user(world):
 
 HOSTILE = [
     pytest.param("name", ["O'Brien"], "\"name\" IN ('O''Brien')", id="quote-in-value"),
-    pytest.param('a"b', ["x"], "\"a\"\"b\" IN ('x')", id="double-quote-in-column"),
-    pytest.param('we"ird\'col', ["'); DROP TABLE t; --", "a\"b"],
-                 "\"we\"\"ird'col\" IN ('''); DROP TABLE t; --', 'a\"b')", id="injection-attempt"),
+    pytest.param('a"b', ["x"], '"a""b" IN (\'x\')', id="double-quote-in-column"),
+    pytest.param(
+        "we\"ird'col",
+        ["'); DROP TABLE t; --", 'a"b'],
+        "\"we\"\"ird'col\" IN ('''); DROP TABLE t; --', 'a\"b')",
+        id="injection-attempt",
+    ),
     pytest.param("region", ["", "back\\slash"], "\"region\" IN ('', 'back\\slash')", id="empty-and-backslash"),
 ]
 
@@ -111,6 +123,7 @@ def test_where_clause_rendering_rules():
     assert policies.where_clause(RowFilter.allow_all()) == ""
     assert policies.where_clause(RowFilter.deny("no")) == "FALSE"
     both = RowFilter(clauses=(Clause("b", frozenset({"2", "1"})),)).both(
-        RowFilter(clauses=(Clause("a", frozenset({"z"})),)))
+        RowFilter(clauses=(Clause("a", frozenset({"z"})),))
+    )
     assert policies.where_clause(both) == "\"b\" IN ('1', '2') AND \"a\" IN ('z')"
     assert policies.effective_access(both) == "filtered"

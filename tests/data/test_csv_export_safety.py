@@ -18,17 +18,22 @@ def _rows(chunks) -> list[dict]:
 
 def test_every_batch_is_neutralized_and_numbers_stay(Session, make_source):
     engine.clear_cache()
-    labels = [("=1+%d" % i) if i % 3 == 0 else ("@x" if i % 3 == 1 else "ok") for i in range(50)]
+    labels = [f"=1+{i}" if i % 3 == 0 else ("@x" if i % 3 == 1 else "ok") for i in range(50)]
     source = make_source(pa.table({"label": labels, "n": [-i for i in range(50)], "g": ["a", "b"] * 25}))
     version = current(Session, source.id)
     for row_filter in (ALLOW, rf(g={"a"})):
         for _ in range(2):  # uncached (streamed from Parquet), then from the cached table
             rows = _rows(engine.stream_csv(version, row_filter, batch_rows=4))
-            expected = [(("'" + l) if l[0] in "=@" else l, str(-i)) for i, l in enumerate(labels)
-                        if row_filter is ALLOW or i % 2 == 0]
+            expected = [
+                (("'" + label) if label[0] in "=@" else label, str(-i))
+                for i, label in enumerate(labels)
+                if row_filter is ALLOW or i % 2 == 0
+            ]
             assert [(r["label"], r["n"]) for r in rows] == expected
             raw = _rows(engine.stream_csv(version, row_filter, batch_rows=4, raw=True))
-            assert [r["label"] for r in raw] == [l for i, l in enumerate(labels) if row_filter is ALLOW or i % 2 == 0]
+            assert [r["label"] for r in raw] == [
+                label for i, label in enumerate(labels) if row_filter is ALLOW or i % 2 == 0
+            ]
 
 
 def test_an_oversized_result_streams_neutralized_too(Session, make_source):

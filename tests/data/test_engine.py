@@ -26,13 +26,15 @@ REGIONS = ["EU", "US", "APAC", "LATAM"]
 
 
 def sample_table(n: int = N) -> pa.Table:
-    return pa.table({
-        "id": pa.array(range(n), pa.int64()),
-        "region": [REGIONS[i % 4] for i in range(n)],
-        "amount": [i * 0.5 for i in range(n)],
-        "active": [i % 3 == 0 for i in range(n)],
-        "day": pa.array([dt.date(2024, 1, 1) + dt.timedelta(days=i % 10) for i in range(n)], pa.date32()),
-    })
+    return pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "region": [REGIONS[i % 4] for i in range(n)],
+            "amount": [i * 0.5 for i in range(n)],
+            "active": [i % 3 == 0 for i in range(n)],
+            "day": pa.array([dt.date(2024, 1, 1) + dt.timedelta(days=i % 10) for i in range(n)], pa.date32()),
+        }
+    )
 
 
 @pytest.fixture
@@ -56,8 +58,18 @@ def all_rows(version, row_filter):
 # The contract: a filter is required
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fn", [engine.read_page, engine.count, engine.stream_csv, engine.stream_parquet,
-                                engine.run_query, engine.distinct_values])
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        engine.read_page,
+        engine.count,
+        engine.stream_csv,
+        engine.stream_parquet,
+        engine.run_query,
+        engine.distinct_values,
+    ],
+)
 def test_row_filter_is_a_required_positional_parameter(fn):
     parameter = list(inspect.signature(fn).parameters.values())[1]
     assert parameter.name == "row_filter"
@@ -65,15 +77,18 @@ def test_row_filter_is_a_required_positional_parameter(fn):
     assert parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
-@pytest.mark.parametrize("call", [
-    lambda v: engine.read_page(v, None, page=1, page_size=10),
-    lambda v: engine.count(v, None),
-    lambda v: engine.stream_csv(v, None),
-    lambda v: engine.stream_parquet(v, None),
-    lambda v: engine.run_query(v, None, "select 1", page=1, page_size=10),
-    lambda v: engine.distinct_values(v, None, "region", 10),
-    lambda v: engine.count(v, {"region": ["EU"]}),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda v: engine.read_page(v, None, page=1, page_size=10),
+        lambda v: engine.count(v, None),
+        lambda v: engine.stream_csv(v, None),
+        lambda v: engine.stream_parquet(v, None),
+        lambda v: engine.run_query(v, None, "select 1", page=1, page_size=10),
+        lambda v: engine.distinct_values(v, None, "region", 10),
+        lambda v: engine.count(v, {"region": ["EU"]}),
+    ],
+)
 def test_something_else_than_a_row_filter_is_refused(version, call):
     with pytest.raises(TypeError):
         call(version)
@@ -82,6 +97,7 @@ def test_something_else_than_a_row_filter_is_refused(version, call):
 # ---------------------------------------------------------------------------------------
 # Filter semantics
 # ---------------------------------------------------------------------------------------
+
 
 def test_unrestricted_reads_everything_in_order(version):
     rows, total = engine.read_page(version, ALLOW, page=1, page_size=5)
@@ -100,12 +116,15 @@ def test_values_of_one_clause_are_ored_and_clauses_anded(version):
     assert {r["region"] for r in all_rows(version, narrowed)} == {"US"}
 
 
-@pytest.mark.parametrize("column,value,expected", [
-    ("id", "7", [7]),
-    ("amount", "3.5", [7]),
-    ("day", "2024-01-03", [i for i in range(N) if i % 10 == 2]),
-    ("active", "false", [i for i in range(N) if i % 3]),
-])
+@pytest.mark.parametrize(
+    "column,value,expected",
+    [
+        ("id", "7", [7]),
+        ("amount", "3.5", [7]),
+        ("day", "2024-01-03", [i for i in range(N) if i % 10 == 2]),
+        ("active", "false", [i for i in range(N) if i % 3]),
+    ],
+)
 def test_values_compare_against_the_column_as_text(version, column, value, expected):
     assert ids(all_rows(version, rf(**{column: {value}}))) == expected
 
@@ -122,11 +141,14 @@ def test_deny_all_gives_zero_rows_everywhere(version):
     assert engine.count(version, rf(region={"EU"}).both(deny)) == 0
 
 
-@pytest.mark.parametrize("row_filter", [
-    rf(Region={"EU"}),  # matching is exact: the policy layer resolves case before calling
-    rf(nope={"EU"}),
-    RowFilter(clauses=(Clause("region", frozenset()),)),
-])
+@pytest.mark.parametrize(
+    "row_filter",
+    [
+        rf(Region={"EU"}),  # matching is exact: the policy layer resolves case before calling
+        rf(nope={"EU"}),
+        RowFilter(clauses=(Clause("region", frozenset()),)),
+    ],
+)
 def test_clauses_that_cannot_match_fail_closed(version, row_filter):
     assert engine.count(version, row_filter) == 0
     assert engine.read_page(version, row_filter, page=1, page_size=10) == ([], 0)
@@ -170,8 +192,9 @@ def test_column_names_are_quoted_identifiers(Session, make_source, name):
     assert ids_n(all_rows(version, rf(**{name: {"a'"}}))) == [3]
     assert engine.distinct_values(version, ALLOW, name, 10) == ["a", "a'", "b"]
     quoted = '"' + name.replace('"', '""') + '"'
-    rows, total, columns = engine.run_query(version, rf(**{name: {"b"}}), f"select {quoted}, n from data",
-                                            page=1, page_size=10)
+    rows, total, columns = engine.run_query(
+        version, rf(**{name: {"b"}}), f"select {quoted}, n from data", page=1, page_size=10
+    )
     assert rows == [{name: "b", "n": 2}] and total == 1 and columns == [name, "n"]
 
 
@@ -196,6 +219,7 @@ def test_filtered_rows_are_the_only_rows_anywhere(version):
 # Paging and validation
 # ---------------------------------------------------------------------------------------
 
+
 def test_pages_partition_the_rows(version):
     eu = rf(region={"EU"})
     seen = []
@@ -207,14 +231,23 @@ def test_pages_partition_the_rows(version):
     assert engine.read_page(version, eu, page=1000, page_size=30) == ([], N // 4)
 
 
-@pytest.mark.parametrize("page,page_size,code", [
-    (0, 10, "invalid_page"), (-1, 10, "invalid_page"), (1, 0, "invalid_page_size"),
-    (1, 10_001, "invalid_page_size"), ("1", 10, "invalid_page"), (1, 2.5, "invalid_page_size"),
-    (True, 10, "invalid_page"),
-])
+@pytest.mark.parametrize(
+    "page,page_size,code",
+    [
+        (0, 10, "invalid_page"),
+        (-1, 10, "invalid_page"),
+        (1, 0, "invalid_page_size"),
+        (1, 10_001, "invalid_page_size"),
+        ("1", 10, "invalid_page"),
+        (1, 2.5, "invalid_page_size"),
+        (True, 10, "invalid_page"),
+    ],
+)
 def test_page_bounds(version, page, page_size, code):
-    for call in (lambda: engine.read_page(version, ALLOW, page=page, page_size=page_size),
-                 lambda: engine.run_query(version, ALLOW, "select * from data", page=page, page_size=page_size)):
+    for call in (
+        lambda: engine.read_page(version, ALLOW, page=page, page_size=page_size),
+        lambda: engine.run_query(version, ALLOW, "select * from data", page=page, page_size=page_size),
+    ):
         with pytest.raises(InvalidRequest) as info:
             call()
         assert info.value.code == code
@@ -228,8 +261,11 @@ def test_max_page_size_is_allowed(version):
 def test_distinct_values_validation_and_limit(version):
     assert engine.distinct_values(version, ALLOW, "region", 2) == ["APAC", "EU"]
     assert engine.distinct_values(version, ALLOW, "active", 10) == ["false", "true"]
-    for column, limit, code in [("Region", 5, "unknown_column"), ("region", 0, "invalid_limit"),
-                                ("region", 10_001, "invalid_limit")]:
+    for column, limit, code in [
+        ("Region", 5, "unknown_column"),
+        ("region", 0, "invalid_limit"),
+        ("region", 10_001, "invalid_limit"),
+    ]:
         with pytest.raises(InvalidRequest) as info:
             engine.distinct_values(version, ALLOW, column, limit)
         assert info.value.code == code
@@ -238,6 +274,7 @@ def test_distinct_values_validation_and_limit(version):
 # ---------------------------------------------------------------------------------------
 # Streams
 # ---------------------------------------------------------------------------------------
+
 
 def test_streams_yield_several_chunks_and_round_trip(version):
     engine.clear_cache()  # not materialized: streamed from the Parquet parts
@@ -268,6 +305,7 @@ def test_stream_is_lazy_and_can_be_abandoned(version):
 # Cache
 # ---------------------------------------------------------------------------------------
 
+
 def test_cache_hits_and_invalidation_by_new_version(Session, make_source):
     engine.clear_cache()
     source = make_source(sample_table(100))
@@ -282,10 +320,20 @@ def test_cache_hits_and_invalidation_by_new_version(Session, make_source):
     assert engine.cache_stats()["misses"] == before["misses"]
 
     with Session.begin() as session:
-        storage.write_new_version(session, session.get(Source, source.id),
-                                  pa.table({"id": [1000, 1001], "region": ["EU", "US"], "amount": [1.0, 2.0],
-                                            "active": [True, False], "day": [dt.date(2025, 1, 1)] * 2}),
-                                  append=True)
+        storage.write_new_version(
+            session,
+            session.get(Source, source.id),
+            pa.table(
+                {
+                    "id": [1000, 1001],
+                    "region": ["EU", "US"],
+                    "amount": [1.0, 2.0],
+                    "active": [True, False],
+                    "day": [dt.date(2025, 1, 1)] * 2,
+                }
+            ),
+            append=True,
+        )
     v2 = current(Session, source.id)
     assert engine.count(v2, eu) == 26  # the new version id misses the cache: fresh rows
     assert ids(engine.read_page(v2, eu, page=3, page_size=10)[0]) == [80, 84, 88, 92, 96, 1000]
@@ -363,13 +411,25 @@ def test_concurrent_readers_share_one_materialization(version):
     assert stats["entries"] == 1
 
 
-@pytest.mark.parametrize("values,arrow_type", [
-    ([dt.date(2024, 2, 29), None, dt.date(1, 1, 1), dt.date(9999, 12, 31), dt.date(1969, 12, 31)], pa.date32()),
-    ([dt.datetime(2024, 1, 1, 10, 0, 0, 5), None, dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 59, 999999),
-      dt.datetime(1969, 12, 31, 23, 59, 59, 123000), dt.datetime(2024, 1, 1)], pa.timestamp("us")),
-    ([1, None, -5], pa.int64()),
-    (["a", None, "é"], pa.string()),
-])
+@pytest.mark.parametrize(
+    "values,arrow_type",
+    [
+        ([dt.date(2024, 2, 29), None, dt.date(1, 1, 1), dt.date(9999, 12, 31), dt.date(1969, 12, 31)], pa.date32()),
+        (
+            [
+                dt.datetime(2024, 1, 1, 10, 0, 0, 5),
+                None,
+                dt.datetime(1, 1, 1),
+                dt.datetime(9999, 12, 31, 23, 59, 59, 999999),
+                dt.datetime(1969, 12, 31, 23, 59, 59, 123000),
+                dt.datetime(2024, 1, 1),
+            ],
+            pa.timestamp("us"),
+        ),
+        ([1, None, -5], pa.int64()),
+        (["a", None, "é"], pa.string()),
+    ],
+)
 def test_fast_row_conversion_matches_pyarrow(values, arrow_type):
     table = pa.table({"v": pa.array(values, arrow_type), "k": list(range(len(values)))})
     chunked = pa.concat_tables([table.slice(0, 2), table.slice(2)])  # several chunks
@@ -382,8 +442,12 @@ def test_engine_connection_reads_only_the_data_directory(version, tmp_path):
     outside.write_text("secret\n1\n")
     cursor = engine._connection().cursor()
     try:
-        for statement in (f"SELECT * FROM read_csv('{outside}')", "SELECT * FROM read_text('/etc/passwd')",
-                          "SET enable_external_access = true", "INSTALL httpfs"):
+        for statement in (
+            f"SELECT * FROM read_csv('{outside}')",
+            "SELECT * FROM read_text('/etc/passwd')",
+            "SET enable_external_access = true",
+            "INSTALL httpfs",
+        ):
             with pytest.raises(Exception):  # noqa: B017 - DuckDB's own refusal
                 cursor.sql(statement).fetchall()
     finally:
@@ -394,14 +458,17 @@ def test_engine_connection_reads_only_the_data_directory(version, tmp_path):
 # Rendered pages (page_json)
 # ---------------------------------------------------------------------------------------
 
+
 def rendered(version, row_filter, page, page_size):
     """What page_json must hold: read_page's rows, rendered."""
     rows, total = engine.read_page(version, row_filter, page=page, page_size=page_size)
     return jsonfmt.dumps(rows), len(rows), total
 
 
-@pytest.mark.parametrize("row_filter", [ALLOW, rf(region={"EU"}), rf(region={"US", "APAC"}, active={"True"}),
-                                        RowFilter.deny("no"), rf(nope={"x"})])
+@pytest.mark.parametrize(
+    "row_filter",
+    [ALLOW, rf(region={"EU"}), rf(region={"US", "APAC"}, active={"True"}), RowFilter.deny("no"), rf(nope={"x"})],
+)
 def test_page_json_is_read_page_rendered(version, row_filter):
     engine.clear_cache()
     for page, page_size in [(1, 7), (2, 7), (1, 10_000), (40, 7), (1000, 10)]:
@@ -410,8 +477,9 @@ def test_page_json_is_read_page_rendered(version, row_filter):
         expected = rendered(version, row_filter, page, page_size)
         assert (first.rows, first.count, first.total) == expected, (page, page_size)
         assert (again.rows, again.count, again.total) == expected
-        assert [r["id"] for r in orjson.loads(first.rows)] == ids(engine.read_page(version, row_filter, page=page,
-                                                                               page_size=page_size)[0])
+        assert [r["id"] for r in orjson.loads(first.rows)] == ids(
+            engine.read_page(version, row_filter, page=page, page_size=page_size)[0]
+        )
 
 
 def test_page_json_cached_only_answers_from_memory_or_not_at_all(version):

@@ -33,12 +33,17 @@ CSV_INFERENCE = [
     (["1", "0"], "integer", [1, 0]),  # not booleans
     (["2024-01-31", "1999-12-01"], "date", [dt.date(2024, 1, 31), dt.date(1999, 12, 1)]),
     (["2024-02-30"], "string", ["2024-02-30"]),  # not a real date
-    (["2024-01-01T10:00:00", "2024-01-02 11:30"], "timestamp",
-     [dt.datetime(2024, 1, 1, 10), dt.datetime(2024, 1, 2, 11, 30)]),
-    (["2024-01-01T10:00:00Z", "2024-01-01T12:00:00+02:00"], "timestamp",
-     [dt.datetime(2024, 1, 1, 10), dt.datetime(2024, 1, 1, 10)]),  # zones -> UTC
-    (["2024-01-01", "2024-01-01 10:00:00"], "timestamp",
-     [dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 1, 10)]),
+    (
+        ["2024-01-01T10:00:00", "2024-01-02 11:30"],
+        "timestamp",
+        [dt.datetime(2024, 1, 1, 10), dt.datetime(2024, 1, 2, 11, 30)],
+    ),
+    (
+        ["2024-01-01T10:00:00Z", "2024-01-01T12:00:00+02:00"],
+        "timestamp",
+        [dt.datetime(2024, 1, 1, 10), dt.datetime(2024, 1, 1, 10)],
+    ),  # zones -> UTC
+    (["2024-01-01", "2024-01-01 10:00:00"], "timestamp", [dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 1, 10)]),
     (["2024-01-01", "soon"], "string", ["2024-01-01", "soon"]),
     (["1", "x"], "string", ["1", "x"]),
     (["1", "2.5"], "float", [1.0, 2.5]),
@@ -82,15 +87,20 @@ def test_rows_keep_first_seen_column_order_and_fill_missing_keys():
     table = ingest.rows_to_table([{"b": 1}, {"a": "x", "b": 2}, {"c": True}])
     assert table.column_names == ["b", "a", "c"]
     assert table.to_pylist() == [
-        {"b": 1, "a": None, "c": None}, {"b": 2, "a": "x", "c": None}, {"b": None, "a": None, "c": True}]
+        {"b": 1, "a": None, "c": None},
+        {"b": 2, "a": "x", "c": None},
+        {"b": None, "a": None, "c": True},
+    ]
 
 
 # ---------------------------------------------------------------------------------------
 # Formats
 # ---------------------------------------------------------------------------------------
 
-EXPECTED = [{"id": 1, "name": "Ann", "score": 1.5, "joined": dt.date(2024, 1, 2)},
-            {"id": 2, "name": "Bo, Jr.", "score": None, "joined": dt.date(2024, 3, 4)}]
+EXPECTED = [
+    {"id": 1, "name": "Ann", "score": 1.5, "joined": dt.date(2024, 1, 2)},
+    {"id": 2, "name": "Bo, Jr.", "score": None, "joined": dt.date(2024, 3, 4)},
+]
 
 
 def xlsx_bytes(rows: list[list]) -> bytes:
@@ -112,18 +122,32 @@ def parquet_bytes(table: pa.Table) -> bytes:
 FORMATS = {
     "x.csv": b'id,name,score,joined\n1,Ann,1.5,2024-01-02\n2,"Bo, Jr.",,2024-03-04\n',
     "x.tsv": b"id\tname\tscore\tjoined\n1\tAnn\t1.5\t2024-01-02\n2\tBo, Jr.\t\t2024-03-04\n",
-    "x.json": orjson.dumps([{"id": 1, "name": "Ann", "score": 1.5, "joined": "2024-01-02"},
-                            {"id": 2, "name": "Bo, Jr.", "score": None, "joined": "2024-03-04"}]),
+    "x.json": orjson.dumps(
+        [
+            {"id": 1, "name": "Ann", "score": 1.5, "joined": "2024-01-02"},
+            {"id": 2, "name": "Bo, Jr.", "score": None, "joined": "2024-03-04"},
+        ]
+    ),
     "x.ndjson": b'{"id": 1, "name": "Ann", "score": 1.5, "joined": "2024-01-02"}\n\n'
-                b'{"id": 2, "name": "Bo, Jr.", "joined": "2024-03-04"}\n',
-    "x.parquet": parquet_bytes(pa.table({
-        "id": pa.array([1, 2], pa.int32()), "name": ["Ann", "Bo, Jr."],
-        "score": pa.array([1.5, None], pa.float32()), "joined": pa.array([dt.date(2024, 1, 2), dt.date(2024, 3, 4)]),
-    })),
-    "x.xlsx": xlsx_bytes([["id", "name", "score", "joined"],
-                          [1, "Ann", 1.5, dt.datetime(2024, 1, 2)],
-                          [2, "Bo, Jr.", None, dt.datetime(2024, 3, 4)],
-                          [None, None, None, None]]),
+    b'{"id": 2, "name": "Bo, Jr.", "joined": "2024-03-04"}\n',
+    "x.parquet": parquet_bytes(
+        pa.table(
+            {
+                "id": pa.array([1, 2], pa.int32()),
+                "name": ["Ann", "Bo, Jr."],
+                "score": pa.array([1.5, None], pa.float32()),
+                "joined": pa.array([dt.date(2024, 1, 2), dt.date(2024, 3, 4)]),
+            }
+        )
+    ),
+    "x.xlsx": xlsx_bytes(
+        [
+            ["id", "name", "score", "joined"],
+            [1, "Ann", 1.5, dt.datetime(2024, 1, 2)],
+            [2, "Bo, Jr.", None, dt.datetime(2024, 3, 4)],
+            [None, None, None, None],
+        ]
+    ),
 }
 
 
@@ -131,8 +155,11 @@ FORMATS = {
 def test_every_format_parses_to_the_same_table(filename):
     table = ingest.parse_file(FORMATS[filename], filename=filename)
     assert ingest.columns_of(table) == [
-        {"name": "id", "type": "integer"}, {"name": "name", "type": "string"},
-        {"name": "score", "type": "float"}, {"name": "joined", "type": "date"}]
+        {"name": "id", "type": "integer"},
+        {"name": "name", "type": "string"},
+        {"name": "score", "type": "float"},
+        {"name": "joined", "type": "date"},
+    ]
     assert table.to_pylist() == EXPECTED
 
 
@@ -141,8 +168,9 @@ def test_format_detected_from_content(filename):
     assert ingest.parse_file(FORMATS[filename]).to_pylist() == EXPECTED
 
 
-@pytest.mark.parametrize("filename,content_type", [
-    ("x.csv", "text/csv; charset=utf-8"), ("x.tsv", "text/tab-separated-values")])
+@pytest.mark.parametrize(
+    "filename,content_type", [("x.csv", "text/csv; charset=utf-8"), ("x.tsv", "text/tab-separated-values")]
+)
 def test_text_format_detected_from_content_type(filename, content_type):
     assert ingest.parse_file(FORMATS[filename], content_type=content_type).to_pylist() == EXPECTED
 
@@ -154,7 +182,7 @@ def test_parse_from_path(tmp_path):
 
 
 def test_csv_bom_windows_1252_and_multiline_cells():
-    data = "\ufeffcity,note\nZürich,\"two\nlines\"\n".encode("utf-8")
+    data = '\ufeffcity,note\nZürich,"two\nlines"\n'.encode("utf-8")
     assert ingest.parse_file(data, filename="a.csv").to_pylist() == [{"city": "Zürich", "note": "two\nlines"}]
     latin = "city\nMünchen\n".encode("cp1252")
     assert ingest.parse_file(latin, filename="a.csv").to_pylist() == [{"city": "München"}]
@@ -175,6 +203,7 @@ def test_xlsx_timestamps_stay_timestamps():
 # Refusals with precise codes
 # ---------------------------------------------------------------------------------------
 
+
 def code_of(fn, *args, **kwargs) -> tuple[str, str]:
     with pytest.raises(InvalidRequest) as info:
         fn(*args, **kwargs)
@@ -182,28 +211,31 @@ def code_of(fn, *args, **kwargs) -> tuple[str, str]:
     return info.value.code, info.value.message
 
 
-@pytest.mark.parametrize("data,filename,code", [
-    (b"a,,c\n1,2,3\n", "x.csv", "invalid_column_name"),
-    (b"a, \n1,2\n", "x.csv", "invalid_column_name"),
-    (b"a,A\n1,2\n", "x.csv", "duplicate_column"),
-    (b"Name,name \n1,2\n", "x.csv", "duplicate_column"),
-    (b"a,b\n1,2,3\n", "x.csv", "invalid_file"),
-    (b"", "x.csv", "invalid_file"),
-    (b"   \n", "x.csv", "invalid_file"),
-    (b"[1, 2]", "x.json", "invalid_file"),
-    (b'{"a": 1}', "x.json", "invalid_file"),  # .json holding one object per line: ndjson, ok? no: see below
-    (b"[{\"a\": 1},", "x.json", "invalid_file"),
-    (b'{"a": 1}\n[1]\n', "x.ndjson", "invalid_file"),
-    (b'{"a": 1}\nnot json\n', "x.ndjson", "invalid_file"),
-    (b"PAR1 not really parquet", "x.parquet", "invalid_file"),
-    (b"PK\x03\x04 not a zip", "x.xlsx", "invalid_file"),
-    (b"hello", "x.pdf", "unsupported_file_type"),
-    (b"hello", "x.xls", "unsupported_file_type"),
-    (b"hello", None, "unsupported_file_type"),
-    (b'[{"": 1}]', "x.json", "invalid_column_name"),
-    (b'[{"a": 1, "A": 2}]', "x.json", "duplicate_column"),
-    (b'[{"a\\nb": 1}]', "x.json", "invalid_column_name"),
-])
+@pytest.mark.parametrize(
+    "data,filename,code",
+    [
+        (b"a,,c\n1,2,3\n", "x.csv", "invalid_column_name"),
+        (b"a, \n1,2\n", "x.csv", "invalid_column_name"),
+        (b"a,A\n1,2\n", "x.csv", "duplicate_column"),
+        (b"Name,name \n1,2\n", "x.csv", "duplicate_column"),
+        (b"a,b\n1,2,3\n", "x.csv", "invalid_file"),
+        (b"", "x.csv", "invalid_file"),
+        (b"   \n", "x.csv", "invalid_file"),
+        (b"[1, 2]", "x.json", "invalid_file"),
+        (b'{"a": 1}', "x.json", "invalid_file"),  # .json holding one object per line: ndjson, ok? no: see below
+        (b'[{"a": 1},', "x.json", "invalid_file"),
+        (b'{"a": 1}\n[1]\n', "x.ndjson", "invalid_file"),
+        (b'{"a": 1}\nnot json\n', "x.ndjson", "invalid_file"),
+        (b"PAR1 not really parquet", "x.parquet", "invalid_file"),
+        (b"PK\x03\x04 not a zip", "x.xlsx", "invalid_file"),
+        (b"hello", "x.pdf", "unsupported_file_type"),
+        (b"hello", "x.xls", "unsupported_file_type"),
+        (b"hello", None, "unsupported_file_type"),
+        (b'[{"": 1}]', "x.json", "invalid_column_name"),
+        (b'[{"a": 1, "A": 2}]', "x.json", "duplicate_column"),
+        (b'[{"a\\nb": 1}]', "x.json", "invalid_column_name"),
+    ],
+)
 def test_bad_input_is_a_precise_400(data, filename, code):
     if data == b'{"a": 1}':
         # A .json file starting with "{" is read as NDJSON: one object is a valid file.
@@ -228,12 +260,15 @@ def test_xlsx_values_without_header():
     assert code == "invalid_column_name" and "Column C" in message
 
 
-@pytest.mark.parametrize("rows,code", [
-    ({"a": 1}, "invalid_rows"),
-    ([1, 2], "invalid_rows"),
-    ([{"a": 1}, "x"], "invalid_rows"),
-    ([{}], "no_columns"),
-])
+@pytest.mark.parametrize(
+    "rows,code",
+    [
+        ({"a": 1}, "invalid_rows"),
+        ([1, 2], "invalid_rows"),
+        ([{"a": 1}, "x"], "invalid_rows"),
+        ([{}], "no_columns"),
+    ],
+)
 def test_bad_rows(rows, code):
     assert code_of(ingest.rows_to_table, rows)[0] == code
 
@@ -246,28 +281,47 @@ def test_empty_rows_make_an_empty_table():
 # Conformance (appends)
 # ---------------------------------------------------------------------------------------
 
-SCHEMA = [{"name": "id", "type": "integer"}, {"name": "price", "type": "float"},
-          {"name": "ok", "type": "boolean"}, {"name": "day", "type": "date"},
-          {"name": "at", "type": "timestamp"}, {"name": "label", "type": "string"}]
+SCHEMA = [
+    {"name": "id", "type": "integer"},
+    {"name": "price", "type": "float"},
+    {"name": "ok", "type": "boolean"},
+    {"name": "day", "type": "date"},
+    {"name": "at", "type": "timestamp"},
+    {"name": "label", "type": "string"},
+]
 
 
 def test_conforming_rows_accepts_values_that_spell_the_type():
     table = ingest.rows_to_table(
-        [{"id": "5", "price": 3, "ok": "TRUE", "day": "2024-01-01", "at": "2024-01-01", "label": 12},
-         {"id": 6.0, "price": "2.5", "ok": False, "day": None, "at": "2024-01-01T10:00:00Z"},
-         {"ID": 7}],  # names match ignoring case
-        columns=SCHEMA)
+        [
+            {"id": "5", "price": 3, "ok": "TRUE", "day": "2024-01-01", "at": "2024-01-01", "label": 12},
+            {"id": 6.0, "price": "2.5", "ok": False, "day": None, "at": "2024-01-01T10:00:00Z"},
+            {"ID": 7},
+        ],  # names match ignoring case
+        columns=SCHEMA,
+    )
     assert table.schema == ingest.schema_for(SCHEMA)
     assert table.to_pylist() == [
         {"id": 5, "price": 3.0, "ok": True, "day": dt.date(2024, 1, 1), "at": dt.datetime(2024, 1, 1), "label": "12"},
         {"id": 6, "price": 2.5, "ok": False, "day": None, "at": dt.datetime(2024, 1, 1, 10), "label": None},
-        {"id": 7, "price": None, "ok": None, "day": None, "at": None, "label": None}]
+        {"id": 7, "price": None, "ok": None, "day": None, "at": None, "label": None},
+    ]
 
 
-@pytest.mark.parametrize("column,bad,row", [
-    ("id", "abc", 3), ("id", 1.5, 2), ("id", True, 1), ("price", "cheap", 2), ("ok", 1, 3),
-    ("ok", "yes", 1), ("day", "2024-13-01", 2), ("day", "2024-01-01T10:00:00", 3), ("at", "noon", 1),
-])
+@pytest.mark.parametrize(
+    "column,bad,row",
+    [
+        ("id", "abc", 3),
+        ("id", 1.5, 2),
+        ("id", True, 1),
+        ("price", "cheap", 2),
+        ("ok", 1, 3),
+        ("ok", "yes", 1),
+        ("day", "2024-13-01", 2),
+        ("day", "2024-01-01T10:00:00", 3),
+        ("at", "noon", 1),
+    ],
+)
 def test_type_mismatch_names_column_and_row(column, bad, row):
     rows = [{column: None} for _ in range(3)]
     rows[row - 1][column] = bad
@@ -307,8 +361,11 @@ from hypothesis import strategies as st  # noqa: E402
 
 def _mutations(seed: bytes):
     return st.builds(
-        lambda cut, junk, pos: (seed[:pos] + junk + seed[pos + cut:]),
-        st.integers(0, 64), st.binary(max_size=64), st.integers(0, max(len(seed) - 1, 0)))
+        lambda cut, junk, pos: seed[:pos] + junk + seed[pos + cut :],
+        st.integers(0, 64),
+        st.binary(max_size=64),
+        st.integers(0, max(len(seed) - 1, 0)),
+    )
 
 
 @pytest.mark.parametrize("filename", sorted(FORMATS))

@@ -18,13 +18,17 @@ from .conftest import ALLOW, current, rf
 def version(Session, make_source, tmp_path):
     engine.clear_cache()
     (tmp_path / "secret.csv").write_text("x\n42\n")
-    source = make_source(pa.table({
-        "id": [1, 2, 3, 4],
-        "region": ["EU", "US", "EU", "APAC"],
-        "amount": [10.0, 20.0, 30.0, 40.0],
-        "day": pa.array([dt.date(2024, 1, d) for d in (1, 2, 3, 4)], pa.date32()),
-        "tags": ['{"a": 1}', '{"a": 2}', None, '{"b": 3}'],
-    }))
+    source = make_source(
+        pa.table(
+            {
+                "id": [1, 2, 3, 4],
+                "region": ["EU", "US", "EU", "APAC"],
+                "amount": [10.0, 20.0, 30.0, 40.0],
+                "day": pa.array([dt.date(2024, 1, d) for d in (1, 2, 3, 4)], pa.date32()),
+                "tags": ['{"a": 1}', '{"a": 2}', None, '{"b": 3}'],
+            }
+        )
+    )
     return current(Session, source.id)
 
 
@@ -83,7 +87,7 @@ FORBIDDEN = {
     "cte_over_other": "WITH data2 AS (SELECT * FROM organizations) SELECT * FROM data2",
     "cte_out_of_scope": "SELECT * FROM (WITH t AS (SELECT 1 AS x) SELECT * FROM t) a, t",
     "cte_file_out_of_scope": 'SELECT * FROM (WITH "secret.csv" AS (SELECT 1 AS x) SELECT * FROM "secret.csv") a, '
-                             '"secret.csv" b',
+    '"secret.csv" b',
     "python_variable": "SELECT * FROM table_",
     "union_other": "SELECT id FROM data UNION SELECT id FROM users",
     "time_travel": "SELECT * FROM data AT (VERSION => 1)",
@@ -169,11 +173,37 @@ def test_forbidden_construct_is_refused_before_anything_runs(version, name):
         sandbox.validate_query(sql)
 
 
-LAYER_TWO = ["cte_out_of_scope", "cte_file_out_of_scope", "read_csv", "read_in_subquery", "getenv", "function_in_lambda", "schema_qualified",
-             "catalog_qualified", "positional_parameter", "numbered_parameter", "describe_in_from",
-             "summarize_in_from", "unnest_in_from", "time_travel", "file_as_table", "json_serialize_sql",
-             "qualified_function", "catalog_function", "other_table", "cte_over_other", "duckdb_settings",
-             "two_statements", "insert", "attach", "copy_to", "pragma", "set", "lateral_read", "range"]
+LAYER_TWO = [
+    "cte_out_of_scope",
+    "cte_file_out_of_scope",
+    "read_csv",
+    "read_in_subquery",
+    "getenv",
+    "function_in_lambda",
+    "schema_qualified",
+    "catalog_qualified",
+    "positional_parameter",
+    "numbered_parameter",
+    "describe_in_from",
+    "summarize_in_from",
+    "unnest_in_from",
+    "time_travel",
+    "file_as_table",
+    "json_serialize_sql",
+    "qualified_function",
+    "catalog_function",
+    "other_table",
+    "cte_over_other",
+    "duckdb_settings",
+    "two_statements",
+    "insert",
+    "attach",
+    "copy_to",
+    "pragma",
+    "set",
+    "lateral_read",
+    "range",
+]
 
 
 @pytest.mark.parametrize("name", sorted(n for n in FORBIDDEN if FORBIDDEN[n].strip(" ;")))
@@ -231,8 +261,11 @@ ALLOWED = {
     "having": ("SELECT region FROM data GROUP BY region HAVING count(*) > 1", 1),
     "cte": ("WITH eu AS (SELECT * FROM data WHERE region = 'EU') SELECT count(*) FROM eu", 1),
     "cte_named_like_table": ("WITH users AS (SELECT * FROM data) SELECT * FROM users", 4),
-    "nested_ctes": ("WITH a AS (SELECT * FROM data), b AS (SELECT * FROM a WHERE id > 1) "
-                    "SELECT * FROM (WITH c AS (SELECT * FROM b) SELECT * FROM c)", 3),
+    "nested_ctes": (
+        "WITH a AS (SELECT * FROM data), b AS (SELECT * FROM a WHERE id > 1) "
+        "SELECT * FROM (WITH c AS (SELECT * FROM b) SELECT * FROM c)",
+        3,
+    ),
     "recursive_cte": ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r", 5),
     "self_join": ("SELECT a.id, b.id FROM data a JOIN data b ON a.region = b.region AND a.id < b.id", 1),
     "union": ("SELECT id FROM data UNION ALL SELECT id FROM data", 8),
@@ -242,14 +275,26 @@ ALLOWED = {
     "pivot": ("SELECT * FROM data PIVOT (sum(amount) FOR region IN ('EU', 'US'))", 4),
     "window": ("SELECT id, row_number() OVER (PARTITION BY region ORDER BY amount DESC) AS rn FROM data", 4),
     "qualify": ("SELECT * FROM data QUALIFY row_number() OVER (PARTITION BY region ORDER BY id) = 1", 3),
-    "dates": ("SELECT date_trunc('month', day) AS m, strftime(day, '%Y') AS y, extract(dow FROM day) AS d, "
-              "day + INTERVAL 1 DAY AS next FROM data", 4),
-    "strings": ("SELECT upper(region), lower(region), length(region), substr(region, 1, 1), "
-                "concat(region, '-', id), replace(region, 'E', 'e'), trim(' x '), region || '!' FROM data", 4),
-    "math": ("SELECT round(amount / 3, 2), abs(-amount), ceil(amount / 7), floor(amount / 7), "
-             "sqrt(amount), power(2, 3), greatest(1, 2), least(1, 2) FROM data", 4),
-    "case_cast": ("SELECT CASE WHEN amount > 15 THEN 'big' ELSE 'small' END, CAST(id AS VARCHAR), "
-                  "id::DOUBLE, TRY_CAST(region AS INTEGER), coalesce(tags, '{}'), nullif(id, 2) FROM data", 4),
+    "dates": (
+        "SELECT date_trunc('month', day) AS m, strftime(day, '%Y') AS y, extract(dow FROM day) AS d, "
+        "day + INTERVAL 1 DAY AS next FROM data",
+        4,
+    ),
+    "strings": (
+        "SELECT upper(region), lower(region), length(region), substr(region, 1, 1), "
+        "concat(region, '-', id), replace(region, 'E', 'e'), trim(' x '), region || '!' FROM data",
+        4,
+    ),
+    "math": (
+        "SELECT round(amount / 3, 2), abs(-amount), ceil(amount / 7), floor(amount / 7), "
+        "sqrt(amount), power(2, 3), greatest(1, 2), least(1, 2) FROM data",
+        4,
+    ),
+    "case_cast": (
+        "SELECT CASE WHEN amount > 15 THEN 'big' ELSE 'small' END, CAST(id AS VARCHAR), "
+        "id::DOUBLE, TRY_CAST(region AS INTEGER), coalesce(tags, '{}'), nullif(id, 2) FROM data",
+        4,
+    ),
     "json": ("SELECT json_extract_string(tags, '$.a') FROM data", 4),
     "lists": ("SELECT list(region), array_agg(id ORDER BY id), string_agg(region, ',') FROM data", 1),
     "distinct_limit": ("SELECT DISTINCT region FROM data ORDER BY region LIMIT 2", 2),
@@ -298,9 +343,13 @@ def test_paging_of_query_results(version):
 
 def test_results_are_json_friendly(version):
     rows, _, columns = engine.run_query(
-        version, ALLOW,
+        version,
+        ALLOW,
         "SELECT (SELECT sum(id) FROM data) AS s, 1.25::DECIMAL(10,2) AS d, INTERVAL 1 DAY AS i, 'ab'::BLOB AS b, "
-        "[1, 2] AS l, {'k': 1} AS st, id, id FROM data WHERE id = 1", page=1, page_size=10)
+        "[1, 2] AS l, {'k': 1} AS st, id, id FROM data WHERE id = 1",
+        page=1,
+        page_size=10,
+    )
     assert columns == ["s", "d", "i", "b", "l", "st", "id", "id_1"]
     row = rows[0]
     assert row["s"] == 10 and type(row["s"]) is int  # HUGEINT arrives as Decimal
@@ -309,11 +358,14 @@ def test_results_are_json_friendly(version):
     assert row["l"] == [1, 2] and row["st"] == {"k": 1} and row["id"] == row["id_1"] == 1
 
 
-@pytest.mark.parametrize("sql,fragment", [
-    ("SELECT nope FROM data", "nope"),
-    ("SELECT 1 / 'x'", "failed"),
-    ("SELECT CAST('x' AS INTEGER)", "failed"),
-])
+@pytest.mark.parametrize(
+    "sql,fragment",
+    [
+        ("SELECT nope FROM data", "nope"),
+        ("SELECT 1 / 'x'", "failed"),
+        ("SELECT CAST('x' AS INTEGER)", "failed"),
+    ],
+)
 def test_runtime_errors_are_invalid_query(version, sql, fragment):
     with pytest.raises(InvalidRequest) as info:
         engine.run_query(version, ALLOW, sql, page=1, page_size=10)
@@ -328,8 +380,9 @@ def test_long_query_is_interrupted(Session, make_source):
     try:
         started = time.monotonic()
         with pytest.raises(InvalidRequest) as info:
-            engine.run_query(version, ALLOW, "SELECT count(*) FROM data a, data b, data c WHERE a.n + b.n > c.n",
-                             page=1, page_size=1)
+            engine.run_query(
+                version, ALLOW, "SELECT count(*) FROM data a, data b, data c WHERE a.n + b.n > c.n", page=1, page_size=1
+            )
         assert info.value.code == "query_timeout"
         assert time.monotonic() - started < 10
     finally:
@@ -341,8 +394,12 @@ def test_sandbox_connection_itself_is_locked_down():
     conn = sandbox._connection()
     cursor = conn.cursor()
     try:
-        for statement in ("SET enable_external_access = true", "SET threads = 64",
-                          "SELECT * FROM read_csv('/etc/passwd')", "INSTALL httpfs"):
+        for statement in (
+            "SET enable_external_access = true",
+            "SET threads = 64",
+            "SELECT * FROM read_csv('/etc/passwd')",
+            "INSTALL httpfs",
+        ):
             with pytest.raises(Exception):  # noqa: B017 - DuckDB's own refusal, whatever its class
                 cursor.execute(statement)
     finally:
@@ -372,9 +429,13 @@ def test_queries_from_many_threads_each_see_their_own_data(Session, make_source)
     def worker(region):
         try:
             for _ in range(5):
-                rows, total, _ = engine.run_query(version, rf(region={region}),
-                                                  "SELECT DISTINCT region, count(*) OVER () AS c FROM data",
-                                                  page=1, page_size=10)
+                rows, total, _ = engine.run_query(
+                    version,
+                    rf(region={region}),
+                    "SELECT DISTINCT region, count(*) OVER () AS c FROM data",
+                    page=1,
+                    page_size=10,
+                )
                 assert rows == [{"region": region, "c": 100}] and total == 1
                 assert engine.distinct_values(version, rf(region={region}), "region", 5) == [region]
         except Exception as exc:  # noqa: BLE001
@@ -395,8 +456,13 @@ def test_memory_hungry_query_is_refused(Session, make_source):
     sandbox.configure(memory_limit="30MB")
     try:
         with pytest.raises(InvalidRequest) as info:
-            engine.run_query(version, ALLOW, "SELECT string_agg(a.n::VARCHAR || b.n::VARCHAR, ',') AS s "
-                                             "FROM data a, data b", page=1, page_size=1)
+            engine.run_query(
+                version,
+                ALLOW,
+                "SELECT string_agg(a.n::VARCHAR || b.n::VARCHAR, ',') AS s FROM data a, data b",
+                page=1,
+                page_size=1,
+            )
         assert info.value.code == "query_too_large"
     finally:
         sandbox.configure(memory_limit="1GB")

@@ -15,11 +15,12 @@ import pyarrow as pa
 import pytest
 from sqlalchemy import select
 
-from .conftest import ALLOW, current
 from tidegate.data import engine, ingest, storage
 from tidegate.data.models import File, Source, SourceVersion
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, InvalidRequest
+
+from .conftest import ALLOW, current
 
 BASE = pa.table({"id": [1, 2, 3], "region": ["EU", "US", "EU"]})
 
@@ -37,15 +38,18 @@ def files_under(root):
 def test_replace_then_append_layout(Session, make_source, data_dir):
     source = make_source(BASE)
     first = current(Session, source.id)
-    assert first.row_count == 3 and first.columns == [{"name": "id", "type": "integer"},
-                                                      {"name": "region", "type": "string"}]
+    assert first.row_count == 3 and first.columns == [
+        {"name": "id", "type": "integer"},
+        {"name": "region", "type": "string"},
+    ]
     assert first.parts == [f"{first.id}/part-0000.parquet"]
     assert (data_dir / source.org_id / source.id / first.parts[0]).is_file()
 
     with Session.begin() as session:
         src = session.get(Source, source.id)
-        storage.write_new_version(session, src, ingest.rows_to_table([{"id": 4, "region": "APAC"}],
-                                                                      columns=first.columns), append=True)
+        storage.write_new_version(
+            session, src, ingest.rows_to_table([{"id": 4, "region": "APAC"}], columns=first.columns), append=True
+        )
     second = current(Session, source.id)
     assert second.id != first.id
     assert second.parts == first.parts + [f"{second.id}/part-0001.parquet"]
@@ -108,13 +112,18 @@ def test_append_type_mismatch_changes_nothing(Session, make_source, data_dir):
     assert after.id == before.id and after.row_count == 3
     assert files_under(data_dir) == files_before
     with Session() as session:
-        assert session.scalar(select(SourceVersion).where(SourceVersion.source_id == source.id)
-                              .where(SourceVersion.id != before.id)) is None
+        assert (
+            session.scalar(
+                select(SourceVersion).where(SourceVersion.source_id == source.id).where(SourceVersion.id != before.id)
+            )
+            is None
+        )
     assert [r["id"] for r in all_rows(after)] == [1, 2, 3]
 
 
 def test_rollback_between_file_write_and_commit_leaves_old_version_and_collectable_orphans(
-        Session, make_source, data_dir):
+    Session, make_source, data_dir
+):
     source = make_source(BASE)
     old = current(Session, source.id)
     session = Session()
@@ -166,8 +175,13 @@ CRASH_SCRIPT = textwrap.dedent("""
 def test_kill_9_leaves_old_or_new_never_a_mix(Session, make_source, data_dir, db_path, mode):
     source = make_source(BASE)
     old = current(Session, source.id)
-    script = CRASH_SCRIPT.format(root=str(Path(__file__).resolve().parents[2]), data_dir=str(data_dir), db_path=str(db_path),
-                                 source_id=source.id, mode=mode)
+    script = CRASH_SCRIPT.format(
+        root=str(Path(__file__).resolve().parents[2]),
+        data_dir=str(data_dir),
+        db_path=str(db_path),
+        source_id=source.id,
+        mode=mode,
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
 
@@ -228,8 +242,9 @@ def test_compare_and_set_refuses_a_stale_switch(Session, make_source, data_dir, 
             result = real_get(model, ident, *args, **kwargs)
             if model is SourceVersion:  # another writer commits right after we read the pointer
                 with Session.begin() as other:
-                    storage.write_new_version(other, other.get(Source, source.id),
-                                              pa.table({"id": [99], "region": ["Z"]}), append=True)
+                    storage.write_new_version(
+                        other, other.get(Source, source.id), pa.table({"id": [99], "region": ["Z"]}), append=True
+                    )
             return result
 
         monkeypatch.setattr(session, "get", racing_get)
@@ -268,8 +283,14 @@ def test_prune_then_collect_removes_superseded_versions(Session, make_source, da
 
 def test_store_file_and_read_it_back(Session, org, data_dir):
     with Session.begin() as session:
-        record = storage.store_file(session, org_id=org[0], created_by=org[1], name="../../etc/people.csv",
-                                    content=b"a,b\n1,x\n2,y\n", content_type="text/csv")
+        record = storage.store_file(
+            session,
+            org_id=org[0],
+            created_by=org[1],
+            name="../../etc/people.csv",
+            content=b"a,b\n1,x\n2,y\n",
+            content_type="text/csv",
+        )
     assert record.name == "people.csv" and record.size == 12 and record.row_count == 2
     assert record.columns == [{"name": "a", "type": "integer"}, {"name": "b", "type": "string"}]
     path = storage.file_path(record)
@@ -290,8 +311,9 @@ def test_store_file_and_read_it_back(Session, org, data_dir):
     assert storage.file_path(other).exists()
 
 
-@pytest.mark.parametrize("name,code", [("", "invalid_file_name"), ("a\nb.csv", "invalid_file_name"),
-                                       ("x" * 300, "invalid_file_name")])
+@pytest.mark.parametrize(
+    "name,code", [("", "invalid_file_name"), ("a\nb.csv", "invalid_file_name"), ("x" * 300, "invalid_file_name")]
+)
 def test_store_file_refuses_bad_names(Session, org, data_dir, name, code):
     with pytest.raises(InvalidRequest) as info:
         with Session.begin() as session:

@@ -58,14 +58,14 @@ class PrivatePostgres:
         except OSError:
             return ""
 
-    def init(self) -> "PrivatePostgres":
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync",
-                  timeout=120)
+    def init(self) -> PrivatePostgres:
+        self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", timeout=120
+        )
         return self.start()
 
-    def start(self) -> "PrivatePostgres":
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
-                   f"-c max_connections=100")
+    def start(self) -> PrivatePostgres:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off -c max_connections=100"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", str(WAIT), "start")
         return self
 
@@ -132,10 +132,24 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "PrivateRedis":
+    def start(self) -> PrivateRedis:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--protected-mode", "yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         import redis
 
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
@@ -175,8 +189,12 @@ def private_redis():
 def small_disk():
     """A 16 MiB tmpfs, to be filled by the test; unmounted afterwards."""
     mount_point = Path(tempfile.mkdtemp(prefix="tidegate-faults-disk-"))
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True, timeout=WAIT)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     if done.returncode != 0:
         mount_point.rmdir()
         unavailable("mounting a tmpfs (needs root)", PermissionError(done.stderr.strip()))

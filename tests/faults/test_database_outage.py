@@ -15,11 +15,10 @@ import signal
 import time
 
 import pytest
-
 from figures import report
 from server import init_home
 from test_audit_shipper import alive, make_requests, shipper_pid, stopped
-from traffic import START, RECOVERY_BOUND, Outage, Traffic, check_answers, wait_for_events
+from traffic import RECOVERY_BOUND, START, Outage, Traffic, check_answers, wait_for_events
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +57,9 @@ def test_postgresql_outage_under_load_is_503_then_recovers_by_itself(postgres, p
     answers = traffic.snapshot()
     figures = check_answers(answers, Outage(down_at, up_at), {"database_unavailable"})
     # A request refused while the key could not even be read has no key to record it under.
-    figures |= wait_for_events(srv, [a.request_id for a in answers if a.status == 200],
-                               [a.request_id for a in answers if a.status == 503])
+    figures |= wait_for_events(
+        srv, [a.request_id for a in answers if a.status == 200], [a.request_id for a in answers if a.status == 503]
+    )
     figures["outage_s"] = round(up_at - down_at, 2)
     report(f"postgresql {fault} under load", figures)
 

@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from figures import report
 from server import Server, base_env, run_cli
 from traffic import START, Traffic, check_answers, wait_for_events
@@ -29,8 +28,15 @@ def init_home_at(home: Path) -> Server:
     beside the home, stay on the real disk)."""
     env = base_env(home)
     info = json.loads(run_cli(env, "init", "--json", "--org-name", "Acme", "--admin-email", "admin@example.com").stdout)
-    return Server(home=home, env=env, org_id=info["org_id"], admin_user_id=info["admin_user_id"],
-                  admin_email=info["admin_email"], admin_key=info["key"], admin_key_id=info["key_id"])
+    return Server(
+        home=home,
+        env=env,
+        org_id=info["org_id"],
+        admin_user_id=info["admin_user_id"],
+        admin_email=info["admin_email"],
+        admin_key=info["key"],
+        admin_key_id=info["key_id"],
+    )
 
 
 def fill(directory: Path) -> Path:
@@ -63,19 +69,23 @@ def test_a_full_disk_is_503_without_torn_records_then_recovers(small_disk, tmp_p
 
         def send(client, index, n):
             if index == 0:  # a writer: each append is a batch of 3 rows, unique per request
-                return client.post(f"/api/v1/sources/{source['id']}/rows",
-                                   json={"rows": [{"batch": f"b{n}", "i": i} for i in range(3)]})
+                return client.post(
+                    f"/api/v1/sources/{source['id']}/rows",
+                    json={"rows": [{"batch": f"b{n}", "i": i} for i in range(3)]},
+                )
             return client.get("/api/v1/keys", params={"limit": 1})
 
         with Traffic(srv.url, srv.headers(secret), send) as traffic:
             fillers = []
-            outage = traffic.through_outage(lambda: fillers.append(fill(small_disk)), lambda: fillers.pop().unlink(),
-                                            2.0, srv.logs, "the full disk")
+            outage = traffic.through_outage(
+                lambda: fillers.append(fill(small_disk)), lambda: fillers.pop().unlink(), 2.0, srv.logs, "the full disk"
+            )
         answers = traffic.snapshot()
         figures = check_answers(answers, outage, DISK_CODES)
         served = [a for a in answers if a.status < 500]
-        figures |= wait_for_events(srv, [a.request_id for a in served],
-                                   [a.request_id for a in answers if a.status == 503])
+        figures |= wait_for_events(
+            srv, [a.request_id for a in served], [a.request_id for a in answers if a.status == 503]
+        )
         status = json.loads(srv.cli("audit", "status", "--json").stdout)
         assert status["torn_records"] == 0 and status["set_aside_events"] == 0, status
 

@@ -58,9 +58,22 @@ pytestmark = pytest.mark.slow
 # (COVERAGE) or for MAX_DURATION at most: a loaded machine gets a longer run, not a vacuous one.
 DURATION = float(os.environ.get("TIDEGATE_MIXED_SECONDS", "15"))
 MAX_DURATION = 4 * DURATION
-COVERAGE = {"requests": 200, "bad_query": 10, "page": 50, "query": 30, "csv": 5, "policy_edit": 2,
-            "policy_assign": 1, "policy_unassign": 1, "role_change": 2, "append": 2, "denied_append": 1,
-            "key_revoke": 3, "revoked_key": 3, "source_delete": 1}
+COVERAGE = {
+    "requests": 200,
+    "bad_query": 10,
+    "page": 50,
+    "query": 30,
+    "csv": 5,
+    "policy_edit": 2,
+    "policy_assign": 1,
+    "policy_unassign": 1,
+    "role_change": 2,
+    "append": 2,
+    "denied_append": 1,
+    "key_revoke": 3,
+    "revoked_key": 3,
+    "source_delete": 1,
+}
 START_TIMEOUT = 120.0  # four processes importing tidegate on a busy 2-core machine
 READERS = 6  # + one admin changing things + one key churner = 8 client threads
 AUDIT_WAIT = 20.0  # the shipper ships every second
@@ -75,9 +88,9 @@ SEED_ROWS = 2_000
 P1_VALUES = (["US"], ["US", "EU"])
 P2_VALUES = (["EU"], ["EU", "APAC"])
 P3_VALUES = ["APAC", "LATAM"]  # assigned to m3 and unassigned (then m3 sees nothing)
-P4_VALUES = ["LATAM"]          # m4, who is promoted to admin and demoted again
-KEY_POLICY_VALUES = ["US"]     # assigned to nobody; named by some keys' access_policy_ids
-ADMIN_VALUES = list(PUBLIC)    # the admin sees every region but SECRET
+P4_VALUES = ["LATAM"]  # m4, who is promoted to admin and demoted again
+KEY_POLICY_VALUES = ["US"]  # assigned to nobody; named by some keys' access_policy_ids
+ADMIN_VALUES = list(PUBLIC)  # the admin sees every region but SECRET
 
 GOOD_QUERIES = [
     ("SELECT region, count(*) AS n, sum(amount) AS total FROM data GROUP BY region ORDER BY region", "rows"),
@@ -85,17 +98,20 @@ GOOD_QUERIES = [
     ("SELECT DISTINCT region FROM data", "rows"),
     ("SELECT owner, amount, region FROM data WHERE owner LIKE 'secret%'", "empty"),
     (f"SELECT count(*) AS n FROM data WHERE region = '{SECRET}'", "zero"),
-    ("WITH t AS (SELECT region, amount FROM data WHERE amount < {n}) SELECT region, max(amount) AS m "
-     "FROM t GROUP BY region", "rows"),
+    (
+        "WITH t AS (SELECT region, amount FROM data WHERE amount < {n}) SELECT region, max(amount) AS m "
+        "FROM t GROUP BY region",
+        "rows",
+    ),
 ]
 # (sql, fails whatever the rows): a cast that fails on the rows fails only where there are
 # rows, so over a caller's empty view (m3 unassigned, m2_us) it may answer 200 with no data.
 BAD_QUERIES = [
-    ("SELEC region FROM data", True),                          # syntax
-    ("SELECT no_such_column FROM data", True),                 # unknown column
-    ("SELECT * FROM not_data", True),                          # another relation
-    ("DELETE FROM data", True),                                # not a SELECT
-    ("SELECT CAST(owner AS INTEGER) AS n FROM data", False),   # a cast that fails on the rows
+    ("SELEC region FROM data", True),  # syntax
+    ("SELECT no_such_column FROM data", True),  # unknown column
+    ("SELECT * FROM not_data", True),  # another relation
+    ("DELETE FROM data", True),  # not a SELECT
+    ("SELECT CAST(owner AS INTEGER) AS n FROM data", False),  # a cast that fails on the rows
     ("SELECT region FROM data WHERE amount = 'lots'", False),  # a comparison whose cast fails
 ]
 
@@ -152,10 +168,17 @@ def make_keys(srv, org_id: str, wanted: dict[str, dict]) -> dict[str, dict]:
                 for name, spec in wanted.items():
                     user = orgs.get_user(session, org_id, spec["user_id"])
                     principal = Principal.for_user(org_id, user.id, user.role)
-                    created = keys_service.create_key(session, principal, keys_service.KeyRequest(
-                        name=name, scopes=preset_scopes(spec.get("preset", "data_access"), user.role),
-                        rate_limit_per_minute=RATE,
-                        access_policy_ids=spec.get("access_policy_ids")), pepper=settings.pepper)
+                    created = keys_service.create_key(
+                        session,
+                        principal,
+                        keys_service.KeyRequest(
+                            name=name,
+                            scopes=preset_scopes(spec.get("preset", "data_access"), user.role),
+                            rate_limit_per_minute=RATE,
+                            access_policy_ids=spec.get("access_policy_ids"),
+                        ),
+                        pepper=settings.pepper,
+                    )
                     made[name] = {"id": created.key.id, "secret": created.secret}
         finally:
             get_engine(settings.database_url).dispose()  # no connection of ours outlives the set-up
@@ -217,7 +240,7 @@ class Workload:
         self.ids = ids  # policy and user ids by name
         self.churned: list[Key] = []  # keys made and revoked during the run
         self.appended_owners: set[str] = set()  # rows the server acknowledged (owner is unique)
-        self.refused_owners: set[str] = set()   # rows of appends refused whole
+        self.refused_owners: set[str] = set()  # rows of appends refused whole
         self.out = Outcome()
         self.stop = threading.Event()
 
@@ -229,8 +252,9 @@ class Workload:
 
     # -- one request, and what every response must satisfy --------------------------------
 
-    def call(self, http: httpx.Client, key: Key, method: str, path: str, kind: str,
-             expect: tuple[int, ...], **kwargs) -> httpx.Response | None:
+    def call(
+        self, http: httpx.Client, key: Key, method: str, path: str, kind: str, expect: tuple[int, ...], **kwargs
+    ) -> httpx.Response | None:
         headers = {"Authorization": f"Bearer {key.secret}", "X-Tenant-ID": self.srv.org_id}
         sent = time.monotonic()
         revoked_before = key.revoked_at is not None and sent > key.revoked_at
@@ -347,8 +371,9 @@ class Workload:
 
     def bad_query(self, http, key: Key, rnd: random.Random) -> None:
         sql, always = rnd.choice(BAD_QUERIES)
-        resp = self.call(http, key, "POST", self.data_path("query"), "bad_query", (400,) if always else (400, 200),
-                         json={"sql": sql})
+        resp = self.call(
+            http, key, "POST", self.data_path("query"), "bad_query", (400,) if always else (400, 200), json={"sql": sql}
+        )
         if resp is not None and resp.status_code == 200 and resp.json()["data"]:
             self.out.note(self.out.unexpected, f"bad query {sql!r} by {key.name} answered rows: {resp.text[:200]}")
 
@@ -381,8 +406,14 @@ class Workload:
         rnd = random.Random(seed)
         toggles = Counter()
         # In turn, not at random: even a slow run makes every kind of change a few times.
-        steps = [self.toggle_p1, self.toggle_p3_assignment, self.toggle_m4_role, self.append_rows,
-                 self.toggle_p2, self.scratch_source]
+        steps = [
+            self.toggle_p1,
+            self.toggle_p3_assignment,
+            self.toggle_m4_role,
+            self.append_rows,
+            self.toggle_p2,
+            self.scratch_source,
+        ]
         with httpx.Client(base_url=self.srv.url + "/api/v1", timeout=30.0) as http:
             for turn in itertools.count():
                 if self.stop.is_set():
@@ -396,20 +427,31 @@ class Workload:
         return self.call(http, self.admin, method, path, kind, expect, **kwargs)
 
     def toggle_p1(self, http, n: int, rnd) -> None:
-        self.admin_call(http, "PATCH", f"/access/policies/{self.ids['p1']}", "policy_edit",
-                        json={"row_filters": [{"column": "region", "values": P1_VALUES[n % 2]}]})
+        self.admin_call(
+            http,
+            "PATCH",
+            f"/access/policies/{self.ids['p1']}",
+            "policy_edit",
+            json={"row_filters": [{"column": "region", "values": P1_VALUES[n % 2]}]},
+        )
 
     def toggle_p2(self, http, n: int, rnd) -> None:
-        self.admin_call(http, "PATCH", f"/access/policies/{self.ids['p2']}", "policy_edit",
-                        json={"row_filters": [{"column": "region", "values": P2_VALUES[n % 2]}]})
+        self.admin_call(
+            http,
+            "PATCH",
+            f"/access/policies/{self.ids['p2']}",
+            "policy_edit",
+            json={"row_filters": [{"column": "region", "values": P2_VALUES[n % 2]}]},
+        )
 
     def toggle_p3_assignment(self, http, n: int, rnd) -> None:
         policy, user = self.ids["p3"], self.ids["m3"]
         if n % 2:
             self.admin_call(http, "DELETE", f"/access/policies/{policy}/users/{user}", "policy_unassign")
         else:
-            self.admin_call(http, "POST", f"/access/policies/{policy}/users", "policy_assign",
-                            json={"user_ids": [user]})
+            self.admin_call(
+                http, "POST", f"/access/policies/{policy}/users", "policy_assign", json={"user_ids": [user]}
+            )
 
     def toggle_m4_role(self, http, n: int, rnd) -> None:
         role = "admin" if n % 2 else "member"
@@ -437,8 +479,9 @@ class Workload:
         sql = "SELECT owner FROM data WHERE owner LIKE '%-w%'"
         with httpx.Client(base_url=self.srv.url + "/api/v1", timeout=60.0) as http:
             for _ in range(5):  # nothing else runs now; a 429 from admission control would clear
-                resp = self.admin_call(http, "POST", self.data_path("query"), "final_read",
-                                       json={"sql": sql, "page_size": 10_000})
+                resp = self.admin_call(
+                    http, "POST", self.data_path("query"), "final_read", json={"sql": sql, "page_size": 10_000}
+                )
                 if resp is None or resp.status_code != 429:
                     break
                 time.sleep(1)
@@ -452,8 +495,14 @@ class Workload:
 
     def scratch_source(self, http, n: int, rnd) -> None:
         rows = [row(region, f"s{n}x{i}") for i, region in enumerate((*PUBLIC, SECRET) * 4)]
-        resp = self.admin_call(http, "POST", "/sources", "source_create", (201,),
-                               json={"name": f"scratch-{n}-{uuid.uuid4().hex[:6]}", "rows": rows})
+        resp = self.admin_call(
+            http,
+            "POST",
+            "/sources",
+            "source_create",
+            (201,),
+            json={"name": f"scratch-{n}-{uuid.uuid4().hex[:6]}", "rows": rows},
+        )
         if resp is None or resp.status_code != 201:
             return
         source_id = resp.json()["id"]
@@ -470,9 +519,19 @@ class Workload:
         with httpx.Client(base_url=self.srv.url + "/api/v1", timeout=30.0) as http:
             while not self.stop.is_set():
                 n += 1
-                resp = self.admin_call(http, "POST", "/keys", "key_create", (201,), json={
-                    "name": f"churn-{n}", "preset": "data_access", "rate_limit_per_minute": 1000,
-                    "access_policy_ids": [self.ids["key_policy"]]})
+                resp = self.admin_call(
+                    http,
+                    "POST",
+                    "/keys",
+                    "key_create",
+                    (201,),
+                    json={
+                        "name": f"churn-{n}",
+                        "preset": "data_access",
+                        "rate_limit_per_minute": 1000,
+                        "access_policy_ids": [self.ids["key_policy"]],
+                    },
+                )
                 if resp is None or resp.status_code != 201:
                     time.sleep(0.05)
                     continue
@@ -509,20 +568,36 @@ def set_up(srv) -> Workload:
         source = ok(http.post("/sources", json={"name": "sales", "rows": seed_rows()}), 201)
         # Before any policy, the source really holds SECRET rows an unrestricted reader gets:
         # so the "never shown" checks below can fail.
-        secret_count = ok(http.post(f"/sources/{source['id']}/query",
-                                    json={"sql": f"SELECT count(*) AS n FROM data WHERE region = '{SECRET}'"}))
+        secret_count = ok(
+            http.post(
+                f"/sources/{source['id']}/query",
+                json={"sql": f"SELECT count(*) AS n FROM data WHERE region = '{SECRET}'"},
+            )
+        )
         assert secret_count["data"] == [{"n": SEED_ROWS // 10}], secret_count
         ok(http.post(f"/sources/{source['id']}/org-share", json={"enabled": True, "permission": "view"}))
         for name in ("m1", "m2", "m3", "m4"):
             user = ok(http.post("/users", json={"email": f"{name}-{uuid.uuid4().hex[:6]}@example.com"}), 201)
             ids[name] = user["id"]
-        policies = {"p1": (P1_VALUES[0], "m1"), "p2": (P2_VALUES[0], "m2"), "p3": (P3_VALUES, "m3"),
-                    "p4": (P4_VALUES, "m4"), "key_policy": (KEY_POLICY_VALUES, None),
-                    "admin_policy": (ADMIN_VALUES, None)}
+        policies = {
+            "p1": (P1_VALUES[0], "m1"),
+            "p2": (P2_VALUES[0], "m2"),
+            "p3": (P3_VALUES, "m3"),
+            "p4": (P4_VALUES, "m4"),
+            "key_policy": (KEY_POLICY_VALUES, None),
+            "admin_policy": (ADMIN_VALUES, None),
+        }
         for name, (values, holder) in policies.items():
-            policy = ok(http.post("/access/policies", json={
-                "name": f"{name}-{uuid.uuid4().hex[:6]}", "row_filters": [{"column": "region", "values": values}]}),
-                201)
+            policy = ok(
+                http.post(
+                    "/access/policies",
+                    json={
+                        "name": f"{name}-{uuid.uuid4().hex[:6]}",
+                        "row_filters": [{"column": "region", "values": values}],
+                    },
+                ),
+                201,
+            )
             ids[name] = policy["id"]
             user_ids = [ids[holder]] if holder else ([srv.admin_user_id] if name == "admin_policy" else [])
             if user_ids:
@@ -539,8 +614,10 @@ def set_up(srv) -> Workload:
         "m4": ({"user_id": ids["m4"]}, set(P4_VALUES)),
     }
     made = make_keys(srv, srv.org_id, {name: spec for name, (spec, _) in wanted.items()})
-    keys = {name: Key(name, made[name]["id"], made[name]["secret"], frozenset(allowed))
-            for name, (_, allowed) in wanted.items()}
+    keys = {
+        name: Key(name, made[name]["id"], made[name]["secret"], frozenset(allowed))
+        for name, (_, allowed) in wanted.items()
+    }
     keys["admin"] = admin
     return Workload(srv, source["id"], keys, admin, ids)
 
@@ -578,8 +655,11 @@ def audit_gaps(srv, answered: dict[str, int]) -> tuple[list[str], list[str], flo
         if not missing or waited > AUDIT_WAIT:
             break
         time.sleep(0.5)
-    wrong = [f"{rid}: answered {answered[rid]}, event {found[rid]}"
-             for rid in answered if rid in found and found[rid] != answered[rid]]
+    wrong = [
+        f"{rid}: answered {answered[rid]}, event {found[rid]}"
+        for rid in answered
+        if rid in found and found[rid] != answered[rid]
+    ]
     wrong += [f"{rid}: {count[rid]} events" for rid in answered if count[rid] > 1]
     return missing, wrong, waited
 
@@ -591,8 +671,10 @@ def test_mixed_workload_keeps_every_promise(mixed_server):
     server = mixed_server
     work = set_up(server)
     threads = [threading.Thread(target=work.reader, args=(i,), name=f"reader-{i}") for i in range(READERS)]
-    threads += [threading.Thread(target=work.changer, args=(100,), name="changer"),
-                threading.Thread(target=work.churner, args=(200,), name="churner")]
+    threads += [
+        threading.Thread(target=work.changer, args=(100,), name="changer"),
+        threading.Thread(target=work.churner, args=(200,), name="churner"),
+    ]
     began = time.monotonic()
     for thread in threads:
         thread.start()
@@ -611,28 +693,48 @@ def test_mixed_workload_keeps_every_promise(mixed_server):
     churned = len(work.churned)
     revoked = sum(1 for k in work.churned if k.revoked_at is not None)
     figures = {
-        "database": server.database, "workers": 2, "client_threads": len(threads),
-        "duration_s": round(duration, 1), "requests": sum(out.statuses.values()),
-        "statuses": dict(sorted(out.statuses.items())), "by_kind": dict(sorted(out.by_kind.items())),
-        "5xx": len(out.server_errors), "denied_row_violations": len(out.denied_rows),
-        "accepted_after_revoke": len(out.after_revoke), "bad_envelopes": len(out.bad_envelopes),
-        "unexpected_statuses": len(out.unexpected), "transport_errors": len(out.transport_errors),
-        "rows_checked": out.rows_checked, "regions_seen": dict(out.regions_seen),
-        "keys_churned": churned, "keys_revoked": revoked, "rows_appended": len(work.appended_owners),
+        "database": server.database,
+        "workers": 2,
+        "client_threads": len(threads),
+        "duration_s": round(duration, 1),
+        "requests": sum(out.statuses.values()),
+        "statuses": dict(sorted(out.statuses.items())),
+        "by_kind": dict(sorted(out.by_kind.items())),
+        "5xx": len(out.server_errors),
+        "denied_row_violations": len(out.denied_rows),
+        "accepted_after_revoke": len(out.after_revoke),
+        "bad_envelopes": len(out.bad_envelopes),
+        "unexpected_statuses": len(out.unexpected),
+        "transport_errors": len(out.transport_errors),
+        "rows_checked": out.rows_checked,
+        "regions_seen": dict(out.regions_seen),
+        "keys_churned": churned,
+        "keys_revoked": revoked,
+        "rows_appended": len(work.appended_owners),
         "write_problems": len(write_problems),
-        "events_missing": len(missing), "events_wrong_status": len(wrong_status),
+        "events_missing": len(missing),
+        "events_wrong_status": len(wrong_status),
         "audit_wait_s": round(waited, 1),
     }
     print(f"\nmixed workload figures: {json.dumps(figures)}")
     if out.server_errors:  # what the server said about them
-        causes = Counter(line.strip() for line in server.logs().splitlines()
-                         if line[:1].isalpha() and "Error" in line.split(":", 1)[0])
+        causes = Counter(
+            line.strip()
+            for line in server.logs().splitlines()
+            if line[:1].isalpha() and "Error" in line.split(":", 1)[0]
+        )
         print(f"  exceptions in the server log: {dict(causes.most_common(10))}")
-    for title, items in (("5xx", out.server_errors), ("denied rows", out.denied_rows),
-                         ("accepted after revoke", out.after_revoke), ("bad envelopes", out.bad_envelopes),
-                         ("unexpected statuses", out.unexpected), ("transport errors", out.transport_errors),
-                         ("events missing", missing), ("events with another status", wrong_status),
-                         ("writes", write_problems)):
+    for title, items in (
+        ("5xx", out.server_errors),
+        ("denied rows", out.denied_rows),
+        ("accepted after revoke", out.after_revoke),
+        ("bad envelopes", out.bad_envelopes),
+        ("unexpected statuses", out.unexpected),
+        ("transport errors", out.transport_errors),
+        ("events missing", missing),
+        ("events with another status", wrong_status),
+        ("writes", write_problems),
+    ):
         for item in items[:25]:
             print(f"  {title}: {item}")
         if len(items) > 25:

@@ -13,7 +13,6 @@ from collections import Counter
 
 import httpx
 import pytest
-
 from figures import report
 from server import init_home
 from traffic import START, Traffic, check_answers, wait_for_events

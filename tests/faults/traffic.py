@@ -35,8 +35,15 @@ def _answer(started: float, resp: httpx.Response, sender: tuple[int, int]) -> An
             code = resp.json()["error"]["code"]
         except (ValueError, KeyError, TypeError):
             code = "<no envelope>"
-    return Answer(started, time.monotonic(), resp.status_code, resp.headers.get("x-request-id"), code,
-                  resp.headers.get("retry-after"), sender=sender)
+    return Answer(
+        started,
+        time.monotonic(),
+        resp.status_code,
+        resp.headers.get("x-request-id"),
+        code,
+        resp.headers.get("retry-after"),
+        sender=sender,
+    )
 
 
 class Traffic:
@@ -59,13 +66,14 @@ class Traffic:
                 try:
                     answer = _answer(started, self.send(client, index, n), (index, n))
                 except httpx.HTTPError as exc:
-                    answer = Answer(started, time.monotonic(), None, None, None, None, f"{type(exc).__name__}: {exc}",
-                                    (index, n))
+                    answer = Answer(
+                        started, time.monotonic(), None, None, None, None, f"{type(exc).__name__}: {exc}", (index, n)
+                    )
                 with self._lock:
                     self.answers.append(answer)
                 time.sleep(self.pause)
 
-    def __enter__(self) -> "Traffic":
+    def __enter__(self) -> Traffic:
         for index in range(self.threads):
             worker = threading.Thread(target=self._run, args=(index,), daemon=True)
             worker.start()
@@ -81,7 +89,7 @@ class Traffic:
         with self._lock:
             return list(self.answers)
 
-    def through_outage(self, take_down, bring_back, held: float, logs, what: str = "the outage") -> "Outage":
+    def through_outage(self, take_down, bring_back, held: float, logs, what: str = "the outage") -> Outage:
         """Serving (a 200), then `take_down()`; once a request answers 503, `held` seconds later
         `bring_back()`; then serving again within RECOVERY_BOUND, and a little more traffic."""
         assert self.wait_for(lambda a: a.status == 200, 20) is not None
@@ -134,8 +142,14 @@ def check_answers(answers: list[Answer], outage: Outage, allowed_codes: set[str]
     last_503 = max((a.ended for a in unavailable), default=outage.up_at)
     recovered = min((a.ended for a in served_after if a.started >= last_503), default=None)
     assert recovered is not None, "the server did not recover"
-    return {"requests": len(answers), "503": len(unavailable), "other 5xx": 0, "dropped": 0,
-            "codes": dict(codes), "recovery_s": round(max(0.0, recovered - outage.up_at), 2)}
+    return {
+        "requests": len(answers),
+        "503": len(unavailable),
+        "other 5xx": 0,
+        "dropped": 0,
+        "codes": dict(codes),
+        "recovery_s": round(max(0.0, recovered - outage.up_at), 2),
+    }
 
 
 # The event of the request itself (the middleware's, which has the method), not the lifecycle
@@ -147,19 +161,21 @@ def stored_event_counts(database_url: str | None, sqlite_path, request_ids: list
     """How many audit events each request id has in the server's database."""
     counts: Counter = Counter()
     for start in range(0, len(request_ids), 500):
-        chunk = request_ids[start:start + 500]
+        chunk = request_ids[start : start + 500]
         if database_url:
             import psycopg
 
             with psycopg.connect(database_url, connect_timeout=5) as db:
-                rows = db.execute(f"SELECT request_id FROM audit_events WHERE {REQUEST_EVENT} AND request_id = ANY(%s)",
-                                  (chunk,)).fetchall()
+                rows = db.execute(
+                    f"SELECT request_id FROM audit_events WHERE {REQUEST_EVENT} AND request_id = ANY(%s)", (chunk,)
+                ).fetchall()
         else:
             db = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True, timeout=30)
             try:
                 marks = ",".join("?" * len(chunk))
-                rows = db.execute(f"SELECT request_id FROM audit_events WHERE {REQUEST_EVENT} AND request_id IN ({marks})",
-                                  chunk).fetchall()
+                rows = db.execute(
+                    f"SELECT request_id FROM audit_events WHERE {REQUEST_EVENT} AND request_id IN ({marks})", chunk
+                ).fetchall()
             finally:
                 db.close()
         counts.update(row[0] for row in rows)
@@ -177,12 +193,18 @@ def wait_for_events(srv, required: list[str], optional: list[str], timeout: floa
         duplicated = [rid for rid, n in counts.items() if n > 1]
         assert not duplicated, f"{len(duplicated)} requests have more than one audit event"
         if not missing:
-            return {"events_required": len(required), "events_lost": 0,
-                    "503_with_event": sum(1 for rid in optional if counts[rid])}
+            return {
+                "events_required": len(required),
+                "events_lost": 0,
+                "503_with_event": sum(1 for rid in optional if counts[rid]),
+            }
         if time.monotonic() > deadline:
-            raise AssertionError(f"{len(missing)} of {len(required)} answered requests have no audit event "
-                                 f"after {timeout}s\n{srv.logs()[-3000:]}")
+            raise AssertionError(
+                f"{len(missing)} of {len(required)} answered requests have no audit event "
+                f"after {timeout}s\n{srv.logs()[-3000:]}"
+            )
         time.sleep(0.25)
+
 
 # Starting `tidegate serve` on a busy machine (other suites running beside this one) can
 # take far longer than the usual few seconds; bounded all the same.

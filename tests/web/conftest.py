@@ -20,12 +20,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from server import Server, base_env, run_cli
 
 CHROMIUM = os.environ.get("TIDEGATE_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 ADMIN_EMAIL = "admin@acme.test"
 ADMIN_PASSWORD = "admin-" + secrets.token_urlsafe(12)
@@ -94,10 +99,28 @@ def web_server(base: Path, *, database_url: str | None = None, org_name: str = "
     home = base / "home"
     home.mkdir()
     env = base_env(home, database_url=database_url)
-    info = json.loads(run_cli(env, "init", "--json", "--org-name", org_name, "--admin-email", ADMIN_EMAIL,
-                              "--admin-password", ADMIN_PASSWORD).stdout)
-    srv = Server(home=home, env=env, org_id=info["org_id"], admin_user_id=info["admin_user_id"],
-                 admin_email=info["admin_email"], admin_key=info["key"], admin_key_id=info["key_id"])
+    info = json.loads(
+        run_cli(
+            env,
+            "init",
+            "--json",
+            "--org-name",
+            org_name,
+            "--admin-email",
+            ADMIN_EMAIL,
+            "--admin-password",
+            ADMIN_PASSWORD,
+        ).stdout
+    )
+    srv = Server(
+        home=home,
+        env=env,
+        org_id=info["org_id"],
+        admin_user_id=info["admin_user_id"],
+        admin_email=info["admin_email"],
+        admin_key=info["key"],
+        admin_key_id=info["key_id"],
+    )
     srv.start()
     try:
         yield WebServer(srv, ADMIN_EMAIL, ADMIN_PASSWORD)

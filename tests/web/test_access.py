@@ -13,8 +13,21 @@ ADMIN_PAGES = ("/settings/people", "/settings/security", "/audit")
 def test_member_sees_only_own_keys_and_no_admin_pages(ui, web):
     web.add_user("ann@acme.test", password=PASSWORD)
     web.add_user("bob@acme.test", password=PASSWORD)
-    bob_key = json.loads(web.srv.cli("keys", "create", "--json", "--org", web.org_id, "--user", "bob@acme.test",
-                                     "--name", "Bob's pipeline", "--preset", "data_access").stdout)
+    bob_key = json.loads(
+        web.srv.cli(
+            "keys",
+            "create",
+            "--json",
+            "--org",
+            web.org_id,
+            "--user",
+            "bob@acme.test",
+            "--name",
+            "Bob's pipeline",
+            "--preset",
+            "data_access",
+        ).stdout
+    )
     page = ui.page
     ui.sign_in("ann@acme.test", PASSWORD)
     expect(page.get_by_text("You see the keys you created.")).to_be_visible()
@@ -69,13 +82,17 @@ def test_member_sees_only_own_keys_and_no_admin_pages(ui, web):
     ui.goto(f"/settings/api-keys/{bob_key['id']}/revoke", status=404, label="member-bobs-key")
     csrf = page.locator("input[name=csrf_token]").first.input_value()
     for action in ("revoke", "rotate"):
-        response = ui.context.request.post(f"/settings/api-keys/{bob_key['id']}/{action}",
-                                           form={"csrf_token": csrf, "grace_seconds": "0"}, max_redirects=0)
+        response = ui.context.request.post(
+            f"/settings/api-keys/{bob_key['id']}/{action}",
+            form={"csrf_token": csrf, "grace_seconds": "0"},
+            max_redirects=0,
+        )
         assert response.status == 404, action
     with web.api() as api:
         assert api.get(f"/keys/{bob_key['id']}").json()["status"] == "active"
         # And an admin-only change by a member is refused even with a valid token.
-        response = ui.context.request.post("/settings/security/admin-controls", form={"csrf_token": csrf},
-                                           max_redirects=0)
+        response = ui.context.request.post(
+            "/settings/security/admin-controls", form={"csrf_token": csrf}, max_redirects=0
+        )
         assert response.status == 403
         assert api.get("/org/settings").json()["api_key_creation_enabled"] is True

@@ -97,8 +97,10 @@ def test_admin_controls_switch_key_creation_off_and_on(ui_factory, web):
     member.snap("member-creation-disabled")
     # A forged create is refused by the service, as through the API.
     member.expect_status(403)
-    forged = member.context.request.post("/settings/api-keys", form={
-        "csrf_token": member.csrf(), "name": "sneaky", "access": "data_access", "expiration": "never"})
+    forged = member.context.request.post(
+        "/settings/api-keys",
+        form={"csrf_token": member.csrf(), "name": "sneaky", "access": "data_access", "expiration": "never"},
+    )
     assert forged.status == 403 and "switched off API key creation" in forged.text()
 
     switch = page.get_by_label("Allow qk_ API key creation")
@@ -114,8 +116,9 @@ def test_admin_controls_switch_key_creation_off_and_on(ui_factory, web):
 def test_rotate_with_grace_period_then_now(ui, web):
     page = ui.page
     ui.sign_in(web.admin_email, web.admin_password)
-    first, _ = create_key(ui, "Rotating integration", access="Custom", scopes=["admin:keys:manage"],
-                          expiration="90 days")
+    first, _ = create_key(
+        ui, "Rotating integration", access="Custom", scopes=["admin:keys:manage"], expiration="90 days"
+    )
     dismiss_secret(ui, first)
     with web.api(first) as api:
         assert api.get("/keys").status_code == 200  # a custom key with Keys may list keys

@@ -75,12 +75,21 @@ def test_csrf_token_is_required_on_every_change(ui, web):
         refused = request.post(f"/settings/api-keys/{key_id}/revoke", form=form, max_redirects=0)
         assert refused.status == 403, form
         assert "security token" in refused.text()
-        created = request.post("/settings/api-keys", form={**form, "name": "csrf", "access": "data_access",
-                                                           "expiration": "never"}, max_redirects=0)
+        created = request.post(
+            "/settings/api-keys",
+            form={**form, "name": "csrf", "access": "data_access", "expiration": "never"},
+            max_redirects=0,
+        )
         assert created.status == 403
         assert request.post("/settings/security/admin-controls", form=form, max_redirects=0).status == 403
-        assert request.post("/settings/people", form={**form, "email": "x@acme.test", "role": "admin",
-                                                      "password": "long-enough-password"}, max_redirects=0).status == 403
+        assert (
+            request.post(
+                "/settings/people",
+                form={**form, "email": "x@acme.test", "role": "admin", "password": "long-enough-password"},
+                max_redirects=0,
+            ).status
+            == 403
+        )
         assert request.post("/logout", form=form, max_redirects=0).status == 403
 
     with web.api() as api:
@@ -91,8 +100,9 @@ def test_csrf_token_is_required_on_every_change(ui, web):
     # The sign-in form is protected as well (no login CSRF).
     other = ui.context.browser.new_context(base_url=web.url)
     try:
-        bare = other.request.post("/login", form={"email": web.admin_email, "password": web.admin_password},
-                                  max_redirects=0)
+        bare = other.request.post(
+            "/login", form={"email": web.admin_email, "password": web.admin_password}, max_redirects=0
+        )
         assert bare.status == 403
         assert "tidegate_session" not in {c["name"] for c in other.cookies()}
     finally:
@@ -113,8 +123,9 @@ def test_csrf_token_is_required_on_every_change(ui, web):
 def test_same_email_in_two_organizations(ui, web):
     email = "shared@acme.test"
     web.add_user(email, password=PASSWORD)
-    beta = json.loads(web.srv.cli("init", "--json", "--org-name", "Beta", "--admin-email", email,
-                                  "--admin-password", PASSWORD).stdout)
+    beta = json.loads(
+        web.srv.cli("init", "--json", "--org-name", "Beta", "--admin-email", email, "--admin-password", PASSWORD).stdout
+    )
     page = ui.page
     ui.sign_in(email, PASSWORD, organization="Beta")
     expect(page.locator(".org-name")).to_have_text("Beta")

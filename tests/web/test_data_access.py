@@ -12,10 +12,18 @@ import json
 from playwright.sync_api import expect
 
 PASSWORD = "member-password-1"
-SALES_CSV = (b"order_id,region,product,amount\n"
-             b"1,EU,Widget,100\n2,US,Gadget,250\n3,EU,Gizmo,75\n4,APAC,Widget,120\n5,US,Widget,60\n6,EU,Gadget,310\n")
-SALES = [["1", "EU", "Widget", "100"], ["2", "US", "Gadget", "250"], ["3", "EU", "Gizmo", "75"],
-         ["4", "APAC", "Widget", "120"], ["5", "US", "Widget", "60"], ["6", "EU", "Gadget", "310"]]
+SALES_CSV = (
+    b"order_id,region,product,amount\n"
+    b"1,EU,Widget,100\n2,US,Gadget,250\n3,EU,Gizmo,75\n4,APAC,Widget,120\n5,US,Widget,60\n6,EU,Gadget,310\n"
+)
+SALES = [
+    ["1", "EU", "Widget", "100"],
+    ["2", "US", "Gadget", "250"],
+    ["3", "EU", "Gizmo", "75"],
+    ["4", "APAC", "Widget", "120"],
+    ["5", "US", "Widget", "60"],
+    ["6", "EU", "Gadget", "310"],
+]
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -24,8 +32,21 @@ SALES = [["1", "EU", "Widget", "100"], ["2", "US", "Gadget", "250"], ["3", "EU",
 def member_with_key(web, email: str) -> tuple[dict, dict]:
     """A member (with a password) and a Data Access key they created (secret included)."""
     user = web.add_user(email, password=PASSWORD)
-    key = json.loads(web.srv.cli("keys", "create", "--json", "--org", web.org_id, "--user", email,
-                                 "--name", f"{email.split('@')[0]} BI", "--preset", "data_access").stdout)
+    key = json.loads(
+        web.srv.cli(
+            "keys",
+            "create",
+            "--json",
+            "--org",
+            web.org_id,
+            "--user",
+            email,
+            "--name",
+            f"{email.split('@')[0]} BI",
+            "--preset",
+            "data_access",
+        ).stdout
+    )
     return user, key
 
 
@@ -45,7 +66,8 @@ def api_rows(web, secret: str, source_id: str) -> tuple[int, list[list[str]]]:
 
 def preview_rows(ui) -> list[list[str]]:
     return ui.page.locator("[data-preview-rows] tbody tr:not(.empty)").evaluate_all(
-        "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent.trim()))")
+        "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent.trim()))"
+    )
 
 
 def preview_as(ui, source_id: str, choice: str, label: str) -> None:
@@ -67,7 +89,8 @@ def upload_csv(ui, name: str, filename: str, content: bytes) -> str:
     ui.goto("/sources", label="sources-before-upload")
     page.get_by_role("button", name="Upload a file").click()
     page.get_by_label("File", exact=True).set_input_files(
-        files=[{"name": filename, "mimeType": "text/csv", "buffer": content}])
+        files=[{"name": filename, "mimeType": "text/csv", "buffer": content}]
+    )
     page.get_by_label("Source name (optional)").fill(name)
     ui.snap("upload-form")
     with page.expect_navigation():
@@ -145,14 +168,18 @@ def test_policy_from_the_ui_governs_the_key_preview_and_the_api(ui_factory, web)
 
     # A policy from the column picker: region = EU, assigned to Mia.
     policy_id = new_policy(admin, "EU only", "region", ["EU"])
-    picks = page.get_by_role("group", name="Row filter 1", exact=True).get_by_role("group", name="Values of region in your data")
+    picks = page.get_by_role("group", name="Row filter 1", exact=True).get_by_role(
+        "group", name="Values of region in your data"
+    )
     assert picks.locator("input").evaluate_all("els => els.map(e => e.value)") == ["APAC", "EU", "US"]
     expect(picks.get_by_label("EU", exact=True)).to_be_checked()
     page.get_by_label("Assign to a person").select_option(label="mia@acme.test")
     with page.expect_navigation():
         page.get_by_role("button", name="Assign", exact=True).click()
     admin.snap("policy-assigned")
-    expect(page.get_by_role("table", name="People this policy is assigned to directly")).to_contain_text("mia@acme.test")
+    expect(page.get_by_role("table", name="People this policy is assigned to directly")).to_contain_text(
+        "mia@acme.test"
+    )
 
     eu = [r for r in SALES if r[1] == "EU"]
     preview_as(admin, source_id, mia_key["id"], "mia-key-eu")
@@ -207,8 +234,15 @@ def test_policy_from_the_ui_governs_the_key_preview_and_the_api(ui_factory, web)
 
     # Every change was audited as the admin, like its API twin.
     actions = {e["action"] for e in web.srv.audit_events(actor_id=web.srv.admin_user_id)}
-    assert {"file.upload", "source.created", "source.shared", "source.unshared", "policy.created",
-            "policy.user_assigned", "policy.updated"} <= actions, actions
+    assert {
+        "file.upload",
+        "source.created",
+        "source.shared",
+        "source.unshared",
+        "policy.created",
+        "policy.user_assigned",
+        "policy.updated",
+    } <= actions, actions
     updated = web.srv.audit_events(action="policy.updated")
     assert updated[0]["target_id"] == policy_id and updated[0]["ip_address"] == "127.0.0.1"
 
@@ -216,8 +250,13 @@ def test_policy_from_the_ui_governs_the_key_preview_and_the_api(ui_factory, web)
 def test_policy_through_a_group_applies(ui_factory, web):
     gus, gus_key = member_with_key(web, "gus@acme.test")
     with admin_api(web) as api:
-        created = api.post("/sources", json={"name": "Staff", "rows": [
-            {"name": "Ann", "dept": "ops"}, {"name": "Ben", "dept": "eng"}, {"name": "Cy", "dept": "ops"}]})
+        created = api.post(
+            "/sources",
+            json={
+                "name": "Staff",
+                "rows": [{"name": "Ann", "dept": "ops"}, {"name": "Ben", "dept": "eng"}, {"name": "Cy", "dept": "ops"}],
+            },
+        )
         assert created.status_code == 201, created.text
         source_id = created.json()["id"]
         assert api.post(f"/sources/{source_id}/org-share", json={"enabled": True}).status_code == 200
@@ -284,11 +323,15 @@ def test_policy_through_a_group_applies(ui_factory, web):
 def test_deny_by_default_empties_a_policyless_key(ui_factory, web):
     nora, nora_key = member_with_key(web, "nora@acme.test")
     with admin_api(web) as api:
-        created = api.post("/sources", json={"name": "Inventory", "rows": [{"sku": "A1", "qty": 3}, {"sku": "B2", "qty": 5}]})
+        created = api.post(
+            "/sources", json={"name": "Inventory", "rows": [{"sku": "A1", "qty": 3}, {"sku": "B2", "qty": 5}]}
+        )
         source_id = created.json()["id"]
         api.post(f"/sources/{source_id}/org-share", json={"enabled": True})
         # Under deny-by-default the admin needs a policy too: a filterless one (every row of every source).
-        everything = api.post("/access/policies", json={"name": "Admins see everything", "row_filters": []}).json()["id"]
+        everything = api.post("/access/policies", json={"name": "Admins see everything", "row_filters": []}).json()[
+            "id"
+        ]
         api.post(f"/access/policies/{everything}/users", json={"user_ids": [web.srv.admin_user_id]})
     admin = ui_factory("admin")
     page = admin.page
@@ -328,8 +371,11 @@ def test_deny_by_default_empties_a_policyless_key(ui_factory, web):
         with admin_api(web) as api:
             api.patch("/org/settings", json={"deny_by_default": False})
             api.delete(f"/access/policies/{everything}")
-    changes = [e["details"] for e in web.srv.audit_events(action="org.settings_updated")
-               if "deny_by_default" in (e["details"] or {})]
+    changes = [
+        e["details"]
+        for e in web.srv.audit_events(action="org.settings_updated")
+        if "deny_by_default" in (e["details"] or {})
+    ]
     assert [c["deny_by_default"]["new"] for c in changes][-2:] in ([True, False], [False, True])
 
 
@@ -359,8 +405,12 @@ def test_members_get_403_on_policies_and_404_on_sources_not_shared(ui_factory, w
     assert preview_rows(member) == [["1"]]
 
     member.expect_status(403, 404)
-    for path in ("/settings/security/access-policies", "/settings/security/access-policies/new",
-                 f"/settings/security/access-policies/{policy}", "/settings/security/groups"):
+    for path in (
+        "/settings/security/access-policies",
+        "/settings/security/access-policies/new",
+        f"/settings/security/access-policies/{policy}",
+        "/settings/security/groups",
+    ):
         member.goto(path, status=403, label=f"member-{path}")
         expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
     for path in (f"/sources/{private}", f"/sources/{shared}?view_as={admin_key_id}"):
@@ -426,8 +476,12 @@ def test_bad_input_is_a_4xx_page_never_a_500(ui, web):
     cases = [
         ("/settings/security/access-policies", {"name": "", "binding": "auto"}, 400, "Policy name must be"),
         ("/settings/security/access-policies", {"name": "x", "binding": "explicit"}, 400, "at least one source"),
-        ("/settings/security/access-policies", {"name": "x", "binding": "auto", "column_0": "a"}, 400,
-         "at least one allowed value"),
+        (
+            "/settings/security/access-policies",
+            {"name": "x", "binding": "auto", "column_0": "a"},
+            400,
+            "at least one allowed value",
+        ),
         ("/settings/security/access-policies", {"name": "x", "binding": "auto", "values_0": "v"}, 400, "no column"),
         ("/settings/security/access-policies", {"name": "x" * 5000, "binding": "auto"}, 400, "too long"),
         ("/settings/security/groups", {"name": ""}, 400, "Group name must be"),
@@ -443,20 +497,29 @@ def test_bad_input_is_a_4xx_page_never_a_500(ui, web):
         assert response.status == status, (path, form, response.status)
         assert message in response.text(), (path, message)
     # A duplicate name is a 409 that keeps the form filled in.
-    ui.context.request.post("/settings/security/access-policies",
-                            form={"csrf_token": csrf, "name": "Unique", "binding": "auto"})
-    response = ui.context.request.post("/settings/security/access-policies",
-                                       form={"csrf_token": csrf, "name": "Unique", "binding": "auto",
-                                             "description": "typed"})
+    ui.context.request.post(
+        "/settings/security/access-policies", form={"csrf_token": csrf, "name": "Unique", "binding": "auto"}
+    )
+    response = ui.context.request.post(
+        "/settings/security/access-policies",
+        form={"csrf_token": csrf, "name": "Unique", "binding": "auto", "description": "typed"},
+    )
     assert response.status == 409 and "already exists" in response.text() and "typed" in response.text()
     # A non-table file is refused.
-    response = ui.context.request.post("/sources/upload", multipart={
-        "csrf_token": csrf, "file": {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}})
+    response = ui.context.request.post(
+        "/sources/upload",
+        multipart={"csrf_token": csrf, "file": {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}},
+    )
     assert response.status == 400 and "is not a table" in response.text()
-    for path in ("/sources/src_nope", f"/sources/{source_id}?view_as=key_nope", f"/sources/{source_id}?page=0",
-                 "/settings/security/access-policies/pol_nope", "/settings/security/groups/grp_nope",
-                 "/settings/security/access-policies?user_id=user_nope&source_id=" + source_id,
-                 "/settings/security/access-policies?user_id=" + web.srv.admin_user_id + "&source_id=src_nope"):
+    for path in (
+        "/sources/src_nope",
+        f"/sources/{source_id}?view_as=key_nope",
+        f"/sources/{source_id}?page=0",
+        "/settings/security/access-policies/pol_nope",
+        "/settings/security/groups/grp_nope",
+        "/settings/security/access-policies?user_id=user_nope&source_id=" + source_id,
+        "/settings/security/access-policies?user_id=" + web.srv.admin_user_id + "&source_id=src_nope",
+    ):
         response = ui.context.request.get(path)
         assert 400 <= response.status < 500, (path, response.status)
         assert response.headers["content-type"].startswith("text/html")

@@ -175,7 +175,7 @@ def test_create_use_revoke_and_audit(ui, web):
 
 def test_csv_export_neutralizes_formulas(ui, web):
     ui.sign_in(web.admin_email, web.admin_password)
-    secret, _ = create_key(ui, "=HYPERLINK(\"http://evil\",\"x\")", access="Data Access")
+    secret, _ = create_key(ui, '=HYPERLINK("http://evil","x")', access="Data Access")
     dismiss_secret(ui, secret)
     with web.api(secret) as api:
         api.get("/keys")
@@ -239,8 +239,13 @@ def test_refused_create_keeps_the_form_and_never_500s(ui, web):
         response = ui.context.request.post("/settings/api-keys", form={**base, **change})
         assert response.status == 400, (change, response.status)
         assert message in response.text(), (change, message)
-    for path in ("/settings/api-keys?after=" + "x" * 500, "/audit?since=yesterday", "/audit/keys/key_nope",
-                 "/settings/api-keys/key_nope/revoke", "/settings/people/user_nope/deactivate"):
+    for path in (
+        "/settings/api-keys?after=" + "x" * 500,
+        "/audit?since=yesterday",
+        "/audit/keys/key_nope",
+        "/settings/api-keys/key_nope/revoke",
+        "/settings/people/user_nope/deactivate",
+    ):
         response = ui.context.request.get(path)
         assert 400 <= response.status < 500, (path, response.status)
         assert response.headers["content-type"].startswith("text/html")

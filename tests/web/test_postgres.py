@@ -12,6 +12,7 @@ from .test_keys_flow import test_create_use_revoke_and_audit  # noqa: F401  (col
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory, postgresql_url):
-    with web_server(tmp_path_factory.mktemp("web-pg"), database_url=postgresql_url,
-                    org_name=f"Acme-{uuid.uuid4().hex[:8]}") as server:
+    with web_server(
+        tmp_path_factory.mktemp("web-pg"), database_url=postgresql_url, org_name=f"Acme-{uuid.uuid4().hex[:8]}"
+    ) as server:
         yield server

@@ -28,8 +28,9 @@ def make_admin(settings) -> str:
 def sign_in(client: TestClient, email: str):
     form = client.get("/login")
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
-    return client.post("/login", data={"csrf_token": csrf, "email": email, "password": PASSWORD},
-                       follow_redirects=False)
+    return client.post(
+        "/login", data={"csrf_token": csrf, "email": email, "password": PASSWORD}, follow_redirects=False
+    )
 
 
 def session_cookie(response) -> str:
@@ -70,5 +71,7 @@ def test_sign_out_deletes_the_session_row(settings):
         token = client.cookies.get("tidegate_session")
         assert client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
     with session_scope(settings.database_url) as session:
-        assert session.scalar(select(WebSession).where(
-            WebSession.token_hash == token_hash(settings.session_key, token))) is None
+        assert (
+            session.scalar(select(WebSession).where(WebSession.token_hash == token_hash(settings.session_key, token)))
+            is None
+        )

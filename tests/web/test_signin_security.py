@@ -39,8 +39,14 @@ def cheap_hashes(monkeypatch):
 
 @pytest.fixture
 def settings(tmp_path, sqlite_url) -> Settings:
-    return Settings(home=tmp_path, database_url=sqlite_url, redis_url=None, pepper=secrets.token_hex(32).encode(),
-                    session_key=secrets.token_hex(32).encode(), trusted_proxies=("127.0.0.1",))
+    return Settings(
+        home=tmp_path,
+        database_url=sqlite_url,
+        redis_url=None,
+        pepper=secrets.token_hex(32).encode(),
+        session_key=secrets.token_hex(32).encode(),
+        trusted_proxies=("127.0.0.1",),
+    )
 
 
 @pytest.fixture
@@ -50,8 +56,9 @@ def clock():
 
 def serve(settings: Settings, clock: Clock, store=None, namespace: str | None = None) -> TestClient:
     app = create_app(settings)
-    app.state.signin_throttle = SigninThrottle(store or MemoryStore(), clock=clock,
-                                               namespace=namespace or f"test-signin-{uuid.uuid4().hex}")
+    app.state.signin_throttle = SigninThrottle(
+        store or MemoryStore(), clock=clock, namespace=namespace or f"test-signin-{uuid.uuid4().hex}"
+    )
     return TestClient(app, client=("127.0.0.1", 50000))
 
 
@@ -72,8 +79,12 @@ def sign_in(client: TestClient, email: str, password: str, ip: str, *, forwarded
     headers = {"X-Forwarded-For": forwarded or ip}
     form = client.get("/login", headers=headers)
     assert form.status_code == 200
-    return client.post("/login", headers=headers, follow_redirects=False, data={
-        "csrf_token": CSRF.search(form.text).group(1), "email": email, "password": password})
+    return client.post(
+        "/login",
+        headers=headers,
+        follow_redirects=False,
+        data={"csrf_token": CSRF.search(form.text).group(1), "email": email, "password": password},
+    )
 
 
 def signed_in(response) -> bool:
@@ -221,8 +232,10 @@ def test_with_redis_two_servers_share_the_counts(settings, clock, victim):
     email, password, _ = victim
     namespace = f"test-signin-{uuid.uuid4().hex}"
     try:
-        with serve(settings, clock, RedisStore(redis_client(REDIS_URL)), namespace) as first, \
-                serve(settings, clock, RedisStore(redis_client(REDIS_URL)), namespace) as second:
+        with (
+            serve(settings, clock, RedisStore(redis_client(REDIS_URL)), namespace) as first,
+            serve(settings, clock, RedisStore(redis_client(REDIS_URL)), namespace) as second,
+        ):
             for n in range(5):
                 assert sign_in((first, second)[n % 2], email, "wrong", "203.0.113.60").status_code == 401
             assert paused(sign_in(first, email, password, "203.0.113.60"))
@@ -240,8 +253,9 @@ def test_redis_down_answers_503_and_signs_nobody_in(settings, victim):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with TestClient(create_app(replace(settings, redis_url=f"redis://127.0.0.1:{port}/0")),
-                    client=("127.0.0.1", 50000)) as site:
+    with TestClient(
+        create_app(replace(settings, redis_url=f"redis://127.0.0.1:{port}/0")), client=("127.0.0.1", 50000)
+    ) as site:
         response = sign_in(site, email, password, "203.0.113.70")
         assert response.status_code == 503 and response.headers["Retry-After"]
         assert "temporarily unavailable" in response.text and "tidegate_session" not in response.cookies

@@ -11,8 +11,8 @@ from dataclasses import replace
 
 import httpx
 import pytest
-
 from server import base_env, init_home
+
 from tidegate.web.throttle import NAMESPACE, SigninThrottle, client_subject
 
 from .test_throttle import REDIS_URL, redis_or_skip
@@ -25,8 +25,9 @@ def attempt(server, email: str, password: str, forwarded: str) -> httpx.Response
     """A fresh browser's sign-in, through the proxy that reports `forwarded`."""
     with httpx.Client(base_url=server.url, headers={"X-Forwarded-For": forwarded}, timeout=60) as browser:
         form = browser.get("/login")
-        return browser.post("/login", data={"csrf_token": CSRF.search(form.text).group(1), "email": email,
-                                            "password": password})
+        return browser.post(
+            "/login", data={"csrf_token": CSRF.search(form.text).group(1), "email": email, "password": password}
+        )
 
 
 @pytest.fixture
@@ -38,8 +39,12 @@ def test_two_servers_share_the_lock_and_forged_addresses_do_not_escape_it(tmp_pa
     first = init_home(tmp_path, redis_url=REDIS_URL, extra_env=PROXY)
     home = tmp_path / "second-home"
     home.mkdir()
-    second = replace(first, home=home, env=base_env(home, database_url=f"sqlite:///{first.home / 'tidegate.db'}",
-                                                    redis_url=REDIS_URL, extra=PROXY), _log_files=[])
+    second = replace(
+        first,
+        home=home,
+        env=base_env(home, database_url=f"sqlite:///{first.home / 'tidegate.db'}", redis_url=REDIS_URL, extra=PROXY),
+        _log_files=[],
+    )
     email, password = "victim@example.com", "victim-" + secrets.token_hex(8)
     first.cli("users", "create", "--org", first.org_id, "--email", email, "--role", "member", "--password", password)
     attacker, other = "203.0.113.80", "198.51.100.80"

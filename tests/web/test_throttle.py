@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tidegate.web import throttle
-from tidegate.web.throttle import MemoryStore, Policy, RedisStore, SigninThrottle, SignInPaused
+from tidegate.web.throttle import MemoryStore, Policy, RedisStore, SignInPaused, SigninThrottle
 
 REDIS_URL = os.environ.get("TIDEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 A, B = "org_a", "org_b"
@@ -208,8 +208,9 @@ def test_a_success_does_not_reset_the_account_slow_down(gate, clock):
 def test_an_unknown_email_is_throttled_exactly_like_a_real_one(gate):
     fail(gate, "10.5.0.1", orgs=(A,), email="real@x.test", times=5)
     fail(gate, "10.5.0.1", orgs=(), email="nobody@x.test", times=5)
-    assert paused_for(gate, "10.5.0.1", orgs=(A,), email="real@x.test") == \
-        paused_for(gate, "10.5.0.1", orgs=(), email="nobody@x.test")
+    assert paused_for(gate, "10.5.0.1", orgs=(A,), email="real@x.test") == paused_for(
+        gate, "10.5.0.1", orgs=(), email="nobody@x.test"
+    )
 
 
 def test_many_failures_from_one_ip_lock_that_ip_for_every_account(gate):
@@ -242,8 +243,9 @@ def test_concurrent_guesses_cannot_slip_past_the_lock_together(make_store, clock
 
 def test_counts_are_shared_between_workers_through_redis(clock, namespace):
     redis_or_skip()
-    first, second = (SigninThrottle(RedisStore(throttle.redis_client(REDIS_URL)), clock=clock, namespace=namespace)
-                     for _ in range(2))
+    first, second = (
+        SigninThrottle(RedisStore(throttle.redis_client(REDIS_URL)), clock=clock, namespace=namespace) for _ in range(2)
+    )
     fail(first, "10.8.0.1", times=3)
     fail(second, "10.8.0.1", times=2)
     paused_for(first, "10.8.0.1")

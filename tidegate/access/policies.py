@@ -71,6 +71,7 @@ UNSET: Any = _Unset()  # "field not given" in updates (None may be a real value)
 
 # --------------------------------------------------------------------------- validation
 
+
 def _has_control(text: str) -> bool:
     return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
@@ -85,7 +86,9 @@ def _check_description(description: Any) -> str | None:
     if description is None:
         return None
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION or "\x00" in description:
-        raise InvalidRequest("invalid_description", f"description must be text of at most {MAX_DESCRIPTION} characters.")
+        raise InvalidRequest(
+            "invalid_description", f"description must be text of at most {MAX_DESCRIPTION} characters."
+        )
     return description
 
 
@@ -107,7 +110,9 @@ def normalize_row_filters(raw: Any) -> list[dict]:
         if isinstance(item, Mapping):
             extra = sorted(set(item) - {"column", "values"})
             if extra:
-                raise InvalidRequest("invalid_row_filters", f"{where} has unknown field(s): {', '.join(map(str, extra))}.")
+                raise InvalidRequest(
+                    "invalid_row_filters", f"{where} has unknown field(s): {', '.join(map(str, extra))}."
+                )
             column, values = item.get("column"), item.get("values")
         elif hasattr(item, "column") and hasattr(item, "values"):
             column, values = item.column, item.values
@@ -116,8 +121,9 @@ def normalize_row_filters(raw: Any) -> list[dict]:
         if not isinstance(column, str) or not column.strip():
             raise InvalidRequest("invalid_row_filters", f"{where}.column must be a non-empty string.")
         if len(column) > MAX_COLUMN or _has_control(column):
-            raise InvalidRequest("invalid_row_filters",
-                                 f"{where}.column must be at most {MAX_COLUMN} printable characters.")
+            raise InvalidRequest(
+                "invalid_row_filters", f"{where}.column must be at most {MAX_COLUMN} printable characters."
+            )
         folded = column.casefold()
         if folded in seen:
             raise InvalidRequest(
@@ -134,11 +140,12 @@ def normalize_row_filters(raw: Any) -> list[dict]:
             if not isinstance(value, str):
                 raise InvalidRequest(
                     "invalid_row_filters",
-                    f"{where}.values must be strings; got {type(value).__name__} {value!r} (send it as \"{value}\").",
+                    f'{where}.values must be strings; got {type(value).__name__} {value!r} (send it as "{value}").',
                 )
             if len(value) > MAX_VALUE or "\x00" in value:
-                raise InvalidRequest("invalid_row_filters",
-                                     f"{where}.values: each value is at most {MAX_VALUE} characters, without NUL.")
+                raise InvalidRequest(
+                    "invalid_row_filters", f"{where}.values: each value is at most {MAX_VALUE} characters, without NUL."
+                )
         result.append({"column": column, "values": list(dict.fromkeys(values))})
     return result
 
@@ -152,8 +159,12 @@ def normalize_source_ids(raw: Any) -> list[str]:
     if len(raw) > MAX_SOURCE_IDS:
         raise InvalidRequest("invalid_source_ids", f"A policy is bound to at most {MAX_SOURCE_IDS} sources.")
     for source_id in raw:
-        if not isinstance(source_id, str) or not source_id.strip() or len(source_id) > MAX_SOURCE_ID \
-                or _has_control(source_id):
+        if (
+            not isinstance(source_id, str)
+            or not source_id.strip()
+            or len(source_id) > MAX_SOURCE_ID
+            or _has_control(source_id)
+        ):
             raise InvalidRequest("invalid_source_ids", f"{source_id!r} is not a source id.")
     return sorted(set(raw))
 
@@ -208,11 +219,14 @@ def validate_policy_ids(session: Session, org_id: str, policy_ids: Any) -> list[
     found = set(session.scalars(select(Policy.id).where(Policy.org_id == org_id, Policy.id.in_(wanted))))
     bad = [p for p in wanted if p not in found]
     if bad:
-        raise InvalidRequest("invalid_policy_ids", f"No access policy {', '.join(map(repr, bad))} in this organization.")
+        raise InvalidRequest(
+            "invalid_policy_ids", f"No access policy {', '.join(map(repr, bad))} in this organization."
+        )
     return wanted
 
 
 # --------------------------------------------------------------------------- policies: reads
+
 
 def get_policy(session: Session, org_id: str, policy_id: str) -> Policy:
     policy = session.scalar(select(Policy).where(Policy.org_id == org_id, Policy.id == policy_id))
@@ -221,8 +235,9 @@ def get_policy(session: Session, org_id: str, policy_id: str) -> Policy:
     return policy
 
 
-def list_policies(session: Session, org_id: str, *, limit: int, after: str | None = None,
-                  name: str | None = None) -> list[Policy]:
+def list_policies(
+    session: Session, org_id: str, *, limit: int, after: str | None = None, name: str | None = None
+) -> list[Policy]:
     """Up to limit+1 policies ordered by id (the extra one tells that more exist)."""
     query = select(Policy).where(Policy.org_id == org_id)
     if name is not None:
@@ -234,12 +249,14 @@ def list_policies(session: Session, org_id: str, *, limit: int, after: str | Non
 
 def policy_user_ids(session: Session, policy_id: str) -> list[str]:
     """Active users the policy is assigned to directly."""
-    return list(session.scalars(
-        select(PolicyAssignment.user_id)
-        .join(User, User.id == PolicyAssignment.user_id)
-        .where(PolicyAssignment.policy_id == policy_id, User.is_active.is_(True))
-        .order_by(PolicyAssignment.user_id)
-    ))
+    return list(
+        session.scalars(
+            select(PolicyAssignment.user_id)
+            .join(User, User.id == PolicyAssignment.user_id)
+            .where(PolicyAssignment.policy_id == policy_id, User.is_active.is_(True))
+            .order_by(PolicyAssignment.user_id)
+        )
+    )
 
 
 def policy_user_counts(session: Session, policy_ids: Sequence[str]) -> dict[str, int]:
@@ -276,12 +293,17 @@ def policy_view(policy: Policy, *, user_count: int, user_ids: list[str] | None =
 
 
 def direct_policy_ids(session: Session, user_id: str) -> list[str]:
-    return list(session.scalars(
-        select(PolicyAssignment.policy_id).where(PolicyAssignment.user_id == user_id).order_by(PolicyAssignment.policy_id)
-    ))
+    return list(
+        session.scalars(
+            select(PolicyAssignment.policy_id)
+            .where(PolicyAssignment.user_id == user_id)
+            .order_by(PolicyAssignment.policy_id)
+        )
+    )
 
 
 # --------------------------------------------------------------------------- policies: writes
+
 
 def _policy_name_taken(session: Session, org_id: str, name: str, exclude_id: str | None = None) -> bool:
     query = select(Policy.id).where(Policy.org_id == org_id, Policy.name == name)
@@ -310,14 +332,28 @@ def create_policy(
         raise Conflict("policy_exists", f"An access policy named {name!r} already exists.")
     now = utcnow()
     policy = Policy(
-        id=new_id("pol"), org_id=org_id, name=name, description=description, source_ids=source_ids,
-        row_filters=row_filters, created_by=actor.user_id if actor else None, created_at=now, updated_at=now,
+        id=new_id("pol"),
+        org_id=org_id,
+        name=name,
+        description=description,
+        source_ids=source_ids,
+        row_filters=row_filters,
+        created_by=actor.user_id if actor else None,
+        created_at=now,
+        updated_at=now,
     )
     session.add(policy)
     session.flush()
-    record(session, actor, "policy.created", org_id=org_id, target_type="access_policy", target_id=policy.id,
-           details={"name": name, "description": description, "source_ids": source_ids, "row_filters": row_filters},
-           context=context)
+    record(
+        session,
+        actor,
+        "policy.created",
+        org_id=org_id,
+        target_type="access_policy",
+        target_id=policy.id,
+        details={"name": name, "description": description, "source_ids": source_ids, "row_filters": row_filters},
+        context=context,
+    )
     return policy
 
 
@@ -344,7 +380,11 @@ def update_policy(
         new["row_filters"] = normalize_row_filters(row_filters)
     if "name" in new and new["name"] != policy.name:
         lock_organization(session, policy.org_id)
-    if "name" in new and new["name"] != policy.name and _policy_name_taken(session, policy.org_id, new["name"], policy.id):
+    if (
+        "name" in new
+        and new["name"] != policy.name
+        and _policy_name_taken(session, policy.org_id, new["name"], policy.id)
+    ):
         raise Conflict("policy_exists", f"An access policy named {new['name']!r} already exists.")
     changes = {}
     for field, value in new.items():
@@ -355,13 +395,22 @@ def update_policy(
     if changes:
         policy.updated_at = utcnow()
         session.flush()
-        record(session, actor, "policy.updated", org_id=policy.org_id, target_type="access_policy",
-               target_id=policy.id, details=changes, context=context)
+        record(
+            session,
+            actor,
+            "policy.updated",
+            org_id=policy.org_id,
+            target_type="access_policy",
+            target_id=policy.id,
+            details=changes,
+            context=context,
+        )
     return policy
 
 
-def delete_policy(session: Session, actor: Principal | None, policy: Policy, *,
-                  context: RequestContext | None = None) -> None:
+def delete_policy(
+    session: Session, actor: Principal | None, policy: Policy, *, context: RequestContext | None = None
+) -> None:
     """Delete the policy and its user and group assignments.
 
     Keys naming it in access_policy_ids fail closed from then on; the event lists them.
@@ -369,20 +418,35 @@ def delete_policy(session: Session, actor: Principal | None, policy: Policy, *,
     user_ids = list(session.scalars(select(PolicyAssignment.user_id).where(PolicyAssignment.policy_id == policy.id)))
     group_ids = list(session.scalars(select(GroupPolicy.group_id).where(GroupPolicy.policy_id == policy.id)))
     key_ids = sorted(
-        key_id for key_id, ids in session.execute(
+        key_id
+        for key_id, ids in session.execute(
             select(ApiKey.id, ApiKey.access_policy_ids).where(
                 ApiKey.org_id == policy.org_id, ApiKey.revoked_at.is_(None), ApiKey.access_policy_ids.is_not(None)
             )
-        ) if ids and policy.id in ids
+        )
+        if ids and policy.id in ids
     )
     session.execute(delete(PolicyAssignment).where(PolicyAssignment.policy_id == policy.id))
     session.execute(delete(GroupPolicy).where(GroupPolicy.policy_id == policy.id))
     session.delete(policy)
     session.flush()
-    record(session, actor, "policy.deleted", org_id=policy.org_id, target_type="access_policy", target_id=policy.id,
-           details={"name": policy.name, "source_ids": policy.source_ids, "row_filters": policy.row_filters,
-                    "user_ids": sorted(user_ids), "group_ids": sorted(group_ids), "keys_now_failing_closed": key_ids},
-           context=context)
+    record(
+        session,
+        actor,
+        "policy.deleted",
+        org_id=policy.org_id,
+        target_type="access_policy",
+        target_id=policy.id,
+        details={
+            "name": policy.name,
+            "source_ids": policy.source_ids,
+            "row_filters": policy.row_filters,
+            "user_ids": sorted(user_ids),
+            "group_ids": sorted(group_ids),
+            "keys_now_failing_closed": key_ids,
+        },
+        context=context,
+    )
 
 
 @dataclass(frozen=True)
@@ -392,20 +456,39 @@ class AssignResult:
     added: list[str]  # those newly assigned by this call (the contract's `assigned_user_ids`)
 
 
-def assign_users(session: Session, actor: Principal | None, policy: Policy, user_ids: list[str], *,
-                 context: RequestContext | None = None) -> AssignResult:
+def assign_users(
+    session: Session,
+    actor: Principal | None,
+    policy: Policy,
+    user_ids: list[str],
+    *,
+    context: RequestContext | None = None,
+) -> AssignResult:
     """Additive and idempotent. All users must be active users of the policy's org, or nothing changes."""
     resolved = resolve_user_ids(session, policy.org_id, user_ids)
     lock_organization(session, policy.org_id)  # concurrent identical calls stay idempotent
-    existing = set(session.scalars(select(PolicyAssignment.user_id).where(
-        PolicyAssignment.policy_id == policy.id, PolicyAssignment.user_id.in_(resolved))))
+    existing = set(
+        session.scalars(
+            select(PolicyAssignment.user_id).where(
+                PolicyAssignment.policy_id == policy.id, PolicyAssignment.user_id.in_(resolved)
+            )
+        )
+    )
     added = [u for u in resolved if u not in existing]
     for user_id in added:
         session.add(PolicyAssignment(policy_id=policy.id, user_id=user_id, created_at=utcnow()))
     if added:
         session.flush()
-        record(session, actor, "policy.user_assigned", org_id=policy.org_id, target_type="access_policy",
-               target_id=policy.id, details={"policy_name": policy.name, "user_ids": added}, context=context)
+        record(
+            session,
+            actor,
+            "policy.user_assigned",
+            org_id=policy.org_id,
+            target_type="access_policy",
+            target_id=policy.id,
+            details={"policy_name": policy.name, "user_ids": added},
+            context=context,
+        )
     return AssignResult(policy_id=policy.id, user_ids=resolved, added=added)
 
 
@@ -416,16 +499,26 @@ class RemoveResult:
     removed: bool  # False: the user was not assigned (idempotent; nothing recorded)
 
 
-def remove_user(session: Session, actor: Principal | None, policy: Policy, user_id: str, *,
-                context: RequestContext | None = None) -> RemoveResult:
+def remove_user(
+    session: Session, actor: Principal | None, policy: Policy, user_id: str, *, context: RequestContext | None = None
+) -> RemoveResult:
     """Unassign one user (also a deactivated one). NotFound `user_not_found` if not a user of the org."""
     user = get_user(session, policy.org_id, user_id, include_inactive=True)
-    result = session.execute(delete(PolicyAssignment).where(
-        PolicyAssignment.policy_id == policy.id, PolicyAssignment.user_id == user.id))
+    result = session.execute(
+        delete(PolicyAssignment).where(PolicyAssignment.policy_id == policy.id, PolicyAssignment.user_id == user.id)
+    )
     removed = bool(result.rowcount)
     if removed:
-        record(session, actor, "policy.user_removed", org_id=policy.org_id, target_type="access_policy",
-               target_id=policy.id, details={"policy_name": policy.name, "user_id": user.id}, context=context)
+        record(
+            session,
+            actor,
+            "policy.user_removed",
+            org_id=policy.org_id,
+            target_type="access_policy",
+            target_id=policy.id,
+            details={"policy_name": policy.name, "user_id": user.id},
+            context=context,
+        )
     return RemoveResult(policy_id=policy.id, user_id=user.id, removed=removed)
 
 
@@ -437,8 +530,15 @@ class ReplaceResult:
     removed: list[str]
 
 
-def replace_user_policies(session: Session, actor: Principal | None, org_id: str, user_id: str,
-                          policy_ids: list[str], *, context: RequestContext | None = None) -> ReplaceResult:
+def replace_user_policies(
+    session: Session,
+    actor: Principal | None,
+    org_id: str,
+    user_id: str,
+    policy_ids: list[str],
+    *,
+    context: RequestContext | None = None,
+) -> ReplaceResult:
     """Make exactly `policy_ids` the user's direct policies ([] removes all; group policies untouched).
 
     Atomic: every id is checked before anything changes, so one bad id changes nothing.
@@ -450,19 +550,28 @@ def replace_user_policies(session: Session, actor: Principal | None, org_id: str
     added = sorted(set(wanted) - set(current))
     removed = sorted(set(current) - set(wanted))
     if removed:
-        session.execute(delete(PolicyAssignment).where(
-            PolicyAssignment.user_id == user.id, PolicyAssignment.policy_id.in_(removed)))
+        session.execute(
+            delete(PolicyAssignment).where(PolicyAssignment.user_id == user.id, PolicyAssignment.policy_id.in_(removed))
+        )
     for policy_id in added:
         session.add(PolicyAssignment(policy_id=policy_id, user_id=user.id, created_at=utcnow()))
     if added or removed:
         session.flush()
-        record(session, actor, "policy.user_policies_replaced", org_id=org_id, target_type="user",
-               target_id=user.id, details={"old": current, "new": sorted(wanted), "added": added, "removed": removed},
-               context=context)
+        record(
+            session,
+            actor,
+            "policy.user_policies_replaced",
+            org_id=org_id,
+            target_type="user",
+            target_id=user.id,
+            details={"old": current, "new": sorted(wanted), "added": added, "removed": removed},
+            context=context,
+        )
     return ReplaceResult(user_id=user.id, policy_ids=sorted(wanted), added=added, removed=removed)
 
 
 # --------------------------------------------------------------------------- groups
+
 
 def get_group(session: Session, org_id: str, group_id: str) -> Group:
     group = session.scalar(select(Group).where(Group.org_id == org_id, Group.id == group_id))
@@ -471,8 +580,9 @@ def get_group(session: Session, org_id: str, group_id: str) -> Group:
     return group
 
 
-def list_groups(session: Session, org_id: str, *, limit: int, after: str | None = None,
-                name: str | None = None) -> list[Group]:
+def list_groups(
+    session: Session, org_id: str, *, limit: int, after: str | None = None, name: str | None = None
+) -> list[Group]:
     """Up to limit+1 groups ordered by id."""
     query = select(Group).where(Group.org_id == org_id)
     if name is not None:
@@ -484,23 +594,31 @@ def list_groups(session: Session, org_id: str, *, limit: int, after: str | None 
 
 def group_member_ids(session: Session, group_id: str) -> list[str]:
     """Active members."""
-    return list(session.scalars(
-        select(GroupMember.user_id).join(User, User.id == GroupMember.user_id)
-        .where(GroupMember.group_id == group_id, User.is_active.is_(True)).order_by(GroupMember.user_id)
-    ))
+    return list(
+        session.scalars(
+            select(GroupMember.user_id)
+            .join(User, User.id == GroupMember.user_id)
+            .where(GroupMember.group_id == group_id, User.is_active.is_(True))
+            .order_by(GroupMember.user_id)
+        )
+    )
 
 
 def group_policy_ids(session: Session, group_id: str) -> list[str]:
-    return list(session.scalars(
-        select(GroupPolicy.policy_id).where(GroupPolicy.group_id == group_id).order_by(GroupPolicy.policy_id)
-    ))
+    return list(
+        session.scalars(
+            select(GroupPolicy.policy_id).where(GroupPolicy.group_id == group_id).order_by(GroupPolicy.policy_id)
+        )
+    )
 
 
 def policy_group_ids(session: Session, policy_id: str) -> list[str]:
     """The groups a policy is assigned to (the reverse of group_policy_ids)."""
-    return list(session.scalars(
-        select(GroupPolicy.group_id).where(GroupPolicy.policy_id == policy_id).order_by(GroupPolicy.group_id)
-    ))
+    return list(
+        session.scalars(
+            select(GroupPolicy.group_id).where(GroupPolicy.policy_id == policy_id).order_by(GroupPolicy.group_id)
+        )
+    )
 
 
 def group_view(group: Group, *, member_ids: list[str], policy_ids: list[str]) -> dict:
@@ -523,8 +641,15 @@ def _group_name_taken(session: Session, org_id: str, name: str, exclude_id: str 
     return session.scalar(query) is not None
 
 
-def create_group(session: Session, actor: Principal | None, org_id: str, *, name: str,
-                 description: str | None = None, context: RequestContext | None = None) -> Group:
+def create_group(
+    session: Session,
+    actor: Principal | None,
+    org_id: str,
+    *,
+    name: str,
+    description: str | None = None,
+    context: RequestContext | None = None,
+) -> Group:
     name = _check_name(name, "Group")
     description = _check_description(description)
     lock_organization(session, org_id)  # the name check holds until commit
@@ -534,13 +659,28 @@ def create_group(session: Session, actor: Principal | None, org_id: str, *, name
     group = Group(id=new_id("grp"), org_id=org_id, name=name, description=description, created_at=now, updated_at=now)
     session.add(group)
     session.flush()
-    record(session, actor, "group.created", org_id=org_id, target_type="group", target_id=group.id,
-           details={"name": name, "description": description}, context=context)
+    record(
+        session,
+        actor,
+        "group.created",
+        org_id=org_id,
+        target_type="group",
+        target_id=group.id,
+        details={"name": name, "description": description},
+        context=context,
+    )
     return group
 
 
-def update_group(session: Session, actor: Principal | None, group: Group, *, name: Any = UNSET,
-                 description: Any = UNSET, context: RequestContext | None = None) -> Group:
+def update_group(
+    session: Session,
+    actor: Principal | None,
+    group: Group,
+    *,
+    name: Any = UNSET,
+    description: Any = UNSET,
+    context: RequestContext | None = None,
+) -> Group:
     new: dict[str, Any] = {}
     if name is not UNSET:
         new["name"] = _check_name(name, "Group")
@@ -559,13 +699,22 @@ def update_group(session: Session, actor: Principal | None, group: Group, *, nam
     if changes:
         group.updated_at = utcnow()
         session.flush()
-        record(session, actor, "group.updated", org_id=group.org_id, target_type="group", target_id=group.id,
-               details=changes, context=context)
+        record(
+            session,
+            actor,
+            "group.updated",
+            org_id=group.org_id,
+            target_type="group",
+            target_id=group.id,
+            details=changes,
+            context=context,
+        )
     return group
 
 
-def delete_group(session: Session, actor: Principal | None, group: Group, *,
-                 context: RequestContext | None = None) -> None:
+def delete_group(
+    session: Session, actor: Principal | None, group: Group, *, context: RequestContext | None = None
+) -> None:
     """Delete the group: its members lose the policies they had only through it."""
     member_ids = list(session.scalars(select(GroupMember.user_id).where(GroupMember.group_id == group.id)))
     policy_ids = group_policy_ids(session, group.id)
@@ -573,72 +722,143 @@ def delete_group(session: Session, actor: Principal | None, group: Group, *,
     session.execute(delete(GroupPolicy).where(GroupPolicy.group_id == group.id))
     session.delete(group)
     session.flush()
-    record(session, actor, "group.deleted", org_id=group.org_id, target_type="group", target_id=group.id,
-           details={"name": group.name, "user_ids": sorted(member_ids), "policy_ids": policy_ids}, context=context)
+    record(
+        session,
+        actor,
+        "group.deleted",
+        org_id=group.org_id,
+        target_type="group",
+        target_id=group.id,
+        details={"name": group.name, "user_ids": sorted(member_ids), "policy_ids": policy_ids},
+        context=context,
+    )
 
 
-def add_group_members(session: Session, actor: Principal | None, group: Group, user_ids: list[str], *,
-                      context: RequestContext | None = None) -> list[str]:
+def add_group_members(
+    session: Session,
+    actor: Principal | None,
+    group: Group,
+    user_ids: list[str],
+    *,
+    context: RequestContext | None = None,
+) -> list[str]:
     """Additive, idempotent, all or nothing. Returns the users newly added."""
     resolved = resolve_user_ids(session, group.org_id, user_ids)
     lock_organization(session, group.org_id)  # concurrent identical calls stay idempotent
-    existing = set(session.scalars(select(GroupMember.user_id).where(
-        GroupMember.group_id == group.id, GroupMember.user_id.in_(resolved))))
+    existing = set(
+        session.scalars(
+            select(GroupMember.user_id).where(GroupMember.group_id == group.id, GroupMember.user_id.in_(resolved))
+        )
+    )
     added = [u for u in resolved if u not in existing]
     for user_id in added:
         session.add(GroupMember(group_id=group.id, user_id=user_id, created_at=utcnow()))
     if added:
         session.flush()
-        record(session, actor, "group.member_added", org_id=group.org_id, target_type="group", target_id=group.id,
-               details={"group_name": group.name, "user_ids": added}, context=context)
+        record(
+            session,
+            actor,
+            "group.member_added",
+            org_id=group.org_id,
+            target_type="group",
+            target_id=group.id,
+            details={"group_name": group.name, "user_ids": added},
+            context=context,
+        )
     return added
 
 
-def remove_group_member(session: Session, actor: Principal | None, group: Group, user_id: str, *,
-                        context: RequestContext | None = None) -> bool:
+def remove_group_member(
+    session: Session, actor: Principal | None, group: Group, user_id: str, *, context: RequestContext | None = None
+) -> bool:
     """False if the user was not a member (idempotent). NotFound `user_not_found` if not a user of the org."""
     user = get_user(session, group.org_id, user_id, include_inactive=True)
-    result = session.execute(delete(GroupMember).where(GroupMember.group_id == group.id, GroupMember.user_id == user.id))
+    result = session.execute(
+        delete(GroupMember).where(GroupMember.group_id == group.id, GroupMember.user_id == user.id)
+    )
     removed = bool(result.rowcount)
     if removed:
-        record(session, actor, "group.member_removed", org_id=group.org_id, target_type="group", target_id=group.id,
-               details={"group_name": group.name, "user_id": user.id}, context=context)
+        record(
+            session,
+            actor,
+            "group.member_removed",
+            org_id=group.org_id,
+            target_type="group",
+            target_id=group.id,
+            details={"group_name": group.name, "user_id": user.id},
+            context=context,
+        )
     return removed
 
 
-def assign_group_policies(session: Session, actor: Principal | None, group: Group, policy_ids: list[str], *,
-                          context: RequestContext | None = None) -> list[str]:
+def assign_group_policies(
+    session: Session,
+    actor: Principal | None,
+    group: Group,
+    policy_ids: list[str],
+    *,
+    context: RequestContext | None = None,
+) -> list[str]:
     """Additive, idempotent, all or nothing. Returns the policies newly assigned."""
     wanted = validate_policy_ids(session, group.org_id, policy_ids)
     lock_organization(session, group.org_id)  # concurrent identical calls stay idempotent
-    existing = set(session.scalars(select(GroupPolicy.policy_id).where(
-        GroupPolicy.group_id == group.id, GroupPolicy.policy_id.in_(wanted))))
+    existing = set(
+        session.scalars(
+            select(GroupPolicy.policy_id).where(GroupPolicy.group_id == group.id, GroupPolicy.policy_id.in_(wanted))
+        )
+    )
     added = [p for p in wanted if p not in existing]
     for policy_id in added:
         session.add(GroupPolicy(group_id=group.id, policy_id=policy_id, created_at=utcnow()))
     if added:
         session.flush()
-        record(session, actor, "group.policy_assigned", org_id=group.org_id, target_type="group", target_id=group.id,
-               details={"group_name": group.name, "policy_ids": added}, context=context)
+        record(
+            session,
+            actor,
+            "group.policy_assigned",
+            org_id=group.org_id,
+            target_type="group",
+            target_id=group.id,
+            details={"group_name": group.name, "policy_ids": added},
+            context=context,
+        )
     return added
 
 
-def remove_group_policy(session: Session, actor: Principal | None, group: Group, policy_id: str, *,
-                        context: RequestContext | None = None) -> bool:
+def remove_group_policy(
+    session: Session, actor: Principal | None, group: Group, policy_id: str, *, context: RequestContext | None = None
+) -> bool:
     """False if the policy was not assigned to the group. NotFound `policy_not_found` if not a policy of the org."""
     policy = get_policy(session, group.org_id, policy_id)
-    result = session.execute(delete(GroupPolicy).where(GroupPolicy.group_id == group.id, GroupPolicy.policy_id == policy.id))
+    result = session.execute(
+        delete(GroupPolicy).where(GroupPolicy.group_id == group.id, GroupPolicy.policy_id == policy.id)
+    )
     removed = bool(result.rowcount)
     if removed:
-        record(session, actor, "group.policy_removed", org_id=group.org_id, target_type="group", target_id=group.id,
-               details={"group_name": group.name, "policy_id": policy.id}, context=context)
+        record(
+            session,
+            actor,
+            "group.policy_removed",
+            org_id=group.org_id,
+            target_type="group",
+            target_id=group.id,
+            details={"group_name": group.name, "policy_id": policy.id},
+            context=context,
+        )
     return removed
 
 
 # --------------------------------------------------------------------------- org setting
 
-def set_deny_by_default(session: Session, actor: Principal | None, org: Organization, enabled: bool, *,
-                        context: RequestContext | None = None) -> Organization:
+
+def set_deny_by_default(
+    session: Session,
+    actor: Principal | None,
+    org: Organization,
+    enabled: bool,
+    *,
+    context: RequestContext | None = None,
+) -> Organization:
     """The admin toggle: users with no applicable policy see no rows (on) or all rows (off)."""
     if not isinstance(enabled, bool):
         raise InvalidRequest("invalid_setting", "deny_by_default must be true or false.")
@@ -646,12 +866,21 @@ def set_deny_by_default(session: Session, actor: Principal | None, org: Organiza
     if enabled != old:
         org.deny_by_default = enabled
         session.flush()
-        record(session, actor, "org.settings_updated", org_id=org.id, target_type="organization", target_id=org.id,
-               details={"deny_by_default": {"old": old, "new": enabled}}, context=context)
+        record(
+            session,
+            actor,
+            "org.settings_updated",
+            org_id=org.id,
+            target_type="organization",
+            target_id=org.id,
+            details={"deny_by_default": {"old": old, "new": enabled}},
+            context=context,
+        )
     return org
 
 
 # --------------------------------------------------------------------------- resolution
+
 
 @dataclass(frozen=True)
 class _PolicyRow:
@@ -691,10 +920,12 @@ def _load_user_policies(session: Session, org_id: str, user_id: str) -> list[_Po
         .join(GroupMember, GroupMember.group_id == GroupPolicy.group_id)
         .where(GroupMember.user_id == user_id)
     )
-    return _rows(session.execute(
-        # One IN over a UNION: each policy is then a seek on (org_id, id), whatever the org's size.
-        select(*_POLICY_COLUMNS).where(Policy.org_id == org_id, Policy.id.in_(union(direct, via_groups)))
-    ))
+    return _rows(
+        session.execute(
+            # One IN over a UNION: each policy is then a seek on (org_id, id), whatever the org's size.
+            select(*_POLICY_COLUMNS).where(Policy.org_id == org_id, Policy.id.in_(union(direct, via_groups)))
+        )
+    )
 
 
 def _column_index(source_columns: Sequence[str]) -> dict[str, list[str]]:
@@ -714,8 +945,14 @@ def _values(values: Iterable[str]) -> str:
     return ", ".join(repr(v) for v in sorted(values))
 
 
-def _compose(policies: Sequence[_PolicyRow], source_id: str, source_columns: Sequence[str], *,
-             deny_by_default: bool, subject: str) -> tuple[RowFilter, list[str]]:
+def _compose(
+    policies: Sequence[_PolicyRow],
+    source_id: str,
+    source_columns: Sequence[str],
+    *,
+    deny_by_default: bool,
+    subject: str,
+) -> tuple[RowFilter, list[str]]:
     """One principal's policies -> its RowFilter for the source, plus notes explaining it."""
     columns = _column_index(source_columns)
     union: dict[str, set[str]] = {}
@@ -744,8 +981,10 @@ def _compose(policies: Sequence[_PolicyRow], source_id: str, source_columns: Seq
                 )
             continue
         if not explicit and policy.row_filters and not matched:
-            notes.append(f"{_label(policy)} (auto) does not apply: the source has none of its columns "
-                         f"({', '.join(repr(c) for c in missing)}).")
+            notes.append(
+                f"{_label(policy)} (auto) does not apply: the source has none of its columns "
+                f"({', '.join(repr(c) for c in missing)})."
+            )
             continue
         applicable.append(policy.id)
         for names, values in matched:
@@ -760,8 +999,10 @@ def _compose(policies: Sequence[_PolicyRow], source_id: str, source_columns: Seq
         return RowFilter(deny_all=True, policy_ids=tuple(applicable), reasons=tuple(denials)), notes
     if not applicable:
         if deny_by_default:
-            reason = (f"No access policy applies to {subject} on source {source_id}, and the organization "
-                      f"denies by default: no rows.")
+            reason = (
+                f"No access policy applies to {subject} on source {source_id}, and the organization "
+                f"denies by default: no rows."
+            )
             return RowFilter.deny(reason), notes
         notes.append(f"No access policy applies to {subject} on source {source_id}: all rows.")
         return RowFilter.allow_all(), notes
@@ -769,19 +1010,24 @@ def _compose(policies: Sequence[_PolicyRow], source_id: str, source_columns: Seq
     return RowFilter(clauses=clauses, policy_ids=tuple(applicable)), notes
 
 
-def _user_filter(session: Session, org_id: str, user_id: str, source_id: str, source_columns: Sequence[str],
-                 *, subject: str) -> tuple[RowFilter, list[str], bool]:
+def _user_filter(
+    session: Session, org_id: str, user_id: str, source_id: str, source_columns: Sequence[str], *, subject: str
+) -> tuple[RowFilter, list[str], bool]:
     deny_by_default, active = _subject_state(session, org_id, user_id)
     if not active:
-        return RowFilter.deny(f"{subject} is not an active user of this organization: access fails closed."), [], \
-            deny_by_default
+        return (
+            RowFilter.deny(f"{subject} is not an active user of this organization: access fails closed."),
+            [],
+            deny_by_default,
+        )
     policies = _load_user_policies(session, org_id, user_id)
     row_filter, notes = _compose(policies, source_id, source_columns, deny_by_default=deny_by_default, subject=subject)
     return row_filter, notes, deny_by_default
 
 
-def resolve_user_filter(session: Session, org_id: str, user_id: str, source_id: str,
-                        source_columns: Sequence[str]) -> RowFilter:
+def resolve_user_filter(
+    session: Session, org_id: str, user_id: str, source_id: str, source_columns: Sequence[str]
+) -> RowFilter:
     """The rows `user_id` may see in the source (columns as the source names them).
 
     Fails closed (deny_all) for a user who is not an active user of the organization.
@@ -789,32 +1035,40 @@ def resolve_user_filter(session: Session, org_id: str, user_id: str, source_id: 
     return _user_filter(session, org_id, user_id, source_id, source_columns, subject=f"user {user_id}")[0]
 
 
-def _key_policy_filter(session: Session, key: ApiKey, source_id: str, source_columns: Sequence[str],
-                       deny_by_default: bool) -> tuple[RowFilter, list[str]]:
+def _key_policy_filter(
+    session: Session, key: ApiKey, source_id: str, source_columns: Sequence[str], deny_by_default: bool
+) -> tuple[RowFilter, list[str]]:
     ids = list(dict.fromkeys(key.access_policy_ids or []))
     policies = _rows(session.execute(select(*_POLICY_COLUMNS).where(Policy.org_id == key.org_id, Policy.id.in_(ids))))
     found = {p.id for p in policies}
     unknown = [p for p in ids if p not in found]
     if unknown:
         return RowFilter(
-            deny_all=True, policy_ids=tuple(ids),
-            reasons=tuple(f"key {key.id} names access policy {p}, which does not exist in this organization: "
-                          f"access fails closed." for p in unknown),
+            deny_all=True,
+            policy_ids=tuple(ids),
+            reasons=tuple(
+                f"key {key.id} names access policy {p}, which does not exist in this organization: access fails closed."
+                for p in unknown
+            ),
         ), []
-    return _compose(policies, source_id, source_columns, deny_by_default=deny_by_default,
-                    subject=f"key {key.id}'s own policies")
+    return _compose(
+        policies, source_id, source_columns, deny_by_default=deny_by_default, subject=f"key {key.id}'s own policies"
+    )
 
 
-def _resolve_key(session: Session, key: ApiKey, source_id: str,
-                 source_columns: Sequence[str]) -> tuple[RowFilter, list[str]]:
-    result, notes, deny_by_default = _user_filter(session, key.org_id, key.created_by, source_id, source_columns,
-                                                  subject=f"key creator {key.created_by}")
+def _resolve_key(
+    session: Session, key: ApiKey, source_id: str, source_columns: Sequence[str]
+) -> tuple[RowFilter, list[str]]:
+    result, notes, deny_by_default = _user_filter(
+        session, key.org_id, key.created_by, source_id, source_columns, subject=f"key creator {key.created_by}"
+    )
     if key.access_policy_ids:
         key_filter, key_notes = _key_policy_filter(session, key, source_id, source_columns, deny_by_default)
         result, notes = result.both(key_filter), notes + key_notes
     if key.bound_user_id:
-        bound, bound_notes, _ = _user_filter(session, key.org_id, key.bound_user_id, source_id, source_columns,
-                                             subject=f"bound user {key.bound_user_id}")
+        bound, bound_notes, _ = _user_filter(
+            session, key.org_id, key.bound_user_id, source_id, source_columns, subject=f"bound user {key.bound_user_id}"
+        )
         result, notes = result.both(bound), notes + bound_notes
     return result, notes
 
@@ -825,6 +1079,7 @@ def resolve_key_filter(session: Session, key: ApiKey, source_id: str, source_col
 
 
 # --------------------------------------------------------------------------- display
+
 
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -883,13 +1138,16 @@ def _view(user_id: str, source_id: str, row_filter: RowFilter, notes: list[str],
     }
 
 
-def _source_is_access_controlled(session: Session, org_id: str, source_id: str, source_columns: Sequence[str],
-                                 deny_by_default: bool) -> bool:
+def _source_is_access_controlled(
+    session: Session, org_id: str, source_id: str, source_columns: Sequence[str], deny_by_default: bool
+) -> bool:
     if deny_by_default:
         return True
     columns = _column_index(source_columns)
-    return any(_applies_to_source(p, source_id, columns) for p in _rows(
-        session.execute(select(*_POLICY_COLUMNS).where(Policy.org_id == org_id))))
+    return any(
+        _applies_to_source(p, source_id, columns)
+        for p in _rows(session.execute(select(*_POLICY_COLUMNS).where(Policy.org_id == org_id)))
+    )
 
 
 def resolve_view(session: Session, org_id: str, user_id: str, source_id: str, source_columns: Sequence[str]) -> dict:
@@ -900,8 +1158,9 @@ def resolve_view(session: Session, org_id: str, user_id: str, source_id: str, so
     denies by default. `has_any_policy`: at least one policy applies to this user and source.
     """
     user = get_user(session, org_id, user_id)
-    row_filter, notes, deny_by_default = _user_filter(session, org_id, user.id, source_id, source_columns,
-                                                      subject=f"user {user.id}")
+    row_filter, notes, deny_by_default = _user_filter(
+        session, org_id, user.id, source_id, source_columns, subject=f"user {user.id}"
+    )
     controlled = _source_is_access_controlled(session, org_id, source_id, source_columns, deny_by_default)
     return _view(user.id, source_id, row_filter, notes, controlled)
 
@@ -910,6 +1169,9 @@ def resolve_key_view(session: Session, key: ApiKey, source_id: str, source_colum
     """ResolvedAccess for a key (tidegate extension): `user_id` is the key's creator."""
     row_filter, notes = _resolve_key(session, key, source_id, source_columns)
     deny_by_default, _ = _subject_state(session, key.org_id, key.created_by)
-    controlled = _source_is_access_controlled(session, key.org_id, source_id, source_columns, deny_by_default) \
-        or bool(key.access_policy_ids) or bool(key.bound_user_id)
+    controlled = (
+        _source_is_access_controlled(session, key.org_id, source_id, source_columns, deny_by_default)
+        or bool(key.access_policy_ids)
+        or bool(key.bound_user_id)
+    )
     return _view(key.created_by, source_id, row_filter, notes, controlled)

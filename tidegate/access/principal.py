@@ -27,13 +27,14 @@ class Principal:
     epoch: int | None = None
 
     @classmethod
-    def for_user(cls, org_id: str, user_id: str, role: str) -> "Principal":
+    def for_user(cls, org_id: str, user_id: str, role: str) -> Principal:
         perms = role_permissions(role)
         return cls(org_id=org_id, user_id=user_id, role=role, scopes=perms)
 
     @classmethod
-    def for_key(cls, org_id: str, user_id: str, role: str, key_id: str, granted: list[str],
-                epoch: int | None = None) -> "Principal":
+    def for_key(
+        cls, org_id: str, user_id: str, role: str, key_id: str, granted: list[str], epoch: int | None = None
+    ) -> Principal:
         key_scopes = expand(granted)
         return cls(
             org_id=org_id,
@@ -64,8 +65,7 @@ class Principal:
             # The key was granted it, but its creator no longer holds it.
             raise Forbidden(
                 "insufficient_scope",
-                f"This key's creator (role {self.role}) no longer has the '{scope}' permission; "
-                f"the key cannot use it.",
+                f"This key's creator (role {self.role}) no longer has the '{scope}' permission; the key cannot use it.",
             )
         raise Forbidden("insufficient_scope", f"This request requires the '{scope}' scope.")
 

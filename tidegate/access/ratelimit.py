@@ -57,8 +57,9 @@ class LocalSlidingWindow:
         refused = self.hit_pair(key, limit, None, 0, now)
         return None if refused is None else refused[1]
 
-    def hit_pair(self, key: str, limit: int, other: str | None, other_limit: int,
-                 now: float | None = None) -> tuple[int, float] | None:
+    def hit_pair(
+        self, key: str, limit: int, other: str | None, other_limit: int, now: float | None = None
+    ) -> tuple[int, float] | None:
         """Count one request on `key` and (unless None) `other`, if both limits allow it, and
         return None; else count nothing and return (0 if `key` is full, 1 if `other` is;
         seconds until it would allow one). All or nothing, under one lock."""
@@ -131,7 +132,8 @@ def _redis_limiter(redis_url: str) -> strategies.SlidingWindowCounterRateLimiter
             limiter = _redis_limiters.get(redis_url)
             if limiter is None:
                 limiter = _redis_limiters[redis_url] = strategies.SlidingWindowCounterRateLimiter(
-                    storage.storage_from_string(redis_url, **REDIS_OPTIONS))
+                    storage.storage_from_string(redis_url, **REDIS_OPTIONS)
+                )
     return limiter
 
 
@@ -145,14 +147,18 @@ def is_local(redis_url: str | None) -> bool:
     return not redis_url
 
 
-def enforce(redis_url: str | None, key_id: str, per_minute: int,
-            owner_id: str | None = None, owner_per_minute: int | None = None) -> None:
+def enforce(
+    redis_url: str | None,
+    key_id: str,
+    per_minute: int,
+    owner_id: str | None = None,
+    owner_per_minute: int | None = None,
+) -> None:
     """Count a request of `key_id` (and, given `owner_id`, of the person whose keys share
     `owner_per_minute`), or refuse it: 429 with Retry-After; 503 if Redis is down."""
     shared = owner_id is not None and owner_per_minute is not None
     if not redis_url:
-        refused = _local.hit_pair(key_id, per_minute, USER_PREFIX + owner_id if shared else None,
-                                  owner_per_minute or 0)
+        refused = _local.hit_pair(key_id, per_minute, USER_PREFIX + owner_id if shared else None, owner_per_minute or 0)
         if refused is None:
             return
         by_owner, wait = refused[0] == 1, refused[1]

@@ -32,18 +32,18 @@ class RowFilter:
     reasons: tuple[str, ...] = field(default=(), compare=False)  # why rows are denied, if they are
 
     @classmethod
-    def allow_all(cls) -> "RowFilter":
+    def allow_all(cls) -> RowFilter:
         return cls()
 
     @classmethod
-    def deny(cls, reason: str, policy_ids: tuple[str, ...] = ()) -> "RowFilter":
+    def deny(cls, reason: str, policy_ids: tuple[str, ...] = ()) -> RowFilter:
         return cls(deny_all=True, policy_ids=policy_ids, reasons=(reason,))
 
     @property
     def is_unrestricted(self) -> bool:
         return not self.deny_all and not self.clauses
 
-    def both(self, other: "RowFilter") -> "RowFilter":
+    def both(self, other: RowFilter) -> RowFilter:
         """Rows that pass this filter AND the other."""
         return RowFilter(
             clauses=self.clauses + other.clauses,

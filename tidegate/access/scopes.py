@@ -36,15 +36,25 @@ ROLES = (ROLE_ADMIN, ROLE_MEMBER)
 # organization settings are for admins.
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     ROLE_ADMIN: ALL_SCOPES,
-    ROLE_MEMBER: frozenset({
-        "data:read", "data:write",
-        "admin:sources:read", "admin:sources:write",
-        "admin:files:read", "admin:files:write", "admin:files:upload", "admin:files:delete",
-        "admin:projects:read", "admin:projects:write",
-        "admin:dashboards:read", "admin:dashboards:write",
-        "admin:permissions:read", "admin:permissions:write",
-        "admin:keys:manage",
-    }),
+    ROLE_MEMBER: frozenset(
+        {
+            "data:read",
+            "data:write",
+            "admin:sources:read",
+            "admin:sources:write",
+            "admin:files:read",
+            "admin:files:write",
+            "admin:files:upload",
+            "admin:files:delete",
+            "admin:projects:read",
+            "admin:projects:write",
+            "admin:dashboards:read",
+            "admin:dashboards:write",
+            "admin:permissions:read",
+            "admin:permissions:write",
+            "admin:keys:manage",
+        }
+    ),
 }
 
 PRESET_FULL_ACCESS = "full_access"

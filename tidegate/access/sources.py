@@ -38,7 +38,7 @@ _RANK = {None: 0, VIEW: 1, EDIT: 2, OWNER: 3}
 # inactive) are refused before this cache is consulted. It holds frozen snapshots only: the
 # request that filled it may fail and roll its session back, and the next must not care.
 _CACHE_ENTRIES = 10_000
-_cache: LRUCache[tuple, "SourceAccess"] = LRUCache(_CACHE_ENTRIES, name="source access cache")
+_cache: LRUCache[tuple, SourceAccess] = LRUCache(_CACHE_ENTRIES, name="source access cache")
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,9 @@ def permission_of(session: Session, user: User, source: Source | SourceSnapshot)
     return best
 
 
-def open_source(session: Session, principal: Principal, source_id: str, *, need: str = VIEW,
-                with_filter: bool = True) -> SourceAccess:
+def open_source(
+    session: Session, principal: Principal, source_id: str, *, need: str = VIEW, with_filter: bool = True
+) -> SourceAccess:
     """The source, its current version, the caller's permission and row filter; or 404/403.
 
     Not visible at all -> 404 (never reveal that it exists). Visible but the needed
@@ -142,8 +143,9 @@ def _cache_key(principal: Principal, source_id: str) -> tuple:
     return (principal.org_id, principal.epoch, principal.key_id or principal.user_id, principal.role, source_id)
 
 
-def _open_source(session: Session, principal: Principal, source_id: str, *, need: str,
-                 with_filter: bool) -> SourceAccess:
+def _open_source(
+    session: Session, principal: Principal, source_id: str, *, need: str, with_filter: bool
+) -> SourceAccess:
     # The source and its current version in one query.
     row = session.execute(
         select(Source, SourceVersion)
@@ -172,5 +174,9 @@ def _open_source(session: Session, principal: Principal, source_id: str, *, need
             row_filter = policies.resolve_key_filter(session, key, source.id, columns)
         else:
             row_filter = policies.resolve_user_filter(session, principal.org_id, principal.user_id, source.id, columns)
-    return SourceAccess(source=SourceSnapshot.of(source), version=VersionSnapshot.of(version) if version else None,
-                        permission=permission, row_filter=row_filter)
+    return SourceAccess(
+        source=SourceSnapshot.of(source),
+        version=VersionSnapshot.of(version) if version else None,
+        permission=permission,
+        row_filter=row_filter,
+    )

@@ -95,7 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(IntegrityError)
     async def _integrity_error(request: Request, exc: IntegrityError):
         # Two concurrent writes raced past a uniqueness check; the database kept one.
-        return error_response(409, "conflict_error", "conflict", "A conflicting change was made at the same time; retry.")
+        return error_response(
+            409, "conflict_error", "conflict", "A conflicting change was made at the same time; retry."
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

@@ -33,8 +33,15 @@ def audit_events(
     # Ship this process's journal first, so a caller sees its own earlier requests.
     request.app.state.journal.flush()
     rows = list_events(
-        session, principal.org_id, limit=limit, after=after, actor_id=actor_id, key_id=key_id, action=action,
-        target_id=target_id, since=parse_bound(since or start_date, "since", end=False),
+        session,
+        principal.org_id,
+        limit=limit,
+        after=after,
+        actor_id=actor_id,
+        key_id=key_id,
+        action=action,
+        target_id=target_id,
+        since=parse_bound(since or start_date, "since", end=False),
         until=parse_bound(until or end_date, "until", end=True),
     )
     return cursor_page(rows, limit, event_view)

@@ -32,18 +32,29 @@ _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 50
 
 def _raw_error(status: int, code: str, message: str, extra_headers: bytes = b"") -> bytes:
     """A whole HTTP/1.1 error response in the API's envelope, for when no request is running."""
-    body = ('{"error":{"type":"invalid_request_error","code":"%s","message":"%s"}}' % (code, message)).encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n%s\r\n" % (status, _REASONS[status], len(body), extra_headers)) + body
+    body = f'{{"error":{{"type":"invalid_request_error","code":"{code}","message":"{message}"}}}}'.encode()
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n%s\r\n" % (status, _REASONS[status], len(body), extra_headers)
+    ) + body
 
 
 def _headers_too_large(limit: int):
     async def app(scope, receive, send):
-        body = _raw_error(431, "request_header_too_large",
-                          f"The request line and headers may be at most {limit:,} bytes.").split(b"\r\n\r\n", 1)[1]
-        await send({"type": "http.response.start", "status": 431, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close")]})
+        body = _raw_error(
+            431, "request_header_too_large", f"The request line and headers may be at most {limit:,} bytes."
+        ).split(b"\r\n\r\n", 1)[1]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 431,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return app
@@ -58,8 +69,11 @@ def _log_refusal(logger, now: float, cap: int) -> None:
     connections must not become a flood of log lines."""
     _refusals["count"] += 1
     if now - _refusals["logged_at"] >= REFUSAL_LOG_INTERVAL:
-        logger.warning("Refused %d connection(s): at most %d open connections per worker "
-                       "(TIDEGATE_MAX_CONNECTIONS).", _refusals["count"], cap)
+        logger.warning(
+            "Refused %d connection(s): at most %d open connections per worker (TIDEGATE_MAX_CONNECTIONS).",
+            _refusals["count"],
+            cap,
+        )
         _refusals.update(count=0, logged_at=now)
 
 
@@ -89,9 +103,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self._max_connections:
             _log_refusal(self.logger, self.loop.time(), self._max_connections)
-            self.transport.write(_raw_error(503, "too_many_connections",
-                                            "The server has too many open connections; retry shortly.",
-                                            b"retry-after: 1\r\n"))
+            self.transport.write(
+                _raw_error(
+                    503,
+                    "too_many_connections",
+                    "The server has too many open connections; retry shortly.",
+                    b"retry-after: 1\r\n",
+                )
+            )
             self.transport.close()
             return
         self._since = self.loop.time()
@@ -112,8 +131,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._since = self.loop.time()
         super().data_received(data)
         if self._phase is HEAD and self._head_bytes > self._max_header_bytes and not self.transport.is_closing():
-            self._refuse(431, "request_header_too_large",
-                         f"The request line and headers may be at most {self._max_header_bytes:,} bytes.")
+            self._refuse(
+                431,
+                "request_header_too_large",
+                f"The request line and headers may be at most {self._max_header_bytes:,} bytes.",
+            )
 
     # -- parser callbacks -------------------------------------------------------------
 
@@ -161,8 +183,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._phase is HEAD:
             due = self._since + self._header_timeout
             if now >= due:
-                self._refuse(408, "request_timeout",
-                             f"The request line and headers must arrive within {self._header_timeout:g} s.")
+                self._refuse(
+                    408,
+                    "request_timeout",
+                    f"The request line and headers must arrive within {self._header_timeout:g} s.",
+                )
                 return
         elif self._phase is BODY:
             if self.flow.read_paused:  # the application is not reading yet: not the client's silence

@@ -32,6 +32,7 @@ DATA_READ = require("data:read")
 
 MAX_SQL = 10_000
 
+
 class Query_(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -41,14 +42,24 @@ class Query_(BaseModel):
     # At most the server's limit (TIDEGATE_QUERY_TIMEOUT_SECONDS); a caller may ask for less.
     timeout_seconds: float | None = Field(None, gt=0, le=86_400)
 
+
 class DataQuery(Query_):
     source_id: Text = Field(max_length=100)
 
+
 def _audit_read(request: Request, access: SourceAccess, action: str, rows: int, **extra) -> None:
     """What a key read: the source, how many rows, under which policies."""
-    set_audit_target(request, "source", access.source.id, source_id=access.source.id, rows_returned=rows,
-                     policy_ids=list(access.row_filter.policy_ids), **extra)
+    set_audit_target(
+        request,
+        "source",
+        access.source.id,
+        source_id=access.source.id,
+        rows_returned=rows,
+        policy_ids=list(access.row_filter.policy_ids),
+        **extra,
+    )
     request.scope["state"]["audit_action"] = action
+
 
 READ_DATA_PATHS = ("/sources/{source_id}/data", "/data/sources/{source_id}/data")
 
@@ -74,8 +85,9 @@ async def read_data(request: Request) -> Response:
     # async: a repeated page read is answered from memory (access and filtered rows are
     # cached per access epoch and per version+filter) without a thread hop; misses go to
     # the threadpool.
-    access = cached_access(principal, source_id) or await in_session(request, open_source, principal, source_id,
-                                                                     need=VIEW)
+    access = cached_access(principal, source_id) or await in_session(
+        request, open_source, principal, source_id, need=VIEW
+    )
     version = access.version
     if format != "json":
         total = await run_in_threadpool(engine.count, version, access.row_filter) if version else 0
@@ -87,17 +99,25 @@ async def read_data(request: Request) -> Response:
             body = engine.stream_parquet(version, access.row_filter) if version else iter([b""])
             media = "application/vnd.apache.parquet"
         filename = f"{access.source.id}.{format}"
-        return StreamingResponse(body, media_type=media,
-                                 headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return StreamingResponse(
+            body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+        )
     if version is None:
         rendered = engine.JSONPage(b"[]", 0, 0)
     else:
-        rendered = (engine.page_json(version, access.row_filter, page=page, page_size=page_size, cached_only=True)
-                    or await run_in_threadpool(engine.page_json, version, access.row_filter, page=page,
-                                               page_size=page_size))
+        rendered = engine.page_json(
+            version, access.row_filter, page=page, page_size=page_size, cached_only=True
+        ) or await run_in_threadpool(engine.page_json, version, access.row_filter, page=page, page_size=page_size)
     _audit_read(request, access, "data.read", rendered.count, page=page, page_size=page_size)
-    return JSON({"data": Raw(rendered.rows), "total_count": rendered.total, "page": page, "page_size": page_size,
-                 "columns": access.columns})
+    return JSON(
+        {
+            "data": Raw(rendered.rows),
+            "total_count": rendered.total,
+            "page": page,
+            "page_size": page_size,
+            "columns": access.columns,
+        }
+    )
 
 
 for _path in READ_DATA_PATHS:
@@ -109,29 +129,70 @@ for _path in READ_DATA_PATHS:
 def openapi_operations(prefix: str) -> dict:
     """The OpenAPI paths of the routes FastAPI does not describe itself (read_data)."""
     parameters = [
-        {"name": "source_id", "in": "path", "required": True, "schema": {"type": "string"},
-         "description": "The source's id."},
-        {"name": "page", "in": "query", "required": False, "description": "Page number, from 1.",
-         "schema": {"type": "integer", "minimum": 1, "maximum": 100_000_000, "default": 1}},
-        {"name": "page_size", "in": "query", "required": False, "description": "Rows per page.",
-         "schema": {"type": "integer", "minimum": 1, "maximum": engine.MAX_PAGE_SIZE, "default": 100}},
-        {"name": "format", "in": "query", "required": False,
-         "description": "json: one page; csv or parquet: every row the caller may see, streamed.",
-         "schema": {"type": "string", "enum": ["json", "csv", "parquet"], "default": "json"}},
-        {"name": "raw", "in": "query", "required": False,
-         "description": ("CSV only. 0 (default): text cells starting with =, +, -, @, tab or CR get a leading "
-                         "quote so spreadsheets do not run them as formulas; 1: every cell verbatim, for scripts."),
-         "schema": {"type": "string", "enum": ["0", "1"], "default": "0"}},
+        {
+            "name": "source_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "The source's id.",
+        },
+        {
+            "name": "page",
+            "in": "query",
+            "required": False,
+            "description": "Page number, from 1.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 100_000_000, "default": 1},
+        },
+        {
+            "name": "page_size",
+            "in": "query",
+            "required": False,
+            "description": "Rows per page.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": engine.MAX_PAGE_SIZE, "default": 100},
+        },
+        {
+            "name": "format",
+            "in": "query",
+            "required": False,
+            "description": "json: one page; csv or parquet: every row the caller may see, streamed.",
+            "schema": {"type": "string", "enum": ["json", "csv", "parquet"], "default": "json"},
+        },
+        {
+            "name": "raw",
+            "in": "query",
+            "required": False,
+            "description": (
+                "CSV only. 0 (default): text cells starting with =, +, -, @, tab or CR get a leading "
+                "quote so spreadsheets do not run them as formulas; 1: every cell verbatim, for scripts."
+            ),
+            "schema": {"type": "string", "enum": ["0", "1"], "default": "0"},
+        },
     ]
-    responses = {"200": {"description": "`{data, total_count, page, page_size, columns}`, or the CSV or Parquet file.",
-                         "content": {"application/json": {"schema": {"type": "object"}},
-                                     "text/csv": {"schema": {"type": "string"}},
-                                     "application/vnd.apache.parquet": {"schema": {"type": "string",
-                                                                                   "format": "binary"}}}}}
-    return {prefix + path: {"get": {
-        "tags": ["data"], "summary": "Read Data", "parameters": parameters, "responses": responses,
-        "operationId": "read_data" + (prefix + path).replace("/", "_").replace("{", "_").replace("}", "_") + "_get",
-    }} for path in READ_DATA_PATHS}
+    responses = {
+        "200": {
+            "description": "`{data, total_count, page, page_size, columns}`, or the CSV or Parquet file.",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/csv": {"schema": {"type": "string"}},
+                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    }
+    return {
+        prefix + path: {
+            "get": {
+                "tags": ["data"],
+                "summary": "Read Data",
+                "parameters": parameters,
+                "responses": responses,
+                "operationId": "read_data"
+                + (prefix + path).replace("/", "_").replace("{", "_").replace("}", "_")
+                + "_get",
+            }
+        }
+        for path in READ_DATA_PATHS
+    }
+
 
 @dataclass(frozen=True)
 class _QueryPage:
@@ -144,8 +205,15 @@ class _QueryPage:
 def _query_page(access: SourceAccess, body: Query_, budget: sandbox.Budget, connection) -> _QueryPage:
     """Runs in the query pool: the page, rendered there too (rendering megabytes of JSON on
     the event loop would stall every other request), and refused if it renders too large."""
-    rows, total, columns = engine.run_query(access.version, access.row_filter, body.sql, page=body.page,
-                                            page_size=body.page_size, budget=budget, connection=connection)
+    rows, total, columns = engine.run_query(
+        access.version,
+        access.row_filter,
+        body.sql,
+        page=body.page,
+        page_size=body.page_size,
+        budget=budget,
+        connection=connection,
+    )
     rendered = jsonfmt.dumps(rows)
     if len(rendered) > budget.max_result_bytes:
         raise sandbox.result_too_large(budget.max_result_bytes)
@@ -155,28 +223,45 @@ def _query_page(access: SourceAccess, body: Query_, budget: sandbox.Budget, conn
 async def _run_query(request: Request, principal: Principal, source_id: str, body: Query_) -> JSON:
     """Opens the source in the general threadpool (briefly), then runs the query in the query
     pool, which admits it or refuses it (429) first: see `data.querypool`."""
-    access = cached_access(principal, source_id) or await in_session(request, open_source, principal, source_id,
-                                                                     need=VIEW)
+    access = cached_access(principal, source_id) or await in_session(
+        request, open_source, principal, source_id, need=VIEW
+    )
     if access.version is None:
         result = _QueryPage(b"[]", 0, 0, [])
     else:
         pool = querypool.pool_for(settings_of(request).query_limits)
         result = await pool.run(principal, partial(_query_page, access, body), timeout=body.timeout_seconds)
     _audit_read(request, access, "data.query", result.count, page=body.page)
-    return JSON({"data": Raw(result.rows), "total_rows": result.total, "page": body.page,
-                 "page_size": body.page_size, "columns": result.columns})
+    return JSON(
+        {
+            "data": Raw(result.rows),
+            "total_rows": result.total,
+            "page": body.page,
+            "page_size": body.page_size,
+            "columns": result.columns,
+        }
+    )
+
 
 @router.post("/sources/{source_id}/query")
 async def query_source(source_id: str, body: Query_, request: Request, principal: Principal = DATA_READ):
     return await _run_query(request, principal, source_id, body)
 
+
 @router.post("/data/query")
 async def data_query(body: DataQuery, request: Request, principal: Principal = DATA_READ):
     return await _run_query(request, principal, body.source_id, body)
 
+
 @router.get("/sources/{source_id}/columns/{column}/values")
-def column_values(source_id: str, column: str, request: Request, principal: Principal = DATA_READ,
-                  session: Session = DB, limit: int = Query(100, ge=1, le=1000)):
+def column_values(
+    source_id: str,
+    column: str,
+    request: Request,
+    principal: Principal = DATA_READ,
+    session: Session = DB,
+    limit: int = Query(100, ge=1, le=1000),
+):
     """Distinct values of a column among the rows the caller may see (tidegate extension)."""
     access = open_source(session, principal, source_id, need=VIEW)
     values = engine.distinct_values(access.version, access.row_filter, column, limit) if access.version else []

@@ -38,6 +38,7 @@ async def in_session(request: Request, work, *args, **kwargs):
     For async endpoints whose common case needs no database (answered from a cache) and
     so should not pay for a session dependency's two thread hops.
     """
+
     def run():
         with session_scope(request.app.state.settings.database_url) as session:
             return work(session, *args, **kwargs)
@@ -98,8 +99,13 @@ async def authenticated(request: Request) -> Principal:
     request_state["user_agent"] = request.headers.get("user-agent")
     check_ip(key, ip)
     _refuse_nul_in_url(request)
-    limits = (settings.redis_url, key.key_id, key.rate_limit_per_minute, key.owner_id,
-              key.owner_rate_limit_per_minute)  # the key's own, and its owner's shared by all their keys
+    limits = (
+        settings.redis_url,
+        key.key_id,
+        key.rate_limit_per_minute,
+        key.owner_id,
+        key.owner_rate_limit_per_minute,
+    )  # the key's own, and its owner's shared by all their keys
     if ratelimit.is_local(settings.redis_url):
         ratelimit.enforce(*limits)
     else:  # a network round trip: not on the event loop
@@ -115,8 +121,9 @@ def _refuse_nul_in_url(request: Request) -> None:
     for where, params in (("path", request.path_params.items()), ("query", request.query_params.multi_items())):
         for name, value in params:
             if isinstance(value, str) and "\x00" in value:
-                raise InvalidRequest("invalid_parameters",
-                                     f"{name} ({where} parameter): must not contain NUL characters.")
+                raise InvalidRequest(
+                    "invalid_parameters", f"{name} ({where} parameter): must not contain NUL characters."
+                )
 
 
 async def caller_with(request: Request, scope: str) -> Principal:
@@ -138,6 +145,7 @@ def require(scope: str):
 
 def require_any(*scopes: str):
     """Allowed with any one of `scopes` (where the contract names alternatives)."""
+
     async def check(request: Request) -> Principal:
         principal = await authenticated(request)
         principal.require_any(*scopes)

@@ -19,15 +19,25 @@ def upload(request: Request, file: UploadFile, principal: Principal = Depends(au
     # The upload's spooled file (on disk past 1 MiB), copied to storage in chunks: an upload
     # never sits in memory whole. Its size cap: file_too_large.
     name = request.headers.get("filename") or file.filename or "upload"
-    stored = service.upload_file(session, principal, name=name, content=file.file, content_type=file.content_type,
-                                 context=request_context(request))
+    stored = service.upload_file(
+        session,
+        principal,
+        name=name,
+        content=file.file,
+        content_type=file.content_type,
+        context=request_context(request),
+    )
     set_audit_target(request, "file", stored.id)
     return service.file_view(stored)
 
 
 @router.get("/files")
-def list_files(principal: Principal = require("admin:files:read"), session: Session = DB, limit: int = LimitQuery,
-               after: str | None = AfterQuery):
+def list_files(
+    principal: Principal = require("admin:files:read"),
+    session: Session = DB,
+    limit: int = LimitQuery,
+    after: str | None = AfterQuery,
+):
     return cursor_page(service.list_files(session, principal, limit=limit, after=after), limit, service.file_view)
 
 

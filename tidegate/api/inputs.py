@@ -63,15 +63,17 @@ class StrictJSONRequest(Request):
             try:
                 text = body.decode("utf-8-sig")  # a leading BOM is tolerated, as before
             except UnicodeDecodeError as exc:
-                raise json.JSONDecodeError("the body is not UTF-8", body.decode("utf-8", "replace"),
-                                           exc.start) from None
+                raise json.JSONDecodeError(
+                    "the body is not UTF-8", body.decode("utf-8", "replace"), exc.start
+                ) from None
             value = json.loads(text)
             if "\\u" in text:  # only an escape can produce a lone surrogate
                 try:
                     json.dumps(value, ensure_ascii=False).encode("utf-8")
                 except UnicodeEncodeError:
-                    raise json.JSONDecodeError("a string holds a lone surrogate escape, which is not Unicode",
-                                               text, 0) from None
+                    raise json.JSONDecodeError(
+                        "a string holds a lone surrogate escape, which is not Unicode", text, 0
+                    ) from None
             self._json = value
         return self._json
 

@@ -88,8 +88,9 @@ def create_key(body: KeyCreate, request: Request, principal: Principal = MANAGE,
     )
     set_audit_target(request, "api_key", created.key.id)
     # The only response that ever carries the secret; keep it out of every cache.
-    return JSON({**key_view(created.key), "secret": created.secret}, status_code=201,
-                headers={"Cache-Control": "no-store"})
+    return JSON(
+        {**key_view(created.key), "secret": created.secret}, status_code=201, headers={"Cache-Control": "no-store"}
+    )
 
 
 @router.get("/keys")

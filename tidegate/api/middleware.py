@@ -34,8 +34,15 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # change nothing: refused 
 
 # First path segment under /api/v1 -> audit target type.
 TARGET_TYPES = {
-    "keys": "api_key", "users": "user", "sources": "source", "data": "source", "files": "file",
-    "access": "policy", "audit": "audit", "org": "organization", "connectors": "connector",
+    "keys": "api_key",
+    "users": "user",
+    "sources": "source",
+    "data": "source",
+    "files": "file",
+    "access": "policy",
+    "audit": "audit",
+    "org": "organization",
+    "connectors": "connector",
 }
 
 
@@ -81,8 +88,14 @@ class RequestMiddleware:
                 except AuditUnavailable as exc:
                     unjournaled = exc
                     raise
-                access_log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"],
-                                message["status"], (time.perf_counter() - began) * 1000)
+                access_log.info(
+                    "%s %s %s %d %.1fms",
+                    request_id,
+                    scope["method"],
+                    scope["path"],
+                    message["status"],
+                    (time.perf_counter() - began) * 1000,
+                )
                 started = True
             await send(message)
 
@@ -115,12 +128,18 @@ class RequestMiddleware:
         """503 with Retry-After if a dependency is down (database, disk, Redis); else 500."""
         down = unavailable_error(exc)
         if down is not None:
-            log.warning("request %s: %s (%s: %s)", request_id, down.code, type(exc).__name__,
-                        str(exc).splitlines()[0] if str(exc) else "")
+            log.warning(
+                "request %s: %s (%s: %s)",
+                request_id,
+                down.code,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
             return from_error(down)
         log.error("unhandled error in request %s", request_id, exc_info=exc)
-        return error_response(500, "api_error", "internal_error",
-                              f"Internal error; quote request id {request_id} when reporting it.")
+        return error_response(
+            500, "api_error", "internal_error", f"Internal error; quote request id {request_id} when reporting it."
+        )
 
     def _event(self, scope, status: int, event_id: str) -> dict | None:
         state = scope.get("state", {})

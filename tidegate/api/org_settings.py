@@ -42,13 +42,20 @@ def get_settings(principal: Principal = require("admin:org:read"), session: Sess
 
 
 @router.patch("/org/settings")
-def update_settings(body: SettingsUpdate, request: Request,
-                    principal: Principal = require("admin:org:write"), session: Session = DB):
+def update_settings(
+    body: SettingsUpdate, request: Request, principal: Principal = require("admin:org:write"), session: Session = DB
+):
     org = service.get_org(session, principal.org_id)
     context = request_context(request)
-    service.update_settings(session, principal, org, api_key_creation_enabled=body.api_key_creation_enabled,
-                            max_keys_per_user=body.max_keys_per_user,
-                            user_rate_limit_per_minute=body.user_rate_limit_per_minute, context=context)
+    service.update_settings(
+        session,
+        principal,
+        org,
+        api_key_creation_enabled=body.api_key_creation_enabled,
+        max_keys_per_user=body.max_keys_per_user,
+        user_rate_limit_per_minute=body.user_rate_limit_per_minute,
+        context=context,
+    )
     if body.deny_by_default is not None:
         policies.set_deny_by_default(session, principal, org, body.deny_by_default, context=context)
     return settings_view(org)

@@ -90,9 +90,16 @@ def list_policies(
 
 @router.post("/access/policies", status_code=201)
 def create_policy(body: PolicyCreate, request: Request, principal: Principal = WRITE, session: Session = DB):
-    policy = service.create_policy(session, principal, principal.org_id, name=body.name, description=body.description,
-                                   source_ids=body.source_ids, row_filters=body.row_filters,
-                                   context=request_context(request))
+    policy = service.create_policy(
+        session,
+        principal,
+        principal.org_id,
+        name=body.name,
+        description=body.description,
+        source_ids=body.source_ids,
+        row_filters=body.row_filters,
+        context=request_context(request),
+    )
     set_audit_target(request, "access_policy", policy.id)
     return _policy_detail(session, policy)
 
@@ -103,8 +110,9 @@ def get_policy(policy_id: str, principal: Principal = READ, session: Session = D
 
 
 @router.patch("/access/policies/{policy_id}")
-def update_policy(policy_id: str, body: PolicyUpdate, request: Request, principal: Principal = WRITE,
-                  session: Session = DB):
+def update_policy(
+    policy_id: str, body: PolicyUpdate, request: Request, principal: Principal = WRITE, session: Session = DB
+):
     policy = service.get_policy(session, principal.org_id, policy_id)
     service.update_policy(session, principal, policy, context=request_context(request), **_changes(body))
     return {"id": policy.id, "updated": True, "policy": _policy_detail(session, policy)}
@@ -118,49 +126,67 @@ def delete_policy(policy_id: str, request: Request, principal: Principal = WRITE
 
 
 @router.post("/access/policies/{policy_id}/users")
-def assign_users(policy_id: str, body: UserIds, request: Request, principal: Principal = WRITE,
-                 session: Session = DB):
+def assign_users(policy_id: str, body: UserIds, request: Request, principal: Principal = WRITE, session: Session = DB):
     policy = service.get_policy(session, principal.org_id, policy_id)
     result = service.assign_users(session, principal, policy, body.user_ids, context=request_context(request))
     return {"policy_id": policy.id, "assigned_user_ids": result.added, "user_ids": result.user_ids}
 
 
 @router.delete("/access/policies/{policy_id}/users/{user_id}")
-def remove_user(policy_id: str, user_id: str, request: Request, principal: Principal = WRITE,
-                session: Session = DB):
+def remove_user(policy_id: str, user_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
     policy = service.get_policy(session, principal.org_id, policy_id)
     result = service.remove_user(session, principal, policy, user_id, context=request_context(request))
     return {"policy_id": policy.id, "user_id": result.user_id, "removed": result.removed}
 
 
 @router.put("/access/users/{user_id}/policies")
-def replace_user_policies(user_id: str, body: PolicyIds, request: Request, principal: Principal = WRITE,
-                          session: Session = DB):
-    result = service.replace_user_policies(session, principal, principal.org_id, user_id, body.policy_ids,
-                                           context=request_context(request))
-    return {"user_id": result.user_id, "policy_ids": result.policy_ids, "added": result.added,
-            "removed": result.removed}
+def replace_user_policies(
+    user_id: str, body: PolicyIds, request: Request, principal: Principal = WRITE, session: Session = DB
+):
+    result = service.replace_user_policies(
+        session, principal, principal.org_id, user_id, body.policy_ids, context=request_context(request)
+    )
+    return {
+        "user_id": result.user_id,
+        "policy_ids": result.policy_ids,
+        "added": result.added,
+        "removed": result.removed,
+    }
 
 
 # -- groups (tidegate extension: the contract has no groups API) --------------------------
 
 
 def _group_detail(session: Session, group) -> dict:
-    return service.group_view(group, member_ids=service.group_member_ids(session, group.id),
-                              policy_ids=service.group_policy_ids(session, group.id))
+    return service.group_view(
+        group,
+        member_ids=service.group_member_ids(session, group.id),
+        policy_ids=service.group_policy_ids(session, group.id),
+    )
 
 
 @router.get("/access/groups")
-def list_groups(principal: Principal = READ, session: Session = DB, limit: int = Query(25, ge=1, le=200),
-                after: str | None = AfterQuery, name: str | None = Query(None, max_length=200)):
+def list_groups(
+    principal: Principal = READ,
+    session: Session = DB,
+    limit: int = Query(25, ge=1, le=200),
+    after: str | None = AfterQuery,
+    name: str | None = Query(None, max_length=200),
+):
     rows = service.list_groups(session, principal.org_id, limit=limit, after=after, name=name)
     return cursor_page(rows, limit, lambda g: _group_detail(session, g))
 
 
 @router.post("/access/groups", status_code=201)
 def create_group(body: GroupCreate, request: Request, principal: Principal = WRITE, session: Session = DB):
-    group = service.create_group(session, principal, principal.org_id, name=body.name, description=body.description,
-                                 context=request_context(request))
+    group = service.create_group(
+        session,
+        principal,
+        principal.org_id,
+        name=body.name,
+        description=body.description,
+        context=request_context(request),
+    )
     set_audit_target(request, "group", group.id)
     return _group_detail(session, group)
 
@@ -171,8 +197,9 @@ def get_group(group_id: str, principal: Principal = READ, session: Session = DB)
 
 
 @router.patch("/access/groups/{group_id}")
-def update_group(group_id: str, body: GroupUpdate, request: Request, principal: Principal = WRITE,
-                 session: Session = DB):
+def update_group(
+    group_id: str, body: GroupUpdate, request: Request, principal: Principal = WRITE, session: Session = DB
+):
     group = service.get_group(session, principal.org_id, group_id)
     service.update_group(session, principal, group, context=request_context(request), **_changes(body))
     return _group_detail(session, group)
@@ -193,24 +220,25 @@ def add_members(group_id: str, body: UserIds, request: Request, principal: Princ
 
 
 @router.delete("/access/groups/{group_id}/users/{user_id}")
-def remove_member(group_id: str, user_id: str, request: Request, principal: Principal = WRITE,
-                  session: Session = DB):
+def remove_member(group_id: str, user_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
     group = service.get_group(session, principal.org_id, group_id)
     removed = service.remove_group_member(session, principal, group, user_id, context=request_context(request))
     return {"group_id": group.id, "user_id": user_id, "removed": removed}
 
 
 @router.post("/access/groups/{group_id}/policies")
-def assign_group_policies(group_id: str, body: PolicyIds, request: Request, principal: Principal = WRITE,
-                          session: Session = DB):
+def assign_group_policies(
+    group_id: str, body: PolicyIds, request: Request, principal: Principal = WRITE, session: Session = DB
+):
     group = service.get_group(session, principal.org_id, group_id)
     service.assign_group_policies(session, principal, group, body.policy_ids, context=request_context(request))
     return _group_detail(session, group)
 
 
 @router.delete("/access/groups/{group_id}/policies/{policy_id}")
-def remove_group_policy(group_id: str, policy_id: str, request: Request, principal: Principal = WRITE,
-                        session: Session = DB):
+def remove_group_policy(
+    group_id: str, policy_id: str, request: Request, principal: Principal = WRITE, session: Session = DB
+):
     group = service.get_group(session, principal.org_id, group_id)
     removed = service.remove_group_policy(session, principal, group, policy_id, context=request_context(request))
     return {"group_id": group.id, "policy_id": policy_id, "removed": removed}
@@ -233,15 +261,21 @@ def resolve(body: ResolveRequest, principal: Principal = READ, session: Session 
 
 
 @router.get("/access/columns")
-def columns(principal: Principal = READ, session: Session = DB,
-            source_id: str | None = Query(None, max_length=100)):
+def columns(principal: Principal = READ, session: Session = DB, source_id: str | None = Query(None, max_length=100)):
     if source_id is not None:
         found = [open_source(session, principal, source_id, with_filter=False)]
     else:
-        found = [open_source(session, principal, s.id, with_filter=False)
-                 for s in session.scalars(visible_sources_query(session, principal).order_by(Source.id))]
-    return {"data": [
-        {"source_id": a.source.id, "source_name": a.source.name,
-         "columns": [{"name": c["name"], "type": c["type"]} for c in (a.version.columns if a.version else [])]}
-        for a in found
-    ]}
+        found = [
+            open_source(session, principal, s.id, with_filter=False)
+            for s in session.scalars(visible_sources_query(session, principal).order_by(Source.id))
+        ]
+    return {
+        "data": [
+            {
+                "source_id": a.source.id,
+                "source_name": a.source.name,
+                "columns": [{"name": c["name"], "type": c["type"]} for c in (a.version.columns if a.version else [])],
+            }
+            for a in found
+        ]
+    }

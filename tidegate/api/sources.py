@@ -22,6 +22,7 @@ AUTHENTICATED = Depends(authenticated)
 SOURCE_READ = require_any("admin:sources:read", "data:read")
 DATA_WRITE = require("data:write")
 
+
 class SourceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -32,6 +33,7 @@ class SourceCreate(BaseModel):
     connector_id: Text | None = Field(None, max_length=100)
     config: dict[str, Any] | None = None
 
+
 class SourceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -39,10 +41,12 @@ class SourceUpdate(BaseModel):
     description: Text | None = Field(None, max_length=2000)
     config: dict[str, Any] | None = None
 
+
 class Rows(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rows: list[dict[str, Any]]
+
 
 class Share(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,52 +54,79 @@ class Share(BaseModel):
     user_id: Text = Field(max_length=200)
     permission: str = "view"
 
+
 class OrgShare(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     permission: str = "view"
 
+
 def write_result(access: SourceAccess, added: int) -> dict:
     view = sources.source_view(access)
-    return {"id": view["id"], "name": view["name"], "columns": view["columns"], "row_count": view["row_count"],
-            "updated_at": view["updated_at"], "source_id": view["id"], "rows_affected": added}
+    return {
+        "id": view["id"],
+        "name": view["name"],
+        "columns": view["columns"],
+        "row_count": view["row_count"],
+        "updated_at": view["updated_at"],
+        "source_id": view["id"],
+        "rows_affected": added,
+    }
+
 
 @router.get("/connectors")
-def list_connectors(principal: Principal = require("admin:sources:read"), limit: int = LimitQuery,
-                    after: str | None = AfterQuery):
+def list_connectors(
+    principal: Principal = require("admin:sources:read"), limit: int = LimitQuery, after: str | None = AfterQuery
+):
     items = [c for c in connectors.list_connectors() if not after or c["id"] > after]
     return cursor_page(items, limit, lambda c: c, cursor_of=lambda c: c["id"])
 
+
 @router.get("/sources")
 @router.get("/data/sources")
-def list_sources(principal: Principal = SOURCE_READ, session: Session = DB, limit: int = LimitQuery,
-                 after: str | None = AfterQuery):
+def list_sources(
+    principal: Principal = SOURCE_READ, session: Session = DB, limit: int = LimitQuery, after: str | None = AfterQuery
+):
     rows = sources.list_sources(session, principal, limit=limit, after=after)
     return cursor_page(rows, limit, lambda s: sources.source_view(open_source(session, principal, s.id)))
+
 
 @router.post("/sources", status_code=201)
 @router.post("/data/sources", status_code=201)
 def create_source(body: SourceCreate, request: Request, principal: Principal = AUTHENTICATED, session: Session = DB):
     source = sources.create_source(
-        session, principal, settings_of(request), name=body.name, description=body.description, rows=body.rows,
-        file_id=body.file_id, connector_id=body.connector_id, config=body.config, context=request_context(request),
+        session,
+        principal,
+        settings_of(request),
+        name=body.name,
+        description=body.description,
+        rows=body.rows,
+        file_id=body.file_id,
+        connector_id=body.connector_id,
+        config=body.config,
+        context=request_context(request),
     )
     set_audit_target(request, "source", source.id)
     return sources.source_view(open_source(session, principal, source.id))
+
 
 @router.get("/sources/{source_id}")
 @router.get("/data/sources/{source_id}")
 def get_source(source_id: str, principal: Principal = SOURCE_READ, session: Session = DB):
     return sources.source_view(open_source(session, principal, source_id))
 
+
 @router.patch("/sources/{source_id}")
-def update_source(source_id: str, body: SourceUpdate, request: Request, principal: Principal = AUTHENTICATED,
-                  session: Session = DB):
+def update_source(
+    source_id: str, body: SourceUpdate, request: Request, principal: Principal = AUTHENTICATED, session: Session = DB
+):
     changes = {name: getattr(body, name) for name in body.model_fields_set}
-    sources.update_source(session, principal, source_id, changes=changes, settings=settings_of(request),
-                          context=request_context(request))
+    sources.update_source(
+        session, principal, source_id, changes=changes, settings=settings_of(request), context=request_context(request)
+    )
     return {"id": source_id, "updated": True}
+
 
 @router.delete("/sources/{source_id}")
 @router.delete("/data/sources/{source_id}")
@@ -103,53 +134,94 @@ def delete_source(source_id: str, request: Request, principal: Principal = AUTHE
     sources.delete_source(session, principal, source_id, context=request_context(request))
     return {"id": source_id, "deleted": True}
 
+
 @router.post("/sources/{source_id}/sync")
 def sync_source(source_id: str, request: Request, principal: Principal = AUTHENTICATED, session: Session = DB):
     sources.sync_source(session, principal, source_id, settings_of(request), context=request_context(request))
     return {"id": source_id, "status": "synced"}
 
+
 @router.post("/sources/{source_id}/rows")
 @router.post("/data/sources/{source_id}/rows")
-def append_rows(source_id: str, body: Rows, request: Request, principal: Principal = DATA_WRITE,
-                session: Session = DB):
-    access = sources.write_rows(session, principal, source_id, body.rows, replace=False,
-                                context=request_context(request))
+def append_rows(source_id: str, body: Rows, request: Request, principal: Principal = DATA_WRITE, session: Session = DB):
+    access = sources.write_rows(
+        session, principal, source_id, body.rows, replace=False, context=request_context(request)
+    )
     return write_result(access, len(body.rows))
+
 
 @router.put("/sources/{source_id}/data")
 @router.put("/data/sources/{source_id}/data")
-def replace_data(source_id: str, body: Rows, request: Request, principal: Principal = DATA_WRITE,
-                 session: Session = DB):
-    access = sources.write_rows(session, principal, source_id, body.rows, replace=True,
-                                context=request_context(request))
+def replace_data(
+    source_id: str, body: Rows, request: Request, principal: Principal = DATA_WRITE, session: Session = DB
+):
+    access = sources.write_rows(
+        session, principal, source_id, body.rows, replace=True, context=request_context(request)
+    )
     return write_result(access, len(body.rows))
 
+
 # -- sharing -------------------------------------------------------------------------------
+
 
 @router.get("/sources/{source_id}/shares")
 def list_shares(source_id: str, principal: Principal = require("admin:permissions:read"), session: Session = DB):
     return {"data": [sources.share_view(s, source_id) for s in sources.list_shares(session, principal, source_id)]}
 
+
 @router.post("/sources/{source_id}/shares")
-def share(source_id: str, body: Share, request: Request, principal: Principal = require("admin:permissions:write"),
-          session: Session = DB):
-    grant = sources.share_source(session, principal, source_id, body.user_id, body.permission,
-                                 context=request_context(request))
+def share(
+    source_id: str,
+    body: Share,
+    request: Request,
+    principal: Principal = require("admin:permissions:write"),
+    session: Session = DB,
+):
+    grant = sources.share_source(
+        session, principal, source_id, body.user_id, body.permission, context=request_context(request)
+    )
     return sources.share_view(grant, source_id)
 
+
 @router.delete("/sources/{source_id}/shares/{user_id}")
-def unshare(source_id: str, user_id: str, request: Request, principal: Principal = require("admin:permissions:write"),
-            session: Session = DB):
+def unshare(
+    source_id: str,
+    user_id: str,
+    request: Request,
+    principal: Principal = require("admin:permissions:write"),
+    session: Session = DB,
+):
     removed = sources.unshare_source(session, principal, source_id, user_id, context=request_context(request))
-    return {"user_id": user_id, "resource_type": "source", "resource_id": source_id, "revoked": removed,
-            "deleted": removed}
+    return {
+        "user_id": user_id,
+        "resource_type": "source",
+        "resource_id": source_id,
+        "revoked": removed,
+        "deleted": removed,
+    }
+
 
 @router.post("/sources/{source_id}/org-share")
-def org_share(source_id: str, request: Request, body: OrgShare | None = None,
-              principal: Principal = require("admin:permissions:write"), session: Session = DB):
+def org_share(
+    source_id: str,
+    request: Request,
+    body: OrgShare | None = None,
+    principal: Principal = require("admin:permissions:write"),
+    session: Session = DB,
+):
     body = body or OrgShare()
-    source = sources.org_share(session, principal, source_id, enabled=body.enabled, permission=body.permission,
-                               context=request_context(request))
+    source = sources.org_share(
+        session,
+        principal,
+        source_id,
+        enabled=body.enabled,
+        permission=body.permission,
+        context=request_context(request),
+    )
     enabled = source.org_share_permission is not None
-    return {"source_id": source_id, "enabled": enabled, "org_shared": enabled,
-            "permission": source.org_share_permission or body.permission}
+    return {
+        "source_id": source_id,
+        "enabled": enabled,
+        "org_shared": enabled,
+        "permission": source.org_share_permission or body.permission,
+    }

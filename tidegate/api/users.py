@@ -74,8 +74,15 @@ def list_users(
 @router.post("/users", status_code=201)
 def create_user(body: UserCreate, request: Request, principal: Principal = WRITE, session: Session = DB):
     user = service.create_user(
-        session, principal, principal.org_id, email=body.email, role=body.role, first_name=body.first_name,
-        last_name=body.last_name, external_id=body.external_id, context=request_context(request),
+        session,
+        principal,
+        principal.org_id,
+        email=body.email,
+        role=body.role,
+        first_name=body.first_name,
+        last_name=body.last_name,
+        external_id=body.external_id,
+        context=request_context(request),
     )
     set_audit_target(request, "user", user.id)
     return user_view(user)
@@ -89,8 +96,15 @@ def get_user(user_id: str, principal: Principal = READ, session: Session = DB):
 @router.patch("/users/{user_id}")
 def update_user(user_id: str, body: UserUpdate, request: Request, principal: Principal = WRITE, session: Session = DB):
     user = service.get_user(session, principal.org_id, user_id)
-    service.update_user(session, principal, user, role=body.role, first_name=body.first_name,
-                        last_name=body.last_name, context=request_context(request))
+    service.update_user(
+        session,
+        principal,
+        user,
+        role=body.role,
+        first_name=body.first_name,
+        last_name=body.last_name,
+        context=request_context(request),
+    )
     return user_view(user)
 
 
@@ -102,11 +116,19 @@ def delete_user(user_id: str, request: Request, principal: Principal = WRITE, se
 
 
 @router.put("/users/external/{external_id}")
-def get_or_create_external(external_id: str, body: ExternalUser, request: Request,
-                           principal: Principal = WRITE, session: Session = DB):
+def get_or_create_external(
+    external_id: str, body: ExternalUser, request: Request, principal: Principal = WRITE, session: Session = DB
+):
     user, created = service.get_or_create_external(
-        session, principal, principal.org_id, external_id, email=body.email, role=body.role,
-        first_name=body.first_name, last_name=body.last_name, context=request_context(request),
+        session,
+        principal,
+        principal.org_id,
+        external_id,
+        email=body.email,
+        role=body.role,
+        first_name=body.first_name,
+        last_name=body.last_name,
+        context=request_context(request),
     )
     set_audit_target(request, "user", user.id)
     return {**user_view(user), "created": created}
@@ -114,6 +136,7 @@ def get_or_create_external(external_id: str, body: ExternalUser, request: Reques
 
 @router.delete("/users/external/{external_id}")
 def unlink_external(external_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
-    user = service.unlink_external_id(session, principal, principal.org_id, external_id,
-                                      context=request_context(request))
+    user = service.unlink_external_id(
+        session, principal, principal.org_id, external_id, context=request_context(request)
+    )
     return {"external_id": external_id, "user_id": user.id, "deleted": True}

@@ -73,9 +73,11 @@ class AuditUnavailable(ServiceUnavailable):
     """The event of a request cannot be journaled: no audit, no access."""
 
     def __init__(self):
-        super().__init__("audit_unavailable",
-                         "The audit log cannot record this request now, so it was not served; retry shortly.",
-                         retry_after=5)
+        super().__init__(
+            "audit_unavailable",
+            "The audit log cannot record this request now, so it was not served; retry shortly.",
+            retry_after=5,
+        )
 
 
 def private_directory(directory: Path) -> Path:
@@ -131,7 +133,7 @@ def decode_records(data: bytes) -> tuple[list[dict], list[tuple[int, bytes]]]:
             continue
         cut = len(line)
         for match in _RECORD_START.finditer(line, 1):
-            value = _decode_line(line[match.start():])
+            value = _decode_line(line[match.start() :])
             if value is not None:
                 values.append(value)
                 cut = match.start()
@@ -285,6 +287,7 @@ class Journal:
     def start(self, interval: float = 1.0, *, ship: bool = True) -> None:
         """Every `interval`: rotate the segment, and ship what is ready unless `ship` is
         False (then a separate shipper process does it: `audit.shipper`)."""
+
         def loop():
             failures = 0
             while not self._stop.wait(backoff(interval, failures)):
@@ -406,7 +409,8 @@ def is_refusal(exc: BaseException) -> bool:
     """The database refused the events themselves (a value it cannot store), as opposed to
     not being reachable or failing: only then may an event be set aside."""
     return isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError)) or (
-        isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError))  # a value not bindable
+        isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError)
+    )  # a value not bindable
 
 
 def _ship_segment(directory: Path, database_url: str, path: Path) -> int:
@@ -421,15 +425,21 @@ def _ship_segment(directory: Path, database_url: str, path: Path) -> int:
         except Exception as exc:
             if not is_refusal(exc):
                 raise  # down or failing: keep the segment for the next round
-            log.warning("audit segment %s refused as a batch (%s); shipping event by event", path.name, brief_error(exc))
+            log.warning(
+                "audit segment %s refused as a batch (%s); shipping event by event", path.name, brief_error(exc)
+            )
             _ship_one_by_one(directory, database_url, events)
     # Everything is in the database or kept elsewhere; only now may the segment go.
     _set_aside(directory, unreadable)
     if torn:
         log.error("audit segment %s: %d torn record(s) quarantined in %s", path.name, len(torn), TORN)
-        _append_durably(directory / TORN, (encode_record({"segment": path.name, "offset": offset,
-                                                           "bytes": fragment.decode(errors="replace")})
-                                           for offset, fragment in torn))
+        _append_durably(
+            directory / TORN,
+            (
+                encode_record({"segment": path.name, "offset": offset, "bytes": fragment.decode(errors="replace")})
+                for offset, fragment in torn
+            ),
+        )
     path.unlink()
     return len(events)
 
@@ -477,8 +487,10 @@ def _insert_one(database_url: str, event: dict) -> None:
 
 def _set_aside(directory: Path, refused: list[tuple[dict, str]]) -> None:
     now = datetime.now(UTC).isoformat()
-    _append_durably(directory / SET_ASIDE, (encode_record({"event": event, "reason": reason, "set_aside_at": now})
-                                            for event, reason in refused))
+    _append_durably(
+        directory / SET_ASIDE,
+        (encode_record({"event": event, "reason": reason, "set_aside_at": now}) for event, reason in refused),
+    )
 
 
 def _insert_events(database_url: str, events: list[dict]) -> None:
@@ -487,8 +499,9 @@ def _insert_events(database_url: str, events: list[dict]) -> None:
         for start in range(0, len(events), SHIP_BATCH):
             batch = events[start : start + SHIP_BATCH]
             # Core, not ORM, insert: the ORM's per-row bookkeeping doubled the cost per event.
-            session.connection().execute(insert(AuditEvent.__table__).on_conflict_do_nothing(index_elements=["id"]),
-                                         batch)
+            session.connection().execute(
+                insert(AuditEvent.__table__).on_conflict_do_nothing(index_elements=["id"]), batch
+            )
         _update_last_used(session, events)
 
 
@@ -542,15 +555,20 @@ def reship_set_aside(directory: Path, database_url: str) -> tuple[int, int]:
             except Exception as exc:
                 if not is_refusal(exc):
                     raise
-                still.append((dict(event, timestamp=event["timestamp"].isoformat()),
-                              str(getattr(exc, "orig", exc)).splitlines()[0][:500]))
+                still.append(
+                    (
+                        dict(event, timestamp=event["timestamp"].isoformat()),
+                        str(getattr(exc, "orig", exc)).splitlines()[0][:500],
+                    )
+                )
         path = directory / SET_ASIDE
         if path.exists():
             replacement = directory / (SET_ASIDE + ".new")
             replacement.unlink(missing_ok=True)
             now = datetime.now(UTC).isoformat()
-            _append_durably(replacement, (encode_record({"event": e, "reason": r, "set_aside_at": now})
-                                          for e, r in still))
+            _append_durably(
+                replacement, (encode_record({"event": e, "reason": r, "set_aside_at": now}) for e, r in still)
+            )
             if still:
                 os.rename(replacement, path)
             else:
@@ -568,10 +586,15 @@ class Backlog:
 
     def view(self, directory: Path) -> dict:
         age = (datetime.now(UTC) - self.oldest_pending_at).total_seconds() if self.oldest_pending_at else None
-        return {"directory": str(directory), "segments": self.segments, "pending_events": self.pending_events,
-                "oldest_pending_at": self.oldest_pending_at.isoformat() if self.oldest_pending_at else None,
-                "oldest_pending_age_seconds": round(age, 1) if age is not None else None,
-                "set_aside_events": self.set_aside_events, "torn_records": self.torn_records}
+        return {
+            "directory": str(directory),
+            "segments": self.segments,
+            "pending_events": self.pending_events,
+            "oldest_pending_at": self.oldest_pending_at.isoformat() if self.oldest_pending_at else None,
+            "oldest_pending_age_seconds": round(age, 1) if age is not None else None,
+            "set_aside_events": self.set_aside_events,
+            "torn_records": self.torn_records,
+        }
 
 
 def backlog(directory: Path) -> Backlog:
@@ -594,4 +617,3 @@ def backlog(directory: Path) -> Backlog:
     kept, torn_in_set_aside = _read_set_aside(directory)
     quarantined = len(decode_records((directory / TORN).read_bytes())[0]) if (directory / TORN).exists() else 0
     return Backlog(segments, pending, oldest, len(kept), torn_records + torn_in_set_aside + quarantined)
-

@@ -37,29 +37,32 @@ def event_row(
     timestamp: datetime | None = None,
     id: str | None = None,
 ) -> dict:
-    return storable({
-        "id": id or new_id("evt"),
-        "org_id": org_id,
-        "timestamp": timestamp or utcnow(),
-        "actor_type": actor_type,
-        "actor_id": actor_id,
-        "action": action,
-        "target_type": target_type,
-        "target_id": target_id,
-        "key_id": key_id,
-        "method": method,
-        "path": path,
-        "status": status,
-        "ip_address": ip_address,
-        "user_agent": user_agent,
-        "request_id": request_id,
-        "details": details,
-    })
+    return storable(
+        {
+            "id": id or new_id("evt"),
+            "org_id": org_id,
+            "timestamp": timestamp or utcnow(),
+            "actor_type": actor_type,
+            "actor_id": actor_id,
+            "action": action,
+            "target_type": target_type,
+            "target_id": target_id,
+            "key_id": key_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "ip_address": ip_address,
+            "user_agent": user_agent,
+            "request_id": request_id,
+            "details": details,
+        }
+    )
 
 
 # Text columns of audit_events and their lengths.
-_TEXT_LIMITS = {column.name: column.type.length for column in AuditEvent.__table__.columns
-                if isinstance(column.type, String)}
+_TEXT_LIMITS = {
+    column.name: column.type.length for column in AuditEvent.__table__.columns if isinstance(column.type, String)
+}
 
 
 def storable(row: dict) -> dict:
@@ -88,7 +91,7 @@ def record(
     target_type: str | None = None,
     target_id: str | None = None,
     details: dict | None = None,
-    context: "RequestContext | None" = None,
+    context: RequestContext | None = None,
 ) -> None:
     """Add one event to the caller's transaction. `actor` None means the operator CLI.
 
@@ -96,23 +99,28 @@ def record(
     transaction: "every change is audited" is what makes "every change invalidates the
     access cache" (access.sources) hold.
     """
-    session.add(AuditEvent(**event_row(
-        org_id=org_id,
-        actor_type=actor.actor_type if actor else "system",
-        actor_id=actor.actor_id if actor else "cli",
-        key_id=actor.key_id if actor else None,
-        action=action,
-        target_type=target_type,
-        target_id=target_id,
-        details=details,
-        ip_address=context.ip if context else None,
-        user_agent=context.user_agent if context else None,
-        request_id=context.request_id if context else None,
-    )))
+    session.add(
+        AuditEvent(
+            **event_row(
+                org_id=org_id,
+                actor_type=actor.actor_type if actor else "system",
+                actor_id=actor.actor_id if actor else "cli",
+                key_id=actor.key_id if actor else None,
+                action=action,
+                target_type=target_type,
+                target_id=target_id,
+                details=details,
+                ip_address=context.ip if context else None,
+                user_agent=context.user_agent if context else None,
+                request_id=context.request_id if context else None,
+            )
+        )
+    )
     from tidegate.orgs.models import Organization  # here: orgs imports this module
 
     session.execute(
-        update(Organization).where(Organization.id == org_id)
+        update(Organization)
+        .where(Organization.id == org_id)
         .values(access_epoch=Organization.access_epoch + 1)
         .execution_options(synchronize_session=False)
     )

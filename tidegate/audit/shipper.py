@@ -78,8 +78,11 @@ class ShipperProcess:
 
     def _spawn(self) -> None:
         self._process = self._context.Process(
-            target=_run, args=(str(self.directory), self.database_url, os.getpid(), self.interval, self._stop),
-            name="tidegate-audit-shipper", daemon=True)
+            target=_run,
+            args=(str(self.directory), self.database_url, os.getpid(), self.interval, self._stop),
+            name="tidegate-audit-shipper",
+            daemon=True,
+        )
         self._process.start()
 
     def start(self) -> None:

@@ -100,9 +100,11 @@ def init(
         created = orgs.create_organization(session, org_name, admin_email, password)
         admin = Principal.for_user(created.org.id, created.admin.id, created.admin.role)
         key = keys_service.create_key(
-            session, admin,
+            session,
+            admin,
             keys_service.KeyRequest(name="Initial admin key", scopes=preset_scopes("full_access", admin.role)),
-            pepper=settings.pepper, via="cli",
+            pepper=settings.pepper,
+            via="cli",
         )
     payload = {
         "initialized": True,
@@ -115,19 +117,26 @@ def init(
     }
     if generated:
         payload["admin_password"] = password
-    emit(as_json, payload, "\n".join([
-        f"Organization  {created.org.name}  ({created.org.id})",
-        f"Admin         {created.admin.email}  ({created.admin.id})",
-        *([f"Password      {password}   (generated; shown once)"] if generated else []),
-        f"API key       {key.secret}",
-        "              Shown once: copy it now. It is stored only as a keyed hash.",
-        "",
-        f"Sign in at http://127.0.0.1:8000/ as {created.admin.email}" + (" with the password above." if generated else "."),
-        "",
-        "Try it:",
-        f"  curl -H 'Authorization: Bearer {key.secret}' -H 'X-Tenant-ID: {created.org.id}' \\",
-        "       http://127.0.0.1:8000/api/v1/keys",
-    ]))
+    emit(
+        as_json,
+        payload,
+        "\n".join(
+            [
+                f"Organization  {created.org.name}  ({created.org.id})",
+                f"Admin         {created.admin.email}  ({created.admin.id})",
+                *([f"Password      {password}   (generated; shown once)"] if generated else []),
+                f"API key       {key.secret}",
+                "              Shown once: copy it now. It is stored only as a keyed hash.",
+                "",
+                f"Sign in at http://127.0.0.1:8000/ as {created.admin.email}"
+                + (" with the password above." if generated else "."),
+                "",
+                "Try it:",
+                f"  curl -H 'Authorization: Bearer {key.secret}' -H 'X-Tenant-ID: {created.org.id}' \\",
+                "       http://127.0.0.1:8000/api/v1/keys",
+            ]
+        ),
+    )
 
 
 @app.command()
@@ -161,7 +170,10 @@ def serve(
     with refusals_reported(False):
         migrate(settings.database_url)
     if workers > 1 and not settings.redis_url:
-        typer.echo("warning: without TIDEGATE_REDIS_URL, rate limits and sign-in throttling are counted per worker process.", err=True)
+        typer.echo(
+            "warning: without TIDEGATE_REDIS_URL, rate limits and sign-in throttling are counted per worker process.",
+            err=True,
+        )
     forwarded = ",".join(settings.trusted_proxies) or None
     # uvicorn, after a graceful shutdown, re-raises the SIGTERM/SIGINT it caught with the
     # handler it found installed. The default one would kill this process on the spot
@@ -237,7 +249,9 @@ def _log_config(access: bool) -> dict:
     config = {**LOGGING_CONFIG, "loggers": dict(LOGGING_CONFIG["loggers"])}
     config["loggers"]["tidegate"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     config["loggers"]["tidegate.access"] = {
-        "handlers": ["default"] if access else [], "level": "INFO" if access else "WARNING", "propagate": False,
+        "handlers": ["default"] if access else [],
+        "level": "INFO" if access else "WARNING",
+        "propagate": False,
     }
     return config
 
@@ -330,10 +344,16 @@ def keys_create(
         scope_list = None if scopes is None else [s.strip() for s in scopes.split(",") if s.strip()]
         scope_list = requested_scopes(scope_list, preset, owner.role)
         created = keys_service.create_key(
-            session, principal,
-            keys_service.KeyRequest(name=name, scopes=scope_list, expires_in_days=expires_in_days,
-                                    rate_limit_per_minute=rate_limit_per_minute),
-            pepper=settings.pepper, via="cli",
+            session,
+            principal,
+            keys_service.KeyRequest(
+                name=name,
+                scopes=scope_list,
+                expires_in_days=expires_in_days,
+                rate_limit_per_minute=rate_limit_per_minute,
+            ),
+            pepper=settings.pepper,
+            via="cli",
         )
         payload = {**_key_payload(created.key), "secret": created.secret}
     emit(as_json, payload, f"{created.secret}\n(key {created.key.id}; shown once, copy it now)")
@@ -346,8 +366,11 @@ def keys_list(org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
         system = Principal.for_user(organization.id, "cli", "admin")
         keys = keys_service.list_keys(session, system, limit=100_000, after=None)
         payload = [_key_payload(k) for k in keys]
-    emit(as_json, payload, "\n".join(
-        f"{k['id']}  {k['key_prefix']}  {k['status']:8} {k['name']}" for k in payload) or "No keys.")
+    emit(
+        as_json,
+        payload,
+        "\n".join(f"{k['id']}  {k['key_prefix']}  {k['status']:8} {k['name']}" for k in payload) or "No keys.",
+    )
 
 
 @keys_app.command("revoke")
@@ -368,10 +391,10 @@ def keys_revoke(key_id: str, org: str = typer.Option(..., "--org"), as_json: boo
 def org_settings(
     org: str = typer.Option(..., "--org"),
     api_key_creation: str | None = typer.Option(None, "--api-key-creation", help="on or off"),
-    max_keys_per_user: int | None = typer.Option(None, "--max-keys-per-user",
-                                                 help="Active keys one person may hold."),
+    max_keys_per_user: int | None = typer.Option(None, "--max-keys-per-user", help="Active keys one person may hold."),
     user_rate_limit_per_minute: int | None = typer.Option(
-        None, "--user-rate-limit-per-minute", help="Requests per minute shared by all of one person's keys."),
+        None, "--user-rate-limit-per-minute", help="Requests per minute shared by all of one person's keys."
+    ),
     as_json: bool = JsonOpt,
 ):
     """Show, or change, the organization's admin controls."""
@@ -379,21 +402,30 @@ def org_settings(
         organization = orgs.find_org(session, org)
         if api_key_creation is not None and api_key_creation not in ("on", "off"):
             raise InvalidRequest("invalid_value", "--api-key-creation takes on or off.")
-        orgs.update_settings(session, None, organization,
-                             api_key_creation_enabled=None if api_key_creation is None else api_key_creation == "on",
-                             max_keys_per_user=max_keys_per_user,
-                             user_rate_limit_per_minute=user_rate_limit_per_minute)
-        payload = {"org_id": organization.id, "name": organization.name,
-                   "api_key_creation_enabled": organization.api_key_creation_enabled,
-                   "max_keys_per_user": organization.max_keys_per_user,
-                   "user_rate_limit_per_minute": organization.user_rate_limit_per_minute}
+        orgs.update_settings(
+            session,
+            None,
+            organization,
+            api_key_creation_enabled=None if api_key_creation is None else api_key_creation == "on",
+            max_keys_per_user=max_keys_per_user,
+            user_rate_limit_per_minute=user_rate_limit_per_minute,
+        )
+        payload = {
+            "org_id": organization.id,
+            "name": organization.name,
+            "api_key_creation_enabled": organization.api_key_creation_enabled,
+            "max_keys_per_user": organization.max_keys_per_user,
+            "user_rate_limit_per_minute": organization.user_rate_limit_per_minute,
+        }
     emit(as_json, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
 
 
 @org_app.command("list")
 def org_list(as_json: bool = JsonOpt):
     with database(as_json) as (_, session):
-        payload = [{"id": o.id, "name": o.name} for o in session.scalars(select(Organization).order_by(Organization.id))]
+        payload = [
+            {"id": o.id, "name": o.name} for o in session.scalars(select(Organization).order_by(Organization.id))
+        ]
     emit(as_json, payload, "\n".join(f"{o['id']}  {o['name']}" for o in payload) or "No organizations.")
 
 
@@ -406,18 +438,34 @@ def audit_status(as_json: bool = JsonOpt):
     from tidegate.audit.journal import backlog
 
     directory = get_settings().audit_dir
-    payload = backlog(directory).view(directory) if directory.exists() else \
-        {"directory": str(directory), "segments": 0, "pending_events": 0, "oldest_pending_at": None,
-         "oldest_pending_age_seconds": None, "set_aside_events": 0, "torn_records": 0}
+    payload = (
+        backlog(directory).view(directory)
+        if directory.exists()
+        else {
+            "directory": str(directory),
+            "segments": 0,
+            "pending_events": 0,
+            "oldest_pending_at": None,
+            "oldest_pending_age_seconds": None,
+            "set_aside_events": 0,
+            "torn_records": 0,
+        }
+    )
     age = payload["oldest_pending_age_seconds"]
-    emit(as_json, payload, "\n".join([
-        f"journal            {payload['directory']}",
-        f"pending events     {payload['pending_events']} in {payload['segments']} segment(s)"
-        + (f", oldest {age:.0f} s old" if age is not None else ""),
-        f"set aside          {payload['set_aside_events']}" + ("  (refused by the database; see "
-                                                               "`tidegate audit reship`)" if payload["set_aside_events"] else ""),
-        f"torn records       {payload['torn_records']}",
-    ]))
+    emit(
+        as_json,
+        payload,
+        "\n".join(
+            [
+                f"journal            {payload['directory']}",
+                f"pending events     {payload['pending_events']} in {payload['segments']} segment(s)"
+                + (f", oldest {age:.0f} s old" if age is not None else ""),
+                f"set aside          {payload['set_aside_events']}"
+                + ("  (refused by the database; see `tidegate audit reship`)" if payload["set_aside_events"] else ""),
+                f"torn records       {payload['torn_records']}",
+            ]
+        ),
+    )
 
 
 @audit_app.command("reship")
@@ -429,8 +477,11 @@ def audit_reship(as_json: bool = JsonOpt):
     with refusals_reported(as_json):
         migrate(settings.database_url)
         shipped, refused = reship_set_aside(private_directory(settings.audit_dir), settings.database_url)
-    emit(as_json, {"shipped": shipped, "still_set_aside": refused},
-         f"Shipped {shipped} set-aside event(s); {refused} still refused.")
+    emit(
+        as_json,
+        {"shipped": shipped, "still_set_aside": refused},
+        f"Shipped {shipped} set-aside event(s); {refused} still refused.",
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -51,14 +51,22 @@ class KeyState:
     owner_rate_limit_per_minute: int | None = None
 
     @classmethod
-    def of(cls, key: ApiKey, owner: User | None, access_epoch: int | None,
-           owner_rate_limit_per_minute: int | None = None) -> "KeyState":
+    def of(
+        cls, key: ApiKey, owner: User | None, access_epoch: int | None, owner_rate_limit_per_minute: int | None = None
+    ) -> KeyState:
         return cls(
-            key_id=key.id, org_id=key.org_id, scopes=tuple(key.scopes or ()), revoked_at=key.revoked_at,
-            expires_at=key.expires_at, ip_allowlist=tuple(key.ip_allowlist or ()),
-            rate_limit_per_minute=key.rate_limit_per_minute, owner_id=key.created_by,
-            owner_role=owner.role if owner else None, owner_active=bool(owner and owner.is_active),
-            access_epoch=access_epoch, owner_rate_limit_per_minute=owner_rate_limit_per_minute,
+            key_id=key.id,
+            org_id=key.org_id,
+            scopes=tuple(key.scopes or ()),
+            revoked_at=key.revoked_at,
+            expires_at=key.expires_at,
+            ip_allowlist=tuple(key.ip_allowlist or ()),
+            rate_limit_per_minute=key.rate_limit_per_minute,
+            owner_id=key.created_by,
+            owner_role=owner.role if owner else None,
+            owner_active=bool(owner and owner.is_active),
+            access_epoch=access_epoch,
+            owner_rate_limit_per_minute=owner_rate_limit_per_minute,
         )
 
 
@@ -115,8 +123,9 @@ def principal_for(state: KeyState, now: datetime | None = None) -> Principal:
         raise Unauthenticated("api_key_owner_inactive", "The user who created this API key is deactivated.")
     principal = state.__dict__.get("_principal")
     if principal is None:  # the same for every request while the state is cached
-        principal = Principal.for_key(state.org_id, state.owner_id, state.owner_role, state.key_id,
-                                      list(state.scopes), epoch=state.access_epoch)
+        principal = Principal.for_key(
+            state.org_id, state.owner_id, state.owner_role, state.key_id, list(state.scopes), epoch=state.access_epoch
+        )
         state.__dict__["_principal"] = principal  # (a frozen dataclass: not through __setattr__)
     return principal
 

@@ -98,7 +98,9 @@ class SourceScope(Restriction):
         return not parent_value or parent_value.get("mode") != "selected"
 
     def within(self, parent_value: dict, child_value: dict) -> bool:
-        return child_value.get("mode") == "selected" and set(child_value["source_ids"]) <= set(parent_value["source_ids"])
+        return child_value.get("mode") == "selected" and set(child_value["source_ids"]) <= set(
+            parent_value["source_ids"]
+        )
 
 
 class AccessPolicies(Restriction):
@@ -120,7 +122,12 @@ class BoundUser(Restriction):
 
 
 RESTRICTIONS: tuple[Restriction, ...] = (
-    AccessPolicies(), SourceScope(), BoundUser(), IpAllowlist(), Expiry(), RateLimit(),
+    AccessPolicies(),
+    SourceScope(),
+    BoundUser(),
+    IpAllowlist(),
+    Expiry(),
+    RateLimit(),
 )
 
 

@@ -12,4 +12,3 @@ import hmac
 
 def hash_secret(pepper: bytes, secret: str) -> str:
     return hmac.new(pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()
-

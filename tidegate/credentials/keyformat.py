@@ -41,7 +41,7 @@ def is_well_formed(key: str) -> bool:
     """Shape and checksum only: says nothing about whether the key exists."""
     if not KEY_PATTERN.match(key):
         return False
-    body = key[len(PREFIX):]
+    body = key[len(PREFIX) :]
     return secrets.compare_digest(checksum(body[:RANDOM_LENGTH]), body[RANDOM_LENGTH:])
 
 

@@ -42,7 +42,7 @@ class ApiKey(Base):
 
 
 def key_status(revoked_at: datetime | None, expires_at: datetime | None, now: datetime) -> str:
-    """"revoked", "expired" or "active": the one rule, for stored keys and cached key states."""
+    """ "revoked", "expired" or "active": the one rule, for stored keys and cached key states."""
     if revoked_at is not None:
         return "revoked"
     if expires_at is not None and expires_at <= now:

@@ -63,7 +63,9 @@ def _check_ip_allowlist(entries: list[str] | None) -> list[str] | None:
         except ValueError:
             raise InvalidRequest("invalid_ip_allowlist", f"{entry!r} is not an IP address or CIDR range.") from None
     if not normalized:
-        raise InvalidRequest("invalid_ip_allowlist", "ip_allowlist must list at least one address (omit it to allow all).")
+        raise InvalidRequest(
+            "invalid_ip_allowlist", "ip_allowlist must list at least one address (omit it to allow all)."
+        )
     return normalized
 
 
@@ -76,7 +78,9 @@ def _check_source_scope(scope: dict | None) -> dict | None:
     if mode == "selected":
         ids = scope.get("source_ids")
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
-            raise InvalidRequest("invalid_source_scope", "source_scope 'selected' needs a non-empty list of source_ids.")
+            raise InvalidRequest(
+                "invalid_source_scope", "source_scope 'selected' needs a non-empty list of source_ids."
+            )
         return {"mode": "selected", "source_ids": sorted(set(ids))}
     raise InvalidRequest(
         "invalid_source_scope",
@@ -85,8 +89,14 @@ def _check_source_scope(scope: dict | None) -> dict | None:
 
 
 def create_key(
-    session: Session, creator: Principal, request: KeyRequest, *, pepper: bytes,
-    context: RequestContext | None = None, via: str = "api", parent: ApiKey | None = None,
+    session: Session,
+    creator: Principal,
+    request: KeyRequest,
+    *,
+    pepper: bytes,
+    context: RequestContext | None = None,
+    via: str = "api",
+    parent: ApiKey | None = None,
     replacing: ApiKey | None = None,
 ) -> CreatedKey:
     """A new key of `creator`'s. When the request is authenticated by a key, that key is the
@@ -95,7 +105,9 @@ def create_key(
     `replacing` is a key retired in the same transaction (not counted against the limit)."""
     org = session.get(Organization, creator.org_id)
     if not org.api_key_creation_enabled:
-        raise Forbidden("api_key_creation_disabled", "An admin has switched off API key creation for this organization.")
+        raise Forbidden(
+            "api_key_creation_disabled", "An admin has switched off API key creation for this organization."
+        )
     name = _check_name(request.name)
     scopes = validate_scopes(request.scopes)
     # No escalation: a new key may hold only what the caller holds right now. When a key
@@ -134,12 +146,25 @@ def create_key(
     )
     session.add(key)
     session.flush()
-    details = {"name": name, "scopes": scopes, "key_prefix": key.key_prefix, "via": via,
-               "expires_at": key.expires_at.isoformat() if key.expires_at else None}
+    details = {
+        "name": name,
+        "scopes": scopes,
+        "key_prefix": key.key_prefix,
+        "via": via,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+    }
     if parent is not None:
         details["parent_key_id"] = parent.id
-    record(session, creator, "api_key.created", org_id=creator.org_id, target_type="api_key", target_id=key.id,
-           details=details, context=context)
+    record(
+        session,
+        creator,
+        "api_key.created",
+        org_id=creator.org_id,
+        target_type="api_key",
+        target_id=key.id,
+        details=details,
+        context=context,
+    )
     return CreatedKey(key=key, secret=secret)
 
 
@@ -157,7 +182,9 @@ def _check_terms(session: Session, creator: Principal, request: KeyRequest) -> K
     if request.bound_user_id is not None:
         bound = session.get(User, request.bound_user_id)
         if bound is None or bound.org_id != creator.org_id or not bound.is_active:
-            raise InvalidRequest("invalid_bound_user", f"No active user {request.bound_user_id!r} in this organization.")
+            raise InvalidRequest(
+                "invalid_bound_user", f"No active user {request.bound_user_id!r} in this organization."
+            )
         bound_user_id = bound.id
     policy_ids = None
     if request.access_policy_ids is not None:
@@ -190,9 +217,14 @@ def _lock_key_creation(session: Session, user_id: str) -> None:
 
 def active_key_count(session: Session, user_id: str, *, excluding: str | None = None) -> int:
     now = utcnow()
-    query = select(func.count()).select_from(ApiKey).where(
-        ApiKey.created_by == user_id, ApiKey.revoked_at.is_(None),
-        or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+    query = (
+        select(func.count())
+        .select_from(ApiKey)
+        .where(
+            ApiKey.created_by == user_id,
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+        )
     )
     if excluding is not None:
         query = query.where(ApiKey.id != excluding)
@@ -226,17 +258,24 @@ def get_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
 
 
 def list_keys(
-    session: Session, principal: Principal, *, limit: int, after: str | None,
-    search: str | None = None, status: str | None = None,
+    session: Session,
+    principal: Principal,
+    *,
+    limit: int,
+    after: str | None,
+    search: str | None = None,
+    status: str | None = None,
 ) -> list[ApiKey]:
     query = _visible_keys(principal)
     now = utcnow()
     if search:
         pattern = search.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(or_(
-            ApiKey.name.ilike(f"%{pattern}%", escape="\\"),
-            ApiKey.key_prefix.ilike(f"{pattern}%", escape="\\"),
-        ))
+        query = query.where(
+            or_(
+                ApiKey.name.ilike(f"%{pattern}%", escape="\\"),
+                ApiKey.key_prefix.ilike(f"{pattern}%", escape="\\"),
+            )
+        )
     if status is not None:
         if status not in KEY_STATUSES:
             raise InvalidRequest("invalid_status", f"status must be one of: {', '.join(KEY_STATUSES)}.")
@@ -251,38 +290,67 @@ def list_keys(
     return list(session.scalars(query.order_by(ApiKey.id).limit(limit + 1)))
 
 
-def rename_key(session: Session, principal: Principal, key: ApiKey, name: str, *,
-               context: RequestContext | None = None) -> ApiKey:
+def rename_key(
+    session: Session, principal: Principal, key: ApiKey, name: str, *, context: RequestContext | None = None
+) -> ApiKey:
     name = _check_name(name)
     if name != key.name:
         old = key.name
         key.name = name
-        record(session, principal, "api_key.renamed", org_id=key.org_id, target_type="api_key", target_id=key.id,
-               details={"old": old, "new": name}, context=context)
+        record(
+            session,
+            principal,
+            "api_key.renamed",
+            org_id=key.org_id,
+            target_type="api_key",
+            target_id=key.id,
+            details={"old": old, "new": name},
+            context=context,
+        )
     return key
 
 
-def revoke_key(session: Session, principal: Principal | None, key: ApiKey, *,
-               context: RequestContext | None = None, via: str = "api") -> ApiKey:
+def revoke_key(
+    session: Session,
+    principal: Principal | None,
+    key: ApiKey,
+    *,
+    context: RequestContext | None = None,
+    via: str = "api",
+) -> ApiKey:
     """Revoke `key` and every key descended from it (the keys it minted, theirs, ...), each
     with its own audit event. Idempotent: nothing already revoked is changed or recorded."""
     now = utcnow()
     _revoke_one(session, principal, key, now, {"via": via}, context)
     for child in descendants(session, key):
-        _revoke_one(session, principal, child, now,
-                    {"via": via, "reason": "parent_revoked", "parent_key_id": child.parent_key_id,
-                     "revoked_with": key.id}, context)
+        _revoke_one(
+            session,
+            principal,
+            child,
+            now,
+            {"via": via, "reason": "parent_revoked", "parent_key_id": child.parent_key_id, "revoked_with": key.id},
+            context,
+        )
     return key
 
 
-def _revoke_one(session: Session, principal: Principal | None, key: ApiKey, now, details: dict,
-                context: RequestContext | None) -> None:
+def _revoke_one(
+    session: Session, principal: Principal | None, key: ApiKey, now, details: dict, context: RequestContext | None
+) -> None:
     if key.revoked_at is not None:
         return
     key.revoked_at = now
     key.revoked_by = principal.user_id if principal else None
-    record(session, principal, "api_key.revoked", org_id=key.org_id, target_type="api_key", target_id=key.id,
-           details={"name": key.name, "key_prefix": key.key_prefix, **details}, context=context)
+    record(
+        session,
+        principal,
+        "api_key.revoked",
+        org_id=key.org_id,
+        target_type="api_key",
+        target_id=key.id,
+        details={"name": key.name, "key_prefix": key.key_prefix, **details},
+        context=context,
+    )
 
 
 def descendants(session: Session, key: ApiKey) -> list[ApiKey]:
@@ -291,9 +359,13 @@ def descendants(session: Session, key: ApiKey) -> list[ApiKey]:
     seen = {key.id}
     frontier = [key.id]
     while frontier:
-        children = list(session.scalars(
-            select(ApiKey).where(ApiKey.parent_key_id.in_(frontier), ApiKey.org_id == key.org_id).order_by(ApiKey.id)
-        ))
+        children = list(
+            session.scalars(
+                select(ApiKey)
+                .where(ApiKey.parent_key_id.in_(frontier), ApiKey.org_id == key.org_id)
+                .order_by(ApiKey.id)
+            )
+        )
         children = [c for c in children if c.id not in seen]
         seen.update(c.id for c in children)
         found.extend(children)
@@ -305,8 +377,14 @@ MAX_ROTATION_GRACE = timedelta(days=30)
 
 
 def rotate_key(
-    session: Session, principal: Principal, key: ApiKey, *, grace: timedelta, pepper: bytes,
-    context: RequestContext | None = None, via: str = "api",
+    session: Session,
+    principal: Principal,
+    key: ApiKey,
+    *,
+    grace: timedelta,
+    pepper: bytes,
+    context: RequestContext | None = None,
+    via: str = "api",
 ) -> CreatedKey:
     """Replace `key` with a new key of the same settings, and retire the old one.
 
@@ -330,11 +408,16 @@ def rotate_key(
     # A child key's replacement is still its parent's child: bounded by it (an expiry past
     # the parent's becomes the parent's) and revoked with it.
     parent = session.get(ApiKey, key.parent_key_id) if key.parent_key_id else None
-    if (parent is not None and parent.expires_at is not None and lifetime_days is not None
-            and now + timedelta(days=lifetime_days) > parent.expires_at):
+    if (
+        parent is not None
+        and parent.expires_at is not None
+        and lifetime_days is not None
+        and now + timedelta(days=lifetime_days) > parent.expires_at
+    ):
         lifetime_days = None
     created = create_key(
-        session, principal,
+        session,
+        principal,
         KeyRequest(
             name=key.name,
             scopes=list(key.scopes),
@@ -345,13 +428,28 @@ def rotate_key(
             access_policy_ids=list(key.access_policy_ids) if key.access_policy_ids is not None else None,
             bound_user_id=key.bound_user_id,
         ),
-        pepper=pepper, context=context, via=via, parent=parent,
+        pepper=pepper,
+        context=context,
+        via=via,
+        parent=parent,
         replacing=key if grace == timedelta(0) else None,
     )
-    record(session, principal, "api_key.rotated", org_id=key.org_id, target_type="api_key", target_id=key.id,
-           details={"name": key.name, "key_prefix": key.key_prefix, "replacement_key_id": created.key.id,
-                    "grace_seconds": int(grace.total_seconds()), "via": via},
-           context=context)
+    record(
+        session,
+        principal,
+        "api_key.rotated",
+        org_id=key.org_id,
+        target_type="api_key",
+        target_id=key.id,
+        details={
+            "name": key.name,
+            "key_prefix": key.key_prefix,
+            "replacement_key_id": created.key.id,
+            "grace_seconds": int(grace.total_seconds()),
+            "via": via,
+        },
+        context=context,
+    )
     if grace == timedelta(0):
         revoke_key(session, principal, key, context=context, via=via)
     else:
@@ -363,15 +461,27 @@ def rotate_key(
     return created
 
 
-def _expire_by(session: Session, principal: Principal, key: ApiKey, retire_at, reason: str, via: str,
-               context: RequestContext | None) -> None:
+def _expire_by(
+    session: Session,
+    principal: Principal,
+    key: ApiKey,
+    retire_at,
+    reason: str,
+    via: str,
+    context: RequestContext | None,
+) -> None:
     """Bring `key`'s expiry forward to `retire_at` (never later than it already was)."""
     if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= retire_at):
         return
     old = key.expires_at
     key.expires_at = retire_at
-    record(session, principal, "api_key.expiry_scheduled", org_id=key.org_id, target_type="api_key",
-           target_id=key.id,
-           details={"old": old.isoformat() if old else None, "new": retire_at.isoformat(),
-                    "reason": reason, "via": via},
-           context=context)
+    record(
+        session,
+        principal,
+        "api_key.expiry_scheduled",
+        org_id=key.org_id,
+        target_type="api_key",
+        target_id=key.id,
+        details={"old": old.isoformat() if old else None, "new": retire_at.isoformat(), "reason": reason, "via": via},
+        context=context,
+    )

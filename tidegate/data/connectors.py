@@ -59,21 +59,29 @@ class ConnectorType:
     secret_fields: tuple[str, ...]
 
     def public(self) -> dict:
-        return {"id": self.id, "name": self.name, "service": self.id, "status": "available",
-                "description": self.description, "config_fields": list(self.config_fields),
-                "secret_fields": list(self.secret_fields)}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "service": self.id,
+            "status": "available",
+            "description": self.description,
+            "config_fields": list(self.config_fields),
+            "secret_fields": list(self.secret_fields),
+        }
 
 
 CONNECTORS: dict[str, ConnectorType] = {
     "postgresql": ConnectorType(
-        id="postgresql", name="PostgreSQL",
+        id="postgresql",
+        name="PostgreSQL",
         description="A table or a read-only query of a PostgreSQL database.",
         config_fields=("host", "port", "database", "user", "sslmode", "schema", "table", "query", "connect_timeout"),
         required=("host", "database", "user"),
         secret_fields=("password",),
     ),
     "sqlite": ConnectorType(
-        id="sqlite", name="SQLite",
+        id="sqlite",
+        name="SQLite",
         description="A table or a read-only query of a SQLite file on the server.",
         config_fields=("path", "table", "query"),
         required=("path",),
@@ -100,11 +108,13 @@ def get_connector(connector_type: str) -> ConnectorType:
 # Secrets at rest
 # ---------------------------------------------------------------------------------------
 
+
 def _fernet(session_key: bytes) -> Fernet:
     if isinstance(session_key, str):
         session_key = session_key.encode()
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-               info=b"tidegate connector credentials v1").derive(session_key)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"tidegate connector credentials v1").derive(
+        session_key
+    )
     return Fernet(base64.urlsafe_b64encode(key))
 
 
@@ -127,6 +137,7 @@ def decrypt_secret(token: str | None, session_key: bytes) -> dict:
 # ---------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------
+
 
 def _text(config: dict, name: str, *, required: bool = False, max_length: int = 1000) -> str | None:
     value = config.get(name)
@@ -160,11 +171,14 @@ def split_config(connector_type: str, config: Any, secret: dict | None = None) -
         elif key in connector.config_fields:
             public[key] = value
         else:
-            raise InvalidRequest("invalid_connector_config",
-                                 f'Unknown setting "{key}" for the {connector.name} connector.')
+            raise InvalidRequest(
+                "invalid_connector_config", f'Unknown setting "{key}" for the {connector.name} connector.'
+            )
     for key in list(secrets):
         if key not in connector.secret_fields:
-            raise InvalidRequest("invalid_connector_config", f'Unknown secret "{key}" for the {connector.name} connector.')
+            raise InvalidRequest(
+                "invalid_connector_config", f'Unknown secret "{key}" for the {connector.name} connector.'
+            )
         if secrets[key] is not None and not isinstance(secrets[key], str):
             raise InvalidRequest("invalid_connector_config", f'The secret "{key}" must be text.')
     for name in connector.required:
@@ -244,7 +258,7 @@ def _to_table(names: list[str], columns: list[list], declared: list[str | None])
     except InvalidRequest as exc:
         raise InvalidRequest("connector_error", f"The pulled data cannot be a source: {exc.message}") from None
     arrays = []
-    for name, values, kind in zip(names, columns, declared):
+    for name, values, kind in zip(names, columns, declared, strict=True):
         if kind is not None:
             try:
                 arrays.append(ingest.convert_values(values, kind, name))
@@ -257,11 +271,29 @@ def _to_table(names: list[str], columns: list[list], declared: list[str | None])
 
 # PostgreSQL type names -> canonical types (others are inferred from the values).
 _PG_TYPES = {
-    "int2": "integer", "int4": "integer", "int8": "integer", "smallint": "integer", "integer": "integer",
-    "bigint": "integer", "float4": "float", "float8": "float", "real": "float", "double precision": "float",
-    "numeric": "float", "bool": "boolean", "boolean": "boolean", "date": "date",
-    "timestamp": "timestamp", "timestamptz": "timestamp", "text": "string", "varchar": "string",
-    "bpchar": "string", "name": "string", "uuid": "string", "json": "string", "jsonb": "string",
+    "int2": "integer",
+    "int4": "integer",
+    "int8": "integer",
+    "smallint": "integer",
+    "integer": "integer",
+    "bigint": "integer",
+    "float4": "float",
+    "float8": "float",
+    "real": "float",
+    "double precision": "float",
+    "numeric": "float",
+    "bool": "boolean",
+    "boolean": "boolean",
+    "date": "date",
+    "timestamp": "timestamp",
+    "timestamptz": "timestamp",
+    "text": "string",
+    "varchar": "string",
+    "bpchar": "string",
+    "name": "string",
+    "uuid": "string",
+    "json": "string",
+    "jsonb": "string",
 }
 
 
@@ -285,11 +317,16 @@ def _pull_postgresql(config: dict, secret: dict) -> tuple[list[str], list[list],
     params = {
         # hostaddr: connect to the address the egress policy checked, never to a second
         # DNS answer; host stays the name (TLS verification, messages).
-        "host": config["host"], "hostaddr": destination.address, "port": config["port"],
-        "dbname": config["database"], "user": config["user"], "connect_timeout": config["connect_timeout"],
+        "host": config["host"],
+        "hostaddr": destination.address,
+        "port": config["port"],
+        "dbname": config["database"],
+        "user": config["user"],
+        "connect_timeout": config["connect_timeout"],
         "application_name": "tidegate-connector",
         # No fallback to the server's own credentials or environment.
-        "passfile": os.devnull, "sslmode": config.get("sslmode") or "prefer",
+        "passfile": os.devnull,
+        "sslmode": config.get("sslmode") or "prefer",
         "options": f"-c default_transaction_read_only=on -c statement_timeout={timeout * 1000}",
     }
     if secret.get("password"):
@@ -307,8 +344,11 @@ def _pull_postgresql(config: dict, secret: dict) -> tuple[list[str], list[list],
         with connection.transaction():
             connection.execute("SET TRANSACTION READ ONLY")
             if config.get("table"):
-                target = (pgsql.Identifier(config["schema"], config["table"]) if config.get("schema")
-                          else pgsql.Identifier(config["table"]))
+                target = (
+                    pgsql.Identifier(config["schema"], config["table"])
+                    if config.get("schema")
+                    else pgsql.Identifier(config["table"])
+                )
                 statement = pgsql.SQL("SELECT * FROM {}").format(target)
             else:
                 statement = pgsql.SQL(config["query"])  # the owner's own query, read-only
@@ -322,11 +362,13 @@ def _pull_postgresql(config: dict, secret: dict) -> tuple[list[str], list[list],
                     declared.append(_PG_TYPES.get(info.name if info else ""))
                 columns = _fetch_columns(cursor, len(names))
     except psycopg.errors.QueryCanceled:
-        raise InvalidRequest("connector_timeout",
-                             f"The read from PostgreSQL at {where} took longer than {timeout} seconds.") from None
+        raise InvalidRequest(
+            "connector_timeout", f"The read from PostgreSQL at {where} took longer than {timeout} seconds."
+        ) from None
     except psycopg.Error as exc:
-        raise InvalidRequest("connector_error",
-                             f"PostgreSQL at {where} refused the read: {_scrub(str(exc), secret)}") from None
+        raise InvalidRequest(
+            "connector_error", f"PostgreSQL at {where} refused the read: {_scrub(str(exc), secret)}"
+        ) from None
     finally:
         watchdog.cancel()
         connection.close()
@@ -346,8 +388,9 @@ def _sqlite_path(raw: str) -> Path:
     resolved = path.resolve()
     allowed = _allowed_sqlite_dirs()
     if not any(resolved == d or d in resolved.parents for d in allowed):
-        raise InvalidRequest("connector_error",
-                             "This SQLite file is not in a directory the server allows connectors to read.")
+        raise InvalidRequest(
+            "connector_error", "This SQLite file is not in a directory the server allows connectors to read."
+        )
     if _is_own_file(resolved):  # before the existence check: nothing told about the server's files
         raise InvalidRequest("connector_error", "The server's own files cannot be read by a connector.")
     if not resolved.is_file():
@@ -373,8 +416,9 @@ def _is_own_file(resolved: Path) -> bool:
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return False
     database = Path(url.database).resolve()
-    if resolved == database or (resolved.parent == database.parent
-                                and resolved.name.startswith(database.name + "-")):  # -wal, -shm, -journal
+    if resolved == database or (
+        resolved.parent == database.parent and resolved.name.startswith(database.name + "-")
+    ):  # -wal, -shm, -journal
         return True
     try:
         return os.path.samefile(resolved, database)
@@ -416,8 +460,8 @@ def _pull_sqlite(config: dict) -> tuple[list[str], list[list], list[str | None]]
 # Sources
 # ---------------------------------------------------------------------------------------
 
-def configure_source(source, connector_type: str, config: dict, session_key: bytes,
-                     secret: dict | None = None) -> None:
+
+def configure_source(source, connector_type: str, config: dict, session_key: bytes, secret: dict | None = None) -> None:
     """Validate and store a connector setup on a Source (secret encrypted; caller commits).
 
     A config update without a password keeps the stored one.

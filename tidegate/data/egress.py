@@ -70,7 +70,7 @@ def parse_entry(entry: str) -> AllowEntry:
         close = entry.find("]")
         if close < 0:
             raise ValueError(f"{ENV}: unclosed '[' in {entry!r}")
-        target, rest = entry[1:close], entry[close + 1:]
+        target, rest = entry[1:close], entry[close + 1 :]
         if rest:
             if not rest.startswith(":"):
                 raise ValueError(f"{ENV}: cannot read {entry!r}")
@@ -193,8 +193,9 @@ def check_destination(host: str, port: int) -> Destination:
     try:
         entries = allow_policy()
     except ValueError:
-        raise InvalidRequest("connector_host_not_allowed",
-                             f"The server's {ENV} setting cannot be read; no connector may connect.") from None
+        raise InvalidRequest(
+            "connector_host_not_allowed", f"The server's {ENV} setting cannot be read; no connector may connect."
+        ) from None
     name = _normal_host(host)
     try:
         addresses = _resolve(host, port)

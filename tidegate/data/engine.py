@@ -69,10 +69,17 @@ _conn_lock = threading.Lock()
 _conn: tuple[tuple, duckdb.DuckDBPyConnection] | None = None
 
 
-def configure(*, data_dir: str | os.PathLike | None = None, cache_bytes: int | None = None,
-              max_entry_fraction: float | None = None, threads: int | None = None,
-              memory_limit: str | None = None, query_timeout: float | None = None,
-              query_memory_limit: str | None = None, query_threads: int | None = None) -> None:
+def configure(
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_bytes: int | None = None,
+    max_entry_fraction: float | None = None,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+    query_timeout: float | None = None,
+    query_memory_limit: str | None = None,
+    query_threads: int | None = None,
+) -> None:
     """Process-wide settings; call once at startup (the lead wires Settings.data_dir here)."""
     global _conn
     if data_dir is not None:
@@ -97,13 +104,16 @@ def _connection() -> duckdb.DuckDBPyConnection:
     key = (os.getpid(), str(root), _options["threads"], _options["memory_limit"])
     with _conn_lock:
         if _conn is None or _conn[0] != key:
-            connection = duckdb.connect(":memory:", config={
-                "threads": _options["threads"],
-                "memory_limit": _options["memory_limit"],
-                "autoinstall_known_extensions": False,
-                "autoload_known_extensions": False,
-                "python_enable_replacements": False,
-            })
+            connection = duckdb.connect(
+                ":memory:",
+                config={
+                    "threads": _options["threads"],
+                    "memory_limit": _options["memory_limit"],
+                    "autoinstall_known_extensions": False,
+                    "autoload_known_extensions": False,
+                    "python_enable_replacements": False,
+                },
+            )
             allowed = str(root).rstrip("/") + "/"
             connection.execute("SET allowed_directories = [" + _sql_string(allowed) + "]")
             connection.execute("SET enable_external_access = false")
@@ -119,6 +129,7 @@ def _sql_string(value: str) -> str:
 # ---------------------------------------------------------------------------------------
 # The cache
 # ---------------------------------------------------------------------------------------
+
 
 class _ResultCache:
     """LRU of filtered Arrow tables (or rendered pages) keyed by (version id, filter key,
@@ -202,9 +213,15 @@ class _ResultCache:
 
     def stats(self) -> dict:
         with self._lock:
-            return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
-                    "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
-                    "oversized": len(self._oversized)}
+            return {
+                "entries": len(self._entries),
+                "bytes": self._bytes,
+                "max_bytes": self.max_bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+                "evictions": self.evictions,
+                "oversized": len(self._oversized),
+            }
 
     def keys(self) -> list[tuple]:
         with self._lock:
@@ -235,6 +252,7 @@ def clear_cache() -> None:
 # ---------------------------------------------------------------------------------------
 # Validation and filter compilation
 # ---------------------------------------------------------------------------------------
+
 
 def _check_filter(row_filter: Any) -> RowFilter:
     if not isinstance(row_filter, RowFilter):
@@ -293,6 +311,7 @@ def _empty(version: SourceVersion) -> pa.Table:
 # ---------------------------------------------------------------------------------------
 # Materialization
 # ---------------------------------------------------------------------------------------
+
 
 def _uncompressed_bytes(version: SourceVersion) -> int:
     known = _sizes.get(version.id)
@@ -394,12 +413,13 @@ def rows_of(table: pa.Table) -> list[dict]:
         values = table.select(plain).to_pydict() if plain else {}
         keep = set(plain)
         columns = [values[names[i]] if i in keep else _temporal_values(table.column(i)) for i in range(len(names))]
-    return [dict(zip(names, row)) for row in zip(*columns)]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------
 # Public reads
 # ---------------------------------------------------------------------------------------
+
 
 def read_page(version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int) -> tuple[list[dict], int]:
     """One page of the rows the filter lets through, and how many there are in total."""
@@ -412,8 +432,9 @@ def read_page(version: SourceVersion, row_filter: RowFilter, *, page: int, page_
     where, params = compile_filter(version, row_filter)
     cursor = _connection().cursor()
     try:
-        rows = cursor.sql(_parquet_sql(version, where) + " LIMIT ? OFFSET ?",
-                          params=[_paths(version), *params, page_size, offset]).to_arrow_table()
+        rows = cursor.sql(
+            _parquet_sql(version, where) + " LIMIT ? OFFSET ?", params=[_paths(version), *params, page_size, offset]
+        ).to_arrow_table()
     finally:
         cursor.close()
     return rows_of(_canonical(rows, version)), count(version, row_filter)
@@ -426,8 +447,9 @@ class JSONPage:
     total: int  # how many rows the filter lets through
 
 
-def page_json(version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int,
-              cached_only: bool = False) -> JSONPage | None:
+def page_json(
+    version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int, cached_only: bool = False
+) -> JSONPage | None:
     """`read_page` rendered as JSON, kept per (version, filter, page, page size).
 
     Rendering 100 rows costs ~50 us, more than everything else in a request; a BI tool or
@@ -498,8 +520,9 @@ def _batches(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> 
         cursor.close()
 
 
-def stream_csv(version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 65_536,
-               raw: bool = False) -> Iterator[bytes]:
+def stream_csv(
+    version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 65_536, raw: bool = False
+) -> Iterator[bytes]:
     """The filtered rows as CSV (header first), in chunks, never all in memory at once.
 
     Text cells (and column names) a spreadsheet would run as formulas get a leading quote
@@ -578,23 +601,28 @@ def distinct_values(version: SourceVersion, row_filter: RowFilter, column: str, 
     try:
         if table is not None:
             cursor.register("__filtered", table)
-            sql = (f"SELECT DISTINCT CAST({q} AS VARCHAR) AS v FROM __filtered "
-                   f"WHERE {q} IS NOT NULL ORDER BY v LIMIT ?")
+            sql = f"SELECT DISTINCT CAST({q} AS VARCHAR) AS v FROM __filtered WHERE {q} IS NOT NULL ORDER BY v LIMIT ?"
             rows = cursor.sql(sql, params=[limit]).fetchall()
         else:
             where, params = compiled
             condition = f"{q} IS NOT NULL" + (f" AND {where}" if where else "")
-            sql = (f"SELECT DISTINCT CAST({q} AS VARCHAR) AS v FROM read_parquet(?) "
-                   f"WHERE {condition} ORDER BY v LIMIT ?")
+            sql = f"SELECT DISTINCT CAST({q} AS VARCHAR) AS v FROM read_parquet(?) WHERE {condition} ORDER BY v LIMIT ?"
             rows = cursor.sql(sql, params=[_paths(version), *params, limit]).fetchall()
     finally:
         cursor.close()
     return [row[0] for row in rows]
 
 
-def run_query(version: SourceVersion, row_filter: RowFilter, sql: str, *, page: int,
-              page_size: int, budget: sandbox.Budget | None = None,
-              connection: duckdb.DuckDBPyConnection | None = None) -> tuple[list[dict], int, list[str]]:
+def run_query(
+    version: SourceVersion,
+    row_filter: RowFilter,
+    sql: str,
+    *,
+    page: int,
+    page_size: int,
+    budget: sandbox.Budget | None = None,
+    connection: duckdb.DuckDBPyConnection | None = None,
+) -> tuple[list[dict], int, list[str]]:
     """Read-only SQL over `data` = this version's rows ALREADY filtered for the caller.
 
     Returns (rows of the page, total rows of the query's result, result column names).

@@ -58,20 +58,35 @@ MAX_COLUMNS = 1000
 MAX_COLUMN_NAME_LENGTH = 255
 
 _EXTENSIONS = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".ndjson": "ndjson",
-    ".jsonl": "ndjson", ".parquet": "parquet", ".pq": "parquet", ".xlsx": "xlsx",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".json": "json",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".xlsx": "xlsx",
 }
 _CONTENT_TYPES = {
-    "text/csv": "csv", "application/csv": "csv", "text/tab-separated-values": "tsv",
-    "application/json": "json", "application/x-ndjson": "ndjson", "application/ndjson": "ndjson",
-    "application/jsonl": "ndjson", "application/x-jsonlines": "ndjson",
-    "application/vnd.apache.parquet": "parquet", "application/x-parquet": "parquet",
+    "text/csv": "csv",
+    "application/csv": "csv",
+    "text/tab-separated-values": "tsv",
+    "application/json": "json",
+    "application/x-ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+    "application/x-jsonlines": "ndjson",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
     "application/parquet": "parquet",
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
 }
-_LEGACY = {".xls": "legacy Excel .xls files are not supported; save the sheet as .xlsx",
-           ".xlsb": "binary Excel .xlsb files are not supported; save the sheet as .xlsx",
-           ".ods": "OpenDocument spreadsheets are not supported; save the sheet as .xlsx"}
+_LEGACY = {
+    ".xls": "legacy Excel .xls files are not supported; save the sheet as .xlsx",
+    ".xlsb": "binary Excel .xlsb files are not supported; save the sheet as .xlsx",
+    ".ods": "OpenDocument spreadsheets are not supported; save the sheet as .xlsx",
+}
 
 # RE2 (Arrow) and Python `re` agree on these.
 _BOOL = r"^(?i:true|false)$"
@@ -82,8 +97,10 @@ _FLOAT_LENIENT = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _TS = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
 _TS_ZONE = r"[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
-_PY = {name: re.compile(rx) for name, rx in
-       {"bool": _BOOL, "int": _INT_LENIENT, "float": _FLOAT_LENIENT, "date": _DATE, "ts": _TS}.items()}
+_PY = {
+    name: re.compile(rx)
+    for name, rx in {"bool": _BOOL, "int": _INT_LENIENT, "float": _FLOAT_LENIENT, "date": _DATE, "ts": _TS}.items()
+}
 
 
 def _bad_file(message: str) -> InvalidRequest:
@@ -103,13 +120,16 @@ INFLATE_RATIO_GRACE_BYTES = 1024 * 1024
 
 def _too_many_rows(rows: int) -> InvalidRequest:
     cap = cost_limits.get_limits().max_ingest_rows
-    return InvalidRequest("too_many_rows", f"The file has more than {cap:,} rows (at least {rows:,}); "
-                                           f"split it into several files.")
+    return InvalidRequest(
+        "too_many_rows", f"The file has more than {cap:,} rows (at least {rows:,}); split it into several files."
+    )
 
 
 def _too_many_cells(cells: int, cap: int, kind: str = "file") -> InvalidRequest:
-    return InvalidRequest("too_many_cells", f"The {kind} has more than {cap:,} cells (at least {cells:,}); "
-                                            f"split it, or upload it as CSV or Parquet.")
+    return InvalidRequest(
+        "too_many_cells",
+        f"The {kind} has more than {cap:,} cells (at least {cells:,}); split it, or upload it as CSV or Parquet.",
+    )
 
 
 def check_table_size(rows: int, columns: int, *, cell_cap: int | None = None, kind: str = "file") -> None:
@@ -132,20 +152,23 @@ def _check_inflated_size(entries: list[tuple[str, int, int | None]]) -> None:
     for name, size, compressed in entries:
         total += size
         if total > cap:
-            raise InvalidRequest("file_too_large", f"The file expands to more than "
-                                                   f"{cost_limits.describe_bytes(cap)} when decompressed.")
+            raise InvalidRequest(
+                "file_too_large", f"The file expands to more than {cost_limits.describe_bytes(cap)} when decompressed."
+            )
         if compressed is None or size <= INFLATE_RATIO_GRACE_BYTES:
             continue
         if size > MAX_INFLATE_RATIO * max(compressed, 1):
             raise InvalidRequest(
                 "file_too_large",
                 f"The file's part {name[:100]!r} expands {size // max(compressed, 1):,}-fold "
-                f"({size:,} bytes from {compressed:,}); at most {MAX_INFLATE_RATIO}-fold is accepted.")
+                f"({size:,} bytes from {compressed:,}); at most {MAX_INFLATE_RATIO}-fold is accepted.",
+            )
 
 
 # ---------------------------------------------------------------------------------------
 # Column names and schemas
 # ---------------------------------------------------------------------------------------
+
 
 def validate_column_names(names: list) -> None:
     """Refuse empty, overlong, control-character and case-insensitively duplicate names."""
@@ -200,6 +223,7 @@ def empty_table(columns: list[dict]) -> pa.Table:
 # Text → value helpers shared by inference and conformance
 # ---------------------------------------------------------------------------------------
 
+
 def _to_text(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -238,7 +262,7 @@ def _kind(value: Any) -> str:
 
 def _utc_naive(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return value
 
 
@@ -343,6 +367,7 @@ def _py_to_type(values: list, target: str, column: str) -> pa.Array:
 # Inference
 # ---------------------------------------------------------------------------------------
 
+
 def _all(mask) -> bool:
     return bool(pc.all(mask).as_py())
 
@@ -416,8 +441,10 @@ def _infer_py(values: list, *, midnight_as_date: bool = False) -> pa.Array:
     if kinds == {"str"}:
         return _infer_strings(pa.array(values, pa.string()), numbers=False)
     if kinds <= {"date", "timestamp"}:
-        stamps = [None if v is None else (_utc_naive(v) if isinstance(v, dt.datetime)
-                                           else dt.datetime.combine(v, dt.time(0))) for v in values]
+        stamps = [
+            None if v is None else (_utc_naive(v) if isinstance(v, dt.datetime) else dt.datetime.combine(v, dt.time(0)))
+            for v in values
+        ]
         if kinds == {"date"} or (midnight_as_date and all(v is None or v.time() == dt.time(0) for v in stamps)):
             return pa.array([None if v is None else v.date() for v in stamps], pa.date32())
         return pa.array(stamps, pa.timestamp("us"))
@@ -452,8 +479,14 @@ def _normalize_arrow(arr: pa.ChunkedArray, column: str) -> pa.ChunkedArray:
         return pc.cast(arr, pa.timestamp("us"), safe=False)
     if pa.types.is_time(t):
         return pc.cast(arr, pa.string())
-    if (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
-            or pa.types.is_nested(t) or pa.types.is_duration(t) or pa.types.is_interval(t)):
+    if (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or pa.types.is_nested(t)
+        or pa.types.is_duration(t)
+        or pa.types.is_interval(t)
+    ):
         return pa.chunked_array([pa.array([None if v is None else _to_text(v) for v in arr.to_pylist()], pa.string())])
     raise InvalidRequest("unsupported_column_type", f'Column "{column}" has type {t}, which is not supported.')
 
@@ -461,6 +494,7 @@ def _normalize_arrow(arr: pa.ChunkedArray, column: str) -> pa.ChunkedArray:
 # ---------------------------------------------------------------------------------------
 # Conformance to an existing schema
 # ---------------------------------------------------------------------------------------
+
 
 def _conform_arrow(arr, target: str, column: str):
     """Vectorized happy path; on any doubt, the Python path finds the offending row."""
@@ -480,8 +514,9 @@ def _conform_arrow(arr, target: str, column: str):
                 return pc.equal(pc.utf8_lower(arr), "true")
             if target == "date" and _all(pc.match_substring_regex(arr, _DATE)):
                 return pc.cast(arr, want)
-            if target == "timestamp" and _all(pc.or_(pc.match_substring_regex(arr, _DATE),
-                                                     pc.match_substring_regex(arr, _TS))):
+            if target == "timestamp" and _all(
+                pc.or_(pc.match_substring_regex(arr, _DATE), pc.match_substring_regex(arr, _TS))
+            ):
                 return _cast_timestamps(arr)
         elif target == "float" and pa.types.is_integer(have):
             return pc.cast(arr, want)
@@ -509,7 +544,8 @@ def _resolve_names(incoming: list[str], columns: list[dict], *, many_to_one: boo
             raise InvalidRequest(
                 "unknown_column",
                 f'Column "{name}" does not exist in this source; its columns are: '
-                + ", ".join(f'"{c["name"]}"' for c in columns[:50]) + ".",
+                + ", ".join(f'"{c["name"]}"' for c in columns[:50])
+                + ".",
             )
         if target in mapping.values() and not many_to_one:
             raise InvalidRequest("duplicate_column", f'Column "{target}" is given twice (names ignore case).')
@@ -536,6 +572,7 @@ def conform_table(table: pa.Table, columns: list[dict]) -> pa.Table:
 # Inline rows
 # ---------------------------------------------------------------------------------------
 
+
 def rows_to_table(rows: Any, *, columns: list[dict] | None = None, midnight_as_date: bool = False) -> pa.Table:
     """Inline JSON rows (a list of objects) to a table: inferred, or conformed to `columns`."""
     if not isinstance(rows, list):
@@ -554,8 +591,7 @@ def rows_to_table(rows: Any, *, columns: list[dict] | None = None, midnight_as_d
         validate_column_names(name_list)
         if rows and not name_list:
             raise InvalidRequest("no_columns", "The rows have no columns.")
-        arrays = [_infer_py([row.get(name) for row in rows], midnight_as_date=midnight_as_date)
-                  for name in name_list]
+        arrays = [_infer_py([row.get(name) for row in rows], midnight_as_date=midnight_as_date) for name in name_list]
         return pa.Table.from_arrays(arrays, names=name_list) if name_list else pa.table({})
     mapping = _resolve_names(name_list, columns, many_to_one=True)
     sources_of: dict[str, list[str]] = {}
@@ -574,8 +610,9 @@ def rows_to_table(rows: Any, *, columns: list[dict] | None = None, midnight_as_d
             for index, row in enumerate(rows, start=1):
                 present = [n for n in names_for if n in row]
                 if len(present) > 1:
-                    raise InvalidRequest("duplicate_column",
-                                         f'Row {index} gives column "{col["name"]}" twice (names ignore case).')
+                    raise InvalidRequest(
+                        "duplicate_column", f'Row {index} gives column "{col["name"]}" twice (names ignore case).'
+                    )
                 values.append(row.get(present[0]) if present else None)
         arrays.append(_py_to_type(values, col["type"], col["name"]))
     return pa.Table.from_arrays(arrays, schema=schema_for(columns))
@@ -584,6 +621,7 @@ def rows_to_table(rows: Any, *, columns: list[dict] | None = None, midnight_as_d
 # ---------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------
+
 
 def detect_file_type(filename: str | None = None, content_type: str | None = None, head: bytes = b"") -> str:
     """Pick one of FILE_TYPES from the name's extension, the content type, then magic bytes."""
@@ -615,8 +653,14 @@ def detect_file_type(filename: str | None = None, content_type: str | None = Non
     )
 
 
-def parse_file(data: bytes | str | os.PathLike, *, filename: str | None = None, content_type: str | None = None,
-               file_type: str | None = None, columns: list[dict] | None = None) -> pa.Table:
+def parse_file(
+    data: bytes | str | os.PathLike,
+    *,
+    filename: str | None = None,
+    content_type: str | None = None,
+    file_type: str | None = None,
+    columns: list[dict] | None = None,
+) -> pa.Table:
     """Parse file bytes (or a path) into a canonical table, conformed to `columns` if given.
 
     Parquet and xlsx are read from a path without first loading the whole file in memory.
@@ -693,7 +737,9 @@ def parse_delimited(data: bytes, delimiter: str, *, columns: list[dict] | None =
             validate_column_names(stripped)  # raises the precise duplicate error
     convert = pacsv.ConvertOptions(
         column_types={name: pa.string() for name in header},
-        null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True,
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
     )
     try:
         table = pacsv.read_csv(pa.BufferReader(data), parse_options=parse_options, convert_options=convert)
@@ -763,8 +809,9 @@ def _check_parquet_size(metadata: pq.FileMetaData) -> None:
     """Dictionary and run-length encoding let a few bytes stand for a billion rows: check
     the footer's counts before reading any column."""
     check_table_size(metadata.num_rows, metadata.num_columns)
-    _check_inflated_size([(f"row group {i}", metadata.row_group(i).total_byte_size, None)
-                          for i in range(metadata.num_row_groups)])
+    _check_inflated_size(
+        [(f"row group {i}", metadata.row_group(i).total_byte_size, None) for i in range(metadata.num_row_groups)]
+    )
 
 
 # Excel's own limit; openpyxl yields an empty row for every row number skipped, so a row
@@ -782,6 +829,7 @@ def _skip_openpyxl_dimension_scan() -> None:
     from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
     if excel.ReadOnlyWorksheet is ReadOnlyWorksheet:
+
         class UnsizedReadOnlyWorksheet(ReadOnlyWorksheet):
             def _get_size(self):
                 pass  # dimensions unknown: rows come as stored, unpadded
@@ -839,7 +887,8 @@ def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.T
             name = cell if isinstance(cell, str) else ("" if cell is None else _to_text(cell))
             if not name.strip():
                 raise InvalidRequest(
-                    "invalid_column_name", f"Column {get_column_letter(position)} has values but no header.")
+                    "invalid_column_name", f"Column {get_column_letter(position)} has values but no header."
+                )
             names.append(name.strip())
         validate_column_names(names)
         values: list[list] = [[] for _ in names]
@@ -849,15 +898,19 @@ def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.T
         for number, row in enumerate(rows_iter, start=2):
             cells += len(row)
             if number > XLSX_MAX_SHEET_ROWS or cells > cell_cap:  # far-apart row numbers, padding
-                raise (_too_many_rows(number) if number > XLSX_MAX_SHEET_ROWS
-                       else _too_many_cells(cells, cell_cap, "worksheet"))
+                raise (
+                    _too_many_rows(number)
+                    if number > XLSX_MAX_SHEET_ROWS
+                    else _too_many_cells(cells, cell_cap, "worksheet")
+                )
             if not any(cell is not None and cell != "" for cell in row):
                 continue
             for extra, cell in enumerate(row[width:], start=width + 1):
                 if cell is not None and cell != "":
                     raise InvalidRequest(
                         "invalid_column_name",
-                        f"Column {get_column_letter(extra)} has values (sheet row {number}) but no header.")
+                        f"Column {get_column_letter(extra)} has values (sheet row {number}) but no header.",
+                    )
             count += 1
             if count > max_rows:  # stop reading at the first row past a cap
                 check_table_size(count, width, cell_cap=cell_cap, kind="worksheet")
@@ -877,8 +930,11 @@ def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.T
         arrays = []
         for col in columns:
             i = source_of.get(col["name"])
-            arrays.append(pa.nulls(count, ARROW_TYPES[col["type"]]) if i is None
-                          else _py_to_type(values[i], col["type"], col["name"]))
+            arrays.append(
+                pa.nulls(count, ARROW_TYPES[col["type"]])
+                if i is None
+                else _py_to_type(values[i], col["type"], col["name"])
+            )
         return pa.Table.from_arrays(arrays, schema=schema_for(columns))
     arrays = [_infer_py(v, midnight_as_date=True) for v in values]
     return pa.Table.from_arrays(arrays, names=names)

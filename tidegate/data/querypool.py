@@ -81,11 +81,15 @@ class QueryPool:
     def _admit(self, key: str, org: str) -> None:
         with self._lock:
             if self._per_key[key] >= self.limits.per_key:
-                raise _busy(f"This key already has {self.limits.per_key} queries running or waiting, the most "
-                            "it may have at once; retry when one has finished.")
+                raise _busy(
+                    f"This key already has {self.limits.per_key} queries running or waiting, the most "
+                    "it may have at once; retry when one has finished."
+                )
             if self._per_org[org] >= self.limits.per_org:
-                raise _busy(f"Your organization already has {self.limits.per_org} queries running or waiting, "
-                            "the most it may have at once; retry when one has finished.")
+                raise _busy(
+                    f"Your organization already has {self.limits.per_org} queries running or waiting, "
+                    "the most it may have at once; retry when one has finished."
+                )
             if self._admitted >= self.capacity:
                 raise _busy("The server is running as many queries as it can; retry shortly.")
             self._per_key[key] += 1
@@ -104,17 +108,24 @@ class QueryPool:
         if connection is None:
             _lower_priority()  # before the database starts its threads, which inherit it
             connection = self._local.connection = sandbox.open_connection(
-                memory_limit=f"{max(self.limits.memory_limit_bytes // 1024, 1024)}KiB")
+                memory_limit=f"{max(self.limits.memory_limit_bytes // 1024, 1024)}KiB"
+            )
         return connection
 
     def budget(self, timeout: float | None = None) -> sandbox.Budget:
         """A budget starting now, of at most the configured timeout (`timeout` may ask for less)."""
         limit = self.limits.timeout_seconds if timeout is None else min(timeout, self.limits.timeout_seconds)
-        return sandbox.Budget.starting_now(limit, max_result_bytes=self.limits.max_result_bytes,
-                                           max_value_bytes=self.limits.max_value_bytes)
+        return sandbox.Budget.starting_now(
+            limit, max_result_bytes=self.limits.max_result_bytes, max_value_bytes=self.limits.max_value_bytes
+        )
 
-    async def run(self, principal: Principal, work: Callable[[sandbox.Budget, duckdb.DuckDBPyConnection], T], *,
-                  timeout: float | None = None) -> T:
+    async def run(
+        self,
+        principal: Principal,
+        work: Callable[[sandbox.Budget, duckdb.DuckDBPyConnection], T],
+        *,
+        timeout: float | None = None,
+    ) -> T:
         """`work(budget, connection)` in the pool, for `principal`; its result or its error,
         or `query_timeout` at the deadline, or 429 `too_many_concurrent_queries` at once."""
         budget = self.budget(timeout)
@@ -127,9 +138,10 @@ class QueryPool:
             raise
         future.add_done_callback(lambda _: self._release(key, org))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future),
-                                          timeout=max(budget.remaining(), 0.0) + GRACE_SECONDS)
-        except asyncio.TimeoutError:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), timeout=max(budget.remaining(), 0.0) + GRACE_SECONDS
+            )
+        except TimeoutError:
             raise budget.timed_out() from None
 
     def _call(self, work, budget: sandbox.Budget):
@@ -152,4 +164,3 @@ def pool_for(limits: QueryLimits) -> QueryPool:
         if pool is None:
             pool = _pools[key] = QueryPool(limits)
         return pool
-

@@ -123,13 +123,48 @@ ALLOWED_FUNCTIONS = frozenset(
 
 # sqlglot node types never allowed anywhere in the tree.
 _FORBIDDEN_NODES: tuple[type, ...] = tuple(
-    getattr(exp, name) for name in (
-        "Into", "Command", "Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "Copy",
-        "Pragma", "Set", "Use", "Attach", "Detach", "Install", "Describe", "Summarize", "Show",
-        "Transaction", "Commit", "Rollback", "Placeholder", "Parameter", "SessionParameter",
-        "LoadData", "Kill", "Export", "Grant", "Revoke", "Cache", "Uncache", "Refresh", "Analyze",
-        "Lateral", "TableFromRows", "Version", "HistoricalData",
-    ) if hasattr(exp, name)
+    getattr(exp, name)
+    for name in (
+        "Into",
+        "Command",
+        "Insert",
+        "Update",
+        "Delete",
+        "Merge",
+        "Create",
+        "Drop",
+        "Alter",
+        "Copy",
+        "Pragma",
+        "Set",
+        "Use",
+        "Attach",
+        "Detach",
+        "Install",
+        "Describe",
+        "Summarize",
+        "Show",
+        "Transaction",
+        "Commit",
+        "Rollback",
+        "Placeholder",
+        "Parameter",
+        "SessionParameter",
+        "LoadData",
+        "Kill",
+        "Export",
+        "Grant",
+        "Revoke",
+        "Cache",
+        "Uncache",
+        "Refresh",
+        "Analyze",
+        "Lateral",
+        "TableFromRows",
+        "Version",
+        "HistoricalData",
+    )
+    if hasattr(exp, name)
 )
 _ROOTS = (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Subquery)
 _FIRST_WORD = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]+)", re.S)
@@ -150,8 +185,7 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[\w.~-]+){2,}/?|[A-Za-z]:\\[^\s'\"
 
 def _server_paths() -> list[str]:
     """Directories of this server a message must not reveal, longest first."""
-    paths = {os.environ.get("TIDEGATE_HOME") or "", os.getcwd(), tempfile.gettempdir(), sys.prefix,
-             str(Path.home())}
+    paths = {os.environ.get("TIDEGATE_HOME") or "", os.getcwd(), tempfile.gettempdir(), sys.prefix, str(Path.home())}
     return sorted((p.rstrip("/") for p in paths if p and p.strip("/")), key=len, reverse=True)
 
 
@@ -179,6 +213,7 @@ class ValidatedQuery:
 # ---------------------------------------------------------------------------------------
 # Layer 1: sqlglot
 # ---------------------------------------------------------------------------------------
+
 
 def _func_name(node: exp.Func) -> str | None:
     if isinstance(node, exp.Anonymous):
@@ -211,8 +246,13 @@ def _ctes_in_scope(node: exp.Expression) -> set[str]:
                 cte = ctes[index]
                 names.update(c.alias_or_name.lower() for c in ctes[:index])
                 body = cte.this
-                if (with_clause.args.get("recursive") and isinstance(body, exp.Union) and len(path) >= 4
-                        and path[-3] is body and path[-4] is body.expression):
+                if (
+                    with_clause.args.get("recursive")
+                    and isinstance(body, exp.Union)
+                    and len(path) >= 4
+                    and path[-3] is body
+                    and path[-4] is body.expression
+                ):
                     names.add(cte.alias_or_name.lower())
             else:
                 names.update(cte.alias_or_name.lower() for cte in ctes)
@@ -241,19 +281,21 @@ def _check_sqlglot(sql: str) -> frozenset[str]:
                 raise _refuse("Query parameters and session variables are not allowed.")
             if isinstance(node, exp.Into):
                 raise _refuse("SELECT INTO is not allowed: queries are read-only.")
-            raise _refuse(f"{node.key.upper()} is not allowed: only read-only SELECT queries over \"data\".")
+            raise _refuse(f'{node.key.upper()} is not allowed: only read-only SELECT queries over "data".')
         if isinstance(node, exp.Table):
             if not isinstance(node.this, exp.Identifier):
                 if isinstance(node.this, exp.Func):
-                    raise _refuse("Table functions are not allowed; query the relation \"data\".")
-                raise _refuse("Only the relation \"data\" (and the query's own CTEs) can be queried.")
+                    raise _refuse('Table functions are not allowed; query the relation "data".')
+                raise _refuse('Only the relation "data" (and the query\'s own CTEs) can be queried.')
             if node.args.get("db") or node.args.get("catalog"):
-                raise _refuse(f'Qualified table names are not allowed ("{node.sql(dialect="duckdb")}"); '
-                              'query the relation "data".')
+                raise _refuse(
+                    f'Qualified table names are not allowed ("{node.sql(dialect="duckdb")}"); '
+                    'query the relation "data".'
+                )
             if node.name.lower() != RELATION and node.name.lower() not in _ctes_in_scope(node):
                 raise _refuse(f'Unknown table "{node.name}": only "data" (and the query\'s own CTEs) can be queried.')
         elif isinstance(node, exp.Unnest) and isinstance(node.parent, (exp.From, exp.Join)):
-            raise _refuse("Table functions are not allowed; query the relation \"data\".")
+            raise _refuse('Table functions are not allowed; query the relation "data".')
         elif isinstance(node, exp.Func):
             if isinstance(node.parent, exp.Dot) and node.parent.expression is node:
                 raise _refuse("Qualified function names are not allowed.")
@@ -268,6 +310,7 @@ def _check_sqlglot(sql: str) -> frozenset[str]:
 # ---------------------------------------------------------------------------------------
 # Layer 2: DuckDB's own parse tree of the exact text that will run
 # ---------------------------------------------------------------------------------------
+
 
 def _walk_duckdb(node: Any, scope: frozenset[str]) -> None:
     """Check DuckDB's parse tree; `scope` = CTE names visible at this point."""
@@ -306,17 +349,21 @@ def _walk_duckdb(node: Any, scope: frozenset[str]) -> None:
             raise _refuse(f"Function {name}() is not allowed in queries.")
     kind = node.get("type") if "class" not in node and isinstance(node.get("type"), str) else None
     if kind in ("TABLE_FUNCTION", "SHOW_REF"):
-        raise _refuse("Table functions are not allowed; query the relation \"data\"."
-                      if kind == "TABLE_FUNCTION" else "DESCRIBE, SUMMARIZE and SHOW are not allowed in queries.")
+        raise _refuse(
+            'Table functions are not allowed; query the relation "data".'
+            if kind == "TABLE_FUNCTION"
+            else "DESCRIBE, SUMMARIZE and SHOW are not allowed in queries."
+        )
     if kind == "BASE_TABLE":
         if node.get("schema_name") or node.get("catalog_name"):
-            raise _refuse("Qualified table names are not allowed; query the relation \"data\".")
+            raise _refuse('Qualified table names are not allowed; query the relation "data".')
         if node.get("at_clause"):
             raise _refuse("AT (time travel) clauses are not allowed.")
         table = str(node.get("table_name") or "").lower()
         if table != RELATION and table not in scope:
-            raise _refuse(f'Unknown table "{node.get("table_name")}": only "data" (and the query\'s own CTEs) '
-                          "can be queried.")
+            raise _refuse(
+                f'Unknown table "{node.get("table_name")}": only "data" (and the query\'s own CTEs) can be queried.'
+            )
     elif kind is not None and "sample" in node and "modifiers" not in node and kind not in _TABLE_REF_TYPES:
         raise _refuse(f"{kind.replace('_', ' ').title()} is not allowed in queries.")
     for name, value in node.items():
@@ -362,17 +409,20 @@ def configure(*, memory_limit: str | None = None, threads: int | None = None, ti
 def open_connection(*, memory_limit: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """A new locked-down database. Its memory limit is the ceiling of what runs on it: a
     query pool opens one per worker thread, so that each running query has its own."""
-    connection = duckdb.connect(":memory:", config={
-        "enable_external_access": False,
-        "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False,
-        "allow_community_extensions": False,
-        "allow_persistent_secrets": False,
-        "python_enable_replacements": False,
-        "memory_limit": memory_limit or _options["memory_limit"],
-        "threads": threads or _options["threads"],
-        "lock_configuration": True,
-    })
+    connection = duckdb.connect(
+        ":memory:",
+        config={
+            "enable_external_access": False,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_community_extensions": False,
+            "allow_persistent_secrets": False,
+            "python_enable_replacements": False,
+            "memory_limit": memory_limit or _options["memory_limit"],
+            "threads": threads or _options["threads"],
+            "lock_configuration": True,
+        },
+    )
     _hide_catalog(connection)
     return connection
 
@@ -399,11 +449,14 @@ def _hide_catalog(connection: duckdb.DuckDBPyConnection) -> None:
     (duckdb_settings() ...) leave a query that got past both parsers nothing to read but
     `data`. (`data` itself is a temporary view of the query's cursor, found first.)
     """
-    views = connection.sql("SELECT DISTINCT view_name FROM duckdb_views() "
-                           "WHERE internal AND schema_name IN ('main', 'pg_catalog')").fetchall()
+    views = connection.sql(
+        "SELECT DISTINCT view_name FROM duckdb_views() WHERE internal AND schema_name IN ('main', 'pg_catalog')"
+    ).fetchall()
     like = " OR ".join("function_name LIKE ? ESCAPE '\\'" for _ in _CATALOG_FUNCTIONS)
-    functions = connection.sql(f"SELECT DISTINCT function_name FROM duckdb_functions() "
-                               f"WHERE function_type = 'table' AND ({like})", params=list(_CATALOG_FUNCTIONS)).fetchall()
+    functions = connection.sql(
+        f"SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type = 'table' AND ({like})",
+        params=list(_CATALOG_FUNCTIONS),
+    ).fetchall()
     empty = "SELECT NULL::VARCHAR AS hidden WHERE false"
     for (name,) in views:
         connection.execute(f'CREATE VIEW main."{name.replace(chr(34), chr(34) * 2)}" AS {empty}')
@@ -441,6 +494,7 @@ def validate_query(sql: Any) -> ValidatedQuery:
 # Running
 # ---------------------------------------------------------------------------------------
 
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Decimal):
         if value == value.to_integral_value():
@@ -456,17 +510,27 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        if value and isinstance(value[0], tuple) and len(value[0]) == 2 and all(
-                isinstance(item, tuple) and len(item) == 2 for item in value):
+        if (
+            value
+            and isinstance(value[0], tuple)
+            and len(value[0]) == 2
+            and all(isinstance(item, tuple) and len(item) == 2 for item in value)
+        ):
             return {str(k): _jsonable(v) for k, v in value}  # an Arrow map
         return [_jsonable(v) for v in value]
     return value
 
 
 def _needs_conversion(t: pa.DataType) -> bool:
-    if (pa.types.is_decimal(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
-            or pa.types.is_fixed_size_binary(t) or pa.types.is_interval(t) or pa.types.is_duration(t)
-            or pa.types.is_map(t)):
+    if (
+        pa.types.is_decimal(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or pa.types.is_interval(t)
+        or pa.types.is_duration(t)
+        or pa.types.is_map(t)
+    ):
         return True
     if pa.types.is_nested(t):
         return any(_needs_conversion(t.field(i).type) for i in range(t.num_fields))
@@ -501,7 +565,7 @@ class Budget:
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
 
     @classmethod
-    def starting_now(cls, timeout: float | None = None, **sizes: int) -> "Budget":
+    def starting_now(cls, timeout: float | None = None, **sizes: int) -> Budget:
         timeout = _options["timeout"] if timeout is None else float(timeout)
         return cls(timeout=timeout, deadline=time.monotonic() + timeout, **sizes)
 
@@ -523,9 +587,16 @@ def _interrupt(cursor: duckdb.DuckDBPyConnection) -> None:
         pass  # the query ended (and its cursor closed) just before
 
 
-def execute(query: ValidatedQuery, table: pa.Table, *, page: int, page_size: int,
-            timeout: float | None = None, budget: Budget | None = None,
-            connection: duckdb.DuckDBPyConnection | None = None) -> tuple[list[dict], int, list[str]]:
+def execute(
+    query: ValidatedQuery,
+    table: pa.Table,
+    *,
+    page: int,
+    page_size: int,
+    timeout: float | None = None,
+    budget: Budget | None = None,
+    connection: duckdb.DuckDBPyConnection | None = None,
+) -> tuple[list[dict], int, list[str]]:
     """Run a validated query over `table` (registered as `data`); one page of its result.
 
     A timer interrupts DuckDB at the budget's deadline; the page is read in batches and
@@ -569,8 +640,11 @@ def execute(query: ValidatedQuery, table: pa.Table, *, page: int, page_size: int
 
 
 def result_too_large(limit: int) -> InvalidRequest:
-    return InvalidRequest("result_too_large", f"The query's result is larger than {_mib(limit)}, the most a "
-                                              "query may return; select fewer columns or rows (LIMIT, page_size).")
+    return InvalidRequest(
+        "result_too_large",
+        f"The query's result is larger than {_mib(limit)}, the most a "
+        "query may return; select fewer columns or rows (LIMIT, page_size).",
+    )
 
 
 def _mib(size: int) -> str:
@@ -591,13 +665,20 @@ def _read_capped(reader: pa.RecordBatchReader, budget: Budget) -> pa.Table:
 
 def _check_values(batch: pa.RecordBatch, limit: int) -> None:
     """No single text or binary value over `limit` bytes (nested values count in the total)."""
-    for name, column in zip(batch.schema.names, batch.columns):
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
         kind = column.type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
-                or pa.types.is_large_binary(kind) or pa.types.is_string_view(kind)
-                or pa.types.is_binary_view(kind)):
+        if not (
+            pa.types.is_string(kind)
+            or pa.types.is_large_string(kind)
+            or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)
+            or pa.types.is_string_view(kind)
+            or pa.types.is_binary_view(kind)
+        ):
             continue
         longest = pc.max(pc.binary_length(column)).as_py()
         if longest is not None and longest > limit:
-            raise InvalidRequest("value_too_large", f"A value of column {name!r} is {_mib(longest)}; a query may "
-                                                    f"return values of at most {_mib(limit)}.")
+            raise InvalidRequest(
+                "value_too_large",
+                f"A value of column {name!r} is {_mib(longest)}; a query may return values of at most {_mib(limit)}.",
+            )

@@ -17,7 +17,7 @@ from tidegate.access.sources import EDIT, OWNER, SourceAccess, open_source, sour
 from tidegate.audit.record import RequestContext, record
 from tidegate.config import Settings
 from tidegate.data import connectors, engine, ingest, storage
-from tidegate.data.models import SHARE_PERMISSIONS, SERVICE_API, SERVICE_FILE, File, Source, SourceShare
+from tidegate.data.models import SERVICE_API, SERVICE_FILE, SHARE_PERMISSIONS, File, Source, SourceShare
 from tidegate.db.base import isoformat, utcnow
 from tidegate.errors import Forbidden, InvalidRequest, NotFound
 from tidegate.ids import new_id
@@ -46,16 +46,31 @@ def _rows_table(rows, *, columns=None):
 
 
 def create_source(
-    session: Session, principal: Principal, settings: Settings, *, name: str, description: str | None = None,
-    rows: list | None = None, file_id: str | None = None, connector_id: str | None = None,
-    config: dict | None = None, context: RequestContext | None = None,
+    session: Session,
+    principal: Principal,
+    settings: Settings,
+    *,
+    name: str,
+    description: str | None = None,
+    rows: list | None = None,
+    file_id: str | None = None,
+    connector_id: str | None = None,
+    config: dict | None = None,
+    context: RequestContext | None = None,
 ) -> Source:
     name = _check_name(name)
     given = [x for x in (rows is not None, file_id is not None, connector_id is not None) if x]
     if len(given) != 1:
         raise InvalidRequest("invalid_source", "Give exactly one of rows, file_id or connector_id.")
-    source = Source(id=new_id("src"), org_id=principal.org_id, name=name, description=description,
-                    created_by=principal.user_id, created_at=utcnow(), updated_at=utcnow())
+    source = Source(
+        id=new_id("src"),
+        org_id=principal.org_id,
+        name=name,
+        description=description,
+        created_by=principal.user_id,
+        created_at=utcnow(),
+        updated_at=utcnow(),
+    )
     if rows is not None:
         principal.require_any("data:write", "admin:sources:write")
         source.service = SERVICE_API
@@ -81,29 +96,57 @@ def create_source(
     session.add(source)
     session.flush()
     version = storage.write_new_version(session, source, table, append=False)
-    record(session, principal, "source.created", org_id=principal.org_id, target_type="source", target_id=source.id,
-           details={"name": name, "service": source.service, "rows": version.row_count,
-                    "columns": version.column_names, **({"file_id": file_id} if file_id else {})},
-           context=context)
+    record(
+        session,
+        principal,
+        "source.created",
+        org_id=principal.org_id,
+        target_type="source",
+        target_id=source.id,
+        details={
+            "name": name,
+            "service": source.service,
+            "rows": version.row_count,
+            "columns": version.column_names,
+            **({"file_id": file_id} if file_id else {}),
+        },
+        context=context,
+    )
     return source
 
 
-def write_rows(session: Session, principal: Principal, source_id: str, rows: list, *, replace: bool,
-               context: RequestContext | None = None) -> SourceAccess:
+def write_rows(
+    session: Session,
+    principal: Principal,
+    source_id: str,
+    rows: list,
+    *,
+    replace: bool,
+    context: RequestContext | None = None,
+) -> SourceAccess:
     principal.require("data:write")
     access = open_source(session, principal, source_id, need=EDIT)
     if not access.row_filter.is_unrestricted:
         if replace:
             # Replacing would silently destroy rows this caller is not allowed to see.
-            raise Forbidden("row_filter_restricts_write",
-                            "Your access policies restrict which rows you see, so you cannot replace this source's data.")
+            raise Forbidden(
+                "row_filter_restricts_write",
+                "Your access policies restrict which rows you see, so you cannot replace this source's data.",
+            )
         _check_rows_pass_filter(rows, access.row_filter)
     columns = None if replace or access.version is None else access.version.columns
     table = _rows_table(rows, columns=columns)
     version = storage.write_new_version(session, source_row(session, access), table, append=not replace)
-    record(session, principal, "source.data_replaced" if replace else "source.rows_appended", org_id=principal.org_id,
-           target_type="source", target_id=source_id, details={"rows": table.num_rows, "row_count": version.row_count},
-           context=context)
+    record(
+        session,
+        principal,
+        "source.data_replaced" if replace else "source.rows_appended",
+        org_id=principal.org_id,
+        target_type="source",
+        target_id=source_id,
+        details={"rows": table.num_rows, "row_count": version.row_count},
+        context=context,
+    )
     return open_source(session, principal, source_id, need=EDIT)
 
 
@@ -119,12 +162,21 @@ def _check_rows_pass_filter(rows: list, row_filter: RowFilter) -> None:
             value = lowered.get(clause.column.lower())
             text = None if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
             if text not in clause.values:
-                raise Forbidden("row_filter_restricts_write",
-                                f"Row {number}: column {clause.column!r} must be one of the values your policies allow.")
+                raise Forbidden(
+                    "row_filter_restricts_write",
+                    f"Row {number}: column {clause.column!r} must be one of the values your policies allow.",
+                )
 
 
-def update_source(session: Session, principal: Principal, source_id: str, *, changes: dict, settings: Settings,
-                  context: RequestContext | None = None) -> Source:
+def update_source(
+    session: Session,
+    principal: Principal,
+    source_id: str,
+    *,
+    changes: dict,
+    settings: Settings,
+    context: RequestContext | None = None,
+) -> Source:
     principal.require("admin:sources:write")
     source = source_row(session, open_source(session, principal, source_id, need=EDIT, with_filter=False))
     diff = {}
@@ -151,30 +203,56 @@ def update_source(session: Session, principal: Principal, source_id: str, *, cha
         diff["config"] = {"changed_fields": sorted(changes["config"])}  # names only, never values
     if diff:
         source.updated_at = utcnow()
-        record(session, principal, "source.updated", org_id=principal.org_id, target_type="source",
-               target_id=source.id, details=diff, context=context)
+        record(
+            session,
+            principal,
+            "source.updated",
+            org_id=principal.org_id,
+            target_type="source",
+            target_id=source.id,
+            details=diff,
+            context=context,
+        )
     return source
 
 
-def sync_source(session: Session, principal: Principal, source_id: str, settings: Settings, *,
-                context: RequestContext | None = None) -> Source:
+def sync_source(
+    session: Session, principal: Principal, source_id: str, settings: Settings, *, context: RequestContext | None = None
+) -> Source:
     principal.require("admin:sources:write")
     source = source_row(session, open_source(session, principal, source_id, need=EDIT, with_filter=False))
     table = connectors.pull_source(source, settings.session_key)
     version = storage.write_new_version(session, source, table, append=False)
     source.sync_status, source.last_synced_at, source.last_sync_error = "ok", utcnow(), None
-    record(session, principal, "source.synced", org_id=principal.org_id, target_type="source", target_id=source.id,
-           details={"rows": version.row_count}, context=context)
+    record(
+        session,
+        principal,
+        "source.synced",
+        org_id=principal.org_id,
+        target_type="source",
+        target_id=source.id,
+        details={"rows": version.row_count},
+        context=context,
+    )
     return source
 
 
-def delete_source(session: Session, principal: Principal, source_id: str, *,
-                  context: RequestContext | None = None) -> None:
+def delete_source(
+    session: Session, principal: Principal, source_id: str, *, context: RequestContext | None = None
+) -> None:
     principal.require_any("admin:sources:write", "data:write")
     source = source_row(session, open_source(session, principal, source_id, need=OWNER, with_filter=False))
     source.deleted_at = utcnow()
-    record(session, principal, "source.deleted", org_id=principal.org_id, target_type="source",
-           target_id=source_id, details={"name": source.name}, context=context)
+    record(
+        session,
+        principal,
+        "source.deleted",
+        org_id=principal.org_id,
+        target_type="source",
+        target_id=source_id,
+        details={"name": source.name},
+        context=context,
+    )
 
 
 def list_sources(session: Session, principal: Principal, *, limit: int, after: str | None) -> list[Source]:
@@ -189,8 +267,9 @@ def list_sources(session: Session, principal: Principal, *, limit: int, after: s
 
 def list_shares(session: Session, principal: Principal, source_id: str) -> list[SourceShare]:
     open_source(session, principal, source_id, need=OWNER, with_filter=False)
-    return list(session.scalars(select(SourceShare).where(SourceShare.source_id == source_id)
-                                .order_by(SourceShare.created_at)))
+    return list(
+        session.scalars(select(SourceShare).where(SourceShare.source_id == source_id).order_by(SourceShare.created_at))
+    )
 
 
 def _check_permission(permission: str) -> str:
@@ -199,43 +278,91 @@ def _check_permission(permission: str) -> str:
     return permission
 
 
-def share_source(session: Session, principal: Principal, source_id: str, user_id: str, permission: str, *,
-                 context: RequestContext | None = None) -> SourceShare:
+def share_source(
+    session: Session,
+    principal: Principal,
+    source_id: str,
+    user_id: str,
+    permission: str,
+    *,
+    context: RequestContext | None = None,
+) -> SourceShare:
     access = open_source(session, principal, source_id, need=OWNER, with_filter=False)
     _check_permission(permission)
     user = get_user(session, principal.org_id, user_id)
-    share = session.scalar(select(SourceShare).where(SourceShare.source_id == source_id, SourceShare.user_id == user.id))
+    share = session.scalar(
+        select(SourceShare).where(SourceShare.source_id == source_id, SourceShare.user_id == user.id)
+    )
     if share is None:
-        share = SourceShare(id=new_id("shr"), source_id=source_id, user_id=user.id, permission=permission,
-                            granted_by=principal.user_id, created_at=utcnow())
+        share = SourceShare(
+            id=new_id("shr"),
+            source_id=source_id,
+            user_id=user.id,
+            permission=permission,
+            granted_by=principal.user_id,
+            created_at=utcnow(),
+        )
         session.add(share)
     else:
         share.permission = permission
     session.flush()
-    record(session, principal, "source.shared", org_id=principal.org_id, target_type="source", target_id=source_id,
-           details={"user_id": user.id, "permission": permission, "name": access.source.name}, context=context)
+    record(
+        session,
+        principal,
+        "source.shared",
+        org_id=principal.org_id,
+        target_type="source",
+        target_id=source_id,
+        details={"user_id": user.id, "permission": permission, "name": access.source.name},
+        context=context,
+    )
     return share
 
 
-def unshare_source(session: Session, principal: Principal, source_id: str, user_id: str, *,
-                   context: RequestContext | None = None) -> bool:
+def unshare_source(
+    session: Session, principal: Principal, source_id: str, user_id: str, *, context: RequestContext | None = None
+) -> bool:
     open_source(session, principal, source_id, need=OWNER, with_filter=False)
     user = get_user(session, principal.org_id, user_id, include_inactive=True)
-    removed = session.execute(delete(SourceShare).where(SourceShare.source_id == source_id,
-                                                        SourceShare.user_id == user.id)).rowcount
+    removed = session.execute(
+        delete(SourceShare).where(SourceShare.source_id == source_id, SourceShare.user_id == user.id)
+    ).rowcount
     if removed:
-        record(session, principal, "source.unshared", org_id=principal.org_id, target_type="source",
-               target_id=source_id, details={"user_id": user.id}, context=context)
+        record(
+            session,
+            principal,
+            "source.unshared",
+            org_id=principal.org_id,
+            target_type="source",
+            target_id=source_id,
+            details={"user_id": user.id},
+            context=context,
+        )
     return bool(removed)
 
 
-def org_share(session: Session, principal: Principal, source_id: str, *, enabled: bool, permission: str,
-              context: RequestContext | None = None) -> Source:
+def org_share(
+    session: Session,
+    principal: Principal,
+    source_id: str,
+    *,
+    enabled: bool,
+    permission: str,
+    context: RequestContext | None = None,
+) -> Source:
     source = source_row(session, open_source(session, principal, source_id, need=OWNER, with_filter=False))
     new = _check_permission(permission) if enabled else None
     if new != source.org_share_permission:
-        record(session, principal, "source.org_shared", org_id=principal.org_id, target_type="source",
-               target_id=source_id, details={"old": source.org_share_permission, "new": new}, context=context)
+        record(
+            session,
+            principal,
+            "source.org_shared",
+            org_id=principal.org_id,
+            target_type="source",
+            target_id=source_id,
+            details={"old": source.org_share_permission, "new": new},
+            context=context,
+        )
         source.org_share_permission = new
     return source
 
@@ -243,16 +370,37 @@ def org_share(session: Session, principal: Principal, source_id: str, *, enabled
 # -- files ---------------------------------------------------------------------------------
 
 
-def upload_file(session: Session, principal: Principal, *, name: str, content: bytes | BinaryIO,
-                content_type: str | None, context: RequestContext | None = None) -> File:
+def upload_file(
+    session: Session,
+    principal: Principal,
+    *,
+    name: str,
+    content: bytes | BinaryIO,
+    content_type: str | None,
+    context: RequestContext | None = None,
+) -> File:
     """Store an upload; `content` may be the upload's (spooled) file, copied to storage in chunks."""
     principal.require_any("admin:files:write", "admin:files:upload")
-    file = storage.store_file(session, org_id=principal.org_id, created_by=principal.user_id, name=name,
-                              content=content, content_type=content_type,
-                              max_bytes=get_limits().max_upload_bytes)
+    file = storage.store_file(
+        session,
+        org_id=principal.org_id,
+        created_by=principal.user_id,
+        name=name,
+        content=content,
+        content_type=content_type,
+        max_bytes=get_limits().max_upload_bytes,
+    )
     session.flush()
-    record(session, principal, "file.upload", org_id=principal.org_id, target_type="file", target_id=file.id,
-           details={"name": file.name, "size": file.size}, context=context)
+    record(
+        session,
+        principal,
+        "file.upload",
+        org_id=principal.org_id,
+        target_type="file",
+        target_id=file.id,
+        details={"name": file.name, "size": file.size},
+        context=context,
+    )
     return file
 
 
@@ -281,14 +429,29 @@ def delete_file(session: Session, principal: Principal, file_id: str, *, context
     principal.require_any("admin:files:write", "admin:files:delete")
     file = get_file(session, principal, file_id)
     session.delete(file)
-    record(session, principal, "file.deleted", org_id=principal.org_id, target_type="file", target_id=file_id,
-           details={"name": file.name}, context=context)
+    record(
+        session,
+        principal,
+        "file.deleted",
+        org_id=principal.org_id,
+        target_type="file",
+        target_id=file_id,
+        details={"name": file.name},
+        context=context,
+    )
 
 
 def file_view(file: File) -> dict:
-    return {"id": file.id, "name": file.name, "size": file.size, "content_type": file.content_type,
-            "created_by": file.created_by, "created_at": isoformat(file.created_at),
-            "columns": [c["name"] for c in file.columns] if file.columns else None, "row_count": file.row_count}
+    return {
+        "id": file.id,
+        "name": file.name,
+        "size": file.size,
+        "content_type": file.content_type,
+        "created_by": file.created_by,
+        "created_at": isoformat(file.created_at),
+        "columns": [c["name"] for c in file.columns] if file.columns else None,
+        "row_count": file.row_count,
+    }
 
 
 # -- views ---------------------------------------------------------------------------------
@@ -320,5 +483,10 @@ def source_view(access: SourceAccess) -> dict:
 
 
 def share_view(share: SourceShare, source_id: str) -> dict:
-    return {"user_id": share.user_id, "permission": share.permission, "resource_type": "source",
-            "resource_id": source_id, "granted_by": share.granted_by}
+    return {
+        "user_id": share.user_id,
+        "permission": share.permission,
+        "resource_type": "source",
+        "resource_id": source_id,
+        "granted_by": share.granted_by,
+    }

@@ -29,11 +29,16 @@ class VersionSnapshot:
     parts: tuple[str, ...]
 
     @classmethod
-    def of(cls, version: SourceVersion) -> "VersionSnapshot":
-        return cls(id=version.id, source_id=version.source_id, org_id=version.org_id, created_at=version.created_at,
-                   row_count=int(version.row_count or 0),
-                   column_types=tuple((c["name"], c["type"]) for c in version.columns or ()),
-                   parts=tuple(version.parts or ()))
+    def of(cls, version: SourceVersion) -> VersionSnapshot:
+        return cls(
+            id=version.id,
+            source_id=version.source_id,
+            org_id=version.org_id,
+            created_at=version.created_at,
+            row_count=int(version.row_count or 0),
+            column_types=tuple((c["name"], c["type"]) for c in version.columns or ()),
+            parts=tuple(version.parts or ()),
+        )
 
     @property
     def columns(self) -> list[dict]:
@@ -67,15 +72,26 @@ class SourceSnapshot:
     deleted_at: datetime | None
 
     @classmethod
-    def of(cls, source: Source) -> "SourceSnapshot":
+    def of(cls, source: Source) -> SourceSnapshot:
         config = source.connector_config
-        return cls(id=source.id, org_id=source.org_id, name=source.name, description=source.description,
-                   created_by=source.created_by, created_at=source.created_at, updated_at=source.updated_at,
-                   service=source.service, connector_id=source.connector_id,
-                   connector_config_json=None if config is None else orjson.dumps(config),
-                   sync_status=source.sync_status, last_synced_at=source.last_synced_at,
-                   last_sync_error=source.last_sync_error, current_version_id=source.current_version_id,
-                   org_share_permission=source.org_share_permission, deleted_at=source.deleted_at)
+        return cls(
+            id=source.id,
+            org_id=source.org_id,
+            name=source.name,
+            description=source.description,
+            created_by=source.created_by,
+            created_at=source.created_at,
+            updated_at=source.updated_at,
+            service=source.service,
+            connector_id=source.connector_id,
+            connector_config_json=None if config is None else orjson.dumps(config),
+            sync_status=source.sync_status,
+            last_synced_at=source.last_synced_at,
+            last_sync_error=source.last_sync_error,
+            current_version_id=source.current_version_id,
+            org_share_permission=source.org_share_permission,
+            deleted_at=source.deleted_at,
+        )
 
     @property
     def connector_config(self) -> dict | None:

@@ -92,6 +92,7 @@ def part_paths(version: SourceVersion, data_dir: str | os.PathLike | None = None
 # Durable file primitives
 # ---------------------------------------------------------------------------------------
 
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -157,14 +158,16 @@ def write_parquet_durable(final: Path, table: pa.Table) -> None:
 # Versions
 # ---------------------------------------------------------------------------------------
 
+
 def current_version(session: Session, source: Source) -> SourceVersion | None:
     if source.current_version_id is None:
         return None
     return session.get(SourceVersion, source.current_version_id)
 
 
-def write_new_version(session: Session, source: Source, table: pa.Table, *, append: bool,
-                      data_dir: str | os.PathLike | None = None) -> SourceVersion:
+def write_new_version(
+    session: Session, source: Source, table: pa.Table, *, append: bool, data_dir: str | os.PathLike | None = None
+) -> SourceVersion:
     """Write `table` as a new version of `source` and make it current, WITHOUT committing.
 
     - append=True: `table` is conformed to the current version's schema (`type_mismatch`,
@@ -221,16 +224,23 @@ def write_new_version(session: Session, source: Source, table: pa.Table, *, appe
 
     now = utcnow()
     version = SourceVersion(
-        id=version_id, source_id=source.id, org_id=source.org_id, created_at=now,
-        row_count=row_count, columns=columns, parts=parts,
+        id=version_id,
+        source_id=source.id,
+        org_id=source.org_id,
+        created_at=now,
+        row_count=row_count,
+        columns=columns,
+        parts=parts,
     )
     session.add(version)
     if state.persistent:
         session.flush()
-        condition = (Source.current_version_id == expected) if expected is not None \
-            else Source.current_version_id.is_(None)
+        condition = (
+            (Source.current_version_id == expected) if expected is not None else Source.current_version_id.is_(None)
+        )
         result = session.execute(
-            update(Source).where(Source.id == source.id, condition)
+            update(Source)
+            .where(Source.id == source.id, condition)
             .values(current_version_id=version_id, updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -266,11 +276,11 @@ def prune_versions(session: Session, *, keep_seconds: float = 3600.0) -> int:
             if source.deleted_at <= cutoff:
                 doomed.extend(v.id for v in versions)
             continue
-        for older, newer in zip(versions, versions[1:]):
+        for older, newer in zip(versions, versions[1:], strict=False):
             if older.id != source.current_version_id and newer.created_at <= cutoff:
                 doomed.append(older.id)
     for chunk_start in range(0, len(doomed), 500):
-        chunk = doomed[chunk_start:chunk_start + 500]
+        chunk = doomed[chunk_start : chunk_start + 500]
         session.execute(delete(SourceVersion).where(SourceVersion.id.in_(chunk)))
     if doomed:
         from tidegate.data import engine
@@ -284,6 +294,7 @@ def prune_versions(session: Session, *, keep_seconds: float = 3600.0) -> int:
 # Uploaded files
 # ---------------------------------------------------------------------------------------
 
+
 def _clean_file_name(name: str) -> str:
     name = (name or "").replace("\\", "/").split("/")[-1].strip()
     if not name or name in (".", ".."):
@@ -295,9 +306,17 @@ def _clean_file_name(name: str) -> str:
     return name
 
 
-def store_file(session: Session, *, org_id: str, created_by: str, name: str, content: bytes | BinaryIO,
-               content_type: str | None = None, data_dir: str | os.PathLike | None = None,
-               max_bytes: int | None = None) -> File:
+def store_file(
+    session: Session,
+    *,
+    org_id: str,
+    created_by: str,
+    name: str,
+    content: bytes | BinaryIO,
+    content_type: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    max_bytes: int | None = None,
+) -> File:
     """Store an uploaded file durably and add its row (caller commits).
 
     `content` is bytes or a binary file (an upload's spooled file): a file is copied in
@@ -314,8 +333,9 @@ def store_file(session: Session, *, org_id: str, created_by: str, name: str, con
     _makedirs_durable(root / org_id / "files", root)
     tmp = _tmp_name(final)
     try:
-        size = _write_stream(tmp, io.BytesIO(content) if isinstance(content, (bytes, bytearray)) else content,
-                             max_bytes)
+        size = _write_stream(
+            tmp, io.BytesIO(content) if isinstance(content, (bytes, bytearray)) else content, max_bytes
+        )
         if size == 0:
             raise InvalidRequest("invalid_file", "The file is empty.")
         columns = row_count = None
@@ -334,8 +354,15 @@ def store_file(session: Session, *, org_id: str, created_by: str, name: str, con
         tmp.unlink(missing_ok=True)
         raise
     record = File(
-        id=file_id, org_id=org_id, name=name, size=size, content_type=content_type,
-        created_by=created_by, created_at=utcnow(), storage_path=relative, columns=columns,
+        id=file_id,
+        org_id=org_id,
+        name=name,
+        size=size,
+        content_type=content_type,
+        created_by=created_by,
+        created_at=utcnow(),
+        storage_path=relative,
+        columns=columns,
         row_count=row_count,
     )
     session.add(record)
@@ -353,11 +380,12 @@ def _write_stream(tmp: Path, source: BinaryIO, max_bytes: int | None) -> int:
         while chunk := source.read(COPY_CHUNK):
             size += len(chunk)
             if max_bytes is not None and size > max_bytes:
-                raise InvalidRequest("file_too_large",
-                                     f"Files may be at most {max_bytes // (1024 * 1024)} MB ({max_bytes:,} bytes).")
+                raise InvalidRequest(
+                    "file_too_large", f"Files may be at most {max_bytes // (1024 * 1024)} MB ({max_bytes:,} bytes)."
+                )
             view = memoryview(chunk)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -372,8 +400,9 @@ def file_path(file: File, data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def read_file_table(file: File, *, columns: list[dict] | None = None,
-                    data_dir: str | os.PathLike | None = None) -> pa.Table:
+def read_file_table(
+    file: File, *, columns: list[dict] | None = None, data_dir: str | os.PathLike | None = None
+) -> pa.Table:
     """Parse a stored file (e.g. to create or append to a source from it)."""
     try:
         content = file_path(file, data_dir).read_bytes()
@@ -386,6 +415,7 @@ def read_file_table(file: File, *, columns: list[dict] | None = None,
 # Garbage collection
 # ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class GcReport:
     deleted_files: list[str] = field(default_factory=list)  # relative to data_dir
@@ -393,8 +423,13 @@ class GcReport:
     freed_bytes: int = 0
 
 
-def collect_garbage(session: Session, data_dir: str | os.PathLike | None = None, *,
-                    min_age_seconds: float = 60.0, temp_min_age_seconds: float = 60.0) -> GcReport:
+def collect_garbage(
+    session: Session,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    min_age_seconds: float = 60.0,
+    temp_min_age_seconds: float = 60.0,
+) -> GcReport:
     """Delete files no version (or File row) references, and leftover temp files.
 
     Only files whose modification time is at least `min_age_seconds` old are touched: a
@@ -415,6 +450,7 @@ def collect_garbage(session: Session, data_dir: str | os.PathLike | None = None,
     for storage_path in session.scalars(select(File.storage_path)):
         referenced.add(root / storage_path)
     live_sources = set(session.scalars(select(SourceVersion.source_id).distinct()))
+
     def old_enough(path: Path) -> bool:
         age = temp_min_age_seconds if TMP_MARK in path.name else min_age_seconds
         try:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event
@@ -63,8 +62,9 @@ def get_engine(url: str) -> Engine:
     # After a PostgreSQL restart or outage the pool recovers by itself: every checkout is
     # pre-pinged, a disconnect invalidates the whole pool, and a down server fails a
     # connect within seconds (a 503) instead of holding the request.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, pool_timeout=10,
-                         connect_args={"connect_timeout": 5})
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, pool_timeout=10, connect_args={"connect_timeout": 5}
+    )
 
 
 @lru_cache(maxsize=8)

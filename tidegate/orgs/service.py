@@ -65,8 +65,15 @@ def create_organization(session: Session, name: str, admin_email: str, admin_pas
     )
     session.add(admin)
     session.flush()
-    record(session, None, "organization.created", org_id=org.id, target_type="organization", target_id=org.id,
-           details={"name": name, "admin_user_id": admin.id})
+    record(
+        session,
+        None,
+        "organization.created",
+        org_id=org.id,
+        target_type="organization",
+        target_id=org.id,
+        details={"name": name, "admin_user_id": admin.id},
+    )
     return NewOrganization(org=org, admin=admin)
 
 
@@ -148,8 +155,16 @@ def create_user(
     )
     session.add(user)
     session.flush()
-    record(session, actor, "user.created", org_id=org_id, target_type="user", target_id=user.id,
-           details={"email": email, "role": role}, context=context)
+    record(
+        session,
+        actor,
+        "user.created",
+        org_id=org_id,
+        target_type="user",
+        target_id=user.id,
+        details={"email": email, "role": role},
+        context=context,
+    )
     return user
 
 
@@ -165,18 +180,22 @@ def lock_organization(session: Session, org_id: str) -> None:
     after it are current. (The bump is what `audit.record` does for every change anyway.)
     """
     session.execute(
-        update(Organization).where(Organization.id == org_id)
+        update(Organization)
+        .where(Organization.id == org_id)
         .values(access_epoch=Organization.access_epoch + 1)
         .execution_options(synchronize_session=False)
     )
 
 
 def _active_admin_count(session: Session, org_id: str) -> int:
-    return session.scalar(
-        select(func.count()).select_from(User).where(
-            User.org_id == org_id, User.role == ROLE_ADMIN, User.is_active.is_(True)
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(User)
+            .where(User.org_id == org_id, User.role == ROLE_ADMIN, User.is_active.is_(True))
         )
-    ) or 0
+        or 0
+    )
 
 
 def _guard_last_admin(session: Session, user: User) -> None:
@@ -212,12 +231,22 @@ def update_user(
             setattr(user, field, value)
     if changes:
         action = "user.role_changed" if "role" in changes else "user.updated"
-        record(session, actor, action, org_id=user.org_id, target_type="user", target_id=user.id,
-               details=changes, context=context)
+        record(
+            session,
+            actor,
+            action,
+            org_id=user.org_id,
+            target_type="user",
+            target_id=user.id,
+            details=changes,
+            context=context,
+        )
     return user
 
 
-def deactivate_user(session: Session, actor: Principal | None, user: User, *, context: RequestContext | None = None) -> User:
+def deactivate_user(
+    session: Session, actor: Principal | None, user: User, *, context: RequestContext | None = None
+) -> User:
     """Deactivated users cannot sign in, and every key they created stops working."""
     if not user.is_active:
         return user
@@ -228,14 +257,30 @@ def deactivate_user(session: Session, actor: Principal | None, user: User, *, co
     _guard_last_admin(session, user)
     user.is_active = False
     user.deactivated_at = utcnow()
-    record(session, actor, "user.deactivated", org_id=user.org_id, target_type="user", target_id=user.id,
-           details={"email": user.email}, context=context)
+    record(
+        session,
+        actor,
+        "user.deactivated",
+        org_id=user.org_id,
+        target_type="user",
+        target_id=user.id,
+        details={"email": user.email},
+        context=context,
+    )
     return user
 
 
 def get_or_create_external(
-    session: Session, actor: Principal, org_id: str, external_id: str, *, email: str | None, role: str,
-    first_name: str | None, last_name: str | None, context: RequestContext | None = None,
+    session: Session,
+    actor: Principal,
+    org_id: str,
+    external_id: str,
+    *,
+    email: str | None,
+    role: str,
+    first_name: str | None,
+    last_name: str | None,
+    context: RequestContext | None = None,
 ) -> tuple[User, bool]:
     lock_organization(session, org_id)  # two concurrent PUTs: one creates, the other finds it
     existing = session.scalar(select(User).where(User.org_id == org_id, User.external_id == external_id))
@@ -245,19 +290,37 @@ def get_or_create_external(
         return existing, False
     if not email:
         raise InvalidRequest("missing_field", "email is required to create a user.")
-    user = create_user(session, actor, org_id, email=email, role=role, first_name=first_name,
-                       last_name=last_name, external_id=external_id, context=context)
+    user = create_user(
+        session,
+        actor,
+        org_id,
+        email=email,
+        role=role,
+        first_name=first_name,
+        last_name=last_name,
+        external_id=external_id,
+        context=context,
+    )
     return user, True
 
 
-def unlink_external_id(session: Session, actor: Principal, org_id: str, external_id: str,
-                       *, context: RequestContext | None = None) -> User:
+def unlink_external_id(
+    session: Session, actor: Principal, org_id: str, external_id: str, *, context: RequestContext | None = None
+) -> User:
     user = session.scalar(select(User).where(User.org_id == org_id, User.external_id == external_id))
     if user is None:
         raise NotFound("user_not_found", f"No user with external id {external_id!r}.")
     user.external_id = None
-    record(session, actor, "user.external_id_removed", org_id=org_id, target_type="user", target_id=user.id,
-           details={"external_id": external_id}, context=context)
+    record(
+        session,
+        actor,
+        "user.external_id_removed",
+        org_id=org_id,
+        target_type="user",
+        target_id=user.id,
+        details={"external_id": external_id},
+        context=context,
+    )
     return user
 
 
@@ -267,36 +330,55 @@ MAX_USER_RATE_LIMIT = 100_000_000
 
 def check_max_keys_per_user(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_KEYS_PER_USER:
-        raise InvalidRequest("invalid_max_keys_per_user",
-                             f"max_keys_per_user must be a whole number between 1 and {MAX_KEYS_PER_USER:,}.")
+        raise InvalidRequest(
+            "invalid_max_keys_per_user",
+            f"max_keys_per_user must be a whole number between 1 and {MAX_KEYS_PER_USER:,}.",
+        )
     return value
 
 
 def check_user_rate_limit(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_USER_RATE_LIMIT:
-        raise InvalidRequest("invalid_user_rate_limit",
-                             f"user_rate_limit_per_minute must be a whole number between 1 and "
-                             f"{MAX_USER_RATE_LIMIT:,}.")
+        raise InvalidRequest(
+            "invalid_user_rate_limit",
+            f"user_rate_limit_per_minute must be a whole number between 1 and {MAX_USER_RATE_LIMIT:,}.",
+        )
     return value
 
 
-def update_settings(session: Session, actor: Principal | None, org: Organization, *,
-                    api_key_creation_enabled: bool | None, max_keys_per_user: int | None = None,
-                    user_rate_limit_per_minute: int | None = None,
-                    context: RequestContext | None = None) -> Organization:
+def update_settings(
+    session: Session,
+    actor: Principal | None,
+    org: Organization,
+    *,
+    api_key_creation_enabled: bool | None,
+    max_keys_per_user: int | None = None,
+    user_rate_limit_per_minute: int | None = None,
+    context: RequestContext | None = None,
+) -> Organization:
     """Validates everything before changing anything: a refused update changes nothing."""
     if max_keys_per_user is not None:
         check_max_keys_per_user(max_keys_per_user)
     if user_rate_limit_per_minute is not None:
         check_user_rate_limit(user_rate_limit_per_minute)
     changes = {}
-    for field, value in (("api_key_creation_enabled", api_key_creation_enabled),
-                         ("max_keys_per_user", max_keys_per_user),
-                         ("user_rate_limit_per_minute", user_rate_limit_per_minute)):
+    for field, value in (
+        ("api_key_creation_enabled", api_key_creation_enabled),
+        ("max_keys_per_user", max_keys_per_user),
+        ("user_rate_limit_per_minute", user_rate_limit_per_minute),
+    ):
         if value is not None and value != getattr(org, field):
             changes[field] = {"old": getattr(org, field), "new": value}
             setattr(org, field, value)
     if changes:
-        record(session, actor, "org.settings_updated", org_id=org.id, target_type="organization",
-               target_id=org.id, details=changes, context=context)
+        record(
+            session,
+            actor,
+            "org.settings_updated",
+            org_id=org.id,
+            target_type="organization",
+            target_id=org.id,
+            details=changes,
+            context=context,
+        )
     return org

@@ -44,8 +44,25 @@ def Id():  # a fresh Query per parameter: FastAPI must not share one between par
 def DateQ():
     return Query(None, max_length=40)
 
-CSV_COLUMNS = ("timestamp", "action", "actor_type", "actor_id", "actor", "key_id", "key", "target_type",
-               "target_id", "method", "path", "status", "ip_address", "user_agent", "request_id", "details")
+
+CSV_COLUMNS = (
+    "timestamp",
+    "action",
+    "actor_type",
+    "actor_id",
+    "actor",
+    "key_id",
+    "key",
+    "target_type",
+    "target_id",
+    "method",
+    "path",
+    "status",
+    "ip_address",
+    "user_agent",
+    "request_id",
+    "details",
+)
 
 
 @dataclass
@@ -56,9 +73,13 @@ class Filters:
     since: str | None = None
     until: str | None = None
 
-    def clean(self) -> "Filters":
-        return Filters(*(v.strip() or None if isinstance(v, str) else None
-                         for v in (self.key_id, self.user_id, self.action, self.since, self.until)))
+    def clean(self) -> Filters:
+        return Filters(
+            *(
+                v.strip() or None if isinstance(v, str) else None
+                for v in (self.key_id, self.user_id, self.action, self.since, self.until)
+            )
+        )
 
     def query(self) -> dict[str, str]:
         return {k: v for k, v in vars(self).items() if v}
@@ -66,8 +87,12 @@ class Filters:
 
 def fetch(session, org_id: str, f: Filters, *, limit: int, after: str | None) -> list[AuditEvent]:
     """Up to limit+1 events, newest first; raises InvalidRequest for a bad date."""
-    common = dict(actor_id=f.user_id, action=f.action, since=parse_bound(f.since, "From", end=False),
-                  until=parse_bound(f.until, "To", end=True))
+    common = dict(
+        actor_id=f.user_id,
+        action=f.action,
+        since=parse_bound(f.since, "From", end=False),
+        until=parse_bound(f.until, "To", end=True),
+    )
     if not f.key_id:
         return list_events(session, org_id, limit=limit, after=after, **common)
     by_key = list_events(session, org_id, limit=limit, after=after, key_id=f.key_id, **common)
@@ -78,13 +103,29 @@ def fetch(session, org_id: str, f: Filters, *, limit: int, after: str | None) ->
 
 def labels(session, org_id: str, events: list[AuditEvent]) -> tuple[dict[str, str], dict[str, str]]:
     """Display names: user id -> email, key id -> 'name (prefix)'."""
-    user_ids = ({e.actor_id for e in events if e.actor_type == "user"}
-                | {e.target_id for e in events if e.target_type == "user" and e.target_id})
-    key_ids = ({e.key_id for e in events if e.key_id} | {e.actor_id for e in events if e.actor_type == "api_key"}
-               | {e.target_id for e in events if e.target_type == "api_key" and e.target_id})
-    users = dict(session.execute(select(User.id, User.email).where(User.org_id == org_id, User.id.in_(user_ids))).all()) if user_ids else {}
-    keys = {k: f"{n} ({p}…)" for k, n, p in session.execute(
-        select(ApiKey.id, ApiKey.name, ApiKey.key_prefix).where(ApiKey.org_id == org_id, ApiKey.id.in_(key_ids))).all()} if key_ids else {}
+    user_ids = {e.actor_id for e in events if e.actor_type == "user"} | {
+        e.target_id for e in events if e.target_type == "user" and e.target_id
+    }
+    key_ids = (
+        {e.key_id for e in events if e.key_id}
+        | {e.actor_id for e in events if e.actor_type == "api_key"}
+        | {e.target_id for e in events if e.target_type == "api_key" and e.target_id}
+    )
+    users = (
+        dict(session.execute(select(User.id, User.email).where(User.org_id == org_id, User.id.in_(user_ids))).all())
+        if user_ids
+        else {}
+    )
+    keys = (
+        {
+            k: f"{n} ({p}…)"
+            for k, n, p in session.execute(
+                select(ApiKey.id, ApiKey.name, ApiKey.key_prefix).where(ApiKey.org_id == org_id, ApiKey.id.in_(key_ids))
+            ).all()
+        }
+        if key_ids
+        else {}
+    )
     return users, keys
 
 
@@ -108,33 +149,54 @@ def target_label(event: AuditEvent, users: dict[str, str], keys: dict[str, str])
 
 def event_rows(session, org_id: str, events: list[AuditEvent]) -> list[dict]:
     users, keys = labels(session, org_id, events)
-    return [{
-        "id": e.id, "timestamp": e.timestamp, "action": e.action, "actor": actor_label(e, users, keys),
-        "actor_type": e.actor_type, "actor_id": e.actor_id, "request_id": e.request_id, "key_id": e.key_id, "key": keys.get(e.key_id, e.key_id) if e.key_id else "",
-        "target_type": e.target_type, "target_id": e.target_id,
-        "target_label": target_label(e, users, keys), "method": e.method, "path": e.path,
-        "status": e.status, "ip": e.ip_address, "user_agent": e.user_agent,
-        "details": json.dumps(e.details, sort_keys=True) if e.details else "",
-        "details_pretty": json.dumps(e.details, sort_keys=True, indent=2) if e.details else "",
-        "details_summary": _summary(e.details),
-    } for e in events]
+    return [
+        {
+            "id": e.id,
+            "timestamp": e.timestamp,
+            "action": e.action,
+            "actor": actor_label(e, users, keys),
+            "actor_type": e.actor_type,
+            "actor_id": e.actor_id,
+            "request_id": e.request_id,
+            "key_id": e.key_id,
+            "key": keys.get(e.key_id, e.key_id) if e.key_id else "",
+            "target_type": e.target_type,
+            "target_id": e.target_id,
+            "target_label": target_label(e, users, keys),
+            "method": e.method,
+            "path": e.path,
+            "status": e.status,
+            "ip": e.ip_address,
+            "user_agent": e.user_agent,
+            "details": json.dumps(e.details, sort_keys=True) if e.details else "",
+            "details_pretty": json.dumps(e.details, sort_keys=True, indent=2) if e.details else "",
+            "details_summary": _summary(e.details),
+        }
+        for e in events
+    ]
 
 
 def _summary(details: dict | None) -> str:
     """A short line for the details disclosure: its first few simple fields."""
     if not details:
         return ""
-    parts = [f"{k}: {v}" for k, v in details.items() if isinstance(v, (str, int, float, bool)) and k != "creator_user_id"]
+    parts = [
+        f"{k}: {v}" for k, v in details.items() if isinstance(v, (str, int, float, bool)) and k != "creator_user_id"
+    ]
     text = ", ".join(parts[:2]) or f"{len(details)} field{'s' if len(details) != 1 else ''}"
     return text if len(text) <= 60 else text[:59] + "…"
 
 
 def filter_choices(session, org_id: str) -> dict:
     users = session.execute(select(User.id, User.email).where(User.org_id == org_id).order_by(User.email)).all()
-    keys = session.execute(select(ApiKey.id, ApiKey.name, ApiKey.key_prefix)
-                           .where(ApiKey.org_id == org_id).order_by(ApiKey.name, ApiKey.id)).all()
-    actions = session.scalars(select(AuditEvent.action).where(AuditEvent.org_id == org_id).distinct()
-                              .order_by(AuditEvent.action)).all()
+    keys = session.execute(
+        select(ApiKey.id, ApiKey.name, ApiKey.key_prefix)
+        .where(ApiKey.org_id == org_id)
+        .order_by(ApiKey.name, ApiKey.id)
+    ).all()
+    actions = session.scalars(
+        select(AuditEvent.action).where(AuditEvent.org_id == org_id).distinct().order_by(AuditEvent.action)
+    ).all()
     return {"users": users, "key_choices": keys, "actions": actions}
 
 
@@ -144,9 +206,15 @@ def _flush_journal(request: Request) -> None:
 
 
 @router.get("/audit")
-def audit_page(request: Request, key_id: str | None = Id(), user_id: str | None = Id(),
-               action: str | None = Id(), since: str | None = DateQ(), until: str | None = DateQ(),
-               after: str | None = Id()):
+def audit_page(
+    request: Request,
+    key_id: str | None = Id(),
+    user_id: str | None = Id(),
+    action: str | None = Id(),
+    since: str | None = DateQ(),
+    until: str | None = DateQ(),
+    after: str | None = Id(),
+):
     f = Filters(key_id, user_id, action, since, until).clean()
     _flush_journal(request)
     error, status, events = None, 200, []
@@ -159,9 +227,13 @@ def audit_page(request: Request, key_id: str | None = Id(), user_id: str | None 
         more = len(events) > PAGE_SIZE
         events = events[:PAGE_SIZE]
         context = {
-            "title": "Audit log", "filters": f, "events": event_rows(session, viewer.org.id, events),
+            "title": "Audit log",
+            "filters": f,
+            "events": event_rows(session, viewer.org.id, events),
             "next_query": {**f.query(), "after": events[-1].id} if more and events else None,
-            "export_query": f.query(), "error": error, **filter_choices(session, viewer.org.id),
+            "export_query": f.query(),
+            "error": error,
+            **filter_choices(session, viewer.org.id),
         }
     return page(request, "audit.html", context, viewer=viewer, status=status)
 
@@ -173,8 +245,14 @@ def _csv_line(values) -> str:
 
 
 @router.get("/audit/export.csv")
-def audit_export(request: Request, key_id: str | None = Id(), user_id: str | None = Id(),
-                 action: str | None = Id(), since: str | None = DateQ(), until: str | None = DateQ()):
+def audit_export(
+    request: Request,
+    key_id: str | None = Id(),
+    user_id: str | None = Id(),
+    action: str | None = Id(),
+    since: str | None = DateQ(),
+    until: str | None = DateQ(),
+):
     f = Filters(key_id, user_id, action, since, until).clean()
     _flush_journal(request)
     with db(request) as session:
@@ -183,8 +261,15 @@ def audit_export(request: Request, key_id: str | None = Id(), user_id: str | Non
             fetch(session, viewer.org.id, f, limit=1, after=None)  # validate the dates before streaming
         except TidegateError as exc:
             raise PageError(exc.status, "Bad filter", exc.message, viewer) from None
-        record(session, viewer.principal, "audit.exported", org_id=viewer.org.id, target_type="audit",
-               details={"filters": f.query(), "format": "csv", "via": "web"}, context=request_context(request))
+        record(
+            session,
+            viewer.principal,
+            "audit.exported",
+            org_id=viewer.org.id,
+            target_type="audit",
+            details={"filters": f.query(), "format": "csv", "via": "web"},
+            context=request_context(request),
+        )
         org_id = viewer.org.id
     database_url = settings_of(request).database_url
 
@@ -196,10 +281,26 @@ def audit_export(request: Request, key_id: str | None = Id(), user_id: str | Non
                 batch = fetch(session, org_id, f, limit=EXPORT_BATCH, after=after)
                 page_rows = event_rows(session, org_id, batch[:EXPORT_BATCH])
             for r in page_rows:
-                yield _csv_line((isoformat(r["timestamp"]), r["action"], r["actor_type"], r["actor_id"],
-                                 r["actor"], r["key_id"], r["key"], r["target_type"], r["target_id"], r["method"],
-                                 r["path"], r["status"], r["ip"], r["user_agent"], r["request_id"],
-                                 r["details"]))
+                yield _csv_line(
+                    (
+                        isoformat(r["timestamp"]),
+                        r["action"],
+                        r["actor_type"],
+                        r["actor_id"],
+                        r["actor"],
+                        r["key_id"],
+                        r["key"],
+                        r["target_type"],
+                        r["target_id"],
+                        r["method"],
+                        r["path"],
+                        r["status"],
+                        r["ip"],
+                        r["user_agent"],
+                        r["request_id"],
+                        r["details"],
+                    )
+                )
             sent += len(page_rows)
             if len(batch) <= EXPORT_BATCH:
                 return
@@ -226,13 +327,20 @@ def key_activity(request: Request, key_id: str = Path(max_length=100), after: st
         creator = session.get(User, key.created_by)
         context = {
             "title": f"Key activity: {key.name}",
-            "key": {"id": key.id, "name": key.name, "prefix": key.key_prefix, "status": key.status_at(utcnow()),
-                    "created_at": key.created_at, "created_by": creator.email if creator else key.created_by,
-                    "last_used_at": key.last_used_at, "last_used_ip": key.last_used_ip,
-                    "expires_at": key.expires_at, "scopes": list(key.scopes)},
+            "key": {
+                "id": key.id,
+                "name": key.name,
+                "prefix": key.key_prefix,
+                "status": key.status_at(utcnow()),
+                "created_at": key.created_at,
+                "created_by": creator.email if creator else key.created_by,
+                "last_used_at": key.last_used_at,
+                "last_used_ip": key.last_used_ip,
+                "expires_at": key.expires_at,
+                "scopes": list(key.scopes),
+            },
             "requests": event_rows(session, viewer.org.id, requests),
             "lifecycle": event_rows(session, viewer.org.id, lifecycle[:100]),
             "next_after": requests[-1].id if more and requests else None,
         }
     return page(request, "audit_key.html", context, viewer=viewer, current="/audit")
-

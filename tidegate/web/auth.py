@@ -27,8 +27,17 @@ from tidegate.web import throttle
 from tidegate.web.common import FORM, PageError, current_viewer, db, is_https, router, settings_of
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import (
-    LOGIN_COOKIE, LOGIN_COOKIE_TTL, SESSION_COOKIE, SESSION_LIFETIME, csrf_token, csrf_valid, end_session,
-    login_cookie_valid, new_login_cookie, sign, start_session,
+    LOGIN_COOKIE,
+    LOGIN_COOKIE_TTL,
+    SESSION_COOKIE,
+    SESSION_LIFETIME,
+    csrf_token,
+    csrf_valid,
+    end_session,
+    login_cookie_valid,
+    new_login_cookie,
+    sign,
+    start_session,
 )
 
 HOME = "/settings/api-keys"
@@ -44,8 +53,15 @@ def _dummy_hash() -> str:
 
 def safe_next(value: str | None) -> str:
     """Only a path on this site; anything else (//evil, https://, \\) goes home."""
-    if (not value or not value.startswith("/") or value.startswith("//") or "\\" in value
-            or any(ord(c) < 33 for c in value) or value.startswith("/login") or len(value) > 2000):
+    if (
+        not value
+        or not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or any(ord(c) < 33 for c in value)
+        or value.startswith("/login")
+        or len(value) > 2000
+    ):
         return HOME
     return value
 
@@ -59,17 +75,36 @@ def _login_cookie(request: Request) -> str:
 
 
 def _set_login_cookie(response: Response, request: Request, value: str) -> None:
-    response.set_cookie(LOGIN_COOKIE, value, max_age=LOGIN_COOKIE_TTL, path="/", secure=is_https(request),
-                        httponly=True, samesite="lax")
+    response.set_cookie(
+        LOGIN_COOKIE, value, max_age=LOGIN_COOKIE_TTL, path="/", secure=is_https(request), httponly=True, samesite="lax"
+    )
 
 
-def _login_form(request: Request, *, status: int = 200, error: str | None = None, email: str = "",
-                next_url: str = HOME, notice: str | None = None, headers: dict | None = None) -> Response:
+def _login_form(
+    request: Request,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    email: str = "",
+    next_url: str = HOME,
+    notice: str | None = None,
+    headers: dict | None = None,
+) -> Response:
     pre = _login_cookie(request)
-    response = page(request, "login.html", {
-        "title": "Sign in", "csrf": csrf_token(settings_of(request).session_key, pre, "login"),
-        "error": error, "email": email, "next": next_url, "notice": notice,
-    }, viewer=None, status=status)
+    response = page(
+        request,
+        "login.html",
+        {
+            "title": "Sign in",
+            "csrf": csrf_token(settings_of(request).session_key, pre, "login"),
+            "error": error,
+            "email": email,
+            "next": next_url,
+            "notice": notice,
+        },
+        viewer=None,
+        status=status,
+    )
     _set_login_cookie(response, request, pre)
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -80,9 +115,12 @@ def _check_login_csrf(request: Request, form: FormData) -> str:
     pre = request.cookies.get(LOGIN_COOKIE)
     key = settings_of(request).session_key
     if not login_cookie_valid(key, pre) or not csrf_valid(key, pre, form.get("csrf_token"), "login"):
-        raise PageError(403, "Sign-in form expired",
-                        "The sign-in form was missing its security token or it did not match this browser. "
-                        "Reload the sign-in page and try again.")
+        raise PageError(
+            403,
+            "Sign-in form expired",
+            "The sign-in form was missing its security token or it did not match this browser. "
+            "Reload the sign-in page and try again.",
+        )
     return pre
 
 
@@ -90,14 +128,30 @@ def _signed_in_response(request: Request, session, user: User, next_url: str) ->
     settings = settings_of(request)
     # A fresh token at every sign-in (no fixation); an earlier session of this browser ends.
     end_session(session, settings.session_key, request.cookies.get(SESSION_COOKIE))
-    token = start_session(session, settings.session_key, user, ip=client_ip(request),
-                          user_agent=request.headers.get("user-agent"))
+    token = start_session(
+        session, settings.session_key, user, ip=client_ip(request), user_agent=request.headers.get("user-agent")
+    )
     principal = Principal.for_user(user.org_id, user.id, user.role)
-    record(session, principal, "user.signed_in", org_id=user.org_id, target_type="user", target_id=user.id,
-           details={"via": "web"}, context=request_context(request))
+    record(
+        session,
+        principal,
+        "user.signed_in",
+        org_id=user.org_id,
+        target_type="user",
+        target_id=user.id,
+        details={"via": "web"},
+        context=request_context(request),
+    )
     response = redirect(safe_next(next_url))
-    response.set_cookie(SESSION_COOKIE, token, max_age=int(SESSION_LIFETIME.total_seconds()), path="/",
-                        secure=is_https(request), httponly=True, samesite="lax")
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(SESSION_LIFETIME.total_seconds()),
+        path="/",
+        secure=is_https(request),
+        httponly=True,
+        samesite="lax",
+    )
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response
 
@@ -105,9 +159,14 @@ def _signed_in_response(request: Request, session, user: User, next_url: str) ->
 def _paused_form(request: Request, wait: int, email: str, next_url: str) -> Response:
     # The same words for an unknown email as for a real account: nothing to learn from it.
     return _login_form(
-        request, status=429, email=email, next_url=next_url, headers={"Retry-After": str(wait)},
+        request,
+        status=429,
+        email=email,
+        next_url=next_url,
+        headers={"Retry-After": str(wait)},
         error=f"Too many failed sign-in attempts for this account or from your network. "
-              f"For your security, sign-in is paused: try again in {_wait_text(wait)}.")
+        f"For your security, sign-in is paused: try again in {_wait_text(wait)}.",
+    )
 
 
 def _wait_text(seconds: int) -> str:
@@ -124,8 +183,9 @@ def home(request: Request):
 
 
 @router.get("/login")
-def login_page(request: Request, next: str | None = Query(None, max_length=2000),
-               notice: str | None = Query(None, max_length=40)):
+def login_page(
+    request: Request, next: str | None = Query(None, max_length=2000), notice: str | None = Query(None, max_length=40)
+):
     with db(request) as session:
         viewer = current_viewer(request, session)
     if viewer is not None:
@@ -139,19 +199,31 @@ def login(request: Request, form: FormData = FORM):
     _check_login_csrf(request, form)
     raw_email = form.get("email")
     password = form.get("password")
-    if not isinstance(raw_email, str) or not isinstance(password, str) or len(raw_email) > 320 or len(password) > 1000 \
-            or "\x00" in raw_email:  # no email holds NUL, and PostgreSQL cannot even look one up (500)
+    if (
+        not isinstance(raw_email, str)
+        or not isinstance(password, str)
+        or len(raw_email) > 320
+        or len(password) > 1000
+        or "\x00" in raw_email
+    ):  # no email holds NUL, and PostgreSQL cannot even look one up (500)
         return _login_form(request, status=400, error="Enter your email and password.")
     email = raw_email.strip().lower()
     next_url = safe_next(form.get("next") if isinstance(form.get("next"), str) else None)
     if not email or not password:
-        return _login_form(request, status=400, error="Enter your email and password.", email=email,
-                           next_url=next_url)
+        return _login_form(request, status=400, error="Enter your email and password.", email=email, next_url=next_url)
     signin_throttle: throttle.SigninThrottle = request.app.state.signin_throttle
     with db(request) as session:
-        users = list(session.scalars(select(User).where(
-            User.email == email, User.is_active.is_(True), User.password_hash.is_not(None),
-        ).order_by(User.id)))
+        users = list(
+            session.scalars(
+                select(User)
+                .where(
+                    User.email == email,
+                    User.is_active.is_(True),
+                    User.password_hash.is_not(None),
+                )
+                .order_by(User.id)
+            )
+        )
         # The organization is chosen after the password: the attempt counts against every
         # organization this email has a user in (see throttle.py).
         try:
@@ -159,8 +231,14 @@ def login(request: Request, form: FormData = FORM):
         except throttle.SignInPaused as paused:
             return _paused_form(request, paused.wait, email, next_url)
         except throttle.ThrottleUnavailable:
-            return _login_form(request, status=503, email=email, next_url=next_url, headers={"Retry-After": "5"},
-                               error="Sign-in is temporarily unavailable. Try again shortly.")
+            return _login_form(
+                request,
+                status=503,
+                email=email,
+                next_url=next_url,
+                headers={"Retry-After": "5"},
+                error="Sign-in is temporarily unavailable. Try again shortly.",
+            )
         candidates = [u for u in users if u.org_id in attempt.open_orgs]
         if not candidates:
             verify_password(_dummy_hash(), password)  # take as long as a real check
@@ -170,17 +248,28 @@ def login(request: Request, form: FormData = FORM):
         if len(matched) == 1:
             return _signed_in_response(request, session, matched[0], next_url)
         if matched:
-            orgs = {o.id: o for o in session.scalars(
-                select(Organization).where(Organization.id.in_([u.org_id for u in matched])))}
+            orgs = {
+                o.id: o
+                for o in session.scalars(select(Organization).where(Organization.id.in_([u.org_id for u in matched])))
+            }
             choices = sorted(((u.id, orgs[u.org_id].name) for u in matched), key=lambda c: c[1].lower())
     if matched:
         pre = request.cookies.get(LOGIN_COOKIE)
         payload = f"{'.'.join(u for u, _ in choices)}.{int(time.time()) + CHOICE_TTL}"
         choice_token = f"{payload}~{sign(settings.session_key, 'org-choice', pre + '|' + payload)}"
-        return page(request, "choose_org.html", {
-            "title": "Choose an organization", "choices": choices, "choice_token": choice_token,
-            "csrf": csrf_token(settings.session_key, pre, "login"), "next": next_url, "email": email,
-        }, viewer=None)
+        return page(
+            request,
+            "choose_org.html",
+            {
+                "title": "Choose an organization",
+                "choices": choices,
+                "choice_token": choice_token,
+                "csrf": csrf_token(settings.session_key, pre, "login"),
+                "next": next_url,
+                "email": email,
+            },
+            viewer=None,
+        )
     if attempt.closed_wait:
         # The password may have been right for an organization paused for this attempt: say so.
         return _paused_form(request, attempt.closed_wait, email, next_url)
@@ -217,12 +306,23 @@ def logout(request: Request, form: FormData = FORM):
         viewer = current_viewer(request, session)
         if viewer is not None:
             if not csrf_valid(settings.session_key, request.cookies.get(SESSION_COOKIE), form.get("csrf_token")):
-                raise PageError(403, "Request refused",
-                                "The sign-out form was missing its security token. Reload the page and try again.",
-                                viewer)
+                raise PageError(
+                    403,
+                    "Request refused",
+                    "The sign-out form was missing its security token. Reload the page and try again.",
+                    viewer,
+                )
             end_session(session, settings.session_key, request.cookies.get(SESSION_COOKIE))
-            record(session, viewer.principal, "user.signed_out", org_id=viewer.org.id, target_type="user",
-                   target_id=viewer.user.id, details={"via": "web"}, context=request_context(request))
+            record(
+                session,
+                viewer.principal,
+                "user.signed_out",
+                org_id=viewer.org.id,
+                target_type="user",
+                target_id=viewer.user.id,
+                details={"via": "web"},
+                context=request_context(request),
+            )
     response = redirect("/login?notice=signed_out")
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

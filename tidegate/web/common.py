@@ -27,8 +27,15 @@ from tidegate.outages import unavailable_error
 from tidegate.web.render import error_page, redirect
 from tidegate.web.sessions import SESSION_COOKIE, Viewer, csrf_valid, load_viewer
 
-TITLES = {400: "Bad request", 401: "Not signed in", 403: "Not allowed", 404: "Not found",
-          409: "Conflict", 429: "Too many requests", 503: "Temporarily unavailable"}
+TITLES = {
+    400: "Bad request",
+    401: "Not signed in",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Conflict",
+    429: "Too many requests",
+    503: "Temporarily unavailable",
+}
 
 
 class NeedLogin(Exception):
@@ -60,8 +67,9 @@ class WebRoute(APIRoute):
             except PageError as exc:
                 return error_page(request, exc.status, exc.title, exc.message, viewer=exc.viewer)
             except TidegateError as exc:
-                return _with_headers(error_page(request, exc.status, TITLES.get(exc.status, "Request refused"),
-                                                exc.message), exc.headers)
+                return _with_headers(
+                    error_page(request, exc.status, TITLES.get(exc.status, "Request refused"), exc.message), exc.headers
+                )
             except RequestValidationError:
                 return error_page(request, 400, "Bad request", "The address or form had a value this page cannot use.")
             except Exception as exc:
@@ -115,17 +123,23 @@ def signed_in_to_change(request: Request, session: Session, form: FormData, scop
 
 def require_scope(viewer: Viewer, scope: str) -> None:
     if not viewer.can(scope):
-        raise PageError(403, "Not allowed",
-                        "This page is for organization admins. Ask an admin of your organization if you need it.",
-                        viewer)
+        raise PageError(
+            403,
+            "Not allowed",
+            "This page is for organization admins. Ask an admin of your organization if you need it.",
+            viewer,
+        )
 
 
 def check_csrf(request: Request, viewer: Viewer, form: FormData) -> None:
     token = request.cookies.get(SESSION_COOKIE)
     if not csrf_valid(settings_of(request).session_key, token, form.get("csrf_token")):
-        raise PageError(403, "Request refused",
-                        "This form was missing its security token or it did not match your session. "
-                        "Reload the page and try again.", viewer)
+        raise PageError(
+            403,
+            "Request refused",
+            "This form was missing its security token or it did not match your session. Reload the page and try again.",
+            viewer,
+        )
 
 
 async def _form(request: Request) -> FormData:

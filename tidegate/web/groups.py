@@ -16,10 +16,17 @@ from tidegate.api.deps import request_context
 from tidegate.errors import TidegateError
 from tidegate.orgs.models import User
 from tidegate.web.common import (
-    FORM, as_page, db, required_text, router, signed_in, signed_in_to_change, text,
+    FORM,
+    as_page,
+    db,
+    required_text,
+    router,
+    signed_in,
+    signed_in_to_change,
+    text,
 )
-from tidegate.web.policies import READ, WRITE
 from tidegate.web.policies import BASE as POLICIES
+from tidegate.web.policies import READ, WRITE
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
@@ -46,19 +53,30 @@ def _group(session, viewer: Viewer, group_id: str) -> Group:
 
 
 def _policy_names(session, org_id: str) -> dict[str, str]:
-    return dict(session.execute(select(Policy.id, Policy.name).where(Policy.org_id == org_id)
-                                .order_by(Policy.name)).all())
+    return dict(
+        session.execute(select(Policy.id, Policy.name).where(Policy.org_id == org_id).order_by(Policy.name)).all()
+    )
 
 
 def groups_context(session, viewer: Viewer, new_group: dict | None = None) -> dict:
     rows = service.list_groups(session, viewer.org.id, limit=LIST_LIMIT)[:LIST_LIMIT]
     names = _policy_names(session, viewer.org.id)
-    items = [{"id": g.id, "name": g.name, "description": g.description,
-              "members": len(service.group_member_ids(session, g.id)),
-              "policies": [names.get(p, p) for p in service.group_policy_ids(session, g.id)]}
-             for g in sorted(rows, key=lambda g: g.name.lower())]
-    return {"title": "Groups", "groups": items, "can_write": viewer.can(WRITE),
-            "new_group": new_group or {"name": "", "description": ""}}
+    items = [
+        {
+            "id": g.id,
+            "name": g.name,
+            "description": g.description,
+            "members": len(service.group_member_ids(session, g.id)),
+            "policies": [names.get(p, p) for p in service.group_policy_ids(session, g.id)],
+        }
+        for g in sorted(rows, key=lambda g: g.name.lower())
+    ]
+    return {
+        "title": "Groups",
+        "groups": items,
+        "can_write": viewer.can(WRITE),
+        "new_group": new_group or {"name": "", "description": ""},
+    }
 
 
 @router.get(BASE)
@@ -75,27 +93,42 @@ def create_group(request: Request, form: FormData = FORM):
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
-            group = service.create_group(session, viewer.principal, viewer.org.id, name=values["name"],
-                                         description=values["description"] or None, context=request_context(request))
+            group = service.create_group(
+                session,
+                viewer.principal,
+                viewer.org.id,
+                name=values["name"],
+                description=values["description"] or None,
+                context=request_context(request),
+            )
             group_id = group.id
     except TidegateError as exc:
         with db(request) as session:
             viewer = signed_in(request, session, READ)
             context = groups_context(session, viewer, values)
-        return page(request, "groups.html", {**context, "create_error": exc.message}, viewer=viewer,
-                    status=exc.status, current=BASE)
+        return page(
+            request,
+            "groups.html",
+            {**context, "create_error": exc.message},
+            viewer=viewer,
+            status=exc.status,
+            current=BASE,
+        )
     return redirect(f"{BASE}/{group_id}?notice=created")
 
 
 def group_context(session, viewer: Viewer, group: Group, form: dict | None = None) -> dict:
     member_ids = service.group_member_ids(session, group.id)
-    users = list(session.scalars(select(User).where(User.org_id == viewer.org.id, User.is_active.is_(True))
-                                 .order_by(User.email)))
+    users = list(
+        session.scalars(select(User).where(User.org_id == viewer.org.id, User.is_active.is_(True)).order_by(User.email))
+    )
     emails = {u.id: u.email for u in users}
     policy_ids = service.group_policy_ids(session, group.id)
     names = _policy_names(session, viewer.org.id)
     return {
-        "title": group.name, "group": group, "can_write": viewer.can(WRITE),
+        "title": group.name,
+        "group": group,
+        "can_write": viewer.can(WRITE),
         "form": form or {"name": group.name, "description": group.description or ""},
         "members": sorted(({"id": u, "email": emails.get(u, u)} for u in member_ids), key=lambda m: m["email"]),
         "candidates": [u for u in users if u.id not in set(member_ids)],
@@ -117,8 +150,9 @@ def _group_error(request: Request, group_id: str, exc: TidegateError, form: dict
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         context = group_context(session, viewer, _group(session, viewer, group_id), form)
-    return page(request, "group.html", {**context, **extra}, viewer=viewer, status=exc.status,
-                current=f"{BASE}/{group_id}")
+    return page(
+        request, "group.html", {**context, **extra}, viewer=viewer, status=exc.status, current=f"{BASE}/{group_id}"
+    )
 
 
 @router.post(BASE + "/{group_id}")
@@ -128,8 +162,14 @@ def rename_group(request: Request, group_id: str = GroupId(), form: FormData = F
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
             group = _group(session, viewer, group_id)
-            service.update_group(session, viewer.principal, group, name=values["name"],
-                                 description=values["description"] or None, context=request_context(request))
+            service.update_group(
+                session,
+                viewer.principal,
+                group,
+                name=values["name"],
+                description=values["description"] or None,
+                context=request_context(request),
+            )
     except TidegateError as exc:
         return _group_error(request, group_id, exc, values, form_error=exc.message)
     return redirect(f"{BASE}/{group_id}?notice=saved")
@@ -140,10 +180,14 @@ def delete_group_confirm(request: Request, group_id: str = GroupId()):
     with db(request) as session:
         viewer = signed_in(request, session, WRITE)
         group = _group(session, viewer, group_id)
-        context = {"title": "Delete group", "heading": f"Delete the group {group.name}?",
-                   "message": "Its members lose the policies they had only through this group, from their next "
-                              "request.",
-                   "action": f"{BASE}/{group.id}/delete", "button": "Delete group", "back": f"{BASE}/{group.id}"}
+        context = {
+            "title": "Delete group",
+            "heading": f"Delete the group {group.name}?",
+            "message": "Its members lose the policies they had only through this group, from their next request.",
+            "action": f"{BASE}/{group.id}/delete",
+            "button": "Delete group",
+            "back": f"{BASE}/{group.id}",
+        }
     return page(request, "confirm.html", context, viewer=viewer)
 
 
@@ -177,8 +221,9 @@ def add_member(request: Request, group_id: str = GroupId(), form: FormData = FOR
 
 
 @router.post(BASE + "/{group_id}/members/{user_id}/remove")
-def remove_member(request: Request, group_id: str = GroupId(), user_id: str = Path(max_length=100),
-                  form: FormData = FORM):
+def remove_member(
+    request: Request, group_id: str = GroupId(), user_id: str = Path(max_length=100), form: FormData = FORM
+):
     def change(session, viewer, group, context):
         service.remove_group_member(session, viewer.principal, group, user_id, context=context)
 
@@ -195,8 +240,9 @@ def assign_policy(request: Request, group_id: str = GroupId(), form: FormData = 
 
 
 @router.post(BASE + "/{group_id}/policies/{policy_id}/remove")
-def remove_policy(request: Request, group_id: str = GroupId(), policy_id: str = Path(max_length=100),
-                  form: FormData = FORM):
+def remove_policy(
+    request: Request, group_id: str = GroupId(), policy_id: str = Path(max_length=100), form: FormData = FORM
+):
     def change(session, viewer, group, context):
         service.remove_group_policy(session, viewer.principal, group, policy_id, context=context)
 

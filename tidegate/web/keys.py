@@ -16,7 +16,12 @@ from sqlalchemy import select
 from starlette.datastructures import FormData
 
 from tidegate.access.scopes import (
-    DATA_ACCESS_SCOPES, PRESET_DATA_ACCESS, PRESET_FULL_ACCESS, SCOPE_GROUPS, expand, preset_scopes,
+    DATA_ACCESS_SCOPES,
+    PRESET_DATA_ACCESS,
+    PRESET_FULL_ACCESS,
+    SCOPE_GROUPS,
+    expand,
+    preset_scopes,
 )
 from tidegate.api.deps import request_context
 from tidegate.credentials import service
@@ -35,10 +40,20 @@ PAGE_SIZE = 100
 def KeyId():
     return Path(max_length=100)
 
-EXPIRATIONS = (("never", "No expiration"), ("30", "30 days"), ("60", "60 days"), ("90", "90 days"),
-               ("date", "On a date…"))
-GRACE_PERIODS = (("0", "Revoke the old key now"), ("3600", "Keep the old key working for 1 hour"),
-                 ("86400", "Keep the old key working for 24 hours"), ("604800", "Keep the old key working for 7 days"))
+
+EXPIRATIONS = (
+    ("never", "No expiration"),
+    ("30", "30 days"),
+    ("60", "60 days"),
+    ("90", "90 days"),
+    ("date", "On a date…"),
+)
+GRACE_PERIODS = (
+    ("0", "Revoke the old key now"),
+    ("3600", "Keep the old key working for 1 hour"),
+    ("86400", "Keep the old key working for 24 hours"),
+    ("604800", "Keep the old key working for 7 days"),
+)
 NOTICES = {
     "revoked": "The key was revoked. Every request made with it is refused from now on.",
 }
@@ -57,13 +72,19 @@ class CreateForm:
     rate_limit: str = str(service.DEFAULT_RATE_LIMIT)
 
     @classmethod
-    def read(cls, form: FormData) -> "CreateForm":
+    def read(cls, form: FormData) -> CreateForm:
         scopes = form.getlist("scopes")
         if len(scopes) > 100 or not all(isinstance(s, str) and len(s) <= 100 for s in scopes):
             raise PageError(400, "Bad request", "Too many or malformed scopes.")
-        return cls(name=text(form, "name", 300), access=text(form, "access", 40), scopes=scopes,
-                   expiration=text(form, "expiration", 40), expiration_date=text(form, "expiration_date", 40),
-                   source_ids=text(form, "source_ids", 20_000), rate_limit=text(form, "rate_limit", 20))
+        return cls(
+            name=text(form, "name", 300),
+            access=text(form, "access", 40),
+            scopes=scopes,
+            expiration=text(form, "expiration", 40),
+            expiration_date=text(form, "expiration_date", 40),
+            source_ids=text(form, "source_ids", 20_000),
+            rate_limit=text(form, "rate_limit", 20),
+        )
 
     def key_request(self, viewer: Viewer) -> service.KeyRequest:
         if self.access in (PRESET_FULL_ACCESS, PRESET_DATA_ACCESS):
@@ -75,8 +96,11 @@ class CreateForm:
         else:
             raise InvalidRequest("invalid_preset", "Choose Full Access, Data Access or Custom.")
         return service.KeyRequest(
-            name=self.name, scopes=scopes, expires_in_days=self.expires_in_days(),
-            rate_limit_per_minute=self.rate_limit_per_minute(), source_scope=self.source_scope(),
+            name=self.name,
+            scopes=scopes,
+            expires_in_days=self.expires_in_days(),
+            rate_limit_per_minute=self.rate_limit_per_minute(),
+            source_scope=self.source_scope(),
         )
 
     def expires_in_days(self) -> int | None:
@@ -91,7 +115,9 @@ class CreateForm:
                 raise InvalidRequest("invalid_expiry", "Enter the expiration date as YYYY-MM-DD.") from None
             days = (day - utcnow().date()).days
             if not 1 <= days <= service.MAX_EXPIRY_DAYS:
-                raise InvalidRequest("invalid_expiry", "The expiration date must be between tomorrow and ten years from now.")
+                raise InvalidRequest(
+                    "invalid_expiry", "The expiration date must be between tomorrow and ten years from now."
+                )
             return days
         raise InvalidRequest("invalid_expiry", "Choose an expiration.")
 
@@ -131,14 +157,25 @@ def _creators(session, keys: list[ApiKey]) -> dict[str, str]:
 def _key_rows(session, viewer: Viewer, keys: list[ApiKey]) -> list[dict]:
     emails = _creators(session, keys)
     now = utcnow()
-    return [{
-        "id": k.id, "name": k.name, "prefix": k.key_prefix, "scopes": sorted(expand(k.scopes)),
-        "raw_scopes": list(k.scopes), "created_by": emails.get(k.created_by, k.created_by),
-        "created_at": k.created_at, "last_used_at": k.last_used_at, "last_used_ip": k.last_used_ip,
-        "expires_at": k.expires_at, "status": k.status_at(now), "source_scope": k.source_scope,
-        "rate_limit": k.rate_limit_per_minute,
-        "own": k.created_by == viewer.user.id,
-    } for k in keys]
+    return [
+        {
+            "id": k.id,
+            "name": k.name,
+            "prefix": k.key_prefix,
+            "scopes": sorted(expand(k.scopes)),
+            "raw_scopes": list(k.scopes),
+            "created_by": emails.get(k.created_by, k.created_by),
+            "created_at": k.created_at,
+            "last_used_at": k.last_used_at,
+            "last_used_ip": k.last_used_ip,
+            "expires_at": k.expires_at,
+            "status": k.status_at(now),
+            "source_scope": k.source_scope,
+            "rate_limit": k.rate_limit_per_minute,
+            "own": k.created_by == viewer.user.id,
+        }
+        for k in keys
+    ]
 
 
 def keys_context(session, viewer: Viewer, *, q: str | None = None, after: str | None = None) -> dict:
@@ -165,14 +202,17 @@ def keys_context(session, viewer: Viewer, *, q: str | None = None, after: str | 
 def _curl(request: Request, secret: str, org_id: str, scopes: list[str]) -> str:
     base = str(request.base_url).rstrip("/")
     path = "/api/v1/keys" if MANAGE in expand(scopes) else "/api/v1/sources"
-    return (f'curl -H "Authorization: Bearer {secret}" \\\n     -H "X-Tenant-ID: {org_id}" \\\n'
-            f"     {base}{path}")
+    return f'curl -H "Authorization: Bearer {secret}" \\\n     -H "X-Tenant-ID: {org_id}" \\\n     {base}{path}'
 
 
 def _new_key(request: Request, viewer: Viewer, created: service.CreatedKey, rotated_from: str | None = None) -> dict:
     return {
-        "id": created.key.id, "name": created.key.name, "prefix": created.key.key_prefix,
-        "secret": created.secret, "org_id": viewer.org.id, "rotated_from": rotated_from,
+        "id": created.key.id,
+        "name": created.key.name,
+        "prefix": created.key.key_prefix,
+        "secret": created.secret,
+        "org_id": viewer.org.id,
+        "rotated_from": rotated_from,
         "curl": _curl(request, created.secret, viewer.org.id, created.key.scopes),
     }
 
@@ -183,8 +223,12 @@ def settings_home(request: Request):
 
 
 @router.get("/settings/api-keys")
-def keys_page(request: Request, q: str | None = Query(None, max_length=200),
-              after: str | None = Query(None, max_length=100), notice: str | None = Query(None, max_length=40)):
+def keys_page(
+    request: Request,
+    q: str | None = Query(None, max_length=200),
+    after: str | None = Query(None, max_length=100),
+    notice: str | None = Query(None, max_length=40),
+):
     with db(request) as session:
         viewer = signed_in(request, session, MANAGE)
         context = keys_context(session, viewer, q=q, after=after)
@@ -197,20 +241,29 @@ def create_key(request: Request, form: FormData = FORM):
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, MANAGE)
-            created = service.create_key(session, viewer.principal, values.key_request(viewer),
-                                         pepper=settings_of(request).pepper, context=request_context(request),
-                                         via="web")
+            created = service.create_key(
+                session,
+                viewer.principal,
+                values.key_request(viewer),
+                pepper=settings_of(request).pepper,
+                context=request_context(request),
+                via="web",
+            )
             new_key = _new_key(request, viewer, created)
             context = keys_context(session, viewer)
     except TidegateError as exc:
         with db(request) as session:
             viewer = signed_in(request, session, MANAGE)
             context = keys_context(session, viewer)
-        return page(request, "keys.html", {**context, "form": values, "create_error": exc.message},
-                    viewer=viewer, status=exc.status)
+        return page(
+            request,
+            "keys.html",
+            {**context, "form": values, "create_error": exc.message},
+            viewer=viewer,
+            status=exc.status,
+        )
     # The only response that ever carries the secret (Cache-Control: no-store, like every page).
-    return page(request, "keys.html", {**context, "new_key": new_key}, viewer=viewer,
-                current="/settings/api-keys")
+    return page(request, "keys.html", {**context, "new_key": new_key}, viewer=viewer, current="/settings/api-keys")
 
 
 def _get_key(session, viewer: Viewer, key_id: str) -> ApiKey:
@@ -228,9 +281,13 @@ def revoke_confirm(request: Request, key_id: str = KeyId()):
         key = _key_rows(session, viewer, [stored])[0]
         now = utcnow()
         minted = sum(1 for k in service.descendants(session, stored) if k.status_at(now) == "active")
-    return page(request, "key_action.html", {"title": "Revoke API key", "action": "revoke", "key": key,
-                                              "minted": minted, "grace_periods": GRACE_PERIODS}, viewer=viewer,
-                current="/settings/api-keys")
+    return page(
+        request,
+        "key_action.html",
+        {"title": "Revoke API key", "action": "revoke", "key": key, "minted": minted, "grace_periods": GRACE_PERIODS},
+        viewer=viewer,
+        current="/settings/api-keys",
+    )
 
 
 @router.post("/settings/api-keys/{key_id}/revoke")
@@ -247,9 +304,13 @@ def rotate_confirm(request: Request, key_id: str = KeyId()):
     with db(request) as session:
         viewer = signed_in(request, session, MANAGE)
         key = _key_rows(session, viewer, [_get_key(session, viewer, key_id)])[0]
-    return page(request, "key_action.html", {"title": "Rotate API key", "action": "rotate", "key": key,
-                                              "grace_periods": GRACE_PERIODS}, viewer=viewer,
-                current="/settings/api-keys")
+    return page(
+        request,
+        "key_action.html",
+        {"title": "Rotate API key", "action": "rotate", "key": key, "grace_periods": GRACE_PERIODS},
+        viewer=viewer,
+        current="/settings/api-keys",
+    )
 
 
 @router.post("/settings/api-keys/{key_id}/rotate")
@@ -261,16 +322,27 @@ def rotate(request: Request, key_id: str = KeyId(), form: FormData = FORM):
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, MANAGE)
             old = _get_key(session, viewer, key_id)
-            created = service.rotate_key(session, viewer.principal, old, grace=timedelta(seconds=int(grace)),
-                                         pepper=settings_of(request).pepper, context=request_context(request),
-                                         via="web")
+            created = service.rotate_key(
+                session,
+                viewer.principal,
+                old,
+                grace=timedelta(seconds=int(grace)),
+                pepper=settings_of(request).pepper,
+                context=request_context(request),
+                via="web",
+            )
             new_key = _new_key(request, viewer, created, rotated_from=old.key_prefix)
             context = keys_context(session, viewer)
     except TidegateError as exc:
         with db(request) as session:
             viewer = signed_in(request, session, MANAGE)
             context = keys_context(session, viewer)
-        return page(request, "keys.html", {**context, "page_error": exc.message}, viewer=viewer,
-                    status=exc.status, current="/settings/api-keys")
-    return page(request, "keys.html", {**context, "new_key": new_key}, viewer=viewer,
-                current="/settings/api-keys")
+        return page(
+            request,
+            "keys.html",
+            {**context, "page_error": exc.message},
+            viewer=viewer,
+            status=exc.status,
+            current="/settings/api-keys",
+        )
+    return page(request, "keys.html", {**context, "new_key": new_key}, viewer=viewer, current="/settings/api-keys")

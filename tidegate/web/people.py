@@ -27,6 +27,7 @@ WRITE = "admin:users:write"
 def UserId():
     return Path(max_length=100)
 
+
 NOTICES = {
     "added": "The user was added. Give them their initial password through a channel you trust.",
     "role_changed": "The role was changed. It applies from their next request.",
@@ -35,18 +36,25 @@ NOTICES = {
 
 
 def people_context(session, viewer: Viewer) -> dict:
-    users = list(session.scalars(select(User).where(User.org_id == viewer.org.id)
-                                 .order_by(User.is_active.desc(), User.email)))
-    return {"title": "People", "users": users, "roles": ROLES, "can_write": viewer.can(WRITE),
-            "new_user": {"email": "", "role": "member", "first_name": "", "last_name": ""}}
+    users = list(
+        session.scalars(select(User).where(User.org_id == viewer.org.id).order_by(User.is_active.desc(), User.email))
+    )
+    return {
+        "title": "People",
+        "users": users,
+        "roles": ROLES,
+        "can_write": viewer.can(WRITE),
+        "new_user": {"email": "", "role": "member", "first_name": "", "last_name": ""},
+    }
 
 
 def _people_error(request: Request, exc: TidegateError, **extra) -> object:
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         context = people_context(session, viewer)
-    return page(request, "people.html", {**context, **extra}, viewer=viewer, status=exc.status,
-                current="/settings/people")
+    return page(
+        request, "people.html", {**context, **extra}, viewer=viewer, status=exc.status, current="/settings/people"
+    )
 
 
 def _user(session, viewer: Viewer, user_id: str) -> User:
@@ -66,8 +74,12 @@ def people_page(request: Request, notice: str | None = Query(None, max_length=40
 
 @router.post("/settings/people")
 def add_person(request: Request, form: FormData = FORM):
-    values = {"email": text(form, "email", 320), "role": text(form, "role", 20),
-              "first_name": text(form, "first_name", 200), "last_name": text(form, "last_name", 200)}
+    values = {
+        "email": text(form, "email", 320),
+        "role": text(form, "role", 20),
+        "first_name": text(form, "first_name", 200),
+        "last_name": text(form, "last_name", 200),
+    }
     password = form.get("password")
     if not isinstance(password, str) or len(password) > 1000:
         raise PageError(400, "Bad request", "The password field is missing or too long.")
@@ -76,9 +88,17 @@ def add_person(request: Request, form: FormData = FORM):
             viewer = signed_in_to_change(request, session, form, WRITE)
             if not password:
                 raise InvalidRequest("weak_password", "Give the new user an initial password.")
-            service.create_user(session, viewer.principal, viewer.org.id, email=values["email"], role=values["role"],
-                                first_name=values["first_name"] or None, last_name=values["last_name"] or None,
-                                password=password, context=request_context(request))
+            service.create_user(
+                session,
+                viewer.principal,
+                viewer.org.id,
+                email=values["email"],
+                role=values["role"],
+                first_name=values["first_name"] or None,
+                last_name=values["last_name"] or None,
+                password=password,
+                context=request_context(request),
+            )
     except TidegateError as exc:
         return _people_error(request, exc, add_error=exc.message, new_user=values)
     return redirect("/settings/people?notice=added")
@@ -104,8 +124,13 @@ def deactivate_confirm(request: Request, user_id: str = UserId()):
     with db(request) as session:
         viewer = signed_in(request, session, WRITE)
         user = _user(session, viewer, user_id)
-    return page(request, "person_deactivate.html", {"title": "Deactivate user", "person": user}, viewer=viewer,
-                current="/settings/people")
+    return page(
+        request,
+        "person_deactivate.html",
+        {"title": "Deactivate user", "person": user},
+        viewer=viewer,
+        current="/settings/people",
+    )
 
 
 @router.post("/settings/people/{user_id}/deactivate")
@@ -115,8 +140,7 @@ def deactivate(request: Request, user_id: str = UserId(), form: FormData = FORM)
             viewer = signed_in_to_change(request, session, form, WRITE)
             user = _user(session, viewer, user_id)
             if user.id == viewer.user.id:
-                raise InvalidRequest("cannot_deactivate_self",
-                                             "You cannot deactivate yourself; ask another admin.")
+                raise InvalidRequest("cannot_deactivate_self", "You cannot deactivate yourself; ask another admin.")
             service.deactivate_user(session, viewer.principal, user, context=request_context(request))
     except TidegateError as exc:
         return _people_error(request, exc, page_error=exc.message)

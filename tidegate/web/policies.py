@@ -27,7 +27,16 @@ from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.orgs.models import User
 from tidegate.orgs.service import get_user
 from tidegate.web.common import (
-    FORM, LARGE_FORM, PageError, as_page, db, required_text, router, signed_in, signed_in_to_change, text,
+    FORM,
+    LARGE_FORM,
+    PageError,
+    as_page,
+    db,
+    required_text,
+    router,
+    signed_in,
+    signed_in_to_change,
+    text,
 )
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
@@ -84,9 +93,13 @@ class Catalog:
 
 def catalog(session, viewer: Viewer, *, with_values: bool) -> Catalog:
     """The sources the viewer may open, their columns, and (optionally) suggested values."""
-    query = (visible_sources_query(session, viewer.principal).add_columns(SourceVersion)
-             .outerjoin(SourceVersion, SourceVersion.id == Source.current_version_id)
-             .order_by(Source.updated_at.desc(), Source.id).limit(CATALOG_SOURCES))
+    query = (
+        visible_sources_query(session, viewer.principal)
+        .add_columns(SourceVersion)
+        .outerjoin(SourceVersion, SourceVersion.id == Source.current_version_id)
+        .order_by(Source.updated_at.desc(), Source.id)
+        .limit(CATALOG_SOURCES)
+    )
     found = session.execute(query).all()
     sources, columns, by_fold = [], [], {}
     for source, version in found:
@@ -144,13 +157,17 @@ class PolicyForm:
     filters: list[FilterRow] = field(default_factory=list)
 
     @classmethod
-    def of(cls, policy: Policy) -> "PolicyForm":
-        return cls(name=policy.name, description=policy.description or "",
-                   binding="explicit" if policy.source_ids else "auto", source_ids=list(policy.source_ids or []),
-                   filters=[FilterRow(f["column"], list(f["values"])) for f in policy.row_filters or []])
+    def of(cls, policy: Policy) -> PolicyForm:
+        return cls(
+            name=policy.name,
+            description=policy.description or "",
+            binding="explicit" if policy.source_ids else "auto",
+            source_ids=list(policy.source_ids or []),
+            filters=[FilterRow(f["column"], list(f["values"])) for f in policy.row_filters or []],
+        )
 
     @classmethod
-    def read(cls, form: FormData) -> "PolicyForm":
+    def read(cls, form: FormData) -> PolicyForm:
         source_ids = form.getlist("source_ids")
         if len(source_ids) > service.MAX_SOURCE_IDS or not all(isinstance(s, str) for s in source_ids):
             raise PageError(400, "Bad request", "Too many or malformed sources.")
@@ -164,26 +181,37 @@ class PolicyForm:
             values = list(dict.fromkeys(v for v in picks + typed if v))
             if column or values:
                 filters.append(FilterRow(column, values))
-        return cls(name=text(form, "name", 300), description=text(form, "description", 5000),
-                   binding=text(form, "binding", 20), source_ids=list(dict.fromkeys(source_ids)), filters=filters)
+        return cls(
+            name=text(form, "name", 300),
+            description=text(form, "description", 5000),
+            binding=text(form, "binding", 20),
+            source_ids=list(dict.fromkeys(source_ids)),
+            filters=filters,
+        )
 
     def changes(self) -> dict:
         """The service's arguments; InvalidRequest (a 400 page) for what it cannot take."""
         if self.binding not in ("auto", "explicit"):
             raise InvalidRequest("invalid_binding", "Choose Auto or Explicit for what the policy applies to.")
         if self.binding == "explicit" and not self.source_ids:
-            raise InvalidRequest("invalid_source_ids",
-                                 "An explicit policy needs at least one source: choose its sources, or use Auto.")
+            raise InvalidRequest(
+                "invalid_source_ids", "An explicit policy needs at least one source: choose its sources, or use Auto."
+            )
         for number, row in enumerate(self.filters, 1):
             if not row.column:
-                raise InvalidRequest("invalid_row_filters", f"Row filter {number} has values but no column: "
-                                                            f"choose its column.")
+                raise InvalidRequest(
+                    "invalid_row_filters", f"Row filter {number} has values but no column: choose its column."
+                )
             if not row.values:
-                raise InvalidRequest("invalid_row_filters",
-                                     f"Choose at least one allowed value for column {row.column!r}.")
-        return {"name": self.name, "description": self.description or None,
-                "source_ids": self.source_ids if self.binding == "explicit" else [],
-                "row_filters": [{"column": r.column, "values": r.values} for r in self.filters]}
+                raise InvalidRequest(
+                    "invalid_row_filters", f"Choose at least one allowed value for column {row.column!r}."
+                )
+        return {
+            "name": self.name,
+            "description": self.description or None,
+            "source_ids": self.source_ids if self.binding == "explicit" else [],
+            "row_filters": [{"column": r.column, "values": r.values} for r in self.filters],
+        }
 
 
 def filter_rows(form: PolicyForm, cat: Catalog) -> list[dict]:
@@ -192,24 +220,35 @@ def filter_rows(form: PolicyForm, cat: Catalog) -> list[dict]:
     for row in form.filters:
         known = cat.column(row.column) if row.column else None
         suggestions = known.values if known else []
-        rows.append({"column": known.name if known else row.column, "known": known is not None,
-                     "suggestions": suggestions, "picked": [v for v in row.values if v in suggestions],
-                     "other": [v for v in row.values if v not in suggestions], "spare": False})
+        rows.append(
+            {
+                "column": known.name if known else row.column,
+                "known": known is not None,
+                "suggestions": suggestions,
+                "picked": [v for v in row.values if v in suggestions],
+                "other": [v for v in row.values if v not in suggestions],
+                "spare": False,
+            }
+        )
     visible = len(rows) + 1
     total = min(service.MAX_FILTERS, visible + SPARE_ROWS)
     while len(rows) < total:
-        rows.append({"column": "", "known": True, "suggestions": [], "picked": [], "other": [],
-                     "spare": len(rows) >= visible})
+        rows.append(
+            {"column": "", "known": True, "suggestions": [], "picked": [], "other": [], "spare": len(rows) >= visible}
+        )
     return rows
 
 
 def summary(policy: Policy, cat: Catalog) -> dict:
     filters = [f"{f['column']} IN ({', '.join(f['values'])})" for f in policy.row_filters or []]
     return {
-        "id": policy.id, "name": policy.name, "description": policy.description,
+        "id": policy.id,
+        "name": policy.name,
+        "description": policy.description,
         "binding": "Explicit" if policy.source_ids else "Auto",
         "sources": [cat.source_name(s) for s in policy.source_ids or []],
-        "filters": filters, "updated_at": policy.updated_at,
+        "filters": filters,
+        "updated_at": policy.updated_at,
     }
 
 
@@ -221,8 +260,9 @@ def _emails(session, org_id: str, ids) -> dict[str, str]:
 
 
 def _active_users(session, org_id: str) -> list[User]:
-    return list(session.scalars(select(User).where(User.org_id == org_id, User.is_active.is_(True))
-                                .order_by(User.email)))
+    return list(
+        session.scalars(select(User).where(User.org_id == org_id, User.is_active.is_(True)).order_by(User.email))
+    )
 
 
 def _group_names(session, org_id: str) -> dict[str, str]:
@@ -247,15 +287,31 @@ def user_preview(session, viewer: Viewer, user_id: str, source_id: str, page_num
     source, version, columns = mine.source, mine.version, mine.columns
     view = service.resolve_view(session, viewer.org.id, user.id, source.id, columns)
     row_filter: RowFilter = service.resolve_user_filter(session, viewer.org.id, user.id, source.id, columns)
-    names = dict(session.execute(select(Policy.id, Policy.name).where(
-        Policy.org_id == viewer.org.id, Policy.id.in_(view["policy_ids"]))).all()) if view["policy_ids"] else {}
-    preview = UserPreview(as_label=user.email, user_email=user.email, source_name=source.name, page=page_number,
-                          where=view["where_clause"], effective=view["effective_access"], reasons=view["reasons"],
-                          policy_names=[names.get(p, p) for p in view["policy_ids"]])
+    names = (
+        dict(
+            session.execute(
+                select(Policy.id, Policy.name).where(Policy.org_id == viewer.org.id, Policy.id.in_(view["policy_ids"]))
+            ).all()
+        )
+        if view["policy_ids"]
+        else {}
+    )
+    preview = UserPreview(
+        as_label=user.email,
+        user_email=user.email,
+        source_name=source.name,
+        page=page_number,
+        where=view["where_clause"],
+        effective=view["effective_access"],
+        reasons=view["reasons"],
+        policy_names=[names.get(p, p) for p in view["policy_ids"]],
+    )
     if permission_of(session, user, source) is None:
         preview.can_open = False
-        preview.refused = (f"{user.email} cannot open this source at all: it is neither theirs nor shared with them "
-                           f"(nor with the organization). They see no rows; the filter below applies once it is shared.")
+        preview.refused = (
+            f"{user.email} cannot open this source at all: it is neither theirs nor shared with them "
+            f"(nor with the organization). They see no rows; the filter below applies once it is shared."
+        )
         return preview
     if user.id != viewer.user.id and not mine.row_filter.is_unrestricted:
         row_filter = row_filter.both(mine.row_filter)
@@ -265,8 +321,9 @@ def user_preview(session, viewer: Viewer, user_id: str, source_id: str, page_num
     return preview
 
 
-def list_context(session, viewer: Viewer, *, user_id: str | None = None, source_id: str | None = None,
-                 page_number: int = 1) -> dict:
+def list_context(
+    session, viewer: Viewer, *, user_id: str | None = None, source_id: str | None = None, page_number: int = 1
+) -> dict:
     cat = catalog(session, viewer, with_values=False)
     rows = service.list_policies(session, viewer.org.id, limit=LIST_LIMIT)[:LIST_LIMIT]
     counts = service.policy_user_counts(session, [p.id for p in rows])
@@ -283,16 +340,27 @@ def list_context(session, viewer: Viewer, *, user_id: str | None = None, source_
         preview_columns = next((s["columns"] for s in cat.sources if s["id"] == source_id), [])
     else:
         preview_columns = []
-    return {"title": "Access Policies", "policies": items, "can_write": viewer.can(WRITE),
-            "users": _active_users(session, viewer.org.id), "sources": cat.sources,
-            "preview": preview, "preview_columns": preview_columns,
-            "preview_user": user_id or "", "preview_source": source_id or ""}
+    return {
+        "title": "Access Policies",
+        "policies": items,
+        "can_write": viewer.can(WRITE),
+        "users": _active_users(session, viewer.org.id),
+        "sources": cat.sources,
+        "preview": preview,
+        "preview_columns": preview_columns,
+        "preview_user": user_id or "",
+        "preview_source": source_id or "",
+    }
 
 
 @router.get(BASE)
-def policies_page(request: Request, notice: str | None = Query(None, max_length=40),
-                  user_id: str | None = Query(None, max_length=200), source_id: str | None = Query(None, max_length=100),
-                  page_number: int = Query(1, alias="page", ge=1, le=1_000_000)):
+def policies_page(
+    request: Request,
+    notice: str | None = Query(None, max_length=40),
+    user_id: str | None = Query(None, max_length=200),
+    source_id: str | None = Query(None, max_length=100),
+    page_number: int = Query(1, alias="page", ge=1, le=1_000_000),
+):
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         context = list_context(session, viewer, user_id=user_id, source_id=source_id, page_number=page_number)
@@ -307,20 +375,26 @@ def policy_context(session, viewer: Viewer, policy: Policy | None, form: PolicyF
     form = form or (PolicyForm.of(policy) if policy else PolicyForm())
     context = {
         "title": policy.name if policy else "New access policy",
-        "policy": policy, "form": form, "rows": filter_rows(form, cat), "catalog": cat,
-        "can_write": viewer.can(WRITE), "known_source_ids": {s["id"] for s in cat.sources},
+        "policy": policy,
+        "form": form,
+        "rows": filter_rows(form, cat),
+        "catalog": cat,
+        "can_write": viewer.can(WRITE),
+        "known_source_ids": {s["id"] for s in cat.sources},
     }
     if policy is not None:
         user_ids = service.policy_user_ids(session, policy.id)
         emails = _emails(session, viewer.org.id, user_ids)
         groups = _group_names(session, viewer.org.id)
         group_ids = service.policy_group_ids(session, policy.id)
-        context.update({
-            "assigned": [{"id": u, "email": emails.get(u, u)} for u in user_ids],
-            "candidates": [u for u in _active_users(session, viewer.org.id) if u.id not in set(user_ids)],
-            "groups": [{"id": g, "name": groups.get(g, g)} for g in group_ids],
-            "group_candidates": [{"id": g, "name": n} for g, n in groups.items() if g not in set(group_ids)],
-        })
+        context.update(
+            {
+                "assigned": [{"id": u, "email": emails.get(u, u)} for u in user_ids],
+                "candidates": [u for u in _active_users(session, viewer.org.id) if u.id not in set(user_ids)],
+                "groups": [{"id": g, "name": groups.get(g, g)} for g in group_ids],
+                "group_candidates": [{"id": g, "name": n} for g, n in groups.items() if g not in set(group_ids)],
+            }
+        )
     return context
 
 
@@ -343,15 +417,22 @@ def create_policy(request: Request, form: FormData = LARGE_FORM):
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
-            policy = service.create_policy(session, viewer.principal, viewer.org.id, **values.changes(),
-                                           context=request_context(request))
+            policy = service.create_policy(
+                session, viewer.principal, viewer.org.id, **values.changes(), context=request_context(request)
+            )
             policy_id = policy.id
     except TidegateError as exc:
         with db(request) as session:
             viewer = signed_in(request, session, WRITE)
             context = policy_context(session, viewer, None, values)
-        return page(request, "policy.html", {**context, "form_error": exc.message}, viewer=viewer,
-                    status=exc.status, current=BASE + "/new")
+        return page(
+            request,
+            "policy.html",
+            {**context, "form_error": exc.message},
+            viewer=viewer,
+            status=exc.status,
+            current=BASE + "/new",
+        )
     return redirect(f"{BASE}/{policy_id}?notice=created")
 
 
@@ -367,8 +448,9 @@ def _policy_error(request: Request, policy_id: str, exc: TidegateError, form: Po
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         context = policy_context(session, viewer, _policy(session, viewer, policy_id), form)
-    return page(request, "policy.html", {**context, **extra}, viewer=viewer, status=exc.status,
-                current=f"{BASE}/{policy_id}")
+    return page(
+        request, "policy.html", {**context, **extra}, viewer=viewer, status=exc.status, current=f"{BASE}/{policy_id}"
+    )
 
 
 @router.post(BASE + "/{policy_id}")
@@ -378,8 +460,9 @@ def update_policy(request: Request, policy_id: str = PolicyId(), form: FormData 
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
             policy = _policy(session, viewer, policy_id)
-            service.update_policy(session, viewer.principal, policy, **values.changes(),
-                                  context=request_context(request))
+            service.update_policy(
+                session, viewer.principal, policy, **values.changes(), context=request_context(request)
+            )
     except TidegateError as exc:
         return _policy_error(request, policy_id, exc, values, form_error=exc.message)
     return redirect(f"{BASE}/{policy_id}?notice=saved")
@@ -390,10 +473,15 @@ def delete_policy_confirm(request: Request, policy_id: str = PolicyId()):
     with db(request) as session:
         viewer = signed_in(request, session, WRITE)
         policy = _policy(session, viewer, policy_id)
-        context = {"title": "Delete access policy", "heading": f"Delete the access policy {policy.name}?",
-                   "message": "People and groups it is assigned to lose it at once; keys that name it fail closed "
-                              "(they see no rows).",
-                   "action": f"{BASE}/{policy.id}/delete", "button": "Delete policy", "back": f"{BASE}/{policy.id}"}
+        context = {
+            "title": "Delete access policy",
+            "heading": f"Delete the access policy {policy.name}?",
+            "message": "People and groups it is assigned to lose it at once; keys that name it fail closed "
+            "(they see no rows).",
+            "action": f"{BASE}/{policy.id}/delete",
+            "button": "Delete policy",
+            "back": f"{BASE}/{policy.id}",
+        }
     return page(request, "confirm.html", context, viewer=viewer)
 
 
@@ -428,8 +516,9 @@ def assign_user(request: Request, policy_id: str = PolicyId(), form: FormData = 
 
 
 @router.post(BASE + "/{policy_id}/users/{user_id}/remove")
-def remove_user(request: Request, policy_id: str = PolicyId(), user_id: str = Path(max_length=100),
-                form: FormData = FORM):
+def remove_user(
+    request: Request, policy_id: str = PolicyId(), user_id: str = Path(max_length=100), form: FormData = FORM
+):
     def change(session, viewer, policy, context):
         service.remove_user(session, viewer.principal, policy, user_id, context=context)
 
@@ -447,8 +536,9 @@ def assign_group(request: Request, policy_id: str = PolicyId(), form: FormData =
 
 
 @router.post(BASE + "/{policy_id}/groups/{group_id}/remove")
-def remove_group(request: Request, policy_id: str = PolicyId(), group_id: str = Path(max_length=100),
-                 form: FormData = FORM):
+def remove_group(
+    request: Request, policy_id: str = PolicyId(), group_id: str = Path(max_length=100), form: FormData = FORM
+):
     def change(session, viewer, policy, context):
         group = service.get_group(session, viewer.org.id, group_id)
         service.remove_group_policy(session, viewer.principal, group, policy.id, context=context)

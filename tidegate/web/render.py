@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -93,12 +93,12 @@ def relative_time(moment: datetime | None, now: datetime | None = None) -> str:
 def utc_text(moment: datetime | None, *, with_time: bool = True) -> str:
     if moment is None:
         return ""
-    moment = moment.astimezone(timezone.utc)
+    moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%d %H:%M UTC" if with_time else "%Y-%m-%d")
 
 
 def iso(moment: datetime | None) -> str:
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if moment else ""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else ""
 
 
 def scope_summary(scopes: list[str]) -> str:
@@ -129,8 +129,15 @@ _env.filters.update(relative=relative_time, utc=utc_text, iso=iso, scope_summary
 _env.globals.update(version=__version__)
 
 
-def page(request: Request, template: str, context: dict, *, viewer: Viewer | None, status: int = 200,
-         current: str | None = None) -> HTMLResponse:
+def page(
+    request: Request,
+    template: str,
+    context: dict,
+    *,
+    viewer: Viewer | None,
+    status: int = 200,
+    current: str | None = None,
+) -> HTMLResponse:
     current = current or request.url.path
     security_pages = visible(SECURITY_PAGES, viewer)
     body = _env.get_template(template).render(
@@ -149,6 +156,9 @@ def redirect(url: str) -> Response:
     return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
 
 
-def error_page(request: Request, status: int, title: str, message: str, *, viewer: Viewer | None = None) -> HTMLResponse:
-    return page(request, "error.html", {"title": title, "message": message, "status": status},
-                viewer=viewer, status=status)
+def error_page(
+    request: Request, status: int, title: str, message: str, *, viewer: Viewer | None = None
+) -> HTMLResponse:
+    return page(
+        request, "error.html", {"title": title, "message": message, "status": status}, viewer=viewer, status=status
+    )

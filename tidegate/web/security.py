@@ -25,12 +25,16 @@ NOTICES = {"saved": "Admin controls saved."}
 
 
 def _context(org, viewer, notice: str | None = None, error: str | None = None, typed: dict | None = None) -> dict:
-    return {"title": "Admin Controls", "creation_enabled": org.api_key_creation_enabled,
-            "deny_by_default": bool(org.deny_by_default),
-            "max_keys_per_user": (typed or {}).get("max_keys_per_user", org.max_keys_per_user),
-            "user_rate_limit_per_minute": (typed or {}).get("user_rate_limit_per_minute",
-                                                            org.user_rate_limit_per_minute),
-            "can_write": viewer.can(WRITE), "notice": NOTICES.get(notice or ""), "error": error}
+    return {
+        "title": "Admin Controls",
+        "creation_enabled": org.api_key_creation_enabled,
+        "deny_by_default": bool(org.deny_by_default),
+        "max_keys_per_user": (typed or {}).get("max_keys_per_user", org.max_keys_per_user),
+        "user_rate_limit_per_minute": (typed or {}).get("user_rate_limit_per_minute", org.user_rate_limit_per_minute),
+        "can_write": viewer.can(WRITE),
+        "notice": NOTICES.get(notice or ""),
+        "error": error,
+    }
 
 
 @router.get("/settings/security")
@@ -54,22 +58,27 @@ def _whole_number(form: FormData, name: str, invalid_code: str) -> int | None:
 
 @router.post("/settings/security/admin-controls")
 def save_admin_controls(request: Request, form: FormData = FORM):
-    typed = {"max_keys_per_user": text(form, "max_keys_per_user", 20),
-             "user_rate_limit_per_minute": text(form, "user_rate_limit_per_minute", 20)}
+    typed = {
+        "max_keys_per_user": text(form, "max_keys_per_user", 20),
+        "user_rate_limit_per_minute": text(form, "user_rate_limit_per_minute", 20),
+    }
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
             org = service.get_org(session, viewer.org.id)
             context = request_context(request)
             service.update_settings(
-                session, viewer.principal, org,
+                session,
+                viewer.principal,
+                org,
                 api_key_creation_enabled=form.get("api_key_creation_enabled") == "on",
                 max_keys_per_user=_whole_number(form, "max_keys_per_user", "invalid_max_keys_per_user"),
-                user_rate_limit_per_minute=_whole_number(form, "user_rate_limit_per_minute",
-                                                         "invalid_user_rate_limit"),
-                context=context)
-            policies.set_deny_by_default(session, viewer.principal, org, form.get("deny_by_default") == "on",
-                                         context=context)
+                user_rate_limit_per_minute=_whole_number(form, "user_rate_limit_per_minute", "invalid_user_rate_limit"),
+                context=context,
+            )
+            policies.set_deny_by_default(
+                session, viewer.principal, org, form.get("deny_by_default") == "on", context=context
+            )
     except TidegateError as exc:
         # Nothing was saved (the transaction rolled back): show the form as typed, and why.
         with db(request) as session:

@@ -119,11 +119,19 @@ def start_session(session: Session, key: bytes, user: User, *, ip: str | None, u
     now = utcnow()
     session.execute(delete(WebSession).where(WebSession.expires_at <= now))  # housekeeping
     token = new_token()
-    session.add(WebSession(
-        id=new_id("wss"), token_hash=token_hash(key, token), user_id=user.id, org_id=user.org_id,
-        created_at=now, last_seen_at=now, expires_at=now + SESSION_LIFETIME,
-        ip_address=ip, user_agent=(user_agent or "")[:500] or None,
-    ))
+    session.add(
+        WebSession(
+            id=new_id("wss"),
+            token_hash=token_hash(key, token),
+            user_id=user.id,
+            org_id=user.org_id,
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + SESSION_LIFETIME,
+            ip_address=ip,
+            user_agent=(user_agent or "")[:500] or None,
+        )
+    )
     session.flush()
     return token
 
@@ -137,8 +145,13 @@ def load_viewer(session: Session, key: bytes, token: str | None) -> Viewer | Non
         return None
     now = utcnow()
     user = session.get(User, row.user_id)
-    if (row.expires_at <= now or row.last_seen_at + IDLE_TIMEOUT <= now or user is None
-            or not user.is_active or user.org_id != row.org_id):
+    if (
+        row.expires_at <= now
+        or row.last_seen_at + IDLE_TIMEOUT <= now
+        or user is None
+        or not user.is_active
+        or user.org_id != row.org_id
+    ):
         session.delete(row)
         return None
     if now - row.last_seen_at >= TOUCH_EVERY:
@@ -148,7 +161,9 @@ def load_viewer(session: Session, key: bytes, token: str | None) -> Viewer | Non
     return Viewer(
         user=UserInfo(id=user.id, org_id=user.org_id, email=user.email, role=user.role),
         org=OrgInfo(id=org.id, name=org.name, api_key_creation_enabled=org.api_key_creation_enabled),
-        principal=principal, session_id=row.id, csrf=csrf_token(key, token),
+        principal=principal,
+        session_id=row.id,
+        csrf=csrf_token(key, token),
     )
 
 

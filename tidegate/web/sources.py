@@ -57,9 +57,11 @@ PAGE_SIZE = 100
 PREVIEW_ROWS = 50
 MAX_KEYS_OFFERED = 500
 ME = "me"
-RESTRICTED_VIEWER = ("You may not see every row of this source yourself (your access policies, or deny by default "
-                     "with no policy for you): the rows and count below are also limited to the rows you may see. "
-                     "The WHERE clause is the one the API applies to the key.")
+RESTRICTED_VIEWER = (
+    "You may not see every row of this source yourself (your access policies, or deny by default "
+    "with no policy for you): the rows and count below are also limited to the rows you may see. "
+    "The WHERE clause is the one the API applies to the key."
+)
 NOTICES = {
     "uploaded": "The file was uploaded and the source created.",
     "shared": "Sharing saved.",
@@ -80,8 +82,9 @@ def _emails(session, user_ids) -> dict[str, str]:
 
 
 def can_upload(viewer: Viewer) -> bool:
-    return ((viewer.can("admin:files:write") or viewer.can("admin:files:upload"))
-            and (viewer.can("data:write") or viewer.can("admin:sources:write")))
+    return (viewer.can("admin:files:write") or viewer.can("admin:files:upload")) and (
+        viewer.can("data:write") or viewer.can("admin:sources:write")
+    )
 
 
 # -- the list ------------------------------------------------------------------------------
@@ -95,21 +98,33 @@ def sources_context(session, viewer: Viewer, *, after: str | None = None) -> dic
     items = []
     for source in rows:
         access = open_source(session, viewer.principal, source.id)
-        items.append({
-            "id": source.id, "name": source.name, "description": source.description,
-            "rows": engine.count(access.version, access.row_filter) if access.version else 0,
-            "columns": access.columns, "owner": owners.get(source.created_by, source.created_by),
-            "updated_at": source.updated_at, "filtered": not access.row_filter.is_unrestricted,
-            "permission": access.permission,
-        })
-    return {"title": "Sources", "sources": items, "next_after": rows[-1].id if more and rows else None,
-            "can_upload": can_upload(viewer), "max_upload_mb": get_limits().max_upload_bytes // (1024 * 1024),
-            "upload_name": ""}
+        items.append(
+            {
+                "id": source.id,
+                "name": source.name,
+                "description": source.description,
+                "rows": engine.count(access.version, access.row_filter) if access.version else 0,
+                "columns": access.columns,
+                "owner": owners.get(source.created_by, source.created_by),
+                "updated_at": source.updated_at,
+                "filtered": not access.row_filter.is_unrestricted,
+                "permission": access.permission,
+            }
+        )
+    return {
+        "title": "Sources",
+        "sources": items,
+        "next_after": rows[-1].id if more and rows else None,
+        "can_upload": can_upload(viewer),
+        "max_upload_mb": get_limits().max_upload_bytes // (1024 * 1024),
+        "upload_name": "",
+    }
 
 
 @router.get("/sources")
-def sources_page(request: Request, after: str | None = Query(None, max_length=100),
-                 notice: str | None = Query(None, max_length=40)):
+def sources_page(
+    request: Request, after: str | None = Query(None, max_length=100), notice: str | None = Query(None, max_length=40)
+):
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         context = sources_context(session, viewer, after=after)
@@ -126,21 +141,40 @@ def upload(request: Request, form: FormData = UPLOAD_FORM):
             if not isinstance(upload_, UploadFile) or not upload_.filename:
                 raise InvalidRequest("missing_file", "Choose a file to upload.")
             context = request_context(request)
-            stored = data_service.upload_file(session, viewer.principal, name=upload_.filename, content=upload_.file,
-                                              content_type=upload_.content_type, context=context)
+            stored = data_service.upload_file(
+                session,
+                viewer.principal,
+                name=upload_.filename,
+                content=upload_.file,
+                content_type=upload_.content_type,
+                context=context,
+            )
             if stored.columns is None:
-                raise InvalidRequest("not_tabular", f"{stored.name} is not a table: upload a CSV, TSV, JSON, "
-                                                    f"NDJSON, Parquet or XLSX file.")
-            source = data_service.create_source(session, viewer.principal, settings_of(request),
-                                                name=name or PurePath(stored.name).stem or stored.name,
-                                                file_id=stored.id, context=context)
+                raise InvalidRequest(
+                    "not_tabular",
+                    f"{stored.name} is not a table: upload a CSV, TSV, JSON, NDJSON, Parquet or XLSX file.",
+                )
+            source = data_service.create_source(
+                session,
+                viewer.principal,
+                settings_of(request),
+                name=name or PurePath(stored.name).stem or stored.name,
+                file_id=stored.id,
+                context=context,
+            )
             source_id = source.id
     except TidegateError as exc:
         with db(request) as session:
             viewer = signed_in(request, session, READ)
             context = sources_context(session, viewer)
-        return page(request, "sources.html", {**context, "upload_error": exc.message, "upload_name": name},
-                    viewer=viewer, status=exc.status, current="/sources")
+        return page(
+            request,
+            "sources.html",
+            {**context, "upload_error": exc.message, "upload_name": name},
+            viewer=viewer,
+            status=exc.status,
+            current="/sources",
+        )
     return redirect(f"/sources/{source_id}?notice=uploaded")
 
 
@@ -181,8 +215,9 @@ def key_label(key: ApiKey, creator: str | None = None) -> str:
 KEY_REFUSALS = {
     "api_key_revoked": "This key has been revoked: the API refuses every request made with it (401).",
     "api_key_expired": "This key has expired: the API refuses every request made with it (401).",
-    "api_key_owner_inactive": ("The user who created this key is deactivated: the API refuses every request "
-                               "made with it (401)."),
+    "api_key_owner_inactive": (
+        "The user who created this key is deactivated: the API refuses every request made with it (401)."
+    ),
 }
 
 
@@ -203,9 +238,15 @@ def _read(access_version, row_filter: RowFilter, page_number: int) -> tuple[list
 def preview_as_viewer(session, viewer: Viewer, access: SourceAccess, page_number: int) -> Preview:
     view = policies.resolve_view(session, viewer.org.id, viewer.user.id, access.source.id, access.columns)
     rows, total = _read(access.version, access.row_filter, page_number)
-    return Preview(as_label=f"you ({viewer.user.email})", rows=rows, total=total, page=page_number,
-                   where=policies.where_clause(access.row_filter), effective=view["effective_access"],
-                   reasons=view["reasons"])
+    return Preview(
+        as_label=f"you ({viewer.user.email})",
+        rows=rows,
+        total=total,
+        page=page_number,
+        where=policies.where_clause(access.row_filter),
+        effective=view["effective_access"],
+        reasons=view["reasons"],
+    )
 
 
 def preview_as_key(session, viewer: Viewer, mine: SourceAccess, key_id: str, page_number: int) -> Preview:
@@ -218,8 +259,10 @@ def preview_as_key(session, viewer: Viewer, mine: SourceAccess, key_id: str, pag
         preview.refused = refusal
         return preview
     if "data:read" not in principal.scopes:
-        preview.refused = ("This key cannot read data: it lacks the data:read scope (or its creator no longer "
-                           "holds it), so the API refuses its reads (403).")
+        preview.refused = (
+            "This key cannot read data: it lacks the data:read scope (or its creator no longer "
+            "holds it), so the API refuses its reads (403)."
+        )
         return preview
     try:
         access = open_source(session, principal, mine.source.id)
@@ -259,23 +302,28 @@ def sharing_context(session, viewer: Viewer, access: SourceAccess) -> dict | Non
         return None
     source = access.source
     shares = data_service.list_shares(session, viewer.principal, source.id)
-    users = list(session.scalars(select(User).where(User.org_id == viewer.org.id, User.is_active.is_(True))
-                                 .order_by(User.email)))
+    users = list(
+        session.scalars(select(User).where(User.org_id == viewer.org.id, User.is_active.is_(True)).order_by(User.email))
+    )
     emails = {u.id: u.email for u in users} | _emails(session, [s.user_id for s in shares])
     shared_ids = {s.user_id for s in shares}
     return {
-        "shares": [{"user_id": s.user_id, "email": emails.get(s.user_id, s.user_id), "permission": s.permission}
-                   for s in shares],
-        "candidates": [{"id": u.id, "email": u.email} for u in users
-                       if u.id != source.created_by and u.id not in shared_ids],
+        "shares": [
+            {"user_id": s.user_id, "email": emails.get(s.user_id, s.user_id), "permission": s.permission}
+            for s in shares
+        ],
+        "candidates": [
+            {"id": u.id, "email": u.email} for u in users if u.id != source.created_by and u.id not in shared_ids
+        ],
         "org_permission": source.org_share_permission,
         "permissions": SHARE_PERMISSIONS,
         "can_write": viewer.can(SHARE_WRITE),
     }
 
 
-def source_context(session, viewer: Viewer, access: SourceAccess, *, view_as: str | None = None,
-                   page_number: int = 1) -> dict:
+def source_context(
+    session, viewer: Viewer, access: SourceAccess, *, view_as: str | None = None, page_number: int = 1
+) -> dict:
     source, version = access.source, access.version
     owner = _emails(session, [source.created_by]).get(source.created_by, source.created_by)
     choice = view_as or ME
@@ -305,16 +353,20 @@ def _open(session, viewer: Viewer, source_id: str) -> SourceAccess:
 
 
 @router.get("/sources/{source_id}")
-def source_page(request: Request, source_id: str = SourceId(),
-                view_as: str | None = Query(None, max_length=100),
-                page_number: int = Query(1, alias="page", ge=1, le=1_000_000),
-                notice: str | None = Query(None, max_length=40)):
+def source_page(
+    request: Request,
+    source_id: str = SourceId(),
+    view_as: str | None = Query(None, max_length=100),
+    page_number: int = Query(1, alias="page", ge=1, le=1_000_000),
+    notice: str | None = Query(None, max_length=40),
+):
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         access = _open(session, viewer, source_id)
         context = source_context(session, viewer, access, view_as=view_as, page_number=page_number)
-    return page(request, "source.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer,
-                current="/sources")
+    return page(
+        request, "source.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer, current="/sources"
+    )
 
 
 def _source_error(request: Request, source_id: str, exc: TidegateError):
@@ -322,8 +374,14 @@ def _source_error(request: Request, source_id: str, exc: TidegateError):
         viewer = signed_in(request, session, READ)
         access = _open(session, viewer, source_id)
         context = source_context(session, viewer, access)
-    return page(request, "source.html", {**context, "page_error": exc.message}, viewer=viewer,
-                status=exc.status, current="/sources")
+    return page(
+        request,
+        "source.html",
+        {**context, "page_error": exc.message},
+        viewer=viewer,
+        status=exc.status,
+        current="/sources",
+    )
 
 
 # -- sharing -------------------------------------------------------------------------------
@@ -344,21 +402,20 @@ def share(request: Request, source_id: str = SourceId(), form: FormData = FORM):
             viewer = signed_in_to_change(request, session, form, SHARE_WRITE)
             if not user_id:
                 raise InvalidRequest("invalid_user", "Choose a person to share with.")
-            data_service.share_source(session, viewer.principal, source_id, user_id, _permission(form),
-                                      context=request_context(request))
+            data_service.share_source(
+                session, viewer.principal, source_id, user_id, _permission(form), context=request_context(request)
+            )
     except TidegateError as exc:
         return _source_error(request, source_id, exc)
     return redirect(f"/sources/{source_id}?notice=shared#sharing")
 
 
 @router.post("/sources/{source_id}/shares/{user_id}/remove")
-def unshare(request: Request, source_id: str = SourceId(), user_id: str = Path(max_length=100),
-            form: FormData = FORM):
+def unshare(request: Request, source_id: str = SourceId(), user_id: str = Path(max_length=100), form: FormData = FORM):
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, SHARE_WRITE)
-            data_service.unshare_source(session, viewer.principal, source_id, user_id,
-                                        context=request_context(request))
+            data_service.unshare_source(session, viewer.principal, source_id, user_id, context=request_context(request))
     except TidegateError as exc:
         return _source_error(request, source_id, exc)
     return redirect(f"/sources/{source_id}?notice=unshared#sharing")
@@ -370,8 +427,14 @@ def org_share(request: Request, source_id: str = SourceId(), form: FormData = FO
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, SHARE_WRITE)
-            data_service.org_share(session, viewer.principal, source_id, enabled=enabled,
-                                   permission=_permission(form), context=request_context(request))
+            data_service.org_share(
+                session,
+                viewer.principal,
+                source_id,
+                enabled=enabled,
+                permission=_permission(form),
+                context=request_context(request),
+            )
     except TidegateError as exc:
         return _source_error(request, source_id, exc)
     return redirect(f"/sources/{source_id}?notice=org_shared#sharing")

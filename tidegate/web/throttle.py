@@ -149,8 +149,9 @@ class RedisStore:
                     try:
                         if keys:
                             pipe.watch(*keys)
-                        entries = {key: {_text(m): s for m, s in pipe.zrange(key, 0, -1, withscores=True)}
-                                   for key in keys}
+                        entries = {
+                            key: {_text(m): s for m, s in pipe.zrange(key, 0, -1, withscores=True)} for key in keys
+                        }
                         result, operations = decide(entries)
                         pipe.multi()
                         for op in operations:
@@ -210,8 +211,9 @@ def _recent(entries: dict[str, float], now: float, window: float) -> list[float]
 
 
 class SigninThrottle:
-    def __init__(self, store, policy: Policy = Policy(), clock: Callable[[], float] = time.time,
-                 namespace: str = NAMESPACE):
+    def __init__(
+        self, store, policy: Policy = Policy(), clock: Callable[[], float] = time.time, namespace: str = NAMESPACE
+    ):
         self.store = store
         self.policy = policy
         self.clock = clock
@@ -273,9 +275,13 @@ class SigninThrottle:
         def decide(entries):
             ip_wait = self._lock_wait(entries[ip_key], now, p.ip_lock_after, p.ip_window)
             lanes = {org: self._lane(entries[triple], now) for org, (triple, _) in keys.items()}
-            waits = {org: max(self._lock_wait(entries[triple], now, p.lock_after, p.lock_window),
-                              self._slow_wait(entries[account], now, lanes[org]))
-                     for org, (triple, account) in keys.items()}
+            waits = {
+                org: max(
+                    self._lock_wait(entries[triple], now, p.lock_after, p.lock_window),
+                    self._slow_wait(entries[account], now, lanes[org]),
+                )
+                for org, (triple, account) in keys.items()
+            }
             open_orgs = frozenset(org for org, wait in waits.items() if wait <= 0) if ip_wait <= 0 else frozenset()
             closed = [wait for wait in waits.values() if wait > 0]
             if not open_orgs:
@@ -283,8 +289,10 @@ class SigninThrottle:
             operations = [("add", ip_key, attempt_id, now, p.ip_window)]
             for org in open_orgs:
                 triple, account = keys[org]
-                operations += [("add", triple, attempt_id, now, max(p.lock_window, p.slow_window)),  # lanes: 1 h
-                               ("add", account, attempt_id + lanes[org], now, p.slow_window)]
+                operations += [
+                    ("add", triple, attempt_id, now, max(p.lock_window, p.slow_window)),  # lanes: 1 h
+                    ("add", account, attempt_id + lanes[org], now, p.slow_window),
+                ]
             closed_wait = _seconds(min(closed)) if closed else 0
             return Attempt(attempt_id, email, ip, open_orgs, closed_wait), operations
 
@@ -303,7 +311,7 @@ class SigninThrottle:
         for key, members in entries.items():
             ordered = sorted(members.items(), key=lambda item: item[1])
             stale = [m for m, at in ordered if at <= now - horizon]
-            excess = [m for m, _ in ordered[:max(0, len(ordered) - self.policy.keep + 1)]]
+            excess = [m for m, _ in ordered[: max(0, len(ordered) - self.policy.keep + 1)]]
             operations += [("remove", key, member) for member in dict.fromkeys(stale + excess)]
         return result, operations
 
@@ -316,8 +324,11 @@ class SigninThrottle:
         operations: list[tuple] = [("remove", self._ip(attempt.ip), attempt.id)]
         for org in orgs:
             account = self._account(org, attempt.email)
-            operations += [("delete", self._triple(org, attempt.email, attempt.ip)),
-                           ("remove", account, attempt.id + CLEAN), ("remove", account, attempt.id + SEEN)]
+            operations += [
+                ("delete", self._triple(org, attempt.email, attempt.ip)),
+                ("remove", account, attempt.id + CLEAN),
+                ("remove", account, attempt.id + SEEN),
+            ]
         try:
             self.store.transact([], lambda _entries: (None, operations))
         except ThrottleUnavailable:
