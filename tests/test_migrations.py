@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from tidegate.db.engine import get_engine, migrate
-from tidegate.db.models import Base
+from tidegate.tables import Base
 
 
 def test_migrations_match_models(database_url):

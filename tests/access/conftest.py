@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 import tidegate.access.models  # noqa: F401  (registers the policy tables)
-import tidegate.db.models  # noqa: F401  (registers every other table)
+import tidegate.tables  # noqa: F401  (registers every other table)
 from tidegate.access import policies
 from tidegate.access.principal import Principal
 from tidegate.credentials import service as keys_service

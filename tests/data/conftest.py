@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.orm import sessionmaker
 
 import tidegate.data.models  # noqa: F401  (registers the data tables)
-import tidegate.db.models  # noqa: F401
+import tidegate.tables  # noqa: F401
 from tidegate.access.rowfilter import Clause, RowFilter
 from tidegate.data import engine as data_engine
 from tidegate.data import storage

@@ -23,6 +23,7 @@ from tidegate.audit import shipper
 from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
+from tidegate.credentials.usage import record_last_use
 from tidegate.data import egress, engine
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.errors import TidegateError
@@ -58,7 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     egress.allow_policy()  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
     spool_uploads_under(settings.home / "tmp")
     collector = PeriodicCollector(settings.database_url, settings.data_dir)
-    journal = Journal(settings.audit_dir, settings.database_url, fsync=os.environ.get("TIDEGATE_AUDIT_FSYNC") == "1")
+    journal = Journal(
+        settings.audit_dir,
+        settings.database_url,
+        fsync=os.environ.get("TIDEGATE_AUDIT_FSYNC") == "1",
+        after_insert=record_last_use,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -38,21 +38,19 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.record import storable
-from tidegate.credentials.models import ApiKey
 from tidegate.db.engine import session_scope
 from tidegate.errors import ServiceUnavailable
 
@@ -67,6 +65,20 @@ TORN = "torn.jsonl"  # what was left of torn records: kept and counted
 SHIP_LOCK = "ship.lock"
 SHIP_BATCH = 500
 MAX_BACKOFF = 5.0  # seconds between shipping attempts while the database is down, at most
+
+
+# Runs in the transaction that inserts shipped events, with them: what else they update
+# (the credentials package passes the keys' last use). Passed in, not imported: audit sits
+# below the packages whose changes it records.
+AfterInsert = Callable[[Session, list[dict]], None]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where shipped events go."""
+
+    database_url: str
+    after_insert: AfterInsert | None = None
 
 
 class AuditUnavailable(ServiceUnavailable):
@@ -181,9 +193,12 @@ def _truncate_quietly(fd: int, size: int) -> bool:
 
 
 class Journal:
-    def __init__(self, directory: Path, database_url: str, *, fsync: bool = False):
+    def __init__(
+        self, directory: Path, database_url: str, *, fsync: bool = False, after_insert: AfterInsert | None = None
+    ):
         self.directory = directory
         self.database_url = database_url
+        self.after_insert = after_insert
         self.fsync = fsync
         private_directory(directory)
         self._lock = threading.Lock()
@@ -244,7 +259,7 @@ class Journal:
         Blocks on the database: call it from a thread.
         """
         try:
-            _insert_one(self.database_url, event)
+            _insert_one(Destination(self.database_url, self.after_insert), event)
         except Exception as exc:  # noqa: BLE001 - any failure: the event is not recorded
             log.error("audit journal: event %s not inserted either (%s)", event.get("id"), exc)
             raise AuditUnavailable() from exc
@@ -282,7 +297,7 @@ class Journal:
     def flush(self) -> int:
         """Rotate and ship everything shippable now. Returns the number of events shipped."""
         self.rotate()
-        return ship_pending(self.directory, self.database_url, own_path=self._path)
+        return ship_pending(self.directory, self.database_url, own_path=self._path, after_insert=self.after_insert)
 
     def start(self, interval: float = 1.0, *, ship: bool = True) -> None:
         """Every `interval`: rotate the segment, and ship what is ready unless `ship` is
@@ -395,14 +410,17 @@ class _ShipLock:
         os.close(self.fd)
 
 
-def ship_pending(directory: Path, database_url: str, *, own_path: Path | None = None) -> int:
+def ship_pending(
+    directory: Path, database_url: str, *, own_path: Path | None = None, after_insert: AfterInsert | None = None
+) -> int:
     """Ship every ready segment (and orphaned active one). Returns the events shipped.
 
     Raises, leaving the segment and every later one in place, if the database cannot be
     reached or fails: the caller retries later."""
     with _ShipLock(directory):
         _claim_orphans(directory, own_path)
-        return sum(_ship_segment(directory, database_url, path) for path in sorted(directory.glob(f"*{READY}")))
+        destination = Destination(database_url, after_insert)
+        return sum(_ship_segment(directory, destination, path) for path in sorted(directory.glob(f"*{READY}")))
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -413,7 +431,7 @@ def is_refusal(exc: BaseException) -> bool:
     )  # a value not bindable
 
 
-def _ship_segment(directory: Path, database_url: str, path: Path) -> int:
+def _ship_segment(directory: Path, destination: Destination, path: Path) -> int:
     try:
         values, torn = decode_records(path.read_bytes())
     except FileNotFoundError:
@@ -421,14 +439,14 @@ def _ship_segment(directory: Path, database_url: str, path: Path) -> int:
     events, unreadable = _as_events(values)
     if events:
         try:
-            _insert_events(database_url, events)
+            _insert_events(destination, events)
         except Exception as exc:
             if not is_refusal(exc):
                 raise  # down or failing: keep the segment for the next round
             log.warning(
                 "audit segment %s refused as a batch (%s); shipping event by event", path.name, brief_error(exc)
             )
-            _ship_one_by_one(directory, database_url, events)
+            _ship_one_by_one(directory, destination, events)
     # Everything is in the database or kept elsewhere; only now may the segment go.
     _set_aside(directory, unreadable)
     if torn:
@@ -459,13 +477,13 @@ def _as_events(values: list[dict]) -> tuple[list[dict], list[tuple[dict, str]]]:
     return events, unreadable
 
 
-def _ship_one_by_one(directory: Path, database_url: str, events: list[dict]) -> None:
+def _ship_one_by_one(directory: Path, destination: Destination, events: list[dict]) -> None:
     """One refused event must not block every other: each alone, a refused one once more
     with its text made storable, and if still refused, set aside (kept, never dropped)."""
     refused = []
     for event in events:
         try:
-            _insert_one(database_url, event)
+            _insert_one(destination, event)
         except Exception as exc:
             if not is_refusal(exc):
                 raise
@@ -475,14 +493,14 @@ def _ship_one_by_one(directory: Path, database_url: str, events: list[dict]) -> 
     _set_aside(directory, refused)
 
 
-def _insert_one(database_url: str, event: dict) -> None:
+def _insert_one(destination: Destination, event: dict) -> None:
     try:
-        _insert_events(database_url, [event])
+        _insert_events(destination, [event])
     except Exception as exc:
         cleaned = storable(dict(event))
         if not is_refusal(exc) or cleaned == event:
             raise
-        _insert_events(database_url, [cleaned])
+        _insert_events(destination, [cleaned])
 
 
 def _set_aside(directory: Path, refused: list[tuple[dict, str]]) -> None:
@@ -493,8 +511,8 @@ def _set_aside(directory: Path, refused: list[tuple[dict, str]]) -> None:
     )
 
 
-def _insert_events(database_url: str, events: list[dict]) -> None:
-    with session_scope(database_url) as session:
+def _insert_events(destination: Destination, events: list[dict]) -> None:
+    with session_scope(destination.database_url) as session:
         insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
         for start in range(0, len(events), SHIP_BATCH):
             batch = events[start : start + SHIP_BATCH]
@@ -502,23 +520,8 @@ def _insert_events(database_url: str, events: list[dict]) -> None:
             session.connection().execute(
                 insert(AuditEvent.__table__).on_conflict_do_nothing(index_elements=["id"]), batch
             )
-        _update_last_used(session, events)
-
-
-def _update_last_used(session: Session, events: list[dict]) -> None:
-    latest: dict[str, dict] = {}
-    for event in events:
-        key_id = event.get("key_id")
-        if key_id and (key_id not in latest or event["timestamp"] > latest[key_id]["timestamp"]):
-            latest[key_id] = event
-    for key_id, event in latest.items():
-        current = session.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id))
-        if current is None or current < event["timestamp"]:
-            session.execute(
-                update(ApiKey)
-                .where(ApiKey.id == key_id)
-                .values(last_used_at=event["timestamp"], last_used_ip=event.get("ip_address"))
-            )
+        if destination.after_insert is not None:
+            destination.after_insert(session, events)
 
 
 # -- set-aside events and the backlog ----------------------------------------------------------
@@ -538,11 +541,12 @@ def _read_set_aside(directory: Path) -> tuple[dict[str, tuple[dict, str]], int]:
     return kept, len(torn)
 
 
-def reship_set_aside(directory: Path, database_url: str) -> tuple[int, int]:
+def reship_set_aside(directory: Path, database_url: str, *, after_insert: AfterInsert | None = None) -> tuple[int, int]:
     """Try the set-aside events again (e.g. after a migration). Returns (shipped, still refused).
 
     The file is replaced only once the database has the shipped ones: an outage midway
     leaves it as it was."""
+    destination = Destination(database_url, after_insert)
     with _ShipLock(directory):
         kept, _ = _read_set_aside(directory)
         events, unreadable = _as_events([event for event, _ in kept.values()])
@@ -550,7 +554,7 @@ def reship_set_aside(directory: Path, database_url: str) -> tuple[int, int]:
         shipped = 0
         for event in events:
             try:
-                _insert_one(database_url, event)
+                _insert_one(destination, event)
                 shipped += 1
             except Exception as exc:
                 if not is_refusal(exc):

@@ -22,7 +22,7 @@ import signal
 import threading
 from pathlib import Path
 
-from tidegate.audit.journal import backoff, brief_error, private_directory, ship_pending
+from tidegate.audit.journal import AfterInsert, backoff, brief_error, private_directory, ship_pending
 
 log = logging.getLogger("tidegate.audit")
 
@@ -34,26 +34,28 @@ def ships_elsewhere() -> bool:
     return os.environ.get(ENV_FLAG) == "process"
 
 
-def _run(directory: str, database_url: str, parent_pid: int, interval: float, stop) -> None:
+def _run(
+    directory: str, database_url: str, parent_pid: int, interval: float, stop, after_insert: AfterInsert | None
+) -> None:
     # Signals to the whole process group (Ctrl-C, a service manager's SIGTERM) are for the
     # server: it stops us through `stop`, or we see it gone. Either way we ship once more.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     failures = 0
     while True:
-        failures = 0 if _ship_round(directory, database_url) else failures + 1
+        failures = 0 if _ship_round(directory, database_url, after_insert) else failures + 1
         if stop.is_set() or os.getppid() != parent_pid:
             return
         # While the database is down, wait longer between rounds (at most journal.MAX_BACKOFF).
         stop.wait(backoff(interval, failures))
         if stop.is_set() or os.getppid() != parent_pid:
-            _ship_round(directory, database_url)
+            _ship_round(directory, database_url, after_insert)
             return
 
 
-def _ship_round(directory: str, database_url: str) -> bool:
+def _ship_round(directory: str, database_url: str, after_insert: AfterInsert | None) -> bool:
     try:
-        ship_pending(Path(directory), database_url)
+        ship_pending(Path(directory), database_url, after_insert=after_insert)
         return True
     except Exception as exc:  # keep the segments; the next round retries
         log.warning("audit shipping failed (%s); will retry", brief_error(exc))
@@ -63,9 +65,12 @@ def _ship_round(directory: str, database_url: str) -> bool:
 class ShipperProcess:
     """Runs `_run` in a child process and restarts it if it dies."""
 
-    def __init__(self, directory: Path, database_url: str, interval: float = 1.0):
+    def __init__(
+        self, directory: Path, database_url: str, interval: float = 1.0, *, after_insert: AfterInsert | None = None
+    ):
         self.directory = directory
         self.database_url = database_url
+        self.after_insert = after_insert  # a module-level function: the spawned child imports it
         self.interval = interval
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.Process | None = None
@@ -79,7 +84,7 @@ class ShipperProcess:
     def _spawn(self) -> None:
         self._process = self._context.Process(
             target=_run,
-            args=(str(self.directory), self.database_url, os.getpid(), self.interval, self._stop),
+            args=(str(self.directory), self.database_url, os.getpid(), self.interval, self._stop, self.after_insert),
             name="tidegate-audit-shipper",
             daemon=True,
         )

@@ -165,6 +165,7 @@ def serve(
 ):
     """Run the HTTP server."""
     from tidegate.audit import shipper
+    from tidegate.credentials.usage import record_last_use
 
     settings = get_settings()
     with refusals_reported(False):
@@ -181,7 +182,7 @@ def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_on_signal)
     # Workers append audit events; one process beside them ships them (see audit.shipper).
-    audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url)
+    audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url, after_insert=record_last_use)
     audit_shipper.start()
     os.environ[shipper.ENV_FLAG] = "process"
     stopped_by = None
@@ -472,11 +473,14 @@ def audit_status(as_json: bool = JsonOpt):
 def audit_reship(as_json: bool = JsonOpt):
     """Ship the events the database refused (kept in rejected.jsonl) again, e.g. after an upgrade."""
     from tidegate.audit.journal import private_directory, reship_set_aside
+    from tidegate.credentials.usage import record_last_use
 
     settings = get_settings()
     with refusals_reported(as_json):
         migrate(settings.database_url)
-        shipped, refused = reship_set_aside(private_directory(settings.audit_dir), settings.database_url)
+        shipped, refused = reship_set_aside(
+            private_directory(settings.audit_dir), settings.database_url, after_insert=record_last_use
+        )
     emit(
         as_json,
         {"shipped": shipped, "still_set_aside": refused},

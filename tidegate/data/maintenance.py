@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from tidegate.data import storage
+from tidegate.data import engine, storage
 from tidegate.db.engine import session_scope
 
 log = logging.getLogger("tidegate.data")
@@ -14,7 +14,9 @@ log = logging.getLogger("tidegate.data")
 def collect(database_url: str, data_dir) -> storage.GcReport:
     """Prune old versions (one transaction), then delete unreferenced files."""
     with session_scope(database_url) as session:
-        storage.prune_versions(session)
+        pruned = storage.prune_versions(session)
+    for version_id in pruned:
+        engine.drop_version(version_id)  # frees memory only: a pruned version is never read again
     with session_scope(database_url) as session:
         return storage.collect_garbage(session, data_dir)
 

@@ -255,8 +255,9 @@ def write_new_version(
     return version
 
 
-def prune_versions(session: Session, *, keep_seconds: float = 3600.0) -> int:
-    """Delete version rows nobody should still be reading (caller commits, then GC).
+def prune_versions(session: Session, *, keep_seconds: float = 3600.0) -> list[str]:
+    """Delete version rows nobody should still be reading (caller commits, then GC), and
+    return their ids (for the caller to drop their cached results: see maintenance).
 
     A non-current version is kept for `keep_seconds` after the version that superseded it
     was created (long CSV/Parquet exports hold a version while they stream). All versions of
@@ -282,12 +283,7 @@ def prune_versions(session: Session, *, keep_seconds: float = 3600.0) -> int:
     for chunk_start in range(0, len(doomed), 500):
         chunk = doomed[chunk_start : chunk_start + 500]
         session.execute(delete(SourceVersion).where(SourceVersion.id.in_(chunk)))
-    if doomed:
-        from tidegate.data import engine
-
-        for version_id in doomed:
-            engine.drop_version(version_id)
-    return len(doomed)
+    return doomed
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@ from alembic import context
 from sqlalchemy import create_engine, event
 
 from tidegate.db.engine import get_engine
-from tidegate.db.models import Base
+from tidegate.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

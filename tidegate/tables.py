@@ -1,4 +1,7 @@
-"""Import every domain's models so that metadata (and Alembic) sees all tables."""
+"""Every table of every domain, imported so that `Base.metadata` (Alembic, tests) sees them all.
+
+A module above the domain packages: `tidegate.db` sits below them and imports none.
+"""
 
 from tidegate.access.models import Group, GroupMember, GroupPolicy, Policy, PolicyAssignment  # noqa: F401
 from tidegate.audit.models import AuditEvent  # noqa: F401

@@ -1,0 +1,29 @@
+"""When and from where each key was last used, from its shipped request events."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tidegate.credentials.models import ApiKey
+
+
+def record_last_use(session: Session, events: list[dict]) -> None:
+    """Advance each key's `last_used_at`/`last_used_ip` to its newest event among `events`.
+
+    Runs in the transaction that inserts the events (audit.journal's `after_insert`), so a
+    key's last use and the event that shows it commit together. Never moves backwards:
+    segments ship out of order."""
+    latest: dict[str, dict] = {}
+    for event in events:
+        key_id = event.get("key_id")
+        if key_id and (key_id not in latest or event["timestamp"] > latest[key_id]["timestamp"]):
+            latest[key_id] = event
+    for key_id, event in latest.items():
+        current = session.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id))
+        if current is None or current < event["timestamp"]:
+            session.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id)
+                .values(last_used_at=event["timestamp"], last_used_ip=event.get("ip_address"))
+            )
