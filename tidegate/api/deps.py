@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator
 
 from fastapi import Depends, Request
@@ -11,11 +10,11 @@ from starlette.concurrency import run_in_threadpool
 
 from tidegate.access import ratelimit
 from tidegate.access.principal import Principal
-from tidegate.audit.record import RequestContext
 from tidegate.config import Settings
 from tidegate.credentials.authenticate import check_ip, digest_of, identify, parse_bearer, principal_for
 from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest
+from tidegate.http import client_ip, request_context  # noqa: F401  (re-exported for the routers)
 
 
 def settings_of(request: Request) -> Settings:
@@ -44,35 +43,6 @@ async def in_session(request: Request, work, *args, **kwargs):
             return work(session, *args, **kwargs)
 
     return await run_in_threadpool(run)
-
-
-def client_ip(request: Request) -> str | None:
-    peer = request.client.host if request.client else None
-    trusted = request.app.state.settings.trusted_proxies
-    if not peer or not trusted or not _in_any(peer, trusted):
-        return peer
-    # Walk X-Forwarded-For from the nearest hop; the first untrusted address is the client.
-    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _in_any(hop, trusted):
-            return hop
-    return peer
-
-
-def _in_any(address: str, networks: tuple[str, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
-
-
-def request_context(request: Request) -> RequestContext:
-    return RequestContext(
-        ip=client_ip(request),
-        user_agent=request.headers.get("user-agent"),
-        request_id=request.scope.get("state", {}).get("request_id"),
-    )
 
 
 async def authenticated(request: Request) -> Principal:

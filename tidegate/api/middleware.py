@@ -18,10 +18,10 @@ import time
 import anyio
 from starlette.requests import Request
 
-from tidegate.api.deps import client_ip
 from tidegate.api.responses import error_response, from_error
 from tidegate.audit.journal import AuditUnavailable, Journal
 from tidegate.audit.record import event_row
+from tidegate.http import client_ip
 from tidegate.ids import new_ulid
 from tidegate.outages import unavailable_error
 

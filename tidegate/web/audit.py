@@ -17,7 +17,6 @@ from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.responses import StreamingResponse
 
-from tidegate.api.deps import request_context
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.query import list_events, parse_bound
 from tidegate.audit.record import record
@@ -26,6 +25,7 @@ from tidegate.credentials.models import ApiKey
 from tidegate.db.base import isoformat, utcnow
 from tidegate.db.engine import session_scope
 from tidegate.errors import TidegateError
+from tidegate.http import request_context
 from tidegate.orgs.models import User
 from tidegate.spreadsheet import neutralize
 from tidegate.web.common import PageError, db, router, settings_of, signed_in

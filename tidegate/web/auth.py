@@ -19,8 +19,8 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from tidegate.access.principal import Principal
-from tidegate.api.deps import client_ip, request_context
 from tidegate.audit.record import record
+from tidegate.http import client_ip, request_context
 from tidegate.orgs.models import Organization, User
 from tidegate.orgs.passwords import hash_password, verify_password
 from tidegate.web import throttle

@@ -12,8 +12,8 @@ from starlette.datastructures import FormData
 
 from tidegate.access import policies as service
 from tidegate.access.models import Group, Policy
-from tidegate.api.deps import request_context
 from tidegate.errors import TidegateError
+from tidegate.http import request_context
 from tidegate.orgs.models import User
 from tidegate.web.common import (
     FORM,

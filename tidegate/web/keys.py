@@ -23,11 +23,11 @@ from tidegate.access.scopes import (
     expand,
     preset_scopes,
 )
-from tidegate.api.deps import request_context
 from tidegate.credentials import service
 from tidegate.credentials.models import ApiKey
 from tidegate.db.base import utcnow
 from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.http import request_context
 from tidegate.orgs.models import User
 from tidegate.web.common import FORM, PageError, db, router, settings_of, signed_in, signed_in_to_change, text
 from tidegate.web.render import page, redirect

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from starlette.datastructures import FormData
 
 from tidegate.access.scopes import ROLES
-from tidegate.api.deps import request_context
 from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.http import request_context
 from tidegate.orgs import service
 from tidegate.orgs.models import User
 from tidegate.web.common import FORM, PageError, db, router, signed_in, signed_in_to_change, text

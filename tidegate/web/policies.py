@@ -20,10 +20,10 @@ from tidegate.access import policies as service
 from tidegate.access.models import Group, Policy
 from tidegate.access.rowfilter import RowFilter
 from tidegate.access.sources import open_source, permission_of, visible_sources_query
-from tidegate.api.deps import request_context
 from tidegate.data import engine
 from tidegate.data.models import Source, SourceVersion
 from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.http import request_context
 from tidegate.orgs.models import User
 from tidegate.orgs.service import get_user
 from tidegate.web.common import (

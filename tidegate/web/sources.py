@@ -25,7 +25,6 @@ from tidegate.access import policies
 from tidegate.access.principal import Principal
 from tidegate.access.rowfilter import RowFilter
 from tidegate.access.sources import SourceAccess, open_source
-from tidegate.api.deps import request_context
 from tidegate.credentials import service as keys_service
 from tidegate.credentials.authenticate import principal_for_key
 from tidegate.credentials.models import ApiKey
@@ -34,6 +33,7 @@ from tidegate.data import service as data_service
 from tidegate.data.models import SHARE_PERMISSIONS
 from tidegate.db.base import utcnow
 from tidegate.errors import InvalidRequest, NotFound, TidegateError, Unauthenticated
+from tidegate.http import request_context
 from tidegate.limits import get_limits
 from tidegate.orgs.models import User
 from tidegate.web.common import (
