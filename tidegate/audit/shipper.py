@@ -113,5 +113,5 @@ class ShipperProcess:
             if self._process.is_alive():
                 self._process.kill()  # safe: shipping is idempotent and transactional
                 self._process.join(timeout=5)
-        if not _ship_round(str(self.directory), self.database_url):
+        if not _ship_round(str(self.directory), self.database_url, self.after_insert):
             log.warning("audit events stay in %s until the next start", self.directory)
