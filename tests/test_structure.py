@@ -1,0 +1,77 @@
+"""The code's shape: no import cycle between files or between packages.
+
+The layers themselves (which package may import which) are the import-linter contract in
+`.importlinter`, run by `make test` before the tests. These catch what a layers contract
+does not: a cycle between two files of one package, and a cycle among top-level modules.
+"""
+
+from __future__ import annotations
+
+import grimp
+import pytest
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return grimp.build_graph("tidegate")
+
+
+def strongly_connected(nodes, edges_of) -> list[list[str]]:
+    """Groups of more than one node that reach each other (Tarjan), i.e. the cycles."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in edges_of(node):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(nodes):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert strongly_connected(edges, edges.__getitem__) == [["a", "b", "c"]]
+    assert strongly_connected({"a": set(), "b": {"a"}}, {"a": set(), "b": {"a"}}.__getitem__) == []
+
+
+def test_no_import_cycle_between_files(graph):
+    # Imports inside functions count: deferring an import hides a cycle, it does not remove it.
+    cycles = strongly_connected(graph.modules, graph.find_modules_directly_imported_by)
+    assert cycles == [], cycles
+
+
+def test_no_import_cycle_between_packages(graph):
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    edges: dict[str, set[str]] = {}
+    for module in graph.modules:
+        edges.setdefault(package(module), set())
+        for imported in graph.find_modules_directly_imported_by(module):
+            if package(imported) != package(module):
+                edges[package(module)].add(package(imported))
+    cycles = strongly_connected(edges, edges.__getitem__)
+    assert cycles == [], cycles
