@@ -81,7 +81,7 @@ class StrictJSONRequest(Request):
 class InputRoute(APIRoute):
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
-        if self.methods <= {"GET", "HEAD"}:
+        if self.methods is not None and self.methods <= {"GET", "HEAD"}:
             return handler  # no body to read
 
         async def strict_json_handler(request: Request):

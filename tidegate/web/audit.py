@@ -87,16 +87,25 @@ class Filters:
 
 def fetch(session, org_id: str, f: Filters, *, limit: int, after: str | None) -> list[AuditEvent]:
     """Up to limit+1 events, newest first; raises InvalidRequest for a bad date."""
-    common = dict(
-        actor_id=f.user_id,
-        action=f.action,
-        since=parse_bound(f.since, "From", end=False),
-        until=parse_bound(f.until, "To", end=True),
-    )
+    since, until = parse_bound(f.since, "From", end=False), parse_bound(f.until, "To", end=True)
+
+    def events(**which: str | None) -> list:
+        return list_events(
+            session,
+            org_id,
+            limit=limit,
+            after=after,
+            actor_id=f.user_id,
+            action=f.action,
+            since=since,
+            until=until,
+            **which,
+        )
+
     if not f.key_id:
-        return list_events(session, org_id, limit=limit, after=after, **common)
-    by_key = list_events(session, org_id, limit=limit, after=after, key_id=f.key_id, **common)
-    about_key = list_events(session, org_id, limit=limit, after=after, target_id=f.key_id, **common)
+        return events()
+    by_key = events(key_id=f.key_id)
+    about_key = events(target_id=f.key_id)
     merged = {e.id: e for e in by_key + about_key}
     return sorted(merged.values(), key=lambda e: e.id, reverse=True)[: limit + 1]
 

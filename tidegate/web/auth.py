@@ -71,7 +71,7 @@ def _login_cookie(request: Request) -> str:
     client's own value: a cookie planted by another site must not become valid)."""
     value = request.cookies.get(LOGIN_COOKIE)
     key = settings_of(request).session_key
-    return value if login_cookie_valid(key, value) else new_login_cookie(key)
+    return value if value is not None and login_cookie_valid(key, value) else new_login_cookie(key)
 
 
 def _set_login_cookie(response: Response, request: Request, value: str) -> None:
@@ -111,10 +111,16 @@ def _login_form(
     return response
 
 
+def next_of(form: FormData) -> str | None:
+    """The form's `next` field, if it is text (a file part is not)."""
+    value = form.get("next")
+    return value if isinstance(value, str) else None
+
+
 def _check_login_csrf(request: Request, form: FormData) -> str:
     pre = request.cookies.get(LOGIN_COOKIE)
     key = settings_of(request).session_key
-    if not login_cookie_valid(key, pre) or not csrf_valid(key, pre, form.get("csrf_token"), "login"):
+    if pre is None or not login_cookie_valid(key, pre) or not csrf_valid(key, pre, form.get("csrf_token"), "login"):
         raise PageError(
             403,
             "Sign-in form expired",
@@ -196,7 +202,7 @@ def login_page(
 @router.post("/login")
 def login(request: Request, form: FormData = FORM):
     settings = settings_of(request)
-    _check_login_csrf(request, form)
+    pre = _check_login_csrf(request, form)
     raw_email = form.get("email")
     password = form.get("password")
     if (
@@ -208,7 +214,7 @@ def login(request: Request, form: FormData = FORM):
     ):  # no email holds NUL, and PostgreSQL cannot even look one up (500)
         return _login_form(request, status=400, error="Enter your email and password.")
     email = raw_email.strip().lower()
-    next_url = safe_next(form.get("next") if isinstance(form.get("next"), str) else None)
+    next_url = safe_next(next_of(form))
     if not email or not password:
         return _login_form(request, status=400, error="Enter your email and password.", email=email, next_url=next_url)
     signin_throttle: throttle.SigninThrottle = request.app.state.signin_throttle
@@ -254,7 +260,6 @@ def login(request: Request, form: FormData = FORM):
             }
             choices = sorted(((u.id, orgs[u.org_id].name) for u in matched), key=lambda c: c[1].lower())
     if matched:
-        pre = request.cookies.get(LOGIN_COOKIE)
         payload = f"{'.'.join(u for u, _ in choices)}.{int(time.time()) + CHOICE_TTL}"
         choice_token = f"{payload}~{sign(settings.session_key, 'org-choice', pre + '|' + payload)}"
         return page(
@@ -291,7 +296,7 @@ def choose_organization(request: Request, form: FormData = FORM):
     *user_ids, deadline = payload.split(".")
     if not deadline.isdigit() or int(deadline) < time.time() or user_id not in user_ids:
         raise expired
-    next_url = safe_next(form.get("next") if isinstance(form.get("next"), str) else None)
+    next_url = safe_next(next_of(form))
     with db(request) as session:
         user = session.get(User, user_id)
         if user is None or not user.is_active:

@@ -157,6 +157,9 @@ def load_viewer(session: Session, key: bytes, token: str | None) -> Viewer | Non
     if now - row.last_seen_at >= TOUCH_EVERY:
         row.last_seen_at = now
     org = session.get(Organization, user.org_id)
+    if org is None:  # (a user row always has its organization; never sign in without one)
+        session.delete(row)
+        return None
     principal = Principal.for_user(org.id, user.id, user.role)
     return Viewer(
         user=UserInfo(id=user.id, org_id=user.org_id, email=user.email, role=user.role),

@@ -189,7 +189,8 @@ def redis_client(redis_url: str):
         return redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     from limits.storage import storage_from_string  # redis+sentinel:// and the like, as the rate limiter
 
-    return storage_from_string(redis_url).storage
+    storage = storage_from_string(redis_url)
+    return storage.storage  # type: ignore[union-attr]  # every Redis storage of `limits` has it
 
 
 def client_subject(ip: str | None) -> str:
