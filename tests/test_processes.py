@@ -276,7 +276,7 @@ def test_redis_rate_limit_holds_across_workers(tmp_path):
 
 def test_sdk_happy_path_on_postgresql(tmp_path):
     import psycopg
-    from test_e2e_sdk import sdk_happy_path
+    from api.test_e2e_sdk import sdk_happy_path
 
     with scratch_postgres_database("tidegate_e2e") as url, running_server(tmp_path, database_url=url) as srv:
         sdk_happy_path(srv)

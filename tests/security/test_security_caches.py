@@ -228,7 +228,7 @@ def test_an_opened_source_outlives_its_rolled_back_session(client, keyed_source,
     require_immutable(access)
 
 
-TIDEGATE = Path(__file__).resolve().parents[1] / "tidegate"
+TIDEGATE = Path(__file__).resolve().parents[2] / "tidegate"
 # Functions that may keep a value per process with functools: each returns a process
 # resource (an engine, a limiter client) or an immutable value, never a database row.
 LRU_CACHED = {
