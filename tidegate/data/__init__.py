@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 
-def configure(*, data_dir: str | os.PathLike | None = None, **engine_options) -> None:
+def configure(*, data_dir: str | os.PathLike[str] | None = None, **engine_options) -> None:
     """Process-wide setup: the data directory and engine/sandbox options
     (cache_bytes, max_entry_fraction, threads, memory_limit, query_timeout,
     query_memory_limit, query_threads)."""

@@ -194,7 +194,7 @@ def validate_column_names(names: list) -> None:
         seen[key] = name
 
 
-def columns_of(table: pa.Table) -> list[dict]:
+def columns_of(table: pa.Table) -> list[dict[str, Any]]:
     """The `[{name, type}]` list of a table whose columns have canonical types."""
     out = []
     for field in table.schema:
@@ -211,11 +211,11 @@ def type_name(arrow_type: pa.DataType) -> str:
     raise ValueError(f"not a canonical column type: {arrow_type}")
 
 
-def schema_for(columns: list[dict]) -> pa.Schema:
+def schema_for(columns: list[dict[str, Any]]) -> pa.Schema:
     return pa.schema([pa.field(c["name"], ARROW_TYPES[c["type"]]) for c in columns])
 
 
-def empty_table(columns: list[dict]) -> pa.Table:
+def empty_table(columns: list[dict[str, Any]]) -> pa.Table:
     return schema_for(columns).empty_table()
 
 
@@ -533,7 +533,7 @@ def _conform_arrow(arr, target: str, column: str):
     return _py_to_type(arr.to_pylist(), target, column)
 
 
-def _resolve_names(incoming: list[str], columns: list[dict], *, many_to_one: bool = False) -> dict[str, str]:
+def _resolve_names(incoming: list[str], columns: list[dict[str, Any]], *, many_to_one: bool = False) -> dict[str, str]:
     """Map incoming names to the schema's exact names (exact first, then ignoring case)."""
     exact = {c["name"] for c in columns}
     folded = {c["name"].casefold(): c["name"] for c in columns}
@@ -553,7 +553,7 @@ def _resolve_names(incoming: list[str], columns: list[dict], *, many_to_one: boo
     return mapping
 
 
-def conform_table(table: pa.Table, columns: list[dict]) -> pa.Table:
+def conform_table(table: pa.Table, columns: list[dict[str, Any]]) -> pa.Table:
     """Cast a table to an existing schema: unknown columns and ill-typed values are refused,
     missing columns are null, and the result has exactly the schema's columns in order."""
     mapping = _resolve_names(table.column_names, columns)
@@ -573,7 +573,7 @@ def conform_table(table: pa.Table, columns: list[dict]) -> pa.Table:
 # ---------------------------------------------------------------------------------------
 
 
-def rows_to_table(rows: Any, *, columns: list[dict] | None = None, midnight_as_date: bool = False) -> pa.Table:
+def rows_to_table(rows: Any, *, columns: list[dict[str, Any]] | None = None, midnight_as_date: bool = False) -> pa.Table:
     """Inline JSON rows (a list of objects) to a table: inferred, or conformed to `columns`."""
     if not isinstance(rows, list):
         raise InvalidRequest("invalid_rows", "rows must be a list of objects.")
@@ -654,12 +654,12 @@ def detect_file_type(filename: str | None = None, content_type: str | None = Non
 
 
 def parse_file(
-    data: bytes | str | os.PathLike,
+    data: bytes | str | os.PathLike[str],
     *,
     filename: str | None = None,
     content_type: str | None = None,
     file_type: str | None = None,
-    columns: list[dict] | None = None,
+    columns: list[dict[str, Any]] | None = None,
 ) -> pa.Table:
     """Parse file bytes (or a path) into a canonical table, conformed to `columns` if given.
 
@@ -722,7 +722,7 @@ def _to_utf8(data: bytes) -> bytes:
         return data.decode("cp1252", errors="replace").encode("utf-8")
 
 
-def parse_delimited(data: bytes, delimiter: str, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_delimited(data: bytes, delimiter: str, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     data = _to_utf8(data)
     parse_options = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
     try:
@@ -753,7 +753,7 @@ def parse_delimited(data: bytes, delimiter: str, *, columns: list[dict] | None =
     return pa.Table.from_arrays(arrays, names=stripped)
 
 
-def parse_json(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_json(data: bytes, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     try:
         rows = orjson.loads(_to_utf8(data))
     except orjson.JSONDecodeError as exc:
@@ -770,7 +770,7 @@ def parse_json(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
         raise
 
 
-def parse_ndjson(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_ndjson(data: bytes, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     max_rows = cost_limits.get_limits().max_ingest_rows
     rows = []
     for number, line in enumerate(_to_utf8(data).splitlines(), start=1):
@@ -788,7 +788,7 @@ def parse_ndjson(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
     return rows_to_table(rows, columns=columns)
 
 
-def parse_parquet(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_parquet(data: bytes | Path, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     source = str(data) if isinstance(data, Path) else pa.BufferReader(data)
     try:
         parquet = pq.ParquetFile(source)
@@ -846,7 +846,7 @@ def _check_xlsx_archive(source) -> None:
     _check_inflated_size(entries)
 
 
-def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_xlsx(data: bytes | Path, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     """The first worksheet; its first non-empty row is the header.
 
     The archive's declared sizes are checked before openpyxl inflates anything, and reading
@@ -891,7 +891,7 @@ def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.T
                 )
             names.append(name.strip())
         validate_column_names(names)
-        values: list[list] = [[] for _ in names]
+        values: list[list[Any]] = [[] for _ in names]
         count = 0
         cells = 0  # as openpyxl hands them over: a far-right cell pads its row with empty ones
         max_rows = min(limits.max_ingest_rows, cell_cap // width)

@@ -43,12 +43,12 @@ def check(cursor, sql: str) -> None:
     _walk(tree)
 
 
-def _arguments(node: dict) -> list[dict]:
+def _arguments(node: dict[str, Any]) -> list[dict[str, Any]]:
     items = node.get("arguments") or node.get("children") or []
     return [item.get("expression", item) if isinstance(item, dict) else {} for item in items]
 
 
-def _literal(node: dict) -> tuple[str, str] | None:
+def _literal(node: dict[str, Any]) -> tuple[str, str] | None:
     """(kind, text) of a constant, e.g. ("INTEGER", "12"); None for anything computed."""
     if not isinstance(node, dict) or node.get("class") != "CONSTANT":
         return None
@@ -61,7 +61,7 @@ def _literal(node: dict) -> tuple[str, str] | None:
     return None
 
 
-def _check_pad(name: str, args: list[dict]) -> None:
+def _check_pad(name: str, args: list[dict[str, Any]]) -> None:
     if len(args) < 2:
         return  # DuckDB refuses the call itself
     literal = _literal(args[1])
@@ -71,7 +71,7 @@ def _check_pad(name: str, args: list[dict]) -> None:
         raise _refuse(f"{name}() can pad to at most {MAX_PAD_LENGTH:,} characters, not {int(literal[1]):,}.")
 
 
-def _check_format(name: str, args: list[dict]) -> None:
+def _check_format(name: str, args: list[dict[str, Any]]) -> None:
     if not args:
         return
     literal = _literal(args[0])
