@@ -30,9 +30,10 @@ import os
 import re
 import uuid
 import zipfile
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pyarrow as pa
@@ -142,7 +143,7 @@ def check_table_size(rows: int, columns: int, *, cell_cap: int | None = None, ki
         raise _too_many_cells(rows * columns, cap, kind)
 
 
-def _check_inflated_size(entries: list[tuple[str, int, int | None]]) -> None:
+def _check_inflated_size(entries: Sequence[tuple[str, int, int | None]]) -> None:
     """(name, uncompressed size, compressed size or None) of a compressed file's parts, before
     any is inflated: refuse a bomb by its own declarations (file_too_large). A zip entry that
     lies about its size cannot inflate past it: Python's zipfile stops at the declared size
@@ -170,7 +171,7 @@ def _check_inflated_size(entries: list[tuple[str, int, int | None]]) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def validate_column_names(names: list) -> None:
+def validate_column_names(names: Sequence[object]) -> None:
     """Refuse empty, overlong, control-character and case-insensitively duplicate names."""
     if len(names) > MAX_COLUMNS:
         raise InvalidRequest("too_many_columns", f"{len(names)} columns; at most {MAX_COLUMNS} are allowed.")
@@ -349,9 +350,9 @@ def _py_value(value: Any, target: str) -> Any:
     raise ValueError(target)
 
 
-def _py_to_type(values: list, target: str, column: str) -> pa.Array:
+def _py_to_type(values: Sequence[Any], target: str, column: str) -> pa.Array:
     """Convert Python values; refuse the first that does not fit, naming its 1-based row."""
-    out = []
+    out: list[Any] = []
     for index, value in enumerate(values):
         if value is None or (isinstance(value, float) and math.isnan(value) and target != "float"):
             out.append(None)
@@ -368,15 +369,15 @@ def _py_to_type(values: list, target: str, column: str) -> pa.Array:
 # ---------------------------------------------------------------------------------------
 
 
-def _all(mask) -> bool:
+def _all(mask: pa.Array | pa.ChunkedArray) -> bool:
     return bool(pc.all(mask).as_py())
 
 
-def _strip_plus(arr):
+def _strip_plus(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.replace_substring_regex(arr, pattern=r"^\+", replacement="")
 
 
-def _cast_timestamps(arr) -> pa.ChunkedArray | pa.Array:
+def _cast_timestamps(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """ISO strings (dates, or datetimes with an optional zone) to naive UTC timestamps."""
     zoned = pc.match_substring_regex(arr, _TS_ZONE)
     if not _all(pc.invert(pc.fill_null(zoned, False))):
@@ -388,7 +389,7 @@ def _cast_timestamps(arr) -> pa.ChunkedArray | pa.Array:
     return pc.cast(arr, pa.timestamp("us"))
 
 
-def _infer_strings(arr, *, numbers: bool = True):
+def _infer_strings(arr: pa.Array | pa.ChunkedArray, *, numbers: bool = True) -> pa.Array | pa.ChunkedArray:
     """Infer a canonical column from text cells (nulls ignored)."""
     arr = arr.cast(pa.string()) if arr.type != pa.string() else arr
     if arr.null_count == len(arr):
@@ -420,7 +421,7 @@ def _infer_strings(arr, *, numbers: bool = True):
     return arr
 
 
-def _infer_py(values: list, *, midnight_as_date: bool = False) -> pa.Array:
+def _infer_py(values: Sequence[Any], *, midnight_as_date: bool = False) -> pa.Array:
     """Infer a canonical column from Python values (JSON rows, Excel cells, connectors)."""
     kinds = set()
     for value in values:
@@ -496,7 +497,7 @@ def _normalize_arrow(arr: pa.ChunkedArray, column: str) -> pa.ChunkedArray:
 # ---------------------------------------------------------------------------------------
 
 
-def _conform_arrow(arr, target: str, column: str):
+def _conform_arrow(arr: pa.Array | pa.ChunkedArray, target: str, column: str) -> pa.Array | pa.ChunkedArray:
     """Vectorized happy path; on any doubt, the Python path finds the offending row."""
     want = ARROW_TYPES[target]
     have = arr.type
@@ -573,7 +574,9 @@ def conform_table(table: pa.Table, columns: list[dict[str, Any]]) -> pa.Table:
 # ---------------------------------------------------------------------------------------
 
 
-def rows_to_table(rows: Any, *, columns: list[dict[str, Any]] | None = None, midnight_as_date: bool = False) -> pa.Table:
+def rows_to_table(
+    rows: Any, *, columns: list[dict[str, Any]] | None = None, midnight_as_date: bool = False
+) -> pa.Table:
     """Inline JSON rows (a list of objects) to a table: inferred, or conformed to `columns`."""
     if not isinstance(rows, list):
         raise InvalidRequest("invalid_rows", "rows must be a list of objects.")
@@ -666,6 +669,7 @@ def parse_file(
     Parquet and xlsx are read from a path without first loading the whole file in memory.
     """
     path = None
+    content = b""
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         filename = filename or path.name
@@ -675,8 +679,8 @@ def parse_file(
         except OSError as exc:
             raise _bad_file(f"Cannot read the file: {exc.strerror}.") from None
     elif isinstance(data, (bytes, bytearray, memoryview)):
-        data = bytes(data)
-        head = data[:64]
+        content = bytes(data)
+        head = content[:64]
     else:
         raise TypeError("data must be bytes or a path")
     kind = file_type or detect_file_type(filename, content_type, head)
@@ -688,22 +692,22 @@ def parse_file(
         return parse_parquet(path, columns=columns) if kind == "parquet" else parse_xlsx(path, columns=columns)
     if path is not None:
         try:
-            data = path.read_bytes()
+            content = path.read_bytes()
         except OSError as exc:
             raise _bad_file(f"Cannot read the file: {exc.strerror}.") from None
-    if not data.strip():
+    if not content.strip():
         raise _bad_file("The file is empty.")
     if kind == "csv":
-        return parse_delimited(data, ",", columns=columns)
+        return parse_delimited(content, ",", columns=columns)
     if kind == "tsv":
-        return parse_delimited(data, "\t", columns=columns)
+        return parse_delimited(content, "\t", columns=columns)
     if kind == "json":
-        return parse_json(data, columns=columns)
+        return parse_json(content, columns=columns)
     if kind == "ndjson":
-        return parse_ndjson(data, columns=columns)
+        return parse_ndjson(content, columns=columns)
     if kind == "parquet":
-        return parse_parquet(data, columns=columns)
-    return parse_xlsx(data, columns=columns)
+        return parse_parquet(content, columns=columns)
+    return parse_xlsx(content, columns=columns)
 
 
 def _to_utf8(data: bytes) -> bytes:
@@ -829,15 +833,15 @@ def _skip_openpyxl_dimension_scan() -> None:
     from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
     if excel.ReadOnlyWorksheet is ReadOnlyWorksheet:
-
-        class UnsizedReadOnlyWorksheet(ReadOnlyWorksheet):
-            def _get_size(self):
+        # openpyxl ships no type hints: its class is Any to mypy.
+        class UnsizedReadOnlyWorksheet(ReadOnlyWorksheet):  # type: ignore[misc]
+            def _get_size(self) -> None:
                 pass  # dimensions unknown: rows come as stored, unpadded
 
         excel.ReadOnlyWorksheet = UnsizedReadOnlyWorksheet
 
 
-def _check_xlsx_archive(source) -> None:
+def _check_xlsx_archive(source: str | IO[bytes]) -> None:
     try:
         with zipfile.ZipFile(source) as archive:
             entries = [(info.filename, info.file_size, info.compress_size) for info in archive.infolist()]
@@ -929,23 +933,23 @@ def parse_xlsx(data: bytes | Path, *, columns: list[dict[str, Any]] | None = Non
         count = len(values[0]) if values else 0
         arrays = []
         for col in columns:
-            i = source_of.get(col["name"])
+            index = source_of.get(col["name"])
             arrays.append(
                 pa.nulls(count, ARROW_TYPES[col["type"]])
-                if i is None
-                else _py_to_type(values[i], col["type"], col["name"])
+                if index is None
+                else _py_to_type(values[index], col["type"], col["name"])
             )
         return pa.Table.from_arrays(arrays, schema=schema_for(columns))
     arrays = [_infer_py(v, midnight_as_date=True) for v in values]
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def convert_values(values: list, target: str, column: str) -> pa.Array:
+def convert_values(values: Sequence[Any], target: str, column: str) -> pa.Array:
     """Python values to a column of type `target`; `type_mismatch` names the first bad row."""
     return _py_to_type(values, target, column)
 
 
-def infer_values(values: list, *, midnight_as_date: bool = False) -> pa.Array:
+def infer_values(values: Sequence[Any], *, midnight_as_date: bool = False) -> pa.Array:
     """Infer a canonical column from Python values (as for JSON rows)."""
     return _infer_py(values, midnight_as_date=midnight_as_date)
 
