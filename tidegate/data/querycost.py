@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidegate.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import duckdb
 
 # A DuckDB chunk is 2,048 rows and an interrupt waits for the chunk: lpad of 10,000
 # characters takes ~1 ms a value (2 s a chunk on a loaded 2-core machine), of 1,000 ~0.1 ms.
@@ -36,7 +39,7 @@ def _refuse(message: str) -> InvalidRequest:
     return InvalidRequest("query_too_expensive", message)
 
 
-def check(cursor, sql: str) -> None:
+def check(cursor: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Raise `query_too_expensive` if `sql` calls a size-amplifying function unboundedly.
     `cursor`: any DuckDB cursor (the text is only parsed, never run)."""
     tree = json.loads(cursor.sql("SELECT json_serialize_sql(?)", params=[sql]).fetchall()[0][0])

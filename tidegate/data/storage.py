@@ -244,7 +244,8 @@ def write_new_version(
             .values(current_version_id=version_id, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount != 1:
+        # Session.execute is typed as returning a Result; for an UPDATE it is a CursorResult.
+        if result.rowcount != 1:  # type: ignore[attr-defined]
             raise Conflict("concurrent_write", "The source was changed by another write at the same time; retry.")
         # Reflect the switch on the instance without scheduling a second UPDATE.
         set_committed_value(source, "current_version_id", version_id)
