@@ -30,9 +30,10 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import pyarrow as pa
@@ -42,6 +43,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tidegate.data import egress, ingest
 from tidegate.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from tidegate.data.models import Source
 
 FETCH_BATCH = 10_000
 DEFAULT_TIMEOUT_SECONDS = 300
@@ -126,7 +130,8 @@ def decrypt_secret(token: str | None, session_key: bytes) -> dict[str, Any]:
     if not token:
         return {}
     try:
-        return orjson.loads(_fernet(session_key).decrypt(token.encode()))
+        secret: dict[str, Any] = orjson.loads(_fernet(session_key).decrypt(token.encode()))
+        return secret
     except (InvalidToken, orjson.JSONDecodeError):
         raise InvalidRequest(
             "connector_secret_unreadable",
@@ -152,7 +157,9 @@ def _text(config: dict[str, Any], name: str, *, required: bool = False, max_leng
     return value
 
 
-def split_config(connector_type: str, config: Any, secret: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_config(
+    connector_type: str, config: Any, secret: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate a connector configuration; return (public config, secret).
 
     Secret fields found in `config` (e.g. a `password` sent with the rest) are moved to the
@@ -307,7 +314,9 @@ def statement_timeout_seconds() -> int:
     return max(1, seconds)
 
 
-def _pull_postgresql(config: dict[str, Any], secret: dict[str, Any]) -> tuple[list[str], list[list[Any]], list[str | None]]:
+def _pull_postgresql(
+    config: dict[str, Any], secret: dict[str, Any]
+) -> tuple[list[str], list[list[Any]], list[str | None]]:
     import psycopg
     from psycopg import sql as pgsql
 
@@ -349,7 +358,7 @@ def _pull_postgresql(config: dict[str, Any], secret: dict[str, Any]) -> tuple[li
                     if config.get("schema")
                     else pgsql.Identifier(config["table"])
                 )
-                statement = pgsql.SQL("SELECT * FROM {}").format(target)
+                statement: pgsql.Composed | pgsql.SQL = pgsql.SQL("SELECT * FROM {}").format(target)
             else:
                 statement = pgsql.SQL(config["query"])  # the owner's own query, read-only
             with connection.cursor(name="tidegate_pull") as cursor:
@@ -434,7 +443,7 @@ def _pull_sqlite(config: dict[str, Any]) -> tuple[list[str], list[list[Any]], li
         raise InvalidRequest("connector_error", f"Could not open the SQLite file: {exc}") from None
     deadline = time.monotonic() + statement_timeout_seconds()
 
-    def authorizer(action, arg1, arg2, db_name, trigger):
+    def authorizer(action: int, arg1: str | None, arg2: str | None, db_name: str | None, trigger: str | None) -> int:
         if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _SQLITE_DENIED_FUNCTIONS:
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK if action in _SQLITE_READ_ACTIONS else sqlite3.SQLITE_DENY
@@ -461,7 +470,13 @@ def _pull_sqlite(config: dict[str, Any]) -> tuple[list[str], list[list[Any]], li
 # ---------------------------------------------------------------------------------------
 
 
-def configure_source(source, connector_type: str, config: dict[str, Any], session_key: bytes, secret: dict[str, Any] | None = None) -> None:
+def configure_source(
+    source: Source,
+    connector_type: str,
+    config: dict[str, Any],
+    session_key: bytes,
+    secret: dict[str, Any] | None = None,
+) -> None:
     """Validate and store a connector setup on a Source (secret encrypted; caller commits).
 
     A config update without a password keeps the stored one.
@@ -475,7 +490,7 @@ def configure_source(source, connector_type: str, config: dict[str, Any], sessio
     source.connector_secret_encrypted = encrypt_secret(secrets, session_key) if secrets else None
 
 
-def pull_source(source, session_key: bytes) -> pa.Table:
+def pull_source(source: Source, session_key: bytes) -> pa.Table:
     """Pull a connector source's data with its stored configuration."""
     if source.service not in CONNECTORS:
         raise InvalidRequest("not_a_connector_source", "This source is not fed by a connector.")
@@ -483,7 +498,13 @@ def pull_source(source, session_key: bytes) -> pa.Table:
     return pull(source.service, source.connector_config or {}, secret)
 
 
-def _fetch_columns(cursor, width: int) -> list[list[Any]]:
+class _Rows(Protocol):
+    """A DB-API cursor (psycopg's or sqlite3's), as far as reading its rows goes."""
+
+    def fetchmany(self, size: int, /) -> Sequence[Sequence[Any]]: ...
+
+
+def _fetch_columns(cursor: _Rows, width: int) -> list[list[Any]]:
     """Every remaining row of a DB-API cursor, by column, fetched FETCH_BATCH at a time."""
     columns: list[list[Any]] = [[] for _ in range(width)]
     while rows := cursor.fetchmany(FETCH_BATCH):
