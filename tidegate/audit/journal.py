@@ -525,9 +525,7 @@ def _insert_events(destination: Destination, events: list[dict[str, Any]]) -> No
         for start in range(0, len(events), SHIP_BATCH):
             batch = events[start : start + SHIP_BATCH]
             # Core, not ORM, insert: the ORM's per-row bookkeeping doubled the cost per event.
-            session.connection().execute(
-                insert(AUDIT_EVENTS).on_conflict_do_nothing(index_elements=["id"]), batch
-            )
+            session.connection().execute(insert(AUDIT_EVENTS).on_conflict_do_nothing(index_elements=["id"]), batch)
         if destination.after_insert is not None:
             destination.after_insert(session, events)
 
