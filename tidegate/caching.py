@@ -19,7 +19,7 @@ import enum
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
@@ -141,7 +141,7 @@ class LRUCache(Generic[K, V]):
         with self._lock:
             return list(self._entries)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[K]:
         return iter(self.keys())
 
     def __getitem__(self, key: K) -> V:

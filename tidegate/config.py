@@ -72,10 +72,15 @@ class Settings:
         return self.home / "data"
 
 
+def _read_secrets(path: Path) -> dict[str, str]:
+    values: dict[str, str] = json.loads(path.read_text())
+    return values
+
+
 def _load_or_create_secrets(home: Path) -> dict[str, str]:
     path = home / SECRETS_FILE
     if path.exists():
-        return json.loads(path.read_text())
+        return _read_secrets(path)
     values = {"pepper": secrets.token_hex(32), "session_key": secrets.token_hex(32)}
     tmp = path.with_suffix(".tmp")
     # O_EXCL + 0600 from the start: the file is never readable by others, not even briefly.
@@ -91,7 +96,7 @@ def _load_or_create_secrets(home: Path) -> dict[str, str]:
         pass
     finally:
         tmp.unlink(missing_ok=True)
-    return json.loads(path.read_text())
+    return _read_secrets(path)
 
 
 def normalize_database_url(url: str) -> str:

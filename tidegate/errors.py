@@ -6,6 +6,8 @@ API, the CLI or the web UI.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TidegateError(Exception):
     status = 400
@@ -17,7 +19,7 @@ class TidegateError(Exception):
         self.message = message
         self.headers = headers or {}
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return {"error": {"type": self.type, "code": self.code, "message": self.message}}
 
 
@@ -66,7 +68,7 @@ class ServiceUnavailable(TidegateError):
         self.retry_after = retry_after or self.RETRY_AFTER
         super().__init__(code, message, headers={"Retry-After": str(self.retry_after), **(headers or {})})
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         body = super().body()
         body["error"]["retry_after"] = self.retry_after
         return body

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 
-def _fallback(value: Any):
+def _fallback(value: Any) -> int | float | str:
     """Types orjson does not know, as query results can hold them."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)

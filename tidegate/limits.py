@@ -8,10 +8,14 @@ HTTP protocol guard of `tidegate serve` all read the same numbers.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 MiB = 1024 * 1024
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,16 +56,16 @@ _ENV = {
 }
 
 
-def load_limits(environ: dict[str, str] | None = None) -> Limits:
+def load_limits(environ: Mapping[str, str] | None = None) -> Limits:
     """The defaults, overridden by any TIDEGATE_* variable set; a bad value stops start-up."""
     return from_environment(Limits, _ENV, environ)
 
 
-def from_environment(cls, variables: dict[str, str], environ: dict[str, str] | None = None):
+def from_environment(cls: type[T], variables: Mapping[str, str], environ: Mapping[str, str] | None = None) -> T:
     """A frozen dataclass of positive numbers: its defaults, overridden by any of
     `variables` (field name -> env var) that is set. ValueError names a bad one."""
     environ = os.environ if environ is None else environ
-    values = {}
+    values: dict[str, int | float] = {}
     for field_name, variable in variables.items():
         raw = environ.get(variable, "").strip()
         if not raw:

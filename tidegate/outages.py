@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+from collections.abc import Iterator
 
 import psycopg
 from sqlalchemy import exc as sa_exc
@@ -47,9 +48,10 @@ def rate_limiter_unavailable() -> ServiceUnavailable:
     return ServiceUnavailable("rate_limiter_unavailable", "The rate limiter is unavailable; retry shortly.")
 
 
-def _causes(exc: BaseException):
+def _causes(exc: BaseException) -> Iterator[BaseException]:
     """`exc`, what it wraps (cause, context, exception group members), depth first."""
-    seen, stack = set(), [exc]
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
     while stack:
         current = stack.pop()
         if current is None or id(current) in seen:

@@ -8,6 +8,7 @@ the policy should have stopped fails the test instead of leaving the machine.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import sqlite3
@@ -225,6 +226,13 @@ def test_a_malformed_setting_fails_closed(monkeypatch, no_connections, bad):
         egress.allow_policy()
     assert refusal(pull_pg, "93.184.216.34").code == "connector_host_not_allowed"
     assert no_connections == []
+
+
+def test_an_entry_naming_no_destination_allows_nothing():
+    # The parser never makes one (every entry is public, a host or a network); built by hand,
+    # it fails closed instead of raising.
+    address = ipaddress.ip_address("10.0.0.1")
+    assert not egress._entry_allows(egress.AllowEntry(), "10.0.0.1", 5432, address, (frozenset(), None))
 
 
 def test_tidegates_own_database_server_is_refused(monkeypatch, no_connections):

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from sqlalchemy import exc as sa_exc
@@ -67,10 +68,13 @@ SHIP_BATCH = 500
 MAX_BACKOFF = 5.0  # seconds between shipping attempts while the database is down, at most
 
 
+# The table itself (`AuditEvent.__table__` is typed as any FROM clause).
+AUDIT_EVENTS = AuditEvent.metadata.tables[AuditEvent.__tablename__]
+
 # Runs in the transaction that inserts shipped events, with them: what else they update
 # (the credentials package passes the keys' last use). Passed in, not imported: audit sits
 # below the packages whose changes it records.
-AfterInsert = Callable[[Session, list[dict]], None]
+AfterInsert = Callable[[Session, list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class Destination:
 class AuditUnavailable(ServiceUnavailable):
     """The event of a request cannot be journaled: no audit, no access."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(
             "audit_unavailable",
             "The audit log cannot record this request now, so it was not served; retry shortly.",
@@ -103,12 +107,12 @@ def private_directory(directory: Path) -> Path:
 _RECORD_START = re.compile(rb"[0-9a-f]{8} \{")
 
 
-def encode_record(value: dict) -> bytes:
+def encode_record(value: dict[str, Any]) -> bytes:
     body = orjson.dumps(value, default=_json_default)
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
-def _decode_line(line: bytes) -> dict | None:
+def _decode_line(line: bytes) -> dict[str, Any] | None:
     """The record on `line`, or None if it is torn or corrupt."""
     if line[8:9] == b" ":
         body = line[9:]
@@ -128,7 +132,7 @@ def _decode_line(line: bytes) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def decode_records(data: bytes) -> tuple[list[dict], list[tuple[int, bytes]]]:
+def decode_records(data: bytes) -> tuple[list[dict[str, Any]], list[tuple[int, bytes]]]:
     """The whole records in `data`, and the torn ones as (offset, bytes).
 
     A record torn by a crash has no newline, so if anything was appended after it, that
@@ -211,7 +215,7 @@ class Journal:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _open_segment(self) -> None:
+    def _open_segment(self) -> int:
         self._sequence += 1
         path = self.directory / f"{os.getpid()}-{self._sequence}-{os.urandom(4).hex()}{ACTIVE}"
         # Created under another name, locked, then renamed: a segment is never visible as
@@ -232,25 +236,27 @@ class Journal:
             log.error("audit journal: cannot create a segment in %s: %s", self.directory, exc)
             raise AuditUnavailable() from exc
         self._fd, self._path, self._records, self._size, self._pid = fd, path, 0, 0, os.getpid()
+        return fd
 
-    def append(self, event: dict) -> None:
+    def append(self, event: dict[str, Any]) -> None:
         """Journal `event` whole, or raise AuditUnavailable leaving no part of it behind."""
         record = encode_record(event)
         with self._lock:
-            if self._fd is None or self._pid_changed():
-                self._open_segment()
+            fd = self._fd
+            if fd is None or self._pid_changed():
+                fd = self._open_segment()
             try:
-                _write_all(self._fd, record)
+                _write_all(fd, record)
                 if self.fsync:
-                    os.fsync(self._fd)
+                    os.fsync(fd)
             except OSError as exc:
                 log.error("audit journal: event %s not written (%s); the request is refused", event.get("id"), exc)
-                self._cut_back()
+                self._cut_back(fd)
                 raise AuditUnavailable() from exc
             self._size += len(record)
             self._records += 1
 
-    def insert_directly(self, event: dict) -> None:
+    def insert_directly(self, event: dict[str, Any]) -> None:
         """Insert `event` into the database, bypassing the journal that refused it.
 
         For a change that has already committed: answering 503 would invite a retry that
@@ -265,15 +271,17 @@ class Journal:
             raise AuditUnavailable() from exc
         log.warning("audit journal: event %s inserted directly (the journal refused it)", event.get("id"))
 
-    def _cut_back(self) -> None:
+    def _cut_back(self, fd: int) -> None:
         """Remove what a failed write left of its record, so the next record starts clean."""
-        if _truncate_quietly(self._fd, self._size):
+        if _truncate_quietly(fd, self._size):
             return
         # Not even that: leave this segment to the shipper (readers skip a torn tail).
         self._release_segment()
 
     def _release_segment(self) -> None:
         fd, path, self._fd, self._path = self._fd, self._path, None, None
+        if fd is None or path is None:
+            return  # no segment open
         if self._records:
             try:
                 os.rename(path, path.with_name(path.name[: -len(ACTIVE)] + READY))
@@ -303,7 +311,7 @@ class Journal:
         """Every `interval`: rotate the segment, and ship what is ready unless `ship` is
         False (then a separate shipper process does it: `audit.shipper`)."""
 
-        def loop():
+        def loop() -> None:
             failures = 0
             while not self._stop.wait(backoff(interval, failures)):
                 try:
@@ -340,7 +348,7 @@ def brief_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _json_default(value):
+def _json_default(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(type(value))
@@ -402,11 +410,11 @@ class _ShipLock:
     def __init__(self, directory: Path):
         self.path = directory / SHIP_LOCK
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
 
 
@@ -462,7 +470,7 @@ def _ship_segment(directory: Path, destination: Destination, path: Path) -> int:
     return len(events)
 
 
-def _as_events(values: list[dict]) -> tuple[list[dict], list[tuple[dict, str]]]:
+def _as_events(values: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
     """Records as insertable events, and those that are not events at all (with why)."""
     events, unreadable = [], []
     for value in values:
@@ -477,7 +485,7 @@ def _as_events(values: list[dict]) -> tuple[list[dict], list[tuple[dict, str]]]:
     return events, unreadable
 
 
-def _ship_one_by_one(directory: Path, destination: Destination, events: list[dict]) -> None:
+def _ship_one_by_one(directory: Path, destination: Destination, events: list[dict[str, Any]]) -> None:
     """One refused event must not block every other: each alone, a refused one once more
     with its text made storable, and if still refused, set aside (kept, never dropped)."""
     refused = []
@@ -493,7 +501,7 @@ def _ship_one_by_one(directory: Path, destination: Destination, events: list[dic
     _set_aside(directory, refused)
 
 
-def _insert_one(destination: Destination, event: dict) -> None:
+def _insert_one(destination: Destination, event: dict[str, Any]) -> None:
     try:
         _insert_events(destination, [event])
     except Exception as exc:
@@ -503,7 +511,7 @@ def _insert_one(destination: Destination, event: dict) -> None:
         _insert_events(destination, [cleaned])
 
 
-def _set_aside(directory: Path, refused: list[tuple[dict, str]]) -> None:
+def _set_aside(directory: Path, refused: list[tuple[dict[str, Any], str]]) -> None:
     now = datetime.now(UTC).isoformat()
     _append_durably(
         directory / SET_ASIDE,
@@ -511,15 +519,13 @@ def _set_aside(directory: Path, refused: list[tuple[dict, str]]) -> None:
     )
 
 
-def _insert_events(destination: Destination, events: list[dict]) -> None:
+def _insert_events(destination: Destination, events: list[dict[str, Any]]) -> None:
     with session_scope(destination.database_url) as session:
-        insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         for start in range(0, len(events), SHIP_BATCH):
             batch = events[start : start + SHIP_BATCH]
             # Core, not ORM, insert: the ORM's per-row bookkeeping doubled the cost per event.
-            session.connection().execute(
-                insert(AuditEvent.__table__).on_conflict_do_nothing(index_elements=["id"]), batch
-            )
+            session.connection().execute(insert(AUDIT_EVENTS).on_conflict_do_nothing(index_elements=["id"]), batch)
         if destination.after_insert is not None:
             destination.after_insert(session, events)
 
@@ -527,7 +533,7 @@ def _insert_events(destination: Destination, events: list[dict]) -> None:
 # -- set-aside events and the backlog ----------------------------------------------------------
 
 
-def _read_set_aside(directory: Path) -> tuple[dict[str, tuple[dict, str]], int]:
+def _read_set_aside(directory: Path) -> tuple[dict[str, tuple[dict[str, Any], str]], int]:
     """Set-aside events by id (a retried segment may have set one aside twice), and torn records."""
     path = directory / SET_ASIDE
     if not path.exists():
@@ -588,7 +594,7 @@ class Backlog:
     set_aside_events: int
     torn_records: int
 
-    def view(self, directory: Path) -> dict:
+    def view(self, directory: Path) -> dict[str, Any]:
         age = (datetime.now(UTC) - self.oldest_pending_at).total_seconds() if self.oldest_pending_at else None
         return {
             "directory": str(directory),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -60,7 +61,7 @@ def list_events(
     return list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
 
 
-def event_view(event: AuditEvent) -> dict:
+def event_view(event: AuditEvent) -> dict[str, Any]:
     return {
         "id": event.id,
         "actor_id": event.actor_id,

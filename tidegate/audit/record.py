@@ -8,6 +8,7 @@ through the journal (audit.journal) so that recording never waits on the databas
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import String, update
 from sqlalchemy.orm import Session
@@ -27,7 +28,7 @@ def event_row(
     target_type: str | None = None,
     target_id: str | None = None,
     key_id: str | None = None,
-    details: dict | None = None,
+    details: dict[str, Any] | None = None,
     ip_address: str | None = None,
     user_agent: str | None = None,
     request_id: str | None = None,
@@ -36,7 +37,7 @@ def event_row(
     status: int | None = None,
     timestamp: datetime | None = None,
     id: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     return storable(
         {
             "id": id or new_id("evt"),
@@ -65,7 +66,7 @@ _TEXT_LIMITS = {
 }
 
 
-def storable(row: dict) -> dict:
+def storable(row: dict[str, Any]) -> dict[str, Any]:
     """The event with every text field as any database can keep it: NUL becomes U+FFFD and
     text is cut to its column's length (PostgreSQL refuses both; SQLite takes them).
 
@@ -90,7 +91,7 @@ def record(
     org_id: str,
     target_type: str | None = None,
     target_id: str | None = None,
-    details: dict | None = None,
+    details: dict[str, Any] | None = None,
     context: RequestContext | None = None,
 ) -> None:
     """Add one event to the caller's transaction. `actor` None means the operator CLI.

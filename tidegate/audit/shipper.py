@@ -20,6 +20,8 @@ import multiprocessing
 import os
 import signal
 import threading
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from tidegate.audit.journal import AfterInsert, backoff, brief_error, private_directory, ship_pending
@@ -35,7 +37,7 @@ def ships_elsewhere() -> bool:
 
 
 def _run(
-    directory: str, database_url: str, parent_pid: int, interval: float, stop, after_insert: AfterInsert | None
+    directory: str, database_url: str, parent_pid: int, interval: float, stop: Event, after_insert: AfterInsert | None
 ) -> None:
     # Signals to the whole process group (Ctrl-C, a service manager's SIGTERM) are for the
     # server: it stops us through `stop`, or we see it gone. Either way we ship once more.
@@ -73,7 +75,7 @@ class ShipperProcess:
         self.after_insert = after_insert  # a module-level function: the spawned child imports it
         self.interval = interval
         self._context = multiprocessing.get_context("spawn")
-        self._process: multiprocessing.Process | None = None
+        self._process: BaseProcess | None = None
         self._stop = self._context.Event()  # seen by the child and by the watch thread
         self._watch: threading.Thread | None = None
 
@@ -82,22 +84,23 @@ class ShipperProcess:
         return self._process.pid if self._process else None
 
     def _spawn(self) -> None:
-        self._process = self._context.Process(
+        self._process = process = self._context.Process(
             target=_run,
             args=(str(self.directory), self.database_url, os.getpid(), self.interval, self._stop, self.after_insert),
             name="tidegate-audit-shipper",
             daemon=True,
         )
-        self._process.start()
+        process.start()
 
     def start(self) -> None:
         private_directory(self.directory)
         self._spawn()
 
-        def watch():
+        def watch() -> None:
             while not self._stop.wait(1.0):
-                if not self._process.is_alive() and not self._stop.is_set():
-                    log.warning("audit shipper exited (code %s); restarting it", self._process.exitcode)
+                process = self._process
+                if process is not None and not process.is_alive() and not self._stop.is_set():
+                    log.warning("audit shipper exited (code %s); restarting it", process.exitcode)
                     self._spawn()
 
         self._watch = threading.Thread(target=watch, name="tidegate-audit-shipper-watch", daemon=True)

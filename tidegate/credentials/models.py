@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -30,7 +31,7 @@ class ApiKey(Base):
     last_used_ip: Mapped[str | None] = mapped_column(String(64))
     rate_limit_per_minute: Mapped[int] = mapped_column(Integer, default=60)
     ip_allowlist: Mapped[list[str] | None] = mapped_column(JSON)
-    source_scope: Mapped[dict | None] = mapped_column(JSON)
+    source_scope: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     access_policy_ids: Mapped[list[str] | None] = mapped_column(JSON)
     bound_user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
     # The key whose request created this one (None: made by a person, in the web UI or CLI).

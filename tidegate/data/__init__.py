@@ -13,9 +13,10 @@ Call `configure(data_dir=settings.data_dir)` once per process at startup.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 
-def configure(*, data_dir: str | os.PathLike | None = None, **engine_options) -> None:
+def configure(*, data_dir: str | os.PathLike[str] | None = None, **engine_options: Any) -> None:
     """Process-wide setup: the data directory and engine/sandbox options
     (cache_bytes, max_entry_fraction, threads, memory_limit, query_timeout,
     query_memory_limit, query_threads)."""

@@ -30,9 +30,10 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import pyarrow as pa
@@ -42,6 +43,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tidegate.data import egress, ingest
 from tidegate.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from tidegate.data.models import Source
 
 FETCH_BATCH = 10_000
 DEFAULT_TIMEOUT_SECONDS = 300
@@ -58,7 +62,7 @@ class ConnectorType:
     required: tuple[str, ...]
     secret_fields: tuple[str, ...]
 
-    def public(self) -> dict:
+    def public(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
@@ -90,7 +94,7 @@ CONNECTORS: dict[str, ConnectorType] = {
 }
 
 
-def list_connectors() -> list[dict]:
+def list_connectors() -> list[dict[str, Any]]:
     return [c.public() for c in CONNECTORS.values()]
 
 
@@ -118,15 +122,16 @@ def _fernet(session_key: bytes) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(key))
 
 
-def encrypt_secret(secret: dict, session_key: bytes) -> str:
+def encrypt_secret(secret: dict[str, Any], session_key: bytes) -> str:
     return _fernet(session_key).encrypt(orjson.dumps(secret)).decode()
 
 
-def decrypt_secret(token: str | None, session_key: bytes) -> dict:
+def decrypt_secret(token: str | None, session_key: bytes) -> dict[str, Any]:
     if not token:
         return {}
     try:
-        return orjson.loads(_fernet(session_key).decrypt(token.encode()))
+        secret: dict[str, Any] = orjson.loads(_fernet(session_key).decrypt(token.encode()))
+        return secret
     except (InvalidToken, orjson.JSONDecodeError):
         raise InvalidRequest(
             "connector_secret_unreadable",
@@ -139,7 +144,7 @@ def decrypt_secret(token: str | None, session_key: bytes) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def _text(config: dict, name: str, *, required: bool = False, max_length: int = 1000) -> str | None:
+def _text(config: dict[str, Any], name: str, *, required: bool = False, max_length: int = 1000) -> str | None:
     value = config.get(name)
     if value is None or value == "":
         if required:
@@ -152,7 +157,9 @@ def _text(config: dict, name: str, *, required: bool = False, max_length: int = 
     return value
 
 
-def split_config(connector_type: str, config: Any, secret: dict | None = None) -> tuple[dict, dict]:
+def split_config(
+    connector_type: str, config: Any, secret: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate a connector configuration; return (public config, secret).
 
     Secret fields found in `config` (e.g. a `password` sent with the rest) are moved to the
@@ -218,7 +225,7 @@ def split_config(connector_type: str, config: Any, secret: dict | None = None) -
 _sqlite_dirs: list[Path] | None = None
 
 
-def configure(*, sqlite_dirs: list[str | os.PathLike] | None = None) -> None:
+def configure(*, sqlite_dirs: list[str | os.PathLike[str]] | None = None) -> None:
     """Directories SQLite connector files may live in (default: TIDEGATE_SQLITE_CONNECTOR_DIRS)."""
     global _sqlite_dirs
     _sqlite_dirs = None if sqlite_dirs is None else [Path(d).resolve() for d in sqlite_dirs]
@@ -231,14 +238,14 @@ def _allowed_sqlite_dirs() -> list[Path]:
     return [Path(p).resolve() for p in raw.split(os.pathsep) if p.strip()]
 
 
-def _scrub(message: str, secret: dict) -> str:
+def _scrub(message: str, secret: dict[str, Any]) -> str:
     for value in secret.values():
         if isinstance(value, str) and value:
             message = message.replace(value, "***")
     return message.strip().splitlines()[0][:400] if message.strip() else "unknown error"
 
 
-def pull(connector_type: str, config: dict, secret: dict | None) -> pa.Table:
+def pull(connector_type: str, config: dict[str, Any], secret: dict[str, Any] | None) -> pa.Table:
     """Read the configured table or query into a canonical Arrow table.
 
     Any failure (connection, permissions, bad query, unsupported data) is InvalidRequest
@@ -252,7 +259,7 @@ def pull(connector_type: str, config: dict, secret: dict | None) -> pa.Table:
     return _to_table(names, columns, declared)
 
 
-def _to_table(names: list[str], columns: list[list], declared: list[str | None]) -> pa.Table:
+def _to_table(names: list[str], columns: list[list[Any]], declared: list[str | None]) -> pa.Table:
     try:
         ingest.validate_column_names(names)
     except InvalidRequest as exc:
@@ -307,7 +314,9 @@ def statement_timeout_seconds() -> int:
     return max(1, seconds)
 
 
-def _pull_postgresql(config: dict, secret: dict) -> tuple[list[str], list[list], list[str | None]]:
+def _pull_postgresql(
+    config: dict[str, Any], secret: dict[str, Any]
+) -> tuple[list[str], list[list[Any]], list[str | None]]:
     import psycopg
     from psycopg import sql as pgsql
 
@@ -349,7 +358,7 @@ def _pull_postgresql(config: dict, secret: dict) -> tuple[list[str], list[list],
                     if config.get("schema")
                     else pgsql.Identifier(config["table"])
                 )
-                statement = pgsql.SQL("SELECT * FROM {}").format(target)
+                statement: pgsql.Composed | pgsql.SQL = pgsql.SQL("SELECT * FROM {}").format(target)
             else:
                 statement = pgsql.SQL(config["query"])  # the owner's own query, read-only
             with connection.cursor(name="tidegate_pull") as cursor:
@@ -426,7 +435,7 @@ def _is_own_file(resolved: Path) -> bool:
         return False
 
 
-def _pull_sqlite(config: dict) -> tuple[list[str], list[list], list[str | None]]:
+def _pull_sqlite(config: dict[str, Any]) -> tuple[list[str], list[list[Any]], list[str | None]]:
     path = _sqlite_path(config["path"])
     try:
         connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
@@ -434,7 +443,7 @@ def _pull_sqlite(config: dict) -> tuple[list[str], list[list], list[str | None]]
         raise InvalidRequest("connector_error", f"Could not open the SQLite file: {exc}") from None
     deadline = time.monotonic() + statement_timeout_seconds()
 
-    def authorizer(action, arg1, arg2, db_name, trigger):
+    def authorizer(action: int, arg1: str | None, arg2: str | None, db_name: str | None, trigger: str | None) -> int:
         if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _SQLITE_DENIED_FUNCTIONS:
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK if action in _SQLITE_READ_ACTIONS else sqlite3.SQLITE_DENY
@@ -461,7 +470,13 @@ def _pull_sqlite(config: dict) -> tuple[list[str], list[list], list[str | None]]
 # ---------------------------------------------------------------------------------------
 
 
-def configure_source(source, connector_type: str, config: dict, session_key: bytes, secret: dict | None = None) -> None:
+def configure_source(
+    source: Source,
+    connector_type: str,
+    config: dict[str, Any],
+    session_key: bytes,
+    secret: dict[str, Any] | None = None,
+) -> None:
     """Validate and store a connector setup on a Source (secret encrypted; caller commits).
 
     A config update without a password keeps the stored one.
@@ -475,7 +490,7 @@ def configure_source(source, connector_type: str, config: dict, session_key: byt
     source.connector_secret_encrypted = encrypt_secret(secrets, session_key) if secrets else None
 
 
-def pull_source(source, session_key: bytes) -> pa.Table:
+def pull_source(source: Source, session_key: bytes) -> pa.Table:
     """Pull a connector source's data with its stored configuration."""
     if source.service not in CONNECTORS:
         raise InvalidRequest("not_a_connector_source", "This source is not fed by a connector.")
@@ -483,9 +498,15 @@ def pull_source(source, session_key: bytes) -> pa.Table:
     return pull(source.service, source.connector_config or {}, secret)
 
 
-def _fetch_columns(cursor, width: int) -> list[list]:
+class _Rows(Protocol):
+    """A DB-API cursor (psycopg's or sqlite3's), as far as reading its rows goes."""
+
+    def fetchmany(self, size: int, /) -> Sequence[Sequence[Any]]: ...
+
+
+def _fetch_columns(cursor: _Rows, width: int) -> list[list[Any]]:
     """Every remaining row of a DB-API cursor, by column, fetched FETCH_BATCH at a time."""
-    columns: list[list] = [[] for _ in range(width)]
+    columns: list[list[Any]] = [[] for _ in range(width)]
     while rows := cursor.fetchmany(FETCH_BATCH):
         for row in rows:
             for i, value in enumerate(row):

@@ -148,13 +148,15 @@ def own_database_server() -> tuple[frozenset[IPAddress], int | None]:
 def _resolve(host: str, port: int) -> list[IPAddress]:
     addresses: list[IPAddress] = []
     for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        address = ipaddress.ip_address(sockaddr[0].split("%")[0])
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
         if address not in addresses:
             addresses.append(address)
     return addresses
 
 
-def _entry_allows(entry: AllowEntry, host: str, port: int, address: IPAddress, own: tuple) -> bool:
+def _entry_allows(
+    entry: AllowEntry, host: str, port: int, address: IPAddress, own: tuple[frozenset[IPAddress], int | None]
+) -> bool:
     own_addresses, own_port = own
     if entry.port is not None and entry.port != port:
         return False
@@ -164,6 +166,8 @@ def _entry_allows(entry: AllowEntry, host: str, port: int, address: IPAddress, o
         return False  # the metadata database only through an entry naming its port
     if entry.host is not None:
         return entry.host == host
+    if entry.network is None:
+        return False  # (every parsed entry has one of public, host or network)
     return address.version == entry.network.version and address in entry.network
 
 

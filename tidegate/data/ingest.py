@@ -30,9 +30,10 @@ import os
 import re
 import uuid
 import zipfile
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pyarrow as pa
@@ -142,7 +143,7 @@ def check_table_size(rows: int, columns: int, *, cell_cap: int | None = None, ki
         raise _too_many_cells(rows * columns, cap, kind)
 
 
-def _check_inflated_size(entries: list[tuple[str, int, int | None]]) -> None:
+def _check_inflated_size(entries: Sequence[tuple[str, int, int | None]]) -> None:
     """(name, uncompressed size, compressed size or None) of a compressed file's parts, before
     any is inflated: refuse a bomb by its own declarations (file_too_large). A zip entry that
     lies about its size cannot inflate past it: Python's zipfile stops at the declared size
@@ -170,7 +171,7 @@ def _check_inflated_size(entries: list[tuple[str, int, int | None]]) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def validate_column_names(names: list) -> None:
+def validate_column_names(names: Sequence[object]) -> None:
     """Refuse empty, overlong, control-character and case-insensitively duplicate names."""
     if len(names) > MAX_COLUMNS:
         raise InvalidRequest("too_many_columns", f"{len(names)} columns; at most {MAX_COLUMNS} are allowed.")
@@ -194,7 +195,7 @@ def validate_column_names(names: list) -> None:
         seen[key] = name
 
 
-def columns_of(table: pa.Table) -> list[dict]:
+def columns_of(table: pa.Table) -> list[dict[str, Any]]:
     """The `[{name, type}]` list of a table whose columns have canonical types."""
     out = []
     for field in table.schema:
@@ -211,11 +212,11 @@ def type_name(arrow_type: pa.DataType) -> str:
     raise ValueError(f"not a canonical column type: {arrow_type}")
 
 
-def schema_for(columns: list[dict]) -> pa.Schema:
+def schema_for(columns: list[dict[str, Any]]) -> pa.Schema:
     return pa.schema([pa.field(c["name"], ARROW_TYPES[c["type"]]) for c in columns])
 
 
-def empty_table(columns: list[dict]) -> pa.Table:
+def empty_table(columns: list[dict[str, Any]]) -> pa.Table:
     return schema_for(columns).empty_table()
 
 
@@ -349,9 +350,9 @@ def _py_value(value: Any, target: str) -> Any:
     raise ValueError(target)
 
 
-def _py_to_type(values: list, target: str, column: str) -> pa.Array:
+def _py_to_type(values: Sequence[Any], target: str, column: str) -> pa.Array:
     """Convert Python values; refuse the first that does not fit, naming its 1-based row."""
-    out = []
+    out: list[Any] = []
     for index, value in enumerate(values):
         if value is None or (isinstance(value, float) and math.isnan(value) and target != "float"):
             out.append(None)
@@ -368,15 +369,15 @@ def _py_to_type(values: list, target: str, column: str) -> pa.Array:
 # ---------------------------------------------------------------------------------------
 
 
-def _all(mask) -> bool:
+def _all(mask: pa.Array | pa.ChunkedArray) -> bool:
     return bool(pc.all(mask).as_py())
 
 
-def _strip_plus(arr):
+def _strip_plus(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.replace_substring_regex(arr, pattern=r"^\+", replacement="")
 
 
-def _cast_timestamps(arr) -> pa.ChunkedArray | pa.Array:
+def _cast_timestamps(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """ISO strings (dates, or datetimes with an optional zone) to naive UTC timestamps."""
     zoned = pc.match_substring_regex(arr, _TS_ZONE)
     if not _all(pc.invert(pc.fill_null(zoned, False))):
@@ -388,7 +389,7 @@ def _cast_timestamps(arr) -> pa.ChunkedArray | pa.Array:
     return pc.cast(arr, pa.timestamp("us"))
 
 
-def _infer_strings(arr, *, numbers: bool = True):
+def _infer_strings(arr: pa.Array | pa.ChunkedArray, *, numbers: bool = True) -> pa.Array | pa.ChunkedArray:
     """Infer a canonical column from text cells (nulls ignored)."""
     arr = arr.cast(pa.string()) if arr.type != pa.string() else arr
     if arr.null_count == len(arr):
@@ -420,7 +421,7 @@ def _infer_strings(arr, *, numbers: bool = True):
     return arr
 
 
-def _infer_py(values: list, *, midnight_as_date: bool = False) -> pa.Array:
+def _infer_py(values: Sequence[Any], *, midnight_as_date: bool = False) -> pa.Array:
     """Infer a canonical column from Python values (JSON rows, Excel cells, connectors)."""
     kinds = set()
     for value in values:
@@ -496,7 +497,7 @@ def _normalize_arrow(arr: pa.ChunkedArray, column: str) -> pa.ChunkedArray:
 # ---------------------------------------------------------------------------------------
 
 
-def _conform_arrow(arr, target: str, column: str):
+def _conform_arrow(arr: pa.Array | pa.ChunkedArray, target: str, column: str) -> pa.Array | pa.ChunkedArray:
     """Vectorized happy path; on any doubt, the Python path finds the offending row."""
     want = ARROW_TYPES[target]
     have = arr.type
@@ -533,7 +534,7 @@ def _conform_arrow(arr, target: str, column: str):
     return _py_to_type(arr.to_pylist(), target, column)
 
 
-def _resolve_names(incoming: list[str], columns: list[dict], *, many_to_one: bool = False) -> dict[str, str]:
+def _resolve_names(incoming: list[str], columns: list[dict[str, Any]], *, many_to_one: bool = False) -> dict[str, str]:
     """Map incoming names to the schema's exact names (exact first, then ignoring case)."""
     exact = {c["name"] for c in columns}
     folded = {c["name"].casefold(): c["name"] for c in columns}
@@ -553,7 +554,7 @@ def _resolve_names(incoming: list[str], columns: list[dict], *, many_to_one: boo
     return mapping
 
 
-def conform_table(table: pa.Table, columns: list[dict]) -> pa.Table:
+def conform_table(table: pa.Table, columns: list[dict[str, Any]]) -> pa.Table:
     """Cast a table to an existing schema: unknown columns and ill-typed values are refused,
     missing columns are null, and the result has exactly the schema's columns in order."""
     mapping = _resolve_names(table.column_names, columns)
@@ -573,7 +574,9 @@ def conform_table(table: pa.Table, columns: list[dict]) -> pa.Table:
 # ---------------------------------------------------------------------------------------
 
 
-def rows_to_table(rows: Any, *, columns: list[dict] | None = None, midnight_as_date: bool = False) -> pa.Table:
+def rows_to_table(
+    rows: Any, *, columns: list[dict[str, Any]] | None = None, midnight_as_date: bool = False
+) -> pa.Table:
     """Inline JSON rows (a list of objects) to a table: inferred, or conformed to `columns`."""
     if not isinstance(rows, list):
         raise InvalidRequest("invalid_rows", "rows must be a list of objects.")
@@ -654,18 +657,19 @@ def detect_file_type(filename: str | None = None, content_type: str | None = Non
 
 
 def parse_file(
-    data: bytes | str | os.PathLike,
+    data: bytes | str | os.PathLike[str],
     *,
     filename: str | None = None,
     content_type: str | None = None,
     file_type: str | None = None,
-    columns: list[dict] | None = None,
+    columns: list[dict[str, Any]] | None = None,
 ) -> pa.Table:
     """Parse file bytes (or a path) into a canonical table, conformed to `columns` if given.
 
     Parquet and xlsx are read from a path without first loading the whole file in memory.
     """
     path = None
+    content = b""
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         filename = filename or path.name
@@ -675,8 +679,8 @@ def parse_file(
         except OSError as exc:
             raise _bad_file(f"Cannot read the file: {exc.strerror}.") from None
     elif isinstance(data, (bytes, bytearray, memoryview)):
-        data = bytes(data)
-        head = data[:64]
+        content = bytes(data)
+        head = content[:64]
     else:
         raise TypeError("data must be bytes or a path")
     kind = file_type or detect_file_type(filename, content_type, head)
@@ -688,22 +692,22 @@ def parse_file(
         return parse_parquet(path, columns=columns) if kind == "parquet" else parse_xlsx(path, columns=columns)
     if path is not None:
         try:
-            data = path.read_bytes()
+            content = path.read_bytes()
         except OSError as exc:
             raise _bad_file(f"Cannot read the file: {exc.strerror}.") from None
-    if not data.strip():
+    if not content.strip():
         raise _bad_file("The file is empty.")
     if kind == "csv":
-        return parse_delimited(data, ",", columns=columns)
+        return parse_delimited(content, ",", columns=columns)
     if kind == "tsv":
-        return parse_delimited(data, "\t", columns=columns)
+        return parse_delimited(content, "\t", columns=columns)
     if kind == "json":
-        return parse_json(data, columns=columns)
+        return parse_json(content, columns=columns)
     if kind == "ndjson":
-        return parse_ndjson(data, columns=columns)
+        return parse_ndjson(content, columns=columns)
     if kind == "parquet":
-        return parse_parquet(data, columns=columns)
-    return parse_xlsx(data, columns=columns)
+        return parse_parquet(content, columns=columns)
+    return parse_xlsx(content, columns=columns)
 
 
 def _to_utf8(data: bytes) -> bytes:
@@ -722,7 +726,7 @@ def _to_utf8(data: bytes) -> bytes:
         return data.decode("cp1252", errors="replace").encode("utf-8")
 
 
-def parse_delimited(data: bytes, delimiter: str, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_delimited(data: bytes, delimiter: str, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     data = _to_utf8(data)
     parse_options = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
     try:
@@ -753,7 +757,7 @@ def parse_delimited(data: bytes, delimiter: str, *, columns: list[dict] | None =
     return pa.Table.from_arrays(arrays, names=stripped)
 
 
-def parse_json(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_json(data: bytes, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     try:
         rows = orjson.loads(_to_utf8(data))
     except orjson.JSONDecodeError as exc:
@@ -770,7 +774,7 @@ def parse_json(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
         raise
 
 
-def parse_ndjson(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_ndjson(data: bytes, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     max_rows = cost_limits.get_limits().max_ingest_rows
     rows = []
     for number, line in enumerate(_to_utf8(data).splitlines(), start=1):
@@ -788,7 +792,7 @@ def parse_ndjson(data: bytes, *, columns: list[dict] | None = None) -> pa.Table:
     return rows_to_table(rows, columns=columns)
 
 
-def parse_parquet(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_parquet(data: bytes | Path, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     source = str(data) if isinstance(data, Path) else pa.BufferReader(data)
     try:
         parquet = pq.ParquetFile(source)
@@ -829,15 +833,15 @@ def _skip_openpyxl_dimension_scan() -> None:
     from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
     if excel.ReadOnlyWorksheet is ReadOnlyWorksheet:
-
-        class UnsizedReadOnlyWorksheet(ReadOnlyWorksheet):
-            def _get_size(self):
+        # openpyxl ships no type hints: its class is Any to mypy.
+        class UnsizedReadOnlyWorksheet(ReadOnlyWorksheet):  # type: ignore[misc]
+            def _get_size(self) -> None:
                 pass  # dimensions unknown: rows come as stored, unpadded
 
         excel.ReadOnlyWorksheet = UnsizedReadOnlyWorksheet
 
 
-def _check_xlsx_archive(source) -> None:
+def _check_xlsx_archive(source: str | IO[bytes]) -> None:
     try:
         with zipfile.ZipFile(source) as archive:
             entries = [(info.filename, info.file_size, info.compress_size) for info in archive.infolist()]
@@ -846,7 +850,7 @@ def _check_xlsx_archive(source) -> None:
     _check_inflated_size(entries)
 
 
-def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.Table:
+def parse_xlsx(data: bytes | Path, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     """The first worksheet; its first non-empty row is the header.
 
     The archive's declared sizes are checked before openpyxl inflates anything, and reading
@@ -891,7 +895,7 @@ def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.T
                 )
             names.append(name.strip())
         validate_column_names(names)
-        values: list[list] = [[] for _ in names]
+        values: list[list[Any]] = [[] for _ in names]
         count = 0
         cells = 0  # as openpyxl hands them over: a far-right cell pads its row with empty ones
         max_rows = min(limits.max_ingest_rows, cell_cap // width)
@@ -929,23 +933,23 @@ def parse_xlsx(data: bytes | Path, *, columns: list[dict] | None = None) -> pa.T
         count = len(values[0]) if values else 0
         arrays = []
         for col in columns:
-            i = source_of.get(col["name"])
+            index = source_of.get(col["name"])
             arrays.append(
                 pa.nulls(count, ARROW_TYPES[col["type"]])
-                if i is None
-                else _py_to_type(values[i], col["type"], col["name"])
+                if index is None
+                else _py_to_type(values[index], col["type"], col["name"])
             )
         return pa.Table.from_arrays(arrays, schema=schema_for(columns))
     arrays = [_infer_py(v, midnight_as_date=True) for v in values]
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def convert_values(values: list, target: str, column: str) -> pa.Array:
+def convert_values(values: Sequence[Any], target: str, column: str) -> pa.Array:
     """Python values to a column of type `target`; `type_mismatch` names the first bad row."""
     return _py_to_type(values, target, column)
 
 
-def infer_values(values: list, *, midnight_as_date: bool = False) -> pa.Array:
+def infer_values(values: Sequence[Any], *, midnight_as_date: bool = False) -> pa.Array:
     """Infer a canonical column from Python values (as for JSON rows)."""
     return _infer_py(values, midnight_as_date=midnight_as_date)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from tidegate.data import engine, storage
@@ -11,7 +12,7 @@ from tidegate.db.engine import session_scope
 log = logging.getLogger("tidegate.data")
 
 
-def collect(database_url: str, data_dir) -> storage.GcReport:
+def collect(database_url: str, data_dir: str | os.PathLike[str] | None) -> storage.GcReport:
     """Prune old versions (one transaction), then delete unreferenced files."""
     with session_scope(database_url) as session:
         pruned = storage.prune_versions(session)
@@ -24,13 +25,13 @@ def collect(database_url: str, data_dir) -> storage.GcReport:
 class PeriodicCollector:
     """Runs `collect` every `interval` seconds in a daemon thread (idempotent across workers)."""
 
-    def __init__(self, database_url: str, data_dir, interval: float = 900.0):
+    def __init__(self, database_url: str, data_dir: str | os.PathLike[str] | None, interval: float = 900.0):
         self.database_url, self.data_dir, self.interval = database_url, data_dir, interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        def loop():
+        def loop() -> None:
             while not self._stop.wait(self.interval):
                 try:
                     collect(self.database_url, self.data_dir)

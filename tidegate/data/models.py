@@ -10,6 +10,7 @@ exactly what it listed.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -37,7 +38,7 @@ class Source(Base):
     service: Mapped[str] = mapped_column(String(40), default=SERVICE_API)
     connector_id: Mapped[str | None] = mapped_column(String(40))
     # The non-secret part of a connector's configuration (host, database, table, ...).
-    connector_config: Mapped[dict | None] = mapped_column(JSON)
+    connector_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Fernet token (key derived from Settings.session_key) of the connector's credentials.
     # Write-only: never returned, logged or audited. See connectors.encrypt_secret.
     connector_secret_encrypted: Mapped[str | None] = mapped_column(Text)
@@ -64,7 +65,7 @@ class SourceVersion(Base):
     org_id: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     row_count: Mapped[int] = mapped_column(BigInteger, default=0)
-    columns: Mapped[list[dict]] = mapped_column(JSON)  # [{"name": str, "type": str}]
+    columns: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{"name": str, "type": str}]
     # Part files relative to <data_dir>/<org_id>/<source_id>/, e.g. "ver_x/part-0000.parquet".
     parts: Mapped[list[str]] = mapped_column(JSON)
 
@@ -102,5 +103,5 @@ class File(Base):
     # Relative to data_dir: "<org_id>/files/<file_id>".
     storage_path: Mapped[str] = mapped_column(String(300))
     # Filled when the file is tabular (csv, tsv, json, ndjson, parquet, xlsx); else None.
-    columns: Mapped[list[dict] | None] = mapped_column(JSON)
+    columns: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     row_count: Mapped[int | None] = mapped_column(BigInteger)

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidegate.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import duckdb
 
 # A DuckDB chunk is 2,048 rows and an interrupt waits for the chunk: lpad of 10,000
 # characters takes ~1 ms a value (2 s a chunk on a loaded 2-core machine), of 1,000 ~0.1 ms.
@@ -36,19 +39,19 @@ def _refuse(message: str) -> InvalidRequest:
     return InvalidRequest("query_too_expensive", message)
 
 
-def check(cursor, sql: str) -> None:
+def check(cursor: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Raise `query_too_expensive` if `sql` calls a size-amplifying function unboundedly.
     `cursor`: any DuckDB cursor (the text is only parsed, never run)."""
     tree = json.loads(cursor.sql("SELECT json_serialize_sql(?)", params=[sql]).fetchall()[0][0])
     _walk(tree)
 
 
-def _arguments(node: dict) -> list[dict]:
+def _arguments(node: dict[str, Any]) -> list[dict[str, Any]]:
     items = node.get("arguments") or node.get("children") or []
     return [item.get("expression", item) if isinstance(item, dict) else {} for item in items]
 
 
-def _literal(node: dict) -> tuple[str, str] | None:
+def _literal(node: dict[str, Any]) -> tuple[str, str] | None:
     """(kind, text) of a constant, e.g. ("INTEGER", "12"); None for anything computed."""
     if not isinstance(node, dict) or node.get("class") != "CONSTANT":
         return None
@@ -61,7 +64,7 @@ def _literal(node: dict) -> tuple[str, str] | None:
     return None
 
 
-def _check_pad(name: str, args: list[dict]) -> None:
+def _check_pad(name: str, args: list[dict[str, Any]]) -> None:
     if len(args) < 2:
         return  # DuckDB refuses the call itself
     literal = _literal(args[1])
@@ -71,7 +74,7 @@ def _check_pad(name: str, args: list[dict]) -> None:
         raise _refuse(f"{name}() can pad to at most {MAX_PAD_LENGTH:,} characters, not {int(literal[1]):,}.")
 
 
-def _check_format(name: str, args: list[dict]) -> None:
+def _check_format(name: str, args: list[dict[str, Any]]) -> None:
     if not args:
         return
     literal = _literal(args[0])

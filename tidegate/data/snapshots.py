@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -41,7 +42,7 @@ class VersionSnapshot:
         )
 
     @property
-    def columns(self) -> list[dict]:
+    def columns(self) -> list[dict[str, Any]]:
         """`[{"name", "type"}]` like SourceVersion.columns (a fresh list: change it freely)."""
         return [{"name": name, "type": kind} for name, kind in self.column_types]
 
@@ -94,6 +95,6 @@ class SourceSnapshot:
         )
 
     @property
-    def connector_config(self) -> dict | None:
+    def connector_config(self) -> dict[str, Any] | None:
         """The connector's non-secret settings (a fresh dict)."""
         return None if self.connector_config_json is None else orjson.loads(self.connector_config_json)

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,13 +51,13 @@ _ID_RE = re.compile(r"^[a-z]+_[0-9a-z]+$")
 _data_dir: Path | None = None
 
 
-def configure(data_dir: str | os.PathLike | None) -> None:
+def configure(data_dir: str | os.PathLike[str] | None) -> None:
     """Set the data directory for this process (None: Settings.data_dir, read lazily)."""
     global _data_dir
     _data_dir = Path(data_dir).resolve() if data_dir is not None else None
 
 
-def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     if data_dir is not None:
         return Path(data_dir).resolve()
     if _data_dir is not None:
@@ -73,11 +73,11 @@ def _safe_id(value: str) -> str:
     return value
 
 
-def source_dir(org_id: str, source_id: str, data_dir: str | os.PathLike | None = None) -> Path:
+def source_dir(org_id: str, source_id: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
     return data_root(data_dir) / _safe_id(org_id) / _safe_id(source_id)
 
 
-def part_paths(version: SourceVersion, data_dir: str | os.PathLike | None = None) -> list[Path]:
+def part_paths(version: SourceVersion, data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """Absolute paths of a version's part files (validated: no way out of the source dir)."""
     base = source_dir(version.org_id, version.source_id, data_dir)
     paths = []
@@ -166,7 +166,7 @@ def current_version(session: Session, source: Source) -> SourceVersion | None:
 
 
 def write_new_version(
-    session: Session, source: Source, table: pa.Table, *, append: bool, data_dir: str | os.PathLike | None = None
+    session: Session, source: Source, table: pa.Table, *, append: bool, data_dir: str | os.PathLike[str] | None = None
 ) -> SourceVersion:
     """Write `table` as a new version of `source` and make it current, WITHOUT committing.
 
@@ -244,7 +244,8 @@ def write_new_version(
             .values(current_version_id=version_id, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount != 1:
+        # Session.execute is typed as returning a Result; for an UPDATE it is a CursorResult.
+        if result.rowcount != 1:  # type: ignore[attr-defined]
             raise Conflict("concurrent_write", "The source was changed by another write at the same time; retry.")
         # Reflect the switch on the instance without scheduling a second UPDATE.
         set_committed_value(source, "current_version_id", version_id)
@@ -310,7 +311,7 @@ def store_file(
     name: str,
     content: bytes | BinaryIO,
     content_type: str | None = None,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     max_bytes: int | None = None,
 ) -> File:
     """Store an uploaded file durably and add its row (caller commits).
@@ -388,7 +389,7 @@ def _write_stream(tmp: Path, source: BinaryIO, max_bytes: int | None) -> int:
     return size
 
 
-def file_path(file: File, data_dir: str | os.PathLike | None = None) -> Path:
+def file_path(file: File, data_dir: str | os.PathLike[str] | None = None) -> Path:
     root = data_root(data_dir)
     path = (root / file.storage_path).resolve()
     if root not in path.parents:
@@ -397,7 +398,7 @@ def file_path(file: File, data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def read_file_table(
-    file: File, *, columns: list[dict] | None = None, data_dir: str | os.PathLike | None = None
+    file: File, *, columns: list[dict[str, Any]] | None = None, data_dir: str | os.PathLike[str] | None = None
 ) -> pa.Table:
     """Parse a stored file (e.g. to create or append to a source from it)."""
     try:
@@ -421,7 +422,7 @@ class GcReport:
 
 def collect_garbage(
     session: Session,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     *,
     min_age_seconds: float = 60.0,
     temp_min_age_seconds: float = 60.0,
