@@ -18,7 +18,6 @@ from sqlalchemy import select
 
 from tidegate.access.principal import Principal
 from tidegate.access.scopes import PRESETS, preset_scopes, requested_scopes
-from tidegate.api.keys import key_view
 from tidegate.config import get_settings
 from tidegate.credentials import service as keys_service
 from tidegate.db.engine import migrate, session_scope
@@ -26,6 +25,7 @@ from tidegate.errors import InvalidRequest, ServiceUnavailable, TidegateError
 from tidegate.orgs import service as orgs
 from tidegate.orgs.models import Organization
 from tidegate.outages import unavailable_error
+from tidegate.wire.keys import KeyOut
 
 app = typer.Typer(help="tidegate: governed, auditable API keys for your organization's data.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users (operator console).", no_args_is_help=True)
@@ -320,7 +320,7 @@ def users_list(org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
 
 
 def _key_payload(key) -> dict:
-    return {**key_view(key), "org_id": key.org_id}
+    return {**KeyOut.of(key).model_dump(), "org_id": key.org_id}
 
 
 @keys_app.command("create")
