@@ -12,8 +12,8 @@ from tidegate.db.base import isoformat
 
 class EventOut(BaseModel):
     id: str
-    actor_id: str | None
-    actor_type: str | None
+    actor_id: str
+    actor_type: str
     action: str
     target_type: str | None
     target_id: str | None

@@ -16,13 +16,13 @@ class KeyOut(BaseModel):
     key_prefix: str
     scopes: list[str]
     status: str  # active, revoked or expired, now
-    created_by: str | None
+    created_by: str
     created_at: str | None
     last_used_at: str | None
     last_used_ip: str | None
     expires_at: str | None
     revoked_at: str | None
-    rate_limit_per_minute: int | None
+    rate_limit_per_minute: int
     bound_user_id: str | None
     source_scope: dict[str, Any] | None
     access_policy_ids: list[str] | None

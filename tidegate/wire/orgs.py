@@ -14,8 +14,8 @@ class OrgSettingsOut(BaseModel):
     name: str
     api_key_creation_enabled: bool
     deny_by_default: bool
-    max_keys_per_user: int | None
-    user_rate_limit_per_minute: int | None
+    max_keys_per_user: int
+    user_rate_limit_per_minute: int
 
     @classmethod
     def of(cls, org: Organization) -> OrgSettingsOut:
