@@ -9,11 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
-from tidegate.access.sources import open_source
+from tidegate.access.sources import SourceAccess, open_source
 from tidegate.api.deps import DB, authenticated, request_context, require, require_any, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, LimitQuery
-from tidegate.data import connectors
+from tidegate.data import connectors, engine
 from tidegate.data import service as sources
 from tidegate.wire.common import DataList, Deleted, Page
 from tidegate.wire.sources import (
@@ -73,6 +73,11 @@ class OrgShare(BaseModel):
     permission: str = "view"
 
 
+def source_out(access: SourceAccess) -> SourceOut:
+    """A source as this caller sees it: counts are of the rows the caller may read."""
+    return SourceOut.of(access, row_count=engine.count(access.version, access.row_filter) if access.version else 0)
+
+
 @router.get("/connectors", response_model=Page[ConnectorOut])
 def list_connectors(
     principal: Principal = require("admin:sources:read"), limit: int = LimitQuery, after: str | None = AfterQuery
@@ -87,7 +92,7 @@ def list_sources(
     principal: Principal = SOURCE_READ, session: Session = DB, limit: int = LimitQuery, after: str | None = AfterQuery
 ):
     rows = sources.list_sources(session, principal, limit=limit, after=after)
-    return Page[SourceOut].of(rows, limit, lambda s: sources.source_out(open_source(session, principal, s.id)))
+    return Page[SourceOut].of(rows, limit, lambda s: source_out(open_source(session, principal, s.id)))
 
 
 @router.post("/sources", status_code=201, response_model=SourceOut)
@@ -106,13 +111,13 @@ def create_source(body: SourceCreate, request: Request, principal: Principal = A
         context=request_context(request),
     )
     set_audit_target(request, "source", source.id)
-    return sources.source_out(open_source(session, principal, source.id))
+    return source_out(open_source(session, principal, source.id))
 
 
 @router.get("/sources/{source_id}", response_model=SourceOut)
 @router.get("/data/sources/{source_id}", response_model=SourceOut)
 def get_source(source_id: str, principal: Principal = SOURCE_READ, session: Session = DB):
-    return sources.source_out(open_source(session, principal, source_id))
+    return source_out(open_source(session, principal, source_id))
 
 
 @router.patch("/sources/{source_id}", response_model=SourceUpdated)
@@ -145,7 +150,7 @@ def append_rows(source_id: str, body: Rows, request: Request, principal: Princip
     access = sources.write_rows(
         session, principal, source_id, body.rows, replace=False, context=request_context(request)
     )
-    return SourceWritten.of(sources.source_out(access), len(body.rows))
+    return SourceWritten.of(source_out(access), len(body.rows))
 
 
 @router.put("/sources/{source_id}/data", response_model=SourceWritten)
@@ -156,7 +161,7 @@ def replace_data(
     access = sources.write_rows(
         session, principal, source_id, body.rows, replace=True, context=request_context(request)
     )
-    return SourceWritten.of(sources.source_out(access), len(body.rows))
+    return SourceWritten.of(source_out(access), len(body.rows))
 
 
 # -- sharing -------------------------------------------------------------------------------

@@ -16,14 +16,13 @@ from tidegate.access.rowfilter import RowFilter
 from tidegate.access.sources import EDIT, OWNER, SourceAccess, open_source, source_row, visible_sources_query
 from tidegate.audit.record import RequestContext, record
 from tidegate.config import Settings
-from tidegate.data import connectors, engine, ingest, storage
+from tidegate.data import connectors, ingest, storage
 from tidegate.data.models import SERVICE_API, SERVICE_FILE, SHARE_PERMISSIONS, File, Source, SourceShare
 from tidegate.db.base import utcnow
 from tidegate.errors import Forbidden, InvalidRequest, NotFound
 from tidegate.ids import new_id
 from tidegate.limits import get_limits
 from tidegate.orgs.service import get_user
-from tidegate.wire.sources import SourceOut
 
 MAX_INLINE_ROWS = 100_000
 
@@ -440,11 +439,3 @@ def delete_file(session: Session, principal: Principal, file_id: str, *, context
         details={"name": file.name},
         context=context,
     )
-
-
-# -- views ---------------------------------------------------------------------------------
-
-
-def source_out(access: SourceAccess) -> SourceOut:
-    """A source as this caller sees it: counts are of the rows the caller may read."""
-    return SourceOut.of(access, row_count=engine.count(access.version, access.row_filter) if access.version else 0)
