@@ -7,7 +7,8 @@ Access key, to the real app on a real SQLite database. Whatever was sent:
 - the answer is never a 5xx;
 - a 4xx body is exactly the error envelope `{"error": {type, code, message}}`, its type the
   one of its status (never "api_error", the server-fault type);
-- every response carries X-Request-ID.
+- every response carries X-Request-ID;
+- the body conforms to the response schema declared for its status, in the declared content type.
 
 Each operation gets a fresh organization holding one object of every kind (a member with
 an external id, a second key, a policy, a group, a source with rows, a file). Generated path
@@ -34,6 +35,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from schemathesis.checks import content_type_conformance, response_schema_conformance
 
 from tidegate.access.principal import Principal
 from tidegate.access.scopes import preset_scopes
@@ -275,6 +277,8 @@ def check_response(case, response) -> None:
 def test_operation_is_robust(case, world):
     response = case.call(headers=world.headers, app=world.app)
     check_response(case, response)
+    # And the body is what the schema declares for its status (the wire models of tidegate.wire).
+    case.validate_response(response, checks=[response_schema_conformance, content_type_conformance])
 
 
 def test_the_schema_covers_the_api(app_client):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import traceback
 from dataclasses import dataclass
 
@@ -543,3 +545,22 @@ def test_audit_status_shows_the_backlog(tmp_path):
     assert status["pending_events"] == 3 and status["segments"] == 1 and status["set_aside_events"] == 0
     assert status["oldest_pending_age_seconds"] >= 0 and status["torn_records"] == 0
     assert "pending events     3" in run_cli(env, "audit", "status").stdout
+
+
+def test_the_cli_does_not_load_the_web_framework():
+    """The CLI prints the API's shapes (tidegate.wire) without importing the API: FastAPI and
+    Starlette cost a third of its start-up."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tidegate.cli.main; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette') "
+            "or m.startswith('tidegate.api')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    ).stdout.strip()
+    assert loaded == "[]"

@@ -29,6 +29,7 @@ from tidegate.data.maintenance import PeriodicCollector
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
 from tidegate.web.throttle import SigninThrottle
+from tidegate.wire.common import ErrorOut
 
 log = logging.getLogger("tidegate")
 
@@ -41,6 +42,13 @@ HTTP_CODES = {
     400: ("invalid_request_error", "invalid_parameters", "The request body could not be parsed."),
     404: ("not_found_error", "route_not_found", "No such endpoint."),
     405: ("invalid_request_error", "method_not_allowed", "This method is not allowed on this endpoint."),
+}
+
+
+# Every error is the envelope (a request FastAPI cannot validate is a 400, never its 422).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    "4XX": {"model": ErrorOut, "description": "Refused: `{error: {type, code, message}}`."},
+    "5XX": {"model": ErrorOut, "description": "Server error or outage (503 adds `retry_after`)."},
 }
 
 
@@ -115,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(exc.status_code, type_, code, message, headers=getattr(exc, "headers", None))
 
     for module in API_MODULES:
-        app.include_router(module.router, prefix="/api/v1")
+        app.include_router(module.router, prefix="/api/v1", responses=ERROR_RESPONSES)
     fastapi_openapi = app.openapi
 
     def openapi() -> dict:

@@ -8,13 +8,15 @@ from sqlalchemy.orm import Session
 from tidegate.access.principal import Principal
 from tidegate.api.deps import DB, require
 from tidegate.api.inputs import InputRoute
-from tidegate.api.pagination import AfterQuery, cursor_page
-from tidegate.audit.query import event_view, list_events, parse_bound
+from tidegate.api.pagination import AfterQuery
+from tidegate.audit.query import list_events, parse_bound
+from tidegate.wire.audit import EventOut
+from tidegate.wire.common import Page
 
 router = APIRouter(tags=["audit"], route_class=InputRoute)
 
 
-@router.get("/audit/events")
+@router.get("/audit/events", response_model=Page[EventOut])
 def audit_events(
     request: Request,
     principal: Principal = require("admin:audit:read"),
@@ -44,4 +46,4 @@ def audit_events(
         since=parse_bound(since or start_date, "since", end=False),
         until=parse_bound(until or end_date, "until", end=True),
     )
-    return cursor_page(rows, limit, event_view)
+    return Page[EventOut].of(rows, limit, EventOut.of)

@@ -26,6 +26,7 @@ from tidegate.api.inputs import InputRoute, Text, query_choice, query_int
 from tidegate.api.responses import JSON
 from tidegate.data import engine, querypool, sandbox
 from tidegate.jsonfmt import Raw
+from tidegate.wire.sources import ColumnValues, DataPageOut, QueryResultOut
 
 router = APIRouter(tags=["data"], route_class=InputRoute)
 DATA_READ = require("data:read")
@@ -61,6 +62,7 @@ def _audit_read(request: Request, access: SourceAccess, action: str, rows: int, 
     request.scope["state"]["audit_action"] = action
 
 
+ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorOut"}
 READ_DATA_PATHS = ("/sources/{source_id}/data", "/data/sources/{source_id}/data")
 
 
@@ -172,11 +174,17 @@ def openapi_operations(prefix: str) -> dict:
         "200": {
             "description": "`{data, total_count, page, page_size, columns}`, or the CSV or Parquet file.",
             "content": {
-                "application/json": {"schema": {"type": "object"}},
+                # The rows are rendered by orjson from the engine's bytes, never through the model.
+                "application/json": {"schema": DataPageOut.model_json_schema()},
                 "text/csv": {"schema": {"type": "string"}},
                 "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
             },
-        }
+        },
+        # The error envelope, as every FastAPI route of /api/v1 declares it (api.app.ERROR_RESPONSES).
+        **{
+            status: {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+            for status, description in (("4XX", "Refused."), ("5XX", "Server error or outage."))
+        },
     }
     return {
         prefix + path: {
@@ -243,17 +251,21 @@ async def _run_query(request: Request, principal: Principal, source_id: str, bod
     )
 
 
-@router.post("/sources/{source_id}/query")
+@router.post("/sources/{source_id}/query", response_model=QueryResultOut)
 async def query_source(source_id: str, body: Query_, request: Request, principal: Principal = DATA_READ):
     return await _run_query(request, principal, source_id, body)
 
 
-@router.post("/data/query")
+@router.post("/data/query", response_model=QueryResultOut)
 async def data_query(body: DataQuery, request: Request, principal: Principal = DATA_READ):
     return await _run_query(request, principal, body.source_id, body)
 
 
-@router.get("/sources/{source_id}/columns/{column}/values")
+# Values as the rows hold them (dates, decimals) go through FastAPI's encoder as before; the
+# model only describes them.
+@router.get(
+    "/sources/{source_id}/columns/{column}/values", response_model=None, responses={200: {"model": ColumnValues}}
+)
 def column_values(
     source_id: str,
     column: str,

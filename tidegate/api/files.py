@@ -8,13 +8,15 @@ from sqlalchemy.orm import Session
 from tidegate.access.principal import Principal
 from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target
 from tidegate.api.inputs import InputRoute
-from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
+from tidegate.api.pagination import AfterQuery, LimitQuery
 from tidegate.data import service
+from tidegate.wire.common import Deleted, Page
+from tidegate.wire.sources import FileOut
 
 router = APIRouter(tags=["files"], route_class=InputRoute)
 
 
-@router.post("/files/upload", status_code=201)
+@router.post("/files/upload", status_code=201, response_model=FileOut)
 def upload(request: Request, file: UploadFile, principal: Principal = Depends(authenticated), session: Session = DB):
     # The upload's spooled file (on disk past 1 MiB), copied to storage in chunks: an upload
     # never sits in memory whole. Its size cap: file_too_large.
@@ -28,25 +30,25 @@ def upload(request: Request, file: UploadFile, principal: Principal = Depends(au
         context=request_context(request),
     )
     set_audit_target(request, "file", stored.id)
-    return service.file_view(stored)
+    return FileOut.of(stored)
 
 
-@router.get("/files")
+@router.get("/files", response_model=Page[FileOut])
 def list_files(
     principal: Principal = require("admin:files:read"),
     session: Session = DB,
     limit: int = LimitQuery,
     after: str | None = AfterQuery,
 ):
-    return cursor_page(service.list_files(session, principal, limit=limit, after=after), limit, service.file_view)
+    return Page[FileOut].of(service.list_files(session, principal, limit=limit, after=after), limit, FileOut.of)
 
 
-@router.get("/files/{file_id}")
+@router.get("/files/{file_id}", response_model=FileOut)
 def get_file(file_id: str, principal: Principal = require("admin:files:read"), session: Session = DB):
-    return service.file_view(service.get_file(session, principal, file_id))
+    return FileOut.of(service.get_file(session, principal, file_id))
 
 
-@router.delete("/files/{file_id}")
+@router.delete("/files/{file_id}", response_model=Deleted)
 def delete_file(file_id: str, request: Request, principal: Principal = Depends(authenticated), session: Session = DB):
     service.delete_file(session, principal, file_id, context=request_context(request))
-    return {"id": file_id, "deleted": True}
+    return Deleted(id=file_id, deleted=True)

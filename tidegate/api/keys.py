@@ -16,11 +16,11 @@ from tidegate.api.deps import (
     settings_of,
 )
 from tidegate.api.inputs import InputRoute, Text
-from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
+from tidegate.api.pagination import AfterQuery, LimitQuery
 from tidegate.api.responses import JSON
 from tidegate.credentials import service
-from tidegate.credentials.models import ApiKey
-from tidegate.db.base import isoformat, utcnow
+from tidegate.wire.common import Page
+from tidegate.wire.keys import KeyCreated, KeyOut, KeyRevoked
 
 router = APIRouter(tags=["keys"], route_class=InputRoute)
 MANAGE = require("admin:keys:manage")
@@ -46,29 +46,7 @@ class KeyUpdate(BaseModel):
     name: Text = Field(min_length=1, max_length=200)
 
 
-def key_view(key: ApiKey) -> dict:
-    return {
-        "id": key.id,
-        "name": key.name,
-        "key_prefix": key.key_prefix,
-        "scopes": list(key.scopes),
-        "status": key.status_at(utcnow()),
-        "created_by": key.created_by,
-        "created_at": isoformat(key.created_at),
-        "last_used_at": isoformat(key.last_used_at),
-        "last_used_ip": key.last_used_ip,
-        "expires_at": isoformat(key.expires_at),
-        "revoked_at": isoformat(key.revoked_at),
-        "rate_limit_per_minute": key.rate_limit_per_minute,
-        "bound_user_id": key.bound_user_id,
-        "source_scope": key.source_scope,
-        "access_policy_ids": key.access_policy_ids,
-        "ip_allowlist": key.ip_allowlist,
-        "parent_key_id": key.parent_key_id,
-    }
-
-
-@router.post("/keys", status_code=201)
+@router.post("/keys", status_code=201, response_model=KeyCreated)
 def create_key(body: KeyCreate, request: Request, principal: Principal = MANAGE, session: Session = DB):
     created = service.create_key(
         session,
@@ -89,11 +67,13 @@ def create_key(body: KeyCreate, request: Request, principal: Principal = MANAGE,
     set_audit_target(request, "api_key", created.key.id)
     # The only response that ever carries the secret; keep it out of every cache.
     return JSON(
-        {**key_view(created.key), "secret": created.secret}, status_code=201, headers={"Cache-Control": "no-store"}
+        KeyCreated.of_created(created.key, created.secret).model_dump(),
+        status_code=201,
+        headers={"Cache-Control": "no-store"},
     )
 
 
-@router.get("/keys")
+@router.get("/keys", response_model=Page[KeyOut])
 def list_keys(
     principal: Principal = MANAGE,
     session: Session = DB,
@@ -103,22 +83,22 @@ def list_keys(
     status: str | None = Query(None, description="active, revoked or expired"),
 ):
     rows = service.list_keys(session, principal, limit=limit, after=after, search=search, status=status)
-    return cursor_page(rows, limit, key_view)
+    return Page[KeyOut].of(rows, limit, KeyOut.of)
 
 
-@router.get("/keys/{key_id}")
+@router.get("/keys/{key_id}", response_model=KeyOut)
 def get_key(key_id: str, principal: Principal = MANAGE, session: Session = DB):
-    return key_view(service.get_key(session, principal, key_id))
+    return KeyOut.of(service.get_key(session, principal, key_id))
 
 
-@router.patch("/keys/{key_id}")
+@router.patch("/keys/{key_id}", response_model=KeyOut)
 def rename_key(key_id: str, body: KeyUpdate, request: Request, principal: Principal = MANAGE, session: Session = DB):
     key = service.get_key(session, principal, key_id)
-    return key_view(service.rename_key(session, principal, key, body.name, context=request_context(request)))
+    return KeyOut.of(service.rename_key(session, principal, key, body.name, context=request_context(request)))
 
 
-@router.delete("/keys/{key_id}")
+@router.delete("/keys/{key_id}", response_model=KeyRevoked)
 def revoke_key(key_id: str, request: Request, principal: Principal = MANAGE, session: Session = DB):
     key = service.get_key(session, principal, key_id)
     service.revoke_key(session, principal, key, context=request_context(request))
-    return {"id": key.id, "status": "revoked", "deleted": True}
+    return KeyRevoked(id=key.id, status="revoked", deleted=True)

@@ -11,7 +11,7 @@ from tidegate.access.principal import Principal
 from tidegate.api.deps import DB, request_context, require
 from tidegate.api.inputs import InputRoute
 from tidegate.orgs import service
-from tidegate.orgs.models import Organization
+from tidegate.wire.orgs import OrgSettingsOut
 
 router = APIRouter(tags=["organization"], route_class=InputRoute)
 
@@ -25,23 +25,12 @@ class SettingsUpdate(BaseModel):
     user_rate_limit_per_minute: StrictInt | None = None
 
 
-def settings_view(org: Organization) -> dict:
-    return {
-        "org_id": org.id,
-        "name": org.name,
-        "api_key_creation_enabled": org.api_key_creation_enabled,
-        "deny_by_default": org.deny_by_default,
-        "max_keys_per_user": org.max_keys_per_user,
-        "user_rate_limit_per_minute": org.user_rate_limit_per_minute,
-    }
-
-
-@router.get("/org/settings")
+@router.get("/org/settings", response_model=OrgSettingsOut)
 def get_settings(principal: Principal = require("admin:org:read"), session: Session = DB):
-    return settings_view(service.get_org(session, principal.org_id))
+    return OrgSettingsOut.of(service.get_org(session, principal.org_id))
 
 
-@router.patch("/org/settings")
+@router.patch("/org/settings", response_model=OrgSettingsOut)
 def update_settings(
     body: SettingsUpdate, request: Request, principal: Principal = require("admin:org:write"), session: Session = DB
 ):
@@ -58,4 +47,4 @@ def update_settings(
     )
     if body.deny_by_default is not None:
         policies.set_deny_by_default(session, principal, org, body.deny_by_default, context=context)
-    return settings_view(org)
+    return OrgSettingsOut.of(org)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -13,8 +15,23 @@ from tidegate.access.principal import Principal
 from tidegate.access.sources import open_source, visible_sources_query
 from tidegate.api.deps import DB, request_context, require, set_audit_target
 from tidegate.api.inputs import InputRoute, Text
-from tidegate.api.pagination import AfterQuery, cursor_page
+from tidegate.api.pagination import AfterQuery
 from tidegate.data.models import Source
+from tidegate.wire.common import DataList, Deleted, Page
+from tidegate.wire.policies import (
+    ColumnOut,
+    GroupMemberRemoved,
+    GroupOut,
+    GroupPolicyRemoved,
+    PolicyDetail,
+    PolicyOut,
+    PolicyUpdated,
+    PolicyUserRemoved,
+    PolicyUsersAssigned,
+    ResolvedAccessOut,
+    SourceColumnsOut,
+    UserPoliciesReplaced,
+)
 
 router = APIRouter(tags=["access policies"], route_class=InputRoute)
 READ = require("admin:policies:read")
@@ -70,12 +87,11 @@ def _changes(body: BaseModel) -> dict[str, Any]:
     return {name: getattr(body, name) for name in body.model_fields_set}
 
 
-def _policy_detail(session: Session, policy) -> dict:
-    user_ids = service.policy_user_ids(session, policy.id)
-    return service.policy_view(policy, user_count=len(user_ids), user_ids=user_ids)
+def _policy_detail(session: Session, policy) -> PolicyDetail:
+    return PolicyDetail.of_assigned(policy, service.policy_user_ids(session, policy.id))
 
 
-@router.get("/access/policies")
+@router.get("/access/policies", response_model=Page[PolicyOut])
 def list_policies(
     principal: Principal = READ,
     session: Session = DB,
@@ -85,10 +101,10 @@ def list_policies(
 ):
     rows = service.list_policies(session, principal.org_id, limit=limit, after=after, name=name)
     counts = service.policy_user_counts(session, [p.id for p in rows[:limit]])
-    return cursor_page(rows, limit, lambda p: service.policy_view(p, user_count=counts.get(p.id, 0)))
+    return Page[PolicyOut].of(rows, limit, lambda p: PolicyOut.of(p, user_count=counts.get(p.id, 0)))
 
 
-@router.post("/access/policies", status_code=201)
+@router.post("/access/policies", status_code=201, response_model=PolicyDetail)
 def create_policy(body: PolicyCreate, request: Request, principal: Principal = WRITE, session: Session = DB):
     policy = service.create_policy(
         session,
@@ -104,68 +120,65 @@ def create_policy(body: PolicyCreate, request: Request, principal: Principal = W
     return _policy_detail(session, policy)
 
 
-@router.get("/access/policies/{policy_id}")
+@router.get("/access/policies/{policy_id}", response_model=PolicyDetail)
 def get_policy(policy_id: str, principal: Principal = READ, session: Session = DB):
     return _policy_detail(session, service.get_policy(session, principal.org_id, policy_id))
 
 
-@router.patch("/access/policies/{policy_id}")
+@router.patch("/access/policies/{policy_id}", response_model=PolicyUpdated)
 def update_policy(
     policy_id: str, body: PolicyUpdate, request: Request, principal: Principal = WRITE, session: Session = DB
 ):
     policy = service.get_policy(session, principal.org_id, policy_id)
     service.update_policy(session, principal, policy, context=request_context(request), **_changes(body))
-    return {"id": policy.id, "updated": True, "policy": _policy_detail(session, policy)}
+    return PolicyUpdated(id=policy.id, updated=True, policy=_policy_detail(session, policy))
 
 
-@router.delete("/access/policies/{policy_id}")
+@router.delete("/access/policies/{policy_id}", response_model=Deleted)
 def delete_policy(policy_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
     policy = service.get_policy(session, principal.org_id, policy_id)
     service.delete_policy(session, principal, policy, context=request_context(request))
-    return {"id": policy_id, "deleted": True}
+    return Deleted(id=policy_id, deleted=True)
 
 
-@router.post("/access/policies/{policy_id}/users")
+@router.post("/access/policies/{policy_id}/users", response_model=PolicyUsersAssigned)
 def assign_users(policy_id: str, body: UserIds, request: Request, principal: Principal = WRITE, session: Session = DB):
     policy = service.get_policy(session, principal.org_id, policy_id)
     result = service.assign_users(session, principal, policy, body.user_ids, context=request_context(request))
-    return {"policy_id": policy.id, "assigned_user_ids": result.added, "user_ids": result.user_ids}
+    return PolicyUsersAssigned(policy_id=policy.id, assigned_user_ids=result.added, user_ids=result.user_ids)
 
 
-@router.delete("/access/policies/{policy_id}/users/{user_id}")
+@router.delete("/access/policies/{policy_id}/users/{user_id}", response_model=PolicyUserRemoved)
 def remove_user(policy_id: str, user_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
     policy = service.get_policy(session, principal.org_id, policy_id)
     result = service.remove_user(session, principal, policy, user_id, context=request_context(request))
-    return {"policy_id": policy.id, "user_id": result.user_id, "removed": result.removed}
+    return PolicyUserRemoved(policy_id=policy.id, user_id=result.user_id, removed=result.removed)
 
 
-@router.put("/access/users/{user_id}/policies")
+@router.put("/access/users/{user_id}/policies", response_model=UserPoliciesReplaced)
 def replace_user_policies(
     user_id: str, body: PolicyIds, request: Request, principal: Principal = WRITE, session: Session = DB
 ):
     result = service.replace_user_policies(
         session, principal, principal.org_id, user_id, body.policy_ids, context=request_context(request)
     )
-    return {
-        "user_id": result.user_id,
-        "policy_ids": result.policy_ids,
-        "added": result.added,
-        "removed": result.removed,
-    }
+    return UserPoliciesReplaced(
+        user_id=result.user_id, policy_ids=result.policy_ids, added=result.added, removed=result.removed
+    )
 
 
 # -- groups (tidegate extension: the contract has no groups API) --------------------------
 
 
-def _group_detail(session: Session, group) -> dict:
-    return service.group_view(
+def _group_detail(session: Session, group) -> GroupOut:
+    return GroupOut.of(
         group,
         member_ids=service.group_member_ids(session, group.id),
         policy_ids=service.group_policy_ids(session, group.id),
     )
 
 
-@router.get("/access/groups")
+@router.get("/access/groups", response_model=Page[GroupOut])
 def list_groups(
     principal: Principal = READ,
     session: Session = DB,
@@ -174,10 +187,10 @@ def list_groups(
     name: str | None = Query(None, max_length=200),
 ):
     rows = service.list_groups(session, principal.org_id, limit=limit, after=after, name=name)
-    return cursor_page(rows, limit, lambda g: _group_detail(session, g))
+    return Page[GroupOut].of(rows, limit, lambda g: _group_detail(session, g))
 
 
-@router.post("/access/groups", status_code=201)
+@router.post("/access/groups", status_code=201, response_model=GroupOut)
 def create_group(body: GroupCreate, request: Request, principal: Principal = WRITE, session: Session = DB):
     group = service.create_group(
         session,
@@ -191,12 +204,12 @@ def create_group(body: GroupCreate, request: Request, principal: Principal = WRI
     return _group_detail(session, group)
 
 
-@router.get("/access/groups/{group_id}")
+@router.get("/access/groups/{group_id}", response_model=GroupOut)
 def get_group(group_id: str, principal: Principal = READ, session: Session = DB):
     return _group_detail(session, service.get_group(session, principal.org_id, group_id))
 
 
-@router.patch("/access/groups/{group_id}")
+@router.patch("/access/groups/{group_id}", response_model=GroupOut)
 def update_group(
     group_id: str, body: GroupUpdate, request: Request, principal: Principal = WRITE, session: Session = DB
 ):
@@ -205,28 +218,28 @@ def update_group(
     return _group_detail(session, group)
 
 
-@router.delete("/access/groups/{group_id}")
+@router.delete("/access/groups/{group_id}", response_model=Deleted)
 def delete_group(group_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
     group = service.get_group(session, principal.org_id, group_id)
     service.delete_group(session, principal, group, context=request_context(request))
-    return {"id": group_id, "deleted": True}
+    return Deleted(id=group_id, deleted=True)
 
 
-@router.post("/access/groups/{group_id}/users")
+@router.post("/access/groups/{group_id}/users", response_model=GroupOut)
 def add_members(group_id: str, body: UserIds, request: Request, principal: Principal = WRITE, session: Session = DB):
     group = service.get_group(session, principal.org_id, group_id)
     service.add_group_members(session, principal, group, body.user_ids, context=request_context(request))
     return _group_detail(session, group)
 
 
-@router.delete("/access/groups/{group_id}/users/{user_id}")
+@router.delete("/access/groups/{group_id}/users/{user_id}", response_model=GroupMemberRemoved)
 def remove_member(group_id: str, user_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
     group = service.get_group(session, principal.org_id, group_id)
     removed = service.remove_group_member(session, principal, group, user_id, context=request_context(request))
-    return {"group_id": group.id, "user_id": user_id, "removed": removed}
+    return GroupMemberRemoved(group_id=group.id, user_id=user_id, removed=removed)
 
 
-@router.post("/access/groups/{group_id}/policies")
+@router.post("/access/groups/{group_id}/policies", response_model=GroupOut)
 def assign_group_policies(
     group_id: str, body: PolicyIds, request: Request, principal: Principal = WRITE, session: Session = DB
 ):
@@ -235,13 +248,13 @@ def assign_group_policies(
     return _group_detail(session, group)
 
 
-@router.delete("/access/groups/{group_id}/policies/{policy_id}")
+@router.delete("/access/groups/{group_id}/policies/{policy_id}", response_model=GroupPolicyRemoved)
 def remove_group_policy(
     group_id: str, policy_id: str, request: Request, principal: Principal = WRITE, session: Session = DB
 ):
     group = service.get_group(session, principal.org_id, group_id)
     removed = service.remove_group_policy(session, principal, group, policy_id, context=request_context(request))
-    return {"group_id": group.id, "policy_id": policy_id, "removed": removed}
+    return GroupPolicyRemoved(group_id=group.id, policy_id=policy_id, removed=removed)
 
 
 # -- resolution and columns ----------------------------------------------------------------
@@ -254,13 +267,24 @@ class ResolveRequest(BaseModel):
     source_id: Text = Field(max_length=100)
 
 
-@router.post("/access/resolve")
+def _resolution_out(explained: Any) -> ResolvedAccessOut:
+    """The access layer's explanation (a mapping today, a typed dataclass soon) on the wire."""
+    if is_dataclass(explained) and not isinstance(explained, type):
+        explained = asdict(explained)
+    if isinstance(explained, Mapping):
+        return ResolvedAccessOut.model_validate(dict(explained))
+    return ResolvedAccessOut.model_validate(explained, from_attributes=True)
+
+
+@router.post("/access/resolve", response_model=ResolvedAccessOut)
 def resolve(body: ResolveRequest, principal: Principal = READ, session: Session = DB):
     access = open_source(session, principal, body.source_id, with_filter=False)
-    return service.resolve_view(session, principal.org_id, body.user_id, access.source.id, access.columns)
+    return _resolution_out(
+        service.resolve_view(session, principal.org_id, body.user_id, access.source.id, access.columns)
+    )
 
 
-@router.get("/access/columns")
+@router.get("/access/columns", response_model=DataList[SourceColumnsOut])
 def columns(principal: Principal = READ, session: Session = DB, source_id: str | None = Query(None, max_length=100)):
     if source_id is not None:
         found = [open_source(session, principal, source_id, with_filter=False)]
@@ -269,13 +293,13 @@ def columns(principal: Principal = READ, session: Session = DB, source_id: str |
             open_source(session, principal, s.id, with_filter=False)
             for s in session.scalars(visible_sources_query(session, principal).order_by(Source.id))
         ]
-    return {
-        "data": [
-            {
-                "source_id": a.source.id,
-                "source_name": a.source.name,
-                "columns": [{"name": c["name"], "type": c["type"]} for c in (a.version.columns if a.version else [])],
-            }
+    return DataList[SourceColumnsOut](
+        data=[
+            SourceColumnsOut(
+                source_id=a.source.id,
+                source_name=a.source.name,
+                columns=[ColumnOut(name=c["name"], type=c["type"]) for c in (a.version.columns if a.version else [])],
+            )
             for a in found
         ]
-    }
+    )

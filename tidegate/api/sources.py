@@ -12,9 +12,20 @@ from tidegate.access.principal import Principal
 from tidegate.access.sources import SourceAccess, open_source
 from tidegate.api.deps import DB, authenticated, request_context, require, require_any, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text
-from tidegate.api.pagination import AfterQuery, LimitQuery, cursor_page
-from tidegate.data import connectors
+from tidegate.api.pagination import AfterQuery, LimitQuery
+from tidegate.data import connectors, engine
 from tidegate.data import service as sources
+from tidegate.wire.common import DataList, Deleted, Page
+from tidegate.wire.sources import (
+    ConnectorOut,
+    OrgShareOut,
+    ShareOut,
+    ShareRevoked,
+    SourceOut,
+    SourceSynced,
+    SourceUpdated,
+    SourceWritten,
+)
 
 router = APIRouter(tags=["sources"], route_class=InputRoute)
 AUTHENTICATED = Depends(authenticated)
@@ -62,38 +73,30 @@ class OrgShare(BaseModel):
     permission: str = "view"
 
 
-def write_result(access: SourceAccess, added: int) -> dict:
-    view = sources.source_view(access)
-    return {
-        "id": view["id"],
-        "name": view["name"],
-        "columns": view["columns"],
-        "row_count": view["row_count"],
-        "updated_at": view["updated_at"],
-        "source_id": view["id"],
-        "rows_affected": added,
-    }
+def source_out(access: SourceAccess) -> SourceOut:
+    """A source as this caller sees it: counts are of the rows the caller may read."""
+    return SourceOut.of(access, row_count=engine.count(access.version, access.row_filter) if access.version else 0)
 
 
-@router.get("/connectors")
+@router.get("/connectors", response_model=Page[ConnectorOut])
 def list_connectors(
     principal: Principal = require("admin:sources:read"), limit: int = LimitQuery, after: str | None = AfterQuery
 ):
     items = [c for c in connectors.list_connectors() if not after or c["id"] > after]
-    return cursor_page(items, limit, lambda c: c, cursor_of=lambda c: c["id"])
+    return Page[ConnectorOut].of(items, limit, ConnectorOut.model_validate, cursor_of=lambda c: c["id"])
 
 
-@router.get("/sources")
-@router.get("/data/sources")
+@router.get("/sources", response_model=Page[SourceOut])
+@router.get("/data/sources", response_model=Page[SourceOut])
 def list_sources(
     principal: Principal = SOURCE_READ, session: Session = DB, limit: int = LimitQuery, after: str | None = AfterQuery
 ):
     rows = sources.list_sources(session, principal, limit=limit, after=after)
-    return cursor_page(rows, limit, lambda s: sources.source_view(open_source(session, principal, s.id)))
+    return Page[SourceOut].of(rows, limit, lambda s: source_out(open_source(session, principal, s.id)))
 
 
-@router.post("/sources", status_code=201)
-@router.post("/data/sources", status_code=201)
+@router.post("/sources", status_code=201, response_model=SourceOut)
+@router.post("/data/sources", status_code=201, response_model=SourceOut)
 def create_source(body: SourceCreate, request: Request, principal: Principal = AUTHENTICATED, session: Session = DB):
     source = sources.create_source(
         session,
@@ -108,16 +111,16 @@ def create_source(body: SourceCreate, request: Request, principal: Principal = A
         context=request_context(request),
     )
     set_audit_target(request, "source", source.id)
-    return sources.source_view(open_source(session, principal, source.id))
+    return source_out(open_source(session, principal, source.id))
 
 
-@router.get("/sources/{source_id}")
-@router.get("/data/sources/{source_id}")
+@router.get("/sources/{source_id}", response_model=SourceOut)
+@router.get("/data/sources/{source_id}", response_model=SourceOut)
 def get_source(source_id: str, principal: Principal = SOURCE_READ, session: Session = DB):
-    return sources.source_view(open_source(session, principal, source_id))
+    return source_out(open_source(session, principal, source_id))
 
 
-@router.patch("/sources/{source_id}")
+@router.patch("/sources/{source_id}", response_model=SourceUpdated)
 def update_source(
     source_id: str, body: SourceUpdate, request: Request, principal: Principal = AUTHENTICATED, session: Session = DB
 ):
@@ -125,51 +128,53 @@ def update_source(
     sources.update_source(
         session, principal, source_id, changes=changes, settings=settings_of(request), context=request_context(request)
     )
-    return {"id": source_id, "updated": True}
+    return SourceUpdated(id=source_id, updated=True)
 
 
-@router.delete("/sources/{source_id}")
-@router.delete("/data/sources/{source_id}")
+@router.delete("/sources/{source_id}", response_model=Deleted)
+@router.delete("/data/sources/{source_id}", response_model=Deleted)
 def delete_source(source_id: str, request: Request, principal: Principal = AUTHENTICATED, session: Session = DB):
     sources.delete_source(session, principal, source_id, context=request_context(request))
-    return {"id": source_id, "deleted": True}
+    return Deleted(id=source_id, deleted=True)
 
 
-@router.post("/sources/{source_id}/sync")
+@router.post("/sources/{source_id}/sync", response_model=SourceSynced)
 def sync_source(source_id: str, request: Request, principal: Principal = AUTHENTICATED, session: Session = DB):
     sources.sync_source(session, principal, source_id, settings_of(request), context=request_context(request))
-    return {"id": source_id, "status": "synced"}
+    return SourceSynced(id=source_id, status="synced")
 
 
-@router.post("/sources/{source_id}/rows")
-@router.post("/data/sources/{source_id}/rows")
+@router.post("/sources/{source_id}/rows", response_model=SourceWritten)
+@router.post("/data/sources/{source_id}/rows", response_model=SourceWritten)
 def append_rows(source_id: str, body: Rows, request: Request, principal: Principal = DATA_WRITE, session: Session = DB):
     access = sources.write_rows(
         session, principal, source_id, body.rows, replace=False, context=request_context(request)
     )
-    return write_result(access, len(body.rows))
+    return SourceWritten.of(source_out(access), len(body.rows))
 
 
-@router.put("/sources/{source_id}/data")
-@router.put("/data/sources/{source_id}/data")
+@router.put("/sources/{source_id}/data", response_model=SourceWritten)
+@router.put("/data/sources/{source_id}/data", response_model=SourceWritten)
 def replace_data(
     source_id: str, body: Rows, request: Request, principal: Principal = DATA_WRITE, session: Session = DB
 ):
     access = sources.write_rows(
         session, principal, source_id, body.rows, replace=True, context=request_context(request)
     )
-    return write_result(access, len(body.rows))
+    return SourceWritten.of(source_out(access), len(body.rows))
 
 
 # -- sharing -------------------------------------------------------------------------------
 
 
-@router.get("/sources/{source_id}/shares")
+@router.get("/sources/{source_id}/shares", response_model=DataList[ShareOut])
 def list_shares(source_id: str, principal: Principal = require("admin:permissions:read"), session: Session = DB):
-    return {"data": [sources.share_view(s, source_id) for s in sources.list_shares(session, principal, source_id)]}
+    return DataList[ShareOut](
+        data=[ShareOut.of(s, source_id) for s in sources.list_shares(session, principal, source_id)]
+    )
 
 
-@router.post("/sources/{source_id}/shares")
+@router.post("/sources/{source_id}/shares", response_model=ShareOut)
 def share(
     source_id: str,
     body: Share,
@@ -180,10 +185,10 @@ def share(
     grant = sources.share_source(
         session, principal, source_id, body.user_id, body.permission, context=request_context(request)
     )
-    return sources.share_view(grant, source_id)
+    return ShareOut.of(grant, source_id)
 
 
-@router.delete("/sources/{source_id}/shares/{user_id}")
+@router.delete("/sources/{source_id}/shares/{user_id}", response_model=ShareRevoked)
 def unshare(
     source_id: str,
     user_id: str,
@@ -192,16 +197,12 @@ def unshare(
     session: Session = DB,
 ):
     removed = sources.unshare_source(session, principal, source_id, user_id, context=request_context(request))
-    return {
-        "user_id": user_id,
-        "resource_type": "source",
-        "resource_id": source_id,
-        "revoked": removed,
-        "deleted": removed,
-    }
+    return ShareRevoked(
+        user_id=user_id, resource_type="source", resource_id=source_id, revoked=removed, deleted=removed
+    )
 
 
-@router.post("/sources/{source_id}/org-share")
+@router.post("/sources/{source_id}/org-share", response_model=OrgShareOut)
 def org_share(
     source_id: str,
     request: Request,
@@ -219,9 +220,9 @@ def org_share(
         context=request_context(request),
     )
     enabled = source.org_share_permission is not None
-    return {
-        "source_id": source_id,
-        "enabled": enabled,
-        "org_shared": enabled,
-        "permission": source.org_share_permission or body.permission,
-    }
+    return OrgShareOut(
+        source_id=source_id,
+        enabled=enabled,
+        org_shared=enabled,
+        permission=source.org_share_permission or body.permission,
+    )

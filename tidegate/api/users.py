@@ -9,10 +9,10 @@ from sqlalchemy.orm import Session
 from tidegate.access.principal import Principal
 from tidegate.api.deps import DB, request_context, require, set_audit_target
 from tidegate.api.inputs import InputRoute, Text
-from tidegate.api.pagination import AfterQuery, cursor_page
-from tidegate.db.base import isoformat
+from tidegate.api.pagination import AfterQuery
 from tidegate.orgs import service
-from tidegate.orgs.models import User
+from tidegate.wire.common import Deleted, Page
+from tidegate.wire.users import ExternalIdUnlinked, ExternalUserOut, UserOut
 
 router = APIRouter(tags=["users"], route_class=InputRoute)
 READ = require("admin:users:read")
@@ -46,20 +46,7 @@ class ExternalUser(BaseModel):
     last_name: Text | None = Field(None, max_length=200)
 
 
-def user_view(user: User) -> dict:
-    return {
-        "id": user.id,
-        "email": user.email,
-        "first_name": user.first_name,
-        "last_name": user.last_name,
-        "role": user.role,
-        "external_id": user.external_id,
-        "created_at": isoformat(user.created_at),
-        "is_active": user.is_active,
-    }
-
-
-@router.get("/users")
+@router.get("/users", response_model=Page[UserOut])
 def list_users(
     principal: Principal = READ,
     session: Session = DB,
@@ -68,10 +55,10 @@ def list_users(
     external_id: str | None = Query(None, max_length=200),
 ):
     rows = service.list_users(session, principal.org_id, limit=limit, after=after, external_id=external_id)
-    return cursor_page(rows, limit, user_view)
+    return Page[UserOut].of(rows, limit, UserOut.of)
 
 
-@router.post("/users", status_code=201)
+@router.post("/users", status_code=201, response_model=UserOut)
 def create_user(body: UserCreate, request: Request, principal: Principal = WRITE, session: Session = DB):
     user = service.create_user(
         session,
@@ -85,15 +72,15 @@ def create_user(body: UserCreate, request: Request, principal: Principal = WRITE
         context=request_context(request),
     )
     set_audit_target(request, "user", user.id)
-    return user_view(user)
+    return UserOut.of(user)
 
 
-@router.get("/users/{user_id}")
+@router.get("/users/{user_id}", response_model=UserOut)
 def get_user(user_id: str, principal: Principal = READ, session: Session = DB):
-    return user_view(service.get_user(session, principal.org_id, user_id))
+    return UserOut.of(service.get_user(session, principal.org_id, user_id))
 
 
-@router.patch("/users/{user_id}")
+@router.patch("/users/{user_id}", response_model=UserOut)
 def update_user(user_id: str, body: UserUpdate, request: Request, principal: Principal = WRITE, session: Session = DB):
     user = service.get_user(session, principal.org_id, user_id)
     service.update_user(
@@ -105,17 +92,17 @@ def update_user(user_id: str, body: UserUpdate, request: Request, principal: Pri
         last_name=body.last_name,
         context=request_context(request),
     )
-    return user_view(user)
+    return UserOut.of(user)
 
 
-@router.delete("/users/{user_id}")
+@router.delete("/users/{user_id}", response_model=Deleted)
 def delete_user(user_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
     user = service.get_user(session, principal.org_id, user_id)
     service.deactivate_user(session, principal, user, context=request_context(request))
-    return {"id": user.id, "deleted": True}
+    return Deleted(id=user.id, deleted=True)
 
 
-@router.put("/users/external/{external_id}")
+@router.put("/users/external/{external_id}", response_model=ExternalUserOut)
 def get_or_create_external(
     external_id: str, body: ExternalUser, request: Request, principal: Principal = WRITE, session: Session = DB
 ):
@@ -131,12 +118,12 @@ def get_or_create_external(
         context=request_context(request),
     )
     set_audit_target(request, "user", user.id)
-    return {**user_view(user), "created": created}
+    return ExternalUserOut.of_external(user, created)
 
 
-@router.delete("/users/external/{external_id}")
+@router.delete("/users/external/{external_id}", response_model=ExternalIdUnlinked)
 def unlink_external(external_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
     user = service.unlink_external_id(
         session, principal, principal.org_id, external_id, context=request_context(request)
     )
-    return {"external_id": external_id, "user_id": user.id, "deleted": True}
+    return ExternalIdUnlinked(external_id=external_id, user_id=user.id, deleted=True)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tidegate.audit.models import AuditEvent
-from tidegate.db.base import isoformat
 from tidegate.errors import InvalidRequest
 
 
@@ -59,23 +57,3 @@ def list_events(
     if after:
         query = query.where(AuditEvent.id < after)
     return list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
-
-
-def event_view(event: AuditEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "actor_id": event.actor_id,
-        "actor_type": event.actor_type,
-        "action": event.action,
-        "target_type": event.target_type,
-        "target_id": event.target_id,
-        "timestamp": isoformat(event.timestamp),
-        "ip_address": event.ip_address,
-        "key_id": event.key_id,
-        "method": event.method,
-        "path": event.path,
-        "status": event.status,
-        "user_agent": event.user_agent,
-        "request_id": event.request_id,
-        "details": event.details,
-    }

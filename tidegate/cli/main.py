@@ -18,7 +18,6 @@ from sqlalchemy import select
 
 from tidegate.access.principal import Principal
 from tidegate.access.scopes import PRESETS, preset_scopes, requested_scopes
-from tidegate.api.keys import key_view
 from tidegate.config import get_settings
 from tidegate.credentials import service as keys_service
 from tidegate.db.engine import migrate, session_scope
@@ -26,6 +25,9 @@ from tidegate.errors import InvalidRequest, ServiceUnavailable, TidegateError
 from tidegate.orgs import service as orgs
 from tidegate.orgs.models import Organization
 from tidegate.outages import unavailable_error
+from tidegate.wire.keys import KeyOut
+from tidegate.wire.orgs import OrgSettingsOut
+from tidegate.wire.users import UserOut
 
 app = typer.Typer(help="tidegate: governed, auditable API keys for your organization's data.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users (operator console).", no_args_is_help=True)
@@ -261,7 +263,8 @@ def _log_config(access: bool) -> dict:
 
 
 def _user_payload(user) -> dict:
-    return {"id": user.id, "org_id": user.org_id, "email": user.email, "role": user.role, "is_active": user.is_active}
+    """The API's user, and the organization (the CLI spans organizations)."""
+    return {**UserOut.of(user).model_dump(), "org_id": user.org_id}
 
 
 @users_app.command("create")
@@ -321,7 +324,8 @@ def users_list(org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
 
 
 def _key_payload(key) -> dict:
-    return {**key_view(key), "org_id": key.org_id}
+    """The API's key, and the organization (the CLI spans organizations)."""
+    return {**KeyOut.of(key).model_dump(), "org_id": key.org_id}
 
 
 @keys_app.command("create")
@@ -411,13 +415,7 @@ def org_settings(
             max_keys_per_user=max_keys_per_user,
             user_rate_limit_per_minute=user_rate_limit_per_minute,
         )
-        payload = {
-            "org_id": organization.id,
-            "name": organization.name,
-            "api_key_creation_enabled": organization.api_key_creation_enabled,
-            "max_keys_per_user": organization.max_keys_per_user,
-            "user_rate_limit_per_minute": organization.user_rate_limit_per_minute,
-        }
+        payload = OrgSettingsOut.of(organization).model_dump()
     emit(as_json, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
 
 

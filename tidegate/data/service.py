@@ -16,9 +16,9 @@ from tidegate.access.rowfilter import RowFilter
 from tidegate.access.sources import EDIT, OWNER, SourceAccess, open_source, source_row, visible_sources_query
 from tidegate.audit.record import RequestContext, record
 from tidegate.config import Settings
-from tidegate.data import connectors, engine, ingest, storage
+from tidegate.data import connectors, ingest, storage
 from tidegate.data.models import SERVICE_API, SERVICE_FILE, SHARE_PERMISSIONS, File, Source, SourceShare
-from tidegate.db.base import isoformat, utcnow
+from tidegate.db.base import utcnow
 from tidegate.errors import Forbidden, InvalidRequest, NotFound
 from tidegate.ids import new_id
 from tidegate.limits import get_limits
@@ -439,54 +439,3 @@ def delete_file(session: Session, principal: Principal, file_id: str, *, context
         details={"name": file.name},
         context=context,
     )
-
-
-def file_view(file: File) -> dict:
-    return {
-        "id": file.id,
-        "name": file.name,
-        "size": file.size,
-        "content_type": file.content_type,
-        "created_by": file.created_by,
-        "created_at": isoformat(file.created_at),
-        "columns": [c["name"] for c in file.columns] if file.columns else None,
-        "row_count": file.row_count,
-    }
-
-
-# -- views ---------------------------------------------------------------------------------
-
-
-def source_view(access: SourceAccess) -> dict:
-    """A source as this caller sees it: counts are of the rows the caller may read."""
-    source, version = access.source, access.version
-    return {
-        "id": source.id,
-        "name": source.name,
-        "description": source.description,
-        "service": source.service,
-        "connector_id": source.connector_id,
-        "status": source.sync_status or "ready",
-        "columns": version.column_names if version else [],
-        "column_types": {c["name"]: c["type"] for c in version.columns} if version else {},
-        "row_count": engine.count(version, access.row_filter) if version else 0,
-        "access_controlled": not access.row_filter.is_unrestricted,
-        "permission": access.permission,
-        "org_shared": source.org_share_permission is not None,
-        "created_by": source.created_by,
-        "created_at": isoformat(source.created_at),
-        "updated_at": isoformat(source.updated_at),
-        "last_synced_at": isoformat(source.last_synced_at),
-        # connector_config is shown without its secret part (split_config keeps those apart).
-        "config": source.connector_config,
-    }
-
-
-def share_view(share: SourceShare, source_id: str) -> dict:
-    return {
-        "user_id": share.user_id,
-        "permission": share.permission,
-        "resource_type": "source",
-        "resource_id": source_id,
-        "granted_by": share.granted_by,
-    }

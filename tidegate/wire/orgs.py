@@ -1,0 +1,29 @@
+"""An organization's admin controls (a tidegate extension)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from tidegate.orgs.models import Organization
+
+
+class OrgSettingsOut(BaseModel):
+    """GET/PATCH /org/settings (a tidegate extension)."""
+
+    org_id: str
+    name: str
+    api_key_creation_enabled: bool
+    deny_by_default: bool
+    max_keys_per_user: int
+    user_rate_limit_per_minute: int
+
+    @classmethod
+    def of(cls, org: Organization) -> OrgSettingsOut:
+        return cls(
+            org_id=org.id,
+            name=org.name,
+            api_key_creation_enabled=org.api_key_creation_enabled,
+            deny_by_default=org.deny_by_default,
+            max_keys_per_user=org.max_keys_per_user,
+            user_rate_limit_per_minute=org.user_rate_limit_per_minute,
+        )
