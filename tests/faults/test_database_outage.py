@@ -15,9 +15,9 @@ import signal
 import time
 
 import pytest
+from audit.test_audit_shipper import alive, make_requests, shipper_pid, stopped
 from figures import report
 from server import init_home
-from audit.test_audit_shipper import alive, make_requests, shipper_pid, stopped
 from traffic import RECOVERY_BOUND, START, Outage, Traffic, check_answers, wait_for_events
 
 pytestmark = pytest.mark.slow
