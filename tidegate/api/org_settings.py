@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from tidegate.access import policies
 from tidegate.access.principal import Principal
+from tidegate.access.scopes import Scope
 from tidegate.api.deps import DB, request_context, require
 from tidegate.api.inputs import InputRoute
 from tidegate.orgs import service
@@ -37,13 +38,13 @@ def settings_view(org: Organization) -> dict:
 
 
 @router.get("/org/settings")
-def get_settings(principal: Principal = require("admin:org:read"), session: Session = DB):
+def get_settings(principal: Principal = require(Scope.ORG_READ), session: Session = DB):
     return settings_view(service.get_org(session, principal.org_id))
 
 
 @router.patch("/org/settings")
 def update_settings(
-    body: SettingsUpdate, request: Request, principal: Principal = require("admin:org:write"), session: Session = DB
+    body: SettingsUpdate, request: Request, principal: Principal = require(Scope.ORG_WRITE), session: Session = DB
 ):
     org = service.get_org(session, principal.org_id)
     context = request_context(request)

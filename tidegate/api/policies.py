@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from tidegate.access import policies as service
 from tidegate.access.principal import Principal
+from tidegate.access.scopes import Scope
 from tidegate.access.sources import open_source, visible_sources_query
 from tidegate.api.deps import DB, request_context, require, set_audit_target
 from tidegate.api.inputs import InputRoute, Text
@@ -17,8 +18,8 @@ from tidegate.api.pagination import AfterQuery, cursor_page
 from tidegate.data.models import Source
 
 router = APIRouter(tags=["access policies"], route_class=InputRoute)
-READ = require("admin:policies:read")
-WRITE = require("admin:policies:write")
+READ = require(Scope.POLICIES_READ)
+WRITE = require(Scope.POLICIES_WRITE)
 
 
 class PolicyCreate(BaseModel):
