@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -12,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tidegate import __version__
+from tidegate import __version__, limits
 from tidegate.access import ratelimit
 from tidegate.api import audit, data, files, keys, org_settings, policies, sources, users
 from tidegate.api.bodylimit import BodyLimitMiddleware
@@ -23,7 +22,7 @@ from tidegate.audit import shipper
 from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
-from tidegate.data import egress, engine
+from tidegate.data import connectors, egress, engine, sandbox
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
@@ -54,11 +53,20 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    engine.configure(data_dir=settings.data_dir)
-    egress.allow_policy()  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
+    # The modules that hold process-wide state get their values from the settings here.
+    limits.configure(settings.limits)
+    data = settings.data
+    engine.configure(
+        data_dir=settings.data_dir, cache_bytes=data.cache_bytes, threads=data.threads, memory_limit=data.memory_limit
+    )
+    sandbox.configure_server_home(settings.home)
+    connectors.configure(
+        sqlite_dirs=data.sqlite_connector_dirs, statement_timeout_seconds=data.connector_statement_timeout_seconds
+    )
+    egress.configure(data.connector_allow)  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
     spool_uploads_under(settings.home / "tmp")
     collector = PeriodicCollector(settings.database_url, settings.data_dir)
-    journal = Journal(settings.audit_dir, settings.database_url, fsync=os.environ.get("TIDEGATE_AUDIT_FSYNC") == "1")
+    journal = Journal(settings.audit_dir, settings.database_url, fsync=settings.audit_fsync)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
