@@ -55,15 +55,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # The modules that hold process-wide state get their values from the settings here.
     limits.configure(settings.limits)
-    data = settings.data
     engine.configure(
-        data_dir=settings.data_dir, cache_bytes=data.cache_bytes, threads=data.threads, memory_limit=data.memory_limit
+        data_dir=settings.data_dir,
+        cache_bytes=settings.data.cache_bytes,
+        threads=settings.data.threads,
+        memory_limit=settings.data.memory_limit,
     )
     sandbox.configure_server_home(settings.home)
     connectors.configure(
-        sqlite_dirs=data.sqlite_connector_dirs, statement_timeout_seconds=data.connector_statement_timeout_seconds
+        sqlite_dirs=settings.data.sqlite_connector_dirs,
+        statement_timeout_seconds=settings.data.connector_statement_timeout_seconds,
     )
-    egress.configure(data.connector_allow)  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
+    egress.configure(settings.data.connector_allow)  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
     spool_uploads_under(settings.home / "tmp")
     collector = PeriodicCollector(settings.database_url, settings.data_dir)
     journal = Journal(settings.audit_dir, settings.database_url, fsync=settings.audit_fsync)
