@@ -39,7 +39,7 @@ SECURITY_HEADERS = {
 class NavItem:
     label: str
     href: str
-    scope: str | None  # shown only to viewers holding this permission
+    scope: Scope | None  # shown only to viewers holding this permission
 
 
 # Top-level sections.
