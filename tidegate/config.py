@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from tidegate.limits import from_environment
+from tidegate.limits import LIMIT_VARIABLES, Limits, from_environment
 
 SECRETS_FILE = "secrets.json"
 
@@ -33,7 +34,7 @@ class QueryLimits:
     per_org: int = 8  # queries of one organization running or waiting at once
 
 
-_QUERY_ENV = {
+QUERY_LIMIT_VARIABLES = {
     "timeout_seconds": "TIDEGATE_QUERY_TIMEOUT_SECONDS",
     "memory_limit_bytes": "TIDEGATE_QUERY_MEMORY_LIMIT_BYTES",
     "max_result_bytes": "TIDEGATE_QUERY_MAX_RESULT_BYTES",
@@ -44,11 +45,25 @@ _QUERY_ENV = {
 }
 
 
-def load_query_limits() -> QueryLimits:
-    try:
-        return from_environment(QueryLimits, _QUERY_ENV)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+@dataclass(frozen=True)
+class DataSettings:
+    """The data engine's process-wide DuckDB and cache sizes, and the connectors' bounds."""
+
+    cache_bytes: int = 1024 * 1024 * 1024  # filtered results kept per (source version, row filter)
+    threads: int = 2  # DuckDB threads of the engine's connection
+    memory_limit: str = "2GB"  # DuckDB's own syntax, passed through
+    connector_statement_timeout_seconds: int = 300  # one connector read, wall clock
+    sqlite_connector_dirs: tuple[Path, ...] = ()  # where SQLite connector files may live (none: nowhere)
+    connector_allow: str = ""  # egress allowlist, parsed by data.egress (empty: public addresses)
+
+
+DATA_VARIABLES = {
+    "cache_bytes": "TIDEGATE_DATA_CACHE_BYTES",
+    "threads": "TIDEGATE_DATA_THREADS",
+    "connector_statement_timeout_seconds": "TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS",
+}
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,11 @@ class Settings:
     # client could claim any address and walk past a key's IP allowlist.
     trusted_proxies: tuple[str, ...]
     query_limits: QueryLimits = field(default_factory=QueryLimits)
+    limits: Limits = field(default_factory=Limits)  # request bodies, ingest, connections
+    data: DataSettings = field(default_factory=DataSettings)
+    audit_fsync: bool = False  # fsync each audit line (survives power loss, not only a crash)
+    log_level: str = "info"
+    access_log: bool = True  # tidegate.access's one line per request (paths only)
 
     @property
     def audit_dir(self) -> Path:
@@ -107,28 +127,73 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def load_settings() -> Settings:
-    home = Path(os.environ.get("TIDEGATE_HOME", "./.tidegate")).resolve()
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of this process: every TIDEGATE_* variable the server reads is read
+    here (README, "Configuration", lists them). A value that cannot be read stops start-up
+    with a message naming the variable (SystemExit)."""
+    environ = os.environ if environ is None else environ
+    home = Path(environ.get("TIDEGATE_HOME", "./.tidegate")).resolve()
+    try:
+        query_limits = from_environment(QueryLimits, QUERY_LIMIT_VARIABLES, environ)
+        limits = from_environment(Limits, LIMIT_VARIABLES, environ)
+        numbers = from_environment(DataSettings, DATA_VARIABLES, environ)
+        data = replace(
+            numbers,
+            memory_limit=environ.get("TIDEGATE_DATA_MEMORY_LIMIT", DataSettings.memory_limit),
+            sqlite_connector_dirs=_directories(environ.get("TIDEGATE_SQLITE_CONNECTOR_DIRS", "")),
+            connector_allow=environ.get("TIDEGATE_CONNECTOR_ALLOW", ""),
+        )
+        audit_fsync = _switch(environ, "TIDEGATE_AUDIT_FSYNC", default=False)
+        access_log = _switch(environ, "TIDEGATE_ACCESS_LOG", default=True)
+        log_level = _log_level(environ.get("TIDEGATE_LOG_LEVEL", "info"))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     home.mkdir(parents=True, exist_ok=True)
     # The home, its data and audit directories are the server's alone (also when an older
     # version created them with wider modes).
     for directory in (home, home / "data", home / "audit"):
         directory.mkdir(mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
-    database_url = os.environ.get("TIDEGATE_DATABASE_URL") or f"sqlite:///{home / 'tidegate.db'}"
-    pepper_env = os.environ.get("TIDEGATE_PEPPER")
-    session_env = os.environ.get("TIDEGATE_SESSION_KEY")
+    database_url = environ.get("TIDEGATE_DATABASE_URL") or f"sqlite:///{home / 'tidegate.db'}"
+    pepper_env = environ.get("TIDEGATE_PEPPER")
+    session_env = environ.get("TIDEGATE_SESSION_KEY")
     stored = {} if (pepper_env and session_env) else _load_or_create_secrets(home)
-    proxies = os.environ.get("TIDEGATE_TRUSTED_PROXIES", "")
+    proxies = environ.get("TIDEGATE_TRUSTED_PROXIES", "")
     return Settings(
         home=home,
         database_url=normalize_database_url(database_url),
-        redis_url=os.environ.get("TIDEGATE_REDIS_URL") or None,
+        redis_url=environ.get("TIDEGATE_REDIS_URL") or None,
         pepper=(pepper_env or stored["pepper"]).encode(),
         session_key=(session_env or stored["session_key"]).encode(),
         trusted_proxies=tuple(p.strip() for p in proxies.split(",") if p.strip()),
-        query_limits=load_query_limits(),
+        query_limits=query_limits,
+        limits=limits,
+        data=data,
+        audit_fsync=audit_fsync,
+        log_level=log_level,
+        access_log=access_log,
     )
+
+
+def _switch(environ: Mapping[str, str], variable: str, *, default: bool) -> bool:
+    """`1` on, `0` off, unset or empty the default; anything else is a mistake, not "off"."""
+    raw = environ.get(variable, "").strip()
+    if raw in ("0", "1"):
+        return raw == "1"
+    if raw:
+        raise ValueError(f"{variable} must be 0 or 1, not {raw!r}")
+    return default
+
+
+def _log_level(raw: str) -> str:
+    if raw not in LOG_LEVELS:
+        raise ValueError(f"TIDEGATE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
+    return raw
+
+
+def _directories(raw: str) -> tuple[Path, ...]:
+    """An os.pathsep-separated list (as PATH is); empty entries are skipped."""
+    return tuple(Path(p).resolve() for p in raw.split(os.pathsep) if p.strip())
 
 
 @lru_cache(maxsize=1)

@@ -1,16 +1,15 @@
 """What one request or one connection may cost: body sizes, ingest sizes, connection timeouts.
 
-Read from the environment once per process (`get_limits()`), like `config.get_settings()`,
-and kept in their own frozen value so that the ASGI body limit, the ingest caps and the
-HTTP protocol guard of `tidegate serve` all read the same numbers.
+Read from the environment with the other settings (`config.load_settings()`, through
+`from_environment` here) and kept in their own frozen value, handed to this module once per
+process (`configure`), so that the ASGI body limit, the ingest caps and the HTTP protocol
+guard of `tidegate serve` all read the same numbers.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TypeVar
 
 MiB = 1024 * 1024
@@ -40,7 +39,7 @@ class Limits:
 # A multipart upload's request is its file plus boundaries and a few small text fields.
 MULTIPART_OVERHEAD = 64 * 1024
 
-_ENV = {
+LIMIT_VARIABLES = {
     "max_json_bytes": "TIDEGATE_MAX_JSON_BYTES",
     "max_form_bytes": "TIDEGATE_MAX_FORM_BYTES",
     "max_upload_bytes": "TIDEGATE_MAX_UPLOAD_BYTES",
@@ -56,15 +55,14 @@ _ENV = {
 }
 
 
-def load_limits(environ: Mapping[str, str] | None = None) -> Limits:
-    """The defaults, overridden by any TIDEGATE_* variable set; a bad value stops start-up."""
-    return from_environment(Limits, _ENV, environ)
+def load_limits(environ: Mapping[str, str]) -> Limits:
+    """The defaults, overridden by any TIDEGATE_* variable set; ValueError names a bad one."""
+    return from_environment(Limits, LIMIT_VARIABLES, environ)
 
 
-def from_environment(cls: type[T], variables: Mapping[str, str], environ: Mapping[str, str] | None = None) -> T:
+def from_environment(cls: type[T], variables: Mapping[str, str], environ: Mapping[str, str]) -> T:
     """A frozen dataclass of positive numbers: its defaults, overridden by any of
     `variables` (field name -> env var) that is set. ValueError names a bad one."""
-    environ = os.environ if environ is None else environ
     values: dict[str, int | float] = {}
     for field_name, variable in variables.items():
         raw = environ.get(variable, "").strip()
@@ -83,9 +81,17 @@ def from_environment(cls: type[T], variables: Mapping[str, str], environ: Mappin
     return cls(**values)
 
 
-@lru_cache(maxsize=1)
+_current = Limits()
+
+
+def configure(limits: Limits) -> None:
+    """The limits of this process, from its Settings (create_app and `tidegate serve`)."""
+    global _current
+    _current = limits
+
+
 def get_limits() -> Limits:
-    return load_limits()
+    return _current
 
 
 def describe_bytes(size: int) -> str:

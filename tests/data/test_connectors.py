@@ -10,7 +10,7 @@ import uuid
 import psycopg
 import pytest
 
-from tidegate.data import connectors, ingest
+from tidegate.data import connectors, egress, ingest
 from tidegate.data.models import Source
 from tidegate.errors import InvalidRequest
 
@@ -168,8 +168,9 @@ def pg_server():
 def pg(pg_server, monkeypatch):
     """The test server, explicitly allowed by the egress policy (loopback is refused by default)."""
     config = pg_server["config"]
-    monkeypatch.setenv("TIDEGATE_CONNECTOR_ALLOW", f"{config['host']}:{config['port']},{config['host']}:1")
-    return pg_server
+    egress.configure(f"{config['host']}:{config['port']},{config['host']}:1")  # TIDEGATE_CONNECTOR_ALLOW
+    yield pg_server
+    egress.configure("")
 
 
 def test_postgresql_table_with_declared_types(pg):
@@ -287,7 +288,7 @@ def sqlite_file(tmp_path):
     (tmp_path / "outside.db").write_bytes(path.read_bytes())
     connectors.configure(sqlite_dirs=[allowed])
     yield path
-    connectors.configure(sqlite_dirs=None)
+    connectors.configure(sqlite_dirs=[])
     conn.close()
 
 

@@ -78,8 +78,10 @@ def fake_dns(monkeypatch):
 @pytest.fixture(autouse=True)
 def own_database(monkeypatch):
     """tidegate's own database for these tests (changed by the tests that need another)."""
-    monkeypatch.delenv(egress.ENV, raising=False)
     monkeypatch.setattr(egress, "_own_database_url", lambda: "sqlite:////nonexistent/tidegate.db")
+    egress.configure("")  # TIDEGATE_CONNECTOR_ALLOW unset: public addresses only
+    yield
+    egress.configure("")
 
 
 def pull_pg(host, port=5432, **config):
@@ -209,7 +211,7 @@ def test_unresolvable_name_and_every_connection_failure_answer_alike(monkeypatch
     ],
 )
 def test_allowlist(monkeypatch, no_connections, allow, host, port, allowed):
-    monkeypatch.setenv(egress.ENV, allow)
+    egress.configure(allow)
     if allowed:
         with pytest.raises(ConnectAttempted):
             pull_pg(host, port)
@@ -221,9 +223,8 @@ def test_allowlist(monkeypatch, no_connections, allow, host, port, allowed):
 
 @pytest.mark.parametrize("bad", ["10.0.0.1:99999", "[::1", "db:port", "a b", "10.0.0.0/8:x"])
 def test_a_malformed_setting_fails_closed(monkeypatch, no_connections, bad):
-    monkeypatch.setenv(egress.ENV, bad)
-    with pytest.raises(ValueError):
-        egress.allow_policy()
+    with pytest.raises(ValueError, match=egress.ENV):
+        egress.configure(bad)
     assert refusal(pull_pg, "93.184.216.34").code == "connector_host_not_allowed"
     assert no_connections == []
 
@@ -237,16 +238,16 @@ def test_an_entry_naming_no_destination_allows_nothing():
 
 def test_tidegates_own_database_server_is_refused(monkeypatch, no_connections):
     monkeypatch.setattr(egress, "_own_database_url", lambda: "postgresql+psycopg://tg@10.9.8.7:6543/tidegate")
-    monkeypatch.setenv(egress.ENV, "10.0.0.0/8")
+    egress.configure("10.0.0.0/8")
     assert refusal(pull_pg, "10.9.8.7", 6543).code == "connector_host_not_allowed"
     with pytest.raises(ConnectAttempted):  # another port of that host: the network entry allows it
         pull_pg("10.9.8.7", 5432)
-    monkeypatch.setenv(egress.ENV, "10.0.0.0/8,10.9.8.7:6543")  # named with its port: the admin's choice
+    egress.configure("10.0.0.0/8,10.9.8.7:6543")  # named with its port: the admin's choice
     with pytest.raises(ConnectAttempted):
         pull_pg("10.9.8.7", 6543)
     # A public metadata database: never "public", on any port.
     monkeypatch.setattr(egress, "_own_database_url", lambda: "postgresql+psycopg://tg@93.184.216.34:5432/tg")
-    monkeypatch.delenv(egress.ENV)
+    egress.configure("")
     calls = len(no_connections)
     for port in (5432, 5433):
         assert refusal(pull_pg, "93.184.216.34", port).code == "connector_host_not_allowed"
@@ -303,7 +304,7 @@ def pg_database():
 
 @pytest.fixture
 def pg(pg_database, monkeypatch):
-    monkeypatch.setenv(egress.ENV, f"{pg_database['host']}:{pg_database['port']}")
+    egress.configure(f"{pg_database['host']}:{pg_database['port']}")
     return pg_database
 
 
@@ -322,7 +323,7 @@ def test_connector_reads_are_read_only(pg, query):
 
 
 def test_statement_timeout_is_honored(pg, monkeypatch):
-    monkeypatch.setenv("TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS", "1")
+    monkeypatch.setattr(connectors, "_statement_timeout_seconds", 1)  # TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS
     began = time.monotonic()
     error = refusal(connectors.pull, "postgresql", {**pg, "query": "SELECT pg_sleep(10) AS x"}, None)
     assert error.code == "connector_timeout"
@@ -378,7 +379,7 @@ def test_sqlite_connector_cannot_read_tidegates_own_database(tmp_path, monkeypat
             assert error.code == "connector_error"
         assert connectors.pull("sqlite", {"path": str(other), "table": "users"}, None).num_rows == 0
     finally:
-        connectors.configure(sqlite_dirs=None)
+        connectors.configure(sqlite_dirs=[])
         keep_open.close()
 
 
@@ -389,11 +390,11 @@ def test_sqlite_connector_time_limit(tmp_path, monkeypatch):
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE t (x)")
     connectors.configure(sqlite_dirs=[allowed])
-    monkeypatch.setenv("TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS", "1")
+    monkeypatch.setattr(connectors, "_statement_timeout_seconds", 1)  # TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS
     try:
         began = time.monotonic()
         query = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
         error = refusal(connectors.pull, "sqlite", {"path": str(path), "query": query}, None)
         assert error.code == "connector_error" and time.monotonic() - began < 5
     finally:
-        connectors.configure(sqlite_dirs=None)
+        connectors.configure(sqlite_dirs=[])

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import socket
@@ -43,17 +44,16 @@ def database_url(sqlite_url):
 
 
 @pytest.fixture
-def set_limits(monkeypatch):
-    """Set limits through their environment variables, as an operator would."""
+def set_limits():
+    """Set limits as start-up does: the values config.load_settings read from TIDEGATE_*,
+    handed to tidegate.limits (tests/test_config.py checks the reading)."""
 
     def apply(**values):
-        for name, value in values.items():
-            monkeypatch.setenv(limits._ENV[name], str(value))
-        limits.get_limits.cache_clear()
+        limits.configure(dataclasses.replace(limits.get_limits(), **values))
 
-    limits.get_limits.cache_clear()
+    limits.configure(limits.Limits())
     yield apply
-    limits.get_limits.cache_clear()
+    limits.configure(limits.Limits())
 
 
 def error_of(response, status: int) -> dict:
@@ -108,7 +108,9 @@ def test_a_body_under_the_limit_is_still_served(client, org):
 
 def test_json_limit_is_configurable(settings, org, set_limits):
     set_limits(max_json_bytes=1000)
-    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+    with TestClient(
+        create_app(dataclasses.replace(settings, limits=limits.get_limits())), client=("127.0.0.1", 50000)
+    ) as client:
         small = client.post("/api/v1/sources", json={"name": "s", "rows": [{"a": 1}]}, headers=org.headers())
         assert small.status_code == 201, small.text
         big = client.post("/api/v1/sources", json={"name": "b", "rows": [{"a": "x" * 1000}]}, headers=org.headers())
@@ -127,7 +129,9 @@ def test_web_forms_have_a_small_limit(client):
 
 def test_upload_limit_is_its_own(settings, org, set_limits):
     set_limits(max_upload_bytes=MiB)
-    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+    with TestClient(
+        create_app(dataclasses.replace(settings, limits=limits.get_limits())), client=("127.0.0.1", 50000)
+    ) as client:
 
         def upload(size: int):
             content = b"a,b\n" + b"1,2\n" * ((size - 4) // 4)

@@ -167,7 +167,7 @@ def test_the_query_own_ctes_over_data_still_work(sql, count):
 
 def test_messages_carry_no_server_path(monkeypatch, tmp_path):
     home = tmp_path / "tidegate-home"
-    monkeypatch.setenv("TIDEGATE_HOME", str(home))
+    monkeypatch.setattr(sandbox, "_server_home", str(home))  # Settings.home, as create_app hands it over
     message = sandbox.public_message(f'IO Error: Cannot open file "{home}/data/org_1/x.parquet" and /srv/a/b')
     assert str(home) not in message and "/srv/a" not in message and "<server path>" in message
     assert sandbox.public_message("Division by zero in 1 / 2") == "Division by zero in 1 / 2"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
 
-from tidegate.access.scopes import ROLE_ADMIN, expand, role_permissions
+from tidegate.access.scopes import ROLE_ADMIN, Scope, expand, role_permissions
 from tidegate.errors import Forbidden
 
 
@@ -58,23 +60,79 @@ class Principal:
     def actor_id(self) -> str:
         return self.key_id or self.user_id
 
-    def require(self, scope: str) -> None:
-        if scope in self.scopes:
-            return
-        if self.key_id and scope in self.key_scopes:
-            # The key was granted it, but its creator no longer holds it.
-            raise Forbidden(
-                "insufficient_scope",
-                f"This key's creator (role {self.role}) no longer has the '{scope}' permission; the key cannot use it.",
-            )
-        raise Forbidden("insufficient_scope", f"This request requires the '{scope}' scope.")
-
-    def require_any(self, *scopes: str) -> None:
-        """Allowed with any one of `scopes` (where the contract names alternatives)."""
-        if any(scope in self.scopes for scope in scopes):
-            return
-        raise Forbidden("insufficient_scope", f"This request requires one of the scopes: {', '.join(scopes)}.")
-
     def missing(self, scopes: frozenset[str]) -> frozenset[str]:
         """Those of `scopes` this principal does not hold now (so may not delegate)."""
         return scopes - self.scopes
+
+
+# --- authorize: the one place that decides what a principal may do ---------------------
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """An action the contract allows with any one of several scopes (e.g. deleting a source
+    with admin:sources:write or data:write)."""
+
+    scopes: tuple[Scope, ...]
+
+    def __init__(self, *scopes: Scope) -> None:
+        object.__setattr__(self, "scopes", scopes)
+
+
+class Rule(StrEnum):
+    """Actions decided by role or ownership on top of a scope the caller already passed."""
+
+    CREATE_CONNECTOR = "create_connector"  # admins only: a connector reaches other systems with stored credentials
+    CONFIGURE_CONNECTOR = "configure_connector"  # admins only, for the same reason
+    ROTATE_KEY = "rotate_key"  # the key's creator only: a replacement acts with its maker's permissions
+
+
+class Owned(Protocol):
+    created_by: str
+
+
+Action = Scope | AnyOf | Rule
+
+_RULE_DENIALS = {
+    Rule.CREATE_CONNECTOR: ("admin_required", "Only admins can create connector sources."),
+    Rule.CONFIGURE_CONNECTOR: ("admin_required", "Only admins can change a connector's configuration."),
+    Rule.ROTATE_KEY: ("not_key_owner", "Only the user who created a key can rotate it; revoke it instead."),
+}
+
+
+def _denial(principal: Principal, action: Action, resource: Owned | None) -> Forbidden | None:
+    """Why `principal` may not do `action` (on `resource`) now, or None if it may."""
+    if isinstance(action, Scope):
+        if action in principal.scopes:
+            return None
+        if principal.key_id and action in principal.key_scopes:
+            # The key was granted it, but its creator no longer holds it.
+            return Forbidden(
+                "insufficient_scope",
+                f"This key's creator (role {principal.role}) no longer has the '{action}' permission; "
+                "the key cannot use it.",
+            )
+        return Forbidden("insufficient_scope", f"This request requires the '{action}' scope.")
+    if isinstance(action, AnyOf):
+        if any(scope in principal.scopes for scope in action.scopes):
+            return None
+        return Forbidden("insufficient_scope", f"This request requires one of the scopes: {', '.join(action.scopes)}.")
+    if action is Rule.ROTATE_KEY:
+        permitted = resource is not None and resource.created_by == principal.user_id
+    else:  # the admin-only rules
+        permitted = principal.is_admin
+    return None if permitted else Forbidden(*_RULE_DENIALS[action])
+
+
+def authorize(principal: Principal, action: Action, resource: Owned | None = None) -> None:
+    """Raise Forbidden (403, with the precise code and message) unless `principal` may do
+    `action` now. A scope counts only when the key holds it AND its creator holds it now
+    (`Principal.scopes` is that intersection, read with the key)."""
+    denial = _denial(principal, action, resource)
+    if denial is not None:
+        raise denial
+
+
+def allowed(principal: Principal, action: Action, resource: Owned | None = None) -> bool:
+    """`authorize` as a yes/no, for pages that show or hide what the viewer may do."""
+    return _denial(principal, action, resource) is None

@@ -6,25 +6,57 @@ only when the key holds it AND the key's creator holds it *now* (see access.prin
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from tidegate.errors import InvalidRequest
 
+
+class Scope(StrEnum):
+    """A permission a key may be granted. The values are the wire and database strings."""
+
+    PROJECTS_READ = "admin:projects:read"
+    PROJECTS_WRITE = "admin:projects:write"
+    DASHBOARDS_READ = "admin:dashboards:read"
+    DASHBOARDS_WRITE = "admin:dashboards:write"
+    DATA_READ = "data:read"
+    DATA_WRITE = "data:write"
+    SOURCES_READ = "admin:sources:read"
+    SOURCES_WRITE = "admin:sources:write"
+    FILES_READ = "admin:files:read"
+    FILES_WRITE = "admin:files:write"
+    FILES_UPLOAD = "admin:files:upload"
+    FILES_DELETE = "admin:files:delete"
+    USERS_READ = "admin:users:read"
+    USERS_WRITE = "admin:users:write"
+    KEYS_MANAGE = "admin:keys:manage"
+    POLICIES_READ = "admin:policies:read"
+    POLICIES_WRITE = "admin:policies:write"
+    PERMISSIONS_READ = "admin:permissions:read"
+    PERMISSIONS_WRITE = "admin:permissions:write"
+    EMBED_SESSION_CREATE = "embed:session:create"
+    USAGE_READ = "admin:usage:read"
+    AUDIT_READ = "admin:audit:read"
+    ORG_READ = "admin:org:read"
+    ORG_WRITE = "admin:org:write"
+
+
 # Grouped as the Querri CLI's scope picker groups them; the web UI shows the same groups.
-SCOPE_GROUPS: dict[str, list[str]] = {
-    "Projects": ["admin:projects:read", "admin:projects:write"],
-    "Dashboards": ["admin:dashboards:read", "admin:dashboards:write"],
-    "Data": ["data:read", "data:write"],
-    "Sources": ["admin:sources:read", "admin:sources:write"],
-    "Files": ["admin:files:read", "admin:files:write", "admin:files:upload", "admin:files:delete"],
-    "Users": ["admin:users:read", "admin:users:write"],
-    "Keys": ["admin:keys:manage"],
-    "Policies": ["admin:policies:read", "admin:policies:write"],
-    "Sharing": ["admin:permissions:read", "admin:permissions:write"],
-    "Embed": ["embed:session:create"],
-    "Usage": ["admin:usage:read"],
-    "Audit": ["admin:audit:read"],
-    "Organization": ["admin:org:read", "admin:org:write"],
+SCOPE_GROUPS: dict[str, list[Scope]] = {
+    "Projects": [Scope.PROJECTS_READ, Scope.PROJECTS_WRITE],
+    "Dashboards": [Scope.DASHBOARDS_READ, Scope.DASHBOARDS_WRITE],
+    "Data": [Scope.DATA_READ, Scope.DATA_WRITE],
+    "Sources": [Scope.SOURCES_READ, Scope.SOURCES_WRITE],
+    "Files": [Scope.FILES_READ, Scope.FILES_WRITE, Scope.FILES_UPLOAD, Scope.FILES_DELETE],
+    "Users": [Scope.USERS_READ, Scope.USERS_WRITE],
+    "Keys": [Scope.KEYS_MANAGE],
+    "Policies": [Scope.POLICIES_READ, Scope.POLICIES_WRITE],
+    "Sharing": [Scope.PERMISSIONS_READ, Scope.PERMISSIONS_WRITE],
+    "Embed": [Scope.EMBED_SESSION_CREATE],
+    "Usage": [Scope.USAGE_READ],
+    "Audit": [Scope.AUDIT_READ],
+    "Organization": [Scope.ORG_READ, Scope.ORG_WRITE],
 }
-ALL_SCOPES: frozenset[str] = frozenset(s for group in SCOPE_GROUPS.values() for s in group)
+ALL_SCOPES: frozenset[str] = frozenset(Scope)
 WILDCARD = "*"  # "every scope", as the Querri CLI's Superadmin entry sends it
 
 ROLE_ADMIN = "admin"
@@ -34,32 +66,27 @@ ROLES = (ROLE_ADMIN, ROLE_MEMBER)
 # A member reads data, files and sources, makes their own keys, and manages what they own
 # (ownership is checked per resource). Users, policies, audit, usage, embed sessions and
 # organization settings are for admins.
+ADMIN_ONLY_SCOPES: frozenset[str] = frozenset(
+    {
+        Scope.USERS_READ,
+        Scope.USERS_WRITE,
+        Scope.POLICIES_READ,
+        Scope.POLICIES_WRITE,
+        Scope.EMBED_SESSION_CREATE,
+        Scope.USAGE_READ,
+        Scope.AUDIT_READ,
+        Scope.ORG_READ,
+        Scope.ORG_WRITE,
+    }
+)
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     ROLE_ADMIN: ALL_SCOPES,
-    ROLE_MEMBER: frozenset(
-        {
-            "data:read",
-            "data:write",
-            "admin:sources:read",
-            "admin:sources:write",
-            "admin:files:read",
-            "admin:files:write",
-            "admin:files:upload",
-            "admin:files:delete",
-            "admin:projects:read",
-            "admin:projects:write",
-            "admin:dashboards:read",
-            "admin:dashboards:write",
-            "admin:permissions:read",
-            "admin:permissions:write",
-            "admin:keys:manage",
-        }
-    ),
+    ROLE_MEMBER: ALL_SCOPES - ADMIN_ONLY_SCOPES,
 }
 
 PRESET_FULL_ACCESS = "full_access"
 PRESET_DATA_ACCESS = "data_access"
-DATA_ACCESS_SCOPES: frozenset[str] = frozenset({"data:read", "admin:sources:read", "admin:files:read"})
+DATA_ACCESS_SCOPES: frozenset[str] = frozenset({Scope.DATA_READ, Scope.SOURCES_READ, Scope.FILES_READ})
 PRESETS = (PRESET_FULL_ACCESS, PRESET_DATA_ACCESS)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -12,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tidegate import __version__
+from tidegate import __version__, limits
 from tidegate.access import ratelimit
 from tidegate.api import audit, data, files, keys, org_settings, policies, sources, users
 from tidegate.api.bodylimit import BodyLimitMiddleware
@@ -24,7 +23,7 @@ from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
 from tidegate.credentials.usage import record_last_use
-from tidegate.data import egress, engine
+from tidegate.data import connectors, egress, engine, sandbox
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
@@ -63,15 +62,24 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    engine.configure(data_dir=settings.data_dir)
-    egress.allow_policy()  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
+    # The modules that hold process-wide state get their values from the settings here.
+    limits.configure(settings.limits)
+    engine.configure(
+        data_dir=settings.data_dir,
+        cache_bytes=settings.data.cache_bytes,
+        threads=settings.data.threads,
+        memory_limit=settings.data.memory_limit,
+    )
+    sandbox.configure_server_home(settings.home)
+    connectors.configure(
+        sqlite_dirs=settings.data.sqlite_connector_dirs,
+        statement_timeout_seconds=settings.data.connector_statement_timeout_seconds,
+    )
+    egress.configure(settings.data.connector_allow)  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
     spool_uploads_under(settings.home / "tmp")
     collector = PeriodicCollector(settings.database_url, settings.data_dir)
     journal = Journal(
-        settings.audit_dir,
-        settings.database_url,
-        fsync=os.environ.get("TIDEGATE_AUDIT_FSYNC") == "1",
-        after_insert=record_last_use,
+        settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_last_use
     )
 
     @asynccontextmanager

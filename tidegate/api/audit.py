@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
+from tidegate.access.scopes import Scope
 from tidegate.api.deps import DB, require
 from tidegate.api.inputs import InputRoute
 from tidegate.api.pagination import AfterQuery
@@ -19,7 +20,7 @@ router = APIRouter(tags=["audit"], route_class=InputRoute)
 @router.get("/audit/events", response_model=Page[EventOut])
 def audit_events(
     request: Request,
-    principal: Principal = require("admin:audit:read"),
+    principal: Principal = require(Scope.AUDIT_READ),
     session: Session = DB,
     limit: int = Query(50, ge=1, le=100),
     after: str | None = AfterQuery,

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from tidegate import jsonfmt
 from tidegate.access.principal import Principal
+from tidegate.access.scopes import Scope
 from tidegate.access.sources import VIEW, SourceAccess, cached_access, open_source
 from tidegate.api.deps import DB, caller_with, in_session, require, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text, query_choice, query_int
@@ -29,7 +30,7 @@ from tidegate.jsonfmt import Raw
 from tidegate.wire.sources import ColumnValues, DataPageOut, QueryResultOut
 
 router = APIRouter(tags=["data"], route_class=InputRoute)
-DATA_READ = require("data:read")
+DATA_READ = require(Scope.DATA_READ)
 
 MAX_SQL = 10_000
 
@@ -78,7 +79,7 @@ async def read_data(request: Request) -> Response:
     """
     if request.method != "GET":  # Starlette also routes HEAD here; a HEAD would read a page for nothing
         raise StarletteHTTPException(405)
-    principal = await caller_with(request, "data:read")
+    principal = await caller_with(request, Scope.DATA_READ)
     source_id = request.path_params["source_id"]
     page = query_int(request, "page", 1, low=1, high=100_000_000)
     page_size = query_int(request, "page_size", 100, low=1, high=engine.MAX_PAGE_SIZE)

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tidegate.access import ratelimit
-from tidegate.access.principal import Principal
+from tidegate.access.principal import Action, Principal, authorize
 from tidegate.config import Settings
 from tidegate.credentials.authenticate import check_ip, digest_of, identify, parse_bearer, principal_for
 from tidegate.db.engine import session_scope
@@ -96,30 +96,21 @@ def _refuse_nul_in_url(request: Request) -> None:
                 )
 
 
-async def caller_with(request: Request, scope: str) -> Principal:
-    """The caller, who must hold `scope` now (401/403/429 otherwise). What `require` checks,
-    as a plain call for the hot endpoints that skip FastAPI's dependency solving."""
+async def caller_with(request: Request, action: Action) -> Principal:
+    """The caller, who must be allowed `action` now (401/403/429 otherwise). What `require`
+    checks, as a plain call for the hot endpoints that skip FastAPI's dependency solving."""
     principal = await authenticated(request)
-    principal.require(scope)
+    authorize(principal, action)
     return principal
 
 
-def require(scope: str):
+def require(action: Action):
+    """A dependency: the caller, allowed `action` (a scope, or AnyOf scopes) now."""
+
     # One dependency, not a chain (each level costs FastAPI ~5 us), and async: a pure
     # check runs on the event loop instead of costing a thread hop.
     async def check(request: Request) -> Principal:
-        return await caller_with(request, scope)
-
-    return Depends(check)
-
-
-def require_any(*scopes: str):
-    """Allowed with any one of `scopes` (where the contract names alternatives)."""
-
-    async def check(request: Request) -> Principal:
-        principal = await authenticated(request)
-        principal.require_any(*scopes)
-        return principal
+        return await caller_with(request, action)
 
     return Depends(check)
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, UploadFile
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
+from tidegate.access.scopes import Scope
 from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target
 from tidegate.api.inputs import InputRoute
 from tidegate.api.pagination import AfterQuery, LimitQuery
@@ -35,7 +36,7 @@ def upload(request: Request, file: UploadFile, principal: Principal = Depends(au
 
 @router.get("/files", response_model=Page[FileOut])
 def list_files(
-    principal: Principal = require("admin:files:read"),
+    principal: Principal = require(Scope.FILES_READ),
     session: Session = DB,
     limit: int = LimitQuery,
     after: str | None = AfterQuery,
@@ -44,7 +45,7 @@ def list_files(
 
 
 @router.get("/files/{file_id}", response_model=FileOut)
-def get_file(file_id: str, principal: Principal = require("admin:files:read"), session: Session = DB):
+def get_file(file_id: str, principal: Principal = require(Scope.FILES_READ), session: Session = DB):
     return FileOut.of(service.get_file(session, principal, file_id))
 
 

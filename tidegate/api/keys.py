@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
-from tidegate.access.scopes import requested_scopes
+from tidegate.access.scopes import Scope, requested_scopes
 from tidegate.api.deps import (
     DB,
     request_context,
@@ -23,7 +23,7 @@ from tidegate.wire.common import Page
 from tidegate.wire.keys import KeyCreated, KeyOut, KeyRevoked
 
 router = APIRouter(tags=["keys"], route_class=InputRoute)
-MANAGE = require("admin:keys:manage")
+MANAGE = require(Scope.KEYS_MANAGE)
 
 
 class KeyCreate(BaseModel):

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from tidegate.access import policies
 from tidegate.access.principal import Principal
+from tidegate.access.scopes import Scope
 from tidegate.api.deps import DB, request_context, require
 from tidegate.api.inputs import InputRoute
 from tidegate.orgs import service
@@ -26,13 +27,13 @@ class SettingsUpdate(BaseModel):
 
 
 @router.get("/org/settings", response_model=OrgSettingsOut)
-def get_settings(principal: Principal = require("admin:org:read"), session: Session = DB):
+def get_settings(principal: Principal = require(Scope.ORG_READ), session: Session = DB):
     return OrgSettingsOut.of(service.get_org(session, principal.org_id))
 
 
 @router.patch("/org/settings", response_model=OrgSettingsOut)
 def update_settings(
-    body: SettingsUpdate, request: Request, principal: Principal = require("admin:org:write"), session: Session = DB
+    body: SettingsUpdate, request: Request, principal: Principal = require(Scope.ORG_WRITE), session: Session = DB
 ):
     org = service.get_org(session, principal.org_id)
     context = request_context(request)

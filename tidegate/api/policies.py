@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from tidegate.access import policies as service
 from tidegate.access.principal import Principal
+from tidegate.access.scopes import Scope
 from tidegate.access.sources import open_source, visible_sources_query
 from tidegate.api.deps import DB, request_context, require, set_audit_target
 from tidegate.api.inputs import InputRoute, Text
@@ -34,8 +35,8 @@ from tidegate.wire.policies import (
 )
 
 router = APIRouter(tags=["access policies"], route_class=InputRoute)
-READ = require("admin:policies:read")
-WRITE = require("admin:policies:write")
+READ = require(Scope.POLICIES_READ)
+WRITE = require(Scope.POLICIES_WRITE)
 
 
 class PolicyCreate(BaseModel):

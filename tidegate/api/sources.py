@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import Principal
+from tidegate.access.principal import AnyOf, Principal
+from tidegate.access.scopes import Scope
 from tidegate.access.sources import SourceAccess, open_source
-from tidegate.api.deps import DB, authenticated, request_context, require, require_any, set_audit_target, settings_of
+from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, LimitQuery
 from tidegate.data import connectors, engine
@@ -30,8 +31,8 @@ from tidegate.wire.sources import (
 router = APIRouter(tags=["sources"], route_class=InputRoute)
 AUTHENTICATED = Depends(authenticated)
 
-SOURCE_READ = require_any("admin:sources:read", "data:read")
-DATA_WRITE = require("data:write")
+SOURCE_READ = require(AnyOf(Scope.SOURCES_READ, Scope.DATA_READ))
+DATA_WRITE = require(Scope.DATA_WRITE)
 
 
 class SourceCreate(BaseModel):
@@ -80,7 +81,7 @@ def source_out(access: SourceAccess) -> SourceOut:
 
 @router.get("/connectors", response_model=Page[ConnectorOut])
 def list_connectors(
-    principal: Principal = require("admin:sources:read"), limit: int = LimitQuery, after: str | None = AfterQuery
+    principal: Principal = require(Scope.SOURCES_READ), limit: int = LimitQuery, after: str | None = AfterQuery
 ):
     items = [c for c in connectors.list_connectors() if not after or c["id"] > after]
     return Page[ConnectorOut].of(items, limit, ConnectorOut.model_validate, cursor_of=lambda c: c["id"])
@@ -168,7 +169,7 @@ def replace_data(
 
 
 @router.get("/sources/{source_id}/shares", response_model=DataList[ShareOut])
-def list_shares(source_id: str, principal: Principal = require("admin:permissions:read"), session: Session = DB):
+def list_shares(source_id: str, principal: Principal = require(Scope.PERMISSIONS_READ), session: Session = DB):
     return DataList[ShareOut](
         data=[ShareOut.of(s, source_id) for s in sources.list_shares(session, principal, source_id)]
     )
@@ -179,7 +180,7 @@ def share(
     source_id: str,
     body: Share,
     request: Request,
-    principal: Principal = require("admin:permissions:write"),
+    principal: Principal = require(Scope.PERMISSIONS_WRITE),
     session: Session = DB,
 ):
     grant = sources.share_source(
@@ -193,7 +194,7 @@ def unshare(
     source_id: str,
     user_id: str,
     request: Request,
-    principal: Principal = require("admin:permissions:write"),
+    principal: Principal = require(Scope.PERMISSIONS_WRITE),
     session: Session = DB,
 ):
     removed = sources.unshare_source(session, principal, source_id, user_id, context=request_context(request))
@@ -207,7 +208,7 @@ def org_share(
     source_id: str,
     request: Request,
     body: OrgShare | None = None,
-    principal: Principal = require("admin:permissions:write"),
+    principal: Principal = require(Scope.PERMISSIONS_WRITE),
     session: Session = DB,
 ):
     body = body or OrgShare()

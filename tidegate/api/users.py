@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
+from tidegate.access.scopes import Scope
 from tidegate.api.deps import DB, request_context, require, set_audit_target
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery
@@ -15,8 +16,8 @@ from tidegate.wire.common import Deleted, Page
 from tidegate.wire.users import ExternalIdUnlinked, ExternalUserOut, UserOut
 
 router = APIRouter(tags=["users"], route_class=InputRoute)
-READ = require("admin:users:read")
-WRITE = require("admin:users:write")
+READ = require(Scope.USERS_READ)
+WRITE = require(Scope.USERS_WRITE)
 
 
 class UserCreate(BaseModel):

@@ -29,6 +29,9 @@ from tidegate.audit.journal import AfterInsert, backoff, brief_error, private_di
 log = logging.getLogger("tidegate.audit")
 
 # Set by `tidegate serve` for its workers: a shipper process exists, do not ship in-process.
+# Not a setting (neither in Settings nor in the README's table): an operator never sets it.
+# It is the parent's signal to the uvicorn workers it spawns, and the environment is the one
+# channel that reaches them (uvicorn imports the app factory by name, without arguments).
 ENV_FLAG = "TIDEGATE_AUDIT_SHIPPER"
 
 

@@ -168,8 +168,13 @@ def serve(
     """Run the HTTP server."""
     from tidegate.audit import shipper
     from tidegate.credentials.usage import record_last_use
+    from tidegate.data import egress
 
     settings = get_settings()
+    try:  # read here, so that a bad allowlist stops the start, not each worker in turn
+        egress.parse_allowlist(settings.data.connector_allow)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     with refusals_reported(False):
         migrate(settings.database_url)
     if workers > 1 and not settings.redis_url:
@@ -213,9 +218,7 @@ def _exit_on_signal(signum, frame):
 def _run_uvicorn(settings, host: str, port: int, workers: int, forwarded: str | None) -> None:
     import uvicorn
 
-    from tidegate.limits import get_limits
-
-    limits = get_limits()  # a bad TIDEGATE_* limit stops start-up here, not in a worker
+    limits = settings.limits  # read (and checked) with the settings, before any worker starts
     uvicorn.run(
         "tidegate.api.app:create_app",
         factory=True,
@@ -239,10 +242,10 @@ def _run_uvicorn(settings, host: str, port: int, workers: int, forwarded: str | 
         # for clients that went away.
         limit_concurrency=limits.max_connections + 1,
         h11_max_incomplete_event_size=limits.max_header_bytes,  # if the h11 protocol is chosen
-        log_level=os.environ.get("TIDEGATE_LOG_LEVEL", "info"),
+        log_level=settings.log_level,
         # uvicorn's access log prints query strings; ours (tidegate.access) prints paths only.
         access_log=False,
-        log_config=_log_config(os.environ.get("TIDEGATE_ACCESS_LOG", "1") == "1"),
+        log_config=_log_config(settings.access_log),
     )
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from tidegate.access.policies import validate_policy_ids
-from tidegate.access.principal import Principal
+from tidegate.access.principal import Principal, Rule, authorize
 from tidegate.access.scopes import expand, validate_scopes
 from tidegate.audit.record import RequestContext, record
 from tidegate.credentials.bounds import KeyTerms, bound_by_parent
@@ -396,8 +396,7 @@ def rotate_key(
     replacement made by someone else would act with that person's permissions.
     """
     now = utcnow()
-    if key.created_by != principal.user_id:
-        raise Forbidden("not_key_owner", "Only the user who created a key can rotate it; revoke it instead.")
+    authorize(principal, Rule.ROTATE_KEY, key)
     if key.status_at(now) != "active":
         raise InvalidRequest("api_key_not_active", "Only an active key can be rotated.")
     if not timedelta(0) <= grace <= MAX_ROTATION_GRACE:

@@ -41,6 +41,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from tidegate.config import DataSettings
 from tidegate.data import egress, ingest
 from tidegate.errors import InvalidRequest
 
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     from tidegate.data.models import Source
 
 FETCH_BATCH = 10_000
-DEFAULT_TIMEOUT_SECONDS = 300
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _IDENT = re.compile(r"^[^\x00-\x1f]{1,128}$")
 
@@ -222,20 +222,25 @@ def split_config(
 # Pulling
 # ---------------------------------------------------------------------------------------
 
-_sqlite_dirs: list[Path] | None = None
+_sqlite_dirs: list[Path] = []  # nowhere, until configure()
+_statement_timeout_seconds = DataSettings.connector_statement_timeout_seconds
 
 
-def configure(*, sqlite_dirs: list[str | os.PathLike[str]] | None = None) -> None:
-    """Directories SQLite connector files may live in (default: TIDEGATE_SQLITE_CONNECTOR_DIRS)."""
-    global _sqlite_dirs
-    _sqlite_dirs = None if sqlite_dirs is None else [Path(d).resolve() for d in sqlite_dirs]
+def configure(
+    *, sqlite_dirs: Sequence[str | os.PathLike[str]] | None = None, statement_timeout_seconds: int | None = None
+) -> None:
+    """This process's connector bounds, from Settings.data: the directories SQLite connector
+    files may live in (TIDEGATE_SQLITE_CONNECTOR_DIRS; none: nowhere) and the wall-clock
+    limit of one read (TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS). None leaves a value as is."""
+    global _sqlite_dirs, _statement_timeout_seconds
+    if sqlite_dirs is not None:
+        _sqlite_dirs = [Path(d).resolve() for d in sqlite_dirs]
+    if statement_timeout_seconds is not None:
+        _statement_timeout_seconds = int(statement_timeout_seconds)
 
 
 def _allowed_sqlite_dirs() -> list[Path]:
-    if _sqlite_dirs is not None:
-        return _sqlite_dirs
-    raw = os.environ.get("TIDEGATE_SQLITE_CONNECTOR_DIRS", "")
-    return [Path(p).resolve() for p in raw.split(os.pathsep) if p.strip()]
+    return _sqlite_dirs
 
 
 def _scrub(message: str, secret: dict[str, Any]) -> str:
@@ -305,13 +310,8 @@ _PG_TYPES = {
 
 
 def statement_timeout_seconds() -> int:
-    """The wall-clock limit of one connector read (TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS)."""
-    raw = os.environ.get("TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS", "")
-    try:
-        seconds = int(raw) if raw.strip() else DEFAULT_TIMEOUT_SECONDS
-    except ValueError:
-        seconds = DEFAULT_TIMEOUT_SECONDS
-    return max(1, seconds)
+    """The wall-clock limit of one connector read (see configure)."""
+    return _statement_timeout_seconds
 
 
 def _pull_postgresql(

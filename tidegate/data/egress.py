@@ -23,7 +23,6 @@ cannot redirect it.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from functools import lru_cache
@@ -88,15 +87,27 @@ def parse_entry(entry: str) -> AllowEntry:
     return AllowEntry(host=host, port=port)
 
 
-@lru_cache(maxsize=8)
-def _parse(raw: str) -> tuple[AllowEntry, ...]:
+def parse_allowlist(raw: str) -> tuple[AllowEntry, ...]:
     entries = tuple(parse_entry(e) for e in raw.split(",") if e.strip())
     return entries or (AllowEntry(public=True),)
 
 
+_DEFAULT = (AllowEntry(public=True),)
+_policy: tuple[AllowEntry, ...] = _DEFAULT
+
+
+def configure(raw: str) -> None:
+    """The allowlist of this process, from Settings.data.connector_allow (the text of
+    TIDEGATE_CONNECTOR_ALLOW). A malformed one raises ValueError and leaves nothing allowed:
+    fail closed, should the caller go on regardless."""
+    global _policy
+    _policy = ()
+    _policy = parse_allowlist(raw)
+
+
 def allow_policy() -> tuple[AllowEntry, ...]:
-    """The configured entries (ValueError if the setting cannot be read)."""
-    return _parse(os.environ.get(ENV, ""))
+    """The configured entries."""
+    return _policy
 
 
 def _embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:

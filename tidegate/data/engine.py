@@ -40,13 +40,14 @@ import pyarrow.parquet as pq
 from tidegate import jsonfmt, spreadsheet
 from tidegate.access.rowfilter import RowFilter
 from tidegate.caching import LRUCache, require_immutable
+from tidegate.config import DataSettings
 from tidegate.data import ingest, querycost, sandbox, storage
 from tidegate.data.models import SourceVersion
 from tidegate.errors import InvalidRequest
 
 MAX_PAGE_SIZE = 10_000
 MAX_DISTINCT_LIMIT = 10_000
-DEFAULT_CACHE_BYTES = int(os.environ.get("TIDEGATE_DATA_CACHE_BYTES", str(1024 * 1024 * 1024)))
+DEFAULT_CACHE_BYTES = DataSettings.cache_bytes  # until configure() hands over Settings.data
 DEFAULT_PAGE_CACHE_BYTES = 64 * 1024 * 1024
 
 _DENY = object()
@@ -61,8 +62,8 @@ def quote_ident(name: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 _options: dict[str, Any] = {
-    "threads": int(os.environ.get("TIDEGATE_DATA_THREADS", "2")),
-    "memory_limit": os.environ.get("TIDEGATE_DATA_MEMORY_LIMIT", "2GB"),
+    "threads": DataSettings.threads,
+    "memory_limit": DataSettings.memory_limit,
     "max_entry_fraction": 0.5,
 }
 _conn_lock = threading.Lock()

@@ -183,9 +183,17 @@ def _refuse(message: str) -> InvalidRequest:
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[\w.~-]+){2,}/?|[A-Za-z]:\\[^\s'\"]+")
 
 
+_server_home = ""  # Settings.home, handed over at start-up (configure_server_home)
+
+
+def configure_server_home(home: str | os.PathLike) -> None:
+    global _server_home
+    _server_home = str(home)
+
+
 def _server_paths() -> list[str]:
     """Directories of this server a message must not reveal, longest first."""
-    paths = {os.environ.get("TIDEGATE_HOME") or "", os.getcwd(), tempfile.gettempdir(), sys.prefix, str(Path.home())}
+    paths = {_server_home, os.getcwd(), tempfile.gettempdir(), sys.prefix, str(Path.home())}
     return sorted((p.rstrip("/") for p in paths if p and p.strip("/")), key=len, reverse=True)
 
 

@@ -11,8 +11,9 @@ from typing import BinaryIO
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import Principal
+from tidegate.access.principal import AnyOf, Principal, Rule, authorize
 from tidegate.access.rowfilter import RowFilter
+from tidegate.access.scopes import Scope
 from tidegate.access.sources import EDIT, OWNER, SourceAccess, open_source, source_row, visible_sources_query
 from tidegate.audit.record import RequestContext, record
 from tidegate.config import Settings
@@ -72,19 +73,17 @@ def create_source(
         updated_at=utcnow(),
     )
     if rows is not None:
-        principal.require_any("data:write", "admin:sources:write")
+        authorize(principal, AnyOf(Scope.DATA_WRITE, Scope.SOURCES_WRITE))
         source.service = SERVICE_API
         table = _rows_table(rows)
     elif file_id is not None:
-        principal.require_any("data:write", "admin:sources:write")
+        authorize(principal, AnyOf(Scope.DATA_WRITE, Scope.SOURCES_WRITE))
         file = get_file(session, principal, file_id)
         source.service = SERVICE_FILE
         table = storage.read_file_table(file)
     else:
-        principal.require("admin:sources:write")
-        if not principal.is_admin:
-            # A connector reaches other systems with stored credentials: admins only.
-            raise Forbidden("admin_required", "Only admins can create connector sources.")
+        authorize(principal, Scope.SOURCES_WRITE)
+        authorize(principal, Rule.CREATE_CONNECTOR)
         connectors.get_connector(connector_id)
         public, secret = connectors.split_config(connector_id, config or {})
         source.service = connector_id
@@ -124,7 +123,7 @@ def write_rows(
     replace: bool,
     context: RequestContext | None = None,
 ) -> SourceAccess:
-    principal.require("data:write")
+    authorize(principal, Scope.DATA_WRITE)
     access = open_source(session, principal, source_id, need=EDIT)
     if not access.row_filter.is_unrestricted:
         if replace:
@@ -177,7 +176,7 @@ def update_source(
     settings: Settings,
     context: RequestContext | None = None,
 ) -> Source:
-    principal.require("admin:sources:write")
+    authorize(principal, Scope.SOURCES_WRITE)
     source = source_row(session, open_source(session, principal, source_id, need=EDIT, with_filter=False))
     diff = {}
     if "name" in changes:
@@ -193,8 +192,7 @@ def update_source(
     if changes.get("config"):
         if source.connector_id is None:
             raise InvalidRequest("not_a_connector_source", "Only connector sources have a config.")
-        if not principal.is_admin:
-            raise Forbidden("admin_required", "Only admins can change a connector's configuration.")
+        authorize(principal, Rule.CONFIGURE_CONNECTOR)
         old_secret = connectors.decrypt_secret(source.connector_secret_encrypted, settings.session_key)
         merged = {**(source.connector_config or {}), **changes["config"]}
         public, secret = connectors.split_config(source.connector_id, merged, old_secret)
@@ -219,7 +217,7 @@ def update_source(
 def sync_source(
     session: Session, principal: Principal, source_id: str, settings: Settings, *, context: RequestContext | None = None
 ) -> Source:
-    principal.require("admin:sources:write")
+    authorize(principal, Scope.SOURCES_WRITE)
     source = source_row(session, open_source(session, principal, source_id, need=EDIT, with_filter=False))
     table = connectors.pull_source(source, settings.session_key)
     version = storage.write_new_version(session, source, table, append=False)
@@ -240,7 +238,7 @@ def sync_source(
 def delete_source(
     session: Session, principal: Principal, source_id: str, *, context: RequestContext | None = None
 ) -> None:
-    principal.require_any("admin:sources:write", "data:write")
+    authorize(principal, AnyOf(Scope.SOURCES_WRITE, Scope.DATA_WRITE))
     source = source_row(session, open_source(session, principal, source_id, need=OWNER, with_filter=False))
     source.deleted_at = utcnow()
     record(
@@ -380,7 +378,7 @@ def upload_file(
     context: RequestContext | None = None,
 ) -> File:
     """Store an upload; `content` may be the upload's (spooled) file, copied to storage in chunks."""
-    principal.require_any("admin:files:write", "admin:files:upload")
+    authorize(principal, AnyOf(Scope.FILES_WRITE, Scope.FILES_UPLOAD))
     file = storage.store_file(
         session,
         org_id=principal.org_id,
@@ -426,7 +424,7 @@ def list_files(session: Session, principal: Principal, *, limit: int, after: str
 
 
 def delete_file(session: Session, principal: Principal, file_id: str, *, context: RequestContext | None = None) -> None:
-    principal.require_any("admin:files:write", "admin:files:delete")
+    authorize(principal, AnyOf(Scope.FILES_WRITE, Scope.FILES_DELETE))
     file = get_file(session, principal, file_id)
     session.delete(file)
     record(

@@ -17,6 +17,7 @@ from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.responses import StreamingResponse
 
+from tidegate.access.scopes import Scope
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.query import list_events, parse_bound
 from tidegate.audit.record import record
@@ -31,7 +32,7 @@ from tidegate.spreadsheet import neutralize
 from tidegate.web.common import PageError, db, router, settings_of, signed_in
 from tidegate.web.render import SECURITY_HEADERS, page
 
-READ = "admin:audit:read"
+READ = Scope.AUDIT_READ
 PAGE_SIZE = 50
 EXPORT_BATCH = 500
 EXPORT_MAX_ROWS = 100_000

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
+from tidegate.access.scopes import Scope
 from tidegate.config import Settings
 from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest, TidegateError
@@ -103,7 +104,7 @@ def current_viewer(request: Request, session: Session) -> Viewer | None:
     return load_viewer(session, settings_of(request).session_key, request.cookies.get(SESSION_COOKIE))
 
 
-def signed_in(request: Request, session: Session, scope: str | None = None) -> Viewer:
+def signed_in(request: Request, session: Session, scope: Scope | None = None) -> Viewer:
     viewer = current_viewer(request, session)
     if viewer is None:
         raise NeedLogin()
@@ -112,7 +113,7 @@ def signed_in(request: Request, session: Session, scope: str | None = None) -> V
     return viewer
 
 
-def signed_in_to_change(request: Request, session: Session, form: FormData, scope: str) -> Viewer:
+def signed_in_to_change(request: Request, session: Session, form: FormData, scope: Scope) -> Viewer:
     """The viewer posting `form`: signed in, the form's CSRF token valid, then holding `scope`
     (in that order: a forged form is refused as forged, whoever it names)."""
     viewer = signed_in(request, session)
@@ -121,7 +122,7 @@ def signed_in_to_change(request: Request, session: Session, form: FormData, scop
     return viewer
 
 
-def require_scope(viewer: Viewer, scope: str) -> None:
+def require_scope(viewer: Viewer, scope: Scope) -> None:
     if not viewer.can(scope):
         raise PageError(
             403,

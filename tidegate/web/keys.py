@@ -20,6 +20,7 @@ from tidegate.access.scopes import (
     PRESET_DATA_ACCESS,
     PRESET_FULL_ACCESS,
     SCOPE_GROUPS,
+    Scope,
     expand,
     preset_scopes,
 )
@@ -33,7 +34,7 @@ from tidegate.web.common import FORM, PageError, db, router, settings_of, signed
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
-MANAGE = "admin:keys:manage"
+MANAGE = Scope.KEYS_MANAGE
 PAGE_SIZE = 100
 
 

@@ -11,7 +11,7 @@ from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.datastructures import FormData
 
-from tidegate.access.scopes import ROLES
+from tidegate.access.scopes import ROLES, Scope
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.orgs import service
@@ -20,8 +20,8 @@ from tidegate.web.common import FORM, PageError, db, router, signed_in, signed_i
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
-READ = "admin:users:read"
-WRITE = "admin:users:write"
+READ = Scope.USERS_READ
+WRITE = Scope.USERS_WRITE
 
 
 def UserId():

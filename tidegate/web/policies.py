@@ -19,6 +19,7 @@ from starlette.datastructures import FormData
 from tidegate.access import policies as service
 from tidegate.access.models import Group, Policy
 from tidegate.access.rowfilter import RowFilter
+from tidegate.access.scopes import Scope
 from tidegate.access.sources import open_source, permission_of, visible_sources_query
 from tidegate.data import engine
 from tidegate.data.models import Source, SourceVersion
@@ -42,8 +43,8 @@ from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 from tidegate.web.sources import PREVIEW_ROWS, RESTRICTED_VIEWER, Preview
 
-READ = "admin:policies:read"
-WRITE = "admin:policies:write"
+READ = Scope.POLICIES_READ
+WRITE = Scope.POLICIES_WRITE
 BASE = "/settings/security/access-policies"
 LIST_LIMIT = 200
 SPARE_ROWS = 8  # hidden blank filter rows that "Add another filter" reveals

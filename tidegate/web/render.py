@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tidegate import __version__
-from tidegate.access.scopes import ALL_SCOPES, DATA_ACCESS_SCOPES, ROLE_MEMBER, ROLE_PERMISSIONS
+from tidegate.access.scopes import ALL_SCOPES, DATA_ACCESS_SCOPES, ROLE_MEMBER, ROLE_PERMISSIONS, Scope, expand
 from tidegate.db.base import utcnow
 from tidegate.web.sessions import Viewer
 
@@ -39,25 +39,25 @@ SECURITY_HEADERS = {
 class NavItem:
     label: str
     href: str
-    scope: str | None  # shown only to viewers holding this permission
+    scope: Scope | None  # shown only to viewers holding this permission
 
 
 # Top-level sections.
 SECTIONS: tuple[NavItem, ...] = (
-    NavItem("Sources", "/sources", "admin:sources:read"),
+    NavItem("Sources", "/sources", Scope.SOURCES_READ),
     NavItem("Settings", "/settings", None),
-    NavItem("Audit log", "/audit", "admin:audit:read"),
+    NavItem("Audit log", "/audit", Scope.AUDIT_READ),
 )
 SETTINGS_PAGES: tuple[NavItem, ...] = (
-    NavItem("API Keys", "/settings/api-keys", "admin:keys:manage"),
-    NavItem("People", "/settings/people", "admin:users:read"),
-    NavItem("Security", "/settings/security", "admin:org:read"),
+    NavItem("API Keys", "/settings/api-keys", Scope.KEYS_MANAGE),
+    NavItem("People", "/settings/people", Scope.USERS_READ),
+    NavItem("Security", "/settings/security", Scope.ORG_READ),
 )
 # Settings > Security sub-sections.
 SECURITY_PAGES: tuple[NavItem, ...] = (
-    NavItem("Admin Controls", "/settings/security", "admin:org:read"),
-    NavItem("Access Policies", "/settings/security/access-policies", "admin:policies:read"),
-    NavItem("Groups", "/settings/security/groups", "admin:policies:read"),
+    NavItem("Admin Controls", "/settings/security", Scope.ORG_READ),
+    NavItem("Access Policies", "/settings/security/access-policies", Scope.POLICIES_READ),
+    NavItem("Groups", "/settings/security/groups", Scope.POLICIES_READ),
 )
 
 
@@ -102,7 +102,7 @@ def iso(moment: datetime | None) -> str:
 
 
 def scope_summary(scopes: list[str]) -> str:
-    granted = ALL_SCOPES if "*" in scopes else frozenset(scopes)
+    granted = expand(scopes)
     if granted in (ALL_SCOPES, ROLE_PERMISSIONS[ROLE_MEMBER]):
         return "Full Access"
     if granted == DATA_ACCESS_SCOPES:
@@ -126,7 +126,7 @@ _env = Environment(
     lstrip_blocks=True,
 )
 _env.filters.update(relative=relative_time, utc=utc_text, iso=iso, scope_summary=scope_summary, cell=cell)
-_env.globals.update(version=__version__)
+_env.globals.update(version=__version__, Scope=Scope)  # pages test `viewer.can(Scope.X)`
 
 
 def page(

@@ -13,14 +13,15 @@ from fastapi import Query, Request
 from starlette.datastructures import FormData
 
 from tidegate.access import policies
+from tidegate.access.scopes import Scope
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.orgs import service
 from tidegate.web.common import FORM, db, router, signed_in, signed_in_to_change, text
 from tidegate.web.render import page, redirect
 
-READ = "admin:org:read"
-WRITE = "admin:org:write"
+READ = Scope.ORG_READ
+WRITE = Scope.ORG_WRITE
 NOTICES = {"saved": "Admin controls saved."}
 
 

@@ -22,7 +22,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import Principal
+from tidegate.access.principal import Action, Principal, allowed
 from tidegate.db.base import utcnow
 from tidegate.ids import new_id
 from tidegate.orgs.models import Organization, User
@@ -110,8 +110,8 @@ class Viewer:
     session_id: str
     csrf: str
 
-    def can(self, scope: str) -> bool:
-        return scope in self.principal.scopes
+    def can(self, action: Action) -> bool:
+        return allowed(self.principal, action)
 
 
 def start_session(session: Session, key: bytes, user: User, *, ip: str | None, user_agent: str | None) -> str:

@@ -22,8 +22,9 @@ from sqlalchemy import select
 from starlette.datastructures import FormData, UploadFile
 
 from tidegate.access import policies
-from tidegate.access.principal import Principal
+from tidegate.access.principal import Principal, allowed
 from tidegate.access.rowfilter import RowFilter
+from tidegate.access.scopes import Scope
 from tidegate.access.sources import SourceAccess, open_source
 from tidegate.credentials import service as keys_service
 from tidegate.credentials.authenticate import principal_for_key
@@ -50,9 +51,9 @@ from tidegate.web.common import (
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
-READ = "admin:sources:read"
-SHARE_READ = "admin:permissions:read"
-SHARE_WRITE = "admin:permissions:write"
+READ = Scope.SOURCES_READ
+SHARE_READ = Scope.PERMISSIONS_READ
+SHARE_WRITE = Scope.PERMISSIONS_WRITE
 PAGE_SIZE = 100
 PREVIEW_ROWS = 50
 MAX_KEYS_OFFERED = 500
@@ -82,8 +83,8 @@ def _emails(session, user_ids) -> dict[str, str]:
 
 
 def can_upload(viewer: Viewer) -> bool:
-    return (viewer.can("admin:files:write") or viewer.can("admin:files:upload")) and (
-        viewer.can("data:write") or viewer.can("admin:sources:write")
+    return (viewer.can(Scope.FILES_WRITE) or viewer.can(Scope.FILES_UPLOAD)) and (
+        viewer.can(Scope.DATA_WRITE) or viewer.can(Scope.SOURCES_WRITE)
     )
 
 
@@ -258,7 +259,7 @@ def preview_as_key(session, viewer: Viewer, mine: SourceAccess, key_id: str, pag
     if principal is None:
         preview.refused = refusal
         return preview
-    if "data:read" not in principal.scopes:
+    if not allowed(principal, Scope.DATA_READ):
         preview.refused = (
             "This key cannot read data: it lacks the data:read scope (or its creator no longer "
             "holds it), so the API refuses its reads (403)."
