@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from pydantic import BaseModel
 
@@ -24,7 +24,7 @@ class Page(BaseModel, Generic[Item]):
         limit: int,
         render: Callable[[Any], Item],
         cursor_of: Callable[[Any], str] = lambda row: row.id,
-    ):
+    ) -> Self:
         """`rows` holds up to limit+1 items; the extra one only says that more exist."""
         has_more = len(rows) > limit
         page = list(rows[:limit])
