@@ -10,6 +10,7 @@ request, so each link table carries an index led by the column resolution looks 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -29,7 +30,7 @@ class Policy(Base):
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(String(2000))
     # [{"column": str, "values": [str, ...]}, ...]
-    row_filters: Mapped[list[dict]] = mapped_column(JSON, default=list)
+    row_filters: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # [] = Auto binding; non-empty = Explicit binding to exactly these sources.
     source_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_by: Mapped[str | None] = mapped_column(String(40))

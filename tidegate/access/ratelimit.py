@@ -36,7 +36,7 @@ PERIOD = 60.0
 class LimiterUnavailable(ServiceUnavailable):
     """Redis is down: refuse (fail closed) rather than run unlimited; 503 with Retry-After."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("rate_limiter_unavailable", "The rate limiter is unavailable; try again shortly.")
 
 
@@ -48,7 +48,7 @@ class LocalSlidingWindow:
     def __init__(self, period: float = PERIOD):
         self.period = period
         self._lock = threading.Lock()
-        self._windows: dict[str, list] = {}  # key -> [window index, previous count, current count]
+        self._windows: dict[str, list[int]] = {}  # key -> [window index, previous count, current count]
         self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
 
     def hit(self, key: str, limit: int, now: float | None = None) -> float | None:
@@ -81,7 +81,7 @@ class LocalSlidingWindow:
             self._sweep_if_due()
             return None
 
-    def _window(self, key: str, index: int) -> list:
+    def _window(self, key: str, index: int) -> list[int]:
         """[window index, previous count, current count] of `key`, moved to window `index`."""
         window = self._windows.get(key)
         if window is None or window[0] < index - 1:
@@ -156,15 +156,17 @@ def enforce(
 ) -> None:
     """Count a request of `key_id` (and, given `owner_id`, of the person whose keys share
     `owner_per_minute`), or refuse it: 429 with Retry-After; 503 if Redis is down."""
-    shared = owner_id is not None and owner_per_minute is not None
+    wait: float | None
     if not redis_url:
-        refused = _local.hit_pair(key_id, per_minute, USER_PREFIX + owner_id if shared else None, owner_per_minute or 0)
+        shared = owner_id is not None and owner_per_minute is not None
+        owner_key = USER_PREFIX + owner_id if owner_id is not None and shared else None
+        refused = _local.hit_pair(key_id, per_minute, owner_key, owner_per_minute or 0)
         if refused is None:
             return
         by_owner, wait = refused[0] == 1, refused[1]
     else:
         by_owner, wait = False, _redis_wait(redis_url, KEY_NAMESPACE, key_id, per_minute)
-        if wait is None and shared:
+        if wait is None and owner_id is not None and owner_per_minute is not None:
             # Counted for the key already: a request the owner's ceiling refuses still uses
             # its key's count (two Redis counters cannot be hit all-or-nothing in one trip).
             by_owner, wait = True, _redis_wait(redis_url, USER_NAMESPACE, owner_id, owner_per_minute)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -134,15 +135,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix="/api/v1", responses=ERROR_RESPONSES)
     fastapi_openapi = app.openapi
 
-    def openapi() -> dict:
+    def openapi() -> dict[str, Any]:
         # FastAPI's document, plus the operations of the plain Starlette routes (api.data).
-        if app.openapi_schema is None:
-            schema = fastapi_openapi()
+        schema = app.openapi_schema
+        if schema is None:
+            schema = fastapi_openapi()  # (which keeps it as app.openapi_schema)
             for path, operations in data.openapi_operations("/api/v1").items():
                 schema["paths"].setdefault(path, {}).update(operations)
-        return app.openapi_schema
+        return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
 

@@ -22,7 +22,8 @@ def spool_uploads_under(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     _spool_dir = str(directory)
-    formparsers.SpooledTemporaryFile = _spooled_file  # Starlette looks the name up per file part
+    # Starlette looks the name up per file part; a factory stands in for the class.
+    formparsers.SpooledTemporaryFile = _spooled_file  # type: ignore[misc,assignment]
     return directory
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import signal
-import sys
 from contextlib import contextmanager
 
 import typer
@@ -494,4 +493,4 @@ def main() -> None:  # pragma: no cover - console entry
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -101,7 +101,7 @@ def load_key_state(session: Session, digest: str) -> KeyState | None:
     return KeyState.of(*row) if row else None
 
 
-def identify(state: KeyState | None, tenant_id: str) -> KeyState:
+def identify(state: KeyState | None, tenant_id: str | None) -> KeyState:
     # The lookup was by the full keyed hash (unique index), so a row is an exact match.
     if state is None or state.org_id != tenant_id:
         raise Unauthenticated("invalid_api_key", INVALID_KEY)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tidegate.credentials.models import ApiKey
 
 
-def record_last_use(session: Session, events: list[dict]) -> None:
+def record_last_use(session: Session, events: list[dict[str, Any]]) -> None:
     """Advance each key's `last_used_at`/`last_used_ip` to its newest event among `events`.
 
     Runs in the transaction that inserts the events (audit.journal's `after_insert`), so a
     key's last use and the event that shows it commit together. Never moves backwards:
     segments ship out of order."""
-    latest: dict[str, dict] = {}
+    latest: dict[str, dict[str, Any]] = {}
     for event in events:
         key_id = event.get("key_id")
         if key_id and (key_id not in latest or event["timestamp"] > latest[key_id]["timestamp"]):

@@ -74,8 +74,9 @@ class CreateForm:
 
     @classmethod
     def read(cls, form: FormData) -> CreateForm:
-        scopes = form.getlist("scopes")
-        if len(scopes) > 100 or not all(isinstance(s, str) and len(s) <= 100 for s in scopes):
+        raw = form.getlist("scopes")
+        scopes = [s for s in raw if isinstance(s, str) and len(s) <= 100]
+        if len(raw) > 100 or len(scopes) != len(raw):  # a file part or an overlong value
             raise PageError(400, "Bad request", "Too many or malformed scopes.")
         return cls(
             name=text(form, "name", 300),
@@ -138,7 +139,7 @@ class CreateForm:
         return {"mode": "selected", "source_ids": ids}
 
 
-def offered_groups(viewer: Viewer) -> list[tuple[str, list[str]]]:
+def offered_groups(viewer: Viewer) -> list[tuple[str, list[Scope]]]:
     """SCOPE_GROUPS, less every scope the viewer does not hold (those are not offered)."""
     groups = []
     for group, scopes in SCOPE_GROUPS.items():

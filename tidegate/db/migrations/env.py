@@ -33,6 +33,8 @@ def _sqlite_migration_engine(url: str):
 
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("alembic: no sqlalchemy.url (tidegate.db.engine.migrate sets it)")
     sqlite = url.startswith("sqlite")
     engine = _sqlite_migration_engine(url) if sqlite else get_engine(url)
     try:
