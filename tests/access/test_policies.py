@@ -8,6 +8,7 @@ from sqlalchemy import select
 from tidegate.access import policies
 from tidegate.access.models import GroupMember, GroupPolicy, PolicyAssignment
 from tidegate.audit.models import AuditEvent
+from tidegate.credentials.bounds import keys_naming_policy
 from tidegate.errors import Conflict, InvalidRequest, NotFound
 
 
@@ -145,7 +146,9 @@ def test_delete_policy(world):
     gid = world.group(members=[user], policy_ids=[pid])
     key = world.key(user, access_policy_ids=[pid])
     with world.tx() as s:
-        policies.delete_policy(s, world.admin, policies.get_policy(s, world.id, pid))
+        policies.delete_policy(
+            s, world.admin, policies.get_policy(s, world.id, pid), keys_naming_it=keys_naming_policy(s, world.id, pid)
+        )
     with world.tx() as s:
         with pytest.raises(NotFound) as err:
             policies.get_policy(s, world.id, pid)

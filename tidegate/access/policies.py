@@ -41,9 +41,9 @@ from sqlalchemy.orm import Session
 
 from tidegate.access.models import Group, GroupMember, GroupPolicy, Policy, PolicyAssignment
 from tidegate.access.principal import Principal
+from tidegate.access.restrictions import KeyRestrictions
 from tidegate.access.rowfilter import Clause, RowFilter
 from tidegate.audit.record import RequestContext, record
-from tidegate.credentials.models import ApiKey
 from tidegate.db.base import isoformat, utcnow
 from tidegate.errors import Conflict, InvalidRequest, NotFound
 from tidegate.ids import new_id
@@ -409,23 +409,21 @@ def update_policy(
 
 
 def delete_policy(
-    session: Session, actor: Principal | None, policy: Policy, *, context: RequestContext | None = None
+    session: Session,
+    actor: Principal | None,
+    policy: Policy,
+    *,
+    keys_naming_it: Sequence[str],
+    context: RequestContext | None = None,
 ) -> None:
     """Delete the policy and its user and group assignments.
 
-    Keys naming it in access_policy_ids fail closed from then on; the event lists them.
+    Keys naming it in access_policy_ids fail closed from then on; the event lists them
+    (`keys_naming_it`: the caller reads them from the keys, which this package does not know).
     """
     user_ids = list(session.scalars(select(PolicyAssignment.user_id).where(PolicyAssignment.policy_id == policy.id)))
     group_ids = list(session.scalars(select(GroupPolicy.group_id).where(GroupPolicy.policy_id == policy.id)))
-    key_ids = sorted(
-        key_id
-        for key_id, ids in session.execute(
-            select(ApiKey.id, ApiKey.access_policy_ids).where(
-                ApiKey.org_id == policy.org_id, ApiKey.revoked_at.is_(None), ApiKey.access_policy_ids.is_not(None)
-            )
-        )
-        if ids and policy.id in ids
-    )
+    key_ids = sorted(keys_naming_it)
     session.execute(delete(PolicyAssignment).where(PolicyAssignment.policy_id == policy.id))
     session.execute(delete(GroupPolicy).where(GroupPolicy.policy_id == policy.id))
     session.delete(policy)
@@ -1036,9 +1034,9 @@ def resolve_user_filter(
 
 
 def _key_policy_filter(
-    session: Session, key: ApiKey, source_id: str, source_columns: Sequence[str], deny_by_default: bool
+    session: Session, key: KeyRestrictions, source_id: str, source_columns: Sequence[str], deny_by_default: bool
 ) -> tuple[RowFilter, list[str]]:
-    ids = list(dict.fromkeys(key.access_policy_ids or []))
+    ids = list(dict.fromkeys(key.access_policy_ids))
     policies = _rows(session.execute(select(*_POLICY_COLUMNS).where(Policy.org_id == key.org_id, Policy.id.in_(ids))))
     found = {p.id for p in policies}
     unknown = [p for p in ids if p not in found]
@@ -1047,20 +1045,20 @@ def _key_policy_filter(
             deny_all=True,
             policy_ids=tuple(ids),
             reasons=tuple(
-                f"key {key.id} names access policy {p}, which does not exist in this organization: access fails closed."
+                f"key {key.key_id} names access policy {p}, which does not exist in this organization: access fails closed."
                 for p in unknown
             ),
         ), []
     return _compose(
-        policies, source_id, source_columns, deny_by_default=deny_by_default, subject=f"key {key.id}'s own policies"
+        policies, source_id, source_columns, deny_by_default=deny_by_default, subject=f"key {key.key_id}'s own policies"
     )
 
 
 def _resolve_key(
-    session: Session, key: ApiKey, source_id: str, source_columns: Sequence[str]
+    session: Session, key: KeyRestrictions, source_id: str, source_columns: Sequence[str]
 ) -> tuple[RowFilter, list[str]]:
     result, notes, deny_by_default = _user_filter(
-        session, key.org_id, key.created_by, source_id, source_columns, subject=f"key creator {key.created_by}"
+        session, key.org_id, key.creator_id, source_id, source_columns, subject=f"key creator {key.creator_id}"
     )
     if key.access_policy_ids:
         key_filter, key_notes = _key_policy_filter(session, key, source_id, source_columns, deny_by_default)
@@ -1073,7 +1071,9 @@ def _resolve_key(
     return result, notes
 
 
-def resolve_key_filter(session: Session, key: ApiKey, source_id: str, source_columns: Sequence[str]) -> RowFilter:
+def resolve_key_filter(
+    session: Session, key: KeyRestrictions, source_id: str, source_columns: Sequence[str]
+) -> RowFilter:
     """The rows a request with `key` may see: creator AND key policies AND bound user (each if set)."""
     return _resolve_key(session, key, source_id, source_columns)[0]
 
@@ -1165,13 +1165,13 @@ def resolve_view(session: Session, org_id: str, user_id: str, source_id: str, so
     return _view(user.id, source_id, row_filter, notes, controlled)
 
 
-def resolve_key_view(session: Session, key: ApiKey, source_id: str, source_columns: Sequence[str]) -> dict:
+def resolve_key_view(session: Session, key: KeyRestrictions, source_id: str, source_columns: Sequence[str]) -> dict:
     """ResolvedAccess for a key (tidegate extension): `user_id` is the key's creator."""
     row_filter, notes = _resolve_key(session, key, source_id, source_columns)
-    deny_by_default, _ = _subject_state(session, key.org_id, key.created_by)
+    deny_by_default, _ = _subject_state(session, key.org_id, key.creator_id)
     controlled = (
         _source_is_access_controlled(session, key.org_id, source_id, source_columns, deny_by_default)
         or bool(key.access_policy_ids)
         or bool(key.bound_user_id)
     )
-    return _view(key.created_by, source_id, row_filter, notes, controlled)
+    return _view(key.creator_id, source_id, row_filter, notes, controlled)

@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 
 from tidegate.access import policies
 from tidegate.access.principal import Principal
+from tidegate.access.restrictions import SourceSelection
 from tidegate.access.rowfilter import RowFilter
 from tidegate.access.scopes import ROLE_ADMIN
 from tidegate.caching import LRUCache
-from tidegate.credentials.models import ApiKey
 from tidegate.data.models import Source, SourceShare, SourceVersion
 from tidegate.data.snapshots import SourceSnapshot, VersionSnapshot
 from tidegate.errors import Forbidden, NotFound
@@ -66,30 +66,34 @@ def _user_may_see(user: User):
     )
 
 
-def _subjects(session: Session, principal: Principal) -> tuple[list[User], ApiKey | None]:
+def _subjects(session: Session, principal: Principal) -> list[User]:
     """Whose visibility bounds this caller: the user, or a key's creator and bound user."""
     creator = session.get(User, principal.user_id)
-    key = session.get(ApiKey, principal.key_id) if principal.key_id else None
     subjects = [creator]
-    if key is not None and key.bound_user_id:
-        bound = session.get(User, key.bound_user_id)
+    bound_user_id = principal.restrictions.bound_user_id if principal.restrictions is not None else None
+    if bound_user_id:
+        bound = session.get(User, bound_user_id)
         if bound is None or not bound.is_active or bound.org_id != principal.org_id:
-            return [], key  # a bound user who is gone sees nothing, so neither does the key
+            return []  # a bound user who is gone sees nothing, so neither does the key
         subjects.append(bound)
-    return subjects, key
+    return subjects
+
+
+def _selection(principal: Principal) -> SourceSelection | None:
+    return principal.restrictions.source_selection if principal.restrictions is not None else None
 
 
 def visible_sources_query(session: Session, principal: Principal):
     """A SELECT of the sources this caller may open now."""
-    subjects, key = _subjects(session, principal)
+    subjects = _subjects(session, principal)
     query = select(Source).where(Source.org_id == principal.org_id, Source.deleted_at.is_(None))
     if not subjects:
         return query.where(False)
     for user in subjects:
         query = query.where(_user_may_see(user))
-    scope = key.source_scope if key is not None else None
-    if scope and scope.get("mode") == "selected":
-        query = query.where(Source.id.in_(scope["source_ids"]))
+    selection = _selection(principal)
+    if selection is not None and selection.source_ids is not None:
+        query = query.where(Source.id.in_(sorted(selection.source_ids)))
     return query
 
 
@@ -155,9 +159,9 @@ def _open_source(
     if row is None:
         raise NotFound("source_not_found", f"No source {source_id!r}.")
     source, version = row
-    subjects, key = _subjects(session, principal)
-    scope = key.source_scope if key is not None else None
-    if scope and scope.get("mode") == "selected" and source.id not in scope["source_ids"]:
+    subjects = _subjects(session, principal)
+    selection = _selection(principal)
+    if selection is not None and not selection.allows(source.id):
         raise NotFound("source_not_found", f"No source {source_id!r}.")
     permissions = [permission_of(session, user, source) for user in subjects]
     if not subjects or any(p is None for p in permissions):
@@ -170,8 +174,8 @@ def _open_source(
     row_filter = RowFilter.deny("row filter not resolved for this access")
     if with_filter:
         columns = version.column_names if version else []
-        if key is not None:
-            row_filter = policies.resolve_key_filter(session, key, source.id, columns)
+        if principal.restrictions is not None:
+            row_filter = policies.resolve_key_filter(session, principal.restrictions, source.id, columns)
         else:
             row_filter = policies.resolve_user_filter(session, principal.org_id, principal.user_id, source.id, columns)
     return SourceAccess(

@@ -14,6 +14,7 @@ from tidegate.access.sources import open_source, visible_sources_query
 from tidegate.api.deps import DB, request_context, require, set_audit_target
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, cursor_page
+from tidegate.credentials.bounds import keys_naming_policy
 from tidegate.data.models import Source
 
 router = APIRouter(tags=["access policies"], route_class=InputRoute)
@@ -121,7 +122,13 @@ def update_policy(
 @router.delete("/access/policies/{policy_id}")
 def delete_policy(policy_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
     policy = service.get_policy(session, principal.org_id, policy_id)
-    service.delete_policy(session, principal, policy, context=request_context(request))
+    service.delete_policy(
+        session,
+        principal,
+        policy,
+        keys_naming_it=keys_naming_policy(session, principal.org_id, policy.id),
+        context=request_context(request),
+    )
     return {"id": policy_id, "deleted": True}
 
 

@@ -21,6 +21,7 @@ from tidegate.access.models import Group, Policy
 from tidegate.access.rowfilter import RowFilter
 from tidegate.access.sources import open_source, permission_of, visible_sources_query
 from tidegate.api.deps import request_context
+from tidegate.credentials.bounds import keys_naming_policy
 from tidegate.data import engine
 from tidegate.data.models import Source, SourceVersion
 from tidegate.errors import InvalidRequest, TidegateError
@@ -490,7 +491,13 @@ def delete_policy(request: Request, policy_id: str = PolicyId(), form: FormData 
     with db(request) as session:
         viewer = signed_in_to_change(request, session, form, WRITE)
         policy = _policy(session, viewer, policy_id)
-        service.delete_policy(session, viewer.principal, policy, context=request_context(request))
+        service.delete_policy(
+            session,
+            viewer.principal,
+            policy,
+            keys_naming_it=keys_naming_policy(session, viewer.org.id, policy.id),
+            context=request_context(request),
+        )
     return redirect(f"{BASE}?notice=deleted")
 
 

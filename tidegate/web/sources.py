@@ -274,9 +274,10 @@ def preview_as_key(session, viewer: Viewer, mine: SourceAccess, key_id: str, pag
         # Never show a filtered viewer rows they may not read themselves.
         row_filter = row_filter.both(mine.row_filter)
         preview.notes.append(RESTRICTED_VIEWER)
-    if key.ip_allowlist:
-        preview.notes.append("The API accepts this key only from: " + ", ".join(key.ip_allowlist) + ".")
-    view = policies.resolve_key_view(session, key, access.source.id, access.columns)
+    networks = principal.restrictions.ip_allowlist.networks
+    if networks:
+        preview.notes.append("The API accepts this key only from: " + ", ".join(networks) + ".")
+    view = policies.resolve_key_view(session, principal.restrictions, access.source.id, access.columns)
     preview.rows, preview.total = _read(access.version, row_filter, page_number)
     preview.where = policies.where_clause(access.row_filter)
     preview.effective = policies.effective_access(access.row_filter)
