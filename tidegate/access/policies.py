@@ -994,7 +994,7 @@ def _compose(
             note += f"; its filter(s) on absent column(s) {', '.join(repr(c) for c in missing)} do not apply here"
         notes.append(note + ".")
     if denials:
-        return RowFilter(deny_all=True, policy_ids=tuple(applicable), reasons=tuple(denials)), notes
+        return RowFilter(clauses=(), deny_all=True, policy_ids=tuple(applicable), reasons=tuple(denials)), notes
     if not applicable:
         if deny_by_default:
             reason = (
@@ -1003,7 +1003,7 @@ def _compose(
             )
             return RowFilter.deny(reason), notes
         notes.append(f"No access policy applies to {subject} on source {source_id}: all rows.")
-        return RowFilter.allow_all(), notes
+        return RowFilter(clauses=()), notes  # no policy applies and none is required: every row
     clauses = tuple(Clause(column, frozenset(values)) for column, values in sorted(union.items()))
     return RowFilter(clauses=clauses, policy_ids=tuple(applicable)), notes
 
@@ -1042,6 +1042,7 @@ def _key_policy_filter(
     unknown = [p for p in ids if p not in found]
     if unknown:
         return RowFilter(
+            clauses=(),
             deny_all=True,
             policy_ids=tuple(ids),
             reasons=tuple(
@@ -1122,20 +1123,56 @@ def _applies_to_source(policy: _PolicyRow, source_id: str, columns: dict[str, li
     return not policy.row_filters or any(f["column"].casefold() in columns for f in policy.row_filters)
 
 
-def _view(user_id: str, source_id: str, row_filter: RowFilter, notes: list[str], controlled: bool) -> dict:
-    return {
-        "user_id": user_id,
-        "source_id": source_id,
-        "source_is_access_controlled": controlled,
-        "effective_access": effective_access(row_filter),
-        "resolved_filters": {
-            "row_filters": {} if row_filter.deny_all else filter_columns(row_filter),
-            "has_any_policy": bool(row_filter.policy_ids),
-        },
-        "where_clause": where_clause(row_filter),
-        "policy_ids": list(row_filter.policy_ids),
-        "reasons": list(row_filter.reasons) + notes,
-    }
+@dataclass(frozen=True)
+class Explanation:
+    """What one subject (a user, or a key) may read of one source, and why: the resolved row
+    filter itself (the one data reads use) with the notes that explain it."""
+
+    user_id: str  # the user, or the key's creator
+    source_id: str
+    row_filter: RowFilter
+    notes: tuple[str, ...]
+    # Some policy of the org applies to the source, or the org denies by default (or the
+    # key has policies or a bound user of its own).
+    source_is_access_controlled: bool
+
+    @property
+    def effective_access(self) -> str:
+        return effective_access(self.row_filter)
+
+    @property
+    def where_clause(self) -> str:
+        return where_clause(self.row_filter)
+
+    @property
+    def policy_ids(self) -> list[str]:
+        return list(self.row_filter.policy_ids)
+
+    @property
+    def reasons(self) -> list[str]:
+        return list(self.row_filter.reasons) + list(self.notes)
+
+    @property
+    def has_any_policy(self) -> bool:
+        """At least one policy applies to this subject and source."""
+        return bool(self.row_filter.policy_ids)
+
+    @property
+    def row_filters(self) -> dict[str, list[str]]:
+        return {} if self.row_filter.deny_all else filter_columns(self.row_filter)
+
+    def wire(self) -> dict:
+        """The contract's ResolvedAccess, plus `policy_ids` and `reasons`."""
+        return {
+            "user_id": self.user_id,
+            "source_id": self.source_id,
+            "source_is_access_controlled": self.source_is_access_controlled,
+            "effective_access": self.effective_access,
+            "resolved_filters": {"row_filters": self.row_filters, "has_any_policy": self.has_any_policy},
+            "where_clause": self.where_clause,
+            "policy_ids": self.policy_ids,
+            "reasons": self.reasons,
+        }
 
 
 def _source_is_access_controlled(
@@ -1150,6 +1187,30 @@ def _source_is_access_controlled(
     )
 
 
+def explain_user(
+    session: Session, org_id: str, user_id: str, source_id: str, source_columns: Sequence[str]
+) -> Explanation:
+    """What `user_id` (a tidegate id of the org) may read of the source, resolved once."""
+    row_filter, notes, deny_by_default = _user_filter(
+        session, org_id, user_id, source_id, source_columns, subject=f"user {user_id}"
+    )
+    controlled = _source_is_access_controlled(session, org_id, source_id, source_columns, deny_by_default)
+    return Explanation(user_id, source_id, row_filter, tuple(notes), controlled)
+
+
+def explain_key(session: Session, key: KeyRestrictions, source_id: str, source_columns: Sequence[str]) -> Explanation:
+    """What a request with the key may read of the source (`user_id`: the key's creator):
+    creator AND key policies AND bound user, resolved once."""
+    row_filter, notes = _resolve_key(session, key, source_id, source_columns)
+    deny_by_default, _ = _subject_state(session, key.org_id, key.creator_id)
+    controlled = (
+        _source_is_access_controlled(session, key.org_id, source_id, source_columns, deny_by_default)
+        or bool(key.access_policy_ids)
+        or bool(key.bound_user_id)
+    )
+    return Explanation(key.creator_id, source_id, row_filter, tuple(notes), controlled)
+
+
 def resolve_view(session: Session, org_id: str, user_id: str, source_id: str, source_columns: Sequence[str]) -> dict:
     """The contract's ResolvedAccess for POST /access/resolve, plus `policy_ids` and `reasons`.
 
@@ -1158,20 +1219,9 @@ def resolve_view(session: Session, org_id: str, user_id: str, source_id: str, so
     denies by default. `has_any_policy`: at least one policy applies to this user and source.
     """
     user = get_user(session, org_id, user_id)
-    row_filter, notes, deny_by_default = _user_filter(
-        session, org_id, user.id, source_id, source_columns, subject=f"user {user.id}"
-    )
-    controlled = _source_is_access_controlled(session, org_id, source_id, source_columns, deny_by_default)
-    return _view(user.id, source_id, row_filter, notes, controlled)
+    return explain_user(session, org_id, user.id, source_id, source_columns).wire()
 
 
 def resolve_key_view(session: Session, key: KeyRestrictions, source_id: str, source_columns: Sequence[str]) -> dict:
     """ResolvedAccess for a key (tidegate extension): `user_id` is the key's creator."""
-    row_filter, notes = _resolve_key(session, key, source_id, source_columns)
-    deny_by_default, _ = _subject_state(session, key.org_id, key.creator_id)
-    controlled = (
-        _source_is_access_controlled(session, key.org_id, source_id, source_columns, deny_by_default)
-        or bool(key.access_policy_ids)
-        or bool(key.bound_user_id)
-    )
-    return _view(key.creator_id, source_id, row_filter, notes, controlled)
+    return explain_key(session, key, source_id, source_columns).wire()

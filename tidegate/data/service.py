@@ -469,7 +469,7 @@ def source_view(access: SourceAccess) -> dict:
         "status": source.sync_status or "ready",
         "columns": version.column_names if version else [],
         "column_types": {c["name"]: c["type"] for c in version.columns} if version else {},
-        "row_count": engine.count(version, access.row_filter) if version else 0,
+        "row_count": engine.count(access) if version else 0,
         "access_controlled": not access.row_filter.is_unrestricted,
         "permission": access.permission,
         "org_shared": source.org_share_permission is not None,
