@@ -179,7 +179,7 @@ def test_resolve_key_view(world):
     kp = world.policy(row_filters=f("region", "EU", "APAC"))
     key = world.key(creator, access_policy_ids=[kp])
     with world.tx() as s:
-        view = policies.resolve_key_view(s, restrictions_of(s.get(ApiKey, key)), SRC, COLUMNS)
+        view = policies.resolve_key_view(s, restrictions_of(s.get(ApiKey, key)), SRC, COLUMNS).wire()
     assert view["effective_access"] == "filtered"
     assert view["resolved_filters"] == {"row_filters": {"region": ["EU"]}, "has_any_policy": True}
     assert view["where_clause"] == "\"region\" IN ('EU', 'US') AND \"region\" IN ('APAC', 'EU')"

@@ -14,7 +14,7 @@ SRC = "src_accounts"
 
 def resolve(world, user, columns, source=SRC):
     with world.tx() as s:
-        return policies.resolve_view(s, world.id, user, source, columns)
+        return policies.resolve_view(s, world.id, user, source, columns).wire()
 
 
 def test_no_policy_view(world):

@@ -264,7 +264,7 @@ class ResolveRequest(BaseModel):
 @router.post("/access/resolve")
 def resolve(body: ResolveRequest, principal: Principal = READ, session: Session = DB):
     access = open_source(session, principal, body.source_id, with_filter=False)
-    return service.resolve_view(session, principal.org_id, body.user_id, access.source.id, access.columns)
+    return service.resolve_view(session, principal.org_id, body.user_id, access.source.id, access.columns).wire()
 
 
 @router.get("/access/columns")
