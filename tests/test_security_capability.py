@@ -34,7 +34,11 @@ ALLOWED = {
     "unrestricted_access": {"tidegate/access/sources.py"},
     # Filters are made by resolution (policies) and the filter type itself; a filter alone
     # reads nothing, but an unrestricted one is still written out only where it is decided.
-    "RowFilter(": {"tidegate/access/rowfilter.py", "tidegate/access/policies/resolution.py", "tidegate/access/sources.py"},
+    "RowFilter(": {
+        "tidegate/access/rowfilter.py",
+        "tidegate/access/policies/resolution.py",
+        "tidegate/access/sources.py",
+    },
     "allow_all": set(),
 }
 

@@ -173,3 +173,23 @@ def test_child_within_parent_keeps_its_narrower_terms():
         source_scope={"mode": "selected", "source_ids": ["src_b"]},
     )
     assert parent.bound(narrower) == narrower
+
+
+def test_a_key_principal_without_its_restrictions_sees_nothing(world):
+    """A Principal that names a key but was not built from it (Principal.for_key) could
+    otherwise pass for its creator: it opens no source and lists none."""
+    from tidegate.access import sources
+    from tidegate.data.models import Source
+    from tidegate.errors import NotFound
+
+    user = world.user(role="admin")
+    with world.tx() as s:
+        s.add(Source(id="src_own", org_id=world.id, name="s", created_by=user, service="api"))
+    as_user = Principal.for_user(world.id, user, "admin")
+    forged = dataclasses.replace(as_user, key_id="key_x")
+    with world.tx() as s:
+        assert [src.id for src in s.scalars(sources.visible_sources_query(s, as_user))] == ["src_own"]
+        assert sources.open_source(s, as_user, "src_own", with_filter=False).source.id == "src_own"
+        assert s.scalars(sources.visible_sources_query(s, forged)).all() == []
+        with pytest.raises(NotFound):
+            sources.open_source(s, forged, "src_own", with_filter=False)

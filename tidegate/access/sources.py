@@ -115,6 +115,8 @@ def _user_may_see(user: User):
 
 def _subjects(session: Session, principal: Principal) -> list[User]:
     """Whose visibility bounds this caller: the user, or a key's creator and bound user."""
+    if principal.key_id is not None and principal.restrictions is None:
+        return []  # a key whose restrictions were not read with it: nothing (fail closed)
     creator = session.get(User, principal.user_id)
     subjects = [creator]
     bound_user_id = principal.restrictions.bound_user_id if principal.restrictions is not None else None
