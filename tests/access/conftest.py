@@ -103,10 +103,11 @@ class OrgWorld:
             return policies.resolve_user_filter(s, self.id, user_id, source_id, columns)
 
     def key_filter(self, key_id: str, source_id: str, columns: list[str]):
+        from tidegate.credentials.bounds import restrictions_of
         from tidegate.credentials.models import ApiKey
 
         with self.tx() as s:
-            return policies.resolve_key_filter(s, s.get(ApiKey, key_id), source_id, columns)
+            return policies.resolve_key_filter(s, restrictions_of(s.get(ApiKey, key_id)), source_id, columns)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tidegate.access import policies
+from tidegate.credentials.bounds import keys_naming_policy, restrictions_of
 from tidegate.credentials.models import ApiKey
 
 from .conftest import visible
@@ -88,7 +89,9 @@ def test_deleted_key_policy_fails_closed(world):
     pid = world.policy(row_filters=f("region", "US"))
     key = world.key(creator, access_policy_ids=[pid])
     with world.tx() as s:
-        policies.delete_policy(s, world.admin, policies.get_policy(s, world.id, pid))
+        policies.delete_policy(
+            s, world.admin, policies.get_policy(s, world.id, pid), keys_naming_it=keys_naming_policy(s, world.id, pid)
+        )
     row_filter = world.key_filter(key, SRC, COLUMNS)
     assert row_filter.deny_all
     assert any(pid in reason and key in reason for reason in row_filter.reasons)
@@ -111,7 +114,9 @@ def test_key_policy_deleted_later_fails_closed(world):
     key = world.key(creator, access_policy_ids=[doomed])
     assert not world.key_filter(key, SRC, COLUMNS).deny_all
     with world.tx() as s:
-        policies.delete_policy(s, None, policies.get_policy(s, world.id, doomed))
+        policies.delete_policy(
+            s, None, policies.get_policy(s, world.id, doomed), keys_naming_it=keys_naming_policy(s, world.id, doomed)
+        )
     row_filter = world.key_filter(key, SRC, COLUMNS)
     assert row_filter.deny_all and doomed in row_filter.reasons[0]
 
@@ -174,7 +179,7 @@ def test_resolve_key_view(world):
     kp = world.policy(row_filters=f("region", "EU", "APAC"))
     key = world.key(creator, access_policy_ids=[kp])
     with world.tx() as s:
-        view = policies.resolve_key_view(s, s.get(ApiKey, key), SRC, COLUMNS)
+        view = policies.resolve_key_view(s, restrictions_of(s.get(ApiKey, key)), SRC, COLUMNS).wire()
     assert view["effective_access"] == "filtered"
     assert view["resolved_filters"] == {"row_filters": {"region": ["EU"]}, "has_any_policy": True}
     assert view["where_clause"] == "\"region\" IN ('EU', 'US') AND \"region\" IN ('APAC', 'EU')"

@@ -8,7 +8,9 @@ from sqlalchemy import select
 from tidegate.access import policies
 from tidegate.access.models import GroupMember, GroupPolicy, PolicyAssignment
 from tidegate.audit.models import AuditEvent
+from tidegate.credentials.bounds import keys_naming_policy
 from tidegate.errors import Conflict, InvalidRequest, NotFound
+from tidegate.wire.policies import GroupOut, PolicyDetail
 
 
 def events(world, action=None):
@@ -90,9 +92,8 @@ def test_create_normalizes_and_renders(world):
         )
         policies.assign_users(s, world.admin, p, [user])
         assert p.id.startswith("pol_")
-        view = policies.policy_view(
-            p, user_count=policies.policy_user_counts(s, [p.id])[p.id], user_ids=policies.policy_user_ids(s, p.id)
-        )
+        view = PolicyDetail.of_assigned(p, policies.policy_user_ids(s, p.id)).model_dump(mode="json")
+        assert policies.policy_user_counts(s, [p.id])[p.id] == 1
     assert view["name"] == "Sales US"
     assert view["source_ids"] == ["src_a", "src_b"] and view["binding"] == "explicit"
     assert view["row_filters"] == [{"column": "Region", "values": ["US", "CA"]}]
@@ -145,7 +146,9 @@ def test_delete_policy(world):
     gid = world.group(members=[user], policy_ids=[pid])
     key = world.key(user, access_policy_ids=[pid])
     with world.tx() as s:
-        policies.delete_policy(s, world.admin, policies.get_policy(s, world.id, pid))
+        policies.delete_policy(
+            s, world.admin, policies.get_policy(s, world.id, pid), keys_naming_it=keys_naming_policy(s, world.id, pid)
+        )
     with world.tx() as s:
         with pytest.raises(NotFound) as err:
             policies.get_policy(s, world.id, pid)
@@ -269,9 +272,9 @@ def test_group_lifecycle_and_audit(world):
         assert policies.remove_group_policy(s, world.admin, g, p2) is True
         assert policies.remove_group_policy(s, world.admin, g, p2) is False
         policies.update_group(s, world.admin, g, name="Sales EMEA")
-        view = policies.group_view(
+        view = GroupOut.of(
             g, member_ids=policies.group_member_ids(s, g.id), policy_ids=policies.group_policy_ids(s, g.id)
-        )
+        ).model_dump(mode="json")
         gid = g.id
     assert view["name"] == "Sales EMEA" and view["user_ids"] == [a] and view["policy_ids"] == [p1]
     with world.tx() as s:

@@ -328,10 +328,11 @@ def test_resolution_is_a_few_queries(world):
     world.group(members=[user], policy_ids=pids[:2])
     world.group(members=[user], policy_ids=pids[2:])
     key = world.key(user, access_policy_ids=pids[:2], bound_user_id=other)
+    from tidegate.credentials.bounds import restrictions_of
     from tidegate.credentials.models import ApiKey
 
     with world.tx() as s:
-        api_key = s.get(ApiKey, key)
+        api_key = restrictions_of(s.get(ApiKey, key))
         with _Counter(world.url) as counter:
             policies.resolve_user_filter(s, world.id, user, SRC, ["region"])
         assert counter.count <= 2

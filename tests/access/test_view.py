@@ -14,7 +14,7 @@ SRC = "src_accounts"
 
 def resolve(world, user, columns, source=SRC):
     with world.tx() as s:
-        return policies.resolve_view(s, world.id, user, source, columns)
+        return policies.resolve_view(s, world.id, user, source, columns).wire()
 
 
 def test_no_policy_view(world):
@@ -120,7 +120,7 @@ def test_where_clause_quoting(world, column, values, expected):
 
 
 def test_where_clause_rendering_rules():
-    assert policies.where_clause(RowFilter.allow_all()) == ""
+    assert policies.where_clause(RowFilter(clauses=())) == ""
     assert policies.where_clause(RowFilter.deny("no")) == "FALSE"
     both = RowFilter(clauses=(Clause("b", frozenset({"2", "1"})),)).both(
         RowFilter(clauses=(Clause("a", frozenset({"z"})),))

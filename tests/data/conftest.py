@@ -12,9 +12,11 @@ from sqlalchemy.orm import sessionmaker
 import tidegate.data.models  # noqa: F401  (registers the data tables)
 import tidegate.tables  # noqa: F401
 from tidegate.access.rowfilter import Clause, RowFilter
+from tidegate.access.sources import unrestricted_access
 from tidegate.data import engine as data_engine
 from tidegate.data import storage
-from tidegate.data.models import Source
+from tidegate.data.models import Source, SourceVersion
+from tidegate.data.snapshots import VersionSnapshot
 from tidegate.db.base import Base
 from tidegate.ids import new_id
 from tidegate.orgs.models import Organization, User
@@ -99,4 +101,12 @@ def rf(**columns) -> RowFilter:
     return RowFilter(clauses=tuple(Clause(col, frozenset(vals)) for col, vals in columns.items()))
 
 
-ALLOW = RowFilter.allow_all()
+ALLOW = RowFilter(clauses=())  # every row
+
+
+def readable(version, row_filter):
+    """The capability to read `version`'s rows through `row_filter` (tests only: what
+    `open_source` gives a caller, narrowed from every row)."""
+    if isinstance(version, SourceVersion):
+        version = VersionSnapshot.of(version)
+    return unrestricted_access(version, reason="engine tests").narrowed(row_filter)

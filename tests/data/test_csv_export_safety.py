@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from tidegate.data import engine
 
-from .conftest import ALLOW, current, rf
+from .conftest import ALLOW, current, readable, rf
 
 
 def _rows(chunks) -> list[dict]:
@@ -23,14 +23,14 @@ def test_every_batch_is_neutralized_and_numbers_stay(Session, make_source):
     version = current(Session, source.id)
     for row_filter in (ALLOW, rf(g={"a"})):
         for _ in range(2):  # uncached (streamed from Parquet), then from the cached table
-            rows = _rows(engine.stream_csv(version, row_filter, batch_rows=4))
+            rows = _rows(engine.stream_csv(readable(version, row_filter), batch_rows=4))
             expected = [
                 (("'" + label) if label[0] in "=@" else label, str(-i))
                 for i, label in enumerate(labels)
                 if row_filter is ALLOW or i % 2 == 0
             ]
             assert [(r["label"], r["n"]) for r in rows] == expected
-            raw = _rows(engine.stream_csv(version, row_filter, batch_rows=4, raw=True))
+            raw = _rows(engine.stream_csv(readable(version, row_filter), batch_rows=4, raw=True))
             assert [r["label"] for r in raw] == [
                 label for i, label in enumerate(labels) if row_filter is ALLOW or i % 2 == 0
             ]
@@ -43,6 +43,9 @@ def test_an_oversized_result_streams_neutralized_too(Session, make_source):
     version = current(Session, source.id)
     engine._cache.mark_oversized((version.id, ALLOW.cache_key()))
     try:
-        assert [r["label"] for r in _rows(engine.stream_csv(version, ALLOW, batch_rows=3))] == ["'+1", "x"] * 10
+        assert [r["label"] for r in _rows(engine.stream_csv(readable(version, ALLOW), batch_rows=3))] == [
+            "'+1",
+            "x",
+        ] * 10
     finally:
         engine.clear_cache()

@@ -11,7 +11,7 @@ import pytest
 from tidegate.data import engine, sandbox
 from tidegate.errors import InvalidRequest
 
-from .conftest import ALLOW, current, rf
+from .conftest import ALLOW, current, readable, rf
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_forbidden_construct_is_refused_before_anything_runs(version, name):
     before = engine.cache_stats()
     sql = FORBIDDEN[name]
     with pytest.raises(InvalidRequest) as info:
-        engine.run_query(version, ALLOW, sql, page=1, page_size=10)
+        engine.run_query(readable(version, ALLOW), sql, page=1, page_size=10)
     assert info.value.code == "invalid_query" and info.value.status == 400
     assert info.value.message  # precise, human-readable
     after = engine.cache_stats()
@@ -238,16 +238,16 @@ def test_sql_length_limit(version):
     long_sql = "SELECT * FROM data WHERE " + " OR ".join(["id = 1"] * 2000)
     assert len(long_sql) > sandbox.MAX_SQL_LENGTH
     with pytest.raises(InvalidRequest) as info:
-        engine.run_query(version, ALLOW, long_sql, page=1, page_size=10)
+        engine.run_query(readable(version, ALLOW), long_sql, page=1, page_size=10)
     assert info.value.code == "invalid_query" and "10,000" in info.value.message
     limit_sql = "SELECT * FROM data --" + "x" * (sandbox.MAX_SQL_LENGTH - 21)
     assert len(limit_sql) == sandbox.MAX_SQL_LENGTH
-    assert engine.run_query(version, ALLOW, limit_sql, page=1, page_size=10)[1] == 4
+    assert engine.run_query(readable(version, ALLOW), limit_sql, page=1, page_size=10)[1] == 4
 
 
 def test_sql_must_be_text(version):
     with pytest.raises(InvalidRequest) as info:
-        engine.run_query(version, ALLOW, {"sql": 1}, page=1, page_size=10)
+        engine.run_query(readable(version, ALLOW), {"sql": 1}, page=1, page_size=10)
     assert info.value.code == "invalid_query"
 
 
@@ -313,7 +313,7 @@ ALLOWED = {
 @pytest.mark.parametrize("name", sorted(ALLOWED))
 def test_allowed_queries_run(version, name):
     sql, expected_total = ALLOWED[name]
-    rows, total, columns = engine.run_query(version, ALLOW, sql, page=1, page_size=100)
+    rows, total, columns = engine.run_query(readable(version, ALLOW), sql, page=1, page_size=100)
     assert total == expected_total and len(rows) == expected_total
     assert columns and all(set(r) == set(columns) for r in rows)
 
@@ -327,24 +327,27 @@ def test_query_sees_only_the_filtered_rows(version):
         "SELECT count(*) AS n FROM data a, data b WHERE a.id = b.id",
     ]
     for sql in attempts:
-        assert engine.run_query(version, eu, sql, page=1, page_size=10)[0] == [{"n": 2}]
-    rows, total, _ = engine.run_query(version, eu, "SELECT DISTINCT region FROM data", page=1, page_size=10)
+        assert engine.run_query(readable(version, eu), sql, page=1, page_size=10)[0] == [{"n": 2}]
+    rows, total, _ = engine.run_query(readable(version, eu), "SELECT DISTINCT region FROM data", page=1, page_size=10)
     assert rows == [{"region": "EU"}] and total == 1
 
 
 def test_paging_of_query_results(version):
     sql = "SELECT id FROM data ORDER BY id DESC"
-    assert engine.run_query(version, ALLOW, sql, page=1, page_size=3) == ([{"id": 4}, {"id": 3}, {"id": 2}], 4, ["id"])
-    assert engine.run_query(version, ALLOW, sql, page=2, page_size=3) == ([{"id": 1}], 4, ["id"])
-    assert engine.run_query(version, ALLOW, sql, page=3, page_size=3) == ([], 4, ["id"])
+    assert engine.run_query(readable(version, ALLOW), sql, page=1, page_size=3) == (
+        [{"id": 4}, {"id": 3}, {"id": 2}],
+        4,
+        ["id"],
+    )
+    assert engine.run_query(readable(version, ALLOW), sql, page=2, page_size=3) == ([{"id": 1}], 4, ["id"])
+    assert engine.run_query(readable(version, ALLOW), sql, page=3, page_size=3) == ([], 4, ["id"])
     # the query's own LIMIT applies before paging
-    assert engine.run_query(version, ALLOW, sql + " LIMIT 2", page=1, page_size=10)[1] == 2
+    assert engine.run_query(readable(version, ALLOW), sql + " LIMIT 2", page=1, page_size=10)[1] == 2
 
 
 def test_results_are_json_friendly(version):
     rows, _, columns = engine.run_query(
-        version,
-        ALLOW,
+        readable(version, ALLOW),
         "SELECT (SELECT sum(id) FROM data) AS s, 1.25::DECIMAL(10,2) AS d, INTERVAL 1 DAY AS i, 'ab'::BLOB AS b, "
         "[1, 2] AS l, {'k': 1} AS st, id, id FROM data WHERE id = 1",
         page=1,
@@ -368,7 +371,7 @@ def test_results_are_json_friendly(version):
 )
 def test_runtime_errors_are_invalid_query(version, sql, fragment):
     with pytest.raises(InvalidRequest) as info:
-        engine.run_query(version, ALLOW, sql, page=1, page_size=10)
+        engine.run_query(readable(version, ALLOW), sql, page=1, page_size=10)
     assert info.value.code == "invalid_query" and fragment in info.value.message
 
 
@@ -381,13 +384,18 @@ def test_long_query_is_interrupted(Session, make_source):
         started = time.monotonic()
         with pytest.raises(InvalidRequest) as info:
             engine.run_query(
-                version, ALLOW, "SELECT count(*) FROM data a, data b, data c WHERE a.n + b.n > c.n", page=1, page_size=1
+                readable(version, ALLOW),
+                "SELECT count(*) FROM data a, data b, data c WHERE a.n + b.n > c.n",
+                page=1,
+                page_size=1,
             )
         assert info.value.code == "query_timeout"
         assert time.monotonic() - started < 10
     finally:
         sandbox.configure(timeout=10.0)
-    assert engine.run_query(version, ALLOW, "SELECT count(*) AS n FROM data", page=1, page_size=1)[0] == [{"n": 3000}]
+    assert engine.run_query(readable(version, ALLOW), "SELECT count(*) AS n FROM data", page=1, page_size=1)[0] == [
+        {"n": 3000}
+    ]
 
 
 def test_sandbox_connection_itself_is_locked_down():
@@ -430,14 +438,13 @@ def test_queries_from_many_threads_each_see_their_own_data(Session, make_source)
         try:
             for _ in range(5):
                 rows, total, _ = engine.run_query(
-                    version,
-                    rf(region={region}),
+                    readable(version, rf(region={region})),
                     "SELECT DISTINCT region, count(*) OVER () AS c FROM data",
                     page=1,
                     page_size=10,
                 )
                 assert rows == [{"region": region, "c": 100}] and total == 1
-                assert engine.distinct_values(version, rf(region={region}), "region", 5) == [region]
+                assert engine.distinct_values(readable(version, rf(region={region})), "region", 5) == [region]
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -457,8 +464,7 @@ def test_memory_hungry_query_is_refused(Session, make_source):
     try:
         with pytest.raises(InvalidRequest) as info:
             engine.run_query(
-                version,
-                ALLOW,
+                readable(version, ALLOW),
                 "SELECT string_agg(a.n::VARCHAR || b.n::VARCHAR, ',') AS s FROM data a, data b",
                 page=1,
                 page_size=1,

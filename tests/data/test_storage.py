@@ -20,13 +20,13 @@ from tidegate.data.models import File, Source, SourceVersion
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, InvalidRequest
 
-from .conftest import ALLOW, current
+from .conftest import ALLOW, current, readable
 
 BASE = pa.table({"id": [1, 2, 3], "region": ["EU", "US", "EU"]})
 
 
 def all_rows(version):
-    rows, total = engine.read_page(version, ALLOW, page=1, page_size=10_000)
+    rows, total = engine.read_page(readable(version, ALLOW), page=1, page_size=10_000)
     assert total == len(rows)
     return rows
 
@@ -79,15 +79,15 @@ def test_empty_writes_need_no_part_file(Session, make_source, data_dir):
     source = make_source(ingest.rows_to_table([]))
     version = current(Session, source.id)
     assert version.parts == [] and version.columns == [] and all_rows(version) == []
-    assert b"".join(engine.stream_csv(version, ALLOW)) == b""
+    assert b"".join(engine.stream_csv(readable(version, ALLOW))) == b""
     with pytest.raises(InvalidRequest) as info:
-        engine.run_query(version, ALLOW, "SELECT 1", page=1, page_size=1)
+        engine.run_query(readable(version, ALLOW), "SELECT 1", page=1, page_size=1)
     assert info.value.code == "invalid_query" and "no columns" in info.value.message
     schema_only = make_source(ingest.parse_file(b"a,b\n", filename="x.csv"), name="empty")
     version = current(Session, schema_only.id)
     assert version.parts == [] and [c["name"] for c in version.columns] == ["a", "b"]
-    assert engine.read_page(version, ALLOW, page=1, page_size=5) == ([], 0)
-    assert b"".join(engine.stream_csv(version, ALLOW)).decode().strip() == '"a","b"'
+    assert engine.read_page(readable(version, ALLOW), page=1, page_size=5) == ([], 0)
+    assert b"".join(engine.stream_csv(readable(version, ALLOW))).decode().strip() == '"a","b"'
     with Session.begin() as session:  # appending to a source with no columns defines them
         storage.write_new_version(session, session.get(Source, source.id), pa.table({"z": [1]}), append=True)
     assert all_rows(current(Session, source.id)) == [{"z": 1}]

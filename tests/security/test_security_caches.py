@@ -111,7 +111,7 @@ import pyarrow as pa  # noqa: E402
 
 from tidegate.access.principal import Principal  # noqa: E402
 from tidegate.access.rowfilter import Clause, RowFilter  # noqa: E402
-from tidegate.access.sources import SourceAccess, open_source  # noqa: E402
+from tidegate.access.sources import _granted, open_source  # noqa: E402  (the cache's values, built here as open_source builds them)
 from tidegate.caching import LRUCache, require_immutable  # noqa: E402
 from tidegate.data.models import Source, SourceVersion  # noqa: E402
 from tidegate.data.snapshots import SourceSnapshot, VersionSnapshot  # noqa: E402
@@ -173,23 +173,15 @@ def test_a_cache_refuses_anything_mutable_or_from_the_database(value):
 
 def test_the_old_access_value_is_refused():
     """SourceAccess as it was (ORM source and version inside): the cache will not take it."""
-    old = SourceAccess(
-        source=_orm_source(),
-        version=_orm_version(),
-        permission="view",  # type: ignore[arg-type]
-        row_filter=RowFilter.allow_all(),
-    )
+    old = _granted(_orm_source(), _orm_version(), "view", RowFilter(clauses=()))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="database object"):
         LRUCache(4).put("k", old)
 
 
 def test_a_cache_takes_frozen_values_and_stays_bounded():
     version = VersionSnapshot.of(_orm_version())
-    access = SourceAccess(
-        source=SourceSnapshot.of(_orm_source()),
-        version=version,
-        permission="view",
-        row_filter=RowFilter(clauses=(Clause("a", frozenset({"x"})),)),
+    access = _granted(
+        SourceSnapshot.of(_orm_source()), version, "view", RowFilter(clauses=(Clause("a", frozenset({"x"})),))
     )
     cache: LRUCache = LRUCache(2)
     for key, value in [("a", access), ("b", (1, "x", None, 2.5)), ("c", pa.table({"a": [1]}))]:

@@ -13,7 +13,9 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from tidegate.access import policies as policies_service
+from tidegate.access.policies import changes as policy_changes
+from tidegate.access.policies import crud as policy_crud
+from tidegate.access.policies import groups as policy_groups
 from tidegate.db.engine import session_scope
 from tidegate.orgs import service as orgs_service
 from tidegate.orgs.models import User
@@ -33,8 +35,8 @@ def wide_windows(monkeypatch):
         return wrapper
 
     monkeypatch.setattr(orgs_service, "_active_admin_count", slow(orgs_service._active_admin_count))
-    monkeypatch.setattr(policies_service, "_policy_name_taken", slow(policies_service._policy_name_taken))
-    monkeypatch.setattr(policies_service, "_group_name_taken", slow(policies_service._group_name_taken))
+    monkeypatch.setattr(policy_crud, "_policy_name_taken", slow(policy_crud._policy_name_taken))
+    monkeypatch.setattr(policy_groups, "_group_name_taken", slow(policy_groups._group_name_taken))
     original_scalar = orgs_service.Session.scalar
 
     def slow_scalar(self, *args, **kwargs):  # the email / external id lookups in orgs.service
@@ -174,7 +176,7 @@ def test_the_cli_keeps_the_rule_against_a_concurrent_api_change(client, make_org
 @pytest.fixture
 def slow_membership_writes(monkeypatch):
     """Widen the window between reading current assignments and writing new ones."""
-    real_utcnow, real_direct = policies_service.utcnow, policies_service.direct_policy_ids
+    real_utcnow, real_direct = policy_changes.utcnow, policy_crud.direct_policy_ids
 
     def slow_utcnow():  # called for each row added, after the existing rows were read
         time.sleep(WINDOW)
@@ -185,8 +187,9 @@ def slow_membership_writes(monkeypatch):
         time.sleep(WINDOW)
         return result
 
-    monkeypatch.setattr(policies_service, "utcnow", slow_utcnow)
-    monkeypatch.setattr(policies_service, "direct_policy_ids", slow_direct)
+    monkeypatch.setattr(policy_changes, "utcnow", slow_utcnow)  # links are added in policies.changes
+    monkeypatch.setattr(policy_crud, "utcnow", slow_utcnow)  # replace_user_policies adds its own
+    monkeypatch.setattr(policy_crud, "direct_policy_ids", slow_direct)
 
 
 def test_concurrent_identical_assignments_stay_idempotent(client, org, slow_membership_writes):
@@ -232,5 +235,5 @@ def test_concurrent_policy_replacements_set_one_of_the_two_sets(client, org, slo
         )
         assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
         with session_scope(org.settings.database_url) as session:
-            final = policies_service.direct_policy_ids(session, user_id)
+            final = policy_crud.direct_policy_ids(session, user_id)
         assert sorted(final) in ([p1], [p2]), final  # never both: the union nobody asked for

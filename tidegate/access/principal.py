@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from tidegate.access.restrictions import KeyRestrictions
 from tidegate.access.scopes import ROLE_ADMIN, Scope, expand, role_permissions
 from tidegate.errors import Forbidden
 
@@ -27,6 +28,8 @@ class Principal:
     key_scopes: frozenset[str] = field(default_factory=frozenset)
     # The organization's access epoch read with the key (None: do not use cached access).
     epoch: int | None = None
+    # The key's restrictions, read with it (None: a browser session, no key).
+    restrictions: KeyRestrictions | None = None
 
     @classmethod
     def for_user(cls, org_id: str, user_id: str, role: str) -> Principal:
@@ -34,18 +37,17 @@ class Principal:
         return cls(org_id=org_id, user_id=user_id, role=role, scopes=perms)
 
     @classmethod
-    def for_key(
-        cls, org_id: str, user_id: str, role: str, key_id: str, granted: list[str], epoch: int | None = None
-    ) -> Principal:
-        key_scopes = expand(granted)
+    def for_key(cls, role: str, restrictions: KeyRestrictions, epoch: int | None = None) -> Principal:
+        key_scopes = expand(list(restrictions.scopes))
         return cls(
-            org_id=org_id,
-            user_id=user_id,
+            org_id=restrictions.org_id,
+            user_id=restrictions.creator_id,
             role=role,
             scopes=key_scopes & role_permissions(role),
-            key_id=key_id,
+            key_id=restrictions.key_id,
             key_scopes=key_scopes,
             epoch=epoch,
+            restrictions=restrictions,
         )
 
     @property

@@ -26,18 +26,18 @@ class Clause:
 
 @dataclass(frozen=True)
 class RowFilter:
-    clauses: tuple[Clause, ...] = ()
+    """Rows are read only through an `access.sources.SourceAccess` carrying one: a filter
+    alone reads nothing. `clauses` has no default, so that "no restriction" is always
+    written out (`clauses=()`), where a reader (and tests/test_security_capability.py) sees it."""
+
+    clauses: tuple[Clause, ...]
     deny_all: bool = False
     policy_ids: tuple[str, ...] = ()  # the policies that produced it, for audit and resolve
     reasons: tuple[str, ...] = field(default=(), compare=False)  # why rows are denied, if they are
 
     @classmethod
-    def allow_all(cls) -> RowFilter:
-        return cls()
-
-    @classmethod
     def deny(cls, reason: str, policy_ids: tuple[str, ...] = ()) -> RowFilter:
-        return cls(deny_all=True, policy_ids=policy_ids, reasons=(reason,))
+        return cls(clauses=(), deny_all=True, policy_ids=policy_ids, reasons=(reason,))
 
     @property
     def is_unrestricted(self) -> bool:

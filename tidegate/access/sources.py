@@ -11,17 +11,17 @@ Sharing decides WHO may open a source at all; policies then decide WHICH ROWS th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from tidegate.access import policies
 from tidegate.access.principal import Principal
+from tidegate.access.restrictions import SourceSelection
 from tidegate.access.rowfilter import RowFilter
 from tidegate.access.scopes import ROLE_ADMIN
 from tidegate.caching import LRUCache
-from tidegate.credentials.models import ApiKey
 from tidegate.data.models import Source, SourceShare, SourceVersion
 from tidegate.data.snapshots import SourceSnapshot, VersionSnapshot
 from tidegate.errors import Forbidden, NotFound
@@ -42,18 +42,65 @@ _cache: LRUCache[tuple, SourceAccess] = LRUCache(_CACHE_ENTRIES, name="source ac
 
 
 @dataclass(frozen=True)
-class SourceAccess:
-    """What one caller may do with one source now. Values only (no ORM objects): to change
-    the source, load its row in your own session with `source_row`."""
+class _Opened:
+    """The mark of a SourceAccess this module built (a frozen value: caches hold it)."""
 
-    source: SourceSnapshot
+
+_OPENED = _Opened()
+
+
+@dataclass(frozen=True)
+class SourceAccess:
+    """What one caller may do with one source now, and the ONLY value `data.engine` reads
+    rows with: the version, the row filter and the visible columns travel together.
+
+    Only this module builds one (`open_source`; `unrestricted_access` for the few checks
+    that must see every row, each listed in tests/test_security_capability.py): anything
+    else is refused at construction. `narrowed` can only take rows away. Values only (no
+    ORM objects): to change the source, load its row in your own session with `source_row`.
+    """
+
+    source: SourceSnapshot | None  # None only for `unrestricted_access` (no caller, no source row)
     version: VersionSnapshot | None
     permission: str  # view | edit | owner (admins count as owner)
     row_filter: RowFilter
+    _grant: _Opened | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._grant is not _OPENED:
+            raise TypeError(
+                "A SourceAccess is the capability to read rows: only access.sources builds one (open_source)."
+            )
+        if not isinstance(self.row_filter, RowFilter):
+            raise TypeError("row_filter must be a tidegate.access.rowfilter.RowFilter")
 
     @property
     def columns(self) -> list[str]:
+        """The columns the caller sees (every column of the version: no column policies yet)."""
         return self.version.column_names if self.version else []
+
+    def narrowed(self, row_filter: RowFilter) -> SourceAccess:
+        """This access with only the rows that ALSO pass `row_filter` (never more rows)."""
+        if not isinstance(row_filter, RowFilter):
+            raise TypeError("row_filter must be a tidegate.access.rowfilter.RowFilter")
+        if row_filter == self.row_filter:
+            return self
+        return replace(self, row_filter=self.row_filter.both(row_filter))
+
+
+def _granted(
+    source: SourceSnapshot | None, version: VersionSnapshot | None, permission: str, row_filter: RowFilter
+) -> SourceAccess:
+    return SourceAccess(source=source, version=version, permission=permission, row_filter=row_filter, _grant=_OPENED)
+
+
+def unrestricted_access(version: VersionSnapshot, *, reason: str) -> SourceAccess:
+    """Every row of `version`, for no caller: the owner's own checks and tests only, never a
+    caller's read. Greppable on purpose; tests/test_security_capability.py lists each use.
+    `reason` says why (for the reader of the call)."""
+    if not reason:
+        raise ValueError("say why every row is read")
+    return _granted(None, version, OWNER, RowFilter(clauses=()))
 
 
 def _user_may_see(user: User):
@@ -66,30 +113,36 @@ def _user_may_see(user: User):
     )
 
 
-def _subjects(session: Session, principal: Principal) -> tuple[list[User], ApiKey | None]:
+def _subjects(session: Session, principal: Principal) -> list[User]:
     """Whose visibility bounds this caller: the user, or a key's creator and bound user."""
+    if principal.key_id is not None and principal.restrictions is None:
+        return []  # a key whose restrictions were not read with it: nothing (fail closed)
     creator = session.get(User, principal.user_id)
-    key = session.get(ApiKey, principal.key_id) if principal.key_id else None
     subjects = [creator]
-    if key is not None and key.bound_user_id:
-        bound = session.get(User, key.bound_user_id)
+    bound_user_id = principal.restrictions.bound_user_id if principal.restrictions is not None else None
+    if bound_user_id:
+        bound = session.get(User, bound_user_id)
         if bound is None or not bound.is_active or bound.org_id != principal.org_id:
-            return [], key  # a bound user who is gone sees nothing, so neither does the key
+            return []  # a bound user who is gone sees nothing, so neither does the key
         subjects.append(bound)
-    return subjects, key
+    return subjects
+
+
+def _selection(principal: Principal) -> SourceSelection | None:
+    return principal.restrictions.source_selection if principal.restrictions is not None else None
 
 
 def visible_sources_query(session: Session, principal: Principal):
     """A SELECT of the sources this caller may open now."""
-    subjects, key = _subjects(session, principal)
+    subjects = _subjects(session, principal)
     query = select(Source).where(Source.org_id == principal.org_id, Source.deleted_at.is_(None))
     if not subjects:
         return query.where(False)
     for user in subjects:
         query = query.where(_user_may_see(user))
-    scope = key.source_scope if key is not None else None
-    if scope and scope.get("mode") == "selected":
-        query = query.where(Source.id.in_(scope["source_ids"]))
+    selection = _selection(principal)
+    if selection is not None and selection.source_ids is not None:
+        query = query.where(Source.id.in_(sorted(selection.source_ids)))
     return query
 
 
@@ -146,6 +199,23 @@ def _cache_key(principal: Principal, source_id: str) -> tuple:
 def _open_source(
     session: Session, principal: Principal, source_id: str, *, need: str, with_filter: bool
 ) -> SourceAccess:
+    source, version, permission = _visible(session, principal, source_id, need)
+    # Not asked to resolve the filter: one that lets nothing through, so that a caller
+    # who reads rows with it anyway gets none rather than all.
+    row_filter = RowFilter.deny("row filter not resolved for this access")
+    if with_filter:
+        columns = version.column_names if version else []
+        if principal.restrictions is not None:
+            row_filter = policies.resolve_key_filter(session, principal.restrictions, source.id, columns)
+        else:
+            row_filter = policies.resolve_user_filter(session, principal.org_id, principal.user_id, source.id, columns)
+    return _granted(SourceSnapshot.of(source), VersionSnapshot.of(version) if version else None, permission, row_filter)
+
+
+def _visible(
+    session: Session, principal: Principal, source_id: str, need: str
+) -> tuple[Source, SourceVersion | None, str]:
+    """(source, current version, permission) if the caller may open it with `need`; 404/403."""
     # The source and its current version in one query.
     row = session.execute(
         select(Source, SourceVersion)
@@ -155,9 +225,9 @@ def _open_source(
     if row is None:
         raise NotFound("source_not_found", f"No source {source_id!r}.")
     source, version = row
-    subjects, key = _subjects(session, principal)
-    scope = key.source_scope if key is not None else None
-    if scope and scope.get("mode") == "selected" and source.id not in scope["source_ids"]:
+    subjects = _subjects(session, principal)
+    selection = _selection(principal)
+    if selection is not None and not selection.allows(source.id):
         raise NotFound("source_not_found", f"No source {source_id!r}.")
     permissions = [permission_of(session, user, source) for user in subjects]
     if not subjects or any(p is None for p in permissions):
@@ -165,18 +235,53 @@ def _open_source(
     permission = min(permissions, key=lambda p: _RANK[p])  # a key gets the weaker of its subjects
     if _RANK[permission] < _RANK[need]:
         raise Forbidden("source_permission_denied", f"You need {need} permission on this source.")
-    # Not asked to resolve the filter: one that lets nothing through, so that a caller
-    # who reads rows with it anyway gets none rather than all.
-    row_filter = RowFilter.deny("row filter not resolved for this access")
-    if with_filter:
-        columns = version.column_names if version else []
-        if key is not None:
-            row_filter = policies.resolve_key_filter(session, key, source.id, columns)
-        else:
-            row_filter = policies.resolve_user_filter(session, principal.org_id, principal.user_id, source.id, columns)
-    return SourceAccess(
-        source=SourceSnapshot.of(source),
-        version=VersionSnapshot.of(version) if version else None,
-        permission=permission,
-        row_filter=row_filter,
-    )
+    return source, version, permission
+
+
+# --------------------------------------------------------------------------- previews
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What the web shows as "what would this user / key see": the rows to read and why.
+
+    `access` reads the subject's rows, narrowed by the viewer's own filter where the viewer
+    is someone else and is filtered (`narrowed_by_viewer`): a preview never shows a viewer
+    rows they may not read themselves. `explanation` is the subject's own resolution (its
+    filter, unnarrowed, with the notes), resolved once with the filter `access` applies.
+    """
+
+    access: SourceAccess
+    explanation: policies.Explanation
+    narrowed_by_viewer: bool
+
+
+def open_explained(session: Session, principal: Principal, source_id: str) -> tuple[SourceAccess, policies.Explanation]:
+    """`open_source` for viewing, with the explanation of its row filter (resolved once,
+    never cached: a preview is not a hot path)."""
+    source, version, permission = _visible(session, principal, source_id, VIEW)
+    columns = version.column_names if version else []
+    if principal.restrictions is not None:
+        explanation = policies.explain_key(session, principal.restrictions, source.id, columns)
+    else:
+        explanation = policies.explain_user(session, principal.org_id, principal.user_id, source.id, columns)
+    snapshot = VersionSnapshot.of(version) if version else None
+    return _granted(SourceSnapshot.of(source), snapshot, permission, explanation.row_filter), explanation
+
+
+def preview_as(session: Session, viewer: SourceAccess, viewer_user_id: str, subject: Principal) -> Preview:
+    """What `subject` (the viewer themself, or a key's Principal) reads of the source the
+    viewer opened (`viewer`); 404 if the subject cannot open it."""
+    access, explanation = open_explained(session, subject, viewer.source.id)
+    narrowed = subject.user_id != viewer_user_id and not viewer.row_filter.is_unrestricted
+    return Preview(access.narrowed(viewer.row_filter) if narrowed else access, explanation, narrowed)
+
+
+def preview_as_user(session: Session, viewer: SourceAccess, viewer_user_id: str, user: User) -> Preview:
+    """What `user` of the viewer's organization would read of the source the viewer opened,
+    as far as their policies go (whether they may open it at all: `permission_of`)."""
+    explanation = policies.explain_user(session, user.org_id, user.id, viewer.source.id, viewer.columns)
+    narrowed = user.id != viewer_user_id and not viewer.row_filter.is_unrestricted
+    # The user's rows within the viewer's: the viewer's own access narrowed by the user's
+    # filter (the same rows as the user's filter alone when the viewer is unfiltered).
+    return Preview(viewer.narrowed(explanation.row_filter), explanation, narrowed)

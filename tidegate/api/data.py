@@ -93,13 +93,13 @@ async def read_data(request: Request) -> Response:
     )
     version = access.version
     if format != "json":
-        total = await run_in_threadpool(engine.count, version, access.row_filter) if version else 0
+        total = await run_in_threadpool(engine.count, access) if version else 0
         _audit_read(request, access, "data.export", total, format=format, **({"raw": True} if raw else {}))
         if format == "csv":
-            body = engine.stream_csv(version, access.row_filter, raw=raw) if version else iter([b""])
+            body = engine.stream_csv(access, raw=raw) if version else iter([b""])
             media = "text/csv; charset=utf-8"
         else:
-            body = engine.stream_parquet(version, access.row_filter) if version else iter([b""])
+            body = engine.stream_parquet(access) if version else iter([b""])
             media = "application/vnd.apache.parquet"
         filename = f"{access.source.id}.{format}"
         return StreamingResponse(
@@ -109,8 +109,8 @@ async def read_data(request: Request) -> Response:
         rendered = engine.JSONPage(b"[]", 0, 0)
     else:
         rendered = engine.page_json(
-            version, access.row_filter, page=page, page_size=page_size, cached_only=True
-        ) or await run_in_threadpool(engine.page_json, version, access.row_filter, page=page, page_size=page_size)
+            access, page=page, page_size=page_size, cached_only=True
+        ) or await run_in_threadpool(engine.page_json, access, page=page, page_size=page_size)
     _audit_read(request, access, "data.read", rendered.count, page=page, page_size=page_size)
     return JSON(
         {
@@ -215,8 +215,7 @@ def _query_page(access: SourceAccess, body: Query_, budget: sandbox.Budget, conn
     """Runs in the query pool: the page, rendered there too (rendering megabytes of JSON on
     the event loop would stall every other request), and refused if it renders too large."""
     rows, total, columns = engine.run_query(
-        access.version,
-        access.row_filter,
+        access,
         body.sql,
         page=body.page,
         page_size=body.page_size,
@@ -277,6 +276,6 @@ def column_values(
 ):
     """Distinct values of a column among the rows the caller may see (tidegate extension)."""
     access = open_source(session, principal, source_id, need=VIEW)
-    values = engine.distinct_values(access.version, access.row_filter, column, limit) if access.version else []
+    values = engine.distinct_values(access, column, limit) if access.version else []
     _audit_read(request, access, "data.values", len(values), column=column)
     return {"data": values}

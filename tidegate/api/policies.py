@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -11,12 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from tidegate.access import policies as service
+from tidegate.access.policies.explanation import Explanation
 from tidegate.access.principal import Principal
 from tidegate.access.scopes import Scope
 from tidegate.access.sources import open_source, visible_sources_query
 from tidegate.api.deps import DB, request_context, require, set_audit_target
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery
+from tidegate.credentials.bounds import keys_naming_policy
 from tidegate.data.models import Source
 from tidegate.wire.common import DataList, Deleted, Page
 from tidegate.wire.policies import (
@@ -138,7 +138,13 @@ def update_policy(
 @router.delete("/access/policies/{policy_id}", response_model=Deleted)
 def delete_policy(policy_id: str, request: Request, principal: Principal = WRITE, session: Session = DB):
     policy = service.get_policy(session, principal.org_id, policy_id)
-    service.delete_policy(session, principal, policy, context=request_context(request))
+    service.delete_policy(
+        session,
+        principal,
+        policy,
+        keys_naming_it=keys_naming_policy(session, principal.org_id, policy.id),
+        context=request_context(request),
+    )
     return Deleted(id=policy_id, deleted=True)
 
 
@@ -268,13 +274,9 @@ class ResolveRequest(BaseModel):
     source_id: Text = Field(max_length=100)
 
 
-def _resolution_out(explained: Any) -> ResolvedAccessOut:
-    """The access layer's explanation (a mapping today, a typed dataclass soon) on the wire."""
-    if is_dataclass(explained) and not isinstance(explained, type):
-        explained = asdict(explained)
-    if isinstance(explained, Mapping):
-        return ResolvedAccessOut.model_validate(dict(explained))
-    return ResolvedAccessOut.model_validate(explained, from_attributes=True)
+def _resolution_out(explained: Explanation) -> ResolvedAccessOut:
+    """The access layer's explanation, on the wire."""
+    return ResolvedAccessOut.model_validate(explained.wire())
 
 
 @router.post("/access/resolve", response_model=ResolvedAccessOut)

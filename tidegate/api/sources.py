@@ -76,7 +76,7 @@ class OrgShare(BaseModel):
 
 def source_out(access: SourceAccess) -> SourceOut:
     """A source as this caller sees it: counts are of the rows the caller may read."""
-    return SourceOut.of(access, row_count=engine.count(access.version, access.row_filter) if access.version else 0)
+    return SourceOut.of(access, row_count=engine.count(access) if access.version else 0)
 
 
 @router.get("/connectors", response_model=Page[ConnectorOut])

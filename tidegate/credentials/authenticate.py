@@ -9,7 +9,6 @@ seen by the very next request in every worker process. Where that cannot be told
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,14 +16,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tidegate.access.principal import Principal
+from tidegate.access.restrictions import KeyRestrictions
 from tidegate.caching import LRUCache
+from tidegate.credentials.bounds import restrictions_of
 from tidegate.credentials.hashing import hash_secret
 from tidegate.credentials.keyformat import is_well_formed
 from tidegate.credentials.models import ApiKey, key_status
 from tidegate.db.base import utcnow
 from tidegate.db.changes import ChangeWatch
 from tidegate.db.engine import session_scope
-from tidegate.errors import Forbidden, Unauthenticated
+from tidegate.errors import Unauthenticated
 from tidegate.orgs.models import Organization, User
 
 # One message for "no such key" and "key of another tenant": a caller must not learn
@@ -36,14 +37,8 @@ INVALID_KEY = "The API key is invalid for this organization."
 class KeyState:
     """What authentication needs of a key and its creator, as read at one moment."""
 
-    key_id: str
-    org_id: str
-    scopes: tuple[str, ...]
+    restrictions: KeyRestrictions
     revoked_at: datetime | None
-    expires_at: datetime | None
-    ip_allowlist: tuple[str, ...]
-    rate_limit_per_minute: int
-    owner_id: str
     owner_role: str | None
     owner_active: bool
     access_epoch: int | None
@@ -55,19 +50,29 @@ class KeyState:
         cls, key: ApiKey, owner: User | None, access_epoch: int | None, owner_rate_limit_per_minute: int | None = None
     ) -> KeyState:
         return cls(
-            key_id=key.id,
-            org_id=key.org_id,
-            scopes=tuple(key.scopes or ()),
+            restrictions=restrictions_of(key),
             revoked_at=key.revoked_at,
-            expires_at=key.expires_at,
-            ip_allowlist=tuple(key.ip_allowlist or ()),
-            rate_limit_per_minute=key.rate_limit_per_minute,
-            owner_id=key.created_by,
             owner_role=owner.role if owner else None,
             owner_active=bool(owner and owner.is_active),
             access_epoch=access_epoch,
             owner_rate_limit_per_minute=owner_rate_limit_per_minute,
         )
+
+    @property
+    def key_id(self) -> str:
+        return self.restrictions.key_id
+
+    @property
+    def org_id(self) -> str:
+        return self.restrictions.org_id
+
+    @property
+    def owner_id(self) -> str:
+        return self.restrictions.creator_id
+
+    @property
+    def rate_limit_per_minute(self) -> int:
+        return self.restrictions.rate_limit.per_minute
 
 
 def parse_bearer(authorization: str | None) -> str:
@@ -114,7 +119,7 @@ def principal_for(state: KeyState, now: datetime | None = None) -> Principal:
     The one place for these rules: the API calls it per request, and the web UI through
     `principal_for_key` to preview "what this key would see".
     """
-    status = key_status(state.revoked_at, state.expires_at, now or utcnow())
+    status = key_status(state.revoked_at, state.restrictions.expiry.at, now or utcnow())
     if status == "revoked":
         raise Unauthenticated("api_key_revoked", "This API key has been revoked.")
     if status == "expired":
@@ -123,9 +128,7 @@ def principal_for(state: KeyState, now: datetime | None = None) -> Principal:
         raise Unauthenticated("api_key_owner_inactive", "The user who created this API key is deactivated.")
     principal = state.__dict__.get("_principal")
     if principal is None:  # the same for every request while the state is cached
-        principal = Principal.for_key(
-            state.org_id, state.owner_id, state.owner_role, state.key_id, list(state.scopes), epoch=state.access_epoch
-        )
+        principal = Principal.for_key(state.owner_role, state.restrictions, epoch=state.access_epoch)
         state.__dict__["_principal"] = principal  # (a frozen dataclass: not through __setattr__)
     return principal
 
@@ -136,20 +139,7 @@ def principal_for_key(session: Session, key: ApiKey) -> Principal:
 
 
 def check_ip(state: KeyState, client_ip: str | None) -> None:
-    if state.ip_allowlist and not ip_allowed(client_ip, list(state.ip_allowlist)):
-        raise Forbidden("ip_not_allowed", f"Requests from {client_ip} are not allowed for this API key.")
-
-
-def ip_allowed(client_ip: str | None, allowlist: list[str]) -> bool:
-    if not client_ip:
-        return False
-    try:
-        address = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return False
-    if address.version == 6 and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in ipaddress.ip_network(entry, strict=False) for entry in allowlist)
+    state.restrictions.ip_allowlist.verify(client_ip)
 
 
 class KeyCache:

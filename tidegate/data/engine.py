@@ -1,4 +1,9 @@
-"""The ONLY way to read a source's rows. Every function takes the caller's RowFilter.
+"""The ONLY way to read a source's rows. Every public read takes the caller's SourceAccess.
+
+`access.sources.SourceAccess` is the capability to read rows: the version, the caller's row
+filter and the visible columns in one value that only opening a source builds. A version and
+a filter given separately are refused (TypeError), so no caller can pair a version with a
+filter of its own making.
 
 The filter is compiled to SQL with bound parameters only: `CAST("col" AS VARCHAR) IN (?, ...)`
 per clause, ANDed. Values are never pasted into SQL; identifiers come only from the version's
@@ -39,6 +44,7 @@ import pyarrow.parquet as pq
 
 from tidegate import jsonfmt, spreadsheet
 from tidegate.access.rowfilter import RowFilter
+from tidegate.access.sources import SourceAccess
 from tidegate.caching import LRUCache, require_immutable
 from tidegate.config import DataSettings
 from tidegate.data import ingest, querycost, sandbox, storage
@@ -261,6 +267,15 @@ def _check_filter(row_filter: Any) -> RowFilter:
     return row_filter
 
 
+def _opened(access: Any) -> tuple[Any, RowFilter]:
+    """(version, row filter) of a caller's SourceAccess; TypeError for anything else."""
+    if not isinstance(access, SourceAccess):
+        raise TypeError("rows are read with a tidegate.access.sources.SourceAccess (open_source)")
+    if access.version is None:
+        raise TypeError("this source has no version to read (check access.version first)")
+    return access.version, access.row_filter
+
+
 def _check_page(page: Any, page_size: Any) -> None:
     if isinstance(page, bool) or not isinstance(page, int) or page < 1:
         raise InvalidRequest("invalid_page", "page must be an integer >= 1.")
@@ -422,8 +437,13 @@ def rows_of(table: pa.Table) -> list[dict]:
 # ---------------------------------------------------------------------------------------
 
 
-def read_page(version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int) -> tuple[list[dict], int]:
-    """One page of the rows the filter lets through, and how many there are in total."""
+def read_page(access: SourceAccess, *, page: int, page_size: int) -> tuple[list[dict], int]:
+    """One page of the rows the caller's filter lets through, and how many there are in total."""
+    version, row_filter = _opened(access)
+    return _read_page(version, row_filter, page=page, page_size=page_size)
+
+
+def _read_page(version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int) -> tuple[list[dict], int]:
     _check_filter(row_filter)
     _check_page(page, page_size)
     offset = (page - 1) * page_size
@@ -438,7 +458,7 @@ def read_page(version: SourceVersion, row_filter: RowFilter, *, page: int, page_
         ).to_arrow_table()
     finally:
         cursor.close()
-    return rows_of(_canonical(rows, version)), count(version, row_filter)
+    return rows_of(_canonical(rows, version)), _count(version, row_filter)
 
 
 @dataclass(frozen=True)
@@ -448,23 +468,21 @@ class JSONPage:
     total: int  # how many rows the filter lets through
 
 
-def page_json(
-    version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int, cached_only: bool = False
-) -> JSONPage | None:
+def page_json(access: SourceAccess, *, page: int, page_size: int, cached_only: bool = False) -> JSONPage | None:
     """`read_page` rendered as JSON, kept per (version, filter, page, page size).
 
     Rendering 100 rows costs ~50 us, more than everything else in a request; a BI tool or
     script re-reads the same pages. With `cached_only` it answers from memory or not at all
     (None): no I/O, so an async endpoint can call it on the event loop.
     """
-    _check_filter(row_filter)
+    version, row_filter = _opened(access)
     _check_page(page, page_size)
     key = (version.id, row_filter.cache_key(), page, page_size)
     hit = _pages.get(key)
     if hit is not None:
         return hit
     if not cached_only:
-        rows, total = read_page(version, row_filter, page=page, page_size=page_size)
+        rows, total = _read_page(version, row_filter, page=page, page_size=page_size)
     elif row_filter.deny_all or not version.parts:
         rows, total = [], 0
     else:
@@ -487,8 +505,12 @@ def _page_of(table: pa.Table, offset: int, page_size: int) -> tuple[list[dict], 
 _counts: LRUCache[tuple, int] = LRUCache(65_536, name="row counts")
 
 
-def count(version: SourceVersion, row_filter: RowFilter) -> int:
-    """How many rows the filter lets through."""
+def count(access: SourceAccess) -> int:
+    """How many rows the caller's filter lets through."""
+    return _count(*_opened(access))
+
+
+def _count(version: SourceVersion, row_filter: RowFilter) -> int:
     _check_filter(row_filter)
     table = _filtered(version, row_filter)
     if table is not None:
@@ -521,15 +543,13 @@ def _batches(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> 
         cursor.close()
 
 
-def stream_csv(
-    version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 65_536, raw: bool = False
-) -> Iterator[bytes]:
+def stream_csv(access: SourceAccess, *, batch_rows: int = 65_536, raw: bool = False) -> Iterator[bytes]:
     """The filtered rows as CSV (header first), in chunks, never all in memory at once.
 
     Text cells (and column names) a spreadsheet would run as formulas get a leading quote
     (`spreadsheet.neutralize_batch`); `raw` writes them verbatim, for scripts.
     """
-    _check_filter(row_filter)
+    version, row_filter = _opened(access)
     compile_filter(version, row_filter)
     return _csv_chunks(version, row_filter, batch_rows, raw)
 
@@ -563,9 +583,9 @@ def _drain(sink: io.BytesIO) -> bytes:
     return chunk
 
 
-def stream_parquet(version: SourceVersion, row_filter: RowFilter, *, batch_rows: int = 131_072) -> Iterator[bytes]:
+def stream_parquet(access: SourceAccess, *, batch_rows: int = 131_072) -> Iterator[bytes]:
     """The filtered rows as one Parquet file, emitted row group by row group."""
-    _check_filter(row_filter)
+    version, row_filter = _opened(access)
     compile_filter(version, row_filter)
     return _parquet_chunks(version, row_filter, batch_rows)
 
@@ -585,10 +605,10 @@ def _parquet_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: i
         yield rest
 
 
-def distinct_values(version: SourceVersion, row_filter: RowFilter, column: str, limit: int) -> list[str]:
+def distinct_values(access: SourceAccess, column: str, limit: int) -> list[str]:
     """Distinct non-null values of `column` among the filtered rows, as the text the row
     filter compares against (`CAST(col AS VARCHAR)`), sorted, at most `limit`."""
-    _check_filter(row_filter)
+    version, row_filter = _opened(access)
     if column not in version.column_names:
         raise InvalidRequest("unknown_column", f'Column "{column}" does not exist in this source.')
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_DISTINCT_LIMIT:
@@ -615,8 +635,7 @@ def distinct_values(version: SourceVersion, row_filter: RowFilter, column: str, 
 
 
 def run_query(
-    version: SourceVersion,
-    row_filter: RowFilter,
+    access: SourceAccess,
     sql: str,
     *,
     page: int,
@@ -631,7 +650,7 @@ def run_query(
     read or run. `budget`: its deadline and result sizes (default: the sandbox's timeout);
     `connection`: the database to run on (a query pool worker's own; default shared).
     """
-    _check_filter(row_filter)
+    version, row_filter = _opened(access)
     _check_page(page, page_size)
     budget = budget or sandbox.Budget.starting_now()
     query = sandbox.validate_query(sql)

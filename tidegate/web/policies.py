@@ -18,9 +18,9 @@ from starlette.datastructures import FormData
 
 from tidegate.access import policies as service
 from tidegate.access.models import Group, Policy
-from tidegate.access.rowfilter import RowFilter
 from tidegate.access.scopes import Scope
-from tidegate.access.sources import open_source, permission_of, visible_sources_query
+from tidegate.access.sources import open_source, permission_of, preview_as_user, visible_sources_query
+from tidegate.credentials.bounds import keys_naming_policy
 from tidegate.data import engine
 from tidegate.data.models import Source, SourceVersion
 from tidegate.errors import InvalidRequest, TidegateError
@@ -125,18 +125,19 @@ def _suggest(session, viewer: Viewer, sources: list[dict], by_fold: dict[str, Ca
     budget = SUGGESTION_BUDGET
     values: dict[str, set[str]] = {}
     for item in sources:  # most recently updated first
-        version = item["version"]
-        if version is None or budget <= 0:
+        if item["version"] is None or budget <= 0:
             continue
-        # The admin's OWN row filter: never values from rows they may not read.
-        row_filter = open_source(session, viewer.principal, item["id"]).row_filter
-        for column in version.columns:
+        # The admin's OWN access: never values from rows they may not read.
+        access = open_source(session, viewer.principal, item["id"])
+        if access.version is None:
+            continue
+        for column in access.version.columns:
             folded = column["name"].casefold()
             seen = values.setdefault(folded, set())
             if column["type"] in NO_SUGGESTIONS or len(seen) >= SUGGESTED_VALUES or budget <= 0:
                 continue
             budget -= 1
-            seen.update(engine.distinct_values(version, row_filter, column["name"], SUGGESTED_VALUES))
+            seen.update(engine.distinct_values(access, column["name"], SUGGESTED_VALUES))
     for folded, found in values.items():
         by_fold[folded].values = sorted(found)[:SUGGESTED_VALUES]
 
@@ -285,16 +286,16 @@ def user_preview(session, viewer: Viewer, user_id: str, source_id: str, page_num
     with as_page(viewer, "Not found"):
         user = get_user(session, viewer.org.id, user_id)
         mine = open_source(session, viewer.principal, source_id)  # the admin's own filter
-    source, version, columns = mine.source, mine.version, mine.columns
-    view = service.resolve_view(session, viewer.org.id, user.id, source.id, columns)
-    row_filter: RowFilter = service.resolve_user_filter(session, viewer.org.id, user.id, source.id, columns)
+    source = mine.source
+    seen = preview_as_user(session, mine, viewer.user.id, user)
+    view = seen.explanation
     names = (
         dict(
             session.execute(
-                select(Policy.id, Policy.name).where(Policy.org_id == viewer.org.id, Policy.id.in_(view["policy_ids"]))
+                select(Policy.id, Policy.name).where(Policy.org_id == viewer.org.id, Policy.id.in_(view.policy_ids))
             ).all()
         )
-        if view["policy_ids"]
+        if view.policy_ids
         else {}
     )
     preview = UserPreview(
@@ -302,10 +303,10 @@ def user_preview(session, viewer: Viewer, user_id: str, source_id: str, page_num
         user_email=user.email,
         source_name=source.name,
         page=page_number,
-        where=view["where_clause"],
-        effective=view["effective_access"],
-        reasons=view["reasons"],
-        policy_names=[names.get(p, p) for p in view["policy_ids"]],
+        where=view.where_clause,
+        effective=view.effective_access,
+        reasons=view.reasons,
+        policy_names=[names.get(p, p) for p in view.policy_ids],
     )
     if permission_of(session, user, source) is None:
         preview.can_open = False
@@ -314,11 +315,10 @@ def user_preview(session, viewer: Viewer, user_id: str, source_id: str, page_num
             f"(nor with the organization). They see no rows; the filter below applies once it is shared."
         )
         return preview
-    if user.id != viewer.user.id and not mine.row_filter.is_unrestricted:
-        row_filter = row_filter.both(mine.row_filter)
+    if seen.narrowed_by_viewer:
         preview.notes.append(RESTRICTED_VIEWER.replace("to the key", "to them"))
-    if version is not None:
-        preview.rows, preview.total = engine.read_page(version, row_filter, page=page_number, page_size=PREVIEW_ROWS)
+    if seen.access.version is not None:
+        preview.rows, preview.total = engine.read_page(seen.access, page=page_number, page_size=PREVIEW_ROWS)
     return preview
 
 
@@ -491,7 +491,13 @@ def delete_policy(request: Request, policy_id: str = PolicyId(), form: FormData 
     with db(request) as session:
         viewer = signed_in_to_change(request, session, form, WRITE)
         policy = _policy(session, viewer, policy_id)
-        service.delete_policy(session, viewer.principal, policy, context=request_context(request))
+        service.delete_policy(
+            session,
+            viewer.principal,
+            policy,
+            keys_naming_it=keys_naming_policy(session, viewer.org.id, policy.id),
+            context=request_context(request),
+        )
     return redirect(f"{BASE}?notice=deleted")
 
 

@@ -2,7 +2,7 @@
 key would see it", and sharing (owners and admins).
 
 Every read goes through `access.sources.open_source` (so a source the viewer may not open
-is a 404 page, exactly as through the API) and `data.engine` with the RowFilter it gives.
+is a 404 page, exactly as through the API) and `data.engine` with the SourceAccess it gives.
 Every change goes through `tidegate.data.service`, audited like its /api/v1 twin.
 
 The preview for a key computes the key's Principal with `credentials.authenticate.
@@ -21,9 +21,8 @@ from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.datastructures import FormData, UploadFile
 
-from tidegate.access import policies
+from tidegate.access import sources
 from tidegate.access.principal import Principal, allowed
-from tidegate.access.rowfilter import RowFilter
 from tidegate.access.scopes import Scope
 from tidegate.access.sources import SourceAccess, open_source
 from tidegate.credentials import service as keys_service
@@ -104,7 +103,7 @@ def sources_context(session, viewer: Viewer, *, after: str | None = None) -> dic
                 "id": source.id,
                 "name": source.name,
                 "description": source.description,
-                "rows": engine.count(access.version, access.row_filter) if access.version else 0,
+                "rows": engine.count(access) if access.version else 0,
                 "columns": access.columns,
                 "owner": owners.get(source.created_by, source.created_by),
                 "updated_at": source.updated_at,
@@ -230,23 +229,23 @@ def key_principal(session, key: ApiKey) -> tuple[Principal | None, str | None]:
         return None, KEY_REFUSALS.get(refused.code, refused.message)
 
 
-def _read(access_version, row_filter: RowFilter, page_number: int) -> tuple[list[dict], int]:
-    if access_version is None:
+def _read(access: SourceAccess, page_number: int) -> tuple[list[dict], int]:
+    if access.version is None:
         return [], 0
-    return engine.read_page(access_version, row_filter, page=page_number, page_size=PREVIEW_ROWS)
+    return engine.read_page(access, page=page_number, page_size=PREVIEW_ROWS)
 
 
-def preview_as_viewer(session, viewer: Viewer, access: SourceAccess, page_number: int) -> Preview:
-    view = policies.resolve_view(session, viewer.org.id, viewer.user.id, access.source.id, access.columns)
-    rows, total = _read(access.version, access.row_filter, page_number)
+def preview_as_viewer(session, viewer: Viewer, mine: SourceAccess, page_number: int) -> Preview:
+    seen = sources.preview_as(session, mine, viewer.user.id, viewer.principal)
+    rows, total = _read(seen.access, page_number)
     return Preview(
         as_label=f"you ({viewer.user.email})",
         rows=rows,
         total=total,
         page=page_number,
-        where=policies.where_clause(access.row_filter),
-        effective=view["effective_access"],
-        reasons=view["reasons"],
+        where=seen.explanation.where_clause,
+        effective=seen.explanation.effective_access,
+        reasons=seen.explanation.reasons,
     )
 
 
@@ -266,22 +265,19 @@ def preview_as_key(session, viewer: Viewer, mine: SourceAccess, key_id: str, pag
         )
         return preview
     try:
-        access = open_source(session, principal, mine.source.id)
+        seen = sources.preview_as(session, mine, viewer.user.id, principal)
     except NotFound:
         preview.refused = "This key cannot open this source: the API answers 404 for it."
         return preview
-    row_filter = access.row_filter
-    if key.created_by != viewer.user.id and not mine.row_filter.is_unrestricted:
-        # Never show a filtered viewer rows they may not read themselves.
-        row_filter = row_filter.both(mine.row_filter)
-        preview.notes.append(RESTRICTED_VIEWER)
-    if key.ip_allowlist:
-        preview.notes.append("The API accepts this key only from: " + ", ".join(key.ip_allowlist) + ".")
-    view = policies.resolve_key_view(session, key, access.source.id, access.columns)
-    preview.rows, preview.total = _read(access.version, row_filter, page_number)
-    preview.where = policies.where_clause(access.row_filter)
-    preview.effective = policies.effective_access(access.row_filter)
-    preview.reasons = view["reasons"]
+    if seen.narrowed_by_viewer:
+        preview.notes.append(RESTRICTED_VIEWER)  # never rows the viewer may not read themselves
+    networks = principal.restrictions.ip_allowlist.networks
+    if networks:
+        preview.notes.append("The API accepts this key only from: " + ", ".join(networks) + ".")
+    preview.rows, preview.total = _read(seen.access, page_number)
+    preview.where = seen.explanation.where_clause
+    preview.effective = seen.explanation.effective_access
+    preview.reasons = seen.explanation.reasons
     return preview
 
 
@@ -338,7 +334,7 @@ def source_context(
         "owner": owner,
         "permission": access.permission,
         "columns": version.columns if version else [],
-        "row_count": engine.count(version, access.row_filter) if version else 0,
+        "row_count": engine.count(access) if version else 0,
         "filtered": not access.row_filter.is_unrestricted,
         "keys": key_choices(session, viewer),
         "view_as": choice,
