@@ -38,10 +38,13 @@ run: setup
 # Whole files go to one worker (--dist loadfile): a module's servers start once.
 PYTEST_ARGS ?= -n 3 --dist loadfile
 
-# Style and structure, before the tests: ruff (lint and format).
+# Style and structure, before the tests: ruff (lint and format), the layers contract
+# (.importlinter) and mypy (strict on credentials, access, audit, data: pyproject.toml).
 lint: setup
 	$(BIN)/ruff check tidegate tests bench
 	$(BIN)/ruff format --check tidegate tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy tidegate
 
 test: setup browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

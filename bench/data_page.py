@@ -102,8 +102,8 @@ def build_source(home: Path, rows: int) -> dict:
     """Org, a member with two policies, a 1M-row source shared with them, and keys."""
     os.environ["TIDEGATE_HOME"] = str(home)
     from tidegate.access import policies
-    from tidegate.access.principal import Principal
     from tidegate.config import get_settings
+    from tidegate.core.principal import Principal
     from tidegate.credentials import service as keys
     from tidegate.data import engine, storage
     from tidegate.data import service as sources

@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from tidegate.access.principal import Principal
-from tidegate.access.scopes import preset_scopes
 from tidegate.api.app import create_app
 from tidegate.config import Settings, normalize_database_url
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import preset_scopes
 from tidegate.credentials import service as keys_service
 from tidegate.db.engine import get_engine, migrate, session_scope
 from tidegate.orgs import service as orgs

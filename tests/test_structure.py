@@ -7,8 +7,13 @@ does not: a cycle between two files of one package, and a cycle among top-level 
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import grimp
 import pytest
+
+import tidegate
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +80,43 @@ def test_no_import_cycle_between_packages(graph):
                 edges[package(module)].add(package(imported))
     cycles = strongly_connected(edges, edges.__getitem__)
     assert cycles == [], cycles
+
+
+# Recorded events that change nothing any access decision depends on.
+RECORDED_WITHOUT_ACCESS_CHANGE = {
+    "tidegate/web/auth.py": "signing in and out",
+    "tidegate/web/audit.py": "exporting the audit log",
+}
+
+
+def functions_calling(tree: ast.AST, name: str) -> set[str]:
+    found = set()
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name:
+                    found.add(function.name)
+    return found
+
+
+def test_every_recorded_change_invalidates_access_explicitly():
+    """Recording an event no longer bumps the access epoch as a side effect: each change
+    does it by name (orgs.epoch). A function that records a change and does not bump is a
+    change whose effect on access caches would be missed."""
+    root = Path(tidegate.__file__).parent
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        relative = str(path.relative_to(root.parent))
+        if relative in RECORDED_WITHOUT_ACCESS_CHANGE:
+            continue
+        tree = ast.parse(path.read_text())
+        for function in functions_calling(tree, "record") - functions_calling(tree, "bump_access_epoch"):
+            missing.append(f"{relative}:{function}")
+    assert missing == []
+
+
+def test_the_scan_sees_a_record_without_a_bump():
+    tree = ast.parse(
+        "def change(s):\n    record(s, None, 'x', org_id='o')\n\ndef ok(s):\n    record(s)\n    bump_access_epoch(s, 'o')\n"
+    )
+    assert functions_calling(tree, "record") - functions_calling(tree, "bump_access_epoch") == {"change"}

@@ -15,7 +15,7 @@ import pytest
 import tidegate.access.models  # noqa: F401  (registers the policy tables)
 import tidegate.tables  # noqa: F401  (registers every other table)
 from tidegate.access import policies
-from tidegate.access.principal import Principal
+from tidegate.core.principal import Principal
 from tidegate.credentials import service as keys_service
 from tidegate.db.base import Base
 from tidegate.db.engine import get_engine, session_scope

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 import tidegate
-from tidegate.access.principal import AnyOf, Principal, Rule, allowed, authorize
-from tidegate.access.scopes import ALL_SCOPES, ROLE_ADMIN, ROLE_MEMBER, ROLE_PERMISSIONS, Scope, validate_scopes
+from tidegate.access.authorize import AnyOf, Rule, allowed, authorize
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import ALL_SCOPES, ROLE_ADMIN, ROLE_MEMBER, ROLE_PERMISSIONS, Scope, validate_scopes
 from tidegate.errors import Forbidden, InvalidRequest
 
 
@@ -107,13 +108,13 @@ def test_scope_values_are_the_wire_strings():
 
 
 def test_no_scope_string_literal_outside_access_scopes():
-    """Code names scopes as Scope members; the strings live in access/scopes.py alone."""
+    """Code names scopes as Scope members; the strings live in core/scopes.py alone."""
     package = Path(tidegate.__file__).parent
     quoted = re.compile("|".join(rf"""["']{re.escape(scope)}["']""" for scope in Scope))
     offenders = [
         f"{path.relative_to(package)}:{number}"
         for path in sorted(package.rglob("*"))
-        if path.suffix in (".py", ".html", ".js") and path != package / "access" / "scopes.py"
+        if path.suffix in (".py", ".html", ".js") and path != package / "core" / "scopes.py"
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if quoted.search(line)
     ]

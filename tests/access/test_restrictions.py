@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import tidegate.access
-from tidegate.access.principal import Principal
-from tidegate.access.restrictions import KeyRestrictions, KeyTerms
+from tidegate.core.principal import Principal
+from tidegate.core.restrictions import KeyRestrictions, KeyTerms
 from tidegate.errors import Forbidden
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -179,7 +179,7 @@ def test_a_key_principal_without_its_restrictions_sees_nothing(world):
     """A Principal that names a key but was not built from it (Principal.for_key) could
     otherwise pass for its creator: it opens no source and lists none."""
     from tidegate.access import sources
-    from tidegate.data.models import Source
+    from tidegate.catalog.models import Source
     from tidegate.errors import NotFound
 
     user = world.user(role="admin")

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from tidegate.access import policies
-from tidegate.access.rowfilter import Clause, RowFilter
+from tidegate.core.rowfilter import Clause, RowFilter
 
 SRC = "src_accounts"
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tidegate.access.scopes import ALL_SCOPES, DATA_ACCESS_SCOPES, ROLE_PERMISSIONS
+from tidegate.core.scopes import ALL_SCOPES, DATA_ACCESS_SCOPES, ROLE_PERMISSIONS
 
 
 def key_count(client, org) -> int:

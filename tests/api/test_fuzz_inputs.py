@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from tidegate.access.models import Policy
-from tidegate.access.scopes import ALL_SCOPES
+from tidegate.core.scopes import ALL_SCOPES
 from tidegate.credentials.models import ApiKey
 from tidegate.db.engine import session_scope
 

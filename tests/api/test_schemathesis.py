@@ -37,10 +37,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.checks import content_type_conformance, response_schema_conformance
 
-from tidegate.access.principal import Principal
-from tidegate.access.scopes import preset_scopes
 from tidegate.api.app import create_app
 from tidegate.config import Settings
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import preset_scopes
 from tidegate.credentials import service as keys_service
 from tidegate.data import storage
 from tidegate.db.engine import migrate, session_scope

@@ -9,14 +9,14 @@ import pytest
 from sqlalchemy import create_engine, event
 from sqlalchemy.orm import sessionmaker
 
-import tidegate.data.models  # noqa: F401  (registers the data tables)
+import tidegate.catalog.models  # noqa: F401  (registers the data tables)
 import tidegate.tables  # noqa: F401
-from tidegate.access.rowfilter import Clause, RowFilter
 from tidegate.access.sources import unrestricted_access
+from tidegate.catalog.models import Source, SourceVersion
+from tidegate.catalog.snapshots import VersionSnapshot
+from tidegate.core.rowfilter import Clause, RowFilter
 from tidegate.data import engine as data_engine
 from tidegate.data import storage
-from tidegate.data.models import Source, SourceVersion
-from tidegate.data.snapshots import VersionSnapshot
 from tidegate.db.base import Base
 from tidegate.ids import new_id
 from tidegate.orgs.models import Organization, User
@@ -89,8 +89,8 @@ def make_source(Session, org, data_dir):
 
 
 def current(Session, source_id):
-    from tidegate.data.models import Source as S
-    from tidegate.data.models import SourceVersion
+    from tidegate.catalog.models import Source as S
+    from tidegate.catalog.models import SourceVersion
 
     with Session() as session:
         src = session.get(S, source_id)

@@ -10,8 +10,8 @@ import uuid
 import psycopg
 import pytest
 
+from tidegate.catalog.models import Source
 from tidegate.data import connectors, egress, ingest
-from tidegate.data.models import Source
 from tidegate.errors import InvalidRequest
 
 PG_URL = os.environ.get("TIDEGATE_TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test")

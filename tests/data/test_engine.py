@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tidegate import jsonfmt
-from tidegate.access.rowfilter import Clause, RowFilter
+from tidegate.catalog.models import Source
+from tidegate.core.rowfilter import Clause, RowFilter
 from tidegate.data import engine, ingest, storage
-from tidegate.data.models import Source
 from tidegate.errors import InvalidRequest
 
 from .conftest import ALLOW, current, readable, rf

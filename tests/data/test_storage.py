@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 from sqlalchemy import select
 
+from tidegate.catalog.models import File, Source, SourceVersion
 from tidegate.data import engine, ingest, storage
-from tidegate.data.models import File, Source, SourceVersion
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, InvalidRequest
 
@@ -153,7 +153,7 @@ CRASH_SCRIPT = textwrap.dedent("""
     from sqlalchemy.orm import sessionmaker
     from tests.data.conftest import make_engine
     from tidegate.data import engine, storage
-    from tidegate.data.models import Source
+    from tidegate.catalog.models import Source
     engine.configure(data_dir={data_dir!r})
     mode = {mode!r}
     if mode == "during_write":

@@ -45,9 +45,9 @@ import httpx
 import pytest
 from server import init_home, scratch_postgres_database
 
-from tidegate.access.principal import Principal
-from tidegate.access.scopes import preset_scopes
 from tidegate.config import load_settings
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import preset_scopes
 from tidegate.credentials import service as keys_service
 from tidegate.db.engine import get_engine, session_scope
 from tidegate.orgs import service as orgs

@@ -109,12 +109,12 @@ from pathlib import Path  # noqa: E402
 
 import pyarrow as pa  # noqa: E402
 
-from tidegate.access.principal import Principal  # noqa: E402
-from tidegate.access.rowfilter import Clause, RowFilter  # noqa: E402
 from tidegate.access.sources import _granted, open_source  # noqa: E402  (the cache's values, built here as open_source builds them)
 from tidegate.caching import LRUCache, require_immutable  # noqa: E402
-from tidegate.data.models import Source, SourceVersion  # noqa: E402
-from tidegate.data.snapshots import SourceSnapshot, VersionSnapshot  # noqa: E402
+from tidegate.catalog.models import Source, SourceVersion  # noqa: E402
+from tidegate.catalog.snapshots import SourceSnapshot, VersionSnapshot  # noqa: E402
+from tidegate.core.principal import Principal  # noqa: E402
+from tidegate.core.rowfilter import Clause, RowFilter  # noqa: E402
 from tidegate.db.engine import session_scope  # noqa: E402
 
 

@@ -594,7 +594,7 @@ def test_web_security_page_shows_and_saves_the_settings(settings):
 
 
 def test_rotating_a_child_keeps_it_a_child_within_the_parent(client, org, world):
-    from tidegate.access.principal import Principal
+    from tidegate.core.principal import Principal
     from tidegate.credentials import service
 
     child = create(client, org, world["parent"], scopes=["data:read"]).json()
@@ -617,7 +617,7 @@ def test_rotating_a_child_keeps_it_a_child_within_the_parent(client, org, world)
 
 
 def test_rotation_grace_shortens_the_childrens_expiry(client, org, world):
-    from tidegate.access.principal import Principal
+    from tidegate.core.principal import Principal
     from tidegate.credentials import service
 
     child = create(client, org, world["parent"], scopes=["data:read"]).json()
@@ -639,7 +639,7 @@ def test_rotation_grace_shortens_the_childrens_expiry(client, org, world):
 
 
 def test_web_revoke_cascades(settings):
-    from tidegate.access.principal import Principal
+    from tidegate.core.principal import Principal
     from tidegate.credentials import service
 
     email, password = f"webr-{uuid.uuid4().hex[:8]}@example.com", "web-password-" + uuid.uuid4().hex[:8]

@@ -310,7 +310,7 @@ def test_management_never_waits_behind_queries(tmp_path):
 
 
 def _principal(key_id: str, org_id: str = "org_a"):
-    from tidegate.access.principal import Principal
+    from tidegate.core.principal import Principal
 
     return Principal(org_id=org_id, user_id="usr_1", role="member", scopes=frozenset({"data:read"}), key_id=key_id)
 

@@ -17,13 +17,13 @@ from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from tidegate.access import policies
-from tidegate.access.principal import Principal
-from tidegate.access.restrictions import SourceSelection
-from tidegate.access.rowfilter import RowFilter
-from tidegate.access.scopes import ROLE_ADMIN
 from tidegate.caching import LRUCache
-from tidegate.data.models import Source, SourceShare, SourceVersion
-from tidegate.data.snapshots import SourceSnapshot, VersionSnapshot
+from tidegate.catalog.models import Source, SourceShare, SourceVersion
+from tidegate.catalog.snapshots import SourceSnapshot, VersionSnapshot
+from tidegate.core.principal import Principal
+from tidegate.core.restrictions import SourceSelection
+from tidegate.core.rowfilter import RowFilter
+from tidegate.core.scopes import ROLE_ADMIN
 from tidegate.errors import Forbidden, NotFound
 from tidegate.orgs.models import User
 
@@ -72,7 +72,7 @@ class SourceAccess:
                 "A SourceAccess is the capability to read rows: only access.sources builds one (open_source)."
             )
         if not isinstance(self.row_filter, RowFilter):
-            raise TypeError("row_filter must be a tidegate.access.rowfilter.RowFilter")
+            raise TypeError("row_filter must be a tidegate.core.rowfilter.RowFilter")
 
     @property
     def columns(self) -> list[str]:
@@ -82,7 +82,7 @@ class SourceAccess:
     def narrowed(self, row_filter: RowFilter) -> SourceAccess:
         """This access with only the rows that ALSO pass `row_filter` (never more rows)."""
         if not isinstance(row_filter, RowFilter):
-            raise TypeError("row_filter must be a tidegate.access.rowfilter.RowFilter")
+            raise TypeError("row_filter must be a tidegate.core.rowfilter.RowFilter")
         if row_filter == self.row_filter:
             return self
         return replace(self, row_filter=self.row_filter.both(row_filter))

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import Principal
-from tidegate.access.scopes import Scope
 from tidegate.api.deps import DB, require
 from tidegate.api.inputs import InputRoute
 from tidegate.api.pagination import AfterQuery
 from tidegate.audit.query import list_events, parse_bound
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import Scope
 from tidegate.wire.audit import EventOut
 from tidegate.wire.common import Page
 

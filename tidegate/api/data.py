@@ -19,12 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from tidegate import jsonfmt
-from tidegate.access.principal import Principal
-from tidegate.access.scopes import Scope
 from tidegate.access.sources import VIEW, SourceAccess, cached_access, open_source
 from tidegate.api.deps import DB, caller_with, in_session, require, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text, query_choice, query_int
 from tidegate.api.responses import JSON
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import Scope
 from tidegate.data import engine, querypool, sandbox
 from tidegate.jsonfmt import Raw
 from tidegate.wire.sources import ColumnValues, DataPageOut, QueryResultOut

@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tidegate.access import ratelimit
-from tidegate.access.principal import Action, Principal, authorize
+from tidegate.access.authorize import Action, authorize
 from tidegate.config import Settings
+from tidegate.core.principal import Principal
 from tidegate.credentials.authenticate import check_ip, digest_of, identify, parse_bearer, principal_for
 from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest

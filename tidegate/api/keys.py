@@ -6,8 +6,6 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import Principal
-from tidegate.access.scopes import Scope, requested_scopes
 from tidegate.api.deps import (
     DB,
     request_context,
@@ -18,6 +16,8 @@ from tidegate.api.deps import (
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, LimitQuery
 from tidegate.api.responses import JSON
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import Scope, requested_scopes
 from tidegate.credentials import service
 from tidegate.wire.common import Page
 from tidegate.wire.keys import KeyCreated, KeyOut, KeyRevoked

@@ -7,10 +7,10 @@ from pydantic import BaseModel, ConfigDict, StrictInt
 from sqlalchemy.orm import Session
 
 from tidegate.access import policies
-from tidegate.access.principal import Principal
-from tidegate.access.scopes import Scope
 from tidegate.api.deps import DB, request_context, require
 from tidegate.api.inputs import InputRoute
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import Scope
 from tidegate.orgs import service
 from tidegate.wire.orgs import OrgSettingsOut
 

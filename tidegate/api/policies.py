@@ -10,14 +10,14 @@ from sqlalchemy.orm import Session
 
 from tidegate.access import policies as service
 from tidegate.access.policies.explanation import Explanation
-from tidegate.access.principal import Principal
-from tidegate.access.scopes import Scope
 from tidegate.access.sources import open_source, visible_sources_query
 from tidegate.api.deps import DB, request_context, require, set_audit_target
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery
+from tidegate.catalog.models import Source
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import Scope
 from tidegate.credentials.bounds import keys_naming_policy
-from tidegate.data.models import Source
 from tidegate.wire.common import DataList, Deleted, Page
 from tidegate.wire.policies import (
     ColumnOut,

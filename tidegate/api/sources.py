@@ -8,12 +8,13 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import AnyOf, Principal
-from tidegate.access.scopes import Scope
+from tidegate.access.authorize import AnyOf
 from tidegate.access.sources import SourceAccess, open_source
 from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, LimitQuery
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import Scope
 from tidegate.data import connectors, engine
 from tidegate.data import service as sources
 from tidegate.wire.common import DataList, Deleted, Page

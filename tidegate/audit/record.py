@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import String, update
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import Principal
 from tidegate.audit.models import AuditEvent
+from tidegate.core.principal import Principal
 from tidegate.db.base import utcnow
 from tidegate.ids import new_id
 
@@ -96,9 +96,8 @@ def record(
 ) -> None:
     """Add one event to the caller's transaction. `actor` None means the operator CLI.
 
-    Every audited change also bumps the organization's access epoch in that same
-    transaction: "every change is audited" is what makes "every change invalidates the
-    access cache" (access.sources) hold.
+    Recording changes nothing else: a change that can alter access also calls
+    `orgs.epoch.bump_access_epoch` itself (tests/test_structure.py checks each does).
     """
     session.add(
         AuditEvent(
@@ -116,14 +115,6 @@ def record(
                 request_id=context.request_id if context else None,
             )
         )
-    )
-    from tidegate.orgs.models import Organization  # here: orgs imports this module
-
-    session.execute(
-        update(Organization)
-        .where(Organization.id == org_id)
-        .values(access_epoch=Organization.access_epoch + 1)
-        .execution_options(synchronize_session=False)
     )
 
 

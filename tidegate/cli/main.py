@@ -15,9 +15,9 @@ from contextlib import contextmanager
 import typer
 from sqlalchemy import select
 
-from tidegate.access.principal import Principal
-from tidegate.access.scopes import PRESETS, preset_scopes, requested_scopes
 from tidegate.config import get_settings
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import PRESETS, preset_scopes, requested_scopes
 from tidegate.credentials import service as keys_service
 from tidegate.db.engine import migrate, session_scope
 from tidegate.errors import InvalidRequest, ServiceUnavailable, TidegateError

@@ -15,9 +15,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import Principal
-from tidegate.access.restrictions import KeyRestrictions
 from tidegate.caching import LRUCache
+from tidegate.core.principal import Principal
+from tidegate.core.restrictions import KeyRestrictions
 from tidegate.credentials.bounds import restrictions_of
 from tidegate.credentials.hashing import hash_secret
 from tidegate.credentials.keyformat import is_well_formed

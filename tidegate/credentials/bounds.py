@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tidegate.access.restrictions import KeyRestrictions, KeyTerms
+from tidegate.core.restrictions import KeyRestrictions, KeyTerms
 from tidegate.credentials.models import ApiKey
 
 __all__ = ["KeyTerms", "bound_by_parent", "keys_naming_policy", "restrictions_of"]

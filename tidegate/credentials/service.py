@@ -9,10 +9,12 @@ from datetime import timedelta
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
+from tidegate.access.authorize import Rule, authorize
 from tidegate.access.policies import validate_policy_ids
-from tidegate.access.principal import Principal, Rule, authorize
-from tidegate.access.scopes import expand, validate_scopes
 from tidegate.audit.record import RequestContext, record
+from tidegate.orgs.epoch import bump_access_epoch
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import expand, validate_scopes
 from tidegate.credentials.bounds import KeyTerms, bound_by_parent
 from tidegate.credentials.hashing import hash_secret
 from tidegate.credentials.keyformat import display_prefix, generate_key
@@ -165,6 +167,7 @@ def create_key(
         details=details,
         context=context,
     )
+    bump_access_epoch(session, creator.org_id)
     return CreatedKey(key=key, secret=secret)
 
 
@@ -307,6 +310,7 @@ def rename_key(
             details={"old": old, "new": name},
             context=context,
         )
+        bump_access_epoch(session, key.org_id)
     return key
 
 
@@ -351,6 +355,7 @@ def _revoke_one(
         details={"name": key.name, "key_prefix": key.key_prefix, **details},
         context=context,
     )
+    bump_access_epoch(session, key.org_id)
 
 
 def descendants(session: Session, key: ApiKey) -> list[ApiKey]:
@@ -449,6 +454,7 @@ def rotate_key(
         },
         context=context,
     )
+    bump_access_epoch(session, key.org_id)
     if grace == timedelta(0):
         revoke_key(session, principal, key, context=context, via=via)
     else:
@@ -484,3 +490,4 @@ def _expire_by(
         details={"old": old.isoformat() if old else None, "new": retire_at.isoformat(), "reason": reason, "via": via},
         context=context,
     )
+    bump_access_epoch(session, key.org_id)

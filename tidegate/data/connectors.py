@@ -46,7 +46,7 @@ from tidegate.data import egress, ingest
 from tidegate.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from tidegate.data.models import Source
+    from tidegate.catalog.models import Source
 
 FETCH_BATCH = 10_000
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")

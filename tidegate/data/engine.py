@@ -43,12 +43,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from tidegate import jsonfmt, spreadsheet
-from tidegate.access.rowfilter import RowFilter
 from tidegate.access.sources import SourceAccess
 from tidegate.caching import LRUCache, require_immutable
+from tidegate.catalog.models import SourceVersion
 from tidegate.config import DataSettings
+from tidegate.core.rowfilter import RowFilter
 from tidegate.data import ingest, querycost, sandbox, storage
-from tidegate.data.models import SourceVersion
 from tidegate.errors import InvalidRequest
 
 MAX_PAGE_SIZE = 10_000
@@ -263,7 +263,7 @@ def clear_cache() -> None:
 
 def _check_filter(row_filter: Any) -> RowFilter:
     if not isinstance(row_filter, RowFilter):
-        raise TypeError("row_filter must be a tidegate.access.rowfilter.RowFilter")
+        raise TypeError("row_filter must be a tidegate.core.rowfilter.RowFilter")
     return row_filter
 
 

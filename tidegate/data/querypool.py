@@ -31,8 +31,8 @@ from typing import TypeVar
 
 import duckdb
 
-from tidegate.access.principal import Principal
 from tidegate.config import QueryLimits
+from tidegate.core.principal import Principal
 from tidegate.data import sandbox
 from tidegate.errors import RateLimited
 

@@ -11,14 +11,16 @@ from typing import BinaryIO
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import AnyOf, Principal, Rule, authorize
-from tidegate.access.rowfilter import RowFilter
-from tidegate.access.scopes import Scope
+from tidegate.access.authorize import AnyOf, Rule, authorize
 from tidegate.access.sources import EDIT, OWNER, SourceAccess, open_source, source_row, visible_sources_query
 from tidegate.audit.record import RequestContext, record
+from tidegate.orgs.epoch import bump_access_epoch
+from tidegate.catalog.models import SERVICE_API, SERVICE_FILE, SHARE_PERMISSIONS, File, Source, SourceShare
 from tidegate.config import Settings
+from tidegate.core.principal import Principal
+from tidegate.core.rowfilter import RowFilter
+from tidegate.core.scopes import Scope
 from tidegate.data import connectors, ingest, storage
-from tidegate.data.models import SERVICE_API, SERVICE_FILE, SHARE_PERMISSIONS, File, Source, SourceShare
 from tidegate.db.base import utcnow
 from tidegate.errors import Forbidden, InvalidRequest, NotFound
 from tidegate.ids import new_id
@@ -111,6 +113,7 @@ def create_source(
         },
         context=context,
     )
+    bump_access_epoch(session, principal.org_id)
     return source
 
 
@@ -146,6 +149,7 @@ def write_rows(
         details={"rows": table.num_rows, "row_count": version.row_count},
         context=context,
     )
+    bump_access_epoch(session, principal.org_id)
     return open_source(session, principal, source_id, need=EDIT)
 
 
@@ -211,6 +215,7 @@ def update_source(
             details=diff,
             context=context,
         )
+        bump_access_epoch(session, principal.org_id)
     return source
 
 
@@ -232,6 +237,7 @@ def sync_source(
         details={"rows": version.row_count},
         context=context,
     )
+    bump_access_epoch(session, principal.org_id)
     return source
 
 
@@ -251,6 +257,7 @@ def delete_source(
         details={"name": source.name},
         context=context,
     )
+    bump_access_epoch(session, principal.org_id)
 
 
 def list_sources(session: Session, principal: Principal, *, limit: int, after: str | None) -> list[Source]:
@@ -314,6 +321,7 @@ def share_source(
         details={"user_id": user.id, "permission": permission, "name": access.source.name},
         context=context,
     )
+    bump_access_epoch(session, principal.org_id)
     return share
 
 
@@ -336,6 +344,7 @@ def unshare_source(
             details={"user_id": user.id},
             context=context,
         )
+        bump_access_epoch(session, principal.org_id)
     return bool(removed)
 
 
@@ -361,6 +370,7 @@ def org_share(
             details={"old": source.org_share_permission, "new": new},
             context=context,
         )
+        bump_access_epoch(session, principal.org_id)
         source.org_share_permission = new
     return source
 
@@ -399,6 +409,7 @@ def upload_file(
         details={"name": file.name, "size": file.size},
         context=context,
     )
+    bump_access_epoch(session, principal.org_id)
     return file
 
 
@@ -437,3 +448,4 @@ def delete_file(session: Session, principal: Principal, file_id: str, *, context
         details={"name": file.name},
         context=context,
     )
+    bump_access_epoch(session, principal.org_id)

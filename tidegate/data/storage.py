@@ -37,8 +37,8 @@ from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from tidegate.catalog.models import File, Source, SourceVersion
 from tidegate.data import ingest
-from tidegate.data.models import File, Source, SourceVersion
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, InvalidRequest
 from tidegate.ids import new_id

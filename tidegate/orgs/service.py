@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import Principal
-from tidegate.access.scopes import ROLE_ADMIN, ROLES
 from tidegate.audit.record import RequestContext, record
+from tidegate.orgs.epoch import bump_access_epoch
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import ROLE_ADMIN, ROLES
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, InvalidRequest, NotFound
 from tidegate.ids import new_id
@@ -74,6 +75,7 @@ def create_organization(session: Session, name: str, admin_email: str, admin_pas
         target_id=org.id,
         details={"name": name, "admin_user_id": admin.id},
     )
+    bump_access_epoch(session, org.id)
     return NewOrganization(org=org, admin=admin)
 
 
@@ -165,6 +167,7 @@ def create_user(
         details={"email": email, "role": role},
         context=context,
     )
+    bump_access_epoch(session, org_id)
     return user
 
 
@@ -241,6 +244,7 @@ def update_user(
             details=changes,
             context=context,
         )
+        bump_access_epoch(session, user.org_id)
     return user
 
 
@@ -267,6 +271,7 @@ def deactivate_user(
         details={"email": user.email},
         context=context,
     )
+    bump_access_epoch(session, user.org_id)
     return user
 
 
@@ -321,6 +326,7 @@ def unlink_external_id(
         details={"external_id": external_id},
         context=context,
     )
+    bump_access_epoch(session, org_id)
     return user
 
 
@@ -381,4 +387,5 @@ def update_settings(
             details=changes,
             context=context,
         )
+        bump_access_epoch(session, org.id)
     return org

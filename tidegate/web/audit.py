@@ -17,10 +17,10 @@ from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.responses import StreamingResponse
 
-from tidegate.access.scopes import Scope
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.query import list_events, parse_bound
 from tidegate.audit.record import record
+from tidegate.core.scopes import Scope
 from tidegate.credentials import service as keys_service
 from tidegate.credentials.models import ApiKey
 from tidegate.db.base import isoformat, utcnow

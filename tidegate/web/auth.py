@@ -18,8 +18,8 @@ from sqlalchemy import select
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
-from tidegate.access.principal import Principal
 from tidegate.audit.record import record
+from tidegate.core.principal import Principal
 from tidegate.http import client_ip, request_context
 from tidegate.orgs.models import Organization, User
 from tidegate.orgs.passwords import hash_password, verify_password

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
-from tidegate.access.scopes import Scope
 from tidegate.config import Settings
+from tidegate.core.scopes import Scope
 from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.outages import unavailable_error

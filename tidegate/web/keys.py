@@ -15,7 +15,7 @@ from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.datastructures import FormData
 
-from tidegate.access.scopes import (
+from tidegate.core.scopes import (
     DATA_ACCESS_SCOPES,
     PRESET_DATA_ACCESS,
     PRESET_FULL_ACCESS,

@@ -11,7 +11,7 @@ from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.datastructures import FormData
 
-from tidegate.access.scopes import ROLES, Scope
+from tidegate.core.scopes import ROLES, Scope
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.orgs import service

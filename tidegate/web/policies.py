@@ -18,11 +18,11 @@ from starlette.datastructures import FormData
 
 from tidegate.access import policies as service
 from tidegate.access.models import Group, Policy
-from tidegate.access.scopes import Scope
 from tidegate.access.sources import open_source, permission_of, preview_as_user, visible_sources_query
+from tidegate.catalog.models import Source, SourceVersion
+from tidegate.core.scopes import Scope
 from tidegate.credentials.bounds import keys_naming_policy
 from tidegate.data import engine
-from tidegate.data.models import Source, SourceVersion
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.orgs.models import User

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tidegate import __version__
-from tidegate.access.scopes import ALL_SCOPES, DATA_ACCESS_SCOPES, ROLE_MEMBER, ROLE_PERMISSIONS, Scope, expand
+from tidegate.core.scopes import ALL_SCOPES, DATA_ACCESS_SCOPES, ROLE_MEMBER, ROLE_PERMISSIONS, Scope, expand
 from tidegate.db.base import utcnow
 from tidegate.web.sessions import Viewer
 

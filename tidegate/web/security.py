@@ -13,7 +13,7 @@ from fastapi import Query, Request
 from starlette.datastructures import FormData
 
 from tidegate.access import policies
-from tidegate.access.scopes import Scope
+from tidegate.core.scopes import Scope
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.orgs import service

@@ -22,7 +22,8 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from tidegate.access.principal import Action, Principal, allowed
+from tidegate.access.authorize import Action, allowed
+from tidegate.core.principal import Principal
 from tidegate.db.base import utcnow
 from tidegate.ids import new_id
 from tidegate.orgs.models import Organization, User

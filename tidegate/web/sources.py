@@ -22,15 +22,16 @@ from sqlalchemy import select
 from starlette.datastructures import FormData, UploadFile
 
 from tidegate.access import sources
-from tidegate.access.principal import Principal, allowed
-from tidegate.access.scopes import Scope
+from tidegate.access.authorize import allowed
 from tidegate.access.sources import SourceAccess, open_source
+from tidegate.catalog.models import SHARE_PERMISSIONS
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import Scope
 from tidegate.credentials import service as keys_service
 from tidegate.credentials.authenticate import principal_for_key
 from tidegate.credentials.models import ApiKey
 from tidegate.data import engine
 from tidegate.data import service as data_service
-from tidegate.data.models import SHARE_PERMISSIONS
 from tidegate.db.base import utcnow
 from tidegate.errors import InvalidRequest, NotFound, TidegateError, Unauthenticated
 from tidegate.http import request_context

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from tidegate.data.models import File, SourceShare
+from tidegate.catalog.models import File, SourceShare
 from tidegate.db.base import isoformat
 
 if TYPE_CHECKING:  # a type only: the wire shapes do not pull the access layer in

@@ -12,8 +12,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from tidegate.access.models import GroupMember, GroupPolicy, PolicyAssignment
-from tidegate.access.principal import Principal
 from tidegate.audit.record import RequestContext, record
+from tidegate.orgs.epoch import bump_access_epoch
+from tidegate.core.principal import Principal
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict
 from tidegate.orgs.service import lock_organization
@@ -58,6 +59,7 @@ def update_fields(
             details=changes,
             context=context,
         )
+        bump_access_epoch(session, row.org_id)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ def add_links(
             details={link.owner_label: owner.name, f"{link.member}s": added},
             context=context,
         )
+        bump_access_epoch(session, owner.org_id)
     return added
 
 
@@ -143,4 +146,5 @@ def remove_link(
             details={link.owner_label: owner.name, link.member: member},
             context=context,
         )
+        bump_access_epoch(session, owner.org_id)
     return removed

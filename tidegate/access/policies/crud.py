@@ -22,8 +22,9 @@ from tidegate.access.policies.validation import (
     resolve_user_ids,
     validate_policy_ids,
 )
-from tidegate.access.principal import Principal
 from tidegate.audit.record import RequestContext, record
+from tidegate.orgs.epoch import bump_access_epoch
+from tidegate.core.principal import Principal
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, InvalidRequest, NotFound
 from tidegate.ids import new_id
@@ -135,6 +136,7 @@ def create_policy(
         details={"name": name, "description": description, "source_ids": source_ids, "row_filters": row_filters},
         context=context,
     )
+    bump_access_epoch(session, org_id)
     return policy
 
 
@@ -210,6 +212,7 @@ def delete_policy(
         },
         context=context,
     )
+    bump_access_epoch(session, policy.org_id)
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,7 @@ def replace_user_policies(
             details={"old": current, "new": sorted(wanted), "added": added, "removed": removed},
             context=context,
         )
+        bump_access_epoch(session, org_id)
     return ReplaceResult(user_id=user.id, policy_ids=sorted(wanted), added=added, removed=removed)
 
 
@@ -322,4 +326,5 @@ def set_deny_by_default(
             details={"deny_by_default": {"old": old, "new": enabled}},
             context=context,
         )
+        bump_access_epoch(session, org.id)
     return org

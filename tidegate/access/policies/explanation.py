@@ -19,8 +19,8 @@ from tidegate.access.policies.resolution import (
     _subject_state,
     _user_filter,
 )
-from tidegate.access.restrictions import KeyRestrictions
-from tidegate.access.rowfilter import RowFilter
+from tidegate.core.restrictions import KeyRestrictions
+from tidegate.core.rowfilter import RowFilter
 from tidegate.orgs.service import get_user
 
 

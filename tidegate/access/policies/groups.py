@@ -18,8 +18,9 @@ from tidegate.access.policies.validation import (
     resolve_user_ids,
     validate_policy_ids,
 )
-from tidegate.access.principal import Principal
 from tidegate.audit.record import RequestContext, record
+from tidegate.orgs.epoch import bump_access_epoch
+from tidegate.core.principal import Principal
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, NotFound
 from tidegate.ids import new_id
@@ -110,6 +111,7 @@ def create_group(
         details={"name": name, "description": description},
         context=context,
     )
+    bump_access_epoch(session, org_id)
     return group
 
 
@@ -161,6 +163,7 @@ def delete_group(
         details={"name": group.name, "user_ids": sorted(member_ids), "policy_ids": policy_ids},
         context=context,
     )
+    bump_access_epoch(session, group.org_id)
 
 
 def add_group_members(

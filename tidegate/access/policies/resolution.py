@@ -32,8 +32,8 @@ from sqlalchemy import and_, select, union
 from sqlalchemy.orm import Session
 
 from tidegate.access.models import GroupMember, GroupPolicy, Policy, PolicyAssignment
-from tidegate.access.restrictions import KeyRestrictions
-from tidegate.access.rowfilter import Clause, RowFilter
+from tidegate.core.restrictions import KeyRestrictions
+from tidegate.core.rowfilter import Clause, RowFilter
 from tidegate.orgs.models import Organization, User
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from tidegate.access import sources
-from tidegate.access.principal import Principal
+from tidegate.core.principal import Principal
 from tidegate.credentials.authenticate import principal_for_key
 from tidegate.credentials.models import ApiKey
 from tidegate.data import engine
 from tidegate.db.engine import session_scope
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCANNED = [ROOT / "tidegate", ROOT / "bench"]
 
 # Where each name may appear in tidegate/ and bench/ (tests are free to build filters).
@@ -35,7 +35,7 @@ ALLOWED = {
     # Filters are made by resolution (policies) and the filter type itself; a filter alone
     # reads nothing, but an unrestricted one is still written out only where it is decided.
     "RowFilter(": {
-        "tidegate/access/rowfilter.py",
+        "tidegate/core/rowfilter.py",
         "tidegate/access/policies/resolution.py",
         "tidegate/access/sources.py",
     },
@@ -97,7 +97,7 @@ def test_engine_readers_take_the_capability_only():
 
 
 def test_a_source_access_cannot_be_forged():
-    from tidegate.access.rowfilter import RowFilter
+    from tidegate.core.rowfilter import RowFilter
 
     with pytest.raises(TypeError):
         sources.SourceAccess(source=None, version=None, permission="owner", row_filter=RowFilter(clauses=()))

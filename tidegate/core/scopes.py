@@ -1,7 +1,7 @@
 """Scopes (what a key may be granted), roles (what a user may do) and presets.
 
 This module is the one table that maps roles to permissions. A request is allowed a scope
-only when the key holds it AND the key's creator holds it *now* (see access.principal).
+only when the key holds it AND the key's creator holds it *now* (see core.principal and access.authorize).
 """
 
 from __future__ import annotations

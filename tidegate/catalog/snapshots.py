@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from tidegate.data.models import Source, SourceVersion
+from tidegate.catalog.models import Source, SourceVersion
 
 
 @dataclass(frozen=True)
