@@ -1,0 +1,248 @@
+"""A query worker PROCESS whose memory the kernel limits: the per-query ceiling that holds.
+
+DuckDB's own `memory_limit` does not count everything (a string one function call builds:
+`replace`, `levenshtein`, repeated concatenation, `string_agg`, list functions ...), so such a
+query could use several times the ceiling. Here each query runs in a pre-started worker
+process with RLIMIT_DATA set (cgroup v1 here is read-only, and RLIMIT_AS fails DuckDB, which
+reserves gigabytes of address space it never touches). RLIMIT_DATA counts private writable
+memory; it is set, after a warm-up query has started DuckDB's threads and allocator, to what
+the warm worker uses plus the ceiling, so any allocation past it fails: DuckDB raises
+OutOfMemoryException, Python MemoryError, and if something aborts instead the process dies.
+Either way the caller gets `query_too_large` and the pool replaces the worker.
+
+What the worker sees: only the caller's rows, ALREADY filtered by the parent's trusted code
+(`engine._filtered`), passed as a sealed read-only memfd holding an Arrow IPC file (shared
+and read-only, so it does not count against the worker's ceiling, and a worker cannot alter
+what another one reads), and the query both parsers accepted. It never gets a path to
+unfiltered data or a filter to apply: a bug in the worker cannot widen what a caller sees.
+
+Processes come from multiprocessing's 'forkserver' context: the server has threads, and
+forking it directly could copy a lock held by another thread; spawn would re-import the
+server per worker (seconds); the fork server imports this module once, forks it quickly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import mmap
+import multiprocessing
+import os
+import resource
+import signal
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
+
+import duckdb
+import pyarrow as pa
+
+from tidegate.data import sandbox
+from tidegate.errors import InvalidRequest, ServiceUnavailable
+
+# Linux nice value of query workers: with 2 cores and a few queries each using them fully,
+# the event loop and management threads would otherwise get a small share of the CPU.
+QUERY_NICE = 10
+# Room above the warm worker's use for what varies between queries without being the
+# query's (a per-query timer thread's stack, Python objects of the reply).
+SLACK_BYTES = 32 * 1024 * 1024
+# How long a worker may take to start (import, open and lock down its database, warm up).
+START_SECONDS = 30.0
+# How long after the deadline a worker that did not answer is given before it is killed.
+KILL_AFTER_SECONDS = 1.0
+
+_WARM_UP = "SELECT region, count(*), string_agg(region, ',') FROM data GROUP BY region ORDER BY 1"
+
+
+def too_large() -> InvalidRequest:
+    return InvalidRequest("query_too_large", "The query needs more memory than queries may use.")
+
+
+def worker_lost() -> ServiceUnavailable:
+    return ServiceUnavailable("query_worker_lost", "The query's worker stopped unexpectedly; retry the query.")
+
+
+@dataclass(frozen=True)
+class Job:
+    query: sandbox.ValidatedQuery
+    page: int
+    page_size: int
+    budget: sandbox.Budget  # its deadline is time.monotonic(), one clock for every process on Linux
+    table_token: int  # which shared table `data` is (sent before, with its descriptor, if new)
+
+
+# ---------------------------------------------------------------------------------------
+# The worker process
+# ---------------------------------------------------------------------------------------
+
+
+def _data_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _warm_up(connection: duckdb.DuckDBPyConnection) -> None:
+    """One small query through the whole path, so that DuckDB's threads and allocator
+    exist before the limit is set on top of what they use."""
+    table = pa.table({"region": ["US", "EU", "APAC"] * 100})
+    query = sandbox.ValidatedQuery(sql=_WARM_UP, cte_names=frozenset())
+    sandbox.run(query, table, page=1, page_size=10, budget=sandbox.Budget.starting_now(30.0), connection=connection)
+
+
+def _open_table(fd: int) -> pa.Table:
+    """The shared table: a zero-copy, read-only view of the parent's sealed memfd."""
+    try:
+        mapped = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)  # unmapped with the table
+        return pa.ipc.open_file(pa.py_buffer(mapped)).read_all()
+    finally:
+        os.close(fd)
+
+
+def _serve(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
+    os.setpriority(os.PRIO_PROCESS, 0, QUERY_NICE)  # before DuckDB starts threads, which inherit it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the server is the server's to handle
+    connection = sandbox.open_connection(memory_limit=f"{max(memory_limit_bytes // 1024, 1024)}KiB", threads=threads)
+    _warm_up(connection)
+    ceiling = _data_bytes() + memory_limit_bytes + SLACK_BYTES
+    resource.setrlimit(resource.RLIMIT_DATA, (ceiling, ceiling))
+    conn.send(("ready", os.getpid()))
+    table, token = None, None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the server went away
+        if message[0] == "table":
+            table, token = None, None  # drop the previous mapping first
+            fd = recv_handle(conn)
+            try:
+                table, token = _open_table(fd), message[1]
+            except (MemoryError, pa.ArrowMemoryError):
+                pass  # the job that follows answers query_too_large
+            continue
+        job: Job = message[1]
+        try:
+            if job.table_token != token or table is None:
+                raise MemoryError  # it could not map it
+            result, total = sandbox.run(
+                job.query, table, page=job.page, page_size=job.page_size, budget=job.budget, connection=connection
+            )
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, result.schema) as writer:
+                writer.write_table(result)
+            reply = ("ok", sink.getvalue(), total)
+            del result, sink
+        except InvalidRequest as exc:
+            reply = ("refused", exc.code, exc.message)
+        except (MemoryError, pa.ArrowMemoryError):
+            reply = ("refused", "query_too_large", too_large().message)
+        except Exception as exc:  # noqa: BLE001 - a bug: the parent raises it (500, logged)
+            reply = ("failed", f"{type(exc).__name__}: {exc}")
+        conn.send(reply)
+
+
+def _main(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
+    try:
+        _serve(conn, memory_limit_bytes, threads)
+    except (MemoryError, pa.ArrowMemoryError):
+        os._exit(3)  # out of memory outside a query's handling: the parent answers query_too_large
+
+
+# ---------------------------------------------------------------------------------------
+# The parent's side
+# ---------------------------------------------------------------------------------------
+
+_context = multiprocessing.get_context("forkserver")
+_context.set_forkserver_preload([__name__])
+_tokens = itertools.count(1)
+
+
+class SharedTable:
+    """A filtered table as a sealed, read-only memfd that workers map (made once, sent to
+    each worker that runs a query on it). The table is kept so its identity is never reused."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        self.token = next(_tokens)
+        self.fd = os.memfd_create("tidegate-query-data", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            with pa.OSFile(f"/proc/self/fd/{self.fd}", "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, seals)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        os.close(self.fd)  # workers that mapped it keep their mapping
+
+
+class Worker:
+    """One worker process, used by one pool thread at a time."""
+
+    def __init__(self, memory_limit_bytes: int, threads: int):
+        self._conn, child = _context.Pipe(duplex=True)  # a socket pair: descriptors can pass
+        self.process = _context.Process(
+            target=_main, args=(child, memory_limit_bytes, threads), name="tidegate-query-worker", daemon=True
+        )
+        self.process.start()
+        child.close()
+        self._ready = False
+        self._token: int | None = None
+
+    def _wait_ready(self) -> None:
+        """Started, warmed up and limited; a worker that could not start is lost (503)."""
+        if not self._ready:
+            try:
+                if not self._conn.poll(START_SECONDS):
+                    raise worker_lost()
+                self._conn.recv()
+            except (EOFError, OSError):
+                raise worker_lost() from None
+            self._ready = True
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def run(self, job: Job, table: SharedTable) -> tuple[pa.Table, int]:
+        """The job's result (the capped page as Arrow, and the total), or its refusal.
+        A worker that dies, or does not answer a second after the deadline (killed), raises;
+        the caller then replaces it."""
+        self._wait_ready()
+        try:
+            if self._token != table.token:
+                self._conn.send(("table", table.token))
+                send_handle(self._conn, table.fd, self.process.pid)
+                self._token = table.token
+            self._conn.send(("run", job))
+            if not self._conn.poll(max(job.budget.remaining(), 0.0) + KILL_AFTER_SECONDS):
+                self.kill()
+                raise job.budget.timed_out()
+            reply = self._conn.recv()
+        except (EOFError, OSError, ConnectionError):
+            raise self._died() from None
+        if reply[0] == "refused":
+            raise InvalidRequest(reply[1], reply[2])
+        if reply[0] == "failed":
+            raise RuntimeError(f"query worker: {reply[1]}")
+        return pa.ipc.open_stream(reply[1]).read_all(), reply[2]
+
+    def _died(self) -> Exception:
+        """Why the worker stopped: killed from outside (503, retry) or out of memory (400)."""
+        self.process.join(2.0)
+        if self.process.exitcode == -signal.SIGKILL:
+            return worker_lost()
+        return too_large()  # aborted or exited on an allocation failure
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5.0)
+        self._conn.close()
+
+    def close(self) -> None:
+        self.kill()
