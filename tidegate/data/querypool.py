@@ -54,6 +54,9 @@ GRACE_SECONDS = 0.5
 QUERY_NICE = queryworker.QUERY_NICE  # of query threads too (they read the filtered rows)
 # DuckDB threads per worker process (as the shared connection's default).
 WORKER_THREADS = 2
+# Refusals after which a worker is replaced: it may hold the memory it got, or be gone (one
+# that did not stop at its deadline was killed: replaced as not alive).
+_REPLACE_AFTER = ("query_too_large", "query_worker_lost")
 
 
 def _busy(message: str) -> RateLimited:
@@ -160,17 +163,21 @@ class QueryPool:
                 return sandbox.execute(query, table, page=page, page_size=page_size, budget=budget)
             shared = self._shared_table(table)
             job = queryworker.Job(query, page, page_size, budget, shared.token)
-            worker = worker_box[0]
-            try:
-                result, total = worker.run(job, shared)
-            except Exception as exc:
-                # A worker that ran out of memory may keep it (or be dying); one that was
-                # killed is gone: a fresh one takes its place.
-                if getattr(exc, "code", None) in ("query_too_large", "query_worker_lost", "query_timeout") or (
-                    not worker.is_alive()
-                ):
+            for attempt in range(2):
+                worker = worker_box[0]
+                try:
+                    result, total = worker.run(job, shared)
+                    break
+                except queryworker.WorkerGone:  # killed while idle: a fresh one runs the query
                     worker_box[0] = self._replace(worker)
-                raise
+                    if attempt:
+                        raise queryworker.worker_lost() from None
+                except Exception as exc:
+                    # A worker that ran out of memory may keep it (or be dying); one that was
+                    # killed is gone: a fresh one takes its place.
+                    if getattr(exc, "code", None) in _REPLACE_AFTER or not worker.is_alive():
+                        worker_box[0] = self._replace(worker)
+                    raise
             rows, columns = sandbox.rows_of(result)
             return rows, total, columns
 
@@ -214,7 +221,10 @@ class QueryPool:
         if not getattr(self._local, "niced", False):
             _lower_priority()
             self._local.niced = True
-        box = [self._idle.get()]
+        worker = self._idle.get()
+        if not worker.is_alive():  # killed while idle: replaced before a query is lost with it
+            worker = self._replace(worker)
+        box = [worker]
         try:
             return work(budget, self._execute(box))
         finally:

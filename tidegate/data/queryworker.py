@@ -62,6 +62,10 @@ def worker_lost() -> ServiceUnavailable:
     return ServiceUnavailable("query_worker_lost", "The query's worker stopped unexpectedly; retry the query.")
 
 
+class WorkerGone(Exception):
+    """The worker had died before it got the job: nothing of it ran, another worker may run it."""
+
+
 @dataclass(frozen=True)
 class Job:
     query: sandbox.ValidatedQuery
@@ -219,11 +223,15 @@ class Worker:
                 send_handle(self._conn, table.fd, self.process.pid)
                 self._token = table.token
             self._conn.send(("run", job))
+        except OSError:  # its end of the socket is closed: it died while idle
+            self.process.join(2.0)
+            raise WorkerGone from None
+        try:
             if not self._conn.poll(max(job.budget.remaining(), 0.0) + KILL_AFTER_SECONDS):
                 self.kill()
                 raise job.budget.timed_out()
             reply = self._conn.recv()
-        except (EOFError, OSError, ConnectionError):
+        except (EOFError, OSError):
             raise self._died() from None
         if reply[0] == "refused":
             raise InvalidRequest(reply[1], reply[2])

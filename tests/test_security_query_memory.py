@@ -1,0 +1,138 @@
+"""Issue 8, section 3: the per-query memory ceiling holds for ANY query.
+
+DuckDB does not count a string or list one function call builds, so `replace` with a large
+replacement, `damerau_levenshtein` on long values, repeated concatenation in a recursive CTE,
+`string_agg` and `list_concat` once used several times the ceiling (3.2 GB against 256 MiB).
+Each query now runs in a worker process whose memory the kernel limits (RLIMIT_DATA):
+
+- each of those blowups is refused with 400 `query_too_large`, fast; the server process's
+  memory stays bounded; the next query works; the pool is back to full strength;
+- a worker killed (kill -9) in the middle of a query answers 503 `query_worker_lost`, and
+  the pool replaces it;
+- the worker only ever gets the caller's filtered rows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from server import Server, live_processes, running_server
+from test_security_query_cost import error_code, make_source, query
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 2
+LIMITS = {
+    "TIDEGATE_QUERY_TIMEOUT_SECONDS": "8",
+    "TIDEGATE_QUERY_MEMORY_LIMIT_BYTES": str(256 * 1024 * 1024),
+    "TIDEGATE_QUERY_WORKERS": str(WORKERS),
+}
+# Without the process ceiling (DuckDB's memory_limit only, 256 MiB), measured: replace 3.3 GB
+# until the timeout, damerau_levenshtein 3.2 GB and answered, the recursive concatenation
+# 440 MB, list_concat 390 MB.
+# b: a 100,000-character string (lpad may pad to 1,000 at most: querycost).
+LONG = "WITH s AS (SELECT string_agg(lpad('', 1000, 'y'), '') AS b FROM data WHERE amount < 100) "
+BLOWUPS = {
+    "replace": LONG + "SELECT length(replace(replace(left(b, 20000), 'y', 'x'), 'x', b)) AS n FROM s",
+    "levenshtein": LONG + "SELECT damerau_levenshtein(left(b, 20000), replace(left(b, 20000), 'y', 'z')) AS n FROM s",
+    "recursive concatenation": (
+        "WITH RECURSIVE r(i, s) AS (SELECT 1, 'x' UNION ALL SELECT i + 1, s || s FROM r WHERE i < 31) "
+        "SELECT max(length(s)) AS n FROM r"
+    ),
+    "string_agg": "SELECT length(string_agg(lpad(a.region, 300, 'x'), '')) AS n FROM data a, data b",
+    "list_concat": (
+        "WITH RECURSIVE r(i, l) AS (SELECT 1, [1] UNION ALL SELECT i + 1, list_concat(l, l) FROM r WHERE i < 28) "
+        "SELECT max(len(l)) AS n FROM r"
+    ),
+}
+# The server process (not its query workers) stays under this; measured ~200 MB at its peak.
+SERVER_PEAK_MB = 600
+
+
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field}")
+
+
+def query_workers(server: Server) -> list[int]:
+    """The query worker processes: children of the fork server, itself the server's child."""
+    processes = live_processes()
+    children = {pid for pid, parent, _ in processes if parent == server.proc.pid}
+    return [pid for pid, parent, _ in processes if parent in children]
+
+
+def wait_for_workers(server: Server, count: int, timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (workers := query_workers(server)) and len(workers) != count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return workers
+
+
+def cpu_ticks(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@pytest.fixture(scope="module")
+def ceiling(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("query-memory"), extra_env=LIMITS) as srv:
+        _, key = srv.new_admin_key()
+        source_id = make_source(srv, key)
+        assert query(srv, key, source_id, "SELECT 1 AS one").status_code == 200  # the pool is up
+        yield srv, key, source_id
+
+
+@pytest.mark.parametrize("sql", list(BLOWUPS.values()), ids=list(BLOWUPS))
+def test_a_blowup_is_refused_and_the_pool_recovers(ceiling, sql):
+    server, key, source_id = ceiling
+    started = time.monotonic()
+    resp = query(server, key, source_id, sql)
+    assert resp.status_code == 400 and error_code(resp) == "query_too_large", resp.text
+    assert resp.json()["error"]["message"] == "The query needs more memory than queries may use."
+    assert time.monotonic() - started < 8
+    assert rss_mb(server.proc.pid) < SERVER_PEAK_MB, f"the server peaked at {rss_mb(server.proc.pid):.0f} MB"
+    for worker in query_workers(server):
+        assert rss_mb(worker, "VmRSS") < 256 + 300  # the ceiling, above what a warm worker uses
+    ok = query(server, key, source_id, "SELECT region, count(*) AS n FROM data GROUP BY region ORDER BY region")
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["data"] == [{"region": "APAC", "n": 666}, {"region": "EU", "n": 667}, {"region": "US", "n": 667}]
+    assert len(wait_for_workers(server, WORKERS)) == WORKERS
+
+
+def test_a_worker_killed_mid_query_answers_503_and_is_replaced(ceiling):
+    server, key, source_id = ceiling
+    workers = wait_for_workers(server, WORKERS)
+    assert len(workers) == WORKERS
+    before = {pid: cpu_ticks(pid) for pid in workers}
+    answer = {}
+    slow = "SELECT count(*) AS n FROM data a, data b, data c WHERE a.amount + b.amount + c.amount > 0"
+    thread = threading.Thread(target=lambda: answer.setdefault("resp", query(server, key, source_id, slow)))
+    thread.start()
+    time.sleep(1.5)
+    busy = max(workers, key=lambda pid: cpu_ticks(pid) - before[pid])
+    os.kill(busy, signal.SIGKILL)
+    thread.join(10)
+    resp = answer["resp"]
+    assert resp.status_code == 503 and error_code(resp) == "query_worker_lost", resp.text
+    assert resp.headers["Retry-After"]
+    assert query(server, key, source_id, "SELECT count(*) AS n FROM data").json()["data"] == [{"n": 2000}]
+    replaced = wait_for_workers(server, WORKERS)
+    assert len(replaced) == WORKERS and busy not in replaced
+
+
+def test_an_idle_worker_killed_is_replaced_before_a_query_needs_it(ceiling):
+    server, key, source_id = ceiling
+    for pid in wait_for_workers(server, WORKERS):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(2 * WORKERS):
+        resp = query(server, key, source_id, "SELECT count(*) AS n FROM data")
+        assert resp.status_code == 200 and resp.json()["data"] == [{"n": 2000}], resp.text
+    assert len(wait_for_workers(server, WORKERS)) == WORKERS
