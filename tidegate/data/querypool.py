@@ -84,8 +84,9 @@ class QueryPool:
         # thread holds at most one, so one is always free for a running thread.
         self._idle: queue.SimpleQueue[queryworker.Worker] = queue.SimpleQueue()
         self._workers: list[queryworker.Worker] = []
-        for _ in range(limits.workers):
-            self._idle.put(self._start_worker())
+        # Started by a thread of their own: the first query's request must not wait on the
+        # event loop for the fork server to start (its threads wait for a worker instead).
+        threading.Thread(target=self._start_workers, name="tidegate-query-start", daemon=True).start()
         # Filtered tables shared with workers, by identity (kept alive here, so an identity is
         # never reused for other rows while its entry exists), most recently used last.
         self._shared: OrderedDict[int, queryworker.SharedTable] = OrderedDict()
@@ -122,6 +123,10 @@ class QueryPool:
             self._per_org[org] -= 1
             self._admitted -= 1
 
+    def _start_workers(self) -> None:
+        for _ in range(self.limits.workers):
+            self._idle.put(self._start_worker())
+
     def _start_worker(self) -> queryworker.Worker:
         worker = queryworker.Worker(self.limits.memory_limit_bytes, WORKER_THREADS)
         with self._lock:
@@ -145,15 +150,15 @@ class QueryPool:
             if shared is not None and shared.table is table:
                 self._shared.move_to_end(id(table))
                 return shared
-        shared = queryworker.SharedTable(table)  # outside the lock: it copies the table
+        made = queryworker.SharedTable(table)  # outside the lock: it copies the table
         with self._lock:
-            old = self._shared.pop(id(table), None)
-            self._shared[id(table)] = shared
+            shared = self._shared.get(id(table))
+            if shared is not None and shared.table is table:
+                return shared  # another thread made it meanwhile; `made` is dropped unused
+            self._shared[id(table)] = made
             while len(self._shared) > 2 * self.limits.workers:
-                self._shared.popitem(last=False)[1].close()
-        if old is not None:
-            old.close()
-        return shared
+                self._shared.popitem(last=False)  # its descriptor closes once no thread holds it
+        return made
 
     def _execute(self, worker_box: list[queryworker.Worker]):
         """What `work` runs a query with: the signature of `sandbox.execute`, in a worker."""
@@ -234,11 +239,9 @@ class QueryPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             workers, self._workers = list(self._workers), []
-            shared, self._shared = list(self._shared.values()), OrderedDict()
+            self._shared.clear()
         for worker in workers:
             worker.close()
-        for table in shared:
-            table.close()
 
 
 _pools: dict[tuple[int, QueryLimits], QueryPool] = {}

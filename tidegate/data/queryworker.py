@@ -16,9 +16,12 @@ and read-only, so it does not count against the worker's ceiling, and a worker c
 what another one reads), and the query both parsers accepted. It never gets a path to
 unfiltered data or a filter to apply: a bug in the worker cannot widen what a caller sees.
 
-Processes come from multiprocessing's 'forkserver' context: the server has threads, and
-forking it directly could copy a lock held by another thread; spawn would re-import the
-server per worker (seconds); the fork server imports this module once, forks it quickly.
+A worker is a program of its own (`python -c "... queryworker.main()"`, fork and exec by
+subprocess, safe from a process with threads), talking over a socket pair. Not
+multiprocessing's 'spawn' or 'forkserver': both re-run the server's main module in every
+worker (the whole server imported again: 12 workers starting kept a loaded 2-core machine
+busy for over 10 s, at normal priority; the fork server's `__main__` preload does not apply
+on Python 3.11). Workers start once and are reused; only a replacement starts one again.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from __future__ import annotations
 import fcntl
 import itertools
 import mmap
-import multiprocessing
 import os
 import resource
 import signal
+import socket
+import subprocess
+import sys
+import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
@@ -113,24 +119,26 @@ def _serve(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
     ceiling = _data_bytes() + memory_limit_bytes + SLACK_BYTES
     resource.setrlimit(resource.RLIMIT_DATA, (ceiling, ceiling))
     conn.send(("ready", os.getpid()))
-    table, token = None, None
+    table, token, failure = None, None, None
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return  # the server went away
         if message[0] == "table":
-            table, token = None, None  # drop the previous mapping first
+            table, token, failure = None, None, None  # drop the previous mapping first
             fd = recv_handle(conn)
             try:
                 table, token = _open_table(fd), message[1]
             except (MemoryError, pa.ArrowMemoryError):
-                pass  # the job that follows answers query_too_large
+                failure = MemoryError()  # the job that follows answers query_too_large
+            except Exception as exc:  # noqa: BLE001 - a bug: the job that follows reports it
+                failure = RuntimeError(f"the query's table could not be read: {type(exc).__name__}: {exc}")
             continue
         job: Job = message[1]
         try:
             if job.table_token != token or table is None:
-                raise MemoryError  # it could not map it
+                raise failure or RuntimeError("the worker was not given the query's table")
             result, total = sandbox.run(
                 job.query, table, page=job.page, page_size=job.page_size, budget=job.budget, connection=connection
             )
@@ -148,25 +156,25 @@ def _serve(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
         conn.send(reply)
 
 
-def _main(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
+def main() -> None:
+    """The worker program: `python -c '...main()' <socket fd> <memory limit bytes> <threads>`."""
+    fd, memory_limit_bytes, threads = (int(arg) for arg in sys.argv[1:4])
     try:
-        _serve(conn, memory_limit_bytes, threads)
+        _serve(Connection(fd), memory_limit_bytes, threads)
     except (MemoryError, pa.ArrowMemoryError):
         os._exit(3)  # out of memory outside a query's handling: the parent answers query_too_large
 
 
-# ---------------------------------------------------------------------------------------
-# The parent's side
-# ---------------------------------------------------------------------------------------
-
-_context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload([__name__])
 _tokens = itertools.count(1)
 
 
 class SharedTable:
     """A filtered table as a sealed, read-only memfd that workers map (made once, sent to
-    each worker that runs a query on it). The table is kept so its identity is never reused."""
+    each worker that runs a query on it). The table is kept so its identity is never reused.
+
+    The descriptor is closed only when nothing refers to this object any more (never while
+    a pool thread may still send it: a closed number reused for another file could
+    otherwise reach a worker)."""
 
     def __init__(self, table: pa.Table):
         self.table = table
@@ -180,21 +188,25 @@ class SharedTable:
         except BaseException:
             os.close(self.fd)
             raise
-
-    def close(self) -> None:
-        os.close(self.fd)  # workers that mapped it keep their mapping
+        weakref.finalize(self, os.close, self.fd)  # workers that mapped it keep their mapping
 
 
 class Worker:
     """One worker process, used by one pool thread at a time."""
 
     def __init__(self, memory_limit_bytes: int, threads: int):
-        self._conn, child = _context.Pipe(duplex=True)  # a socket pair: descriptors can pass
-        self.process = _context.Process(
-            target=_main, args=(child, memory_limit_bytes, threads), name="tidegate-query-worker", daemon=True
-        )
-        self.process.start()
-        child.close()
+        ours, theirs = socket.socketpair()  # a Unix socket: descriptors can pass over it
+        with ours, theirs:
+            program = (
+                f"import os; os.setpriority(os.PRIO_PROCESS, 0, {QUERY_NICE}); "  # before its imports
+                "from tidegate.data.queryworker import main; main()"
+            )
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", program, str(theirs.fileno()), str(memory_limit_bytes), str(threads)],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+            self._conn = Connection(ours.detach())
         self._ready = False
         self._token: int | None = None
 
@@ -210,7 +222,7 @@ class Worker:
             self._ready = True
 
     def is_alive(self) -> bool:
-        return self.process.is_alive()
+        return self.process.poll() is None
 
     def run(self, job: Job, table: SharedTable) -> tuple[pa.Table, int]:
         """The job's result (the capped page as Arrow, and the total), or its refusal.
@@ -224,7 +236,7 @@ class Worker:
                 self._token = table.token
             self._conn.send(("run", job))
         except OSError:  # its end of the socket is closed: it died while idle
-            self.process.join(2.0)
+            self._reap()
             raise WorkerGone from None
         try:
             if not self._conn.poll(max(job.budget.remaining(), 0.0) + KILL_AFTER_SECONDS):
@@ -241,15 +253,21 @@ class Worker:
 
     def _died(self) -> Exception:
         """Why the worker stopped: killed from outside (503, retry) or out of memory (400)."""
-        self.process.join(2.0)
-        if self.process.exitcode == -signal.SIGKILL:
+        self._reap()
+        if self.process.returncode == -signal.SIGKILL:
             return worker_lost()
         return too_large()  # aborted or exited on an allocation failure
 
+    def _reap(self) -> None:
+        try:
+            self.process.wait(2.0)
+        except subprocess.TimeoutExpired:
+            pass
+
     def kill(self) -> None:
-        if self.process.is_alive():
+        if self.process.poll() is None:
             self.process.kill()
-        self.process.join(5.0)
+        self._reap()
         self._conn.close()
 
     def close(self) -> None:
