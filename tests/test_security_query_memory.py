@@ -62,10 +62,16 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
 
 
 def query_workers(server: Server) -> list[int]:
-    """The query worker processes: children of the fork server, itself the server's child."""
-    processes = live_processes()
-    children = {pid for pid, parent, _ in processes if parent == server.proc.pid}
-    return [pid for pid, parent, _ in processes if parent in children]
+    """The query worker processes: the server's children running the worker program."""
+    workers = []
+    for pid, parent, _ in live_processes():
+        if parent == server.proc.pid:
+            try:
+                if b"tidegate.data.queryworker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    workers.append(pid)
+            except OSError:
+                pass  # gone meanwhile
+    return workers
 
 
 def wait_for_workers(server: Server, count: int, timeout: float = 10.0) -> list[int]:
@@ -136,3 +142,50 @@ def test_an_idle_worker_killed_is_replaced_before_a_query_needs_it(ceiling):
         resp = query(server, key, source_id, "SELECT count(*) AS n FROM data")
         assert resp.status_code == 200 and resp.json()["data"] == [{"n": 2000}], resp.text
     assert len(wait_for_workers(server, WORKERS)) == WORKERS
+
+
+# -- the worker itself, without a server ---------------------------------------------------
+
+
+def _worker_job(sql: str, table):
+    from tidegate.data import queryworker, sandbox
+
+    shared = queryworker.SharedTable(table)
+    return shared, queryworker.Job(sandbox.validate_query(sql), 1, 10, sandbox.Budget.starting_now(20.0), shared.token)
+
+
+def test_a_worker_peaks_near_its_ceiling_not_gigabytes_over_it():
+    import pyarrow as pa
+
+    from tidegate.data import queryworker
+    from tidegate.errors import InvalidRequest
+
+    table = pa.table({"region": ["US", "EU", "APAC"] * 667, "amount": list(range(2001))})
+    worker = queryworker.Worker(256 * 1024 * 1024, 2)
+    try:
+        shared, job = _worker_job(BLOWUPS["levenshtein"], table)
+        with pytest.raises(InvalidRequest) as refused:
+            worker.run(job, shared)
+        assert refused.value.code == "query_too_large"
+        # 256 MiB over a warm worker (~130 MB), plus a little slack: not the 3.2 GB of old.
+        assert rss_mb(worker.process.pid) < 256 + 250, rss_mb(worker.process.pid)
+        shared, job = _worker_job("SELECT count(*) AS n FROM data WHERE region = 'EU'", table)
+        result, total = worker.run(job, shared)
+        assert result.to_pylist() == [{"n": 667}] and total == 1
+    finally:
+        worker.close()
+
+
+def test_the_rows_a_worker_gets_are_sealed_read_only():
+    import fcntl
+
+    import pyarrow as pa
+
+    from tidegate.data import queryworker
+
+    shared = queryworker.SharedTable(pa.table({"n": [1, 2, 3]}))
+    seals = fcntl.fcntl(shared.fd, fcntl.F_GET_SEALS)
+    for seal in (fcntl.F_SEAL_WRITE, fcntl.F_SEAL_GROW, fcntl.F_SEAL_SHRINK, fcntl.F_SEAL_SEAL):
+        assert seals & seal
+    with pytest.raises(PermissionError):
+        os.pwrite(shared.fd, b"x", 0)

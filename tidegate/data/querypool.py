@@ -226,11 +226,12 @@ class QueryPool:
         if not getattr(self._local, "niced", False):
             _lower_priority()
             self._local.niced = True
-        worker = self._idle.get()
+        worker = self._idle.get()  # at once, unless the pool's workers are still starting
         if not worker.is_alive():  # killed while idle: replaced before a query is lost with it
             worker = self._replace(worker)
         box = [worker]
         try:
+            budget.check_time()
             return work(budget, self._execute(box))
         finally:
             self._idle.put(box[0])

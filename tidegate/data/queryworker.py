@@ -199,6 +199,11 @@ class Worker:
         with ours, theirs:
             program = (
                 f"import os; os.setpriority(os.PRIO_PROCESS, 0, {QUERY_NICE}); "  # before its imports
+                # Arrow's default allocator (mimalloc) reserves 1 GiB of writable memory at its
+                # first use: counted in the limit but untouched, it would let the worker's real
+                # use grow 1 GiB past the ceiling. The C allocator reserves address space
+                # without write access, which is not counted. (Read by Arrow as it loads.)
+                "os.environ['ARROW_DEFAULT_MEMORY_POOL'] = 'system'; "
                 "from tidegate.data.queryworker import main; main()"
             )
             self.process = subprocess.Popen(
@@ -210,11 +215,13 @@ class Worker:
         self._ready = False
         self._token: int | None = None
 
-    def _wait_ready(self) -> None:
-        """Started, warmed up and limited; a worker that could not start is lost (503)."""
+    def _wait_ready(self, budget: sandbox.Budget) -> None:
+        """Started, warmed up and limited. One still starting at the query's deadline times
+        the query out (and goes on starting); one that could not start is lost (503)."""
         if not self._ready:
             try:
-                if not self._conn.poll(START_SECONDS):
+                if not self._conn.poll(max(min(START_SECONDS, budget.remaining()), 0.0)):
+                    budget.check_time()
                     raise worker_lost()
                 self._conn.recv()
             except (EOFError, OSError):
@@ -228,7 +235,7 @@ class Worker:
         """The job's result (the capped page as Arrow, and the total), or its refusal.
         A worker that dies, or does not answer a second after the deadline (killed), raises;
         the caller then replaces it."""
-        self._wait_ready()
+        self._wait_ready(job.budget)
         try:
             if self._token != table.token:
                 self._conn.send(("table", table.token))
