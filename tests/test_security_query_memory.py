@@ -151,7 +151,7 @@ def _worker_job(sql: str, table):
     from tidegate.data import queryworker, sandbox
 
     shared = queryworker.SharedTable(table)
-    return shared, queryworker.Job(sandbox.validate_query(sql), 1, 10, sandbox.Budget.starting_now(20.0), shared.token)
+    return shared, queryworker.Job(sandbox.validate_query(sql), 1, 10, sandbox.Budget.starting_now(60.0), shared.token)
 
 
 def test_a_worker_peaks_near_its_ceiling_not_gigabytes_over_it():

@@ -57,6 +57,8 @@ WORKER_THREADS = 2
 # Refusals after which a worker is replaced: it may hold the memory it got, or be gone (one
 # that did not stop at its deadline was killed: replaced as not alive).
 _REPLACE_AFTER = ("query_too_large", "query_worker_lost")
+# Filtered tables kept shared with workers (beyond the one a query uses), at most this large.
+SHARED_TABLE_BYTES = 1024 * 1024 * 1024
 
 
 def _busy(message: str) -> RateLimited:
@@ -84,8 +86,8 @@ class QueryPool:
         # thread holds at most one, so one is always free for a running thread.
         self._idle: queue.SimpleQueue[queryworker.Worker] = queue.SimpleQueue()
         self._workers: list[queryworker.Worker] = []
-        # Started by a thread of their own: the first query's request must not wait on the
-        # event loop for the fork server to start (its threads wait for a worker instead).
+        # Started by a thread of their own, so that making the pool never holds up the event
+        # loop (a query's thread waits for a worker instead, within its deadline).
         threading.Thread(target=self._start_workers, name="tidegate-query-start", daemon=True).start()
         # Filtered tables shared with workers, by identity (kept alive here, so an identity is
         # never reused for other rows while its entry exists), most recently used last.
@@ -156,7 +158,11 @@ class QueryPool:
             if shared is not None and shared.table is table:
                 return shared  # another thread made it meanwhile; `made` is dropped unused
             self._shared[id(table)] = made
-            while len(self._shared) > 2 * self.limits.workers:
+            # Kept: a few tables, of bounded size (an entry holds its table in this process).
+            while len(self._shared) > 1 and (
+                len(self._shared) > 2 * self.limits.workers
+                or sum(entry.table.nbytes for entry in self._shared.values()) > SHARED_TABLE_BYTES
+            ):
                 self._shared.popitem(last=False)  # its descriptor closes once no thread holds it
         return made
 
@@ -226,7 +232,10 @@ class QueryPool:
         if not getattr(self._local, "niced", False):
             _lower_priority()
             self._local.niced = True
-        worker = self._idle.get()  # at once, unless the pool's workers are still starting
+        try:  # at once, unless the pool's workers are still starting
+            worker = self._idle.get(timeout=max(budget.remaining(), 0.0))
+        except queue.Empty:
+            raise budget.timed_out() from None
         if not worker.is_alive():  # killed while idle: replaced before a query is lost with it
             worker = self._replace(worker)
         box = [worker]
