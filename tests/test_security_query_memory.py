@@ -189,3 +189,26 @@ def test_the_rows_a_worker_gets_are_sealed_read_only():
         assert seals & seal
     with pytest.raises(PermissionError):
         os.pwrite(shared.fd, b"x", 0)
+
+
+def test_a_worker_that_does_not_stop_at_its_deadline_is_killed():
+    import pyarrow as pa
+
+    from tidegate.data import queryworker, sandbox
+    from tidegate.errors import InvalidRequest
+
+    table = pa.table({"n": list(range(10))})
+    worker = queryworker.Worker(256 * 1024 * 1024, 2)
+    try:
+        shared, job = _worker_job("SELECT count(*) AS n FROM data", table)
+        assert worker.run(job, shared)[1] == 1  # started and ready
+        os.kill(worker.process.pid, signal.SIGSTOP)  # deaf to the interrupt, as a stuck call would be
+        budget = sandbox.Budget.starting_now(1.0)
+        started = time.monotonic()
+        with pytest.raises(InvalidRequest) as timed_out:
+            worker.run(queryworker.Job(job.query, 1, 10, budget, shared.token), shared)
+        assert timed_out.value.code == "query_timeout"
+        assert time.monotonic() - started < 1.0 + queryworker.KILL_AFTER_SECONDS + 2
+        assert not worker.is_alive() and worker.process.returncode == -signal.SIGKILL
+    finally:
+        worker.close()
