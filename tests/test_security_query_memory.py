@@ -150,7 +150,7 @@ def test_an_idle_worker_killed_is_replaced_before_a_query_needs_it(ceiling):
 def _worker_job(sql: str, table):
     from tidegate.data import queryworker, sandbox
 
-    shared = queryworker.SharedTable(table)
+    shared = queryworker.SharedTable.of(table)
     return shared, queryworker.Job(sandbox.validate_query(sql), 1, 10, sandbox.Budget.starting_now(60.0), shared.token)
 
 
@@ -183,7 +183,7 @@ def test_the_rows_a_worker_gets_are_sealed_read_only():
 
     from tidegate.data import queryworker
 
-    shared = queryworker.SharedTable(pa.table({"n": [1, 2, 3]}))
+    shared = queryworker.SharedTable.of(pa.table({"n": [1, 2, 3]}))
     seals = fcntl.fcntl(shared.fd, fcntl.F_GET_SEALS)
     for seal in (fcntl.F_SEAL_WRITE, fcntl.F_SEAL_GROW, fcntl.F_SEAL_SHRINK, fcntl.F_SEAL_SEAL):
         assert seals & seal

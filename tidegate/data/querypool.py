@@ -33,7 +33,7 @@ import asyncio
 import os
 import queue
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -41,6 +41,7 @@ from typing import TypeVar
 import pyarrow as pa
 
 from tidegate.access.principal import Principal
+from tidegate.caching import LRUCache
 from tidegate.config import QueryLimits
 from tidegate.data import queryworker, sandbox
 from tidegate.errors import RateLimited
@@ -91,7 +92,7 @@ class QueryPool:
         threading.Thread(target=self._start_workers, name="tidegate-query-start", daemon=True).start()
         # Filtered tables shared with workers, by identity (kept alive here, so an identity is
         # never reused for other rows while its entry exists), most recently used last.
-        self._shared: OrderedDict[int, queryworker.SharedTable] = OrderedDict()
+        self._shared: LRUCache[int, queryworker.SharedTable] = LRUCache(2 * limits.workers, name="query tables")
 
     @property
     def capacity(self) -> int:
@@ -147,23 +148,22 @@ class QueryPool:
             return sum(worker.is_alive() for worker in self._workers)
 
     def _shared_table(self, table: pa.Table) -> queryworker.SharedTable:
-        with self._lock:
-            shared = self._shared.get(id(table))
-            if shared is not None and shared.table is table:
-                self._shared.move_to_end(id(table))
-                return shared
-        made = queryworker.SharedTable(table)  # outside the lock: it copies the table
+        shared = self._shared.get(id(table))
+        if shared is not None and shared.table is table:
+            return shared
+        made = queryworker.SharedTable.of(table)  # it copies the table
         with self._lock:
             shared = self._shared.get(id(table))
             if shared is not None and shared.table is table:
                 return shared  # another thread made it meanwhile; `made` is dropped unused
-            self._shared[id(table)] = made
-            # Kept: a few tables, of bounded size (an entry holds its table in this process).
-            while len(self._shared) > 1 and (
-                len(self._shared) > 2 * self.limits.workers
-                or sum(entry.table.nbytes for entry in self._shared.values()) > SHARED_TABLE_BYTES
-            ):
-                self._shared.popitem(last=False)  # its descriptor closes once no thread holds it
+            self._shared.put(id(table), made)
+            # A few tables are kept (the cache's count), of bounded size: an entry holds its
+            # table in this process. An evicted one's descriptor closes once no thread holds it.
+            keys = self._shared.keys()  # least recently used first
+            sizes = [self._shared[key].table.nbytes for key in keys]
+            while len(keys) > 1 and sum(sizes) > SHARED_TABLE_BYTES:
+                self._shared.pop(keys.pop(0))
+                sizes.pop(0)
         return made
 
     def _execute(self, worker_box: list[queryworker.Worker]):

@@ -168,6 +168,7 @@ def main() -> None:
 _tokens = itertools.count(1)
 
 
+@dataclass(frozen=True, eq=False)
 class SharedTable:
     """A filtered table as a sealed, read-only memfd that workers map (made once, sent to
     each worker that runs a query on it). The table is kept so its identity is never reused.
@@ -176,19 +177,24 @@ class SharedTable:
     a pool thread may still send it: a closed number reused for another file could
     otherwise reach a worker)."""
 
-    def __init__(self, table: pa.Table):
-        self.table = table
-        self.token = next(_tokens)
-        self.fd = os.memfd_create("tidegate-query-data", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    table: pa.Table
+    token: int
+    fd: int
+
+    @classmethod
+    def of(cls, table: pa.Table) -> SharedTable:
+        fd = os.memfd_create("tidegate-query-data", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            with pa.OSFile(f"/proc/self/fd/{self.fd}", "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
             seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
-            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, seals)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
         except BaseException:
-            os.close(self.fd)
+            os.close(fd)
             raise
-        weakref.finalize(self, os.close, self.fd)  # workers that mapped it keep their mapping
+        shared = cls(table, next(_tokens), fd)
+        weakref.finalize(shared, os.close, fd)  # workers that mapped it keep their mapping
+        return shared
 
 
 class Worker:
