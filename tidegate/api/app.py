@@ -24,7 +24,7 @@ from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
 from tidegate.credentials.usage import record_last_use
-from tidegate.data import connectors, egress, engine, sandbox
+from tidegate.data import connectors, egress, engine, querypool, sandbox
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("audit events of earlier runs not shipped yet (%s); will retry", brief_error(exc))
         journal.start(ship=not shipper.ships_elsewhere())
         collector.start()
+        querypool.pool_for(settings.query_limits)  # its worker processes start now, not on the first query
         yield
         collector.close()
         journal.close()

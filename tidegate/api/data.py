@@ -211,7 +211,7 @@ class _QueryPage:
     columns: list[str]
 
 
-def _query_page(access: SourceAccess, body: Query_, budget: sandbox.Budget, connection) -> _QueryPage:
+def _query_page(access: SourceAccess, body: Query_, budget: sandbox.Budget, execute) -> _QueryPage:
     """Runs in the query pool: the page, rendered there too (rendering megabytes of JSON on
     the event loop would stall every other request), and refused if it renders too large."""
     rows, total, columns = engine.run_query(
@@ -220,7 +220,7 @@ def _query_page(access: SourceAccess, body: Query_, budget: sandbox.Budget, conn
         page=body.page,
         page_size=body.page_size,
         budget=budget,
-        connection=connection,
+        execute=execute,
     )
     rendered = jsonfmt.dumps(rows)
     if len(rendered) > budget.max_result_bytes:

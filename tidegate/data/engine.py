@@ -33,7 +33,7 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -641,24 +641,24 @@ def run_query(
     page: int,
     page_size: int,
     budget: sandbox.Budget | None = None,
-    connection: duckdb.DuckDBPyConnection | None = None,
+    execute: Callable[..., tuple[list[dict], int, list[str]]] = sandbox.execute,
 ) -> tuple[list[dict], int, list[str]]:
     """Read-only SQL over `data` = this version's rows ALREADY filtered for the caller.
 
     Returns (rows of the page, total rows of the query's result, result column names).
     The query is validated (sandbox.validate_query, querycost.check) before anything is
     read or run. `budget`: its deadline and result sizes (default: the sandbox's timeout);
-    `connection`: the database to run on (a query pool worker's own; default shared).
+    `execute`: what runs it on those rows (a query pool's worker process; default: here).
     """
     version, row_filter = _opened(access)
     _check_page(page, page_size)
     budget = budget or sandbox.Budget.starting_now()
     query = sandbox.validate_query(sql)
-    parser = (connection or _connection()).cursor()  # only parses the text
+    parser = _connection().cursor()  # only parses the text
     try:
         querycost.check(parser, query.sql)
     finally:
         parser.close()
     table = _filtered(version, row_filter, force=True)
     budget.check_time()
-    return sandbox.execute(query, table, page=page, page_size=page_size, budget=budget, connection=connection)
+    return execute(query, table, page=page, page_size=page_size, budget=budget)

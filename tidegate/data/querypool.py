@@ -4,16 +4,24 @@ Queries never run in the server's general threadpool (anyio's, 40 threads, which
 serves key checks, management endpoints and page reads): 45 slow queries there once made
 an admin's `GET /keys` wait 9.8 s. Here:
 
-- at most `workers` queries run at once, each on its worker thread's own DuckDB database,
-  whose memory limit is therefore a per-query ceiling; the others wait in line;
+- at most `workers` queries run at once, each in a worker PROCESS of its own whose memory the
+  kernel limits (`queryworker`): a per-query ceiling that holds whatever the query builds;
+  the others wait in line. A worker that outgrows it (the answer is 400 `query_too_large`),
+  is killed (503 `query_worker_lost`) or does not stop a second past its deadline (killed)
+  is replaced at once; other queries and page reads go on;
 - a key may have `per_key` queries running or waiting, an organization `per_org`, the
   server `workers * 4`; one more is refused at once with 429 `too_many_concurrent_queries`
   and `Retry-After`;
-- query threads run at a lower CPU priority (nice 10), so requests are served first;
+- query threads and worker processes run at a lower CPU priority (nice 10), so requests are
+  served first;
 - the wall clock runs from admission: a query still waiting at its deadline never starts,
   one running is interrupted, and the answer (`query_timeout`) is sent at the deadline
   whatever the thread is doing. A slot is given back only when its thread is really free,
-  so a query that ignores the interrupt still counts against its key and organization.
+  so a query that ignores the interrupt still counts against its key and organization; its
+  worker process is killed a second past the deadline, which frees the thread.
+
+A pool thread reads the caller's filtered rows (trusted code, in this process) and hands
+them to its worker with the validated query: the worker never sees anything else.
 
 The counts are per server process (each worker of `tidegate serve --workers N` has its own
 pool): a Redis counter that outlives a killed process would refuse queries forever.
@@ -23,17 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-import duckdb
+import pyarrow as pa
 
+from tidegate.caching import LRUCache
 from tidegate.config import QueryLimits
 from tidegate.core.principal import Principal
-from tidegate.data import sandbox
+from tidegate.data import queryworker, sandbox
 from tidegate.errors import RateLimited
 
 T = TypeVar("T")
@@ -42,10 +52,14 @@ RETRY_AFTER_SECONDS = 1
 # How long past the deadline the answer may wait for the interrupted query to wind down
 # (and so answer with its own error) before the timeout is sent regardless.
 GRACE_SECONDS = 0.5
-# Linux nice value of query threads (per thread on Linux): with 2 cores and a few queries
-# each using them fully, the event loop and management threads would otherwise get a
-# small share of the CPU and answer in seconds.
-QUERY_NICE = 10
+QUERY_NICE = queryworker.QUERY_NICE  # of query threads too (they read the filtered rows)
+# DuckDB threads per worker process (as the shared connection's default).
+WORKER_THREADS = 2
+# Refusals after which a worker is replaced: it may hold the memory it got, or be gone (one
+# that did not stop at its deadline was killed: replaced as not alive).
+_REPLACE_AFTER = ("query_too_large", "query_worker_lost")
+# Filtered tables kept shared with workers (beyond the one a query uses), at most this large.
+SHARED_TABLE_BYTES = 1024 * 1024 * 1024
 
 
 def _busy(message: str) -> RateLimited:
@@ -69,6 +83,16 @@ class QueryPool:
         self._per_key: Counter[str] = Counter()
         self._per_org: Counter[str] = Counter()
         self._admitted = 0
+        # Pre-started worker processes: the idle ones wait here for a pool thread. Each
+        # thread holds at most one, so one is always free for a running thread.
+        self._idle: queue.SimpleQueue[queryworker.Worker] = queue.SimpleQueue()
+        self._workers: list[queryworker.Worker] = []
+        # Started by a thread of their own, so that making the pool never holds up the event
+        # loop (a query's thread waits for a worker instead, within its deadline).
+        threading.Thread(target=self._start_workers, name="tidegate-query-start", daemon=True).start()
+        # Filtered tables shared with workers, by identity (kept alive here, so an identity is
+        # never reused for other rows while its entry exists), most recently used last.
+        self._shared: LRUCache[int, queryworker.SharedTable] = LRUCache(2 * limits.workers, name="query tables")
 
     @property
     def capacity(self) -> int:
@@ -102,15 +126,73 @@ class QueryPool:
             self._per_org[org] -= 1
             self._admitted -= 1
 
-    def connection(self) -> duckdb.DuckDBPyConnection:
-        """This worker thread's own database (one query at a time runs on it)."""
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            _lower_priority()  # before the database starts its threads, which inherit it
-            connection = self._local.connection = sandbox.open_connection(
-                memory_limit=f"{max(self.limits.memory_limit_bytes // 1024, 1024)}KiB"
-            )
-        return connection
+    def _start_workers(self) -> None:
+        for _ in range(self.limits.workers):
+            self._idle.put(self._start_worker())
+
+    def _start_worker(self) -> queryworker.Worker:
+        worker = queryworker.Worker(self.limits.memory_limit_bytes, WORKER_THREADS)
+        with self._lock:
+            self._workers.append(worker)
+        return worker
+
+    def _replace(self, worker: queryworker.Worker) -> queryworker.Worker:
+        worker.kill()
+        with self._lock:
+            self._workers.remove(worker)
+        return self._start_worker()
+
+    def workers_alive(self) -> int:
+        """How many worker processes are running (after a replacement: back to `workers`)."""
+        with self._lock:
+            return sum(worker.is_alive() for worker in self._workers)
+
+    def _shared_table(self, table: pa.Table) -> queryworker.SharedTable:
+        shared = self._shared.get(id(table))
+        if shared is not None and shared.table is table:
+            return shared
+        made = queryworker.SharedTable.of(table)  # it copies the table
+        with self._lock:
+            shared = self._shared.get(id(table))
+            if shared is not None and shared.table is table:
+                return shared  # another thread made it meanwhile; `made` is dropped unused
+            self._shared.put(id(table), made)
+            # A few tables are kept (the cache's count), of bounded size: an entry holds its
+            # table in this process. An evicted one's descriptor closes once no thread holds it.
+            keys = self._shared.keys()  # least recently used first
+            sizes = [self._shared[key].table.nbytes for key in keys]
+            while len(keys) > 1 and sum(sizes) > SHARED_TABLE_BYTES:
+                self._shared.pop(keys.pop(0))
+                sizes.pop(0)
+        return made
+
+    def _execute(self, worker_box: list[queryworker.Worker]):
+        """What `work` runs a query with: the signature of `sandbox.execute`, in a worker."""
+
+        def execute(query, table, *, page, page_size, budget):
+            if table.num_columns == 0:  # refused as the sandbox refuses it, no worker needed
+                return sandbox.execute(query, table, page=page, page_size=page_size, budget=budget)
+            shared = self._shared_table(table)
+            job = queryworker.Job(query, page, page_size, budget, shared.token)
+            for attempt in range(2):
+                worker = worker_box[0]
+                try:
+                    result, total = worker.run(job, shared)
+                    break
+                except queryworker.WorkerGone:  # killed while idle: a fresh one runs the query
+                    worker_box[0] = self._replace(worker)
+                    if attempt:
+                        raise queryworker.worker_lost() from None
+                except Exception as exc:
+                    # A worker that ran out of memory may keep it (or be dying); one that was
+                    # killed is gone: a fresh one takes its place.
+                    if getattr(exc, "code", None) in _REPLACE_AFTER or not worker.is_alive():
+                        worker_box[0] = self._replace(worker)
+                    raise
+            rows, columns = sandbox.rows_of(result)
+            return rows, total, columns
+
+        return execute
 
     def budget(self, timeout: float | None = None) -> sandbox.Budget:
         """A budget starting now, of at most the configured timeout (`timeout` may ask for less)."""
@@ -122,11 +204,12 @@ class QueryPool:
     async def run(
         self,
         principal: Principal,
-        work: Callable[[sandbox.Budget, duckdb.DuckDBPyConnection], T],
+        work: Callable[[sandbox.Budget, Callable], T],
         *,
         timeout: float | None = None,
     ) -> T:
-        """`work(budget, connection)` in the pool, for `principal`; its result or its error,
+        """`work(budget, execute)` in the pool, for `principal`, where `execute` has the
+        signature of `sandbox.execute` and runs in a worker process; its result or its error,
         or `query_timeout` at the deadline, or 429 `too_many_concurrent_queries` at once."""
         budget = self.budget(timeout)
         key, org = principal.key_id or "user:" + principal.user_id, principal.org_id
@@ -146,10 +229,29 @@ class QueryPool:
 
     def _call(self, work, budget: sandbox.Budget):
         budget.check_time()  # waited in line past its deadline: never starts
-        return work(budget, self.connection())
+        if not getattr(self._local, "niced", False):
+            _lower_priority()
+            self._local.niced = True
+        try:  # at once, unless the pool's workers are still starting
+            worker = self._idle.get(timeout=max(budget.remaining(), 0.0))
+        except queue.Empty:
+            raise budget.timed_out() from None
+        if not worker.is_alive():  # killed while idle: replaced before a query is lost with it
+            worker = self._replace(worker)
+        box = [worker]
+        try:
+            budget.check_time()
+            return work(budget, self._execute(box))
+        finally:
+            self._idle.put(box[0])
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            workers, self._workers = list(self._workers), []
+            self._shared.clear()
+        for worker in workers:
+            worker.close()
 
 
 _pools: dict[tuple[int, QueryLimits], QueryPool] = {}

@@ -605,7 +605,27 @@ def execute(
     budget: Budget | None = None,
     connection: duckdb.DuckDBPyConnection | None = None,
 ) -> tuple[list[dict], int, list[str]]:
-    """Run a validated query over `table` (registered as `data`); one page of its result.
+    """Run a validated query over `table` (registered as `data`); one page of its result
+    as (rows, total rows of the result, column names). See `run`."""
+    result, total = run(
+        query, table, page=page, page_size=page_size, timeout=timeout, budget=budget, connection=connection
+    )
+    rows, columns = rows_of(result)
+    return rows, total, columns
+
+
+def run(
+    query: ValidatedQuery,
+    table: pa.Table,
+    *,
+    page: int,
+    page_size: int,
+    timeout: float | None = None,
+    budget: Budget | None = None,
+    connection: duckdb.DuckDBPyConnection | None = None,
+) -> tuple[pa.Table, int]:
+    """Run a validated query over `table` (registered as `data`): one page of its result as
+    Arrow, and the total rows of the result. A query worker process runs this part.
 
     A timer interrupts DuckDB at the budget's deadline; the page is read in batches and
     refused (`result_too_large` / `value_too_large`) as soon as it outgrows the budget,
@@ -638,13 +658,18 @@ def execute(
         except duckdb.Error:
             pass
     budget.check_time()  # an interrupt that came as the last batch was read
+    return result, total
+
+
+def rows_of(result: pa.Table) -> tuple[list[dict], list[str]]:
+    """A query's result page as JSON-ready rows, and its column names (made unique)."""
     columns = _unique_names(result.column_names)
     if columns != result.column_names:
         result = result.rename_columns(columns)
     rows = result.to_pylist()
     if any(_needs_conversion(f.type) for f in result.schema):
         rows = [{k: _jsonable(v) for k, v in row.items()} for row in rows]
-    return rows, total, columns
+    return rows, columns
 
 
 def result_too_large(limit: int) -> InvalidRequest:

@@ -6,7 +6,7 @@ very next request everywhere) with a couple of indexed queries per principal:
   1. the organization's deny_by_default flag joined with the user's active flag;
   2. the policies reaching the user directly or through a group (index-led subqueries).
 
-Semantics (see also access.rowfilter):
+Semantics (see also core.rowfilter):
 - Binding: `source_ids` empty = Auto, the policy applies to every source having its
   column(s); each of its filters applies where the source has that column and is skipped
   where it does not; a filterless Auto policy applies to every source. Non-empty =

@@ -1,0 +1,287 @@
+"""A query worker PROCESS whose memory the kernel limits: the per-query ceiling that holds.
+
+DuckDB's own `memory_limit` does not count everything (a string one function call builds:
+`replace`, `levenshtein`, repeated concatenation, `string_agg`, list functions ...), so such a
+query could use several times the ceiling. Here each query runs in a pre-started worker
+process with RLIMIT_DATA set (cgroup v1 here is read-only, and RLIMIT_AS fails DuckDB, which
+reserves gigabytes of address space it never touches). RLIMIT_DATA counts private writable
+memory; it is set, after a warm-up query has started DuckDB's threads and allocator, to what
+the warm worker uses plus the ceiling, so any allocation past it fails: DuckDB raises
+OutOfMemoryException, Python MemoryError, and if something aborts instead the process dies.
+Either way the caller gets `query_too_large` and the pool replaces the worker.
+
+What the worker sees: only the caller's rows, ALREADY filtered by the parent's trusted code
+(`engine._filtered`), passed as a sealed read-only memfd holding an Arrow IPC file (shared
+and read-only, so it does not count against the worker's ceiling, and a worker cannot alter
+what another one reads), and the query both parsers accepted. It never gets a path to
+unfiltered data or a filter to apply: a bug in the worker cannot widen what a caller sees.
+
+A worker is a program of its own (`python -c "... queryworker.main()"`, fork and exec by
+subprocess, safe from a process with threads), talking over a socket pair. Not
+multiprocessing's 'spawn' or 'forkserver': both re-run the server's main module in every
+worker (the whole server imported again: 12 workers starting kept a loaded 2-core machine
+busy for over 10 s, at normal priority; the fork server's `__main__` preload does not apply
+on Python 3.11). Workers start once and are reused; only a replacement starts one again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import mmap
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import weakref
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
+
+import duckdb
+import pyarrow as pa
+
+from tidegate.data import sandbox
+from tidegate.errors import InvalidRequest, ServiceUnavailable
+
+# Linux nice value of query workers: with 2 cores and a few queries each using them fully,
+# the event loop and management threads would otherwise get a small share of the CPU.
+QUERY_NICE = 10
+# Room above the warm worker's use for what varies between queries without being the
+# query's (a per-query timer thread's stack, Python objects of the reply).
+SLACK_BYTES = 32 * 1024 * 1024
+# How long a worker may take to start (import, open and lock down its database, warm up).
+START_SECONDS = 30.0
+# How long after the deadline a worker that did not answer is given before it is killed.
+KILL_AFTER_SECONDS = 1.0
+
+_WARM_UP = "SELECT region, count(*), string_agg(region, ',') FROM data GROUP BY region ORDER BY 1"
+
+
+def too_large() -> InvalidRequest:
+    return InvalidRequest("query_too_large", "The query needs more memory than queries may use.")
+
+
+def worker_lost() -> ServiceUnavailable:
+    return ServiceUnavailable("query_worker_lost", "The query's worker stopped unexpectedly; retry the query.")
+
+
+class WorkerGone(Exception):
+    """The worker had died before it got the job: nothing of it ran, another worker may run it."""
+
+
+@dataclass(frozen=True)
+class Job:
+    query: sandbox.ValidatedQuery
+    page: int
+    page_size: int
+    budget: sandbox.Budget  # its deadline is time.monotonic(), one clock for every process on Linux
+    table_token: int  # which shared table `data` is (sent before, with its descriptor, if new)
+
+
+# ---------------------------------------------------------------------------------------
+# The worker process
+# ---------------------------------------------------------------------------------------
+
+
+def _data_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _warm_up(connection: duckdb.DuckDBPyConnection) -> None:
+    """One small query through the whole path, so that DuckDB's threads and allocator
+    exist before the limit is set on top of what they use."""
+    table = pa.table({"region": ["US", "EU", "APAC"] * 100})
+    query = sandbox.ValidatedQuery(sql=_WARM_UP, cte_names=frozenset())
+    sandbox.run(query, table, page=1, page_size=10, budget=sandbox.Budget.starting_now(30.0), connection=connection)
+
+
+def _open_table(fd: int) -> pa.Table:
+    """The shared table: a zero-copy, read-only view of the parent's sealed memfd."""
+    try:
+        mapped = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)  # unmapped with the table
+        return pa.ipc.open_file(pa.py_buffer(mapped)).read_all()
+    finally:
+        os.close(fd)
+
+
+def _serve(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
+    os.setpriority(os.PRIO_PROCESS, 0, QUERY_NICE)  # before DuckDB starts threads, which inherit it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the server is the server's to handle
+    connection = sandbox.open_connection(memory_limit=f"{max(memory_limit_bytes // 1024, 1024)}KiB", threads=threads)
+    _warm_up(connection)
+    ceiling = _data_bytes() + memory_limit_bytes + SLACK_BYTES
+    resource.setrlimit(resource.RLIMIT_DATA, (ceiling, ceiling))
+    conn.send(("ready", os.getpid()))
+    table, token, failure = None, None, None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the server went away
+        if message[0] == "table":
+            table, token, failure = None, None, None  # drop the previous mapping first
+            fd = recv_handle(conn)
+            try:
+                table, token = _open_table(fd), message[1]
+            except (MemoryError, pa.ArrowMemoryError):
+                failure = MemoryError()  # the job that follows answers query_too_large
+            except Exception as exc:  # noqa: BLE001 - a bug: the job that follows reports it
+                failure = RuntimeError(f"the query's table could not be read: {type(exc).__name__}: {exc}")
+            continue
+        job: Job = message[1]
+        try:
+            if job.table_token != token or table is None:
+                raise failure or RuntimeError("the worker was not given the query's table")
+            result, total = sandbox.run(
+                job.query, table, page=job.page, page_size=job.page_size, budget=job.budget, connection=connection
+            )
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, result.schema) as writer:
+                writer.write_table(result)
+            reply = ("ok", sink.getvalue(), total)
+            del result, sink
+        except InvalidRequest as exc:
+            reply = ("refused", exc.code, exc.message)
+        except (MemoryError, pa.ArrowMemoryError):
+            reply = ("refused", "query_too_large", too_large().message)
+        except Exception as exc:  # noqa: BLE001 - a bug: the parent raises it (500, logged)
+            reply = ("failed", f"{type(exc).__name__}: {exc}")
+        conn.send(reply)
+
+
+def main() -> None:
+    """The worker program: `python -c '...main()' <socket fd> <memory limit bytes> <threads>`."""
+    fd, memory_limit_bytes, threads = (int(arg) for arg in sys.argv[1:4])
+    try:
+        _serve(Connection(fd), memory_limit_bytes, threads)
+    except (MemoryError, pa.ArrowMemoryError):
+        os._exit(3)  # out of memory outside a query's handling: the parent answers query_too_large
+
+
+_tokens = itertools.count(1)
+
+
+@dataclass(frozen=True, eq=False)
+class SharedTable:
+    """A filtered table as a sealed, read-only memfd that workers map (made once, sent to
+    each worker that runs a query on it). The table is kept so its identity is never reused.
+
+    The descriptor is closed only when nothing refers to this object any more (never while
+    a pool thread may still send it: a closed number reused for another file could
+    otherwise reach a worker)."""
+
+    table: pa.Table
+    token: int
+    fd: int
+
+    @classmethod
+    def of(cls, table: pa.Table) -> SharedTable:
+        fd = os.memfd_create("tidegate-query-data", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        except BaseException:
+            os.close(fd)
+            raise
+        shared = cls(table, next(_tokens), fd)
+        weakref.finalize(shared, os.close, fd)  # workers that mapped it keep their mapping
+        return shared
+
+
+class Worker:
+    """One worker process, used by one pool thread at a time."""
+
+    def __init__(self, memory_limit_bytes: int, threads: int):
+        ours, theirs = socket.socketpair()  # a Unix socket: descriptors can pass over it
+        with ours, theirs:
+            program = (
+                f"import os; os.setpriority(os.PRIO_PROCESS, 0, {QUERY_NICE}); "  # before its imports
+                # Arrow's default allocator (mimalloc) reserves 1 GiB of writable memory at its
+                # first use: counted in the limit but untouched, it would let the worker's real
+                # use grow 1 GiB past the ceiling. The C allocator reserves address space
+                # without write access, which is not counted. (Read by Arrow as it loads.)
+                "os.environ['ARROW_DEFAULT_MEMORY_POOL'] = 'system'; "
+                "from tidegate.data.queryworker import main; main()"
+            )
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", program, str(theirs.fileno()), str(memory_limit_bytes), str(threads)],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+            self._conn = Connection(ours.detach())
+        self._ready = False
+        self._token: int | None = None
+
+    def _wait_ready(self, budget: sandbox.Budget) -> None:
+        """Started, warmed up and limited. One still starting at the query's deadline times
+        the query out (and goes on starting); one that could not start is lost (503)."""
+        if not self._ready:
+            try:
+                if not self._conn.poll(max(min(START_SECONDS, budget.remaining()), 0.0)):
+                    budget.check_time()
+                    raise worker_lost()
+                self._conn.recv()
+            except (EOFError, OSError):
+                raise worker_lost() from None
+            self._ready = True
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    def run(self, job: Job, table: SharedTable) -> tuple[pa.Table, int]:
+        """The job's result (the capped page as Arrow, and the total), or its refusal.
+        A worker that dies, or does not answer a second after the deadline (killed), raises;
+        the caller then replaces it."""
+        self._wait_ready(job.budget)
+        try:
+            if self._token != table.token:
+                self._conn.send(("table", table.token))
+                send_handle(self._conn, table.fd, self.process.pid)
+                self._token = table.token
+            self._conn.send(("run", job))
+        except OSError:  # its end of the socket is closed: it died while idle
+            self._reap()
+            raise WorkerGone from None
+        try:
+            if not self._conn.poll(max(job.budget.remaining(), 0.0) + KILL_AFTER_SECONDS):
+                self.kill()
+                raise job.budget.timed_out()
+            reply = self._conn.recv()
+        except (EOFError, OSError):
+            raise self._died() from None
+        if reply[0] == "refused":
+            raise InvalidRequest(reply[1], reply[2])
+        if reply[0] == "failed":
+            raise RuntimeError(f"query worker: {reply[1]}")
+        return pa.ipc.open_stream(reply[1]).read_all(), reply[2]
+
+    def _died(self) -> Exception:
+        """Why the worker stopped: killed from outside (503, retry) or out of memory (400)."""
+        self._reap()
+        if self.process.returncode == -signal.SIGKILL:
+            return worker_lost()
+        return too_large()  # aborted or exited on an allocation failure
+
+    def _reap(self) -> None:
+        try:
+            self.process.wait(2.0)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self._reap()
+        self._conn.close()
+
+    def close(self) -> None:
+        self.kill()
