@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 from server import Server, live_processes, running_server
-from test_security_query_cost import error_code, make_source, query
+
+from security.test_security_query_cost import error_code, make_source, query
 
 pytestmark = pytest.mark.slow
 
