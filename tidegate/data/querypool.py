@@ -36,7 +36,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -98,7 +98,7 @@ class QueryPool:
     def capacity(self) -> int:
         return self.limits.workers * QUEUE_FACTOR
 
-    def admitted(self) -> dict:
+    def admitted(self) -> dict[str, Any]:
         with self._lock:
             return {"total": self._admitted, "keys": dict(+self._per_key), "orgs": dict(+self._per_org)}
 
@@ -166,10 +166,12 @@ class QueryPool:
                 sizes.pop(0)
         return made
 
-    def _execute(self, worker_box: list[queryworker.Worker]):
+    def _execute(self, worker_box: list[queryworker.Worker]) -> sandbox.Execute:
         """What `work` runs a query with: the signature of `sandbox.execute`, in a worker."""
 
-        def execute(query, table, *, page, page_size, budget):
+        def execute(
+            query: sandbox.ValidatedQuery, table: pa.Table, *, page: int, page_size: int, budget: sandbox.Budget
+        ) -> tuple[list[dict[str, Any]], int, list[str]]:
             if table.num_columns == 0:  # refused as the sandbox refuses it, no worker needed
                 return sandbox.execute(query, table, page=page, page_size=page_size, budget=budget)
             shared = self._shared_table(table)
@@ -204,7 +206,7 @@ class QueryPool:
     async def run(
         self,
         principal: Principal,
-        work: Callable[[sandbox.Budget, Callable], T],
+        work: Callable[[sandbox.Budget, sandbox.Execute], T],
         *,
         timeout: float | None = None,
     ) -> T:
@@ -227,7 +229,7 @@ class QueryPool:
         except TimeoutError:
             raise budget.timed_out() from None
 
-    def _call(self, work, budget: sandbox.Budget):
+    def _call(self, work: Callable[[sandbox.Budget, sandbox.Execute], T], budget: sandbox.Budget) -> T:
         budget.check_time()  # waited in line past its deadline: never starts
         if not getattr(self._local, "niced", False):
             _lower_priority()

@@ -39,6 +39,7 @@ import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -119,7 +120,8 @@ def _serve(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
     ceiling = _data_bytes() + memory_limit_bytes + SLACK_BYTES
     resource.setrlimit(resource.RLIMIT_DATA, (ceiling, ceiling))
     conn.send(("ready", os.getpid()))
-    table, token, failure = None, None, None
+    table, token = None, None
+    failure: Exception | None = None
     while True:
         try:
             message = conn.recv()
@@ -145,7 +147,7 @@ def _serve(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, result.schema) as writer:
                 writer.write_table(result)
-            reply = ("ok", sink.getvalue(), total)
+            reply: tuple[Any, ...] = ("ok", sink.getvalue(), total)
             del result, sink
         except InvalidRequest as exc:
             reply = ("refused", exc.code, exc.message)

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -186,7 +187,7 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[\w.~-]+){2,}/?|[A-Za-z]:\\[^\s'\"
 _server_home = ""  # Settings.home, handed over at start-up (configure_server_home)
 
 
-def configure_server_home(home: str | os.PathLike) -> None:
+def configure_server_home(home: str | os.PathLike[str]) -> None:
     global _server_home
     _server_home = str(home)
 
@@ -243,7 +244,7 @@ def _ctes_in_scope(node: exp.Expression) -> set[str]:
     (right of the UNION) of a WITH RECURSIVE CTE sees the CTE itself.
     """
     names: set[str] = set()
-    path = [node]
+    path: list[exp.Expr | exp.Expression] = [node]
     current = node.parent
     while current is not None:
         with_clause = current.args.get("with_") or current.args.get("with")  # key name varies by version
@@ -379,7 +380,7 @@ def _walk_duckdb(node: Any, scope: frozenset[str]) -> None:
             _walk_duckdb(value, scope)
 
 
-def _check_duckdb(cursor, sql: str) -> None:
+def _check_duckdb(cursor: duckdb.DuckDBPyConnection, sql: str) -> None:
     raw = cursor.sql("SELECT json_serialize_sql(?)", params=[sql]).fetchall()[0][0]
     tree = json.loads(raw)
     if tree.get("error"):
@@ -398,19 +399,30 @@ def _check_duckdb(cursor, sql: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 _lock = threading.Lock()
-_conn: tuple[int, tuple, duckdb.DuckDBPyConnection] | None = None
-_options = {"memory_limit": "1GB", "threads": 2, "timeout": 10.0}
+_conn: tuple[int, tuple[str, int], duckdb.DuckDBPyConnection] | None = None
+
+
+@dataclass
+class _Options:
+    """This process's defaults for connections opened here (see `configure`)."""
+
+    memory_limit: str = "1GB"
+    threads: int = 2
+    timeout: float = 10.0
+
+
+_options = _Options()
 
 
 def configure(*, memory_limit: str | None = None, threads: int | None = None, timeout: float | None = None) -> None:
     global _conn
     with _lock:
         if memory_limit is not None:
-            _options["memory_limit"] = memory_limit
+            _options.memory_limit = memory_limit
         if threads is not None:
-            _options["threads"] = int(threads)
+            _options.threads = int(threads)
         if timeout is not None:
-            _options["timeout"] = float(timeout)
+            _options.timeout = float(timeout)
         _conn = None
 
 
@@ -426,8 +438,8 @@ def open_connection(*, memory_limit: str | None = None, threads: int | None = No
             "allow_community_extensions": False,
             "allow_persistent_secrets": False,
             "python_enable_replacements": False,
-            "memory_limit": memory_limit or _options["memory_limit"],
-            "threads": threads or _options["threads"],
+            "memory_limit": memory_limit or _options.memory_limit,
+            "threads": threads or _options.threads,
             "lock_configuration": True,
         },
     )
@@ -437,7 +449,7 @@ def open_connection(*, memory_limit: str | None = None, threads: int | None = No
 
 def _connection() -> duckdb.DuckDBPyConnection:
     global _conn
-    key = (_options["memory_limit"], _options["threads"])
+    key = (_options.memory_limit, _options.threads)
     with _lock:
         if _conn is None or _conn[0] != os.getpid() or _conn[1] != key:
             _conn = (os.getpid(), key, open_connection())
@@ -558,6 +570,9 @@ def _unique_names(names: list[str]) -> list[str]:
     return out
 
 
+# What runs a validated query over a table: `execute` here, or a query worker (querypool).
+Execute = Callable[..., tuple[list[dict[str, Any]], int, list[str]]]
+
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_VALUE_BYTES = 16 * 1024 * 1024
 _BATCH_ROWS = 1024
@@ -574,8 +589,8 @@ class Budget:
 
     @classmethod
     def starting_now(cls, timeout: float | None = None, **sizes: int) -> Budget:
-        timeout = _options["timeout"] if timeout is None else float(timeout)
-        return cls(timeout=timeout, deadline=time.monotonic() + timeout, **sizes)
+        seconds = _options.timeout if timeout is None else float(timeout)
+        return cls(timeout=seconds, deadline=time.monotonic() + seconds, **sizes)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -604,7 +619,7 @@ def execute(
     timeout: float | None = None,
     budget: Budget | None = None,
     connection: duckdb.DuckDBPyConnection | None = None,
-) -> tuple[list[dict], int, list[str]]:
+) -> tuple[list[dict[str, Any]], int, list[str]]:
     """Run a validated query over `table` (registered as `data`); one page of its result
     as (rows, total rows of the result, column names). See `run`."""
     result, total = run(
@@ -661,7 +676,7 @@ def run(
     return result, total
 
 
-def rows_of(result: pa.Table) -> tuple[list[dict], list[str]]:
+def rows_of(result: pa.Table) -> tuple[list[dict[str, Any]], list[str]]:
     """A query's result page as JSON-ready rows, and its column names (made unique)."""
     columns = _unique_names(result.column_names)
     if columns != result.column_names:
