@@ -318,7 +318,7 @@ def share_source(
         org_id=principal.org_id,
         target_type="source",
         target_id=source_id,
-        details={"user_id": user.id, "permission": permission, "name": access.source.name},
+        details={"user_id": user.id, "permission": permission, "name": access.opened_source.name},
         context=context,
     )
     bump_access_epoch(session, principal.org_id)

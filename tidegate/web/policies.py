@@ -286,7 +286,7 @@ def user_preview(session, viewer: Viewer, user_id: str, source_id: str, page_num
     with as_page(viewer, "Not found"):
         user = get_user(session, viewer.org.id, user_id)
         mine = open_source(session, viewer.principal, source_id)  # the admin's own filter
-    source = mine.source
+    source = mine.opened_source
     seen = preview_as_user(session, mine, viewer.user.id, user)
     view = seen.explanation
     names = (

@@ -298,7 +298,7 @@ def key_choices(session, viewer: Viewer) -> list[dict]:
 def sharing_context(session, viewer: Viewer, access: SourceAccess) -> dict | None:
     if access.permission != "owner" or not viewer.can(SHARE_READ):
         return None
-    source = access.source
+    source = access.opened_source
     shares = data_service.list_shares(session, viewer.principal, source.id)
     users = list(
         session.scalars(select(User).where(User.org_id == viewer.org.id, User.is_active.is_(True)).order_by(User.email))
@@ -322,7 +322,7 @@ def sharing_context(session, viewer: Viewer, access: SourceAccess) -> dict | Non
 def source_context(
     session, viewer: Viewer, access: SourceAccess, *, view_as: str | None = None, page_number: int = 1
 ) -> dict:
-    source, version = access.source, access.version
+    source, version = access.opened_source, access.version
     owner = _emails(session, [source.created_by]).get(source.created_by, source.created_by)
     choice = view_as or ME
     if choice == ME:
