@@ -454,7 +454,9 @@ def read_page(access: SourceAccess, *, page: int, page_size: int) -> tuple[list[
     return _read_page(version, row_filter, page=page, page_size=page_size)
 
 
-def _read_page(version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int) -> tuple[list[dict[str, Any]], int]:
+def _read_page(
+    version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int
+) -> tuple[list[dict[str, Any]], int]:
     _check_filter(row_filter)
     _check_page(page, page_size)
     offset = (page - 1) * page_size
