@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, update
+from sqlalchemy import String
 from sqlalchemy.orm import Session
 
 from tidegate.audit.models import AuditEvent

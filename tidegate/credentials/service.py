@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from tidegate.access.authorize import Rule, authorize
 from tidegate.access.policies import validate_policy_ids
 from tidegate.audit.record import RequestContext, record
-from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import expand, validate_scopes
 from tidegate.credentials.bounds import KeyTerms, bound_by_parent
@@ -22,6 +21,7 @@ from tidegate.credentials.models import ApiKey
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from tidegate.ids import new_id
+from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.orgs.models import Organization, User
 
 DEFAULT_RATE_LIMIT = 60

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from tidegate.access.authorize import AnyOf, Rule, authorize
 from tidegate.access.sources import EDIT, OWNER, SourceAccess, open_source, source_row, visible_sources_query
 from tidegate.audit.record import RequestContext, record
-from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.catalog.models import SERVICE_API, SERVICE_FILE, SHARE_PERMISSIONS, File, Source, SourceShare
 from tidegate.config import Settings
 from tidegate.core.principal import Principal
@@ -26,6 +25,7 @@ from tidegate.db.base import utcnow
 from tidegate.errors import Forbidden, InvalidRequest, NotFound
 from tidegate.ids import new_id
 from tidegate.limits import get_limits
+from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.orgs.service import get_user
 
 MAX_INLINE_ROWS = 100_000

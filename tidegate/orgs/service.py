@@ -9,12 +9,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tidegate.audit.record import RequestContext, record
-from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import ROLE_ADMIN, ROLES
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, InvalidRequest, NotFound
 from tidegate.ids import new_id
+from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.orgs.models import Organization, User
 from tidegate.orgs.passwords import hash_password
 

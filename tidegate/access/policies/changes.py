@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 
 from tidegate.access.models import GroupMember, GroupPolicy, PolicyAssignment
 from tidegate.audit.record import RequestContext, record
-from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.core.principal import Principal
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict
+from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.orgs.service import lock_organization
 
 

@@ -19,11 +19,11 @@ from tidegate.access.policies.validation import (
     validate_policy_ids,
 )
 from tidegate.audit.record import RequestContext, record
-from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.core.principal import Principal
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, NotFound
 from tidegate.ids import new_id
+from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.orgs.models import User
 from tidegate.orgs.service import get_user, lock_organization
 
