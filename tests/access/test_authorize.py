@@ -11,12 +11,25 @@ import pytest
 import tidegate
 from tidegate.access.authorize import AnyOf, Rule, allowed, authorize
 from tidegate.core.principal import Principal
+from tidegate.core.restrictions import KeyRestrictions
 from tidegate.core.scopes import ALL_SCOPES, ROLE_ADMIN, ROLE_MEMBER, ROLE_PERMISSIONS, Scope, validate_scopes
 from tidegate.errors import Forbidden, InvalidRequest
 
 
 def key_of(role: str, granted: list[str]) -> Principal:
-    return Principal.for_key("org_1", "usr_1", role, "key_1", granted)
+    restrictions = KeyRestrictions.of(
+        key_id="key_1",
+        org_id="org_1",
+        creator_id="usr_1",
+        scopes=granted,
+        access_policy_ids=None,
+        source_scope=None,
+        bound_user_id=None,
+        ip_allowlist=None,
+        expires_at=None,
+        rate_limit_per_minute=60,
+    )
+    return Principal.for_key(role, restrictions)
 
 
 def refusal(principal: Principal, action, resource=None) -> Forbidden:
