@@ -193,3 +193,40 @@ def test_a_key_principal_without_its_restrictions_sees_nothing(world):
         assert s.scalars(sources.visible_sources_query(s, forged)).all() == []
         with pytest.raises(NotFound):
             sources.open_source(s, forged, "src_own", with_filter=False)
+
+
+def test_a_principal_whose_user_row_is_gone_opens_no_source(world):
+    """Fail closed: no user row to judge visibility by means nothing visible (never a 500)."""
+    from tidegate.access import sources
+    from tidegate.catalog.models import Source
+    from tidegate.errors import NotFound
+
+    user = world.user(role="admin")
+    with world.tx() as s:
+        s.add(Source(id="src_gone", org_id=world.id, name="s", created_by=user, service="api"))
+    ghost = Principal.for_user(world.id, "usr_no_such_user", "admin")
+    with world.tx() as s:
+        assert s.scalars(sources.visible_sources_query(s, ghost)).all() == []
+        with pytest.raises(NotFound):
+            sources.open_source(s, ghost, "src_gone", with_filter=False)
+
+
+def test_unrestricted_access_opens_no_source_to_show_or_change():
+    """`opened_source` is for callers who opened a source; every-row access has none."""
+    from tidegate.access import sources
+    from tidegate.catalog.snapshots import VersionSnapshot
+
+    version = VersionSnapshot(
+        id="ver_1", source_id="src_1", org_id="org_1", created_at=None, row_count=0, column_types=(), parts=()
+    )
+    access = sources.unrestricted_access(version, reason="test")
+    with pytest.raises(TypeError):
+        access.opened_source
+
+
+def test_an_ip_allowlist_bounds_a_child_within_the_same_ip_version_only():
+    parent = _restrictions(ip_allowlist=["10.0.0.0/8", "2001:db8::/32"]).ip_allowlist
+    assert parent.within(["10.1.0.0/16", "2001:db8:1::/48"])
+    assert not parent.within(["11.0.0.0/8"])
+    assert not parent.within(["::/0"])  # a v6 range is never inside a v4 one, nor wider than its parent
+    assert not _restrictions(ip_allowlist=["10.0.0.0/8"]).ip_allowlist.within(["::ffff:10.0.0.0/104"])

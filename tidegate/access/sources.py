@@ -11,9 +11,10 @@ Sharing decides WHO may open a source at all; policies then decide WHICH ROWS th
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import ColumnElement, Select, exists, false, or_, select
 from sqlalchemy.orm import Session
 
 from tidegate.access import policies
@@ -28,7 +29,7 @@ from tidegate.errors import Forbidden, NotFound
 from tidegate.orgs.models import User
 
 VIEW, EDIT, OWNER = "view", "edit", "owner"
-_RANK = {None: 0, VIEW: 1, EDIT: 2, OWNER: 3}
+_RANK: dict[str | None, int] = {None: 0, VIEW: 1, EDIT: 2, OWNER: 3}
 
 # Read access decisions of keys, per (org, access epoch, key, creator role, source). Every
 # audited change bumps the organization's epoch (audit.record), and the epoch is read live
@@ -38,7 +39,7 @@ _RANK = {None: 0, VIEW: 1, EDIT: 2, OWNER: 3}
 # inactive) are refused before this cache is consulted. It holds frozen snapshots only: the
 # request that filled it may fail and roll its session back, and the next must not care.
 _CACHE_ENTRIES = 10_000
-_cache: LRUCache[tuple, SourceAccess] = LRUCache(_CACHE_ENTRIES, name="source access cache")
+_cache: LRUCache[tuple[Hashable, ...], SourceAccess] = LRUCache(_CACHE_ENTRIES, name="source access cache")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,13 @@ class SourceAccess:
             raise TypeError("row_filter must be a tidegate.core.rowfilter.RowFilter")
 
     @property
+    def opened_source(self) -> SourceSnapshot:
+        """The source the caller opened (TypeError for `unrestricted_access`, which opens none)."""
+        if self.source is None:
+            raise TypeError("an unrestricted_access opens no source: there is none to show or change")
+        return self.source
+
+    @property
     def columns(self) -> list[str]:
         """The columns the caller sees (every column of the version: no column policies yet)."""
         return self.version.column_names if self.version else []
@@ -103,7 +111,7 @@ def unrestricted_access(version: VersionSnapshot, *, reason: str) -> SourceAcces
     return _granted(None, version, OWNER, RowFilter(clauses=()))
 
 
-def _user_may_see(user: User):
+def _user_may_see(user: User) -> ColumnElement[bool]:
     """SQL condition: `user` may open the source (visibility only, not rows)."""
     if user.role == ROLE_ADMIN:
         return Source.org_id == user.org_id
@@ -118,6 +126,8 @@ def _subjects(session: Session, principal: Principal) -> list[User]:
     if principal.key_id is not None and principal.restrictions is None:
         return []  # a key whose restrictions were not read with it: nothing (fail closed)
     creator = session.get(User, principal.user_id)
+    if creator is None:
+        return []  # a caller whose user is gone sees nothing (fail closed)
     subjects = [creator]
     bound_user_id = principal.restrictions.bound_user_id if principal.restrictions is not None else None
     if bound_user_id:
@@ -132,12 +142,12 @@ def _selection(principal: Principal) -> SourceSelection | None:
     return principal.restrictions.source_selection if principal.restrictions is not None else None
 
 
-def visible_sources_query(session: Session, principal: Principal):
+def visible_sources_query(session: Session, principal: Principal) -> Select[Source]:
     """A SELECT of the sources this caller may open now."""
     subjects = _subjects(session, principal)
     query = select(Source).where(Source.org_id == principal.org_id, Source.deleted_at.is_(None))
     if not subjects:
-        return query.where(False)
+        return query.where(false())
     for user in subjects:
         query = query.where(_user_may_see(user))
     selection = _selection(principal)
@@ -178,9 +188,9 @@ def open_source(
 
 def source_row(session: Session, access: SourceAccess) -> Source:
     """The ORM row of a source the caller opened (`open_source`), loaded in `session`, to change it."""
-    source = session.get(Source, access.source.id)
+    source = session.get(Source, access.opened_source.id)
     if source is None or source.deleted_at is not None:
-        raise NotFound("source_not_found", f"No source {access.source.id!r}.")
+        raise NotFound("source_not_found", f"No source {access.opened_source.id!r}.")
     return source
 
 
@@ -192,7 +202,7 @@ def cached_access(principal: Principal, source_id: str) -> SourceAccess | None:
     return _cache.get(_cache_key(principal, source_id))
 
 
-def _cache_key(principal: Principal, source_id: str) -> tuple:
+def _cache_key(principal: Principal, source_id: str) -> tuple[Hashable, ...]:
     return (principal.org_id, principal.epoch, principal.key_id or principal.user_id, principal.role, source_id)
 
 
@@ -229,8 +239,13 @@ def _visible(
     selection = _selection(principal)
     if selection is not None and not selection.allows(source.id):
         raise NotFound("source_not_found", f"No source {source_id!r}.")
-    permissions = [permission_of(session, user, source) for user in subjects]
-    if not subjects or any(p is None for p in permissions):
+    permissions: list[str] = []
+    for user in subjects:
+        permission_of_user = permission_of(session, user, source)
+        if permission_of_user is None:
+            raise NotFound("source_not_found", f"No source {source_id!r}.")
+        permissions.append(permission_of_user)
+    if not permissions:
         raise NotFound("source_not_found", f"No source {source_id!r}.")
     permission = min(permissions, key=lambda p: _RANK[p])  # a key gets the weaker of its subjects
     if _RANK[permission] < _RANK[need]:
@@ -272,7 +287,7 @@ def open_explained(session: Session, principal: Principal, source_id: str) -> tu
 def preview_as(session: Session, viewer: SourceAccess, viewer_user_id: str, subject: Principal) -> Preview:
     """What `subject` (the viewer themself, or a key's Principal) reads of the source the
     viewer opened (`viewer`); 404 if the subject cannot open it."""
-    access, explanation = open_explained(session, subject, viewer.source.id)
+    access, explanation = open_explained(session, subject, viewer.opened_source.id)
     narrowed = subject.user_id != viewer_user_id and not viewer.row_filter.is_unrestricted
     return Preview(access.narrowed(viewer.row_filter) if narrowed else access, explanation, narrowed)
 
@@ -280,7 +295,7 @@ def preview_as(session: Session, viewer: SourceAccess, viewer_user_id: str, subj
 def preview_as_user(session: Session, viewer: SourceAccess, viewer_user_id: str, user: User) -> Preview:
     """What `user` of the viewer's organization would read of the source the viewer opened,
     as far as their policies go (whether they may open it at all: `permission_of`)."""
-    explanation = policies.explain_user(session, user.org_id, user.id, viewer.source.id, viewer.columns)
+    explanation = policies.explain_user(session, user.org_id, user.id, viewer.opened_source.id, viewer.columns)
     narrowed = user.id != viewer_user_id and not viewer.row_filter.is_unrestricted
     # The user's rows within the viewer's: the viewer's own access narrowed by the user's
     # filter (the same rows as the user's filter alone when the viewer is unfiltered).

@@ -49,13 +49,18 @@ class DataQuery(Query_):
     source_id: Text = Field(max_length=100)
 
 
+def _render_page(access: SourceAccess, page: int, page_size: int) -> engine.JSONPage:
+    """A page not in memory yet: read and rendered (in the threadpool: it does I/O)."""
+    return engine.page_json(access, page=page, page_size=page_size)
+
+
 def _audit_read(request: Request, access: SourceAccess, action: str, rows: int, **extra) -> None:
     """What a key read: the source, how many rows, under which policies."""
     set_audit_target(
         request,
         "source",
-        access.source.id,
-        source_id=access.source.id,
+        access.opened_source.id,
+        source_id=access.opened_source.id,
         rows_returned=rows,
         policy_ids=list(access.row_filter.policy_ids),
         **extra,
@@ -101,16 +106,15 @@ async def read_data(request: Request) -> Response:
         else:
             body = engine.stream_parquet(access) if version else iter([b""])
             media = "application/vnd.apache.parquet"
-        filename = f"{access.source.id}.{format}"
+        filename = f"{access.opened_source.id}.{format}"
         return StreamingResponse(
             body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
         )
     if version is None:
         rendered = engine.JSONPage(b"[]", 0, 0)
     else:
-        rendered = engine.page_json(
-            access, page=page, page_size=page_size, cached_only=True
-        ) or await run_in_threadpool(engine.page_json, access, page=page, page_size=page_size)
+        cached = engine.page_json(access, page=page, page_size=page_size, cached_only=True)
+        rendered = cached if cached is not None else await run_in_threadpool(_render_page, access, page, page_size)
     _audit_read(request, access, "data.read", rendered.count, page=page, page_size=page_size)
     return JSON(
         {

@@ -283,7 +283,7 @@ def _resolution_out(explained: Explanation) -> ResolvedAccessOut:
 def resolve(body: ResolveRequest, principal: Principal = READ, session: Session = DB):
     access = open_source(session, principal, body.source_id, with_filter=False)
     return _resolution_out(
-        service.resolve_view(session, principal.org_id, body.user_id, access.source.id, access.columns)
+        service.resolve_view(session, principal.org_id, body.user_id, access.opened_source.id, access.columns)
     )
 
 
@@ -299,8 +299,8 @@ def columns(principal: Principal = READ, session: Session = DB, source_id: str |
     return DataList[SourceColumnsOut](
         data=[
             SourceColumnsOut(
-                source_id=a.source.id,
-                source_name=a.source.name,
+                source_id=a.opened_source.id,
+                source_name=a.opened_source.name,
                 columns=[ColumnOut(name=c["name"], type=c["type"]) for c in (a.version.columns if a.version else [])],
             )
             for a in found

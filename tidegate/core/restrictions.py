@@ -51,6 +51,17 @@ def ip_allowed(client_ip: str | None, allowlist: tuple[str, ...] | list[str]) ->
     return any(address in ipaddress.ip_network(entry, strict=False) for entry in allowlist)
 
 
+def _subnet_of(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network, parent: ipaddress.IPv4Network | ipaddress.IPv6Network
+) -> bool:
+    """`net` lies within `parent` (never across IP versions)."""
+    if isinstance(net, ipaddress.IPv4Network) and isinstance(parent, ipaddress.IPv4Network):
+        return net.subnet_of(parent)
+    if isinstance(net, ipaddress.IPv6Network) and isinstance(parent, ipaddress.IPv6Network):
+        return net.subnet_of(parent)
+    return False
+
+
 # --------------------------------------------------------------------------- the restrictions
 
 
@@ -104,8 +115,7 @@ class IpAllowlist:
     def within(self, child: list[str]) -> bool:
         parents = [ipaddress.ip_network(p, strict=False) for p in self.networks or ()]
         return all(
-            any(net.version == p.version and net.subnet_of(p) for p in parents)
-            for net in (ipaddress.ip_network(c, strict=False) for c in child)
+            any(_subnet_of(net, p) for p in parents) for net in (ipaddress.ip_network(c, strict=False) for c in child)
         )
 
     def stored(self) -> list[str] | None:

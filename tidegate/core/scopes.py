@@ -125,6 +125,8 @@ def preset_scopes(preset: str, role: str) -> list[str]:
 
 def requested_scopes(scopes: list[str] | None, preset: str | None, role: str) -> list[str]:
     """A key request names either explicit scopes or a preset, never both (API and CLI)."""
-    if (scopes is None) == (preset is None):
-        raise InvalidRequest("invalid_scopes", "Give either scopes or preset (full_access or data_access), not both.")
-    return scopes if scopes is not None else preset_scopes(preset, role)
+    if scopes is not None and preset is None:
+        return scopes
+    if scopes is None and preset is not None:
+        return preset_scopes(preset, role)
+    raise InvalidRequest("invalid_scopes", "Give either scopes or preset (full_access or data_access), not both.")

@@ -124,7 +124,7 @@ def principal_for(state: KeyState, now: datetime | None = None) -> Principal:
         raise Unauthenticated("api_key_revoked", "This API key has been revoked.")
     if status == "expired":
         raise Unauthenticated("api_key_expired", "This API key has expired.")
-    if not state.owner_active:
+    if not state.owner_active or state.owner_role is None:  # (no role: the owner row is gone)
         raise Unauthenticated("api_key_owner_inactive", "The user who created this API key is deactivated.")
     principal = state.__dict__.get("_principal")
     if principal is None:  # the same for every request while the state is cached

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import Select, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from tidegate.access.authorize import Rule, authorize
@@ -37,7 +38,7 @@ class KeyRequest:
     expires_in_days: int | None = None
     rate_limit_per_minute: int | None = None
     ip_allowlist: list[str] | None = None
-    source_scope: dict | None = None
+    source_scope: dict[str, Any] | None = None
     access_policy_ids: list[str] | None = None
     bound_user_id: str | None = None
 
@@ -71,7 +72,7 @@ def _check_ip_allowlist(entries: list[str] | None) -> list[str] | None:
     return normalized
 
 
-def _check_source_scope(scope: dict | None) -> dict | None:
+def _check_source_scope(scope: dict[str, Any] | None) -> dict[str, Any] | None:
     if scope is None:
         return None
     mode = scope.get("mode")
@@ -106,7 +107,7 @@ def create_key(
     and revoked with it. `parent` names one explicitly (rotation keeps a child a child);
     `replacing` is a key retired in the same transaction (not counted against the limit)."""
     org = session.get(Organization, creator.org_id)
-    if not org.api_key_creation_enabled:
+    if org is None or not org.api_key_creation_enabled:
         raise Forbidden(
             "api_key_creation_disabled", "An admin has switched off API key creation for this organization."
         )
@@ -245,7 +246,7 @@ def _check_key_limit(session: Session, org: Organization, user_id: str, replacin
         )
 
 
-def _visible_keys(principal: Principal):
+def _visible_keys(principal: Principal) -> Select[ApiKey]:
     query = select(ApiKey).where(ApiKey.org_id == principal.org_id)
     if not principal.is_admin:
         # Members see and manage only their own keys.
@@ -339,7 +340,12 @@ def revoke_key(
 
 
 def _revoke_one(
-    session: Session, principal: Principal | None, key: ApiKey, now, details: dict, context: RequestContext | None
+    session: Session,
+    principal: Principal | None,
+    key: ApiKey,
+    now: datetime,
+    details: dict[str, Any],
+    context: RequestContext | None,
 ) -> None:
     if key.revoked_at is not None:
         return
@@ -470,7 +476,7 @@ def _expire_by(
     session: Session,
     principal: Principal,
     key: ApiKey,
-    retire_at,
+    retire_at: datetime,
     reason: str,
     via: str,
     context: RequestContext | None,

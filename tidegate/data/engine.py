@@ -29,13 +29,14 @@ User SQL (`run_query`) never runs here: it runs in `sandbox` over the filtered t
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Generic, Literal, TypeVar, overload
 
 import duckdb
 import pyarrow as pa
@@ -56,7 +57,17 @@ MAX_DISTINCT_LIMIT = 10_000
 DEFAULT_CACHE_BYTES = DataSettings.cache_bytes  # until configure() hands over Settings.data
 DEFAULT_PAGE_CACHE_BYTES = 64 * 1024 * 1024
 
-_DENY = object()
+
+class _Deny(enum.Enum):
+    """What compile_filter returns for a filter that lets no row through."""
+
+    DENY = "deny"
+
+
+_DENY: Final = _Deny.DENY
+_Where = tuple[str, list[str]]  # (where_sql, bound params)
+_Key = tuple[Hashable, ...]  # a cache key: (version id, filter key, ...)
+_V = TypeVar("_V")
 
 
 def quote_ident(name: str) -> str:
@@ -73,12 +84,12 @@ _options: dict[str, Any] = {
     "max_entry_fraction": 0.5,
 }
 _conn_lock = threading.Lock()
-_conn: tuple[tuple, duckdb.DuckDBPyConnection] | None = None
+_conn: tuple[tuple[object, ...], duckdb.DuckDBPyConnection] | None = None
 
 
 def configure(
     *,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     cache_bytes: int | None = None,
     max_entry_fraction: float | None = None,
     threads: int | None = None,
@@ -138,27 +149,27 @@ def _sql_string(value: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-class _ResultCache:
+class _ResultCache(Generic[_V]):
     """LRU of filtered Arrow tables (or rendered pages) keyed by (version id, filter key,
     ...), bounded by bytes."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple, tuple[pa.Table, int]] = OrderedDict()
+        self._entries: OrderedDict[_Key, tuple[_V, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self._oversized: OrderedDict[tuple, None] = OrderedDict()
+        self._oversized: OrderedDict[_Key, None] = OrderedDict()
         self._build_locks = [threading.Lock() for _ in range(64)]
         self.hits = self.misses = self.evictions = 0
 
-    def build_lock(self, key: tuple) -> threading.Lock:
+    def build_lock(self, key: _Key) -> threading.Lock:
         return self._build_locks[hash(key) % len(self._build_locks)]
 
     @property
     def max_entry_bytes(self) -> int:
         return int(self.max_bytes * _options["max_entry_fraction"])
 
-    def get(self, key: tuple) -> pa.Table | None:
+    def get(self, key: _Key) -> _V | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -168,9 +179,8 @@ class _ResultCache:
             self.hits += 1
             return entry[0]
 
-    def put(self, key: tuple, table: Any, size: int | None = None) -> bool:
+    def put(self, key: _Key, table: _V, size: int) -> bool:
         require_immutable(table, where="result cache value")  # Arrow tables or frozen pages, never ORM rows
-        size = table.get_total_buffer_size() if size is None else size
         if size > self.max_entry_bytes:
             self.mark_oversized(key)
             return False
@@ -186,11 +196,11 @@ class _ResultCache:
                 self.evictions += 1
         return True
 
-    def is_oversized(self, key: tuple) -> bool:
+    def is_oversized(self, key: _Key) -> bool:
         with self._lock:
             return key in self._oversized
 
-    def mark_oversized(self, key: tuple) -> None:
+    def mark_oversized(self, key: _Key) -> None:
         with self._lock:
             self._oversized[key] = None
             while len(self._oversized) > 4096:
@@ -218,7 +228,7 @@ class _ResultCache:
             self._oversized.clear()
             self._bytes = 0
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         with self._lock:
             return {
                 "entries": len(self._entries),
@@ -230,17 +240,17 @@ class _ResultCache:
                 "oversized": len(self._oversized),
             }
 
-    def keys(self) -> list[tuple]:
+    def keys(self) -> list[_Key]:
         with self._lock:
             return list(self._entries)
 
 
-_cache = _ResultCache(DEFAULT_CACHE_BYTES)
-_pages = _ResultCache(DEFAULT_PAGE_CACHE_BYTES)
+_cache: _ResultCache[pa.Table] = _ResultCache(DEFAULT_CACHE_BYTES)
+_pages: _ResultCache[JSONPage] = _ResultCache(DEFAULT_PAGE_CACHE_BYTES)
 _sizes: LRUCache[str, int] = LRUCache(10_000, name="parquet sizes")  # version id -> uncompressed bytes
 
 
-def cache_stats() -> dict:
+def cache_stats() -> dict[str, int]:
     return _cache.stats()
 
 
@@ -283,7 +293,7 @@ def _check_page(page: Any, page_size: Any) -> None:
         raise InvalidRequest("invalid_page_size", f"page_size must be an integer from 1 to {MAX_PAGE_SIZE:,}.")
 
 
-def compile_filter(version: SourceVersion, row_filter: RowFilter) -> tuple[str, list[str]] | object:
+def compile_filter(version: SourceVersion, row_filter: RowFilter) -> _Where | Literal[_Deny.DENY]:
     """`(where_sql, params)` (where_sql "" when unrestricted), or _DENY for zero rows."""
     _check_filter(row_filter)
     if row_filter.deny_all:
@@ -388,7 +398,7 @@ def _filtered(version: SourceVersion, row_filter: RowFilter, *, force: bool = Fa
                 _cache.mark_oversized(key)
                 return None
         table = _materialize(version, where, params)
-        if not _cache.put(key, table) and not force:
+        if not _cache.put(key, table, table.get_total_buffer_size()) and not force:
             return None
         return table
 
@@ -406,7 +416,7 @@ def _is_temporal(kind: pa.DataType) -> bool:
     return kind == pa.date32() or (pa.types.is_timestamp(kind) and kind.tz is None)
 
 
-def _temporal_values(column: pa.ChunkedArray) -> list:
+def _temporal_values(column: pa.ChunkedArray) -> list[Any]:
     """Like `to_pylist()`, but several times faster for dates and timestamps (pyarrow builds
     those one slow Python call at a time); the values are identical."""
     if column.type == pa.date32():
@@ -415,10 +425,11 @@ def _temporal_values(column: pa.ChunkedArray) -> list:
     try:
         return [None if s is None else _from_iso(s) for s in column.cast(pa.string()).to_pylist()]
     except (ValueError, pa.ArrowInvalid):
-        return column.to_pylist()  # outside what the text form round-trips: exact, slower
+        values: list[Any] = column.to_pylist()  # outside what the text form round-trips: exact, slower
+        return values
 
 
-def rows_of(table: pa.Table) -> list[dict]:
+def rows_of(table: pa.Table) -> list[dict[str, Any]]:
     """A (small) table as a list of row dicts, equal to `table.to_pylist()`."""
     names = table.column_names
     plain = [i for i, field in enumerate(table.schema) if not _is_temporal(field.type)]
@@ -437,20 +448,25 @@ def rows_of(table: pa.Table) -> list[dict]:
 # ---------------------------------------------------------------------------------------
 
 
-def read_page(access: SourceAccess, *, page: int, page_size: int) -> tuple[list[dict], int]:
+def read_page(access: SourceAccess, *, page: int, page_size: int) -> tuple[list[dict[str, Any]], int]:
     """One page of the rows the caller's filter lets through, and how many there are in total."""
     version, row_filter = _opened(access)
     return _read_page(version, row_filter, page=page, page_size=page_size)
 
 
-def _read_page(version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int) -> tuple[list[dict], int]:
+def _read_page(
+    version: SourceVersion, row_filter: RowFilter, *, page: int, page_size: int
+) -> tuple[list[dict[str, Any]], int]:
     _check_filter(row_filter)
     _check_page(page, page_size)
     offset = (page - 1) * page_size
     table = _filtered(version, row_filter)
     if table is not None:
         return _page_of(table, offset, page_size)
-    where, params = compile_filter(version, row_filter)
+    compiled = compile_filter(version, row_filter)
+    if compiled is _DENY:  # _filtered answers a denying filter from memory; kept fail-closed
+        return [], 0
+    where, params = compiled
     cursor = _connection().cursor()
     try:
         rows = cursor.sql(
@@ -466,6 +482,14 @@ class JSONPage:
     rows: bytes  # the page's rows, rendered: a JSON array of objects
     count: int  # how many rows the page holds
     total: int  # how many rows the filter lets through
+
+
+@overload
+def page_json(access: SourceAccess, *, page: int, page_size: int, cached_only: Literal[False] = False) -> JSONPage: ...
+
+
+@overload
+def page_json(access: SourceAccess, *, page: int, page_size: int, cached_only: bool) -> JSONPage | None: ...
 
 
 def page_json(access: SourceAccess, *, page: int, page_size: int, cached_only: bool = False) -> JSONPage | None:
@@ -495,14 +519,14 @@ def page_json(access: SourceAccess, *, page: int, page_size: int, cached_only: b
     return rendered
 
 
-def _page_of(table: pa.Table, offset: int, page_size: int) -> tuple[list[dict], int]:
+def _page_of(table: pa.Table, offset: int, page_size: int) -> tuple[list[dict[str, Any]], int]:
     total = table.num_rows
     if offset >= total:
         return [], total
     return rows_of(table.slice(offset, page_size)), total
 
 
-_counts: LRUCache[tuple, int] = LRUCache(65_536, name="row counts")
+_counts: LRUCache[_Key, int] = LRUCache(65_536, name="row counts")
 
 
 def count(access: SourceAccess) -> int:
@@ -514,12 +538,16 @@ def _count(version: SourceVersion, row_filter: RowFilter) -> int:
     _check_filter(row_filter)
     table = _filtered(version, row_filter)
     if table is not None:
-        return table.num_rows
+        rows: int = table.num_rows
+        return rows
     key = (version.id, row_filter.cache_key())
     known = _counts.get(key)
     if known is not None:
         return known
-    where, params = compile_filter(version, row_filter)
+    compiled = compile_filter(version, row_filter)
+    if compiled is _DENY:  # _filtered answers a denying filter from memory; kept fail-closed
+        return 0
+    where, params = compiled
     return _counts.put(key, _sql_count(version, where, params))
 
 
@@ -641,8 +669,8 @@ def run_query(
     page: int,
     page_size: int,
     budget: sandbox.Budget | None = None,
-    execute: Callable[..., tuple[list[dict], int, list[str]]] = sandbox.execute,
-) -> tuple[list[dict], int, list[str]]:
+    execute: sandbox.Execute = sandbox.execute,
+) -> tuple[list[dict[str, Any]], int, list[str]]:
     """Read-only SQL over `data` = this version's rows ALREADY filtered for the caller.
 
     Returns (rows of the page, total rows of the query's result, result column names).

@@ -6,9 +6,10 @@ function takes the caller's RowFilter, which only `access.sources.open_source` p
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from sqlalchemy import delete, select
+import pyarrow as pa
+from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
 from tidegate.access.authorize import AnyOf, Rule, authorize
@@ -37,7 +38,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _rows_table(rows, *, columns=None):
+def _rows_table(rows: Any, *, columns: list[dict[str, Any]] | None = None) -> pa.Table:
     if not isinstance(rows, list):
         raise InvalidRequest("invalid_rows", "rows must be a list of objects.")
     if len(rows) > MAX_INLINE_ROWS:
@@ -55,10 +56,10 @@ def create_source(
     *,
     name: str,
     description: str | None = None,
-    rows: list | None = None,
+    rows: list[Any] | None = None,
     file_id: str | None = None,
     connector_id: str | None = None,
-    config: dict | None = None,
+    config: dict[str, Any] | None = None,
     context: RequestContext | None = None,
 ) -> Source:
     name = _check_name(name)
@@ -84,6 +85,7 @@ def create_source(
         source.service = SERVICE_FILE
         table = storage.read_file_table(file)
     else:
+        assert connector_id is not None  # exactly one of the three was given (checked above)
         authorize(principal, Scope.SOURCES_WRITE)
         authorize(principal, Rule.CREATE_CONNECTOR)
         connectors.get_connector(connector_id)
@@ -121,7 +123,7 @@ def write_rows(
     session: Session,
     principal: Principal,
     source_id: str,
-    rows: list,
+    rows: list[Any],
     *,
     replace: bool,
     context: RequestContext | None = None,
@@ -153,7 +155,7 @@ def write_rows(
     return open_source(session, principal, source_id, need=EDIT)
 
 
-def _check_rows_pass_filter(rows: list, row_filter: RowFilter) -> None:
+def _check_rows_pass_filter(rows: list[Any], row_filter: RowFilter) -> None:
     """A filtered writer may only add rows they would be allowed to read back."""
     if row_filter.deny_all:
         raise Forbidden("row_filter_restricts_write", "Your access policies allow you no rows of this source.")
@@ -176,13 +178,13 @@ def update_source(
     principal: Principal,
     source_id: str,
     *,
-    changes: dict,
+    changes: dict[str, Any],
     settings: Settings,
     context: RequestContext | None = None,
 ) -> Source:
     authorize(principal, Scope.SOURCES_WRITE)
     source = source_row(session, open_source(session, principal, source_id, need=EDIT, with_filter=False))
-    diff = {}
+    diff: dict[str, Any] = {}
     if "name" in changes:
         new = _check_name(changes["name"])
         if new != source.name:
@@ -318,7 +320,7 @@ def share_source(
         org_id=principal.org_id,
         target_type="source",
         target_id=source_id,
-        details={"user_id": user.id, "permission": permission, "name": access.source.name},
+        details={"user_id": user.id, "permission": permission, "name": access.opened_source.name},
         context=context,
     )
     bump_access_epoch(session, principal.org_id)
@@ -332,7 +334,7 @@ def unshare_source(
     user = get_user(session, principal.org_id, user_id, include_inactive=True)
     removed = session.execute(
         delete(SourceShare).where(SourceShare.source_id == source_id, SourceShare.user_id == user.id)
-    ).rowcount
+    ).rowcount  # type: ignore[attr-defined]  # a DELETE returns a CursorResult; Session.execute's stubs say Result
     if removed:
         record(
             session,
@@ -413,7 +415,7 @@ def upload_file(
     return file
 
 
-def _visible_files(principal: Principal):
+def _visible_files(principal: Principal) -> Select[File]:
     query = select(File).where(File.org_id == principal.org_id)
     if not principal.is_admin:
         query = query.where(File.created_by == principal.user_id)  # files are private to their uploader

@@ -11,6 +11,7 @@ never shown values from rows they may not read. Every change goes through
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Path, Query, Request
 from sqlalchemy import select
@@ -102,7 +103,9 @@ def catalog(session, viewer: Viewer, *, with_values: bool) -> Catalog:
         .limit(CATALOG_SOURCES)
     )
     found = session.execute(query).all()
-    sources, columns, by_fold = [], [], {}
+    sources: list[dict[str, Any]] = []
+    columns: list[CatalogColumn] = []
+    by_fold: dict[str, CatalogColumn] = {}
     for source, version in found:
         names = version.column_names if version else []
         sources.append({"id": source.id, "name": source.name, "columns": names, "version": version})
@@ -170,15 +173,17 @@ class PolicyForm:
 
     @classmethod
     def read(cls, form: FormData) -> PolicyForm:
-        source_ids = form.getlist("source_ids")
-        if len(source_ids) > service.MAX_SOURCE_IDS or not all(isinstance(s, str) for s in source_ids):
+        given_source_ids = form.getlist("source_ids")
+        source_ids = [s for s in given_source_ids if isinstance(s, str)]
+        if len(given_source_ids) > service.MAX_SOURCE_IDS or len(source_ids) != len(given_source_ids):
             raise PageError(400, "Bad request", "Too many or malformed sources.")
         filters = []
         for i in range(service.MAX_FILTERS):
             column = text(form, f"column_{i}", service.MAX_COLUMN + 50)
             typed = [v.strip() for v in text(form, f"values_{i}", 200_000).splitlines()]
-            picks = form.getlist(f"pick_{i}")
-            if not all(isinstance(p, str) for p in picks):
+            given_picks = form.getlist(f"pick_{i}")
+            picks = [p for p in given_picks if isinstance(p, str)]
+            if len(picks) != len(given_picks):
                 raise PageError(400, "Bad request", "Malformed values.")
             values = list(dict.fromkeys(v for v in picks + typed if v))
             if column or values:
@@ -286,7 +291,7 @@ def user_preview(session, viewer: Viewer, user_id: str, source_id: str, page_num
     with as_page(viewer, "Not found"):
         user = get_user(session, viewer.org.id, user_id)
         mine = open_source(session, viewer.principal, source_id)  # the admin's own filter
-    source = mine.source
+    source = mine.opened_source
     seen = preview_as_user(session, mine, viewer.user.id, user)
     view = seen.explanation
     names = (
@@ -338,7 +343,7 @@ def list_context(
     preview = None
     if user_id and source_id:
         preview = user_preview(session, viewer, user_id, source_id, page_number)
-        preview_columns = next((s["columns"] for s in cat.sources if s["id"] == source_id), [])
+        preview_columns: list[str] = next((s["columns"] for s in cat.sources if s["id"] == source_id), [])
     else:
         preview_columns = []
     return {
@@ -374,7 +379,7 @@ def policies_page(
 def policy_context(session, viewer: Viewer, policy: Policy | None, form: PolicyForm | None = None) -> dict:
     cat = catalog(session, viewer, with_values=True)
     form = form or (PolicyForm.of(policy) if policy else PolicyForm())
-    context = {
+    context: dict[str, Any] = {
         "title": policy.name if policy else "New access policy",
         "policy": policy,
         "form": form,

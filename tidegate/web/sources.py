@@ -141,14 +141,14 @@ def upload(request: Request, form: FormData = UPLOAD_FORM):
             viewer = signed_in_to_change(request, session, form, READ)
             if not isinstance(upload_, UploadFile) or not upload_.filename:
                 raise InvalidRequest("missing_file", "Choose a file to upload.")
-            context = request_context(request)
+            audit_context = request_context(request)
             stored = data_service.upload_file(
                 session,
                 viewer.principal,
                 name=upload_.filename,
                 content=upload_.file,
                 content_type=upload_.content_type,
-                context=context,
+                context=audit_context,
             )
             if stored.columns is None:
                 raise InvalidRequest(
@@ -161,7 +161,7 @@ def upload(request: Request, form: FormData = UPLOAD_FORM):
                 settings_of(request),
                 name=name or PurePath(stored.name).stem or stored.name,
                 file_id=stored.id,
-                context=context,
+                context=audit_context,
             )
             source_id = source.id
     except TidegateError as exc:
@@ -272,7 +272,7 @@ def preview_as_key(session, viewer: Viewer, mine: SourceAccess, key_id: str, pag
         return preview
     if seen.narrowed_by_viewer:
         preview.notes.append(RESTRICTED_VIEWER)  # never rows the viewer may not read themselves
-    networks = principal.restrictions.ip_allowlist.networks
+    networks = principal.restrictions.ip_allowlist.networks if principal.restrictions is not None else ()
     if networks:
         preview.notes.append("The API accepts this key only from: " + ", ".join(networks) + ".")
     preview.rows, preview.total = _read(seen.access, page_number)
@@ -298,7 +298,7 @@ def key_choices(session, viewer: Viewer) -> list[dict]:
 def sharing_context(session, viewer: Viewer, access: SourceAccess) -> dict | None:
     if access.permission != "owner" or not viewer.can(SHARE_READ):
         return None
-    source = access.source
+    source = access.opened_source
     shares = data_service.list_shares(session, viewer.principal, source.id)
     users = list(
         session.scalars(select(User).where(User.org_id == viewer.org.id, User.is_active.is_(True)).order_by(User.email))
@@ -322,7 +322,7 @@ def sharing_context(session, viewer: Viewer, access: SourceAccess) -> dict | Non
 def source_context(
     session, viewer: Viewer, access: SourceAccess, *, view_as: str | None = None, page_number: int = 1
 ) -> dict:
-    source, version = access.source, access.version
+    source, version = access.opened_source, access.version
     owner = _emails(session, [source.created_by]).get(source.created_by, source.created_by)
     choice = view_as or ME
     if choice == ME:

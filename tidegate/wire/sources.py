@@ -37,7 +37,7 @@ class SourceOut(BaseModel):
     @classmethod
     def of(cls, access: SourceAccess, row_count: int) -> SourceOut:
         """`row_count`: of the rows `access` lets its caller read (counting is the data layer's)."""
-        source, version = access.source, access.version
+        source, version = access.opened_source, access.version
         return cls(
             id=source.id,
             name=source.name,

@@ -134,7 +134,7 @@ def remove_link(
             getattr(link.table, link.owner) == owner.id, getattr(link.table, link.member) == member
         )
     )
-    removed = bool(result.rowcount)
+    removed = bool(result.rowcount)  # type: ignore[attr-defined]  # a DELETE returns a CursorResult; the stubs say Result
     if removed:
         record(
             session,

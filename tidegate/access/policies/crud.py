@@ -102,7 +102,7 @@ def create_policy(
     name: str,
     description: str | None = None,
     source_ids: list[str] | None = None,
-    row_filters: list | None = None,
+    row_filters: list[Any] | None = None,
     context: RequestContext | None = None,
 ) -> Policy:
     name = _check_name(name, "Policy")

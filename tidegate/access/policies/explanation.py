@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -103,7 +104,7 @@ class Explanation:
     def row_filters(self) -> dict[str, list[str]]:
         return {} if self.row_filter.deny_all else filter_columns(self.row_filter)
 
-    def wire(self) -> dict:
+    def wire(self) -> dict[str, Any]:
         """The contract's ResolvedAccess, plus `policy_ids` and `reasons`."""
         return {
             "user_id": self.user_id,

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, select, union
+from sqlalchemy import Row, and_, select, union
 from sqlalchemy.orm import Session
 
 from tidegate.access.models import GroupMember, GroupPolicy, Policy, PolicyAssignment
@@ -42,13 +43,13 @@ class _PolicyRow:
     id: str
     name: str
     source_ids: list[str]
-    row_filters: list[dict]
+    row_filters: list[dict[str, Any]]
 
 
 _POLICY_COLUMNS = (Policy.id, Policy.name, Policy.source_ids, Policy.row_filters)
 
 
-def _rows(result: Iterable) -> list[_PolicyRow]:
+def _rows(result: Iterable[Row[str, str, list[str], list[dict[str, Any]]]]) -> list[_PolicyRow]:
     return sorted(
         (_PolicyRow(r.id, r.name, list(r.source_ids or []), list(r.row_filters or [])) for r in result),
         key=lambda p: p.id,

@@ -52,7 +52,7 @@ def _check_description(description: Any) -> str | None:
     return description
 
 
-def normalize_row_filters(raw: Any) -> list[dict]:
+def normalize_row_filters(raw: Any) -> list[dict[str, Any]]:
     """Validate `row_filters` ([{column, values: [str]}]); return them de-duplicated, as stored.
 
     Accepts mappings or objects with `column`/`values` attributes (e.g. pydantic models).
@@ -63,7 +63,7 @@ def normalize_row_filters(raw: Any) -> list[dict]:
         raise InvalidRequest("invalid_row_filters", "row_filters must be a list of {column, values}.")
     if len(raw) > MAX_FILTERS:
         raise InvalidRequest("invalid_row_filters", f"A policy holds at most {MAX_FILTERS} row filters.")
-    result: list[dict] = []
+    result: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     for index, item in enumerate(raw):
         where = f"row_filters[{index}]"
