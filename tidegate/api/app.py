@@ -36,6 +36,8 @@ log = logging.getLogger("tidegate")
 # Every /api/v1 router. Routes are matched in this order, at a cost per route tried, so the
 # data reads (the hot path) come first.
 API_MODULES = (data, keys, users, org_settings, audit, policies, sources, files, embed)
+# Public API routes outside /api/v1 (no credential; rate limited per client address).
+PUBLIC_ROUTERS = (embed.public_router,)
 
 HTTP_CODES = {
     # A body FastAPI could not read at all (e.g. a broken multipart form).
@@ -146,7 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
-    app.include_router(embed.public_router, responses=ERROR_RESPONSES)
+    for public in PUBLIC_ROUTERS:
+        app.include_router(public, responses=ERROR_RESPONSES)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
 
