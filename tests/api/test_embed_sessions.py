@@ -189,6 +189,10 @@ def test_a_revoked_creating_key_ends_its_sessions(client, org, world):
     )
     assert client.delete(f"/api/v1/keys/{key_id}", headers=org.headers()).status_code == 200
     assert error_of(client.get("/api/v1/sources", headers=as_session(token))) == (401, "embed_session_key_revoked")
+    # Nor listed, nor refreshed into a new session.
+    assert client.get(sessions_url(), headers=org.headers()).json()["data"] == []
+    r = client.post(sessions_url("/refresh"), json={"session_token": token}, headers=org.headers())
+    assert error_of(r) == (401, "embed_session_key_revoked")
 
 
 def test_a_session_never_exceeds_its_key(client, org, world):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, aliased
 
 from tidegate.audit.record import RequestContext, record
@@ -123,6 +123,11 @@ def refresh_session(
     check_embeds_enabled(org)
     _creating_key_id(principal)
     old = _live_by_token(session, pepper, principal.org_id, token)
+    key = session.get(ApiKey, old.created_by_key_id)
+    if key is None or key.status_at(utcnow()) != "active":
+        raise Unauthenticated(
+            "embed_session_key_revoked", "The API key that created this embed session is no longer valid."
+        )
     ttl = int((old.expires_at - old.created_at).total_seconds())
     now = utcnow()
     old.revoked_at = now
@@ -144,12 +149,17 @@ def refresh_session(
 
 
 def list_sessions(session: Session, org_id: str, *, limit: int) -> tuple[list[EmbedSession], bool]:
-    """Live sessions of the organization, newest first (and whether there are more)."""
+    """Usable sessions of the organization, newest first (and whether there are more)."""
     now = utcnow()
     rows = list(
         session.scalars(
             select(EmbedSession)
+            .join(ApiKey, ApiKey.id == EmbedSession.created_by_key_id)
+            .join(User, User.id == EmbedSession.user_id)
             .where(EmbedSession.org_id == org_id, EmbedSession.revoked_at.is_(None), EmbedSession.expires_at > now)
+            # Not those whose key or user can no longer be used (each request refuses them).
+            .where(ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now))
+            .where(User.is_active.is_(True))
             .order_by(EmbedSession.id.desc())
             .limit(limit + 1)
         )
