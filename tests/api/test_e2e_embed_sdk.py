@@ -161,3 +161,30 @@ def test_querri_cli_session_commands(server, admin, source):
     logs = server.logs()
     for token in (got["session_token"], refreshed["session_token"], new["session_token"]):
         assert token not in logs and token[16:] not in logs
+
+
+def test_revocation_is_seen_by_every_worker_at_once(tmp_path_factory):
+    """Two worker processes: after a revoke, deactivation or switch-off, no request in any
+    worker is served with the session (nothing is cached per process)."""
+    with running_server(tmp_path_factory.mktemp("e2e-embed-workers"), workers=2) as srv:
+        _, secret = srv.new_admin_key()
+        client = srv.sdk(secret)
+        tokens = [
+            client.embed.get_session(user={"external_id": f"w{i}", "email": f"w{i}@example.com"})["session_token"]
+            for i in range(2)
+        ]
+
+        def statuses(token: str) -> set[int]:
+            codes = set()
+            for _ in range(20):  # fresh connections: spread over both workers
+                with httpx.Client(base_url=srv.url + "/api/v1", headers={"X-Embed-Session": token}) as http:
+                    codes.add(http.get("/sources").status_code)
+            return codes
+
+        assert statuses(tokens[0]) == {200}
+        client.embed.revoke_session(session_token=tokens[0])
+        assert statuses(tokens[0]) == {401}
+        assert statuses(tokens[1]) == {200}
+        with srv.client(secret) as http:
+            assert http.patch("/org/settings", json={"embeds_enabled": False}).status_code == 200
+        assert statuses(tokens[1]) == {403}
