@@ -160,6 +160,10 @@ def test_embeds_off_refuses_create_and_use_at_once(client, org, world):
         "embeds_disabled",
     )
     assert error_of(client.get("/api/v1/sources", headers=as_session(token))) == (403, "embeds_disabled")
+    # The refused use is audited as the session's user.
+    events = client.get("/api/v1/audit/events", params={"limit": 5}, headers=org.headers()).json()["data"]
+    refused = [e for e in events if e.get("status") == 403 and e["actor_id"] == world["user"]]
+    assert refused and refused[0]["details"]["auth_method"] == "embed_session"
     settings(client, org, embeds_enabled=True)
     assert client.get("/api/v1/sources", headers=as_session(token)).status_code == 200
 

@@ -117,7 +117,7 @@ async def _embed_session_principal(request: Request, token: str) -> Principal:
     )
     ip = request_state["client_ip"] = client_ip(request)
     request_state["user_agent"] = request.headers.get("user-agent")
-    embed_sessions.check_request_origin(use, request.headers.get("origin"))
+    use.check_allowed(request.headers.get("origin"))
     # (Not the creating key's IP allowlist: that names the servers holding the key, while a
     # session is used from its user's browser; the session is bound to an origin instead.)
     del ip

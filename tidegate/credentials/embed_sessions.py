@@ -308,12 +308,20 @@ class SessionUse:
     key_rate_limit_per_minute: int
     key_owner_id: str
     owner_rate_limit_per_minute: int
+    embeds_enabled: bool
+
+    def check_allowed(self, request_origin: str | None) -> None:
+        """The refusals that come once the session is known (and so are audited as it)."""
+        if not self.embeds_enabled:
+            raise Forbidden("embeds_disabled", "Embed sessions are switched off for this organization.")
+        check_request_origin(self, request_origin)
 
 
 def authenticate_session(
     session: Session, pepper: bytes, token: str, tenant_id: str | None, now: datetime | None = None
 ) -> SessionUse:
-    """The principal of a request carrying `X-Embed-Session: token`, or the 401/403 refusing it."""
+    """The principal of a request carrying `X-Embed-Session: token`, or the 401 refusing it
+    (then `SessionUse.check_allowed`: embeds switched off, the request's origin)."""
     if not is_well_formed(token):
         raise Unauthenticated("invalid_embed_session", INVALID_SESSION)
     key_owner, session_user = aliased(User), aliased(User)
@@ -338,7 +346,6 @@ def authenticate_session(
         )
     if not user.is_active or user.org_id != org.id:
         raise Unauthenticated("embed_session_user_inactive", "The user of this embed session is deactivated.")
-    check_embeds_enabled(org)
     principal = Principal.for_embed_session(
         session_id=embed.id,
         user_id=user.id,
@@ -355,6 +362,7 @@ def authenticate_session(
         key_rate_limit_per_minute=key.rate_limit_per_minute,
         key_owner_id=key.created_by,
         owner_rate_limit_per_minute=org.user_rate_limit_per_minute,
+        embeds_enabled=org.embeds_enabled,
     )
 
 
