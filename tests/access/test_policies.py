@@ -107,7 +107,7 @@ def test_create_normalizes_and_renders(world):
 def test_duplicate_name_conflicts_within_org_only(world, make_world):
     world.policy(name="Region lock")
     with pytest.raises(Conflict) as err, world.tx() as s:
-        policies.create_policy(s, world.admin, world.id, name="Region lock")
+        policies.create_policy(s, world.admin, world.id, name="Region lock", description="another definition")
     assert err.value.code == "policy_exists" and err.value.status == 409
     make_world().policy(name="Region lock")  # another org may use the name
     other = world.policy(name="Other")

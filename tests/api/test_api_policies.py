@@ -55,10 +55,18 @@ def test_policy_crud_and_assignment_shapes(client, org):
     assert client.get(f"/api/v1/access/policies/{policy['id']}", headers=org.headers()).status_code == 404
 
 
-def test_duplicate_name_is_409(client, org):
-    assert post_policy(client, org, name="p").status_code == 201
+def test_duplicate_name_is_409_unless_the_definition_is_the_same(client, org):
+    body = {"name": "p", "row_filters": [{"column": "region", "values": ["EU"]}]}
+    first = post_policy(client, org, **body)
+    assert first.status_code == 201
+    again = post_policy(client, org, **body)  # the SDK's get-or-create, repeated: the same policy
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    r = post_policy(client, org, name="p", row_filters=[{"column": "region", "values": ["US"]}])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "policy_exists"
     r = post_policy(client, org, name="p")
     assert r.status_code == 409 and r.json()["error"]["code"] == "policy_exists"
+    listed = client.get("/api/v1/access/policies", params={"name": "p"}, headers=org.headers()).json()["data"]
+    assert [p["id"] for p in listed] == [first.json()["id"]]
 
 
 @pytest.mark.parametrize(

@@ -148,8 +148,9 @@ def test_concurrent_external_upserts_create_once(client, org, wide_windows):
 )
 def test_concurrent_names_get_the_precise_conflict(client, org, wide_windows, path, code):
     for i in range(ROUNDS):
-        body = {"name": f"same name {i}"}
-        responses = at_once(*[lambda: client.post(path, json=body, headers=org.headers())] * 2)
+        # Two definitions: the same one twice would be one policy, not a conflict.
+        bodies = [{"name": f"same name {i}", "description": d} for d in ("one", "two")]
+        responses = at_once(*[lambda b=b: client.post(path, json=b, headers=org.headers()) for b in bodies])
         assert sorted(r.status_code for r in responses) == [201, 409], [r.text for r in responses]
         assert [r.json()["error"]["code"] for r in responses if r.status_code == 409] == [code]
 

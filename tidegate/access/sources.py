@@ -122,13 +122,21 @@ def _user_may_see(user: User) -> ColumnElement[bool]:
 
 
 def _subjects(session: Session, principal: Principal) -> list[User]:
-    """Whose visibility bounds this caller: the user, or a key's creator and bound user."""
+    """Whose visibility bounds this caller: the user, or a key's creator and bound user (and,
+    for an embed session, its user and its key's creator)."""
     if principal.key_id is not None and principal.restrictions is None:
         return []  # a key whose restrictions were not read with it: nothing (fail closed)
     creator = session.get(User, principal.user_id)
     if creator is None:
         return []  # a caller whose user is gone sees nothing (fail closed)
     subjects = [creator]
+    key_creator_id = principal.restrictions.creator_id if principal.restrictions is not None else None
+    if key_creator_id and key_creator_id != creator.id:
+        # An embed session acts as its user, never beyond the key that created it.
+        key_creator = session.get(User, key_creator_id)
+        if key_creator is None or not key_creator.is_active:
+            return []
+        subjects.append(key_creator)
     bound_user_id = principal.restrictions.bound_user_id if principal.restrictions is not None else None
     if bound_user_id:
         bound = session.get(User, bound_user_id)
@@ -203,7 +211,8 @@ def cached_access(principal: Principal, source_id: str) -> SourceAccess | None:
 
 
 def _cache_key(principal: Principal, source_id: str) -> tuple[Hashable, ...]:
-    return (principal.org_id, principal.epoch, principal.key_id or principal.user_id, principal.role, source_id)
+    # The user too: the embed sessions of one key act as different users.
+    return (principal.org_id, principal.epoch, principal.key_id, principal.user_id, principal.role, source_id)
 
 
 def _open_source(

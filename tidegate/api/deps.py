@@ -12,6 +12,7 @@ from tidegate.access import ratelimit
 from tidegate.access.authorize import Action, authorize
 from tidegate.config import Settings
 from tidegate.core.principal import Principal
+from tidegate.credentials import embed_sessions
 from tidegate.credentials.authenticate import check_ip, digest_of, identify, parse_bearer, principal_for
 from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest
@@ -57,6 +58,11 @@ async def authenticated(request: Request) -> Principal:
     if "principal" in request_state:
         return request_state["principal"]
     settings = settings_of(request)
+    embed_token = request.headers.get("x-embed-session")
+    if embed_token is not None:  # a credential on its own, first as in the SDK
+        principal = await _embed_session_principal(request, embed_token)
+        request_state["principal"] = principal
+        return principal
     token = parse_bearer(request.headers.get("authorization"))
     tenant_id = request.headers.get("x-tenant-id")
     digest = digest_of(settings.pepper, token, tenant_id)
@@ -82,6 +88,51 @@ async def authenticated(request: Request) -> Principal:
     else:  # a network round trip: not on the event loop
         await run_in_threadpool(ratelimit.enforce, *limits)
     request_state["principal"] = principal
+    return principal
+
+
+async def _embed_session_principal(request: Request, token: str) -> Principal:
+    """The user an `X-Embed-Session` token acts as, read live (no cache: every request sees
+    a revocation, a deactivation, a demotion or embeds switched off), or the refusal."""
+    settings = settings_of(request)
+    request_state = request.scope["state"]
+    tenant_id = request.headers.get("x-tenant-id")
+
+    def load() -> embed_sessions.SessionUse:
+        with session_scope(settings.database_url) as session:
+            return embed_sessions.authenticate_session(session, settings.pepper, token.strip(), tenant_id)
+
+    use = await run_in_threadpool(load)
+    principal = use.principal
+    # From here on the session is known: the request is audited as its user, refused or not.
+    request_state["audit_key"] = {
+        "key_id": principal.key_id,
+        "org_id": principal.org_id,
+        "user_id": use.key_owner_id,
+        "actor_type": "user",
+        "actor_id": principal.user_id,
+    }
+    request_state.setdefault("audit_details", {}).update(
+        {"auth_method": "embed_session", "embed_session_id": use.session_id, "created_by_key_id": principal.key_id}
+    )
+    ip = request_state["client_ip"] = client_ip(request)
+    request_state["user_agent"] = request.headers.get("user-agent")
+    use.check_allowed(request.headers.get("origin"))
+    # (Not the creating key's IP allowlist: that names the servers holding the key, while a
+    # session is used from its user's browser; the session is bound to an origin instead.)
+    del ip
+    _refuse_nul_in_url(request)
+    limits = (
+        settings.redis_url,
+        use.session_id,
+        use.key_rate_limit_per_minute,
+        use.key_owner_id,
+        use.owner_rate_limit_per_minute,
+    )
+    if ratelimit.is_local(settings.redis_url):
+        ratelimit.enforce(*limits)
+    else:
+        await run_in_threadpool(ratelimit.enforce, *limits)
     return principal
 
 

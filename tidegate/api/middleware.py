@@ -92,7 +92,7 @@ class RequestMiddleware:
                     "%s %s %s %d %.1fms",
                     request_id,
                     scope["method"],
-                    scope["path"],
+                    scope.get("state", {}).get("audit_path", scope["path"]),  # (never a token)
                     message["status"],
                     (time.perf_counter() - began) * 1000,
                 )
@@ -167,14 +167,16 @@ class RequestMiddleware:
         return event_row(
             id=event_id,
             org_id=who["org_id"],
-            actor_type="api_key",
-            actor_id=who["key_id"],
+            actor_type=who.get("actor_type", "api_key"),  # (an embed session: its user)
+            actor_id=who.get("actor_id", who["key_id"]),
             key_id=who["key_id"],
             action=state.get("audit_action", "api.request"),
             target_type=target_type,
             target_id=str(target_id) if target_id is not None else None,
             method=scope["method"],
-            path=scope["path"],  # never the query string: it could carry anything
+            # Never the query string: it could carry anything; a route whose path can hold a
+            # secret (an embed session token) gives its template instead.
+            path=state.get("audit_path", scope["path"]),
             status=status,
             ip_address=ip,
             user_agent=(user_agent or "")[:500] or None,

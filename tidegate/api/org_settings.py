@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy.orm import Session
 
 from tidegate.access import policies
 from tidegate.api.deps import DB, request_context, require
-from tidegate.api.inputs import InputRoute
+from tidegate.api.inputs import InputRoute, Text
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope
 from tidegate.orgs import service
@@ -24,6 +26,9 @@ class SettingsUpdate(BaseModel):
     deny_by_default: bool | None = None
     max_keys_per_user: StrictInt | None = None
     user_rate_limit_per_minute: StrictInt | None = None
+    embeds_enabled: bool | None = None
+    embed_allowed_origins: list[Text] | None = Field(None, max_length=100)
+    embed_ui_config: dict[str, Any] | None = Field(None, description="{chrome, theme, privacy}: JSON objects")
 
 
 @router.get("/org/settings", response_model=OrgSettingsOut)
@@ -44,6 +49,9 @@ def update_settings(
         api_key_creation_enabled=body.api_key_creation_enabled,
         max_keys_per_user=body.max_keys_per_user,
         user_rate_limit_per_minute=body.user_rate_limit_per_minute,
+        embeds_enabled=body.embeds_enabled,
+        embed_allowed_origins=body.embed_allowed_origins,
+        embed_ui_config=body.embed_ui_config,
         context=context,
     )
     if body.deny_by_default is not None:

@@ -402,6 +402,13 @@ def org_settings(
     user_rate_limit_per_minute: int | None = typer.Option(
         None, "--user-rate-limit-per-minute", help="Requests per minute shared by all of one person's keys."
     ),
+    embeds: str | None = typer.Option(None, "--embeds", help="Embed sessions: on or off"),
+    embed_origins: list[str] | None = typer.Option(
+        None, "--embed-origin", help="An origin allowed to host embeds (repeat; '' clears the list)."
+    ),
+    embed_ui_config: str | None = typer.Option(
+        None, "--embed-ui-config", help='The embed UI config as JSON: {"chrome": {}, "theme": {}, "privacy": {}}'
+    ),
     as_json: bool = JsonOpt,
 ):
     """Show, or change, the organization's admin controls."""
@@ -409,6 +416,8 @@ def org_settings(
         organization = orgs.find_org(session, org)
         if api_key_creation is not None and api_key_creation not in ("on", "off"):
             raise InvalidRequest("invalid_value", "--api-key-creation takes on or off.")
+        if embeds is not None and embeds not in ("on", "off"):
+            raise InvalidRequest("invalid_value", "--embeds takes on or off.")
         orgs.update_settings(
             session,
             None,
@@ -416,9 +425,22 @@ def org_settings(
             api_key_creation_enabled=None if api_key_creation is None else api_key_creation == "on",
             max_keys_per_user=max_keys_per_user,
             user_rate_limit_per_minute=user_rate_limit_per_minute,
+            embeds_enabled=None if embeds is None else embeds == "on",
+            embed_allowed_origins=None if not embed_origins else [o for o in embed_origins if o],
+            embed_ui_config=None if embed_ui_config is None else _json_object(embed_ui_config, "--embed-ui-config"),
         )
         payload = OrgSettingsOut.of(organization).model_dump()
     emit(as_json, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
+
+
+def _json_object(text: str, option: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise InvalidRequest("invalid_value", f"{option} takes a JSON object.") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("invalid_value", f"{option} takes a JSON object.")
+    return value
 
 
 @org_app.command("list")

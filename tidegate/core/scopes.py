@@ -84,6 +84,12 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     ROLE_MEMBER: ALL_SCOPES - ADMIN_ONLY_SCOPES,
 }
 
+# What an embed session never holds, whatever its user's role: it cannot mint sessions or
+# keys, and dashboards are read-only under it (the SDK's UserQuerri).
+EMBED_SESSION_EXCLUDED: frozenset[str] = frozenset(
+    {Scope.EMBED_SESSION_CREATE, Scope.KEYS_MANAGE, Scope.DASHBOARDS_WRITE}
+)
+
 PRESET_FULL_ACCESS = "full_access"
 PRESET_DATA_ACCESS = "data_access"
 DATA_ACCESS_SCOPES: frozenset[str] = frozenset({Scope.DATA_READ, Scope.SOURCES_READ, Scope.FILES_READ})

@@ -49,3 +49,27 @@ def key_status(revoked_at: datetime | None, expires_at: datetime | None, now: da
     if expires_at is not None and expires_at <= now:
         return "expired"
     return "active"
+
+
+class EmbedSession(Base):
+    """An embed session: a short-lived credential acting as one user, made by a key.
+
+    Like keys, only a keyed hash of the secret is stored. The session holds no rights of its
+    own: each request reads its user's and its creating key's current state.
+    """
+
+    __tablename__ = "embed_sessions"
+    __table_args__ = (Index(None, "org_id", "id"), Index(None, "user_id"), Index(None, "created_by_key_id"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    created_by_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    token_prefix: Mapped[str] = mapped_column(String(24), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    origin: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The session this one replaced (refresh), for the audit trail.
+    refreshed_from_id: Mapped[str | None] = mapped_column(String(40))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import true
 
 from tidegate.db.base import Base, UtcDateTime, utcnow
 
@@ -28,6 +30,11 @@ class Organization(Base):
     # all of them (on top of each key's own limit).
     max_keys_per_user: Mapped[int] = mapped_column(Integer, default=100, server_default="100")
     user_rate_limit_per_minute: Mapped[int] = mapped_column(Integer, default=100_000, server_default="100000")
+    # Embed sessions: on by default; origins allowed to host them (None or empty: any); the embed
+    # UI's look, served publicly by GET /api/embed/ui-config.
+    embeds_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    embed_allowed_origins: Mapped[list[str] | None] = mapped_column(JSON)
+    embed_ui_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # None: not configured
 
 
 class User(Base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -14,6 +15,7 @@ from tidegate.core.scopes import ROLE_ADMIN, ROLES
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, InvalidRequest, NotFound
 from tidegate.ids import new_id
+from tidegate.orgs import embeds
 from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.orgs.models import Organization, User
 from tidegate.orgs.passwords import hash_password
@@ -360,6 +362,9 @@ def update_settings(
     api_key_creation_enabled: bool | None,
     max_keys_per_user: int | None = None,
     user_rate_limit_per_minute: int | None = None,
+    embeds_enabled: bool | None = None,
+    embed_allowed_origins: list[str] | None = None,
+    embed_ui_config: dict[str, Any] | None = None,
     context: RequestContext | None = None,
 ) -> Organization:
     """Validates everything before changing anything: a refused update changes nothing."""
@@ -367,11 +372,18 @@ def update_settings(
         check_max_keys_per_user(max_keys_per_user)
     if user_rate_limit_per_minute is not None:
         check_user_rate_limit(user_rate_limit_per_minute)
+    if embed_allowed_origins is not None:
+        embed_allowed_origins = embeds.check_allowed_origins(embed_allowed_origins)
+    if embed_ui_config is not None:
+        embed_ui_config = embeds.check_ui_config(embed_ui_config)
     changes = {}
     for field, value in (
         ("api_key_creation_enabled", api_key_creation_enabled),
         ("max_keys_per_user", max_keys_per_user),
         ("user_rate_limit_per_minute", user_rate_limit_per_minute),
+        ("embeds_enabled", embeds_enabled),
+        ("embed_allowed_origins", embed_allowed_origins),
+        ("embed_ui_config", embed_ui_config),
     ):
         if value is not None and value != getattr(org, field):
             changes[field] = {"old": getattr(org, field), "new": value}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
+from tidegate.orgs.embeds import ui_config_of
 from tidegate.orgs.models import Organization
 
 
@@ -16,6 +19,9 @@ class OrgSettingsOut(BaseModel):
     deny_by_default: bool
     max_keys_per_user: int
     user_rate_limit_per_minute: int
+    embeds_enabled: bool
+    embed_allowed_origins: list[str]
+    embed_ui_config: dict[str, dict[str, Any]]
 
     @classmethod
     def of(cls, org: Organization) -> OrgSettingsOut:
@@ -26,4 +32,7 @@ class OrgSettingsOut(BaseModel):
             deny_by_default=org.deny_by_default,
             max_keys_per_user=org.max_keys_per_user,
             user_rate_limit_per_minute=org.user_rate_limit_per_minute,
+            embeds_enabled=org.embeds_enabled,
+            embed_allowed_origins=list(org.embed_allowed_origins or []),
+            embed_ui_config=ui_config_of(org),
         )

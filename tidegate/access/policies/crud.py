@@ -110,8 +110,13 @@ def create_policy(
     source_ids = normalize_source_ids(source_ids)
     row_filters = normalize_row_filters(row_filters)
     lock_organization(session, org_id)  # the name check holds until commit
-    if _policy_name_taken(session, org_id, name):
-        raise Conflict("policy_exists", f"An access policy named {name!r} already exists.")
+    existing = session.scalar(select(Policy).where(Policy.org_id == org_id, Policy.name == name))
+    if existing is not None:
+        # The SDK's get-or-create (sdk_auto_<hash> names) may race itself: the same
+        # definition again is the policy that exists; a different one is a conflict.
+        if (existing.description, existing.source_ids, existing.row_filters) == (description, source_ids, row_filters):
+            return existing
+        raise Conflict("policy_exists", f"An access policy named {name!r} already exists with a different definition.")
     now = utcnow()
     policy = Policy(
         id=new_id("pol"),
