@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from tidegate.access.models import GroupPolicy, Policy, PolicyAssignment
 from tidegate.access.policies.changes import POLICY_USERS, add_links, remove_link, update_fields
+from tidegate.access.policies.selfguard import refuse_loosening
 from tidegate.access.policies.validation import (
     UNSET,
     _check_description,
@@ -157,6 +158,7 @@ def update_policy(
     context: RequestContext | None = None,
 ) -> Policy:
     """Change any of the given fields (UNSET = leave as is). `source_ids` None/[] = Auto."""
+    refuse_loosening(session, actor, policy_id=policy.id)
     new: dict[str, Any] = {}
     if name is not UNSET:
         new["name"] = _check_name(name, "Policy")
@@ -193,6 +195,7 @@ def delete_policy(
     Keys naming it in access_policy_ids fail closed from then on; the event lists them
     (`keys_naming_it`: the caller reads them from the keys, which this package does not know).
     """
+    refuse_loosening(session, actor, policy_id=policy.id)
     user_ids = list(session.scalars(select(PolicyAssignment.user_id).where(PolicyAssignment.policy_id == policy.id)))
     group_ids = list(session.scalars(select(GroupPolicy.group_id).where(GroupPolicy.policy_id == policy.id)))
     key_ids = sorted(keys_naming_it)
@@ -237,6 +240,7 @@ def assign_users(
 ) -> AssignResult:
     """Additive and idempotent. All users must be active users of the policy's org, or nothing changes."""
     resolved = resolve_user_ids(session, policy.org_id, user_ids)
+    refuse_loosening(session, actor, user_ids=resolved, adding=True)
     added = add_links(session, actor, POLICY_USERS, policy, resolved, context=context)
     return AssignResult(policy_id=policy.id, user_ids=resolved, added=added)
 
@@ -253,6 +257,7 @@ def remove_user(
 ) -> RemoveResult:
     """Unassign one user (also a deactivated one). NotFound `user_not_found` if not a user of the org."""
     user = get_user(session, policy.org_id, user_id, include_inactive=True)
+    refuse_loosening(session, actor, user_ids=[user.id])
     removed = remove_link(session, actor, POLICY_USERS, policy, user.id, context=context)
     return RemoveResult(policy_id=policy.id, user_id=user.id, removed=removed)
 
@@ -284,6 +289,8 @@ def replace_user_policies(
     current = direct_policy_ids(session, user.id)
     added = sorted(set(wanted) - set(current))
     removed = sorted(set(current) - set(wanted))
+    if added or removed:  # more policies widen too: policies on one column OR their values
+        refuse_loosening(session, actor, user_ids=[user.id], adding=not removed)
     if removed:
         session.execute(
             delete(PolicyAssignment).where(PolicyAssignment.user_id == user.id, PolicyAssignment.policy_id.in_(removed))
@@ -318,6 +325,8 @@ def set_deny_by_default(
     if not isinstance(enabled, bool):
         raise InvalidRequest("invalid_setting", "deny_by_default must be true or false.")
     old = bool(org.deny_by_default)
+    if old and not enabled:
+        refuse_loosening(session, actor, deny_by_default_off=True)
     if enabled != old:
         org.deny_by_default = enabled
         session.flush()

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from tidegate.access.models import Group, GroupMember, GroupPolicy
 from tidegate.access.policies.changes import GROUP_MEMBERS, GROUP_POLICIES, add_links, remove_link, update_fields
 from tidegate.access.policies.crud import get_policy
+from tidegate.access.policies.selfguard import refuse_loosening
 from tidegate.access.policies.validation import (
     UNSET,
     _check_description,
@@ -147,6 +148,7 @@ def delete_group(
     session: Session, actor: Principal | None, group: Group, *, context: RequestContext | None = None
 ) -> None:
     """Delete the group: its members lose the policies they had only through it."""
+    refuse_loosening(session, actor, group_id=group.id)
     member_ids = list(session.scalars(select(GroupMember.user_id).where(GroupMember.group_id == group.id)))
     policy_ids = group_policy_ids(session, group.id)
     session.execute(delete(GroupMember).where(GroupMember.group_id == group.id))
@@ -176,6 +178,7 @@ def add_group_members(
 ) -> list[str]:
     """Additive, idempotent, all or nothing. Returns the users newly added."""
     resolved = resolve_user_ids(session, group.org_id, user_ids)
+    refuse_loosening(session, actor, user_ids=resolved, adding=True)
     return add_links(session, actor, GROUP_MEMBERS, group, resolved, context=context)
 
 
@@ -184,6 +187,7 @@ def remove_group_member(
 ) -> bool:
     """False if the user was not a member (idempotent). NotFound `user_not_found` if not a user of the org."""
     user = get_user(session, group.org_id, user_id, include_inactive=True)
+    refuse_loosening(session, actor, user_ids=[user.id])
     return remove_link(session, actor, GROUP_MEMBERS, group, user.id, context=context)
 
 
@@ -197,6 +201,7 @@ def assign_group_policies(
 ) -> list[str]:
     """Additive, idempotent, all or nothing. Returns the policies newly assigned."""
     wanted = validate_policy_ids(session, group.org_id, policy_ids)
+    refuse_loosening(session, actor, group_id=group.id, adding=True)
     return add_links(session, actor, GROUP_POLICIES, group, wanted, context=context)
 
 
@@ -205,4 +210,5 @@ def remove_group_policy(
 ) -> bool:
     """False if the policy was not assigned to the group. NotFound `policy_not_found` if not a policy of the org."""
     policy = get_policy(session, group.org_id, policy_id)
+    refuse_loosening(session, actor, group_id=group.id)
     return remove_link(session, actor, GROUP_POLICIES, group, policy.id, context=context)
