@@ -96,7 +96,7 @@ def test_allowed_origins_add_validate_remove(ui, web, embed_user):
         page.get_by_role("button", name="Add origin").click()
     ui.snap("origin-added")
     expect(page.get_by_role("status")).to_contain_text("The origin was added")
-    origins = page.get_by_role("list", name="Allowed origins")
+    origins = page.get_by_role("table", name="Allowed origins")
     expect(origins).to_contain_text("https://app.example.com")  # normalized as the API does
 
     assert error_of(new_session(web, embed_user)) == (400, "origin_required")
