@@ -84,8 +84,12 @@ def test_switch_off_refuses_creating_and_using_sessions(ui, web, embed_user):
     expect(page.get_by_role("status")).to_contain_text("Embed sessions are on")
     assert use_session(web, token).status_code == 200
     # Audited like the API's PATCH /org/settings, by the admin.
-    changes = [e["details"]["embeds_enabled"] for e in settings_events(web) if "embeds_enabled" in e["details"]]
-    assert {"old": True, "new": False} in changes and {"old": False, "new": True} in changes
+    by_page = [e for e in settings_events(web) if e["key_id"] is None and "embeds_enabled" in e["details"]]
+    assert [e["details"]["embeds_enabled"] for e in by_page[:2]] == [
+        {"old": False, "new": True},
+        {"old": True, "new": False},
+    ]
+    assert all(e["actor_id"] == web.srv.admin_user_id for e in by_page)
 
 
 def test_allowed_origins_add_validate_remove(ui, web, embed_user):
@@ -199,6 +203,7 @@ def test_live_session_listed_by_prefix_and_revoked(ui, web, embed_user):
     with web.api() as api:
         events = api.get("/audit/events", params={"action": "embed_session.revoked", "limit": 10}).json()["data"]
     assert events and events[0]["details"]["token_prefix"] == token[:16]
+    assert events[0]["actor_id"] == web.srv.admin_user_id and events[0]["key_id"] is None  # the admin, in the web UI
     assert token not in str(events)
 
     # The confirmation page (without JS), a forged revoke, and an unknown session.
