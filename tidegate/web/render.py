@@ -58,6 +58,7 @@ SECURITY_PAGES: tuple[NavItem, ...] = (
     NavItem("Admin Controls", "/settings/security", Scope.ORG_READ),
     NavItem("Access Policies", "/settings/security/access-policies", Scope.POLICIES_READ),
     NavItem("Groups", "/settings/security/groups", Scope.POLICIES_READ),
+    NavItem("Embeds", "/settings/security/embeds", Scope.ORG_READ),
 )
 
 
