@@ -223,3 +223,27 @@ def test_frame_ancestors_follow_the_organizations_origins(web, admin):
     assert ancestors(web.org_id) == "'none'"
     page = httpx.get(f"{web.url}/embed", params={"org": "org_<script>"}).text
     assert "<script>" not in page.replace('<script src="/static/embed.js', "")
+
+
+def test_the_parent_origin_header_cannot_launder_a_foreign_origin(web, admin, world, parents):
+    """X-Embed-Origin counts only on a request without an Origin or from tidegate's own."""
+    bound, other = parents
+    org_settings(admin, embeds_enabled=True, embed_allowed_origins=[bound, other])
+    token = new_session(admin, "embed-ext-1", origin=bound)["session_token"]
+    own = web.url
+
+    def status(**headers: str) -> tuple[int, str | None]:
+        response = httpx.get(f"{web.url}/api/v1/sources", headers={"X-Embed-Session": token, **headers})
+        return response.status_code, response.json().get("error", {}).get("code")
+
+    assert status(**{"X-Embed-Origin": bound})[0] == 200
+    assert status(Origin=own, **{"X-Embed-Origin": bound})[0] == 200
+    refused = (403, "origin_not_allowed")
+    assert status(**{"X-Embed-Origin": other}) == refused
+    assert status(Origin=own, **{"X-Embed-Origin": other}) == refused
+    # A page of another origin: the browser sends its Origin, which wins over any claim.
+    assert status(Origin=other, **{"X-Embed-Origin": bound}) == refused
+    assert status(Origin="https://evil.example.com", **{"X-Embed-Origin": bound}) == refused
+    assert status(Origin="null", **{"X-Embed-Origin": bound}) == refused
+    # The organization the page names must be the session's.
+    assert status(**{"X-Embed-Origin": bound, "X-Tenant-ID": "org_other"}) == (401, "invalid_embed_session")
