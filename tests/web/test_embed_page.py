@@ -148,6 +148,16 @@ def test_handshake_then_only_the_users_rows_paged_and_sorted(ui, web, admin, wor
     assert token not in frame.locator("html").inner_html()
 
 
+def test_the_sdks_bare_embed_url_works_from_a_listed_origin(ui, web, admin, world, parents):
+    """The Querri SDK frames `{server}/embed` without ?org: the Referer's origin decides."""
+    parent = parents[0]
+    org_settings(admin, embeds_enabled=True, embed_allowed_origins=[parent])
+    token = new_session(admin, "embed-ext-1", origin=parent)["session_token"]
+    frame = open_parent(ui, parent, f"{web.url}/embed")
+    init(ui, token, web, "authenticated")
+    expect(frame.locator("#embed-source-list button")).to_have_text(["sales"])
+
+
 def test_init_from_an_origin_the_session_is_not_bound_to_is_refused(ui, web, admin, world, parents):
     bound, other = parents
     org_settings(admin, embeds_enabled=True, embed_allowed_origins=[bound, other])
@@ -162,9 +172,10 @@ def test_init_from_an_origin_the_session_is_not_bound_to_is_refused(ui, web, adm
 def test_a_page_of_an_unlisted_origin_cannot_frame_it(ui, web, admin, world, parents):
     listed, unlisted = parents
     org_settings(admin, embeds_enabled=True, embed_allowed_origins=[listed])
-    ui.goto(f"{unlisted}/?src={quote(embed_url(web), safe='')}", label="unlisted-parent")
-    ui.page.wait_for_timeout(1500)
-    assert ui.page.evaluate("() => window.messages") == []  # the browser never ran the page
+    for url in (embed_url(web), f"{web.url}/embed"):  # named organization, or Referer's origin
+        ui.goto(f"{unlisted}/?src={quote(url, safe='')}", label="unlisted-parent")
+        ui.page.wait_for_timeout(1500)
+        assert ui.page.evaluate("() => window.messages") == []  # the browser never ran the page
     ui.console_errors = [e for e in ui.console_errors if "frame-ancestors" not in e]
 
 
@@ -205,8 +216,10 @@ def test_a_session_that_expires_while_shown_tells_the_parent(ui, web, admin, wor
 
 
 def test_frame_ancestors_follow_the_organizations_origins(web, admin):
-    def ancestors(org: str | None) -> str:
-        response = httpx.get(f"{web.url}/embed", params={"org": org} if org is not None else None)
+    def ancestors(org: str | None, referer: str | None = None) -> str:
+        params = {"org": org} if org is not None else None
+        headers = {"Referer": referer} if referer else None
+        response = httpx.get(f"{web.url}/embed", params=params, headers=headers)
         assert response.status_code == 200
         assert "X-Frame-Options" not in response.headers and response.headers["Cache-Control"] == "no-store"
         assert "script-src 'self'" in response.headers["Content-Security-Policy"]
@@ -217,8 +230,15 @@ def test_frame_ancestors_follow_the_organizations_origins(web, admin):
     assert ancestors(web.org_id) == " ".join(origins)
     for unknown in (None, "", "org_nope", "org_<script>", "x" * 150):
         assert ancestors(unknown) == "'none'"
+    # No ?org (the SDK's token modes): the framing page's origin, from Referer, if listed.
+    assert ancestors(None, "https://b.example.com:8443/app/page?x=1") == "https://b.example.com:8443"
+    assert ancestors(None, "https://B.example.com:8443/") == "https://b.example.com:8443"
+    for referer in ("https://c.example.com/", "https://b.example.com/", "not a url", "javascript:alert(1)"):
+        assert ancestors(None, referer) == "'none'"
+    assert ancestors("org_nope", "https://a.example.com/") == "'none'"  # a named org decides alone
     org_settings(admin, embeds_enabled=False)
     assert ancestors(web.org_id) == "'none'"
+    assert ancestors(None, "https://a.example.com/") == "'none'"
     org_settings(admin, embeds_enabled=True, embed_allowed_origins=[])
     assert ancestors(web.org_id) == "'none'"
     page = httpx.get(f"{web.url}/embed", params={"org": "org_<script>"}).text

@@ -7,19 +7,27 @@ organization of its address (`X-Tenant-ID`), so the API's rules decide everythin
 of another organization, or used from an origin the session or the organization does not
 allow, is refused there (static/embed.js).
 
-Who may frame it: the page is served before any token, so `?org=org_...` names the
-organization and `frame-ancestors` lists that organization's embed origins. Without a
-known organization, with embeds switched off, or with no origins listed, it is `'none'`:
-an organization that wants the iframe lists the origins it runs on.
+Who may frame it (`frame-ancestors`), decided before any token is seen:
+- `?org=org_...` names the organization: its embed origins; `'none'` when it is unknown,
+  has embeds switched off or lists no origins (to use the iframe, list the origins).
+- Without `?org` (the Querri SDK's token modes frame `{server}/embed` bare, with
+  `referrerpolicy=strict-origin`): the origin of the `Referer` the browser sent for the
+  frame, when an organization with embeds on lists it; `'none'` otherwise. So nobody
+  learns another organization's list; only whether one origin is listed somewhere.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from fastapi import Query, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.responses import Response
 
+from tidegate.errors import InvalidRequest
+from tidegate.orgs.embeds import normalize_origin
 from tidegate.orgs.models import Organization
 from tidegate.web.common import db, router
 from tidegate.web.render import page
@@ -31,6 +39,23 @@ def frame_ancestors(org: Organization | None) -> str:
     if org is None or not org.embeds_enabled or not org.embed_allowed_origins:
         return "'none'"
     return " ".join(org.embed_allowed_origins)
+
+
+def referring_origin(request: Request) -> str | None:
+    referer = request.headers.get("referer")
+    if not referer:
+        return None
+    parts = urlsplit(referer)
+    try:
+        return normalize_origin(f"{parts.scheme}://{parts.netloc}")
+    except (InvalidRequest, ValueError):
+        return None
+
+
+def listed_somewhere(session: Session, origin: str) -> bool:
+    """Whether an organization with embeds on lists `origin` (a JSON list: compared here)."""
+    lists = session.scalars(select(Organization.embed_allowed_origins).where(Organization.embeds_enabled.is_(True)))
+    return any(origin in (origins or []) for origins in lists)
 
 
 def embed_headers(response: Response, ancestors: str) -> Response:
@@ -49,9 +74,13 @@ def embed_headers(response: Response, ancestors: str) -> Response:
 
 @router.get("/embed")
 def embed_page(request: Request, org: str = Query("", max_length=200)):
-    organization = None
-    if ORG_ID.match(org):
-        with db(request) as session:
+    organization, ancestors = None, "'none'"
+    parent = referring_origin(request)
+    with db(request) as session:
+        if ORG_ID.match(org):
             organization = session.get(Organization, org)
+            ancestors = frame_ancestors(organization)
+        elif not org and parent is not None and listed_somewhere(session, parent):
+            ancestors = parent
     context = {"title": "Embedded data", "org_id": organization.id if organization else ""}
-    return embed_headers(page(request, "embed.html", context, viewer=None), frame_ancestors(organization))
+    return embed_headers(page(request, "embed.html", context, viewer=None), ancestors)
