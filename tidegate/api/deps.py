@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -91,6 +92,18 @@ async def authenticated(request: Request) -> Principal:
     return principal
 
 
+def embed_request_origin(request: Request) -> str | None:
+    """The origin a session is used from: the browser's `Origin`, except for our own /embed
+    page. Its requests are same-origin (no `Origin` on a GET, ours on a POST), so it names
+    the origin of the frame that sent it the token in `X-Embed-Origin`; a page of another
+    origin cannot pass for it, since the browser then sends that origin as `Origin`."""
+    origin = request.headers.get("origin")
+    parent = request.headers.get("x-embed-origin")
+    if parent is not None and (origin is None or urlsplit(origin).netloc == request.headers.get("host")):
+        return parent
+    return origin
+
+
 async def _embed_session_principal(request: Request, token: str) -> Principal:
     """The user an `X-Embed-Session` token acts as, read live (no cache: every request sees
     a revocation, a deactivation, a demotion or embeds switched off), or the refusal."""
@@ -117,7 +130,7 @@ async def _embed_session_principal(request: Request, token: str) -> Principal:
     )
     ip = request_state["client_ip"] = client_ip(request)
     request_state["user_agent"] = request.headers.get("user-agent")
-    use.check_allowed(request.headers.get("origin"))
+    use.check_allowed(embed_request_origin(request))
     # (Not the creating key's IP allowlist: that names the servers holding the key, while a
     # session is used from its user's browser; the session is bound to an origin instead.)
     del ip
