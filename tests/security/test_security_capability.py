@@ -105,6 +105,21 @@ def test_a_source_access_cannot_be_forged():
         sources.SourceAccess(None, None, "owner", RowFilter(clauses=()), object())
 
 
+def test_a_copy_with_a_wider_filter_is_refused():
+    """`dataclasses.replace` on a real capability, with an allow-all filter: refused, since the
+    grant is init-only and not copied; `narrowed` still works and only takes rows away."""
+    import dataclasses
+
+    from tidegate.core.rowfilter import Clause, RowFilter
+
+    eu = RowFilter(clauses=(Clause("region", frozenset({"EU"})),))
+    access = sources._granted(None, None, "view", eu)
+    with pytest.raises(TypeError):
+        dataclasses.replace(access, row_filter=RowFilter(clauses=()))
+    narrower = access.narrowed(RowFilter(clauses=(Clause("amount", frozenset({"1"})),)))
+    assert narrower.row_filter.clauses == eu.clauses + (Clause("amount", frozenset({"1"})),)
+
+
 ROWS = [
     {"region": "US", "amount": 10},
     {"region": "EU", "amount": 20},

@@ -12,7 +12,7 @@ Sharing decides WHO may open a source at all; policies then decide WHICH ROWS th
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, replace
 
 from sqlalchemy import ColumnElement, Select, exists, false, or_, select
 from sqlalchemy.orm import Session
@@ -65,10 +65,12 @@ class SourceAccess:
     version: VersionSnapshot | None
     permission: str  # view | edit | owner (admins count as owner)
     row_filter: RowFilter
-    _grant: _Opened | None = field(default=None, repr=False, compare=False)
+    # Init-only, not a field: `dataclasses.replace` does not carry it over, so a copy with
+    # another (wider) row filter is refused like any other construction.
+    _grant: InitVar[_Opened | None] = None
 
-    def __post_init__(self) -> None:
-        if self._grant is not _OPENED:
+    def __post_init__(self, _grant: _Opened | None) -> None:
+        if _grant is not _OPENED:
             raise TypeError(
                 "A SourceAccess is the capability to read rows: only access.sources builds one (open_source)."
             )
@@ -93,7 +95,7 @@ class SourceAccess:
             raise TypeError("row_filter must be a tidegate.core.rowfilter.RowFilter")
         if row_filter == self.row_filter:
             return self
-        return replace(self, row_filter=self.row_filter.both(row_filter))
+        return replace(self, row_filter=self.row_filter.both(row_filter), _grant=_OPENED)
 
 
 def _granted(
