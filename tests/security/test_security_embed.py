@@ -184,3 +184,25 @@ def test_the_token_is_stored_only_as_a_keyed_hash_and_never_audited_or_logged(cl
             assert secret not in where and secret[16:] not in where
     listed = client.get("/api/v1/embed/sessions", headers=org.headers()).text
     assert token not in listed and new_token not in listed
+
+
+def test_a_refused_revoke_never_audits_or_logs_the_token_in_its_path(client, org, member, caplog):
+    """Refused before the handler runs (no scope, unknown key): the token in the DELETE path
+    is redacted from the audit event (path and target) and from the access log alike."""
+    caplog.set_level(logging.DEBUG)
+    token = make_session(client, org, member["user"])["session_token"]
+    no_scope = org.key_for(org.admin_id, scopes=["data:read"])
+    refused = client.delete(f"/api/v1/embed/sessions/{token}", headers=org.headers(no_scope))
+    assert refused.status_code == 403, refused.text
+    unknown = client.delete(f"/api/v1/embed/sessions/{token}", headers={"X-Tenant-ID": org.id})
+    assert unknown.status_code == 401, unknown.text
+    assert use(client, token).status_code == 200  # still live: not revoked
+    client.get("/api/v1/audit/events", headers=org.headers())  # ships the journal
+    with session_scope(org.settings.database_url) as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.org_id == org.id)).all()
+        audited = json.dumps([{c.name: str(getattr(e, c.name)) for c in AuditEvent.__table__.columns} for e in events])
+    assert "/api/v1/embed/sessions/es_[redacted]" in audited  # the refused DELETE was recorded
+    server_logs = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("tidegate"))
+    journal = "".join(p.read_text(errors="replace") for p in org.settings.home.rglob("*") if p.is_file())
+    for where in (audited, server_logs, journal):
+        assert token not in where and token[16:] not in where

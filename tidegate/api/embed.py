@@ -8,13 +8,14 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tidegate.access import ratelimit
-from tidegate.api.deps import DB, client_ip, in_session, request_context, require, set_audit_target, settings_of
+from tidegate.api.deps import DB, client_ip, in_session, require, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.responses import JSON
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope
 from tidegate.credentials import embed_sessions as service
 from tidegate.errors import RateLimited
+from tidegate.http import request_context
 from tidegate.orgs.embeds import MAX_ORIGIN_LENGTH, public_ui_config
 from tidegate.wire.embed import (
     EmbedSessionCreated,
@@ -87,10 +88,7 @@ def list_sessions(
 @router.delete("/embed/sessions/{session_ref}", response_model=EmbedSessionRevoked)
 def revoke_session(session_ref: str, request: Request, principal: Principal = CREATE, session: Session = DB):
     """`session_ref`: the token, the session's id, or the prefix a listing shows."""
-    # The path may hold the token: the audit event records the session's id instead.
-    state = request.scope.setdefault("state", {})
-    state["audit_path"] = "/api/v1/embed/sessions/{session_ref}"
-    state["audit_target"] = ("embed_session", None)  # (not the path parameter) until found
+    # The path may hold the token: the middleware redacts it; the event names the session's id.
     row = service.find_session(session, settings_of(request).pepper, principal.org_id, session_ref)
     set_audit_target(request, "embed_session", row.id, user_id=row.user_id)
     service.revoke_session(session, principal, row, context=request_context(request))

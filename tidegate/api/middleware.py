@@ -21,7 +21,7 @@ from starlette.requests import Request
 from tidegate.api.responses import error_response, from_error
 from tidegate.audit.journal import AuditUnavailable, Journal
 from tidegate.audit.record import event_row
-from tidegate.http import client_ip
+from tidegate.http import client_ip, redact_secrets
 from tidegate.ids import new_ulid
 from tidegate.outages import unavailable_error
 
@@ -92,7 +92,7 @@ class RequestMiddleware:
                     "%s %s %s %d %.1fms",
                     request_id,
                     scope["method"],
-                    scope.get("state", {}).get("audit_path", scope["path"]),  # (never a token)
+                    redact_secrets(scope["path"]),  # (never a token)
                     message["status"],
                     (time.perf_counter() - began) * 1000,
                 )
@@ -157,6 +157,7 @@ class RequestMiddleware:
             parts = scope["path"].split("/")
             target_type = TARGET_TYPES.get(parts[3] if len(parts) > 3 else "", None)
             target_id = next(iter(path_params.values()), None) if path_params else None
+            target_id = redact_secrets(str(target_id)) if target_id is not None else None
         details = {
             # The endpoint's name: what a route is named after, and set by FastAPI routes and
             # plain Starlette ones (api.data's read_data) alike.
@@ -174,9 +175,8 @@ class RequestMiddleware:
             target_type=target_type,
             target_id=str(target_id) if target_id is not None else None,
             method=scope["method"],
-            # Never the query string: it could carry anything; a route whose path can hold a
-            # secret (an embed session token) gives its template instead.
-            path=state.get("audit_path", scope["path"]),
+            # Never the query string: it could carry anything; never a secret in the path.
+            path=redact_secrets(scope["path"]),
             status=status,
             ip_address=ip,
             user_agent=(user_agent or "")[:500] or None,
