@@ -125,3 +125,47 @@ def test_a_key_cannot_switch_off_the_deny_by_default_that_restricts_it(client, o
         organization = orgs.get_org(session, org.id)
         policies.set_deny_by_default(session, Principal.for_user(org.id, admin.id, admin.role), organization, False)
     assert regions(client, org, key, world["source"]) == ["APAC", "EU", "US"]
+
+
+def test_a_row_filtered_editor_cannot_replace_a_source_by_syncing_it(client, org, tmp_path):
+    """A sync replaces every row, as a replace does: refused to an editor whose policies hide
+    some rows (it would destroy rows they may not see), as `replace` already was."""
+    import sqlite3
+
+    from tidegate.data import connectors
+
+    database = tmp_path / "shop.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE sales (region TEXT, n INTEGER)")
+        conn.executemany("INSERT INTO sales VALUES (?, ?)", [("EU", 1), ("US", 2)])
+    connectors.configure(sqlite_dirs=[tmp_path])
+    try:
+        created = client.post(
+            "/api/v1/sources",
+            json={"name": "shop", "connector_id": "sqlite", "config": {"path": str(database), "table": "sales"}},
+            headers=org.headers(),
+        )
+        assert created.status_code == 201, created.text
+        source = created.json()["id"]
+        editor = org.add_user("editor@example.com")
+        shared = client.post(
+            f"/api/v1/sources/{source}/shares", json={"user_id": editor, "permission": "edit"}, headers=org.headers()
+        )
+        assert shared.status_code in (200, 201), shared.text
+        eu = client.post(
+            "/api/v1/access/policies",
+            json={"name": "EU", "row_filters": [{"column": "region", "values": ["EU"]}]},
+            headers=org.headers(),
+        )
+        assert eu.status_code == 201, eu.text
+        assigned = client.post(
+            f"/api/v1/access/policies/{eu.json()['id']}/users", json={"user_ids": [editor]}, headers=org.headers()
+        )
+        assert assigned.status_code == 200, assigned.text
+        key = org.key_for(editor)
+        synced = client.post(f"/api/v1/sources/{source}/sync", headers=org.headers(key))
+        assert synced.status_code == 403, synced.text
+        assert synced.json()["error"]["code"] == "row_filter_restricts_write"
+        assert client.post(f"/api/v1/sources/{source}/sync", headers=org.headers()).status_code == 200
+    finally:
+        connectors.configure(sqlite_dirs=[])

@@ -132,11 +132,7 @@ def write_rows(
     access = open_source(session, principal, source_id, need=EDIT)
     if not access.row_filter.is_unrestricted:
         if replace:
-            # Replacing would silently destroy rows this caller is not allowed to see.
-            raise Forbidden(
-                "row_filter_restricts_write",
-                "Your access policies restrict which rows you see, so you cannot replace this source's data.",
-            )
+            raise _cannot_replace()
         _check_rows_pass_filter(rows, access.row_filter)
     columns = None if replace or access.version is None else access.version.columns
     table = _rows_table(rows, columns=columns)
@@ -221,11 +217,22 @@ def update_source(
     return source
 
 
+def _cannot_replace() -> Forbidden:
+    # Replacing would silently destroy rows this caller is not allowed to see.
+    return Forbidden(
+        "row_filter_restricts_write",
+        "Your access policies restrict which rows you see, so you cannot replace this source's data.",
+    )
+
+
 def sync_source(
     session: Session, principal: Principal, source_id: str, settings: Settings, *, context: RequestContext | None = None
 ) -> Source:
     authorize(principal, Scope.SOURCES_WRITE)
-    source = source_row(session, open_source(session, principal, source_id, need=EDIT, with_filter=False))
+    access = open_source(session, principal, source_id, need=EDIT)
+    if not access.row_filter.is_unrestricted:  # a sync replaces every row, as a replace does
+        raise _cannot_replace()
+    source = source_row(session, access)
     table = connectors.pull_source(source, settings.session_key)
     version = storage.write_new_version(session, source, table, append=False)
     source.sync_status, source.last_synced_at, source.last_sync_error = "ok", utcnow(), None
