@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from tidegate.limits import LIMIT_VARIABLES, Limits, from_environment
+from tidegate.limits import Limits, from_environment, load_limits
 
 SECRETS_FILE = "secrets.json"
 
@@ -135,7 +135,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     home = Path(environ.get("TIDEGATE_HOME", "./.tidegate")).resolve()
     try:
         query_limits = from_environment(QueryLimits, QUERY_LIMIT_VARIABLES, environ)
-        limits = from_environment(Limits, LIMIT_VARIABLES, environ)
+        limits = load_limits(environ)
         numbers = from_environment(DataSettings, DATA_VARIABLES, environ)
         data = replace(
             numbers,

@@ -105,8 +105,9 @@ def _granted(
 
 
 def unrestricted_access(version: VersionSnapshot, *, reason: str) -> SourceAccess:
-    """Every row of `version`, for no caller: the owner's own checks and tests only, never a
-    caller's read. Greppable on purpose; tests/test_security_capability.py lists each use.
+    """Every row of `version`, for no caller: tests only today (no code of tidegate's calls
+    it), never a caller's read. Greppable on purpose; tests/security/test_security_capability.py
+    refuses any use in tidegate/ or bench/ that it does not list.
     `reason` says why (for the reader of the call)."""
     if not reason:
         raise ValueError("say why every row is read")

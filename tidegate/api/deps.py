@@ -17,7 +17,7 @@ from tidegate.credentials import embed_sessions
 from tidegate.credentials.authenticate import check_ip, digest_of, identify, parse_bearer, principal_for
 from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest
-from tidegate.http import client_ip, request_context  # noqa: F401  (re-exported for the routers)
+from tidegate.http import client_ip
 
 
 def settings_of(request: Request) -> Settings:
@@ -77,19 +77,20 @@ async def authenticated(request: Request) -> Principal:
     request_state["user_agent"] = request.headers.get("user-agent")
     check_ip(key, ip)
     _refuse_nul_in_url(request)
-    limits = (
-        settings.redis_url,
-        key.key_id,
-        key.rate_limit_per_minute,
-        key.owner_id,
-        key.owner_rate_limit_per_minute,
-    )  # the key's own, and its owner's shared by all their keys
-    if ratelimit.is_local(settings.redis_url):
-        ratelimit.enforce(*limits)
-    else:  # a network round trip: not on the event loop
-        await run_in_threadpool(ratelimit.enforce, *limits)
+    # The key's own limit, and its owner's shared by all their keys.
+    await _count_request(settings, key.key_id, key.rate_limit_per_minute, key.owner_id, key.owner_rate_limit_per_minute)
     request_state["principal"] = principal
     return principal
+
+
+async def _count_request(
+    settings: Settings, key_id: str, per_minute: int, owner_id: str | None, owner_per_minute: int | None
+) -> None:
+    """Count the request against its key's and its owner's rate limits, or refuse it (429)."""
+    if ratelimit.is_local(settings.redis_url):
+        ratelimit.enforce(settings.redis_url, key_id, per_minute, owner_id, owner_per_minute)
+    else:  # a network round trip: not on the event loop
+        await run_in_threadpool(ratelimit.enforce, settings.redis_url, key_id, per_minute, owner_id, owner_per_minute)
 
 
 def embed_request_origin(request: Request) -> str | None:
@@ -128,24 +129,20 @@ async def _embed_session_principal(request: Request, token: str) -> Principal:
     request_state.setdefault("audit_details", {}).update(
         {"auth_method": "embed_session", "embed_session_id": use.session_id, "created_by_key_id": principal.key_id}
     )
-    ip = request_state["client_ip"] = client_ip(request)
+    request_state["client_ip"] = client_ip(request)
     request_state["user_agent"] = request.headers.get("user-agent")
     use.check_allowed(embed_request_origin(request))
     # (Not the creating key's IP allowlist: that names the servers holding the key, while a
     # session is used from its user's browser; the session is bound to an origin instead.)
-    del ip
     _refuse_nul_in_url(request)
-    limits = (
-        settings.redis_url,
-        use.session_id,
+    # Counted against the creating key: its sessions together never exceed its rate.
+    await _count_request(
+        settings,
+        principal.key_id or use.session_id,
         use.key_rate_limit_per_minute,
         use.key_owner_id,
         use.owner_rate_limit_per_minute,
     )
-    if ratelimit.is_local(settings.redis_url):
-        ratelimit.enforce(*limits)
-    else:
-        await run_in_threadpool(ratelimit.enforce, *limits)
     return principal
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, UploadFile
 from sqlalchemy.orm import Session
 
-from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target
+from tidegate.api.deps import DB, authenticated, require, set_audit_target
 from tidegate.api.inputs import InputRoute
 from tidegate.api.pagination import AfterQuery, LimitQuery
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope
 from tidegate.data import service
+from tidegate.http import request_context
 from tidegate.wire.common import Deleted, Page
 from tidegate.wire.sources import FileOut
 

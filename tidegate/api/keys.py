@@ -6,19 +6,14 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from tidegate.api.deps import (
-    DB,
-    request_context,
-    require,
-    set_audit_target,
-    settings_of,
-)
+from tidegate.api.deps import DB, require, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, LimitQuery
 from tidegate.api.responses import JSON
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope, requested_scopes
 from tidegate.credentials import service
+from tidegate.http import request_context
 from tidegate.wire.common import Page
 from tidegate.wire.keys import KeyCreated, KeyOut, KeyRevoked
 

@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy.orm import Session
 
 from tidegate.access import policies
-from tidegate.api.deps import DB, request_context, require
+from tidegate.api.deps import DB, require
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope
+from tidegate.http import request_context
 from tidegate.orgs import service
 from tidegate.wire.orgs import OrgSettingsOut
 

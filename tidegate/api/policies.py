@@ -9,15 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from tidegate.access import policies as service
-from tidegate.access.policies.explanation import Explanation
 from tidegate.access.sources import open_source, visible_sources_query
-from tidegate.api.deps import DB, request_context, require, set_audit_target
+from tidegate.api.deps import DB, require, set_audit_target
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery
 from tidegate.catalog.models import Source
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope
 from tidegate.credentials.bounds import keys_naming_policy
+from tidegate.http import request_context
 from tidegate.wire.common import DataList, Deleted, Page
 from tidegate.wire.policies import (
     ColumnOut,
@@ -274,17 +274,11 @@ class ResolveRequest(BaseModel):
     source_id: Text = Field(max_length=100)
 
 
-def _resolution_out(explained: Explanation) -> ResolvedAccessOut:
-    """The access layer's explanation, on the wire."""
-    return ResolvedAccessOut.model_validate(explained.wire())
-
-
 @router.post("/access/resolve", response_model=ResolvedAccessOut)
 def resolve(body: ResolveRequest, principal: Principal = READ, session: Session = DB):
     access = open_source(session, principal, body.source_id, with_filter=False)
-    return _resolution_out(
-        service.resolve_view(session, principal.org_id, body.user_id, access.opened_source.id, access.columns)
-    )
+    explained = service.resolve_view(session, principal.org_id, body.user_id, access.opened_source.id, access.columns)
+    return ResolvedAccessOut.model_validate(explained.wire())
 
 
 @router.get("/access/columns", response_model=DataList[SourceColumnsOut])

@@ -10,13 +10,14 @@ from sqlalchemy.orm import Session
 
 from tidegate.access.authorize import AnyOf
 from tidegate.access.sources import SourceAccess, open_source
-from tidegate.api.deps import DB, authenticated, request_context, require, set_audit_target, settings_of
+from tidegate.api.deps import DB, authenticated, require, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery, LimitQuery
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope
 from tidegate.data import connectors, engine
 from tidegate.data import service as sources
+from tidegate.http import request_context
 from tidegate.wire.common import DataList, Deleted, Page
 from tidegate.wire.sources import (
     ConnectorOut,

@@ -6,11 +6,12 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from tidegate.api.deps import DB, request_context, require, set_audit_target
+from tidegate.api.deps import DB, require, set_audit_target
 from tidegate.api.inputs import InputRoute, Text
 from tidegate.api.pagination import AfterQuery
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope
+from tidegate.http import request_context
 from tidegate.orgs import service
 from tidegate.wire.common import Deleted, Page
 from tidegate.wire.users import ExternalIdUnlinked, ExternalUserOut, UserOut

@@ -142,11 +142,6 @@ class QueryPool:
             self._workers.remove(worker)
         return self._start_worker()
 
-    def workers_alive(self) -> int:
-        """How many worker processes are running (after a replacement: back to `workers`)."""
-        with self._lock:
-            return sum(worker.is_alive() for worker in self._workers)
-
     def _shared_table(self, table: pa.Table) -> queryworker.SharedTable:
         shared = self._shared.get(id(table))
         if shared is not None and shared.table is table:
