@@ -5,6 +5,16 @@ A module above the domain packages: `tidegate.db` sits below them and imports no
 
 from tidegate.access.models import Group, GroupMember, GroupPolicy, Policy, PolicyAssignment  # noqa: F401
 from tidegate.audit.models import AuditEvent  # noqa: F401
+from tidegate.catalog.analysis import (  # noqa: F401
+    Dashboard,
+    Project,
+    ProjectRun,
+    ProjectSource,
+    ResourceShare,
+    ShareLink,
+    Step,
+    Widget,
+)
 from tidegate.catalog.models import File, Source, SourceShare, SourceVersion  # noqa: F401
 from tidegate.credentials.models import ApiKey  # noqa: F401
 from tidegate.db.base import Base  # noqa: F401

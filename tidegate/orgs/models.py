@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
-from sqlalchemy.sql.expression import true
+from sqlalchemy.sql.expression import false, true
 
 from tidegate.db.base import Base, UtcDateTime, utcnow
 
@@ -35,6 +35,9 @@ class Organization(Base):
     embeds_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     embed_allowed_origins: Mapped[list[str] | None] = mapped_column(JSON)
     embed_ui_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # None: not configured
+    # Dashboard share links that work without signing in: off unless an admin allows them;
+    # switching it off deactivates every public link at once (checked on each use).
+    public_share_links_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class User(Base):
