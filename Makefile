@@ -4,6 +4,7 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 PICO_CSS := tidegate/web/static/vendor/pico.min.css
+CHART_JS := tidegate/web/static/vendor/chart.umd.js
 HOST     ?= 127.0.0.1
 PORT     ?= 8000
 
@@ -18,13 +19,15 @@ $(STAMP): requirements.lock pyproject.toml | check-python
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# The UI's one CSS library (Pico), from the npm registry; copied, never committed.
-$(PICO_CSS): package.json package-lock.json
+# The UI's libraries (Pico for CSS, Chart.js for charts), from the npm registry; copied,
+# never committed.
+$(PICO_CSS) $(CHART_JS) &: package.json package-lock.json
 	npm ci --no-audit --no-fund
-	mkdir -p $(dir $@)
-	cp node_modules/@picocss/pico/css/pico.min.css $@
+	mkdir -p $(dir $(PICO_CSS))
+	cp node_modules/@picocss/pico/css/pico.min.css $(PICO_CSS)
+	cp node_modules/chart.js/dist/chart.umd.js $(CHART_JS)
 
-setup: $(STAMP) $(PICO_CSS)
+setup: $(STAMP) $(PICO_CSS) $(CHART_JS)
 
 # Browser tests drive Debian's Chromium (never a downloaded browser build).
 browser:
