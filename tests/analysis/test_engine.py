@@ -337,3 +337,17 @@ def test_the_step_cache_is_bounded_by_bytes_and_takes_only_immutable_values():
     assert not cache.put("big", small, 51) and cache.get("big") is None  # over half: not kept
     with pytest.raises(TypeError):
         cache.put("rows", [{"a": 1}], 10)  # a list another thread could change
+
+
+def test_a_key_reads_steps_within_its_own_policies_and_its_creators(world):
+    reader = world.user()
+    source = world.source(shared_with=[reader])
+    world.policy("region", ["US", "EU"], users=[reader])
+    narrower = world.policy("product", ["a"])
+    project = world.project({"sales": source}, [("by_region", BY_REGION)], shared_with=[reader])
+    step_plan = world.plan(world.reader(reader), project.id)
+    step = world.step_id(step_plan, "by_region")
+    assert rows(engine.evaluate(step_plan, step)) == [{"region": "EU", "total": 12}, {"region": "US", "total": 30}]
+    key = world.key_reader(reader, [narrower])
+    as_key = world.plan(key, project.id)
+    assert rows(engine.evaluate(as_key, step)) == [{"region": "EU", "total": 5}, {"region": "US", "total": 10}]
