@@ -109,6 +109,21 @@ def test_user_usage_counts_that_users_requests_per_day(client, org):
     assert admin["requests"] >= 2 and member_key[:12] not in {k["key_prefix"] for k in admin["keys"]}
 
 
+def test_embed_session_requests_count_for_the_sessions_user(client, org):
+    sales = source(client, org, "sales", ROWS)
+    client.post(f"/api/v1/sources/{sales}/org-share", json={"permission": "view"}, headers=org.headers())
+    user = org.add_user("embedded@example.com")
+    created = client.post("/api/v1/embed/sessions", json={"user_id": user}, headers=org.headers())
+    assert created.status_code == 201, created.text
+    session_headers = {"X-Embed-Session": created.json()["session_token"]}
+    for _ in range(2):
+        assert client.get(f"/api/v1/sources/{sales}/data", headers=session_headers).json()["total_count"] == 7
+    theirs = client.get(f"/api/v1/usage/users/{user}", headers=org.headers()).json()
+    assert (theirs["requests"], theirs["rows_read"]) == (2, 14)
+    # Through the key that made the session: it is listed under that key.
+    assert [k["name"] for k in theirs["keys"]] == ["admin key"]
+
+
 def insert_event(org, when: datetime, *, rows: int, action: str = "data.read", source_id: str = "src_x") -> None:
     with session_scope(org.settings.database_url) as session:
         session.add(

@@ -153,6 +153,7 @@ def test_the_ai_features_are_501_through_the_sdk_and_cli(server):
     for args in (
         ("chat", "list", "prj_x"),
         ("view", "list"),
+        ("library", "health"),
         ("source", "ask", source.id, "top 10?"),
     ):
         out = server.querri("--json", *args, key=admin_key, check=False)
