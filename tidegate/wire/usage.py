@@ -81,7 +81,7 @@ class _ReportOut(Counts):
 
 class OrgUsageOut(_ReportOut):
     org_id: str
-    total_ai_messages: int = Field(0, description="Always 0: tidegate has no AI features.")
+    total_ai_messages: int = Field(description="Always 0: tidegate has no AI features.")
     active_user_count: int = Field(description="Users a request was made for, or who made a change, in the period.")
     project_count: int = Field(description="Projects in the organization now.")
 
@@ -98,7 +98,7 @@ class OrgUsageOut(_ReportOut):
 
 class UserUsageOut(_ReportOut):
     user_id: str
-    ai_messages: int = Field(0, description="Always 0: tidegate has no AI features.")
+    ai_messages: int = Field(description="Always 0: tidegate has no AI features.")
 
     @classmethod
     def of(cls, report: UserReport) -> UserUsageOut:
