@@ -53,6 +53,13 @@ class RateLimited(TidegateError):
     type = "rate_limit_error"
 
 
+class NotImplementedFeature(TidegateError):
+    """A Querri feature tidegate deliberately does not have (the AI features): 501."""
+
+    status = 501
+    type = "not_implemented_error"
+
+
 class ServiceUnavailable(TidegateError):
     """A dependency (database, Redis, disk, audit journal) is down: retry later.
 

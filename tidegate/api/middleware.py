@@ -76,7 +76,7 @@ class RequestMiddleware:
                 message["headers"] = headers
                 try:
                     # No audit, no access: journaled before the first byte (of a stream too) leaves.
-                    event = self._event(scope, message["status"], "evt_" + request_ulid)
+                    event = self._event(scope, message["status"], "evt_" + request_ulid, headers)
                     if event is not None:
                         try:
                             self.journal.append(event)
@@ -141,7 +141,7 @@ class RequestMiddleware:
             500, "api_error", "internal_error", f"Internal error; quote request id {request_id} when reporting it."
         )
 
-    def _event(self, scope, status: int, event_id: str) -> dict | None:
+    def _event(self, scope, status: int, event_id: str, headers=()) -> dict | None:
         state = scope.get("state", {})
         who = state.get("audit_key")
         if who is None:
@@ -165,6 +165,9 @@ class RequestMiddleware:
             "creator_user_id": who["user_id"],
             **state.get("audit_details", {}),
         }
+        sent = _content_length(headers)
+        if sent is not None:  # (a streamed response has none yet: its bytes are not counted)
+            details["bytes_out"] = sent
         return event_row(
             id=event_id,
             org_id=who["org_id"],
@@ -183,3 +186,14 @@ class RequestMiddleware:
             request_id=state.get("request_id"),
             details=details,
         )
+
+
+def _content_length(headers) -> int | None:
+    """The response body's size in bytes, if its headers say it (usage counts bytes out)."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

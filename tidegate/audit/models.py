@@ -19,6 +19,7 @@ class AuditEvent(Base):
         Index(None, "org_id", "actor_id", "id"),
         Index(None, "org_id", "action", "id"),
         Index(None, "org_id", "target_id", "id"),
+        Index(None, "org_id", "timestamp"),  # usage reports: an org's events in a period
     )
 
     # Time-ordered id: newest-first listing and the cursor both use it.

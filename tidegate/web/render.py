@@ -47,6 +47,7 @@ SECTIONS: tuple[NavItem, ...] = (
     NavItem("Sources", "/sources", Scope.SOURCES_READ),
     NavItem("Settings", "/settings", None),
     NavItem("Audit log", "/audit", Scope.AUDIT_READ),
+    NavItem("Usage", "/usage", Scope.USAGE_READ),
 )
 SETTINGS_PAGES: tuple[NavItem, ...] = (
     NavItem("API Keys", "/settings/api-keys", Scope.KEYS_MANAGE),
