@@ -1,0 +1,233 @@
+"""Dashboard share links: the API that manages them and the /links/<token> page they open.
+
+Member links need sign-in and show each viewer their own rows; public links exist only
+while the organization allows them, render with their policies' access (never more than
+their creator's), stop when the setting is switched off; revoked or expired links are 404.
+The token is shown once and never stored, logged or audited.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from analysis_world import SALES, make_project, share
+
+from tidegate.catalog.analysis import ShareLink
+from tidegate.db.base import utcnow
+from tidegate.db.engine import session_scope
+from tidegate.orgs import service as orgs
+from tidegate.web.sessions import SESSION_COOKIE, start_session
+
+API = "/api/v1"
+
+
+def ok(response, status: int = 200) -> dict:
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def error_of(response) -> tuple[int, str]:
+    return response.status_code, response.json()["error"]["code"]
+
+
+def number_on(html: str) -> str:
+    found = re.findall(r"data-widget-number>([^<]*)<", html)
+    assert len(found) == 1, html
+    return found[0].strip()
+
+
+@pytest.fixture
+def world(client, org):
+    """As in test_api_dashboards: `sales` shared with members us and eu (region policies);
+    the admin's project and dashboard (one number widget: the total) shared with both."""
+    h = org.headers()
+    us, eu = org.add_user("us@example.com"), org.add_user("eu@example.com")
+    source = ok(client.post(f"{API}/sources", json={"name": "sales", "rows": SALES}, headers=h), 201)["id"]
+    policies = {}
+    for user, region in ((us, "US"), (eu, "EU")):
+        ok(client.post(f"{API}/sources/{source}/shares", json={"user_id": user, "permission": "view"}, headers=h))
+        policies[region] = ok(
+            client.post(
+                f"{API}/access/policies",
+                json={"name": f"only-{region}", "row_filters": [{"column": "region", "values": [region]}]},
+                headers=h,
+            ),
+            201,
+        )["id"]
+        ok(client.post(f"{API}/access/policies/{policies[region]}/users", json={"user_ids": [user]}, headers=h))
+    url = org.settings.database_url
+    project, (step,) = make_project(
+        url, org.id, org.admin_id, {"sales": source}, [("total", "SELECT sum(amount)::BIGINT AS total FROM sales")]
+    )
+    dashboard = ok(client.post(f"{API}/dashboards", json={"name": "Sales"}, headers=h))["id"]
+    body = {"title": "Revenue", "project_id": project, "step_id": step, "kind": "number", "y": "total"}
+    ok(client.post(f"{API}/dashboards/{dashboard}/widgets", json=body, headers=h))
+    for user in (us, eu):
+        share(url, org.id, "project", project, user, org.admin_id)
+    return {"us": us, "eu": eu, "project": project, "step": step, "dashboard": dashboard, "policies": policies}
+
+
+def sign_in(client, org, user_id: str) -> None:
+    with session_scope(org.settings.database_url) as session:
+        user = orgs.get_user(session, org.id, user_id)
+        token = start_session(session, org.settings.session_key, user, ip=None, user_agent=None)
+    client.cookies.set(SESSION_COOKIE, token)
+
+
+def sign_out(client) -> None:
+    client.cookies.clear()
+
+
+def new_link(client, org, dashboard: str, **body) -> dict:
+    return ok(client.post(f"{API}/dashboards/{dashboard}/links", json=body, headers=org.headers()))
+
+
+def public_links(client, org, enabled: bool) -> None:
+    r = client.patch(f"{API}/org/settings", json={"public_share_links_enabled": enabled}, headers=org.headers())
+    assert ok(r)["public_share_links_enabled"] is enabled
+
+
+def path_of(link: dict) -> str:
+    return "/links/" + link["token"]
+
+
+def test_a_member_link_needs_sign_in_and_shows_each_viewer_their_rows(client, org, world):
+    link = new_link(client, org, world["dashboard"], expires_in_days=7)
+    assert link["token"].startswith("dl_") and len(link["token"]) == 46
+    assert link["url"].endswith(path_of(link)) and link["token_prefix"] == link["token"][:12]
+    assert (link["public"], link["policy_ids"], link["status"]) == (False, [], "active")
+
+    r = client.get(path_of(link), follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
+
+    # The dashboard itself was never shared with `us`: the link opens it, with us's rows.
+    sign_in(client, org, world["us"])
+    assert client.get(f"/dashboards/{world['dashboard']}").status_code == 404
+    assert number_on(client.get(path_of(link)).text) == "30"
+    sign_in(client, org, world["eu"])
+    assert number_on(client.get(path_of(link)).text) == "70"
+    sign_in(client, org, org.admin_id)
+    assert number_on(client.get(path_of(link)).text) == "150"
+
+    # Another organization's member: not theirs to open.
+    other = org.__class__(**{**org.__dict__})
+    with session_scope(org.settings.database_url) as session:
+        created = orgs.create_organization(session, "elsewhere", "boss@elsewhere.example", None)
+        stranger = created.admin.id
+        other.id = created.org.id
+    sign_in(client, other, stranger)
+    assert client.get(path_of(link)).status_code == 404
+
+
+def test_links_list_without_secrets_and_revoke(client, org, world):
+    dash = world["dashboard"]
+    link = new_link(client, org, dash)
+    listed = ok(client.get(f"{API}/dashboards/{dash}/links", headers=org.headers()))["data"]
+    assert [entry["id"] for entry in listed] == [link["id"]]
+    assert "token" not in listed[0] and link["token"] not in str(listed)
+    # Owner only: a viewer of the dashboard may not list or create links.
+    share(org.settings.database_url, org.id, "dashboard", dash, world["us"], org.admin_id)
+    us_key = org.key_for(world["us"])
+    assert error_of(client.get(f"{API}/dashboards/{dash}/links", headers=org.headers(us_key)))[0] == 403
+    assert error_of(client.post(f"{API}/dashboards/{dash}/links", json={}, headers=org.headers(us_key)))[0] == 403
+
+    revoked = ok(client.delete(f"{API}/dashboards/{dash}/links/{link['id']}", headers=org.headers()))
+    assert revoked == {"id": link["id"], "dashboard_id": dash, "revoked": True}
+    assert ok(client.get(f"{API}/dashboards/{dash}/links", headers=org.headers()))["data"][0]["status"] == "revoked"
+    sign_in(client, org, org.admin_id)
+    assert client.get(path_of(link)).status_code == 404
+    assert error_of(client.delete(f"{API}/dashboards/{dash}/links/lnk_nope", headers=org.headers())) == (
+        404,
+        "link_not_found",
+    )
+
+
+def test_an_expired_link_is_404(client, org, world):
+    link = new_link(client, org, world["dashboard"], expires_in_days=1)
+    sign_in(client, org, world["us"])
+    assert client.get(path_of(link)).status_code == 200
+    with session_scope(org.settings.database_url) as session:
+        session.get(ShareLink, link["id"]).expires_at = utcnow() - timedelta(seconds=1)
+    assert client.get(path_of(link)).status_code == 404
+    assert (
+        ok(client.get(f"{API}/dashboards/{world['dashboard']}/links", headers=org.headers()))["data"][0]["status"]
+        == "expired"
+    )
+    assert client.get("/links/dl_" + "x" * 43).status_code == 404
+    assert client.get("/links/not-a-token").status_code == 404
+
+
+def test_public_links_follow_the_org_setting_and_their_policies(client, org, world):
+    dash, us_policy = world["dashboard"], world["policies"]["US"]
+    # Off (the default): refused.
+    assert error_of(
+        client.post(
+            f"{API}/dashboards/{dash}/links", json={"public": True, "policy_ids": [us_policy]}, headers=org.headers()
+        )
+    ) == (403, "public_links_disabled")
+    public_links(client, org, True)
+    for body, code in (
+        ({"public": True}, "policy_ids_required"),
+        ({"public": True, "policy_ids": []}, "policy_ids_required"),
+        ({"public": True, "policy_ids": ["pol_nope"]}, "policy_not_found"),
+        ({"public": False, "policy_ids": [us_policy]}, "policy_ids_public_only"),
+    ):
+        r = client.post(f"{API}/dashboards/{dash}/links", json=body, headers=org.headers())
+        assert r.status_code in (400, 404) and r.json()["error"]["code"] == code, r.text
+    link = new_link(client, org, dash, public=True, policy_ids=[us_policy])
+    assert link["public"] is True and link["policy_ids"] == [us_policy]
+
+    sign_out(client)
+    page = client.get(path_of(link))
+    assert page.status_code == 200 and number_on(page.text) == "30"  # the US policy's rows only
+    assert "Sign out" not in page.text  # nobody is signed in on a public page
+
+    # Switched off: every public link stops at once; on again, it works again.
+    public_links(client, org, False)
+    assert client.get(path_of(link)).status_code == 404
+    public_links(client, org, True)
+    assert client.get(path_of(link)).status_code == 200
+
+    ok(client.delete(f"{API}/dashboards/{dash}/links/{link['id']}", headers=org.headers()))
+    assert client.get(path_of(link)).status_code == 404
+
+
+def test_a_public_link_never_shows_more_than_its_creator_may_see(client, org, world):
+    """`eu` (region = EU) owns a dashboard and links it publicly with the US policy: the
+    link shows EU AND US, nothing; with the EU policy, EU's rows."""
+    public_links(client, org, True)
+    eu = org.headers(org.key_for(world["eu"]))
+    dash = ok(client.post(f"{API}/dashboards", json={"name": "eu's"}, headers=eu))["id"]
+    body = {"title": "Revenue", "project_id": world["project"], "step_id": world["step"], "kind": "number"}
+    ok(client.post(f"{API}/dashboards/{dash}/widgets", json=body, headers=eu))
+    wide = ok(
+        client.post(
+            f"{API}/dashboards/{dash}/links", json={"public": True, "policy_ids": [world["policies"]["US"]]}, headers=eu
+        )
+    )
+    same = ok(
+        client.post(
+            f"{API}/dashboards/{dash}/links", json={"public": True, "policy_ids": [world["policies"]["EU"]]}, headers=eu
+        )
+    )
+    assert number_on(client.get(path_of(wide)).text) in ("–", "None", "")
+    assert number_on(client.get(path_of(same)).text) == "70"
+    # Its creator deactivated: the link stops.
+    with session_scope(org.settings.database_url) as session:
+        orgs.get_user(session, org.id, world["eu"]).is_active = False
+    assert client.get(path_of(same)).status_code == 404
+
+
+def test_link_tokens_never_reach_the_audit_log(client, org, world):
+    public_links(client, org, True)
+    link = new_link(client, org, world["dashboard"], public=True, policy_ids=[world["policies"]["US"]])
+    client.get(path_of(link))
+    client.delete(f"{API}/dashboards/{world['dashboard']}/links/{link['token']}", headers=org.headers())
+    client.app.state.journal.flush()
+    events = ok(client.get(f"{API}/audit/events", params={"limit": 100}, headers=org.headers()))["data"]
+    assert events and link["token"] not in str(events)
+    viewed = [e for e in events if e["action"] == "dashboard.viewed"]
+    assert viewed and viewed[0]["details"]["link_id"] == link["id"]
+    assert any(e["action"] == "dashboard.link_created" for e in events)
