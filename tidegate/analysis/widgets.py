@@ -104,23 +104,9 @@ def _failure(exc: TidegateError) -> WidgetError | None:
     return WidgetError(exc.code, exc.message)
 
 
-def evaluate(target: WidgetTarget) -> pa.Table | WidgetError:
-    """In this process (the web pages): the step's rows for the reader, filtered."""
-    if target.plan is None:
-        assert target.error is not None
-        return target.error
-    try:
-        table = engine.evaluate(target.plan, target.step_id)
-    except TidegateError as exc:
-        error = _failure(exc)
-        if error is None:
-            raise
-        return error
-    return narrow(table, target.filters)
-
-
 async def run(limits: Any, principal: Principal, target: WidgetTarget) -> pa.Table | WidgetError:
-    """Through the query pool (the API): admission, deadline, memory ceiling, as /query."""
+    """The step's rows for the reader, filtered; through the query pool (admission,
+    deadline, memory ceiling, as /query), for the API and the web pages alike."""
     if target.plan is None:
         assert target.error is not None
         return target.error

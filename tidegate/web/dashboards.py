@@ -11,10 +11,12 @@ data block (never an inline script: the CSP allows scripts from /static only) th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Path, Request
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from tidegate import jsonfmt
@@ -115,28 +117,54 @@ def _emails(session, user_ids) -> dict[str, str]:
 # -- one dashboard ----------------------------------------------------------------------------
 
 
-def widget_views(session, reader: Principal, dashboard: Dashboard) -> list[dict[str, Any]]:
-    """Every widget of the dashboard, evaluated for `reader` (the viewer), ready to draw."""
+@dataclass(frozen=True)
+class Board:
+    """A dashboard as one reader will see it: what to draw (values only, built in a session,
+    evaluated outside it)."""
+
+    id: str
+    org_id: str
+    name: str
+    description: str | None
+    filters: list[dict[str, Any]]
+    widgets: tuple[tuple[dict[str, Any], widgets.WidgetTarget], ...]
+
+
+def board_of(session, reader: Principal, dashboard: Dashboard) -> Board:
     filters = widgets.filters_of(dashboard.filters)
+    return Board(
+        id=dashboard.id,
+        org_id=dashboard.org_id,
+        name=dashboard.name,
+        description=dashboard.description,
+        filters=list(dashboard.filters or []),
+        widgets=tuple(
+            (
+                {"id": w.id, "title": w.title, "kind": w.kind, "x": w.x, "y": w.y, "step_id": w.step_id},
+                widgets.target_of(session, reader, w, filters),
+            )
+            for w in dashboards.widgets_of(session, dashboard.id)
+        ),
+    )
+
+
+async def widget_views(request: Request, reader: Principal, board: Board) -> list[dict[str, Any]]:
+    """Every widget of the board, evaluated for `reader` through the query pool (admission,
+    deadline, memory ceiling, as the API), ready to draw."""
+    limits = settings_of(request).query_limits
     views = []
-    for widget in dashboards.widgets_of(session, dashboard.id):
-        target = widgets.target_of(session, reader, widget, filters)
-        shown = widgets.page(widgets.evaluate(target), 1, widgets.CHART_ROWS)
+    for widget, target in board.widgets:
+        shown = widgets.page(await widgets.run(limits, reader, target), 1, widgets.CHART_ROWS)
+        kind, x, y = widget["kind"], widget["x"], widget["y"]
         views.append(
             {
-                "id": widget.id,
-                "title": widget.title,
-                "kind": widget.kind,
-                "x": widget.x,
-                "y": widget.y,
-                "project_id": widget.project_id,
-                "step_id": widget.step_id,
+                **widget,
                 "error": shown.error,
                 "columns": shown.columns,
                 "rows": shown.rows[:TABLE_ROWS],
                 "total": shown.total,
-                "number": _number(shown, widget.y),
-                "chart": _json_block(_chart(shown, widget.x, widget.y)) if widget.kind in ("bar", "line") else None,
+                "number": _number(shown, y),
+                "chart": _json_block(_chart(shown, x, y)) if kind in ("bar", "line") else None,
                 "source_ids": target.source_ids,
             }
         )
@@ -169,7 +197,7 @@ def _chart(shown: widgets.WidgetPage, x: str | None, y: str | None) -> dict[str,
     return {"labels": [str(row.get(x)) for row in shown.rows], "values": values, "label": y}
 
 
-def _audit_view(request: Request, reader: Principal, dashboard: Dashboard, views: list[dict], link_id: str | None):
+def _audit_view(request: Request, reader: Principal, dashboard: Board, views: list[dict], link_id: str | None):
     """A dashboard shown in a page is a read of rows: audited like an API data read (the
     journal, as the API middleware does), without the link's token (its id only)."""
     state = request.scope.get("state", {})
@@ -197,14 +225,13 @@ def _audit_view(request: Request, reader: Principal, dashboard: Dashboard, views
     request.app.state.journal.append(event)
 
 
-def _dashboard_context(session, viewer: Viewer, dashboard: Dashboard, views: list[dict]) -> dict[str, Any]:
+def _dashboard_context(session, viewer: Viewer, dashboard: Dashboard) -> dict[str, Any]:
+    """What the page shows besides the widgets: the forms this viewer may use."""
     permission = permission_of(session, session.get(User, viewer.user.id), dashboard)
     can_edit = viewer.can(WRITE) and permission in (EDIT, OWNER)
     is_owner = permission == OWNER
     context: dict[str, Any] = {
         "title": dashboard.name,
-        "dashboard": dashboard,
-        "widgets": views,
         "filters_text": "\n".join(f"{f['column']} = {', '.join(f['values'])}" for f in dashboard.filters or []),
         "can_edit": can_edit,
         "can_delete": viewer.can(WRITE) and is_owner,
@@ -242,34 +269,44 @@ def _steps_offered(session, principal: Principal) -> list[dict[str, str]]:
     return [{"value": f"{s.project_id}/{s.id}", "label": f"{names[s.project_id]} / {s.name}"} for s in steps]
 
 
-def _show(request: Request, dashboard_id: str, *, notice: str | None = None, **extra):
-    with db(request) as session:
-        viewer = signed_in(request, session, READ)
-        with as_page(viewer):
-            dashboard = dashboards.get_dashboard(session, viewer.principal, dashboard_id)
-            views = widget_views(session, viewer.principal, dashboard)
-            context = _dashboard_context(session, viewer, dashboard, views)
-        _audit_view(request, viewer.principal, dashboard, views, None)
-    status = extra.pop("status", 200)
-    context.update(notice=NOTICES.get(notice or ""), **extra)
+async def _show(request: Request, dashboard_id: str, *, notice: str | None = None, status: int = 200, **extra):
+    def load():
+        with db(request) as session:
+            viewer = signed_in(request, session, READ)
+            with as_page(viewer):
+                dashboard = dashboards.get_dashboard(session, viewer.principal, dashboard_id)
+                return (
+                    viewer,
+                    board_of(session, viewer.principal, dashboard),
+                    _dashboard_context(session, viewer, dashboard),
+                )
+
+    viewer, board, context = await run_in_threadpool(load)
+    views = await widget_views(request, viewer.principal, board)
+    _audit_view(request, viewer.principal, board, views, None)
+    context.update(dashboard=board, widgets=views, notice=NOTICES.get(notice or ""), **extra)
     return page(request, "dashboard.html", context, viewer=viewer, status=status)
 
 
 @router.get("/dashboards/{dashboard_id}")
-def dashboard_page(request: Request, dashboard_id: str = DashboardId(), notice: str | None = None):
-    return _show(request, dashboard_id, notice=notice if notice in NOTICES else None)
+async def dashboard_page(request: Request, dashboard_id: str = DashboardId(), notice: str | None = None):
+    return await _show(request, dashboard_id, notice=notice if notice in NOTICES else None)
 
 
-def _change(request: Request, form: FormData, dashboard_id: str, change, notice: str, scope: Scope = WRITE):
+async def _change(request: Request, form: FormData, dashboard_id: str, change, notice: str, scope: Scope = WRITE):
     """Runs `change(session, viewer)`; on a refusal, the dashboard page again saying why."""
-    try:
+
+    def run():
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, scope)
             change(session, viewer)
+
+    try:
+        await run_in_threadpool(run)
     except PageError:
         raise
     except TidegateError as exc:
-        return _show(request, dashboard_id, error=exc.message, status=exc.status)
+        return await _show(request, dashboard_id, error=exc.message, status=exc.status)
     return redirect(f"/dashboards/{dashboard_id}?notice={notice}")
 
 
@@ -287,7 +324,7 @@ def parse_filters(raw: str) -> list[dict[str, Any]]:
 
 
 @router.post("/dashboards/{dashboard_id}/filters")
-def save_filters(request: Request, dashboard_id: str = DashboardId(), form: FormData = FORM):
+async def save_filters(request: Request, dashboard_id: str = DashboardId(), form: FormData = FORM):
     def change(session, viewer):
         dashboards.update_dashboard(
             session,
@@ -297,11 +334,11 @@ def save_filters(request: Request, dashboard_id: str = DashboardId(), form: Form
             context=request_context(request),
         )
 
-    return _change(request, form, dashboard_id, change, "filters")
+    return await _change(request, form, dashboard_id, change, "filters")
 
 
 @router.post("/dashboards/{dashboard_id}/widgets")
-def add_widget(request: Request, dashboard_id: str = DashboardId(), form: FormData = FORM):
+async def add_widget(request: Request, dashboard_id: str = DashboardId(), form: FormData = FORM):
     def change(session, viewer):
         project_id, _, step_id = text(form, "step", 200).partition("/")
         if not step_id:
@@ -319,17 +356,17 @@ def add_widget(request: Request, dashboard_id: str = DashboardId(), form: FormDa
             context=request_context(request),
         )
 
-    return _change(request, form, dashboard_id, change, "widget_added")
+    return await _change(request, form, dashboard_id, change, "widget_added")
 
 
 @router.post("/dashboards/{dashboard_id}/widgets/{widget_id}/delete")
-def delete_widget(
+async def delete_widget(
     request: Request, dashboard_id: str = DashboardId(), widget_id: str = DashboardId(), form: FormData = FORM
 ):
     def change(session, viewer):
         dashboards.delete_widget(session, viewer.principal, dashboard_id, widget_id, context=request_context(request))
 
-    return _change(request, form, dashboard_id, change, "widget_removed")
+    return await _change(request, form, dashboard_id, change, "widget_removed")
 
 
 @router.post("/dashboards/{dashboard_id}/delete")
@@ -342,15 +379,16 @@ def delete_dashboard(request: Request, dashboard_id: str = DashboardId(), form: 
 
 
 @router.post("/dashboards/{dashboard_id}/links")
-def create_link(request: Request, dashboard_id: str = DashboardId(), form: FormData = FORM):
+async def create_link(request: Request, dashboard_id: str = DashboardId(), form: FormData = FORM):
     """The new link's URL is shown on this response only (its token is never stored)."""
-    try:
+
+    def create():
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, Scope.PERMISSIONS_WRITE)
             days = text(form, "expires_in_days", 10)
             if days and not days.isdigit():
                 raise InvalidRequest("invalid_expiry", "Expires in (days) must be a whole number.")
-            created = links.create_link(
+            return links.create_link(
                 session,
                 viewer.principal,
                 settings_of(request).pepper,
@@ -360,48 +398,56 @@ def create_link(request: Request, dashboard_id: str = DashboardId(), form: FormD
                 policy_ids=[p for p in form.getlist("policy_ids") if isinstance(p, str) and p],
                 context=request_context(request),
             )
-            url = str(request.base_url).rstrip("/") + "/links/" + created.token
+
+    try:
+        created = await run_in_threadpool(create)
     except PageError:
         raise
     except TidegateError as exc:
-        return _show(request, dashboard_id, error=exc.message, status=exc.status)
-    return _show(request, dashboard_id, new_link={"url": url, "public": created.link.public})
+        return await _show(request, dashboard_id, error=exc.message, status=exc.status)
+    url = str(request.base_url).rstrip("/") + "/links/" + created.token
+    return await _show(request, dashboard_id, new_link={"url": url, "public": created.link.public})
 
 
 @router.post("/dashboards/{dashboard_id}/links/{link_id}/revoke")
-def revoke_link(
+async def revoke_link(
     request: Request, dashboard_id: str = DashboardId(), link_id: str = DashboardId(), form: FormData = FORM
 ):
     def change(session, viewer):
         links.revoke_link(session, viewer.principal, dashboard_id, link_id, context=request_context(request))
 
-    return _change(request, form, dashboard_id, change, "link_revoked", Scope.PERMISSIONS_WRITE)
+    return await _change(request, form, dashboard_id, change, "link_revoked", Scope.PERMISSIONS_WRITE)
 
 
 # -- /links/<token> ---------------------------------------------------------------------------
 
 
 @router.get("/links/{token}")
-def link_page(request: Request, token: str = Path(max_length=100)):
+async def link_page(request: Request, token: str = Path(max_length=100)):
     """A share link: a member link for the signed-in members of its organization (each sees
     their own rows); a public link without signing in, with its policies' access."""
-    with db(request) as session:
-        use = links.open_link(session, settings_of(request).pepper, token)
-        viewer = None
-        if use.public:
-            reader = links.public_reader(session, use)
-        else:
-            viewer = signed_in(request, session)
-            reader = viewer.principal
-        dashboard = links.linked_dashboard(session, use, reader)
-        views = widget_views(session, reader, dashboard)
-        context = {
-            "title": dashboard.name,
-            "dashboard": dashboard,
-            "widgets": views,
-            "public": use.public,
-            "expires_at": use.expires_at,
-        }
-        _audit_view(request, reader, dashboard, views, use.link_id)
+
+    def load():
+        with db(request) as session:
+            use = links.open_link(session, settings_of(request).pepper, token)
+            viewer = None
+            if use.public:
+                reader = links.public_reader(session, use)
+            else:
+                viewer = signed_in(request, session)
+                reader = viewer.principal
+            dashboard = links.linked_dashboard(session, use, reader)
+            return use, viewer, reader, board_of(session, reader, dashboard)
+
+    use, viewer, reader, board = await run_in_threadpool(load)
+    views = await widget_views(request, reader, board)
+    _audit_view(request, reader, board, views, use.link_id)
+    context = {
+        "title": board.name,
+        "dashboard": board,
+        "widgets": views,
+        "public": use.public,
+        "expires_at": use.expires_at,
+    }
     # (A public link's page shows no navigation: its reader is nobody in particular.)
     return page(request, "dashboard_link.html", context, viewer=viewer)
