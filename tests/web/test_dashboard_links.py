@@ -17,6 +17,7 @@ from analysis_world import SALES, make_project, share
 from tidegate.catalog.analysis import ShareLink
 from tidegate.db.base import utcnow
 from tidegate.db.engine import session_scope
+from tidegate.http import redact_secrets
 from tidegate.orgs import service as orgs
 from tidegate.web.sessions import SESSION_COOKIE, start_session
 
@@ -231,3 +232,31 @@ def test_link_tokens_never_reach_the_audit_log(client, org, world):
     viewed = [e for e in events if e["action"] == "dashboard.viewed"]
     assert viewed and viewed[0]["details"]["link_id"] == link["id"]
     assert any(e["action"] == "dashboard.link_created" for e in events)
+
+
+def test_the_token_format_is_redacted_wherever_a_path_is_logged():
+    token = "dl_" + "A1b2-_" * 7 + "x"
+    assert redact_secrets(f"/links/{token}") == "/links/dl_[redacted]"
+    assert redact_secrets("/dashboards/dash_01abc/links/lnk_01abc") == "/dashboards/dash_01abc/links/lnk_01abc"
+
+
+def test_admins_switch_public_links_in_settings_security(client, org, world):
+    sign_in(client, org, org.admin_id)
+    page = client.get("/settings/security")
+    assert page.status_code == 200 and 'name="public_share_links_enabled"' in page.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    form = {"csrf_token": token, "api_key_creation_enabled": "on", "max_keys_per_user": "100"}
+    form["user_rate_limit_per_minute"] = "100000"
+    saved = client.post("/settings/security/admin-controls", data={**form, "public_share_links_enabled": "on"})
+    assert saved.status_code == 200, saved.text  # (followed the redirect)
+    assert ok(client.get(f"{API}/org/settings", headers=org.headers()))["public_share_links_enabled"] is True
+    link = new_link(client, org, world["dashboard"], public=True, policy_ids=[world["policies"]["EU"]])
+    sign_out(client)
+    assert number_on(client.get(path_of(link)).text) == "70"
+    sign_in(client, org, org.admin_id)
+    form["csrf_token"] = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/settings/security").text).group(1)
+    off = client.post("/settings/security/admin-controls", data=form)  # the switch unchecked: off
+    assert off.status_code == 200, off.text[-3000:]
+    assert ok(client.get(f"{API}/org/settings", headers=org.headers()))["public_share_links_enabled"] is False
+    sign_out(client)
+    assert client.get(path_of(link)).status_code == 404
