@@ -162,3 +162,31 @@ def test_raw_http_refresh_takes_no_body_and_lists_are_cursor_pages(server):
         assert set(first) == {"data", "has_more", "next_cursor"} and first["has_more"] is True
         r = http.post(f"/dashboards/{ids[0]}/refresh")  # no body, no content type
         assert r.status_code == 200 and r.json()["status"] == "refreshing"
+
+
+def test_an_embed_session_reads_dashboards_through_the_sdk_user_client(server):
+    """`client.as_user(session).dashboards`: list, get and refresh_status as the session's
+    user (the dashboards shared with them), and nothing that writes."""
+    _, secret = server.new_admin_key()
+    client = server.sdk(secret)
+    ext = unique("viewer")
+    session = client.embed.get_session(user={"external_id": ext, "email": f"{ext}@example.com"})
+    shared = client.dashboards.create(name=unique("shared"))
+    private = client.dashboards.create(name=unique("private"))
+    share(database_url(server), server.org_id, "dashboard", shared.id, session["user_id"], server.admin_user_id)
+    with client.as_user(session) as user_client:
+        assert [d.id for d in user_client.dashboards.list()] == [shared.id]
+        assert user_client.dashboards.get(shared.id).name == shared.name
+        assert user_client.dashboards.refresh_status(shared.id).status == "idle"
+        with pytest.raises(NotFoundError):
+            user_client.dashboards.get(private.id)
+    headers = {"X-Embed-Session": session["session_token"]}
+    with httpx.Client(base_url=server.url + "/api/v1", headers=headers) as http:
+        for response in (
+            http.post("/dashboards", json={"name": "x"}),
+            http.patch(f"/dashboards/{shared.id}", json={"name": "x"}),
+            http.post(f"/dashboards/{shared.id}/refresh"),
+            http.delete(f"/dashboards/{shared.id}"),
+        ):
+            assert response.status_code == 403 and response.json()["error"]["code"] == "insufficient_scope"
+    client.close()
