@@ -260,3 +260,26 @@ def test_admins_switch_public_links_in_settings_security(client, org, world):
     assert ok(client.get(f"{API}/org/settings", headers=org.headers()))["public_share_links_enabled"] is False
     sign_out(client)
     assert client.get(path_of(link)).status_code == 404
+
+
+def test_a_narrower_key_cannot_make_a_public_link_wider_than_itself(client, org, world):
+    public_links(client, org, True)
+    us, eu = world["policies"]["US"], world["policies"]["EU"]
+    dash = world["dashboard"]
+
+    def create(key: str, policy_ids: list[str]):
+        body = {"public": True, "policy_ids": policy_ids}
+        return client.post(f"{API}/dashboards/{dash}/links", json=body, headers=org.headers(key))
+
+    own_policies = org.key_for(org.admin_id, access_policy_ids=[us])
+    assert error_of(create(own_policies, [eu])) == (403, "public_link_exceeds_key")
+    assert error_of(create(own_policies, [us, eu])) == (403, "public_link_exceeds_key")
+    link = ok(create(own_policies, [us]))
+    assert number_on(client.get(path_of(link)).text) == "30"
+    source = ok(client.get(f"{API}/sources", headers=org.headers()))["data"][0]["id"]
+    scoped = org.key_for(org.admin_id, source_scope={"mode": "selected", "source_ids": [source]})
+    assert error_of(create(scoped, [us])) == (403, "public_link_exceeds_key")
+    bound = org.key_for(org.admin_id, bound_user_id=org.admin_id)
+    assert error_of(create(bound, [us])) == (403, "public_link_exceeds_key")
+    # A key without narrowing of its own makes any link its creator may.
+    assert ok(create(org.key_for(org.admin_id), [eu]))["policy_ids"] == [eu]

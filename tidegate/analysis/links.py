@@ -99,6 +99,25 @@ def _check_policies(session: Session, org_id: str, policy_ids: list[str]) -> lis
     return ids
 
 
+def _check_within_key(principal: Principal, policy_ids: list[str]) -> None:
+    """A public link reads as its creator (the USER) narrowed by its policies. Made with a key
+    (or an embed session) that is itself narrower than its user, it could show more than that
+    key may read: refused unless the key's only narrowing is its own policies and the link
+    names exactly those (policies compose by union on a column, so only equality never widens)."""
+    restrictions = principal.restrictions
+    if restrictions is None:
+        return
+    narrower = not restrictions.source_selection.unbounded() or restrictions.bound_user_id is not None
+    key_policies = set(restrictions.access_policy_ids)
+    if narrower or (key_policies and key_policies != set(policy_ids)):
+        raise Forbidden(
+            "public_link_exceeds_key",
+            "This key reads less than its creator (a source scope, a bound user, or its own access policies): "
+            "a public link it makes must name exactly the key's own access policies, and a key with a source "
+            "scope or a bound user cannot make one.",
+        )
+
+
 def create_link(
     session: Session,
     principal: Principal,
@@ -127,6 +146,7 @@ def create_link(
                 "A public link renders with the access of named policies: give a non-empty policy_ids.",
             )
         policy_ids = _check_policies(session, principal.org_id, policy_ids)
+        _check_within_key(principal, policy_ids)
     elif policy_ids:
         raise InvalidRequest(
             "policy_ids_public_only",
