@@ -283,3 +283,41 @@ def test_a_narrower_key_cannot_make_a_public_link_wider_than_itself(client, org,
     assert error_of(create(bound, [us])) == (403, "public_link_exceeds_key")
     # A key without narrowing of its own makes any link its creator may.
     assert ok(create(org.key_for(org.admin_id), [eu]))["policy_ids"] == [eu]
+
+
+# -- the dashboard pages (signed in) -----------------------------------------------------------
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def test_dashboard_pages_show_each_viewer_their_own(client, org, world):
+    dash = world["dashboard"]
+    private = ok(client.post(f"{API}/dashboards", json={"name": "Admin only"}, headers=org.headers()))["id"]
+    share(org.settings.database_url, org.id, "dashboard", dash, world["us"], org.admin_id)
+    sign_in(client, org, world["us"])
+    listing = client.get("/dashboards")
+    assert listing.status_code == 200 and f"/dashboards/{dash}" in listing.text and private not in listing.text
+    shown = client.get(f"/dashboards/{dash}")
+    assert shown.status_code == 200 and number_on(shown.text) == "30"
+    assert "Add widget" not in shown.text and "Create link" not in shown.text  # a viewer: no forms
+    assert client.get(f"/dashboards/{private}").status_code == 404
+    # A viewer's forged change is refused, nothing changes.
+    refused = client.post(f"/dashboards/{dash}/filters", data={"csrf_token": csrf_of(shown.text), "filters": "a = b"})
+    assert refused.status_code == 403
+    # Their own dashboard, made in the page.
+    made = client.post("/dashboards", data={"csrf_token": csrf_of(listing.text), "name": "Mine"})
+    assert made.status_code == 200 and "Dashboard created." in made.text
+
+    sign_in(client, org, org.admin_id)
+    page = client.get(f"/dashboards/{dash}")
+    assert number_on(page.text) == "150" and "Add widget" in page.text and "Create link" in page.text
+    bad = client.post(f"/dashboards/{dash}/filters", data={"csrf_token": csrf_of(page.text), "filters": "region US"})
+    assert bad.status_code == 400 and "Line 1" in bad.text
+    saved = client.post(
+        f"/dashboards/{dash}/filters", data={"csrf_token": csrf_of(page.text), "filters": "region = EU"}
+    )
+    assert saved.status_code == 200 and "Filters saved." in saved.text
+    filters = ok(client.get(f"{API}/dashboards/{dash}", headers=org.headers()))["filters"]
+    assert filters == [{"column": "region", "values": ["EU"]}]

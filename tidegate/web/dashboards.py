@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Path, Request
+from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -71,10 +71,12 @@ def _json_block(value: Any) -> str:
 
 
 @router.get("/dashboards")
-def dashboards_page(request: Request):
+def dashboards_page(request: Request, after: str | None = Query(None, max_length=100)):
     with db(request) as session:
         viewer = signed_in(request, session, READ)
-        rows = dashboards.list_dashboards(session, viewer.principal, limit=PAGE_SIZE, after=None)[:PAGE_SIZE]
+        rows = dashboards.list_dashboards(session, viewer.principal, limit=PAGE_SIZE, after=after)
+        more = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE]
         counts = dashboards.widget_counts(session, [d.id for d in rows])
         owners = _emails(session, [d.created_by for d in rows])
         items = [
@@ -88,7 +90,12 @@ def dashboards_page(request: Request):
             }
             for d in rows
         ]
-        context = {"title": "Dashboards", "dashboards": items, "can_write": viewer.can(WRITE)}
+        context = {
+            "title": "Dashboards",
+            "dashboards": items,
+            "can_write": viewer.can(WRITE),
+            "next_after": rows[-1].id if more and rows else None,
+        }
     return page(request, "dashboards.html", context, viewer=viewer)
 
 
