@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from analysis_world import SALES, make_project, share
 from playwright.sync_api import expect
 
@@ -16,7 +17,8 @@ def database_url(web) -> str:
     return web.srv.env.get("TIDEGATE_DATABASE_URL") or f"sqlite:///{web.srv.home / 'tidegate.db'}"
 
 
-def setup_world(web) -> dict:
+@pytest.fixture(scope="module")
+def world(web) -> dict:
     """`sales` shared with members us@ (region = US) and eu@ (region = EU); the admin's
     project with a total and a by-region step, shared with both."""
     _, secret = web.srv.new_admin_key()
@@ -53,8 +55,7 @@ def number_of(ui) -> str:
     return ui.page.locator("[data-widget-number]").inner_text().strip()
 
 
-def test_two_people_see_different_numbers_on_the_same_dashboard(ui_factory, web):
-    world = setup_world(web)
+def test_two_people_see_different_numbers_on_the_same_dashboard(ui_factory, web, world):
     admin = ui_factory("admin")
     admin.sign_in(web.admin_email, web.admin_password)
     page = admin.page
@@ -114,3 +115,40 @@ def test_two_people_see_different_numbers_on_the_same_dashboard(ui_factory, web)
     regions = page.locator("[data-widget-rows] tbody tr th, [data-widget-rows] tbody tr td:first-child")
     expect(regions).to_have_text(["APAC", "EU"])
     assert number_of(admin) == "150"  # no region column in the total: the filter does not apply
+
+
+def test_a_public_link_made_in_the_ui_opens_without_sign_in(ui_factory, web, world):
+    admin = ui_factory("admin")
+    admin.sign_in(web.admin_email, web.admin_password)
+    page = admin.page
+    admin.goto("/settings/security", label="security")
+    page.get_by_label("Allow public links (no sign-in)").check()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Save").click()
+    admin.goto("/dashboards", label="dashboards")
+    page.get_by_role("button", name="New dashboard").click()
+    page.get_by_label("Name").fill("Public revenue")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Create dashboard").click()
+    page.get_by_label("Title").fill("Revenue")
+    page.get_by_label("Project step").select_option(label="analysis / total")
+    page.get_by_label("Kind").select_option("number")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Add widget").click()
+    page.get_by_label("Public (no sign-in)").check()
+    page.get_by_label("dash-EU", exact=True).check()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Create link").click()
+    link_url = page.locator("[data-new-link]").input_value()
+    admin.snap("public-link")
+    expect(page.locator("[data-link-state]")).to_have_text(["active"])
+
+    visitor = ui_factory("visitor")  # nobody signed in
+    visitor.goto("/links/" + link_url.split("/links/", 1)[1], label="public-link")
+    assert number_of(visitor) == "70"  # the EU policy's rows
+    expect(visitor.page.get_by_role("button", name="Sign out")).to_have_count(0)
+
+    # Revoked in the UI: the link is gone.
+    page.get_by_role("button", name="Revoke").click()
+    page.wait_for_url("**notice=link_revoked")
+    visitor.goto("/links/" + link_url.split("/links/", 1)[1], status=404, label="revoked")
