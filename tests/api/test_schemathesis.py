@@ -176,6 +176,7 @@ def world(app_client) -> World:
     )["id"]
     ok(client.post(f"/api/v1/access/policies/{policy}/users", json={"user_ids": [member]}, headers=headers))
     group = ok(client.post("/api/v1/access/groups", json={"name": "team"}, headers=headers))["id"]
+    dashboard = ok(client.post("/api/v1/dashboards", json={"name": "board"}, headers=headers))["id"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(ROWS[0]))
     writer.writeheader()
@@ -197,6 +198,7 @@ def world(app_client) -> World:
         "policy_id": [policy],
         "group_id": [group],
         "file_id": [file],
+        "dashboard_id": [dashboard],
         "column": ["region", "amount"],
         "user_ids": [[member]],
         "policy_ids": [[policy]],

@@ -30,13 +30,15 @@ from pydantic import BaseModel
 from tidegate.api.app import create_app
 from tidegate.config import Settings
 from tidegate.data import storage
-from tidegate.wire import audit, common, keys, orgs, policies, sources, usage, users
+from tidegate.wire import audit, common, dashboards, keys, orgs, policies, sources, usage, users
 
 # SDK fields a tidegate response leaves out on purpose: (SDK model, field alias) -> where it is
 # sent instead. Checked below: each is indeed absent from some response the SDK parses.
 ABSENT_BY_DESIGN = {
     ("User", "created"): "only PUT /users/external/{id} says whether it created the user",
     ("Policy", "user_ids"): "the user ids are on a single policy, not in lists",
+    ("Dashboard", "widgets"): "only on a single dashboard (the SDK: 'only on detail responses')",
+    ("Dashboard", "filters"): "only on a single dashboard (the SDK: 'only on detail responses')",
 }
 # The SDK resources that parse tidegate responses with a model; each must be found.
 EXPECTED_MODELS = {
@@ -62,6 +64,10 @@ EXPECTED_MODELS = {
     "ShareEntry",
     "OrgUsageReport",
     "UserUsageReport",
+    "Dashboard",
+    "DashboardUpdateResponse",
+    "DashboardRefreshResponse",
+    "DashboardRefreshStatus",
 }
 
 
@@ -299,7 +305,7 @@ def test_every_wire_field_is_always_sent():
     error's retry_after, on 503s only."""
     optional = [
         f"{model.__name__}.{name}"
-        for module in (common, keys, users, orgs, sources, policies, audit, usage)
+        for module in (common, keys, users, orgs, sources, policies, audit, usage, dashboards)
         for model in vars(module).values()
         if inspect.isclass(model) and issubclass(model, BaseModel) and model.__module__ == module.__name__
         for name, field in model.model_fields.items()

@@ -16,6 +16,7 @@ from tidegate import __version__, limits
 from tidegate.access import ratelimit
 from tidegate.api import (
     audit,
+    dashboards,
     data,
     embed,
     files,
@@ -47,7 +48,20 @@ log = logging.getLogger("tidegate")
 
 # Every /api/v1 router. Routes are matched in this order, at a cost per route tried, so the
 # data reads (the hot path) come first.
-API_MODULES = (data, keys, users, org_settings, audit, policies, sources, files, embed, usage, not_implemented)
+API_MODULES = (
+    data,
+    keys,
+    users,
+    org_settings,
+    audit,
+    policies,
+    sources,
+    files,
+    embed,
+    usage,
+    dashboards,
+    not_implemented,
+)
 # Public API routes outside /api/v1 (no credential; rate limited per client address).
 PUBLIC_ROUTERS = (embed.public_router,)
 

@@ -43,6 +43,7 @@ TARGET_TYPES = {
     "audit": "audit",
     "org": "organization",
     "connectors": "connector",
+    "dashboards": "dashboard",
 }
 
 

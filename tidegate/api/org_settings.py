@@ -30,6 +30,9 @@ class SettingsUpdate(BaseModel):
     embeds_enabled: bool | None = None
     embed_allowed_origins: list[Text] | None = Field(None, max_length=100)
     embed_ui_config: dict[str, Any] | None = Field(None, description="{chrome, theme, privacy}: JSON objects")
+    public_share_links_enabled: bool | None = Field(
+        None, description="Allow dashboard links that open without signing in (off deactivates them all)."
+    )
 
 
 @router.get("/org/settings", response_model=OrgSettingsOut)
@@ -53,6 +56,7 @@ def update_settings(
         embeds_enabled=body.embeds_enabled,
         embed_allowed_origins=body.embed_allowed_origins,
         embed_ui_config=body.embed_ui_config,
+        public_share_links_enabled=body.public_share_links_enabled,
         context=context,
     )
     if body.deny_by_default is not None:

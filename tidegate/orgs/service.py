@@ -365,6 +365,7 @@ def update_settings(
     embeds_enabled: bool | None = None,
     embed_allowed_origins: list[str] | None = None,
     embed_ui_config: dict[str, Any] | None = None,
+    public_share_links_enabled: bool | None = None,
     context: RequestContext | None = None,
 ) -> Organization:
     """Validates everything before changing anything: a refused update changes nothing."""
@@ -384,6 +385,8 @@ def update_settings(
         ("embeds_enabled", embeds_enabled),
         ("embed_allowed_origins", embed_allowed_origins),
         ("embed_ui_config", embed_ui_config),
+        # Off deactivates every public dashboard link at once (checked on each use).
+        ("public_share_links_enabled", public_share_links_enabled),
     ):
         if value is not None and value != getattr(org, field):
             changes[field] = {"old": getattr(org, field), "new": value}

@@ -7,6 +7,7 @@ from pathlib import Path
 from tidegate.web import (  # noqa: F401  (they register their pages)
     audit,
     auth,
+    dashboards,
     embed,
     embeds,
     groups,

@@ -1,6 +1,6 @@
 """Settings > Security (admins). Admin Controls: switch API key creation on or off,
-deny-by-default for access policies, and what one person can hold (active keys, and the
-request rate all their keys share).
+deny-by-default for access policies, public dashboard links, and what one person can hold
+(active keys, and the request rate all their keys share).
 
 Access policies and groups have their own sub-pages (tidegate.web.policies).
 """
@@ -30,6 +30,7 @@ def _context(org, viewer, notice: str | None = None, error: str | None = None, t
         "title": "Admin Controls",
         "creation_enabled": org.api_key_creation_enabled,
         "deny_by_default": bool(org.deny_by_default),
+        "public_share_links_enabled": bool(org.public_share_links_enabled),
         "max_keys_per_user": (typed or {}).get("max_keys_per_user", org.max_keys_per_user),
         "user_rate_limit_per_minute": (typed or {}).get("user_rate_limit_per_minute", org.user_rate_limit_per_minute),
         "can_write": viewer.can(WRITE),
@@ -75,6 +76,7 @@ def save_admin_controls(request: Request, form: FormData = FORM):
                 api_key_creation_enabled=form.get("api_key_creation_enabled") == "on",
                 max_keys_per_user=_whole_number(form, "max_keys_per_user", "invalid_max_keys_per_user"),
                 user_rate_limit_per_minute=_whole_number(form, "user_rate_limit_per_minute", "invalid_user_rate_limit"),
+                public_share_links_enabled=form.get("public_share_links_enabled") == "on",
                 context=context,
             )
             policies.set_deny_by_default(

@@ -22,6 +22,7 @@ class OrgSettingsOut(BaseModel):
     embeds_enabled: bool
     embed_allowed_origins: list[str]
     embed_ui_config: dict[str, dict[str, Any]]
+    public_share_links_enabled: bool
 
     @classmethod
     def of(cls, org: Organization) -> OrgSettingsOut:
@@ -35,4 +36,5 @@ class OrgSettingsOut(BaseModel):
             embeds_enabled=org.embeds_enabled,
             embed_allowed_origins=list(org.embed_allowed_origins or []),
             embed_ui_config=ui_config_of(org),
+            public_share_links_enabled=org.public_share_links_enabled,
         )
