@@ -30,13 +30,15 @@ from pydantic import BaseModel
 from tidegate.api.app import create_app
 from tidegate.config import Settings
 from tidegate.data import storage
-from tidegate.wire import audit, common, keys, orgs, policies, sources, users
+from tidegate.wire import audit, common, keys, orgs, policies, projects, shares, sources, users
 
 # SDK fields a tidegate response leaves out on purpose: (SDK model, field alias) -> where it is
 # sent instead. Checked below: each is indeed absent from some response the SDK parses.
 ABSENT_BY_DESIGN = {
     ("User", "created"): "only PUT /users/external/{id} says whether it created the user",
     ("Policy", "user_ids"): "the user ids are on a single policy, not in lists",
+    ("Project", "steps"): "only GET /projects/{id} computes its steps (under the reader's access)",
+    ("Project", "chats_store"): "chats are an AI feature tidegate does not have (501)",
 }
 # The SDK resources that parse tidegate responses with a model; each must be found.
 EXPECTED_MODELS = {
@@ -60,6 +62,12 @@ EXPECTED_MODELS = {
     "DataPage",
     "DataWriteResult",
     "ShareEntry",
+    "Project",
+    "StepSummary",
+    "AddSourceResponse",
+    "ProjectRunResponse",
+    "ProjectRunStatus",
+    "ProjectCancelResponse",
 }
 
 
@@ -292,7 +300,7 @@ def test_every_wire_field_is_always_sent():
     error's retry_after, on 503s only."""
     optional = [
         f"{model.__name__}.{name}"
-        for module in (common, keys, users, orgs, sources, policies, audit)
+        for module in (common, keys, users, orgs, sources, policies, audit, projects, shares)
         for model in vars(module).values()
         if inspect.isclass(model) and issubclass(model, BaseModel) and model.__module__ == module.__name__
         for name, field in model.model_fields.items()

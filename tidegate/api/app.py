@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidegate import __version__, limits
 from tidegate.access import ratelimit
-from tidegate.api import audit, data, embed, files, keys, org_settings, policies, sources, users
+from tidegate.api import audit, data, embed, files, keys, org_settings, policies, projects, shares, sources, users
 from tidegate.api.bodylimit import BodyLimitMiddleware
 from tidegate.api.middleware import RequestMiddleware
 from tidegate.api.responses import JSON, error_response, from_error
@@ -35,7 +35,7 @@ log = logging.getLogger("tidegate")
 
 # Every /api/v1 router. Routes are matched in this order, at a cost per route tried, so the
 # data reads (the hot path) come first.
-API_MODULES = (data, keys, users, org_settings, audit, policies, sources, files, embed)
+API_MODULES = (data, keys, users, org_settings, audit, policies, sources, files, embed, projects, shares)
 # Public API routes outside /api/v1 (no credential; rate limited per client address).
 PUBLIC_ROUTERS = (embed.public_router,)
 
