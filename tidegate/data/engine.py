@@ -662,6 +662,15 @@ def distinct_values(access: SourceAccess, column: str, limit: int) -> list[str]:
     return [row[0] for row in rows]
 
 
+def filtered_table(access: SourceAccess) -> pa.Table:
+    """Every row of the source the caller may read, as Arrow (the caller's filter applied;
+    cached while small enough). For a project's step: its sources' rows, read as the reader."""
+    version, row_filter = _opened(access)
+    table = _filtered(version, row_filter, force=True)
+    assert table is not None  # forced: always built
+    return table
+
+
 def run_query(
     access: SourceAccess,
     sql: str,

@@ -34,7 +34,7 @@ import os
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -191,6 +191,21 @@ class QueryPool:
 
         return execute
 
+    def _execute_tables(self, worker_box: list[queryworker.Worker]) -> sandbox.ExecuteTables:
+        """What `run_tables`' work runs a query with: the signature of `sandbox.run_tables`."""
+
+        def execute(
+            query: sandbox.ValidatedQuery,
+            tables: Mapping[str, pa.Table],
+            *,
+            budget: sandbox.Budget,
+            cancel: threading.Event | None = None,
+            max_rows: int | None = None,
+        ) -> pa.Table:
+            return sandbox.run_tables(query, tables, budget=budget, cancel=cancel, max_rows=max_rows)
+
+        return execute
+
     def budget(self, timeout: float | None = None) -> sandbox.Budget:
         """A budget starting now, of at most the configured timeout (`timeout` may ask for less)."""
         limit = self.limits.timeout_seconds if timeout is None else min(timeout, self.limits.timeout_seconds)
@@ -208,11 +223,31 @@ class QueryPool:
         """`work(budget, execute)` in the pool, for `principal`, where `execute` has the
         signature of `sandbox.execute` and runs in a worker process; its result or its error,
         or `query_timeout` at the deadline, or 429 `too_many_concurrent_queries` at once."""
+        return await self._run(principal, work, self._execute, timeout)
+
+    async def run_tables(
+        self,
+        principal: Principal,
+        work: Callable[[sandbox.Budget, sandbox.ExecuteTables], T],
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        """As `run`, where `execute` has the signature of `sandbox.run_tables` (several named
+        tables, the whole result as Arrow): a project's steps."""
+        return await self._run(principal, work, self._execute_tables, timeout)
+
+    async def _run(
+        self,
+        principal: Principal,
+        work: Callable[[sandbox.Budget, Any], T],
+        make_execute: Callable[[list[queryworker.Worker]], Any],
+        timeout: float | None,
+    ) -> T:
         budget = self.budget(timeout)
         key, org = principal.key_id or "user:" + principal.user_id, principal.org_id
         self._admit(key, org)
         try:
-            future = self._executor.submit(self._call, work, budget)
+            future = self._executor.submit(self._call, work, budget, make_execute)
         except BaseException:
             self._release(key, org)
             raise
@@ -224,7 +259,12 @@ class QueryPool:
         except TimeoutError:
             raise budget.timed_out() from None
 
-    def _call(self, work: Callable[[sandbox.Budget, sandbox.Execute], T], budget: sandbox.Budget) -> T:
+    def _call(
+        self,
+        work: Callable[[sandbox.Budget, Any], T],
+        budget: sandbox.Budget,
+        make_execute: Callable[[list[queryworker.Worker]], Any],
+    ) -> T:
         budget.check_time()  # waited in line past its deadline: never starts
         if not getattr(self._local, "niced", False):
             _lower_priority()
@@ -238,7 +278,7 @@ class QueryPool:
         box = [worker]
         try:
             budget.check_time()
-            return work(budget, self._execute(box))
+            return work(budget, make_execute(box))
         finally:
             self._idle.put(box[0])
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
 
+from tidegate.data import querycost
 from tidegate.errors import InvalidRequest
 
 MAX_SQL_LENGTH = 10_000
@@ -179,6 +180,54 @@ def _refuse(message: str) -> InvalidRequest:
     return InvalidRequest("invalid_query", message)
 
 
+class QueryRefused(InvalidRequest):
+    """`invalid_query` for text that does not parse, with where the parser stopped
+    (`where`: "at line L, column C" or "near position N"), when it knows."""
+
+    def __init__(self, message: str, where: str | None = None):
+        super().__init__("invalid_query", message)
+        self.where = where
+
+
+class UnknownTable(InvalidRequest):
+    """`invalid_query` for a table that is none of the readable relations nor a CTE in scope."""
+
+    def __init__(self, message: str, table: str):
+        super().__init__("invalid_query", message)
+        self.table = table
+
+
+@dataclass(frozen=True)
+class Relations:
+    """The tables a query may read by name (lower case), besides its own CTEs: `data` for
+    /query, a project's sources and earlier steps for a step (`validate_query(relations=)`)."""
+
+    names: frozenset[str]
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> Relations:
+        return cls(frozenset(name.lower() for name in names))
+
+    @property
+    def single(self) -> bool:
+        return self.names == frozenset({RELATION})
+
+    def listing(self) -> str:
+        return ", ".join(f'"{name}"' for name in sorted(self.names)) or "no table"
+
+    def hint(self) -> str:
+        return 'query the relation "data"' if self.single else f"read only {self.listing()} by name"
+
+    def over(self) -> str:
+        return ' over "data"' if self.single else ""
+
+    def the_relations(self) -> str:
+        return 'the relation "data"' if self.single else f"the tables {self.listing()}"
+
+
+DATA_ONLY = Relations(frozenset({RELATION}))
+
+
 # An absolute path of two or more segments (`/srv/tidegate/data`, `C:\\x\\y`): in a DuckDB
 # message it names a file of this server, never the caller's concern.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[\w.~-]+){2,}/?|[A-Za-z]:\\[^\s'\"]+")
@@ -211,6 +260,7 @@ class ValidatedQuery:
 
     sql: str
     cte_names: frozenset[str]
+    relations: frozenset[str] = frozenset({RELATION})  # the tables it was accepted to read
 
     def count_sql(self) -> str:
         return f"SELECT count(*) AS n FROM (\n{self.sql}\n) AS {_WRAP_ALIAS}"
@@ -270,12 +320,19 @@ def _ctes_in_scope(node: exp.Expression) -> set[str]:
     return names
 
 
-def _check_sqlglot(sql: str) -> frozenset[str]:
+def _parse_position(exc: sqlglot.errors.SqlglotError) -> str | None:
+    errors = getattr(exc, "errors", None) or []
+    first = errors[0] if errors and isinstance(errors[0], dict) else {}
+    line, column = first.get("line"), first.get("col")
+    return f"at line {line}, column {column}" if isinstance(line, int) and isinstance(column, int) else None
+
+
+def _check_sqlglot(sql: str, relations: Relations = DATA_ONLY) -> frozenset[str]:
     try:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     except sqlglot.errors.SqlglotError as exc:
         message = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise _refuse(f"Could not parse the query: {message[:300]}") from None
+        raise QueryRefused(f"Could not parse the query: {message[:300]}", _parse_position(exc)) from None
     if len(statements) != 1:
         raise _refuse("Exactly one SQL statement is allowed.")
     root = statements[0]
@@ -290,21 +347,20 @@ def _check_sqlglot(sql: str) -> frozenset[str]:
                 raise _refuse("Query parameters and session variables are not allowed.")
             if isinstance(node, exp.Into):
                 raise _refuse("SELECT INTO is not allowed: queries are read-only.")
-            raise _refuse(f'{node.key.upper()} is not allowed: only read-only SELECT queries over "data".')
+            raise _refuse(f"{node.key.upper()} is not allowed: only read-only SELECT queries{relations.over()}.")
         if isinstance(node, exp.Table):
             if not isinstance(node.this, exp.Identifier):
                 if isinstance(node.this, exp.Func):
-                    raise _refuse('Table functions are not allowed; query the relation "data".')
-                raise _refuse('Only the relation "data" (and the query\'s own CTEs) can be queried.')
+                    raise _refuse(f"Table functions are not allowed; {relations.hint()}.")
+                raise _refuse(f"Only {relations.the_relations()} (and the query's own CTEs) can be queried.")
             if node.args.get("db") or node.args.get("catalog"):
                 raise _refuse(
-                    f'Qualified table names are not allowed ("{node.sql(dialect="duckdb")}"); '
-                    'query the relation "data".'
+                    f'Qualified table names are not allowed ("{node.sql(dialect="duckdb")}"); {relations.hint()}.'
                 )
-            if node.name.lower() != RELATION and node.name.lower() not in _ctes_in_scope(node):
-                raise _refuse(f'Unknown table "{node.name}": only "data" (and the query\'s own CTEs) can be queried.')
+            if node.name.lower() not in relations.names and node.name.lower() not in _ctes_in_scope(node):
+                raise _unknown_table(node.name, relations)
         elif isinstance(node, exp.Unnest) and isinstance(node.parent, (exp.From, exp.Join)):
-            raise _refuse('Table functions are not allowed; query the relation "data".')
+            raise _refuse(f"Table functions are not allowed; {relations.hint()}.")
         elif isinstance(node, exp.Func):
             if isinstance(node.parent, exp.Dot) and node.parent.expression is node:
                 raise _refuse("Qualified function names are not allowed.")
@@ -316,16 +372,22 @@ def _check_sqlglot(sql: str) -> frozenset[str]:
     return cte_names
 
 
+def _unknown_table(name: str, relations: Relations) -> UnknownTable:
+    return UnknownTable(
+        f'Unknown table "{name}": only {relations.listing()} (and the query\'s own CTEs) can be queried.', name
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Layer 2: DuckDB's own parse tree of the exact text that will run
 # ---------------------------------------------------------------------------------------
 
 
-def _walk_duckdb(node: Any, scope: frozenset[str]) -> None:
+def _walk_duckdb(node: Any, scope: frozenset[str], relations: Relations = DATA_ONLY) -> None:
     """Check DuckDB's parse tree; `scope` = CTE names visible at this point."""
     if isinstance(node, list):
         for item in node:
-            _walk_duckdb(item, scope)
+            _walk_duckdb(item, scope, relations)
         return
     if not isinstance(node, dict):
         return
@@ -337,13 +399,13 @@ def _walk_duckdb(node: Any, scope: frozenset[str]) -> None:
         for entry in (cte_map.get("map") if isinstance(cte_map, dict) else None) or []:
             if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
                 raise _refuse("Unsupported WITH clause.")
-            _walk_duckdb(entry.get("value"), scope)
+            _walk_duckdb(entry.get("value"), scope, relations)
             scope = scope | {entry["key"].lower()}
     if node.get("type") == "RECURSIVE_CTE_NODE":
         # Only the recursive term (right) reads the CTE itself; the anchor (left) would
         # read a catalog entry of the same name.
-        _walk_duckdb(node.get("left"), scope)
-        _walk_duckdb(node.get("right"), scope | {str(node.get("cte_name") or "").lower()})
+        _walk_duckdb(node.get("left"), scope, relations)
+        _walk_duckdb(node.get("right"), scope | {str(node.get("cte_name") or "").lower()}, relations)
         done |= {"left", "right"}
     if node.get("class") == "PARAMETER":
         raise _refuse("Query parameters are not allowed.")
@@ -359,39 +421,39 @@ def _walk_duckdb(node: Any, scope: frozenset[str]) -> None:
     kind = node.get("type") if "class" not in node and isinstance(node.get("type"), str) else None
     if kind in ("TABLE_FUNCTION", "SHOW_REF"):
         raise _refuse(
-            'Table functions are not allowed; query the relation "data".'
+            f"Table functions are not allowed; {relations.hint()}."
             if kind == "TABLE_FUNCTION"
             else "DESCRIBE, SUMMARIZE and SHOW are not allowed in queries."
         )
     if kind == "BASE_TABLE":
         if node.get("schema_name") or node.get("catalog_name"):
-            raise _refuse('Qualified table names are not allowed; query the relation "data".')
+            raise _refuse(f"Qualified table names are not allowed; {relations.hint()}.")
         if node.get("at_clause"):
             raise _refuse("AT (time travel) clauses are not allowed.")
         table = str(node.get("table_name") or "").lower()
-        if table != RELATION and table not in scope:
-            raise _refuse(
-                f'Unknown table "{node.get("table_name")}": only "data" (and the query\'s own CTEs) can be queried.'
-            )
+        if table not in relations.names and table not in scope:
+            raise _unknown_table(str(node.get("table_name")), relations)
     elif kind is not None and "sample" in node and "modifiers" not in node and kind not in _TABLE_REF_TYPES:
         raise _refuse(f"{kind.replace('_', ' ').title()} is not allowed in queries.")
     for name, value in node.items():
         if name not in done and isinstance(value, (dict, list)):
-            _walk_duckdb(value, scope)
+            _walk_duckdb(value, scope, relations)
 
 
-def _check_duckdb(cursor: duckdb.DuckDBPyConnection, sql: str) -> None:
+def _check_duckdb(cursor: duckdb.DuckDBPyConnection, sql: str, relations: Relations = DATA_ONLY) -> None:
     raw = cursor.sql("SELECT json_serialize_sql(?)", params=[sql]).fetchall()[0][0]
     tree = json.loads(raw)
     if tree.get("error"):
         message = public_message(str(tree.get("error_message") or "syntax error").splitlines()[0])
         if "Only SELECT statements" in message:
             raise _refuse("Only SELECT queries are allowed.")
-        raise _refuse(f"Could not parse the query: {message[:300]}")
+        position = str(tree.get("position") or "")
+        where = f"near position {int(position) + 1}" if position.isdigit() else None
+        raise QueryRefused(f"Could not parse the query: {message[:300]}", where)
     statements = tree.get("statements") or []
     if len(statements) != 1:
         raise _refuse("Exactly one SQL statement is allowed.")
-    _walk_duckdb(statements, frozenset())
+    _walk_duckdb(statements, frozenset(), relations)
 
 
 # ---------------------------------------------------------------------------------------
@@ -484,8 +546,30 @@ def _hide_catalog(connection: duckdb.DuckDBPyConnection) -> None:
         connection.execute(f'CREATE MACRO main."{name.replace(chr(34), chr(34) * 2)}"() AS TABLE {empty}')
 
 
-def validate_query(sql: Any) -> ValidatedQuery:
-    """Both parser checks; raises InvalidRequest(`invalid_query`) before anything runs."""
+def _shifted(where: str | None, lead: str) -> str | None:
+    """A parser position in the stripped text, as a position in the text as given."""
+    if not where or not lead:
+        return where
+    if where.startswith("near position "):
+        return f"near position {int(where.rsplit(' ', 1)[1]) + len(lead)}"
+    line, column = (int(part.rsplit(" ", 1)[1]) for part in where.removeprefix("at ").split(", "))
+    if line == 1:
+        column += len(lead) - (lead.rfind("\n") + 1)
+    return f"at line {line + lead.count(chr(10))}, column {column}"
+
+
+def validate_query(sql: Any, relations: Relations = DATA_ONLY) -> ValidatedQuery:
+    """Both parser checks; raises InvalidRequest(`invalid_query`) before anything runs.
+    `relations`: the tables it may read (default: only `data`, as /query)."""
+    try:
+        return _validate(sql, relations)
+    except QueryRefused as exc:
+        lead = sql[: len(sql) - len(sql.lstrip())] if isinstance(sql, str) else ""
+        exc.where = _shifted(exc.where, lead)
+        raise
+
+
+def _validate(sql: Any, relations: Relations) -> ValidatedQuery:
     if not isinstance(sql, str):
         raise _refuse("sql must be a string.")
     if len(sql) > MAX_SQL_LENGTH:
@@ -497,17 +581,41 @@ def validate_query(sql: Any) -> ValidatedQuery:
         text = text[:-1].rstrip()
     if not text:
         raise _refuse("The query is empty.")
-    cte_names = _check_sqlglot(text)
-    query = ValidatedQuery(sql=text, cte_names=cte_names)
+    cte_names = _check_sqlglot(text, relations)
+    query = ValidatedQuery(sql=text, cte_names=cte_names, relations=relations.names)
     cursor = _connection().cursor()
     try:
-        _check_duckdb(cursor, text)
+        _check_duckdb(cursor, text, relations)
         # The wrapped forms are what actually runs: check them too.
-        _check_duckdb(cursor, query.count_sql())
-        _check_duckdb(cursor, query.page_sql(1, 0))
+        _check_duckdb(cursor, query.count_sql(), relations)
+        _check_duckdb(cursor, query.page_sql(1, 0), relations)
     finally:
         cursor.close()
     return query
+
+
+def referenced_tables(sql: str) -> frozenset[str]:
+    """The table names `sql` reads (lower case), not counting its own CTEs in scope; empty
+    if it does not parse. (What it may read is `validate_query`'s to decide.)"""
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+    except sqlglot.errors.SqlglotError:
+        return frozenset()
+    names: set[str] = set()
+    for statement in statements:
+        for table in statement.find_all(exp.Table):
+            if isinstance(table.this, exp.Identifier) and table.name.lower() not in _ctes_in_scope(table):
+                names.add(table.name.lower())
+    return frozenset(names)
+
+
+def check_cost(query: ValidatedQuery) -> None:
+    """`querycost.check` on the query (`query_too_expensive`), as /query does before running."""
+    cursor = _connection().cursor()  # only parses the text
+    try:
+        querycost.check(cursor, query.sql)
+    finally:
+        cursor.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -730,3 +838,92 @@ def _check_values(batch: pa.RecordBatch, limit: int) -> None:
                 "value_too_large",
                 f"A value of column {name!r} is {_mib(longest)}; a query may return values of at most {_mib(limit)}.",
             )
+
+
+# ---------------------------------------------------------------------------------------
+# Running over several named tables (a project's step), for the whole result
+# ---------------------------------------------------------------------------------------
+
+# Run whole: the result of a validated query over named tables (`run_tables`, or a worker's).
+ExecuteTables = Callable[..., pa.Table]
+
+# How often a running query looks at its cancel event (an interrupt lands within a chunk).
+_CANCEL_POLL_SECONDS = 0.05
+
+
+def cancelled() -> InvalidRequest:
+    return InvalidRequest("run_cancelled", "The run was cancelled.")
+
+
+def too_many_rows(limit: int) -> InvalidRequest:
+    return InvalidRequest(
+        "result_too_large",
+        f"The result has more than {limit:,} rows, the most a step may return; aggregate or LIMIT it.",
+    )
+
+
+def _watch(
+    cursor: duckdb.DuckDBPyConnection, budget: Budget, cancel: threading.Event | None, done: threading.Event
+) -> None:
+    """Interrupt `cursor` at the budget's deadline, or as soon as `cancel` is set."""
+    while not done.is_set():
+        remaining = budget.remaining()
+        if remaining <= 0 or (cancel is not None and cancel.is_set()):
+            _interrupt(cursor)
+            return
+        done.wait(remaining if cancel is None else min(remaining, _CANCEL_POLL_SECONDS))
+
+
+def run_tables(
+    query: ValidatedQuery,
+    tables: Mapping[str, pa.Table],
+    *,
+    budget: Budget | None = None,
+    cancel: threading.Event | None = None,
+    max_rows: int | None = None,
+    connection: duckdb.DuckDBPyConnection | None = None,
+) -> pa.Table:
+    """The whole result of a validated query over `tables` (each registered under its name,
+    case-insensitively, on a cursor of its own), capped at `max_rows` and the budget's sizes
+    (`result_too_large` / `value_too_large`). Interrupted at the deadline (`query_timeout`)
+    or when `cancel` is set (`run_cancelled`). A query worker process runs this part too.
+
+    Only the tables the query was accepted to read (`query.relations`) are registered."""
+    budget = budget or Budget.starting_now()
+    if cancel is not None and cancel.is_set():
+        raise cancelled()
+    registered = {name.lower(): table for name, table in tables.items() if name.lower() in query.relations}
+    for name, table in registered.items():
+        if table.num_columns == 0:
+            raise _refuse(f'Table "{name}" has no columns yet, so there is nothing to query.')
+    budget.check_time()
+    cursor = (connection or _connection()).cursor()
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(cursor, budget, cancel, done), daemon=True)
+    watcher.start()
+    sql = query.page_sql(max_rows + 1, 0) if max_rows is not None else query.sql
+    try:
+        for name, table in registered.items():
+            cursor.register(name, table)
+        result = _read_capped(cursor.sql(sql).to_arrow_reader(_BATCH_ROWS), budget)
+    except duckdb.InterruptException:
+        if cancel is not None and cancel.is_set():
+            raise cancelled() from None
+        raise budget.timed_out() from None
+    except duckdb.OutOfMemoryException:
+        raise InvalidRequest("query_too_large", "The query needs more memory than queries may use.") from None
+    except duckdb.Error as exc:
+        message = public_message(str(exc).split("\n")[0])[:400]
+        raise _refuse(f"The query failed: {message}") from None
+    finally:
+        done.set()
+        try:
+            cursor.close()
+        except duckdb.Error:
+            pass
+    if cancel is not None and cancel.is_set():
+        raise cancelled()
+    budget.check_time()
+    if max_rows is not None and result.num_rows > max_rows:
+        raise too_many_rows(max_rows)
+    return result
