@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tidegate.web import audit, auth, embed, embeds, groups, keys, people, policies, security, sources  # noqa: F401  (they register their pages)
+from tidegate.web import audit, auth, embed, embeds, groups, keys, people, policies, projects, security, sources  # noqa: F401  (they register their pages)
 from tidegate.web.common import router
 
 STATIC_DIR = Path(__file__).parent / "static"
