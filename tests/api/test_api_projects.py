@@ -133,6 +133,9 @@ def test_a_member_creates_only_their_own_projects_an_admin_for_anyone(client, or
     us_h = org.headers(world["us_key"])
     mine = ok(client.post(f"{V1}/projects", json={"name": "Mine", "user_id": world["us"]}, headers=us_h), 201)
     assert mine["created_by"] == world["us"]
+    # Private to its owner, but admins see every project of their organization.
+    assert ok(client.get(f"{V1}/projects/{mine['id']}", headers=org.headers()))["created_by"] == world["us"]
+    assert error_of(client.get(f"{V1}/projects/{mine['id']}", headers=org.headers(world["eu_key"])))[0] == 404
     refused = client.post(f"{V1}/projects", json={"name": "Theirs", "user_id": world["eu"]}, headers=us_h)
     assert error_of(refused) == (403, "project_owner_forbidden")
     for_eu = ok(
@@ -318,6 +321,20 @@ def test_deleting_a_source_a_step_reads_reports_an_error_without_crashing(client
     ok(client.post(f"{V1}/projects/{pid}/run", headers=h))
     status = wait_for_run(client, h, pid)
     assert status["status"] == "error" and status["message"]
+
+
+def test_detaching_a_source_makes_its_steps_report_an_error(client, org, world):
+    pid, h = world["project"], org.headers()
+    attached = ok(client.get(f"{V1}/projects/{pid}", headers=h))["sources"][0]
+    assert ok(client.delete(f"{V1}/projects/{pid}/sources/{attached['id']}", headers=h))["deleted"] is True
+    steps = ok(client.get(f"{V1}/projects/{pid}/steps", headers=h))["data"]
+    assert [s["status"] for s in steps] == ["error", "error"] and "sales" in steps[0]["message"]
+    assert error_of(client.delete(f"{V1}/projects/{pid}/sources/{attached['id']}", headers=h)) == (
+        404,
+        "project_source_not_found",
+    )
+    # The source itself is untouched.
+    assert ok(client.get(f"{V1}/sources/{world['source']}", headers=h))["row_count"] == 4
 
 
 def test_add_a_file_as_a_source(client, org, world):
