@@ -7,10 +7,8 @@ steps are inserted as rows, exactly as `tidegate.catalog.analysis` defines them.
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -23,8 +21,7 @@ from tidegate.core.principal import Principal
 from tidegate.data import engine as data_engine
 from tidegate.data import service as data_service
 from tidegate.data import storage
-from tidegate.db.base import Base
-from tidegate.db.engine import get_engine, session_scope
+from tidegate.db.engine import session_scope
 from tidegate.ids import new_id
 from tidegate.orgs import service as orgs
 
@@ -35,26 +32,6 @@ SALES = [
     {"region": "EU", "product": "c", "amount": 7},
     {"region": "APAC", "product": "b", "amount": 1},
 ]
-
-
-@pytest.fixture(scope="session")
-def db_url(tmp_path_factory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('analysis') / 'analysis.db'}"
-    Base.metadata.create_all(get_engine(url))
-    yield url
-    get_engine(url).dispose()
-
-
-@pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> Settings:
-    return Settings(
-        home=tmp_path,
-        database_url=db_url,
-        redis_url=None,
-        pepper=secrets.token_hex(32).encode(),
-        session_key=secrets.token_hex(32).encode(),
-        trusted_proxies=(),
-    )
 
 
 @pytest.fixture(autouse=True)
@@ -172,7 +149,10 @@ class World:
 
 
 @pytest.fixture
-def world(db_url, settings) -> World:
+def world(settings) -> World:
+    """A fresh organization in the migrated database (SQLite and PostgreSQL: the root
+    conftest's `settings`), so that the 0009 tables are read as migrated."""
+    db_url = settings.database_url
     with session_scope(db_url) as s:
         created = orgs.create_organization(
             s, f"org-{uuid.uuid4().hex[:12]}", f"admin-{uuid.uuid4().hex[:6]}@example.com", None

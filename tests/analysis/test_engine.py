@@ -295,3 +295,31 @@ def test_run_step_goes_through_the_query_pool(two_readers):
     finally:
         pool.shutdown()
         querypool._pools.clear()
+
+
+def test_one_computation_per_key_at_a_time(world):
+    from tidegate.data import sandbox
+
+    source = world.source()
+    project = world.project({"sales": source}, [("by_region", BY_REGION), ("top", "SELECT * FROM by_region LIMIT 1")])
+    plan = world.plan(world.admin, project.id)
+    calls: list[str] = []
+
+    def slow_execute(query, tables, **kwargs):
+        calls.append(query.sql)
+        time.sleep(0.3)
+        return sandbox.run_tables(query, tables, **kwargs)
+
+    results: list[pa.Table] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(engine.evaluate(plan, world.step_id(plan, "top"), execute=slow_execute))
+        )
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 3 and all(r is results[0] for r in results)
+    assert len(calls) == 2  # by_region once, top once

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -178,6 +179,16 @@ class _StepCache:
         self._entries: OrderedDict[Hashable, tuple[pa.Table, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        # One computation per key at a time: widgets of one step refreshing together wait
+        # for the first instead of each running it (weak: a lock lives while it is in use).
+        self._building: weakref.WeakValueDictionary[Hashable, threading.Lock] = weakref.WeakValueDictionary()
+
+    def build_lock(self, key: Hashable) -> threading.Lock:
+        with self._lock:
+            lock = self._building.get(key)
+            if lock is None:
+                lock = self._building[key] = threading.Lock()
+            return lock
 
     def get(self, key: Hashable) -> pa.Table | None:
         with self._lock:
@@ -343,6 +354,16 @@ class _Evaluation:
         cached = _cache.get(key)
         if cached is not None:
             return cached
+        lock = _cache.build_lock(key)
+        if not lock.acquire(timeout=max(self.budget.remaining(), 0.0)):
+            raise self.budget.timed_out()
+        try:
+            cached = _cache.get(key)  # computed by another reader's request meanwhile
+            return cached if cached is not None else self._compute(spec, key, visiting)
+        finally:
+            lock.release()
+
+    def _compute(self, spec: StepSpec, key: Hashable, visiting: tuple[str, ...]) -> pa.Table:
         prepared = self.prepare(spec)
         tables: dict[str, pa.Table] = {}
         for name, step in prepared.steps:

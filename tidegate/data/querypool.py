@@ -171,25 +171,29 @@ class QueryPool:
                 return sandbox.execute(query, table, page=page, page_size=page_size, budget=budget)
             shared = self._shared_table(table)
             job = queryworker.Job(query, page, page_size, budget, shared.token)
-            for attempt in range(2):
-                worker = worker_box[0]
-                try:
-                    result, total = worker.run(job, shared)
-                    break
-                except queryworker.WorkerGone:  # killed while idle: a fresh one runs the query
-                    worker_box[0] = self._replace(worker)
-                    if attempt:
-                        raise queryworker.worker_lost() from None
-                except Exception as exc:
-                    # A worker that ran out of memory may keep it (or be dying); one that was
-                    # killed is gone: a fresh one takes its place.
-                    if getattr(exc, "code", None) in _REPLACE_AFTER or not worker.is_alive():
-                        worker_box[0] = self._replace(worker)
-                    raise
+            result, total = self._in_worker(worker_box, lambda worker: worker.run(job, shared))
             rows, columns = sandbox.rows_of(result)
             return rows, total, columns
 
         return execute
+
+    def _in_worker(self, worker_box: list[queryworker.Worker], run: Callable[[queryworker.Worker], T]) -> T:
+        """`run(worker)` with the thread's worker, replaced when it is lost or spent."""
+        for attempt in range(2):
+            worker = worker_box[0]
+            try:
+                return run(worker)
+            except queryworker.WorkerGone:  # killed while idle: a fresh one runs the query
+                worker_box[0] = self._replace(worker)
+                if attempt:
+                    raise queryworker.worker_lost() from None
+            except Exception as exc:
+                # A worker that ran out of memory may keep it (or be dying); one that was
+                # killed (or cancelled) is gone: a fresh one takes its place.
+                if getattr(exc, "code", None) in _REPLACE_AFTER or not worker.is_alive():
+                    worker_box[0] = self._replace(worker)
+                raise
+        raise queryworker.worker_lost()  # not reached: the second attempt returns or raises
 
     def _execute_tables(self, worker_box: list[queryworker.Worker]) -> sandbox.ExecuteTables:
         """What `run_tables`' work runs a query with: the signature of `sandbox.run_tables`."""
@@ -202,7 +206,13 @@ class QueryPool:
             cancel: threading.Event | None = None,
             max_rows: int | None = None,
         ) -> pa.Table:
-            return sandbox.run_tables(query, tables, budget=budget, cancel=cancel, max_rows=max_rows)
+            if any(table.num_columns == 0 for table in tables.values()) or (cancel is not None and cancel.is_set()):
+                # refused as the sandbox refuses it, no worker needed
+                return sandbox.run_tables(query, tables, budget=budget, cancel=cancel, max_rows=max_rows)
+            names = sorted({name.lower() for name in tables} & query.relations)
+            shared = {name: self._shared_table(tables[name]) for name in names}
+            job = queryworker.TablesJob(query, tuple((n, shared[n].token) for n in names), budget, max_rows)
+            return self._in_worker(worker_box, lambda worker: worker.run_tables(job, list(shared.values()), cancel))
 
         return execute
 

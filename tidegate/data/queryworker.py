@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -57,6 +58,8 @@ SLACK_BYTES = 32 * 1024 * 1024
 START_SECONDS = 30.0
 # How long after the deadline a worker that did not answer is given before it is killed.
 KILL_AFTER_SECONDS = 1.0
+# How often a thread waiting for a worker's answer looks at the run's cancel event.
+CANCEL_POLL_SECONDS = 0.05
 
 _WARM_UP = "SELECT region, count(*), string_agg(region, ',') FROM data GROUP BY region ORDER BY 1"
 
@@ -80,6 +83,16 @@ class Job:
     page_size: int
     budget: sandbox.Budget  # its deadline is time.monotonic(), one clock for every process on Linux
     table_token: int  # which shared table `data` is (sent before, with its descriptor, if new)
+
+
+@dataclass(frozen=True)
+class TablesJob:
+    """A query over several named tables (a project's step), answered with its whole result."""
+
+    query: sandbox.ValidatedQuery
+    tables: tuple[tuple[str, int], ...]  # (name, shared table token), each sent before if new
+    budget: sandbox.Budget
+    max_rows: int | None
 
 
 # ---------------------------------------------------------------------------------------
@@ -120,35 +133,30 @@ def _serve(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
     ceiling = _data_bytes() + memory_limit_bytes + SLACK_BYTES
     resource.setrlimit(resource.RLIMIT_DATA, (ceiling, ceiling))
     conn.send(("ready", os.getpid()))
-    table, token = None, None
-    failure: Exception | None = None
+    # The shared tables this worker maps, by token: only those of the job at hand (the
+    # parent says which to keep as it sends a new one), so dropped tables are unmapped.
+    held: dict[int, pa.Table] = {}
+    failures: dict[int, Exception] = {}
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return  # the server went away
         if message[0] == "table":
-            table, token, failure = None, None, None  # drop the previous mapping first
+            token, keep = message[1], set(message[2])
+            for old in [t for t in held if t not in keep]:
+                del held[old]  # drop mappings no longer needed first
+            failures = {t: f for t, f in failures.items() if t in keep}
             fd = recv_handle(conn)
             try:
-                table, token = _open_table(fd), message[1]
+                held[token] = _open_table(fd)
             except (MemoryError, pa.ArrowMemoryError):
-                failure = MemoryError()  # the job that follows answers query_too_large
+                failures[token] = MemoryError()  # the job that follows answers query_too_large
             except Exception as exc:  # noqa: BLE001 - a bug: the job that follows reports it
-                failure = RuntimeError(f"the query's table could not be read: {type(exc).__name__}: {exc}")
+                failures[token] = RuntimeError(f"the query's table could not be read: {type(exc).__name__}: {exc}")
             continue
-        job: Job = message[1]
         try:
-            if job.table_token != token or table is None:
-                raise failure or RuntimeError("the worker was not given the query's table")
-            result, total = sandbox.run(
-                job.query, table, page=job.page, page_size=job.page_size, budget=job.budget, connection=connection
-            )
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, result.schema) as writer:
-                writer.write_table(result)
-            reply: tuple[Any, ...] = ("ok", sink.getvalue(), total)
-            del result, sink
+            reply = _answer(message[1], held, failures, connection)
         except InvalidRequest as exc:
             reply = ("refused", exc.code, exc.message)
         except (MemoryError, pa.ArrowMemoryError):
@@ -156,6 +164,40 @@ def _serve(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
         except Exception as exc:  # noqa: BLE001 - a bug: the parent raises it (500, logged)
             reply = ("failed", f"{type(exc).__name__}: {exc}")
         conn.send(reply)
+        del reply
+
+
+def _table(token: int, held: dict[int, pa.Table], failures: dict[int, Exception]) -> pa.Table:
+    table = held.get(token)
+    if table is None:
+        raise failures.get(token) or RuntimeError("the worker was not given the query's table")
+    return table
+
+
+def _answer(
+    job: Job | TablesJob,
+    held: dict[int, pa.Table],
+    failures: dict[int, Exception],
+    connection: duckdb.DuckDBPyConnection,
+) -> tuple[Any, ...]:
+    """Run one job: ("ok", the result as an Arrow IPC stream, total rows or None)."""
+    total: int | None = None
+    if isinstance(job, TablesJob):
+        tables = {name: _table(token, held, failures) for name, token in job.tables}
+        result = sandbox.run_tables(job.query, tables, budget=job.budget, max_rows=job.max_rows, connection=connection)
+    else:
+        result, total = sandbox.run(
+            job.query,
+            _table(job.table_token, held, failures),
+            page=job.page,
+            page_size=job.page_size,
+            budget=job.budget,
+            connection=connection,
+        )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, result.schema) as writer:
+        writer.write_table(result)
+    return ("ok", sink.getvalue(), total)
 
 
 def main() -> None:
@@ -221,7 +263,7 @@ class Worker:
             )
             self._conn = Connection(ours.detach())
         self._ready = False
-        self._token: int | None = None
+        self._tokens: set[int] = set()  # the shared tables the worker holds
 
     def _wait_ready(self, budget: sandbox.Budget) -> None:
         """Started, warmed up and limited. One still starting at the query's deadline times
@@ -243,20 +285,37 @@ class Worker:
         """The job's result (the capped page as Arrow, and the total), or its refusal.
         A worker that dies, or does not answer a second after the deadline (killed), raises;
         the caller then replaces it."""
-        self._wait_ready(job.budget)
+        result, total = self._run(job, [table], job.budget, None)
+        assert total is not None
+        return result, total
+
+    def run_tables(self, job: TablesJob, tables: list[SharedTable], cancel: threading.Event | None = None) -> pa.Table:
+        """The whole result of a query over several shared tables (`job.tables` names them by
+        token), or its refusal. Cancelled (`cancel` set): the worker is killed at once (a query
+        in another process cannot be interrupted from here) and `run_cancelled` raised."""
+        return self._run(job, tables, job.budget, cancel)[0]
+
+    def _run(
+        self, job: Job | TablesJob, tables: list[SharedTable], budget: sandbox.Budget, cancel: threading.Event | None
+    ) -> tuple[pa.Table, int | None]:
+        self._wait_ready(budget)
+        keep = tuple(t.token for t in tables)
         try:
-            if self._token != table.token:
-                self._conn.send(("table", table.token))
-                send_handle(self._conn, table.fd, self.process.pid)
-                self._token = table.token
+            for table in tables:
+                if table.token not in self._tokens:
+                    self._conn.send(("table", table.token, keep))
+                    send_handle(self._conn, table.fd, self.process.pid)
+                    self._tokens = {t for t in self._tokens if t in keep} | {table.token}
             self._conn.send(("run", job))
         except OSError:  # its end of the socket is closed: it died while idle
             self._reap()
             raise WorkerGone from None
         try:
-            if not self._conn.poll(max(job.budget.remaining(), 0.0) + KILL_AFTER_SECONDS):
+            if not self._wait_reply(budget, cancel):
                 self.kill()
-                raise job.budget.timed_out()
+                if cancel is not None and cancel.is_set():
+                    raise sandbox.cancelled()
+                raise budget.timed_out()
             reply = self._conn.recv()
         except (EOFError, OSError):
             raise self._died() from None
@@ -265,6 +324,19 @@ class Worker:
         if reply[0] == "failed":
             raise RuntimeError(f"query worker: {reply[1]}")
         return pa.ipc.open_stream(reply[1]).read_all(), reply[2]
+
+    def _wait_reply(self, budget: sandbox.Budget, cancel: threading.Event | None) -> bool:
+        """True once the reply is there; False at the deadline plus KILL_AFTER_SECONDS, or
+        as soon as `cancel` is set."""
+        if cancel is None:
+            return self._conn.poll(max(budget.remaining(), 0.0) + KILL_AFTER_SECONDS)
+        while not cancel.is_set():
+            left = budget.remaining() + KILL_AFTER_SECONDS
+            if left <= 0:
+                return False
+            if self._conn.poll(min(left, CANCEL_POLL_SECONDS)):
+                return True
+        return False
 
     def _died(self) -> Exception:
         """Why the worker stopped: killed from outside (503, retry) or out of memory (400)."""

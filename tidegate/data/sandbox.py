@@ -606,7 +606,35 @@ def referenced_tables(sql: str) -> frozenset[str]:
         for table in statement.find_all(exp.Table):
             if isinstance(table.this, exp.Identifier) and table.name.lower() not in _ctes_in_scope(table):
                 names.add(table.name.lower())
-    return frozenset(names)
+    # And what DuckDB's own parser sees (less its CTE names), so that a table one parser
+    # misses is still given its rows rather than left to resolve to anything else.
+    cursor = _connection().cursor()  # only parses the text
+    try:
+        tree = json.loads(cursor.sql("SELECT json_serialize_sql(?)", params=[sql]).fetchall()[0][0])
+    finally:
+        cursor.close()
+    tables: set[str] = set()
+    ctes: set[str] = set()
+    _duckdb_tables(tree, tables, ctes)
+    return frozenset(names | (tables - ctes))
+
+
+def _duckdb_tables(node: Any, tables: set[str], ctes: set[str]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _duckdb_tables(item, tables, ctes)
+        return
+    if not isinstance(node, dict):
+        return
+    if "class" not in node and node.get("type") == "BASE_TABLE" and isinstance(node.get("table_name"), str):
+        tables.add(node["table_name"].lower())
+    cte_map = node.get("cte_map")
+    for entry in (cte_map.get("map") if isinstance(cte_map, dict) else None) or []:
+        if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+            ctes.add(entry["key"].lower())
+    for value in node.values():
+        if isinstance(value, (dict, list)):
+            _duckdb_tables(value, tables, ctes)
 
 
 def check_cost(query: ValidatedQuery) -> None:
