@@ -302,10 +302,15 @@ def test_steps_read_earlier_steps_and_edits_bump_the_revision(client, org, world
     assert error_of(
         client.patch(f"{V1}/projects/{pid}/steps/{world['step']}", json={"name": "renamed"}, headers=h)
     ) == (409, "step_in_use")
+    # New SQL that no longer reads `totals`: no longer depends on it.
+    other = ok(
+        client.patch(f"{V1}/projects/{pid}/steps/{top['id']}", json={"sql": "SELECT region FROM sales"}, headers=h)
+    )
+    assert other["dependencies"] == []
     bad = client.patch(f"{V1}/projects/{pid}/steps/{top['id']}", json={"sql": "SELEC x"}, headers=h)
     assert bad.status_code == 400
     assert ok(client.delete(f"{V1}/projects/{pid}/steps/{top['id']}", headers=h)) == {"id": top["id"], "deleted": True}
-    assert revision_and_steps(org, pid)[0] == rev + 3
+    assert revision_and_steps(org, pid)[0] == rev + 4
 
 
 def test_deleting_a_source_a_step_reads_reports_an_error_without_crashing(client, org, world):

@@ -370,7 +370,10 @@ def update_step(
         readable = [s.name for s in sources_of(session, project_id)] + [s.name for s in earlier]
         sql = engine.validate_step_sql(_check_sql(changes["sql"]), readable)
         diff["sql"] = {"old": step.sql, "new": sql}
-    given = changes.get("depends_on") if "depends_on" in changes else list(step.depends_on or [])
+    if "depends_on" in changes:
+        given = changes["depends_on"]
+    else:  # new SQL: what it reads now (old dependencies found in the old SQL would be stale)
+        given = None if "sql" in diff else list(step.depends_on or [])
     depends_on = _dependencies(sql, given, earlier, step.id)
     if depends_on != list(step.depends_on or []):
         diff["depends_on"] = {"old": list(step.depends_on or []), "new": depends_on}
