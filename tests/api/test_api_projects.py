@@ -535,3 +535,23 @@ def test_scopes_gate_every_route(client, org, world):
         f"/projects/{pid}/shares",
     ):
         assert client.get(V1 + path, headers=no_projects).status_code == 403, path
+
+
+def test_a_source_the_reader_may_not_open_fails_their_step_only(client, org, world):
+    """A private source of the admin in a project shared with a member: the admin reads the
+    step, the member gets an error naming why, never the admin's rows."""
+    h, pid = org.headers(), world["project"]
+    private = ok(
+        client.post(f"{V1}/sources", json={"name": "salaries", "rows": [{"who": "a", "pay": 1}]}, headers=h), 201
+    )
+    added = ok(client.post(f"{V1}/projects/{pid}/sources", json={"source_id": private["id"], "run": False}, headers=h))
+    ok(share(client, org, pid, world["us"]))
+    assert ok(client.get(f"{V1}/projects/{pid}/steps/{added['step_id']}/data", headers=h))["data"] == [
+        {"who": "a", "pay": 1}
+    ]
+    us_h = org.headers(world["us_key"])
+    refused = client.get(f"{V1}/projects/{pid}/steps/{added['step_id']}/data", headers=us_h)
+    assert error_of(refused) == (400, "step_failed") and "pay" not in refused.text
+    summaries = {s["name"]: s for s in ok(client.get(f"{V1}/projects/{pid}/steps", headers=us_h))["data"]}
+    assert summaries["load_salaries"]["status"] == "error" and summaries["load_salaries"]["num_rows"] is None
+    assert summaries["totals"]["status"] == "complete"  # what does not read it still works
