@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from tidegate.access.analysis import EDIT, OWNER, VIEW, open_project, permission_of
+from tidegate.access.sources import SourceAccess
 from tidegate.analysis import engine, projects, runs, sharing
 from tidegate.catalog.analysis import RESOURCE_PROJECT
 from tidegate.catalog.models import SHARE_PERMISSIONS
@@ -194,6 +195,12 @@ def _sharing_context(session, viewer: Viewer, project, permission: str) -> dict 
     }
 
 
+def _as_seen(access: SourceAccess | str | None) -> dict:
+    if access is None or isinstance(access, str):
+        return {"source_name": None, "unreadable": access or "not readable"}
+    return {"source_name": access.opened_source.name, "unreadable": None}
+
+
 def _load(request: Request, project_id: str) -> tuple[Viewer, dict, engine.ProjectPlan]:
     """Everything the page shows but the steps' results (computed next, in the query pool)."""
     limits = settings_of(request).query_limits
@@ -223,7 +230,16 @@ def _load(request: Request, project_id: str) -> tuple[Viewer, dict, engine.Proje
             "can_edit": can_edit,
             "can_delete": permission == OWNER and viewer.can(WRITE),
             "run": runs.state_of(session, project_id, limits),
-            "attached": [{"id": a.id, "name": a.name, "source_id": a.source_id} for a in attached],
+            "attached": [
+                {
+                    "id": a.id,
+                    "name": a.name,
+                    "source_id": a.source_id,
+                    # Named only if the viewer may open it (else why not, as the engine says).
+                    **_as_seen(plan.sources.get(a.name.lower(), plan.sources.get(a.name))),
+                }
+                for a in attached
+            ],
             "offered_sources": offered,
             "sharing": _sharing_context(session, viewer, project, permission),
             "step_form": {"name": "", "sql": ""},
