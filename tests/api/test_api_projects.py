@@ -423,6 +423,10 @@ def test_cancel_interrupts_a_long_step(client, org, world):
     with session_scope(org.settings.database_url) as session:
         run = session.scalar(select(ProjectRun).where(ProjectRun.project_id == pid))
         assert run.status == "cancelled" and run.finished_at is not None
+    events = ok(client.get(f"{V1}/audit/events", params={"target_id": pid, "limit": 100}, headers=h))["data"]
+    by_action = {e["action"]: e for e in events}
+    assert by_action["project.run_started"]["details"]["run_id"] == run.id
+    assert by_action["project.run_cancelled"]["details"]["run_id"] == run.id
 
 
 def test_a_run_whose_process_died_reads_as_interrupted(client, org, world):
