@@ -147,3 +147,55 @@ class LRUCache(Generic[K, V]):
     def __getitem__(self, key: K) -> V:
         with self._lock:
             return self._entries[key]
+
+
+class ByteLRUCache(Generic[K, V]):
+    """A thread-safe LRU of immutable values (checked on `put`) bounded by their total size
+    in bytes, as given; one value may take at most `max_entry_fraction` of it."""
+
+    def __init__(self, max_bytes: int, *, name: str = "cache", max_entry_fraction: float = 0.25):
+        self.max_bytes = max_bytes
+        self.name = name
+        self.max_entry_bytes = int(max_bytes * max_entry_fraction)
+        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: K, value: V, size: int) -> bool:
+        """Keep `value` (False: too large to keep, not kept)."""
+        require_immutable(key, where=f"{self.name} key")
+        require_immutable(value, where=f"{self.name} value")
+        if size > self.max_entry_bytes:
+            return False
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._entries[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._entries:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= evicted
+        return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    @property
+    def size_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

@@ -84,6 +84,21 @@ class World:
         with self.tx() as s:
             data_service.delete_source(s, self.admin, source_id)
 
+    def key_reader(self, user_id: str, access_policy_ids: list[str]) -> Principal:
+        """A Principal of a new key of `user_id`'s, narrowed by its own access policies."""
+        from tidegate.credentials import service as keys_service
+        from tidegate.credentials.bounds import restrictions_of
+
+        with self.tx() as s:
+            creator = Principal.for_user(self.org_id, user_id, "member")
+            created = keys_service.create_key(
+                s,
+                creator,
+                keys_service.KeyRequest(name="k", scopes=["data:read"], access_policy_ids=access_policy_ids),
+                pepper=self.settings.pepper,
+            )
+            return Principal.for_key("member", restrictions_of(created.key))
+
     def policy(self, column: str, values: list[str], users=()) -> str:
         with self.tx() as s:
             p = policies.create_policy(

@@ -323,3 +323,31 @@ def test_one_computation_per_key_at_a_time(world):
         thread.join()
     assert len(results) == 3 and all(r is results[0] for r in results)
     assert len(calls) == 2  # by_region once, top once
+
+
+def test_the_step_cache_is_bounded_by_bytes_and_takes_only_immutable_values():
+    from tidegate.caching import ByteLRUCache
+
+    cache: ByteLRUCache = ByteLRUCache(100, name="test", max_entry_fraction=0.5)
+    small = pa.table({"a": [1]})
+    assert cache.put("a", small, 40) and cache.put("b", small, 40)
+    assert cache.get("a") is small  # now the most recently used
+    assert cache.put("c", small, 40)  # 120 > 100: the least recently used ("b") goes
+    assert cache.get("b") is None and cache.get("a") is small and len(cache) == 2 and cache.size_bytes == 80
+    assert not cache.put("big", small, 51) and cache.get("big") is None  # over half: not kept
+    with pytest.raises(TypeError):
+        cache.put("rows", [{"a": 1}], 10)  # a list another thread could change
+
+
+def test_a_key_reads_steps_within_its_own_policies_and_its_creators(world):
+    reader = world.user()
+    source = world.source(shared_with=[reader])
+    world.policy("region", ["US", "EU"], users=[reader])
+    narrower = world.policy("product", ["a"])
+    project = world.project({"sales": source}, [("by_region", BY_REGION)], shared_with=[reader])
+    step_plan = world.plan(world.reader(reader), project.id)
+    step = world.step_id(step_plan, "by_region")
+    assert rows(engine.evaluate(step_plan, step)) == [{"region": "EU", "total": 12}, {"region": "US", "total": 30}]
+    key = world.key_reader(reader, [narrower])
+    as_key = world.plan(key, project.id)
+    assert rows(engine.evaluate(as_key, step)) == [{"region": "EU", "total": 5}, {"region": "US", "total": 10}]

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import re
 import threading
-import weakref
-from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -27,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from tidegate.access import analysis as access_analysis
 from tidegate.access.sources import SourceAccess, open_source
-from tidegate.caching import require_immutable
+from tidegate.caching import ByteLRUCache
 from tidegate.catalog.analysis import ProjectSource, Step
 from tidegate.catalog.models import Source
 from tidegate.config import QueryLimits
@@ -170,61 +169,40 @@ def referenced_names(sql: str) -> frozenset[str]:
 # ---------------------------------------------------------------------------------------
 
 
-class _StepCache:
-    """An LRU of step results bounded by bytes. Keys hold the step's SQL and, for every
-    source in its closure, the source, version and the READER's row filter."""
+class _KeyLocks:
+    """One lock per key while anyone uses it: a step is computed once at a time per key, so
+    widgets of one step refreshing together wait for the first instead of each running it.
+    (Per key, not striped: keys nest along the steps' reads, which never form a cycle, so
+    locks are always taken in the same order; a shared stripe could deadlock.)"""
 
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[Hashable, tuple[pa.Table, int]] = OrderedDict()
-        self._bytes = 0
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        # One computation per key at a time: widgets of one step refreshing together wait
-        # for the first instead of each running it (weak: a lock lives while it is in use).
-        self._building: weakref.WeakValueDictionary[Hashable, threading.Lock] = weakref.WeakValueDictionary()
+        self._locks: dict[Hashable, tuple[threading.Lock, int]] = {}
 
-    def build_lock(self, key: Hashable) -> threading.Lock:
+    @contextmanager
+    def hold(self, key: Hashable, timeout: float) -> Iterator[bool]:
         with self._lock:
-            lock = self._building.get(key)
-            if lock is None:
-                lock = self._building[key] = threading.Lock()
-            return lock
-
-    def get(self, key: Hashable) -> pa.Table | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            self._entries.move_to_end(key)
-            return entry[0]
-
-    def put(self, key: Hashable, table: pa.Table) -> None:
-        require_immutable(key, where="step cache key")
-        require_immutable(table, where="step cache value")
-        size = table.get_total_buffer_size()
-        if size > self.max_bytes // 4:
-            return  # one result may not push out most of the others
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= old[1]
-            self._entries[key] = (table, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes and self._entries:
-                _, (_, dropped) = self._entries.popitem(last=False)
-                self._bytes -= dropped
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+            lock, users = self._locks.get(key, (None, 0))
+            lock = lock or threading.Lock()
+            self._locks[key] = (lock, users + 1)
+        acquired = lock.acquire(timeout=max(timeout, 0.0))
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                lock.release()
+            with self._lock:
+                users = self._locks[key][1] - 1
+                if users:
+                    self._locks[key] = (lock, users)
+                else:
+                    del self._locks[key]
 
 
-_cache = _StepCache(DEFAULT_CACHE_BYTES)
+# Step results: immutable Arrow tables. Keys hold the step's SQL and, for every source in
+# its closure, the source, version and the READER's row filter.
+_cache: ByteLRUCache[Hashable, pa.Table] = ByteLRUCache(DEFAULT_CACHE_BYTES, name="step cache")
+_building = _KeyLocks()
 
 
 def clear_cache() -> None:
@@ -234,7 +212,7 @@ def clear_cache() -> None:
 def configure(*, cache_bytes: int | None = None) -> None:
     global _cache
     if cache_bytes is not None:
-        _cache = _StepCache(cache_bytes)
+        _cache = ByteLRUCache(cache_bytes, name="step cache")
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,14 +332,11 @@ class _Evaluation:
         cached = _cache.get(key)
         if cached is not None:
             return cached
-        lock = _cache.build_lock(key)
-        if not lock.acquire(timeout=max(self.budget.remaining(), 0.0)):
-            raise self.budget.timed_out()
-        try:
-            cached = _cache.get(key)  # computed by another reader's request meanwhile
+        with _building.hold(key, self.budget.remaining()) as acquired:
+            if not acquired:
+                raise self.budget.timed_out()
+            cached = _cache.get(key)  # computed by another request meanwhile
             return cached if cached is not None else self._compute(spec, key, visiting)
-        finally:
-            lock.release()
 
     def _compute(self, spec: StepSpec, key: Hashable, visiting: tuple[str, ...]) -> pa.Table:
         prepared = self.prepare(spec)
@@ -379,7 +354,7 @@ class _Evaluation:
             table = self.execute(prepared.query, tables, budget=self.budget, cancel=self.cancel, max_rows=self.max_rows)
         except InvalidRequest as exc:
             raise _step_error(spec, exc) from None
-        _cache.put(key, table)
+        _cache.put(key, table, table.get_total_buffer_size())  # a result too large to keep is not kept
         return table
 
 
