@@ -231,3 +231,54 @@ def test_scopes_refuse_with_403(server: Server, world):
         server.sdk(no_perm).sharing.share_project(project.id, user_id=world["member"].id)
     with pytest.raises(PermissionError):
         server.sdk(no_perm).sharing.list_project_shares(project.id)
+
+
+def test_a_run_started_on_one_worker_is_reported_and_cancelled_by_another(tmp_path_factory):
+    """Run state lives in the database: every worker process reports it, and a cancel served
+    by another process than the run's stops the run's query within about a second."""
+    from server import WorkerPool
+
+    with running_server(tmp_path_factory.mktemp("runs-multi"), workers=2) as srv:
+        pool = WorkerPool(srv, 2)
+        try:
+            h = srv.headers()
+            with srv.client() as http:
+                source = http.post("/sources", json={"name": "sales", "rows": ROWS}).json()["id"]
+                project = http.post("/projects", json={"name": "slow", "user_id": srv.admin_user_id}).json()["id"]
+                http.post(f"/projects/{project}/sources", json={"source_id": source, "run": False}).raise_for_status()
+                joins = ", ".join(f"sales t{i}" for i in range(14))
+                step = http.post(
+                    f"/projects/{project}/steps",
+                    json={"name": "slow", "sql": f"SELECT sum(t0.amount) AS s FROM {joins}"},
+                )
+                assert step.status_code == 201, step.text
+            base = f"/api/v1/projects/{project}"
+            status, _, started = pool.request(0, "POST", base + "/run", h, {})
+            assert status == 200 and started["status"] == "submitted", started
+            time.sleep(1.0)
+            for worker in (0, 1):
+                status, _, state = pool.request(worker, "GET", base + "/run/status", h)
+                assert (status, state["status"], state["run_id"]) == (200, "running", started["run_id"]), state
+            status, _, cancelled = pool.request(1, "POST", base + "/run/cancel", h)
+            assert status == 200 and cancelled["cancelled"] is True
+            stopped_at = time.monotonic() + 5
+            while time.monotonic() < stopped_at:
+                _, _, state = pool.request(0, "GET", base + "/run/status", h)
+                if not state["is_running"]:
+                    break
+                time.sleep(0.2)
+            assert state["status"] == "idle"
+            # The run's own process is free again: a new run starts and finishes on it.
+            with srv.client() as http:
+                http.delete(f"{base.removeprefix('/api/v1')}/steps/{step.json()['id']}").raise_for_status()
+            status, _, again = pool.request(0, "POST", base + "/run", h, {})
+            assert status == 200, again
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                _, _, state = pool.request(1, "GET", base + "/run/status", h)
+                if not state["is_running"]:
+                    break
+                time.sleep(0.2)
+            assert state["status"] == "complete", state
+        finally:
+            pool.close()
