@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from tidegate.access.analysis import VIEW, open_project
+from tidegate.access.analysis import EDIT, VIEW, open_project
 from tidegate.analysis import engine, projects, runs
 from tidegate.api.deps import DB, in_session, require, set_audit_target, settings_of
 from tidegate.api.inputs import InputRoute, Text
@@ -255,7 +255,7 @@ def _add_source(session: Session, principal: Principal, project_id: str, body: S
     if (body.file_id is None) == (body.source_id is None):
         raise InvalidRequest("invalid_source", "Give exactly one of file_id or source_id.")
     context = request_context(request)
-    open_project(session, principal, project_id, need=projects.EDIT)  # before making a source
+    open_project(session, principal, project_id, need=EDIT)  # before making a source
     source_id = body.source_id
     if body.file_id is not None:
         file = sources.get_file(session, principal, body.file_id)
