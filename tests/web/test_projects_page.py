@@ -118,3 +118,34 @@ def test_projects_page_steps_run_share_and_each_reader_sees_their_rows(ui_factor
     other = ui_factory("other")
     other.sign_in("other@acme.test", PASSWORD)
     other.goto(project_url.replace(web.url, ""), status=404, label="not-shared")
+
+
+def test_cancel_a_running_project_from_its_page(ui_factory, web):
+    _, secret = web.srv.new_admin_key()
+    with web.api(secret) as api:
+        source = api.post("/sources", json={"name": "orders", "rows": ROWS}).json()["id"]
+        project = api.post("/projects", json={"name": "Heavy", "user_id": web.srv.admin_user_id}).json()["id"]
+        api.post(f"/projects/{project}/sources", json={"source_id": source, "run": False}).raise_for_status()
+        # 4^20 rows to add up: far longer than the test.
+        joins = ", ".join(f"orders t{i}" for i in range(20))
+        product = " + ".join(f"t{i}.amount" for i in range(20))
+        slow = api.post(
+            f"/projects/{project}/steps", json={"name": "heavy", "sql": f"SELECT sum({product}) AS s FROM {joins}"}
+        )
+        assert slow.status_code == 201, slow.text
+        api.post(f"/projects/{project}/run", json={}).raise_for_status()
+
+    admin = ui_factory("admin")
+    admin.sign_in(web.admin_email, web.admin_password)
+    admin.goto(f"/projects/{project}", label="running")
+    page = admin.page
+    expect(page.locator("[data-run-status]")).to_have_attribute("data-run-status", "running")
+    # The heavy step does not hold the page: it is shown as slow.
+    expect(page.locator("tr[data-step=heavy] [data-step-status]")).to_contain_text("Slow")
+    expect(page.locator("tr[data-step=load_orders] [data-step-rows]")).to_have_text("4")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Cancel the run").click()
+    expect(page.get_by_role("status")).to_contain_text("The run was cancelled")
+    admin.snap("cancelled")
+    expect(page.locator("[data-run-status]")).to_have_attribute("data-run-status", "idle")
+    expect(page.get_by_role("button", name="Run every step")).to_be_enabled()

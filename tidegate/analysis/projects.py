@@ -525,18 +525,22 @@ class StepResult:
     num_rows: int | None = None
     headers: tuple[str, ...] = ()
     message: str | None = None
+    code: str | None = None  # the error's code (query_timeout: it took too long, no fault found)
 
 
-async def step_results(limits: QueryLimits, principal: Principal, plan: engine.ProjectPlan) -> list[StepResult]:
+async def step_results(
+    limits: QueryLimits, principal: Principal, plan: engine.ProjectPlan, *, timeout: float | None = None
+) -> list[StepResult]:
     """Every step of `plan` (the reader's plan), computed for the reader through the query pool.
     A step that fails (bad source, deleted source, an error in a step it reads, too large)
-    is reported with its message; capacity refusals (429, 503) are raised as they are."""
+    is reported with its message; capacity refusals (429, 503) are raised as they are.
+    `timeout`: at most this long per step (default: the query deadline)."""
     results = []
     for spec in plan.steps:
         try:
-            table = await engine.run_step(limits, principal, plan, spec.id)
+            table = await engine.run_step(limits, principal, plan, spec.id, timeout=timeout)
         except InvalidRequest as exc:
-            results.append(StepResult(spec.id, ok=False, message=exc.message))
+            results.append(StepResult(spec.id, ok=False, message=exc.message, code=exc.code))
             continue
         results.append(StepResult(spec.id, ok=True, num_rows=table.num_rows, headers=tuple(table.column_names)))
     return results

@@ -40,6 +40,9 @@ SHARE_READ = Scope.PERMISSIONS_READ
 SHARE_WRITE = Scope.PERMISSIONS_WRITE
 PAGE_SIZE = 100
 DATA_ROWS = 50
+# A page computes every step for its viewer: a slow step is shown as such after this long
+# rather than holding the page up to the query deadline.
+PAGE_STEP_SECONDS = 5.0
 MAX_SOURCES_OFFERED = 500
 _RANK = {VIEW: 0, EDIT: 1, OWNER: 2}
 NOTICES = {
@@ -251,7 +254,7 @@ async def _step_data(limits: QueryLimits, principal: Principal, plan, step_id: s
     spec = next(s for s in plan.steps if s.id == step_id)
     data = StepData(step_id=step_id, name=spec.name, page=page_number)
     try:
-        table = await engine.run_step(limits, principal, plan, step_id)
+        table = await engine.run_step(limits, principal, plan, step_id, timeout=PAGE_STEP_SECONDS)
         data.rows, data.total, data.columns = engine.page_of(table, page_number, DATA_ROWS)
     except InvalidRequest as exc:
         data.error = exc.message
@@ -271,7 +274,8 @@ async def _render(
 ) -> Response:
     limits = settings_of(request).query_limits
     viewer, context, plan = await run_in_threadpool(_load, request, project_id)
-    results = {r.step_id: r for r in await projects.step_results(limits, viewer.principal, plan)}
+    computed = await projects.step_results(limits, viewer.principal, plan, timeout=PAGE_STEP_SECONDS)
+    results = {r.step_id: r for r in computed}
     context["steps"] = [
         {"id": s.id, "name": s.name, "sql": s.sql, "order": i, "result": results.get(s.id)}
         for i, s in enumerate(plan.steps)
