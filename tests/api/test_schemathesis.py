@@ -188,6 +188,10 @@ def world(app_client) -> World:
             headers=headers,
         )
     )["id"]
+    project = ok(client.post("/api/v1/projects", json={"name": "p", "user_id": member}, headers=headers))["id"]
+    attached = ok(
+        client.post(f"/api/v1/projects/{project}/sources", json={"source_id": source, "run": False}, headers=headers)
+    )
     # Never the admin or the admin's key: deleting those would make the rest of the
     # examples plain 401s.
     ids = {
@@ -202,6 +206,9 @@ def world(app_client) -> World:
         "column": ["region", "amount"],
         "user_ids": [[member]],
         "policy_ids": [[policy]],
+        "project_id": [project],
+        "step_id": [attached["step_id"]],
+        "project_source_id": [attached["project_source_id"]],
     }
     CURRENT["world"] = World(proxy, headers, ids)
     yield CURRENT["world"]

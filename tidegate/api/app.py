@@ -24,6 +24,8 @@ from tidegate.api import (
     not_implemented,
     org_settings,
     policies,
+    projects,
+    shares,
     sources,
     usage,
     users,
@@ -59,6 +61,8 @@ API_MODULES = (
     files,
     embed,
     usage,
+    projects,
+    shares,
     dashboards,
     not_implemented,
 )

@@ -45,6 +45,7 @@ class NavItem:
 # Top-level sections.
 SECTIONS: tuple[NavItem, ...] = (
     NavItem("Sources", "/sources", Scope.SOURCES_READ),
+    NavItem("Projects", "/projects", Scope.PROJECTS_READ),
     NavItem("Dashboards", "/dashboards", Scope.DASHBOARDS_READ),
     NavItem("Settings", "/settings", None),
     NavItem("Audit log", "/audit", Scope.AUDIT_READ),

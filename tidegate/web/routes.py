@@ -14,6 +14,7 @@ from tidegate.web import (  # noqa: F401  (they register their pages)
     keys,
     people,
     policies,
+    projects,
     security,
     sources,
     usage,
