@@ -190,3 +190,65 @@ def test_an_embed_session_reads_dashboards_through_the_sdk_user_client(server):
         ):
             assert response.status_code == 403 and response.json()["error"]["code"] == "insufficient_scope"
     client.close()
+
+
+def test_dashboard_sharing_through_the_sdk_and_the_cli(server):
+    """sharing.*_dashboard* and `querri share dashboard add|list|remove`, end to end: private
+    until shared, the member's widget reads their rows, and a revoke closes it again."""
+    _, secret = server.new_admin_key()
+    admin = server.sdk(secret)
+    source = admin.sources.create_data_source(name=unique("sales"), rows=SALES)
+    user = admin.users.create(email=f"{unique('m')}@example.com", role="member")
+    admin.sharing.share_source(source.id, user_id=user.id, permission="view")
+    policy = admin.policies.create(name=unique("us"), row_filters=[{"column": "region", "values": ["US"]}])
+    admin.policies.assign_users(policy.id, user_ids=[user.id])
+    key = member_key(server, user.email)
+    member = server.sdk(key)
+    with server.client(secret) as http:  # a project through the API, its step reading the source
+        project = http.post("/projects", json={"name": unique("p"), "user_id": server.admin_user_id}).json()["id"]
+        http.post(f"/projects/{project}/sources", json={"source_id": source.id, "name": "sales", "run": False})
+        step = http.post(
+            f"/projects/{project}/steps", json={"name": "total", "sql": "SELECT sum(amount) AS total FROM sales"}
+        ).json()["id"]
+    admin.sharing.share_project(project, user_id=user.id, permission="view")
+    dashboard = admin.dashboards.create(name=unique("shared"))
+    with server.client(secret) as http:
+        body = {"title": "Revenue", "project_id": project, "step_id": step, "kind": "number", "y": "total"}
+        widget = http.post(f"/dashboards/{dashboard.id}/widgets", json=body).json()["id"]
+
+    with pytest.raises(NotFoundError):  # private until shared
+        member.dashboards.get(dashboard.id)
+    grant = admin.sharing.share_dashboard(dashboard.id, user_id=user.id, permission="view")
+    assert (grant.user_id, grant.permission, grant.resource_type, grant.resource_id) == (
+        user.id,
+        "view",
+        "dashboard",
+        dashboard.id,
+    )
+    assert [(s.user_id, s.permission) for s in admin.sharing.list_dashboard_shares(dashboard.id)] == [(user.id, "view")]
+    assert member.dashboards.get(dashboard.id).widget_count == 1
+    with server.client(key) as http:
+        page = http.get(f"/dashboards/{dashboard.id}/widgets/{widget}/data").json()
+    assert float(page["data"][0]["total"]) == 30  # the member's rows (US), not the admin's 150
+    revoked = admin.sharing.revoke_dashboard_share(dashboard.id, user.id)
+    assert (revoked["user_id"], revoked["resource_type"], revoked["revoked"]) == (user.id, "dashboard", True)
+    with pytest.raises(NotFoundError):
+        member.dashboards.get(dashboard.id)
+
+    def q(*args: str, check: bool = True):
+        return server.querri("--json", "share", "dashboard", *args, key=secret, check=check)
+
+    q("add", dashboard.id, "--user-id", user.id, "--permission", "edit")
+    assert [(s["user_id"], s["permission"]) for s in json.loads(q("list", dashboard.id).stdout)] == [(user.id, "edit")]
+    member.dashboards.update(dashboard.id, name="renamed by an editor")
+    assert admin.dashboards.get(dashboard.id).name == "renamed by an editor"
+    q("remove", dashboard.id, user.id)
+    assert json.loads(q("list", dashboard.id).stdout) == []
+    with pytest.raises(NotFoundError):
+        member.dashboards.get(dashboard.id)
+    refused = server.querri(
+        "--json", "share", "dashboard", "add", dashboard.id, "--user-id", user.id, key=key, check=False
+    )
+    assert refused.returncode != 0  # a member may not share what is not theirs
+    member.close()
+    admin.close()
