@@ -110,6 +110,10 @@ class World:
             self.keys[created.secret] = created.key.id
             return created.secret
 
+    def deactivate(self, user_id: str) -> None:
+        with self.tx() as s:
+            orgs.deactivate_user(s, self.admin, orgs.get_user(s, self.org_id, user_id))
+
     def revoke(self, secret: str) -> None:
         with self.tx() as s:
             keys_service.revoke_key(s, self.admin, s.get(ApiKey, self.keys[secret]))
@@ -158,7 +162,11 @@ def make_world(settings: Settings, name: str | None = None) -> World:
 
 @pytest.fixture
 def pg_settings(settings: Settings) -> Settings:
-    return replace(settings, pg=PgSettings(max_connections_per_key=3, auth_attempts_per_minute=1000))
+    return replace(
+        settings,
+        pg=PgSettings(max_connections_per_key=3, auth_attempts_per_minute=1000),
+        query_limits=replace(settings.query_limits, timeout_seconds=20.0, workers=2),
+    )
 
 
 @pytest.fixture
@@ -172,3 +180,37 @@ def world(pg_settings: Settings, endpoint) -> World:
     w = make_world(pg_settings)
     w.port = endpoint.port
     return w
+
+
+def startup_error(port: int, password: str, database: str, *, tls_on: bool = True) -> dict[str, str]:
+    """The fields of the ErrorResponse a raw protocol v3 start-up gets (libpq does not
+    report the SQLSTATE of a failed connection): {"S": severity, "C": code, "M": message}."""
+    import socket
+    import ssl
+    import struct
+
+    sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        if tls_on:
+            sock.sendall(struct.pack("!II", 8, 80877103))
+            assert sock.recv(1) == b"S"
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            sock = context.wrap_socket(sock)
+        params = b"user\x00bi\x00database\x00" + database.encode() + b"\x00\x00"
+        sock.sendall(struct.pack("!II", 8 + len(params), 196608) + params)
+        reader = sock.makefile("rb")
+        while True:
+            kind = reader.read(1)
+            (length,) = struct.unpack("!I", reader.read(4))
+            body = reader.read(length - 4)
+            if kind == b"R" and body[:4] == struct.pack("!I", 3):
+                secret = password.encode() + b"\x00"
+                sock.sendall(b"p" + struct.pack("!I", 4 + len(secret)) + secret)
+            elif kind == b"E":
+                return {f[:1]: f[1:] for f in body.decode().split("\x00") if f}
+            elif kind == b"Z":
+                return {}
+    finally:
+        sock.close()

@@ -91,6 +91,7 @@ class PgServer:
         self.connections = session.Connections(settings.pg.max_connections_per_key)
         self.pool = querypool.pool_for(settings.query_limits)
         self.running: dict[tuple[int, int], Connection] = {}
+        self.auth_namespace = session.AUTH_NAMESPACE  # (tests give a server a counter of its own)
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -235,7 +236,11 @@ class Connection:
         failed = f'password authentication failed for user "{user}"'
         try:
             await asyncio.to_thread(
-                session.count_auth_attempt, server.settings, self.client_ip, server.settings.pg.auth_attempts_per_minute
+                session.count_auth_attempt,
+                server.settings,
+                self.client_ip,
+                server.settings.pg.auth_attempts_per_minute,
+                server.auth_namespace,
             )
         except RateLimited:
             await self.fatal("28P01", failed)

@@ -88,9 +88,11 @@ def _org_id(session: Any, database: str) -> str | None:
     return org.id if org is not None else None
 
 
-def count_auth_attempt(settings: Settings, client_ip: str | None, per_minute: int) -> None:
+def count_auth_attempt(
+    settings: Settings, client_ip: str | None, per_minute: int, namespace: str = AUTH_NAMESPACE
+) -> None:
     """One authentication attempt from `client_ip`; RateLimited past `per_minute`."""
-    ratelimit.enforce(settings.redis_url, AUTH_NAMESPACE + (client_ip or "unknown"), per_minute)
+    ratelimit.enforce(settings.redis_url, namespace + (client_ip or "unknown"), per_minute)
 
 
 def _unique_names(sources: list[tuple[str, SourceAccess]]) -> list[tuple[str, SourceAccess]]:
