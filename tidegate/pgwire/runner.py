@@ -141,10 +141,18 @@ def serving(settings: Settings, *, host: str = "127.0.0.1", port: int = 0, tls_o
     thread.start()
     if not started.wait(30):
         raise RuntimeError("the PostgreSQL endpoint did not start")
+
+    async def shutdown() -> None:
+        server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:  # open connections end with the server
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        loop.stop()
+
     try:
         yield server
     finally:
-        loop.call_soon_threadsafe(server.close)
-        loop.call_soon_threadsafe(loop.stop)
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(shutdown()))
         thread.join(timeout=10)
         journal.close()
