@@ -87,12 +87,12 @@ def _name(raw: str) -> str:
 
 def classify(sql: str) -> Statement:
     text = sql.strip().rstrip(";").strip()
+    if text.startswith("("):
+        return Statement("query", text)
     match = _FIRST_WORDS.match(text)
     if not text or not match:
         return Statement("empty" if not text.strip("; \n\t") else "unsupported", text)
     word = match.group(1).lower()
-    if text.startswith("("):
-        word = "select"
     if word in QUERIES:
         return Statement("query", text)
     if word == "show":
@@ -149,7 +149,12 @@ def _placeholder_index(node: exp.Expression) -> int | None:
     return int(name) - 1 if str(name).isdigit() else None
 
 
+# psql's `OPERATOR(pg_catalog.~)`: the operator itself (the text is parsed and checked after).
+_OPERATOR = re.compile(r"OPERATOR\s*\(\s*pg_catalog\s*\.\s*([^\s()\w]+)\s*\)", re.I)
+
+
 def prepare(sql: str, params: Sequence[Any] = (), database_names: frozenset[str] = frozenset()) -> PreparedQuery:
+    sql = _OPERATOR.sub(lambda m: f" {m.group(1)} ", sql)
     try:
         trees = [t for t in sqlglot.parse(sql, read="postgres") if t is not None]
     except sqlglot.errors.SqlglotError as exc:
@@ -164,7 +169,9 @@ def prepare(sql: str, params: Sequence[Any] = (), database_names: frozenset[str]
             if index is None or index >= len(params) or index < 0:
                 raise NotAQuery(f"There is no parameter {node.sql()}.")
             return _literal(params[index])
-        if isinstance(node, exp.Cast) and node.to.sql(dialect="postgres").lower().startswith("reg"):
+        if isinstance(node, exp.Collate):
+            return node.this  # `COLLATE pg_catalog.default` (psql): DuckDB has no such collation
+        if isinstance(node, exp.Cast) and node.to.sql(dialect="postgres").lower().split(".")[-1].startswith("reg"):
             return node.this  # regtype/regclass/...: DuckDB has no such types; the oid stays
         if (
             isinstance(node, exp.Dot)
