@@ -147,7 +147,36 @@ _PACKERS: dict[int, Callable[[Any], bytes]] = {
     DATE: lambda v: struct.pack("!i", (v - _EPOCH_DATE).days),
     TIMESTAMP: lambda v: struct.pack("!q", _micros(v - _EPOCH)),
     TIMESTAMPTZ: lambda v: struct.pack("!q", _micros(v - _EPOCH_TZ)),
+    TIME: lambda v: struct.pack("!q", ((v.hour * 60 + v.minute) * 60 + v.second) * 1_000_000 + v.microsecond),
+    NUMERIC: lambda v: _numeric(v),
+    JSON: lambda v: (v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)).encode(),
+    UUID: lambda v: v.bytes if hasattr(v, "bytes") else bytes(v),
 }
+
+
+def _numeric(value: Any) -> bytes:
+    """PostgreSQL's binary numeric: base-10000 digits, weight, sign, display scale."""
+    number = Decimal(value)
+    if number.is_nan():
+        return struct.pack("!hhHh", 0, 0, 0xC000, 0)
+    exponent = number.as_tuple().exponent
+    scale = max(0, -exponent) if isinstance(exponent, int) else 0
+    whole, _, fraction = format(abs(number), "f").partition(".")
+    whole = whole.lstrip("0")
+    whole = "0" * (-len(whole) % 4) + whole
+    fraction = fraction + "0" * (-len(fraction) % 4)
+    groups = [int(whole[i : i + 4]) for i in range(0, len(whole), 4)]
+    weight = len(groups) - 1
+    groups += [int(fraction[i : i + 4]) for i in range(0, len(fraction), 4)]
+    while groups and groups[0] == 0:
+        groups.pop(0)
+        weight -= 1
+    while groups and groups[-1] == 0:
+        groups.pop()
+    if not groups:
+        weight = 0
+    sign = 0x4000 if number < 0 else 0
+    return struct.pack(f"!hhHh{len(groups)}h", len(groups), weight, sign, scale, *groups)
 
 
 def _micros(delta: dt.timedelta) -> int:
