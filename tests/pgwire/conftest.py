@@ -42,7 +42,7 @@ PRODUCTS = [
 
 @pytest.fixture
 def database_url(sqlite_url):
-    return sqlite_url
+    return sqlite_url  # (test_governance.py runs on PostgreSQL too)
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,11 @@ from tidegate.audit.models import AuditEvent
 from tidegate.pgwire import runner
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    return request.getfixturevalue(f"{request.param}_url")
+
+
 def _refused(world: World, secret: str, *, database: str | None = None, tls_on: bool = True) -> str:
     """The SQLSTATE a start-up with `secret` is refused with (and psycopg is refused too)."""
     with pytest.raises(psycopg.OperationalError):
