@@ -110,6 +110,10 @@ class World:
             self.keys[created.secret] = created.key.id
             return created.secret
 
+    def set_role(self, user_id: str, role: str) -> None:
+        with self.tx() as s:
+            orgs.update_user(s, self.admin, orgs.get_user(s, self.org_id, user_id), role=role)
+
     def deactivate(self, user_id: str) -> None:
         with self.tx() as s:
             orgs.deactivate_user(s, self.admin, orgs.get_user(s, self.org_id, user_id))

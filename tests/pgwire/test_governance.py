@@ -209,3 +209,31 @@ def test_a_cancel_request_interrupts_the_running_query(world: World):
             conn.execute("SELECT count(*) FROM big a, big b WHERE a.n + b.n = -1").fetchall()
         assert time.monotonic() - started < 10
         assert conn.execute("SELECT count(*) FROM big").fetchone() == (100_000,)
+
+
+def test_a_demoted_creator_loses_what_only_their_role_showed(world: World):
+    second_admin = world.user(role="admin")
+    world.source(SALES, "sales")  # the first admin's, shared with no one
+    with world.connect(world.key(second_admin, scopes=["data:read"])) as conn:
+        assert conn.execute("SELECT count(*) FROM sales").fetchone() == (5,)
+        world.set_role(second_admin, "member")
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("SELECT count(*) FROM sales").fetchall()
+
+
+def test_the_statement_timeout_and_result_limits_apply(pg_settings):
+    tight = replace(
+        pg_settings, query_limits=replace(pg_settings.query_limits, timeout_seconds=1.0, max_result_bytes=200_000)
+    )
+    with runner.serving(tight) as server:
+        world = make_world(tight)
+        world.port = server.port
+        world.big_source(50_000)
+        with world.connect(world.key()) as conn:
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT count(*) FROM big a, big b WHERE a.n + b.n = -1").fetchall()
+            assert time.monotonic() - started < 8
+            with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+                conn.execute("SELECT n, label FROM big").fetchall()
+            assert conn.execute("SELECT count(*) FROM big").fetchone() == (50_000,)
