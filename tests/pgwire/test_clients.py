@@ -38,6 +38,7 @@ def test_schema_listing_shows_the_keys_tables_in_public(sales: World):
         ).fetchall()
         assert classes == [("products",), ("sales",)]
         assert conn.execute("SELECT count(*) FROM pg_catalog.pg_index").fetchone() == (0,)
+        assert conn.info.parameter_status("session_authorization").startswith("admin-")  # the key's owner
         row = conn.execute("SELECT current_database(), current_schema(), version()").fetchone()
         assert row[0] == sales.org_id and row[1] == "public" and row[2].startswith("PostgreSQL 16.0")
 

@@ -142,6 +142,7 @@ class Connection:
         self.secret = secrets.randbits(31)
         self.cancel = threading.Event()
         self.statements: dict[str, str] = {}
+        self._param_oids: dict[str, tuple[int, ...]] = {}  # of each prepared statement, as Parse gave them
         self.portals: dict[str, Portal] = {}
         self.cursors: dict[str, Result] = {}
         self.status = b"I"
@@ -269,7 +270,7 @@ class Connection:
             "integer_datetimes": "on",
             "standard_conforming_strings": "on",
             "is_superuser": "off",
-            "session_authorization": user,
+            "session_authorization": keyed.owner_email or user,  # who the key acts for
             "application_name": self.params["application_name"],
             "default_transaction_read_only": "on",
         }
@@ -378,11 +379,6 @@ class Connection:
             await self.send(protocol.close_complete())
         else:
             raise ProtocolViolation(f"unexpected message type {kind!r}")
-
-    @property
-    def _param_oids(self) -> dict[str, tuple[int, ...]]:
-        oids: dict[str, tuple[int, ...]] = self.__dict__.setdefault("_oids", {})
-        return oids
 
     def _portal(self, name: str) -> Portal:
         portal = self.portals.get(name)

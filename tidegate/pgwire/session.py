@@ -22,7 +22,6 @@ from sqlalchemy import select
 from tidegate.access import ratelimit
 from tidegate.access.authorize import authorize
 from tidegate.access.sources import SourceAccess, open_source, visible_sources_query
-from tidegate.audit.journal import Journal
 from tidegate.audit.record import event_row
 from tidegate.catalog.models import Source
 from tidegate.config import Settings
@@ -39,7 +38,7 @@ from tidegate.credentials.authenticate import (
 from tidegate.data import engine as data_engine
 from tidegate.db.engine import session_scope
 from tidegate.errors import Forbidden, NotFound, RateLimited, TidegateError, Unauthenticated
-from tidegate.orgs.models import Organization
+from tidegate.orgs.models import Organization, User
 from tidegate.pgwire import pgtypes
 
 AUTH_NAMESPACE = "pgwire-auth:"  # the rate-limit counter of authentication attempts per client IP
@@ -178,8 +177,11 @@ def authenticate(settings: Settings, keys: KeyCache, password: str, database: st
         authorize(principal, Scope.DATA_READ)
     except (Unauthenticated, Forbidden):
         raise AuthFailed() from None
-    session_ = KeySession(settings, keys, digest, state, database)
-    return session_
+    keyed = KeySession(settings, keys, digest, state, database)
+    with session_scope(settings.database_url) as session:
+        owner = session.get(User, state.owner_id)
+        keyed.owner_email = owner.email if owner is not None else None
+    return keyed
 
 
 def filtered_tables(view: View, names: frozenset[str]) -> dict[str, pa.Table]:
@@ -229,11 +231,6 @@ def audit_event(
             "sqlstate": sqlstate,
         },
     )
-
-
-def record(journal: Journal, event: dict[str, Any]) -> None:
-    """Journaled before the result's first row leaves (AuditUnavailable refuses it)."""
-    journal.append(event)
 
 
 class Connections:
