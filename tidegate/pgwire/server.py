@@ -409,7 +409,8 @@ class Connection:
 
     async def send_result(self, result: Result, *, describe: bool, formats: Sequence[int], limit: int) -> None:
         if not result.has_rows:
-            await self.send(protocol.command_complete(result.tag))
+            done = protocol.empty_query_response() if result.tag == "EMPTY" else protocol.command_complete(result.tag)
+            await self.send(done)
             return
         assert result.table is not None
         codes = self._formats(result, formats)
