@@ -5,6 +5,7 @@ same rows over the wire as through REST."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 import time
 
@@ -60,3 +61,11 @@ def test_serve_runs_the_endpoint_with_a_generated_certificate(tmp_path):
             assert verified.execute("SELECT count(*) FROM cities").fetchone() == (100,)
     finally:
         server.stop()
+    deadline = time.monotonic() + 15
+    while True:  # the endpoint's process stopped with the server
+        try:
+            socket.create_connection(("127.0.0.1", pg_port), timeout=1).close()
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the PostgreSQL endpoint outlived the server"
+        time.sleep(0.3)

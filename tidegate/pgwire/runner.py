@@ -81,8 +81,13 @@ async def _serve(settings: Settings, host: str, port: int, parent_pid: int) -> N
         journal.close()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _run(host: str, port: int, allow_plain_loopback: bool, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (SIGTERM) or is seen gone
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwinds through _serve: the journal is closed
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     settings = get_settings()
     settings = replace(settings, pg=replace(settings.pg, port=port, allow_plain_loopback=allow_plain_loopback))
@@ -95,17 +100,31 @@ class PgProcess:
 
     def __init__(self, host: str, port: int, allow_plain_loopback: bool):
         self.args = (host, port, allow_plain_loopback)
+        self._context = multiprocessing.get_context("spawn")
         self._process: BaseProcess | None = None
+        self._stopping = threading.Event()
 
-    def start(self) -> None:
-        context = multiprocessing.get_context("spawn")
+    def _spawn(self) -> None:
         # Not a daemon: it starts query worker processes of its own.
-        self._process = context.Process(
+        self._process = self._context.Process(
             target=_run, args=(*self.args, os.getpid()), name="tidegate-pgwire", daemon=False
         )
         self._process.start()
 
+    def start(self) -> None:
+        self._spawn()
+
+        def watch() -> None:  # restarted if it dies, as the audit shipper is
+            while not self._stopping.wait(1.0):
+                process = self._process
+                if process is not None and not process.is_alive() and not self._stopping.is_set():
+                    log.warning("PostgreSQL endpoint exited (code %s); restarting it", process.exitcode)
+                    self._spawn()
+
+        threading.Thread(target=watch, name="tidegate-pgwire-watch", daemon=True).start()
+
     def stop(self) -> None:
+        self._stopping.set()
         if self._process is None:
             return
         self._process.terminate()
