@@ -63,6 +63,29 @@ DATA_VARIABLES = {
     "connector_statement_timeout_seconds": "TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS",
 }
 
+
+@dataclass(frozen=True)
+class PgSettings:
+    """The PostgreSQL wire endpoint (tidegate.pgwire); off unless a port is set."""
+
+    port: int = 0  # 0: off
+    max_connections_per_key: int = 10
+    auth_attempts_per_minute: int = 30  # per client IP, failed or not
+    tls_cert: Path | None = None  # with tls_key; unset: generated into TIDEGATE_HOME
+    tls_key: Path | None = None
+    allow_plain_loopback: bool = False  # cleartext passwords without TLS from 127.0.0.0/8, ::1
+
+    @property
+    def enabled(self) -> bool:
+        return self.port > 0
+
+
+PG_VARIABLES = {
+    "port": "TIDEGATE_PG_PORT",
+    "max_connections_per_key": "TIDEGATE_PG_MAX_CONNECTIONS_PER_KEY",
+    "auth_attempts_per_minute": "TIDEGATE_PG_AUTH_ATTEMPTS_PER_MINUTE",
+}
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 
 
@@ -82,6 +105,7 @@ class Settings:
     audit_fsync: bool = False  # fsync each audit line (survives power loss, not only a crash)
     log_level: str = "info"
     access_log: bool = True  # tidegate.access's one line per request (paths only)
+    pg: PgSettings = field(default_factory=PgSettings)
 
     @property
     def audit_dir(self) -> Path:
@@ -146,6 +170,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         audit_fsync = _switch(environ, "TIDEGATE_AUDIT_FSYNC", default=False)
         access_log = _switch(environ, "TIDEGATE_ACCESS_LOG", default=True)
         log_level = _log_level(environ.get("TIDEGATE_LOG_LEVEL", "info"))
+        pg = _pg_settings(environ)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     home.mkdir(parents=True, exist_ok=True)
@@ -172,6 +197,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         audit_fsync=audit_fsync,
         log_level=log_level,
         access_log=access_log,
+        pg=pg,
+    )
+
+
+def _pg_settings(environ: Mapping[str, str]) -> PgSettings:
+    numbers = from_environment(PgSettings, PG_VARIABLES, environ)
+    cert = environ.get("TIDEGATE_PG_TLS_CERT", "").strip()
+    key = environ.get("TIDEGATE_PG_TLS_KEY", "").strip()
+    if bool(cert) != bool(key):
+        raise ValueError("TIDEGATE_PG_TLS_CERT and TIDEGATE_PG_TLS_KEY must be set together")
+    return replace(
+        numbers,
+        tls_cert=Path(cert).resolve() if cert else None,
+        tls_key=Path(key).resolve() if key else None,
+        allow_plain_loopback=_switch(environ, "TIDEGATE_PG_ALLOW_PLAIN_LOOPBACK", default=False),
     )
 
 

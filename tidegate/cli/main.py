@@ -163,8 +163,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     workers: int = typer.Option(1, "--workers", min=1, max=64),
+    pg_port: int | None = typer.Option(
+        None, "--pg-port", min=1, max=65535, help="Also serve the PostgreSQL wire protocol (default: TIDEGATE_PG_PORT)."
+    ),
+    pg_allow_plain_loopback: bool = typer.Option(
+        False, "--pg-allow-plain-loopback", help="Accept PostgreSQL passwords without TLS from loopback clients."
+    ),
 ):
-    """Run the HTTP server."""
+    """Run the HTTP server (and the PostgreSQL endpoint, when a port is given)."""
     from tidegate.audit import shipper
     from tidegate.credentials.usage import record_last_use
     from tidegate.data import egress
@@ -191,17 +197,38 @@ def serve(
     audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url, after_insert=record_last_use)
     audit_shipper.start()
     os.environ[shipper.ENV_FLAG] = "process"
+    pg = _start_pg(settings, host, pg_port, pg_allow_plain_loopback)
     stopped_by = None
     try:
         _run_uvicorn(settings, host, port, workers, forwarded)
     except StoppedBySignal as stop:
         stopped_by = stop.signum
     finally:
+        if pg is not None:
+            pg.stop()
         audit_shipper.stop()
     if stopped_by is not None:
         # Now die by that signal, as uvicorn would have: what a service manager expects.
         signal.signal(stopped_by, signal.SIG_DFL)
         signal.raise_signal(stopped_by)
+
+
+def _start_pg(settings, host: str, port: int | None, allow_plain_loopback: bool):
+    """The PostgreSQL endpoint's process, if a port is set (flag or TIDEGATE_PG_PORT)."""
+    port = port or settings.pg.port
+    if not port:
+        return None
+    from tidegate.pgwire import runner, tls
+
+    cert, _ = runner.tls_files(settings)  # generated now (once), so its fingerprint can be shown
+    typer.echo(f"PostgreSQL endpoint on {host}:{port}, TLS certificate {cert}", err=True)
+    typer.echo(f"  SHA-256 fingerprint {tls.fingerprint(cert)}", err=True)
+    plain = allow_plain_loopback or settings.pg.allow_plain_loopback
+    if plain:
+        typer.echo("  passwords without TLS are accepted from loopback clients", err=True)
+    process = runner.PgProcess(host, port, plain)
+    process.start()
+    return process
 
 
 class StoppedBySignal(BaseException):

@@ -1,0 +1,201 @@
+"""What a client's statement is, before anything runs: a query, a harmless session command
+(SET, SHOW, BEGIN ...), a cursor command, or a write to refuse; and a query's text made
+ready for the sandbox (its `$n` parameters inlined as literals, `public.` dropped).
+
+PostgreSQL syntax is read with sqlglot's postgres dialect and written back as DuckDB's:
+the sandbox then checks that exact text with both of its parsers, as for any query.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.tokens import TokenType
+
+CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+_FIRST_WORDS = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]+)(?:\s+([A-Za-z_]+))?", re.S)
+# Session and transaction commands, answered without running anything (reads and writes
+# nothing): the tag PostgreSQL answers each with.
+HARMLESS = {
+    "set": "SET",
+    "reset": "RESET",
+    "begin": "BEGIN",
+    "start": "START TRANSACTION",
+    "commit": "COMMIT",
+    "end": "COMMIT",
+    "rollback": "ROLLBACK",
+    "abort": "ROLLBACK",
+    "savepoint": "SAVEPOINT",
+    "release": "RELEASE",
+    "discard": "DISCARD ALL",
+    "deallocate": "DEALLOCATE",
+    "listen": "LISTEN",
+    "unlisten": "UNLISTEN",
+}
+WRITES = frozenset(
+    "insert update delete merge upsert copy create alter drop truncate grant revoke vacuum analyze cluster "
+    "reindex refresh comment lock call do import attach detach install load pragma export checkpoint "
+    "security reassign prepare execute notify".split()
+)
+QUERIES = frozenset({"select", "with", "values", "table"})
+
+
+@dataclass(frozen=True)
+class Statement:
+    kind: str  # query | harmless | show | declare | fetch | close | write | unsupported | empty
+    text: str
+    tag: str = ""
+    name: str = ""  # SHOW's setting, a cursor's name
+    count: int | None = None  # FETCH's row count (None: ALL)
+    query: str = ""  # DECLARE's query
+
+
+def split_statements(sql: str) -> list[str]:
+    """The statements of a simple Query message, split at top-level semicolons."""
+    try:
+        tokens = sqlglot.tokenize(sql, read="postgres")
+    except sqlglot.errors.SqlglotError:
+        return [sql] if sql.strip() else []
+    parts, start = [], 0
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            parts.append(sql[start : token.start])
+            start = token.end + 1
+    parts.append(sql[start:])
+    return [p for p in (part.strip() for part in parts) if p]
+
+
+_DECLARE = re.compile(
+    r"^\s*declare\s+(\"[^\"]+\"|\w+)\s+(?:binary\s+)?(?:(?:no\s+)?scroll\s+)?cursor\s+"
+    r"(?:(?:with|without)\s+hold\s+)?for\s+(.*)$",
+    re.I | re.S,
+)
+_FETCH = re.compile(
+    r"^\s*(fetch|move)\s+(?:(forward|next)\s+)?(all|\d+)?\s*(?:from|in)?\s*(\"[^\"]+\"|\w+)\s*;?\s*$", re.I | re.S
+)
+_CLOSE = re.compile(r"^\s*close\s+(\"[^\"]+\"|\w+)\s*;?\s*$", re.I)
+
+
+def _name(raw: str) -> str:
+    return raw[1:-1] if raw.startswith('"') else raw.lower()
+
+
+def classify(sql: str) -> Statement:
+    text = sql.strip().rstrip(";").strip()
+    if text.startswith("("):
+        return Statement("query", text)
+    match = _FIRST_WORDS.match(text)
+    if not text or not match:
+        return Statement("empty" if not text.strip("; \n\t") else "unsupported", text)
+    word = match.group(1).lower()
+    if word in QUERIES:
+        return Statement("query", text)
+    if word == "show":
+        return Statement("show", text, tag="SHOW", name=text.split(None, 1)[1].strip().strip('"').lower())
+    if word in HARMLESS:
+        return Statement("harmless", text, tag=HARMLESS[word])
+    if word == "declare":
+        declared = _DECLARE.match(text)
+        if not declared:
+            return Statement("unsupported", text)
+        return Statement("declare", text, tag="DECLARE CURSOR", name=_name(declared.group(1)), query=declared.group(2))
+    if word in ("fetch", "move"):
+        fetched = _FETCH.match(text)
+        if not fetched:
+            return Statement("unsupported", text)
+        count = None if (fetched.group(3) or "1").lower() == "all" else int(fetched.group(3) or 1)
+        return Statement("fetch", text, tag=fetched.group(1).upper(), name=_name(fetched.group(4)), count=count)
+    if word == "close":
+        closed = _CLOSE.match(text)
+        if not closed:
+            return Statement("unsupported", text)
+        return Statement("close", text, tag="CLOSE CURSOR", name=_name(closed.group(1)))
+    if word in WRITES:
+        return Statement("write", text)
+    return Statement("unsupported", text)
+
+
+# -- making a query ready -----------------------------------------------------------------
+
+
+class NotAQuery(ValueError):
+    """The text is not one SELECT we can read (sqlglot's message, or why)."""
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    sql: str  # DuckDB's dialect, parameters inlined, `public.` dropped
+    tables: frozenset[str]  # lower-case names it reads (not its own CTEs)
+    reads_catalog: bool  # names pg_catalog / information_schema / pg_* relations
+
+
+def _literal(value: Any) -> exp.Expression:
+    if value is None:
+        return exp.Null()
+    if isinstance(value, bool):
+        return exp.Boolean(this=value)
+    if isinstance(value, (int, float)):
+        return exp.Literal.number(repr(value) if isinstance(value, float) else str(value))
+    return exp.Literal.string(str(value))
+
+
+def _placeholder_index(node: exp.Expression) -> int | None:
+    name = node.name if isinstance(node, exp.Placeholder) else node.this.name if isinstance(node, exp.Parameter) else ""
+    return int(name) - 1 if str(name).isdigit() else None
+
+
+# psql's `OPERATOR(pg_catalog.~)`: the operator itself (the text is parsed and checked after).
+_OPERATOR = re.compile(r"OPERATOR\s*\(\s*pg_catalog\s*\.\s*([^\s()\w]+)\s*\)", re.I)
+
+
+def prepare(sql: str, params: Sequence[Any] = (), database_names: frozenset[str] = frozenset()) -> PreparedQuery:
+    sql = _OPERATOR.sub(lambda m: f" {m.group(1)} ", sql)
+    try:
+        trees = [t for t in sqlglot.parse(sql, read="postgres") if t is not None]
+    except sqlglot.errors.SqlglotError as exc:
+        raise NotAQuery(str(exc).split("\n")[0]) from None
+    if len(trees) != 1:
+        raise NotAQuery("Send one statement at a time.")
+    tree = trees[0]
+
+    def inline(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, (exp.Placeholder, exp.Parameter)):
+            index = _placeholder_index(node)
+            if index is None or index >= len(params) or index < 0:
+                raise NotAQuery(f"There is no parameter {node.sql()}.")
+            return _literal(params[index])
+        if isinstance(node, exp.Collate):
+            return node.this  # `COLLATE pg_catalog.default` (psql): DuckDB has no such collation
+        if isinstance(node, exp.Cast) and node.to.sql(dialect="postgres").lower().split(".")[-1].startswith("reg"):
+            return node.this  # regtype/regclass/...: DuckDB has no such types; the oid stays
+        if (
+            isinstance(node, exp.Dot)
+            and isinstance(node.this, exp.Identifier)
+            and node.this.name.lower() == "pg_catalog"
+            and isinstance(node.expression, exp.Func)
+        ):
+            return node.expression  # type: ignore[return-value]  # `pg_catalog.version()`: DuckDB reads the prefix as an argument
+        return node
+
+    tree = tree.transform(inline)
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    tables: set[str] = set()
+    catalog = False
+    for table in tree.find_all(exp.Table):
+        schema, name = table.db.lower(), table.name.lower()
+        if not name:
+            continue
+        if schema in CATALOG_SCHEMAS or (not schema and (name.startswith("pg_") or name in CATALOG_SCHEMAS)):
+            catalog = True
+            continue
+        if schema == "public" and (not table.catalog or table.catalog.lower() in database_names):
+            table.set("db", None)
+            table.set("catalog", None)
+        if not table.db and name not in ctes:
+            tables.add(name)
+    return PreparedQuery(tree.sql(dialect="duckdb"), frozenset(tables), catalog)
