@@ -8,7 +8,7 @@ CHART_JS := tidegate/web/static/vendor/chart.umd.js
 HOST     ?= 127.0.0.1
 PORT     ?= 8000
 
-.PHONY: run test lint setup browser check-python clean
+.PHONY: run test lint setup browser clients check-python clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tidegate needs Python >= 3.11"'
@@ -33,6 +33,13 @@ setup: $(STAMP) $(PICO_CSS) $(CHART_JS)
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
+# The PostgreSQL clients the wire-protocol tests drive: psql, and the JDBC driver (what
+# Tableau, DBeaver and Metabase use) with a JDK to run it, all from Debian's packages.
+clients:
+	@command -v psql >/dev/null 2>&1 || (apt-get update && apt-get install -y postgresql-client)
+	@command -v javac >/dev/null 2>&1 || (apt-get update && apt-get install -y default-jdk-headless)
+	@test -f /usr/share/java/postgresql.jar || (apt-get update && apt-get install -y libpostgresql-jdbc-java)
+
 run: setup
 	$(BIN)/tidegate init --if-needed
 	$(BIN)/tidegate serve --host $(HOST) --port $(PORT)
@@ -49,7 +56,7 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/mypy tidegate
 
-test: setup browser lint
+test: setup browser clients lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

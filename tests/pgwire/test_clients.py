@@ -1,12 +1,12 @@
 """Real clients against the endpoint: psycopg 3 (simple and extended protocol, server-side
-cursors), psql and SQLAlchemy. (pandas is not installed here: `read_sql` is not tested; it
-runs the same SQLAlchemy path tested below.)"""
+cursors), psql, SQLAlchemy and pandas `read_sql` over it."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 
+import pandas as pd
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -146,5 +146,13 @@ def test_sqlalchemy_reads_through_the_psycopg_dialect(sales: World):
             rows = conn.execute(sa.text("SELECT product, label FROM products ORDER BY product")).all()
             assert [tuple(r) for r in rows] == [("a", "Apples"), ("b", "Bananas"), ("c", "Cherries")]
             assert sorted(sa.inspect(conn).get_table_names()) == ["products", "sales"]
+            frame = pd.read_sql(
+                sa.text("SELECT region, sum(amount)::int AS total FROM sales GROUP BY 1 ORDER BY 1"), conn
+            )
+            assert frame.to_dict("records") == [
+                {"region": "APAC", "total": 1},
+                {"region": "EU", "total": 12},
+                {"region": "US", "total": 30},
+            ]
     finally:
         engine.dispose()
