@@ -34,8 +34,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
 # The PostgreSQL clients the wire-protocol tests drive: psql, and the JDBC driver (what
-# Tableau, DBeaver and Metabase use) with a JDK to run it, all from Debian's packages.
-clients:
+# Tableau, DBeaver and Metabase use) with a JDK to run it, from Debian's packages; pandas
+# apart from the server's virtualenv (requirements-clients.lock says why).
+PYCLIENTS := build/pyclients/.installed
+$(PYCLIENTS): requirements-clients.lock $(STAMP)
+	rm -rf $(dir $@) && $(BIN)/pip install --quiet --disable-pip-version-check --no-deps --target $(dir $@) -r $<
+	touch $@
+
+clients: $(PYCLIENTS)
 	@command -v psql >/dev/null 2>&1 || (apt-get update && apt-get install -y postgresql-client)
 	@command -v javac >/dev/null 2>&1 || (apt-get update && apt-get install -y default-jdk-headless)
 	@test -f /usr/share/java/postgresql.jar || (apt-get update && apt-get install -y libpostgresql-jdbc-java)
@@ -46,7 +52,7 @@ run: setup
 
 # Three workers on two cores: most tests wait on servers they start, not on the CPU.
 # Whole files go to one worker (--dist loadfile): a module's servers start once.
-PYTEST_ARGS ?= -n 3 --dist loadfile
+PYTEST_ARGS ?= -n 4 --dist loadfile
 
 # Style and structure, before the tests: ruff (lint and format), the layers contract
 # (.importlinter) and mypy (strict on credentials, access, audit, data: pyproject.toml).

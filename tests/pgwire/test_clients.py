@@ -3,10 +3,12 @@ cursors), psql, SQLAlchemy and pandas `read_sql` over it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
-import pandas as pd
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -146,13 +148,41 @@ def test_sqlalchemy_reads_through_the_psycopg_dialect(sales: World):
             rows = conn.execute(sa.text("SELECT product, label FROM products ORDER BY product")).all()
             assert [tuple(r) for r in rows] == [("a", "Apples"), ("b", "Bananas"), ("c", "Cherries")]
             assert sorted(sa.inspect(conn).get_table_names()) == ["products", "sales"]
-            frame = pd.read_sql(
-                sa.text("SELECT region, sum(amount)::int AS total FROM sales GROUP BY 1 ORDER BY 1"), conn
-            )
-            assert frame.to_dict("records") == [
-                {"region": "APAC", "total": 1},
-                {"region": "EU", "total": 12},
-                {"region": "US", "total": 30},
-            ]
     finally:
         engine.dispose()
+
+
+# pandas lives apart from the server's virtualenv (Makefile `clients`): a BI user's client.
+PYCLIENTS = Path(__file__).resolve().parents[2] / "build" / "pyclients"
+READ_SQL = """
+import json, sys
+import pandas as pd
+import sqlalchemy as sa
+engine = sa.create_engine(sys.argv[1], poolclass=sa.pool.NullPool)
+with engine.connect() as conn:
+    frame = pd.read_sql(sa.text("SELECT region, sum(amount)::int AS total FROM sales GROUP BY 1 ORDER BY 1"), conn)
+print(json.dumps({"version": pd.__version__, "records": frame.to_dict("records")}))
+"""
+
+
+def test_pandas_read_sql_through_sqlalchemy(sales: World):
+    assert (PYCLIENTS / "pandas").is_dir(), "make clients installs pandas into build/pyclients"
+    url = sa.engine.URL.create(
+        "postgresql+psycopg",
+        username="analyst",
+        password=sales.key(),
+        host="127.0.0.1",
+        port=sales.port,
+        database=sales.org_id,
+        query={"sslmode": "require"},
+    ).render_as_string(hide_password=False)
+    env = {**os.environ, "PYTHONPATH": str(PYCLIENTS)}
+    out = subprocess.run([sys.executable, "-c", READ_SQL, url], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["version"].startswith("2.")
+    assert result["records"] == [
+        {"region": "APAC", "total": 1},
+        {"region": "EU", "total": 12},
+        {"region": "US", "total": 30},
+    ]
