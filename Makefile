@@ -50,7 +50,7 @@ run: setup
 	$(BIN)/tidegate init --if-needed
 	$(BIN)/tidegate serve --host $(HOST) --port $(PORT)
 
-# Three workers on two cores: most tests wait on servers they start, not on the CPU.
+# Four workers on two cores: most tests wait on servers they start, not on the CPU.
 # Whole files go to one worker (--dist loadfile): a module's servers start once.
 PYTEST_ARGS ?= -n 4 --dist loadfile
 

@@ -182,7 +182,14 @@ class Server:
         return {"Authorization": f"Bearer {key or self.admin_key}", "X-Tenant-ID": self.org_id}
 
     def client(self, key: str | None = None, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/api/v1", headers=self.headers(key), timeout=timeout)
+        # Idle connections are dropped after 1 s, well before the server closes them (5 s):
+        # reusing one the server is closing at that instant fails with "Server disconnected".
+        return httpx.Client(
+            base_url=self.url + "/api/v1",
+            headers=self.headers(key),
+            timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=1.0),
+        )
 
     def new_admin_key(self, rate_limit_per_minute: int = 1000) -> tuple[str, str]:
         """(id, secret) of a fresh Full Access key of the initial admin, so that a test's
