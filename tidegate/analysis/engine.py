@@ -93,8 +93,8 @@ def check_name(name: Any, what: str = "name") -> str:
     """A step or project source name: an identifier of at most 63 characters."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise InvalidRequest(
-            "invalid_name",
-            f"The {what} must be an identifier: a letter or _, then letters, digits or _ (at most 63 characters).",
+            "invalid_name" if what == "name" else f"invalid_{what}_name",
+            f"A {what} must be an identifier: a letter or _, then letters, digits or _ (at most 63 characters).",
         )
     return name
 

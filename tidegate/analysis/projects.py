@@ -28,13 +28,35 @@ from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.orgs.models import User
 from tidegate.orgs.service import get_user
 
-NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 MAX_NAME = 255
 MAX_DESCRIPTION = 2000
 MAX_SQL = 10_000
 
 
 # -- projects ------------------------------------------------------------------------------
+
+
+def _audit(
+    session: Session,
+    principal: Principal,
+    action: str,
+    project_id: str,
+    details: dict[str, Any],
+    context: RequestContext | None,
+) -> None:
+    """Every change to a project is audited and bumps the access epoch (cached step results
+    and who may open what are keyed by it)."""
+    record(
+        session,
+        principal,
+        action,
+        org_id=principal.org_id,
+        target_type="project",
+        target_id=project_id,
+        details=details,
+        context=context,
+    )
+    bump_access_epoch(session, principal.org_id)
 
 
 def _check_name(name: str | None) -> str:
@@ -86,17 +108,7 @@ def create_project(
     )
     session.add(project)
     session.flush()
-    record(
-        session,
-        principal,
-        "project.created",
-        org_id=principal.org_id,
-        target_type="project",
-        target_id=project.id,
-        details={"name": name, "owner_id": owner.id},
-        context=context,
-    )
-    bump_access_epoch(session, principal.org_id)
+    _audit(session, principal, "project.created", project.id, {"name": name, "owner_id": owner.id}, context)
     return project
 
 
@@ -142,17 +154,7 @@ def update_project(
             project.description = new_description
     if diff:
         project.updated_at = utcnow()
-        record(
-            session,
-            principal,
-            "project.updated",
-            org_id=principal.org_id,
-            target_type="project",
-            target_id=project.id,
-            details=diff,
-            context=context,
-        )
-        bump_access_epoch(session, principal.org_id)
+        _audit(session, principal, "project.updated", project.id, diff, context)
     return project
 
 
@@ -173,17 +175,7 @@ def delete_project(
         ).rowcount,  # type: ignore[attr-defined]
     }
     session.delete(project)
-    record(
-        session,
-        principal,
-        "project.deleted",
-        org_id=principal.org_id,
-        target_type="project",
-        target_id=project_id,
-        details={"name": project.name, **counts},
-        context=context,
-    )
-    bump_access_epoch(session, principal.org_id)
+    _audit(session, principal, "project.deleted", project_id, {"name": project.name, **counts}, context)
 
 
 def step_count(session: Session, project_id: str) -> int:
@@ -206,13 +198,8 @@ def sources_of(session: Session, project_id: str) -> list[ProjectSource]:
 
 
 def check_identifier(name: str | None, what: str) -> str:
-    name = (name or "").strip()
-    if not NAME_PATTERN.fullmatch(name):
-        raise InvalidRequest(
-            f"invalid_{what}_name",
-            f"A {what} name is an identifier: a letter or _, then letters, digits or _ (at most 63).",
-        )
-    return name
+    """A step or source name, trimmed (400 `invalid_<what>_name`: `engine.check_name`)."""
+    return engine.check_name((name or "").strip(), what)
 
 
 def _taken_names(session: Session, project_id: str, *, except_step: str | None = None) -> set[str]:
@@ -307,17 +294,9 @@ def add_step(
     session.add(step)
     _touch(project)
     session.flush()
-    record(
-        session,
-        principal,
-        "project.step_created",
-        org_id=principal.org_id,
-        target_type="project",
-        target_id=project_id,
-        details={"step_id": step.id, "name": name, "sql": sql},
-        context=context,
+    _audit(
+        session, principal, "project.step_created", project_id, {"step_id": step.id, "name": name, "sql": sql}, context
     )
-    bump_access_epoch(session, principal.org_id)
     return step
 
 
@@ -380,17 +359,7 @@ def update_step(
     if diff:  # everything checked: only now is anything changed
         step.name, step.sql, step.depends_on, step.updated_at = name, sql, depends_on, utcnow()
         _touch(project)
-        record(
-            session,
-            principal,
-            "project.step_updated",
-            org_id=principal.org_id,
-            target_type="project",
-            target_id=project_id,
-            details={"step_id": step.id, **diff},
-            context=context,
-        )
-        bump_access_epoch(session, principal.org_id)
+        _audit(session, principal, "project.step_updated", project_id, {"step_id": step.id, **diff}, context)
     return step
 
 
@@ -407,17 +376,7 @@ def delete_step(
         )
     session.delete(step)
     _touch(project)
-    record(
-        session,
-        principal,
-        "project.step_deleted",
-        org_id=principal.org_id,
-        target_type="project",
-        target_id=project_id,
-        details={"step_id": step_id, "name": step.name},
-        context=context,
-    )
-    bump_access_epoch(session, principal.org_id)
+    _audit(session, principal, "project.step_deleted", project_id, {"step_id": step_id, "name": step.name}, context)
 
 
 # -- sources -------------------------------------------------------------------------------
@@ -471,17 +430,14 @@ def attach_source(
         session.add(step)
     _touch(project)
     session.flush()
-    record(
+    _audit(
         session,
         principal,
         "project.source_added",
-        org_id=principal.org_id,
-        target_type="project",
-        target_id=project_id,
-        details={"source_id": attached.source_id, "name": name, **({"step_id": step.id} if step else {})},
-        context=context,
+        project_id,
+        {"source_id": attached.source_id, "name": name, **({"step_id": step.id} if step else {})},
+        context,
     )
-    bump_access_epoch(session, principal.org_id)
     return attached, step
 
 
@@ -500,17 +456,14 @@ def detach_source(
         raise NotFound("project_source_not_found", f"No source {project_source_id!r} in this project.")
     session.delete(attached)
     _touch(project)
-    record(
+    _audit(
         session,
         principal,
         "project.source_removed",
-        org_id=principal.org_id,
-        target_type="project",
-        target_id=project_id,
-        details={"source_id": attached.source_id, "name": attached.name},
-        context=context,
+        project_id,
+        {"source_id": attached.source_id, "name": attached.name},
+        context,
     )
-    bump_access_epoch(session, principal.org_id)
 
 
 # -- step results, under the reader's access ----------------------------------------------
