@@ -16,14 +16,14 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement, Select, exists, false, or_, select
 from sqlalchemy.orm import Session
 
-from tidegate.access.sources import _RANK, EDIT, OWNER, VIEW, _subjects
+from tidegate.access.sources import EDIT, OWNER, VIEW, at_least, subjects_of, weakest
 from tidegate.catalog.analysis import RESOURCE_DASHBOARD, RESOURCE_PROJECT, Dashboard, Project, ResourceShare
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import ROLE_ADMIN
 from tidegate.errors import Forbidden, NotFound
 from tidegate.orgs.models import User
 
-__all__ = ["EDIT", "OWNER", "VIEW", "open_dashboard", "open_project", "permission_of", "visible_query"]
+__all__ = ["EDIT", "OWNER", "VIEW", "at_least", "open_dashboard", "open_project", "permission_of", "visible_query"]
 
 Resource = TypeVar("Resource", Project, Dashboard)
 _TYPE_OF: dict[type, str] = {Project: RESOURCE_PROJECT, Dashboard: RESOURCE_DASHBOARD}
@@ -43,7 +43,7 @@ def _user_may_see(model: type[Project] | type[Dashboard], user: User) -> ColumnE
 def visible_query(session: Session, principal: Principal, model: type[Resource]) -> Select[Resource]:
     """A SELECT of the projects (or dashboards) this caller may open now."""
     query = select(model).where(model.org_id == principal.org_id)
-    subjects = _subjects(session, principal)
+    subjects = subjects_of(session, principal)
     if not subjects:
         return query.where(false())
     for user in subjects:
@@ -72,11 +72,12 @@ def _open(session: Session, principal: Principal, model: type[Resource], resourc
     resource = session.get(model, resource_id)
     if resource is None or resource.org_id != principal.org_id:
         raise missing
-    permissions = [permission_of(session, user, resource) for user in _subjects(session, principal)]
-    if not permissions or None in permissions:
+    found = [permission_of(session, user, resource) for user in subjects_of(session, principal)]
+    permissions = [p for p in found if p is not None]
+    if not permissions or len(permissions) < len(found):
         raise missing  # never reveal that it exists
-    permission = min(permissions, key=lambda p: _RANK[p])
-    if _RANK[permission] < _RANK[need]:
+    permission = weakest(permissions)
+    if not at_least(permission, need):
         raise Forbidden(f"{kind}_permission_denied", f"You need {need} permission on this {kind}.")
     return resource
 

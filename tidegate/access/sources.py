@@ -31,6 +31,17 @@ from tidegate.orgs.models import User
 VIEW, EDIT, OWNER = "view", "edit", "owner"
 _RANK: dict[str | None, int] = {None: 0, VIEW: 1, EDIT: 2, OWNER: 3}
 
+
+def at_least(permission: str | None, need: str) -> bool:
+    """Whether `permission` (view, edit, owner or None) grants `need`."""
+    return _RANK[permission] >= _RANK[need]
+
+
+def weakest(permissions: list[str]) -> str:
+    """A caller acting for several users (a key, a session) gets the weakest of theirs."""
+    return min(permissions, key=lambda p: _RANK[p])
+
+
 # Read access decisions of keys, per (org, access epoch, key, creator role, source). Every
 # audited change bumps the organization's epoch (audit.record), and the epoch is read live
 # with the key on each request, so an entry is never used after any change: revocations,
@@ -124,7 +135,7 @@ def _user_may_see(user: User) -> ColumnElement[bool]:
     )
 
 
-def _subjects(session: Session, principal: Principal) -> list[User]:
+def subjects_of(session: Session, principal: Principal) -> list[User]:
     """Whose visibility bounds this caller: the user, or a key's creator and bound user (and,
     for an embed session, its user and its key's creator)."""
     if principal.key_id is not None and principal.restrictions is None:
@@ -155,7 +166,7 @@ def _selection(principal: Principal) -> SourceSelection | None:
 
 def visible_sources_query(session: Session, principal: Principal) -> Select[Source]:
     """A SELECT of the sources this caller may open now."""
-    subjects = _subjects(session, principal)
+    subjects = subjects_of(session, principal)
     query = select(Source).where(Source.org_id == principal.org_id, Source.deleted_at.is_(None))
     if not subjects:
         return query.where(false())
@@ -247,7 +258,7 @@ def _visible(
     if row is None:
         raise NotFound("source_not_found", f"No source {source_id!r}.")
     source, version = row
-    subjects = _subjects(session, principal)
+    subjects = subjects_of(session, principal)
     selection = _selection(principal)
     if selection is not None and not selection.allows(source.id):
         raise NotFound("source_not_found", f"No source {source_id!r}.")
@@ -259,8 +270,8 @@ def _visible(
         permissions.append(permission_of_user)
     if not permissions:
         raise NotFound("source_not_found", f"No source {source_id!r}.")
-    permission = min(permissions, key=lambda p: _RANK[p])  # a key gets the weaker of its subjects
-    if _RANK[permission] < _RANK[need]:
+    permission = weakest(permissions)
+    if not at_least(permission, need):
         raise Forbidden("source_permission_denied", f"You need {need} permission on this source.")
     return source, version, permission
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from tidegate.access.analysis import EDIT, OWNER, VIEW, open_project, permission_of
+from tidegate.access.analysis import EDIT, OWNER, VIEW, at_least, open_project, permission_of
 from tidegate.access.sources import SourceAccess
 from tidegate.analysis import engine, projects, runs, sharing
 from tidegate.catalog.analysis import RESOURCE_PROJECT
@@ -44,7 +44,6 @@ DATA_ROWS = 50
 # rather than holding the page up to the query deadline.
 PAGE_STEP_SECONDS = 5.0
 MAX_SOURCES_OFFERED = 500
-_RANK = {VIEW: 0, EDIT: 1, OWNER: 2}
 NOTICES = {
     "created": "The project was created.",
     "step_added": "The step was added.",
@@ -214,7 +213,7 @@ def _load(request: Request, project_id: str) -> tuple[Viewer, dict, engine.Proje
             plan = engine.plan(session, viewer.principal, project_id)
         permission = permission_of(session, _me(session, viewer), project) or VIEW
         attached = projects.sources_of(session, project_id)
-        can_edit = _RANK[permission] >= _RANK[EDIT] and viewer.can(WRITE)
+        can_edit = at_least(permission, EDIT) and viewer.can(WRITE)
         offered = []
         if can_edit:
             visible = data_service.list_sources(session, viewer.principal, limit=MAX_SOURCES_OFFERED, after=None)
