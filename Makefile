@@ -51,8 +51,9 @@ run: setup
 	$(BIN)/tidegate serve --host $(HOST) --port $(PORT)
 
 # Four workers on two cores: most tests wait on servers they start, not on the CPU.
-# Whole files go to one worker (--dist loadfile): a module's servers start once.
-PYTEST_ARGS ?= -n 4 --dist loadfile
+# Whole files go to one worker (--dist loadfile): a module's servers start once; slowest
+# files first, in tests/file_costs.txt's order (not xdist's "most tests first").
+PYTEST_ARGS ?= -n 4 --dist loadfile --no-loadscope-reorder
 
 # Style and structure, before the tests: ruff (lint and format), the layers contract
 # (.importlinter) and mypy (strict on credentials, access, audit, data: pyproject.toml).

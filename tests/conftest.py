@@ -31,6 +31,21 @@ REDIS_URL = os.environ.get("TIDEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15
 IN_CI = os.environ.get("CI") == "true"
 
 
+FILE_COSTS = Path(__file__).with_name("file_costs.txt")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slowest files first (tests/file_costs.txt): with whole files handed to workers in
+    this order (Makefile: --dist loadfile --no-loadscope-reorder), the long ones overlap
+    instead of one starting last and running alone at the end. The order is the same in
+    every worker, as xdist requires."""
+    rank: dict[str, int] = {}
+    for line in FILE_COSTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            rank.setdefault(line.split()[1], len(rank))
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 def _unavailable(what: str, exc: Exception):
     message = f"{what} unavailable ({exc.__class__.__name__}: {exc}); its tests are SKIPPED"
     if IN_CI:

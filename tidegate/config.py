@@ -30,6 +30,7 @@ class QueryLimits:
     max_result_bytes: int = 64 * 1024 * 1024  # the page of results, as data and as JSON
     max_value_bytes: int = 16 * 1024 * 1024  # any one value of the result
     workers: int = 4  # queries running at once; more wait in line (within the per-key/org caps)
+    warm_workers: int = 1  # worker processes started with the server; the rest on demand
     per_key: int = 4  # queries of one key running or waiting at once
     per_org: int = 8  # queries of one organization running or waiting at once
 
@@ -40,6 +41,7 @@ QUERY_LIMIT_VARIABLES = {
     "max_result_bytes": "TIDEGATE_QUERY_MAX_RESULT_BYTES",
     "max_value_bytes": "TIDEGATE_QUERY_MAX_VALUE_BYTES",
     "workers": "TIDEGATE_QUERY_WORKERS",
+    "warm_workers": "TIDEGATE_QUERY_WARM_WORKERS",
     "per_key": "TIDEGATE_QUERY_MAX_PER_KEY",
     "per_org": "TIDEGATE_QUERY_MAX_PER_ORG",
 }

@@ -153,3 +153,33 @@ def test_the_pool_runs_tables_in_its_worker_processes(monkeypatch):
         assert asyncio.run(pool.run_tables(principal, work)).num_rows == 2
     finally:
         pool.shutdown()
+
+
+def test_the_pool_starts_one_worker_and_grows_with_concurrent_queries():
+    pool = querypool.QueryPool(QueryLimits(timeout_seconds=30, workers=2, warm_workers=1, per_key=4, per_org=4))
+    principal = Principal(org_id="org_1", user_id="usr_1", role="member", scopes=frozenset({"data:read"}))
+    cancel = threading.Event()
+
+    def slow(budget, execute):
+        return execute(validated(SLOW, "big"), {"big": BIG}, budget=budget, cancel=cancel)
+
+    def alive() -> int:
+        return sum(worker.is_alive() for worker in pool._workers)
+
+    async def two_at_once():
+        return await asyncio.gather(
+            pool.run_tables(principal, slow), pool.run_tables(principal, slow), return_exceptions=True
+        )
+
+    try:
+        deadline = time.monotonic() + 20
+        while alive() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert alive() == 1  # the warm one only
+        threading.Timer(3.0, cancel.set).start()
+        results = asyncio.run(two_at_once())
+        assert [getattr(r, "code", r) for r in results] == ["run_cancelled", "run_cancelled"]
+        assert len(pool._workers) == 2  # a second one started for the second query, never a third
+    finally:
+        pool.shutdown()

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 WORKERS = 2
 LIMITS = {
+    "TIDEGATE_QUERY_WARM_WORKERS": str(WORKERS),  # the pool starts whole: the tests count its workers
     "TIDEGATE_QUERY_TIMEOUT_SECONDS": "8",
     "TIDEGATE_QUERY_MEMORY_LIMIT_BYTES": str(256 * 1024 * 1024),
     "TIDEGATE_QUERY_WORKERS": str(WORKERS),

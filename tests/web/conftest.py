@@ -32,6 +32,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+# Every page a test visits, as a full-page PNG to look at: on request only
+# (TIDEGATE_TEST_SCREENSHOTS=1), since taking them doubles the browser tests' time.
+SCREENSHOTS_WANTED = os.environ.get("TIDEGATE_TEST_SCREENSHOTS") == "1"
 ADMIN_EMAIL = "admin@acme.test"
 ADMIN_PASSWORD = "admin-" + secrets.token_urlsafe(12)
 STATUS_LOG = re.compile(r"status of (\d{3})")
@@ -163,9 +166,10 @@ class UI:
         """Screenshot the current page and check that all its controls are labelled."""
         self.page.wait_for_load_state("load")
         self.shots += 1
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")[:60] or "page"
-        self.page.screenshot(path=str(SCREENSHOTS / f"{self.name}-{self.shots:02d}-{slug}.png"), full_page=True)
+        if SCREENSHOTS_WANTED:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")[:60] or "page"
+            self.page.screenshot(path=str(SCREENSHOTS / f"{self.name}-{self.shots:02d}-{slug}.png"), full_page=True)
         unlabelled = self.page.evaluate(UNLABELLED_JS)
         assert not unlabelled, f"controls without a label on {self.page.url}: {unlabelled}"
 

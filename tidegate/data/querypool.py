@@ -83,10 +83,13 @@ class QueryPool:
         self._per_key: Counter[str] = Counter()
         self._per_org: Counter[str] = Counter()
         self._admitted = 0
-        # Pre-started worker processes: the idle ones wait here for a pool thread. Each
-        # thread holds at most one, so one is always free for a running thread.
+        # Worker processes: the idle ones wait here for a pool thread. Each thread holds at
+        # most one, so one is always free for a running thread. limits.warm_workers start with
+        # the pool; the rest when queries first run side by side (each costs ~130 MB and half a
+        # second of CPU to start, which a server that rarely queries should not pay).
         self._idle: queue.SimpleQueue[queryworker.Worker] = queue.SimpleQueue()
         self._workers: list[queryworker.Worker] = []
+        self._started = 0  # started or starting, never more than limits.workers
         # Started by a thread of their own, so that making the pool never holds up the event
         # loop (a query's thread waits for a worker instead, within its deadline).
         threading.Thread(target=self._start_workers, name="tidegate-query-start", daemon=True).start()
@@ -127,8 +130,38 @@ class QueryPool:
             self._admitted -= 1
 
     def _start_workers(self) -> None:
-        for _ in range(self.limits.workers):
-            self._idle.put(self._start_worker())
+        for _ in range(min(self.limits.warm_workers, self.limits.workers)):
+            if self._reserve_start():
+                self._idle.put(self._start_reserved())
+
+    def _reserve_start(self) -> bool:
+        with self._lock:
+            if self._started >= self.limits.workers:
+                return False
+            self._started += 1
+            return True
+
+    def _start_reserved(self) -> queryworker.Worker:
+        try:
+            return self._start_worker()
+        except BaseException:
+            with self._lock:
+                self._started -= 1
+            raise
+
+    def _take_worker(self, budget: sandbox.Budget) -> queryworker.Worker:
+        """An idle worker; else a new one while fewer than limits.workers exist; else the
+        next one freed, within the budget."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        if self._reserve_start():
+            return self._start_reserved()
+        try:
+            return self._idle.get(timeout=max(budget.remaining(), 0.0))
+        except queue.Empty:
+            raise budget.timed_out() from None
 
     def _start_worker(self) -> queryworker.Worker:
         worker = queryworker.Worker(self.limits.memory_limit_bytes, WORKER_THREADS)
@@ -279,10 +312,7 @@ class QueryPool:
         if not getattr(self._local, "niced", False):
             _lower_priority()
             self._local.niced = True
-        try:  # at once, unless the pool's workers are still starting
-            worker = self._idle.get(timeout=max(budget.remaining(), 0.0))
-        except queue.Empty:
-            raise budget.timed_out() from None
+        worker = self._take_worker(budget)
         if not worker.is_alive():  # killed while idle: replaced before a query is lost with it
             worker = self._replace(worker)
         box = [worker]
