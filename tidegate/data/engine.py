@@ -47,7 +47,7 @@ from tidegate import jsonfmt, spreadsheet
 from tidegate.access.sources import SourceAccess
 from tidegate.caching import LRUCache, require_immutable
 from tidegate.catalog.models import SourceVersion
-from tidegate.config import DataSettings
+from tidegate.config import DataSettings, ObjectStoreSettings
 from tidegate.core.rowfilter import RowFilter
 from tidegate.data import ingest, querycost, sandbox, storage
 from tidegate.errors import InvalidRequest
@@ -90,6 +90,8 @@ _conn: tuple[tuple[object, ...], duckdb.DuckDBPyConnection] | None = None
 def configure(
     *,
     data_dir: str | os.PathLike[str] | None = None,
+    object_store: ObjectStoreSettings | None = None,
+    part_cache_dir: str | os.PathLike[str] | None = None,
     cache_bytes: int | None = None,
     max_entry_fraction: float | None = None,
     threads: int | None = None,
@@ -101,7 +103,7 @@ def configure(
     """Process-wide settings; call once at startup (the lead wires Settings.data_dir here)."""
     global _conn
     if data_dir is not None:
-        storage.configure(data_dir)
+        storage.configure(data_dir, object_store=object_store, part_cache_dir=part_cache_dir)
     with _conn_lock:
         if threads is not None:
             _options["threads"] = int(threads)
@@ -322,7 +324,7 @@ def _parquet_sql(version: SourceVersion, where: str, select: str | None = None) 
 
 
 def _paths(version: SourceVersion) -> list[str]:
-    return [str(p) for p in storage.part_paths(version)]
+    return [str(p) for p in storage.local_part_paths(version)]
 
 
 def _canonical(table: pa.Table, version: SourceVersion) -> pa.Table:
