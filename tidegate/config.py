@@ -123,6 +123,11 @@ def _object_store_settings(environ: Mapping[str, str]) -> ObjectStoreSettings:
     """TIDEGATE_DATA_URL and the S3 settings, checked (ValueError names the variable)."""
     url = environ.get("TIDEGATE_DATA_URL", "").strip()
     raw_cache = environ.get("TIDEGATE_PART_CACHE_BYTES", "").strip()
+    endpoint = environ.get("TIDEGATE_S3_ENDPOINT_URL", "").strip().rstrip("/")
+    allow_http = _switch(environ, "TIDEGATE_S3_ALLOW_HTTP", default=False)
+    key_id = environ.get("TIDEGATE_S3_ACCESS_KEY_ID", "").strip()
+    secret = environ.get("TIDEGATE_S3_SECRET_ACCESS_KEY", "").strip()
+    region = environ.get("TIDEGATE_S3_REGION", "").strip() or ObjectStoreSettings.region
     cache_bytes = ObjectStoreSettings.part_cache_bytes
     if raw_cache:
         if not raw_cache.isdigit() or int(raw_cache) <= 0:
@@ -137,24 +142,19 @@ def _object_store_settings(environ: Mapping[str, str]) -> ObjectStoreSettings:
         raise ValueError(f"TIDEGATE_DATA_URL: {store.bucket!r} is not a valid S3 bucket name")
     if any(part in (".", "..") for part in store.prefix.split("/")) or "//" in store.prefix:
         raise ValueError("TIDEGATE_DATA_URL: the prefix must not contain '.', '..' or empty segments")
-    endpoint = environ.get("TIDEGATE_S3_ENDPOINT_URL", "").strip().rstrip("/")
-    allow_http = _switch(environ, "TIDEGATE_S3_ALLOW_HTTP", default=False)
     if endpoint:
         scheme, _, host_port = endpoint.partition("://")
         if scheme not in ("http", "https") or not host_port or "/" in host_port or "@" in host_port:
             raise ValueError(f"TIDEGATE_S3_ENDPOINT_URL must be http(s)://host[:port], not {endpoint!r}")
-        host = host_port.rsplit(":", 1)[0] if not host_port.endswith("]") else host_port
+        host = host_port if host_port.endswith("]") else host_port.rsplit(":", 1)[0]
         if scheme == "http" and host not in _LOOPBACK_HOSTS and not allow_http:
             raise ValueError(
                 "TIDEGATE_S3_ENDPOINT_URL is plain http to a non-loopback host: credentials and data would "
                 "cross the network unencrypted; use https, or set TIDEGATE_S3_ALLOW_HTTP=1 to accept that"
             )
-    key_id = environ.get("TIDEGATE_S3_ACCESS_KEY_ID", "").strip()
-    secret = environ.get("TIDEGATE_S3_SECRET_ACCESS_KEY", "").strip()
     if bool(key_id) != bool(secret):
         raise ValueError("TIDEGATE_S3_ACCESS_KEY_ID and TIDEGATE_S3_SECRET_ACCESS_KEY must be set together")
-    region = environ.get("TIDEGATE_S3_REGION", "").strip() or ObjectStoreSettings.region
-    if not re.match(r"^[a-z0-9-]{1,40}$", region):
+    if not re.fullmatch(r"[a-z0-9-]{1,40}", region):
         raise ValueError(f"TIDEGATE_S3_REGION must look like us-east-1, not {region!r}")
     return replace(
         store,
