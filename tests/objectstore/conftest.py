@@ -54,7 +54,9 @@ class MotoS3:
             except httpx.TransportError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"moto server did not start:\n{log.read_text(errors='replace')[-2000:]}") from None
+                    raise RuntimeError(
+                        f"moto server did not start:\n{log.read_text(errors='replace')[-2000:]}"
+                    ) from None
                 time.sleep(0.1)
 
     def new_bucket(self) -> str:
