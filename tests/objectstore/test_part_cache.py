@@ -157,3 +157,32 @@ def test_tidegate_serve_refuses_to_start_on_a_bad_data_url(tmp_path):
     )
     assert done.returncode != 0
     assert "TIDEGATE_DATA_URL" in done.stderr and "s3cr3t" not in done.stdout + done.stderr
+
+
+def test_object_names_cannot_leave_the_prefix_and_an_unreachable_store_is_a_503(tmp_path):
+    from tidegate.catalog.models import File
+    from tidegate.config import ObjectStoreSettings
+    from tidegate.data import storage
+    from tidegate.data.objectstore import ObjectStore
+    from tidegate.errors import ServiceUnavailable
+
+    dead = ObjectStoreSettings(
+        url="s3://tidegate-data/p", endpoint_url="http://127.0.0.1:1", access_key_id="k", secret_access_key="s3cr3t"
+    )
+    for name in ("../other/x", "org_a/files/../../x", "/abs", "org_a//x", ""):
+        with pytest.raises(ValueError):
+            ObjectStore(dead).read_bytes(name)
+    storage.configure(tmp_path / "data", object_store=dead, part_cache_dir=tmp_path / "cache")
+    try:
+        for corrupt in (
+            "org_a/files/../../org_b/files/file_x",
+            "org_b/files/file_x",
+            "org_a/src_y/ver_z/part-0000.parquet",
+        ):
+            with pytest.raises(ValueError):
+                storage.read_file_table(File(id="file_x", org_id="org_a", name="a.csv", storage_path=corrupt))
+        with pytest.raises(ServiceUnavailable) as down:
+            storage.read_file_table(File(id="file_x", org_id="org_a", name="a.csv", storage_path="org_a/files/file_x"))
+        assert down.value.code == "object_store_unavailable" and "s3cr3t" not in str(down.value.body())
+    finally:
+        storage.configure(None)

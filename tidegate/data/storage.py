@@ -484,7 +484,7 @@ def read_file_table(
     try:
         if store is None:
             content = file_path(file, data_dir).read_bytes()
-        elif STORED_RE.match(file.storage_path):
+        elif file.storage_path == f"{_safe_id(file.org_id)}/files/{_safe_id(file.id)}":  # what store_file names
             content = store[0].read_bytes(file.storage_path)
         else:
             raise ValueError(f"corrupt storage path for {file.id}")
