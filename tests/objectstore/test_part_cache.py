@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,11 +25,16 @@ def fetcher(calls: list[str]):
 
 
 def age(cache: PartCache, seconds: float) -> None:
-    """Make every cached copy look last used `seconds` ago (older than the grace)."""
+    """Make every cached copy look last used `seconds` ago."""
     for path in cache.root.rglob("*"):
         if path.is_file():
             then = time.time() - seconds
             os.utime(path, (then, then))
+
+
+def read(cache: PartCache, names: list[str], fetch) -> list[Path]:
+    with cache.pin(names, fetch) as pinned:
+        return pinned.paths
 
 
 def test_the_cache_stays_within_its_bound_evicting_the_least_recently_used(tmp_path):
@@ -36,33 +42,59 @@ def test_the_cache_stays_within_its_bound_evicting_the_least_recently_used(tmp_p
     calls: list[str] = []
     fetch = fetcher(calls)
     names = [f"org_a/src_b/ver_{i}/part-0000.parquet" for i in range(4)]
-    cache.local(names[:2], fetch)
+    read(cache, names[:2], fetch)
     age(cache, 100)
-    cache.local([names[0]], fetch)  # a hit: ver_0 is now the most recently used
+    read(cache, [names[0]], fetch)  # a hit: ver_0 is now the most recently used
     assert calls == names[:2]
-    cache.local([names[2]], fetch)  # 3 parts > 2.5: the least recently used (ver_1) goes
+    read(cache, [names[2]], fetch)  # 3 parts > 2.5: the least recently used (ver_1) goes
     assert cache.total_bytes() <= cache.max_bytes
     assert not cache.path(names[1]).exists() and cache.path(names[0]).exists()
     assert not (tmp_path / "parts" / "org_a" / "src_b" / "ver_1").exists()  # its empty directory too
-    cache.local([names[1]], fetch)  # evicted parts come back on demand
+    read(cache, [names[1]], fetch)  # evicted parts come back on demand
     assert calls[-1] == names[1] and cache.path(names[1]).read_bytes().startswith(names[1].encode())
 
 
 def test_the_parts_a_read_needs_are_never_evicted_by_it_even_past_the_bound(tmp_path):
     cache = PartCache(tmp_path / "parts", max_bytes=PART)
     names = [f"org_a/src_b/ver_x/part-{i:04d}.parquet" for i in range(3)]
-    paths = cache.local(names, fetcher([]))
-    assert all(p.exists() for p in paths)  # a version larger than the cache is still readable
+    with cache.pin(names, fetcher([])) as pinned:
+        assert all(p.exists() for p in pinned.paths)  # a version larger than the cache is still readable
     age(cache, 100)
-    cache.local(["org_a/src_b/ver_y/part-0000.parquet"], fetcher([]))
+    read(cache, ["org_a/src_b/ver_y/part-0000.parquet"], fetcher([]))
     assert cache.total_bytes() <= cache.max_bytes
 
 
-def test_recently_used_parts_are_spared_for_readers_that_have_not_opened_them_yet(tmp_path):
-    cache = PartCache(tmp_path / "parts", max_bytes=PART, grace_seconds=60)
-    cache.local(["org_a/src_b/ver_x/part-0000.parquet"], fetcher([]))
-    cache.local(["org_a/src_b/ver_y/part-0000.parquet"], fetcher([]))
-    assert cache.path("org_a/src_b/ver_x/part-0000.parquet").exists()
+def test_a_part_pinned_by_a_reader_survives_another_process_eviction_until_released(tmp_path):
+    reader = PartCache(tmp_path / "parts", max_bytes=PART)
+    other = PartCache(tmp_path / "parts", max_bytes=PART)  # another worker process of the node
+    oldest = "org_a/src_b/ver_x/part-0000.parquet"
+    with reader.pin([oldest], fetcher([])) as pinned:
+        age(reader, 100)  # the least recently used copy, and the cache is over its bound
+        read(other, ["org_a/src_b/ver_y/part-0000.parquet"], fetcher([]))
+        assert pinned.paths[0].exists() and pinned.paths[0].read_bytes().startswith(oldest.encode())
+    assert other.evict() == PART and not reader.path(oldest).exists()  # released: now it goes
+    assert other.total_bytes() <= other.max_bytes
+
+
+def test_a_reader_never_gets_a_copy_evicted_between_its_open_and_its_pin(tmp_path):
+    cache = PartCache(tmp_path / "parts", max_bytes=PART)
+    name = "org_a/src_b/ver_x/part-0000.parquet"
+    read(cache, [name], fetcher([]))
+    calls: list[str] = []
+    real_open = os.open
+
+    def evicting_open(path, flags, *args):
+        fd = real_open(path, flags, *args)
+        if str(path) == str(cache.path(name)) and not calls:  # evicted right after our open
+            os.unlink(path)
+        return fd
+
+    os.open = evicting_open
+    try:
+        with cache.pin([name], fetcher(calls)) as pinned:
+            assert calls == [name] and pinned.paths[0].exists()  # noticed (st_nlink 0) and fetched again
+    finally:
+        os.open = real_open
 
 
 def test_a_failed_download_leaves_nothing_and_a_dead_ones_temp_file_is_swept(tmp_path):
@@ -73,13 +105,13 @@ def test_a_failed_download_leaves_nothing_and_a_dead_ones_temp_file_is_swept(tmp
         raise OSError("connection reset")
 
     with pytest.raises(OSError):
-        cache.local(["org_a/src_b/ver_x/part-0000.parquet"], broken)
+        read(cache, ["org_a/src_b/ver_x/part-0000.parquet"], broken)
     assert not [p for p in (tmp_path / "parts").rglob("*") if p.is_file()]
     leftover = tmp_path / "parts" / "org_a" / "src_b" / "ver_z" / f".part-0000.parquet{TMP_MARK}dead"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"x")  # a download cut by kill -9
     age(cache, 3600)
-    cache.local(["org_a/src_b/ver_y/part-0000.parquet"], fetcher([]))
+    read(cache, ["org_a/src_b/ver_y/part-0000.parquet"], fetcher([]))
     assert not leftover.exists()
 
 

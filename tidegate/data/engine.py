@@ -35,6 +35,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeVar, overload
 
@@ -323,8 +324,13 @@ def _parquet_sql(version: SourceVersion, where: str, select: str | None = None) 
     return sql + (f" WHERE {where}" if where else "")
 
 
-def _paths(version: SourceVersion) -> list[str]:
-    return [str(p) for p in storage.local_part_paths(version)]
+@contextmanager
+def _parts(version: SourceVersion) -> Iterator[list[str]]:
+    """The version's part files as local paths, kept (with an object store: pinned in this
+    node's cache, so no eviction removes them) until the block ends: hold it while DuckDB
+    reads them."""
+    with storage.readable_parts(version) as paths:
+        yield [str(p) for p in paths]
 
 
 def _canonical(table: pa.Table, version: SourceVersion) -> pa.Table:
@@ -346,9 +352,10 @@ def _uncompressed_bytes(version: SourceVersion) -> int:
     if known is not None:
         return known
     total = 0
-    for path in _paths(version):
-        meta = pq.read_metadata(path)
-        total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    with _parts(version) as paths:
+        for path in paths:
+            meta = pq.read_metadata(path)
+            total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     return _sizes.put(version.id, total)
 
 
@@ -356,7 +363,8 @@ def _sql_count(version: SourceVersion, where: str, params: list[str]) -> int:
     cursor = _connection().cursor()
     try:
         sql = "SELECT count(*) FROM read_parquet(?)" + (f" WHERE {where}" if where else "")
-        return int(cursor.sql(sql, params=[_paths(version), *params]).fetchall()[0][0])
+        with _parts(version) as paths:
+            return int(cursor.sql(sql, params=[paths, *params]).fetchall()[0][0])
     finally:
         cursor.close()
 
@@ -364,7 +372,8 @@ def _sql_count(version: SourceVersion, where: str, params: list[str]) -> int:
 def _materialize(version: SourceVersion, where: str, params: list[str]) -> pa.Table:
     cursor = _connection().cursor()
     try:
-        table = cursor.sql(_parquet_sql(version, where), params=[_paths(version), *params]).to_arrow_table()
+        with _parts(version) as paths:
+            table = cursor.sql(_parquet_sql(version, where), params=[paths, *params]).to_arrow_table()
     finally:
         cursor.close()
     return _canonical(table, version)
@@ -471,9 +480,10 @@ def _read_page(
     where, params = compiled
     cursor = _connection().cursor()
     try:
-        rows = cursor.sql(
-            _parquet_sql(version, where) + " LIMIT ? OFFSET ?", params=[_paths(version), *params, page_size, offset]
-        ).to_arrow_table()
+        with _parts(version) as paths:
+            rows = cursor.sql(
+                _parquet_sql(version, where) + " LIMIT ? OFFSET ?", params=[paths, *params, page_size, offset]
+            ).to_arrow_table()
     finally:
         cursor.close()
     return rows_of(_canonical(rows, version)), _count(version, row_filter)
@@ -566,9 +576,10 @@ def _batches(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> 
     schema = ingest.schema_for(version.columns)
     cursor = _connection().cursor()
     try:
-        reader = cursor.sql(_parquet_sql(version, where), params=[_paths(version), *params]).to_arrow_reader(batch_rows)
-        for batch in reader:
-            yield batch if batch.schema == schema else batch.cast(schema)
+        with _parts(version) as paths:  # held while the stream lasts: DuckDB opens files as it goes
+            reader = cursor.sql(_parquet_sql(version, where), params=[paths, *params]).to_arrow_reader(batch_rows)
+            for batch in reader:
+                yield batch if batch.schema == schema else batch.cast(schema)
     finally:
         cursor.close()
 
@@ -658,7 +669,8 @@ def distinct_values(access: SourceAccess, column: str, limit: int) -> list[str]:
             where, params = compiled
             condition = f"{q} IS NOT NULL" + (f" AND {where}" if where else "")
             sql = f"SELECT DISTINCT CAST({q} AS VARCHAR) AS v FROM read_parquet(?) WHERE {condition} ORDER BY v LIMIT ?"
-            rows = cursor.sql(sql, params=[_paths(version), *params, limit]).fetchall()
+            with _parts(version) as paths:
+                rows = cursor.sql(sql, params=[paths, *params, limit]).fetchall()
     finally:
         cursor.close()
     return [row[0] for row in rows]

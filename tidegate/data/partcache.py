@@ -4,59 +4,101 @@ Part names are immutable (a version id is never reused), so a cached copy is nev
 there is nothing to invalidate, only space to reclaim. Layout mirrors the store
 (`<root>/<org>/<source>/<version>/part-NNNN.parquet`). A copy is downloaded under a temp
 name, fsynced and renamed, so a reader never sees half a part (a kill -9 mid-download
-leaves a temp file that the next eviction removes).
+leaves a temp file that a later eviction removes).
 
-Bounded by bytes, least recently used first: a hit touches the file's mtime, eviction
-(after each download, scanning the directory: processes of a node share it) removes the
-oldest copies until the total fits. Parts just handed to a reader are never evicted by
-that reader's own call, and parts touched within `grace_seconds` are spared (DuckDB opens
-the files of a query after we return their paths), so the bound can be exceeded by what
-reads of the last few seconds hold.
+Bounded by bytes, least recently used first: a use touches the file's mtime, and eviction
+(after each download, scanning the directory, which the node's processes share) removes the
+oldest copies until the total fits. A reader pins the parts it reads (a shared `flock` on
+each, held until DuckDB is done with them) and eviction skips pinned parts (it needs an
+exclusive lock to remove one), so the bound can only be exceeded by parts being read.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 TMP_MARK = ".tmp-"
 TMP_MAX_AGE = 300.0  # a temp file this old is a download that died
+Fetch = Callable[[str, BinaryIO], object]
+
+
+class PinnedParts:
+    """Local paths of parts, each held open with a shared lock until `close()`."""
+
+    def __init__(self, paths: list[Path], fds: list[int]):
+        self.paths = paths
+        self._fds = fds
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)  # releases its lock
+
+    def __enter__(self) -> PinnedParts:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 class PartCache:
-    def __init__(self, root: Path, max_bytes: int, *, grace_seconds: float = 5.0):
+    def __init__(self, root: Path, max_bytes: int):
         self.root = root
         self.max_bytes = max_bytes
-        self.grace_seconds = grace_seconds
         self._lock = threading.Lock()
         self.hits = self.downloads = self.evictions = 0
 
     def path(self, relative: str) -> Path:
         return self.root / relative
 
-    def local(self, relatives: list[str], fetch: Callable[[str, BinaryIO], object]) -> list[Path]:
-        """Local paths of these parts, downloading (via `fetch(relative, file)`) the missing."""
-        paths = []
+    def pin(self, relatives: list[str], fetch: Fetch) -> PinnedParts:
+        """These parts, local and pinned, downloading the missing ones via `fetch(relative, file)`."""
+        pinned = PinnedParts([], [])
         fetched = False
-        for relative in relatives:
-            final = self.path(relative)
-            try:
-                os.utime(final)  # a hit: most recently used now
+        try:
+            for relative in relatives:
+                final = self.path(relative)
+                for _ in range(3):
+                    fd = self._open_locked(final)
+                    if fd is not None:
+                        break
+                    self._download(final, relative, fetch)
+                    fetched = True
+                else:
+                    raise OSError(f"part {relative} was evicted as fast as it was fetched")
+                pinned._fds.append(fd)
+                pinned.paths.append(final)
+                os.utime(fd)  # used now: the most recent for the LRU
+            if fetched:
+                self.evict()
+            else:
                 self.hits += 1
-            except FileNotFoundError:
-                self._download(final, relative, fetch)
-                fetched = True
-            paths.append(final)
-        if fetched:
-            self.evict(keep=paths)
-        return paths
+        except BaseException:
+            pinned.close()
+            raise
+        return pinned
 
-    def _download(self, final: Path, relative: str, fetch: Callable[[str, BinaryIO], object]) -> None:
+    @staticmethod
+    def _open_locked(final: Path) -> int | None:
+        """An fd of `final` holding a shared lock, or None if there is no such file (any more)."""
+        try:
+            fd = os.open(final, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.fstat(fd).st_nlink == 0:  # evicted between our open and our lock
+            os.close(fd)
+            return None
+        return fd
+
+    def _download(self, final: Path, relative: str, fetch: Fetch) -> None:
         tmp = final.with_name(f".{final.name}{TMP_MARK}{secrets.token_hex(6)}")
         try:
             with self._create(tmp) as handle:
@@ -102,35 +144,47 @@ class PartCache:
                 found.append((path, stat.st_size, stat.st_mtime))
         return found
 
-    def evict(self, keep: Iterable[Path] = ()) -> int:
-        """Remove least recently used copies until the total fits; bytes freed."""
-        spared = set(keep)
+    def evict(self) -> int:
+        """Remove least recently used, unpinned copies until the total fits; bytes freed."""
         freed = 0
         with self._lock:
-            entries = self._scan()
             now = time.time()
             total = 0
             candidates = []
-            for path, size, mtime in entries:
-                if TMP_MARK in path.name:
-                    if mtime < now - TMP_MAX_AGE:
-                        path.unlink(missing_ok=True)
-                    else:
-                        total += size
+            for path, size, mtime in self._scan():
+                if TMP_MARK in path.name and mtime < now - TMP_MAX_AGE:
+                    path.unlink(missing_ok=True)
                     continue
                 total += size
-                if path not in spared and mtime < now - self.grace_seconds:
+                if TMP_MARK not in path.name:
                     candidates.append((mtime, size, path))
             candidates.sort()
             for _, size, path in candidates:
                 if total <= self.max_bytes:
                     break
-                path.unlink(missing_ok=True)
-                total -= size
-                freed += size
-                self.evictions += 1
-                _remove_empty_parents(path.parent, self.root)
+                if _remove_unless_pinned(path):
+                    total -= size
+                    freed += size
+                    self.evictions += 1
+                    _remove_empty_parents(path.parent, self.root)
         return freed
+
+
+def _remove_unless_pinned(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False  # being read
+    try:
+        path.unlink(missing_ok=True)  # under the lock: a reader that opened it sees st_nlink 0
+    finally:
+        os.close(fd)
+    return True
 
 
 def _remove_empty_parents(directory: Path, root: Path) -> None:

@@ -32,6 +32,8 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -131,19 +133,24 @@ def part_paths(version: SourceVersion, data_dir: str | os.PathLike[str] | None =
     return paths
 
 
-def local_part_paths(version: SourceVersion) -> list[Path]:
-    """Readable local paths of a version's parts: on local disk `part_paths`; with an object
-    store, this node's cached copies (downloaded once; 503 if the store is unreachable)."""
+@contextmanager
+def readable_parts(version: SourceVersion) -> Iterator[list[Path]]:
+    """Readable local paths of a version's parts, for the block's duration: on local disk
+    `part_paths`; with an object store, this node's cached copies (downloaded once; 503 if
+    the store is unreachable), pinned so that no eviction removes them meanwhile."""
     store = object_store()
     if store is None:
-        return part_paths(version)
+        yield part_paths(version)
+        return
     backend, cache = store
     root = cache.root
     relatives = [str(path.relative_to(root)) for path in part_paths(version, root)]
     try:
-        return cache.local(relatives, backend.download)
+        pinned = cache.pin(relatives, backend.download)
     except FileNotFoundError as exc:
         raise RuntimeError(f"a part of version {version.id} is missing from the object store") from exc
+    with pinned:
+        yield pinned.paths
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,12 +211,17 @@ def write_bytes_durable(final: Path, data: bytes) -> None:
 
 def write_parquet_durable(final: Path, table: pa.Table) -> None:
     tmp = _tmp_name(final)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    _write_parquet(tmp, table)
+    _publish(tmp, final)
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    """Write the new file `path` (0600) and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         pq.write_table(table, handle, row_group_size=ROW_GROUP_SIZE, compression="zstd")
         handle.flush()
         os.fsync(handle.fileno())
-    _publish(tmp, final)
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,15 +331,20 @@ def write_new_version(
 
 
 def _upload_part(store: tuple[ObjectStore, PartCache], relative: str, table: pa.Table) -> None:
-    """Write the part into this node's cache, then upload it (before any commit)."""
+    """Write the part under a temp name in this node's cache (never evicted while young),
+    upload it (before any commit), then give it its cached name: this node never fetches it."""
     backend, cache = store
     final = cache.adopt(relative)
-    write_parquet_durable(final, table)
+    tmp = _tmp_name(final)
     try:
-        backend.put_file(relative, final)
-    except BaseException:
-        final.unlink(missing_ok=True)
-        raise
+        _write_parquet(tmp, table)
+        backend.put_file(relative, tmp)
+        try:
+            os.rename(tmp, final)
+        except FileNotFoundError:  # an upload so slow its temp file was swept: fetched on first read
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prune_versions(session: Session, *, keep_seconds: float = 3600.0) -> list[str]:
