@@ -8,6 +8,7 @@ generated on first use.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -116,7 +117,15 @@ class ObjectStoreSettings:
 
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _object_store_settings(environ: Mapping[str, str]) -> ObjectStoreSettings:
@@ -147,7 +156,7 @@ def _object_store_settings(environ: Mapping[str, str]) -> ObjectStoreSettings:
         if scheme not in ("http", "https") or not host_port or "/" in host_port or "@" in host_port:
             raise ValueError(f"TIDEGATE_S3_ENDPOINT_URL must be http(s)://host[:port], not {endpoint!r}")
         host = host_port if host_port.endswith("]") else host_port.rsplit(":", 1)[0]
-        if scheme == "http" and host not in _LOOPBACK_HOSTS and not allow_http:
+        if scheme == "http" and not _is_loopback(host) and not allow_http:
             raise ValueError(
                 "TIDEGATE_S3_ENDPOINT_URL is plain http to a non-loopback host: credentials and data would "
                 "cross the network unencrypted; use https, or set TIDEGATE_S3_ALLOW_HTTP=1 to accept that"

@@ -167,6 +167,22 @@ def test_a_bad_object_store_setting_stops_the_start_naming_it(tmp_path, values, 
     assert named in str(stopped.value) and "s3cr3t" not in str(stopped.value)
 
 
+@pytest.mark.parametrize(
+    "endpoint", ["http://127.0.0.1:9000", "http://127.8.9.10:9000", "http://[::1]:9000", "http://localhost"]
+)
+def test_plain_http_to_loopback_needs_no_switch(tmp_path, endpoint):
+    assert (
+        load_settings(env(tmp_path, **GOOD | {"TIDEGATE_S3_ENDPOINT_URL": endpoint})).object_store.endpoint_url
+        == endpoint
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["http://10.0.0.5:9000", "http://[fd00::1]:9000", "http://127.0.0.1.nip.io"])
+def test_plain_http_elsewhere_is_refused(tmp_path, endpoint):
+    with pytest.raises(SystemExit, match="TIDEGATE_S3_ALLOW_HTTP"):
+        load_settings(env(tmp_path, **GOOD | {"TIDEGATE_S3_ENDPOINT_URL": endpoint}))
+
+
 def test_plain_http_to_another_host_is_allowed_only_when_said(tmp_path):
     settings = load_settings(
         env(
