@@ -21,7 +21,7 @@ for readers in flight), and `collect_garbage` then deletes the files no version 
 With an object store (TIDEGATE_DATA_URL=s3://bucket/prefix) the same names are objects
 under the prefix: a part is written to this node's part cache, uploaded (an S3 PUT is
 complete or absent), and only then is the version committed; readers get local paths
-through the cache (`local_part_paths`), so DuckDB still reads local files. Same guarantee:
+through the cache (`readable_parts`), so DuckDB still reads local files. Same guarantee:
 a crash leaves unreferenced objects for `collect_garbage`, never a half-switched version.
 """
 
