@@ -41,7 +41,13 @@ $(PYCLIENTS): requirements-clients.lock $(STAMP)
 	rm -rf $(dir $@) && $(BIN)/pip install --quiet --disable-pip-version-check --no-deps --target $(dir $@) -r $<
 	touch $@
 
-clients: $(PYCLIENTS)
+# moto's standalone S3 server, for the object-storage tests (requirements-s3server.lock).
+S3SERVER := build/s3server/.installed
+$(S3SERVER): requirements-s3server.lock $(STAMP)
+	rm -rf $(dir $@) && $(BIN)/pip install --quiet --disable-pip-version-check --no-deps --target $(dir $@) -r $<
+	touch $@
+
+clients: $(PYCLIENTS) $(S3SERVER)
 	@command -v psql >/dev/null 2>&1 || (apt-get update && apt-get install -y postgresql-client)
 	@command -v javac >/dev/null 2>&1 || (apt-get update && apt-get install -y default-jdk-headless)
 	@test -f /usr/share/java/postgresql.jar || (apt-get update && apt-get install -y libpostgresql-jdbc-java)

@@ -48,7 +48,7 @@ def readme_table() -> dict[str, str]:
     section = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
-        match = re.fullmatch(r"\| `(TIDEGATE_[A-Z_]+)` \| ([^|]+) \| [^|]+ \|", line.strip())
+        match = re.fullmatch(r"\| `(TIDEGATE_[A-Z0-9_]+)` \| ([^|]+) \| [^|]+ \|", line.strip())
         if match:
             assert match.group(1) not in rows, f"{match.group(1)} twice in the README"
             rows[match.group(1)] = match.group(2).strip()

@@ -8,8 +8,10 @@ generated on first use.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -88,6 +90,93 @@ PG_VARIABLES = {
     "auth_attempts_per_minute": "TIDEGATE_PG_AUTH_ATTEMPTS_PER_MINUTE",
 }
 
+
+@dataclass(frozen=True)
+class ObjectStoreSettings:
+    """Where source versions and uploaded files live: local disk (url empty, the default)
+    or an S3-compatible store (`s3://bucket/prefix`), read through a bounded local cache."""
+
+    url: str = ""  # "" = $TIDEGATE_HOME/data
+    endpoint_url: str = ""  # e.g. http://127.0.0.1:9000 (MinIO); empty = AWS for the region
+    region: str = "us-east-1"
+    access_key_id: str = ""  # both empty: the AWS default chain (env, profile, instance role)
+    secret_access_key: str = field(default="", repr=False)
+    allow_http: bool = False  # plain HTTP to a non-loopback endpoint: only when set
+    part_cache_bytes: int = 10 * 1024**3  # this node's copies of parts, LRU by bytes
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    @property
+    def bucket(self) -> str:
+        return self.url[len("s3://") :].split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        rest = self.url[len("s3://") :].split("/", 1)
+        return rest[1].strip("/") if len(rest) > 1 else ""
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _object_store_settings(environ: Mapping[str, str]) -> ObjectStoreSettings:
+    """TIDEGATE_DATA_URL and the S3 settings, checked (ValueError names the variable)."""
+    url = environ.get("TIDEGATE_DATA_URL", "").strip()
+    raw_cache = environ.get("TIDEGATE_PART_CACHE_BYTES", "").strip()
+    endpoint = environ.get("TIDEGATE_S3_ENDPOINT_URL", "").strip().rstrip("/")
+    allow_http = _switch(environ, "TIDEGATE_S3_ALLOW_HTTP", default=False)
+    key_id = environ.get("TIDEGATE_S3_ACCESS_KEY_ID", "").strip()
+    secret = environ.get("TIDEGATE_S3_SECRET_ACCESS_KEY", "").strip()
+    region = environ.get("TIDEGATE_S3_REGION", "").strip() or ObjectStoreSettings.region
+    cache_bytes = ObjectStoreSettings.part_cache_bytes
+    if raw_cache:
+        if not raw_cache.isdigit() or int(raw_cache) <= 0:
+            raise ValueError(f"TIDEGATE_PART_CACHE_BYTES must be a whole number greater than 0, not {raw_cache!r}")
+        cache_bytes = int(raw_cache)
+    if not url:
+        return ObjectStoreSettings(part_cache_bytes=cache_bytes)
+    if not url.startswith("s3://"):
+        raise ValueError(f"TIDEGATE_DATA_URL must be s3://bucket[/prefix] (or unset for local disk), not {url!r}")
+    store = ObjectStoreSettings(url=url, part_cache_bytes=cache_bytes)
+    if not _BUCKET_RE.match(store.bucket) or ".." in store.bucket:
+        raise ValueError(f"TIDEGATE_DATA_URL: {store.bucket!r} is not a valid S3 bucket name")
+    if any(part in (".", "..") for part in store.prefix.split("/")) or "//" in store.prefix:
+        raise ValueError("TIDEGATE_DATA_URL: the prefix must not contain '.', '..' or empty segments")
+    if endpoint:
+        scheme, _, host_port = endpoint.partition("://")
+        if scheme not in ("http", "https") or not host_port or "/" in host_port or "@" in host_port:
+            raise ValueError(f"TIDEGATE_S3_ENDPOINT_URL must be http(s)://host[:port], not {endpoint!r}")
+        host = host_port if host_port.endswith("]") else host_port.rsplit(":", 1)[0]
+        if scheme == "http" and not _is_loopback(host) and not allow_http:
+            raise ValueError(
+                "TIDEGATE_S3_ENDPOINT_URL is plain http to a non-loopback host: credentials and data would "
+                "cross the network unencrypted; use https, or set TIDEGATE_S3_ALLOW_HTTP=1 to accept that"
+            )
+    if bool(key_id) != bool(secret):
+        raise ValueError("TIDEGATE_S3_ACCESS_KEY_ID and TIDEGATE_S3_SECRET_ACCESS_KEY must be set together")
+    if not re.fullmatch(r"[a-z0-9-]{1,40}", region):
+        raise ValueError(f"TIDEGATE_S3_REGION must look like us-east-1, not {region!r}")
+    return replace(
+        store,
+        endpoint_url=endpoint,
+        region=region,
+        access_key_id=key_id,
+        secret_access_key=secret,
+        allow_http=allow_http,
+    )
+
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 
 
@@ -108,6 +197,12 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True  # tidegate.access's one line per request (paths only)
     pg: PgSettings = field(default_factory=PgSettings)
+    object_store: ObjectStoreSettings = field(default_factory=ObjectStoreSettings)
+
+    @property
+    def part_cache_dir(self) -> Path:
+        """This node's cache of object-store parts (disposable: names are immutable)."""
+        return self.home / "cache" / "parts"
 
     @property
     def audit_dir(self) -> Path:
@@ -173,6 +268,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         access_log = _switch(environ, "TIDEGATE_ACCESS_LOG", default=True)
         log_level = _log_level(environ.get("TIDEGATE_LOG_LEVEL", "info"))
         pg = _pg_settings(environ)
+        object_store = _object_store_settings(environ)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     home.mkdir(parents=True, exist_ok=True)
@@ -200,6 +296,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         access_log=access_log,
         pg=pg,
+        object_store=object_store,
     )
 
 

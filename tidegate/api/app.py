@@ -99,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limits.configure(settings.limits)
     engine.configure(
         data_dir=settings.data_dir,
+        object_store=settings.object_store,
+        part_cache_dir=settings.part_cache_dir,
         cache_bytes=settings.data.cache_bytes,
         threads=settings.data.threads,
         memory_limit=settings.data.memory_limit,
@@ -110,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     egress.configure(settings.data.connector_allow)  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
     spool_uploads_under(settings.home / "tmp")
-    collector = PeriodicCollector(settings.database_url, settings.data_dir)
+    collector = PeriodicCollector(settings.database_url, None)  # the configured store: disk or object store
     journal = Journal(
         settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_last_use
     )

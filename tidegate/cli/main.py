@@ -154,7 +154,7 @@ def gc(as_json: bool = JsonOpt):
 
     settings = get_settings()
     migrate(settings.database_url)
-    report = collect(settings.database_url, settings.data_dir)
+    report = collect(settings.database_url, None)  # the configured store: disk or object store
     emit(as_json, {"deleted_files": report.deleted_files}, f"Deleted {len(report.deleted_files)} unreferenced file(s).")
 
 

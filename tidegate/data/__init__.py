@@ -2,7 +2,8 @@
 
 - `models`: Source, SourceVersion, SourceShare, File (SQLAlchemy).
 - `ingest`: files and inline rows -> typed Arrow tables (type inference, conformance).
-- `storage`: crash-safe version writes, uploaded files, pruning and garbage collection.
+- `storage`: crash-safe version writes, uploaded files, pruning and garbage collection
+  (on local disk, or in an S3-compatible store: `objectstore`, read through `partcache`).
 - `engine`: the ONLY readers of source rows; each takes the caller's RowFilter.
 - `sandbox`: validation and locked-down execution of read-only user SQL over `data`.
 - `connectors`: PostgreSQL / SQLite pulls, encrypted credentials.

@@ -35,6 +35,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeVar, overload
 
@@ -47,7 +48,7 @@ from tidegate import jsonfmt, spreadsheet
 from tidegate.access.sources import SourceAccess
 from tidegate.caching import LRUCache, require_immutable
 from tidegate.catalog.models import SourceVersion
-from tidegate.config import DataSettings
+from tidegate.config import DataSettings, ObjectStoreSettings
 from tidegate.core.rowfilter import RowFilter
 from tidegate.data import ingest, querycost, sandbox, storage
 from tidegate.errors import InvalidRequest
@@ -90,6 +91,8 @@ _conn: tuple[tuple[object, ...], duckdb.DuckDBPyConnection] | None = None
 def configure(
     *,
     data_dir: str | os.PathLike[str] | None = None,
+    object_store: ObjectStoreSettings | None = None,
+    part_cache_dir: str | os.PathLike[str] | None = None,
     cache_bytes: int | None = None,
     max_entry_fraction: float | None = None,
     threads: int | None = None,
@@ -101,7 +104,7 @@ def configure(
     """Process-wide settings; call once at startup (the lead wires Settings.data_dir here)."""
     global _conn
     if data_dir is not None:
-        storage.configure(data_dir)
+        storage.configure(data_dir, object_store=object_store, part_cache_dir=part_cache_dir)
     with _conn_lock:
         if threads is not None:
             _options["threads"] = int(threads)
@@ -321,8 +324,13 @@ def _parquet_sql(version: SourceVersion, where: str, select: str | None = None) 
     return sql + (f" WHERE {where}" if where else "")
 
 
-def _paths(version: SourceVersion) -> list[str]:
-    return [str(p) for p in storage.part_paths(version)]
+@contextmanager
+def _parts(version: SourceVersion) -> Iterator[list[str]]:
+    """The version's part files as local paths, kept (with an object store: pinned in this
+    node's cache, so no eviction removes them) until the block ends: hold it while DuckDB
+    reads them."""
+    with storage.readable_parts(version) as paths:
+        yield [str(p) for p in paths]
 
 
 def _canonical(table: pa.Table, version: SourceVersion) -> pa.Table:
@@ -344,9 +352,10 @@ def _uncompressed_bytes(version: SourceVersion) -> int:
     if known is not None:
         return known
     total = 0
-    for path in _paths(version):
-        meta = pq.read_metadata(path)
-        total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    with _parts(version) as paths:
+        for path in paths:
+            meta = pq.read_metadata(path)
+            total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     return _sizes.put(version.id, total)
 
 
@@ -354,7 +363,8 @@ def _sql_count(version: SourceVersion, where: str, params: list[str]) -> int:
     cursor = _connection().cursor()
     try:
         sql = "SELECT count(*) FROM read_parquet(?)" + (f" WHERE {where}" if where else "")
-        return int(cursor.sql(sql, params=[_paths(version), *params]).fetchall()[0][0])
+        with _parts(version) as paths:
+            return int(cursor.sql(sql, params=[paths, *params]).fetchall()[0][0])
     finally:
         cursor.close()
 
@@ -362,7 +372,8 @@ def _sql_count(version: SourceVersion, where: str, params: list[str]) -> int:
 def _materialize(version: SourceVersion, where: str, params: list[str]) -> pa.Table:
     cursor = _connection().cursor()
     try:
-        table = cursor.sql(_parquet_sql(version, where), params=[_paths(version), *params]).to_arrow_table()
+        with _parts(version) as paths:
+            table = cursor.sql(_parquet_sql(version, where), params=[paths, *params]).to_arrow_table()
     finally:
         cursor.close()
     return _canonical(table, version)
@@ -469,9 +480,10 @@ def _read_page(
     where, params = compiled
     cursor = _connection().cursor()
     try:
-        rows = cursor.sql(
-            _parquet_sql(version, where) + " LIMIT ? OFFSET ?", params=[_paths(version), *params, page_size, offset]
-        ).to_arrow_table()
+        with _parts(version) as paths:
+            rows = cursor.sql(
+                _parquet_sql(version, where) + " LIMIT ? OFFSET ?", params=[paths, *params, page_size, offset]
+            ).to_arrow_table()
     finally:
         cursor.close()
     return rows_of(_canonical(rows, version)), _count(version, row_filter)
@@ -564,9 +576,10 @@ def _batches(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> 
     schema = ingest.schema_for(version.columns)
     cursor = _connection().cursor()
     try:
-        reader = cursor.sql(_parquet_sql(version, where), params=[_paths(version), *params]).to_arrow_reader(batch_rows)
-        for batch in reader:
-            yield batch if batch.schema == schema else batch.cast(schema)
+        with _parts(version) as paths:  # held while the stream lasts: DuckDB opens files as it goes
+            reader = cursor.sql(_parquet_sql(version, where), params=[paths, *params]).to_arrow_reader(batch_rows)
+            for batch in reader:
+                yield batch if batch.schema == schema else batch.cast(schema)
     finally:
         cursor.close()
 
@@ -656,7 +669,8 @@ def distinct_values(access: SourceAccess, column: str, limit: int) -> list[str]:
             where, params = compiled
             condition = f"{q} IS NOT NULL" + (f" AND {where}" if where else "")
             sql = f"SELECT DISTINCT CAST({q} AS VARCHAR) AS v FROM read_parquet(?) WHERE {condition} ORDER BY v LIMIT ?"
-            rows = cursor.sql(sql, params=[_paths(version), *params, limit]).fetchall()
+            with _parts(version) as paths:
+                rows = cursor.sql(sql, params=[paths, *params, limit]).fetchall()
     finally:
         cursor.close()
     return [row[0] for row in rows]

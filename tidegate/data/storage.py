@@ -17,6 +17,12 @@ current commits. A kill -9 at any instant therefore leaves either the old curren
 
 Old versions stay readable until `prune_versions` deletes their rows (after a grace period
 for readers in flight), and `collect_garbage` then deletes the files no version lists.
+
+With an object store (TIDEGATE_DATA_URL=s3://bucket/prefix) the same names are objects
+under the prefix: a part is written to this node's part cache, uploaded (an S3 PUT is
+complete or absent), and only then is the version committed; readers get local paths
+through the cache (`readable_parts`), so DuckDB still reads local files. Same guarantee:
+a crash leaves unreferenced objects for `collect_garbage`, never a half-switched version.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +46,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from tidegate.catalog.models import File, Source, SourceVersion
+from tidegate.config import ObjectStoreSettings
 from tidegate.data import ingest
+from tidegate.data.objectstore import ObjectStore
+from tidegate.data.partcache import PartCache
 from tidegate.db.base import utcnow
 from tidegate.errors import Conflict, InvalidRequest
 from tidegate.ids import new_id
@@ -47,19 +58,53 @@ TMP_MARK = ".tmp-"
 ROW_GROUP_SIZE = 128 * 1024
 PART_RE = re.compile(r"^ver_[0-9a-z]+/part-[0-9]{4,}\.parquet$")
 _ID_RE = re.compile(r"^[a-z]+_[0-9a-z]+$")
+STORED_RE = re.compile(
+    r"^[a-z]+_[0-9a-z]+/(?:src_[0-9a-z]+/ver_[0-9a-z]+/part-[0-9]{4,}\.parquet|files/file_[0-9a-z]+)$"
+)
 
 _data_dir: Path | None = None
+_store: tuple[ObjectStore, PartCache] | None = None
+_store_configured = False
 
 
-def configure(data_dir: str | os.PathLike[str] | None) -> None:
-    """Set the data directory for this process (None: Settings.data_dir, read lazily)."""
-    global _data_dir
+def configure(
+    data_dir: str | os.PathLike[str] | None,
+    *,
+    object_store: ObjectStoreSettings | None = None,
+    part_cache_dir: str | os.PathLike[str] | None = None,
+) -> None:
+    """Set the data directory for this process (None: Settings.data_dir, read lazily), and
+    the object store with this node's part cache (when `object_store.url` is set)."""
+    global _data_dir, _store, _store_configured
     _data_dir = Path(data_dir).resolve() if data_dir is not None else None
+    _store, _store_configured = None, object_store is not None
+    if object_store is not None and object_store.enabled:
+        if part_cache_dir is None:
+            raise ValueError("an object store needs a part cache directory")
+        cache = PartCache(Path(part_cache_dir).resolve(), object_store.part_cache_bytes)
+        _store = (ObjectStore(object_store), cache)
+
+
+def object_store(data_dir: str | os.PathLike[str] | None = None) -> tuple[ObjectStore, PartCache] | None:
+    """The object store and part cache in use, or None for local disk (always None when a
+    caller names a local `data_dir`)."""
+    if data_dir is not None:
+        return None
+    if not _store_configured and _data_dir is None:
+        from tidegate.config import get_settings
+
+        settings = get_settings()
+        configure(settings.data_dir, object_store=settings.object_store, part_cache_dir=settings.part_cache_dir)
+    return _store
 
 
 def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where this process reads part files: the data directory, or the part cache."""
     if data_dir is not None:
         return Path(data_dir).resolve()
+    store = object_store()
+    if store is not None:
+        return store[1].root
     if _data_dir is not None:
         return _data_dir
     from tidegate.config import get_settings
@@ -86,6 +131,26 @@ def part_paths(version: SourceVersion, data_dir: str | os.PathLike[str] | None =
             raise ValueError(f"corrupt part name in version {version.id}: {part!r}")
         paths.append(base / part)
     return paths
+
+
+@contextmanager
+def readable_parts(version: SourceVersion) -> Iterator[list[Path]]:
+    """Readable local paths of a version's parts, for the block's duration: on local disk
+    `part_paths`; with an object store, this node's cached copies (downloaded once; 503 if
+    the store is unreachable), pinned so that no eviction removes them meanwhile."""
+    store = object_store()
+    if store is None:
+        yield part_paths(version)
+        return
+    backend, cache = store
+    root = cache.root
+    relatives = [str(path.relative_to(root)) for path in part_paths(version, root)]
+    try:
+        pinned = cache.pin(relatives, backend.download)
+    except FileNotFoundError as exc:
+        raise RuntimeError(f"a part of version {version.id} is missing from the object store") from exc
+    with pinned:
+        yield pinned.paths
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,12 +211,17 @@ def write_bytes_durable(final: Path, data: bytes) -> None:
 
 def write_parquet_durable(final: Path, table: pa.Table) -> None:
     tmp = _tmp_name(final)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    _write_parquet(tmp, table)
+    _publish(tmp, final)
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    """Write the new file `path` (0600) and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         pq.write_table(table, handle, row_group_size=ROW_GROUP_SIZE, compression="zstd")
         handle.flush()
         os.fsync(handle.fileno())
-    _publish(tmp, final)
 
 
 # ---------------------------------------------------------------------------------------
@@ -217,9 +287,13 @@ def write_new_version(
     version_id = new_id("ver")
     if table.num_rows > 0:
         relative = f"{version_id}/part-{len(parts):04d}.parquet"
-        base = source_dir(source.org_id, source.id, root)
-        _makedirs_durable(base / version_id, root)
-        write_parquet_durable(base / relative, table)
+        store = object_store(data_dir)
+        if store is None:
+            base = source_dir(source.org_id, source.id, root)
+            _makedirs_durable(base / version_id, root)
+            write_parquet_durable(base / relative, table)
+        else:
+            _upload_part(store, f"{_safe_id(source.org_id)}/{_safe_id(source.id)}/{relative}", table)
         parts.append(relative)
 
     now = utcnow()
@@ -254,6 +328,23 @@ def write_new_version(
         source.current_version_id = version_id
         source.updated_at = now
     return version
+
+
+def _upload_part(store: tuple[ObjectStore, PartCache], relative: str, table: pa.Table) -> None:
+    """Write the part under a temp name in this node's cache (never evicted while young),
+    upload it (before any commit), then give it its cached name: this node never fetches it."""
+    backend, cache = store
+    final = cache.adopt(relative)
+    tmp = _tmp_name(final)
+    try:
+        _write_parquet(tmp, table)
+        backend.put_file(relative, tmp)
+        try:
+            os.rename(tmp, final)
+        except FileNotFoundError:  # an upload so slow its temp file was swept: fetched on first read
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prune_versions(session: Session, *, keep_seconds: float = 3600.0) -> list[str]:
@@ -324,6 +415,7 @@ def store_file(
     """
     name = _clean_file_name(name)
     root = data_root(data_dir)
+    store = object_store(data_dir)
     file_id = new_id("file")
     relative = f"{_safe_id(org_id)}/files/{file_id}"
     final = root / relative
@@ -346,7 +438,11 @@ def store_file(
             table = ingest.parse_file(tmp, filename=name, content_type=content_type, file_type=kind)
             columns, row_count = ingest.columns_of(table), table.num_rows
             del table
-        _publish(tmp, final)
+        if store is None:
+            _publish(tmp, final)
+        else:
+            store[0].put_file(relative, tmp)
+            tmp.unlink()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -401,8 +497,14 @@ def read_file_table(
     file: File, *, columns: list[dict[str, Any]] | None = None, data_dir: str | os.PathLike[str] | None = None
 ) -> pa.Table:
     """Parse a stored file (e.g. to create or append to a source from it)."""
+    store = object_store(data_dir)
     try:
-        content = file_path(file, data_dir).read_bytes()
+        if store is None:
+            content = file_path(file, data_dir).read_bytes()
+        elif file.storage_path == f"{_safe_id(file.org_id)}/files/{_safe_id(file.id)}":  # what store_file names
+            content = store[0].read_bytes(file.storage_path)
+        else:
+            raise ValueError(f"corrupt storage path for {file.id}")
     except FileNotFoundError:
         raise InvalidRequest("invalid_file", "The file's contents are no longer stored.") from None
     return ingest.parse_file(content, filename=file.name, content_type=file.content_type, columns=columns)
@@ -433,7 +535,17 @@ def collect_garbage(
     writer publishes a part file a moment before committing the version that lists it, and
     that part must not look like garbage in between. Pass 0 when no writer can be running
     (tests, maintenance). Temp files (a write cut short) go once `temp_min_age_seconds` old.
+
+    With an object store, the same rule applies to the objects under the prefix (their
+    LastModified is the age), and this node's part cache drops copies of deleted parts.
     """
+    store = object_store(data_dir)
+    if store is not None:
+        report = _collect_objects(session, store[0], min_age_seconds)
+        collect_garbage(
+            session, store[1].root, min_age_seconds=min_age_seconds, temp_min_age_seconds=temp_min_age_seconds
+        )
+        return report
     root = data_root(data_dir)
     report = GcReport()
     if not root.exists():
@@ -495,4 +607,23 @@ def collect_garbage(
             if child.name not in live_sources:
                 remove_dir_if_empty(child)
         remove_dir_if_empty(org)
+    return report
+
+
+def _collect_objects(session: Session, store: ObjectStore, min_age_seconds: float) -> GcReport:
+    """Delete the objects under the prefix that no version or File row references. Only
+    names of our own layout are considered: anything else under the prefix is left alone."""
+    referenced = set(session.scalars(select(File.storage_path)))
+    for version in session.scalars(select(SourceVersion)):
+        base = f"{version.org_id}/{version.source_id}/"
+        referenced.update(base + part for part in version.parts or [] if isinstance(part, str))
+    report = GcReport()
+    for stored in store.list():
+        if stored.relative in referenced or not STORED_RE.match(stored.relative):
+            continue
+        if stored.mtime > time.time() - min_age_seconds:
+            continue  # maybe a part whose version is about to be committed
+        store.delete(stored.relative)
+        report.deleted_files.append(stored.relative)
+        report.freed_bytes += stored.size
     return report

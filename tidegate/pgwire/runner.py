@@ -49,6 +49,8 @@ def configure_process(settings: Settings) -> None:
     limits.configure(settings.limits)
     engine.configure(
         data_dir=settings.data_dir,
+        object_store=settings.object_store,
+        part_cache_dir=settings.part_cache_dir,
         cache_bytes=settings.data.cache_bytes,
         threads=settings.data.threads,
         memory_limit=settings.data.memory_limit,
