@@ -76,6 +76,9 @@ class MotoS3:
                 found[key] = int(item.findtext("s3:Size", namespaces=ns) or 0)
         return found
 
+    def delete(self, bucket: str, key: str) -> None:
+        httpx.delete(f"{self.url}/{bucket}/{key}", timeout=10).raise_for_status()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

@@ -120,6 +120,20 @@ def test_the_second_node_reads_what_the_first_wrote_through_its_own_cache(cluste
     assert not list((node2.home / "data").rglob("*"))
 
 
+def test_a_part_missing_from_the_store_is_a_clear_503_not_a_500(cluster, admin, moto):
+    node1, node2, bucket, _ = cluster
+    with node1.client(admin) as http:
+        source = http.post("/sources", json={"name": "s3-lost", "rows": [{"k": "a"}]}).json()["id"]
+    (part,) = [k for k in moto.keys(bucket, "data/") if f"/{source}/" in k]
+    moto.delete(bucket, part)  # lost behind tidegate's back
+    with node2.client(admin) as http:  # node 2 never cached it
+        answer = http.get(f"/sources/{source}/data")
+    assert answer.status_code == 503, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "source_data_missing" and "missing from the object store" in error["message"]
+    assert answer.headers["Retry-After"] == "60"
+
+
 def test_the_store_down_is_a_503_with_the_envelope_and_heals_without_a_restart(cluster, admin, store_proxy):
     node1, node2, _, _ = cluster
     with node1.client(admin) as http:

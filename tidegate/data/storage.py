@@ -28,6 +28,7 @@ a crash leaves unreferenced objects for `collect_garbage`, never a half-switched
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import secrets
@@ -51,8 +52,10 @@ from tidegate.data import ingest
 from tidegate.data.objectstore import ObjectStore
 from tidegate.data.partcache import PartCache
 from tidegate.db.base import utcnow
-from tidegate.errors import Conflict, InvalidRequest
+from tidegate.errors import Conflict, InvalidRequest, ServiceUnavailable
 from tidegate.ids import new_id
+
+log = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"
 ROW_GROUP_SIZE = 128 * 1024
@@ -147,8 +150,15 @@ def readable_parts(version: SourceVersion) -> Iterator[list[Path]]:
     relatives = [str(path.relative_to(root)) for path in part_paths(version, root)]
     try:
         pinned = cache.pin(relatives, backend.download)
-    except FileNotFoundError as exc:
-        raise RuntimeError(f"a part of version {version.id} is missing from the object store") from exc
+    except FileNotFoundError:
+        # Not the caller's fault and not transient: said plainly (and logged), never a 500.
+        log.error("version %s lists a part the object store does not have", version.id)
+        raise ServiceUnavailable(
+            "source_data_missing",
+            "Part of this source's data is missing from the object store; an administrator must "
+            "restore it or replace the source.",
+            retry_after=60,
+        ) from None
     with pinned:
         yield pinned.paths
 
