@@ -12,6 +12,7 @@ next request on *each* node, sent to that node directly (no hoping roundrobin pi
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -131,7 +132,7 @@ def cluster(tmp_path_factory):
         (homes[0] / "data").mkdir(mode=0o700)
         (homes[1] / "data").symlink_to(homes[0] / "data")  # one shared data directory
         envs = [base_env(home, database_url=database_url, redis_url=REDIS_URL, extra=secrets_env) for home in homes]
-        info = __import__("json").loads(run_cli(envs[0], "init", "--json", "--org-name", "Scale").stdout)
+        info = json.loads(run_cli(envs[0], "init", "--json", "--org-name", "Scale").stdout)
         nodes = [
             Server(
                 home=home,
@@ -172,8 +173,11 @@ def cluster(tmp_path_factory):
                     haproxy.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     haproxy.kill()
-            for node in nodes:
-                node.stop()
+            stoppers = [threading.Thread(target=node.stop) for node in nodes]  # at once: half the wait
+            for thread in stoppers:
+                thread.start()
+            for thread in stoppers:
+                thread.join()
 
 
 def codes(responses: list[httpx.Response]) -> list[tuple[int, str | None]]:
@@ -324,3 +328,36 @@ def test_metrics_of_a_node_count_every_worker_process(cluster):
     assert "tidegate_query_pool_capacity" in text and "tidegate_audit_backlog_events" in text
     # Each worker wrote its own files in the node's metrics directory, emptied at start.
     assert len({p.stem.rsplit("_", 1)[-1] for p in (node.home / "metrics").glob("counter_*.db")}) >= 2
+
+
+# -- a node that is not ready leaves the balancer, and comes back -------------------------------
+
+
+def served_by(cluster: Cluster, wanted: set[str], timeout: float = 20.0) -> None:
+    """Wait until 6 requests in a row through the balancer are served by exactly `wanted`."""
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        with cluster.lb() as lb:
+            seen = {lb.get("/keys").headers.get("x-tidegate-node", "?") for _ in range(6)}
+        if seen == wanted:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the balancer sent requests to {seen}, not {wanted}")
+
+
+def test_a_node_whose_storage_fails_leaves_the_balancer_until_it_recovers(cluster):
+    node2 = cluster.nodes[1]
+    data, away = node2.home / "data", node2.home / "data-away"
+    data.rename(away)  # node2's data directory is gone (a failed mount)
+    try:
+        ready = httpx.get(node2.url + "/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "storage_unavailable"
+        assert ready.json()["checks"]["storage"] == "unavailable"
+        assert httpx.get(node2.url + "/healthz", timeout=10).status_code == 200  # alive, not ready
+        served_by(cluster, {"node1"})
+    finally:
+        away.rename(data)
+    assert httpx.get(node2.url + "/readyz", timeout=10).status_code == 200  # no restart needed
+    served_by(cluster, {"node1", "node2"})
