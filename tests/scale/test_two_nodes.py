@@ -238,7 +238,7 @@ def test_a_deactivated_creator_and_a_demotion_are_seen_by_both_nodes_at_once(clu
     assert codes(cluster.each_node("GET", "/keys", admin_secret)) == [(401, "api_key_owner_inactive")] * 2
 
 
-def test_a_policy_edit_is_seen_by_both_nodes_at_once(cluster):
+def test_a_policy_edit_a_new_version_and_an_unshare_are_seen_by_both_nodes_at_once(cluster):
     with cluster.lb() as lb:
         rows = [{"region": region, "amount": n} for n, region in enumerate(["US", "EU", "US", "APAC"])]
         source = lb.post("/sources", json={"name": f"s-{uuid.uuid4().hex[:6]}", "rows": rows})
@@ -273,6 +273,13 @@ def test_a_policy_edit_is_seen_by_both_nodes_at_once(cluster):
     with cluster.lb() as lb:  # and an unassignment: no policy, deny-by-default off: every row
         assert lb.put(f"/access/users/{reader_id}/policies", json={"policy_ids": []}).status_code == 200
     assert regions() == [["APAC", "EU", "US", "US"]] * 2
+    with cluster.lb() as lb:  # a new version of the source
+        appended = lb.post(f"/sources/{source_id}/rows", json={"rows": [{"region": "LATAM", "amount": 9}]})
+        assert appended.status_code == 200, appended.text
+    assert regions() == [["APAC", "EU", "LATAM", "US", "US"]] * 2
+    with cluster.lb() as lb:  # and an unshare: the reader no longer sees the source at all
+        assert lb.post(f"/sources/{source_id}/org-share", json={"enabled": False}).status_code == 200
+    assert codes(cluster.each_node("GET", f"/sources/{source_id}/data", reader)) == [(404, "source_not_found")] * 2
 
 
 # -- rate limits are one count across nodes (Redis) --------------------------------------------
