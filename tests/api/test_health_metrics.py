@@ -17,7 +17,7 @@ from server import free_port
 from tidegate.api.app import create_app
 from tidegate.config import Settings, load_settings
 
-TOKEN = "metrics-" + secrets.token_hex(16)
+TOKEN = "metrics-test-token-6f1c0e9a2b7d4c38"  # fixed: test ids (xdist) are made from it
 
 
 @pytest.fixture(scope="module")

@@ -192,6 +192,7 @@ def _forget_dead_processes(directory: Path) -> None:
 
 
 def exposition(settings: Settings) -> bytes:
+    metrics.flush()  # this process's latest counts (the others flush within a second)
     registry = CollectorRegistry(auto_describe=False)
     if metrics.is_multiprocess():
         _forget_dead_processes(settings.metrics_dir)
