@@ -21,11 +21,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 from server import REDIS_URL, Server, WorkerPool, base_env, free_port, run_cli, scratch_postgres_database, unavailable
 
+from scale.tcpforward import Forwarder
 from tidegate.config import normalize_database_url
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import preset_scopes
@@ -41,8 +43,9 @@ WAIT = 30.0
 
 
 class Cluster:
-    def __init__(self, nodes: list[Server], lb_url: str, database_url: str, pepper: bytes):
+    def __init__(self, nodes: list[Server], lb_url: str, database_url: str, pepper: bytes, forwarders: list[Forwarder]):
         self.nodes, self.lb_url, self.database_url, self.pepper = nodes, lb_url, database_url, pepper
+        self.database_of_node2, self.redis_of_node2 = forwarders
         self.org_id = nodes[0].org_id
 
     def headers(self, key: str | None = None) -> dict[str, str]:
@@ -113,6 +116,17 @@ def _start_haproxy(base: Path, nodes: list[Server]) -> tuple[subprocess.Popen, s
     raise AssertionError(f"haproxy not answering after {WAIT}s: {log_path.read_text(errors='replace')}")
 
 
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or (6379 if parts.scheme == "redis" else 5432)
+
+
+def _with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=(credentials + "@" if credentials else "") + f"127.0.0.1:{port}"))
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     if shutil.which("haproxy") is None:
@@ -125,13 +139,25 @@ def cluster(tmp_path_factory):
         "TIDEGATE_METRICS_TOKEN": METRICS_TOKEN,
         "TIDEGATE_QUERY_WORKERS": "1",  # fewer processes on a small machine
     }
+    forwarders: list[Forwarder] = []
     with scratch_postgres_database("tidegate_scale") as database_url:
         homes = [base / "node1", base / "node2"]
         for home in homes:
             home.mkdir()
         (homes[0] / "data").mkdir(mode=0o700)
         (homes[1] / "data").symlink_to(homes[0] / "data")  # one shared data directory
-        envs = [base_env(home, database_url=database_url, redis_url=REDIS_URL, extra=secrets_env) for home in homes]
+        # node2 reaches PostgreSQL and Redis through forwarders a test can close.
+        database_forward, redis_forward = (Forwarder(*_address(url)).open() for url in (database_url, REDIS_URL))
+        forwarders.extend((database_forward, redis_forward))
+        envs = [
+            base_env(homes[0], database_url=database_url, redis_url=REDIS_URL, extra=secrets_env),
+            base_env(
+                homes[1],
+                database_url=_with_port(database_url, database_forward.port),
+                redis_url=_with_port(REDIS_URL, redis_forward.port),
+                extra=secrets_env,
+            ),
+        ]
         info = json.loads(run_cli(envs[0], "init", "--json", "--org-name", "Scale").stdout)
         nodes = [
             Server(
@@ -164,7 +190,7 @@ def cluster(tmp_path_factory):
             assert not errors, errors
             haproxy, lb_url, _ = _start_haproxy(base, nodes)
             sqlalchemy_url = normalize_database_url(database_url)
-            yield Cluster(nodes, lb_url, sqlalchemy_url, secrets_env["TIDEGATE_PEPPER"].encode())
+            yield Cluster(nodes, lb_url, sqlalchemy_url, secrets_env["TIDEGATE_PEPPER"].encode(), forwarders)
             get_engine(sqlalchemy_url).dispose()
         finally:
             if haproxy is not None:
@@ -178,6 +204,8 @@ def cluster(tmp_path_factory):
                 thread.start()
             for thread in stoppers:
                 thread.join()
+            for forwarder in forwarders:
+                forwarder.close()
 
 
 def codes(responses: list[httpx.Response]) -> list[tuple[int, str | None]]:
@@ -357,7 +385,7 @@ def served_by(cluster: Cluster, wanted: set[str], timeout: float = 20.0) -> None
     raise AssertionError(f"the balancer sent requests to {seen}, not {wanted}")
 
 
-def test_a_node_whose_storage_fails_leaves_the_balancer_until_it_recovers(cluster):
+def test_a_node_whose_storage_fails_is_not_ready_until_it_recovers(cluster):
     node2 = cluster.nodes[1]
     data, away = node2.home / "data", node2.home / "data-away"
     data.rename(away)  # node2's data directory is gone (a failed mount)
@@ -367,8 +395,35 @@ def test_a_node_whose_storage_fails_leaves_the_balancer_until_it_recovers(cluste
         assert ready.json()["error"]["code"] == "storage_unavailable"
         assert ready.json()["checks"]["storage"] == "unavailable"
         assert httpx.get(node2.url + "/healthz", timeout=10).status_code == 200  # alive, not ready
-        served_by(cluster, {"node1"})
     finally:
         away.rename(data)
     assert httpx.get(node2.url + "/readyz", timeout=10).status_code == 200  # no restart needed
+
+
+def test_a_node_that_loses_redis_or_the_database_leaves_the_balancer_until_they_return(cluster):
+    node2 = cluster.nodes[1]
+    cluster.redis_of_node2.close()  # node2's Redis address is now a closed port
+    try:
+        ready = httpx.get(node2.url + "/readyz", timeout=10)
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["error"]["code"] == "rate_limiter_unavailable"
+        assert ready.json()["checks"] == {"database": "ok", "redis": "unavailable", "storage": "ok", "audit": "ok"}
+        # Its requests fail closed (never unlimited), and the balancer stops sending it any.
+        assert codes(cluster.each_node("GET", "/keys", cluster.nodes[0].admin_key)[1:]) == [
+            (503, "rate_limiter_unavailable")
+        ]
+        served_by(cluster, {"node1"})
+        cluster.database_of_node2.close()  # and its database too
+        ready = httpx.get(node2.url + "/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "database_unavailable"  # the first, in a fixed order
+        assert ready.json()["error"]["unavailable"] == ["database", "redis"]
+        assert str(cluster.database_of_node2.port) not in ready.text and "postgresql" not in ready.text
+        with cluster.lb() as lb:  # the clients of the balancer see none of it
+            assert {lb.get("/keys").status_code for _ in range(4)} == {200}
+    finally:
+        cluster.database_of_node2.open()
+        cluster.redis_of_node2.open()
+    ready = httpx.get(node2.url + "/readyz", timeout=10)  # recovered, without a restart
+    assert ready.status_code == 200, ready.text
     served_by(cluster, {"node1", "node2"})
