@@ -84,6 +84,8 @@ def _writable_probe(directory: Path) -> Callable[[], None]:
 
 
 def checks_for(settings: Settings) -> tuple[Check, ...]:
+    """The node's dependencies, in the order a failure is reported. (Shared object storage,
+    when configured, is one more: a probe that lists or writes under its prefix.)"""
     found = [
         Check("database", "database_unavailable", "the database", _database_probe(settings.database_url)),
     ]
