@@ -8,7 +8,7 @@ CHART_JS := tidegate/web/static/vendor/chart.umd.js
 HOST     ?= 127.0.0.1
 PORT     ?= 8000
 
-.PHONY: run test lint setup browser clients check-python clean
+.PHONY: run test lint setup browser clients haproxy check-python clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tidegate needs Python >= 3.11"'
@@ -52,6 +52,11 @@ clients: $(PYCLIENTS) $(S3SERVER)
 	@command -v javac >/dev/null 2>&1 || (apt-get update && apt-get install -y default-jdk-headless)
 	@test -f /usr/share/java/postgresql.jar || (apt-get update && apt-get install -y libpostgresql-jdbc-java)
 
+# The load balancer the multi-node tests (tests/scale) put in front of two nodes, with the
+# configuration compose.yaml uses (deploy/haproxy.cfg): Debian's HAProxy.
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || (apt-get update && apt-get install -y haproxy)
+
 run: setup
 	$(BIN)/tidegate init --if-needed
 	$(BIN)/tidegate serve --host $(HOST) --port $(PORT)
@@ -69,7 +74,7 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/mypy tidegate
 
-test: setup browser clients lint
+test: setup browser clients haproxy lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -27,6 +27,8 @@ import pyarrow as pa
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import NoInspectionAvailable
 
+from tidegate import metrics
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -153,9 +155,12 @@ class ByteLRUCache(Generic[K, V]):
     """A thread-safe LRU of immutable values (checked on `put`) bounded by their total size
     in bytes, as given; one value may take at most `max_entry_fraction` of it."""
 
-    def __init__(self, max_bytes: int, *, name: str = "cache", max_entry_fraction: float = 0.25):
+    def __init__(
+        self, max_bytes: int, *, name: str = "cache", max_entry_fraction: float = 0.25, meter: str | None = None
+    ):
         self.max_bytes = max_bytes
         self.name = name
+        self.meter = meter  # the cache's name in the metrics, if its lookups are counted
         self.max_entry_bytes = int(max_bytes * max_entry_fraction)
         self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._bytes = 0
@@ -164,10 +169,11 @@ class ByteLRUCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
-                return None
-            self._entries.move_to_end(key)
-            return entry[0]
+            if entry is not None:
+                self._entries.move_to_end(key)
+        if self.meter is not None:
+            metrics.cache_lookup(self.meter, entry is not None)
+        return entry[0] if entry is not None else None
 
     def put(self, key: K, value: V, size: int) -> bool:
         """Keep `value` (False: too large to keep, not kept)."""

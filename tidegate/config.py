@@ -198,6 +198,8 @@ class Settings:
     access_log: bool = True  # tidegate.access's one line per request (paths only)
     pg: PgSettings = field(default_factory=PgSettings)
     object_store: ObjectStoreSettings = field(default_factory=ObjectStoreSettings)
+    # The bearer token /metrics asks for; None: /metrics is off (404 metrics_disabled).
+    metrics_token: str | None = None
 
     @property
     def part_cache_dir(self) -> Path:
@@ -207,6 +209,11 @@ class Settings:
     @property
     def audit_dir(self) -> Path:
         return self.home / "audit"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where `tidegate serve`'s processes keep their metrics (emptied at each start)."""
+        return self.home / "metrics"
 
     @property
     def data_dir(self) -> Path:
@@ -269,6 +276,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level = _log_level(environ.get("TIDEGATE_LOG_LEVEL", "info"))
         pg = _pg_settings(environ)
         object_store = _object_store_settings(environ)
+        metrics_token = _metrics_token(environ.get("TIDEGATE_METRICS_TOKEN", ""))
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     home.mkdir(parents=True, exist_ok=True)
@@ -297,6 +305,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         access_log=access_log,
         pg=pg,
         object_store=object_store,
+        metrics_token=metrics_token,
     )
 
 
@@ -322,6 +331,17 @@ def _switch(environ: Mapping[str, str], variable: str, *, default: bool) -> bool
     if raw:
         raise ValueError(f"{variable} must be 0 or 1, not {raw!r}")
     return default
+
+
+MIN_METRICS_TOKEN_LENGTH = 16
+
+
+def _metrics_token(raw: str) -> str | None:
+    """Unset or empty: /metrics is off. A token anyone could guess is refused, not used."""
+    token = raw.strip()
+    if token and len(token) < MIN_METRICS_TOKEN_LENGTH:
+        raise ValueError(f"TIDEGATE_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_LENGTH} characters")
+    return token or None
 
 
 def _log_level(raw: str) -> str:

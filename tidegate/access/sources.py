@@ -17,6 +17,7 @@ from dataclasses import InitVar, dataclass, replace
 from sqlalchemy import ColumnElement, Select, exists, false, or_, select
 from sqlalchemy.orm import Session
 
+from tidegate import metrics
 from tidegate.access import policies
 from tidegate.caching import LRUCache
 from tidegate.catalog.models import Source, SourceShare, SourceVersion
@@ -204,6 +205,7 @@ def open_source(
             return hit
     access = _open_source(session, principal, source_id, need=need, with_filter=with_filter)
     if need == VIEW and with_filter and principal.epoch is not None:
+        metrics.cache_lookup("source_access", False)
         _cache.put(_cache_key(principal, source_id), access)
     return access
 
@@ -221,7 +223,10 @@ def cached_access(principal: Principal, source_id: str) -> SourceAccess | None:
     epoch, else None. No I/O: an async endpoint calls it on the event loop."""
     if principal.epoch is None:
         return None
-    return _cache.get(_cache_key(principal, source_id))
+    hit = _cache.get(_cache_key(principal, source_id))
+    if hit is not None:  # (a miss is counted by open_source, which the caller goes on to)
+        metrics.cache_lookup("source_access", True)
+    return hit
 
 
 def _cache_key(principal: Principal, source_id: str) -> tuple[Hashable, ...]:

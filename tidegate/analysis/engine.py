@@ -201,7 +201,7 @@ class _KeyLocks:
 
 # Step results: immutable Arrow tables. Keys hold the step's SQL and, for every source in
 # its closure, the source, version and the READER's row filter.
-_cache: ByteLRUCache[Hashable, pa.Table] = ByteLRUCache(DEFAULT_CACHE_BYTES, name="step cache")
+_cache: ByteLRUCache[Hashable, pa.Table] = ByteLRUCache(DEFAULT_CACHE_BYTES, name="step cache", meter="steps")
 _building = _KeyLocks()
 
 
@@ -212,7 +212,7 @@ def clear_cache() -> None:
 def configure(*, cache_bytes: int | None = None) -> None:
     global _cache
     if cache_bytes is not None:
-        _cache = ByteLRUCache(cache_bytes, name="step cache")
+        _cache = ByteLRUCache(cache_bytes, name="step cache", meter="steps")
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tidegate.api import (
     data,
     embed,
     files,
+    health,
     keys,
     not_implemented,
     org_settings,
@@ -93,6 +94,18 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "Invalid request."
 
 
+def _route_templates(app: FastAPI) -> frozenset[str]:
+    """Every path template the app serves (`/api/v1/keys/{key_id}`), as the metrics name routes."""
+    routers = [(module.router, "/api/v1") for module in API_MODULES]
+    routers += [(router, "") for router in (*PUBLIC_ROUTERS, health.router, web.router, app.router)]
+    return frozenset(
+        prefix + route.path_format
+        for router, prefix in routers
+        for route in router.routes
+        if isinstance(getattr(route, "path_format", None), str)
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # The modules that hold process-wide state get their values from the settings here.
@@ -145,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.journal = journal
     app.state.key_cache = KeyCache(settings.database_url)
     app.state.signin_throttle = SigninThrottle.for_redis_url(settings.redis_url)  # built now, not per request
+    app.state.ready_checks = health.checks_for(settings)
 
     @app.exception_handler(TidegateError)
     async def _tidegate_error(request: Request, exc: TidegateError):
@@ -182,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
     for public in PUBLIC_ROUTERS:
         app.include_router(public, responses=ERROR_RESPONSES)
+    app.include_router(health.router)  # /readyz, /metrics (before the web pages)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
 
@@ -190,5 +205,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     app.add_middleware(BodyLimitMiddleware)  # inside RequestMiddleware: a 413 gets its request id
-    app.add_middleware(RequestMiddleware, journal=journal)
+    app.add_middleware(RequestMiddleware, journal=journal, route_templates=_route_templates(app))
     return app

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from tidegate import metrics
 from tidegate.access import ratelimit
 from tidegate.access.authorize import Action, authorize
 from tidegate.config import Settings
@@ -16,8 +17,9 @@ from tidegate.core.principal import Principal
 from tidegate.credentials import embed_sessions
 from tidegate.credentials.authenticate import check_ip, digest_of, identify, parse_bearer, principal_for
 from tidegate.db.engine import session_scope
-from tidegate.errors import InvalidRequest
+from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import client_ip
+from tidegate.outages import unavailable_error
 
 
 def settings_of(request: Request) -> Settings:
@@ -58,12 +60,29 @@ async def authenticated(request: Request) -> Principal:
     request_state = request.scope.setdefault("state", {})
     if "principal" in request_state:
         return request_state["principal"]
-    settings = settings_of(request)
     embed_token = request.headers.get("x-embed-session")
-    if embed_token is not None:  # a credential on its own, first as in the SDK
-        principal = await _embed_session_principal(request, embed_token)
-        request_state["principal"] = principal
-        return principal
+    credential = "api_key" if embed_token is None else "embed_session"
+    try:
+        if embed_token is not None:  # a credential on its own, first as in the SDK
+            principal = await _embed_session_principal(request, embed_token)
+        else:
+            principal = await _key_principal(request)
+    except Exception as exc:
+        if isinstance(exc, TidegateError):
+            metrics.key_check(credential, exc.code)
+        else:
+            down = unavailable_error(exc)
+            metrics.key_check(credential, down.code if down is not None else "internal_error")
+        raise
+    metrics.key_check(credential, None)
+    request_state["principal"] = principal
+    return principal
+
+
+async def _key_principal(request: Request) -> Principal:
+    """The caller of `Authorization: Bearer qk_...` + `X-Tenant-ID`, or the refusal."""
+    request_state = request.scope["state"]
+    settings = settings_of(request)
     token = parse_bearer(request.headers.get("authorization"))
     tenant_id = request.headers.get("x-tenant-id")
     digest = digest_of(settings.pepper, token, tenant_id)
@@ -79,7 +98,6 @@ async def authenticated(request: Request) -> Principal:
     _refuse_nul_in_url(request)
     # The key's own limit, and its owner's shared by all their keys.
     await _count_request(settings, key.key_id, key.rate_limit_per_minute, key.owner_id, key.owner_rate_limit_per_minute)
-    request_state["principal"] = principal
     return principal
 
 

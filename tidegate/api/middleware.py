@@ -18,6 +18,7 @@ import time
 import anyio
 from starlette.requests import Request
 
+from tidegate import metrics
 from tidegate.api.responses import error_response, from_error
 from tidegate.audit.journal import AuditUnavailable, Journal
 from tidegate.audit.record import event_row
@@ -47,10 +48,31 @@ TARGET_TYPES = {
 }
 
 
+def route_template(path: str, path_params: dict, known: frozenset[str]) -> str:
+    """The template of the route that matched `path` (`/api/v1/keys/{key_id}`), rebuilt from
+    the path parameters the router found, or `metrics.UNMATCHED_ROUTE`. Only one of the
+    app's own templates (`known`) is ever returned: a label never carries what a caller sent."""
+    segments = path.split("/")
+    end = len(segments)  # parameters are replaced right to left, each left of the one after it
+    for name, value in reversed(list(path_params.items())):
+        text = str(value)
+        width = text.count("/") + 1  # a {name:path} parameter spans segments
+        for start in range(end - width, -1, -1):
+            if "/".join(segments[start : start + width]) == text:
+                segments[start : start + width] = ["{" + name + "}"]
+                end = start
+                break
+        else:
+            return metrics.UNMATCHED_ROUTE
+    template = "/".join(segments)
+    return template if template in known else metrics.UNMATCHED_ROUTE
+
+
 class RequestMiddleware:
-    def __init__(self, app, journal: Journal):
+    def __init__(self, app, journal: Journal, route_templates: frozenset[str] = frozenset()):
         self.app = app
         self.journal = journal
+        self.route_templates = route_templates  # every route's path template: the metrics' labels
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -63,12 +85,14 @@ class RequestMiddleware:
         started = False  # the response has begun to leave
         unjournaled: AuditUnavailable | None = None  # why the response was stopped before it began
         began = time.perf_counter()
+        status = 500  # what the metrics count if no response could start at all
 
         async def send_with_id(message):
-            nonlocal started, unjournaled
+            nonlocal started, unjournaled, status
             if unjournaled is not None:
                 raise unjournaled  # nothing of a response whose event was not journaled
             if message["type"] == "http.response.start":
+                status = message["status"]
                 # Appended, not set through MutableHeaders: no response of ours sets it.
                 headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
                 # nosniff on every response (API, static files, errors, 404s); pages set it already.
@@ -108,21 +132,28 @@ class RequestMiddleware:
             await response(scope, receive, send)
 
         try:
-            await self.app(scope, receive, send_with_id)
-        except Exception as exc:
-            if started:
-                raise
-            if unjournaled is None:
-                try:
-                    await self._failure_response(exc, request_id)(scope, receive, send_with_id)
-                    return
-                except AuditUnavailable:
-                    if started:
-                        raise
-            await refuse_unjournaled()
-            return
-        if unjournaled is not None and not started:  # the app swallowed the refusal
-            await refuse_unjournaled()
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                if started:
+                    raise
+                if unjournaled is None:
+                    try:
+                        await self._failure_response(exc, request_id)(scope, receive, send_with_id)
+                        return
+                    except AuditUnavailable:
+                        if started:
+                            raise
+                status = 503  # audit_unavailable (sent past send_with_id)
+                await refuse_unjournaled()
+                return
+            if unjournaled is not None and not started:  # the app swallowed the refusal
+                status = 503
+                await refuse_unjournaled()
+        finally:
+            # By route template, never by path (ids, and whatever a caller puts there).
+            route = route_template(scope["path"], scope.get("path_params") or {}, self.route_templates)
+            metrics.request_done(route, scope["method"], status, time.perf_counter() - began)
 
     @staticmethod
     def _failure_response(exc: Exception, request_id: str):

@@ -182,6 +182,7 @@ def serve(
         raise SystemExit(str(exc)) from None
     with refusals_reported(False):
         migrate(settings.database_url)
+    _metrics_in_files(settings.metrics_dir)
     if workers > 1 and not settings.redis_url:
         typer.echo(
             "warning: without TIDEGATE_REDIS_URL, rate limits and sign-in throttling are counted per worker process.",
@@ -211,6 +212,19 @@ def serve(
         # Now die by that signal, as uvicorn would have: what a service manager expects.
         signal.signal(stopped_by, signal.SIG_DFL)
         signal.raise_signal(stopped_by)
+
+
+def _metrics_in_files(directory) -> None:
+    """Every process of this node (workers, the PostgreSQL endpoint) keeps its metrics in
+    `directory`, emptied now: what an earlier run counted is not this run's."""
+    import shutil
+
+    from tidegate import metrics
+
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700)
+    os.environ[metrics.MULTIPROCESS_ENV] = str(directory)  # read by prometheus-client in each worker
+    metrics.enable_multiprocess()  # this process (the single-worker server runs here)
 
 
 def _start_pg(settings, host: str, port: int | None, allow_plain_loopback: bool):

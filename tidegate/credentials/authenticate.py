@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tidegate import metrics
 from tidegate.caching import LRUCache
 from tidegate.core.principal import Principal
 from tidegate.core.restrictions import KeyRestrictions
@@ -158,12 +159,10 @@ class KeyCache:
     def cached(self, digest: str) -> KeyState | None:
         """The state under `digest` if it was read since the last commit anywhere; else None."""
         generation = self.watch.generation()
-        if generation is None:
-            return None
-        hit = self._entries.get(digest)
-        if hit is None or hit[0] != generation:
-            return None
-        return hit[1]
+        hit = self._entries.get(digest) if generation is not None else None
+        fresh = hit is not None and hit[0] == generation
+        metrics.cache_lookup("keys", fresh)  # (PostgreSQL: every lookup a miss, see ChangeWatch)
+        return hit[1] if fresh and hit is not None else None
 
     def load(self, digest: str) -> KeyState | None:
         """Read from the database (blocking) and remember it."""

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from tidegate import jsonfmt, spreadsheet
+from tidegate import jsonfmt, metrics, spreadsheet
 from tidegate.access.sources import SourceAccess
 from tidegate.caching import LRUCache, require_immutable
 from tidegate.catalog.models import SourceVersion
@@ -156,8 +156,9 @@ class _ResultCache(Generic[_V]):
     """LRU of filtered Arrow tables (or rendered pages) keyed by (version id, filter key,
     ...), bounded by bytes."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, name: str):
         self.max_bytes = max_bytes
+        self.name = name  # in the metrics (tidegate_cache_lookups_total{cache=...})
         self._entries: OrderedDict[_Key, tuple[_V, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -177,10 +178,11 @@ class _ResultCache(Generic[_V]):
             entry = self._entries.get(key)
             if entry is None:
                 self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return entry[0]
+            else:
+                self._entries.move_to_end(key)
+                self.hits += 1
+        metrics.cache_lookup(self.name, entry is not None)
+        return entry[0] if entry is not None else None
 
     def put(self, key: _Key, table: _V, size: int) -> bool:
         require_immutable(table, where="result cache value")  # Arrow tables or frozen pages, never ORM rows
@@ -248,8 +250,8 @@ class _ResultCache(Generic[_V]):
             return list(self._entries)
 
 
-_cache: _ResultCache[pa.Table] = _ResultCache(DEFAULT_CACHE_BYTES)
-_pages: _ResultCache[JSONPage] = _ResultCache(DEFAULT_PAGE_CACHE_BYTES)
+_cache: _ResultCache[pa.Table] = _ResultCache(DEFAULT_CACHE_BYTES, "filtered_rows")
+_pages: _ResultCache[JSONPage] = _ResultCache(DEFAULT_PAGE_CACHE_BYTES, "pages")
 _sizes: LRUCache[str, int] = LRUCache(10_000, name="parquet sizes")  # version id -> uncompressed bytes
 
 

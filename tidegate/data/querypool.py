@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from tidegate import metrics
 from tidegate.caching import LRUCache
 from tidegate.config import QueryLimits
 from tidegate.core.principal import Principal
@@ -108,26 +109,31 @@ class QueryPool:
     def _admit(self, key: str, org: str) -> None:
         with self._lock:
             if self._per_key[key] >= self.limits.per_key:
+                metrics.query_refused("key")
                 raise _busy(
                     f"This key already has {self.limits.per_key} queries running or waiting, the most "
                     "it may have at once; retry when one has finished."
                 )
             if self._per_org[org] >= self.limits.per_org:
+                metrics.query_refused("org")
                 raise _busy(
                     f"Your organization already has {self.limits.per_org} queries running or waiting, "
                     "the most it may have at once; retry when one has finished."
                 )
             if self._admitted >= self.capacity:
+                metrics.query_refused("server")
                 raise _busy("The server is running as many queries as it can; retry shortly.")
             self._per_key[key] += 1
             self._per_org[org] += 1
             self._admitted += 1
+        metrics.query_admitted(1)
 
     def _release(self, key: str, org: str) -> None:
         with self._lock:
             self._per_key[key] -= 1
             self._per_org[org] -= 1
             self._admitted -= 1
+        metrics.query_admitted(-1)
 
     def _start_workers(self) -> None:
         for _ in range(min(self.limits.warm_workers, self.limits.workers)):
@@ -342,4 +348,5 @@ def pool_for(limits: QueryLimits) -> QueryPool:
         pool = _pools.get(key)
         if pool is None:
             pool = _pools[key] = QueryPool(limits)
+            metrics.query_pool_capacity(sum(p.capacity for (pid, _), p in _pools.items() if pid == key[0]))
         return pool

@@ -1,0 +1,431 @@
+"""Two `tidegate serve` nodes behind HAProxy (deploy/haproxy.cfg, as compose.yaml runs it),
+on one PostgreSQL database and one Redis: what holds on one node holds across them.
+
+Each node has its own TIDEGATE_HOME and port; node1 runs two worker processes (its /metrics
+must add both up). They share the pepper (as every node of a deployment must) and, until
+the object store lands, one data directory (a symlink: a shared filesystem), so that rows
+written through one node are read through the other.
+
+Every change is made through the balancer or by another process, and checked by the very
+next request on *each* node, sent to that node directly (no hoping roundrobin picked it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from server import REDIS_URL, Server, WorkerPool, base_env, free_port, run_cli, scratch_postgres_database, unavailable
+
+from scale.tcpforward import Forwarder
+from tidegate.config import normalize_database_url
+from tidegate.core.principal import Principal
+from tidegate.core.scopes import preset_scopes
+from tidegate.credentials import service as keys_service
+from tidegate.db.engine import get_engine, session_scope
+from tidegate.orgs import service as orgs
+
+pytestmark = pytest.mark.slow
+
+HAPROXY_CFG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
+METRICS_TOKEN = "scale-" + secrets.token_hex(16)
+WAIT = 30.0
+
+
+class Cluster:
+    def __init__(self, nodes: list[Server], lb_url: str, database_url: str, pepper: bytes, forwarders: list[Forwarder]):
+        self.nodes, self.lb_url, self.database_url, self.pepper = nodes, lb_url, database_url, pepper
+        self.database_of_node2, self.redis_of_node2 = forwarders
+        self.org_id = nodes[0].org_id
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return self.nodes[0].headers(key)
+
+    def lb(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.lb_url + "/api/v1", headers=self.headers(key), timeout=30.0)
+
+    def each_node(self, method: str, path: str, key: str, **options) -> list[httpx.Response]:
+        """The same request sent to node1, then node2, directly (fresh connections)."""
+        return [
+            httpx.request(method, node.url + "/api/v1" + path, headers=self.headers(key), timeout=30.0, **options)
+            for node in self.nodes
+        ]
+
+    def user(self, role: str = "member") -> tuple[str, str]:
+        """(user id, email) of a new user, written by this process (another writer)."""
+        email = f"u-{uuid.uuid4().hex[:8]}@example.com"
+        with session_scope(self.database_url) as session:
+            return orgs.create_user(session, None, self.org_id, email=email, role=role).id, email
+
+    def key_for(self, user_id: str, *, preset: str = "full_access", **options) -> tuple[str, str]:
+        """(key id, secret) of a key of `user_id`, made directly in the database."""
+        with session_scope(self.database_url) as session:
+            user = orgs.get_user(session, self.org_id, user_id)
+            principal = Principal.for_user(self.org_id, user.id, user.role)
+            created = keys_service.create_key(
+                session,
+                principal,
+                keys_service.KeyRequest(
+                    name=f"k-{uuid.uuid4().hex[:6]}", scopes=preset_scopes(preset, user.role), **options
+                ),
+                pepper=self.pepper,
+            )
+            return created.key.id, created.secret
+
+
+def _start_haproxy(base: Path, nodes: list[Server]) -> tuple[subprocess.Popen, str, Path]:
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin"),
+        "TIDEGATE_LB_BIND": f"127.0.0.1:{port}",
+        "TIDEGATE_NODE1": f"127.0.0.1:{nodes[0].port}",
+        "TIDEGATE_NODE2": f"127.0.0.1:{nodes[1].port}",
+    }
+    log_path = base / "haproxy.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [shutil.which("haproxy") or "haproxy", "-db", "-f", str(HAPROXY_CFG)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"haproxy exited {proc.returncode}: {log_path.read_text(errors='replace')}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
+                return proc, url, log_path
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"haproxy not answering after {WAIT}s: {log_path.read_text(errors='replace')}")
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or (6379 if parts.scheme == "redis" else 5432)
+
+
+def _with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=(credentials + "@" if credentials else "") + f"127.0.0.1:{port}"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if shutil.which("haproxy") is None:
+        unavailable("haproxy (make haproxy installs Debian's)", FileNotFoundError("haproxy"))
+    base = tmp_path_factory.mktemp("scale")
+    secrets_env = {
+        "TIDEGATE_PEPPER": secrets.token_hex(32),
+        "TIDEGATE_SESSION_KEY": secrets.token_hex(32),
+        "TIDEGATE_TRUSTED_PROXIES": "127.0.0.1",
+        "TIDEGATE_METRICS_TOKEN": METRICS_TOKEN,
+        "TIDEGATE_QUERY_WORKERS": "1",  # fewer processes on a small machine
+    }
+    forwarders: list[Forwarder] = []
+    with scratch_postgres_database("tidegate_scale") as database_url:
+        homes = [base / "node1", base / "node2"]
+        for home in homes:
+            home.mkdir()
+        (homes[0] / "data").mkdir(mode=0o700)
+        (homes[1] / "data").symlink_to(homes[0] / "data")  # one shared data directory
+        # node2 reaches PostgreSQL and Redis through forwarders a test can close.
+        database_forward, redis_forward = (Forwarder(*_address(url)).open() for url in (database_url, REDIS_URL))
+        forwarders.extend((database_forward, redis_forward))
+        envs = [
+            base_env(homes[0], database_url=database_url, redis_url=REDIS_URL, extra=secrets_env),
+            base_env(
+                homes[1],
+                database_url=_with_port(database_url, database_forward.port),
+                redis_url=_with_port(REDIS_URL, redis_forward.port),
+                extra=secrets_env,
+            ),
+        ]
+        info = json.loads(run_cli(envs[0], "init", "--json", "--org-name", "Scale").stdout)
+        nodes = [
+            Server(
+                home=home,
+                env=env,
+                org_id=info["org_id"],
+                admin_user_id=info["admin_user_id"],
+                admin_email=info["admin_email"],
+                admin_key=info["key"],
+                admin_key_id=info["key_id"],
+                workers=workers,
+            )
+            for home, env, workers in zip(homes, envs, (2, 1), strict=True)
+        ]
+        errors: list[BaseException] = []
+
+        def start(node: Server) -> None:
+            try:
+                node.start()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        starters = [threading.Thread(target=start, args=(node,)) for node in nodes]
+        for thread in starters:
+            thread.start()
+        for thread in starters:
+            thread.join()
+        haproxy = None
+        try:
+            assert not errors, errors
+            haproxy, lb_url, _ = _start_haproxy(base, nodes)
+            sqlalchemy_url = normalize_database_url(database_url)
+            yield Cluster(nodes, lb_url, sqlalchemy_url, secrets_env["TIDEGATE_PEPPER"].encode(), forwarders)
+            get_engine(sqlalchemy_url).dispose()
+        finally:
+            if haproxy is not None:
+                haproxy.terminate()
+                try:
+                    haproxy.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    haproxy.kill()
+            stoppers = [threading.Thread(target=node.stop) for node in nodes]  # at once: half the wait
+            for thread in stoppers:
+                thread.start()
+            for thread in stoppers:
+                thread.join()
+            for forwarder in forwarders:
+                forwarder.close()
+
+
+def codes(responses: list[httpx.Response]) -> list[tuple[int, str | None]]:
+    return [
+        (r.status_code, (r.json().get("error") or {}).get("code") if r.status_code >= 400 else None) for r in responses
+    ]
+
+
+# -- the balancer reaches both nodes ---------------------------------------------------------
+
+
+def test_the_balancer_alternates_between_the_nodes(cluster):
+    with cluster.lb() as lb:
+        answered = [lb.get("/keys") for _ in range(8)]
+    assert [r.status_code for r in answered] == [200] * 8
+    nodes = [r.headers["x-tidegate-node"] for r in answered]
+    assert set(nodes) == {"node1", "node2"}
+    assert max(nodes.count("node1"), nodes.count("node2")) <= 6, nodes  # roundrobin (a check may blink)
+
+
+def test_readyz_of_each_node_and_metrics_not_through_the_balancer(cluster):
+    for node in cluster.nodes:
+        ready = httpx.get(node.url + "/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "storage": "ok", "audit": "ok"}
+    blocked = httpx.get(cluster.lb_url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert blocked.status_code == 403 and "tidegate_" not in blocked.text
+
+
+# -- changes are seen by the first request after they returned, on every node ------------------
+
+
+def test_a_revoked_key_is_refused_by_both_nodes_at_once(cluster):
+    key_id, secret = cluster.key_for(cluster.nodes[0].admin_user_id)
+    for _ in range(2):  # both nodes have served (and could have cached) the key
+        assert codes(cluster.each_node("GET", f"/keys/{key_id}", secret)) == [(200, None)] * 2
+    with cluster.lb() as lb:
+        revoked = lb.delete(f"/keys/{key_id}")
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    assert codes(cluster.each_node("GET", "/keys", secret)) == [(401, "api_key_revoked")] * 2
+    with cluster.lb(secret) as lb:
+        assert {lb.get("/keys").status_code for _ in range(4)} == {401}
+
+
+def test_a_deactivated_creator_and_a_demotion_are_seen_by_both_nodes_at_once(cluster):
+    admin_id, _ = cluster.user(role="admin")
+    _, admin_secret = cluster.key_for(admin_id)
+    member_id, _ = cluster.user(role="admin")
+    _, member_secret = cluster.key_for(member_id)
+    for secret in (admin_secret, member_secret):
+        assert codes(cluster.each_node("GET", "/users", secret)) == [(200, None)] * 2
+
+    with cluster.lb() as lb:
+        assert lb.patch(f"/users/{member_id}", json={"role": "member"}).status_code == 200
+    # Still a key, no longer an admin's: the admin-only listing is refused on both nodes.
+    assert [status for status, _ in codes(cluster.each_node("GET", "/users", member_secret))] == [403, 403]
+
+    with cluster.lb() as lb:
+        assert lb.delete(f"/users/{admin_id}").status_code == 200
+    assert codes(cluster.each_node("GET", "/keys", admin_secret)) == [(401, "api_key_owner_inactive")] * 2
+
+
+def test_a_policy_edit_a_new_version_and_an_unshare_are_seen_by_both_nodes_at_once(cluster):
+    with cluster.lb() as lb:
+        rows = [{"region": region, "amount": n} for n, region in enumerate(["US", "EU", "US", "APAC"])]
+        source = lb.post("/sources", json={"name": f"s-{uuid.uuid4().hex[:6]}", "rows": rows})
+        assert source.status_code == 201, source.text
+        source_id = source.json()["id"]
+        shared = lb.post(f"/sources/{source_id}/org-share", json={"enabled": True, "permission": "view"})
+        assert shared.status_code == 200, shared.text
+        reader_id, _ = cluster.user()
+        policy = lb.post(
+            "/access/policies",
+            json={"name": f"p-{uuid.uuid4().hex[:6]}", "row_filters": [{"column": "region", "values": ["US"]}]},
+        )
+        assert policy.status_code == 201, policy.text
+        policy_id = policy.json()["id"]
+        assigned = lb.put(f"/access/users/{reader_id}/policies", json={"policy_ids": [policy_id]})
+        assert assigned.status_code == 200, assigned.text
+    _, reader = cluster.key_for(reader_id, preset="data_access")
+
+    def regions() -> list[list[str]]:
+        pages = cluster.each_node("GET", f"/sources/{source_id}/data", reader)
+        assert [p.status_code for p in pages] == [200, 200], [p.text for p in pages]
+        return [sorted(row["region"] for row in page.json()["data"]) for page in pages]
+
+    for _ in range(2):  # cached on both nodes (access and page caches)
+        assert regions() == [["US", "US"]] * 2
+    with cluster.lb() as lb:
+        edited = lb.patch(
+            f"/access/policies/{policy_id}", json={"row_filters": [{"column": "region", "values": ["EU"]}]}
+        )
+        assert edited.status_code == 200, edited.text
+    assert regions() == [["EU"]] * 2
+    with cluster.lb() as lb:  # and an unassignment: no policy, deny-by-default off: every row
+        assert lb.put(f"/access/users/{reader_id}/policies", json={"policy_ids": []}).status_code == 200
+    assert regions() == [["APAC", "EU", "US", "US"]] * 2
+    with cluster.lb() as lb:  # a new version of the source
+        appended = lb.post(f"/sources/{source_id}/rows", json={"rows": [{"region": "LATAM", "amount": 9}]})
+        assert appended.status_code == 200, appended.text
+    assert regions() == [["APAC", "EU", "LATAM", "US", "US"]] * 2
+    with cluster.lb() as lb:  # and an unshare: the reader no longer sees the source at all
+        assert lb.post(f"/sources/{source_id}/org-share", json={"enabled": False}).status_code == 200
+    assert codes(cluster.each_node("GET", f"/sources/{source_id}/data", reader)) == [(404, "source_not_found")] * 2
+
+
+# -- rate limits are one count across nodes (Redis) --------------------------------------------
+
+
+def test_rate_limits_are_counted_across_nodes(cluster):
+    limit = 6
+    _, secret = cluster.key_for(cluster.nodes[0].admin_user_id, rate_limit_per_minute=limit)
+    answered = []
+    for i in range(limit):
+        node = cluster.nodes[i % 2]
+        answered.append(httpx.get(node.url + "/api/v1/keys", headers=cluster.headers(secret), timeout=30).status_code)
+    assert answered == [200] * limit  # three on each node: neither alone reached the limit
+    refused = cluster.each_node("GET", "/keys", secret)
+    assert codes(refused) == [(429, "rate_limit_exceeded")] * 2
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+
+
+# -- /metrics adds up a node's worker processes ---------------------------------------------
+
+
+def scrape(node: Server) -> str:
+    response = httpx.get(node.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def requests_counted(text: str, route: str) -> float:
+    prefix = "tidegate_http_requests_total{"
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(prefix) and f'route="{route}"' in line and 'status="2xx"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_of_a_node_count_every_worker_process(cluster):
+    node = cluster.nodes[0]
+    route = "/api/v1/users/{user_id}"
+    before = requests_counted(scrape(node), route)
+    pool = WorkerPool(node, 2)
+    try:
+        assert len(set(pool.pids)) == 2  # two connections, each held by a different worker
+        for i in range(10):
+            status, _, _ = pool.request(i % 2, "GET", f"/api/v1/users/{node.admin_user_id}", node.headers())
+            assert status == 200
+    finally:
+        pool.close()
+    # Whichever worker answers the scrape, it reports both (the other's within its flush, 1 s).
+    deadline = time.monotonic() + 10
+    while requests_counted(text := scrape(node), route) - before < 10 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for _ in range(3):
+        assert requests_counted(text, route) - before == 10
+        text = scrape(node)
+    assert node.admin_user_id not in text and node.org_id not in text and node.admin_key not in text
+    assert "tidegate_query_pool_capacity" in text and "tidegate_audit_backlog_events" in text
+    # Each worker wrote its own files in the node's metrics directory, emptied at start.
+    assert len({p.stem.rsplit("_", 1)[-1] for p in (node.home / "metrics").glob("counter_*.db")}) >= 2
+
+
+# -- a node that is not ready leaves the balancer, and comes back -------------------------------
+
+
+def served_by(cluster: Cluster, wanted: set[str], timeout: float = 20.0) -> None:
+    """Wait until 6 requests in a row through the balancer are served by exactly `wanted`."""
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        with cluster.lb() as lb:
+            seen = {lb.get("/keys").headers.get("x-tidegate-node", "?") for _ in range(6)}
+        if seen == wanted:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the balancer sent requests to {seen}, not {wanted}")
+
+
+def test_a_node_whose_storage_fails_is_not_ready_until_it_recovers(cluster):
+    node2 = cluster.nodes[1]
+    data, away = node2.home / "data", node2.home / "data-away"
+    data.rename(away)  # node2's data directory is gone (a failed mount)
+    try:
+        ready = httpx.get(node2.url + "/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "storage_unavailable"
+        assert ready.json()["checks"]["storage"] == "unavailable"
+        assert httpx.get(node2.url + "/healthz", timeout=10).status_code == 200  # alive, not ready
+    finally:
+        away.rename(data)
+    assert httpx.get(node2.url + "/readyz", timeout=10).status_code == 200  # no restart needed
+
+
+def test_a_node_that_loses_redis_or_the_database_leaves_the_balancer_until_they_return(cluster):
+    node2 = cluster.nodes[1]
+    cluster.redis_of_node2.close()  # node2's Redis address is now a closed port
+    try:
+        ready = httpx.get(node2.url + "/readyz", timeout=10)
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["error"]["code"] == "rate_limiter_unavailable"
+        assert ready.json()["checks"] == {"database": "ok", "redis": "unavailable", "storage": "ok", "audit": "ok"}
+        # Its requests fail closed (never unlimited), and the balancer stops sending it any.
+        assert codes(cluster.each_node("GET", "/keys", cluster.nodes[0].admin_key)[1:]) == [
+            (503, "rate_limiter_unavailable")
+        ]
+        served_by(cluster, {"node1"})
+        cluster.database_of_node2.close()  # and its database too
+        ready = httpx.get(node2.url + "/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "database_unavailable"  # the first, in a fixed order
+        assert ready.json()["error"]["unavailable"] == ["database", "redis"]
+        assert str(cluster.database_of_node2.port) not in ready.text and "postgresql" not in ready.text
+        with cluster.lb() as lb:  # the clients of the balancer see none of it
+            assert {lb.get("/keys").status_code for _ in range(4)} == {200}
+    finally:
+        cluster.database_of_node2.open()
+        cluster.redis_of_node2.open()
+    ready = httpx.get(node2.url + "/readyz", timeout=10)  # recovered, without a restart
+    assert ready.status_code == 200, ready.text
+    served_by(cluster, {"node1", "node2"})
