@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+import httpx
 import pytest
 from server import Server, base_env, init_home, scratch_postgres_database
 
@@ -151,8 +152,13 @@ def test_the_store_down_is_a_503_with_the_envelope_and_heals_without_a_restart(c
             write = http.put(f"/sources/{source}/data", json={"rows": [{"v": 2}]})
         assert write.status_code == 503 and write.json()["error"]["code"] == "object_store_unavailable"
         assert rows_of(node1, admin, source) == [{"v": 1}]  # what node 1 holds stays readable
+        ready = httpx.get(node2.url + "/readyz", timeout=15)
+        assert ready.status_code == 503 and ready.json()["checks"]["object_store"] != "ok", ready.text
+        assert ready.json()["error"]["code"] == "object_store_unavailable"
     finally:
         store_proxy.up()
+    ready = httpx.get(node2.url + "/readyz", timeout=15)
+    assert ready.status_code == 200 and ready.json()["checks"]["object_store"] == "ok", ready.text
     assert rows_of(node2, admin, source) == [{"v": 1}]
     with node1.client(admin) as http:
         assert http.put(f"/sources/{source}/data", json={"rows": [{"v": 3}]}).status_code == 200

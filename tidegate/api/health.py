@@ -37,6 +37,7 @@ from tidegate import metrics
 from tidegate.api.responses import JSON, error_response
 from tidegate.audit.journal import backlog
 from tidegate.config import Settings
+from tidegate.data import storage
 from tidegate.db.engine import get_engine
 
 log = logging.getLogger("tidegate.health")
@@ -84,18 +85,29 @@ def _writable_probe(directory: Path) -> Callable[[], None]:
 
 
 def checks_for(settings: Settings) -> tuple[Check, ...]:
-    """The node's dependencies, in the order a failure is reported. (Shared object storage,
-    when configured, is one more: a probe that lists or writes under its prefix.)"""
+    """The node's dependencies, in the order a failure is reported."""
     found = [
         Check("database", "database_unavailable", "the database", _database_probe(settings.database_url)),
     ]
     if settings.redis_url:
         found.append(Check("redis", "rate_limiter_unavailable", "Redis", _redis_probe(settings.redis_url)))
-    found += [
-        Check("storage", "storage_unavailable", "the data directory", _writable_probe(settings.data_dir)),
-        Check("audit", "audit_unavailable", "the audit journal", _writable_probe(settings.audit_dir)),
-    ]
+    if settings.object_store.enabled:  # data in the store, read through this node's part cache
+        found += [
+            Check("object_store", "object_store_unavailable", "the object store", _object_store_probe),
+            Check("storage", "storage_unavailable", "the part cache", _writable_probe(settings.part_cache_dir)),
+        ]
+    else:
+        found.append(Check("storage", "storage_unavailable", "the data directory", _writable_probe(settings.data_dir)))
+    found.append(Check("audit", "audit_unavailable", "the audit journal", _writable_probe(settings.audit_dir)))
     return tuple(found)
+
+
+def _object_store_probe() -> None:
+    """One listing request under the configured prefix (ObjectStore.check)."""
+    configured = storage.object_store()
+    if configured is None:
+        raise RuntimeError("object store not configured in this process")
+    configured[0].check()
 
 
 async def _run(check: Check, results: dict[str, str]) -> None:
