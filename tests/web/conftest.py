@@ -85,8 +85,11 @@ def _need_chromium():
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """One Chromium per test module, not per session: while it is open, Playwright's sync API
+    keeps an event loop running in this thread, and the files a worker runs next (slowest
+    first, so often not browser tests) call asyncio.run()."""
     _need_chromium()
     from playwright.sync_api import sync_playwright
 
