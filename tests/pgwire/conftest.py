@@ -186,7 +186,7 @@ def world(pg_settings: Settings, endpoint) -> World:
     return w
 
 
-def startup_error(port: int, password: str, database: str, *, tls_on: bool = True) -> dict[str, str]:
+def startup_error(port: int, password: str | bytes, database: str, *, tls_on: bool = True) -> dict[str, str]:
     """The fields of the ErrorResponse a raw protocol v3 start-up gets (libpq does not
     report the SQLSTATE of a failed connection): {"S": severity, "C": code, "M": message}."""
     import socket
@@ -210,7 +210,7 @@ def startup_error(port: int, password: str, database: str, *, tls_on: bool = Tru
             (length,) = struct.unpack("!I", reader.read(4))
             body = reader.read(length - 4)
             if kind == b"R" and body[:4] == struct.pack("!I", 3):
-                secret = password.encode() + b"\x00"
+                secret = (password.encode() if isinstance(password, str) else password) + b"\x00"
                 sock.sendall(b"p" + struct.pack("!I", 4 + len(secret)) + secret)
             elif kind == b"E":
                 return {f[:1]: f[1:] for f in body.decode().split("\x00") if f}

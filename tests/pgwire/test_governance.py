@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from tests.pgwire.conftest import SALES, World, make_world, startup_error
 from tidegate.audit.models import AuditEvent
+from tidegate.data import service as data_service
 from tidegate.pgwire import runner
 
 
@@ -52,6 +53,15 @@ def test_a_bad_revoked_or_foreign_key_fails_authentication_and_nothing_else(worl
     assert _refused(world, world.key(), database="no-such-org") == "28P01"
     with world.connect(world.key(), database=world.org_name) as conn:
         assert conn.execute("SELECT count(*) FROM sales").fetchone() == (5,)
+
+
+def test_a_password_never_reaches_the_log(world: World, caplog):
+    secret = world.key()
+    # not UTF-8: the decoding error's message would quote the bytes
+    error = startup_error(world.port, secret.encode() + b"\xff\xfe", world.org_id)
+    assert error["S"] == "FATAL" and error["C"] == "08P01"
+    assert startup_error(world.port, secret[:-3], world.org_id)["C"] == "28P01"
+    assert secret[:-3] not in caplog.text and secret[:-3] not in "".join(str(r.args) for r in caplog.records)
 
 
 def test_passwords_are_refused_without_tls(world: World):
@@ -117,12 +127,25 @@ def test_another_organizations_tables_are_invisible(world: World, pg_settings):
 def test_a_member_sees_only_the_sources_shared_with_them(world: World):
     member = world.user()
     world.source(SALES, "shared", shared_with=[member])
-    world.source(SALES, "private")
+    private = world.source(SALES, "private")
     with world.connect(world.key(member)) as conn:
         names = conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
         ).fetchall()
         assert names == [("shared",)]
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("SELECT * FROM private").fetchall()
+        # the connection reuses what it opened only until an access change: each is seen next
+        with world.tx() as s:
+            data_service.share_source(s, world.admin, private, member, "view")
+        assert conn.execute("SELECT count(*) FROM private").fetchone() == (5,)
+        with world.tx() as s:
+            data_service.write_rows(
+                s, world.admin, private, [{"region": "US", "product": "z", "amount": 1}], replace=False
+            )
+        assert conn.execute("SELECT count(*) FROM private").fetchone() == (6,)
+        with world.tx() as s:
+            data_service.unshare_source(s, world.admin, private, member)
         with pytest.raises(psycopg.errors.UndefinedTable):
             conn.execute("SELECT * FROM private").fetchall()
 

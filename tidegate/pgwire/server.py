@@ -17,6 +17,7 @@ import ssl
 import struct
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,8 +114,11 @@ class PgServer:
             await connection.run()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
-        except Exception:
-            log.exception("pgwire connection failed")
+        except Exception as exc:
+            # Never the message: it may quote what the client sent (a password among it).
+            # The exception's type and where it was raised say what broke.
+            trace = "".join(traceback.format_tb(exc.__traceback__))
+            log.error("pgwire connection failed: %s\n%s", type(exc).__name__, trace)
         finally:
             connection.finish()
             try:
@@ -177,9 +181,9 @@ class Connection:
         params = await self.startup()
         if params is None:
             return
-        if not await self.authenticate(params):
-            return
         try:
+            if not await self.authenticate(params):
+                return
             await self.loop()
         except ProtocolViolation as exc:
             await self.fatal("08P01", f"protocol violation: {exc}")
