@@ -141,6 +141,26 @@ def test_psql_lists_and_queries(sales: World):
     assert psql(r"\d shared_sales", theirs)[0] == "region|text|||"
     described = subprocess.run([*base, "-c", r"\d sales"], env=theirs, capture_output=True, text=True, timeout=60)
     assert "Did not find any relation" in described.stderr
+    # \copy (select ...) to a file: COPY ... TO STDOUT, CSV with a header
+    target = Path(sales.settings.home) / "export.csv"
+    psql(rf"\copy (SELECT region, amount FROM sales WHERE amount > 5 ORDER BY amount) to '{target}' csv header")
+    assert target.read_text() == "region,amount\nEU,7\nUS,10\nUS,20\n"
+
+
+def test_copy_to_stdout_in_text_and_csv_formats(sales: World):
+    with sales.connect(sales.key()) as conn:
+        cursor = conn.cursor()
+        query = (
+            "SELECT region, NULLIF(product, 'c') AS p, 'a\tb,\"c\"' AS s FROM sales WHERE region = 'EU' ORDER BY 1, 2"
+        )
+        with cursor.copy(f"COPY ({query}) TO STDOUT") as copy:
+            text = b"".join(bytes(block) for block in copy)
+        assert text == b'EU\ta\ta\\tb,"c"\nEU\t\\N\ta\\tb,"c"\n'
+        with cursor.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+            csv = b"".join(bytes(block) for block in copy)
+        assert csv == b'region,p,s\nEU,a,"a\tb,""c"""\nEU,,"a\tb,""c"""\n'
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), cursor.copy("COPY sales FROM STDIN") as copy:
+            copy.write_row(("US", "z", 1))
 
 
 def test_sqlalchemy_reads_through_the_psycopg_dialect(sales: World):

@@ -88,6 +88,8 @@ def test_a_policy_edit_is_seen_by_the_next_statement(world: World):
         assert conn.execute(regions).fetchall() == [("US",)]
         world.edit_policy(policy, "region", ["EU", "APAC"])
         assert conn.execute(regions).fetchall() == [("APAC",), ("EU",)]
+        with conn.cursor().copy("COPY sales (region) TO STDOUT") as copy:  # COPY reads the same rows
+            assert sorted(bytes(b"".join(copy)).split()) == [b"APAC", b"EU", b"EU"]
 
 
 def test_a_revoked_key_is_cut_off_mid_session(world: World):

@@ -47,6 +47,7 @@ class Result:
     columns: list[ColumnDesc] = field(default_factory=list)
     table: pa.Table | None = None
     offset: int = 0  # rows already sent (a portal run with a row limit)
+    copy: sqltext.CopyOut | None = None  # COPY ... TO STDOUT: rows sent as CopyData
 
     @property
     def has_rows(self) -> bool:
@@ -73,6 +74,35 @@ def is_loopback(ip: str | None) -> bool:
         return ip is not None and ipaddress.ip_address(ip).is_loopback
     except ValueError:
         return False
+
+
+_TEXT_ESCAPES = {b"\\": b"\\\\", b"\t": b"\\t", b"\n": b"\\n", b"\r": b"\\r"}
+
+
+def copy_text_line(values: Sequence[bytes | None], delimiter: bytes) -> bytes:
+    """One row in COPY's text format: \\N for NULL, backslash escapes."""
+    out = []
+    for value in values:
+        if value is None:
+            out.append(b"\\N")
+            continue
+        for raw, escaped in _TEXT_ESCAPES.items():
+            value = value.replace(raw, escaped)
+        out.append(value.replace(delimiter, b"\\" + delimiter) if delimiter not in _TEXT_ESCAPES else value)
+    return delimiter.join(out) + b"\n"
+
+
+def copy_csv_line(values: Sequence[bytes | None], delimiter: bytes) -> bytes:
+    """One row in COPY's CSV format: NULL unquoted empty, "" for an empty string."""
+    out = []
+    for value in values:
+        if value is None:
+            out.append(b"")
+        elif value == b"" or any(c in value for c in (delimiter, b'"', b"\n", b"\r")):
+            out.append(b'"' + value.replace(b'"', b'""') + b'"')
+        else:
+            out.append(value)
+    return delimiter.join(out) + b"\n"
 
 
 class PgServer:
@@ -407,7 +437,7 @@ class Connection:
         ]
 
     def _description(self, result: Result, formats: Sequence[int]) -> bytes:
-        if not result.has_rows:
+        if not result.has_rows or result.copy is not None:
             return protocol.no_data()
         return protocol.row_description(result.columns, self._formats(result, formats))
 
@@ -417,6 +447,9 @@ class Connection:
             await self.send(done)
             return
         assert result.table is not None
+        if result.copy is not None:
+            await self.send_copy(result.table, result.copy)
+            return
         codes = self._formats(result, formats)
         if describe:
             await self.send(protocol.row_description(result.columns, codes))
@@ -439,6 +472,22 @@ class Connection:
             return
         tag = f"{result.tag} {sent}" if result.tag in ("FETCH", "MOVE") else f"{result.tag} {table.num_rows}"
         await self.send(protocol.command_complete(tag))
+
+    async def send_copy(self, table: pa.Table, copy: sqltext.CopyOut) -> None:
+        """COPY ... TO STDOUT: CopyOutResponse, a CopyData per row, CopyDone, `COPY n`."""
+        encode = copy_csv_line if copy.csv else copy_text_line
+        delimiter = copy.delimiter.encode()
+        self.writer.write(protocol.copy_out_response(table.num_columns))
+        if copy.header:
+            self.writer.write(protocol.copy_data(encode([n.encode() for n in table.column_names], delimiter)))
+        for start in range(0, table.num_rows, BATCH_ROWS):
+            chunk = table.slice(start, BATCH_ROWS)
+            columns = [pgtypes.text_column(chunk.column(i)) for i in range(chunk.num_columns)]
+            self.writer.write(
+                b"".join(protocol.copy_data(encode(row, delimiter)) for row in zip(*columns, strict=True))
+            )
+            await self.writer.drain()
+        await self.send(protocol.copy_done(), protocol.command_complete(f"COPY {table.num_rows}"))
 
     # -- statements ---------------------------------------------------------------------------
 
@@ -475,6 +524,10 @@ class Connection:
             if statement.tag == "MOVE":
                 return Result(f"MOVE {rows.num_rows}")
             return Result("FETCH", cursor.columns, rows)
+        if statement.kind == "copy":
+            result = await self.query(statement.query, params, "copy")
+            result.tag, result.copy = "COPY", statement.copy
+            return result
         if statement.kind == "declare":
             self.cursors[statement.name] = await self.query(statement.query, params, "declare")
             return Result("DECLARE CURSOR")

@@ -56,13 +56,23 @@ QUERIES = frozenset({"select", "with", "values", "table"})
 
 
 @dataclass(frozen=True)
+class CopyOut:
+    """How `COPY (SELECT ...) TO STDOUT` writes rows: PostgreSQL's text or CSV format."""
+
+    csv: bool = False
+    header: bool = False
+    delimiter: str = "\t"
+
+
+@dataclass(frozen=True)
 class Statement:
     kind: str  # query | harmless | show | declare | fetch | close | write | unsupported | empty
     text: str
     tag: str = ""
     name: str = ""  # SHOW's setting, a cursor's name
     count: int | None = None  # FETCH's row count (None: ALL)
-    query: str = ""  # DECLARE's query
+    query: str = ""  # DECLARE's and COPY's query
+    copy: CopyOut | None = None
 
 
 def split_statements(sql: str) -> list[str]:
@@ -125,9 +135,45 @@ def classify(sql: str) -> Statement:
         if not closed:
             return Statement("unsupported", text)
         return Statement("close", text, tag="CLOSE CURSOR", name=_name(closed.group(1)))
+    if word == "copy":
+        return _copy(text)
     if word in WRITES:
         return Statement("write", text)
     return Statement("unsupported", text)
+
+
+_COPY = re.compile(
+    r"^\s*copy\s+(?:\((?P<query>.*)\)|(?P<table>\"[^\"]+\"|[\w.]+)\s*(?:\((?P<columns>[^)]*)\))?)\s*"
+    r"to\s+stdout\b\s*(?:with\b)?\s*(?P<options>.*)$",
+    re.I | re.S,
+)
+_COPY_FORMAT = re.compile(r"\b(?:format\s+)?(csv|text|binary)\b", re.I)
+_COPY_HEADER = re.compile(r"\bheader\b(?:\s+(true|on|1|false|off|0)\b)?", re.I)
+_COPY_DELIMITER = re.compile(r"\bdelimiter\s+(?:as\s+)?'(.)'", re.I)
+
+
+def _copy(text: str) -> Statement:
+    """`COPY (query) TO STDOUT [options]` or `COPY table [(columns)] TO STDOUT`: a query whose
+    rows are written in COPY's format. Any other COPY (FROM, to a file) writes: refused."""
+    match = _COPY.match(text)
+    if not match:
+        return Statement("write", text)
+    options = match.group("options").strip().strip("()")
+    formats = [f.lower() for f in _COPY_FORMAT.findall(options)]
+    if "binary" in formats:
+        return Statement("unsupported", text)
+    header = _COPY_HEADER.search(options)
+    delimiter = _COPY_DELIMITER.search(options)
+    csv = "csv" in formats
+    copy = CopyOut(
+        csv=csv,
+        header=bool(header) and (header.group(1) or "true").lower() in ("true", "on", "1"),
+        delimiter=delimiter.group(1) if delimiter else ("," if csv else "\t"),
+    )
+    query = match.group("query")
+    if query is None:
+        query = f"SELECT {match.group('columns') or '*'} FROM {match.group('table')}"
+    return Statement("copy", text, tag="COPY", query=query.strip(), copy=copy)
 
 
 # -- making a query ready -----------------------------------------------------------------
