@@ -167,7 +167,7 @@ def _copy(text: str) -> Statement:
     csv = "csv" in formats
     copy = CopyOut(
         csv=csv,
-        header=bool(header) and (header.group(1) or "true").lower() in ("true", "on", "1"),
+        header=header is not None and (header.group(1) or "true").lower() in ("true", "on", "1"),
         delimiter=delimiter.group(1) if delimiter else ("," if csv else "\t"),
     )
     query = match.group("query")
