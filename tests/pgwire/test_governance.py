@@ -251,9 +251,9 @@ def test_the_statement_timeout_and_result_limits_apply(pg_settings):
     # rows may take longer than the 1 s the timeout check uses.
     for timeout, max_result_bytes in ((1.0, None), (30.0, 200_000)):
         limits = replace(pg_settings.query_limits, timeout_seconds=timeout)
-        if max_result_bytes is not None:
-            limits = replace(limits, max_result_bytes=max_result_bytes)
         tight = replace(pg_settings, query_limits=limits)
+        if max_result_bytes is not None:  # TIDEGATE_PG_MAX_RESULT_BYTES
+            tight = replace(tight, pg=replace(tight.pg, max_result_bytes=max_result_bytes))
         with runner.serving(tight) as server:
             world = make_world(tight)
             world.port = server.port
@@ -268,3 +268,28 @@ def test_the_statement_timeout_and_result_limits_apply(pg_settings):
                     with pytest.raises(psycopg.errors.ProgramLimitExceeded):
                         conn.execute("SELECT n, label FROM big").fetchall()
                     assert conn.execute("SELECT count(*) FROM big").fetchone() == (50_000,)
+
+
+def test_rows_are_streamed_and_an_abandoned_cursor_frees_its_query(world: World, endpoint):
+    world.big_source(50_000)
+    with world.connect(world.key(), autocommit=False) as conn:
+        with conn.cursor(name="few") as cursor:
+            cursor.execute("SELECT n, label FROM big ORDER BY n")
+            assert cursor.fetchmany(3) == [(0, "row 0"), (1, "row 1"), (2, "row 2")]
+            # the query is still running in its worker, a few batches ahead of the client
+            assert endpoint.pool.admitted()["total"] == 1
+        deadline = time.monotonic() + 10
+        while endpoint.pool.admitted()["total"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert endpoint.pool.admitted()["total"] == 0  # closed: the worker stopped, the slot is back
+        conn.rollback()
+        # an unnamed portal read in full, and the same worker serves the next statement
+        assert len(conn.execute("SELECT n FROM big").fetchall()) == 50_000
+        assert conn.execute("SELECT count(*) FROM big").fetchone() == (50_000,)
+    endpoint.journal.flush()
+    with world.tx() as s:
+        rows = s.scalars(
+            select(AuditEvent.details).where(AuditEvent.org_id == world.org_id, AuditEvent.action == "pgwire.statement")
+        ).all()
+    # the abandoned cursor is audited with the rows its client got (the first fetch: psycopg's itersize)
+    assert [d["rows_returned"] for d in rows if d["operation"] == "pgwire_declare"] == [3]
