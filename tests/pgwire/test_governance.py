@@ -288,8 +288,14 @@ def test_rows_are_streamed_and_an_abandoned_cursor_frees_its_query(world: World,
         assert conn.execute("SELECT count(*) FROM big").fetchone() == (50_000,)
     endpoint.journal.flush()
     with world.tx() as s:
-        rows = s.scalars(
-            select(AuditEvent.details).where(AuditEvent.org_id == world.org_id, AuditEvent.action == "pgwire.statement")
+        events = s.execute(
+            select(AuditEvent.action, AuditEvent.details)
+            .where(AuditEvent.org_id == world.org_id, AuditEvent.action.like("pgwire.%"))
+            .order_by(AuditEvent.timestamp)
         ).all()
-    # the abandoned cursor is audited with the rows its client got (the first fetch: psycopg's itersize)
-    assert [d["rows_returned"] for d in rows if d["operation"] == "pgwire_declare"] == [3]
+    declared = [(a, d["rows_returned"]) for a, d in events if d["operation"] == "pgwire_declare"]
+    # audited before its first row was sent (rows unknown: it was still computing), then the
+    # rows its client got before it closed the cursor (psycopg fetched 3)
+    assert declared == [("pgwire.statement", None), ("pgwire.statement_end", 3)]
+    queried = [(a, d["rows_returned"]) for a, d in events if d["operation"] == "pgwire_query"]
+    assert queried == [("pgwire.statement", None), ("pgwire.statement_end", 50_000), ("pgwire.statement", 1)]

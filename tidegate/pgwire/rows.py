@@ -5,8 +5,9 @@ batch (`querypool.run_stream`); its pool thread hands each batch to the event lo
 most `WINDOW` ahead of what the client has taken: a slow client holds the worker back (the
 statement timeout still runs), and memory stays a few batches whatever the result's size.
 A portal run with a row limit, a FETCH from a cursor, take what they need and leave the rest
-computing-on-demand. `on_finish` is told once how it ended (all sent, failed, or closed
-early), with the rows the client got: the statement's audit event.
+computing-on-demand. `fill` reads ahead before the first row is sent (the statement's
+audit event is written first: no audit, no access); `on_finish` is told once how it ended
+(all sent, failed, or closed early), with the rows the client got.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 
 import pyarrow as pa
@@ -29,29 +31,42 @@ class Rows:
     def __init__(self, schema: pa.Schema):
         self.schema = schema
         self.rows = 0  # handed to the client so far
-        self.done = False
+        self.ended = False  # the producer has no more
         self.on_finish: Callable[[int, str | None], None] | None = None
-        self._pending: pa.RecordBatch | None = None
+        self._buffer: deque[pa.RecordBatch] = deque()
         self._finished = False
+
+    @property
+    def done(self) -> bool:
+        """Every row was handed over."""
+        return self.ended and not self._buffer
+
+    @property
+    def buffered(self) -> int:
+        return sum(batch.num_rows for batch in self._buffer)
+
+    async def fill(self, rows: int) -> None:
+        """Read ahead until `rows` rows wait here or there are no more (raises its failure)."""
+        while not self.ended and self.buffered < rows:
+            batch = await self._pull()
+            if batch is None:
+                self.ended = True
+            else:
+                self._buffer.append(batch)
 
     async def _pull(self) -> pa.RecordBatch | None:
         raise NotImplementedError
 
     async def next(self, at_most: int | None = None) -> pa.RecordBatch | None:
         """The next rows (at most `at_most`), or None once all were taken."""
-        if self._pending is None:
-            if self.done:
+        if not self._buffer:
+            await self.fill(1)
+            if not self._buffer:
                 return None
-            batch = await self._pull()
-            if batch is None:
-                self.done = True
-                return None
-            self._pending = batch
-        batch = self._pending
+        batch = self._buffer.popleft()
         if at_most is not None and batch.num_rows > at_most:
-            self._pending, batch = batch.slice(at_most), batch.slice(0, at_most)
-        else:
-            self._pending = None
+            self._buffer.appendleft(batch.slice(at_most))
+            batch = batch.slice(0, at_most)
         self.rows += batch.num_rows
         return batch
 

@@ -36,6 +36,10 @@ from tidegate.pgwire.rows import Rows, StreamRows, TableRows
 log = logging.getLogger("tidegate.pgwire")
 
 BATCH_ROWS = 1000  # DataRows encoded and sent per write; the socket's drain paces the rest
+# Rows read ahead before a statement's audit event is written (and its first row sent): a
+# result that ends within them is one event with its exact row count; a longer one is
+# audited first with its rows unknown, then `pgwire.statement_end` says how many were sent.
+AUDIT_AHEAD_ROWS = 16_384
 _PARAM = re.compile(r"\$(\d+)")
 _SET = re.compile(r"^\s*set\s+(?:session\s+|local\s+)?(\w+)\s*(?:=|to)\s*'?([^';]*)'?\s*$", re.I)
 
@@ -639,14 +643,24 @@ class Connection:
             failure = StatementError(state, message)
         except sqltext.NotAQuery as exc:
             failure = StatementError("42601", f"syntax error: {exc}")
+        else:
+            try:  # the first rows, before the audit event (a failure here sends nothing)
+                await rows.fill(AUDIT_AHEAD_ROWS)
+            except TidegateError as exc:
+                rows.close()
+                failure = StatementError(*session.sqlstate_of(exc))
         if failure is not None:
             self._audit(keyed, view, frozenset(), 0, started, failure.sqlstate, operation)
             raise failure
+        if rows.ended:  # the whole result is here: one event, written before any row is sent
+            self._audit(keyed, view, tables, rows.buffered, started, None, operation)
+        else:  # still computing: audited now (rows unknown), and how it ended once it ends
+            self._audit(keyed, view, tables, None, started, None, operation)
 
-        def finished(count: int, sqlstate: str | None) -> None:
-            self._audit(keyed, view, tables, count, started, sqlstate, operation)
+            def finished(count: int, sqlstate: str | None) -> None:
+                self._audit(keyed, view, tables, count, started, sqlstate, operation, action="pgwire.statement_end")
 
-        rows.on_finish = finished
+            rows.on_finish = finished
         columns = [
             ColumnDesc(name, oid, pgtypes.SIZES.get(oid, -1))
             for name, oid in ((f.name, pgtypes.oid_of(f.type)) for f in rows.schema)
@@ -695,10 +709,12 @@ class Connection:
         keyed: session.KeySession,
         view: session.View | None,
         tables: frozenset[str],
-        rows: int,
+        rows: int | None,
         started: float,
         sqlstate: str | None,
         operation: str,
+        *,
+        action: str = "pgwire.statement",
     ) -> None:
         event = session.audit_event(
             keyed,
@@ -710,6 +726,7 @@ class Connection:
             duration_ms=(time.monotonic() - started) * 1000,
             sqlstate=sqlstate,
             statement=operation,
+            action=action,
         )
         try:
             self.server.journal.append(event)

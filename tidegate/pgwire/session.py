@@ -213,10 +213,11 @@ def audit_event(
     application_name: str | None,
     view: View | None,
     tables: frozenset[str],
-    rows: int,
+    rows: int | None,
     duration_ms: float,
     sqlstate: str | None,
     statement: str,
+    action: str = "pgwire.statement",
 ) -> dict[str, Any]:
     state = session.state
     read = [view.tables[n] for n in sorted(tables) if view is not None and n in view.tables]
@@ -225,7 +226,7 @@ def audit_event(
         actor_type="api_key",
         actor_id=state.key_id,
         key_id=state.key_id,
-        action="pgwire.statement",
+        action=action,
         target_type="source" if len(read) == 1 else None,
         target_id=read[0].source_id if len(read) == 1 else None,
         method="PG",
@@ -240,7 +241,7 @@ def audit_event(
             "tables": [t.name for t in read],
             "source_ids": [t.source_id for t in read],
             "policy_ids": sorted({p for t in read for p in t.access.row_filter.policy_ids}),
-            "rows_returned": rows,
+            "rows_returned": rows,  # None: still streaming (its pgwire.statement_end says)
             "duration_ms": round(duration_ms, 3),
             "sqlstate": sqlstate,
         },
