@@ -77,6 +77,7 @@ _MACROS = (
     "CREATE OR REPLACE MACRO pg_get_partkeydef(a) AS NULL",
     "CREATE OR REPLACE MACRO pg_relation_is_publishable(a) AS false",
     "CREATE OR REPLACE MACRO array_upper(a, d) AS len(a)",
+    "CREATE OR REPLACE MACRO _pg_expandarray(a) AS {'x': a[1], 'n': 1}",  # (JDBC getPrimaryKeys)
     "CREATE OR REPLACE MACRO tidegate_json_build_object"
     + ", ".join(
         "({}) AS json_object({})".format(
@@ -242,6 +243,7 @@ def _overlay_views(database: str) -> dict[str, str]:
     db = _literal(database)
     ours = f"{OVERLAY_CATALOG}.pg"
     public = f"(SELECT oid FROM duckdb_schemas() WHERE database_name = {db} AND schema_name = 'public')"
+    pg_catalog = "(SELECT oid FROM duckdb_schemas() WHERE database_name = 'system' AND schema_name = 'pg_catalog')"
     settings = " UNION ALL ".join(
         f"SELECT {_literal(k)} AS name, {_literal(v)} AS setting, '' AS short_desc, 'string' AS vartype, "
         "'' AS unit, 'user' AS context, 'default' AS source"
@@ -275,6 +277,15 @@ def _overlay_views(database: str) -> dict[str, str]:
                    CAST(NULL AS VARCHAR) AS daticurules, CAST(NULL AS VARCHAR) AS datcollversion,
                    CAST(NULL AS VARCHAR[]) AS datacl
             FROM duckdb_databases() WHERE database_name = {db}""",
+        "pg.pg_type": f"""
+            SELECT * REPLACE ({pg_catalog} AS typnamespace, coalesce(typrelid, 0) AS typrelid,
+                              coalesce(typbasetype, 0) AS typbasetype, coalesce(typtypmod, -1) AS typtypmod,
+                              coalesce(typnotnull, false) AS typnotnull, coalesce(typelem, 0) AS typelem)
+            FROM (SELECT * FROM system.pg_catalog.pg_type
+                  UNION ALL BY NAME SELECT 25 AS oid, 'text' AS typname, -1 AS typlen, 'b' AS typtype,
+                                           'S' AS typcategory
+                  UNION ALL BY NAME SELECT 114 AS oid, 'json' AS typname, -1 AS typlen, 'b' AS typtype,
+                                           'U' AS typcategory)""",
         "pg.pg_proc": "SELECT * FROM system.pg_catalog.pg_proc WHERE false",
         "pg.pg_tables": "SELECT * FROM system.pg_catalog.pg_tables WHERE schemaname = 'public'",
         "pg.pg_views": "SELECT * FROM system.pg_catalog.pg_views WHERE schemaname = 'public'",

@@ -23,7 +23,7 @@ CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 # key's tables. A reference to one is rewritten to ours (schema `pg` or `info`).
 OVERLAY_CATALOG = "tidegate_catalog"
 PG_OVERLAYS = frozenset(
-    "pg_class pg_namespace pg_database pg_attribute pg_proc pg_settings pg_tables pg_views pg_roles pg_user "
+    "pg_class pg_namespace pg_database pg_attribute pg_type pg_proc pg_settings pg_tables pg_views pg_roles pg_user "
     "pg_policy pg_statistic_ext pg_publication pg_publication_rel pg_publication_namespace pg_inherits "
     "pg_collation pg_opclass pg_index pg_constraint pg_attrdef pg_description pg_sequence pg_trigger pg_rewrite pg_partitioned_table pg_foreign_table pg_extension pg_event_trigger".split()
 )
@@ -244,7 +244,7 @@ def prepare(sql: str, params: Sequence[Any] = (), database_names: frozenset[str]
         if (
             isinstance(node, exp.Dot)
             and isinstance(node.this, exp.Identifier)
-            and node.this.name.lower() == "pg_catalog"
+            and node.this.name.lower() in CATALOG_SCHEMAS
             and isinstance(node.expression, exp.Func)
         ):
             # `pg_catalog.version()`: DuckDB reads the prefix as an argument (its arguments inlined too)
