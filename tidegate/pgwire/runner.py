@@ -36,6 +36,7 @@ log = logging.getLogger("tidegate.pgwire")
 # The endpoint's process is restarted after these many seconds, doubled on each failure in a row.
 RESTART_MIN_SECONDS = 1.0
 RESTART_MAX_SECONDS = 60.0
+WATCH_SECONDS = 1.0  # how often the parent looks whether the endpoint's process is alive
 
 
 def tls_files(settings: Settings) -> tuple[Path, Path]:
@@ -120,13 +121,14 @@ class PgProcess:
 
         def watch() -> None:  # restarted if it dies, as the audit shipper is
             delay, started = RESTART_MIN_SECONDS, time.monotonic()
-            while not self._stopping.wait(1.0):
+            while not self._stopping.wait(WATCH_SECONDS):
                 process = self._process
                 if process is None or process.is_alive() or self._stopping.is_set():
                     continue
                 # One that keeps failing (a port taken, a broken certificate) is restarted
-                # ever less often, up to once a minute; one that ran a while restarts at once.
-                delay = RESTART_MIN_SECONDS if time.monotonic() - started > RESTART_MAX_SECONDS else delay
+                # ever less often, up to once a minute; one that ran a while, after a second again.
+                if time.monotonic() - started > RESTART_MAX_SECONDS:
+                    delay = RESTART_MIN_SECONDS
                 log.warning("PostgreSQL endpoint exited (code %s); restarting it in %.0f s", process.exitcode, delay)
                 if self._stopping.wait(delay):
                     return
