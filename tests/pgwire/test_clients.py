@@ -69,7 +69,7 @@ def test_extended_protocol_parameters_and_prepared_statements(sales: World):
 
 
 def test_a_large_result_streams_in_batches_through_a_server_side_cursor(world: World):
-    world.big_source(200_000)
+    world.big_source(1_000_000)
     with world.connect(world.key(), autocommit=False) as conn:
         with conn.cursor(name="big_cursor") as cursor:
             cursor.itersize = 10_000
@@ -79,7 +79,7 @@ def test_a_large_result_streams_in_batches_through_a_server_side_cursor(world: W
                 assert label == f"row {n}"
                 seen += 1
                 total += n
-        assert seen == 200_000 and total == sum(range(200_000))
+        assert seen == 1_000_000 and total == sum(range(1_000_000))
         plain = conn.execute("SELECT n FROM big WHERE n < 3 ORDER BY n").fetchall()
         assert plain == [(0,), (1,), (2,)]
 

@@ -502,9 +502,10 @@ def open_connection(*, memory_limit: str | None = None, threads: int | None = No
             "python_enable_replacements": False,
             "memory_limit": memory_limit or _options.memory_limit,
             "threads": threads or _options.threads,
-            "lock_configuration": True,
         },
     )
+    connection.execute("SET enable_progress_bar = false")  # not a connect option; nothing to print to
+    connection.execute("SET lock_configuration = true")
     _hide_catalog(connection)
     return connection
 
