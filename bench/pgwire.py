@@ -2,8 +2,10 @@
 
 1. A filtered 100-row SELECT: p50/p90 over the wire (psycopg, extended protocol) and the same
    SQL through `POST /sources/{id}/query`.
-2. A 1,000,000-row fetch streamed through a server-side cursor: rows/s at the client, and the
-   peak resident memory (VmHWM) of the server's processes.
+2. A 1,000,000-row fetch through a server-side cursor (DECLARE/FETCH 10,000 at a time) and
+   the same rows as one plain SELECT: rows/s at the client, and the peak resident memory
+   (VmHWM) of the endpoint's process, of its query workers, and of the largest server process
+   (the HTTP worker that took the 1,000,000 rows in is usually that one).
 
 PYTHONPATH=.:tests python bench/pgwire.py [N] [ROWS]
 """
@@ -38,6 +40,25 @@ def _peak_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def _listener(port: int) -> int:
+    """The process listening on 127.0.0.1:`port` (the endpoint's)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # LISTEN
+            inodes.add(fields[9])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = [str(fd.readlink()) for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue
+        if any(link.startswith("socket:[") and link[8:-1] in inodes for link in links):
+            return int(proc.name)
+    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def _pcts(times: list[float]) -> str:
@@ -86,10 +107,19 @@ def main(count: int = 200, rows: int = 1_000_000) -> None:
             fetched = sum(1 for _ in cursor)
             seconds = time.perf_counter() - started
         assert fetched == rows
+        print(f"{rows:,}-row fetch, server-side cursor: {fetched / seconds:,.0f} rows/s ({seconds:.1f} s)")
+        with psycopg.connect(**dsn, autocommit=True) as conn:
+            started = time.perf_counter()
+            fetched = sum(1 for _ in conn.execute("SELECT n, label FROM big"))
+            seconds = time.perf_counter() - started
+        assert fetched == rows
+        print(f"{rows:,}-row fetch, one SELECT: {fetched / seconds:,.0f} rows/s ({seconds:.1f} s)")
+        endpoint = _listener(pg_port)
+        workers = [pid for pid in _descendants(endpoint)]
         peak = max(_peak_kib(pid) for pid in _descendants(server.proc.pid))
         print(
-            f"{rows:,}-row streamed fetch: {fetched / seconds:,.0f} rows/s ({seconds:.1f} s); "
-            f"peak RSS of the largest server process {peak / 1024:.0f} MiB"
+            f"peak RSS: endpoint process {_peak_kib(endpoint) / 1024:.0f} MiB, its largest query worker "
+            f"{max((_peak_kib(p) for p in workers), default=0) / 1024:.0f} MiB; largest server process {peak / 1024:.0f} MiB"
         )
 
 

@@ -78,6 +78,8 @@ class PgSettings:
     tls_cert: Path | None = None  # with tls_key; unset: generated into TIDEGATE_HOME
     tls_key: Path | None = None
     allow_plain_loopback: bool = False  # cleartext passwords without TLS from 127.0.0.0/8, ::1
+    # The most one statement may send (Arrow bytes of its rows): streamed, not held, so large.
+    max_result_bytes: int = 16 * 1024 * 1024 * 1024
 
     @property
     def enabled(self) -> bool:
@@ -88,6 +90,7 @@ PG_VARIABLES = {
     "port": "TIDEGATE_PG_PORT",
     "max_connections_per_key": "TIDEGATE_PG_MAX_CONNECTIONS_PER_KEY",
     "auth_attempts_per_minute": "TIDEGATE_PG_AUTH_ATTEMPTS_PER_MINUTE",
+    "max_result_bytes": "TIDEGATE_PG_MAX_RESULT_BYTES",
 }
 
 

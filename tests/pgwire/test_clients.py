@@ -69,7 +69,7 @@ def test_extended_protocol_parameters_and_prepared_statements(sales: World):
 
 
 def test_a_large_result_streams_in_batches_through_a_server_side_cursor(world: World):
-    world.big_source(200_000)
+    world.big_source(1_000_000)
     with world.connect(world.key(), autocommit=False) as conn:
         with conn.cursor(name="big_cursor") as cursor:
             cursor.itersize = 10_000
@@ -79,7 +79,7 @@ def test_a_large_result_streams_in_batches_through_a_server_side_cursor(world: W
                 assert label == f"row {n}"
                 seen += 1
                 total += n
-        assert seen == 200_000 and total == sum(range(200_000))
+        assert seen == 1_000_000 and total == sum(range(1_000_000))
         plain = conn.execute("SELECT n FROM big WHERE n < 3 ORDER BY n").fetchall()
         assert plain == [(0,), (1,), (2,)]
 
@@ -118,18 +118,49 @@ def test_catalog_and_file_functions_stay_refused(sales: World):
 def test_psql_lists_and_queries(sales: World):
     env = {**os.environ, "PGPASSWORD": sales.key(), "PGSSLMODE": "require", "PGCONNECT_TIMEOUT": "10"}
     base = ["psql", "-h", "127.0.0.1", "-p", str(sales.port), "-U", "bi", "-d", sales.org_name, "-X", "-A", "-t"]
-    listed = subprocess.run([*base, "-c", r"\dt"], env=env, capture_output=True, text=True, timeout=60)
-    assert listed.returncode == 0, listed.stderr
-    assert "products" in listed.stdout and "sales" in listed.stdout
-    queried = subprocess.run(
-        [*base, "-c", "SELECT region, count(*) FROM sales GROUP BY 1 ORDER BY 1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert queried.returncode == 0, queried.stderr
-    assert queried.stdout.split() == ["APAC|1", "EU|2", "US|2"]
+
+    def psql(command: str, environ: dict[str, str] = env) -> list[str]:
+        done = subprocess.run([*base, "-c", command], env=environ, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and not done.stderr, (command, done.stderr)
+        return done.stdout.split("\n")
+
+    listed = psql(r"\dt")
+    assert "public|products|table|tidegate" in listed and "public|sales|table|tidegate" in listed
+    assert psql("SELECT region, count(*) FROM sales GROUP BY 1 ORDER BY 1")[:3] == ["APAC|1", "EU|2", "US|2"]
+    # \d <table>, \d+, \l, \dn, \df: psql 15's own catalog queries, answered for the key's tables
+    assert psql(r"\d sales")[:3] == ["region|text|||", "product|text|||", "amount|bigint|||"]
+    assert psql(r"\d+ sales")[0].startswith("region|text|||")
+    assert psql(r"\l")[0] == f"{sales.org_name}|tidegate|UTF8|C|C||libc|"
+    assert psql(r"\dn")[0] == "public|tidegate" and psql(r"\dn")[1] == ""
+    assert psql(r"\df") == [""]
+    # a member's key lists, and describes, only what it may read
+    member = sales.user()
+    sales.source(SALES, "shared_sales", shared_with=[member])
+    theirs = {**env, "PGPASSWORD": sales.key(member)}
+    assert psql(r"\dt", theirs)[:2] == ["public|shared_sales|table|tidegate", ""]
+    assert psql(r"\d shared_sales", theirs)[0] == "region|text|||"
+    described = subprocess.run([*base, "-c", r"\d sales"], env=theirs, capture_output=True, text=True, timeout=60)
+    assert "Did not find any relation" in described.stderr
+    # \copy (select ...) to a file: COPY ... TO STDOUT, CSV with a header
+    target = Path(sales.settings.home) / "export.csv"
+    psql(rf"\copy (SELECT region, amount FROM sales WHERE amount > 5 ORDER BY amount) to '{target}' csv header")
+    assert target.read_text() == "region,amount\nEU,7\nUS,10\nUS,20\n"
+
+
+def test_copy_to_stdout_in_text_and_csv_formats(sales: World):
+    with sales.connect(sales.key()) as conn:
+        cursor = conn.cursor()
+        query = (
+            "SELECT region, NULLIF(product, 'c') AS p, 'a\tb,\"c\"' AS s FROM sales WHERE region = 'EU' ORDER BY 1, 2"
+        )
+        with cursor.copy(f"COPY ({query}) TO STDOUT") as copy:
+            text = b"".join(bytes(block) for block in copy)
+        assert text == b'EU\ta\ta\\tb,"c"\nEU\t\\N\ta\\tb,"c"\n'
+        with cursor.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+            csv = b"".join(bytes(block) for block in copy)
+        assert csv == b'region,p,s\nEU,a,"a\tb,""c"""\nEU,,"a\tb,""c"""\n'
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), cursor.copy("COPY sales FROM STDIN") as copy:
+            copy.write_row(("US", "z", 1))
 
 
 def test_sqlalchemy_reads_through_the_psycopg_dialect(sales: World):
@@ -147,7 +178,17 @@ def test_sqlalchemy_reads_through_the_psycopg_dialect(sales: World):
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT product, label FROM products ORDER BY product")).all()
             assert [tuple(r) for r in rows] == [("a", "Apples"), ("b", "Bananas"), ("c", "Cherries")]
-            assert sorted(sa.inspect(conn).get_table_names()) == ["products", "sales"]
+            inspector = sa.inspect(conn)
+            assert sorted(inspector.get_table_names()) == ["products", "sales"]
+            columns = inspector.get_columns("sales")
+            assert [(c["name"], type(c["type"])) for c in columns] == [
+                ("region", sa.TEXT),
+                ("product", sa.TEXT),
+                ("amount", sa.BIGINT),
+            ]
+            assert inspector.get_pk_constraint("sales")["constrained_columns"] == []
+            assert inspector.get_indexes("sales") == [] and inspector.get_foreign_keys("sales") == []
+            assert inspector.get_schema_names() == ["information_schema", "public"]
     finally:
         engine.dispose()
 

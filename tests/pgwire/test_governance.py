@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from tests.pgwire.conftest import SALES, World, make_world, startup_error
 from tidegate.audit.models import AuditEvent
+from tidegate.data import service as data_service
 from tidegate.pgwire import runner
 
 
@@ -54,6 +55,15 @@ def test_a_bad_revoked_or_foreign_key_fails_authentication_and_nothing_else(worl
         assert conn.execute("SELECT count(*) FROM sales").fetchone() == (5,)
 
 
+def test_a_password_never_reaches_the_log(world: World, caplog):
+    secret = world.key()
+    # not UTF-8: the decoding error's message would quote the bytes
+    error = startup_error(world.port, secret.encode() + b"\xff\xfe", world.org_id)
+    assert error["S"] == "FATAL" and error["C"] == "08P01"
+    assert startup_error(world.port, secret[:-3], world.org_id)["C"] == "28P01"
+    assert secret[:-3] not in caplog.text and secret[:-3] not in "".join(str(r.args) for r in caplog.records)
+
+
 def test_passwords_are_refused_without_tls(world: World):
     assert _refused(world, world.key(), tls_on=False) == "28000"
     assert "TLS is required" in startup_error(world.port, world.key(), world.org_id, tls_on=False)["M"]
@@ -78,6 +88,8 @@ def test_a_policy_edit_is_seen_by_the_next_statement(world: World):
         assert conn.execute(regions).fetchall() == [("US",)]
         world.edit_policy(policy, "region", ["EU", "APAC"])
         assert conn.execute(regions).fetchall() == [("APAC",), ("EU",)]
+        with conn.cursor().copy("COPY sales (region) TO STDOUT") as copy:  # COPY reads the same rows
+            assert sorted(bytes(b"".join(copy)).split()) == [b"APAC", b"EU", b"EU"]
 
 
 def test_a_revoked_key_is_cut_off_mid_session(world: World):
@@ -117,12 +129,25 @@ def test_another_organizations_tables_are_invisible(world: World, pg_settings):
 def test_a_member_sees_only_the_sources_shared_with_them(world: World):
     member = world.user()
     world.source(SALES, "shared", shared_with=[member])
-    world.source(SALES, "private")
+    private = world.source(SALES, "private")
     with world.connect(world.key(member)) as conn:
         names = conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
         ).fetchall()
         assert names == [("shared",)]
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("SELECT * FROM private").fetchall()
+        # the connection reuses what it opened only until an access change: each is seen next
+        with world.tx() as s:
+            data_service.share_source(s, world.admin, private, member, "view")
+        assert conn.execute("SELECT count(*) FROM private").fetchone() == (5,)
+        with world.tx() as s:
+            data_service.write_rows(
+                s, world.admin, private, [{"region": "US", "product": "z", "amount": 1}], replace=False
+            )
+        assert conn.execute("SELECT count(*) FROM private").fetchone() == (6,)
+        with world.tx() as s:
+            data_service.unshare_source(s, world.admin, private, member)
         with pytest.raises(psycopg.errors.UndefinedTable):
             conn.execute("SELECT * FROM private").fetchall()
 
@@ -226,9 +251,9 @@ def test_the_statement_timeout_and_result_limits_apply(pg_settings):
     # rows may take longer than the 1 s the timeout check uses.
     for timeout, max_result_bytes in ((1.0, None), (30.0, 200_000)):
         limits = replace(pg_settings.query_limits, timeout_seconds=timeout)
-        if max_result_bytes is not None:
-            limits = replace(limits, max_result_bytes=max_result_bytes)
         tight = replace(pg_settings, query_limits=limits)
+        if max_result_bytes is not None:  # TIDEGATE_PG_MAX_RESULT_BYTES
+            tight = replace(tight, pg=replace(tight.pg, max_result_bytes=max_result_bytes))
         with runner.serving(tight) as server:
             world = make_world(tight)
             world.port = server.port
@@ -243,3 +268,34 @@ def test_the_statement_timeout_and_result_limits_apply(pg_settings):
                     with pytest.raises(psycopg.errors.ProgramLimitExceeded):
                         conn.execute("SELECT n, label FROM big").fetchall()
                     assert conn.execute("SELECT count(*) FROM big").fetchone() == (50_000,)
+
+
+def test_rows_are_streamed_and_an_abandoned_cursor_frees_its_query(world: World, endpoint):
+    world.big_source(50_000)
+    with world.connect(world.key(), autocommit=False) as conn:
+        with conn.cursor(name="few") as cursor:
+            cursor.execute("SELECT n, label FROM big ORDER BY n")
+            assert cursor.fetchmany(3) == [(0, "row 0"), (1, "row 1"), (2, "row 2")]
+            # the query is still running in its worker, a few batches ahead of the client
+            assert endpoint.pool.admitted()["total"] == 1
+        deadline = time.monotonic() + 10
+        while endpoint.pool.admitted()["total"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert endpoint.pool.admitted()["total"] == 0  # closed: the worker stopped, the slot is back
+        conn.rollback()
+        # an unnamed portal read in full, and the same worker serves the next statement
+        assert len(conn.execute("SELECT n FROM big").fetchall()) == 50_000
+        assert conn.execute("SELECT count(*) FROM big").fetchone() == (50_000,)
+    endpoint.journal.flush()
+    with world.tx() as s:
+        events = s.execute(
+            select(AuditEvent.action, AuditEvent.details)
+            .where(AuditEvent.org_id == world.org_id, AuditEvent.action.like("pgwire.%"))
+            .order_by(AuditEvent.timestamp)
+        ).all()
+    declared = [(a, d["rows_returned"]) for a, d in events if d["operation"] == "pgwire_declare"]
+    # audited before its first row was sent (rows unknown: it was still computing), then the
+    # rows its client got before it closed the cursor (psycopg fetched 3)
+    assert declared == [("pgwire.statement", None), ("pgwire.statement_end", 3)]
+    queried = [(a, d["rows_returned"]) for a, d in events if d["operation"] == "pgwire_query"]
+    assert queried == [("pgwire.statement", None), ("pgwire.statement_end", 50_000), ("pgwire.statement", 1)]

@@ -1,5 +1,5 @@
 """The PostgreSQL JDBC driver (Debian's libpostgresql-jdbc-java) against the endpoint: schema
-metadata, a server-prepared statement past the driver's prepareThreshold (binary results),
+metadata (tables, columns, primary keys), a server-prepared statement past the driver's prepareThreshold (binary results),
 a fetch-size cursor (portal with a row limit), and a refused write."""
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def test_the_jdbc_driver_reads_metadata_prepared_statements_and_fetches(world: W
     assert run.returncode == 0, run.stderr
     out = dict(line.split("=", 1) for line in run.stdout.splitlines() if "=" in line)
     assert out["tables"] == "big,products,sales"
+    assert out["columns"] == "region:text,product:text,amount:int8"
+    assert out["keys"] == ""  # none exist
     assert out["prepared"] == "2:30 2:12 2:30 2:12 2:30 2:12 2:30"
     assert out["fetched"] == f"20000:{sum(range(20_000))}"
     assert out["write"] == "25006"

@@ -24,11 +24,12 @@ def test_values_set_are_the_values_used(tmp_path):
             "TIDEGATE_PG_ALLOW_PLAIN_LOOPBACK": "1",
             "TIDEGATE_PG_MAX_CONNECTIONS_PER_KEY": "2",
             "TIDEGATE_PG_AUTH_ATTEMPTS_PER_MINUTE": "5",
+            "TIDEGATE_PG_MAX_RESULT_BYTES": "1000000",
         }
     ).pg
     assert pg.enabled and pg.port == 5439 and pg.allow_plain_loopback
     assert (pg.tls_cert, pg.tls_key) == (tmp_path / "c.pem", tmp_path / "k.pem")
-    assert (pg.max_connections_per_key, pg.auth_attempts_per_minute) == (2, 5)
+    assert (pg.max_connections_per_key, pg.auth_attempts_per_minute, pg.max_result_bytes) == (2, 5, 1_000_000)
 
 
 @pytest.mark.parametrize(
@@ -38,6 +39,7 @@ def test_values_set_are_the_values_used(tmp_path):
         {"TIDEGATE_PG_TLS_CERT": "/x/cert.pem"},  # without its key
         {"TIDEGATE_PG_ALLOW_PLAIN_LOOPBACK": "yes"},
         {"TIDEGATE_PG_MAX_CONNECTIONS_PER_KEY": "0"},
+        {"TIDEGATE_PG_MAX_RESULT_BYTES": "-1"},
     ],
 )
 def test_a_value_that_cannot_be_read_stops_start_up(tmp_path, variables):

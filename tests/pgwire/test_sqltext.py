@@ -62,13 +62,27 @@ def test_psql_catalog_syntax_is_read():
 
 def _catalog_run(sql: str):
     connection = catalog.build("acme", [("sales", [("region", 25), ("amount", 20)])])
-    return catalog.run(connection, sql, budget=sandbox.Budget.starting_now(5), cancel=None)
+    return catalog.run(connection, sqltext.prepare(sql).sql, budget=sandbox.Budget.starting_now(5), cancel=None)
 
 
 def test_the_catalog_connection_holds_the_keys_tables_empty():
     assert _catalog_run("SELECT count(*) AS n FROM sales").to_pylist() == [{"n": 0}]
     tables = _catalog_run("SELECT table_catalog, table_schema, table_name FROM information_schema.tables")
     assert tables.to_pylist() == [{"table_catalog": "acme", "table_schema": "public", "table_name": "sales"}]
+    # pg_catalog relations clients read are ours: only schema public's tables, with the columns psql reads
+    classes = _catalog_run(
+        "SELECT c.relname, c.relforcerowsecurity, n.nspname FROM pg_catalog.pg_class c "
+        "LEFT JOIN pg_namespace n ON n.oid = c.relnamespace"
+    )
+    assert classes.to_pylist() == [{"relname": "sales", "relforcerowsecurity": False, "nspname": "public"}]
+    columns = _catalog_run(
+        "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS t FROM pg_catalog.pg_attribute a "
+        "WHERE a.attnum > 0 ORDER BY a.attnum"
+    )
+    assert columns.to_pylist() == [{"attname": "region", "t": "text"}, {"attname": "amount", "t": "bigint"}]
+    assert _catalog_run("SELECT datname, datcollate FROM pg_database").to_pylist() == [
+        {"datname": "acme", "datcollate": "C"}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -76,6 +90,7 @@ def test_the_catalog_connection_holds_the_keys_tables_empty():
     [
         "SELECT * FROM read_csv('/etc/passwd')",
         "SELECT * FROM duckdb_settings()",
+        "SELECT * FROM generate_series(1, 10), read_text('/etc/passwd')",
         "SELECT current_setting('temp_directory')",
         "CREATE TABLE x (a int)",
         "SELECT 1; SELECT 2",
@@ -83,5 +98,5 @@ def test_the_catalog_connection_holds_the_keys_tables_empty():
     ],
 )
 def test_the_catalog_connection_refuses_files_introspection_and_writes(sql):
-    with pytest.raises(InvalidRequest):
+    with pytest.raises((InvalidRequest, sqltext.NotAQuery)):
         _catalog_run(sql)

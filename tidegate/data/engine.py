@@ -138,6 +138,7 @@ def _connection() -> duckdb.DuckDBPyConnection:
             allowed = str(root).rstrip("/") + "/"
             connection.execute("SET allowed_directories = [" + _sql_string(allowed) + "]")
             connection.execute("SET enable_external_access = false")
+            connection.execute("SET enable_progress_bar = false")  # a server has nothing to print it to
             connection.execute("SET lock_configuration = true")
             _conn = (key, connection)
         return _conn[1]

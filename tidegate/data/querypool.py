@@ -34,7 +34,7 @@ import os
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -59,6 +59,10 @@ WORKER_THREADS = 2
 # Refusals after which a worker is replaced: it may hold the memory it got, or be gone (one
 # that did not stop at its deadline was killed: replaced as not alive).
 _REPLACE_AFTER = ("query_too_large", "query_worker_lost")
+# Rows per record batch of a streamed result (what the worker computes ahead, what is sent).
+STREAM_BATCH_ROWS = 8192
+# Streams a validated query's result: the signature of `sandbox.stream_tables`, in a worker.
+StreamTables = Callable[..., Iterator[pa.Schema | pa.RecordBatch]]
 # Filtered tables kept shared with workers (beyond the one a query uses), at most this large.
 SHARED_TABLE_BYTES = 1024 * 1024 * 1024
 
@@ -255,6 +259,43 @@ class QueryPool:
 
         return execute
 
+    def _execute_stream(self, worker_box: list[queryworker.Worker]) -> StreamTables:
+        """What `run_stream`'s work streams a query with: `sandbox.stream_tables`' items."""
+
+        def execute(
+            query: sandbox.ValidatedQuery,
+            tables: Mapping[str, pa.Table],
+            *,
+            budget: sandbox.Budget,
+            cancel: threading.Event | None = None,
+            batch_rows: int = STREAM_BATCH_ROWS,
+        ) -> Iterator[pa.Schema | pa.RecordBatch]:
+            if cancel is not None and cancel.is_set():
+                raise sandbox.cancelled()
+            if any(table.num_columns == 0 for table in tables.values()):  # refused as the sandbox refuses it
+                yield from sandbox.stream_tables(query, tables, budget=budget)
+                return
+            names = sorted({name.lower() for name in tables} & query.relations)
+            shared = {name: self._shared_table(tables[name]) for name in names}
+            job = queryworker.StreamJob(query, tuple((n, shared[n].token) for n in names), budget, batch_rows)
+            for attempt in range(2):
+                worker, started = worker_box[0], False
+                try:
+                    for item in worker.stream(job, list(shared.values()), cancel):
+                        started = True
+                        yield item
+                    return
+                except queryworker.WorkerGone:  # killed while idle: a fresh one runs the query
+                    worker_box[0] = self._replace(worker)
+                    if attempt or started:
+                        raise queryworker.worker_lost() from None
+                except Exception as exc:
+                    if getattr(exc, "code", None) in _REPLACE_AFTER or not worker.is_alive():
+                        worker_box[0] = self._replace(worker)
+                    raise
+
+        return execute
+
     def budget(self, timeout: float | None = None) -> sandbox.Budget:
         """A budget starting now, of at most the configured timeout (`timeout` may ask for less)."""
         limit = self.limits.timeout_seconds if timeout is None else min(timeout, self.limits.timeout_seconds)
@@ -284,6 +325,18 @@ class QueryPool:
         """As `run`, where `execute` has the signature of `sandbox.run_tables` (several named
         tables, the whole result as Arrow): a project's steps."""
         return await self._run(principal, work, self._execute_tables, timeout)
+
+    async def run_stream(
+        self,
+        principal: Principal,
+        work: Callable[[sandbox.Budget, StreamTables], T],
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        """As `run_tables`, where `execute` yields the result as it is computed (the schema,
+        then record batches: `sandbox.stream_tables`). The worker and the key's slot are held
+        until `work` returns: it consumes the stream (a client fetching), within the deadline."""
+        return await self._run(principal, work, self._execute_stream, timeout)
 
     async def _run(
         self,

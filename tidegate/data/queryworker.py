@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
@@ -95,6 +96,17 @@ class TablesJob:
     max_rows: int | None
 
 
+@dataclass(frozen=True)
+class StreamJob:
+    """A query over several named tables whose result is sent batch by batch, each one only
+    when the parent asks for it ("next"): what the worker holds is bounded by a batch."""
+
+    query: sandbox.ValidatedQuery
+    tables: tuple[tuple[str, int], ...]
+    budget: sandbox.Budget
+    batch_rows: int
+
+
 # ---------------------------------------------------------------------------------------
 # The worker process
 # ---------------------------------------------------------------------------------------
@@ -142,6 +154,8 @@ def _serve(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
             message = conn.recv()
         except (EOFError, OSError):
             return  # the server went away
+        if message[0] in ("next", "stop"):  # the parent's word to a stream that has ended
+            continue
         if message[0] == "table":
             token, keep = message[1], set(message[2])
             for old in [t for t in held if t not in keep]:
@@ -156,7 +170,10 @@ def _serve(conn: Connection, memory_limit_bytes: int, threads: int) -> None:
                 failures[token] = RuntimeError(f"the query's table could not be read: {type(exc).__name__}: {exc}")
             continue
         try:
-            reply = _answer(message[1], held, failures, connection)
+            if isinstance(message[1], StreamJob):
+                reply = _stream(conn, message[1], held, failures, connection)
+            else:
+                reply = _answer(message[1], held, failures, connection)
         except InvalidRequest as exc:
             reply = ("refused", exc.code, exc.message)
         except (MemoryError, pa.ArrowMemoryError):
@@ -172,6 +189,45 @@ def _table(token: int, held: dict[int, pa.Table], failures: dict[int, Exception]
     if table is None:
         raise failures.get(token) or RuntimeError("the worker was not given the query's table")
     return table
+
+
+def _ipc(item: pa.Schema | pa.RecordBatch) -> Any:
+    sink = pa.BufferOutputStream()
+    schema = item if isinstance(item, pa.Schema) else item.schema
+    with pa.ipc.new_stream(sink, schema) as writer:
+        if isinstance(item, pa.RecordBatch):
+            writer.write_batch(item)
+    return sink.getvalue()
+
+
+def _stream(
+    conn: Connection,
+    job: StreamJob,
+    held: dict[int, pa.Table],
+    failures: dict[int, Exception],
+    connection: duckdb.DuckDBPyConnection,
+) -> tuple[Any, ...]:
+    """Send ("schema", ipc), then one ("batch", ipc) per "next" the parent sends; the last
+    reply (returned) is ("end", rows). "stop" ends it early. An error raised here is sent
+    as the answer to the "next" (or the job) that is waiting for one."""
+    tables = {name: _table(token, held, failures) for name, token in job.tables}
+    batches = sandbox.stream_tables(
+        job.query, tables, budget=job.budget, connection=connection, batch_rows=job.batch_rows
+    )
+    rows = 0
+    try:
+        for item in batches:
+            if isinstance(item, pa.RecordBatch):
+                rows += item.num_rows
+                conn.send(("batch", _ipc(item)))
+            else:
+                conn.send(("schema", _ipc(item)))
+            del item
+            if conn.recv()[0] != "next":  # "stop": the client wants no more
+                break
+    finally:
+        batches.close()
+    return ("end", rows)
 
 
 def _answer(
@@ -295,9 +351,7 @@ class Worker:
         in another process cannot be interrupted from here) and `run_cancelled` raised."""
         return self._run(job, tables, job.budget, cancel)[0]
 
-    def _run(
-        self, job: Job | TablesJob, tables: list[SharedTable], budget: sandbox.Budget, cancel: threading.Event | None
-    ) -> tuple[pa.Table, int | None]:
+    def _send_job(self, job: Job | TablesJob | StreamJob, tables: list[SharedTable], budget: sandbox.Budget) -> None:
         self._wait_ready(budget)
         keep = tuple(t.token for t in tables)
         try:
@@ -310,20 +364,74 @@ class Worker:
         except OSError:  # its end of the socket is closed: it died while idle
             self._reap()
             raise WorkerGone from None
+
+    def _reply(self, budget: sandbox.Budget, cancel: threading.Event | None) -> tuple[Any, ...]:
+        """The worker's next reply; its refusal raised; killed at the deadline or on cancel."""
         try:
             if not self._wait_reply(budget, cancel):
                 self.kill()
                 if cancel is not None and cancel.is_set():
                     raise sandbox.cancelled()
                 raise budget.timed_out()
-            reply = self._conn.recv()
+            reply: tuple[Any, ...] = self._conn.recv()
         except (EOFError, OSError):
             raise self._died() from None
         if reply[0] == "refused":
             raise InvalidRequest(reply[1], reply[2])
         if reply[0] == "failed":
             raise RuntimeError(f"query worker: {reply[1]}")
+        return reply
+
+    def _run(
+        self, job: Job | TablesJob, tables: list[SharedTable], budget: sandbox.Budget, cancel: threading.Event | None
+    ) -> tuple[pa.Table, int | None]:
+        self._send_job(job, tables, budget)
+        reply = self._reply(budget, cancel)
         return pa.ipc.open_stream(reply[1]).read_all(), reply[2]
+
+    def stream(
+        self, job: StreamJob, tables: list[SharedTable], cancel: threading.Event | None = None
+    ) -> Iterator[pa.Schema | pa.RecordBatch]:
+        """The result's schema, then its batches as the worker computes them: the next is
+        asked for as one is handed over, so the worker computes while the caller sends.
+        Closed early, the worker is told to stop (killed if it does not answer at once)."""
+        budget = job.budget
+        self._send_job(job, tables, budget)
+        ended = False
+
+        def reply() -> tuple[Any, ...]:
+            nonlocal ended
+            try:
+                return self._reply(budget, cancel)
+            except BaseException:
+                ended = True  # it answered with its refusal, or was killed
+                raise
+
+        try:
+            yield pa.ipc.open_stream(reply()[1]).schema
+            self._conn.send(("next",))
+            while True:
+                answer = reply()
+                if answer[0] == "end":
+                    ended = True
+                    return
+                self._conn.send(("next",))
+                yield pa.ipc.open_stream(answer[1]).read_next_batch()
+        finally:
+            if not ended:
+                self._stop()
+
+    def _stop(self) -> None:
+        """Tell a streaming worker to stop (it answers the "next" it has, then ends); one that
+        does not end within a second is killed."""
+        try:
+            self._conn.send(("stop",))
+            while self._conn.poll(KILL_AFTER_SECONDS):
+                if self._conn.recv()[0] in ("end", "refused", "failed"):
+                    return
+        except (EOFError, OSError):
+            pass
+        self.kill()
 
     def _wait_reply(self, budget: sandbox.Budget, cancel: threading.Event | None) -> bool:
         """True once the reply is there; False at the deadline plus KILL_AFTER_SECONDS, or

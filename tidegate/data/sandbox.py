@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -502,9 +502,10 @@ def open_connection(*, memory_limit: str | None = None, threads: int | None = No
             "python_enable_replacements": False,
             "memory_limit": memory_limit or _options.memory_limit,
             "threads": threads or _options.threads,
-            "lock_configuration": True,
         },
     )
+    connection.execute("SET enable_progress_bar = false")  # not a connect option; nothing to print to
+    connection.execute("SET lock_configuration = true")
     _hide_catalog(connection)
     return connection
 
@@ -955,3 +956,52 @@ def run_tables(
     if max_rows is not None and result.num_rows > max_rows:
         raise too_many_rows(max_rows)
     return result
+
+
+def stream_tables(
+    query: ValidatedQuery,
+    tables: Mapping[str, pa.Table],
+    *,
+    budget: Budget,
+    connection: duckdb.DuckDBPyConnection | None = None,
+    batch_rows: int = _BATCH_ROWS,
+) -> Generator[pa.Schema | pa.RecordBatch, None, None]:
+    """`run_tables`' result as it is computed: its schema, then its record batches (DuckDB's
+    Arrow reader: only the batch at hand is held), under the same refusals: a value over the
+    budget's size, a total past its result size (`result_too_large`), the deadline
+    (`query_timeout`, interrupted by a watcher thread). The caller pulls at its own pace."""
+    registered = {name.lower(): table for name, table in tables.items() if name.lower() in query.relations}
+    for name, table in registered.items():
+        if table.num_columns == 0:
+            raise _refuse(f'Table "{name}" has no columns yet, so there is nothing to query.')
+    budget.check_time()
+    cursor = (connection or _connection()).cursor()
+    done = threading.Event()
+    threading.Thread(target=_watch, args=(cursor, budget, None, done), daemon=True).start()
+    try:
+        for name, table in registered.items():
+            cursor.register(name, table)
+        reader = cursor.sql(query.sql).to_arrow_reader(batch_rows)
+        yield reader.schema
+        size = 0
+        for batch in reader:
+            _check_values(batch, budget.max_value_bytes)
+            size += batch.nbytes
+            if size > budget.max_result_bytes:
+                raise result_too_large(budget.max_result_bytes)
+            yield batch
+    except duckdb.InterruptException:
+        raise budget.timed_out() from None
+    except duckdb.OutOfMemoryException:
+        raise InvalidRequest("query_too_large", "The query needs more memory than queries may use.") from None
+    except (duckdb.Error, pa.ArrowException) as exc:
+        if budget.remaining() <= 0:  # interrupted while the reader ran: Arrow reports it its way
+            raise budget.timed_out() from None
+        message = public_message(str(exc).split("\n")[0])[:400]
+        raise _refuse(f"The query failed: {message}") from None
+    finally:
+        done.set()
+        try:
+            cursor.close()
+        except duckdb.Error:
+            pass

@@ -109,6 +109,19 @@ def portal_suspended() -> bytes:
     return message(b"s")
 
 
+def copy_out_response(columns: int) -> bytes:
+    """COPY's rows follow, in text format (0) for every column."""
+    return message(b"H", struct.pack("!bH", 0, columns) + struct.pack("!h", 0) * columns)
+
+
+def copy_data(data: bytes) -> bytes:
+    return message(b"d", data)
+
+
+def copy_done() -> bytes:
+    return message(b"c")
+
+
 def parameter_description(oids: Sequence[int]) -> bytes:
     return message(b"t", struct.pack("!H", len(oids)) + b"".join(struct.pack("!I", o) for o in oids))
 

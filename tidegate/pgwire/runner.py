@@ -15,6 +15,7 @@ import os
 import signal
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -32,6 +33,10 @@ from tidegate.pgwire import tls
 from tidegate.pgwire.server import PgServer
 
 log = logging.getLogger("tidegate.pgwire")
+# The endpoint's process is restarted after these many seconds, doubled on each failure in a row.
+RESTART_MIN_SECONDS = 1.0
+RESTART_MAX_SECONDS = 60.0
+WATCH_SECONDS = 1.0  # how often the parent looks whether the endpoint's process is alive
 
 
 def tls_files(settings: Settings) -> tuple[Path, Path]:
@@ -117,11 +122,20 @@ class PgProcess:
         self._spawn()
 
         def watch() -> None:  # restarted if it dies, as the audit shipper is
-            while not self._stopping.wait(1.0):
+            delay, started = RESTART_MIN_SECONDS, time.monotonic()
+            while not self._stopping.wait(WATCH_SECONDS):
                 process = self._process
-                if process is not None and not process.is_alive() and not self._stopping.is_set():
-                    log.warning("PostgreSQL endpoint exited (code %s); restarting it", process.exitcode)
-                    self._spawn()
+                if process is None or process.is_alive() or self._stopping.is_set():
+                    continue
+                # One that keeps failing (a port taken, a broken certificate) is restarted
+                # ever less often, up to once a minute; one that ran a while, after a second again.
+                if time.monotonic() - started > RESTART_MAX_SECONDS:
+                    delay = RESTART_MIN_SECONDS
+                log.warning("PostgreSQL endpoint exited (code %s); restarting it in %.0f s", process.exitcode, delay)
+                if self._stopping.wait(delay):
+                    return
+                self._spawn()
+                started, delay = time.monotonic(), min(delay * 2, RESTART_MAX_SECONDS)
 
         threading.Thread(target=watch, name="tidegate-pgwire-watch", daemon=True).start()
 

@@ -6,7 +6,8 @@ failure is the one `AuthFailed`, so a client learns nothing about why. Before ea
 `KeySession.refresh` re-reads the key and its creator (a revocation, a demotion, a policy
 edit is seen by the very next statement), counts the statement against the key's rate
 limits (ratelimit.enforce, as REST counts a request), and opens every source the key may
-read with `access.sources.open_source`: the tables of that statement, each the key's rows.
+read with `access.sources.open_source`: the tables of that statement, each the key's rows
+(the opened set is reused while the key and its organization's access epoch are unchanged).
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ class KeySession:
         self.state = state
         self.database = database  # as the client named it (current_database())
         self.owner_email: str | None = None
+        # What the key could read at the last statement, and the key state and access epoch
+        # it was opened at: reused while both are unchanged. Every audited change (a share,
+        # a policy edit, a new source version, a role change, a revocation) bumps the epoch,
+        # read live with the key, so the next statement never sees a stale set.
+        self._opened: tuple[KeyState, View] | None = None
 
     @property
     def key_id(self) -> str:
@@ -144,6 +150,14 @@ class KeySession:
                 state.owner_id,
                 state.owner_rate_limit_per_minute,
             )
+        if principal.epoch is not None and self._opened is not None and self._opened[0] == state:
+            return self._opened[1]
+        view = self._open_all(principal)
+        self._opened = (state, view) if principal.epoch is not None else None
+        return view
+
+    def _open_all(self, principal: Principal) -> View:
+        """Every source the key may read, opened (blocking: reads the database)."""
         with session_scope(self.settings.database_url) as session:
             ids = session.scalars(visible_sources_query(session, principal).with_only_columns(Source.id)).all()
             opened: list[tuple[str, SourceAccess]] = []
@@ -199,10 +213,11 @@ def audit_event(
     application_name: str | None,
     view: View | None,
     tables: frozenset[str],
-    rows: int,
+    rows: int | None,
     duration_ms: float,
     sqlstate: str | None,
     statement: str,
+    action: str = "pgwire.statement",
 ) -> dict[str, Any]:
     state = session.state
     read = [view.tables[n] for n in sorted(tables) if view is not None and n in view.tables]
@@ -211,7 +226,7 @@ def audit_event(
         actor_type="api_key",
         actor_id=state.key_id,
         key_id=state.key_id,
-        action="pgwire.statement",
+        action=action,
         target_type="source" if len(read) == 1 else None,
         target_id=read[0].source_id if len(read) == 1 else None,
         method="PG",
@@ -226,7 +241,7 @@ def audit_event(
             "tables": [t.name for t in read],
             "source_ids": [t.source_id for t in read],
             "policy_ids": sorted({p for t in read for p in t.access.row_filter.policy_ids}),
-            "rows_returned": rows,
+            "rows_returned": rows,  # None: still streaming (its pgwire.statement_end says)
             "duration_ms": round(duration_ms, 3),
             "sqlstate": sqlstate,
         },

@@ -19,6 +19,20 @@ public class TidegateJdbc {
             }
             Collections.sort(tables);
             System.out.println("tables=" + String.join(",", tables));
+            List<String> columns = new ArrayList<>();  // what Metabase's and DBeaver's sync read
+            try (ResultSet rs = conn.getMetaData().getColumns(null, "public", "sales", "%")) {
+                while (rs.next()) columns.add(rs.getString("COLUMN_NAME") + ":" + rs.getString("TYPE_NAME"));
+            } catch (SQLException e) {
+                columns.add("error:" + e.getSQLState() + ":" + e.getMessage());
+            }
+            System.out.println("columns=" + String.join(",", columns));
+            List<String> keys = new ArrayList<>();
+            try (ResultSet rs = conn.getMetaData().getPrimaryKeys(null, "public", "sales")) {
+                while (rs.next()) keys.add(rs.getString("COLUMN_NAME"));
+            } catch (SQLException e) {
+                keys.add("error:" + e.getSQLState() + ":" + e.getMessage());
+            }
+            System.out.println("keys=" + String.join(",", keys));
             try (PreparedStatement ps = conn.prepareStatement("SELECT count(*), sum(amount) FROM sales WHERE region = ?")) {
                 StringBuilder out = new StringBuilder();
                 for (int i = 0; i < 7; i++) {  // past prepareThreshold (5): server-prepared, binary results
