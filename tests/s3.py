@@ -123,6 +123,10 @@ class StoreProxy:
     def down(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it: close alone does not
+            except OSError:
+                pass
             listener.close()
         with self._lock:
             for sock in self._open:
@@ -135,6 +139,9 @@ class StoreProxy:
 
     def when(self, pattern: bytes, action: Callable[[], None]) -> None:
         self._trigger = (re.compile(pattern), action)
+
+    def disarm(self) -> None:
+        self._trigger = None
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
