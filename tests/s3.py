@@ -108,7 +108,7 @@ class StoreProxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
-        self._trigger: tuple[re.Pattern[bytes], Callable[[], None]] | None = None
+        self._trigger: tuple[re.Pattern[bytes], Callable[[], None], bool] | None = None
         self._listener: socket.socket | None = None
         self.up()
 
@@ -137,8 +137,10 @@ class StoreProxy:
                 sock.close()
             self._open.clear()
 
-    def when(self, pattern: bytes, action: Callable[[], None]) -> None:
-        self._trigger = (re.compile(pattern), action)
+    def when(self, pattern: bytes, action: Callable[[], None], *, drop: bool = False) -> None:
+        """Once: run `action` when a client sends bytes matching `pattern`, then forward them,
+        or, with `drop`, cut the connection instead (the request never reaches the store)."""
+        self._trigger = (re.compile(pattern), action, drop)
 
     def disarm(self) -> None:
         self._trigger = None
@@ -173,6 +175,8 @@ class StoreProxy:
                     if source is client and trigger is not None and trigger[0].search(data):
                         self._trigger = None
                         trigger[1]()
+                        if trigger[2]:
+                            return
                     key.data.sendall(data)
         except (OSError, ValueError):
             return

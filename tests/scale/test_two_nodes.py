@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,11 +35,13 @@ from s3 import MotoS3, StoreProxy, running_moto, s3_env
 from server import REDIS_URL, Server, WorkerPool, base_env, free_port, run_cli, scratch_postgres_database, unavailable
 
 from scale.tcpforward import Forwarder
+from tidegate.catalog.analysis import ProjectRun
 from tidegate.config import normalize_database_url
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import preset_scopes
 from tidegate.credentials import service as keys_service
 from tidegate.db import jobs
+from tidegate.db.base import utcnow
 from tidegate.db.engine import get_engine, session_scope
 from tidegate.orgs import service as orgs
 
@@ -557,11 +560,46 @@ def test_garbage_collection_runs_once_per_round_across_the_nodes(cluster):
     assert last is not None and last.outcome == "ok"
 
 
+def test_a_run_whose_node_died_reads_as_interrupted_on_every_node(cluster):
+    with cluster.lb() as lb:
+        project = lb.post(
+            "/projects", json={"name": f"p-{uuid.uuid4().hex[:6]}", "user_id": cluster.nodes[0].admin_user_id}
+        )
+        assert project.status_code == 201, project.text
+    project_id = project.json()["id"]
+    with session_scope(cluster.database_url) as session:  # running, computed by a node gone for 2 hours
+        session.add(
+            ProjectRun(
+                id=f"api_{uuid.uuid4().hex[:12]}",
+                project_id=project_id,
+                started_by=cluster.nodes[0].admin_user_id,
+                status="running",
+                started_at=utcnow() - timedelta(hours=2),
+            )
+        )
+    key = cluster.nodes[0].admin_key
+    for status in cluster.each_node("GET", f"/projects/{project_id}/run/status", key):
+        assert status.status_code == 200, status.text
+        assert (status.json()["status"], status.json()["is_running"]) == ("error", False)
+        assert "interrupted" in status.json()["message"]
+    started = httpx.post(
+        f"{cluster.nodes[1].url}/api/v1/projects/{project_id}/run", headers=cluster.headers(), timeout=30
+    )
+    assert started.status_code in (200, 202), started.text  # a stale run does not block a new one
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # computed on node2, reported alike by node1
+        status = cluster.each_node("GET", f"/projects/{project_id}/run/status", key)[0].json()
+        if status["status"] != "running":
+            break
+        time.sleep(0.2)
+    assert status["status"] == "complete", status
+
+
 def test_a_node_killed_in_the_middle_of_a_round_does_not_hold_up_the_next_one(cluster):
     """Run last: a node stays dead. Two orphans; the node that deletes the first is killed
-    (kill -9, its whole process group) as its DELETE passes, holding the cluster lock. Its
-    database session dies with it and with the session the lock: the other node runs the
-    unfinished round at its next wake-up and deletes the second."""
+    (kill -9, its whole process group) as it sends that DELETE (which never arrives), holding
+    the cluster lock. Its database session dies with it and with the session the lock: the
+    other node runs the unfinished round at its next wake-up and deletes both."""
     first, second = (f"org_orphans/src_victim{n}/ver_victim{n}/part-0000.parquet" for n in (1, 2))
     killed: list[Server] = []
     for node, proxy in zip(cluster.nodes, cluster.store_proxies, strict=True):
@@ -570,7 +608,8 @@ def test_a_node_killed_in_the_middle_of_a_round_does_not_hold_up_the_next_one(cl
             killed.append(node)
             node.kill()
 
-        proxy.when(rb"DELETE /" + re.escape(f"{cluster.bucket}/data/{first}".encode()) + rb" ", kill)
+        pattern = rb"DELETE /" + re.escape(f"{cluster.bucket}/data/{first}".encode()) + rb" "
+        proxy.when(pattern, kill, drop=True)  # killed as it sends the DELETE, which never arrives
     for victim in (first, second):
         cluster.moto.put(cluster.bucket, f"data/{victim}", b"PAR1 not referenced by any version")
     deadline = time.monotonic() + GC_MIN_AGE + 4 * GC_INTERVAL + 15
@@ -581,10 +620,11 @@ def test_a_node_killed_in_the_middle_of_a_round_does_not_hold_up_the_next_one(cl
         proxy.disarm()
     killed_at = time.monotonic()
     (survivor,) = [node for node in cluster.nodes if node is not killed[0]]
-    wait_until_gone(cluster, [second], timeout=3 * GC_INTERVAL + 10)
+    wait_until_gone(cluster, [first, second], timeout=3 * GC_INTERVAL + 10)
     assert time.monotonic() - killed_at < 3 * GC_INTERVAL + 10
     assert [cluster.moto.deletes_of(cluster.bucket, f"data/{victim}") for victim in (first, second)] == [1, 1]
-    assert any(second in line for line in gc_lines(survivor))
+    assert any(first in line and second in line for line in gc_lines(survivor))
+    assert not any(first in line for line in gc_lines(killed[0]))
     last = jobs.last_round(cluster.database_url, "data-gc")
     assert last.outcome == "ok" and last.finished_at >= last.started_at
     served_by(cluster, {survivor.home.name})  # and the balancer serves on with the survivor
