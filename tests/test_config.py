@@ -85,6 +85,8 @@ def test_the_readme_table_shows_the_defaults_settings_uses(tmp_path):
         "TIDEGATE_DATA_CACHE_BYTES": settings.data.cache_bytes,
         "TIDEGATE_DATA_THREADS": settings.data.threads,
         "TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS": settings.data.connector_statement_timeout_seconds,
+        "TIDEGATE_GC_INTERVAL_SECONDS": settings.data.gc_interval_seconds,
+        "TIDEGATE_GC_MIN_AGE_SECONDS": settings.data.gc_min_age_seconds,
     }
     for variable, value in numeric.items():
         assert number_of(table[variable]) == value, variable
@@ -112,6 +114,8 @@ def test_values_set_are_the_values_used(tmp_path):
             "TIDEGATE_DATA_THREADS": "3",
             "TIDEGATE_DATA_MEMORY_LIMIT": "512MB",
             "TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS": "7",
+            "TIDEGATE_GC_INTERVAL_SECONDS": "30",
+            "TIDEGATE_GC_MIN_AGE_SECONDS": "2.5",
             "TIDEGATE_SQLITE_CONNECTOR_DIRS": f"{tmp_path / 'a'}::{tmp_path / 'b'}",
             "TIDEGATE_CONNECTOR_ALLOW": "10.0.0.0/8",
             "TIDEGATE_AUDIT_FSYNC": "1",
@@ -127,6 +131,8 @@ def test_values_set_are_the_values_used(tmp_path):
         threads=3,
         memory_limit="512MB",
         connector_statement_timeout_seconds=7,
+        gc_interval_seconds=30.0,
+        gc_min_age_seconds=2.5,
         sqlite_connector_dirs=(tmp_path / "a", tmp_path / "b"),
         connector_allow="10.0.0.0/8",
     )

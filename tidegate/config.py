@@ -59,12 +59,18 @@ class DataSettings:
     connector_statement_timeout_seconds: int = 300  # one connector read, wall clock
     sqlite_connector_dirs: tuple[Path, ...] = ()  # where SQLite connector files may live (none: nowhere)
     connector_allow: str = ""  # egress allowlist, parsed by data.egress (empty: public addresses)
+    # Data garbage collection: one round per interval across all nodes (tidegate.db.jobs);
+    # objects younger than the minimum age are spared (a write may be about to commit them).
+    gc_interval_seconds: float = 900.0
+    gc_min_age_seconds: float = 60.0
 
 
 DATA_VARIABLES = {
     "cache_bytes": "TIDEGATE_DATA_CACHE_BYTES",
     "threads": "TIDEGATE_DATA_THREADS",
     "connector_statement_timeout_seconds": "TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS",
+    "gc_interval_seconds": "TIDEGATE_GC_INTERVAL_SECONDS",
+    "gc_min_age_seconds": "TIDEGATE_GC_MIN_AGE_SECONDS",
 }
 
 

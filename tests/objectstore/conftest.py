@@ -1,178 +1,16 @@
-"""A real S3-compatible server for the object-storage tests: moto's standalone server
-(installed apart by `make clients` into build/s3server), one per test package run, on
-127.0.0.1, behind a small TCP proxy the tests can cut (the store "down") and restore
-without losing the server's in-memory buckets, and that can act the moment a given
-request passes (to kill a node right after its upload, before its commit)."""
+"""The object-storage tests' S3 server (tests/s3.py): one moto server per package run, and
+per module a proxy in front of it that the tests can cut."""
 
 from __future__ import annotations
 
-import os
-import re
-import selectors
-import socket
-import subprocess
-import sys
-import threading
-import time
-import uuid
-import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from pathlib import Path
-
-import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: server.py
-
-from server import free_port, unavailable  # noqa: E402
-
-S3SERVER = Path(__file__).resolve().parents[2] / "build" / "s3server"
-WAIT = 30.0
-ACCESS_KEY, SECRET_KEY = "tidegate-test-key", "tidegate-test-secret-do-not-log-7f3a"
-
-
-class MotoS3:
-    def __init__(self, log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {**os.environ, "PYTHONPATH": str(S3SERVER)}
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                httpx.get(self.url + "/", timeout=1)
-                return
-            except httpx.TransportError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        f"moto server did not start:\n{log.read_text(errors='replace')[-2000:]}"
-                    ) from None
-                time.sleep(0.1)
-
-    def new_bucket(self) -> str:
-        name = f"tg-{uuid.uuid4().hex[:12]}"
-        httpx.put(f"{self.url}/{name}", timeout=10).raise_for_status()
-        return name
-
-    def keys(self, bucket: str, prefix: str = "") -> dict[str, int]:
-        """Object name -> size (directory markers, ending in '/', left out)."""
-        response = httpx.get(f"{self.url}/{bucket}", params={"list-type": "2", "prefix": prefix}, timeout=10)
-        response.raise_for_status()
-        ns = {"s3": "http://s3.amazonaws.com/doc/2006-03-01/"}
-        found = {}
-        for item in ET.fromstring(response.content).findall("s3:Contents", ns):
-            key = item.findtext("s3:Key", namespaces=ns) or ""
-            if not key.endswith("/"):
-                found[key] = int(item.findtext("s3:Size", namespaces=ns) or 0)
-        return found
-
-    def delete(self, bucket: str, key: str) -> None:
-        httpx.delete(f"{self.url}/{bucket}/{key}", timeout=10).raise_for_status()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=WAIT)
-
-
-class StoreProxy:
-    """127.0.0.1:<port> -> the store. `down()` refuses new connections and cuts open ones;
-    `up()` listens again on the same port. `when(pattern, action)` runs `action` once, the
-    first time a client sends bytes matching `pattern`, before forwarding them."""
-
-    def __init__(self, target_port: int):
-        self.target = ("127.0.0.1", target_port)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._trigger: tuple[re.Pattern[bytes], Callable[[], None]] | None = None
-        self._listener: socket.socket | None = None
-        self.up()
-
-    def up(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def down(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-        with self._lock:
-            for sock in self._open:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-            self._open.clear()
-
-    def when(self, pattern: bytes, action: Callable[[], None]) -> None:
-        self._trigger = (re.compile(pattern), action)
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # closed by down()
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._open.update((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, upstream)
-        selector.register(upstream, selectors.EVENT_READ, client)
-        try:
-            while True:
-                for key, _ in selector.select(timeout=1):
-                    source: socket.socket = key.fileobj  # type: ignore[assignment]
-                    data = source.recv(65536)
-                    if not data:
-                        return
-                    trigger = self._trigger
-                    if source is client and trigger is not None and trigger[0].search(data):
-                        self._trigger = None
-                        trigger[1]()
-                    key.data.sendall(data)
-        except (OSError, ValueError):
-            return
-        finally:
-            selector.close()
-            with self._lock:
-                self._open.discard(client)
-                self._open.discard(upstream)
-            client.close()
-            upstream.close()
+from s3 import StoreProxy, running_moto
 
 
 @pytest.fixture(scope="package")
 def moto(tmp_path_factory):
-    if not (S3SERVER / "moto").is_dir():
-        unavailable("moto S3 server (make clients installs it into build/s3server)", FileNotFoundError(S3SERVER))
-    server = MotoS3(tmp_path_factory.mktemp("moto") / "moto.log")
-    yield server
-    server.stop()
+    with running_moto(tmp_path_factory.mktemp("moto")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -180,13 +18,3 @@ def store_proxy(moto):
     proxy = StoreProxy(moto.port)
     yield proxy
     proxy.down()
-
-
-def s3_env(endpoint: str, bucket: str, prefix: str = "data", **extra: str) -> dict[str, str]:
-    return {
-        "TIDEGATE_DATA_URL": f"s3://{bucket}/{prefix}",
-        "TIDEGATE_S3_ENDPOINT_URL": endpoint,
-        "TIDEGATE_S3_ACCESS_KEY_ID": ACCESS_KEY,
-        "TIDEGATE_S3_SECRET_ACCESS_KEY": SECRET_KEY,
-        **extra,
-    }

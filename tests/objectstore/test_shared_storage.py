@@ -17,9 +17,9 @@ from dataclasses import replace
 
 import httpx
 import pytest
+from s3 import SECRET_KEY, s3_env
 from server import Server, base_env, init_home, scratch_postgres_database
 
-from objectstore.conftest import SECRET_KEY, s3_env
 from tidegate.config import ObjectStoreSettings
 from tidegate.data import storage
 from tidegate.db.engine import session_scope

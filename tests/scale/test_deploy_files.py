@@ -20,7 +20,7 @@ LB_VARIABLES = {"TIDEGATE_LB_BIND", "TIDEGATE_NODE1", "TIDEGATE_NODE2"}
 
 def readme_variables() -> set[str]:
     section = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `(TIDEGATE_[A-Z_]+)` \|", section, re.M))
+    return set(re.findall(r"^\| `(TIDEGATE_[A-Z0-9_]+)` \|", section, re.M))
 
 
 def test_nodes_run_tidegate_serve_with_settings_the_server_reads():
@@ -32,11 +32,18 @@ def test_nodes_run_tidegate_serve_with_settings_the_server_reads():
         assert set(command[2::2]) <= {"--host", "--port", "--workers"}  # what Server.start passes, and where
         assert set(node["environment"]) <= known, set(node["environment"]) - known
         assert node["depends_on"]["init"]["condition"] == "service_completed_successfully"
-        assert any(volume.endswith(":/var/lib/tidegate/data") for volume in node["volumes"])
+        # Its own home (part cache, audit journal), no shared directory: data is in the bucket.
+        assert node["volumes"] == [f"{name}-home:/var/lib/tidegate"]
+        assert node["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
     # Every node shares the pepper and the session key (or keys made on one fail on the other).
     env = SERVICES["node1"]["environment"]
     assert {"TIDEGATE_PEPPER", "TIDEGATE_SESSION_KEY", "TIDEGATE_REDIS_URL", "TIDEGATE_DATABASE_URL"} <= set(env)
     assert SERVICES["init"]["command"][:2] == ["tidegate", "init"]
+    # The store as the test gives it (tests/s3.s3_env), pointing at MinIO, whose bucket is made.
+    assert env["TIDEGATE_DATA_URL"].startswith("s3://tidegate/")
+    assert env["TIDEGATE_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert {"TIDEGATE_S3_ACCESS_KEY_ID", "TIDEGATE_S3_SECRET_ACCESS_KEY"} <= set(env)
+    assert "local/tidegate" in SERVICES["minio-bucket"]["command"][0]
 
 
 def test_the_balancer_is_trusted_and_configured_as_in_the_test():

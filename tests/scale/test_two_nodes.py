@@ -2,9 +2,13 @@
 on one PostgreSQL database and one Redis: what holds on one node holds across them.
 
 Each node has its own TIDEGATE_HOME and port; node1 runs two worker processes (its /metrics
-must add both up). They share the pepper (as every node of a deployment must) and, until
-the object store lands, one data directory (a symlink: a shared filesystem), so that rows
-written through one node are read through the other.
+must add both up). They share the pepper (as every node of a deployment must) and one bucket
+of an S3-compatible store (moto on loopback, tests/s3.py; MinIO in compose.yaml), each
+reaching it through its own proxy (a test cuts one) and reading it through its own part
+cache, so that rows written through one node are read through the other.
+
+Background jobs: data garbage collection runs every 2 s here (TIDEGATE_GC_INTERVAL_SECONDS),
+raced for by the three worker processes of the two nodes; each round is run by one of them.
 
 Every change is made through the balancer or by another process, and checked by the very
 next request on *each* node, sent to that node directly (no hoping roundrobin picked it).
@@ -14,24 +18,30 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import threading
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+from s3 import MotoS3, StoreProxy, running_moto, s3_env
 from server import REDIS_URL, Server, WorkerPool, base_env, free_port, run_cli, scratch_postgres_database, unavailable
 
 from scale.tcpforward import Forwarder
+from tidegate.catalog.analysis import ProjectRun
 from tidegate.config import normalize_database_url
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import preset_scopes
 from tidegate.credentials import service as keys_service
+from tidegate.db import jobs
+from tidegate.db.base import utcnow
 from tidegate.db.engine import get_engine, session_scope
 from tidegate.orgs import service as orgs
 
@@ -40,12 +50,25 @@ pytestmark = pytest.mark.slow
 HAPROXY_CFG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
 METRICS_TOKEN = "scale-" + secrets.token_hex(16)
 WAIT = 30.0
+GC_INTERVAL, GC_MIN_AGE = 2, 5  # seconds: a round every 2 s; objects younger than 5 s are spared
+# Unreferenced objects of our own layout, planted in the bucket when the cluster starts: the
+# periodic collection must delete each of them once, whichever node wins each round.
+ORPHANS = [f"org_orphans/src_orphan{n}/ver_orphan{n}/part-0000.parquet" for n in range(4)]
 
 
 class Cluster:
-    def __init__(self, nodes: list[Server], lb_url: str, database_url: str, pepper: bytes, forwarders: list[Forwarder]):
+    def __init__(
+        self,
+        nodes: list[Server],
+        lb_url: str,
+        database_url: str,
+        pepper: bytes,
+        forwarders: list[Forwarder],
+        store: tuple[MotoS3, str, list[StoreProxy]],
+    ):
         self.nodes, self.lb_url, self.database_url, self.pepper = nodes, lb_url, database_url, pepper
         self.database_of_node2, self.redis_of_node2 = forwarders
+        self.moto, self.bucket, self.store_proxies = store
         self.org_id = nodes[0].org_id
 
     def headers(self, key: str | None = None) -> dict[str, str]:
@@ -140,22 +163,31 @@ def cluster(tmp_path_factory):
         "TIDEGATE_QUERY_WORKERS": "1",  # fewer processes on a small machine
     }
     forwarders: list[Forwarder] = []
-    with scratch_postgres_database("tidegate_scale") as database_url:
+    started = time.monotonic()
+    with scratch_postgres_database("tidegate_scale") as database_url, running_moto(base) as moto:
+        bucket = moto.new_bucket()
+        for orphan in ORPHANS:
+            moto.put(bucket, f"data/{orphan}", b"PAR1 not referenced by any version")
+        store_proxies = [StoreProxy(moto.port), StoreProxy(moto.port)]  # one per node
         homes = [base / "node1", base / "node2"]
         for home in homes:
             home.mkdir()
-        (homes[0] / "data").mkdir(mode=0o700)
-        (homes[1] / "data").symlink_to(homes[0] / "data")  # one shared data directory
         # node2 reaches PostgreSQL and Redis through forwarders a test can close.
         database_forward, redis_forward = (Forwarder(*_address(url)).open() for url in (database_url, REDIS_URL))
         forwarders.extend((database_forward, redis_forward))
+        shared = [
+            secrets_env
+            | s3_env(proxy.url, bucket)
+            | {"TIDEGATE_GC_INTERVAL_SECONDS": str(GC_INTERVAL), "TIDEGATE_GC_MIN_AGE_SECONDS": str(GC_MIN_AGE)}
+            for proxy in store_proxies
+        ]
         envs = [
-            base_env(homes[0], database_url=database_url, redis_url=REDIS_URL, extra=secrets_env),
+            base_env(homes[0], database_url=database_url, redis_url=REDIS_URL, extra=shared[0]),
             base_env(
                 homes[1],
                 database_url=_with_port(database_url, database_forward.port),
                 redis_url=_with_port(REDIS_URL, redis_forward.port),
-                extra=secrets_env,
+                extra=shared[1],
             ),
         ]
         info = json.loads(run_cli(envs[0], "init", "--json", "--org-name", "Scale").stdout)
@@ -190,7 +222,21 @@ def cluster(tmp_path_factory):
             assert not errors, errors
             haproxy, lb_url, _ = _start_haproxy(base, nodes)
             sqlalchemy_url = normalize_database_url(database_url)
-            yield Cluster(nodes, lb_url, sqlalchemy_url, secrets_env["TIDEGATE_PEPPER"].encode(), forwarders)
+            cluster = Cluster(
+                nodes,
+                lb_url,
+                sqlalchemy_url,
+                secrets_env["TIDEGATE_PEPPER"].encode(),
+                forwarders,
+                (moto, bucket, store_proxies),
+            )
+            cluster.started = started
+            # The admin's requests in this module (polls included) would pass the default
+            # 60 a minute: the module's admin key is one with the highest limit.
+            busy_key_id, busy_key = cluster.key_for(info["admin_user_id"], rate_limit_per_minute=10_000)
+            for node in nodes:
+                node.admin_key, node.admin_key_id = busy_key, busy_key_id
+            yield cluster
             get_engine(sqlalchemy_url).dispose()
         finally:
             if haproxy is not None:
@@ -206,6 +252,8 @@ def cluster(tmp_path_factory):
                 thread.join()
             for forwarder in forwarders:
                 forwarder.close()
+            for proxy in store_proxies:
+                proxy.down()
 
 
 def codes(responses: list[httpx.Response]) -> list[tuple[int, str | None]]:
@@ -220,7 +268,7 @@ def codes(responses: list[httpx.Response]) -> list[tuple[int, str | None]]:
 def test_the_balancer_alternates_between_the_nodes(cluster):
     with cluster.lb() as lb:
         answered = [lb.get("/keys") for _ in range(8)]
-    assert [r.status_code for r in answered] == [200] * 8
+    assert [r.status_code for r in answered] == [200] * 8, [(r.headers, r.text) for r in answered]
     nodes = [r.headers["x-tidegate-node"] for r in answered]
     assert set(nodes) == {"node1", "node2"}
     assert max(nodes.count("node1"), nodes.count("node2")) <= 6, nodes  # roundrobin (a check may blink)
@@ -230,7 +278,13 @@ def test_readyz_of_each_node_and_metrics_not_through_the_balancer(cluster):
     for node in cluster.nodes:
         ready = httpx.get(node.url + "/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "storage": "ok", "audit": "ok"}
+        assert ready.json()["checks"] == {
+            "database": "ok",
+            "redis": "ok",
+            "object_store": "ok",
+            "storage": "ok",
+            "audit": "ok",
+        }
     blocked = httpx.get(cluster.lb_url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert blocked.status_code == 403 and "tidegate_" not in blocked.text
 
@@ -312,6 +366,45 @@ def test_a_policy_edit_a_new_version_and_an_unshare_are_seen_by_both_nodes_at_on
     assert codes(cluster.each_node("GET", f"/sources/{source_id}/data", reader)) == [(404, "source_not_found")] * 2
 
 
+# -- one object store, a part cache per node ---------------------------------------------------
+
+
+def cached_parts(node: Server, source_id: str) -> list[Path]:
+    """The node's own copies of the source's parts (TIDEGATE_HOME/cache/parts)."""
+    return sorted((node.home / "cache" / "parts").glob(f"*/{source_id}/*/part-*.parquet"))
+
+
+def read_rows(node: Server, source_id: str) -> list[dict]:
+    page = httpx.get(f"{node.url}/api/v1/sources/{source_id}/data", headers=node.headers(), timeout=30)
+    assert page.status_code == 200, page.text
+    return page.json()["data"]
+
+
+def test_a_source_written_through_one_node_is_read_through_the_other_from_its_own_cache(cluster):
+    node1, node2 = cluster.nodes
+    created = httpx.post(
+        f"{node1.url}/api/v1/sources",
+        headers=node1.headers(),
+        json={"name": f"s-{uuid.uuid4().hex[:6]}", "rows": [{"n": n} for n in range(50)]},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    source_id = created.json()["id"]
+    in_bucket = [key for key in cluster.moto.keys(cluster.bucket, "data/") if f"/{source_id}/" in key]
+    assert len(in_bucket) == 1  # uploaded before the version was committed
+    assert len(cached_parts(node1, source_id)) == 1 and cached_parts(node2, source_id) == []
+    assert sorted(row["n"] for row in read_rows(node2, source_id)) == list(range(50))
+    assert [p.name for p in cached_parts(node2, source_id)] == ["part-0000.parquet"]  # fetched once, kept
+
+    # A new version written through node2 is what node1's very next request reads.
+    appended = httpx.post(
+        f"{node2.url}/api/v1/sources/{source_id}/rows", headers=node2.headers(), json={"rows": [{"n": 50}]}, timeout=30
+    )
+    assert appended.status_code == 200, appended.text
+    assert sorted(row["n"] for row in read_rows(node1, source_id)) == list(range(51))
+    assert len(cached_parts(node1, source_id)) == 2
+
+
 # -- rate limits are one count across nodes (Redis) --------------------------------------------
 
 
@@ -387,19 +480,19 @@ def served_by(cluster: Cluster, wanted: set[str], timeout: float = 20.0) -> None
     raise AssertionError(f"the balancer sent requests to {seen}, not {wanted}")
 
 
-def test_a_node_whose_storage_fails_is_not_ready_until_it_recovers(cluster):
+def test_a_node_that_cannot_reach_the_object_store_is_not_ready_until_it_can(cluster):
     node2 = cluster.nodes[1]
-    data, away = node2.home / "data", node2.home / "data-away"
-    data.rename(away)  # node2's data directory is gone (a failed mount)
+    cluster.store_proxies[1].down()  # node2's way to the store is cut (node1's is not)
     try:
-        ready = httpx.get(node2.url + "/readyz", timeout=10)
+        ready = httpx.get(node2.url + "/readyz", timeout=30)
         assert ready.status_code == 503
-        assert ready.json()["error"]["code"] == "storage_unavailable"
-        assert ready.json()["checks"]["storage"] == "unavailable"
+        assert ready.json()["error"]["code"] == "object_store_unavailable"
+        assert ready.json()["checks"]["object_store"] == "unavailable"
         assert httpx.get(node2.url + "/healthz", timeout=10).status_code == 200  # alive, not ready
+        assert httpx.get(cluster.nodes[0].url + "/readyz", timeout=30).status_code == 200
     finally:
-        away.rename(data)
-    assert httpx.get(node2.url + "/readyz", timeout=10).status_code == 200  # no restart needed
+        cluster.store_proxies[1].up()
+    assert httpx.get(node2.url + "/readyz", timeout=30).status_code == 200  # no restart needed
 
 
 def test_a_node_that_loses_redis_or_the_database_leaves_the_balancer_until_they_return(cluster):
@@ -409,7 +502,13 @@ def test_a_node_that_loses_redis_or_the_database_leaves_the_balancer_until_they_
         ready = httpx.get(node2.url + "/readyz", timeout=10)
         assert ready.status_code == 503, ready.text
         assert ready.json()["error"]["code"] == "rate_limiter_unavailable"
-        assert ready.json()["checks"] == {"database": "ok", "redis": "unavailable", "storage": "ok", "audit": "ok"}
+        assert ready.json()["checks"] == {
+            "database": "ok",
+            "redis": "unavailable",
+            "object_store": "ok",
+            "storage": "ok",
+            "audit": "ok",
+        }
         # Its requests fail closed (never unlimited), and the balancer stops sending it any.
         assert codes(cluster.each_node("GET", "/keys", cluster.nodes[0].admin_key)[1:]) == [
             (503, "rate_limiter_unavailable")
@@ -429,3 +528,103 @@ def test_a_node_that_loses_redis_or_the_database_leaves_the_balancer_until_they_
     ready = httpx.get(node2.url + "/readyz", timeout=10)  # recovered, without a restart
     assert ready.status_code == 200, ready.text
     served_by(cluster, {"node1", "node2"})
+
+
+# -- background jobs: once across nodes, and past a node's death -----------------------------
+
+
+def gc_lines(node: Server) -> list[str]:
+    return [line for line in node.logs().splitlines() if "data garbage collection by" in line]
+
+
+def wait_until_gone(cluster: Cluster, keys: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not set(cluster.moto.keys(cluster.bucket, "data/org_orphans/")) & {f"data/{key}" for key in keys}:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"still in the bucket after {timeout}s: {keys}")
+
+
+def test_garbage_collection_runs_once_per_round_across_the_nodes(cluster):
+    # The orphans planted at start, old enough by now (or soon), go in one of the rounds.
+    wait_until_gone(cluster, ORPHANS, timeout=GC_MIN_AGE + 6 * GC_INTERVAL + 10)
+    for orphan in ORPHANS:  # each deleted once: no two processes ever ran the same round
+        assert cluster.moto.deletes_of(cluster.bucket, f"data/{orphan}") == 1, orphan
+    lines = [line for node in cluster.nodes for line in gc_lines(node)]
+    assert sum(line.count(orphan) for line in lines for orphan in ORPHANS) == len(ORPHANS)
+    # Three worker processes wake every GC_INTERVAL; rounds are claimed once per interval.
+    elapsed = time.monotonic() - cluster.started
+    assert 1 <= len(lines) <= elapsed / GC_INTERVAL + 1, (len(lines), elapsed)
+    last = jobs.last_round(cluster.database_url, "data-gc")
+    assert last is not None and last.outcome == "ok"
+
+
+def test_a_run_whose_node_died_reads_as_interrupted_on_every_node(cluster):
+    with cluster.lb() as lb:
+        project = lb.post(
+            "/projects", json={"name": f"p-{uuid.uuid4().hex[:6]}", "user_id": cluster.nodes[0].admin_user_id}
+        )
+        assert project.status_code == 201, project.text
+    project_id = project.json()["id"]
+    with session_scope(cluster.database_url) as session:  # running, computed by a node gone for 2 hours
+        session.add(
+            ProjectRun(
+                id=f"api_{uuid.uuid4().hex[:12]}",
+                project_id=project_id,
+                started_by=cluster.nodes[0].admin_user_id,
+                status="running",
+                started_at=utcnow() - timedelta(hours=2),
+            )
+        )
+    key = cluster.nodes[0].admin_key
+    for status in cluster.each_node("GET", f"/projects/{project_id}/run/status", key):
+        assert status.status_code == 200, status.text
+        assert (status.json()["status"], status.json()["is_running"]) == ("error", False)
+        assert "interrupted" in status.json()["message"]
+    started = httpx.post(
+        f"{cluster.nodes[1].url}/api/v1/projects/{project_id}/run", headers=cluster.headers(), timeout=30
+    )
+    assert started.status_code in (200, 202), started.text  # a stale run does not block a new one
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # computed on node2, reported alike by node1
+        status = cluster.each_node("GET", f"/projects/{project_id}/run/status", key)[0].json()
+        if status["status"] != "running":
+            break
+        time.sleep(0.2)
+    assert status["status"] == "complete", status
+
+
+def test_a_node_killed_in_the_middle_of_a_round_does_not_hold_up_the_next_one(cluster):
+    """Run last: a node stays dead. Two orphans; the node that deletes the first is killed
+    (kill -9, its whole process group) as it sends that DELETE (which never arrives), holding
+    the cluster lock. Its database session dies with it and with the session the lock: the
+    other node runs the unfinished round at its next wake-up and deletes both."""
+    first, second = (f"org_orphans/src_victim{n}/ver_victim{n}/part-0000.parquet" for n in (1, 2))
+    killed: list[Server] = []
+    for node, proxy in zip(cluster.nodes, cluster.store_proxies, strict=True):
+
+        def kill(node: Server = node) -> None:
+            killed.append(node)
+            node.kill()
+
+        pattern = rb"DELETE /" + re.escape(f"{cluster.bucket}/data/{first}".encode()) + rb" "
+        proxy.when(pattern, kill, drop=True)  # killed as it sends the DELETE, which never arrives
+    for victim in (first, second):
+        cluster.moto.put(cluster.bucket, f"data/{victim}", b"PAR1 not referenced by any version")
+    deadline = time.monotonic() + GC_MIN_AGE + 4 * GC_INTERVAL + 15
+    while not killed and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(killed) == 1, "no node was caught deleting the first orphan"
+    for proxy in cluster.store_proxies:
+        proxy.disarm()
+    killed_at = time.monotonic()
+    (survivor,) = [node for node in cluster.nodes if node is not killed[0]]
+    wait_until_gone(cluster, [first, second], timeout=3 * GC_INTERVAL + 10)
+    assert time.monotonic() - killed_at < 3 * GC_INTERVAL + 10
+    assert [cluster.moto.deletes_of(cluster.bucket, f"data/{victim}") for victim in (first, second)] == [1, 1]
+    assert any(first in line and second in line for line in gc_lines(survivor))
+    assert not any(first in line for line in gc_lines(killed[0]))
+    last = jobs.last_round(cluster.database_url, "data-gc")
+    assert last.outcome == "ok" and last.finished_at >= last.started_at
+    served_by(cluster, {survivor.home.name})  # and the balancer serves on with the survivor

@@ -7,7 +7,9 @@ process's task sees the row within a second) so the running query is interrupted
 
 Reported statuses (the SDK's): idle (never run, or the last run was cancelled), running,
 complete, error. A run whose process died never finishes its row: once older than every
-step's query deadline plus a margin, it reads as error "run interrupted".
+step's query deadline plus a margin, it reads as error "run interrupted". The state is
+a database row, so every node reports it alike, whichever node computed the run; nobody
+resumes it (a user starts it again).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tidegate.access.analysis import EDIT, VIEW, open_project
 from tidegate.analysis import engine
 from tidegate.analysis.projects import step_count
 from tidegate.audit.record import RequestContext, record
-from tidegate.catalog.analysis import ProjectRun
+from tidegate.catalog.analysis import Project, ProjectRun
 from tidegate.config import QueryLimits
 from tidegate.core.principal import Principal
 from tidegate.db.base import isoformat, utcnow
@@ -119,6 +121,16 @@ def start_run(
         if user.id != principal.user_id and not principal.is_admin:
             raise Forbidden("run_as_forbidden", "A run is evaluated under your own access: user_id must be you.")
         requested_for = user.id
+    # Two starts of one project on two nodes (or workers) at once: the second waits here for
+    # the first's commit, then sees its run. A write, not SELECT FOR UPDATE: it locks the row
+    # on PostgreSQL and, on SQLite (whose driver begins a transaction at the first write),
+    # takes the database's write lock before the check below reads.
+    session.execute(
+        update(Project)
+        .where(Project.id == project_id)
+        .values(id=Project.id)
+        .execution_options(synchronize_session=False)
+    )
     if state_of(session, project_id, limits).is_running:
         raise Conflict("run_in_progress", "This project is already running; cancel it or wait for it to finish.")
     run = ProjectRun(

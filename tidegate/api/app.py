@@ -125,7 +125,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     egress.configure(settings.data.connector_allow)  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
     spool_uploads_under(settings.home / "tmp")
-    collector = PeriodicCollector(settings.database_url, None)  # the configured store: disk or object store
+    collector = PeriodicCollector(  # the configured store: disk or object store; one round across nodes
+        settings.database_url,
+        None,
+        settings.data.gc_interval_seconds,
+        min_age_seconds=settings.data.gc_min_age_seconds,
+    )
     journal = Journal(
         settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_last_use
     )

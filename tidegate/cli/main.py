@@ -150,11 +150,17 @@ def migrate_db():
 @app.command()
 def gc(as_json: bool = JsonOpt):
     """Drop superseded source versions and delete data files nothing references."""
-    from tidegate.data.maintenance import collect
+    from tidegate.data.maintenance import collect_now
+    from tidegate.db.jobs import LockBusy
 
     settings = get_settings()
     migrate(settings.database_url)
-    report = collect(settings.database_url, None)  # the configured store: disk or object store
+    try:  # the configured store: disk or object store; never beside another node's round
+        report = collect_now(settings.database_url, None, min_age_seconds=settings.data.gc_min_age_seconds)
+    except LockBusy:
+        raise SystemExit(
+            "Another node has been collecting garbage for a minute and still is; try again later."
+        ) from None
     emit(as_json, {"deleted_files": report.deleted_files}, f"Deleted {len(report.deleted_files)} unreferenced file(s).")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from tidegate.credentials.models import ApiKey
@@ -22,10 +22,14 @@ def record_last_use(session: Session, events: list[dict[str, Any]]) -> None:
         if key_id and (key_id not in latest or event["timestamp"] > latest[key_id]["timestamp"]):
             latest[key_id] = event
     for key_id, event in latest.items():
-        current = session.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id))
-        if current is None or current < event["timestamp"]:
-            session.execute(
-                update(ApiKey)
-                .where(ApiKey.id == key_id)
-                .values(last_used_at=event["timestamp"], last_used_ip=event.get("ip_address"))
+        # One conditional UPDATE, not read-then-write: two nodes' shippers updating the same
+        # key at once leave the newer use (PostgreSQL re-checks the condition after the wait).
+        session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.id == key_id,
+                or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < event["timestamp"]),
             )
+            .values(last_used_at=event["timestamp"], last_used_ip=event.get("ip_address"))
+            .execution_options(synchronize_session=False)
+        )

@@ -51,6 +51,8 @@ class PinnedParts:
 class PartCache:
     def __init__(self, root: Path, max_bytes: int):
         self.root = root
+        # Made now, not by the first download: /readyz writes a probe file in it from the start.
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self.hits = self.downloads = self.evictions = 0
