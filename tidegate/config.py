@@ -57,6 +57,8 @@ class DataSettings:
     threads: int = 2  # DuckDB threads of the engine's connection
     memory_limit: str = "2GB"  # DuckDB's own syntax, passed through
     connector_statement_timeout_seconds: int = 300  # one connector read, wall clock
+    live_timeout_seconds: int = 30  # one read of a live source (page, count, query), then 504
+    live_pool_size: int = 4  # open connections per live source and process
     sqlite_connector_dirs: tuple[Path, ...] = ()  # where SQLite connector files may live (none: nowhere)
     connector_allow: str = ""  # egress allowlist, parsed by data.egress (empty: public addresses)
 
@@ -65,6 +67,8 @@ DATA_VARIABLES = {
     "cache_bytes": "TIDEGATE_DATA_CACHE_BYTES",
     "threads": "TIDEGATE_DATA_THREADS",
     "connector_statement_timeout_seconds": "TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS",
+    "live_timeout_seconds": "TIDEGATE_LIVE_TIMEOUT_SECONDS",
+    "live_pool_size": "TIDEGATE_LIVE_POOL_SIZE",
 }
 
 

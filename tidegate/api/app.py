@@ -40,7 +40,7 @@ from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
 from tidegate.credentials.usage import record_last_use
-from tidegate.data import connectors, egress, engine, querypool, sandbox
+from tidegate.data import connectors, egress, engine, live, querypool, sandbox
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
@@ -122,6 +122,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     connectors.configure(
         sqlite_dirs=settings.data.sqlite_connector_dirs,
         statement_timeout_seconds=settings.data.connector_statement_timeout_seconds,
+    )
+    live.configure(
+        timeout_seconds=settings.data.live_timeout_seconds,
+        pool_size=settings.data.live_pool_size,
+        session_key=settings.session_key,
     )
     egress.configure(settings.data.connector_allow)  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
     spool_uploads_under(settings.home / "tmp")

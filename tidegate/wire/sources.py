@@ -33,6 +33,8 @@ class SourceOut(BaseModel):
     updated_at: str | None
     last_synced_at: str | None
     config: dict[str, Any] | None  # the connector's settings, never its secret part
+    mode: str | None = None  # connector sources: "live" (read on the source) or "snapshot"
+    sync_interval_minutes: int | None = None  # snapshot sources (not scheduled yet)
 
     @classmethod
     def of(cls, access: SourceAccess, row_count: int) -> SourceOut:
@@ -56,6 +58,8 @@ class SourceOut(BaseModel):
             updated_at=isoformat(source.updated_at),
             last_synced_at=isoformat(source.last_synced_at),
             config=source.connector_config,
+            mode=(source.connector_mode or "snapshot") if source.connector_id else None,
+            sync_interval_minutes=source.sync_interval_minutes,
         )
 
 

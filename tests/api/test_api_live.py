@@ -1,0 +1,64 @@
+"""Live connector sources over HTTP (issue 13 §4): create, read as a filtered key, rows
+changed behind our back, /query, export, writes refused, live <-> snapshot, source down."""
+
+from __future__ import annotations
+
+import psycopg
+
+from tests.data.test_live import allow, allowed, source_db  # noqa: F401  (module fixtures)
+
+
+def test_over_http_a_live_source_end_to_end(client, org, source_db, allowed):  # noqa: F811
+    allow(source_db)  # create_app configured the process from its settings (nothing allowed)
+    with psycopg.connect(source_db["url"], autocommit=True) as conn:
+        conn.execute("DELETE FROM sales")
+        conn.execute("INSERT INTO sales VALUES ('EU', 1), ('US', 2)")
+    body = {"name": "live sales", "connector_id": "postgresql", "config": {**source_db["config"], "table": "sales"}}
+    r = client.post("/api/v1/sources", json=body, headers=org.headers())
+    assert r.status_code == 201, r.text
+    created = r.json()
+    src = created["id"]
+    assert created["mode"] == "live" and created["row_count"] == 2 and created["columns"] == ["region", "amount"]
+    member = org.add_user("live-member@example.com")
+    client.post(f"/api/v1/sources/{src}/shares", json={"user_id": member, "permission": "view"}, headers=org.headers())
+    policy = client.post(
+        "/api/v1/access/policies",
+        json={"name": "us", "row_filters": [{"column": "region", "values": ["US"]}]},
+        headers=org.headers(),
+    ).json()["id"]
+    client.post(f"/api/v1/access/policies/{policy}/users", json={"user_ids": [member]}, headers=org.headers())
+    h = org.headers(org.key_for(member, scopes=["data:read", "admin:sources:read"]))
+
+    page = client.get(f"/api/v1/sources/{src}/data", headers=h).json()
+    assert page["data"] == [{"region": "US", "amount": 2}] and page["total_count"] == 1
+    with psycopg.connect(source_db["url"], autocommit=True) as conn:
+        conn.execute("INSERT INTO sales VALUES ('US', 7), ('EU', 8)")
+    page = client.get(f"/api/v1/sources/{src}/data", headers=h).json()
+    assert sorted(r["amount"] for r in page["data"]) == [2, 7] and page["total_count"] == 2
+    q = client.post(f"/api/v1/sources/{src}/query", json={"sql": "SELECT sum(amount) AS s FROM data"}, headers=h)
+    assert q.status_code == 200 and q.json()["data"] == [{"s": 9}], q.text
+    bad = client.post(f"/api/v1/sources/{src}/query", json={"sql": "SELECT version() FROM data"}, headers=h)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_query"
+    csv_text = client.get(f"/api/v1/sources/{src}/data", params={"format": "csv"}, headers=h).text
+    assert "EU" not in csv_text and csv_text.count("US") == 2
+    write = client.post(f"/api/v1/sources/{src}/rows", json={"rows": [{"region": "US"}]}, headers=org.headers())
+    assert write.status_code == 400 and write.json()["error"]["code"] == "live_source_read_only"
+
+    r = client.patch(f"/api/v1/sources/{src}", json={"config": {"mode": "snapshot"}}, headers=org.headers())
+    assert r.status_code == 200, r.text
+    got = client.get(f"/api/v1/sources/{src}", headers=org.headers()).json()
+    assert got["mode"] == "snapshot" and got["row_count"] == 4 and "mode" not in (got["config"] or {})
+    with psycopg.connect(source_db["url"], autocommit=True) as conn:
+        conn.execute("INSERT INTO sales VALUES ('US', 9)")
+    assert client.get(f"/api/v1/sources/{src}", headers=org.headers()).json()["row_count"] == 4  # a copy now
+    bad = client.patch(f"/api/v1/sources/{src}", json={"config": {"mode": "sometimes"}}, headers=org.headers())
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_connector_config"
+
+    r = client.patch(f"/api/v1/sources/{src}", json={"config": {"mode": "live"}}, headers=org.headers())
+    assert r.status_code == 200
+    assert client.get(f"/api/v1/sources/{src}", headers=org.headers()).json()["row_count"] == 5
+
+    down = {**body, "name": "down", "config": {**body["config"], "port": 1}}
+    r = client.post("/api/v1/sources", json=down, headers=org.headers())
+    assert r.status_code == 503 and r.json()["error"]["code"] == "source_unavailable"
+    assert r.headers["Retry-After"]
