@@ -476,7 +476,8 @@ def read_page(access: SourceAccess, *, page: int, page_size: int) -> tuple[list[
     target = _live(access)
     if target is not None:
         _check_page(page, page_size)
-        return live.read_page(target, row_filter, page=page, page_size=page_size)
+        rows, total = live.read_page(target, row_filter, page=page, page_size=page_size)
+        return rows_of(rows), total
     return _read_page(version, row_filter, page=page, page_size=page_size)
 
 

@@ -32,10 +32,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 import sqlglot
@@ -43,86 +43,21 @@ from sqlglot import exp
 
 from tidegate.catalog.snapshots import SourceSnapshot, VersionSnapshot
 from tidegate.core.rowfilter import RowFilter
-from tidegate.data import ingest, sandbox
-from tidegate.errors import InvalidRequest, ServiceUnavailable, UpstreamTimeout
+from tidegate.data import connectors, ingest, sandbox
+from tidegate.data.live_dialect import QUERY_ALIAS, SOURCE_ALIAS, Connection, Dialect
+from tidegate.data.live_postgresql import PostgreSQL
+from tidegate.errors import InvalidRequest, ServiceUnavailable
 
 MODES = ("live", "snapshot")
 DEFAULT_MODE = "live"
-SOURCE_ALIAS = "__tidegate_src"
-QUERY_ALIAS = "__tidegate_q"
 FETCH_ROWS = 10_000
 
 
-# ---------------------------------------------------------------------------------------
-# What an engine provides
-# ---------------------------------------------------------------------------------------
-
-
-class Connection(Protocol):
-    """One open connection of an engine's driver, as far as this module uses it."""
-
-    def close(self) -> None: ...
-
-
-class Dialect(Protocol):
-    """One SQL engine a live source can live on."""
-
-    connector: str  # the connector type (connectors.CONNECTORS key)
-    sqlglot_dialect: str  # what /query SQL is transpiled to
-
-    def connect(self, config: dict[str, Any], secret: dict[str, Any], timeout: float) -> Connection:
-        """A new connection, through the egress policy (503 source_unavailable on failure)."""
-        ...
-
-    def relation(self, config: dict[str, Any]) -> str:
-        """The SQL of the source relation: a quoted table name or a parenthesized query."""
-        ...
-
-    def quote(self, name: str) -> str: ...
-
-    def text_in(self, column_sql: str) -> str:
-        """A condition: the column, as text, is one of ONE bound parameter (a list of strings)."""
-        ...
-
-    def placeholder(self) -> str:
-        """The driver's positional bound-parameter marker."""
-        ...
-
-    def escape_literal_text(self, sql: str) -> str:
-        """`sql` (with no parameters of its own) made safe to send with bound parameters."""
-        ...
-
-    def rows(
-        self, connection: Connection, sql: str, params: Sequence[Any], timeout: float
-    ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run one read-only statement; its column names and rows."""
-        ...
-
-    def stream(
-        self, connection: Connection, sql: str, params: Sequence[Any], timeout: float, batch: int
-    ) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
-        """Run one read-only statement; its rows in batches (with the column names)."""
-        ...
-
-    def columns(self, connection: Connection, relation: str, timeout: float) -> list[dict[str, Any]]:
-        """The relation's columns as [{"name", "type"}] (canonical types)."""
-        ...
-
-    def is_broken(self, connection: Connection) -> bool:
-        """Whether a connection must be dropped rather than reused."""
-        ...
-
-
-DIALECTS: dict[str, Dialect] = {}
-
-
-def register(dialect: Dialect) -> None:
-    DIALECTS[dialect.connector] = dialect
+# The engines live sources can be on, by connector type: one entry per engine.
+DIALECTS: dict[str, Dialect] = {dialect.connector: dialect for dialect in (PostgreSQL(),)}
 
 
 def dialect_of(connector: str) -> Dialect:
-    if not DIALECTS:
-        from tidegate.data import live_postgresql  # noqa: F401  (registers itself)
     dialect = DIALECTS.get(connector)
     if dialect is None:
         raise InvalidRequest("live_not_supported", f'{connector!r} sources cannot be live; use mode "snapshot".')
@@ -280,8 +215,6 @@ class Target:
 
 
 def target_of(source: SourceSnapshot, version: VersionSnapshot | None) -> Target:
-    from tidegate.data import connectors
-
     secret = connectors.decrypt_secret(source.connector_secret_token, _session_key())
     return Target(
         source_id=source.id,
@@ -389,12 +322,11 @@ def read_page(target: Target, row_filter: RowFilter, *, page: int, page_size: in
     sql, params = relation
     mark = target.dialect.placeholder()
     names, rows = _run(target, f"{sql} LIMIT {mark} OFFSET {mark}", [*params, page_size, (page - 1) * page_size])
-    from tidegate.data.engine import rows_of
-
-    page_rows = rows_of(_typed_table(target, names, rows))
-    if page == 1 and len(page_rows) < page_size:
-        return page_rows, len(page_rows)  # the whole result: no count needed
-    return page_rows, count(target, row_filter)
+    if page == 1 and len(rows) < page_size:
+        total = len(rows)  # the whole result: no count needed
+    else:
+        total = count(target, row_filter)
+    return _typed_table(target, names, rows), total
 
 
 def count(target: Target, row_filter: RowFilter) -> int:
@@ -412,8 +344,6 @@ def batches(target: Target, row_filter: RowFilter, batch_rows: int) -> Iterator[
     if relation is None:
         return
     sql, params = relation
-    from tidegate.data import connectors
-
     # An export may take longer than a page: the connector read limit bounds it.
     seconds = max(_options.timeout, float(connectors.statement_timeout_seconds()))
     with target.pool().connection(_options.timeout) as connection:
@@ -561,13 +491,3 @@ def _no_rows_query(target: Target, sql: Any) -> tuple[str, list[Any]]:
     _check_transpiled(check, {cte.alias_or_name.lower() for cte in check.find_all(exp.CTE)})
     body = dialect.escape_literal_text(check.sql(dialect=dialect.sqlglot_dialect))
     return f"WITH {sandbox.RELATION} AS ({inner}) SELECT * FROM ({body}) AS {QUERY_ALIAS}", []
-
-
-def unavailable(where: str) -> ServiceUnavailable:
-    return ServiceUnavailable(
-        "source_unavailable", f"The source database at {where} cannot be reached now; retry later.", retry_after=5
-    )
-
-
-def timed_out(seconds: float) -> UpstreamTimeout:
-    return UpstreamTimeout("source_timeout", f"The source database did not answer within {seconds:g} seconds.")

@@ -1,4 +1,4 @@
-"""PostgreSQL as a live source engine (psycopg 3): the `Dialect` of data/live.py.
+"""PostgreSQL as a live source engine (psycopg 3): a `Dialect` (data/live_dialect.py).
 
 Connections go to the address the egress policy checked (`hostaddr`), never read the
 server's own credentials (`passfile` = /dev/null), and start read-only with a statement
@@ -18,7 +18,8 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
-from tidegate.data import connectors, egress, live
+from tidegate.data import connectors, egress
+from tidegate.data.live_dialect import SOURCE_ALIAS, timed_out, unavailable
 from tidegate.errors import InvalidRequest
 
 
@@ -47,7 +48,7 @@ class PostgreSQL:
         try:
             return psycopg.connect(**params)
         except psycopg.Error:
-            raise live.unavailable(f"{host}:{port}") from None
+            raise unavailable(f"{host}:{port}") from None
 
     def relation(self, config: dict[str, Any]) -> str:
         if config.get("table"):
@@ -85,7 +86,7 @@ class PostgreSQL:
 
     def columns(self, connection: Any, relation: str, timeout: float) -> list[dict[str, Any]]:
         with self._read(connection, timeout):
-            cursor = connection.execute(f"SELECT * FROM {relation} AS {live.SOURCE_ALIAS} LIMIT 0".encode(), [])
+            cursor = connection.execute(f"SELECT * FROM {relation} AS {SOURCE_ALIAS} LIMIT 0".encode(), [])
             result = []
             for d in cursor.description or []:
                 info = connection.adapters.types.get(d.type_code)
@@ -145,13 +146,10 @@ class _ReadOnly:
 
     def _mapped(self, exc: psycopg.Error) -> Exception:
         if isinstance(exc, psycopg.errors.QueryCanceled):
-            return live.timed_out(self.timeout)
+            return timed_out(self.timeout)
         info = self.connection.info
         where = f"{info.host}:{info.port}" if not self.connection.closed else "the configured host"
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or self.connection.broken:
-            return live.unavailable(where)
+            return unavailable(where)
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "unknown error"
         return InvalidRequest("invalid_query", f"The source database refused the read: {message}")
-
-
-live.register(PostgreSQL())
