@@ -6,6 +6,8 @@ from __future__ import annotations
 import psycopg
 
 from tests.data.test_live import allow, allowed, source_db  # noqa: F401  (module fixtures)
+from tidegate.data import live
+from tidegate.data.live_dialect import unavailable
 
 
 def test_over_http_a_live_source_end_to_end(client, org, source_db, allowed):  # noqa: F811
@@ -57,6 +59,24 @@ def test_over_http_a_live_source_end_to_end(client, org, source_db, allowed):  #
     r = client.patch(f"/api/v1/sources/{src}", json={"config": {"mode": "live"}}, headers=org.headers())
     assert r.status_code == 200
     assert client.get(f"/api/v1/sources/{src}", headers=org.headers()).json()["row_count"] == 5
+
+    # The source database goes away, then comes back: 503 meanwhile, no restart needed.
+    dialect = type(live.dialect_of("postgresql"))
+    real_connect = dialect.connect
+
+    def cut(self, config, secret, timeout):
+        raise unavailable(f"{config['host']}:{config['port']}")
+
+    live.close_pools()
+    dialect.connect = cut
+    try:
+        r = client.get(f"/api/v1/sources/{src}/data", headers=h)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "source_unavailable" and r.headers["Retry-After"]
+        listed = client.get(f"/api/v1/sources/{src}", headers=org.headers())
+        assert listed.status_code == 200 and listed.json()["status"] == "unavailable"
+    finally:
+        dialect.connect = real_connect
+    assert client.get(f"/api/v1/sources/{src}/data", headers=h).status_code == 200
 
     down = {**body, "name": "down", "config": {**body["config"], "port": 1}}
     r = client.post("/api/v1/sources", json=down, headers=org.headers())

@@ -51,7 +51,7 @@ from tidegate.catalog.models import SourceVersion
 from tidegate.config import DataSettings, ObjectStoreSettings
 from tidegate.core.rowfilter import RowFilter
 from tidegate.data import ingest, live, querycost, sandbox, storage
-from tidegate.errors import InvalidRequest
+from tidegate.errors import InvalidRequest, ServiceUnavailable, UpstreamTimeout
 
 MAX_PAGE_SIZE = 10_000
 MAX_DISTINCT_LIMIT = 10_000
@@ -569,6 +569,17 @@ def count(access: SourceAccess) -> int:
     if target is not None:
         return live.count(target, row_filter)
     return _count(version, row_filter)
+
+
+def count_if_reachable(access: SourceAccess) -> int | None:
+    """`count`, or None when a live source's database cannot answer now (503/504): for
+    listings and source details, which should not fail because one source is down."""
+    try:
+        return count(access)
+    except (ServiceUnavailable, UpstreamTimeout):
+        if access.source is not None and access.source.is_live:
+            return None
+        raise
 
 
 def _count(version: SourceVersion, row_filter: RowFilter) -> int:

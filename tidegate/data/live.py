@@ -46,7 +46,7 @@ from tidegate.core.rowfilter import RowFilter
 from tidegate.data import connectors, ingest, sandbox
 from tidegate.data.live_dialect import QUERY_ALIAS, SOURCE_ALIAS, Connection, Dialect
 from tidegate.data.live_postgresql import PostgreSQL
-from tidegate.errors import InvalidRequest, ServiceUnavailable
+from tidegate.errors import InvalidRequest, ServiceUnavailable, TidegateError
 
 MODES = ("live", "snapshot")
 DEFAULT_MODE = "live"
@@ -141,6 +141,8 @@ class _Pool:
             except queue.Empty:
                 connection = self._factory(max(deadline - time.monotonic(), 1.0))
             yield connection
+        except TidegateError:
+            raise  # a refused or cancelled read: the connection goes back unless it broke
         except BaseException:
             if connection is not None:
                 _close(connection)
