@@ -42,6 +42,7 @@ from tidegate.credentials.authenticate import KeyCache
 from tidegate.credentials.usage import record_last_use
 from tidegate.data import connectors, egress, engine, live, querypool, sandbox
 from tidegate.data.maintenance import PeriodicCollector
+from tidegate.data.scheduled_sync import SyncScheduler
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
 from tidegate.web.throttle import SigninThrottle
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     egress.configure(settings.data.connector_allow)  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
     spool_uploads_under(settings.home / "tmp")
     collector = PeriodicCollector(settings.database_url, None)  # the configured store: disk or object store
+    scheduled_syncs = SyncScheduler(settings.database_url, settings.session_key)  # once across nodes: row locks
     journal = Journal(
         settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_last_use
     )
@@ -145,8 +147,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("audit events of earlier runs not shipped yet (%s); will retry", brief_error(exc))
         journal.start(ship=not shipper.ships_elsewhere())
         collector.start()
+        scheduled_syncs.start()
         querypool.pool_for(settings.query_limits)  # its worker processes start now, not on the first query
         yield
+        scheduled_syncs.close()
         collector.close()
         journal.close()
 

@@ -46,7 +46,7 @@ class Source(Base):
     # refreshed by sync); None for sources no connector feeds, and for connector sources
     # made before live ones existed (snapshots).
     connector_mode: Mapped[str | None] = mapped_column(String(10))
-    sync_interval_minutes: Mapped[int | None] = mapped_column(Integer)  # snapshot only; not scheduled yet
+    sync_interval_minutes: Mapped[int | None] = mapped_column(Integer)  # snapshot only; data/scheduled_sync.py
     sync_status: Mapped[str | None] = mapped_column(String(20))  # pending | ok | error
     last_synced_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_sync_error: Mapped[str | None] = mapped_column(Text)  # never contains a secret

@@ -34,7 +34,7 @@ class SourceOut(BaseModel):
     last_synced_at: str | None
     config: dict[str, Any] | None  # the connector's settings, never its secret part
     mode: str | None  # connector sources: "live" (read on the source) or "snapshot"; else null
-    sync_interval_minutes: int | None  # snapshot sources (stored, not scheduled yet)
+    sync_interval_minutes: int | None  # snapshot sources synced every N minutes
 
     @classmethod
     def of(cls, access: SourceAccess, row_count: int, status: str | None = None) -> SourceOut:
