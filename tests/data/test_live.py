@@ -160,6 +160,27 @@ def test_query_reads_data_filtered_before_anything_the_caller_wrote(sales, sent)
     assert all("US" not in sql for sql, _ in sent)
 
 
+HIDDEN_ROW_ORACLES = [
+    # Each errors only on the EU row (amount 1), which a US reader must not learn exists.
+    "SELECT * FROM data WHERE 1 / (CASE WHEN amount = 1 THEN 0 ELSE 1 END) = 1",
+    "SELECT * FROM data WHERE CAST(CASE WHEN amount = 1 THEN 'x' ELSE '1' END AS INTEGER) = 1",
+    "SELECT * FROM data AS d JOIN data AS e ON 1 / (CASE WHEN d.amount = 1 THEN 0 ELSE 1 END) = 1",
+    "SELECT * FROM (SELECT * FROM data WHERE 1 / (CASE WHEN region = 'EU' THEN 0 ELSE 1 END) = 1) AS s",
+]
+
+
+# A filter of many values costs the planner more than a cheap predicate of the caller's,
+# so without the fence PostgreSQL evaluates the caller's predicate first, on every row.
+MANY_US = RowFilter(clauses=(Clause("region", frozenset({"US", *(f"other-{i}" for i in range(50))})),))
+
+
+@pytest.mark.parametrize("sql", [*HIDDEN_ROW_ORACLES, "SELECT * FROM data WHERE amount / (amount - 1) = 0"])
+@pytest.mark.parametrize("row_filter", [US, MANY_US], ids=["one_value", "many_values"])
+def test_the_callers_expressions_never_see_filtered_out_rows(sales, sql, row_filter):
+    rows, _, _ = live.run_query(sales, row_filter, sql, page=1, page_size=10)
+    assert rows and all(row["region"] == "US" for row in rows)
+
+
 @pytest.mark.parametrize("sql,count", LEGITIMATE.values(), ids=list(LEGITIMATE))
 def test_legitimate_queries_run_on_the_source(sales, sql, count):
     assert live.run_query(sales, ALL, sql, page=1, page_size=100)[1] == count

@@ -455,8 +455,9 @@ def compile_query(target: Target, row_filter: RowFilter, sql: Any) -> tuple[str,
     inner, params = relation
     body = dialect.escape_literal_text(check.sql(dialect=dialect.sqlglot_dialect))
     # `data` is bound to the filtered relation in a CTE that encloses the caller's whole
-    # statement (their own WITH included), so nothing they wrote sees unfiltered rows.
-    return f"WITH {sandbox.RELATION} AS ({inner}) SELECT * FROM ({body}) AS {QUERY_ALIAS}", params
+    # statement (their own WITH included), so nothing they wrote sees unfiltered rows; fenced,
+    # so that the engine cannot evaluate their expressions on filtered-out rows either.
+    return f"WITH {dialect.fenced_cte(sandbox.RELATION, inner)} SELECT * FROM ({body}) AS {QUERY_ALIAS}", params
 
 
 def run_query(
@@ -492,4 +493,4 @@ def _no_rows_query(target: Target, sql: Any) -> tuple[str, list[Any]]:
     check = sqlglot.parse_one(tree.sql(dialect=dialect.sqlglot_dialect), read=dialect.sqlglot_dialect)
     _check_transpiled(check, {cte.alias_or_name.lower() for cte in check.find_all(exp.CTE)})
     body = dialect.escape_literal_text(check.sql(dialect=dialect.sqlglot_dialect))
-    return f"WITH {sandbox.RELATION} AS ({inner}) SELECT * FROM ({body}) AS {QUERY_ALIAS}", []
+    return f"WITH {dialect.fenced_cte(sandbox.RELATION, inner)} SELECT * FROM ({body}) AS {QUERY_ALIAS}", []

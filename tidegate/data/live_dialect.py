@@ -38,6 +38,11 @@ class Dialect(Protocol):
         """A condition: the column, as text, is one of ONE bound parameter (a list of strings)."""
         ...
 
+    def fenced_cte(self, name: str, sql: str) -> str:
+        """`name AS (sql)` such that the engine evaluates none of the caller's expressions on
+        rows `sql` filters out (an optimization fence: no error, no side channel on them)."""
+        ...
+
     def placeholder(self) -> str:
         """The driver's positional bound-parameter marker."""
         ...

@@ -62,6 +62,11 @@ class PostgreSQL:
     def text_in(self, column_sql: str) -> str:
         return f"CAST({column_sql} AS TEXT) = ANY(%s)"
 
+    def fenced_cte(self, name: str, sql: str) -> str:
+        # Not inlined: otherwise the planner may run the caller's WHERE before the row filter
+        # (a division by zero on a hidden row would tell that it exists).
+        return f"{self.quote(name)} AS MATERIALIZED ({sql})"
+
     def placeholder(self) -> str:
         return "%s"
 
