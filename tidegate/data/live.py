@@ -322,8 +322,8 @@ def read_page(target: Target, row_filter: RowFilter, *, page: int, page_size: in
     if relation is None:
         return [], 0
     sql, params = relation
-    mark = target.dialect.placeholder()
-    names, rows = _run(target, f"{sql} LIMIT {mark} OFFSET {mark}", [*params, page_size, (page - 1) * page_size])
+    paged = target.dialect.paged(sql)
+    names, rows = _run(target, paged, [*params, page_size, (page - 1) * page_size])
     if page == 1 and len(rows) < page_size:
         total = len(rows)  # the whole result: no count needed
     else:
@@ -365,12 +365,11 @@ def distinct_values(target: Target, row_filter: RowFilter, column: str, limit: i
         return []
     sql, params = relation
     dialect = target.dialect
-    q, mark = dialect.quote(column), dialect.placeholder()
-    statement = (
-        f"SELECT DISTINCT CAST({q} AS TEXT) AS v FROM ({sql}) AS {QUERY_ALIAS} "
-        f"WHERE {q} IS NOT NULL ORDER BY v LIMIT {mark}"
+    q = dialect.quote(column)
+    statement = dialect.paged(
+        f"SELECT DISTINCT {dialect.as_text(q)} AS v FROM ({sql}) AS {QUERY_ALIAS} WHERE {q} IS NOT NULL ORDER BY v"
     )
-    _, rows = _run(target, statement, [*params, limit])
+    _, rows = _run(target, statement, [*params, limit, 0])
     return [row[0] for row in rows]
 
 
@@ -468,12 +467,11 @@ def run_query(
     if compiled is None:
         compiled = _no_rows_query(target, sql)
     wrapped, params = compiled
-    mark = target.dialect.placeholder()
     seconds = _options.timeout if timeout is None else min(timeout, _options.timeout)
     with target.pool().connection(seconds) as connection:
         _, counted = target.dialect.rows(connection, f"SELECT count(*) FROM ({wrapped}) AS __n", params, seconds)
         names, rows = target.dialect.rows(
-            connection, f"{wrapped} LIMIT {mark} OFFSET {mark}", [*params, page_size, (page - 1) * page_size], seconds
+            connection, target.dialect.paged(wrapped), [*params, page_size, (page - 1) * page_size], seconds
         )
     table = pa.Table.from_arrays(
         [ingest.infer_values([row[i] for row in rows]) for i in range(len(names))], names=names

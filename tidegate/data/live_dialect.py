@@ -43,8 +43,12 @@ class Dialect(Protocol):
         rows `sql` filters out (an optimization fence: no error, no side channel on them)."""
         ...
 
-    def placeholder(self) -> str:
-        """The driver's positional bound-parameter marker."""
+    def as_text(self, column_sql: str) -> str:
+        """The column as text, the form row filters compare (CAST(x AS TEXT) in PostgreSQL)."""
+        ...
+
+    def paged(self, sql: str) -> str:
+        """`sql` limited by two more bound parameters: how many rows, then how many to skip."""
         ...
 
     def escape_literal_text(self, sql: str) -> str:

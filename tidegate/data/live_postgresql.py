@@ -59,16 +59,19 @@ class PostgreSQL:
     def quote(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
 
+    def as_text(self, column_sql: str) -> str:
+        return f"CAST({column_sql} AS TEXT)"
+
     def text_in(self, column_sql: str) -> str:
-        return f"CAST({column_sql} AS TEXT) = ANY(%s)"
+        return f"{self.as_text(column_sql)} = ANY(%s)"
+
+    def paged(self, sql: str) -> str:
+        return f"{sql} LIMIT %s OFFSET %s"
 
     def fenced_cte(self, name: str, sql: str) -> str:
         # Not inlined: otherwise the planner may run the caller's WHERE before the row filter
         # (a division by zero on a hidden row would tell that it exists).
         return f"{self.quote(name)} AS MATERIALIZED ({sql})"
-
-    def placeholder(self) -> str:
-        return "%s"
 
     def escape_literal_text(self, sql: str) -> str:
         return sql.replace("%", "%%")  # psycopg reads % as a parameter marker when params are given
