@@ -80,7 +80,7 @@ class PostgreSQL:
         self, connection: Any, sql: str, params: Sequence[Any], timeout: float
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._read(connection, timeout):
-            cursor = connection.execute(sql.encode(), list(params), prepare=False)
+            cursor = connection.execute(sql.encode(), list(params))
             return [d.name for d in cursor.description or []], cursor.fetchall()
 
     def stream(
@@ -123,10 +123,13 @@ class _ReadOnly:
         try:
             self.transaction = self.connection.transaction()
             self.transaction.__enter__()
-            self.connection.execute("SET TRANSACTION READ ONLY")
-            self.connection.execute(pgsql.SQL("SET LOCAL statement_timeout = {}").format(int(self.timeout * 1000)))
+            # One round trip (no parameters: the simple protocol takes several statements).
             # Paging is by position: a synchronized scan would start mid-table for one page.
-            self.connection.execute("SET LOCAL synchronize_seqscans = off")
+            self.connection.execute(
+                pgsql.SQL(
+                    "SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL synchronize_seqscans = off"
+                ).format(int(self.timeout * 1000))
+            )
         except psycopg.Error as exc:
             self._close_broken()
             raise self._mapped(exc) from None
