@@ -43,6 +43,30 @@ def test_over_http_a_live_source_end_to_end(client, org, source_db, allowed):  #
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_query"
     csv_text = client.get(f"/api/v1/sources/{src}/data", params={"format": "csv"}, headers=h).text
     assert "EU" not in csv_text and csv_text.count("US") == 2
+    # A project step over the live source: recomputed from the source on every read, never
+    # served from the step cache after rows changed there.
+    project = client.post("/api/v1/projects", json={"name": "live", "user_id": org.admin_id}, headers=org.headers())
+    pid = project.json()["id"]
+    client.post(f"/api/v1/projects/{pid}/sources", json={"source_id": src, "run": False}, headers=org.headers())
+    step = client.post(
+        f"/api/v1/projects/{pid}/steps",
+        json={"name": "totals", "sql": "SELECT count(*) AS n FROM live_sales"},
+        headers=org.headers(),
+    )
+    assert step.status_code == 201, step.text
+
+    def step_total():
+        r = client.get(f"/api/v1/projects/{pid}/steps/{step.json()['id']}/data", headers=org.headers())
+        assert r.status_code == 200, r.text
+        return r.json()["data"][0]["n"]
+
+    assert step_total() == 4
+    with psycopg.connect(source_db["url"], autocommit=True) as conn:
+        conn.execute("INSERT INTO sales VALUES ('EU', 10)")
+    assert step_total() == 5
+    with psycopg.connect(source_db["url"], autocommit=True) as conn:
+        conn.execute("DELETE FROM sales WHERE amount = 10")
+
     write = client.post(f"/api/v1/sources/{src}/rows", json={"rows": [{"region": "US"}]}, headers=org.headers())
     assert write.status_code == 400 and write.json()["error"]["code"] == "live_source_read_only"
 
