@@ -302,3 +302,10 @@ def test_no_password_in_errors(source_db, allowed):
     with pytest.raises(ServiceUnavailable) as info:
         live.count(t, ALL)
     assert "pw-L1VE" not in info.value.message
+
+
+def test_a_query_under_a_filter_that_denies_everything_reads_no_row(sales):
+    denied = RowFilter.deny("no policy")
+    assert live.run_query(sales, denied, "SELECT count(*) AS n FROM data", page=1, page_size=10)[0] == [{"n": 0}]
+    with pytest.raises(InvalidRequest):
+        live.run_query(sales, denied, "SELECT version() FROM data", page=1, page_size=10)  # refused all the same

@@ -1,8 +1,8 @@
 """Live connector sources: every read runs on the source database, at request time.
 
-A connector source in `live` mode keeps no copy of its rows: a page, a count, an export, a
-column's values and a `/query` each become one SQL statement sent to the source database,
-built here as
+A connector source in `live` mode keeps no copy of its rows: a page (and its total), a
+count, an export, a column's values and a `/query` become SQL statements sent to the source
+database, built here over
 
     SELECT <columns> FROM (<the source relation>) AS __tidegate_src WHERE <row filter>
 
@@ -12,8 +12,8 @@ by the dialect). `/query` SQL is first accepted by our sandbox (data/sandbox.py,
 two-parser check as for stored sources), then transpiled to the engine's dialect with
 sqlglot, checked again on the transpiled tree (tables: only `data` and the query's own CTEs;
 functions and types: only `ALLOWED_FUNCTIONS` / `ALLOWED_TYPES`), and wrapped so that
-`data` is a CTE over the filtered relation: the filter applies before anything the caller
-wrote.
+`data` is a fenced CTE over the filtered relation: the filter applies before anything the
+caller wrote, and none of the caller's expressions is evaluated on a filtered-out row.
 
 What runs where is an engine's business (`Dialect`, one per connector type): connecting
 (through the egress policy), its SQL quirks, read-only transactions and timeouts, mapping
@@ -435,13 +435,11 @@ def _check_transpiled(tree: Any, cte_names: set[str]) -> None:
             raise _refuse("This query cannot run on a live source.")
 
 
-def compile_query(target: Target, row_filter: RowFilter, sql: Any) -> tuple[str, list[Any]] | None:
+def compile_query(target: Target, row_filter: RowFilter, sql: Any) -> tuple[str, list[Any]]:
     """The caller's SQL as the engine's SQL over `data` = the filtered source relation, and its
-    parameters (the filter's); None when the filter lets no row through."""
+    parameters (the filter's). A filter that lets nothing through still runs the query (same
+    shape, same refusals) over a `data` with no rows."""
     validated = sandbox.validate_query(sql)
-    relation = _filtered_relation(target, row_filter)
-    if relation is None:
-        return None
     dialect = target.dialect
     try:
         tree = sqlglot.parse_one(validated.sql, read="duckdb")
@@ -449,8 +447,11 @@ def compile_query(target: Target, row_filter: RowFilter, sql: Any) -> tuple[str,
         check = sqlglot.parse_one(transpiled, read=dialect.sqlglot_dialect)
     except sqlglot.errors.SqlglotError:
         raise _refuse("This query cannot be translated for the source database.") from None
-    ctes = {cte.alias_or_name.lower() for cte in check.find_all(exp.CTE)}
-    _check_transpiled(check, ctes)
+    _check_transpiled(check, {cte.alias_or_name.lower() for cte in check.find_all(exp.CTE)})
+    relation = _filtered_relation(target, row_filter)
+    if relation is None:
+        select = ", ".join(dialect.quote(name) for name in _projection(target))
+        relation = (f"SELECT {select} FROM {dialect.relation(target.config)} AS {SOURCE_ALIAS} WHERE false", [])
     inner, params = relation
     body = dialect.escape_literal_text(check.sql(dialect=dialect.sqlglot_dialect))
     # `data` is bound to the filtered relation in a CTE that encloses the caller's whole
@@ -463,10 +464,7 @@ def run_query(
     target: Target, row_filter: RowFilter, sql: Any, *, page: int, page_size: int, timeout: float | None = None
 ) -> tuple[list[dict[str, Any]], int, list[str]]:
     """(rows of the page, total rows of the result, column names) of a /query on the source."""
-    compiled = compile_query(target, row_filter, sql)
-    if compiled is None:
-        compiled = _no_rows_query(target, sql)
-    wrapped, params = compiled
+    wrapped, params = compile_query(target, row_filter, sql)
     seconds = _options.timeout if timeout is None else min(timeout, _options.timeout)
     with target.pool().connection(seconds) as connection:
         _, counted = target.dialect.rows(connection, f"SELECT count(*) FROM ({wrapped}) AS __n", params, seconds)
@@ -478,17 +476,3 @@ def run_query(
     )
     result_rows, columns = sandbox.rows_of(table)
     return result_rows, int(counted[0][0]), columns
-
-
-def _no_rows_query(target: Target, sql: Any) -> tuple[str, list[Any]]:
-    """A filter that lets nothing through: the query still runs (its shape and errors are
-    the same) over a `data` with no rows."""
-    dialect = target.dialect
-    select = ", ".join(dialect.quote(name) for name in _projection(target))
-    inner = f"SELECT {select} FROM {dialect.relation(target.config)} AS {SOURCE_ALIAS} WHERE false"
-    validated = sandbox.validate_query(sql)
-    tree = sqlglot.parse_one(validated.sql, read="duckdb")
-    check = sqlglot.parse_one(tree.sql(dialect=dialect.sqlglot_dialect), read=dialect.sqlglot_dialect)
-    _check_transpiled(check, {cte.alias_or_name.lower() for cte in check.find_all(exp.CTE)})
-    body = dialect.escape_literal_text(check.sql(dialect=dialect.sqlglot_dialect))
-    return f"WITH {dialect.fenced_cte(sandbox.RELATION, inner)} SELECT * FROM ({body}) AS {QUERY_ALIAS}", []
