@@ -3,9 +3,12 @@ changed behind our back, /query, export, writes refused, live <-> snapshot, sour
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 
-from tests.data.test_live import allow, allowed, source_db  # noqa: F401  (module fixtures)
+from tests.data.test_live import POSTGRES_ATTACKS, allow, allowed, source_db  # noqa: F401  (module fixtures)
+from tests.security.test_security_sandbox import ATTACKS
 from tidegate.data import live
 from tidegate.data.live_dialect import unavailable
 
@@ -101,6 +104,24 @@ def test_over_http_a_live_source_end_to_end(client, org, source_db, allowed):  #
     finally:
         dialect.connect = real_connect
     assert client.get(f"/api/v1/sources/{src}/data", headers=h).status_code == 200
+
+    # A representative subset of the sandbox attacks, through the API, as the filtered key.
+    for sql in [*list(ATTACKS.values())[::40], *POSTGRES_ATTACKS[:12]]:
+        r = client.post(f"/api/v1/sources/{src}/query", json={"sql": sql}, headers=h)
+        if r.status_code == 200:
+            assert "EU" not in r.text and "do-not-leak" not in r.text, (sql, r.text)
+        else:
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_query", (sql, r.text)
+
+    # A slow source: 504 with the envelope, within the timeout (2 s here).
+    slow_config = {**source_db["config"], "query": "SELECT region, amount FROM sales, pg_sleep(10) AS s"}
+    slow = client.post("/api/v1/sources", json={**body, "name": "slow", "config": slow_config}, headers=org.headers())
+    assert slow.status_code == 201, slow.text
+    assert slow.json()["status"] == "unavailable"  # its count timed out: shown, marked
+    started = time.monotonic()
+    r = client.get(f"/api/v1/sources/{slow.json()['id']}/data", headers=org.headers())
+    assert r.status_code == 504 and r.json()["error"]["code"] == "source_timeout", r.text
+    assert time.monotonic() - started < 4
 
     down = {**body, "name": "down", "config": {**body["config"], "port": 1}}
     r = client.post("/api/v1/sources", json=down, headers=org.headers())
