@@ -22,7 +22,8 @@ in `DIALECTS` (see the README, "Live connector sources").
 
 Failures: the source cannot be reached -> 503 `source_unavailable`; a read that outlives
 `timeout` seconds is cancelled -> 504 `source_timeout`; a pool with no free connection
-within the timeout -> 503 `source_busy`. A worker never waits longer than the timeout.
+within the timeout -> 503 `source_busy`. A read holds a worker at most twice the timeout
+(waiting for a connection, then running).
 
 Column-level rules do not exist yet: `_projection` is where a column projection will go.
 """
