@@ -309,3 +309,16 @@ def test_a_query_under_a_filter_that_denies_everything_reads_no_row(sales):
     assert live.run_query(sales, denied, "SELECT count(*) AS n FROM data", page=1, page_size=10)[0] == [{"n": 0}]
     with pytest.raises(InvalidRequest):
         live.run_query(sales, denied, "SELECT version() FROM data", page=1, page_size=10)  # refused all the same
+
+
+def test_no_free_connection_answers_503_within_the_timeout(sales):
+    live.configure(pool_size=1)
+    try:
+        with sales.pool().connection(2):  # the only connection, held
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailable) as info:
+                live.count(sales, ALL)
+            assert info.value.code == "source_busy" and time.monotonic() - started < 3
+        assert live.count(sales, ALL) == 2  # released: served again
+    finally:
+        live.configure(pool_size=2)
