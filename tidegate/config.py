@@ -57,6 +57,8 @@ class DataSettings:
     threads: int = 2  # DuckDB threads of the engine's connection
     memory_limit: str = "2GB"  # DuckDB's own syntax, passed through
     connector_statement_timeout_seconds: int = 300  # one connector read, wall clock
+    live_timeout_seconds: int = 30  # one read of a live source (page, count, query), then 504
+    live_pool_size: int = 4  # open connections per live source and process
     sqlite_connector_dirs: tuple[Path, ...] = ()  # where SQLite connector files may live (none: nowhere)
     connector_allow: str = ""  # egress allowlist, parsed by data.egress (empty: public addresses)
     # Data garbage collection: one round per interval across all nodes (tidegate.db.jobs);
@@ -71,6 +73,8 @@ DATA_VARIABLES = {
     "connector_statement_timeout_seconds": "TIDEGATE_CONNECTOR_STATEMENT_TIMEOUT_SECONDS",
     "gc_interval_seconds": "TIDEGATE_GC_INTERVAL_SECONDS",
     "gc_min_age_seconds": "TIDEGATE_GC_MIN_AGE_SECONDS",
+    "live_timeout_seconds": "TIDEGATE_LIVE_TIMEOUT_SECONDS",
+    "live_pool_size": "TIDEGATE_LIVE_POOL_SIZE",
 }
 
 

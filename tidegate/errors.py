@@ -79,3 +79,11 @@ class ServiceUnavailable(TidegateError):
         body = super().body()
         body["error"]["retry_after"] = self.retry_after
         return body
+
+
+class UpstreamTimeout(TidegateError):
+    """A database tidegate reads on the caller's behalf (a live source) did not answer in
+    time: 504. The read was cancelled; retrying may succeed."""
+
+    status = 504
+    type = "api_error"

@@ -12,6 +12,7 @@ key holds the row filter and version of every source the step reads, directly or
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections.abc import Hashable, Iterable, Iterator, Mapping
@@ -247,6 +248,9 @@ class _Prepared:
     steps: tuple[tuple[str, StepSpec], ...]
 
 
+_evaluations = itertools.count()
+
+
 class _Evaluation:
     def __init__(
         self,
@@ -263,6 +267,9 @@ class _Evaluation:
         self.max_rows = max_rows
         self._sources = {name.lower(): (name, value) for name, value in plan.sources.items()}
         self._keys: dict[str, Hashable] = {}
+        # A live source has no version that changes with its rows: what it read is this
+        # evaluation's alone (steps share it within one evaluation, never across two).
+        self._live_read = next(_evaluations)
         self._prepared: dict[str, _Prepared] = {}
 
     def _check_cancel(self) -> None:
@@ -319,7 +326,8 @@ class _Evaluation:
         for name, access in prepared.sources:
             version = access.version
             assert version is not None  # prepare refused a source without data
-            parts.append((name, "source", version.source_id, version.id, access.row_filter.cache_key()))
+            read: Hashable = self._live_read if access.source is not None and access.source.is_live else None
+            parts.append((name, "source", version.source_id, version.id, access.row_filter.cache_key(), read))
         for name, step in prepared.steps:
             parts.append((name, "step", self.key(step, (*visiting, spec.id))))
         key = (spec.id, self.plan.revision, prepared.query.sql, self.max_rows, tuple(parts))

@@ -40,8 +40,9 @@ from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
 from tidegate.credentials.usage import record_last_use
-from tidegate.data import connectors, egress, engine, querypool, sandbox
+from tidegate.data import connectors, egress, engine, live, querypool, sandbox
 from tidegate.data.maintenance import PeriodicCollector
+from tidegate.data.scheduled_sync import SyncScheduler
 from tidegate.errors import TidegateError
 from tidegate.web import routes as web
 from tidegate.web.throttle import SigninThrottle
@@ -123,6 +124,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sqlite_dirs=settings.data.sqlite_connector_dirs,
         statement_timeout_seconds=settings.data.connector_statement_timeout_seconds,
     )
+    live.configure(
+        timeout_seconds=settings.data.live_timeout_seconds,
+        pool_size=settings.data.live_pool_size,
+        session_key=settings.session_key,
+    )
     egress.configure(settings.data.connector_allow)  # a malformed TIDEGATE_CONNECTOR_ALLOW stops the start (ValueError)
     spool_uploads_under(settings.home / "tmp")
     collector = PeriodicCollector(  # the configured store: disk or object store; one round across nodes
@@ -131,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data.gc_interval_seconds,
         min_age_seconds=settings.data.gc_min_age_seconds,
     )
+    scheduled_syncs = SyncScheduler(settings.database_url, settings.session_key)  # once across nodes: row locks
     journal = Journal(
         settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_last_use
     )
@@ -145,8 +152,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("audit events of earlier runs not shipped yet (%s); will retry", brief_error(exc))
         journal.start(ship=not shipper.ships_elsewhere())
         collector.start()
+        scheduled_syncs.start()
         querypool.pool_for(settings.query_limits)  # its worker processes start now, not on the first query
         yield
+        scheduled_syncs.close()
         collector.close()
         journal.close()
 

@@ -78,7 +78,12 @@ class OrgShare(BaseModel):
 
 def source_out(access: SourceAccess) -> SourceOut:
     """A source as this caller sees it: counts are of the rows the caller may read."""
-    return SourceOut.of(access, row_count=engine.count(access) if access.version else 0)
+    if not access.version:
+        return SourceOut.of(access, row_count=0)
+    rows = engine.count_if_reachable(access)
+    if rows is None:  # a live source whose database does not answer now: shown, marked
+        return SourceOut.of(access, row_count=0, status="unavailable")
+    return SourceOut.of(access, row_count=rows)
 
 
 @router.get("/connectors", response_model=Page[ConnectorOut])

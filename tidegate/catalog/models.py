@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tidegate.db.base import Base, UtcDateTime, utcnow
@@ -42,6 +42,11 @@ class Source(Base):
     # Fernet token (key derived from Settings.session_key) of the connector's credentials.
     # Write-only: never returned, logged or audited. See connectors.encrypt_secret.
     connector_secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    # "live" (every read runs on the source database, data/live.py) or "snapshot" (a copy,
+    # refreshed by sync); None for sources no connector feeds, and for connector sources
+    # made before live ones existed (snapshots).
+    connector_mode: Mapped[str | None] = mapped_column(String(10))
+    sync_interval_minutes: Mapped[int | None] = mapped_column(Integer)  # snapshot only; data/scheduled_sync.py
     sync_status: Mapped[str | None] = mapped_column(String(20))  # pending | ok | error
     last_synced_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_sync_error: Mapped[str | None] = mapped_column(Text)  # never contains a secret

@@ -8,7 +8,7 @@ its own session (`access.sources.source_row`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +71,11 @@ class SourceSnapshot:
     current_version_id: str | None
     org_share_permission: str | None
     deleted_at: datetime | None
+    connector_mode: str | None = None  # live | snapshot | None (no connector, or an older snapshot)
+    sync_interval_minutes: int | None = None
+    # The Fernet token of a live source's credentials (what data/live.py connects with):
+    # encrypted, kept out of repr, and never rendered (wire.SourceOut lists its fields).
+    connector_secret_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, source: Source) -> SourceSnapshot:
@@ -92,7 +97,14 @@ class SourceSnapshot:
             current_version_id=source.current_version_id,
             org_share_permission=source.org_share_permission,
             deleted_at=source.deleted_at,
+            connector_mode=source.connector_mode,
+            sync_interval_minutes=source.sync_interval_minutes,
+            connector_secret_token=source.connector_secret_encrypted if source.connector_mode == "live" else None,
         )
+
+    @property
+    def is_live(self) -> bool:
+        return self.connector_mode == "live"
 
     @property
     def connector_config(self) -> dict[str, Any] | None:

@@ -309,6 +309,11 @@ _PG_TYPES = {
 }
 
 
+def canonical_pg_type(name: str) -> str | None:
+    """The canonical type of a PostgreSQL type name (None: inferred from the values)."""
+    return _PG_TYPES.get(name)
+
+
 def statement_timeout_seconds() -> int:
     """The wall-clock limit of one connector read (see configure)."""
     return _statement_timeout_seconds

@@ -50,8 +50,8 @@ from tidegate.caching import LRUCache, require_immutable
 from tidegate.catalog.models import SourceVersion
 from tidegate.config import DataSettings, ObjectStoreSettings
 from tidegate.core.rowfilter import RowFilter
-from tidegate.data import ingest, querycost, sandbox, storage
-from tidegate.errors import InvalidRequest
+from tidegate.data import ingest, live, querycost, sandbox, storage
+from tidegate.errors import InvalidRequest, ServiceUnavailable, UpstreamTimeout
 
 MAX_PAGE_SIZE = 10_000
 MAX_DISTINCT_LIMIT = 10_000
@@ -292,6 +292,15 @@ def _opened(access: Any) -> tuple[Any, RowFilter]:
     return access.version, access.row_filter
 
 
+def _live(access: SourceAccess) -> live.Target | None:
+    """The live target of a live connector source (its rows are read on the source
+    database, data/live.py), or None for a source whose rows are stored here."""
+    source = access.source
+    if source is None or not source.is_live:
+        return None
+    return live.target_of(source, access.version)
+
+
 def _check_page(page: Any, page_size: Any) -> None:
     if isinstance(page, bool) or not isinstance(page, int) or page < 1:
         raise InvalidRequest("invalid_page", "page must be an integer >= 1.")
@@ -465,6 +474,11 @@ def rows_of(table: pa.Table) -> list[dict[str, Any]]:
 def read_page(access: SourceAccess, *, page: int, page_size: int) -> tuple[list[dict[str, Any]], int]:
     """One page of the rows the caller's filter lets through, and how many there are in total."""
     version, row_filter = _opened(access)
+    target = _live(access)
+    if target is not None:
+        _check_page(page, page_size)
+        rows, total = live.read_page(target, row_filter, page=page, page_size=page_size)
+        return rows_of(rows), total
     return _read_page(version, row_filter, page=page, page_size=page_size)
 
 
@@ -516,6 +530,11 @@ def page_json(access: SourceAccess, *, page: int, page_size: int, cached_only: b
     """
     version, row_filter = _opened(access)
     _check_page(page, page_size)
+    if access.source is not None and access.source.is_live:
+        if cached_only:
+            return None  # a live page is read on the source database, never kept
+        rows, total = read_page(access, page=page, page_size=page_size)
+        return JSONPage(jsonfmt.dumps(rows), len(rows), total)
     key = (version.id, row_filter.cache_key(), page, page_size)
     hit = _pages.get(key)
     if hit is not None:
@@ -546,7 +565,22 @@ _counts: LRUCache[_Key, int] = LRUCache(65_536, name="row counts")
 
 def count(access: SourceAccess) -> int:
     """How many rows the caller's filter lets through."""
-    return _count(*_opened(access))
+    version, row_filter = _opened(access)
+    target = _live(access)
+    if target is not None:
+        return live.count(target, row_filter)
+    return _count(version, row_filter)
+
+
+def count_if_reachable(access: SourceAccess) -> int | None:
+    """`count`, or None when a live source's database cannot answer now (503/504): for
+    listings and source details, which should not fail because one source is down."""
+    try:
+        return count(access)
+    except (ServiceUnavailable, UpstreamTimeout):
+        if access.source is not None and access.source.is_live:
+            return None
+        raise
 
 
 def _count(version: SourceVersion, row_filter: RowFilter) -> int:
@@ -595,10 +629,21 @@ def stream_csv(access: SourceAccess, *, batch_rows: int = 65_536, raw: bool = Fa
     """
     version, row_filter = _opened(access)
     compile_filter(version, row_filter)
-    return _csv_chunks(version, row_filter, batch_rows, raw)
+    return _csv_chunks(version, _rows_of(access, version, row_filter, batch_rows), raw)
 
 
-def _csv_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: int, raw: bool) -> Iterator[bytes]:
+def _rows_of(
+    access: SourceAccess, version: SourceVersion, row_filter: RowFilter, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The filtered rows in batches: from the source database for a live source, else here."""
+    target = _live(access)
+    if target is None:
+        return _batches(version, row_filter, batch_rows)
+    schema = ingest.schema_for(version.columns)
+    return (b if b.schema == schema else b.cast(schema) for b in live.batches(target, row_filter, batch_rows))
+
+
+def _csv_chunks(version: SourceVersion, batches: Iterator[pa.RecordBatch], raw: bool) -> Iterator[bytes]:
     schema = ingest.schema_for(version.columns)
     if not raw:
         schema = spreadsheet.neutralize_schema(schema)
@@ -606,7 +651,7 @@ def _csv_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: int, 
     writer = pacsv.CSVWriter(sink, schema)
     try:
         wrote = False
-        for batch in _batches(version, row_filter, batch_rows):
+        for batch in batches:
             writer.write_batch(batch if raw else spreadsheet.neutralize_batch(batch, schema))
             wrote = True
             if chunk := _drain(sink):
@@ -631,15 +676,15 @@ def stream_parquet(access: SourceAccess, *, batch_rows: int = 131_072) -> Iterat
     """The filtered rows as one Parquet file, emitted row group by row group."""
     version, row_filter = _opened(access)
     compile_filter(version, row_filter)
-    return _parquet_chunks(version, row_filter, batch_rows)
+    return _parquet_chunks(version, _rows_of(access, version, row_filter, batch_rows), batch_rows)
 
 
-def _parquet_chunks(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> Iterator[bytes]:
+def _parquet_chunks(version: SourceVersion, batches: Iterator[pa.RecordBatch], batch_rows: int) -> Iterator[bytes]:
     schema = ingest.schema_for(version.columns)
     sink = io.BytesIO()
     writer = pq.ParquetWriter(sink, schema, compression="zstd")
     try:
-        for batch in _batches(version, row_filter, batch_rows):
+        for batch in batches:
             writer.write_batch(batch, row_group_size=batch_rows)
             if chunk := _drain(sink):
                 yield chunk
@@ -657,6 +702,9 @@ def distinct_values(access: SourceAccess, column: str, limit: int) -> list[str]:
         raise InvalidRequest("unknown_column", f'Column "{column}" does not exist in this source.')
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_DISTINCT_LIMIT:
         raise InvalidRequest("invalid_limit", f"limit must be an integer from 1 to {MAX_DISTINCT_LIMIT:,}.")
+    target = _live(access)
+    if target is not None:
+        return live.distinct_values(target, row_filter, column, limit)
     compiled = compile_filter(version, row_filter)
     if compiled is _DENY or not version.parts:
         return []
@@ -683,6 +731,9 @@ def filtered_table(access: SourceAccess) -> pa.Table:
     """Every row of the source the caller may read, as Arrow (the caller's filter applied;
     cached while small enough). For a project's step: its sources' rows, read as the reader."""
     version, row_filter = _opened(access)
+    target = _live(access)
+    if target is not None:
+        return live.table(target, row_filter)
     table = _filtered(version, row_filter, force=True)
     assert table is not None  # forced: always built
     return table
@@ -707,6 +758,11 @@ def run_query(
     version, row_filter = _opened(access)
     _check_page(page, page_size)
     budget = budget or sandbox.Budget.starting_now()
+    target = _live(access)
+    if target is not None:  # runs on the source database, transpiled and wrapped (data/live.py)
+        return live.run_query(
+            target, row_filter, sql, page=page, page_size=page_size, timeout=max(budget.remaining(), 0.1)
+        )
     query = sandbox.validate_query(sql)
     parser = _connection().cursor()  # only parses the text
     try:

@@ -20,7 +20,7 @@ from tidegate.config import Settings
 from tidegate.core.principal import Principal
 from tidegate.core.rowfilter import RowFilter
 from tidegate.core.scopes import Scope
-from tidegate.data import connectors, ingest, storage
+from tidegate.data import connectors, ingest, live, storage
 from tidegate.db.base import utcnow
 from tidegate.errors import Forbidden, InvalidRequest, NotFound
 from tidegate.ids import new_id
@@ -89,12 +89,14 @@ def create_source(
         authorize(principal, Scope.SOURCES_WRITE)
         authorize(principal, Rule.CREATE_CONNECTOR)
         connectors.get_connector(connector_id)
-        public, secret = connectors.split_config(connector_id, config or {})
+        config, mode, interval = _mode_settings(connector_id, config or {}, None)
+        public, secret = connectors.split_config(connector_id, config)
         source.service = connector_id
         source.connector_id = connector_id
         source.connector_config = public
         source.connector_secret_encrypted = connectors.encrypt_secret(secret, settings.session_key) if secret else None
-        table = connectors.pull(connector_id, public, secret)
+        source.connector_mode, source.sync_interval_minutes = mode, interval
+        table = _connector_table(source, public, secret)
         source.sync_status, source.last_synced_at = "ok", utcnow()
     session.add(source)
     session.flush()
@@ -119,6 +121,45 @@ def create_source(
     return source
 
 
+def _mode_settings(
+    connector_id: str, config: dict[str, Any], current: Source | None
+) -> tuple[dict[str, Any], str, int | None]:
+    """(the connector config without them, mode, sync interval) from a create or update body.
+
+    New PostgreSQL sources are live unless asked otherwise; engines without a live dialect
+    (SQLite) are snapshots. An update without them keeps the current ones."""
+    if not isinstance(config, dict):
+        raise InvalidRequest("invalid_connector_config", "config must be an object.")
+    config = dict(config)
+    has_live = connector_id in live.DIALECTS or connector_id == "postgresql"
+    default = (current.connector_mode or "snapshot") if current is not None else ("live" if has_live else "snapshot")
+    mode = live.check_mode(config.pop("mode", None) or default, connector_id)
+    given = "sync_interval_minutes" in config
+    interval = live.check_sync_interval(config.pop("sync_interval_minutes", None))
+    if not given and current is not None:
+        interval = current.sync_interval_minutes
+    if mode == "live" and interval is not None:
+        raise InvalidRequest("invalid_connector_config", '"sync_interval_minutes" is for snapshot sources only.')
+    return config, mode, interval
+
+
+def _connector_table(source: Source, public: dict[str, Any], secret: dict[str, Any]) -> pa.Table:
+    """What a connector source's new version holds: its rows (a snapshot), or for a live
+    source no rows at all, only the columns read from the source now (its rows stay there)."""
+    if source.connector_mode == "live":
+        columns = live.read_columns(live.target_for_config(source.service, public, secret))
+        return ingest.empty_table(columns)
+    return connectors.pull(source.service, public, secret)
+
+
+def _refuse_live_write(access: SourceAccess) -> None:
+    if access.source is not None and access.source.is_live:
+        raise InvalidRequest(
+            "live_source_read_only",
+            "This source is live: its rows are read from the source database, so write them there.",
+        )
+
+
 def write_rows(
     session: Session,
     principal: Principal,
@@ -130,6 +171,7 @@ def write_rows(
 ) -> SourceAccess:
     authorize(principal, Scope.DATA_WRITE)
     access = open_source(session, principal, source_id, need=EDIT)
+    _refuse_live_write(access)
     if not access.row_filter.is_unrestricted:
         if replace:
             raise _cannot_replace()
@@ -196,10 +238,18 @@ def update_source(
             raise InvalidRequest("not_a_connector_source", "Only connector sources have a config.")
         authorize(principal, Rule.CONFIGURE_CONNECTOR)
         old_secret = connectors.decrypt_secret(source.connector_secret_encrypted, settings.session_key)
-        merged = {**(source.connector_config or {}), **changes["config"]}
+        given, mode, interval = _mode_settings(source.connector_id, changes["config"], source)
+        merged = {**(source.connector_config or {}), **given}
         public, secret = connectors.split_config(source.connector_id, merged, old_secret)
+        refresh = mode != (source.connector_mode or "snapshot") or (
+            mode == "live" and public != source.connector_config
+        )
         source.connector_config = public
         source.connector_secret_encrypted = connectors.encrypt_secret(secret, settings.session_key) if secret else None
+        source.connector_mode, source.sync_interval_minutes = mode, interval
+        if refresh:  # now live, or a snapshot again, or live elsewhere: the version follows
+            storage.write_new_version(session, source, _connector_table(source, public, secret), append=False)
+            source.sync_status, source.last_synced_at, source.last_sync_error = "ok", utcnow(), None
         diff["config"] = {"changed_fields": sorted(changes["config"])}  # names only, never values
     if diff:
         source.updated_at = utcnow()
@@ -233,7 +283,11 @@ def sync_source(
     if not access.row_filter.is_unrestricted:  # a sync replaces every row, as a replace does
         raise _cannot_replace()
     source = source_row(session, access)
-    table = connectors.pull_source(source, settings.session_key)
+    if source.service not in connectors.CONNECTORS:
+        raise InvalidRequest("not_a_connector_source", "This source is not fed by a connector.")
+    secret = connectors.decrypt_secret(source.connector_secret_encrypted, settings.session_key)
+    # A snapshot pulls its rows again; a live source re-reads its columns (its rows are read live).
+    table = _connector_table(source, source.connector_config or {}, secret)
     version = storage.write_new_version(session, source, table, append=False)
     source.sync_status, source.last_synced_at, source.last_sync_error = "ok", utcnow(), None
     record(

@@ -33,9 +33,11 @@ class SourceOut(BaseModel):
     updated_at: str | None
     last_synced_at: str | None
     config: dict[str, Any] | None  # the connector's settings, never its secret part
+    mode: str | None  # connector sources: "live" (read on the source) or "snapshot"; else null
+    sync_interval_minutes: int | None  # snapshot sources synced every N minutes
 
     @classmethod
-    def of(cls, access: SourceAccess, row_count: int) -> SourceOut:
+    def of(cls, access: SourceAccess, row_count: int, status: str | None = None) -> SourceOut:
         """`row_count`: of the rows `access` lets its caller read (counting is the data layer's)."""
         source, version = access.opened_source, access.version
         return cls(
@@ -44,7 +46,7 @@ class SourceOut(BaseModel):
             description=source.description,
             service=source.service,
             connector_id=source.connector_id,
-            status=source.sync_status or "ready",
+            status=status or source.sync_status or "ready",
             columns=version.column_names if version else [],
             column_types={c["name"]: c["type"] for c in version.columns} if version else {},
             row_count=row_count,
@@ -56,6 +58,8 @@ class SourceOut(BaseModel):
             updated_at=isoformat(source.updated_at),
             last_synced_at=isoformat(source.last_synced_at),
             config=source.connector_config,
+            mode=(source.connector_mode or "snapshot") if source.connector_id else None,
+            sync_interval_minutes=source.sync_interval_minutes,
         )
 
 
