@@ -8,6 +8,7 @@ generated on first use.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -21,6 +22,16 @@ from pathlib import Path
 from tidegate.limits import Limits, from_environment, load_limits
 
 SECRETS_FILE = "secrets.json"
+
+
+def metrics_dir_for(home: Path) -> Path:
+    """The metrics directory of the server whose home this is: in memory (/dev/shm) where there
+    is one, since prometheus-client writes through mmap and a page it cannot get on a full
+    disk is a SIGBUS that kills the worker at once."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm / f"tidegate-metrics-{hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]}"
+    return home / "metrics"
 
 
 @dataclass(frozen=True)
@@ -226,7 +237,7 @@ class Settings:
     @property
     def metrics_dir(self) -> Path:
         """Where `tidegate serve`'s processes keep their metrics (emptied at each start)."""
-        return self.home / "metrics"
+        return metrics_dir_for(self.home)
 
     @property
     def data_dir(self) -> Path:

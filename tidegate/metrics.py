@@ -6,7 +6,7 @@ its name. Every label value comes from a fixed, small set, so a caller cannot gr
 series (or learn ids) by sending odd requests.
 
 Under `tidegate serve` every worker process writes its values to memory-mapped files in
-one directory (prometheus-client's multiprocess mode: the CLI empties `$TIDEGATE_HOME/metrics`
+one directory (prometheus-client's multiprocess mode: the CLI empties `Settings.metrics_dir`
 and names it in `PROMETHEUS_MULTIPROC_DIR` for its workers, which prometheus-client reads
 when it is imported), and `/metrics` adds them up across the node's processes. The
 instruments are made on first use, not at import: the single-worker server runs in the CLI's

@@ -36,7 +36,7 @@ from server import REDIS_URL, Server, WorkerPool, base_env, free_port, run_cli, 
 
 from scale.tcpforward import Forwarder
 from tidegate.catalog.analysis import ProjectRun
-from tidegate.config import normalize_database_url
+from tidegate.config import metrics_dir_for, normalize_database_url
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import preset_scopes
 from tidegate.credentials import service as keys_service
@@ -460,8 +460,8 @@ def test_metrics_of_a_node_count_every_worker_process(cluster):
         text = scrape(node)
     assert node.admin_user_id not in text and node.org_id not in text and node.admin_key not in text
     assert "tidegate_query_pool_capacity" in text and "tidegate_audit_backlog_events" in text
-    # Each worker wrote its own files in the node's metrics directory, emptied at start.
-    assert len({p.stem.rsplit("_", 1)[-1] for p in (node.home / "metrics").glob("counter_*.db")}) >= 2
+    # Each worker wrote its own files in the node's metrics directory (in /dev/shm), emptied at start.
+    assert len({p.stem.rsplit("_", 1)[-1] for p in metrics_dir_for(node.home).glob("counter_*.db")}) >= 2
 
 
 # -- a node that is not ready leaves the balancer, and comes back -------------------------------

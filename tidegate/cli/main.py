@@ -188,7 +188,8 @@ def serve(
         raise SystemExit(str(exc)) from None
     with refusals_reported(False):
         migrate(settings.database_url)
-    _metrics_in_files(settings.metrics_dir)
+    if settings.metrics_token:  # /metrics is off otherwise: nothing to share between processes
+        _metrics_in_files(settings.metrics_dir)
     if workers > 1 and not settings.redis_url:
         typer.echo(
             "warning: without TIDEGATE_REDIS_URL, rate limits and sign-in throttling are counted per worker process.",
@@ -223,12 +224,14 @@ def serve(
 def _metrics_in_files(directory) -> None:
     """Every process of this node (workers, the PostgreSQL endpoint) keeps its metrics in
     `directory`, emptied now: what an earlier run counted is not this run's."""
+    import atexit
     import shutil
 
     from tidegate import metrics
 
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(mode=0o700)
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)  # memory, not disk: freed at exit
     os.environ[metrics.MULTIPROCESS_ENV] = str(directory)  # read by prometheus-client in each worker
     metrics.enable_multiprocess()  # this process (the single-worker server runs here)
 
