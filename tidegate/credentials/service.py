@@ -315,6 +315,38 @@ def rename_key(
     return key
 
 
+def narrow_scopes(
+    session: Session, principal: Principal, key: ApiKey, scopes: list[str], *, context: RequestContext | None = None
+) -> ApiKey:
+    """Replace `key`'s scopes with a subset of them; 403 `scope_widening_not_allowed` for
+    any scope it does not hold (widening a key in place would grant it silently: make a new
+    key instead, which goes through the creation checks)."""
+    new = validate_scopes(scopes)
+    added = expand(new) - expand(list(key.scopes))
+    if added:
+        raise Forbidden(
+            "scope_widening_not_allowed",
+            f"A key's scopes can only be narrowed; {', '.join(sorted(added))} would widen it. Make a new key instead.",
+        )
+    if key.status_at(utcnow()) != "active":
+        raise InvalidRequest("api_key_not_active", "Only an active key's scopes can be changed.")
+    old = sorted(key.scopes)
+    if new != old:
+        key.scopes = new
+        record(
+            session,
+            principal,
+            "api_key.scopes_narrowed",
+            org_id=key.org_id,
+            target_type="api_key",
+            target_id=key.id,
+            details={"old": old, "new": new, "removed": sorted(expand(old) - expand(new))},
+            context=context,
+        )
+        bump_access_epoch(session, key.org_id)
+    return key
+
+
 def revoke_key(
     session: Session,
     principal: Principal | None,
@@ -444,6 +476,10 @@ def rotate_key(
         parent=parent,
         replacing=key if grace == timedelta(0) else None,
     )
+    created.key.rotated_from_key_id = key.id
+    key.rotated_to_key_id = created.key.id
+    key.rotated_to_prefix = created.key.key_prefix
+    key.rotated_at = now
     record(
         session,
         principal,
