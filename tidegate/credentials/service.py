@@ -126,6 +126,11 @@ def create_key(
         parent = session.get(ApiKey, creator.key_id)
     if parent is not None:
         terms = bound_by_parent(parent, terms)
+    if creator.key_id is not None and (parent is None or parent.id != creator.key_id):
+        # A key rotating another key's child gets a secret: never one beyond itself either.
+        caller = session.get(ApiKey, creator.key_id)
+        if caller is not None:
+            terms = bound_by_parent(caller, terms)
     _lock_key_creation(session, creator.user_id)
     _check_key_limit(session, org, creator.user_id, replacing)
 
