@@ -129,6 +129,10 @@ def test_rotation_with_grace_keeps_the_old_key_working_with_deprecation_headers_
     refused = client.get("/api/v1/keys", headers=org.headers(old_secret))  # (no keys:manage)
     assert refused.status_code == 403 and refused.headers["x-tidegate-replaced-by"] == new["key_prefix"]
 
+    # One replacement per key: the old key in its grace period is not rotated again.
+    twice = rotate(client, org, old_id, grace_period_seconds=60)
+    assert twice.status_code == 409 and twice.json()["error"]["code"] == "api_key_already_rotated"
+
     # The grace period over: the ordinary expiry refusal.
     with session_scope(org.settings.database_url) as session:
         session.get(ApiKey, old_id).expires_at = datetime.now(UTC) - timedelta(seconds=1)

@@ -447,6 +447,12 @@ def rotate_key(
     authorize(principal, Rule.ROTATE_KEY, key)
     if key.status_at(now) != "active":
         raise InvalidRequest("api_key_not_active", "Only an active key can be rotated.")
+    if key.rotated_to_key_id is not None:
+        # One replacement per key: a second would leave two live successors of one secret.
+        raise Conflict(
+            "api_key_already_rotated",
+            f"This key was already rotated into {key.rotated_to_prefix}…; rotate or revoke that key instead.",
+        )
     if not timedelta(0) <= grace <= MAX_ROTATION_GRACE:
         raise InvalidRequest("invalid_grace_period", "The grace period must be between 0 and 30 days.")
     lifetime_days = None

@@ -28,9 +28,9 @@ class KeyOut(BaseModel):
     access_policy_ids: list[str] | None
     ip_allowlist: list[str] | None
     parent_key_id: str | None
-    rotated_from: str | None = None  # the key this one replaced (rotation)
-    rotated_to: str | None = None  # the key that replaced this one
-    rotated_at: str | None = None
+    rotated_from: str | None  # the key this one replaced (rotation)
+    rotated_to: str | None  # the key that replaced this one
+    rotated_at: str | None
 
     @classmethod
     def fields_of(cls, key: ApiKey) -> dict[str, Any]:
