@@ -264,3 +264,34 @@ def test_a_full_access_wildcard_key_narrows_to_named_scopes(client, org):
     assert r.status_code == 200 and r.json()["scopes"] == ["data:read"]
     wide = client.patch(f"/api/v1/keys/{key_id}", json={"scopes": ["*"]}, headers=org.headers())
     assert wide.status_code == 403 and wide.json()["error"]["code"] == "scope_widening_not_allowed"
+
+
+def test_a_key_rotating_itself_gets_a_replacement_in_its_place_that_outlives_it(client, org):
+    secret = org.key_for(org.admin_id, ["admin:keys:manage", "data:read"], name="self", expires_in_days=10)
+    key_id = key_id_of(org, secret)
+    with_grace = rotate(client, org, key_id, secret, grace_period_seconds=300)
+    assert with_grace.status_code == 201, with_grace.text
+    new = with_grace.json()
+    # Not its own child (that would die with it), and no lifetime beyond its own.
+    assert new["parent_key_id"] is None and new["rotated_from"] == key_id
+    old_expiry = client.get(f"/api/v1/keys/{key_id}", headers=org.headers()).json()
+    assert when(new["expires_at"]) <= datetime.now(UTC) + timedelta(days=10, minutes=1)
+    assert when(old_expiry["expires_at"]) < when(new["expires_at"])
+    during = client.get("/api/v1/keys", headers=org.headers(secret))
+    assert during.status_code == 200 and during.headers["x-tidegate-replaced-by"] == new["key_prefix"]
+
+    at_once = rotate(client, org, new["id"], new["secret"])
+    assert at_once.status_code == 201, at_once.text
+    third = at_once.json()
+    assert third["parent_key_id"] is None and third["replaced_key"]["status"] == "revoked"
+    assert client.get("/api/v1/keys", headers=org.headers(third["secret"])).status_code == 200
+    gone = client.get("/api/v1/keys", headers=org.headers(new["secret"]))
+    assert gone.status_code == 401 and gone.json()["error"]["code"] == "api_key_revoked"
+
+
+def test_a_key_rotating_another_key_never_hands_out_more_than_itself(client, org):
+    broad_id = key_id_of(org, org.key_for(org.admin_id, ["data:read", "admin:users:read"], name="broad"))
+    narrow = org.key_for(org.admin_id, ["admin:keys:manage", "data:read"], name="narrow")
+    r = rotate(client, org, broad_id, narrow)
+    assert r.status_code == 403 and r.json()["error"]["code"] in ("insufficient_scope", "exceeds_parent_key")
+    assert client.get(f"/api/v1/keys/{broad_id}", headers=org.headers()).json()["rotated_to"] is None

@@ -100,12 +100,15 @@ def create_key(
     context: RequestContext | None = None,
     via: str = "api",
     parent: ApiKey | None = None,
+    exact_parent: bool = False,
     replacing: ApiKey | None = None,
 ) -> CreatedKey:
     """A new key of `creator`'s. When the request is authenticated by a key, that key is the
     new key's parent: the new key is bounded by its whole restriction set (credentials.bounds)
-    and revoked with it. `parent` names one explicitly (rotation keeps a child a child);
-    `replacing` is a key retired in the same transaction (not counted against the limit)."""
+    and revoked with it. `parent` names one explicitly (rotation keeps a child a child), with
+    `exact_parent` even None (a key rotating itself: the replacement takes its place, still
+    bounded by it); `replacing` is a key retired in the same transaction (not counted
+    against the limit)."""
     org = session.get(Organization, creator.org_id)
     if org is None or not org.api_key_creation_enabled:
         raise Forbidden(
@@ -122,7 +125,7 @@ def create_key(
             f"You cannot grant scope(s) you do not hold: {', '.join(sorted(missing))}.",
         )
     terms = _check_terms(session, creator, request)
-    if parent is None and creator.key_id is not None:
+    if parent is None and creator.key_id is not None and not exact_parent:
         parent = session.get(ApiKey, creator.key_id)
     if parent is not None:
         terms = bound_by_parent(parent, terms)
@@ -461,13 +464,17 @@ def rotate_key(
     # A child key's replacement is still its parent's child: bounded by it (an expiry past
     # the parent's becomes the parent's) and revoked with it.
     parent = session.get(ApiKey, key.parent_key_id) if key.parent_key_id else None
-    if (
-        parent is not None
-        and parent.expires_at is not None
-        and lifetime_days is not None
-        and now + timedelta(days=lifetime_days) > parent.expires_at
-    ):
-        lifetime_days = None
+    # Rotated through the API by a key, the replacement is also bounded by that key (by the
+    # old key itself when it rotates itself: no lifetime past its own expiry).
+    caller = session.get(ApiKey, principal.key_id) if principal.key_id is not None else None
+    for bound in (parent, caller):
+        if (
+            bound is not None
+            and bound.expires_at is not None
+            and lifetime_days is not None
+            and now + timedelta(days=lifetime_days) > bound.expires_at
+        ):
+            lifetime_days = None  # (inherits the bound's expiry)
     created = create_key(
         session,
         principal,
@@ -485,6 +492,9 @@ def rotate_key(
         context=context,
         via=via,
         parent=parent,
+        # A key rotating itself: the replacement takes its place (its parent, or none), not
+        # its child, which would be revoked or expired with it.
+        exact_parent=principal.key_id == key.id,
         replacing=key if grace == timedelta(0) else None,
     )
     created.key.rotated_from_key_id = key.id
