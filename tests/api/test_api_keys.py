@@ -234,7 +234,9 @@ def test_rename(client, org):
     r = client.patch(f"/api/v1/keys/{key_id}", json={"name": "new"}, headers=org.headers())
     assert r.status_code == 200 and r.json()["name"] == "new"
     assert client.patch(f"/api/v1/keys/{key_id}", json={"name": ""}, headers=org.headers()).status_code == 400
-    assert client.patch(f"/api/v1/keys/{key_id}", json={"scopes": ["*"]}, headers=org.headers()).status_code == 400
+    # Scopes can only narrow (tests/api/test_api_key_rotation.py); "*" widens.
+    widened = client.patch(f"/api/v1/keys/{key_id}", json={"scopes": ["*"]}, headers=org.headers())
+    assert widened.status_code == 403 and widened.json()["error"]["code"] == "scope_widening_not_allowed"
     assert client.get(f"/api/v1/keys/{key_id}", headers=org.headers()).json()["scopes"] == ["data:read"]
 
 

@@ -431,6 +431,34 @@ def test_keys_list_and_revoke(tg):
     ] == "active"
 
 
+def test_keys_rotate_with_and_without_grace(tg):
+    init_org(tg)
+    made = tg(
+        "keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "etl",
+        "--scopes", "data:read", "--rate-limit-per-minute", "33", "--json",
+    ).json  # fmt: skip
+    rotated = tg("keys", "rotate", made["id"], "--org", "Acme", "--grace", "600", "--json").json
+    assert rotated["rotated_from"] == made["id"] and rotated["secret"].startswith("qk_")
+    assert rotated["secret"] != made["secret"] and rotated["key_prefix"] == rotated["secret"][:12]
+    assert rotated["scopes"] == ["data:read"] and rotated["rate_limit_per_minute"] == 33
+    assert rotated["created_by"] == made["created_by"]  # made as the key's creator, not the operator
+    old = rotated["replaced_key"]
+    assert old["status"] == "active" and old["rotated_to"] == rotated["id"] and old["expires_at"] is not None
+    # The old key is being retired: rotating it again is refused; its replacement rotates, at once.
+    again = tg("keys", "rotate", made["id"], "--org", "Acme", "--grace", "600", "--json", ok=False)
+    assert again.error["code"] == "api_key_already_rotated" and rotated["key_prefix"] in again.error["message"]
+    now = tg("keys", "rotate", rotated["id"], "--org", "Acme")
+    assert "revoked now" in now.stdout and rotated["id"] in now.stdout
+    statuses = {k["id"]: k["status"] for k in tg("keys", "list", "--org", "Acme", "--json").json}
+    assert statuses[rotated["id"]] == "revoked" and statuses[made["id"]] == "active"
+    assert (
+        tg("keys", "rotate", rotated["id"], "--org", "Acme", "--json", ok=False).error["code"] == "api_key_not_active"
+    )
+    assert tg("keys", "rotate", made["id"], "--org", "Acme", "--grace", "604801", ok=False).code == 2
+    listed = tg("keys", "list", "--org", "Acme", "--json").stdout
+    assert rotated["secret"] not in listed and made["secret"] not in listed
+
+
 # -- org settings, with a running server ------------------------------------------------------
 
 

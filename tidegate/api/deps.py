@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC
+from email.utils import format_datetime
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
@@ -15,7 +17,7 @@ from tidegate.access.authorize import Action, authorize
 from tidegate.config import Settings
 from tidegate.core.principal import Principal
 from tidegate.credentials import embed_sessions
-from tidegate.credentials.authenticate import check_ip, digest_of, identify, parse_bearer, principal_for
+from tidegate.credentials.authenticate import KeyState, check_ip, digest_of, identify, parse_bearer, principal_for
 from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import client_ip
@@ -92,6 +94,8 @@ async def _key_principal(request: Request) -> Principal:
     # From here on the key is known: the request is audited against it, refused or not.
     request_state["audit_key"] = {"key_id": key.key_id, "org_id": key.org_id, "user_id": key.owner_id}
     principal = principal_for(key)
+    if key.rotated_to_prefix is not None:
+        request_state["response_headers"] = deprecation_headers(key)
     ip = request_state["client_ip"] = client_ip(request)  # these two also for the audit event
     request_state["user_agent"] = request.headers.get("user-agent")
     check_ip(key, ip)
@@ -99,6 +103,20 @@ async def _key_principal(request: Request) -> Principal:
     # The key's own limit, and its owner's shared by all their keys.
     await _count_request(settings, key.key_id, key.rate_limit_per_minute, key.owner_id, key.owner_rate_limit_per_minute)
     return principal
+
+
+def deprecation_headers(key: KeyState) -> list[tuple[bytes, bytes]]:
+    """What every response to a rotated key in its grace period says: deprecated since the
+    rotation (RFC 9745), refused from its expiry on (Sunset, RFC 8594), and the replacement's
+    display prefix (never more of it)."""
+    assert key.rotated_to_prefix is not None
+    headers = [(b"x-tidegate-replaced-by", key.rotated_to_prefix.encode())]
+    if key.rotated_at is not None:
+        headers.append((b"deprecation", f"@{int(key.rotated_at.timestamp())}".encode()))
+    expires_at = key.restrictions.expiry.at
+    if expires_at is not None:
+        headers.append((b"sunset", format_datetime(expires_at.astimezone(UTC), usegmt=True).encode()))
+    return headers
 
 
 async def _count_request(

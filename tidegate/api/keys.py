@@ -1,9 +1,11 @@
-"""/keys: create, list, get, rename, revoke."""
+"""/keys: create, list, get, rename and narrow, rotate, revoke."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy.orm import Session
 
 from tidegate.api.deps import DB, require, set_audit_target, settings_of
@@ -13,9 +15,10 @@ from tidegate.api.responses import JSON
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope, requested_scopes
 from tidegate.credentials import service
+from tidegate.errors import InvalidRequest
 from tidegate.http import request_context
 from tidegate.wire.common import Page
-from tidegate.wire.keys import KeyCreated, KeyOut, KeyRevoked
+from tidegate.wire.keys import KeyCreated, KeyOut, KeyRevoked, KeyRotated
 
 router = APIRouter(tags=["keys"], route_class=InputRoute)
 MANAGE = require(Scope.KEYS_MANAGE)
@@ -38,7 +41,20 @@ class KeyCreate(BaseModel):
 class KeyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Text = Field(min_length=1, max_length=200)
+    name: Text | None = Field(None, min_length=1, max_length=200)
+    # Only a subset of the key's scopes (narrowing); widening is 403.
+    scopes: list[str] | None = Field(None, max_length=100)
+
+
+# The API's grace window is a week (the web UI offers up to 30 days); no body or no value:
+# 0, the old key stops working at once (a leaked key is the usual reason to rotate).
+MAX_API_GRACE_SECONDS = 7 * 24 * 3600
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_period_seconds: StrictInt | None = None
 
 
 @router.post("/keys", status_code=201, response_model=KeyCreated)
@@ -87,9 +103,42 @@ def get_key(key_id: str, principal: Principal = MANAGE, session: Session = DB):
 
 
 @router.patch("/keys/{key_id}", response_model=KeyOut)
-def rename_key(key_id: str, body: KeyUpdate, request: Request, principal: Principal = MANAGE, session: Session = DB):
+def update_key(key_id: str, body: KeyUpdate, request: Request, principal: Principal = MANAGE, session: Session = DB):
+    if body.name is None and body.scopes is None:
+        raise InvalidRequest("invalid_parameters", "Send name and/or scopes to change.")
     key = service.get_key(session, principal, key_id)
-    return KeyOut.of(service.rename_key(session, principal, key, body.name, context=request_context(request)))
+    context = request_context(request)
+    if body.scopes is not None:
+        service.narrow_scopes(session, principal, key, body.scopes, context=context)
+    if body.name is not None:
+        service.rename_key(session, principal, key, body.name, context=context)
+    return KeyOut.of(key)
+
+
+@router.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyRotated)
+def rotate_key(
+    key_id: str, request: Request, body: KeyRotate | None = None, principal: Principal = MANAGE, session: Session = DB
+):
+    grace = (body.grace_period_seconds if body is not None else None) or 0
+    if not 0 <= grace <= MAX_API_GRACE_SECONDS:
+        raise InvalidRequest(
+            "invalid_grace_period", f"grace_period_seconds must be between 0 and {MAX_API_GRACE_SECONDS} (7 days)."
+        )
+    old = service.get_key(session, principal, key_id)
+    created = service.rotate_key(
+        session,
+        principal,
+        old,
+        grace=timedelta(seconds=grace),
+        pepper=settings_of(request).pepper,
+        context=request_context(request),
+    )
+    set_audit_target(request, "api_key", old.id, replacement_key_id=created.key.id)
+    payload = KeyRotated(
+        **KeyOut.fields_of(created.key), secret=created.secret, replaced_key=KeyOut.of(old)
+    ).model_dump()
+    # Carries the new secret: like creation, never cached.
+    return JSON(payload, status_code=201, headers={"Cache-Control": "no-store"})
 
 
 @router.delete("/keys/{key_id}", response_model=KeyRevoked)

@@ -98,6 +98,8 @@ class RequestMiddleware:
                 # nosniff on every response (API, static files, errors, 404s); pages set it already.
                 if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
                     headers.append((b"x-content-type-options", b"nosniff"))
+                # Set by authentication: a rotated key's Deprecation notice (api.deps).
+                headers.extend(state.get("response_headers", ()))
                 message["headers"] = headers
                 try:
                     # No audit, no access: journaled before the first byte (of a stream too) leaves.

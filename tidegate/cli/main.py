@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 from contextlib import contextmanager
+from datetime import timedelta
 
 import typer
 from sqlalchemy import select
@@ -439,6 +440,41 @@ def keys_revoke(key_id: str, org: str = typer.Option(..., "--org"), as_json: boo
         keys_service.revoke_key(session, None, key, via="cli")
         payload = {"id": key.id, "status": "revoked"}
     emit(as_json, payload, f"Revoked {key.id}.")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str,
+    org: str = typer.Option(..., "--org"),
+    grace: int = typer.Option(
+        0, "--grace", help="Seconds the old key keeps working (0-604800; 0: revoked now).", min=0, max=604800
+    ),
+    as_json: bool = JsonOpt,
+):
+    """Replace a key with a new one of the same settings, made as its creator (refused where
+    the API would refuse them); the old key is revoked now or expires after --grace."""
+    with database(as_json) as (settings, session):
+        organization = orgs.find_org(session, org)
+        system = Principal.for_user(organization.id, "cli", "admin")
+        old = keys_service.get_key(session, system, key_id)
+        owner = orgs.get_user(session, organization.id, old.created_by, include_inactive=True)
+        if not owner.is_active:
+            raise InvalidRequest("user_inactive", f"{owner.email} is deactivated; revoke the key instead.")
+        created = keys_service.rotate_key(
+            session,
+            Principal.for_user(organization.id, owner.id, owner.role),
+            old,
+            grace=timedelta(seconds=grace),
+            pepper=settings.pepper,
+            via="cli",
+        )
+        payload = {**_key_payload(created.key), "secret": created.secret, "replaced_key": _key_payload(old)}
+    until = "revoked now" if grace == 0 else f"works until {payload['replaced_key']['expires_at']}"
+    emit(
+        as_json,
+        payload,
+        f"{created.secret}\n(key {created.key.id}, replacing {old.id}: {until}; shown once, copy it now)",
+    )
 
 
 # -- organization ------------------------------------------------------------------------

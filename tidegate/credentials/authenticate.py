@@ -45,6 +45,9 @@ class KeyState:
     access_epoch: int | None
     # The organization's ceiling shared by all of the owner's keys (None: not read).
     owner_rate_limit_per_minute: int | None = None
+    # Set once the key has been rotated: when, and its replacement's display prefix.
+    rotated_at: datetime | None = None
+    rotated_to_prefix: str | None = None
 
     @classmethod
     def of(
@@ -57,6 +60,8 @@ class KeyState:
             owner_active=bool(owner and owner.is_active),
             access_epoch=access_epoch,
             owner_rate_limit_per_minute=owner_rate_limit_per_minute,
+            rotated_at=key.rotated_at,
+            rotated_to_prefix=key.rotated_to_prefix,
         )
 
     @property

@@ -37,6 +37,12 @@ class ApiKey(Base):
     # The key whose request created this one (None: made by a person, in the web UI or CLI).
     # A child never exceeds its parent, and revoking the parent revokes it.
     parent_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
+    # Rotation links: the key this one replaced; on the replaced key, when and by which key
+    # (its prefix too, so that authentication can name the replacement without a join).
+    rotated_from_key_id: Mapped[str | None] = mapped_column(String(40))
+    rotated_to_key_id: Mapped[str | None] = mapped_column(String(40))
+    rotated_to_prefix: Mapped[str | None] = mapped_column(String(16))
+    rotated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     def status_at(self, now: datetime) -> str:
         return key_status(self.revoked_at, self.expires_at, now)

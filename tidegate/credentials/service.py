@@ -100,12 +100,15 @@ def create_key(
     context: RequestContext | None = None,
     via: str = "api",
     parent: ApiKey | None = None,
+    exact_parent: bool = False,
     replacing: ApiKey | None = None,
 ) -> CreatedKey:
     """A new key of `creator`'s. When the request is authenticated by a key, that key is the
     new key's parent: the new key is bounded by its whole restriction set (credentials.bounds)
-    and revoked with it. `parent` names one explicitly (rotation keeps a child a child);
-    `replacing` is a key retired in the same transaction (not counted against the limit)."""
+    and revoked with it. `parent` names one explicitly (rotation keeps a child a child), with
+    `exact_parent` even None (a key rotating itself: the replacement takes its place, still
+    bounded by it); `replacing` is a key retired in the same transaction (not counted
+    against the limit)."""
     org = session.get(Organization, creator.org_id)
     if org is None or not org.api_key_creation_enabled:
         raise Forbidden(
@@ -122,10 +125,15 @@ def create_key(
             f"You cannot grant scope(s) you do not hold: {', '.join(sorted(missing))}.",
         )
     terms = _check_terms(session, creator, request)
-    if parent is None and creator.key_id is not None:
+    if parent is None and creator.key_id is not None and not exact_parent:
         parent = session.get(ApiKey, creator.key_id)
     if parent is not None:
         terms = bound_by_parent(parent, terms)
+    if creator.key_id is not None and (parent is None or parent.id != creator.key_id):
+        # A key rotating another key's child gets a secret: never one beyond itself either.
+        caller = session.get(ApiKey, creator.key_id)
+        if caller is not None:
+            terms = bound_by_parent(caller, terms)
     _lock_key_creation(session, creator.user_id)
     _check_key_limit(session, org, creator.user_id, replacing)
 
@@ -315,6 +323,38 @@ def rename_key(
     return key
 
 
+def narrow_scopes(
+    session: Session, principal: Principal, key: ApiKey, scopes: list[str], *, context: RequestContext | None = None
+) -> ApiKey:
+    """Replace `key`'s scopes with a subset of them; 403 `scope_widening_not_allowed` for
+    any scope it does not hold (widening a key in place would grant it silently: make a new
+    key instead, which goes through the creation checks)."""
+    new = validate_scopes(scopes)
+    added = expand(new) - expand(list(key.scopes))
+    if added:
+        raise Forbidden(
+            "scope_widening_not_allowed",
+            f"A key's scopes can only be narrowed; {', '.join(sorted(added))} would widen it. Make a new key instead.",
+        )
+    if key.status_at(utcnow()) != "active":
+        raise InvalidRequest("api_key_not_active", "Only an active key's scopes can be changed.")
+    old = sorted(key.scopes)
+    if new != old:
+        key.scopes = new
+        record(
+            session,
+            principal,
+            "api_key.scopes_narrowed",
+            org_id=key.org_id,
+            target_type="api_key",
+            target_id=key.id,
+            details={"old": old, "new": new, "removed": sorted(expand(old) - expand(new))},
+            context=context,
+        )
+        bump_access_epoch(session, key.org_id)
+    return key
+
+
 def revoke_key(
     session: Session,
     principal: Principal | None,
@@ -410,6 +450,12 @@ def rotate_key(
     authorize(principal, Rule.ROTATE_KEY, key)
     if key.status_at(now) != "active":
         raise InvalidRequest("api_key_not_active", "Only an active key can be rotated.")
+    if key.rotated_to_key_id is not None:
+        # One replacement per key: a second would leave two live successors of one secret.
+        raise Conflict(
+            "api_key_already_rotated",
+            f"This key was already rotated into {key.rotated_to_prefix}…; rotate or revoke that key instead.",
+        )
     if not timedelta(0) <= grace <= MAX_ROTATION_GRACE:
         raise InvalidRequest("invalid_grace_period", "The grace period must be between 0 and 30 days.")
     lifetime_days = None
@@ -418,13 +464,17 @@ def rotate_key(
     # A child key's replacement is still its parent's child: bounded by it (an expiry past
     # the parent's becomes the parent's) and revoked with it.
     parent = session.get(ApiKey, key.parent_key_id) if key.parent_key_id else None
-    if (
-        parent is not None
-        and parent.expires_at is not None
-        and lifetime_days is not None
-        and now + timedelta(days=lifetime_days) > parent.expires_at
-    ):
-        lifetime_days = None
+    # Rotated through the API by a key, the replacement is also bounded by that key (by the
+    # old key itself when it rotates itself: no lifetime past its own expiry).
+    caller = session.get(ApiKey, principal.key_id) if principal.key_id is not None else None
+    for bound in (parent, caller):
+        if (
+            bound is not None
+            and bound.expires_at is not None
+            and lifetime_days is not None
+            and now + timedelta(days=lifetime_days) > bound.expires_at
+        ):
+            lifetime_days = None  # (inherits the bound's expiry)
     created = create_key(
         session,
         principal,
@@ -442,8 +492,15 @@ def rotate_key(
         context=context,
         via=via,
         parent=parent,
+        # A key rotating itself: the replacement takes its place (its parent, or none), not
+        # its child, which would be revoked or expired with it.
+        exact_parent=principal.key_id == key.id,
         replacing=key if grace == timedelta(0) else None,
     )
+    created.key.rotated_from_key_id = key.id
+    key.rotated_to_key_id = created.key.id
+    key.rotated_to_prefix = created.key.key_prefix
+    key.rotated_at = now
     record(
         session,
         principal,

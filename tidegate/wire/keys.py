@@ -28,6 +28,9 @@ class KeyOut(BaseModel):
     access_policy_ids: list[str] | None
     ip_allowlist: list[str] | None
     parent_key_id: str | None
+    rotated_from: str | None  # the key this one replaced (rotation)
+    rotated_to: str | None  # the key that replaced this one
+    rotated_at: str | None
 
     @classmethod
     def fields_of(cls, key: ApiKey) -> dict[str, Any]:
@@ -49,6 +52,9 @@ class KeyOut(BaseModel):
             "access_policy_ids": key.access_policy_ids,
             "ip_allowlist": key.ip_allowlist,
             "parent_key_id": key.parent_key_id,
+            "rotated_from": key.rotated_from_key_id,
+            "rotated_to": key.rotated_to_key_id,
+            "rotated_at": isoformat(key.rotated_at),
         }
 
     @classmethod
@@ -62,6 +68,12 @@ class KeyCreated(KeyOut):
     @classmethod
     def of_created(cls, key: ApiKey, secret: str) -> KeyCreated:
         return cls(**cls.fields_of(key), secret=secret)
+
+
+class KeyRotated(KeyCreated):
+    """The replacement (its secret this once) and what became of the key it replaced."""
+
+    replaced_key: KeyOut
 
 
 class KeyRevoked(BaseModel):
