@@ -87,7 +87,7 @@ async def _key_principal(request: Request) -> Principal:
     tenant_id = request.headers.get("x-tenant-id")
     digest = digest_of(settings.pepper, token, tenant_id)
     keys = request.app.state.key_cache
-    key = keys.cached(digest) or await run_in_threadpool(keys.load, digest)
+    key = await keys.lookup(digest)
     key = identify(key, tenant_id)
     # From here on the key is known: the request is audited against it, refused or not.
     request_state["audit_key"] = {"key_id": key.key_id, "org_id": key.org_id, "user_id": key.owner_id}
