@@ -105,10 +105,7 @@ async def _count_request(
     settings: Settings, key_id: str, per_minute: int, owner_id: str | None, owner_per_minute: int | None
 ) -> None:
     """Count the request against its key's and its owner's rate limits, or refuse it (429)."""
-    if ratelimit.is_local(settings.redis_url):
-        ratelimit.enforce(settings.redis_url, key_id, per_minute, owner_id, owner_per_minute)
-    else:  # a network round trip: not on the event loop
-        await run_in_threadpool(ratelimit.enforce, settings.redis_url, key_id, per_minute, owner_id, owner_per_minute)
+    await ratelimit.enforce_async(settings.redis_url, key_id, per_minute, owner_id, owner_per_minute)
 
 
 def embed_request_origin(request: Request) -> str | None:
