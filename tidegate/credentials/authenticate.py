@@ -15,11 +15,14 @@ request in every worker process and on every node:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg
 from anyio import to_thread
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from tidegate import metrics
@@ -161,6 +164,33 @@ def read_epochs(database_url: str, org_ids: list[str]) -> list[int | None]:
     return [found.get(org_id) for org_id in org_ids]
 
 
+class EpochReader:
+    """`read_epochs` on a connection of its own, in autocommit: one round trip a read (a
+    pooled connection would add a pre-ping and a COMMIT). A failed read drops the connection
+    (the next one reconnects) and raises: the requests waiting on it get a 503."""
+
+    SQL = "SELECT id, access_epoch FROM organizations WHERE id = ANY(%s)"
+
+    def __init__(self, database_url: str):
+        url = make_url(database_url).set(drivername="postgresql")
+        self._conninfo = url.render_as_string(hide_password=False)
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()  # (one read at a time: the loops of tests share it)
+
+    def __call__(self, org_ids: list[str]) -> list[int | None]:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+                found: dict[str, int] = dict(self._conn.execute(self.SQL, (list(set(org_ids)),)).fetchall())
+            except Exception:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.close()
+                raise
+        return [found.get(org_id) for org_id in org_ids]
+
+
 class KeyCache:
     """Recently used keys by keyed hash, each valid only while what it was read at holds:
     SQLite's commit generation, or (PostgreSQL) its organization's access epoch.
@@ -176,7 +206,7 @@ class KeyCache:
         self.size = size
         self._entries: LRUCache[str, tuple[tuple[int, int] | None, KeyState]] = LRUCache(size, name="key cache")
         self.epochs: Coalescer[str, int | None] | None = (
-            None if self.watch.supported else Coalescer(lambda org_ids: read_epochs(database_url, org_ids))
+            None if self.watch.supported else Coalescer(EpochReader(database_url))
         )
 
     async def lookup(self, digest: str) -> KeyState | None:
