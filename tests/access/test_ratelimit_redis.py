@@ -42,7 +42,9 @@ def test_concurrent_requests_share_trips_and_never_pass_the_limit(store):
     assert results.count(None) == 7
     refused = [r for r in results if r is not None]
     assert len(refused) == 33 and all(isinstance(r, RateLimited) and r.code == "rate_limit_exceeded" for r in refused)
-    assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
+    # When a request may pass again: within this window, or up to a minute into the next (a
+    # full window still weighs there, the sliding window counter).
+    assert all(1 <= int(r.headers["Retry-After"]) <= 120 for r in refused)
     assert windows.batches.trips - trips < 40  # shared round trips, not one each
     # A refused request is not counted: the counter holds exactly the 7 let through.
     (counter,) = store.scan_iter(match=f"*{key}*")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -15,7 +16,7 @@ from tidegate.access.authorize import Action, authorize
 from tidegate.config import Settings
 from tidegate.core.principal import Principal
 from tidegate.credentials import embed_sessions
-from tidegate.credentials.authenticate import check_ip, digest_of, identify, parse_bearer, principal_for
+from tidegate.credentials.authenticate import KeyState, check_ip, digest_of, identify, parse_bearer, principal_for
 from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import client_ip
@@ -87,18 +88,42 @@ async def _key_principal(request: Request) -> Principal:
     tenant_id = request.headers.get("x-tenant-id")
     digest = digest_of(settings.pepper, token, tenant_id)
     keys = request.app.state.key_cache
-    key = await keys.lookup(digest)
-    key = identify(key, tenant_id)
-    # From here on the key is known: the request is audited against it, refused or not.
-    request_state["audit_key"] = {"key_id": key.key_id, "org_id": key.org_id, "user_id": key.owner_id}
-    principal = principal_for(key)
-    ip = request_state["client_ip"] = client_ip(request)  # these two also for the audit event
-    request_state["user_agent"] = request.headers.get("user-agent")
-    check_ip(key, ip)
-    _refuse_nul_in_url(request)
-    # The key's own limit, and its owner's shared by all their keys.
-    await _count_request(settings, key.key_id, key.rate_limit_per_minute, key.owner_id, key.owner_rate_limit_per_minute)
+    # PostgreSQL: count the request against the cached entry's limits while its epoch is read
+    # (two round trips at once, not one after the other); kept only if the entry is still
+    # valid, else counted again with the fresh limits (a stale guess counts once too many,
+    # never once too few).
+    guess = keys.unvalidated(digest)
+    counting = None
+    if guess is not None and guess.org_id == tenant_id:
+        counting = asyncio.ensure_future(_count_request(settings, *_limits_of(guess)))
+    try:
+        key = identify(await keys.lookup(digest), tenant_id)
+        # From here on the key is known: the request is audited against it, refused or not.
+        request_state["audit_key"] = {"key_id": key.key_id, "org_id": key.org_id, "user_id": key.owner_id}
+        principal = principal_for(key)
+        ip = request_state["client_ip"] = client_ip(request)  # these two also for the audit event
+        request_state["user_agent"] = request.headers.get("user-agent")
+        check_ip(key, ip)
+        _refuse_nul_in_url(request)
+        # The key's own limit, and its owner's shared by all their keys.
+        if counting is not None and key is guess:
+            task, counting = counting, None
+            await task
+        else:
+            await _count_request(settings, *_limits_of(key))
+    finally:
+        if counting is not None:  # not used: its outcome (a 429, a 503) is not this request's
+            counting.add_done_callback(_ignore_outcome)
     return principal
+
+
+def _limits_of(key: KeyState) -> tuple[str, int, str | None, int | None]:
+    return key.key_id, key.rate_limit_per_minute, key.owner_id, key.owner_rate_limit_per_minute
+
+
+def _ignore_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # (retrieved: no "exception was never retrieved" warning)
 
 
 async def _count_request(

@@ -209,6 +209,14 @@ class KeyCache:
             None if self.watch.supported else Coalescer(EpochReader(database_url))
         )
 
+    def unvalidated(self, digest: str) -> KeyState | None:
+        """PostgreSQL: the entry `lookup` will validate, if any (to start work that needs its
+        rate limits while the epoch is read; used only if `lookup` returns this very state)."""
+        if self.epochs is None:
+            return None
+        hit = self._entries.get(digest)
+        return hit[1] if hit is not None else None
+
     async def lookup(self, digest: str) -> KeyState | None:
         """The key state under `digest` as of now (no older than this call): from the cache
         when still valid, else read from the database in the threadpool."""
