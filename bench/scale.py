@@ -62,6 +62,24 @@ def haproxy(port: int, node_ports: list[int]) -> subprocess.Popen:
     return start([shutil.which("haproxy") or "haproxy", "-db", "-q", "-f", str(HAPROXY_CFG)], env)
 
 
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of `pid` and each of its descendants, in MB (from /proc)."""
+    found: dict[str, float] = {}
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            cmdline = Path(f"/proc/{current}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        found[f"{current} {cmdline}"] = round(rss / 1024, 1)
+    return found
+
+
 def big_source(world: dict, rows: int, settings_env: dict[str, str]) -> tuple[str, str]:
     """A `rows`-row source (vectorized build) shared with the bench member, and an admin key
     that may write it: (source id, admin secret)."""
@@ -194,6 +212,8 @@ def main() -> None:
                 }
             )
 
+        results: dict[str, dict] = {"node1_rss_mb": rss_mb(procs[0].pid)}
+
         # One node, two workers (the issue's configuration), once the two nodes are gone.
         for proc in procs[:2]:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -208,7 +228,6 @@ def main() -> None:
         for r in rounds:
             r["bare_again"] = wrk(bare_url, args.seconds, args.connections, {})
             r["one_node_2_workers_page_1"] = wrk(one + "&page=1", args.seconds, args.connections, tenant, run_keys[2])
-        results: dict[str, dict] = {}
 
         # First page after a write on the big source, then later pages (read as the member).
         big = f"http://127.0.0.1:{single_port}/api/v1/sources/{big_id}"
