@@ -14,9 +14,10 @@ with the concurrency.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar, cast
 
 from anyio import to_thread
 
@@ -33,11 +34,13 @@ class _Queue(Generic[T, R]):
 
 
 class Coalescer(Generic[T, R]):
-    """`await ask(item)`: `work([items...])[i]` from a call of `work` (blocking, run in a
-    thread) that started after the ask; concurrent asks share one call."""
+    """`await ask(item)`: `work([items...])[i]` from a call of `work` that started after the
+    ask; concurrent asks share one call. `work` is a coroutine function (awaited on the loop:
+    no thread hop) or a blocking function (run in a thread)."""
 
-    def __init__(self, work: Callable[[list[T]], Sequence[R]]):
+    def __init__(self, work: Callable[[list[T]], Sequence[R]] | Callable[[list[T]], Awaitable[Sequence[R]]]):
         self._work = work
+        self._on_loop = inspect.iscoroutinefunction(work) or inspect.iscoroutinefunction(type(work).__call__)
         # One queue per event loop (a test client runs its own loop beside the server's).
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue[T, R]] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -65,7 +68,11 @@ class Coalescer(Generic[T, R]):
                 batch, queue.items = queue.items, []
                 self.trips += 1
                 try:
-                    results = await to_thread.run_sync(self._work, [item for item, _ in batch])
+                    items = [item for item, _ in batch]
+                    if self._on_loop:
+                        results = await cast(Awaitable[Sequence[R]], self._work(items))
+                    else:
+                        results = cast(Sequence[R], await to_thread.run_sync(self._work, items))
                 except BaseException as exc:  # every waiter of the trip gets its failure
                     for _, future in batch:
                         if not future.done():

@@ -15,7 +15,8 @@ request in every worker process and on every node:
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -165,29 +166,35 @@ def read_epochs(database_url: str, org_ids: list[str]) -> list[int | None]:
 
 
 class EpochReader:
-    """`read_epochs` on a connection of its own, in autocommit: one round trip a read (a
-    pooled connection would add a pre-ping and a COMMIT). A failed read drops the connection
-    (the next one reconnects) and raises: the requests waiting on it get a 503."""
+    """`read_epochs` on a connection of its own per event loop, in autocommit and async (one
+    round trip a read, no thread hop; a pooled connection would add a pre-ping and a COMMIT).
+    A failed read drops the connection (the next one reconnects) and raises: the requests
+    waiting on it get a 503."""
 
     SQL = "SELECT id, access_epoch FROM organizations WHERE id = ANY(%s)"
 
     def __init__(self, database_url: str):
         url = make_url(database_url).set(drivername="postgresql")
         self._conninfo = url.render_as_string(hide_password=False)
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.Lock()  # (one read at a time: the loops of tests share it)
+        self._conns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, psycopg.AsyncConnection] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def __call__(self, org_ids: list[str]) -> list[int | None]:
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
-                found: dict[str, int] = dict(self._conn.execute(self.SQL, (list(set(org_ids)),)).fetchall())
-            except Exception:
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    conn.close()
-                raise
+    async def __call__(self, org_ids: list[str]) -> list[int | None]:
+        loop = asyncio.get_running_loop()
+        conn = self._conns.get(loop)
+        try:
+            if conn is None or conn.closed:
+                conn = self._conns[loop] = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5
+                )
+            cursor = await conn.execute(self.SQL, (list(set(org_ids)),))
+            found: dict[str, int] = dict(await cursor.fetchall())
+        except Exception:
+            self._conns.pop(loop, None)
+            if conn is not None:
+                await conn.close()
+            raise
         return [found.get(org_id) for org_id in org_ids]
 
 
