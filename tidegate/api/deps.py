@@ -89,9 +89,9 @@ async def _key_principal(request: Request) -> Principal:
     digest = digest_of(settings.pepper, token, tenant_id)
     keys = request.app.state.key_cache
     # PostgreSQL: count the request against the cached entry's limits while its epoch is read
-    # (two round trips at once, not one after the other); kept only if the entry is still
-    # valid, else counted again with the fresh limits (a stale guess counts once too many,
-    # never once too few).
+    # (two round trips at once, not one after the other); kept if the key's limits read now
+    # are the same, else counted again with the fresh ones (a wrong guess counts once too
+    # many, never once too few).
     guess = keys.unvalidated(digest)
     counting = None
     if guess is not None and guess.org_id == tenant_id:
@@ -106,7 +106,7 @@ async def _key_principal(request: Request) -> Principal:
         check_ip(key, ip)
         _refuse_nul_in_url(request)
         # The key's own limit, and its owner's shared by all their keys.
-        if counting is not None and key is guess:
+        if counting is not None and _limits_of(key) == _limits_of(guess):  # (as good as counted now)
             task, counting = counting, None
             await task
         else:
