@@ -5,6 +5,7 @@ a request refused by its owner's ceiling counts on no counter, Redis down refuse
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import pytest
@@ -13,7 +14,7 @@ import redis
 from tidegate.access import ratelimit
 from tidegate.errors import RateLimited
 
-REDIS_URL = __import__("conftest").REDIS_URL
+REDIS_URL = os.environ.get("TIDEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")  # (as conftest)
 
 
 @pytest.fixture(scope="module")
