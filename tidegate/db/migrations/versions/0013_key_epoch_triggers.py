@@ -1,7 +1,7 @@
 """PostgreSQL: a change to a key, a user or an organization's limits bumps the access epoch
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-11-30 22:20:00
 
 The key cache on PostgreSQL is validated by the organization's access epoch. tidegate bumps
@@ -13,8 +13,8 @@ commit (`PRAGMA data_version`).
 
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
