@@ -8,7 +8,7 @@ CHART_JS := tidegate/web/static/vendor/chart.umd.js
 HOST     ?= 127.0.0.1
 PORT     ?= 8000
 
-.PHONY: run test lint setup browser clients haproxy check-python clean
+.PHONY: run test lint setup browser clients haproxy bench-tools check-python clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tidegate needs Python >= 3.11"'
@@ -56,6 +56,10 @@ clients: $(PYCLIENTS) $(S3SERVER)
 # configuration compose.yaml uses (deploy/haproxy.cfg): Debian's HAProxy.
 haproxy:
 	@command -v haproxy >/dev/null 2>&1 || (apt-get update && apt-get install -y haproxy)
+
+# What the benches in bench/ drive load with (wrk) and put in front of nodes (bench/scale.py).
+bench-tools: haproxy
+	@command -v wrk >/dev/null 2>&1 || (apt-get update && apt-get install -y wrk)
 
 run: setup
 	$(BIN)/tidegate init --if-needed

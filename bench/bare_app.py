@@ -12,3 +12,9 @@ app = FastAPI(default_response_class=JSON)
 async def rows():
     # As cheap as FastAPI gets: no thread hop, no jsonable_encoder pass, orjson rendering.
     return JSON({"data": ROWS, "total_count": 100, "page": 1, "page_size": 100})
+
+
+@app.get("/readyz")
+async def readyz():
+    # For the balancer's health check when the yardstick runs behind HAProxy (bench/scale.py).
+    return JSON({"status": "ready"})

@@ -262,7 +262,8 @@ def test_redis_rate_limit_holds_across_workers(tmp_path):
         assert {worker for worker, status, _, _ in results if status == 200} == {0, 1}
         for _, _status, headers, body in results[5:]:
             assert (body["error"]["type"], body["error"]["code"]) == ("rate_limit_error", "rate_limit_exceeded")
-            assert 1 <= int(headers["retry-after"]) <= 60
+            # Up to 60 s into the next minute: a full window still weighs there (sliding window).
+            assert 1 <= int(headers["retry-after"]) <= 120
         counters = [k for k in store.scan_iter(match=f"*{key['id']}*")]
         assert counters, "no counter in Redis: the limit was not kept there"
         store.delete(*counters)

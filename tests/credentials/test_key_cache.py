@@ -14,6 +14,7 @@ test is the only thing that can invalidate the entry.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -93,12 +94,16 @@ def quiet(client, settings):
 
 
 def assert_cached(keys: KeyCache, settings, digest: str) -> None:
-    """On SQLite the key must now be answered from the cache (else the test proves nothing);
-    on PostgreSQL nothing is ever cached."""
+    """The key must now be answered from the cache (else the test proves nothing): on SQLite
+    fresh by the commit generation, on PostgreSQL held at the organization's current epoch."""
     if is_sqlite(settings):
         assert keys.cached(digest) is not None, "the key is not cached: this test would prove nothing"
     else:
-        assert keys.watch.generation() is None and digest not in keys._entries
+        assert keys.watch.generation() is None and digest in keys._entries
+        state = keys._entries[digest][1]
+        assert authenticate.read_epochs(settings.database_url, [state.org_id]) == [state.access_epoch], (
+            "the cached key is not at its organization's epoch: this test would prove nothing"
+        )
 
 
 def error_code(response) -> str | None:
@@ -278,9 +283,60 @@ def test_the_cache_is_bounded(org, settings):
     digests = [hash_secret(settings.pepper, s) for s in secrets]
     for digest in digests:
         assert cache.load(digest).key_id
+    assert list(cache._entries) == digests[-3:]  # least recently used first out
     if is_sqlite(settings):
-        assert list(cache._entries) == digests[-3:]  # least recently used first out
         assert all(cache.cached(d) is not None for d in digests[-3:])
         assert all(cache.cached(d) is None for d in digests[:2])
-    else:
-        assert not cache._entries
+
+
+# -- PostgreSQL: entries validated by the organization's epoch --------------------------------
+
+ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@ON_POSTGRESQL
+def test_a_cached_key_costs_an_epoch_read_not_a_key_read(client, org, settings, keys, quiet, monkeypatch):
+    secret = org.key_for(org.admin_id, name="warm")
+    h = org.headers(secret)
+    assert client.get("/api/v1/keys", headers=h).status_code == 200
+    reads, epoch_trips = [], keys.epochs.trips
+    real_load = authenticate.load_key_state
+    monkeypatch.setattr(authenticate, "load_key_state", lambda s, d: reads.append(d) or real_load(s, d))
+    for _ in range(5):
+        assert client.get("/api/v1/keys", headers=h).status_code == 200
+    assert reads == [] and keys.epochs.trips >= epoch_trips + 5  # validated each time, never re-read
+    # A change through tidegate (the org's limits) bumps the epoch: the next request re-reads.
+    assert client.patch("/api/v1/org/settings", headers=h, json={"user_rate_limit_per_minute": 5000}).status_code == 200
+    assert client.get("/api/v1/keys", headers=h).status_code == 200
+    assert len(reads) >= 1
+
+
+@ON_POSTGRESQL
+def test_an_epoch_read_that_fails_is_a_503_never_a_stale_success(client, org, settings, keys, quiet):
+    secret = org.key_for(org.admin_id, name="down")
+    h = org.headers(secret)
+    assert client.get("/api/v1/keys", headers=h).status_code == 200
+    assert_cached(keys, settings, hash_secret(settings.pepper, secret))
+    reader = keys.epochs._work
+    # The database unreachable for the epoch read (a closed port on loopback), key still cached.
+    keys.epochs._work = authenticate.EpochReader("postgresql://root@127.0.0.1:1/none")
+    try:
+        r = client.get("/api/v1/keys", headers=h)
+        assert (r.status_code, error_code(r)) == (503, "database_unavailable")
+        assert "127.0.0.1:1" not in r.text and "postgresql" not in r.text
+    finally:
+        keys.epochs._work = reader
+    assert client.get("/api/v1/keys", headers=h).status_code == 200  # back, without a restart
+
+
+@ON_POSTGRESQL
+def test_an_organization_without_an_epoch_row_never_validates_an_entry(org, settings):
+    """No such organization reads as None, which no cached epoch (an int) equals."""
+    reader = authenticate.EpochReader(settings.database_url)
+
+    async def reads():
+        return await reader(["org_missing", org.id, "org_missing"]), await reader([org.id])
+
+    both, own = asyncio.run(reads())
+    assert both[::2] == [None, None] and isinstance(own[0], int) and both[1] == own[0]
+    assert authenticate.read_epochs(settings.database_url, ["org_missing", org.id]) == both[:2]

@@ -228,7 +228,6 @@ LRU_CACHED = {
     "web/auth.py": {"_dummy_hash"},
     "data/egress.py": {"_parse", "_own_database_server"},
     "limits.py": {"get_limits"},
-    "access/ratelimit.py": {"_redis_limiter", "_per_minute"},
     "db/engine.py": {"get_engine", "_session_factory"},
 }
 # Hand-rolled LRUs allowed only where they call require_immutable on every put.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC
 from email.utils import format_datetime
@@ -89,20 +90,44 @@ async def _key_principal(request: Request) -> Principal:
     tenant_id = request.headers.get("x-tenant-id")
     digest = digest_of(settings.pepper, token, tenant_id)
     keys = request.app.state.key_cache
-    key = keys.cached(digest) or await run_in_threadpool(keys.load, digest)
-    key = identify(key, tenant_id)
-    # From here on the key is known: the request is audited against it, refused or not.
-    request_state["audit_key"] = {"key_id": key.key_id, "org_id": key.org_id, "user_id": key.owner_id}
-    principal = principal_for(key)
-    if key.rotated_to_prefix is not None:
-        request_state["response_headers"] = deprecation_headers(key)
-    ip = request_state["client_ip"] = client_ip(request)  # these two also for the audit event
-    request_state["user_agent"] = request.headers.get("user-agent")
-    check_ip(key, ip)
-    _refuse_nul_in_url(request)
-    # The key's own limit, and its owner's shared by all their keys.
-    await _count_request(settings, key.key_id, key.rate_limit_per_minute, key.owner_id, key.owner_rate_limit_per_minute)
+    # PostgreSQL: count the request against the cached entry's limits while its epoch is read
+    # (two round trips at once, not one after the other); kept if the key's limits read now
+    # are the same, else counted again with the fresh ones (a wrong guess counts once too
+    # many, never once too few).
+    guess = keys.unvalidated(digest)
+    counting = None
+    if guess is not None and guess.org_id == tenant_id:
+        counting = asyncio.ensure_future(_count_request(settings, *_limits_of(guess)))
+    try:
+        key = identify(await keys.lookup(digest), tenant_id)
+        # From here on the key is known: the request is audited against it, refused or not.
+        request_state["audit_key"] = {"key_id": key.key_id, "org_id": key.org_id, "user_id": key.owner_id}
+        principal = principal_for(key)
+        if key.rotated_to_prefix is not None:
+            request_state["response_headers"] = deprecation_headers(key)
+        ip = request_state["client_ip"] = client_ip(request)  # these two also for the audit event
+        request_state["user_agent"] = request.headers.get("user-agent")
+        check_ip(key, ip)
+        _refuse_nul_in_url(request)
+        # The key's own limit, and its owner's shared by all their keys.
+        if counting is not None and _limits_of(key) == _limits_of(guess):  # (as good as counted now)
+            task, counting = counting, None
+            await task
+        else:
+            await _count_request(settings, *_limits_of(key))
+    finally:
+        if counting is not None:  # not used: its outcome (a 429, a 503) is not this request's
+            counting.add_done_callback(_ignore_outcome)
     return principal
+
+
+def _limits_of(key: KeyState) -> tuple[str, int, str | None, int | None]:
+    return key.key_id, key.rate_limit_per_minute, key.owner_id, key.owner_rate_limit_per_minute
+
+
+def _ignore_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # (retrieved: no "exception was never retrieved" warning)
 
 
 def deprecation_headers(key: KeyState) -> list[tuple[bytes, bytes]]:
@@ -123,10 +148,7 @@ async def _count_request(
     settings: Settings, key_id: str, per_minute: int, owner_id: str | None, owner_per_minute: int | None
 ) -> None:
     """Count the request against its key's and its owner's rate limits, or refuse it (429)."""
-    if ratelimit.is_local(settings.redis_url):
-        ratelimit.enforce(settings.redis_url, key_id, per_minute, owner_id, owner_per_minute)
-    else:  # a network round trip: not on the event loop
-        await run_in_threadpool(ratelimit.enforce, settings.redis_url, key_id, per_minute, owner_id, owner_per_minute)
+    await ratelimit.enforce_async(settings.redis_url, key_id, per_minute, owner_id, owner_per_minute)
 
 
 def embed_request_origin(request: Request) -> str | None:

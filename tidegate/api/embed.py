@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from tidegate.access import ratelimit
 from tidegate.api.deps import DB, client_ip, in_session, require, set_audit_target, settings_of
@@ -101,10 +100,7 @@ async def ui_config(request: Request, org: str = Query("", max_length=200, descr
     settings = settings_of(request)
     limits = (settings.redis_url, "embed-ui-config:" + (client_ip(request) or "-"), UI_CONFIG_PER_IP_PER_MINUTE)
     try:
-        if ratelimit.is_local(settings.redis_url):
-            ratelimit.enforce(*limits)
-        else:
-            await run_in_threadpool(ratelimit.enforce, *limits)
+        await ratelimit.enforce_async(*limits)
     except RateLimited as exc:
         raise RateLimited(
             "rate_limit_exceeded",

@@ -21,7 +21,9 @@ def record_last_use(session: Session, events: list[dict[str, Any]]) -> None:
         key_id = event.get("key_id")
         if key_id and (key_id not in latest or event["timestamp"] > latest[key_id]["timestamp"]):
             latest[key_id] = event
-    for key_id, event in latest.items():
+    # In key id order: two nodes shipping at once lock the same keys' rows in the same order
+    # (in arrival order, each waited on the other: PostgreSQL's "deadlock detected").
+    for key_id, event in sorted(latest.items()):
         # One conditional UPDATE, not read-then-write: two nodes' shippers updating the same
         # key at once leave the newer use (PostgreSQL re-checks the condition after the wait).
         session.execute(
