@@ -551,7 +551,14 @@ def test_garbage_collection_runs_once_per_round_across_the_nodes(cluster):
     wait_until_gone(cluster, ORPHANS, timeout=GC_MIN_AGE + 6 * GC_INTERVAL + 10)
     for orphan in ORPHANS:  # each deleted once: no two processes ever ran the same round
         assert cluster.moto.deletes_of(cluster.bucket, f"data/{orphan}") == 1, orphan
-    lines = [line for node in cluster.nodes for line in gc_lines(node)]
+
+    def logged() -> list[str]:
+        return [line for node in cluster.nodes for line in gc_lines(node)]
+
+    deadline = time.monotonic() + 10  # the round logs just after its last DELETE
+    while sum(line.count(o) for line in logged() for o in ORPHANS) < len(ORPHANS) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = logged()
     assert sum(line.count(orphan) for line in lines for orphan in ORPHANS) == len(ORPHANS)
     # Three worker processes wake every GC_INTERVAL; rounds are claimed once per interval.
     elapsed = time.monotonic() - cluster.started
@@ -623,8 +630,15 @@ def test_a_node_killed_in_the_middle_of_a_round_does_not_hold_up_the_next_one(cl
     wait_until_gone(cluster, [first, second], timeout=3 * GC_INTERVAL + 10)
     assert time.monotonic() - killed_at < 3 * GC_INTERVAL + 10
     assert [cluster.moto.deletes_of(cluster.bucket, f"data/{victim}") for victim in (first, second)] == [1, 1]
+    # The round logs and records its end just after its last DELETE: wait for that, briefly.
+    deadline = time.monotonic() + 10
+    while not any(first in line and second in line for line in gc_lines(survivor)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert any(first in line and second in line for line in gc_lines(survivor))
     assert not any(first in line for line in gc_lines(killed[0]))
     last = jobs.last_round(cluster.database_url, "data-gc")
-    assert last.outcome == "ok" and last.finished_at >= last.started_at
+    while (last is None or last.outcome != "ok") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        last = jobs.last_round(cluster.database_url, "data-gc")
+    assert last is not None and last.outcome == "ok" and last.finished_at >= last.started_at
     served_by(cluster, {survivor.home.name})  # and the balancer serves on with the survivor
