@@ -917,39 +917,14 @@ def run_tables(
     (`result_too_large` / `value_too_large`). Interrupted at the deadline (`query_timeout`)
     or when `cancel` is set (`run_cancelled`). A query worker process runs this part too.
 
-    Only the tables the query was accepted to read (`query.relations`) are registered."""
+    Only the tables the query was accepted to read (`query.relations`) are registered: it is
+    `stream_tables`, collected."""
     budget = budget or Budget.starting_now()
     if cancel is not None and cancel.is_set():
         raise cancelled()
-    registered = {name.lower(): table for name, table in tables.items() if name.lower() in query.relations}
-    for name, table in registered.items():
-        if table.num_columns == 0:
-            raise _refuse(f'Table "{name}" has no columns yet, so there is nothing to query.')
-    budget.check_time()
-    cursor = (connection or _connection()).cursor()
-    done = threading.Event()
-    watcher = threading.Thread(target=_watch, args=(cursor, budget, cancel, done), daemon=True)
-    watcher.start()
-    sql = query.page_sql(max_rows + 1, 0) if max_rows is not None else query.sql
-    try:
-        for name, table in registered.items():
-            cursor.register(name, table)
-        result = _read_capped(cursor.sql(sql).to_arrow_reader(_BATCH_ROWS), budget)
-    except duckdb.InterruptException:
-        if cancel is not None and cancel.is_set():
-            raise cancelled() from None
-        raise budget.timed_out() from None
-    except duckdb.OutOfMemoryException:
-        raise InvalidRequest("query_too_large", "The query needs more memory than queries may use.") from None
-    except duckdb.Error as exc:
-        message = public_message(str(exc).split("\n")[0])[:400]
-        raise _refuse(f"The query failed: {message}") from None
-    finally:
-        done.set()
-        try:
-            cursor.close()
-        except duckdb.Error:
-            pass
+    stream = stream_tables(query, tables, budget=budget, cancel=cancel, max_rows=max_rows, connection=connection)
+    schema = next(stream)
+    result = pa.Table.from_batches(list(stream), schema=schema)
     if cancel is not None and cancel.is_set():
         raise cancelled()
     budget.check_time()
@@ -963,13 +938,17 @@ def stream_tables(
     tables: Mapping[str, pa.Table],
     *,
     budget: Budget,
+    cancel: threading.Event | None = None,
+    max_rows: int | None = None,
     connection: duckdb.DuckDBPyConnection | None = None,
     batch_rows: int = _BATCH_ROWS,
 ) -> Generator[pa.Schema | pa.RecordBatch, None, None]:
     """`run_tables`' result as it is computed: its schema, then its record batches (DuckDB's
     Arrow reader: only the batch at hand is held), under the same refusals: a value over the
     budget's size, a total past its result size (`result_too_large`), the deadline
-    (`query_timeout`, interrupted by a watcher thread). The caller pulls at its own pace."""
+    (`query_timeout`) or `cancel` (`run_cancelled`), both interrupted by a watcher thread.
+    With `max_rows`, at most one row more than that is read (the caller tells "too many").
+    The caller pulls at its own pace."""
     registered = {name.lower(): table for name, table in tables.items() if name.lower() in query.relations}
     for name, table in registered.items():
         if table.num_columns == 0:
@@ -977,11 +956,12 @@ def stream_tables(
     budget.check_time()
     cursor = (connection or _connection()).cursor()
     done = threading.Event()
-    threading.Thread(target=_watch, args=(cursor, budget, None, done), daemon=True).start()
+    threading.Thread(target=_watch, args=(cursor, budget, cancel, done), daemon=True).start()
+    sql = query.page_sql(max_rows + 1, 0) if max_rows is not None else query.sql
     try:
         for name, table in registered.items():
             cursor.register(name, table)
-        reader = cursor.sql(query.sql).to_arrow_reader(batch_rows)
+        reader = cursor.sql(sql).to_arrow_reader(batch_rows)
         yield reader.schema
         size = 0
         for batch in reader:
@@ -991,10 +971,14 @@ def stream_tables(
                 raise result_too_large(budget.max_result_bytes)
             yield batch
     except duckdb.InterruptException:
+        if cancel is not None and cancel.is_set():
+            raise cancelled() from None
         raise budget.timed_out() from None
     except duckdb.OutOfMemoryException:
         raise InvalidRequest("query_too_large", "The query needs more memory than queries may use.") from None
     except (duckdb.Error, pa.ArrowException) as exc:
+        if cancel is not None and cancel.is_set():
+            raise cancelled() from None
         if budget.remaining() <= 0:  # interrupted while the reader ran: Arrow reports it its way
             raise budget.timed_out() from None
         message = public_message(str(exc).split("\n")[0])[:400]
