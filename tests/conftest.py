@@ -137,20 +137,25 @@ class Org:
             return created.secret
 
 
+def new_org(settings: Settings, name: str | None = None) -> Org:
+    """An organization of its own, with its admin and an admin Full Access key."""
+    name = name or f"org-{uuid.uuid4().hex[:12]}"
+    with session_scope(settings.database_url) as session:
+        created = orgs.create_organization(session, name, f"admin-{uuid.uuid4().hex[:6]}@example.com", None)
+        principal = Principal.for_user(created.org.id, created.admin.id, created.admin.role)
+        key = keys_service.create_key(
+            session,
+            principal,
+            keys_service.KeyRequest(name="admin key", scopes=preset_scopes("full_access", "admin")),
+            pepper=settings.pepper,
+        )
+        return Org(created.org.id, name, created.admin.id, key.secret, settings)
+
+
 @pytest.fixture
 def make_org(settings):
     def make(name: str | None = None) -> Org:
-        name = name or f"org-{uuid.uuid4().hex[:12]}"
-        with session_scope(settings.database_url) as session:
-            created = orgs.create_organization(session, name, f"admin-{uuid.uuid4().hex[:6]}@example.com", None)
-            principal = Principal.for_user(created.org.id, created.admin.id, created.admin.role)
-            key = keys_service.create_key(
-                session,
-                principal,
-                keys_service.KeyRequest(name="admin key", scopes=preset_scopes("full_access", "admin")),
-                pepper=settings.pepper,
-            )
-            return Org(created.org.id, name, created.admin.id, key.secret, settings)
+        return new_org(settings, name)
 
     return make
 

@@ -9,48 +9,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import Org, new_org
 from fastapi.testclient import TestClient
 
 from tidegate.api.app import create_app
 from tidegate.config import Settings
-from tidegate.core.principal import Principal
-from tidegate.core.scopes import preset_scopes
-from tidegate.credentials import service as keys_service
 from tidegate.credentials.models import ApiKey
 from tidegate.db.engine import session_scope
 from tidegate.orgs import service as orgs
-
-
-class Org:
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        with session_scope(settings.database_url) as session:
-            made = orgs.create_organization(
-                session, f"org-{uuid.uuid4().hex[:12]}", f"a-{uuid.uuid4().hex[:6]}@example.com", None
-            )
-            self.id, self.admin_id = made.org.id, made.admin.id
-        self.admin_key = self.key_for(self.admin_id, name="admin key")
-
-    def headers(self, key: str | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.admin_key}", "X-Tenant-ID": self.id}
-
-    def add_user(self, email: str, role: str = "member") -> str:
-        with session_scope(self.settings.database_url) as session:
-            return orgs.create_user(session, None, self.id, email=email, role=role).id
-
-    def key_for(self, user_id: str, scopes: list[str] | None = None, **options) -> str:
-        with session_scope(self.settings.database_url) as session:
-            user = orgs.get_user(session, self.id, user_id)
-            return keys_service.create_key(
-                session,
-                Principal.for_user(self.id, user.id, user.role),
-                keys_service.KeyRequest(
-                    name=options.pop("name", "integration"),
-                    scopes=scopes or preset_scopes("full_access", user.role),
-                    **options,
-                ),
-                pepper=self.settings.pepper,
-            ).secret
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -73,7 +39,7 @@ def client(settings):
 
 @pytest.fixture
 def org(settings) -> Org:
-    return Org(settings)
+    return new_org(settings)
 
 
 def key_id_of(org: Org, secret: str) -> str:
