@@ -1,6 +1,7 @@
 """Access policies (row-level security), their assignments, and groups.
 
-A policy holds `row_filters` ([{column, values}]) and a binding: `source_ids` empty means
+A policy holds `row_filters` ([{column, values}]), `column_rules` ([{column, action: hide |
+mask}]) and a binding: `source_ids` empty means
 Auto (every source having the column), non-empty means Explicit (only those sources).
 Policies reach a user directly (PolicyAssignment) or through a group the user belongs to
 (GroupMember + GroupPolicy). Resolution (access.policies) reads these tables on every data
@@ -31,6 +32,8 @@ class Policy(Base):
     description: Mapped[str | None] = mapped_column(String(2000))
     # [{"column": str, "values": [str, ...]}, ...]
     row_filters: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # [{"column": str, "action": "hide" | "mask"}, ...] (one rule per column)
+    column_rules: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # [] = Auto binding; non-empty = Explicit binding to exactly these sources.
     source_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_by: Mapped[str | None] = mapped_column(String(40))

@@ -98,8 +98,26 @@ class SourceAccess:
 
     @property
     def columns(self) -> list[str]:
-        """The columns the caller sees (every column of the version: no column policies yet)."""
-        return self.version.column_names if self.version else []
+        """The names of the columns the caller sees (hidden ones are absent; masked ones are
+        listed: their values are masked), in the version's order."""
+        return [name for name, _ in self.column_types]
+
+    @property
+    def column_types(self) -> tuple[tuple[str, str], ...]:
+        """(name, type) of the columns the caller sees: what every metadata path shows."""
+        if self.version is None:
+            return ()
+        hidden = self.row_filter.column_rules.hidden
+        return tuple(c for c in self.version.column_types if c[0] not in hidden)
+
+    @property
+    def visible_columns(self) -> list[dict[str, str]]:
+        """`[{"name", "type"}]` of the columns the caller sees (a fresh list)."""
+        return [{"name": name, "type": kind} for name, kind in self.column_types]
+
+    @property
+    def masked_columns(self) -> frozenset[str]:
+        return self.row_filter.column_rules.masked
 
     def narrowed(self, row_filter: RowFilter) -> SourceAccess:
         """This access with only the rows that ALSO pass `row_filter` (never more rows)."""
@@ -323,7 +341,8 @@ def preview_as(session: Session, viewer: SourceAccess, viewer_user_id: str, subj
 def preview_as_user(session: Session, viewer: SourceAccess, viewer_user_id: str, user: User) -> Preview:
     """What `user` of the viewer's organization would read of the source the viewer opened,
     as far as their policies go (whether they may open it at all: `permission_of`)."""
-    explanation = policies.explain_user(session, user.org_id, user.id, viewer.opened_source.id, viewer.columns)
+    columns = viewer.version.column_names if viewer.version else []  # every column: rules on any apply
+    explanation = policies.explain_user(session, user.org_id, user.id, viewer.opened_source.id, columns)
     narrowed = user.id != viewer_user_id and not viewer.row_filter.is_unrestricted
     # The user's rows within the viewer's: the viewer's own access narrowed by the user's
     # filter (the same rows as the user's filter alone when the viewer is unfiltered).

@@ -46,6 +46,7 @@ class PolicyCreate(BaseModel):
     description: str | None = None
     source_ids: list[str] | None = None
     row_filters: list[dict[str, Any]] | None = None
+    column_rules: list[dict[str, Any]] | None = None
 
 
 class PolicyUpdate(BaseModel):
@@ -55,6 +56,7 @@ class PolicyUpdate(BaseModel):
     description: str | None = None
     source_ids: list[str] | None = None
     row_filters: list[dict[str, Any]] | None = None
+    column_rules: list[dict[str, Any]] | None = None
 
 
 class UserIds(BaseModel):
@@ -115,6 +117,7 @@ def create_policy(body: PolicyCreate, request: Request, principal: Principal = W
         description=body.description,
         source_ids=body.source_ids,
         row_filters=body.row_filters,
+        column_rules=body.column_rules,
         context=request_context(request),
     )
     set_audit_target(request, "access_policy", policy.id)
@@ -277,17 +280,20 @@ class ResolveRequest(BaseModel):
 @router.post("/access/resolve", response_model=ResolvedAccessOut)
 def resolve(body: ResolveRequest, principal: Principal = READ, session: Session = DB):
     access = open_source(session, principal, body.source_id, with_filter=False)
-    explained = service.resolve_view(session, principal.org_id, body.user_id, access.opened_source.id, access.columns)
+    # Resolved over every column of the source: a rule or filter on any of them counts.
+    columns = access.version.column_names if access.version else []
+    explained = service.resolve_view(session, principal.org_id, body.user_id, access.opened_source.id, columns)
     return ResolvedAccessOut.model_validate(explained.wire())
 
 
 @router.get("/access/columns", response_model=DataList[SourceColumnsOut])
 def columns(principal: Principal = READ, session: Session = DB, source_id: str | None = Query(None, max_length=100)):
+    # Opened with the caller's own filter: columns hidden from the caller are not listed.
     if source_id is not None:
-        found = [open_source(session, principal, source_id, with_filter=False)]
+        found = [open_source(session, principal, source_id)]
     else:
         found = [
-            open_source(session, principal, s.id, with_filter=False)
+            open_source(session, principal, s.id)
             for s in session.scalars(visible_sources_query(session, principal).order_by(Source.id))
         ]
     return DataList[SourceColumnsOut](
@@ -295,7 +301,9 @@ def columns(principal: Principal = READ, session: Session = DB, source_id: str |
             SourceColumnsOut(
                 source_id=a.opened_source.id,
                 source_name=a.opened_source.name,
-                columns=[ColumnOut(name=c["name"], type=c["type"]) for c in (a.version.columns if a.version else [])],
+                columns=[
+                    ColumnOut(name=name, type=kind, masked=name in a.masked_columns) for name, kind in a.column_types
+                ],
             )
             for a in found
         ]

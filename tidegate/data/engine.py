@@ -11,6 +11,13 @@ own column list (exact match) and are double-quoted with quotes doubled. `deny_a
 clause on a column the version does not have, or a clause with no values: zero rows (fail
 closed).
 
+Column rules travel in the filter (`RowFilter.column_rules`): every read selects the
+projection (`_select_list`): hidden columns are not selected, masked ones are replaced by
+their mask (text: first character + `***`; other types: a typed NULL) while the WHERE of
+the row filter still sees the real values. The cached tables, the pages, CSV/Parquet
+exports, distinct values and the `data` of /query are all built from that projection, so
+no reader's SQL ever sees a hidden column or a masked column's real value.
+
 Performance: per (version id, row_filter.cache_key()) the filtered rows are materialized
 once as an in-memory Arrow table, kept in a process-wide LRU bounded by total bytes. A
 page is then an O(1) slice plus `to_pylist()` and a count is `num_rows`, whatever the page
@@ -49,6 +56,7 @@ from tidegate.access.sources import SourceAccess
 from tidegate.caching import LRUCache, require_immutable
 from tidegate.catalog.models import SourceVersion
 from tidegate.config import DataSettings, ObjectStoreSettings
+from tidegate.core.columnrules import MASK_SUFFIX
 from tidegate.core.rowfilter import RowFilter
 from tidegate.data import ingest, live, querycost, sandbox, storage
 from tidegate.errors import InvalidRequest, ServiceUnavailable, UpstreamTimeout
@@ -327,12 +335,39 @@ def compile_filter(version: SourceVersion, row_filter: RowFilter) -> _Where | Li
     return " AND ".join(conditions), params
 
 
-def _select_list(version: SourceVersion) -> str:
-    return ", ".join(quote_ident(name) for name in version.column_names)
+# The SQL type of a masked column's NULL, by canonical type (text is masked, not nulled).
+_NULL_TYPES = {"integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMP"}
 
 
-def _parquet_sql(version: SourceVersion, where: str, select: str | None = None) -> str:
-    sql = f"SELECT {select or _select_list(version)} FROM read_parquet(?)"
+def visible_columns(version: SourceVersion, row_filter: RowFilter) -> list[dict[str, Any]]:
+    """`[{"name", "type"}]` of the columns the filter's reader sees (hidden ones dropped;
+    masked ones keep their type: text masks stay text, other masks are NULLs of the type)."""
+    hidden = _check_filter(row_filter).column_rules.hidden
+    return [c for c in version.columns if c["name"] not in hidden]
+
+
+def _masked(name: str, kind: str) -> str:
+    q = quote_ident(name)
+    if kind == "string":
+        return f"(left({q}, 1) || {_sql_string(MASK_SUFFIX)})"
+    return f"CAST(NULL AS {_NULL_TYPES[kind]})"
+
+
+def _select_list(version: SourceVersion, row_filter: RowFilter) -> str:
+    """The projection every read selects: visible columns, masked ones masked (named as the
+    column), so that nothing after it (caches, exports, /query) sees a real masked value."""
+    masked = row_filter.column_rules.masked
+    parts = [
+        f"{_masked(c['name'], c['type'])} AS {quote_ident(c['name'])}"
+        if c["name"] in masked
+        else quote_ident(c["name"])
+        for c in visible_columns(version, row_filter)
+    ]
+    return ", ".join(parts) if parts else "NULL AS __no_visible_column"
+
+
+def _parquet_sql(version: SourceVersion, row_filter: RowFilter, where: str) -> str:
+    sql = f"SELECT {_select_list(version, row_filter)} FROM read_parquet(?)"
     return sql + (f" WHERE {where}" if where else "")
 
 
@@ -345,13 +380,16 @@ def _parts(version: SourceVersion) -> Iterator[list[str]]:
         yield [str(p) for p in paths]
 
 
-def _canonical(table: pa.Table, version: SourceVersion) -> pa.Table:
-    schema = ingest.schema_for(version.columns)
+def _canonical(table: pa.Table, version: SourceVersion, row_filter: RowFilter) -> pa.Table:
+    columns = visible_columns(version, row_filter)
+    if not columns:  # every column hidden: rows without columns (the count stays true)
+        return table.select([])
+    schema = ingest.schema_for(columns)
     return table if table.schema == schema else table.cast(schema)
 
 
-def _empty(version: SourceVersion) -> pa.Table:
-    return ingest.empty_table(version.columns)
+def _empty(version: SourceVersion, row_filter: RowFilter) -> pa.Table:
+    return ingest.empty_table(visible_columns(version, row_filter))
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,14 +419,14 @@ def _sql_count(version: SourceVersion, where: str, params: list[str]) -> int:
         cursor.close()
 
 
-def _materialize(version: SourceVersion, where: str, params: list[str]) -> pa.Table:
+def _materialize(version: SourceVersion, row_filter: RowFilter, where: str, params: list[str]) -> pa.Table:
     cursor = _connection().cursor()
     try:
         with _parts(version) as paths:
-            table = cursor.sql(_parquet_sql(version, where), params=[paths, *params]).to_arrow_table()
+            table = cursor.sql(_parquet_sql(version, row_filter, where), params=[paths, *params]).to_arrow_table()
     finally:
         cursor.close()
-    return _canonical(table, version)
+    return _canonical(table, version, row_filter)
 
 
 def _filtered(version: SourceVersion, row_filter: RowFilter, *, force: bool = False) -> pa.Table | None:
@@ -396,14 +434,14 @@ def _filtered(version: SourceVersion, row_filter: RowFilter, *, force: bool = Fa
     callers use SQL). `force` materializes even then (not cached)."""
     _check_filter(row_filter)
     if row_filter.deny_all or not version.parts:
-        return _empty(version)
+        return _empty(version, row_filter)
     key = (version.id, row_filter.cache_key())
     table = _cache.get(key)
     if table is not None:
         return table  # compiled and checked when it was built
     compiled = compile_filter(version, row_filter)
     if compiled is _DENY:
-        return _empty(version)
+        return _empty(version, row_filter)
     where, params = compiled
     with _cache.build_lock(key):
         table = _cache.get(key)
@@ -420,7 +458,7 @@ def _filtered(version: SourceVersion, row_filter: RowFilter, *, force: bool = Fa
             if estimate > 4 * _cache.max_entry_bytes:
                 _cache.mark_oversized(key)
                 return None
-        table = _materialize(version, where, params)
+        table = _materialize(version, row_filter, where, params)
         if not _cache.put(key, table, table.get_total_buffer_size()) and not force:
             return None
         return table
@@ -499,11 +537,12 @@ def _read_page(
     try:
         with _parts(version) as paths:
             rows = cursor.sql(
-                _parquet_sql(version, where) + " LIMIT ? OFFSET ?", params=[paths, *params, page_size, offset]
+                _parquet_sql(version, row_filter, where) + " LIMIT ? OFFSET ?",
+                params=[paths, *params, page_size, offset],
             ).to_arrow_table()
     finally:
         cursor.close()
-    return rows_of(_canonical(rows, version)), _count(version, row_filter)
+    return rows_of(_canonical(rows, version, row_filter)), _count(version, row_filter)
 
 
 @dataclass(frozen=True)
@@ -610,13 +649,14 @@ def _batches(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> 
         yield from table.to_batches(max_chunksize=batch_rows)
         return
     where, params = compiled
-    schema = ingest.schema_for(version.columns)
+    schema = ingest.schema_for(visible_columns(version, row_filter))
     cursor = _connection().cursor()
     try:
         with _parts(version) as paths:  # held while the stream lasts: DuckDB opens files as it goes
-            reader = cursor.sql(_parquet_sql(version, where), params=[paths, *params]).to_arrow_reader(batch_rows)
+            sql = _parquet_sql(version, row_filter, where)
+            reader = cursor.sql(sql, params=[paths, *params]).to_arrow_reader(batch_rows)
             for batch in reader:
-                yield batch if batch.schema == schema else batch.cast(schema)
+                yield _conformed(batch, schema)
     finally:
         cursor.close()
 
@@ -629,7 +669,8 @@ def stream_csv(access: SourceAccess, *, batch_rows: int = 65_536, raw: bool = Fa
     """
     version, row_filter = _opened(access)
     compile_filter(version, row_filter)
-    return _csv_chunks(version, _rows_of(access, version, row_filter, batch_rows), raw)
+    columns = visible_columns(version, row_filter)
+    return _csv_chunks(columns, _rows_of(access, version, row_filter, batch_rows), raw)
 
 
 def _rows_of(
@@ -639,12 +680,18 @@ def _rows_of(
     target = _live(access)
     if target is None:
         return _batches(version, row_filter, batch_rows)
-    schema = ingest.schema_for(version.columns)
-    return (b if b.schema == schema else b.cast(schema) for b in live.batches(target, row_filter, batch_rows))
+    schema = ingest.schema_for(visible_columns(version, row_filter))
+    return (_conformed(b, schema) for b in live.batches(target, row_filter, batch_rows))
 
 
-def _csv_chunks(version: SourceVersion, batches: Iterator[pa.RecordBatch], raw: bool) -> Iterator[bytes]:
-    schema = ingest.schema_for(version.columns)
+def _conformed(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    if not schema.names:  # every column hidden (the projection selected a placeholder)
+        return batch.select([])
+    return batch if batch.schema == schema else batch.cast(schema)
+
+
+def _csv_chunks(columns: list[dict[str, Any]], batches: Iterator[pa.RecordBatch], raw: bool) -> Iterator[bytes]:
+    schema = ingest.schema_for(columns)
     if not raw:
         schema = spreadsheet.neutralize_schema(schema)
     sink = io.BytesIO()
@@ -676,11 +723,14 @@ def stream_parquet(access: SourceAccess, *, batch_rows: int = 131_072) -> Iterat
     """The filtered rows as one Parquet file, emitted row group by row group."""
     version, row_filter = _opened(access)
     compile_filter(version, row_filter)
-    return _parquet_chunks(version, _rows_of(access, version, row_filter, batch_rows), batch_rows)
+    columns = visible_columns(version, row_filter)
+    return _parquet_chunks(columns, _rows_of(access, version, row_filter, batch_rows), batch_rows)
 
 
-def _parquet_chunks(version: SourceVersion, batches: Iterator[pa.RecordBatch], batch_rows: int) -> Iterator[bytes]:
-    schema = ingest.schema_for(version.columns)
+def _parquet_chunks(
+    columns: list[dict[str, Any]], batches: Iterator[pa.RecordBatch], batch_rows: int
+) -> Iterator[bytes]:
+    schema = ingest.schema_for(columns)
     sink = io.BytesIO()
     writer = pq.ParquetWriter(sink, schema, compression="zstd")
     try:
@@ -696,9 +746,10 @@ def _parquet_chunks(version: SourceVersion, batches: Iterator[pa.RecordBatch], b
 
 def distinct_values(access: SourceAccess, column: str, limit: int) -> list[str]:
     """Distinct non-null values of `column` among the filtered rows, as the text the row
-    filter compares against (`CAST(col AS VARCHAR)`), sorted, at most `limit`."""
+    filter compares against (`CAST(col AS VARCHAR)`), sorted, at most `limit`. A hidden
+    column is unknown; a masked column's values are its masks."""
     version, row_filter = _opened(access)
-    if column not in version.column_names:
+    if column not in access.columns:
         raise InvalidRequest("unknown_column", f'Column "{column}" does not exist in this source.')
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_DISTINCT_LIMIT:
         raise InvalidRequest("invalid_limit", f"limit must be an integer from 1 to {MAX_DISTINCT_LIMIT:,}.")
@@ -718,8 +769,10 @@ def distinct_values(access: SourceAccess, column: str, limit: int) -> list[str]:
             rows = cursor.sql(sql, params=[limit]).fetchall()
         else:
             where, params = compiled
-            condition = f"{q} IS NOT NULL" + (f" AND {where}" if where else "")
-            sql = f"SELECT DISTINCT CAST({q} AS VARCHAR) AS v FROM read_parquet(?) WHERE {condition} ORDER BY v LIMIT ?"
+            projected = _parquet_sql(version, row_filter, where)  # over the projection: masks, not values
+            sql = (
+                f"SELECT DISTINCT CAST({q} AS VARCHAR) AS v FROM ({projected}) WHERE {q} IS NOT NULL ORDER BY v LIMIT ?"
+            )
             with _parts(version) as paths:
                 rows = cursor.sql(sql, params=[paths, *params, limit]).fetchall()
     finally:

@@ -254,10 +254,22 @@ def read_columns(target: Target) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 
 
-def _projection(target: Target) -> list[str]:
-    """The columns a reader gets. Column-level rules (another issue) will narrow this list:
-    every read below selects exactly these, and `data` in /query is built from them."""
-    return target.column_names
+def _projection(target: Target, row_filter: RowFilter) -> list[str]:
+    """The columns a reader gets, under the filter's column rules (hidden ones dropped)."""
+    return row_filter.column_rules.visible(target.column_names)
+
+
+def _select_list(target: Target, row_filter: RowFilter) -> str:
+    """What every read selects: the visible columns, masked ones replaced by their mask (named
+    as the column), so the reader's SQL (`data` in /query) never sees a real masked value."""
+    dialect, masked, kinds = target.dialect, row_filter.column_rules.masked, dict(target.columns)
+    parts = [
+        f"{dialect.masked(dialect.quote(name), kinds[name])} AS {dialect.quote(name)}"
+        if name in masked
+        else dialect.quote(name)
+        for name in _projection(target, row_filter)
+    ]
+    return ", ".join(parts) if parts else "NULL AS __no_visible_column"
 
 
 def _filtered_relation(target: Target, row_filter: RowFilter) -> tuple[str, list[Any]] | None:
@@ -278,8 +290,7 @@ def _filtered_relation(target: Target, row_filter: RowFilter) -> tuple[str, list
             raise TypeError("row filter values must be strings")
         conditions.append(dialect.text_in(dialect.quote(clause.column)))
         params.append(values)
-    select = ", ".join(dialect.quote(name) for name in _projection(target))
-    sql = f"SELECT {select} FROM {dialect.relation(target.config)} AS {SOURCE_ALIAS}"
+    sql = f"SELECT {_select_list(target, row_filter)} FROM {dialect.relation(target.config)} AS {SOURCE_ALIAS}"
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
     return sql, params
@@ -302,8 +313,9 @@ def _typed_table(target: Target, names: list[str], rows: list[tuple[Any, ...]]) 
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _empty(target: Target) -> pa.Table:
-    return ingest.empty_table([{"name": n, "type": t} for n, t in target.columns if n in set(_projection(target))])
+def _empty(target: Target, row_filter: RowFilter) -> pa.Table:
+    visible = set(_projection(target, row_filter))
+    return ingest.empty_table([{"name": n, "type": t} for n, t in target.columns if n in visible])
 
 
 def _run(target: Target, sql: str, params: list[Any], timeout: float | None = None) -> tuple[list[str], list[Any]]:
@@ -357,7 +369,7 @@ def batches(target: Target, row_filter: RowFilter, batch_rows: int) -> Iterator[
 def table(target: Target, row_filter: RowFilter) -> pa.Table:
     """Every filtered row as one Arrow table (a project step or SQL session reads this)."""
     parts = list(batches(target, row_filter, FETCH_ROWS))
-    return pa.Table.from_batches(parts) if parts else _empty(target)
+    return pa.Table.from_batches(parts) if parts else _empty(target, row_filter)
 
 
 def distinct_values(target: Target, row_filter: RowFilter, column: str, limit: int) -> list[str]:
@@ -451,7 +463,7 @@ def compile_query(target: Target, row_filter: RowFilter, sql: Any) -> tuple[str,
     _check_transpiled(check, {cte.alias_or_name.lower() for cte in check.find_all(exp.CTE)})
     relation = _filtered_relation(target, row_filter)
     if relation is None:
-        select = ", ".join(dialect.quote(name) for name in _projection(target))
+        select = _select_list(target, row_filter)
         relation = (f"SELECT {select} FROM {dialect.relation(target.config)} AS {SOURCE_ALIAS} WHERE false", [])
     inner, params = relation
     body = dialect.escape_literal_text(check.sql(dialect=dialect.sqlglot_dialect))

@@ -47,6 +47,11 @@ class Dialect(Protocol):
         """The column as text, the form row filters compare (CAST(x AS TEXT) in PostgreSQL)."""
         ...
 
+    def masked(self, column_sql: str, kind: str) -> str:
+        """The column's mask (column rules): for text, its first character + `***`; for any
+        other canonical `kind`, a NULL of the column's type."""
+        ...
+
     def paged(self, sql: str) -> str:
         """`sql` limited by two more bound parameters: how many rows, then how many to skip."""
         ...

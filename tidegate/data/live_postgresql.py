@@ -18,9 +18,14 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
+from tidegate.core.columnrules import MASK_SUFFIX
 from tidegate.data import connectors, egress
 from tidegate.data.live_dialect import SOURCE_ALIAS, timed_out, unavailable
 from tidegate.errors import InvalidRequest
+
+# The type of a masked column's NULL, by canonical type (text is masked, not nulled).
+_NULL_TYPES = {"integer": "bigint", "float": "double precision", "boolean": "boolean", "date": "date"}
+_NULL_TYPES["timestamp"] = "timestamp"
 
 
 class PostgreSQL:
@@ -64,6 +69,11 @@ class PostgreSQL:
 
     def text_in(self, column_sql: str) -> str:
         return f"{self.as_text(column_sql)} = ANY(%s)"
+
+    def masked(self, column_sql: str, kind: str) -> str:
+        if kind == "string":
+            return f"(left({self.as_text(column_sql)}, 1) || '{MASK_SUFFIX}')"
+        return f"CAST(NULL AS {_NULL_TYPES[kind]})"
 
     def paged(self, sql: str) -> str:
         return f"{sql} LIMIT %s OFFSET %s"

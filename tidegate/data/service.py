@@ -172,6 +172,7 @@ def write_rows(
     authorize(principal, Scope.DATA_WRITE)
     access = open_source(session, principal, source_id, need=EDIT)
     _refuse_live_write(access)
+    _refuse_column_rules(access)
     if not access.row_filter.is_unrestricted:
         if replace:
             raise _cannot_replace()
@@ -191,6 +192,18 @@ def write_rows(
     )
     bump_access_epoch(session, principal.org_id)
     return open_source(session, principal, source_id, need=EDIT)
+
+
+def _refuse_column_rules(access: SourceAccess) -> None:
+    """A writer with hidden or masked columns on the source writes nothing: an append would
+    have to name columns they cannot see (or values they cannot read back), and a replace
+    would destroy values they may not read."""
+    rules = access.row_filter.column_rules
+    if not rules.is_empty:
+        raise Forbidden(
+            "column_rules_restrict_write",
+            "Your access policies hide or mask columns of this source, so you cannot write its rows.",
+        )
 
 
 def _check_rows_pass_filter(rows: list[Any], row_filter: RowFilter) -> None:
@@ -280,6 +293,7 @@ def sync_source(
 ) -> Source:
     authorize(principal, Scope.SOURCES_WRITE)
     access = open_source(session, principal, source_id, need=EDIT)
+    _refuse_column_rules(access)
     if not access.row_filter.is_unrestricted:  # a sync replaces every row, as a replace does
         raise _cannot_replace()
     source = source_row(session, access)

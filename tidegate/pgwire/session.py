@@ -172,7 +172,7 @@ class KeySession:
         for name, access in _unique_names(opened):
             columns = tuple(
                 (column, pgtypes.oid_of_declared(kind))
-                for column, kind in (access.version.column_types if access.version is not None else ())
+                for column, kind in access.column_types  # without the columns hidden from the key
             )
             tables[name.lower()] = Table(name, access, columns)
         return View(principal, tables)

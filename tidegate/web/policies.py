@@ -134,7 +134,9 @@ def _suggest(session, viewer: Viewer, sources: list[dict], by_fold: dict[str, Ca
         access = open_source(session, viewer.principal, item["id"])
         if access.version is None:
             continue
-        for column in access.version.columns:
+        for column in access.visible_columns:  # never a hidden column's or a masked column's values
+            if column["name"] in access.masked_columns:
+                continue
             folded = column["name"].casefold()
             seen = values.setdefault(folded, set())
             if column["type"] in NO_SUGGESTIONS or len(seen) >= SUGGESTED_VALUES or budget <= 0:
@@ -324,6 +326,7 @@ def user_preview(session, viewer: Viewer, user_id: str, source_id: str, page_num
         preview.notes.append(RESTRICTED_VIEWER.replace("to the key", "to them"))
     if seen.access.version is not None:
         preview.rows, preview.total = engine.read_page(seen.access, page=page_number, page_size=PREVIEW_ROWS)
+    preview.show_columns(seen.access, mine, view.row_filter.column_rules)
     return preview
 
 

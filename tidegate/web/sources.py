@@ -25,6 +25,7 @@ from tidegate.access import sources
 from tidegate.access.authorize import allowed
 from tidegate.access.sources import SourceAccess, open_source
 from tidegate.catalog.models import SHARE_PERMISSIONS
+from tidegate.core.columnrules import ColumnRules
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope
 from tidegate.credentials import service as keys_service
@@ -195,6 +196,18 @@ class Preview:
     effective: str = ""
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The columns the subject reads (None: the page's own list), and those its column rules
+    # hide (absent from `columns`) or mask (values shown masked).
+    columns: list[str] | None = None
+    hidden: list[str] = field(default_factory=list)
+    masked: list[str] = field(default_factory=list)
+
+    def show_columns(self, seen: SourceAccess, viewer: SourceAccess, rules: ColumnRules) -> None:
+        """Columns as the subject reads them (`seen`), naming the columns its own rules
+        (`rules`) hide or mask, among those the viewer may see themselves."""
+        self.columns = seen.columns
+        self.hidden = sorted(rules.hidden & set(viewer.columns))
+        self.masked = sorted(seen.masked_columns & set(viewer.columns))
 
     @property
     def first(self) -> int:
@@ -239,7 +252,7 @@ def _read(access: SourceAccess, page_number: int) -> tuple[list[dict], int]:
 def preview_as_viewer(session, viewer: Viewer, mine: SourceAccess, page_number: int) -> Preview:
     seen = sources.preview_as(session, mine, viewer.user.id, viewer.principal)
     rows, total = _read(seen.access, page_number)
-    return Preview(
+    preview = Preview(
         as_label=f"you ({viewer.user.email})",
         rows=rows,
         total=total,
@@ -248,6 +261,8 @@ def preview_as_viewer(session, viewer: Viewer, mine: SourceAccess, page_number: 
         effective=seen.explanation.effective_access,
         reasons=seen.explanation.reasons,
     )
+    preview.show_columns(seen.access, mine, seen.explanation.row_filter.column_rules)
+    return preview
 
 
 def preview_as_key(session, viewer: Viewer, mine: SourceAccess, key_id: str, page_number: int) -> Preview:
@@ -276,6 +291,7 @@ def preview_as_key(session, viewer: Viewer, mine: SourceAccess, key_id: str, pag
     if networks:
         preview.notes.append("The API accepts this key only from: " + ", ".join(networks) + ".")
     preview.rows, preview.total = _read(seen.access, page_number)
+    preview.show_columns(seen.access, mine, seen.explanation.row_filter.column_rules)
     preview.where = seen.explanation.where_clause
     preview.effective = seen.explanation.effective_access
     preview.reasons = seen.explanation.reasons
@@ -334,7 +350,7 @@ def source_context(
         "source": source,
         "owner": owner,
         "permission": access.permission,
-        "columns": version.columns if version else [],
+        "columns": access.visible_columns,  # without the columns hidden from the viewer
         "row_count": (engine.count_if_reachable(access) or 0) if version else 0,
         "filtered": not access.row_filter.is_unrestricted,
         "keys": key_choices(session, viewer),

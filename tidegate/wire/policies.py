@@ -15,6 +15,11 @@ class RowFilterOut(BaseModel):
     values: list[Any]
 
 
+class ColumnRuleOut(BaseModel):
+    column: str
+    action: Literal["hide", "mask"]
+
+
 class PolicyOut(BaseModel):
     """A policy as listed. `binding` (a tidegate extension): explicit when it names sources,
     auto when it applies to every source having its filter columns."""
@@ -24,6 +29,7 @@ class PolicyOut(BaseModel):
     description: str | None
     source_ids: list[str]
     row_filters: list[RowFilterOut]
+    column_rules: list[ColumnRuleOut]  # a tidegate extension: hide or mask columns
     binding: Literal["explicit", "auto"]
     user_count: int
     created_at: str | None
@@ -39,6 +45,7 @@ class PolicyOut(BaseModel):
             "row_filters": [
                 RowFilterOut(column=f["column"], values=list(f["values"])) for f in policy.row_filters or []
             ],
+            "column_rules": [ColumnRuleOut(column=r["column"], action=r["action"]) for r in policy.column_rules or []],
             "binding": "explicit" if policy.source_ids else "auto",
             "user_count": user_count,
             "created_at": isoformat(policy.created_at),
@@ -129,6 +136,11 @@ class ResolvedFiltersOut(BaseModel):
     has_any_policy: bool
 
 
+class ResolvedColumnRulesOut(BaseModel):
+    hidden: list[str]  # the source's columns that do not exist for the reader
+    masked: list[str]  # the source's columns the reader sees masked
+
+
 class ResolvedAccessOut(BaseModel):
     """POST /access/resolve: what one user may see of one source, and why."""
 
@@ -140,11 +152,13 @@ class ResolvedAccessOut(BaseModel):
     where_clause: str
     policy_ids: list[str]
     reasons: list[str]
+    column_rules: ResolvedColumnRulesOut
 
 
 class ColumnOut(BaseModel):
     name: str
     type: str
+    masked: bool = False  # the caller reads this column's values masked (column rules)
 
 
 class SourceColumnsOut(BaseModel):

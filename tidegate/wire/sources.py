@@ -39,7 +39,7 @@ class SourceOut(BaseModel):
     @classmethod
     def of(cls, access: SourceAccess, row_count: int, status: str | None = None) -> SourceOut:
         """`row_count`: of the rows `access` lets its caller read (counting is the data layer's)."""
-        source, version = access.opened_source, access.version
+        source = access.opened_source
         return cls(
             id=source.id,
             name=source.name,
@@ -47,8 +47,8 @@ class SourceOut(BaseModel):
             service=source.service,
             connector_id=source.connector_id,
             status=status or source.sync_status or "ready",
-            columns=version.column_names if version else [],
-            column_types={c["name"]: c["type"] for c in version.columns} if version else {},
+            columns=access.columns,  # without the columns hidden from the caller
+            column_types=dict(access.column_types),
             row_count=row_count,
             access_controlled=not access.row_filter.is_unrestricted,
             permission=access.permission,

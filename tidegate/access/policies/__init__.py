@@ -8,7 +8,7 @@ receives in a list is resolved against the organization of the object it is atta
 nothing crosses organizations.
 
 The package, one concern a module:
-- `validation`: names, descriptions, row filters, source ids, id lists;
+- `validation`: names, descriptions, row filters, column rules, source ids, id lists;
 - `changes`: the shapes the services share (field updates, add/remove links);
 - `crud`: policies, their user assignments, and the org's deny-by-default setting;
 - `groups`: groups, their members and policies;
@@ -66,6 +66,7 @@ from tidegate.access.policies.groups import (
 from tidegate.access.policies.resolution import resolve_key_filter, resolve_user_filter
 from tidegate.access.policies.validation import (
     MAX_COLUMN,
+    MAX_COLUMN_RULES,
     MAX_DESCRIPTION,
     MAX_FILTERS,
     MAX_IDS_PER_CALL,
@@ -75,6 +76,7 @@ from tidegate.access.policies.validation import (
     MAX_VALUE,
     MAX_VALUES,
     UNSET,
+    normalize_column_rules,
     normalize_row_filters,
     normalize_source_ids,
     resolve_user_ids,
@@ -85,6 +87,7 @@ __all__ = [
     "AssignResult",
     "Explanation",
     "MAX_COLUMN",
+    "MAX_COLUMN_RULES",
     "MAX_DESCRIPTION",
     "MAX_FILTERS",
     "MAX_IDS_PER_CALL",
@@ -114,6 +117,7 @@ __all__ = [
     "group_policy_ids",
     "list_groups",
     "list_policies",
+    "normalize_column_rules",
     "normalize_row_filters",
     "normalize_source_ids",
     "policy_group_ids",

@@ -18,6 +18,7 @@ from tidegate.access.policies.validation import (
     UNSET,
     _check_description,
     _check_name,
+    normalize_column_rules,
     normalize_row_filters,
     normalize_source_ids,
     resolve_user_ids,
@@ -104,18 +105,21 @@ def create_policy(
     description: str | None = None,
     source_ids: list[str] | None = None,
     row_filters: list[Any] | None = None,
+    column_rules: list[Any] | None = None,
     context: RequestContext | None = None,
 ) -> Policy:
     name = _check_name(name, "Policy")
     description = _check_description(description)
     source_ids = normalize_source_ids(source_ids)
     row_filters = normalize_row_filters(row_filters)
+    column_rules = normalize_column_rules(column_rules)
     lock_organization(session, org_id)  # the name check holds until commit
     existing = session.scalar(select(Policy).where(Policy.org_id == org_id, Policy.name == name))
     if existing is not None:
         # The SDK's get-or-create (sdk_auto_<hash> names) may race itself: the same
         # definition again is the policy that exists; a different one is a conflict.
-        if (existing.description, existing.source_ids, existing.row_filters) == (description, source_ids, row_filters):
+        same = (description, source_ids, row_filters, column_rules)
+        if (existing.description, existing.source_ids, existing.row_filters, existing.column_rules or []) == same:
             return existing
         raise Conflict("policy_exists", f"An access policy named {name!r} already exists with a different definition.")
     now = utcnow()
@@ -126,6 +130,7 @@ def create_policy(
         description=description,
         source_ids=source_ids,
         row_filters=row_filters,
+        column_rules=column_rules,
         created_by=actor.user_id if actor else None,
         created_at=now,
         updated_at=now,
@@ -139,7 +144,13 @@ def create_policy(
         org_id=org_id,
         target_type="access_policy",
         target_id=policy.id,
-        details={"name": name, "description": description, "source_ids": source_ids, "row_filters": row_filters},
+        details={
+            "name": name,
+            "description": description,
+            "source_ids": source_ids,
+            "row_filters": row_filters,
+            "column_rules": column_rules,
+        },
         context=context,
     )
     bump_access_epoch(session, org_id)
@@ -155,6 +166,7 @@ def update_policy(
     description: Any = UNSET,
     source_ids: Any = UNSET,
     row_filters: Any = UNSET,
+    column_rules: Any = UNSET,
     context: RequestContext | None = None,
 ) -> Policy:
     """Change any of the given fields (UNSET = leave as is). `source_ids` None/[] = Auto."""
@@ -168,6 +180,8 @@ def update_policy(
         new["source_ids"] = normalize_source_ids(source_ids)
     if row_filters is not UNSET:
         new["row_filters"] = normalize_row_filters(row_filters)
+    if column_rules is not UNSET:
+        new["column_rules"] = normalize_column_rules(column_rules)
     update_fields(
         session,
         actor,
@@ -214,6 +228,7 @@ def delete_policy(
             "name": policy.name,
             "source_ids": policy.source_ids,
             "row_filters": policy.row_filters,
+            "column_rules": policy.column_rules or [],
             "user_ids": sorted(user_ids),
             "group_ids": sorted(group_ids),
             "keys_now_failing_closed": key_ids,

@@ -47,9 +47,10 @@ def where_clause(row_filter: RowFilter) -> str:
 
 
 def effective_access(row_filter: RowFilter) -> str:
+    """none, full (every row and column as it is) or filtered (some rows, or columns hidden or masked)."""
     if row_filter.deny_all:
         return "none"
-    return "full" if not row_filter.clauses else "filtered"
+    return "full" if row_filter.is_unrestricted else "filtered"
 
 
 def filter_columns(row_filter: RowFilter) -> dict[str, list[str]]:
@@ -63,7 +64,11 @@ def filter_columns(row_filter: RowFilter) -> dict[str, list[str]]:
 def _applies_to_source(policy: _PolicyRow, source_id: str, columns: dict[str, list[str]]) -> bool:
     if policy.source_ids:
         return source_id in policy.source_ids
-    return not policy.row_filters or any(f["column"].casefold() in columns for f in policy.row_filters)
+    return (
+        not policy.row_filters
+        or any(f["column"].casefold() in columns for f in policy.row_filters)
+        or any(r["column"].casefold() in columns for r in policy.column_rules)
+    )
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,16 @@ class Explanation:
     def row_filters(self) -> dict[str, list[str]]:
         return {} if self.row_filter.deny_all else filter_columns(self.row_filter)
 
+    @property
+    def hidden_columns(self) -> list[str]:
+        return sorted(self.row_filter.column_rules.hidden)
+
+    @property
+    def masked_columns(self) -> list[str]:
+        return sorted(self.row_filter.column_rules.masked)
+
     def wire(self) -> dict[str, Any]:
-        """The contract's ResolvedAccess, plus `policy_ids` and `reasons`."""
+        """The contract's ResolvedAccess, plus `policy_ids`, `reasons` and `column_rules`."""
         return {
             "user_id": self.user_id,
             "source_id": self.source_id,
@@ -115,6 +128,7 @@ class Explanation:
             "where_clause": self.where_clause,
             "policy_ids": self.policy_ids,
             "reasons": self.reasons,
+            "column_rules": {"hidden": self.hidden_columns, "masked": self.masked_columns},
         }
 
 

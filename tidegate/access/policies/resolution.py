@@ -18,6 +18,12 @@ Semantics (see also core.rowfilter):
 - Across all applicable policies (direct and group alike, no priority): filters on the same
   column union their values; filters on different columns AND.
 - No applicable policy: all rows, or none when the organization's deny_by_default is on.
+- Column rules (`column_rules`: hide or mask a column) match columns the same way, wherever
+  the policy is bound (Auto: every source having the column, whether or not its row filters
+  apply there; Explicit: its sources, and a bound source lacking a rule's column fails closed
+  like a missing filter column). They never make a policy apply for rows (a hide rule must
+  not open a deny-by-default organization). All rules reaching a principal add up and hide
+  beats mask; between principals they add up too (`RowFilter.both`).
 - A key: its creator's filter AND (if set) its own access_policy_ids composed as if they were
   the only policies (an id that no longer exists fails closed) AND (if set) its bound user's
   filter. AND-ing means a key's policies can only narrow what its creator sees.
@@ -33,6 +39,7 @@ from sqlalchemy import Row, and_, select, union
 from sqlalchemy.orm import Session
 
 from tidegate.access.models import GroupMember, GroupPolicy, Policy, PolicyAssignment
+from tidegate.core.columnrules import HIDE, ColumnRules
 from tidegate.core.restrictions import KeyRestrictions
 from tidegate.core.rowfilter import Clause, RowFilter
 from tidegate.orgs.models import Organization, User
@@ -44,14 +51,18 @@ class _PolicyRow:
     name: str
     source_ids: list[str]
     row_filters: list[dict[str, Any]]
+    column_rules: list[dict[str, Any]]
 
 
-_POLICY_COLUMNS = (Policy.id, Policy.name, Policy.source_ids, Policy.row_filters)
+_POLICY_COLUMNS = (Policy.id, Policy.name, Policy.source_ids, Policy.row_filters, Policy.column_rules)
 
 
-def _rows(result: Iterable[Row[str, str, list[str], list[dict[str, Any]]]]) -> list[_PolicyRow]:
+def _rows(result: Iterable[Row[str, str, list[str], list[dict[str, Any]], list[dict[str, Any]]]]) -> list[_PolicyRow]:
     return sorted(
-        (_PolicyRow(r.id, r.name, list(r.source_ids or []), list(r.row_filters or [])) for r in result),
+        (
+            _PolicyRow(r.id, r.name, list(r.source_ids or []), list(r.row_filters or []), list(r.column_rules or []))
+            for r in result
+        ),
         key=lambda p: p.id,
     )
 
@@ -115,11 +126,14 @@ def _compose(
     applicable: list[str] = []
     denials: list[str] = []
     notes: list[str] = []
+    hidden: set[str] = set()
+    masked: set[str] = set()
     for policy in policies:
         explicit = bool(policy.source_ids)
         if explicit and source_id not in policy.source_ids:
             notes.append(f"{_label(policy)} is bound to other sources; it does not apply here.")
             continue
+        _collect_column_rules(policy, columns, explicit, source_id, hidden, masked, denials, notes)
         matched: list[tuple[list[str], list[str]]] = []
         missing: list[str] = []
         for row_filter in policy.row_filters:
@@ -151,19 +165,53 @@ def _compose(
         if missing:
             note += f"; its filter(s) on absent column(s) {', '.join(repr(c) for c in missing)} do not apply here"
         notes.append(note + ".")
+    rules = ColumnRules(hidden=frozenset(hidden), masked=frozenset(masked))
     if denials:
-        return RowFilter(clauses=(), deny_all=True, policy_ids=tuple(applicable), reasons=tuple(denials)), notes
+        row_filter = RowFilter(clauses=(), deny_all=True, policy_ids=tuple(applicable), reasons=tuple(denials))
+        return _with_rules(row_filter, rules), notes
     if not applicable:
         if deny_by_default:
             reason = (
                 f"No access policy applies to {subject} on source {source_id}, and the organization "
                 f"denies by default: no rows."
             )
-            return RowFilter.deny(reason), notes
+            return _with_rules(RowFilter.deny(reason), rules), notes
         notes.append(f"No access policy applies to {subject} on source {source_id}: all rows.")
-        return RowFilter(clauses=()), notes  # no policy applies and none is required: every row
+        # No policy applies for rows and none is required: every row (column rules still apply).
+        return RowFilter(clauses=(), column_rules=rules), notes
     clauses = tuple(Clause(column, frozenset(values)) for column, values in sorted(union.items()))
-    return RowFilter(clauses=clauses, policy_ids=tuple(applicable)), notes
+    return RowFilter(clauses=clauses, policy_ids=tuple(applicable), column_rules=rules), notes
+
+
+def _with_rules(row_filter: RowFilter, rules: ColumnRules) -> RowFilter:
+    return row_filter if rules.is_empty else RowFilter.both(row_filter, RowFilter(clauses=(), column_rules=rules))
+
+
+def _collect_column_rules(
+    policy: _PolicyRow,
+    columns: dict[str, list[str]],
+    explicit: bool,
+    source_id: str,
+    hidden: set[str],
+    masked: set[str],
+    denials: list[str],
+    notes: list[str],
+) -> None:
+    """Add the policy's column rules that match the source's columns to `hidden`/`masked`."""
+    shown: list[str] = []
+    for rule in policy.column_rules:
+        names = columns.get(rule["column"].casefold())
+        if not names:
+            if explicit:
+                denials.append(
+                    f"{_label(policy)} is bound to source {source_id} but that source has no column "
+                    f"{rule['column']!r} (column rule): access fails closed."
+                )
+            continue
+        (hidden if rule["action"] == HIDE else masked).update(names)
+        shown.append(f"{rule['action']} {names[0] if len(names) == 1 else names}")
+    if shown:
+        notes.append(f"{_label(policy)} column rules apply: {', '.join(shown)}.")
 
 
 def _user_filter(

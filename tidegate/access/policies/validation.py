@@ -1,4 +1,4 @@
-"""Validation of what services are given: names, descriptions, row filters, source ids,
+"""Validation of what services are given: names, descriptions, row filters, column rules, source ids,
 and lists of user or policy ids resolved against one organization (never across)."""
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tidegate.access.models import Policy
+from tidegate.core.columnrules import ACTIONS
 from tidegate.errors import InvalidRequest
 from tidegate.orgs.models import User
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
 MAX_FILTERS = 50
+MAX_COLUMN_RULES = 200
 MAX_COLUMN = 200
 MAX_VALUES = 1000
 MAX_VALUE = 1000
@@ -107,6 +109,56 @@ def normalize_row_filters(raw: Any) -> list[dict[str, Any]]:
                     "invalid_row_filters", f"{where}.values: each value is at most {MAX_VALUE} characters, without NUL."
                 )
         result.append({"column": column, "values": list(dict.fromkeys(values))})
+    return result
+
+
+def normalize_column_rules(raw: Any) -> list[dict[str, str]]:
+    """Validate `column_rules` ([{column, action: hide | mask}]); return them as stored.
+
+    One rule per column: a column named twice (case-insensitively) is refused, never merged,
+    so that what a policy says is what was sent. Accepts mappings or objects with
+    `column`/`action` attributes.
+    """
+    if raw is None:
+        return []
+    if not isinstance(raw, (list, tuple)):
+        raise InvalidRequest("invalid_column_rules", "column_rules must be a list of {column, action}.")
+    if len(raw) > MAX_COLUMN_RULES:
+        raise InvalidRequest("invalid_column_rules", f"A policy holds at most {MAX_COLUMN_RULES} column rules.")
+    result: list[dict[str, str]] = []
+    seen: dict[str, str] = {}
+    for index, item in enumerate(raw):
+        where = f"column_rules[{index}]"
+        if isinstance(item, Mapping):
+            extra = sorted(set(item) - {"column", "action"})
+            if extra:
+                raise InvalidRequest(
+                    "invalid_column_rules", f"{where} has unknown field(s): {', '.join(map(str, extra))}."
+                )
+            column, action = item.get("column"), item.get("action")
+        elif hasattr(item, "column") and hasattr(item, "action"):
+            column, action = item.column, item.action
+        else:
+            raise InvalidRequest("invalid_column_rules", f"{where} must be an object {{column, action}}.")
+        if not isinstance(column, str) or not column.strip():
+            raise InvalidRequest("invalid_column_rules", f"{where}.column must be a non-empty string.")
+        if len(column) > MAX_COLUMN or _has_control(column):
+            raise InvalidRequest(
+                "invalid_column_rules", f"{where}.column must be at most {MAX_COLUMN} printable characters."
+            )
+        if action not in ACTIONS:
+            raise InvalidRequest(
+                "invalid_column_rule_action", f"{where}.action must be one of {', '.join(ACTIONS)}; got {action!r}."
+            )
+        folded = column.casefold()
+        if folded in seen:
+            raise InvalidRequest(
+                "invalid_column_rules",
+                f"{where}.column {column!r} repeats column {seen[folded]!r} (columns match case-insensitively); "
+                f"give each column one rule.",
+            )
+        seen[folded] = column
+        result.append({"column": column, "action": action})
     return result
 
 
