@@ -46,7 +46,7 @@ class PolicyCreate(BaseModel):
     description: str | None = None
     source_ids: list[str] | None = None
     row_filters: list[dict[str, Any]] | None = None
-    column_rules: list[dict[str, Any]] | None = None
+    column_rules: list[Any] | None = None  # checked by the service (precise invalid_column_rules codes)
 
 
 class PolicyUpdate(BaseModel):
@@ -56,7 +56,7 @@ class PolicyUpdate(BaseModel):
     description: str | None = None
     source_ids: list[str] | None = None
     row_filters: list[dict[str, Any]] | None = None
-    column_rules: list[dict[str, Any]] | None = None
+    column_rules: list[Any] | None = None  # checked by the service (precise invalid_column_rules codes)
 
 
 class UserIds(BaseModel):
