@@ -21,6 +21,7 @@ from tidegate.access import policies as service
 from tidegate.access.models import Group, Policy
 from tidegate.access.sources import open_source, permission_of, preview_as_user, visible_sources_query
 from tidegate.catalog.models import Source, SourceVersion
+from tidegate.core.columnrules import HIDE, MASK
 from tidegate.core.scopes import Scope
 from tidegate.credentials.bounds import keys_naming_policy
 from tidegate.data import engine
@@ -162,15 +163,20 @@ class PolicyForm:
     binding: str = "auto"
     source_ids: list[str] = field(default_factory=list)
     filters: list[FilterRow] = field(default_factory=list)
+    hidden_columns: list[str] = field(default_factory=list)
+    masked_columns: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, policy: Policy) -> PolicyForm:
+        rules = policy.column_rules or []
         return cls(
             name=policy.name,
             description=policy.description or "",
             binding="explicit" if policy.source_ids else "auto",
             source_ids=list(policy.source_ids or []),
             filters=[FilterRow(f["column"], list(f["values"])) for f in policy.row_filters or []],
+            hidden_columns=[r["column"] for r in rules if r["action"] == HIDE],
+            masked_columns=[r["column"] for r in rules if r["action"] == MASK],
         )
 
     @classmethod
@@ -196,6 +202,8 @@ class PolicyForm:
             binding=text(form, "binding", 20),
             source_ids=list(dict.fromkeys(source_ids)),
             filters=filters,
+            hidden_columns=_column_lines(text(form, "hidden_columns", 100_000)),
+            masked_columns=_column_lines(text(form, "masked_columns", 100_000)),
         )
 
     def changes(self) -> dict:
@@ -220,7 +228,15 @@ class PolicyForm:
             "description": self.description or None,
             "source_ids": self.source_ids if self.binding == "explicit" else [],
             "row_filters": [{"column": r.column, "values": r.values} for r in self.filters],
+            # A column in both lists is refused by the service (one rule per column).
+            "column_rules": [{"column": c, "action": HIDE} for c in self.hidden_columns]
+            + [{"column": c, "action": MASK} for c in self.masked_columns],
         }
+
+
+def _column_lines(typed: str) -> list[str]:
+    """Column names typed one per line (blank lines and repeats dropped)."""
+    return list(dict.fromkeys(line.strip() for line in typed.splitlines() if line.strip()))
 
 
 def filter_rows(form: PolicyForm, cat: Catalog) -> list[dict]:
@@ -257,6 +273,7 @@ def summary(policy: Policy, cat: Catalog) -> dict:
         "binding": "Explicit" if policy.source_ids else "Auto",
         "sources": [cat.source_name(s) for s in policy.source_ids or []],
         "filters": filters,
+        "column_rules": [f"{r['action']} {r['column']}" for r in policy.column_rules or []],
         "updated_at": policy.updated_at,
     }
 
