@@ -57,7 +57,7 @@ class OrgWorld:
         with self.tx() as s:
             orgs.deactivate_user(s, None, orgs.get_user(s, self.id, user_id))
 
-    def policy(self, name: str | None = None, row_filters=None, source_ids=None, users=()) -> str:
+    def policy(self, name: str | None = None, row_filters=None, source_ids=None, users=(), column_rules=None) -> str:
         with self.tx() as s:
             p = policies.create_policy(
                 s,
@@ -66,6 +66,7 @@ class OrgWorld:
                 name=name or f"p-{uuid.uuid4().hex[:8]}",
                 row_filters=row_filters,
                 source_ids=source_ids,
+                column_rules=column_rules,
             )
             if users:
                 policies.assign_users(s, self.admin, p, list(users))

@@ -493,6 +493,8 @@ def _temporal_values(column: pa.ChunkedArray) -> list[Any]:
 def rows_of(table: pa.Table) -> list[dict[str, Any]]:
     """A (small) table as a list of row dicts, equal to `table.to_pylist()`."""
     names = table.column_names
+    if not names:  # every column hidden from the reader: rows without columns
+        return [{} for _ in range(table.num_rows)]
     plain = [i for i, field in enumerate(table.schema) if not _is_temporal(field.type)]
     if len(plain) == len(names):
         values = table.to_pydict()
