@@ -158,7 +158,7 @@ class ResolvedAccessOut(BaseModel):
 class ColumnOut(BaseModel):
     name: str
     type: str
-    masked: bool = False  # the caller reads this column's values masked (column rules)
+    masked: bool  # the caller reads this column's values masked (column rules)
 
 
 class SourceColumnsOut(BaseModel):

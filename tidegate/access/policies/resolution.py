@@ -167,8 +167,8 @@ def _compose(
         notes.append(note + ".")
     rules = ColumnRules(hidden=frozenset(hidden), masked=frozenset(masked))
     if denials:
-        row_filter = RowFilter(clauses=(), deny_all=True, policy_ids=tuple(applicable), reasons=tuple(denials))
-        return _with_rules(row_filter, rules), notes
+        denied = RowFilter(clauses=(), deny_all=True, policy_ids=tuple(applicable), reasons=tuple(denials))
+        return _with_rules(denied, rules), notes
     if not applicable:
         if deny_by_default:
             reason = (
