@@ -148,7 +148,8 @@ def normalize_column_rules(raw: Any) -> list[dict[str, str]]:
             )
         if action not in ACTIONS:
             raise InvalidRequest(
-                "invalid_column_rule_action", f"{where}.action must be one of {', '.join(ACTIONS)}; got {action!r}."
+                "invalid_column_rule_action",
+                f"{where}.action must be one of {', '.join(ACTIONS)}; got {repr(action)[:60]}.",
             )
         folded = column.casefold()
         if folded in seen:
