@@ -11,6 +11,8 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tidegate.core.columnrules import ColumnRules
 from tidegate.core.rowfilter import Clause, RowFilter
@@ -122,3 +124,42 @@ def test_rules_are_part_of_every_cache_key(version):
     assert b"@example.com" not in engine.page_json(masked, page=1, page_size=2).rows
     assert "@example.com" not in str(engine.filtered_table(masked).column("email").to_pylist())
     assert engine.page_json(masked, page=1, page_size=2, cached_only=True) is not None  # its own entry
+
+
+ACTIONS = st.sampled_from([None, "hide", "mask"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=st.fixed_dictionaries({name: ACTIONS for name in people().column_names}), eu_only=st.booleans())
+def test_any_rules_any_path_never_a_real_hidden_or_masked_value(version, actions, eu_only):
+    hidden = frozenset(c for c, a in actions.items() if a == "hide")
+    masked = frozenset(c for c, a in actions.items() if a == "mask")
+    clauses = (Clause("region", frozenset({"EU"})),) if eu_only else ()
+    access = readable(version, RowFilter(clauses=clauses, column_rules=ColumnRules(hidden=hidden, masked=masked)))
+    source = people().to_pylist()
+    expected_rows = [r for r in source if not eu_only or r["region"] == "EU"]
+    visible = [c for c in people().column_names if c not in hidden]
+    assert access.columns == visible
+
+    def check(columns, rows):
+        assert list(columns) == visible
+        assert len(rows) == len(expected_rows)
+        for got, real in zip(rows, expected_rows, strict=True):
+            for column in visible:
+                value = got[column]
+                if column not in masked:
+                    assert value == real[column]
+                elif isinstance(real[column], str):
+                    assert value == real[column][0] + "***"
+                else:
+                    assert value is None
+
+    rows, total = engine.read_page(access, page=1, page_size=N)
+    assert total == len(expected_rows)
+    check(visible if not rows else list(rows[0]), rows)
+    table = pq.read_table(io.BytesIO(b"".join(engine.stream_parquet(access, batch_rows=64))))
+    check(table.column_names, table.to_pylist())
+    result, _, columns = engine.run_query(access, "SELECT * FROM data", page=1, page_size=N)
+    check(columns, result)
+    text = b"".join(engine.stream_csv(access)).decode()
+    assert ("@example.com" in text) == ("email" not in hidden | masked and bool(expected_rows))
