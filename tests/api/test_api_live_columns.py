@@ -76,6 +76,16 @@ def test_a_live_source_under_column_rules(client, org, source_db, allowed):  # n
     values = client.get(f"/api/v1/sources/{src}/columns/email/values", headers=mh).json()["data"]
     assert values == ["a***", "b***"]
     assert client.get(f"/api/v1/sources/{src}/columns/salary/values", headers=mh).status_code == 400
+    # A key of the member's with its own policy masking the region too (a filter column):
+    # still filtered on the real value, shown masked; numbers would be nulls the same way.
+    own = client.post(
+        "/api/v1/access/policies",
+        json={"name": "live-own", "column_rules": [{"column": "region", "action": "mask"}]},
+        headers=h,
+    ).json()["id"]
+    kh = org.headers(org.key_for(member, scopes=["data:read"], access_policy_ids=[own]))
+    rows = client.get(f"/api/v1/sources/{src}/data", headers=kh).json()["data"]
+    assert [(r["name"], r["region"]) for r in rows] == [("Ann", "E***"), ("Bob", "E***")]
     # The admin, whom no rule reaches, reads the source as it is.
     full = client.get(f"/api/v1/sources/{src}/data", headers=h).json()
     assert full["data"][0]["email"] == "ann@example.com" and full["data"][0]["salary"] == 150000

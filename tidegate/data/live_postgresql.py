@@ -24,8 +24,13 @@ from tidegate.data.live_dialect import SOURCE_ALIAS, timed_out, unavailable
 from tidegate.errors import InvalidRequest
 
 # The type of a masked column's NULL, by canonical type (text is masked, not nulled).
-_NULL_TYPES = {"integer": "bigint", "float": "double precision", "boolean": "boolean", "date": "date"}
-_NULL_TYPES["timestamp"] = "timestamp"
+_NULL_TYPES = {
+    "integer": "bigint",
+    "float": "double precision",
+    "boolean": "boolean",
+    "date": "date",
+    "timestamp": "timestamp",
+}
 
 
 class PostgreSQL:
