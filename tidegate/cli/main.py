@@ -179,7 +179,7 @@ def serve(
 ):
     """Run the HTTP server (and the PostgreSQL endpoint, when a port is given)."""
     from tidegate.audit import shipper
-    from tidegate.credentials.usage import record_last_use
+    from tidegate.credentials.usage import record_key_use
     from tidegate.data import egress
 
     settings = get_settings()
@@ -203,7 +203,7 @@ def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_on_signal)
     # Workers append audit events; one process beside them ships them (see audit.shipper).
-    audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url, after_insert=record_last_use)
+    audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url, after_insert=record_key_use)
     audit_shipper.start()
     os.environ[shipper.ENV_FLAG] = "process"
     pg = _start_pg(settings, host, pg_port, pg_allow_plain_loopback)
@@ -581,13 +581,13 @@ def audit_status(as_json: bool = JsonOpt):
 def audit_reship(as_json: bool = JsonOpt):
     """Ship the events the database refused (kept in rejected.jsonl) again, e.g. after an upgrade."""
     from tidegate.audit.journal import private_directory, reship_set_aside
-    from tidegate.credentials.usage import record_last_use
+    from tidegate.credentials.usage import record_key_use
 
     settings = get_settings()
     with refusals_reported(as_json):
         migrate(settings.database_url)
         shipped, refused = reship_set_aside(
-            private_directory(settings.audit_dir), settings.database_url, after_insert=record_last_use
+            private_directory(settings.audit_dir), settings.database_url, after_insert=record_key_use
         )
     emit(
         as_json,
