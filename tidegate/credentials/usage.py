@@ -115,8 +115,9 @@ def record_addresses(session: Session, events: list[dict[str, Any]]) -> None:
                 new_for_key=False,
             )
             .on_conflict_do_nothing(index_elements=["key_id", "ip"])
+            .returning(KeyAddress.key_id)  # (a row only if inserted; rowcount is -1 with psycopg)
         )
-        if inserted.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
+        if inserted.first() is not None:
             added.setdefault(key_id, []).append(ip)
             continue
         session.execute(
