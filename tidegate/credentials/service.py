@@ -258,7 +258,7 @@ def _check_key_limit(session: Session, org: Organization, user_id: str, replacin
         )
 
 
-def _visible_keys(principal: Principal) -> Select[ApiKey]:
+def visible_keys(principal: Principal) -> Select[tuple[ApiKey]]:
     query = select(ApiKey).where(ApiKey.org_id == principal.org_id)
     if not principal.is_admin:
         # Members see and manage only their own keys.
@@ -267,7 +267,7 @@ def _visible_keys(principal: Principal) -> Select[ApiKey]:
 
 
 def get_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
-    key = session.scalar(_visible_keys(principal).where(ApiKey.id == key_id))
+    key = session.scalar(visible_keys(principal).where(ApiKey.id == key_id))
     if key is None:
         raise NotFound("api_key_not_found", f"No API key {key_id!r}.")
     return key
@@ -282,7 +282,7 @@ def list_keys(
     search: str | None = None,
     status: str | None = None,
 ) -> list[ApiKey]:
-    query = _visible_keys(principal)
+    query = visible_keys(principal)
     now = utcnow()
     if search:
         pattern = search.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
