@@ -175,3 +175,21 @@ def test_another_organizations_key_cannot_be_narrowed_from_the_web(client, org, 
     assert r.status_code == 404
     with session_scope(settings.database_url) as session:
         assert sorted(session.get(ApiKey, theirs).scopes) == ["admin:users:read", "data:read"]
+
+
+def test_the_security_page_sets_the_unused_key_threshold(client, org):
+    sign_in(client, org, org.admin_id)
+    page = client.get("/settings/security")
+    assert 'name="unused_key_days"' in page.text and 'value="90"' in page.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    form = {"csrf_token": token, "api_key_creation_enabled": "on", "max_keys_per_user": "100"}
+    form["user_rate_limit_per_minute"] = "100000"
+    refused = client.post("/settings/security/admin-controls", data={**form, "unused_key_days": "0"})
+    assert refused.status_code == 400 and "unused_key_days must be a whole number of days" in refused.text
+    assert api(client, org, "GET", "/org/settings").json()["unused_key_days"] == 90  # nothing saved
+    saved = client.post("/settings/security/admin-controls", data={**form, "unused_key_days": "45"})
+    assert saved.status_code == 200  # (followed the redirect)
+    assert api(client, org, "GET", "/org/settings").json()["unused_key_days"] == 45
+    # Left empty: unchanged.
+    client.post("/settings/security/admin-controls", data={**form, "unused_key_days": ""})
+    assert api(client, org, "GET", "/org/settings").json()["unused_key_days"] == 45

@@ -86,6 +86,9 @@ def test_create_use_revoke_and_audit(ui, web):
     with web.api(secret) as api:
         refused = api.get("/keys")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "insufficient_scope"
+    # A refused request is not a use; a served one is.
+    with web.api(secret) as api:
+        assert api.get("/sources").status_code == 200
 
     # "Last used" shows when and from where (the journal ships within about a second).
     for _ in range(20):

@@ -20,6 +20,7 @@ from tidegate.config import get_settings
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import PRESETS, preset_scopes, requested_scopes
 from tidegate.credentials import service as keys_service
+from tidegate.credentials.hygiene import DEFAULT_UNUSED_KEY_DAYS
 from tidegate.db.engine import migrate, session_scope
 from tidegate.errors import InvalidRequest, ServiceUnavailable, TidegateError
 from tidegate.orgs import service as orgs
@@ -376,9 +377,9 @@ def users_list(org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
 # -- keys --------------------------------------------------------------------------------
 
 
-def _key_payload(key) -> dict:
+def _key_payload(key, unused_key_days: int = DEFAULT_UNUSED_KEY_DAYS) -> dict:
     """The API's key, and the organization (the CLI spans organizations)."""
-    return {**KeyOut.of(key).model_dump(), "org_id": key.org_id}
+    return {**KeyOut.of(key, unused_key_days).model_dump(), "org_id": key.org_id}
 
 
 @keys_app.command("create")
@@ -423,7 +424,7 @@ def keys_list(org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
         organization = orgs.find_org(session, org)
         system = Principal.for_user(organization.id, "cli", "admin")
         keys = keys_service.list_keys(session, system, limit=100_000, after=None)
-        payload = [_key_payload(k) for k in keys]
+        payload = [_key_payload(k, organization.unused_key_days) for k in keys]
     emit(
         as_json,
         payload,
@@ -468,7 +469,11 @@ def keys_rotate(
             pepper=settings.pepper,
             via="cli",
         )
-        payload = {**_key_payload(created.key), "secret": created.secret, "replaced_key": _key_payload(old)}
+        payload = {
+            **_key_payload(created.key),
+            "secret": created.secret,
+            "replaced_key": _key_payload(old, organization.unused_key_days),
+        }
     until = "revoked now" if grace == 0 else f"works until {payload['replaced_key']['expires_at']}"
     emit(
         as_json,
@@ -487,6 +492,9 @@ def org_settings(
     max_keys_per_user: int | None = typer.Option(None, "--max-keys-per-user", help="Active keys one person may hold."),
     user_rate_limit_per_minute: int | None = typer.Option(
         None, "--user-rate-limit-per-minute", help="Requests per minute shared by all of one person's keys."
+    ),
+    unused_key_days: int | None = typer.Option(
+        None, "--unused-key-days", help="Flag active keys unused for this many days (1-3650)."
     ),
     embeds: str | None = typer.Option(None, "--embeds", help="Embed sessions: on or off"),
     embed_origins: list[str] | None = typer.Option(
@@ -514,6 +522,7 @@ def org_settings(
             embeds_enabled=None if embeds is None else embeds == "on",
             embed_allowed_origins=None if not embed_origins else [o for o in embed_origins if o],
             embed_ui_config=None if embed_ui_config is None else _json_object(embed_ui_config, "--embed-ui-config"),
+            unused_key_days=unused_key_days,
         )
         payload = OrgSettingsOut.of(organization).model_dump()
     emit(as_json, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
