@@ -155,11 +155,12 @@ def test_create_use_revoke_and_audit(ui, web):
     # The per-key view: what the key accessed, when, from where, and the outcome.
     ui.goto(f"/audit/keys/{key_id}", label="key-activity")
     requests = page.get_by_role("table", name="Requests made with this key")
-    expect(requests.locator("tbody tr")).to_have_count(2)
+    expect(requests.locator("tbody tr")).to_have_count(3)
     expect(requests).to_contain_text("GET /api/v1/keys")
     expect(requests).to_contain_text("127.0.0.1")
     expect(requests.locator("tbody tr").nth(0)).to_contain_text("401")  # newest first
-    expect(requests.locator("tbody tr").nth(1)).to_contain_text("403")
+    expect(requests.locator("tbody tr").nth(1)).to_contain_text("200")  # GET /api/v1/sources
+    expect(requests.locator("tbody tr").nth(2)).to_contain_text("403")
     expect(page.get_by_role("table", name="Events about this key")).to_contain_text("api_key.revoked")
 
     # CSV export of the filtered list.

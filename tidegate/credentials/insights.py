@@ -106,48 +106,41 @@ def _counts(now: datetime) -> list[Any]:
 
 def key_insights(session: Session, key: ApiKey, now: datetime | None = None) -> Insights:
     now = now or utcnow()
-    where = _window(key, now)
-    served = AuditEvent.status < 400
-    totals = session.execute(
-        select(
-            func.sum(case((AuditEvent.timestamp >= now - SHORT, 1), else_=0)).label("n30"),
-            func.count().label("n90"),
-            func.sum(case((AuditEvent.status >= 400, 1), else_=0)).label("refused"),
-        ).where(*where)
-    ).one()
+    rows = _grouped(session, key, now)
+    served = [row for row in rows if not row.refused]
+    held = sorted(expand(list(key.scopes)))
+    sources = _source_uses(session, key.org_id, served)
+    requirements = {check for row in served for check in _checks_of(row.checks)}
+    return Insights(
+        key_id=key.id,
+        generated_at=now,
+        observed_since=max(now - LONG, key.created_at),
+        requests_30d=sum(int(row.n30 or 0) for row in rows),
+        requests_90d=sum(int(row.n90 or 0) for row in rows),
+        refused_90d=sum(int(row.n90 or 0) for row in rows if row.refused),
+        scopes=_scope_uses(held, served),
+        sources=sources,
+        addresses=_addresses(session, key),
+        suggestion=suggest(
+            key, requirements, [s.source_id for s in sources], creates_sources=any(row.creating for row in served)
+        ),
+    )
 
-    checks_text = AuditEvent.details["scopes"].as_string().label("checks")
-    by_checks = session.execute(select(checks_text, *_counts(now)).where(*where, served).group_by(checks_text)).all()
 
+def _grouped(session: Session, key: ApiKey, now: datetime) -> list[Any]:
+    """The key's requests of the window in one scan, grouped by what the insights tell apart:
+    refused or not, the scope checks passed, the source(s) used, and whether it made a source."""
+    refused = case((AuditEvent.status >= 400, True), else_=False).label("refused")
+    checks = AuditEvent.details["scopes"].as_string().label("checks")
     source_id = func.coalesce(
         AuditEvent.details["source_id"].as_string(),
         case((AuditEvent.target_type == "source", AuditEvent.target_id)),
     ).label("source_id")
     source_ids = AuditEvent.details["source_ids"].as_string().label("source_ids")  # (the PostgreSQL wire)
-    by_source = session.execute(
-        select(source_id, source_ids, *_counts(now)).where(*where, served).group_by(source_id, source_ids)
-    ).all()
     operation = AuditEvent.details["operation"].as_string()
-    created_sources = session.scalar(
-        select(func.count()).where(*where, served, operation.in_(sorted(CREATING_SOURCES)))
-    )
-
-    held = sorted(expand(list(key.scopes)))
-    scopes = _scope_uses(held, by_checks)
-    sources = _source_uses(session, key.org_id, by_source)
-    requirements = {check for row in by_checks for check in _checks_of(row.checks)}
-    return Insights(
-        key_id=key.id,
-        generated_at=now,
-        observed_since=max(now - LONG, key.created_at),
-        requests_30d=int(totals.n30 or 0),
-        requests_90d=int(totals.n90 or 0),
-        refused_90d=int(totals.refused or 0),
-        scopes=scopes,
-        sources=sources,
-        addresses=_addresses(session, key),
-        suggestion=suggest(key, requirements, [s.source_id for s in sources], creates_sources=bool(created_sources)),
-    )
+    creating = case((operation.in_(sorted(CREATING_SOURCES)), True), else_=False).label("creating")
+    groups = (refused, checks, source_id, source_ids, creating)
+    return list(session.execute(select(*groups, *_counts(now)).where(*_window(key, now)).group_by(*groups)).all())
 
 
 def _checks_of(text: str | None) -> list[tuple[str, ...]]:
