@@ -258,7 +258,7 @@ def _check_key_limit(session: Session, org: Organization, user_id: str, replacin
         )
 
 
-def visible_keys(principal: Principal) -> Select[tuple[ApiKey]]:
+def visible_keys(principal: Principal) -> Select[ApiKey]:
     query = select(ApiKey).where(ApiKey.org_id == principal.org_id)
     if not principal.is_admin:
         # Members see and manage only their own keys.
