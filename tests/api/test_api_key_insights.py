@@ -159,11 +159,19 @@ def test_insights_after_a_scripted_usage_history_and_the_suggestion_applied(clie
     assert suggestion["source_scope"] == {"mode": "selected", "source_ids": sorted([sales, stock])}
     assert suggestion["source_scope_changes"] is True
 
+    assert suggestion["patch"] == {
+        "scopes": ["admin:projects:read", "data:read"],
+        "source_scope": {"mode": "selected", "source_ids": sorted([sales, stock])},
+    }
+
     # Applied in one PATCH: the key keeps working for what it did, and loses the rest.
-    r = call(client, org, "PATCH", f"/keys/{key_id}", json={"scopes": suggestion["scopes"]})
+    other = source(client, org, "other")
+    r = call(client, org, "PATCH", f"/keys/{key_id}", json=suggestion["patch"])
     assert r.status_code == 200 and r.json()["scopes"] == ["admin:projects:read", "data:read"]
+    assert r.json()["source_scope"] == {"mode": "selected", "source_ids": sorted([sales, stock])}
     assert call(client, org, "GET", f"/sources/{sales}/data", secret).status_code == 200
     assert call(client, org, "GET", f"/sources/{sales}", secret).status_code == 200
+    assert call(client, org, "GET", f"/sources/{other}/data", secret).status_code in (403, 404)
     assert call(client, org, "GET", "/users", secret).status_code == 403
     # Widening back is refused, and changes nothing.
     r = call(client, org, "PATCH", f"/keys/{key_id}", json={"scopes": ["data:read", "admin:users:read"]})
@@ -171,7 +179,8 @@ def test_insights_after_a_scripted_usage_history_and_the_suggestion_applied(clie
     assert call(client, org, "GET", f"/keys/{key_id}").json()["scopes"] == ["admin:projects:read", "data:read"]
     # Now nothing to remove.
     after = insights(client, org, key_id)["suggestion"]
-    assert after["applicable"] is False and after["removes"] == []
+    assert after["applicable"] is False and after["removes"] == [] and after["patch"] is None
+    assert after["source_scope_changes"] is False
 
 
 def test_the_suggestion_prefers_the_resources_own_scope_and_keeps_what_a_key_grants(client, org):
@@ -343,3 +352,35 @@ def test_the_unused_key_threshold_is_an_org_setting_and_flags_keys(client, org):
     assert listed["stale"]["unused"] is True and listed["used"]["unused"] is False
     changed = call(client, org, "GET", "/audit/events", params={"action": "org.settings_updated"}).json()["data"]
     assert changed[0]["details"] == {"unused_key_days": {"old": 90, "new": 30}}
+
+
+def test_patch_source_scope_narrows_only(client, org):
+    a, b, c = source(client, org, "a"), source(client, org, "b"), source(client, org, "c")
+    secret = org.key_for(org.admin_id, ["data:read"], name="narrowing")
+    key_id = key_id_of(org, secret)
+
+    def patch(body):
+        return call(client, org, "PATCH", f"/keys/{key_id}", json=body)
+
+    # Every source -> two of them; then one of those.
+    r = patch({"source_scope": {"mode": "selected", "source_ids": [b, a]}})
+    assert r.status_code == 200 and r.json()["source_scope"] == {"mode": "selected", "source_ids": sorted([a, b])}
+    assert call(client, org, "GET", f"/sources/{c}/data", secret).status_code in (403, 404)
+    assert patch({"source_scope": {"mode": "selected", "source_ids": [a]}}).status_code == 200
+    # Widening: another source, or every source: 403, nothing changes.
+    for body in ({"mode": "selected", "source_ids": [a, c]}, {"mode": "all"}):
+        r = patch({"source_scope": body})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "source_scope_widening_not_allowed"
+    # Malformed: 400; a refused source_scope with valid scopes in the same PATCH changes neither.
+    r = patch({"source_scope": {"mode": "selected", "source_ids": []}})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_source_scope"
+    r = patch({"scopes": ["data:read"], "name": "renamed", "source_scope": {"mode": "all"}})
+    assert r.status_code == 403
+    got = call(client, org, "GET", f"/keys/{key_id}").json()
+    assert got["source_scope"] == {"mode": "selected", "source_ids": [a]} and got["name"] == "narrowing"
+    assert call(client, org, "GET", f"/sources/{a}/data", secret).status_code == 200
+    assert call(client, org, "GET", f"/sources/{b}/data", secret).status_code in (403, 404)
+    events = call(client, org, "GET", "/audit/events", params={"action": "api_key.source_scope_narrowed"}).json()
+    mine = [e for e in events["data"] if e["target_id"] == key_id]
+    assert [e["details"]["new"]["source_ids"] for e in mine] == [[a], sorted([a, b])]
+    assert mine[-1]["details"]["old"] is None

@@ -141,6 +141,7 @@ def test_the_activity_page_shows_insights_and_applies_the_suggestion_narrowing_o
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.group(2)).group(1)
     scopes = re.findall(r'name="scopes" value="([^"]+)"', form.group(2))
     assert scopes == ["data:read"]
+    assert re.findall(r'name="source_ids" value="([^"]+)"', form.group(2)) == [source]
 
     # Without the CSRF token: refused, nothing changes.
     forged = client.post(form.group(1), data={"scopes": scopes}, follow_redirects=False)
@@ -153,9 +154,12 @@ def test_the_activity_page_shows_insights_and_applies_the_suggestion_narrowing_o
     current = api(client, org, "GET", f"/keys/{key_id}").json()["scopes"]
     assert current == ["admin:audit:read", "admin:users:read", "data:read"]
 
-    applied = client.post(form.group(1), data={"csrf_token": token, "scopes": scopes}, follow_redirects=False)
+    applied = client.post(
+        form.group(1), data={"csrf_token": token, "scopes": scopes, "source_ids": [source]}, follow_redirects=False
+    )
     assert applied.status_code == 303 and applied.headers["location"] == f"/audit/keys/{key_id}?notice=narrowed"
-    assert api(client, org, "GET", f"/keys/{key_id}").json()["scopes"] == ["data:read"]
+    got = api(client, org, "GET", f"/keys/{key_id}").json()
+    assert got["scopes"] == ["data:read"] and got["source_scope"] == {"mode": "selected", "source_ids": [source]}
     assert api(client, org, "GET", f"/sources/{source}/data", secret).status_code == 200
     assert api(client, org, "GET", "/users", secret).status_code == 403
     narrowed = api(client, org, "GET", "/audit/events", params={"action": "api_key.scopes_narrowed"}).json()["data"]

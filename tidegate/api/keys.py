@@ -47,6 +47,8 @@ class KeyUpdate(BaseModel):
     name: Text | None = Field(None, min_length=1, max_length=200)
     # Only a subset of the key's scopes (narrowing); widening is 403.
     scopes: list[str] | None = Field(None, max_length=100)
+    # Only fewer sources: {"mode": "selected", "source_ids": [...]} within the current ones.
+    source_scope: dict | None = None
 
 
 # The API's grace window is a week (the web UI offers up to 30 days); no body or no value:
@@ -122,12 +124,14 @@ def get_key_insights(key_id: str, request: Request, principal: Principal = MANAG
 
 @router.patch("/keys/{key_id}", response_model=KeyOut)
 def update_key(key_id: str, body: KeyUpdate, request: Request, principal: Principal = MANAGE, session: Session = DB):
-    if body.name is None and body.scopes is None:
-        raise InvalidRequest("invalid_parameters", "Send name and/or scopes to change.")
+    if body.name is None and body.scopes is None and body.source_scope is None:
+        raise InvalidRequest("invalid_parameters", "Send name, scopes and/or source_scope to change.")
     key = service.get_key(session, principal, key_id)
     context = request_context(request)
     if body.scopes is not None:
         service.narrow_scopes(session, principal, key, body.scopes, context=context)
+    if body.source_scope is not None:
+        service.narrow_source_scope(session, principal, key, body.source_scope, context=context)
     if body.name is not None:
         service.rename_key(session, principal, key, body.name, context=context)
     return KeyOut.of(key, _unused_key_days(session, principal))

@@ -66,8 +66,10 @@ class Suggestion:
     removes: list[str]  # of the key's scopes now, what that drops
     source_scope: dict[str, Any] | None  # the narrowest restriction covering the sources used
     source_scope_changes: bool
-    applicable: bool  # `scopes` is a non-empty strict narrowing: PATCH can apply it
+    applicable: bool  # there is something to narrow: `patch`
     reason: str
+    # The PATCH /keys/{id} body that applies it (only what changes), or None.
+    patch: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,10 @@ def key_insights(session: Session, key: ApiKey, now: datetime | None = None) -> 
         sources=sources,
         addresses=_addresses(session, key),
         suggestion=suggest(
-            key, requirements, [s.source_id for s in sources], creates_sources=any(row.creating for row in served)
+            key,
+            requirements,
+            [s.source_id for s in sources if s.name is not None],  # (a deleted source needs no access)
+            creates_sources=any(row.creating for row in served),
         ),
     )
 
@@ -236,22 +241,27 @@ def suggest(
     scopes = smallest_cover({check for check in still if check})
     removes = sorted(held - set(scopes))
     source_scope, source_reason = _suggested_source_scope(key, sources_used, creates_sources)
+    source_scope_changes = source_scope != _current_source_scope(key)
+    patch: dict[str, Any] = {}
     if not requirements:
-        applicable, reason = False, "No served request in the window needed a scope: if the key is unused, revoke it."
+        reason = "No served request in the window needed a scope: if the key is unused, revoke it."
     elif not removes:
-        applicable, reason = False, "The key already holds only the scopes its requests needed."
+        reason = "The key already holds only the scopes its requests needed."
     else:
-        applicable = True
+        patch["scopes"] = scopes
         reason = f"Every served request of the window needed only these {len(scopes)} scope(s)."
+    if source_scope_changes:
+        patch["source_scope"] = source_scope  # (always a narrowing: see _suggested_source_scope)
     if source_reason:
         reason += " " + source_reason
     return Suggestion(
         scopes=scopes,
         removes=removes,
         source_scope=source_scope,
-        source_scope_changes=source_scope != _current_source_scope(key),
-        applicable=applicable,
+        source_scope_changes=source_scope_changes,
+        applicable=bool(patch),
         reason=reason,
+        patch=patch or None,
     )
 
 

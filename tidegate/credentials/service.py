@@ -15,6 +15,7 @@ from tidegate.access.authorize import Rule, authorize, note_scopes_needed
 from tidegate.access.policies import validate_policy_ids
 from tidegate.audit.record import RequestContext, record
 from tidegate.core.principal import Principal
+from tidegate.core.restrictions import SourceSelection
 from tidegate.core.scopes import expand, validate_scopes
 from tidegate.credentials.bounds import KeyTerms, bound_by_parent
 from tidegate.credentials.hashing import hash_secret
@@ -353,6 +354,46 @@ def narrow_scopes(
             target_type="api_key",
             target_id=key.id,
             details={"old": old, "new": new, "removed": sorted(expand(old) - expand(new))},
+            context=context,
+        )
+        bump_access_epoch(session, key.org_id)
+    return key
+
+
+def narrow_source_scope(
+    session: Session,
+    principal: Principal,
+    key: ApiKey,
+    source_scope: dict[str, Any],
+    *,
+    context: RequestContext | None = None,
+) -> ApiKey:
+    """Restrict `key` to fewer sources: `{"mode": "selected", "source_ids": [...]}` within
+    what it may read now (any ids for a key on every source; a subset of its selection
+    otherwise). Anything else is 403 `source_scope_widening_not_allowed` (make a new key)."""
+    new = _check_source_scope(source_scope)
+    assert new is not None
+    current = SourceSelection.of(key.source_scope)
+    if not current.unbounded() and not current.within(new):
+        extra = sorted(set(new.get("source_ids") or []) - set(current.source_ids or ())) or ["every source"]
+        raise Forbidden(
+            "source_scope_widening_not_allowed",
+            f"A key's source restriction can only be narrowed; {', '.join(extra)} would widen it. "
+            "Make a new key instead.",
+        )
+    if key.status_at(utcnow()) != "active":
+        raise InvalidRequest("api_key_not_active", "Only an active key's source restriction can be changed.")
+    if new.get("mode") == "selected" and new != key.source_scope:
+        old = key.source_scope
+        key.source_scope = new
+        record(
+            session,
+            principal,
+            "api_key.source_scope_narrowed",
+            org_id=key.org_id,
+            target_type="api_key",
+            target_id=key.id,
+            details={"old": old, "new": new},
             context=context,
         )
         bump_access_epoch(session, key.org_id)

@@ -323,7 +323,7 @@ def audit_export(
 
 
 APPLIED = {
-    "narrowed": "The suggestion was applied: the key now holds only the scopes its requests needed.",
+    "narrowed": "The suggestion was applied: the key now holds only what its requests needed.",
 }
 
 

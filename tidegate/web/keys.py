@@ -480,15 +480,28 @@ def rotate(request: Request, key_id: str = KeyId(), form: FormData = FORM):
 
 @router.post("/settings/api-keys/{key_id}/apply-suggestion")
 def apply_suggestion(request: Request, key_id: str = KeyId(), form: FormData = FORM):
-    """Narrow the key to the scopes its activity page suggested (sent with the form, so that
-    what is applied is what was shown); narrowing only, as PATCH /keys/{id}: anything the key
-    does not hold is refused (403 scope_widening_not_allowed) and changes nothing."""
-    raw = form.getlist("scopes")
-    scopes = [s for s in raw if isinstance(s, str) and len(s) <= 100]
-    if not scopes or len(raw) > 100 or len(scopes) != len(raw):
-        raise PageError(400, "Bad request", "The suggestion names no scopes, or malformed ones.")
+    """Narrow the key to the scopes and sources its activity page suggested (sent with the
+    form, so that what is applied is what was shown); narrowing only, as PATCH /keys/{id}:
+    anything the key does not hold is refused (403 scope_widening_not_allowed,
+    source_scope_widening_not_allowed) and changes nothing."""
+    scopes, source_ids = _names(form, "scopes"), _names(form, "source_ids")
+    if not scopes and not source_ids:
+        raise PageError(400, "Bad request", "The suggestion names nothing to apply.")
     with db(request) as session:
         viewer = signed_in_to_change(request, session, form, MANAGE)
         key = _get_key(session, viewer, key_id)
-        service.narrow_scopes(session, viewer.principal, key, scopes, context=request_context(request))
+        context = request_context(request)
+        if scopes:
+            service.narrow_scopes(session, viewer.principal, key, scopes, context=context)
+        if source_ids:
+            source_scope = {"mode": "selected", "source_ids": source_ids}
+            service.narrow_source_scope(session, viewer.principal, key, source_scope, context=context)
     return redirect(f"/audit/keys/{key_id}?notice=narrowed")
+
+
+def _names(form: FormData, field: str) -> list[str]:
+    raw = form.getlist(field)
+    names = [s for s in raw if isinstance(s, str) and 0 < len(s) <= 200]
+    if len(raw) > 1000 or len(names) != len(raw):  # a file part, an empty or overlong value
+        raise PageError(400, "Bad request", f"Too many or malformed {field}.")
+    return names

@@ -118,6 +118,7 @@ class SuggestionOut(BaseModel):
     source_scope_changes: bool
     applicable: bool
     reason: str
+    patch: dict[str, Any] | None  # the PATCH /keys/{id} body that applies it
 
 
 class KeyInsightsOut(BaseModel):
@@ -180,5 +181,6 @@ class KeyInsightsOut(BaseModel):
                 source_scope_changes=s.source_scope_changes,
                 applicable=s.applicable,
                 reason=s.reason,
+                patch=s.patch,
             ),
         )
