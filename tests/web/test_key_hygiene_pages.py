@@ -97,6 +97,9 @@ def test_the_keys_page_flags_unused_expiring_rotating_and_new_ip_keys(client, or
     assert flags_of(text, old) == {"rotating": "Rotating — expires in 59 min"}
     assert flags_of(text, rotated["id"]) == {"replacement": f"Replaces {rotated['replaced_key']['key_prefix']}…"}
     assert flags_of(text, roaming) == {"new-ip": "New IP 10.0.0.2"}
+    # The rotating key is not offered for rotation again (its replacement is).
+    assert f"/settings/api-keys/{old}/rotate" not in row_of(text, old)
+    assert f"/settings/api-keys/{rotated['id']}/rotate" in row_of(text, rotated["id"])
     # The attention list: the expiring key and the new address (not the rotating key, not the first address).
     attention = html.unescape(re.search(r'<section[^>]*id="key-attention".*?</section>', text, re.S).group(0))
     assert re.findall(r'data-attention="([^"]+)" data-key-id="([^"]+)"', attention) == [
@@ -136,6 +139,7 @@ def test_the_activity_page_shows_insights_and_applies_the_suggestion_narrowing_o
     assert re.search(r'<tr data-ip="10.0.0.1">.*?data-col="requests">2<', text, re.S)
     assert re.findall(r"<code data-suggested-scope>([^<]+)</code>", text) == ["data:read"]
     assert re.findall(r"<code data-removed-scope>([^<]+)</code>", text) == ["admin:audit:read", "admin:users:read"]
+    assert re.findall(r'data-suggested-source="([^"]+)">([^<]+)<', text) == [(source, "sales")]
     form = re.search(r'<form method="post" action="([^"]+)" id="apply-suggestion-form">(.*?)</form>', text, re.S)
     assert form and form.group(1) == f"/settings/api-keys/{key_id}/apply-suggestion"
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.group(2)).group(1)

@@ -249,7 +249,7 @@ def suggest(
         reason = "The key already holds only the scopes its requests needed."
     else:
         patch["scopes"] = scopes
-        reason = f"Every served request of the window needed only these {len(scopes)} scope(s)."
+        reason = f"Every served request of the window needed only {_count(len(scopes), 'scope')}."
     if source_scope_changes:
         patch["source_scope"] = source_scope  # (always a narrowing: see _suggested_source_scope)
     if source_reason:
@@ -280,4 +280,8 @@ def _suggested_source_scope(key: ApiKey, sources_used: list[str], creates_source
         used &= set(current.get("source_ids") or [])
         if not used or used == set(current.get("source_ids") or []):
             return current, ""
-    return {"mode": "selected", "source_ids": sorted(used)}, f"It used {len(used)} source(s) only."
+    return {"mode": "selected", "source_ids": sorted(used)}, f"It used {_count(len(used), 'source')} only."
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

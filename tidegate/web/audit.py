@@ -363,7 +363,8 @@ def key_activity(
             "requests": event_rows(session, viewer.org.id, requests),
             "lifecycle": event_rows(session, viewer.org.id, lifecycle[:100]),
             "next_after": requests[-1].id if more and requests else None,
-            "insights": key_insights(session, key),
+            "insights": (found := key_insights(session, key)),
+            "source_names": {u.source_id: u.name for u in found.sources if u.name},
             "can_apply": viewer.can(Scope.KEYS_MANAGE) and key.status_at(utcnow()) == "active",
             "notice": APPLIED.get(notice or ""),
         }

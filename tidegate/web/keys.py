@@ -265,6 +265,7 @@ def _key_rows(session, viewer: Viewer, keys: list[ApiKey]) -> list[dict]:
             "source_scope": k.source_scope,
             "rate_limit": k.rate_limit_per_minute,
             "own": k.created_by == viewer.user.id,
+            "retiring": k.rotated_to_key_id is not None,  # (rotated once: its replacement rotates next)
             "flags": key_flags(k, now, threshold, new_ips.get(k.id, []), replaced.get(k.rotated_from_key_id or "")),
         }
         for k in keys
