@@ -73,7 +73,7 @@ def insights(client, org, key_id: str, key=None) -> dict:
     return r.json()
 
 
-def past_event(org: Org, key_id: str, days_ago: float, scopes: list[list[str]], status: int = 200) -> None:
+def past_event(org: Org, key_id: str, days_ago: float, scopes: list[list[str]], status: int = 200, **details) -> None:
     """A request event as the middleware writes it, `days_ago` days back (its id too)."""
     when = datetime.now(UTC) - timedelta(days=days_ago)
     event_id = id_floor("evt", int(when.timestamp() * 1000))[:-16] + new_ulid()[10:]
@@ -92,7 +92,7 @@ def past_event(org: Org, key_id: str, days_ago: float, scopes: list[list[str]], 
                     path="/api/v1/old",
                     status=status,
                     ip_address="10.9.9.9",
-                    details={"operation": "old", "scopes": scopes},
+                    details={"operation": "old", "scopes": scopes, **details},
                 )
             )
         )
@@ -384,3 +384,19 @@ def test_patch_source_scope_narrows_only(client, org):
     mine = [e for e in events["data"] if e["target_id"] == key_id]
     assert [e["details"]["new"]["source_ids"] for e in mine] == [[a], sorted([a, b])]
     assert mine[-1]["details"]["old"] is None
+
+
+def test_postgresql_wire_statements_count_for_every_source_they_read(client, org):
+    sales, stock = source(client, org, "sales"), source(client, org, "stock")
+    secret = org.key_for(org.admin_id, ["data:read", "admin:users:read"], name="bi over the wire")
+    key_id = key_id_of(org, secret)
+    # As pgwire.session.audit_event writes them: a join of both tables, then one of one.
+    past_event(org, key_id, 1, [["data:read"]], source_ids=[sales, stock], tables=["sales", "stock"])
+    past_event(org, key_id, 2, [["data:read"]], source_ids=[sales], tables=["sales"])
+    found = insights(client, org, key_id)
+    sources = by(found["sources"], "source_id")
+    assert (sources[sales]["requests_30d"], sources[stock]["requests_30d"]) == (2, 1)
+    assert found["suggestion"]["patch"] == {
+        "scopes": ["data:read"],
+        "source_scope": {"mode": "selected", "source_ids": sorted([sales, stock])},
+    }
