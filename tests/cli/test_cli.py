@@ -607,3 +607,19 @@ def test_org_settings_unused_key_days_and_keys_flagged_unused(tg):
     assert made["unused"] is False  # a new key is not unused
     listed = {k["name"]: k for k in tg("keys", "list", "--org", "Acme", "--json").json}
     assert listed["idle"]["unused"] is False  # created less than a day ago
+
+
+def test_keys_insights(tg):
+    init_org(tg)
+    made = tg(
+        "keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "bi",
+        "--scopes", "data:read,admin:users:read", "--json",
+    ).json  # fmt: skip
+    found = tg("keys", "insights", made["id"], "--org", "Acme", "--json").json
+    assert found["key_id"] == made["id"] and found["requests_90d"] == 0
+    assert {u["scope"] for u in found["scopes"]} == {"data:read", "admin:users:read"}
+    assert found["suggestion"]["patch"] is None and "revoke" in found["suggestion"]["reason"]
+    text = tg("keys", "insights", made["id"], "--org", "Acme").stdout
+    assert "0 requests in 30 days" in text and "suggestion:" in text
+    missing = tg("keys", "insights", "key_nope", "--org", "Acme", ok=False)
+    assert missing.code == 1 and "api_key_not_found" in missing.stderr

@@ -21,12 +21,13 @@ from tidegate.core.principal import Principal
 from tidegate.core.scopes import PRESETS, preset_scopes, requested_scopes
 from tidegate.credentials import service as keys_service
 from tidegate.credentials.hygiene import DEFAULT_UNUSED_KEY_DAYS
+from tidegate.credentials.insights import key_insights
 from tidegate.db.engine import migrate, session_scope
 from tidegate.errors import InvalidRequest, ServiceUnavailable, TidegateError
 from tidegate.orgs import service as orgs
 from tidegate.orgs.models import Organization
 from tidegate.outages import unavailable_error
-from tidegate.wire.keys import KeyOut
+from tidegate.wire.keys import KeyInsightsOut, KeyOut
 from tidegate.wire.orgs import OrgSettingsOut
 from tidegate.wire.users import UserOut
 
@@ -441,6 +442,23 @@ def keys_revoke(key_id: str, org: str = typer.Option(..., "--org"), as_json: boo
         keys_service.revoke_key(session, None, key, via="cli")
         payload = {"id": key.id, "status": "revoked"}
     emit(as_json, payload, f"Revoked {key.id}.")
+
+
+@keys_app.command("insights")
+def keys_insights(key_id: str, org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
+    """What a key did over 30 and 90 days (per scope, source and client IP) and the smallest
+    scopes and source restriction covering it (as GET /keys/{id}/insights)."""
+    with database(as_json) as (_, session):
+        organization = orgs.find_org(session, org)
+        key = keys_service.get_key(session, Principal.for_user(organization.id, "cli", "admin"), key_id)
+        payload = KeyInsightsOut.of(key_insights(session, key)).model_dump()
+    suggestion = payload["suggestion"]
+    lines = [f"{key_id}: {payload['requests_30d']} requests in 30 days, {payload['requests_90d']} in 90"]
+    lines += [f"  {u['scope']}: {u['requests_30d']} / {u['requests_90d']}" for u in payload["scopes"]]
+    lines.append(f"suggestion: {suggestion['reason']}")
+    if suggestion["patch"]:
+        lines.append(f"  PATCH /keys/{key_id} {json.dumps(suggestion['patch'])}")
+    emit(as_json, payload, "\n".join(lines))
 
 
 @keys_app.command("rotate")
