@@ -30,3 +30,9 @@ def new_ulid() -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{new_ulid()}"
+
+
+def id_floor(prefix: str, when_ms: int) -> str:
+    """The smallest id of `prefix` made at or after `when_ms` (milliseconds since the epoch):
+    a time bound on an id column, which an index on the id can range-scan."""
+    return f"{prefix}_{_encode(when_ms, 10)}{'0' * 16}"

@@ -16,7 +16,7 @@ from tidegate.catalog.analysis import (  # noqa: F401
     Widget,
 )
 from tidegate.catalog.models import File, Source, SourceShare, SourceVersion  # noqa: F401
-from tidegate.credentials.models import ApiKey  # noqa: F401
+from tidegate.credentials.models import ApiKey, EmbedSession, KeyAddress  # noqa: F401
 from tidegate.db.base import Base  # noqa: F401
 from tidegate.db.jobs import ClusterJob  # noqa: F401
 from tidegate.orgs.models import Organization, User  # noqa: F401

@@ -52,6 +52,10 @@ def rotate(client, org, key_id, key=None, **body):
     return client.post(f"/api/v1/keys/{key_id}/rotate", json=body or None, headers=org.headers(key))
 
 
+def today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
 def when(iso: str) -> datetime:
     return datetime.fromisoformat(iso.replace("Z", "+00:00"))
 
@@ -72,7 +76,7 @@ def test_rotation_with_grace_keeps_the_old_key_working_with_deprecation_headers_
     new = r.json()
     assert new["secret"].startswith("qk_") and new["key_prefix"] == new["secret"][:12]
     assert new["id"] != old_id and new["rotated_from"] == old_id
-    assert new["name"] == "BI tool" and new["scopes"] == ["admin:sources:read", "data:read"]
+    assert new["name"] == f"BI tool (rotated {today()})" and new["scopes"] == ["admin:sources:read", "data:read"]
     assert new["rate_limit_per_minute"] == 37 and new["ip_allowlist"] == ["127.0.0.0/8"]
     # The same lifetime, counted from now.
     assert abs(when(new["expires_at"]) - (datetime.now(UTC) + timedelta(days=30))) < timedelta(minutes=1)
@@ -261,3 +265,21 @@ def test_a_key_rotating_another_key_never_hands_out_more_than_itself(client, org
     r = rotate(client, org, broad_id, narrow)
     assert r.status_code == 403 and r.json()["error"]["code"] in ("insufficient_scope", "exceeds_parent_key")
     assert client.get(f"/api/v1/keys/{broad_id}", headers=org.headers()).json()["rotated_to"] is None
+
+
+def test_the_replacement_is_named_with_one_rotation_suffix_within_the_name_limit(client, org):
+    first = rotate(client, org, key_id_of(org, org.key_for(org.admin_id, ["data:read"], name="  ETL  ")))
+    assert first.status_code == 201 and first.json()["name"] == f"ETL (rotated {today()})"
+    # Rotated again: the suffix is replaced, never stacked.
+    again = rotate(client, org, first.json()["id"])
+    assert again.status_code == 201 and again.json()["name"] == f"ETL (rotated {today()})"
+    # An older date is replaced by today's.
+    dated = org.key_for(org.admin_id, ["data:read"], name="Sync (rotated 2020-01-31)")
+    assert rotate(client, org, key_id_of(org, dated)).json()["name"] == f"Sync (rotated {today()})"
+    # Only a suffix at the end, in exactly that form, counts as one.
+    odd = org.key_for(org.admin_id, ["data:read"], name="x (rotated 2020-01-31) y")
+    assert rotate(client, org, key_id_of(org, odd)).json()["name"] == f"x (rotated 2020-01-31) y (rotated {today()})"
+    # A name at the 200-character limit is cut to make room; the result is within the limit.
+    long = org.key_for(org.admin_id, ["data:read"], name="n" * 200)
+    name = rotate(client, org, key_id_of(org, long)).json()["name"]
+    assert len(name) == 200 and name == "n" * (200 - len(f" (rotated {today()})")) + f" (rotated {today()})"

@@ -592,3 +592,34 @@ def test_the_cli_does_not_load_the_web_framework():
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_org_settings_unused_key_days_and_keys_flagged_unused(tg):
+    init_org(tg)
+    assert tg("org", "settings", "--org", "Acme", "--json").json["unused_key_days"] == 90
+    bad = tg("org", "settings", "--org", "Acme", "--unused-key-days", "0", "--json", ok=False)
+    assert bad.code == 1 and "invalid_unused_key_days" in bad.stderr
+    assert tg("org", "settings", "--org", "Acme", "--unused-key-days", "1", "--json").json["unused_key_days"] == 1
+    made = tg(
+        "keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "idle",
+        "--scopes", "data:read", "--json",
+    ).json  # fmt: skip
+    assert made["unused"] is False  # a new key is not unused
+    listed = {k["name"]: k for k in tg("keys", "list", "--org", "Acme", "--json").json}
+    assert listed["idle"]["unused"] is False  # created less than a day ago
+
+
+def test_keys_insights(tg):
+    init_org(tg)
+    made = tg(
+        "keys", "create", "--org", "Acme", "--user", "admin@acme.example", "--name", "bi",
+        "--scopes", "data:read,admin:users:read", "--json",
+    ).json  # fmt: skip
+    found = tg("keys", "insights", made["id"], "--org", "Acme", "--json").json
+    assert found["key_id"] == made["id"] and found["requests_90d"] == 0
+    assert {u["scope"] for u in found["scopes"]} == {"data:read", "admin:users:read"}
+    assert found["suggestion"]["patch"] is None and "revoke" in found["suggestion"]["reason"]
+    text = tg("keys", "insights", made["id"], "--org", "Acme").stdout
+    assert "0 requests in 30 days" in text and "suggestion:" in text
+    missing = tg("keys", "insights", "key_nope", "--org", "Acme", ok=False)
+    assert missing.code == 1 and "api_key_not_found" in missing.stderr

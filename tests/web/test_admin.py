@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from playwright.sync_api import expect
 
 from .test_keys_flow import create_key, dismiss_secret
@@ -131,13 +133,14 @@ def test_rotate_with_grace_period_then_now(ui, web):
         dialog.get_by_role("button", name="Rotate key").click()
     second = page.get_by_label("Your new API key").input_value()
     ui.snap("rotated")
-    expect(page.get_by_role("dialog", name="Key rotated: Rotating integration")).to_be_visible()
+    rotated_name = f"Rotating integration (rotated {datetime.now(UTC).date().isoformat()})"
+    expect(page.get_by_role("dialog", name=f"Key rotated: {rotated_name}")).to_be_visible()
     dismiss_secret(ui, second)
     with web.api() as api:
         keys = {k["key_prefix"]: k for k in api.get("/keys", params={"limit": 100}).json()["data"]}
     old, new = keys[first[:12]], keys[second[:12]]
     assert old["status"] == "active" and old["expires_at"] is not None  # retires in an hour
-    assert new["scopes"] == ["admin:keys:manage"] and new["name"] == "Rotating integration"
+    assert new["scopes"] == ["admin:keys:manage"] and new["name"] == rotated_name
     assert new["expires_at"] is not None and new["expires_at"] > old["expires_at"]
     with web.api(first) as api:
         assert api.get("/keys").status_code == 200  # still in its grace period

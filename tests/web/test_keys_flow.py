@@ -86,6 +86,9 @@ def test_create_use_revoke_and_audit(ui, web):
     with web.api(secret) as api:
         refused = api.get("/keys")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "insufficient_scope"
+    # A refused request is not a use; a served one is.
+    with web.api(secret) as api:
+        assert api.get("/sources").status_code == 200
 
     # "Last used" shows when and from where (the journal ships within about a second).
     for _ in range(20):
@@ -152,11 +155,12 @@ def test_create_use_revoke_and_audit(ui, web):
     # The per-key view: what the key accessed, when, from where, and the outcome.
     ui.goto(f"/audit/keys/{key_id}", label="key-activity")
     requests = page.get_by_role("table", name="Requests made with this key")
-    expect(requests.locator("tbody tr")).to_have_count(2)
+    expect(requests.locator("tbody tr")).to_have_count(3)
     expect(requests).to_contain_text("GET /api/v1/keys")
     expect(requests).to_contain_text("127.0.0.1")
     expect(requests.locator("tbody tr").nth(0)).to_contain_text("401")  # newest first
-    expect(requests.locator("tbody tr").nth(1)).to_contain_text("403")
+    expect(requests.locator("tbody tr").nth(1)).to_contain_text("200")  # GET /api/v1/sources
+    expect(requests.locator("tbody tr").nth(2)).to_contain_text("403")
     expect(page.get_by_role("table", name="Events about this key")).to_contain_text("api_key.revoked")
 
     # CSV export of the filtered list.

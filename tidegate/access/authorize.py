@@ -6,6 +6,7 @@ already that intersection); a `Rule` adds a role or ownership condition on top.
 
 from __future__ import annotations
 
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -78,6 +79,37 @@ def authorize(principal: Principal, action: Action, resource: Owned | None = Non
     denial = _denial(principal, action, resource)
     if denial is not None:
         raise denial
+    checks = _scope_checks.get()
+    if checks is not None:
+        if isinstance(action, Scope):
+            checks.append((action.value,))
+        elif isinstance(action, AnyOf):
+            checks.append(tuple(s.value for s in action.scopes if s in principal.scopes))
+
+
+# The scope checks the current request passed, each as the scopes that satisfied it (one, or
+# those of an AnyOf the caller holds): written into its audit event, from which a key's
+# insights derive the least privilege it needs. None outside a tracked request.
+_scope_checks: ContextVar[list[tuple[str, ...]] | None] = ContextVar("tidegate_scope_checks", default=None)
+
+
+def track_scope_checks() -> tuple[list[tuple[str, ...]], Token[list[tuple[str, ...]] | None]]:
+    """Start recording the scope checks of the current request (its task and the threads it
+    hands work to, which run in a copy of its context: they append to the same list)."""
+    checks: list[tuple[str, ...]] = []
+    return checks, _scope_checks.set(checks)
+
+
+def stop_tracking_scope_checks(token: Token[list[tuple[str, ...]] | None]) -> None:
+    _scope_checks.reset(token)
+
+
+def note_scopes_needed(scopes: frozenset[str] | set[str]) -> None:
+    """Record scopes a request needed without a check of its own (a key creating a key needs
+    every scope it grants: it cannot delegate what it does not hold)."""
+    checks = _scope_checks.get()
+    if checks is not None:
+        checks.extend((scope,) for scope in sorted(scopes))
 
 
 def allowed(principal: Principal, action: Action, resource: Owned | None = None) -> bool:

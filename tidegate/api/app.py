@@ -39,7 +39,8 @@ from tidegate.audit import shipper
 from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
-from tidegate.credentials.usage import record_last_use
+from tidegate.credentials.reminders import PeriodicReminders
+from tidegate.credentials.usage import record_key_use
 from tidegate.data import connectors, egress, engine, live, querypool, sandbox
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.data.scheduled_sync import SyncScheduler
@@ -138,8 +139,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         min_age_seconds=settings.data.gc_min_age_seconds,
     )
     scheduled_syncs = SyncScheduler(settings.database_url, settings.session_key)  # once across nodes: row locks
+    reminders = PeriodicReminders(settings.database_url)  # api_key.expiring_soon; one round across nodes
     journal = Journal(
-        settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_last_use
+        settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_key_use
     )
 
     @asynccontextmanager
@@ -153,8 +155,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         journal.start(ship=not shipper.ships_elsewhere())
         collector.start()
         scheduled_syncs.start()
+        reminders.start()
         querypool.pool_for(settings.query_limits)  # its worker processes start now, not on the first query
         yield
+        reminders.close()
         scheduled_syncs.close()
         collector.close()
         journal.close()

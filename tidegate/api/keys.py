@@ -1,4 +1,4 @@
-"""/keys: create, list, get, rename and narrow, rotate, revoke."""
+"""/keys: create, list, get, rename and narrow, rotate, revoke, insights."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from tidegate.api.responses import JSON
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope, requested_scopes
 from tidegate.credentials import service
+from tidegate.credentials.hygiene import DEFAULT_UNUSED_KEY_DAYS
+from tidegate.credentials.insights import key_insights
 from tidegate.errors import InvalidRequest
 from tidegate.http import request_context
+from tidegate.orgs.models import Organization
 from tidegate.wire.common import Page
-from tidegate.wire.keys import KeyCreated, KeyOut, KeyRevoked, KeyRotated
+from tidegate.wire.keys import KeyCreated, KeyInsightsOut, KeyOut, KeyRevoked, KeyRotated
 
 router = APIRouter(tags=["keys"], route_class=InputRoute)
 MANAGE = require(Scope.KEYS_MANAGE)
@@ -44,6 +47,8 @@ class KeyUpdate(BaseModel):
     name: Text | None = Field(None, min_length=1, max_length=200)
     # Only a subset of the key's scopes (narrowing); widening is 403.
     scopes: list[str] | None = Field(None, max_length=100)
+    # Only fewer sources: {"mode": "selected", "source_ids": [...]} within the current ones.
+    source_scope: dict | None = None
 
 
 # The API's grace window is a week (the web UI offers up to 30 days); no body or no value:
@@ -94,25 +99,42 @@ def list_keys(
     status: str | None = Query(None, description="active, revoked or expired"),
 ):
     rows = service.list_keys(session, principal, limit=limit, after=after, search=search, status=status)
-    return Page[KeyOut].of(rows, limit, KeyOut.of)
+    days = _unused_key_days(session, principal)
+    return Page[KeyOut].of(rows, limit, lambda key: KeyOut.of(key, days))
+
+
+def _unused_key_days(session: Session, principal: Principal) -> int:
+    org = session.get(Organization, principal.org_id)
+    return org.unused_key_days if org is not None else DEFAULT_UNUSED_KEY_DAYS
 
 
 @router.get("/keys/{key_id}", response_model=KeyOut)
 def get_key(key_id: str, principal: Principal = MANAGE, session: Session = DB):
-    return KeyOut.of(service.get_key(session, principal, key_id))
+    return KeyOut.of(service.get_key(session, principal, key_id), _unused_key_days(session, principal))
+
+
+@router.get("/keys/{key_id}/insights", response_model=KeyInsightsOut)
+def get_key_insights(key_id: str, request: Request, principal: Principal = MANAGE, session: Session = DB):
+    """Per scope, source and client address, what the key did over 30 and 90 days, and the
+    smallest scopes and source restriction covering it (`suggestion`)."""
+    key = service.get_key(session, principal, key_id)
+    request.app.state.journal.flush()  # this process's latest requests count too
+    return KeyInsightsOut.of(key_insights(session, key))
 
 
 @router.patch("/keys/{key_id}", response_model=KeyOut)
 def update_key(key_id: str, body: KeyUpdate, request: Request, principal: Principal = MANAGE, session: Session = DB):
-    if body.name is None and body.scopes is None:
-        raise InvalidRequest("invalid_parameters", "Send name and/or scopes to change.")
+    if body.name is None and body.scopes is None and body.source_scope is None:
+        raise InvalidRequest("invalid_parameters", "Send name, scopes and/or source_scope to change.")
     key = service.get_key(session, principal, key_id)
     context = request_context(request)
     if body.scopes is not None:
         service.narrow_scopes(session, principal, key, body.scopes, context=context)
+    if body.source_scope is not None:
+        service.narrow_source_scope(session, principal, key, body.source_scope, context=context)
     if body.name is not None:
         service.rename_key(session, principal, key, body.name, context=context)
-    return KeyOut.of(key)
+    return KeyOut.of(key, _unused_key_days(session, principal))
 
 
 @router.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyRotated)
@@ -135,7 +157,9 @@ def rotate_key(
     )
     set_audit_target(request, "api_key", old.id, replacement_key_id=created.key.id)
     payload = KeyRotated(
-        **KeyOut.fields_of(created.key), secret=created.secret, replaced_key=KeyOut.of(old)
+        **KeyOut.fields_of(created.key),
+        secret=created.secret,
+        replaced_key=KeyOut.of(old, _unused_key_days(session, principal)),
     ).model_dump()
     # Carries the new secret: like creation, never cached.
     return JSON(payload, status_code=201, headers={"Cache-Control": "no-store"})

@@ -19,6 +19,7 @@ import anyio
 from starlette.requests import Request
 
 from tidegate import metrics
+from tidegate.access.authorize import stop_tracking_scope_checks, track_scope_checks
 from tidegate.api.responses import error_response, from_error
 from tidegate.audit.journal import AuditUnavailable, Journal
 from tidegate.audit.record import event_row
@@ -82,6 +83,7 @@ class RequestMiddleware:
         request_id = "req_" + request_ulid
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state["scope_checks"], tracking = track_scope_checks()
         started = False  # the response has begun to leave
         unjournaled: AuditUnavailable | None = None  # why the response was stopped before it began
         began = time.perf_counter()
@@ -153,6 +155,7 @@ class RequestMiddleware:
                 status = 503
                 await refuse_unjournaled()
         finally:
+            stop_tracking_scope_checks(tracking)
             # By route template, never by path (ids, and whatever a caller puts there).
             route = route_template(scope["path"], scope.get("path_params") or {}, self.route_templates)
             metrics.request_done(route, scope["method"], status, time.perf_counter() - began)
@@ -199,6 +202,9 @@ class RequestMiddleware:
             "creator_user_id": who["user_id"],
             **state.get("audit_details", {}),
         }
+        checks = state.get("scope_checks")
+        if checks:  # the scopes it was allowed by (key insights: the least privilege a key needs)
+            details["scopes"] = [list(check) for check in sorted(set(checks))]
         sent = _content_length(headers)
         if sent is not None:  # (a streamed response has none yet: its bytes are not counted)
             details["bytes_out"] = sent

@@ -33,6 +33,9 @@ class SettingsUpdate(BaseModel):
     public_share_links_enabled: bool | None = Field(
         None, description="Allow dashboard links that open without signing in (off deactivates them all)."
     )
+    unused_key_days: StrictInt | None = Field(
+        None, description="Flag active keys not used for this many days (1-3650; default 90)."
+    )
 
 
 @router.get("/org/settings", response_model=OrgSettingsOut)
@@ -57,6 +60,7 @@ def update_settings(
         embed_allowed_origins=body.embed_allowed_origins,
         embed_ui_config=body.embed_ui_config,
         public_share_links_enabled=body.public_share_links_enabled,
+        unused_key_days=body.unused_key_days,
         context=context,
     )
     if body.deny_by_default is not None:

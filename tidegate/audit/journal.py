@@ -16,8 +16,9 @@ Segments: a process appends to `<pid>-<n>.active.jsonl` while holding an exclusi
 on it; every second (and before an audit query) it renames the segment to `.ready.jsonl`
 and starts a new one. A shipper (a thread of the process, or under `tidegate serve` one
 process beside the workers: `audit.shipper`) inserts ready segments into `audit_events` with
-the event ids as primary keys (so shipping twice inserts once), updates the keys'
-`last_used_at`, commits, and only then deletes the segment. An `.active` segment whose
+the event ids as primary keys (so shipping twice inserts once), updates what the keys'
+requests say about them (their last use and client addresses: `after_insert`), commits,
+and only then deletes the segment. An `.active` segment whose
 flock can be taken belongs to a dead process: it is shipped too, which is how a restart
 recovers after -9.
 

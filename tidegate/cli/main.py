@@ -20,12 +20,14 @@ from tidegate.config import get_settings
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import PRESETS, preset_scopes, requested_scopes
 from tidegate.credentials import service as keys_service
+from tidegate.credentials.hygiene import DEFAULT_UNUSED_KEY_DAYS
+from tidegate.credentials.insights import key_insights
 from tidegate.db.engine import migrate, session_scope
 from tidegate.errors import InvalidRequest, ServiceUnavailable, TidegateError
 from tidegate.orgs import service as orgs
 from tidegate.orgs.models import Organization
 from tidegate.outages import unavailable_error
-from tidegate.wire.keys import KeyOut
+from tidegate.wire.keys import KeyInsightsOut, KeyOut
 from tidegate.wire.orgs import OrgSettingsOut
 from tidegate.wire.users import UserOut
 
@@ -179,7 +181,7 @@ def serve(
 ):
     """Run the HTTP server (and the PostgreSQL endpoint, when a port is given)."""
     from tidegate.audit import shipper
-    from tidegate.credentials.usage import record_last_use
+    from tidegate.credentials.usage import record_key_use
     from tidegate.data import egress
 
     settings = get_settings()
@@ -203,7 +205,7 @@ def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_on_signal)
     # Workers append audit events; one process beside them ships them (see audit.shipper).
-    audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url, after_insert=record_last_use)
+    audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url, after_insert=record_key_use)
     audit_shipper.start()
     os.environ[shipper.ENV_FLAG] = "process"
     pg = _start_pg(settings, host, pg_port, pg_allow_plain_loopback)
@@ -376,9 +378,9 @@ def users_list(org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
 # -- keys --------------------------------------------------------------------------------
 
 
-def _key_payload(key) -> dict:
+def _key_payload(key, unused_key_days: int = DEFAULT_UNUSED_KEY_DAYS) -> dict:
     """The API's key, and the organization (the CLI spans organizations)."""
-    return {**KeyOut.of(key).model_dump(), "org_id": key.org_id}
+    return {**KeyOut.of(key, unused_key_days).model_dump(), "org_id": key.org_id}
 
 
 @keys_app.command("create")
@@ -423,7 +425,7 @@ def keys_list(org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
         organization = orgs.find_org(session, org)
         system = Principal.for_user(organization.id, "cli", "admin")
         keys = keys_service.list_keys(session, system, limit=100_000, after=None)
-        payload = [_key_payload(k) for k in keys]
+        payload = [_key_payload(k, organization.unused_key_days) for k in keys]
     emit(
         as_json,
         payload,
@@ -440,6 +442,23 @@ def keys_revoke(key_id: str, org: str = typer.Option(..., "--org"), as_json: boo
         keys_service.revoke_key(session, None, key, via="cli")
         payload = {"id": key.id, "status": "revoked"}
     emit(as_json, payload, f"Revoked {key.id}.")
+
+
+@keys_app.command("insights")
+def keys_insights(key_id: str, org: str = typer.Option(..., "--org"), as_json: bool = JsonOpt):
+    """What a key did over 30 and 90 days (per scope, source and client IP) and the smallest
+    scopes and source restriction covering it (as GET /keys/{id}/insights)."""
+    with database(as_json) as (_, session):
+        organization = orgs.find_org(session, org)
+        key = keys_service.get_key(session, Principal.for_user(organization.id, "cli", "admin"), key_id)
+        payload = KeyInsightsOut.of(key_insights(session, key)).model_dump()
+    suggestion = payload["suggestion"]
+    lines = [f"{key_id}: {payload['requests_30d']} requests in 30 days, {payload['requests_90d']} in 90"]
+    lines += [f"  {u['scope']}: {u['requests_30d']} / {u['requests_90d']}" for u in payload["scopes"]]
+    lines.append(f"suggestion: {suggestion['reason']}")
+    if suggestion["patch"]:
+        lines.append(f"  PATCH /keys/{key_id} {json.dumps(suggestion['patch'])}")
+    emit(as_json, payload, "\n".join(lines))
 
 
 @keys_app.command("rotate")
@@ -468,7 +487,11 @@ def keys_rotate(
             pepper=settings.pepper,
             via="cli",
         )
-        payload = {**_key_payload(created.key), "secret": created.secret, "replaced_key": _key_payload(old)}
+        payload = {
+            **_key_payload(created.key),
+            "secret": created.secret,
+            "replaced_key": _key_payload(old, organization.unused_key_days),
+        }
     until = "revoked now" if grace == 0 else f"works until {payload['replaced_key']['expires_at']}"
     emit(
         as_json,
@@ -487,6 +510,9 @@ def org_settings(
     max_keys_per_user: int | None = typer.Option(None, "--max-keys-per-user", help="Active keys one person may hold."),
     user_rate_limit_per_minute: int | None = typer.Option(
         None, "--user-rate-limit-per-minute", help="Requests per minute shared by all of one person's keys."
+    ),
+    unused_key_days: int | None = typer.Option(
+        None, "--unused-key-days", help="Flag active keys unused for this many days (1-3650)."
     ),
     embeds: str | None = typer.Option(None, "--embeds", help="Embed sessions: on or off"),
     embed_origins: list[str] | None = typer.Option(
@@ -514,6 +540,7 @@ def org_settings(
             embeds_enabled=None if embeds is None else embeds == "on",
             embed_allowed_origins=None if not embed_origins else [o for o in embed_origins if o],
             embed_ui_config=None if embed_ui_config is None else _json_object(embed_ui_config, "--embed-ui-config"),
+            unused_key_days=unused_key_days,
         )
         payload = OrgSettingsOut.of(organization).model_dump()
     emit(as_json, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
@@ -581,13 +608,13 @@ def audit_status(as_json: bool = JsonOpt):
 def audit_reship(as_json: bool = JsonOpt):
     """Ship the events the database refused (kept in rejected.jsonl) again, e.g. after an upgrade."""
     from tidegate.audit.journal import private_directory, reship_set_aside
-    from tidegate.credentials.usage import record_last_use
+    from tidegate.credentials.usage import record_key_use
 
     settings = get_settings()
     with refusals_reported(as_json):
         migrate(settings.database_url)
         shipped, refused = reship_set_aside(
-            private_directory(settings.audit_dir), settings.database_url, after_insert=record_last_use
+            private_directory(settings.audit_dir), settings.database_url, after_insert=record_key_use
         )
     emit(
         as_json,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 from tidegate.db.base import Base, UtcDateTime, utcnow
 
@@ -43,6 +44,8 @@ class ApiKey(Base):
     rotated_to_key_id: Mapped[str | None] = mapped_column(String(40))
     rotated_to_prefix: Mapped[str | None] = mapped_column(String(16))
     rotated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # When `api_key.expiring_soon` was emitted for it (once per key: credentials.reminders).
+    expiry_reminded_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     def status_at(self, now: datetime) -> str:
         return key_status(self.revoked_at, self.expires_at, now)
@@ -55,6 +58,25 @@ def key_status(revoked_at: datetime | None, expires_at: datetime | None, now: da
     if expires_at is not None and expires_at <= now:
         return "expired"
     return "active"
+
+
+class KeyAddress(Base):
+    """A client address a key was used from (its requests, accepted or refused, since the
+    first), kept by the audit shipper (credentials.usage): the insights' address list, and
+    how a new address is noticed once."""
+
+    __tablename__ = "api_key_ips"
+    __table_args__ = (Index(None, "org_id", "first_seen"),)
+
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(40))
+    first_seen: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    refused: Mapped[int] = mapped_column(Integer, default=0)  # of them, answered 4xx/5xx
+    # Not the key's first address: reported as `api_key.used_from_new_ip`.
+    new_for_key: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class EmbedSession(Base):

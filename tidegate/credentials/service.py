@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from tidegate.access.authorize import Rule, authorize
+from tidegate.access.authorize import Rule, authorize, note_scopes_needed
 from tidegate.access.policies import validate_policy_ids
 from tidegate.audit.record import RequestContext, record
 from tidegate.core.principal import Principal
+from tidegate.core.restrictions import SourceSelection
 from tidegate.core.scopes import expand, validate_scopes
 from tidegate.credentials.bounds import KeyTerms, bound_by_parent
 from tidegate.credentials.hashing import hash_secret
@@ -26,6 +28,7 @@ from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.orgs.models import Organization, User
 
 DEFAULT_RATE_LIMIT = 60
+MAX_NAME_LENGTH = 200
 MAX_RATE_LIMIT = 10_000
 MAX_EXPIRY_DAYS = 3650
 KEY_STATUSES = ("active", "revoked", "expired")
@@ -51,7 +54,7 @@ class CreatedKey:
 
 def _check_name(name: str) -> str:
     name = name.strip()
-    if not name or len(name) > 200:
+    if not name or len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest("invalid_name", "Key name must be 1-200 characters.")
     return name
 
@@ -124,6 +127,8 @@ def create_key(
             "insufficient_scope",
             f"You cannot grant scope(s) you do not hold: {', '.join(sorted(missing))}.",
         )
+    if creator.key_id is not None:
+        note_scopes_needed(expand(scopes))  # (a key narrowed below these could not grant them)
     terms = _check_terms(session, creator, request)
     if parent is None and creator.key_id is not None and not exact_parent:
         parent = session.get(ApiKey, creator.key_id)
@@ -254,7 +259,7 @@ def _check_key_limit(session: Session, org: Organization, user_id: str, replacin
         )
 
 
-def _visible_keys(principal: Principal) -> Select[ApiKey]:
+def visible_keys(principal: Principal) -> Select[ApiKey]:
     query = select(ApiKey).where(ApiKey.org_id == principal.org_id)
     if not principal.is_admin:
         # Members see and manage only their own keys.
@@ -263,7 +268,7 @@ def _visible_keys(principal: Principal) -> Select[ApiKey]:
 
 
 def get_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
-    key = session.scalar(_visible_keys(principal).where(ApiKey.id == key_id))
+    key = session.scalar(visible_keys(principal).where(ApiKey.id == key_id))
     if key is None:
         raise NotFound("api_key_not_found", f"No API key {key_id!r}.")
     return key
@@ -278,7 +283,7 @@ def list_keys(
     search: str | None = None,
     status: str | None = None,
 ) -> list[ApiKey]:
-    query = _visible_keys(principal)
+    query = visible_keys(principal)
     now = utcnow()
     if search:
         pattern = search.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -355,6 +360,46 @@ def narrow_scopes(
     return key
 
 
+def narrow_source_scope(
+    session: Session,
+    principal: Principal,
+    key: ApiKey,
+    source_scope: dict[str, Any],
+    *,
+    context: RequestContext | None = None,
+) -> ApiKey:
+    """Restrict `key` to fewer sources: `{"mode": "selected", "source_ids": [...]}` within
+    what it may read now (any ids for a key on every source; a subset of its selection
+    otherwise). Anything else is 403 `source_scope_widening_not_allowed` (make a new key)."""
+    new = _check_source_scope(source_scope)
+    assert new is not None
+    current = SourceSelection.of(key.source_scope)
+    if not current.unbounded() and not current.within(new):
+        extra = sorted(set(new.get("source_ids") or []) - set(current.source_ids or ())) or ["every source"]
+        raise Forbidden(
+            "source_scope_widening_not_allowed",
+            f"A key's source restriction can only be narrowed; {', '.join(extra)} would widen it. "
+            "Make a new key instead.",
+        )
+    if key.status_at(utcnow()) != "active":
+        raise InvalidRequest("api_key_not_active", "Only an active key's source restriction can be changed.")
+    if new.get("mode") == "selected" and new != key.source_scope:
+        old = key.source_scope
+        key.source_scope = new
+        record(
+            session,
+            principal,
+            "api_key.source_scope_narrowed",
+            org_id=key.org_id,
+            target_type="api_key",
+            target_id=key.id,
+            details={"old": old, "new": new},
+            context=context,
+        )
+        bump_access_epoch(session, key.org_id)
+    return key
+
+
 def revoke_key(
     session: Session,
     principal: Principal | None,
@@ -425,6 +470,17 @@ def descendants(session: Session, key: ApiKey) -> list[ApiKey]:
 
 
 MAX_ROTATION_GRACE = timedelta(days=30)
+# "<name> (rotated YYYY-MM-DD)": what a replacement is called. A name that already ends so
+# (a replacement rotated again) gets its date replaced, not a second suffix.
+_ROTATION_SUFFIX = re.compile(r" \(rotated \d{4}-\d{2}-\d{2}\)$")
+
+
+def rotated_name(name: str, day: date) -> str:
+    """The replacement's name: `name` without any earlier rotation suffix, cut so that the
+    new suffix fits the name limit, then " (rotated <day>)"."""
+    suffix = f" (rotated {day.isoformat()})"
+    base = _ROTATION_SUFFIX.sub("", name).rstrip()[: MAX_NAME_LENGTH - len(suffix)].rstrip()
+    return (base + suffix).strip()
 
 
 def rotate_key(
@@ -439,11 +495,11 @@ def rotate_key(
 ) -> CreatedKey:
     """Replace `key` with a new key of the same settings, and retire the old one.
 
-    The replacement has the old key's name, scopes, rate limit, IP allowlist, source scope,
-    access policies, bound user and lifetime (counted from now). With `grace` zero the old
-    key is revoked at once; otherwise its `expires_at` is set to now + grace (never later
-    than it already was), so it keeps working for the grace period and is then refused
-    with the ordinary `api_key_expired` error. Only the key's own creator may rotate it: a
+    The replacement has the old key's name (with a rotation suffix: `rotated_name`), scopes,
+    rate limit, IP allowlist, source scope, access policies, bound user and lifetime (counted
+    from now). With `grace` zero the old key is revoked at once; otherwise its `expires_at` is
+    set to now + grace (never later than it already was), so it keeps working for the grace
+    period and is then refused with the ordinary `api_key_expired` error. Only the key's own creator may rotate it: a
     replacement made by someone else would act with that person's permissions.
     """
     now = utcnow()
@@ -479,7 +535,7 @@ def rotate_key(
         session,
         principal,
         KeyRequest(
-            name=key.name,
+            name=rotated_name(key.name, now.date()),
             scopes=list(key.scopes),
             expires_in_days=lifetime_days,
             rate_limit_per_minute=key.rate_limit_per_minute,

@@ -38,6 +38,8 @@ class Organization(Base):
     # Dashboard share links that work without signing in: off unless an admin allows them;
     # switching it off deactivates every public link at once (checked on each use).
     public_share_links_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Key hygiene: an active key not used for this many days is flagged as unused.
+    unused_key_days: Mapped[int] = mapped_column(Integer, default=90, server_default="90")
 
 
 class User(Base):

@@ -345,6 +345,18 @@ def check_max_keys_per_user(value: int) -> int:
     return value
 
 
+MAX_UNUSED_KEY_DAYS = 3650
+
+
+def check_unused_key_days(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_UNUSED_KEY_DAYS:
+        raise InvalidRequest(
+            "invalid_unused_key_days",
+            f"unused_key_days must be a whole number of days between 1 and {MAX_UNUSED_KEY_DAYS:,}.",
+        )
+    return value
+
+
 def check_user_rate_limit(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_USER_RATE_LIMIT:
         raise InvalidRequest(
@@ -366,9 +378,12 @@ def update_settings(
     embed_allowed_origins: list[str] | None = None,
     embed_ui_config: dict[str, Any] | None = None,
     public_share_links_enabled: bool | None = None,
+    unused_key_days: int | None = None,
     context: RequestContext | None = None,
 ) -> Organization:
     """Validates everything before changing anything: a refused update changes nothing."""
+    if unused_key_days is not None:
+        check_unused_key_days(unused_key_days)
     if max_keys_per_user is not None:
         check_max_keys_per_user(max_keys_per_user)
     if user_rate_limit_per_minute is not None:
@@ -387,6 +402,7 @@ def update_settings(
         ("embed_ui_config", embed_ui_config),
         # Off deactivates every public dashboard link at once (checked on each use).
         ("public_share_links_enabled", public_share_links_enabled),
+        ("unused_key_days", unused_key_days),
     ):
         if value is not None and value != getattr(org, field):
             changes[field] = {"old": getattr(org, field), "new": value}

@@ -27,7 +27,7 @@ from tidegate.access import ratelimit
 from tidegate.audit import shipper
 from tidegate.audit.journal import Journal
 from tidegate.config import Settings, get_settings
-from tidegate.credentials.usage import record_last_use
+from tidegate.credentials.usage import record_key_use
 from tidegate.data import engine, sandbox
 from tidegate.pgwire import tls
 from tidegate.pgwire.server import PgServer
@@ -66,7 +66,7 @@ def configure_process(settings: Settings) -> None:
 
 async def _serve(settings: Settings, host: str, port: int, parent_pid: int) -> None:
     journal = Journal(
-        settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_last_use
+        settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_key_use
     )
     journal.start(ship=not shipper.ships_elsewhere())
     server = PgServer(
@@ -155,7 +155,7 @@ def serving(settings: Settings, *, host: str = "127.0.0.1", port: int = 0, tls_o
     """The endpoint on an event loop in a thread of this process; yields the server, its
     bound port in `server.port`. Audit events are shipped by its journal's own thread."""
     configure_process(settings)
-    journal = Journal(settings.audit_dir, settings.database_url, after_insert=record_last_use)
+    journal = Journal(settings.audit_dir, settings.database_url, after_insert=record_key_use)
     journal.start(ship=True)
     server = PgServer(
         settings,

@@ -244,6 +244,7 @@ def audit_event(
             "rows_returned": rows,  # None: still streaming (its pgwire.statement_end says)
             "duration_ms": round(duration_ms, 3),
             "sqlstate": sqlstate,
+            "scopes": [[Scope.DATA_READ.value]],  # every statement is checked for it (KeySession.refresh)
         },
     )
 

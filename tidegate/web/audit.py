@@ -22,6 +22,7 @@ from tidegate.audit.query import list_events, parse_bound
 from tidegate.audit.record import record
 from tidegate.core.scopes import Scope
 from tidegate.credentials import service as keys_service
+from tidegate.credentials.insights import key_insights
 from tidegate.credentials.models import ApiKey
 from tidegate.db.base import isoformat, utcnow
 from tidegate.db.engine import session_scope
@@ -321,8 +322,18 @@ def audit_export(
     return StreamingResponse(rows(), media_type="text/csv; charset=utf-8", headers=headers)
 
 
+APPLIED = {
+    "narrowed": "The suggestion was applied: the key now holds only what its requests needed.",
+}
+
+
 @router.get("/audit/keys/{key_id}")
-def key_activity(request: Request, key_id: str = Path(max_length=100), after: str | None = Id()):
+def key_activity(
+    request: Request,
+    key_id: str = Path(max_length=100),
+    after: str | None = Id(),
+    notice: str | None = Query(None, max_length=40),
+):
     _flush_journal(request)
     with db(request) as session:
         viewer = signed_in(request, session, READ)
@@ -352,5 +363,9 @@ def key_activity(request: Request, key_id: str = Path(max_length=100), after: st
             "requests": event_rows(session, viewer.org.id, requests),
             "lifecycle": event_rows(session, viewer.org.id, lifecycle[:100]),
             "next_after": requests[-1].id if more and requests else None,
+            "insights": (found := key_insights(session, key)),
+            "source_names": {u.source_id: u.name for u in found.sources if u.name},
+            "can_apply": viewer.can(Scope.KEYS_MANAGE) and key.status_at(utcnow()) == "active",
+            "notice": APPLIED.get(notice or ""),
         }
     return page(request, "audit_key.html", context, viewer=viewer, current="/audit")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from fastapi import Path, Query, Request
 from sqlalchemy import select
@@ -25,11 +25,13 @@ from tidegate.core.scopes import (
     preset_scopes,
 )
 from tidegate.credentials import service
-from tidegate.credentials.models import ApiKey
+from tidegate.credentials.hygiene import DEFAULT_UNUSED_KEY_DAYS, NEW_IP_WINDOW, retiring, unused_days
+from tidegate.credentials.models import ApiKey, KeyAddress
+from tidegate.credentials.reminders import EXPIRY_WINDOW, expiring_soon
 from tidegate.db.base import utcnow
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
-from tidegate.orgs.models import User
+from tidegate.orgs.models import Organization, User
 from tidegate.web.common import FORM, PageError, db, router, settings_of, signed_in, signed_in_to_change, text
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
@@ -156,9 +158,97 @@ def _creators(session, keys: list[ApiKey]) -> dict[str, str]:
     return dict(session.execute(select(User.id, User.email).where(User.id.in_(ids))).all())
 
 
+def remaining(delta: timedelta) -> str:
+    """A short time left: "59 min" and "23 h" rounded down (never later than it is), then
+    whole days to the nearest ("5 days" for a key made to expire in 5 days, a moment ago)."""
+    minutes = max(0, int(delta.total_seconds() // 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h"
+    return f"{round(minutes / (24 * 60))} days"
+
+
+def _new_addresses(session, keys: list[ApiKey], now: datetime) -> dict[str, list[str]]:
+    """Per key, the addresses new to it (not its first) seen for the first time this week."""
+    ids = [k.id for k in keys]
+    if not ids:
+        return {}
+    found: dict[str, list[str]] = {}
+    rows = session.execute(
+        select(KeyAddress.key_id, KeyAddress.ip)
+        .where(
+            KeyAddress.key_id.in_(ids), KeyAddress.new_for_key.is_(True), KeyAddress.first_seen >= now - NEW_IP_WINDOW
+        )
+        .order_by(KeyAddress.first_seen.desc())
+    )
+    for key_id, ip in rows:
+        found.setdefault(key_id, []).append(ip)
+    return found
+
+
+def _replaced_prefixes(session, keys: list[ApiKey]) -> dict[str, str]:
+    ids = {k.rotated_from_key_id for k in keys if k.rotated_from_key_id}
+    if not ids:
+        return {}
+    return dict(session.execute(select(ApiKey.id, ApiKey.key_prefix).where(ApiKey.id.in_(ids))).all())
+
+
+def key_flags(key: ApiKey, now: datetime, unused_key_days: int, new_ips: list[str], replaced: str | None) -> list[dict]:
+    """The badges of a key's row: what needs its owner's attention, and rotation links."""
+    flags = []
+    if retiring(key, now):
+        assert key.expires_at is not None
+        flags.append(
+            {
+                "kind": "rotating",
+                "text": f"Rotating — expires in {remaining(key.expires_at - now)}",
+                "title": f"Replaced by {key.rotated_to_prefix}…; it stops working at its expiry.",
+            }
+        )
+    elif expiring_soon(key, now):
+        assert key.expires_at is not None
+        flags.append(
+            {
+                "kind": "expiring",
+                "text": f"Expires in {remaining(key.expires_at - now)}",
+                "title": "Rotate it before then, or the integration using it stops.",
+            }
+        )
+    idle = unused_days(key, unused_key_days, now)
+    if idle is not None:
+        flags.append(
+            {
+                "kind": "unused",
+                "text": f"Unused {idle} days",
+                "title": ("Never used" if key.last_used_at is None else "Not used")
+                + f" for {idle} days (this organization flags {unused_key_days}+); revoke it if nothing needs it.",
+            }
+        )
+    if new_ips:
+        flags.append(
+            {
+                "kind": "new-ip",
+                "text": f"New IP {new_ips[0]}" + (f" (+{len(new_ips) - 1})" if len(new_ips) > 1 else ""),
+                "title": "First used from " + ", ".join(new_ips) + " this week.",
+            }
+        )
+    if replaced:
+        flags.append({"kind": "replacement", "text": f"Replaces {replaced}…", "title": "Made by rotating that key."})
+    return flags
+
+
+def unused_key_days(session, viewer: Viewer) -> int:
+    org = session.get(Organization, viewer.org.id)
+    return org.unused_key_days if org is not None else DEFAULT_UNUSED_KEY_DAYS
+
+
 def _key_rows(session, viewer: Viewer, keys: list[ApiKey]) -> list[dict]:
     emails = _creators(session, keys)
     now = utcnow()
+    new_ips = _new_addresses(session, keys, now)
+    replaced = _replaced_prefixes(session, keys)
+    threshold = unused_key_days(session, viewer)
     return [
         {
             "id": k.id,
@@ -175,9 +265,47 @@ def _key_rows(session, viewer: Viewer, keys: list[ApiKey]) -> list[dict]:
             "source_scope": k.source_scope,
             "rate_limit": k.rate_limit_per_minute,
             "own": k.created_by == viewer.user.id,
+            "retiring": k.rotated_to_key_id is not None,  # (rotated once: its replacement rotates next)
+            "flags": key_flags(k, now, threshold, new_ips.get(k.id, []), replaced.get(k.rotated_from_key_id or "")),
         }
         for k in keys
     ]
+
+
+def attention(session, viewer: Viewer) -> dict[str, list[dict]]:
+    """Across every key the viewer sees (not only this page's): those expiring within the
+    week (not retiring by rotation) and those first used from a new address this week."""
+    now = utcnow()
+    visible = service.visible_keys(viewer.principal).where(ApiKey.revoked_at.is_(None))
+    soon = session.scalars(
+        visible.where(
+            ApiKey.rotated_to_key_id.is_(None), ApiKey.expires_at > now, ApiKey.expires_at <= now + EXPIRY_WINDOW
+        )
+        .order_by(ApiKey.expires_at)
+        .limit(20)
+    ).all()
+    fresh = session.execute(
+        select(ApiKey.id, ApiKey.name, ApiKey.key_prefix, KeyAddress.ip, KeyAddress.first_seen)
+        .join(KeyAddress, KeyAddress.key_id == ApiKey.id)
+        .where(
+            ApiKey.id.in_(visible.with_only_columns(ApiKey.id).scalar_subquery()),
+            KeyAddress.org_id == viewer.org.id,
+            KeyAddress.new_for_key.is_(True),
+            KeyAddress.first_seen >= now - NEW_IP_WINDOW,
+        )
+        .order_by(KeyAddress.first_seen.desc())
+        .limit(20)
+    ).all()
+    return {
+        "expiring": [
+            {"id": k.id, "name": k.name, "prefix": k.key_prefix, "left": remaining(k.expires_at - now)}
+            for k in soon
+            if k.expires_at is not None
+        ],
+        "new_ips": [
+            {"id": r.id, "name": r.name, "prefix": r.key_prefix, "ip": r.ip, "first_seen": r.first_seen} for r in fresh
+        ],
+    }
 
 
 def keys_context(session, viewer: Viewer, *, q: str | None = None, after: str | None = None) -> dict:
@@ -187,6 +315,7 @@ def keys_context(session, viewer: Viewer, *, q: str | None = None, after: str | 
     return {
         "title": "API Keys",
         "keys": _key_rows(session, viewer, rows),
+        "attention": attention(session, viewer),
         "next_after": rows[-1].id if more and rows else None,
         "q": q or "",
         "creation_enabled": viewer.org.api_key_creation_enabled,
@@ -348,3 +477,32 @@ def rotate(request: Request, key_id: str = KeyId(), form: FormData = FORM):
             current="/settings/api-keys",
         )
     return page(request, "keys.html", {**context, "new_key": new_key}, viewer=viewer, current="/settings/api-keys")
+
+
+@router.post("/settings/api-keys/{key_id}/apply-suggestion")
+def apply_suggestion(request: Request, key_id: str = KeyId(), form: FormData = FORM):
+    """Narrow the key to the scopes and sources its activity page suggested (sent with the
+    form, so that what is applied is what was shown); narrowing only, as PATCH /keys/{id}:
+    anything the key does not hold is refused (403 scope_widening_not_allowed,
+    source_scope_widening_not_allowed) and changes nothing."""
+    scopes, source_ids = _names(form, "scopes"), _names(form, "source_ids")
+    if not scopes and not source_ids:
+        raise PageError(400, "Bad request", "The suggestion names nothing to apply.")
+    with db(request) as session:
+        viewer = signed_in_to_change(request, session, form, MANAGE)
+        key = _get_key(session, viewer, key_id)
+        context = request_context(request)
+        if scopes:
+            service.narrow_scopes(session, viewer.principal, key, scopes, context=context)
+        if source_ids:
+            source_scope = {"mode": "selected", "source_ids": source_ids}
+            service.narrow_source_scope(session, viewer.principal, key, source_scope, context=context)
+    return redirect(f"/audit/keys/{key_id}?notice=narrowed")
+
+
+def _names(form: FormData, field: str) -> list[str]:
+    raw = form.getlist(field)
+    names = [s for s in raw if isinstance(s, str) and 0 < len(s) <= 200]
+    if len(raw) > 1000 or len(names) != len(raw):  # a file part, an empty or overlong value
+        raise PageError(400, "Bad request", f"Too many or malformed {field}.")
+    return names

@@ -33,6 +33,7 @@ def _context(org, viewer, notice: str | None = None, error: str | None = None, t
         "public_share_links_enabled": bool(org.public_share_links_enabled),
         "max_keys_per_user": (typed or {}).get("max_keys_per_user", org.max_keys_per_user),
         "user_rate_limit_per_minute": (typed or {}).get("user_rate_limit_per_minute", org.user_rate_limit_per_minute),
+        "unused_key_days": (typed or {}).get("unused_key_days", org.unused_key_days),
         "can_write": viewer.can(WRITE),
         "notice": NOTICES.get(notice or ""),
         "error": error,
@@ -63,6 +64,7 @@ def save_admin_controls(request: Request, form: FormData = FORM):
     typed = {
         "max_keys_per_user": text(form, "max_keys_per_user", 20),
         "user_rate_limit_per_minute": text(form, "user_rate_limit_per_minute", 20),
+        "unused_key_days": text(form, "unused_key_days", 20),
     }
     try:
         with db(request) as session:
@@ -77,6 +79,7 @@ def save_admin_controls(request: Request, form: FormData = FORM):
                 max_keys_per_user=_whole_number(form, "max_keys_per_user", "invalid_max_keys_per_user"),
                 user_rate_limit_per_minute=_whole_number(form, "user_rate_limit_per_minute", "invalid_user_rate_limit"),
                 public_share_links_enabled=form.get("public_share_links_enabled") == "on",
+                unused_key_days=_whole_number(form, "unused_key_days", "invalid_unused_key_days"),
                 context=context,
             )
             policies.set_deny_by_default(
