@@ -239,7 +239,7 @@ def read_public_keys(path: Path) -> tuple[tuple[str, str], ...]:
         raise ValueError(f"TIDEGATE_LEAK_PUBLIC_KEYS_FILE: cannot read {str(path)!r} ({exc})") from None
     entries = document.get("public_keys") if isinstance(document, dict) else document
     if not isinstance(entries, list) or not entries:
-        raise ValueError("TIDEGATE_LEAK_PUBLIC_KEYS_FILE: expected {\"public_keys\": [...]} with at least one key")
+        raise ValueError('TIDEGATE_LEAK_PUBLIC_KEYS_FILE: expected {"public_keys": [...]} with at least one key')
     keys = []
     for entry in entries:
         if not (

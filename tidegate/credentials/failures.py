@@ -46,7 +46,9 @@ def prefix_of_attempt(authorization: str | None) -> str | None:
 class FailureBursts:
     def __init__(self, redis_url: str | None, threshold: int, window_seconds: int):
         self.threshold, self.window = threshold, window_seconds
-        self._client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2) if redis_url else None
+        self._client = (
+            redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2) if redis_url else None
+        )
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, int], int] = {}
 
@@ -65,15 +67,28 @@ class FailureBursts:
             count = self._counts[(prefix, window)] = self._counts.get((prefix, window), 0) + 1
             return count
 
+    @property
+    def local(self) -> bool:
+        """Counted in memory: `count` does no I/O (safe on the event loop)."""
+        return self._client is None
+
     def note(self, database_url: str, prefix: str, now: float | None = None) -> bool:
         """Count a failure, and record the burst if this one completes it; True if recorded."""
         try:
             if self.count(prefix, now) != self.threshold:
                 return False
-            with session_scope(database_url) as session:
-                return record_burst(session, prefix, self.threshold, self.window)
         except Exception as exc:  # noqa: BLE001 - counting must never change the refusal
             log.warning("failed authentication not counted (%s)", type(exc).__name__)
+            return False
+        return self.record(database_url, prefix)
+
+    def record(self, database_url: str, prefix: str) -> bool:
+        """Record the burst this window's count reached (blocking)."""
+        try:
+            with session_scope(database_url) as session:
+                return record_burst(session, prefix, self.threshold, self.window)
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.warning("failed-authentication burst not recorded (%s)", type(exc).__name__)
             return False
 
 

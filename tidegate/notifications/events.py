@@ -33,9 +33,7 @@ def notifies(action: str, details: dict[str, Any] | None) -> bool:
 def summary(event_type: str, details: dict[str, Any] | None, ip_address: str | None = None) -> str:
     """One line for the notifications panel (names and prefixes only, never a secret)."""
     details = details or {}
-    key = " ".join(
-        part for part in (details.get("name") and f"“{details['name']}”", details.get("key_prefix")) if part
-    )
+    key = " ".join(part for part in (details.get("name") and f"“{details['name']}”", details.get("key_prefix")) if part)
     key = key or "a key"
     if event_type == "api_key.leak_reported":
         where = details.get("url") or details.get("source") or "an unnamed place"

@@ -79,9 +79,7 @@ def scan(session: Session, now: datetime | None = None) -> int:
 
 def _notify(session: Session, org_id: str, events: list[AuditEvent]) -> int:
     insert = _insert(session)
-    known = set(
-        session.scalars(select(Notification.event_id).where(Notification.event_id.in_([e.id for e in events])))
-    )
+    known = set(session.scalars(select(Notification.event_id).where(Notification.event_id.in_([e.id for e in events]))))
     fresh = [e for e in events if e.id not in known]
     if not fresh:
         return 0
@@ -107,9 +105,7 @@ def _notify(session: Session, org_id: str, events: list[AuditEvent]) -> int:
         .on_conflict_do_nothing(index_elements=["event_id"])
     )
     # Read back: a notification another process inserted first keeps its own id.
-    notifications = session.scalars(
-        select(Notification).where(Notification.event_id.in_([e.id for e in fresh]))
-    ).all()
+    notifications = session.scalars(select(Notification).where(Notification.event_id.in_([e.id for e in fresh]))).all()
     webhooks = session.scalars(select(Webhook).where(Webhook.org_id == org_id, Webhook.deleted_at.is_(None))).all()
     rows = [
         {
@@ -129,6 +125,8 @@ def _notify(session: Session, org_id: str, events: list[AuditEvent]) -> int:
     ]
     if rows:
         session.execute(
-            insert(WebhookDelivery).values(rows).on_conflict_do_nothing(index_elements=["webhook_id", "notification_id"])
+            insert(WebhookDelivery)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["webhook_id", "notification_id"])
         )
     return len(fresh)

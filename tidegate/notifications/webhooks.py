@@ -54,9 +54,7 @@ class CreatedWebhook:
 
 
 def _fernet(session_key: bytes) -> Fernet:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"tidegate webhook secrets v1").derive(
-        session_key
-    )
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"tidegate webhook secrets v1").derive(session_key)
     return Fernet(base64.urlsafe_b64encode(key))
 
 
