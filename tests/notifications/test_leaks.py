@@ -21,7 +21,6 @@ from tidegate.audit.models import AuditEvent
 from tidegate.credentials.keyformat import generate_key
 from tidegate.db.engine import session_scope
 from tidegate.notifications.delivery import Policy, run_once
-from tidegate.notifications.models import Notification
 
 LEAKS = "/api/v1/keys/leaks"
 FOUND_AT = "https://github.com/octo/repo/blob/abc/settings.py"
