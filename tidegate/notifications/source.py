@@ -72,12 +72,12 @@ def scan(session: Session, now: datetime | None = None) -> int:
         ).all()
         events = [e for e in events if notifies(e.action, e.details)]
         if events:
-            made += _notify(session, org_id, events)
+            made += _notify(session, org_id, events, now)
     cursor.scanned_to = max(cursor.scanned_to, now)
     return made
 
 
-def _notify(session: Session, org_id: str, events: list[AuditEvent]) -> int:
+def _notify(session: Session, org_id: str, events: list[AuditEvent], now: datetime) -> int:
     insert = _insert(session)
     known = set(session.scalars(select(Notification.event_id).where(Notification.event_id.in_([e.id for e in events]))))
     fresh = [e for e in events if e.id not in known]
@@ -88,7 +88,8 @@ def _notify(session: Session, org_id: str, events: list[AuditEvent]) -> int:
         .values(
             [
                 {
-                    "id": new_id("ntf"),
+                    # The event's own ULID: notifications list in the audit log's order.
+                    "id": "ntf_" + e.id.removeprefix("evt_"),
                     "org_id": org_id,
                     "event_id": e.id,
                     "event_type": e.action,
@@ -116,7 +117,7 @@ def _notify(session: Session, org_id: str, events: list[AuditEvent]) -> int:
             "event_type": notification.event_type,
             "status": "pending",
             "attempts": 0,
-            "next_attempt_at": notification.created_at,
+            "next_attempt_at": now,
             "created_at": utcnow(),
         }
         for notification in notifications
