@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import uuid
 
 import orjson
 import pytest
@@ -142,12 +143,17 @@ def test_a_report_larger_than_the_bound_is_413_and_changes_nothing(api, org):
     assert api.get("/api/v1/sources", headers=org.headers(key)).status_code == 200
 
 
-def test_leak_reports_are_rate_limited_per_address(loopback_settings, org):
+def other_ip() -> str:
+    n = uuid.uuid4().int
+    return f"127.{n % 250 + 1}.{(n >> 8) % 250 + 1}.{(n >> 16) % 250 + 1}"
+
+
+def test_leak_reports_are_rate_limited_per_address(loopback_settings, org, client_ip):
     settings = dataclasses.replace(
         loopback_settings, notify=dataclasses.replace(loopback_settings.notify, leak_reports_per_minute=3)
     )
     app = create_app(settings)
-    with TestClient(app, client=("127.201.3.4", 1)) as one, TestClient(app, client=("127.201.3.5", 1)) as other:
+    with TestClient(app, client=(client_ip, 1)) as one, TestClient(app, client=(other_ip(), 1)) as other:
         assert [one.post(LEAKS, json=[report("qk_x")]).status_code for _ in range(3)] == [200, 200, 200]
         refused = one.post(LEAKS, json=[report(org.key_for(org.admin_id, ["data:read"]))])
         assert (refused.status_code, refused.json()["error"]["code"]) == (429, "rate_limit_exceeded")
