@@ -141,12 +141,11 @@ def deliver_one(database_url: str, session_key: bytes, delivery_id: str, now: da
             return False
         url, body, event_type = webhook.url, payload(notification), delivery.event_type
         gone = webhook.deleted_at is not None
+        secret, unreadable = "", None
         try:
             secret = decrypt_secret(webhook.secret_encrypted, session_key)
         except TidegateError as exc:
-            secret, unreadable = "", exc.message
-        else:
-            unreadable = None
+            unreadable = exc.message
     if gone:
         outcome = Outcome(False, None, "The webhook was deleted.")
     elif unreadable is not None:

@@ -39,7 +39,7 @@ def notifications_page(request: Request, after: str | None = Query(None, max_len
             for w in webhooks.list_webhooks(session, viewer.org.id)
         ]
     newest = rows[0].occurred_at if rows and after is None else None
-    context = {
+    context: dict[str, object] = {
         "title": "Notifications",
         "items": items,
         "next_after": rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None,
