@@ -76,7 +76,32 @@ def _reports(body: bytes) -> list[leaks.LeakReport]:
     return [leaks.LeakReport(token=i.token, type=i.type, url=i.url, source=i.source) for i in items]
 
 
-@router.post("/keys/leaks", response_model=list[LeakLabel])
+# The body is read raw (its signature covers its bytes): documented here by hand.
+REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_TOKENS,
+                "items": {
+                    "type": "object",
+                    "required": ["token"],
+                    "properties": {
+                        "token": {"type": "string", "minLength": 1, "maxLength": 1000},
+                        "type": {"type": "string", "maxLength": 200},
+                        "url": {"type": "string", "maxLength": 4000},
+                        "source": {"type": "string", "maxLength": 200},
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+@router.post("/keys/leaks", response_model=list[LeakLabel], openapi_extra={"requestBody": REQUEST_BODY})
 async def report_leaks(request: Request):
     """Each token labelled `true_positive` (one of our keys: revoked now if it was active,
     its organization notified) or `false_positive`; nothing else is revealed."""

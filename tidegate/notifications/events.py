@@ -50,7 +50,8 @@ def summary(event_type: str, details: dict[str, Any] | None, ip_address: str | N
             f"within {details.get('window_seconds', '?')} s."
         )
     if event_type == "api_key.used_from_new_ip":
-        return f"Key {key} was used from a new IP address{f' ({ip_address})' if ip_address else ''}."
+        ip = details.get("ip") or details.get("ip_address") or ip_address
+        return f"Key {key} was used from a new IP address{f' ({ip})' if ip else ''}."
     if event_type == "api_key.expiring_soon":
         return f"Key {key} expires within 7 days."
     return EVENT_TYPES.get(event_type, event_type)

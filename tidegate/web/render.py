@@ -177,8 +177,13 @@ def seen_at(request: Request) -> datetime:
 
 
 def unseen_notifications(request: Request, viewer: Viewer) -> int:
-    with session_scope(request.app.state.settings.database_url) as session:
-        return reads.count_since(session, viewer.org.id, seen_at(request))
+    """The navigation's count; 0 if it cannot be read (a page, an error page included, must
+    not fail for want of its badge)."""
+    try:
+        with session_scope(request.app.state.settings.database_url) as session:
+            return reads.count_since(session, viewer.org.id, seen_at(request))
+    except Exception:  # noqa: BLE001
+        return 0
 
 
 def redirect(url: str) -> Response:
