@@ -72,7 +72,9 @@ async def authenticated(request: Request) -> Principal:
         else:
             principal = await _key_principal(request)
     except Exception as exc:
-        if isinstance(exc, Unauthenticated) and embed_token is None:
+        if embed_token is None and (
+            isinstance(exc, Unauthenticated) or (isinstance(exc, TidegateError) and exc.code == "ip_not_allowed")
+        ):
             await _count_failure(request)
         if isinstance(exc, TidegateError):
             metrics.key_check(credential, exc.code)

@@ -1,8 +1,8 @@
 """Bursts of failed authentication against one key prefix.
 
-Every refused key (unknown, wrong tenant, bad checksum, revoked, expired) counts against its
-display prefix (`qk_` + 9 characters, what the UI and the logs show of a key) in fixed
-windows of `window` seconds. The failure that brings a window's count to `threshold`
+Every refused key (unknown, wrong tenant, bad checksum, revoked, expired, or used from an
+address outside its IP allowlist) counts against its display prefix (`qk_` + 9 characters,
+what the UI and the logs show of a key) in fixed windows of `window` seconds. The failure that brings a window's count to `threshold`
 records `api_key.auth_failure_burst` in the organization whose key has that prefix (none:
 nobody to tell), so it fires once per prefix and window, however many failures follow.
 
