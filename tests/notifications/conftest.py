@@ -71,8 +71,13 @@ def receiver():
 
 @pytest.fixture
 def loopback_settings(settings):
-    """The suite's settings with loopback allowed by the egress policy (never by default)."""
-    yield dataclasses.replace(settings, data=dataclasses.replace(settings.data, connector_allow="127.0.0.1"))
+    """The suite's settings with loopback allowed by the egress policy (never by default), and
+    the app's own notifications worker idle: the tests run its rounds themselves, at set times."""
+    yield dataclasses.replace(
+        settings,
+        data=dataclasses.replace(settings.data, connector_allow="127.0.0.1"),
+        notify=dataclasses.replace(settings.notify, interval_seconds=3600.0),
+    )
     egress.configure("")
 
 

@@ -31,6 +31,7 @@ from tidegate.orgs.models import Organization
 
 CURSOR = "audit_events"
 LOOKBACK = timedelta(hours=1)
+CURSOR_STEP = timedelta(minutes=1)  # the cursor moves at most once a minute: the look-back covers the rest
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
@@ -51,12 +52,12 @@ def _insert(session: Session):
 def scan(session: Session, now: datetime | None = None) -> int:
     """One scan (see the module's docstring) in the caller's transaction; notifications made."""
     now = now or utcnow()
-    insert = _insert(session)
-    session.execute(
-        insert(NotificationCursor)
-        .values(name=CURSOR, scanned_to=now - LOOKBACK)
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
+    if session.get(NotificationCursor, CURSOR) is None:  # (first scan ever; a read otherwise)
+        session.execute(
+            _insert(session)(NotificationCursor)
+            .values(name=CURSOR, scanned_to=now - LOOKBACK)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
     cursor = session.scalar(
         select(NotificationCursor).where(NotificationCursor.name == CURSOR).with_for_update(skip_locked=True)
     )
@@ -73,7 +74,8 @@ def scan(session: Session, now: datetime | None = None) -> int:
         events = [e for e in events if notifies(e.action, e.details)]
         if events:
             made += _notify(session, org_id, events, now)
-    cursor.scanned_to = max(cursor.scanned_to, now)
+    if now - cursor.scanned_to >= CURSOR_STEP:  # (an idle scan writes nothing most rounds)
+        cursor.scanned_to = now
     return made
 
 
