@@ -19,6 +19,7 @@ from tests.notifications.conftest import verify
 from tidegate.api.app import create_app
 from tidegate.audit.models import AuditEvent
 from tidegate.credentials.keyformat import generate_key
+from tidegate.data import egress
 from tidegate.db.base import utcnow
 from tidegate.db.engine import session_scope
 from tidegate.notifications import source
@@ -290,3 +291,40 @@ def test_the_notifications_panel_shows_events_deliveries_and_a_count(loopback_se
         sign_in(member, member_email, password)
         assert member.get("/notifications").status_code == 403
         assert 'href="/notifications"' not in member.get("/sources").text
+
+
+def test_another_organizations_admin_cannot_see_or_touch_a_webhook(api, org, make_org, receiver):
+    hook = create(api, org, receiver.url).json()
+    other = make_org()
+    for method, path in (
+        ("GET", f"{HOOKS}/{hook['id']}"),
+        ("PATCH", f"{HOOKS}/{hook['id']}"),
+        ("DELETE", f"{HOOKS}/{hook['id']}"),
+        ("GET", f"{HOOKS}/{hook['id']}/deliveries"),
+    ):
+        answer = api.request(
+            method, path, headers=other.headers(), json={"events": ["api_key.created"]} if method == "PATCH" else None
+        )
+        assert error(answer) == (404, "webhook_not_found"), (method, path)
+    assert api.get(HOOKS, headers=other.headers()).json()["data"] == []
+    assert api.get(f"{HOOKS}/{hook['id']}", headers=org.headers()).json()["events"] == ["api_key.leak_reported"]
+
+
+def test_the_egress_policy_is_checked_again_at_delivery(api, org, receiver, loopback_settings):
+    hook = create(api, org, receiver.url).json()  # allowed when created
+    leak(api, org)
+    egress.configure("public")  # the operator narrowed the policy since
+    run_once(loopback_settings.database_url, loopback_settings.session_key, Policy())
+    assert receiver.got == []
+    (logged,) = api.get(f"{HOOKS}/{hook['id']}/deliveries", headers=org.headers()).json()["data"]
+    assert logged["status"] == "pending" and "egress policy" in logged["last_error"]
+
+
+def test_redirects_are_not_followed(api, org, receiver, loopback_settings):
+    receiver.statuses = [302]
+    hook = create(api, org, receiver.url).json()
+    leak(api, org)
+    run_once(loopback_settings.database_url, loopback_settings.session_key, Policy())
+    assert len(receiver.got) == 1
+    (logged,) = api.get(f"{HOOKS}/{hook['id']}/deliveries", headers=org.headers()).json()["data"]
+    assert (logged["status"], logged["last_status_code"]) == ("pending", 302)
