@@ -147,7 +147,8 @@ def page(
 ) -> HTMLResponse:
     current = current or request.url.path
     security_pages = visible(SECURITY_PAGES, viewer)
-    if "notification_count" not in context and viewer is not None and viewer.can(Scope.ORG_READ):
+    # (Not on error pages: they may be rendered on the event loop, where no query may block.)
+    if status < 400 and "notification_count" not in context and viewer is not None and viewer.can(Scope.ORG_READ):
         context = {**context, "notification_count": unseen_notifications(request, viewer)}
     body = _env.get_template(template).render(
         viewer=viewer,
