@@ -290,6 +290,11 @@ def test_the_notifications_panel_shows_events_deliveries_and_a_count(loopback_se
     with TestClient(create_app(loopback_settings), client=(client_ip, 1)) as member:
         sign_in(member, member_email, password)
         assert member.get("/notifications").status_code == 403
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', member.get("/sources").text).group(1)
+        tried = member.post(
+            "/notifications/webhooks", data={"csrf_token": csrf, "url": receiver.url, "events": ["api_key.created"]}
+        )
+        assert tried.status_code == 403
         assert 'href="/notifications"' not in member.get("/sources").text
 
 
@@ -328,3 +333,40 @@ def test_redirects_are_not_followed(api, org, receiver, loopback_settings):
     assert len(receiver.got) == 1
     (logged,) = api.get(f"{HOOKS}/{hook['id']}/deliveries", headers=org.headers()).json()["data"]
     assert (logged["status"], logged["last_status_code"]) == ("pending", 302)
+
+
+def test_admins_add_and_delete_webhooks_in_the_panel(loopback_settings, receiver, client_ip):
+    password = "a-long-enough-password"
+    email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
+    with session_scope(loopback_settings.database_url) as session:
+        org_id = orgs.create_organization(session, f"org-{uuid.uuid4().hex[:10]}", email, password).org.id
+    with TestClient(create_app(loopback_settings), client=(client_ip, 1)) as client:
+        sign_in(client, email, password)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/notifications").text).group(1)
+        form = {"csrf_token": csrf, "url": receiver.url, "events": ["api_key.leak_reported", "api_key.created"]}
+
+        forged = client.post("/notifications/webhooks", data={**form, "csrf_token": "forged"})
+        assert forged.status_code == 403
+        refused = client.post("/notifications/webhooks", data={**form, "url": "http://10.0.0.1/x"})
+        assert refused.status_code == 400 and "egress policy" in refused.text
+        unknown = client.post("/notifications/webhooks", data={**form, "events": ["nope"]})
+        assert unknown.status_code == 400 and "Unknown event" in unknown.text
+        with session_scope(loopback_settings.database_url) as session:
+            assert session.scalars(select(Webhook).where(Webhook.org_id == org_id)).all() == []
+
+        added = client.post("/notifications/webhooks", data=form)
+        assert added.status_code == 201
+        secret = re.search(r'id="webhook-secret-value">(whsec_[0-9A-Za-z]+)<', added.text).group(1)
+        hook_id = re.search(r'id="webhook-secret" data-webhook-id="([^"]+)"', added.text).group(1)
+        panel = client.get("/notifications").text
+        assert secret not in panel and f'data-webhook-id="{hook_id}"' in panel and secret[:10] in panel
+
+        deleted = client.post(
+            f"/notifications/webhooks/{hook_id}/delete", data={"csrf_token": csrf}, follow_redirects=False
+        )
+        assert deleted.status_code == 303
+        assert f'data-webhook-id="{hook_id}"' not in client.get("/notifications").text
+        assert client.post("/notifications/webhooks/whk_nope/delete", data={"csrf_token": csrf}).status_code == 404
+    with session_scope(loopback_settings.database_url) as session:
+        actions = session.scalars(select(AuditEvent.action).where(AuditEvent.target_id == hook_id)).all()
+    assert sorted(actions) == ["webhook.created", "webhook.deleted"]
