@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.notifications.conftest import verify
+from tests.notifications.signatures import verify
 from tidegate.api.app import create_app
 from tidegate.audit.models import AuditEvent
 from tidegate.credentials.keyformat import generate_key

@@ -15,7 +15,7 @@ from tidegate.db.base import utcnow
 from tidegate.db.engine import session_scope
 from tidegate.notifications import source
 from tidegate.notifications.delivery import Policy, run_once
-from tidegate.notifications.models import Notification, WebhookDelivery
+from tidegate.notifications.models import Notification, NotificationCursor, WebhookDelivery
 from tidegate.orgs.epoch import bump_access_epoch
 
 
@@ -59,7 +59,8 @@ def test_an_event_committed_late_is_still_seen(org, loopback_settings):
     passed its time (a long transaction, the audit journal shipping late)."""
     db = loopback_settings.database_url
     with session_scope(db) as session:
-        source.scan(session, utcnow() + timedelta(minutes=5))  # the cursor is now ahead
+        source.scan(session)
+        session.get(NotificationCursor, source.CURSOR).scanned_to = utcnow() + timedelta(minutes=5)  # ahead
     late = event_row(
         org_id=org.id,
         actor_type="api_key",
@@ -73,7 +74,7 @@ def test_an_event_committed_late_is_still_seen(org, loopback_settings):
     with session_scope(db) as session:
         session.add(AuditEvent(**late))
     with session_scope(db) as session:
-        source.scan(session, utcnow() + timedelta(minutes=6))
+        source.scan(session)
     (notified,) = [n for n in of_org(db, org.id, Notification) if n.event_type == "api_key.used_from_new_ip"]
     assert notified.ip_address == "203.0.113.7" and notified.event_id == late["id"]
 
@@ -94,3 +95,13 @@ def test_other_actions_do_not_notify(org, loopback_settings):
         source.scan(session)
     types = [n.event_type for n in of_org(loopback_settings.database_url, org.id, Notification)]
     assert "api_key.renamed" not in types and "org.settings_updated" not in types
+
+
+def test_a_clock_set_ahead_does_not_move_the_cursor_past_new_events(org, loopback_settings):
+    db = loopback_settings.database_url
+    with session_scope(db) as session:
+        source.scan(session, utcnow() + timedelta(days=1))  # a node whose clock is a day ahead
+    emit(db, org.id, "api_key.expiring_soon", key_prefix="qk_EEEEEEEEE")
+    with session_scope(db) as session:
+        source.scan(session)
+    assert [n for n in of_org(db, org.id, Notification) if n.event_type == "api_key.expiring_soon"]

@@ -1,7 +1,8 @@
 """From the audit log to notifications and queued webhook deliveries.
 
 A cursor over `audit_events`: each scan reads the notifying events (events.notifies) of every
-organization whose id (a time-ordered ULID) is at or after the cursor minus a look-back, and
+organization whose id (a time-ordered ULID) is at or after the cursor (the time of the newest
+such event seen) minus a look-back, and
 makes, in ONE transaction with the cursor's advance, a notification per new event (unique by
 event id) and a pending delivery per subscribed webhook (unique per webhook and
 notification). A crash before the commit loses nothing (the next scan reads the same events);
@@ -31,7 +32,7 @@ from tidegate.orgs.models import Organization
 
 CURSOR = "audit_events"
 LOOKBACK = timedelta(hours=1)
-CURSOR_STEP = timedelta(minutes=1)  # the cursor moves at most once a minute: the look-back covers the rest
+CURSOR_STEP = timedelta(minutes=1)  # the cursor moves by a minute or more: the look-back covers the rest
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
@@ -65,17 +66,22 @@ def scan(session: Session, now: datetime | None = None) -> int:
         return 0  # another process is scanning
     floor = event_id_floor(cursor.scanned_to - LOOKBACK)
     made = 0
+    newest = cursor.scanned_to
     for org_id in session.scalars(select(Organization.id)).all():
         events = session.scalars(
             select(AuditEvent)
             .where(AuditEvent.org_id == org_id, AuditEvent.action.in_(EVENT_TYPES), AuditEvent.id >= floor)
             .order_by(AuditEvent.id)
         ).all()
+        if events:
+            newest = max(newest, max(e.timestamp for e in events))
         events = [e for e in events if notifies(e.action, e.details)]
         if events:
             made += _notify(session, org_id, events, now)
-    if now - cursor.scanned_to >= CURSOR_STEP:  # (an idle scan writes nothing most rounds)
-        cursor.scanned_to = now
+    # The cursor follows the events, not this process's clock (a clock set ahead must not make
+    # the scans skip events), and moves at most once a minute: an idle scan writes nothing.
+    if newest - cursor.scanned_to >= CURSOR_STEP:
+        cursor.scanned_to = newest
     return made
 
 
