@@ -201,6 +201,64 @@ def _object_store_settings(environ: Mapping[str, str]) -> ObjectStoreSettings:
     )
 
 
+@dataclass(frozen=True)
+class NotifySettings:
+    """Leaked-key reports, webhooks and security notifications (tidegate.notifications)."""
+
+    leak_reports_per_minute: int = 30  # POST /api/v1/keys/leaks, per client address
+    # Secret-scanning providers' ECDSA public keys, (identifier, PEM): when any is set, every
+    # leak report must carry a valid signature by one of them (GitHub's headers).
+    leak_public_keys: tuple[tuple[str, str], ...] = ()
+    interval_seconds: float = 5.0  # how often each process scans for events and delivers
+    webhook_retry_base_seconds: float = 30.0  # first retry after this, doubling per attempt
+    webhook_max_attempts: int = 8  # then the delivery is marked failed
+    webhook_timeout_seconds: float = 10.0
+    # A burst of failed authentications against one key prefix: this many within the window.
+    auth_failure_burst: int = 20
+    auth_failure_window_seconds: int = 300
+
+
+NOTIFY_VARIABLES = {
+    "leak_reports_per_minute": "TIDEGATE_LEAK_REPORTS_PER_MINUTE",
+    "interval_seconds": "TIDEGATE_NOTIFY_INTERVAL_SECONDS",
+    "webhook_retry_base_seconds": "TIDEGATE_WEBHOOK_RETRY_BASE_SECONDS",
+    "webhook_max_attempts": "TIDEGATE_WEBHOOK_MAX_ATTEMPTS",
+    "webhook_timeout_seconds": "TIDEGATE_WEBHOOK_TIMEOUT_SECONDS",
+    "auth_failure_burst": "TIDEGATE_AUTH_FAILURE_BURST",
+    "auth_failure_window_seconds": "TIDEGATE_AUTH_FAILURE_WINDOW_SECONDS",
+}
+
+
+def read_public_keys(path: Path) -> tuple[tuple[str, str], ...]:
+    """(identifier, PEM) pairs from a file in the format GitHub serves them at
+    https://api.github.com/meta/public_keys/secret_scanning (`{"public_keys": [{"key_identifier",
+    "key"}]}`), or a bare list of such objects."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"TIDEGATE_LEAK_PUBLIC_KEYS_FILE: cannot read {str(path)!r} ({exc})") from None
+    entries = document.get("public_keys") if isinstance(document, dict) else document
+    if not isinstance(entries, list) or not entries:
+        raise ValueError('TIDEGATE_LEAK_PUBLIC_KEYS_FILE: expected {"public_keys": [...]} with at least one key')
+    keys = []
+    for entry in entries:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("key_identifier"), str)
+            and isinstance(entry.get("key"), str)
+            and "BEGIN PUBLIC KEY" in entry["key"]
+        ):
+            raise ValueError("TIDEGATE_LEAK_PUBLIC_KEYS_FILE: each key needs key_identifier and a PEM key")
+        keys.append((entry["key_identifier"], entry["key"]))
+    return tuple(keys)
+
+
+def _notify_settings(environ: Mapping[str, str]) -> NotifySettings:
+    numbers = from_environment(NotifySettings, NOTIFY_VARIABLES, environ)
+    keys_file = environ.get("TIDEGATE_LEAK_PUBLIC_KEYS_FILE", "").strip()
+    return replace(numbers, leak_public_keys=read_public_keys(Path(keys_file)) if keys_file else ())
+
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 
 
@@ -224,6 +282,7 @@ class Settings:
     object_store: ObjectStoreSettings = field(default_factory=ObjectStoreSettings)
     # The bearer token /metrics asks for; None: /metrics is off (404 metrics_disabled).
     metrics_token: str | None = None
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
     def part_cache_dir(self) -> Path:
@@ -301,6 +360,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         pg = _pg_settings(environ)
         object_store = _object_store_settings(environ)
         metrics_token = _metrics_token(environ.get("TIDEGATE_METRICS_TOKEN", ""))
+        notify = _notify_settings(environ)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     home.mkdir(parents=True, exist_ok=True)
@@ -330,6 +390,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         pg=pg,
         object_store=object_store,
         metrics_token=metrics_token,
+        notify=notify,
     )
 
 

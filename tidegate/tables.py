@@ -19,5 +19,11 @@ from tidegate.catalog.models import File, Source, SourceShare, SourceVersion  # 
 from tidegate.credentials.models import ApiKey, EmbedSession, KeyAddress  # noqa: F401
 from tidegate.db.base import Base  # noqa: F401
 from tidegate.db.jobs import ClusterJob  # noqa: F401
+from tidegate.notifications.models import (  # noqa: F401
+    Notification,
+    NotificationCursor,
+    Webhook,
+    WebhookDelivery,
+)
 from tidegate.orgs.models import Organization, User  # noqa: F401
 from tidegate.web.models import WebSession  # noqa: F401

@@ -22,6 +22,7 @@ from tidegate.api import (
     files,
     health,
     keys,
+    leaks,
     not_implemented,
     org_settings,
     policies,
@@ -30,6 +31,7 @@ from tidegate.api import (
     sources,
     usage,
     users,
+    webhooks,
 )
 from tidegate.api.bodylimit import BodyLimitMiddleware
 from tidegate.api.middleware import RequestMiddleware
@@ -39,12 +41,14 @@ from tidegate.audit import shipper
 from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
+from tidegate.credentials.failures import FailureBursts
 from tidegate.credentials.reminders import PeriodicReminders
 from tidegate.credentials.usage import record_key_use
 from tidegate.data import connectors, egress, engine, live, querypool, sandbox
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.data.scheduled_sync import SyncScheduler
 from tidegate.errors import TidegateError
+from tidegate.notifications.delivery import NotificationWorker, Policy
 from tidegate.web import routes as web
 from tidegate.web.throttle import SigninThrottle
 from tidegate.wire.common import ErrorOut
@@ -55,6 +59,7 @@ log = logging.getLogger("tidegate")
 # data reads (the hot path) come first.
 API_MODULES = (
     data,
+    leaks,  # (POST /keys/leaks: before /keys's routes)
     keys,
     users,
     org_settings,
@@ -67,6 +72,7 @@ API_MODULES = (
     projects,
     shares,
     dashboards,
+    webhooks,
     not_implemented,
 )
 # Public API routes outside /api/v1 (no credential; rate limited per client address).
@@ -140,6 +146,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     scheduled_syncs = SyncScheduler(settings.database_url, settings.session_key)  # once across nodes: row locks
     reminders = PeriodicReminders(settings.database_url)  # api_key.expiring_soon; one round across nodes
+    notify = settings.notify
+    notifications = NotificationWorker(  # once across nodes: cursor row lock, claimed deliveries
+        settings.database_url,
+        settings.session_key,
+        Policy(notify.webhook_retry_base_seconds, notify.webhook_max_attempts, notify.webhook_timeout_seconds),
+        interval=notify.interval_seconds,
+    )
     journal = Journal(
         settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_key_use
     )
@@ -156,8 +169,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         collector.start()
         scheduled_syncs.start()
         reminders.start()
+        notifications.start()
         querypool.pool_for(settings.query_limits)  # its worker processes start now, not on the first query
         yield
+        notifications.close()
         reminders.close()
         scheduled_syncs.close()
         collector.close()
@@ -175,6 +190,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.journal = journal
     app.state.key_cache = KeyCache(settings.database_url)
+    app.state.auth_failures = FailureBursts(
+        settings.redis_url, notify.auth_failure_burst, notify.auth_failure_window_seconds
+    )
     app.state.signin_throttle = SigninThrottle.for_redis_url(settings.redis_url)  # built now, not per request
     app.state.ready_checks = health.checks_for(settings)
 

@@ -19,8 +19,9 @@ from tidegate.config import Settings
 from tidegate.core.principal import Principal
 from tidegate.credentials import embed_sessions
 from tidegate.credentials.authenticate import KeyState, check_ip, digest_of, identify, parse_bearer, principal_for
+from tidegate.credentials.failures import prefix_of_attempt
 from tidegate.db.engine import session_scope
-from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.errors import InvalidRequest, TidegateError, Unauthenticated
 from tidegate.http import client_ip
 from tidegate.outages import unavailable_error
 
@@ -71,6 +72,10 @@ async def authenticated(request: Request) -> Principal:
         else:
             principal = await _key_principal(request)
     except Exception as exc:
+        if embed_token is None and (
+            isinstance(exc, Unauthenticated) or (isinstance(exc, TidegateError) and exc.code == "ip_not_allowed")
+        ):
+            await _count_failure(request)
         if isinstance(exc, TidegateError):
             metrics.key_check(credential, exc.code)
         else:
@@ -80,6 +85,20 @@ async def authenticated(request: Request) -> Principal:
     metrics.key_check(credential, None)
     request_state["principal"] = principal
     return principal
+
+
+async def _count_failure(request: Request) -> None:
+    """A refused key counts against its prefix (credentials.failures): off the event loop
+    only when it must be (Redis, or the burst's event to record)."""
+    prefix = prefix_of_attempt(request.headers.get("authorization"))
+    if prefix is None:
+        return
+    bursts = request.app.state.auth_failures
+    database_url = settings_of(request).database_url
+    if not bursts.local:
+        await run_in_threadpool(bursts.note, database_url, prefix)
+    elif bursts.count(prefix) == bursts.threshold:
+        await run_in_threadpool(bursts.record, database_url, prefix)
 
 
 async def _key_principal(request: Request) -> Principal:

@@ -12,6 +12,7 @@ import secrets
 import signal
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import typer
 from sqlalchemy import select
@@ -459,6 +460,91 @@ def keys_insights(key_id: str, org: str = typer.Option(..., "--org"), as_json: b
     if suggestion["patch"]:
         lines.append(f"  PATCH /keys/{key_id} {json.dumps(suggestion['patch'])}")
     emit(as_json, payload, "\n".join(lines))
+
+
+SCAN_MAX_FILE_BYTES = 20 * 1024 * 1024
+SCAN_SKIP_DIRS = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv"})
+
+
+def _scan_files(paths: list[Path]):
+    for path in paths:
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d not in SCAN_SKIP_DIRS)
+                for name in sorted(files):
+                    yield Path(root) / name
+        else:
+            yield path
+
+
+@keys_app.command("scan")
+def keys_scan(
+    paths: list[Path] = typer.Argument(..., help="Files or directories (searched recursively) to scan."),
+    report: str | None = typer.Option(
+        None, "--report", help="POST what is found to this leaks endpoint, e.g. https://host/api/v1/keys/leaks."
+    ),
+    as_json: bool = JsonOpt,
+):
+    """Find tidegate API keys in files by their format and checksum (no database needed).
+
+    Prints file:line and each key's prefix, never the whole key; exits 1 if any is found
+    (2 if a path cannot be read or the report fails), 0 if none."""
+    from tidegate.credentials.leaks import find_keys, prefix_of
+
+    found: list[tuple[str, int, str]] = []
+    unreadable = False
+    for file in _scan_files(paths):
+        try:
+            if file.stat().st_size > SCAN_MAX_FILE_BYTES:
+                continue
+            text = file.read_bytes().decode("utf-8", errors="replace")
+        except OSError as exc:
+            typer.echo(f"error: cannot read {file} ({exc.strerror})", err=True)
+            unreadable = True
+            continue
+        found += [(str(file), line, key) for line, key in find_keys(text)]
+    labels: list[dict] | None = None
+    if report and found:
+        labels = _report_found(report, found)
+        if labels is None:
+            unreadable = True
+    payload = {
+        "found": [{"file": f, "line": line, "key_prefix": prefix_of(key)} for f, line, key in found],
+        "reported": None if labels is None else sum(1 for x in labels if x.get("label") == "true_positive"),
+    }
+    human = "\n".join(f"{f}:{line}: {prefix_of(key)}... (tidegate API key)" for f, line, key in found)
+    if labels is not None:
+        human += f"\nReported {len(found)} key(s): {payload['reported']} confirmed as live or past keys and revoked if active."
+    emit(as_json, payload, human or "No tidegate API keys found.")
+    if found:
+        raise typer.Exit(code=1)
+    if unreadable:
+        raise typer.Exit(code=2)
+
+
+def _report_found(url: str, found: list[tuple[str, int, str]]) -> list[dict] | None:
+    """POST the keys to a leaks endpoint; its labels, or None (said on stderr) if it failed."""
+    import httpx
+
+    body = [
+        {
+            "token": key,
+            "type": "tidegate_api_key",
+            "url": f"file://{Path(f).resolve()}#L{line}",
+            "source": "tidegate keys scan",
+        }
+        for f, line, key in found
+    ]
+    try:
+        response = httpx.post(url, json=body, timeout=30, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: could not report to {url} ({type(exc).__name__})", err=True)
+        return None
+    if response.status_code != 200:
+        typer.echo(f"error: {url} answered {response.status_code}: {response.text[:300]}", err=True)
+        return None
+    labels: list[dict] = response.json()
+    return labels
 
 
 @keys_app.command("rotate")

@@ -136,3 +136,9 @@ def requested_scopes(scopes: list[str] | None, preset: str | None, role: str) ->
     if scopes is None and preset is not None:
         return preset_scopes(preset, role)
     raise InvalidRequest("invalid_scopes", "Give either scopes or preset (full_access or data_access), not both.")
+
+
+def is_full_access(scopes: list[str] | tuple[str, ...] | frozenset[str]) -> bool:
+    """A Full Access grant: the wildcard, or at least everything a member may do (the Full
+    Access preset of a member; an admin's adds the admin scopes). The web UI's label too."""
+    return expand(scopes) >= ROLE_PERMISSIONS[ROLE_MEMBER]

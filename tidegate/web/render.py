@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -13,6 +13,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from tidegate import __version__
 from tidegate.core.scopes import ALL_SCOPES, DATA_ACCESS_SCOPES, ROLE_MEMBER, ROLE_PERMISSIONS, Scope, expand
 from tidegate.db.base import utcnow
+from tidegate.db.engine import session_scope
+from tidegate.notifications import reads
 from tidegate.web.sessions import Viewer
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -50,6 +52,7 @@ SECTIONS: tuple[NavItem, ...] = (
     NavItem("Settings", "/settings", None),
     NavItem("Audit log", "/audit", Scope.AUDIT_READ),
     NavItem("Usage", "/usage", Scope.USAGE_READ),
+    NavItem("Notifications", "/notifications", Scope.ORG_READ),
 )
 SETTINGS_PAGES: tuple[NavItem, ...] = (
     NavItem("API Keys", "/settings/api-keys", Scope.KEYS_MANAGE),
@@ -144,6 +147,9 @@ def page(
 ) -> HTMLResponse:
     current = current or request.url.path
     security_pages = visible(SECURITY_PAGES, viewer)
+    # (Not on error pages: they may be rendered on the event loop, where no query may block.)
+    if status < 400 and "notification_count" not in context and viewer is not None and viewer.can(Scope.ORG_READ):
+        context = {**context, "notification_count": unseen_notifications(request, viewer)}
     body = _env.get_template(template).render(
         viewer=viewer,
         sections=visible(SECTIONS, viewer),
@@ -154,6 +160,31 @@ def page(
         **context,
     )
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+
+# The newest notification time this browser has seen on /notifications (a cookie: a
+# per-browser "read" mark that changes no server state); the navigation counts the newer ones.
+SEEN_COOKIE = "tidegate_notifications_seen"
+UNSEEN_WINDOW = timedelta(days=7)  # and none older than this
+
+
+def seen_at(request: Request) -> datetime:
+    floor = utcnow() - UNSEEN_WINDOW
+    try:
+        seen = datetime.fromtimestamp(float(request.cookies.get(SEEN_COOKIE, "")), UTC)
+    except (ValueError, OverflowError, OSError):
+        return floor
+    return max(seen, floor)
+
+
+def unseen_notifications(request: Request, viewer: Viewer) -> int:
+    """The navigation's count; 0 if it cannot be read (a page, an error page included, must
+    not fail for want of its badge)."""
+    try:
+        with session_scope(request.app.state.settings.database_url) as session:
+            return reads.count_since(session, viewer.org.id, seen_at(request))
+    except Exception:  # noqa: BLE001
+        return 0
 
 
 def redirect(url: str) -> Response:

@@ -12,6 +12,7 @@ from tidegate.web import (  # noqa: F401  (they register their pages)
     embeds,
     groups,
     keys,
+    notifications,
     people,
     policies,
     projects,
