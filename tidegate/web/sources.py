@@ -362,9 +362,11 @@ def source_page(
         viewer = signed_in(request, session, READ)
         access = _open(session, viewer, source_id)
         context = source_context(session, viewer, access, view_as=view_as, page_number=page_number)
-    return page(
-        request, "source.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer, current="/sources"
-    )
+    said = NOTICES.get(notice or "")
+    if notice == "uploaded":
+        rows = context["row_count"]
+        said = f"The file was uploaded and the source created: {rows:,} row{'s' if rows != 1 else ''}."
+    return page(request, "source.html", {**context, "notice": said}, viewer=viewer, current="/sources")
 
 
 def _source_error(request: Request, source_id: str, exc: TidegateError):
