@@ -123,7 +123,7 @@ def test_rotate_with_grace_period_then_now(ui, web):
     with web.api(first) as api:
         assert api.get("/keys").status_code == 200  # a custom key with Keys may list keys
 
-    ui.key_row(first[:12]).get_by_role("link", name="Rotate").click()
+    ui.key_action(first[:12], "Rotate").click()
     dialog = page.get_by_role("dialog", name="Rotate API key")
     dialog.get_by_label("Keep the old key working for 1 hour").check()
     ui.snap("rotate-dialog")
@@ -144,7 +144,7 @@ def test_rotate_with_grace_period_then_now(ui, web):
     with web.api(second) as api:
         assert api.get("/keys").status_code == 200
 
-    ui.key_row(second[:12]).get_by_role("link", name="Rotate").click()
+    ui.key_action(second[:12], "Rotate").click()
     dialog = page.get_by_role("dialog", name="Rotate API key")
     dialog.get_by_label("Revoke the old key now").check()
     with page.expect_navigation():

@@ -183,7 +183,7 @@ class CreateForm:
         if not self.rate_limit:
             return None
         if not re.fullmatch(r"\d{1,9}", self.rate_limit):
-            raise InvalidRequest("invalid_rate_limit", "The rate limit must be a whole number of requests per minute.")
+            raise InvalidRequest("invalid_rate_limit", PLAIN_WORDS["invalid_rate_limit"])
         return int(self.rate_limit)
 
     def source_scope(self, session, viewer: Viewer) -> dict | None:
