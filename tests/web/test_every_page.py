@@ -12,12 +12,13 @@ Content-Security-Policy stays on.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
+
+from tidegate.core.scopes import Scope
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,9 @@ def world(web) -> dict:
     with web.api() as api:
         source = api.post("/sources", json={"name": "Quarterly revenue by region and customer", "rows": ROWS})
         source_id = source.json()["id"]
-        api.post(f"/sources/{source_id}/shares", json={"user_id": member["id"], "permission": "view"}).raise_for_status()
+        api.post(
+            f"/sources/{source_id}/shares", json={"user_id": member["id"], "permission": "view"}
+        ).raise_for_status()
         policy = api.post(
             "/access/policies",
             json={"name": "Only the US region", "row_filters": [{"column": "region", "values": ["US"]}]},
@@ -67,9 +70,11 @@ def world(web) -> dict:
         project = api.post("/projects", json={"name": "Revenue review", "user_id": web.srv.admin_user_id}).json()["id"]
         dashboard = api.post("/dashboards", json={"name": "Revenue at a glance"}).json()["id"]
         created = api.post(
-            "/keys", json={"name": "A reporting integration with a rather long descriptive name", "preset": "data_access"}
+            "/keys",
+            json={"name": "A reporting integration with a rather long descriptive name", "preset": "data_access"},
         ).json()
         revoked = api.post("/keys", json={"name": "Retired key", "preset": "data_access"}).json()["id"]
+        private = api.post("/sources", json={"name": "Board minutes", "rows": [{"topic": "secret"}]}).json()["id"]
         api.delete(f"/keys/{revoked}").raise_for_status()
     with web.api(created["secret"]) as used:
         for _ in range(3):
@@ -84,6 +89,7 @@ def world(web) -> dict:
         "dashboard": dashboard,
         "key": created["id"],
         "revoked": revoked,
+        "private": private,
     }
 
 
@@ -134,3 +140,271 @@ def test_every_page_fits_shows_its_actions_and_passes_axe(ui_factory, web, world
             if violations:
                 problems.append(f"{width}px {path}: axe: {json.dumps(violations, indent=1)}")
     assert not problems, "\n".join(problems)
+
+
+def chart_data(page, canvas: str) -> dict:
+    """What Chart.js drew: its labels and each dataset's label and values."""
+    expect(page.locator(canvas)).to_have_attribute("data-drawn", "true")
+    return page.evaluate(
+        "(selector) => { const c = document.querySelector(selector).chart;"
+        " return {labels: c.data.labels, sets: Object.fromEntries(c.data.datasets.map(d => [d.label, d.data]))}; }",
+        canvas,
+    )
+
+
+def test_charts_carry_the_totals_the_api_reports(ui_factory, web, world):
+    ui = ui_factory()
+    ui.sign_in(web.admin_email, web.admin_password)
+    page = ui.page
+    today = datetime.now(UTC).date().isoformat()
+
+    # The key's activity: requests per day, accepted and refused, as the audit API lists them.
+    ui.goto(f"/audit/keys/{world['key']}", label="key-activity")
+    drawn = chart_data(page, "#key-chart")
+    made = web.srv.audit_events(key_id=world["key"])
+    statuses = [e["status"] for e in made if e["method"]]
+    assert sum(drawn["sets"]["Accepted"]) == sum(1 for s in statuses if s < 400) == 3
+    assert sum(drawn["sets"]["Refused"]) == sum(1 for s in statuses if s >= 400) == 1
+    assert drawn["labels"][-1] == today and len(drawn["labels"]) in (31, 32)
+    assert drawn["sets"]["Accepted"][-1] == 3 and drawn["sets"]["Refused"][-1] == 1
+    expect(page.locator("[data-chart-accepted]")).to_have_text("3")
+    expect(page.locator("[data-chart-refused]")).to_have_text("1")
+    top_source = page.locator("table[data-top=sources] tbody tr")
+    expect(top_source).to_have_count(1)
+    expect(top_source.get_by_role("link", name="Quarterly revenue by region and customer")).to_have_attribute(
+        "href", f"/sources/{world['source']}"
+    )
+    expect(top_source.locator("td").first).to_have_text("3")
+    expect(page.locator("table[data-top=ips] tbody tr")).to_contain_text("127.0.0.1")
+
+    # The audit log: events per day for the filters, as many as the API lists.
+    for query, api_filters in (
+        (f"key_id={world['key']}", [{"key_id": world["key"]}, {"target_id": world["key"]}]),
+        ("action=api_key.created", [{"action": "api_key.created"}]),
+    ):
+        ui.goto(f"/audit?{query}", label=f"audit-chart-{query}")
+        drawn = chart_data(page, "#audit-chart")
+        listed = {e["id"] for filters in api_filters for e in web.srv.audit_events(**filters)}
+        assert sum(drawn["sets"]["Events"]) == len(listed) > 0, (query, drawn, len(listed))
+        assert drawn["labels"][-1] == today
+        expect(page.locator("[data-chart-total]")).to_have_text(f"{len(listed):,}")
+    # A policy's events name it, linked, instead of its raw id.
+    ui.goto("/audit?action=policy.created", label="audit-policy-created")
+    target = page.locator('tr[data-action="policy.created"]').first.get_by_role("link", name="Only the US region")
+    expect(target).to_have_attribute("href", f"/settings/security/access-policies/{world['policy']}")
+
+
+def test_create_form_puts_plain_errors_at_their_fields(ui_factory, web, world):
+    ui = ui_factory()
+    ui.sign_in(web.admin_email, web.admin_password)
+    page = ui.page
+    ui.expect_status(400)
+    page.get_by_role("button", name="Create API Key").click()
+    dialog = page.get_by_role("dialog", name="Create API Key")
+    expiration = dialog.get_by_label("Expiration", exact=True)
+    expect(expiration).to_have_value("90")  # 90 days unless chosen otherwise
+    warning = dialog.locator("#never-expires-warning")
+    expect(warning).to_be_hidden()
+    expiration.select_option("never")
+    expect(warning).to_be_visible()
+    expect(warning).to_contain_text("keeps working until someone revokes it")
+    expiration.select_option("90")
+    expect(warning).to_be_hidden()
+    # Scopes in plain words, only those that exist.
+    dialog.locator("input[name=access][value=custom]").check()
+    offered = dialog.locator("input[name=scopes]").evaluate_all("boxes => boxes.map(b => b.value)")
+    assert set(offered) == {s.value for s in Scope}
+    expect(dialog.locator("label", has=page.locator('input[value="admin:keys:manage"]'))).to_contain_text(
+        "Create, rotate and revoke API keys"
+    )
+    dialog.locator("input[name=access][value=data_access]").check()
+
+    # A rate limit out of range: the message sits under the field, in plain words, announced.
+    dialog.get_by_label("Name").fill("Out of range")
+    dialog.locator("summary", has_text="Advanced").click()
+    dialog.get_by_label("Rate limit (requests per minute)").fill("0")
+    with page.expect_navigation():
+        dialog.get_by_role("button", name="Create", exact=True).click()
+    ui.snap("rate-limit-error")
+    dialog = page.get_by_role("dialog", name="Create API Key")
+    field = dialog.get_by_label("Rate limit (requests per minute)")
+    expect(field).to_have_attribute("aria-invalid", "true")
+    error = dialog.locator("#error-rate_limit")
+    expect(error).to_have_text("Enter a rate limit between 1 and 10,000 requests per minute.")
+    expect(error).to_have_attribute("role", "alert")
+    assert "error-rate_limit" in field.get_attribute("aria-describedby").split()
+    expect(field).to_be_focused()
+    expect(dialog.locator("#create-error")).to_have_count(0)  # not at the top of the dialog
+    assert "rate_limit_per_minute" not in page.content()  # never the API's field name
+    expect(dialog.get_by_label("Name")).to_have_value("Out of range")
+
+    # A date in the past: at the date field, in the words of the calendar, not a format.
+    field.fill("60")
+    dialog.get_by_label("Expiration", exact=True).select_option("date")
+    dialog.get_by_label("Expiration date").fill("2001-01-01")
+    with page.expect_navigation():
+        dialog.get_by_role("button", name="Create", exact=True).click()
+    dialog = page.get_by_role("dialog", name="Create API Key")
+    date_field = dialog.get_by_label("Expiration date")
+    expect(date_field).to_have_attribute("aria-invalid", "true")
+    expect(dialog.locator("#error-expiration")).to_have_text(
+        "Pick an expiration date between tomorrow and ten years from now."
+    )
+    expect(date_field).to_be_focused()
+    expect(dialog.get_by_label("Expiration", exact=True)).not_to_have_attribute("aria-invalid", "true")
+
+
+def test_source_restriction_offers_and_accepts_only_openable_sources(ui_factory, web, world):
+    member = ui_factory("member")
+    member.sign_in(world["member"]["email"], "member-password-1")
+    page = member.page
+    member.expect_status(400)
+    page.get_by_role("button", name="Create API Key").click()
+    dialog = page.get_by_role("dialog", name="Create API Key")
+    offered = dialog.locator("input[name=source_ids]").evaluate_all("boxes => boxes.map(b => b.value)")
+    assert offered == [world["source"]]  # shared with them; never the admin's private one
+    expect(dialog.get_by_label("Quarterly revenue by region and customer")).to_have_count(1)
+
+    base = {"csrf_token": member.csrf(), "name": "Restricted", "access": "data_access", "expiration": "30"}
+    for refused in ("src_doesnotexist", world["private"]):  # unknown, and existing but not theirs
+        response = member.context.request.post("/settings/api-keys", form={**base, "source_ids": refused})
+        assert response.status == 400, refused
+        assert f"You cannot restrict a key to {refused}: no source you may open has that id." in response.text()
+        assert 'aria-invalid="true" aria-describedby="error-sources' in response.text()
+    with web.api() as api:
+        names = [k["name"] for k in api.get("/keys", params={"limit": 100}).json()["data"]]
+    assert "Restricted" not in names
+
+    # The picker, ticked: the key is restricted to that source, shown by name, linked.
+    dialog.get_by_label("Name").fill("Restricted")
+    dialog.locator("summary", has_text="Advanced").click()
+    dialog.get_by_label("Quarterly revenue by region and customer").check()
+    with page.expect_navigation():
+        dialog.get_by_role("button", name="Create", exact=True).click()
+    secret = page.get_by_label("Your new API key").input_value()
+    page.get_by_role("button", name="I have copied the key").click()
+    row = member.key_row(secret[:12])
+    row.locator("details.scopes summary").click()
+    expect(row.get_by_role("link", name="Quarterly revenue by region and customer")).to_have_attribute(
+        "href", f"/sources/{world['source']}"
+    )
+    with web.api(secret) as api:
+        assert api.get(f"/sources/{world['source']}/data").status_code == 200
+        assert api.get(f"/sources/{world['private']}/data").status_code in (403, 404)
+
+
+def test_secret_dialog_focuses_copy_and_asks_before_escape_closes_it(ui_factory, web, world):
+    ui = ui_factory()
+    ui.sign_in(web.admin_email, web.admin_password)
+    page = ui.page
+    page.get_by_role("button", name="Create API Key").click()
+    dialog = page.get_by_role("dialog", name="Create API Key")
+    dialog.get_by_label("Name").fill("Escape hatch")
+    with page.expect_navigation():
+        dialog.get_by_role("button", name="Create", exact=True).click()
+    secret_dialog = page.locator("dialog#new-key-dialog")
+    expect(secret_dialog).to_be_visible()
+    expect(page.get_by_role("button", name="Copy API key")).to_be_focused()
+
+    page.keyboard.press("Escape")
+    confirm = secret_dialog.locator("#new-key-confirm")
+    expect(confirm).to_be_visible()
+    expect(confirm).to_contain_text("Have you copied it?")
+    expect(secret_dialog).to_be_visible()  # still open, the secret still there
+    ui.snap("escape-asks")
+    confirm.get_by_role("button", name="No, go back").click()
+    expect(confirm).to_be_hidden()
+    expect(page.get_by_role("button", name="Copy API key")).to_be_focused()
+
+    page.keyboard.press("Escape")
+    expect(confirm).to_be_visible()
+    expect(confirm.get_by_role("button", name="Yes, close")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(secret_dialog).to_have_count(0)
+
+
+def test_keys_list_sorts_filters_and_pages_both_ways(ui_factory, web, world):
+    _, admin_secret = web.srv.new_admin_key()
+    with web.api(admin_secret) as api:
+        for n in range(52):
+            api.post("/keys", json={"name": f"bulk {n:02d}", "preset": "data_access"}).raise_for_status()
+        everything = api.get("/keys", params={"limit": 100}).json()["data"]
+    ui = ui_factory()
+    ui.sign_in(web.admin_email, web.admin_password)
+    page = ui.page
+
+    def names() -> list[str]:
+        return page.locator("tr[data-key-id] th .truncate").all_inner_texts()
+
+    ui.goto("/settings/api-keys", label="keys-newest-first")
+    assert names()[:2] == ["bulk 51", "bulk 50"]  # newest first
+    expect(page.locator("th[data-sort=created]")).to_have_attribute("aria-sort", "descending")
+    expect(page.locator("tr[data-key-id]")).to_have_count(50)
+    pager = page.get_by_role("navigation", name="Key list pages")
+    expect(pager).to_contain_text(f"Page 1 of 2 · {len(everything)} keys")
+    with page.expect_navigation():
+        pager.get_by_role("link", name="Next").click()
+    second = names()
+    assert len(second) == len(everything) - 50 and "bulk 51" not in second
+    with page.expect_navigation():
+        page.get_by_role("navigation", name="Key list pages").get_by_role("link", name="Previous").click()
+    assert names()[:2] == ["bulk 51", "bulk 50"]
+
+    # Sorting by name, then the other way.
+    with page.expect_navigation():
+        page.locator("th[data-sort=name] a").click()
+    expect(page.locator("th[data-sort=name]")).to_have_attribute("aria-sort", "ascending")
+    shown = names()
+    assert shown == sorted(shown, key=str.casefold) or shown == sorted(shown)
+    with page.expect_navigation():
+        page.locator("th[data-sort=name] a").click()
+    expect(page.locator("th[data-sort=name]")).to_have_attribute("aria-sort", "descending")
+    assert names()[0] == max(k["name"] for k in everything)
+
+    # Filtered by status: only the revoked key, and the filter stays in the search form.
+    page.get_by_label("Status").select_option("revoked")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Search").click()
+    assert names() == ["Retired key"]
+    expect(page.get_by_label("Status")).to_have_value("revoked")
+
+
+# Every text the upload status says, and whether the button was disabled when it said it.
+WATCH_UPLOAD_JS = """() => {
+  window.__said = [];
+  const status = document.getElementById('upload-status');
+  const button = document.querySelector('#upload-form button[type=submit]');
+  new MutationObserver(() => window.__said.push([status.textContent, button.disabled]))
+    .observe(status, {childList: true, characterData: true, subtree: true});
+}"""
+
+
+def test_upload_shows_progress_disables_the_button_and_says_the_outcome(ui_factory, web, world):
+    rows = 40_000
+    body = "id,region,amount\n" + "".join(f"{n},{('US', 'EU')[n % 2]},{n * 7}\n" for n in range(rows))
+    ui = ui_factory()
+    ui.sign_in(web.admin_email, web.admin_password)
+    page = ui.page
+    ui.goto("/sources", label="sources-before-upload")
+    page.get_by_text("Upload a file").click()
+    page.get_by_label("File", exact=True).set_input_files(
+        {"name": "orders.csv", "mimeType": "text/csv", "buffer": body.encode()}
+    )
+    page.get_by_label("Source name (optional)").fill("Uploaded orders")
+    page.evaluate(WATCH_UPLOAD_JS)
+    button = page.get_by_role("button", name="Upload and create source")
+    button.click()
+    status = page.locator("#upload-status")
+    expect(status).to_contain_text(f"Done: {rows:,} rows in Uploaded orders.")
+    said = page.evaluate("window.__said")
+    texts = [text for text, _ in said]
+    assert any(t.startswith("Uploaded ") and " of " in t for t in texts), texts  # bytes, as they go
+    assert all(disabled for _, disabled in said), said  # never clickable twice meanwhile
+    assert page.locator("#upload-progress").is_visible()
+    page.wait_for_url("**/sources/src_*")
+    expect(page.get_by_role("status")).to_have_text(f"The file was uploaded and the source created: {rows:,} rows.")
+    with web.api() as api:
+        created = [
+            s for s in api.get("/sources", params={"limit": 100}).json()["data"] if s["name"] == "Uploaded orders"
+        ]
+    assert len(created) == 1  # one click, one source

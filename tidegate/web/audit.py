@@ -13,20 +13,22 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.responses import StreamingResponse
 
+from tidegate.access.models import Group, Policy
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.query import list_events, parse_bound
 from tidegate.audit.record import record
-from tidegate.audit.usage import Window, events_per_day, key_activity as key_activity_of
-from tidegate.core.scopes import Scope
-from tidegate.credentials import service as keys_service
-from tidegate.access.models import Group, Policy
+from tidegate.audit.usage import Window, events_per_day
+from tidegate.audit.usage import key_activity as key_activity_of
 from tidegate.catalog.analysis import Dashboard, Project
 from tidegate.catalog.models import Source
+from tidegate.core.scopes import Scope
+from tidegate.credentials import service as keys_service
 from tidegate.credentials.models import ApiKey
 from tidegate.db.base import isoformat, utcnow
 from tidegate.db.engine import session_scope
@@ -170,7 +172,7 @@ def labels(session, org_id: str, events: list[AuditEvent]) -> tuple[dict[str, st
 
 
 # Targets shown by name and linked: their type, model and page.
-NAMED_TARGETS = {
+NAMED_TARGETS: dict[str, tuple[Any, str, str]] = {
     "source": (Source, "Source", "/sources/{}"),
     "access_policy": (Policy, "Access policy", "/settings/security/access-policies/{}"),
     "group": (Group, "Group", "/settings/security/groups/{}"),
@@ -459,7 +461,11 @@ def activity_context(session, org_id: str, key_id: str) -> dict:
     requests = [activity.by_day[d].requests if d in activity.by_day else 0 for d in days]
     source_ids = [s for s, _ in activity.top_sources]
     names = (
-        dict(session.execute(select(Source.id, Source.name).where(Source.org_id == org_id, Source.id.in_(source_ids))).all())
+        dict(
+            session.execute(
+                select(Source.id, Source.name).where(Source.org_id == org_id, Source.id.in_(source_ids))
+            ).all()
+        )
         if source_ids
         else {}
     )
