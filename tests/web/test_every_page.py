@@ -71,7 +71,11 @@ def world(web) -> dict:
         dashboard = api.post("/dashboards", json={"name": "Revenue at a glance"}).json()["id"]
         created = api.post(
             "/keys",
-            json={"name": "A reporting integration with a rather long descriptive name", "preset": "data_access"},
+            json={
+                "name": "A reporting integration with a rather long descriptive name",
+                "preset": "data_access",
+                "expires_in_days": 45,
+            },
         ).json()
         revoked = api.post("/keys", json={"name": "Retired key", "preset": "data_access"}).json()["id"]
         private = api.post("/sources", json={"name": "Board minutes", "rows": [{"topic": "secret"}]}).json()["id"]
@@ -176,6 +180,17 @@ def test_charts_carry_the_totals_the_api_reports(ui_factory, web, world):
     )
     expect(top_source.locator("td").first).to_have_text("3")
     expect(page.locator("table[data-top=ips] tbody tr")).to_contain_text("127.0.0.1")
+
+    # Times in the viewer's zone, named, with UTC on hover: a viewer in Tokyo.
+    page.context.new_cdp_session(page).send("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Tokyo"})
+    ui.goto(f"/audit/keys/{world['key']}", label="key-activity-tokyo")
+    expires = page.locator("hgroup time[data-local]")
+    utc_text = expires.get_attribute("title")
+    assert utc_text.endswith(" UTC")
+    expect(expires).to_contain_text("GMT+9")
+    utc_moment = datetime.strptime(utc_text, "%Y-%m-%d %H:%M UTC").replace(tzinfo=UTC)
+    tokyo_hour = (utc_moment.hour + 9) % 24
+    assert f"{tokyo_hour % 12 or 12:02d}:{utc_moment.minute:02d}" in expires.inner_text(), expires.inner_text()
 
     # The audit log: events per day for the filters, as many as the API lists.
     for query, api_filters in (
@@ -355,11 +370,16 @@ def test_keys_list_sorts_filters_and_pages_both_ways(ui_factory, web, world):
         page.locator("th[data-sort=name] a").click()
     expect(page.locator("th[data-sort=name]")).to_have_attribute("aria-sort", "ascending")
     shown = names()
-    assert shown == sorted(shown, key=str.casefold) or shown == sorted(shown)
+    names_first = shown[0]
+    # (the database's collation decides where capitals go: SQLite's binary, PostgreSQL's locale)
+    collation = str.casefold if shown == sorted(shown, key=str.casefold) else None
+    assert shown == sorted(shown, key=collation)
     with page.expect_navigation():
         page.locator("th[data-sort=name] a").click()
     expect(page.locator("th[data-sort=name]")).to_have_attribute("aria-sort", "descending")
-    assert names()[0] == max(k["name"] for k in everything)
+    shown = names()
+    assert shown == sorted(shown, key=collation, reverse=True) and shown[0] != names_first
+    assert max(shown, key=collation) == max((k["name"] for k in everything), key=collation)
 
     # Filtered by status: only the revoked key, and the filter stays in the search form.
     page.get_by_label("Status").select_option("revoked")

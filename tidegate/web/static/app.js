@@ -205,19 +205,17 @@
   });
 
   // Times in the viewer's own zone, with the zone named; the UTC time stays in the title.
-  var withTime = { dateStyle: "medium", timeStyle: "short", timeZoneName: "short" };
+  // (field by field: Intl refuses dateStyle together with timeZoneName)
+  var dateOnly = { year: "numeric", month: "short", day: "numeric" };
+  var withTime = { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short" };
   document.querySelectorAll("time[data-local]").forEach(function (el) {
     var moment = new Date(el.getAttribute("datetime"));
     if (isNaN(moment.getTime())) { return; }
     if (el.dataset.local === "date") {
-      el.textContent = moment.toLocaleDateString(undefined, { dateStyle: "medium" });
+      el.textContent = moment.toLocaleDateString(undefined, dateOnly);
     } else {
       el.textContent = moment.toLocaleString(undefined, withTime);
     }
-  });
-  document.querySelectorAll("[data-local-zone]").forEach(function (el) {
-    var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
-    if (zone) { el.textContent = zone; }
   });
 
   // The main navigation collapses into a Menu under 768 px (open without JavaScript).
