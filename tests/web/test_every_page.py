@@ -12,6 +12,7 @@ Content-Security-Policy stays on.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -306,6 +307,15 @@ def test_source_restriction_offers_and_accepts_only_openable_sources(ui_factory,
     with web.api(secret) as api:
         assert api.get(f"/sources/{world['source']}/data").status_code == 200
         assert api.get(f"/sources/{world['private']}/data").status_code in (403, 404)
+
+    # Why they see what they see: policies and sources by name, never raw ids.
+    member.goto(f"/sources/{world['source']}", label="member-source")
+    page.locator("details.reasons summary").click()
+    why = page.locator("details.reasons ul")
+    expect(why).to_contain_text("“Only the US region” applies: region IN ('US')")
+    assert not re.search(r"\b(pol|src|user)_[0-9a-z]{26}", why.inner_text()), why.inner_text()
+    assert why.locator(f'[title="{world["policy"]}"]').count() == 1  # the id stays on hover
+    expect(why.get_by_role("link", name="“Only the US region”")).to_have_count(0)  # members cannot open policies
 
 
 def test_secret_dialog_focuses_copy_and_asks_before_escape_closes_it(ui_factory, web, world):

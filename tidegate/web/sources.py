@@ -48,6 +48,7 @@ from tidegate.web.common import (
     signed_in_to_change,
     text,
 )
+from tidegate.web.names import linked
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
@@ -246,7 +247,7 @@ def preview_as_viewer(session, viewer: Viewer, mine: SourceAccess, page_number: 
         page=page_number,
         where=seen.explanation.where_clause,
         effective=seen.explanation.effective_access,
-        reasons=seen.explanation.reasons,
+        reasons=linked(session, viewer, seen.explanation.reasons),
     )
 
 
@@ -278,7 +279,7 @@ def preview_as_key(session, viewer: Viewer, mine: SourceAccess, key_id: str, pag
     preview.rows, preview.total = _read(seen.access, page_number)
     preview.where = seen.explanation.where_clause
     preview.effective = seen.explanation.effective_access
-    preview.reasons = seen.explanation.reasons
+    preview.reasons = linked(session, viewer, seen.explanation.reasons)
     return preview
 
 
