@@ -46,9 +46,10 @@ def _names(session, org_id: str, ids: set[str]) -> dict[str, str]:
     return found
 
 
-def linked(session, viewer: Viewer, sentences: Iterable[str]) -> list[Markup]:
-    """Each sentence as safe markup: every id of the organization replaced by its name (a
-    link where the viewer may open that page); unknown ids stay as they are."""
+def linked(session, viewer: Viewer, sentences: Iterable[str]) -> list[str]:
+    """Each sentence as safe markup (Markup, a str the templates do not escape again): every
+    id of the organization replaced by its name (a link where the viewer may open that page);
+    unknown ids stay as they are."""
     sentences = list(sentences)
     ids = {m.group(0).split(" ", 1)[0] for s in sentences for m in MENTION.finditer(s)}
     names = _names(session, viewer.org.id, ids) if ids else {}
