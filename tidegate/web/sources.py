@@ -40,6 +40,7 @@ from tidegate.orgs.models import User
 from tidegate.web.common import (
     FORM,
     UPLOAD_FORM,
+    CursorPage,
     as_page,
     db,
     router,
@@ -92,10 +93,11 @@ def can_upload(viewer: Viewer) -> bool:
 # -- the list ------------------------------------------------------------------------------
 
 
-def sources_context(session, viewer: Viewer, *, after: str | None = None) -> dict:
-    rows = data_service.list_sources(session, viewer.principal, limit=PAGE_SIZE, after=after)
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+def sources_context(session, viewer: Viewer, *, after: str | None = None, before: str | None = None) -> dict:
+    before = None if after else before
+    fetched = data_service.list_sources(session, viewer.principal, limit=PAGE_SIZE, after=after, before=before)
+    paged = CursorPage.of(fetched, PAGE_SIZE, after=after, before=before)
+    rows = paged.rows
     owners = _emails(session, [s.created_by for s in rows])
     items = []
     for source in rows:
@@ -116,7 +118,8 @@ def sources_context(session, viewer: Viewer, *, after: str | None = None) -> dic
     return {
         "title": "Sources",
         "sources": items,
-        "next_after": rows[-1].id if more and rows else None,
+        "next_after": paged.next_after,
+        "previous_before": paged.previous_before,
         "can_upload": can_upload(viewer),
         "max_upload_mb": get_limits().max_upload_bytes // (1024 * 1024),
         "upload_name": "",
@@ -125,11 +128,14 @@ def sources_context(session, viewer: Viewer, *, after: str | None = None) -> dic
 
 @router.get("/sources")
 def sources_page(
-    request: Request, after: str | None = Query(None, max_length=100), notice: str | None = Query(None, max_length=40)
+    request: Request,
+    after: str | None = Query(None, max_length=100),
+    before: str | None = Query(None, max_length=100),
+    notice: str | None = Query(None, max_length=40),
 ):
     with db(request) as session:
         viewer = signed_in(request, session, READ)
-        context = sources_context(session, viewer, after=after)
+        context = sources_context(session, viewer, after=after, before=before)
     return page(request, "sources.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer)
 
 
