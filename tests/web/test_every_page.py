@@ -271,9 +271,17 @@ def test_create_form_puts_plain_errors_at_their_fields(ui_factory, web, world):
 
 
 def test_source_restriction_offers_and_accepts_only_openable_sources(ui_factory, web, world):
+    _need_axe()
     member = ui_factory("member")
+    member.context.add_init_script(path=str(AXE))
     member.sign_in(world["member"]["email"], "member-password-1")
     page = member.page
+    # A member's sources are filtered by their policy: the "filtered" badge reads (axe, contrast).
+    for path in ("/sources", f"/sources/{world['source']}"):
+        member.goto(path, label=f"member-{path}")
+        expect(page.locator(".badge-filtered").first).to_be_visible()
+        assert page.evaluate(AXE_JS) == [], path
+    member.goto("/settings/api-keys", label="member-keys")
     member.expect_status(400)
     page.get_by_role("button", name="Create API Key").click()
     dialog = page.get_by_role("dialog", name="Create API Key")
@@ -438,3 +446,32 @@ def test_upload_shows_progress_disables_the_button_and_says_the_outcome(ui_facto
             s for s in api.get("/sources", params={"limit": 100}).json()["data"] if s["name"] == "Uploaded orders"
         ]
     assert len(created) == 1  # one click, one source
+
+
+def test_paged_lists_go_both_ways(ui_factory, web, world):
+    """Dashboards (paged by id) and the audit log (newest first): Next, then Previous, lands
+    on the first page again, and the pages do not overlap."""
+    _, admin_secret = web.srv.new_admin_key()
+    with web.api(admin_secret) as api:
+        for n in range(101):  # more than a page (100)
+            api.post("/dashboards", json={"name": f"Board {n:03d}"}).raise_for_status()
+    ui = ui_factory()
+    ui.sign_in(web.admin_email, web.admin_password)
+    page = ui.page
+    for path, rows, label in (
+        ("/dashboards", "tr[data-dashboard-id]", "Dashboard list pages"),
+        ("/audit", "tr[data-event-id]", "Audit log pages"),
+    ):
+        ui.goto(path, label=f"{path}-first")
+        first = page.locator(rows).evaluate_all("rows => rows.map(r => r.outerHTML.slice(0, 80))")
+        pager = page.get_by_role("navigation", name=label)
+        expect(pager.get_by_role("link", name="Previous")).to_have_count(0)  # the first page
+        with page.expect_navigation():
+            pager.get_by_role("link", name="Next").click()
+        second = page.locator(rows).evaluate_all("rows => rows.map(r => r.outerHTML.slice(0, 80))")
+        assert second and not set(first) & set(second), path
+        with page.expect_navigation():
+            page.get_by_role("navigation", name=label).get_by_role("link", name="Previous").click()
+        again = page.locator(rows).evaluate_all("rows => rows.map(r => r.outerHTML.slice(0, 80))")
+        assert again == first, path
+        expect(page.get_by_role("navigation", name=label).get_by_role("link", name="Previous")).to_have_count(0)
