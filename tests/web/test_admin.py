@@ -27,6 +27,12 @@ def test_people_add_change_role_deactivate(ui_factory, web):
     admin.snap("add-user-refused")
     dialog = page.get_by_role("dialog", name="Add user")
     expect(dialog.get_by_role("alert")).to_contain_text("at least 12 characters")
+    # ... at the password field, tied to it, and focus there.
+    password = dialog.get_by_label("Initial password")
+    expect(password).to_have_attribute("aria-invalid", "true")
+    assert "error-password" in password.get_attribute("aria-describedby").split()
+    expect(dialog.locator("#error-password")).to_contain_text("at least 12 characters")
+    expect(password).to_be_focused()
     expect(dialog.get_by_label("Email")).to_have_value("carol@acme.test")
     dialog.get_by_label("Initial password").fill(NEW_PASSWORD)
     with page.expect_navigation():

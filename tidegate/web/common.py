@@ -229,3 +229,10 @@ class CursorPage:
             return cls(rows, rows[-1].id if rows else None, rows[0].id if more and rows else None)
         rows = list(fetched[:size])
         return cls(rows, rows[-1].id if more and rows else None, rows[0].id if after and rows else None)
+
+
+def field_error(exc: TidegateError, fields: dict[str, str], plain: dict[str, str] | None = None) -> dict[str, str]:
+    """A refusal as a form shows it: the field it is about (`fields`: code -> field name; ""
+    above the form when none), in plain words where the API's message would name wire fields
+    (`plain`: code -> message)."""
+    return {"field": fields.get(exc.code, ""), "message": (plain or {}).get(exc.code, exc.message)}

@@ -32,7 +32,17 @@ from tidegate.db.base import utcnow
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.orgs.models import User
-from tidegate.web.common import FORM, PageError, db, router, settings_of, signed_in, signed_in_to_change, text
+from tidegate.web.common import (
+    FORM,
+    PageError,
+    db,
+    field_error,
+    router,
+    settings_of,
+    signed_in,
+    signed_in_to_change,
+    text,
+)
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
@@ -205,11 +215,6 @@ class CreateForm:
                 f"You cannot restrict a key to {', '.join(unknown)}: no source you may open has that id.",
             )
         return {"mode": "selected", "source_ids": sorted(wanted)}
-
-
-def form_error(exc: TidegateError) -> dict:
-    """A refusal as the create form shows it: at its field (or above the form), in plain words."""
-    return {"field": FIELD_OF_CODE.get(exc.code, ""), "message": PLAIN_WORDS.get(exc.code, exc.message)}
 
 
 def source_choices(session, viewer: Viewer) -> list[tuple[str, str]]:
@@ -423,7 +428,7 @@ def create_key(request: Request, form: FormData = FORM):
         return page(
             request,
             "keys.html",
-            {**context, "form": values, "form_error": form_error(exc)},
+            {**context, "form": values, "form_error": field_error(exc, FIELD_OF_CODE, PLAIN_WORDS)},
             viewer=viewer,
             status=exc.status,
         )
