@@ -399,6 +399,15 @@ def test_keys_list_sorts_filters_and_pages_both_ways(ui_factory, web, world):
     assert shown == sorted(shown, key=collation, reverse=True) and shown[0] != names_first
     assert max(shown, key=collation) == max((k["name"] for k in everything), key=collation)
 
+    # By last use, either way: keys never used come last (NULLS LAST on both databases).
+    last_used = page.locator("tr[data-key-id] td[data-label='Last used']")
+    for order in ("descending", "ascending"):
+        with page.expect_navigation():
+            page.locator("th[data-sort=last_used] a").click()
+        expect(page.locator("th[data-sort=last_used]")).to_have_attribute("aria-sort", order)
+        cells = last_used.all_inner_texts()
+        assert "Never" not in cells[0] and "Never" in cells[-1], (order, cells[:3], cells[-3:])
+
     # Filtered by status: only the revoked key, and the filter stays in the search form.
     page.get_by_label("Status").select_option("revoked")
     with page.expect_navigation():
