@@ -371,6 +371,7 @@ def test_keys_list_sorts_filters_and_pages_both_ways(ui_factory, web, world):
 
     ui.goto("/settings/api-keys", label="keys-newest-first")
     assert names()[:2] == ["bulk 51", "bulk 50"]  # newest first
+    expect(page.get_by_label("Sort by")).to_be_hidden()
     expect(page.locator("th[data-sort=created]")).to_have_attribute("aria-sort", "descending")
     expect(page.locator("tr[data-key-id]")).to_have_count(50)
     pager = page.get_by_role("navigation", name="Key list pages")
@@ -414,6 +415,17 @@ def test_keys_list_sorts_filters_and_pages_both_ways(ui_factory, web, world):
         page.get_by_role("button", name="Search").click()
     assert names() == ["Retired key"]
     expect(page.get_by_label("Status")).to_have_value("revoked")
+
+    # On a phone (cards, no column headers) the search form sorts.
+    page.set_viewport_size({"width": 390, "height": 900})
+    ui.goto("/settings/api-keys", label="keys-phone")
+    expect(page.get_by_label("Sort by")).to_be_visible()  # (hidden on wide screens: the headers sort)
+    page.get_by_label("Sort by").select_option("name")
+    page.get_by_label("Order").select_option("asc")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Search").click()
+    expect(page.locator("th[data-sort=name]")).to_have_attribute("aria-sort", "ascending")
+    assert names() == sorted(names(), key=collation)
 
 
 # Every text the upload status says, and whether the button was disabled when it said it.
