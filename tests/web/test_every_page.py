@@ -446,6 +446,18 @@ def test_upload_shows_progress_disables_the_button_and_says_the_outcome(ui_facto
     page = ui.page
     ui.goto("/sources", label="sources-before-upload")
     page.get_by_text("Upload a file").click()
+
+    # Refused (not a table): the reason in place, at the form, and the form usable again.
+    ui.expect_status(400)
+    page.get_by_label("File", exact=True).set_input_files(
+        {"name": "notes.bin", "mimeType": "application/octet-stream", "buffer": bytes(range(256)) * 40}
+    )
+    page.get_by_role("button", name="Upload and create source").click()
+    expect(page.locator("#upload-error")).to_be_visible()
+    expect(page.locator("#upload-error")).to_have_attribute("role", "alert")
+    assert page.url.endswith("/sources")
+    expect(page.get_by_role("button", name="Upload and create source")).to_be_enabled()
+
     page.get_by_label("File", exact=True).set_input_files(
         {"name": "orders.csv", "mimeType": "text/csv", "buffer": body.encode()}
     )
