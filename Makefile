@@ -5,6 +5,8 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 PICO_CSS := tidegate/web/static/vendor/pico.min.css
 CHART_JS := tidegate/web/static/vendor/chart.umd.js
+# axe-core runs in the browser tests only (tests/web/test_every_page.py): never served.
+AXE_JS   := build/axe.min.js
 HOST     ?= 127.0.0.1
 PORT     ?= 8000
 
@@ -19,15 +21,16 @@ $(STAMP): requirements.lock pyproject.toml | check-python
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# The UI's libraries (Pico for CSS, Chart.js for charts), from the npm registry; copied,
-# never committed.
-$(PICO_CSS) $(CHART_JS) &: package.json package-lock.json
+# The UI's libraries (Pico for CSS, Chart.js for charts) and the tests' axe-core, from the
+# npm registry; copied, never committed.
+$(PICO_CSS) $(CHART_JS) $(AXE_JS) &: package.json package-lock.json
 	npm ci --no-audit --no-fund
-	mkdir -p $(dir $(PICO_CSS))
+	mkdir -p $(dir $(PICO_CSS)) $(dir $(AXE_JS))
 	cp node_modules/@picocss/pico/css/pico.min.css $(PICO_CSS)
 	cp node_modules/chart.js/dist/chart.umd.js $(CHART_JS)
+	cp node_modules/axe-core/axe.min.js $(AXE_JS)
 
-setup: $(STAMP) $(PICO_CSS) $(CHART_JS)
+setup: $(STAMP) $(PICO_CSS) $(CHART_JS) $(AXE_JS)
 
 # Browser tests drive Debian's Chromium (never a downloaded browser build).
 browser:

@@ -202,6 +202,14 @@ class UI:
     def key_row(self, prefix: str):
         return self.page.locator("tr[data-key-id]", has=self.page.locator("code", has_text=prefix))
 
+    def key_action(self, prefix: str, name: str):
+        """A key row's action link (Activity, Rotate, Revoke), its "…" menu opened first."""
+        row = self.key_row(prefix)
+        menu = row.locator("details.row-menu")
+        if menu.count() and menu.get_attribute("open") is None:
+            menu.locator("summary").click()
+        return row.get_by_role("link", name=name)
+
     def check_console(self) -> None:
         unexpected = []
         for text in self.console_errors:

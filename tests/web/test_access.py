@@ -55,13 +55,15 @@ def test_member_sees_only_own_keys_and_no_admin_pages(ui, web):
     offered = dialog.locator("input[name=scopes]").evaluate_all("els => els.map(e => e.value)")
     assert "data:read" in offered and "admin:keys:manage" in offered
     assert not [s for s in offered if s.startswith(("admin:users", "admin:audit", "admin:org", "admin:policies"))]
-    dialog.get_by_label("data:read", exact=True).check()
+    dialog.locator('input[name=scopes][value="data:read"]').check()
     dialog.get_by_label("Name").fill("Ann's notebook")
     with page.expect_navigation():
         dialog.get_by_role("button", name="Create", exact=True).click()
     secret = page.get_by_label("Your new API key").input_value()
     ui.snap("member-key-created")
-    page.keyboard.press("Escape")  # Escape dismisses it too, and removes the secret
+    page.keyboard.press("Escape")  # Escape asks first; Enter on its "Yes, close" dismisses it and the secret
+    expect(page.get_by_text("Have you copied it?")).to_be_visible()
+    page.keyboard.press("Enter")
     expect(page.locator("#new-key-dialog")).to_have_count(0)
     assert secret not in page.content()
 

@@ -29,6 +29,12 @@ def test_people_add_change_role_deactivate(ui_factory, web):
     admin.snap("add-user-refused")
     dialog = page.get_by_role("dialog", name="Add user")
     expect(dialog.get_by_role("alert")).to_contain_text("at least 12 characters")
+    # ... at the password field, tied to it, and focus there.
+    password = dialog.get_by_label("Initial password")
+    expect(password).to_have_attribute("aria-invalid", "true")
+    assert "error-password" in password.get_attribute("aria-describedby").split()
+    expect(dialog.locator("#error-password")).to_contain_text("at least 12 characters")
+    expect(password).to_be_focused()
     expect(dialog.get_by_label("Email")).to_have_value("carol@acme.test")
     dialog.get_by_label("Initial password").fill(NEW_PASSWORD)
     with page.expect_navigation():
@@ -125,7 +131,7 @@ def test_rotate_with_grace_period_then_now(ui, web):
     with web.api(first) as api:
         assert api.get("/keys").status_code == 200  # a custom key with Keys may list keys
 
-    ui.key_row(first[:12]).get_by_role("link", name="Rotate").click()
+    ui.key_action(first[:12], "Rotate").click()
     dialog = page.get_by_role("dialog", name="Rotate API key")
     dialog.get_by_label("Keep the old key working for 1 hour").check()
     ui.snap("rotate-dialog")
@@ -147,7 +153,7 @@ def test_rotate_with_grace_period_then_now(ui, web):
     with web.api(second) as api:
         assert api.get("/keys").status_code == 200
 
-    ui.key_row(second[:12]).get_by_role("link", name="Rotate").click()
+    ui.key_action(second[:12], "Rotate").click()
     dialog = page.get_by_role("dialog", name="Rotate API key")
     dialog.get_by_label("Revoke the old key now").check()
     with page.expect_navigation():

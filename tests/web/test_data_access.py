@@ -226,7 +226,7 @@ def test_policy_from_the_ui_governs_the_key_preview_and_the_api(ui_factory, web)
     # Unshared again: the key cannot open the source, in the preview and through the API.
     admin.goto(f"/sources/{source_id}", label="source-before-unshare")
     with page.expect_navigation():
-        page.get_by_role("button", name="Stop sharing with mia@acme.test").click()
+        page.get_by_role("button", name="Remove mia@acme.test").click()
     admin.snap("unshared")
     preview_as(admin, source_id, mia_key["id"], "mia-key-unshared-again")
     expect(page.locator("[data-preview-refused]")).to_contain_text("This key cannot open this source")

@@ -17,7 +17,7 @@ def create_key(ui, name: str, *, access: str = "Data Access", scopes: list[str] 
     dialog.get_by_label("Name").fill(name)
     dialog.get_by_label(access).check()
     for scope in scopes:
-        dialog.get_by_label(scope, exact=True).check()
+        dialog.locator(f'input[name=scopes][value="{scope}"]').check()
     if expiration:
         dialog.get_by_label("Expiration", exact=True).select_option(label=expiration)
     ui.snap(f"create-dialog-{name}")
@@ -110,7 +110,7 @@ def test_create_use_revoke_and_audit(ui, web):
 
     # Revoke asks for confirmation first.
     ui.goto("/settings/api-keys", label="keys-before-revoke")
-    ui.key_row(prefix).get_by_role("link", name="Revoke").click()
+    ui.key_action(prefix, "Revoke").click()
     confirm = page.get_by_role("dialog", name="Revoke API key?")
     expect(confirm).to_be_visible()
     expect(confirm).to_contain_text(f"Production BI ({prefix}")
@@ -118,13 +118,13 @@ def test_create_use_revoke_and_audit(ui, web):
     confirm.get_by_role("button", name="Cancel").click()
     expect(confirm).to_be_hidden()
     expect(ui.key_row(prefix)).to_contain_text("Active")
-    ui.key_row(prefix).get_by_role("link", name="Revoke").click()
+    ui.key_action(prefix, "Revoke").click()
     with page.expect_navigation():
         confirm.get_by_role("button", name="Revoke key").click()
     ui.snap("revoked")
     expect(page.get_by_role("status")).to_contain_text("The key was revoked")
     expect(ui.key_row(prefix)).to_contain_text("Revoked")
-    expect(ui.key_row(prefix).get_by_role("link", name="Revoke")).to_have_count(0)
+    expect(ui.key_row(prefix).get_by_role("link", name="Revoke", include_hidden=True)).to_have_count(0)
 
     with web.api(secret) as api:
         after = api.get("/keys")
@@ -229,14 +229,15 @@ def test_refused_create_keeps_the_form_and_never_500s(ui, web):
     csrf = ui.csrf()
     base = {"csrf_token": csrf, "name": "k", "access": "data_access", "expiration": "never"}
     cases = [
-        ({"name": "   "}, "Key name must be 1-200 characters."),
+        ({"name": "   "}, "Give the key a name of 1 to 200 characters."),
         ({"access": "everything"}, "Choose Full Access, Data Access or Custom."),
         ({"access": "custom", "scopes": "data:destroy"}, "Unknown scope(s): data:destroy"),
         ({"expiration": "date", "expiration_date": "2001-01-01"}, "between tomorrow and ten years"),
-        ({"expiration": "date", "expiration_date": "soon"}, "YYYY-MM-DD"),
+        ({"expiration": "date", "expiration_date": "soon"}, "That is not a date"),
         ({"expiration": "forever"}, "Choose an expiration."),
-        ({"rate_limit": "fast"}, "whole number"),
-        ({"rate_limit": "0"}, "between 1 and 10000"),
+        ({"rate_limit": "fast"}, "between 1 and 10,000 requests per minute"),
+        ({"rate_limit": "0"}, "between 1 and 10,000 requests per minute"),
+        ({"source_ids": "src_doesnotexist"}, "no source you may open has that id"),
         ({"name": "x" * 5000}, "too long"),
     ]
     for change, message in cases:
@@ -244,7 +245,11 @@ def test_refused_create_keeps_the_form_and_never_500s(ui, web):
         assert response.status == 400, (change, response.status)
         assert message in response.text(), (change, message)
     for path in (
-        "/settings/api-keys?after=" + "x" * 500,
+        "/settings/api-keys?q=" + "x" * 500,
+        "/settings/api-keys?sort=secret",
+        "/settings/api-keys?status=lost",
+        "/settings/api-keys?order=sideways",
+        "/settings/api-keys?page=0",
         "/audit?since=yesterday",
         "/audit/keys/key_nope",
         "/settings/api-keys/key_nope/revoke",

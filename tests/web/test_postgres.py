@@ -1,4 +1,5 @@
-"""The main browser flow again, with the server on PostgreSQL (sessions, keys and audit there)."""
+"""The main browser flow again, with the server on PostgreSQL (sessions, keys and audit there);
+and the pictures and the key list, whose per-day and sorting SQL differ by backend."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import uuid
 import pytest
 
 from .conftest import web_server
+from .test_every_page import (  # noqa: F401  (collected here too)
+    test_charts_carry_the_totals_the_api_reports,
+    test_keys_list_sorts_filters_and_pages_both_ways,
+    world,
+)
 from .test_keys_flow import test_create_use_revoke_and_audit  # noqa: F401  (collected here too)
 
 

@@ -92,9 +92,16 @@ def create_dashboard(
 
 
 def list_dashboards(
-    session: Session, principal: Principal, *, limit: int, after: str | None, user_id: str | None = None
+    session: Session,
+    principal: Principal,
+    *,
+    limit: int,
+    after: str | None,
+    user_id: str | None = None,
+    before: str | None = None,
 ) -> list[Dashboard]:
-    """The dashboards the caller may open (and, with `user_id`, that user may open too)."""
+    """The dashboards the caller may open (and, with `user_id`, that user may open too), by
+    id: after `after`, or the limit+1 just before `before`."""
     query = visible_query(session, principal, Dashboard)
     if user_id is not None:
         user = get_user(session, principal.org_id, user_id)
@@ -102,6 +109,9 @@ def list_dashboards(
         query = query.where(Dashboard.id.in_(theirs.with_only_columns(Dashboard.id)))
     if after:
         query = query.where(Dashboard.id > after)
+    if before:
+        earlier = query.where(Dashboard.id < before).order_by(Dashboard.id.desc()).limit(limit + 1)
+        return list(reversed(session.scalars(earlier).all()))
     return list(session.scalars(query.order_by(Dashboard.id).limit(limit + 1)))
 
 

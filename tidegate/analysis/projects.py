@@ -117,9 +117,16 @@ def get_project(session: Session, principal: Principal, project_id: str) -> Proj
 
 
 def list_projects(
-    session: Session, principal: Principal, *, limit: int, after: str | None, user_id: str | None = None
+    session: Session,
+    principal: Principal,
+    *,
+    limit: int,
+    after: str | None,
+    user_id: str | None = None,
+    before: str | None = None,
 ) -> list[Project]:
-    """The projects this caller may open, by id; `user_id` (id or external id) keeps its owner's."""
+    """The projects this caller may open, by id (after `after`, or the limit+1 just before
+    `before`); `user_id` (id or external id) keeps its owner's."""
     query = visible_query(session, principal, Project)
     if user_id:
         try:
@@ -129,6 +136,9 @@ def list_projects(
             query = query.where(false())  # a filter on nobody matches nothing
     if after:
         query = query.where(Project.id > after)
+    if before:
+        earlier = query.where(Project.id < before).order_by(Project.id.desc()).limit(limit + 1)
+        return list(reversed(session.scalars(earlier).all()))
     return list(session.scalars(query.order_by(Project.id).limit(limit + 1)))
 
 

@@ -34,6 +34,7 @@ def list_events(
     *,
     limit: int,
     after: str | None = None,
+    before: str | None = None,
     actor_id: str | None = None,
     key_id: str | None = None,
     action: str | None = None,
@@ -56,4 +57,8 @@ def list_events(
         query = query.where(AuditEvent.timestamp < until)
     if after:
         query = query.where(AuditEvent.id < after)
+    if before:
+        # The page before (newer than) `before`: its oldest limit+1 events, newest first.
+        newer = query.where(AuditEvent.id > before).order_by(AuditEvent.id.asc()).limit(limit + 1)
+        return list(reversed(session.scalars(newer).all()))
     return list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))

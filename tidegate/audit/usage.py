@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, case, func, select
+from sqlalchemy import String, and_, case, func, or_, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
@@ -176,3 +176,54 @@ def active_users(session: Session, org_id: str, span: Window) -> int:
     user = acting_user()
     query = select(func.count(func.distinct(user))).where(*_in_window(org_id, span, None), user.is_not(None))
     return int(session.scalar(query) or 0)
+
+
+# -- pictures: the audit log's events per day, one key's requests per day ----------------
+
+
+def events_per_day(
+    session: Session,
+    org_id: str,
+    span: Window,
+    *,
+    actor_id: str | None = None,
+    action: str | None = None,
+    key_id: str | None = None,
+) -> dict[str, int]:
+    """How many audit events per UTC day in `span`, with the audit log's filters (a key
+    filter matches the requests it made and the events about it). Days without any absent."""
+    where = [AuditEvent.org_id == org_id, AuditEvent.timestamp >= span.start, AuditEvent.timestamp < span.end]
+    if actor_id is not None:
+        where.append(AuditEvent.actor_id == actor_id)
+    if action is not None:
+        where.append(AuditEvent.action == action)
+    if key_id is not None:
+        where.append(or_(AuditEvent.key_id == key_id, AuditEvent.target_id == key_id))
+    day = utc_day(AuditEvent.timestamp).label("day")
+    query = select(day, func.count().label("events")).where(*where).group_by(day)
+    return {row.day: int(row.events) for row in session.execute(query)}
+
+
+@dataclass(frozen=True)
+class KeyActivity:
+    by_day: dict[str, Totals]  # requests (and refused among them) per UTC day
+    top_sources: list[tuple[str, Totals]]  # source id, most requests first
+    top_ips: list[tuple[str, Totals]]  # client IP, most requests first
+
+
+def key_activity(session: Session, org_id: str, key_id: str, span: Window, *, top: int = 10) -> KeyActivity:
+    """What one key did in `span`: its requests per day, accepted and refused, and the
+    sources and client IPs it used most. Three GROUP BY queries."""
+    where = [
+        AuditEvent.org_id == org_id,
+        AuditEvent.key_id == key_id,
+        AuditEvent.timestamp >= span.start,
+        AuditEvent.timestamp < span.end,
+    ]
+    day = utc_day(AuditEvent.timestamp).label("day")
+    by_day = {row.day: _totals(row) for row in session.execute(select(day, *_measures()).where(*where).group_by(day))}
+    return KeyActivity(
+        by_day=by_day,
+        top_sources=_grouped(session, AuditEvent.details["source_id"].as_string(), where)[:top],
+        top_ips=_grouped(session, AuditEvent.ip_address, where)[:top],
+    )

@@ -283,6 +283,46 @@ def list_keys(
     search: str | None = None,
     status: str | None = None,
 ) -> list[ApiKey]:
+    query = _filtered_keys(principal, search, status)
+    if after:
+        query = query.where(ApiKey.id > after)
+    return list(session.scalars(query.order_by(ApiKey.id).limit(limit + 1)))
+
+
+# The web list's sortable columns (the API pages by id with a cursor instead).
+KEY_SORTS = {
+    "name": ApiKey.name,
+    "created": ApiKey.created_at,
+    "last_used": ApiKey.last_used_at,
+    "expires": ApiKey.expires_at,
+}
+
+
+def page_of_keys(
+    session: Session,
+    principal: Principal,
+    *,
+    sort: str = "created",
+    descending: bool = True,
+    offset: int = 0,
+    limit: int,
+    search: str | None = None,
+    status: str | None = None,
+) -> tuple[list[ApiKey], int]:
+    """One page of the keys `principal` may see, in `sort` order (never-set dates last
+    either way), and how many there are in all."""
+    if sort not in KEY_SORTS:
+        raise InvalidRequest("invalid_sort", f"sort must be one of: {', '.join(KEY_SORTS)}.")
+    query = _filtered_keys(principal, search, status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    column = KEY_SORTS[sort]
+    order = (column.desc() if descending else column.asc()).nulls_last()
+    tiebreak = ApiKey.id.desc() if descending else ApiKey.id.asc()
+    rows = session.scalars(query.order_by(order, tiebreak).offset(offset).limit(limit))
+    return list(rows), total
+
+
+def _filtered_keys(principal: Principal, search: str | None, status: str | None) -> Select[ApiKey]:
     query = visible_keys(principal)
     now = utcnow()
     if search:
@@ -302,9 +342,7 @@ def list_keys(
             query = query.where(ApiKey.revoked_at.is_(None), ApiKey.expires_at <= now)
         else:
             query = query.where(ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now))
-    if after:
-        query = query.where(ApiKey.id > after)
-    return list(session.scalars(query.order_by(ApiKey.id).limit(limit + 1)))
+    return query
 
 
 def rename_key(

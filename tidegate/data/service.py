@@ -337,10 +337,16 @@ def delete_source(
     bump_access_epoch(session, principal.org_id)
 
 
-def list_sources(session: Session, principal: Principal, *, limit: int, after: str | None) -> list[Source]:
+def list_sources(
+    session: Session, principal: Principal, *, limit: int, after: str | None, before: str | None = None
+) -> list[Source]:
+    """The sources the caller may open, by id: after `after`, or the limit+1 just before `before`."""
     query = visible_sources_query(session, principal)
     if after:
         query = query.where(Source.id > after)
+    if before:
+        earlier = query.where(Source.id < before).order_by(Source.id.desc()).limit(limit + 1)
+        return list(reversed(session.scalars(earlier).all()))
     return list(session.scalars(query.order_by(Source.id).limit(limit + 1)))
 
 

@@ -12,14 +12,21 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.responses import StreamingResponse
 
+from tidegate.access.models import Group, Policy
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.query import list_events, parse_bound
 from tidegate.audit.record import record
+from tidegate.audit.usage import Window, events_per_day
+from tidegate.audit.usage import key_activity as key_activity_of
+from tidegate.catalog.analysis import Dashboard, Project
+from tidegate.catalog.models import Source
 from tidegate.core.scopes import Scope
 from tidegate.credentials import service as keys_service
 from tidegate.credentials.insights import key_insights
@@ -87,8 +94,11 @@ class Filters:
         return {k: v for k, v in vars(self).items() if v}
 
 
-def fetch(session, org_id: str, f: Filters, *, limit: int, after: str | None) -> list[AuditEvent]:
-    """Up to limit+1 events, newest first; raises InvalidRequest for a bad date."""
+def fetch(
+    session, org_id: str, f: Filters, *, limit: int, after: str | None, before: str | None = None
+) -> list[AuditEvent]:
+    """Up to limit+1 events, newest first (older than `after`, or the oldest ones newer than
+    `before`); raises InvalidRequest for a bad date."""
     since, until = parse_bound(f.since, "From", end=False), parse_bound(f.until, "To", end=True)
 
     def events(**which: str | None) -> list:
@@ -97,6 +107,7 @@ def fetch(session, org_id: str, f: Filters, *, limit: int, after: str | None) ->
             org_id,
             limit=limit,
             after=after,
+            before=before,
             actor_id=f.user_id,
             action=f.action,
             since=since,
@@ -108,8 +119,29 @@ def fetch(session, org_id: str, f: Filters, *, limit: int, after: str | None) ->
         return events()
     by_key = events(key_id=f.key_id)
     about_key = events(target_id=f.key_id)
-    merged = {e.id: e for e in by_key + about_key}
-    return sorted(merged.values(), key=lambda e: e.id, reverse=True)[: limit + 1]
+    merged = sorted({e.id: e for e in by_key + about_key}.values(), key=lambda e: e.id, reverse=True)
+    return merged[-(limit + 1) :] if before else merged[: limit + 1]
+
+
+CHART_DAYS = 30  # without dates, the chart shows the last 30 days
+CHART_MAX_DAYS = 366
+
+
+def chart_window(f: Filters, now: datetime) -> Window:
+    """The days the events-per-day chart covers: the filter's dates, else the last 30 days
+    (at most a year: the last 366 days of a longer range)."""
+    since, until = parse_bound(f.since, "From", end=False), parse_bound(f.until, "To", end=True)
+    end = min(until, now) if until else now
+    start = since or end - timedelta(days=CHART_DAYS)
+    start = max(start, end - timedelta(days=CHART_MAX_DAYS))
+    return Window("filter", start, max(start, end))
+
+
+def events_chart(session, org_id: str, f: Filters) -> dict:
+    span = chart_window(f, utcnow())
+    counts = events_per_day(session, org_id, span, actor_id=f.user_id, action=f.action, key_id=f.key_id)
+    days = span.days()
+    return {"labels": days, "events": [counts.get(d, 0) for d in days], "total": sum(counts.values())}
 
 
 def labels(session, org_id: str, events: list[AuditEvent]) -> tuple[dict[str, str], dict[str, str]]:
@@ -140,6 +172,41 @@ def labels(session, org_id: str, events: list[AuditEvent]) -> tuple[dict[str, st
     return users, keys
 
 
+# Targets shown by name and linked: their type, model and page.
+NAMED_TARGETS: dict[str, tuple[Any, str, str]] = {
+    "source": (Source, "Source", "/sources/{}"),
+    "access_policy": (Policy, "Access policy", "/settings/security/access-policies/{}"),
+    "group": (Group, "Group", "/settings/security/groups/{}"),
+    "project": (Project, "Project", "/projects/{}"),
+    "dashboard": (Dashboard, "Dashboard", "/dashboards/{}"),
+}
+
+
+def target_names(session, org_id: str, events: list[AuditEvent]) -> dict[tuple[str, str], str]:
+    """(type, id) -> name of the sources, policies, groups, projects and dashboards events
+    are about: one query per type present."""
+    wanted: dict[str, set[str]] = {}
+    for e in events:
+        if e.target_type in NAMED_TARGETS and e.target_id:
+            wanted.setdefault(e.target_type, set()).add(e.target_id)
+    names: dict[tuple[str, str], str] = {}
+    for kind, ids in wanted.items():
+        model = NAMED_TARGETS[kind][0]
+        query = select(model.id, model.name).where(model.org_id == org_id, model.id.in_(sorted(ids)))
+        names.update({(kind, id_): name for id_, name in session.execute(query).all()})
+    return names
+
+
+def target_href(event: AuditEvent, names: dict[tuple[str, str], str]) -> str | None:
+    """The page of an event's target, while it still exists."""
+    if event.target_type == "api_key" and event.target_id:
+        return f"/audit/keys/{event.target_id}"
+    known = NAMED_TARGETS.get(event.target_type or "")
+    if known and (event.target_type, event.target_id) in names:
+        return known[2].format(event.target_id)
+    return None
+
+
 def actor_label(event: AuditEvent, users: dict[str, str], keys: dict[str, str]) -> str:
     if event.actor_type == "user":
         return users.get(event.actor_id, event.actor_id)
@@ -148,18 +215,25 @@ def actor_label(event: AuditEvent, users: dict[str, str], keys: dict[str, str]) 
     return "operator (CLI)" if event.actor_id == "cli" else event.actor_id
 
 
-def target_label(event: AuditEvent, users: dict[str, str], keys: dict[str, str]) -> str:
+def target_label(
+    event: AuditEvent, users: dict[str, str], keys: dict[str, str], names: dict[tuple[str, str], str] | None = None
+) -> str:
     if not event.target_id:
         return ""
     if event.target_type == "user":
         return users.get(event.target_id, event.target_id)
     if event.target_type == "api_key":
         return keys.get(event.target_id, event.target_id)
-    return f"{event.target_type or ''} {event.target_id}".strip()
+    known = NAMED_TARGETS.get(event.target_type or "")
+    if known:
+        name = (names or {}).get((event.target_type or "", event.target_id))
+        return f"{known[1]} {name}" if name else f"{known[1]} {event.target_id} (deleted)"
+    return f"{(event.target_type or '').replace('_', ' ')} {event.target_id}".strip()
 
 
 def event_rows(session, org_id: str, events: list[AuditEvent]) -> list[dict]:
     users, keys = labels(session, org_id, events)
+    names = target_names(session, org_id, events)
     return [
         {
             "id": e.id,
@@ -173,7 +247,8 @@ def event_rows(session, org_id: str, events: list[AuditEvent]) -> list[dict]:
             "key": keys.get(e.key_id, e.key_id) if e.key_id else "",
             "target_type": e.target_type,
             "target_id": e.target_id,
-            "target_label": target_label(e, users, keys),
+            "target_label": target_label(e, users, keys, names),
+            "target_href": target_href(e, names),
             "method": e.method,
             "path": e.path,
             "status": e.status,
@@ -225,23 +300,32 @@ def audit_page(
     since: str | None = DateQ(),
     until: str | None = DateQ(),
     after: str | None = Id(),
+    before: str | None = Id(),
 ):
     f = Filters(key_id, user_id, action, since, until).clean()
     _flush_journal(request)
-    error, status, events = None, 200, []
+    error, status, events, chart = None, 200, [], None
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         try:
-            events = fetch(session, viewer.org.id, f, limit=PAGE_SIZE, after=after)
+            events = fetch(session, viewer.org.id, f, limit=PAGE_SIZE, after=after, before=None if after else before)
+            chart = events_chart(session, viewer.org.id, f)
         except TidegateError as exc:
             error, status = exc.message, exc.status
         more = len(events) > PAGE_SIZE
-        events = events[:PAGE_SIZE]
+        if before and not after:
+            newer, older = more, True
+            events = events[-PAGE_SIZE:]
+        else:
+            newer, older = bool(after), more
+            events = events[:PAGE_SIZE]
         context = {
             "title": "Audit log",
             "filters": f,
             "events": event_rows(session, viewer.org.id, events),
-            "next_query": {**f.query(), "after": events[-1].id} if more and events else None,
+            "next_query": {**f.query(), "after": events[-1].id} if older and events else None,
+            "previous_query": {**f.query(), "before": events[0].id} if newer and events else None,
+            "chart": chart,
             "export_query": f.query(),
             "error": error,
             **filter_choices(session, viewer.org.id),
@@ -332,6 +416,7 @@ def key_activity(
     request: Request,
     key_id: str = Path(max_length=100),
     after: str | None = Id(),
+    before: str | None = Id(),
     notice: str | None = Query(None, max_length=40),
 ):
     _flush_journal(request)
@@ -341,9 +426,15 @@ def key_activity(
             key = keys_service.get_key(session, viewer.principal, key_id)
         except TidegateError as exc:
             raise PageError(exc.status, "Key not found", exc.message, viewer) from None
-        requests = list_events(session, viewer.org.id, limit=PAGE_SIZE, after=after, key_id=key.id)
+        before = None if after else before
+        requests = list_events(session, viewer.org.id, limit=PAGE_SIZE, after=after, before=before, key_id=key.id)
         more = len(requests) > PAGE_SIZE
-        requests = requests[:PAGE_SIZE]
+        if before:
+            newer, older = more, True
+            requests = requests[-PAGE_SIZE:]
+        else:
+            newer, older = bool(after), more
+            requests = requests[:PAGE_SIZE]
         lifecycle = list_events(session, viewer.org.id, limit=100, target_id=key.id)
         creator = session.get(User, key.created_by)
         context = {
@@ -362,10 +453,43 @@ def key_activity(
             },
             "requests": event_rows(session, viewer.org.id, requests),
             "lifecycle": event_rows(session, viewer.org.id, lifecycle[:100]),
-            "next_after": requests[-1].id if more and requests else None,
+            "next_after": requests[-1].id if older and requests else None,
+            "previous_before": requests[0].id if newer and requests else None,
+            **activity_context(session, viewer.org.id, key.id),
             "insights": (found := key_insights(session, key)),
             "source_names": {u.source_id: u.name for u in found.sources if u.name},
             "can_apply": viewer.can(Scope.KEYS_MANAGE) and key.status_at(utcnow()) == "active",
             "notice": APPLIED.get(notice or ""),
         }
     return page(request, "audit_key.html", context, viewer=viewer, current="/audit")
+
+
+def activity_context(session, org_id: str, key_id: str) -> dict:
+    """The key's last 30 days as pictures: requests per day (accepted, refused), and the
+    sources (by name, linked) and client IPs it used most."""
+    now = utcnow()
+    span = Window("last_30_days", now - timedelta(days=CHART_DAYS), now)
+    activity = key_activity_of(session, org_id, key_id, span)
+    days = span.days()
+    refused = [activity.by_day[d].refused if d in activity.by_day else 0 for d in days]
+    requests = [activity.by_day[d].requests if d in activity.by_day else 0 for d in days]
+    source_ids = [s for s, _ in activity.top_sources]
+    names = (
+        dict(
+            session.execute(
+                select(Source.id, Source.name).where(Source.org_id == org_id, Source.id.in_(source_ids))
+            ).all()
+        )
+        if source_ids
+        else {}
+    )
+    return {
+        "chart": {
+            "labels": days,
+            "accepted": [n - r for n, r in zip(requests, refused, strict=True)],
+            "refused": refused,
+        },
+        "chart_totals": {"accepted": sum(requests) - sum(refused), "refused": sum(refused)},
+        "top_sources": [(s, names.get(s), t) for s, t in activity.top_sources],
+        "top_ips": activity.top_ips,
+    }

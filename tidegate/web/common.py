@@ -9,8 +9,10 @@ affected: they keep their JSON errors.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
@@ -206,3 +208,31 @@ def required_text(form: FormData, name: str, message: str) -> str:
     if not value:
         raise InvalidRequest("missing_field", message)
     return value
+
+
+@dataclass(frozen=True)
+class CursorPage:
+    """One page of a list paged by id both ways: its rows, and the cursors of the pages after
+    (`next_after`) and before it (`previous_before`), None at either end."""
+
+    rows: list[Any]
+    next_after: str | None
+    previous_before: str | None
+
+    @classmethod
+    def of(cls, fetched: Sequence[Any], size: int, *, after: str | None, before: str | None) -> CursorPage:
+        """`fetched` as a list function returns it: up to size+1 rows, by id, after `after`
+        or just before `before` (the extra row says there is more that way)."""
+        more = len(fetched) > size
+        if before and not after:
+            rows = list(fetched[-size:]) if more else list(fetched)
+            return cls(rows, rows[-1].id if rows else None, rows[0].id if more and rows else None)
+        rows = list(fetched[:size])
+        return cls(rows, rows[-1].id if more and rows else None, rows[0].id if after and rows else None)
+
+
+def field_error(exc: TidegateError, fields: dict[str, str], plain: dict[str, str] | None = None) -> dict[str, str]:
+    """A refusal as a form shows it: the field it is about (`fields`: code -> field name; ""
+    above the form when none), in plain words where the API's message would name wire fields
+    (`plain`: code -> message)."""
+    return {"field": fields.get(exc.code, ""), "message": (plain or {}).get(exc.code, exc.message)}

@@ -32,6 +32,7 @@ from tidegate.http import client_ip, redact_secrets, request_context
 from tidegate.orgs.models import Organization, User
 from tidegate.web.common import (
     FORM,
+    CursorPage,
     PageError,
     as_page,
     db,
@@ -71,12 +72,17 @@ def _json_block(value: Any) -> str:
 
 
 @router.get("/dashboards")
-def dashboards_page(request: Request, after: str | None = Query(None, max_length=100)):
+def dashboards_page(
+    request: Request,
+    after: str | None = Query(None, max_length=100),
+    before: str | None = Query(None, max_length=100),
+):
     with db(request) as session:
         viewer = signed_in(request, session, READ)
-        rows = dashboards.list_dashboards(session, viewer.principal, limit=PAGE_SIZE, after=after)
-        more = len(rows) > PAGE_SIZE
-        rows = rows[:PAGE_SIZE]
+        before = None if after else before
+        fetched = dashboards.list_dashboards(session, viewer.principal, limit=PAGE_SIZE, after=after, before=before)
+        paged = CursorPage.of(fetched, PAGE_SIZE, after=after, before=before)
+        rows = paged.rows
         counts = dashboards.widget_counts(session, [d.id for d in rows])
         owners = _emails(session, [d.created_by for d in rows])
         items = [
@@ -94,7 +100,8 @@ def dashboards_page(request: Request, after: str | None = Query(None, max_length
             "title": "Dashboards",
             "dashboards": items,
             "can_write": viewer.can(WRITE),
-            "next_after": rows[-1].id if more and rows else None,
+            "next_after": paged.next_after,
+            "previous_before": paged.previous_before,
         }
     return page(request, "dashboards.html", context, viewer=viewer)
 

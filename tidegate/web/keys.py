@@ -15,6 +15,8 @@ from fastapi import Path, Query, Request
 from sqlalchemy import select
 from starlette.datastructures import FormData
 
+from tidegate.access.sources import visible_sources_query
+from tidegate.catalog.models import Source
 from tidegate.core.scopes import (
     DATA_ACCESS_SCOPES,
     PRESET_DATA_ACCESS,
@@ -32,12 +34,23 @@ from tidegate.db.base import utcnow
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.orgs.models import Organization, User
-from tidegate.web.common import FORM, PageError, db, router, settings_of, signed_in, signed_in_to_change, text
+from tidegate.web.common import (
+    FORM,
+    PageError,
+    db,
+    field_error,
+    router,
+    settings_of,
+    signed_in,
+    signed_in_to_change,
+    text,
+)
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
 MANAGE = Scope.KEYS_MANAGE
-PAGE_SIZE = 100
+PAGE_SIZE = 50
+PICKER_SOURCES = 500  # the source restriction offers at most this many (most recently updated)
 
 
 def KeyId():
@@ -45,12 +58,59 @@ def KeyId():
 
 
 EXPIRATIONS = (
-    ("never", "No expiration"),
     ("30", "30 days"),
     ("60", "60 days"),
     ("90", "90 days"),
     ("date", "On a date…"),
+    ("never", "No expiration"),
 )
+DEFAULT_EXPIRATION = "90"
+STATUS_FILTERS = (("", "Any status"), ("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked"))
+SORT_LABELS = {"name": "Name", "created": "Created", "last_used": "Last used", "expires": "Expires"}
+
+# What each permission lets a key do, in plain words (per resource, as SCOPE_GROUPS groups them).
+SCOPE_WORDS: dict[str, str] = {
+    Scope.PROJECTS_READ: "See projects and their results",
+    Scope.PROJECTS_WRITE: "Create, change, run and delete projects",
+    Scope.DASHBOARDS_READ: "See dashboards",
+    Scope.DASHBOARDS_WRITE: "Create, change and delete dashboards and their links",
+    Scope.DATA_READ: "Read rows from data sources",
+    Scope.DATA_WRITE: "Write rows to data sources",
+    Scope.SOURCES_READ: "List data sources and their columns",
+    Scope.SOURCES_WRITE: "Create, change, share and delete data sources",
+    Scope.FILES_READ: "List and download files",
+    Scope.FILES_WRITE: "Change files",
+    Scope.FILES_UPLOAD: "Upload files",
+    Scope.FILES_DELETE: "Delete files",
+    Scope.USERS_READ: "See the people in the organization",
+    Scope.USERS_WRITE: "Add people, change their roles, deactivate them",
+    Scope.KEYS_MANAGE: "Create, rotate and revoke API keys",
+    Scope.POLICIES_READ: "See access policies and groups",
+    Scope.POLICIES_WRITE: "Create, change and assign access policies and groups",
+    Scope.PERMISSIONS_READ: "See who things are shared with",
+    Scope.PERMISSIONS_WRITE: "Share and unshare projects, dashboards and sources",
+    Scope.EMBED_SESSION_CREATE: "Start embed sessions on behalf of people",
+    Scope.USAGE_READ: "See usage numbers",
+    Scope.AUDIT_READ: "Read the audit log",
+    Scope.ORG_READ: "See organization settings",
+    Scope.ORG_WRITE: "Change organization settings",
+}
+
+# Which field of the create form a refusal is about, and what to say there in plain words
+# (the API's messages name wire fields: rate_limit_per_minute, expires_in_days...).
+FIELD_OF_CODE = {
+    "invalid_name": "name",
+    "invalid_preset": "access",
+    "invalid_scopes": "access",
+    "invalid_scope": "access",
+    "invalid_expiry": "expiration",
+    "invalid_rate_limit": "rate_limit",
+    "invalid_source_scope": "sources",
+}
+PLAIN_WORDS = {
+    "invalid_name": "Give the key a name of 1 to 200 characters.",
+    "invalid_rate_limit": f"Enter a rate limit between 1 and {service.MAX_RATE_LIMIT:,} requests per minute.",
+}
 GRACE_PERIODS = (
     ("0", "Revoke the old key now"),
     ("3600", "Keep the old key working for 1 hour"),
@@ -69,9 +129,9 @@ class CreateForm:
     name: str = ""
     access: str = PRESET_DATA_ACCESS
     scopes: list[str] = field(default_factory=list)
-    expiration: str = "never"
+    expiration: str = DEFAULT_EXPIRATION
     expiration_date: str = ""
-    source_ids: str = ""
+    source_ids: list[str] = field(default_factory=list)
     rate_limit: str = str(service.DEFAULT_RATE_LIMIT)
 
     @classmethod
@@ -80,17 +140,21 @@ class CreateForm:
         scopes = [s for s in raw if isinstance(s, str) and len(s) <= 100]
         if len(raw) > 100 or len(scopes) != len(raw):  # a file part or an overlong value
             raise PageError(400, "Bad request", "Too many or malformed scopes.")
+        raw_sources = form.getlist("source_ids")
+        source_ids = [s for s in raw_sources if isinstance(s, str) and len(s) <= 200]
+        if len(raw_sources) > PICKER_SOURCES or len(source_ids) != len(raw_sources):
+            raise PageError(400, "Bad request", "Too many or malformed sources.")
         return cls(
             name=text(form, "name", 300),
             access=text(form, "access", 40),
             scopes=scopes,
             expiration=text(form, "expiration", 40),
             expiration_date=text(form, "expiration_date", 40),
-            source_ids=text(form, "source_ids", 20_000),
+            source_ids=source_ids,
             rate_limit=text(form, "rate_limit", 20),
         )
 
-    def key_request(self, viewer: Viewer) -> service.KeyRequest:
+    def key_request(self, session, viewer: Viewer) -> service.KeyRequest:
         if self.access in (PRESET_FULL_ACCESS, PRESET_DATA_ACCESS):
             scopes = preset_scopes(self.access, viewer.user.role)
         elif self.access == "custom":
@@ -104,7 +168,7 @@ class CreateForm:
             scopes=scopes,
             expires_in_days=self.expires_in_days(),
             rate_limit_per_minute=self.rate_limit_per_minute(),
-            source_scope=self.source_scope(),
+            source_scope=self.source_scope(session, viewer),
         )
 
     def expires_in_days(self) -> int | None:
@@ -116,11 +180,13 @@ class CreateForm:
             try:
                 day = date.fromisoformat(self.expiration_date)
             except ValueError:
-                raise InvalidRequest("invalid_expiry", "Enter the expiration date as YYYY-MM-DD.") from None
+                raise InvalidRequest(
+                    "invalid_expiry", "That is not a date: pick the expiration date in the calendar."
+                ) from None
             days = (day - utcnow().date()).days
             if not 1 <= days <= service.MAX_EXPIRY_DAYS:
                 raise InvalidRequest(
-                    "invalid_expiry", "The expiration date must be between tomorrow and ten years from now."
+                    "invalid_expiry", "Pick an expiration date between tomorrow and ten years from now."
                 )
             return days
         raise InvalidRequest("invalid_expiry", "Choose an expiration.")
@@ -129,16 +195,41 @@ class CreateForm:
         if not self.rate_limit:
             return None
         if not re.fullmatch(r"\d{1,9}", self.rate_limit):
-            raise InvalidRequest("invalid_rate_limit", "The rate limit must be a whole number of requests per minute.")
+            raise InvalidRequest("invalid_rate_limit", PLAIN_WORDS["invalid_rate_limit"])
         return int(self.rate_limit)
 
-    def source_scope(self) -> dict | None:
-        ids = [s for s in re.split(r"[\s,]+", self.source_ids) if s]
-        if not ids:
+    def source_scope(self, session, viewer: Viewer) -> dict | None:
+        """Only sources the creator may open now: anything else is refused by name."""
+        if not self.source_ids:
             return None
-        if len(ids) > 1000 or any(len(s) > 200 for s in ids):
-            raise InvalidRequest("invalid_source_scope", "Too many or too long source ids.")
-        return {"mode": "selected", "source_ids": ids}
+        wanted = set(self.source_ids)
+        found = set(
+            session.scalars(
+                visible_sources_query(session, viewer.principal)
+                .where(Source.id.in_(sorted(wanted)))
+                .with_only_columns(Source.id)
+            )
+        )
+        unknown = sorted(wanted - found)
+        if unknown:
+            raise InvalidRequest(
+                "invalid_source_scope",
+                f"You cannot restrict a key to {', '.join(unknown)}: no source you may open has that id.",
+            )
+        return {"mode": "selected", "source_ids": sorted(wanted)}
+
+
+def source_choices(session, viewer: Viewer) -> list[tuple[str, str]]:
+    """The sources a key of this viewer may be restricted to: those the viewer may open."""
+    if not viewer.can(Scope.SOURCES_READ):
+        return []
+    query = (
+        visible_sources_query(session, viewer.principal)
+        .with_only_columns(Source.id, Source.name)
+        .order_by(Source.updated_at.desc(), Source.id)
+        .limit(PICKER_SOURCES)
+    )
+    return [(id_, name) for id_, name in session.execute(query).all()]
 
 
 def offered_groups(viewer: Viewer) -> list[tuple[str, list[Scope]]]:
@@ -243,8 +334,22 @@ def unused_key_days(session, viewer: Viewer) -> int:
     return org.unused_key_days if org is not None else DEFAULT_UNUSED_KEY_DAYS
 
 
+def _restricted_to(key: ApiKey) -> list[str]:
+    scope = key.source_scope or {}
+    return list(scope.get("source_ids") or []) if scope.get("mode") == "selected" else []
+
+
+def _source_names(session, org_id: str, keys: list[ApiKey]) -> dict[str, str]:
+    ids = {s for k in keys for s in _restricted_to(k)}
+    if not ids:
+        return {}
+    query = select(Source.id, Source.name).where(Source.org_id == org_id, Source.id.in_(sorted(ids)))
+    return dict(session.execute(query).all())
+
+
 def _key_rows(session, viewer: Viewer, keys: list[ApiKey]) -> list[dict]:
     emails = _creators(session, keys)
+    names = _source_names(session, viewer.org.id, keys)
     now = utcnow()
     new_ips = _new_addresses(session, keys, now)
     replaced = _replaced_prefixes(session, keys)
@@ -263,6 +368,8 @@ def _key_rows(session, viewer: Viewer, keys: list[ApiKey]) -> list[dict]:
             "expires_at": k.expires_at,
             "status": k.status_at(now),
             "source_scope": k.source_scope,
+            # (id, name or None when the source is gone): shown as links by name
+            "sources": [(s, names.get(s)) for s in _restricted_to(k)],
             "rate_limit": k.rate_limit_per_minute,
             "own": k.created_by == viewer.user.id,
             "retiring": k.rotated_to_key_id is not None,  # (rotated once: its replacement rotates next)
@@ -308,24 +415,78 @@ def attention(session, viewer: Viewer) -> dict[str, list[dict]]:
     }
 
 
-def keys_context(session, viewer: Viewer, *, q: str | None = None, after: str | None = None) -> dict:
-    rows = service.list_keys(session, viewer.principal, limit=PAGE_SIZE, after=after, search=q or None)
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+@dataclass(frozen=True)
+class ListView:
+    """How the key list is searched, filtered, sorted and paged: the page's query string."""
+
+    q: str = ""
+    status: str = ""
+    sort: str = "created"
+    order: str = "desc"
+    page: int = 1
+
+    def query(self, **changes: object) -> dict[str, str]:
+        """The query string of this view with `changes`, leaving out defaults."""
+        values = {**vars(self), **changes}
+        defaults = vars(ListView())
+        return {k: str(v) for k, v in values.items() if v != defaults[k]}
+
+    def sort_link(self, column: str) -> dict[str, str]:
+        """Sorting by `column`: flips the order when it is the current sort (newest first otherwise)."""
+        if column == self.sort:
+            return self.query(order="asc" if self.order == "desc" else "desc", page=1)
+        return self.query(sort=column, order="asc" if column == "name" else "desc", page=1)
+
+    def aria_sort(self, column: str) -> str:
+        if column != self.sort:
+            return "none"
+        return "descending" if self.order == "desc" else "ascending"
+
+
+def list_view(q: str | None, status: str | None, sort: str | None, order: str | None, page_: int) -> ListView:
+    if status and status not in {s for s, _ in STATUS_FILTERS}:
+        raise InvalidRequest("invalid_status", "Filter by Active, Expired or Revoked.")
+    if sort and sort not in SORT_LABELS:
+        raise InvalidRequest("invalid_sort", f"Sort by {', '.join(SORT_LABELS.values())}.")
+    if order and order not in ("asc", "desc"):
+        raise InvalidRequest("invalid_order", "Order is asc or desc.")
+    return ListView(q=q or "", status=status or "", sort=sort or "created", order=order or "desc", page=page_)
+
+
+def keys_context(session, viewer: Viewer, view: ListView | None = None) -> dict:
+    view = view or ListView()
+    rows, total = service.page_of_keys(
+        session,
+        viewer.principal,
+        sort=view.sort,
+        descending=view.order == "desc",
+        offset=(view.page - 1) * PAGE_SIZE,
+        limit=PAGE_SIZE,
+        search=view.q or None,
+        status=view.status or None,
+    )
+    pages = max(1, -(-total // PAGE_SIZE))
     return {
         "title": "API Keys",
         "keys": _key_rows(session, viewer, rows),
         "attention": attention(session, viewer),
-        "next_after": rows[-1].id if more and rows else None,
-        "q": q or "",
+        "view": view,
+        "total": total,
+        "pages": pages,
+        "sort_labels": SORT_LABELS,
+        "status_filters": STATUS_FILTERS,
+        "q": view.q,
         "creation_enabled": viewer.org.api_key_creation_enabled,
         "groups": offered_groups(viewer),
+        "scope_words": SCOPE_WORDS,
+        "source_choices": source_choices(session, viewer),
         "offer_data_access": DATA_ACCESS_SCOPES <= viewer.principal.scopes,
         "expirations": EXPIRATIONS,
         "grace_periods": GRACE_PERIODS,
         "max_date": (utcnow().date() + timedelta(days=service.MAX_EXPIRY_DAYS)).isoformat(),
         "min_date": (utcnow().date() + timedelta(days=1)).isoformat(),
         "form": CreateForm(),
+        "form_error": None,
         "is_admin_view": viewer.principal.is_admin,
     }
 
@@ -357,12 +518,19 @@ def settings_home(request: Request):
 def keys_page(
     request: Request,
     q: str | None = Query(None, max_length=200),
-    after: str | None = Query(None, max_length=100),
+    status: str | None = Query(None, max_length=20),
+    sort: str | None = Query(None, max_length=20),
+    order: str | None = Query(None, max_length=4),
+    page_: int = Query(1, alias="page", ge=1, le=100_000),
     notice: str | None = Query(None, max_length=40),
 ):
     with db(request) as session:
         viewer = signed_in(request, session, MANAGE)
-        context = keys_context(session, viewer, q=q, after=after)
+        try:
+            view = list_view(q, status, sort, order, page_)
+        except TidegateError as exc:
+            raise PageError(exc.status, "Bad request", exc.message, viewer) from None
+        context = keys_context(session, viewer, view)
     return page(request, "keys.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer)
 
 
@@ -375,7 +543,7 @@ def create_key(request: Request, form: FormData = FORM):
             created = service.create_key(
                 session,
                 viewer.principal,
-                values.key_request(viewer),
+                values.key_request(session, viewer),
                 pepper=settings_of(request).pepper,
                 context=request_context(request),
                 via="web",
@@ -389,7 +557,7 @@ def create_key(request: Request, form: FormData = FORM):
         return page(
             request,
             "keys.html",
-            {**context, "form": values, "create_error": exc.message},
+            {**context, "form": values, "form_error": field_error(exc, FIELD_OF_CODE, PLAIN_WORDS)},
             viewer=viewer,
             status=exc.status,
         )

@@ -16,7 +16,7 @@ from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.orgs import service
 from tidegate.orgs.models import User
-from tidegate.web.common import FORM, PageError, db, router, signed_in, signed_in_to_change, text
+from tidegate.web.common import FORM, PageError, db, field_error, router, signed_in, signed_in_to_change, text
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
@@ -72,6 +72,22 @@ def people_page(request: Request, notice: str | None = Query(None, max_length=40
     return page(request, "people.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer)
 
 
+# The add-user form: which field a refusal is about, and plain words for the API's.
+ADD_USER_FIELDS = {
+    "invalid_email": "email",
+    "missing_field": "email",
+    "user_exists": "email",
+    "weak_password": "password",
+    "invalid_role": "role",
+}
+ADD_USER_WORDS = {
+    "missing_field": "Enter their email address.",
+    "invalid_email": "That is not an email address: check it and try again.",
+    "user_exists": "Someone with this email address is already in the organization.",
+    "invalid_role": "Choose Admin or Member.",
+}
+
+
 @router.post("/settings/people")
 def add_person(request: Request, form: FormData = FORM):
     values = {
@@ -100,7 +116,7 @@ def add_person(request: Request, form: FormData = FORM):
                 context=request_context(request),
             )
     except TidegateError as exc:
-        return _people_error(request, exc, add_error=exc.message, new_user=values)
+        return _people_error(request, exc, add_error=field_error(exc, ADD_USER_FIELDS, ADD_USER_WORDS), new_user=values)
     return redirect("/settings/people?notice=added")
 
 

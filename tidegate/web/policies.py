@@ -41,6 +41,7 @@ from tidegate.web.common import (
     signed_in_to_change,
     text,
 )
+from tidegate.web.names import linked
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 from tidegate.web.sources import PREVIEW_ROWS, RESTRICTED_VIEWER, Preview
@@ -329,7 +330,7 @@ def user_preview(session, viewer: Viewer, user_id: str, source_id: str, page_num
         page=page_number,
         where=view.where_clause,
         effective=view.effective_access,
-        reasons=view.reasons,
+        reasons=linked(session, viewer, view.reasons),
         policy_names=[names.get(p, p) for p in view.policy_ids],
     )
     if permission_of(session, user, source) is None:

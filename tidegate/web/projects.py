@@ -30,7 +30,17 @@ from tidegate.data import service as data_service
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.orgs.models import User
-from tidegate.web.common import FORM, as_page, db, router, settings_of, signed_in, signed_in_to_change, text
+from tidegate.web.common import (
+    FORM,
+    CursorPage,
+    as_page,
+    db,
+    router,
+    settings_of,
+    signed_in,
+    signed_in_to_change,
+    text,
+)
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
@@ -78,10 +88,13 @@ def _me(session, viewer: Viewer) -> User:
 # -- the list ------------------------------------------------------------------------------
 
 
-def projects_context(session, viewer: Viewer, limits: QueryLimits, *, after: str | None = None) -> dict:
-    rows = projects.list_projects(session, viewer.principal, limit=PAGE_SIZE, after=after)
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+def projects_context(
+    session, viewer: Viewer, limits: QueryLimits, *, after: str | None = None, before: str | None = None
+) -> dict:
+    before = None if after else before
+    fetched = projects.list_projects(session, viewer.principal, limit=PAGE_SIZE, after=after, before=before)
+    paged = CursorPage.of(fetched, PAGE_SIZE, after=after, before=before)
+    rows = paged.rows
     owners = _emails(session, [p.created_by for p in rows])
     me = _me(session, viewer)
     items = [
@@ -100,7 +113,8 @@ def projects_context(session, viewer: Viewer, limits: QueryLimits, *, after: str
     return {
         "title": "Projects",
         "projects": items,
-        "next_after": rows[-1].id if more and rows else None,
+        "next_after": paged.next_after,
+        "previous_before": paged.previous_before,
         "can_write": viewer.can(WRITE),
         "form": {"name": "", "description": ""},
     }
@@ -108,11 +122,14 @@ def projects_context(session, viewer: Viewer, limits: QueryLimits, *, after: str
 
 @router.get("/projects")
 def projects_page(
-    request: Request, after: str | None = Query(None, max_length=100), notice: str | None = Query(None, max_length=40)
+    request: Request,
+    after: str | None = Query(None, max_length=100),
+    before: str | None = Query(None, max_length=100),
+    notice: str | None = Query(None, max_length=40),
 ):
     with db(request) as session:
         viewer = signed_in(request, session, READ)
-        context = projects_context(session, viewer, settings_of(request).query_limits, after=after)
+        context = projects_context(session, viewer, settings_of(request).query_limits, after=after, before=before)
     return page(request, "projects.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer)
 
 

@@ -41,6 +41,7 @@ from tidegate.orgs.models import User
 from tidegate.web.common import (
     FORM,
     UPLOAD_FORM,
+    CursorPage,
     as_page,
     db,
     router,
@@ -49,6 +50,7 @@ from tidegate.web.common import (
     signed_in_to_change,
     text,
 )
+from tidegate.web.names import linked
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
@@ -92,10 +94,11 @@ def can_upload(viewer: Viewer) -> bool:
 # -- the list ------------------------------------------------------------------------------
 
 
-def sources_context(session, viewer: Viewer, *, after: str | None = None) -> dict:
-    rows = data_service.list_sources(session, viewer.principal, limit=PAGE_SIZE, after=after)
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+def sources_context(session, viewer: Viewer, *, after: str | None = None, before: str | None = None) -> dict:
+    before = None if after else before
+    fetched = data_service.list_sources(session, viewer.principal, limit=PAGE_SIZE, after=after, before=before)
+    paged = CursorPage.of(fetched, PAGE_SIZE, after=after, before=before)
+    rows = paged.rows
     owners = _emails(session, [s.created_by for s in rows])
     items = []
     for source in rows:
@@ -116,7 +119,8 @@ def sources_context(session, viewer: Viewer, *, after: str | None = None) -> dic
     return {
         "title": "Sources",
         "sources": items,
-        "next_after": rows[-1].id if more and rows else None,
+        "next_after": paged.next_after,
+        "previous_before": paged.previous_before,
         "can_upload": can_upload(viewer),
         "max_upload_mb": get_limits().max_upload_bytes // (1024 * 1024),
         "upload_name": "",
@@ -125,11 +129,14 @@ def sources_context(session, viewer: Viewer, *, after: str | None = None) -> dic
 
 @router.get("/sources")
 def sources_page(
-    request: Request, after: str | None = Query(None, max_length=100), notice: str | None = Query(None, max_length=40)
+    request: Request,
+    after: str | None = Query(None, max_length=100),
+    before: str | None = Query(None, max_length=100),
+    notice: str | None = Query(None, max_length=40),
 ):
     with db(request) as session:
         viewer = signed_in(request, session, READ)
-        context = sources_context(session, viewer, after=after)
+        context = sources_context(session, viewer, after=after, before=before)
     return page(request, "sources.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer)
 
 
@@ -259,7 +266,7 @@ def preview_as_viewer(session, viewer: Viewer, mine: SourceAccess, page_number: 
         page=page_number,
         where=seen.explanation.where_clause,
         effective=seen.explanation.effective_access,
-        reasons=seen.explanation.reasons,
+        reasons=linked(session, viewer, seen.explanation.reasons),
     )
     preview.show_columns(seen.access, mine, seen.explanation.row_filter.column_rules)
     return preview
@@ -294,7 +301,7 @@ def preview_as_key(session, viewer: Viewer, mine: SourceAccess, key_id: str, pag
     preview.show_columns(seen.access, mine, seen.explanation.row_filter.column_rules)
     preview.where = seen.explanation.where_clause
     preview.effective = seen.explanation.effective_access
-    preview.reasons = seen.explanation.reasons
+    preview.reasons = linked(session, viewer, seen.explanation.reasons)
     return preview
 
 
@@ -378,9 +385,11 @@ def source_page(
         viewer = signed_in(request, session, READ)
         access = _open(session, viewer, source_id)
         context = source_context(session, viewer, access, view_as=view_as, page_number=page_number)
-    return page(
-        request, "source.html", {**context, "notice": NOTICES.get(notice or "")}, viewer=viewer, current="/sources"
-    )
+    said = NOTICES.get(notice or "")
+    if notice == "uploaded":
+        rows = context["row_count"]
+        said = f"The file was uploaded and the source created: {rows:,} row{'s' if rows != 1 else ''}."
+    return page(request, "source.html", {**context, "notice": said}, viewer=viewer, current="/sources")
 
 
 def _source_error(request: Request, source_id: str, exc: TidegateError):
