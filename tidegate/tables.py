@@ -19,5 +19,5 @@ from tidegate.catalog.models import File, Source, SourceShare, SourceVersion  # 
 from tidegate.credentials.models import ApiKey  # noqa: F401
 from tidegate.db.base import Base  # noqa: F401
 from tidegate.db.jobs import ClusterJob  # noqa: F401
-from tidegate.orgs.models import Organization, User  # noqa: F401
+from tidegate.orgs.models import EpochAck, EpochLease, Organization, User  # noqa: F401
 from tidegate.web.models import WebSession  # noqa: F401

@@ -39,6 +39,7 @@ from tidegate.audit import shipper
 from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
+from tidegate.orgs.epochwatch import EpochWatch
 from tidegate.credentials.usage import record_last_use
 from tidegate.data import connectors, egress, engine, live, querypool, sandbox
 from tidegate.data.maintenance import PeriodicCollector
@@ -154,7 +155,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         collector.start()
         scheduled_syncs.start()
         querypool.pool_for(settings.query_limits)  # its worker processes start now, not on the first query
+        leases = None
+        if key_cache.epochs is not None and settings.epoch_lease_seconds > 0:  # PostgreSQL
+            leases = key_cache.leases = EpochWatch(settings.database_url, settings.epoch_lease_seconds)
+            leases.start()  # until it holds its lease, epochs are read per request
         yield
+        if leases is not None:
+            key_cache.leases = None
+            leases.close()
         scheduled_syncs.close()
         collector.close()
         journal.close()
@@ -170,7 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.journal = journal
-    app.state.key_cache = KeyCache(settings.database_url)
+    app.state.key_cache = key_cache = KeyCache(settings.database_url)
     app.state.signin_throttle = SigninThrottle.for_redis_url(settings.redis_url)  # built now, not per request
     app.state.ready_checks = health.checks_for(settings)
 

@@ -10,16 +10,45 @@ doubt, bump.
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import Connection, event, update
 from sqlalchemy.orm import Session
 
+from tidegate.orgs import epochwatch
 from tidegate.orgs.models import Organization
 
 
+BUMPED = "tidegate_bumped_epochs"  # session.info: {org_id: epoch written by this transaction}
+
+
 def bump_access_epoch(session: Session, org_id: str) -> None:
-    session.execute(
+    epoch = session.execute(
         update(Organization)
         .where(Organization.id == org_id)
         .values(access_epoch=Organization.access_epoch + 1)
+        .returning(Organization.access_epoch)
         .execution_options(synchronize_session=False)
-    )
+    ).scalar_one_or_none()
+    if epoch is not None:
+        # On PostgreSQL, once the transaction commits, it waits until every process answering
+        # from its own copy of the epochs has applied this one (`orgs.epochwatch`).
+        bumped = session.info.setdefault(BUMPED, {})
+        bumped[org_id] = max(epoch, bumped.get(org_id, 0))
+
+
+@event.listens_for(Session, "after_commit")
+def _wait_until_applied(session: Session) -> None:
+    """PostgreSQL: a transaction that bumped epochs returns only once every serving process
+    holding an epoch lease has applied them (`orgs.epochwatch`): the next request anywhere
+    sees the change, with no round trip of its own."""
+    bumped = session.info.pop(BUMPED, None)
+    if not bumped:
+        return
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    if engine.dialect.name == "postgresql":
+        epochwatch.wait_for_acks(engine, bumped)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_bumps(session: Session) -> None:
+    session.info.pop(BUMPED, None)
