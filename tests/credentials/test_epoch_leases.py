@@ -15,9 +15,13 @@ import time
 
 import psycopg
 import pytest
+from sqlalchemy import text as sql
+from sqlalchemy import update
 
 from tidegate.credentials import authenticate
 from tidegate.credentials.hashing import hash_secret
+from tidegate.credentials.models import ApiKey
+from tidegate.db.base import utcnow
 from tidegate.db.engine import session_scope
 from tidegate.orgs import epochwatch, service
 from tidegate.orgs.epochwatch import EpochWatch
@@ -88,9 +92,10 @@ def test_a_writer_returns_only_after_every_live_process_applied_its_bump(client,
     finally:
         other.close()
     with raw(settings) as conn:
-        assert conn.execute("SELECT count(*) FROM epoch_leases WHERE process_id = %s", (other.process_id,)).fetchone()[
-            0
-        ] == 0  # given back at close: writers no longer wait for it
+        assert (
+            conn.execute("SELECT count(*) FROM epoch_leases WHERE process_id = %s", (other.process_id,)).fetchone()[0]
+            == 0
+        )  # given back at close: writers no longer wait for it
 
 
 def test_a_writer_waits_out_a_stalled_process_whose_copy_is_then_unusable(client, org, settings, keys):
@@ -111,9 +116,7 @@ def test_a_writer_waits_out_a_stalled_process_whose_copy_is_then_unusable(client
         assert epochwatch.ACK_WAIT_SECONDS <= waited <= stalled.lease_seconds + epochwatch.ACK_WAIT_SECONDS + 1
         # Fenced: its lease row is gone, so a renewal fails and it reads everything again.
         assert (
-            conn.execute(
-                "SELECT count(*) FROM epoch_leases WHERE process_id = %s", (stalled.process_id,)
-            ).fetchone()[0]
+            conn.execute("SELECT count(*) FROM epoch_leases WHERE process_id = %s", (stalled.process_id,)).fetchone()[0]
             == 0
         )
         renewed = conn.execute(
@@ -172,3 +175,27 @@ def test_a_notification_from_anyone_never_lowers_an_epoch(client, org, settings,
         conn.execute(f"NOTIFY {epochwatch.CHANNEL}, '{org.id}:not-a-number'")
     time.sleep(0.2)
     assert keys.leases.leased and keys.leases.known(org.id) == before
+
+
+@pytest.mark.parametrize("how", ["orm update", "text update", "flushed change"])
+def test_a_change_bumped_only_by_the_triggers_is_waited_for_too(client, org, settings, keys, how):
+    """A tidegate transaction that changes a key without calling bump_access_epoch (the
+    triggers of 0013 bump the epoch): the writer still waits for every process to apply it."""
+    secret = org.key_for(org.admin_id, name=f"k-{how}")
+    h = org.headers(secret)
+    assert client.get("/api/v1/keys", headers=h).status_code == 200
+    digest = hash_secret(settings.pepper, secret)
+    stalled = EpochWatch(settings.database_url)  # proves the wait: it never acknowledges
+    with raw(settings) as conn:
+        stalled._register(conn)
+        started = time.monotonic()
+        with session_scope(settings.database_url) as session:
+            if how == "orm update":
+                session.execute(update(ApiKey).where(ApiKey.secret_hash == digest).values(revoked_at=utcnow()))
+            elif how == "text update":
+                session.execute(sql("UPDATE api_keys SET revoked_at = now() WHERE secret_hash = :d"), {"d": digest})
+            else:
+                session.query(ApiKey).filter_by(secret_hash=digest).one().revoked_at = utcnow()
+        assert time.monotonic() - started >= epochwatch.ACK_WAIT_SECONDS and not stalled.leased
+    assert keys.leases.known(org.id) == epoch_of(settings, org.id)  # applied before the writer returned
+    assert code(client.get("/api/v1/keys", headers=h)) == (401, "api_key_revoked")

@@ -39,12 +39,12 @@ from tidegate.audit import shipper
 from tidegate.audit.journal import Journal, brief_error
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
-from tidegate.orgs.epochwatch import EpochWatch
 from tidegate.credentials.usage import record_last_use
 from tidegate.data import connectors, egress, engine, live, querypool, sandbox
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.data.scheduled_sync import SyncScheduler
 from tidegate.errors import TidegateError
+from tidegate.orgs.epochwatch import EpochWatch
 from tidegate.web import routes as web
 from tidegate.web.throttle import SigninThrottle
 from tidegate.wire.common import ErrorOut

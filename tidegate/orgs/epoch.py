@@ -10,12 +10,11 @@ doubt, bump.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, event, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, TextClause, event, text, update
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from tidegate.orgs import epochwatch
 from tidegate.orgs.models import Organization
-
 
 BUMPED = "tidegate_bumped_epochs"  # session.info: {org_id: epoch written by this transaction}
 
@@ -35,16 +34,53 @@ def bump_access_epoch(session: Session, org_id: str) -> None:
         bumped[org_id] = max(epoch, bumped.get(org_id, 0))
 
 
+WROTE = "tidegate_wrote"  # session.info: this transaction may have changed rows
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flush(session: Session, _context: object) -> None:
+    session.info[WROTE] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_write(state: ORMExecuteState) -> None:
+    statement = state.statement
+    if state.is_update or state.is_delete or state.is_insert:
+        state.session.info[WROTE] = True
+    elif isinstance(statement, TextClause) and statement.text.lstrip()[:6].upper() in ("UPDATE", "DELETE", "INSERT"):
+        state.session.info[WROTE] = True
+
+
+@event.listens_for(Session, "before_commit")
+def _collect_bumps(session: Session) -> None:
+    """PostgreSQL: the epochs this transaction bumped through the database's triggers too (a
+    key or user changed by an UPDATE of tidegate's that did not call `bump_access_epoch`),
+    as the trigger of migration 0018 notes them; one query, for transactions that wrote."""
+    engine = _engine_of(session)
+    if engine.dialect.name != "postgresql":
+        return
+    session.flush()  # (commit would flush after this hook: its triggers must have run)
+    if not session.info.pop(WROTE, False):
+        return
+    noted = session.execute(text("SELECT current_setting('tidegate.bumped', true)")).scalar()
+    if noted:
+        bumped = session.info.setdefault(BUMPED, {})
+        for item in noted.split(","):
+            org_id, _, epoch = item.rpartition(":")
+            if org_id:
+                bumped[org_id] = max(int(epoch), bumped.get(org_id, 0))
+
+
 @event.listens_for(Session, "after_commit")
 def _wait_until_applied(session: Session) -> None:
     """PostgreSQL: a transaction that bumped epochs returns only once every serving process
     holding an epoch lease has applied them (`orgs.epochwatch`): the next request anywhere
     sees the change, with no round trip of its own."""
     bumped = session.info.pop(BUMPED, None)
+    session.info.pop(WROTE, None)
     if not bumped:
         return
-    bind = session.get_bind()
-    engine = bind.engine if isinstance(bind, Connection) else bind
+    engine = _engine_of(session)
     if engine.dialect.name == "postgresql":
         epochwatch.wait_for_acks(engine, bumped)
 
@@ -52,3 +88,9 @@ def _wait_until_applied(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _forget_bumps(session: Session) -> None:
     session.info.pop(BUMPED, None)
+    session.info.pop(WROTE, None)
+
+
+def _engine_of(session: Session) -> Engine:
+    bind = session.get_bind()
+    return bind.engine if isinstance(bind, Connection) else bind

@@ -194,7 +194,14 @@ class EpochWatch:
         self._valid_until = 0.0
         started = time.monotonic()
         with conn.transaction():
-            conn.execute("DELETE FROM epoch_acks WHERE process_id = %s", (self.process_id,))
+            # Leftovers of processes gone for a minute (killed: no release), and of fenced ones
+            # (no lease: nobody waits for them; one that comes back registers afresh).
+            conn.execute("DELETE FROM epoch_leases WHERE expires_at < clock_timestamp() - interval '1 minute'")
+            conn.execute(
+                "DELETE FROM epoch_acks a WHERE a.process_id = %s "
+                "OR NOT EXISTS (SELECT 1 FROM epoch_leases l WHERE l.process_id = a.process_id)",
+                (self.process_id,),
+            )
             conn.execute(
                 "INSERT INTO epoch_leases (process_id, expires_at) "
                 "VALUES (%s, clock_timestamp() + make_interval(secs => %s)) "

@@ -22,12 +22,21 @@ depends_on = None
 
 UPGRADE = """
 CREATE FUNCTION tidegate_notify_epoch() RETURNS trigger AS $$
+DECLARE
+    bumped text;
 BEGIN
     IF TG_OP = 'DELETE' THEN
         -- A vanished organization: no cached entry of it may be used again.
         PERFORM pg_notify('tidegate_epoch', OLD.id || ':' || 9223372036854775807);
-    ELSE
-        PERFORM pg_notify('tidegate_epoch', NEW.id || ':' || NEW.access_epoch);
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('tidegate_epoch', NEW.id || ':' || NEW.access_epoch);
+    -- What this transaction bumped (by tidegate or by the triggers of 0013), read by
+    -- tidegate's writer before it commits so that it waits for it (orgs.epoch). One epoch
+    -- per organization is enough: any epoch it wrote is newer than every one cached before.
+    bumped := coalesce(current_setting('tidegate.bumped', true), '');
+    IF position(',' || NEW.id || ':' IN ',' || bumped) = 0 THEN
+        PERFORM set_config('tidegate.bumped', bumped || NEW.id || ':' || NEW.access_epoch || ',', true);
     END IF;
     RETURN NULL;
 END $$ LANGUAGE plpgsql;
