@@ -221,7 +221,7 @@ class EpochWatch:
     def _serve(self, conn: psycopg.Connection) -> None:
         renew_at = time.monotonic() + self.lease_seconds / 4
         while not self._stop.is_set():
-            wait = max(0.0, min(renew_at - time.monotonic(), 0.5))
+            wait = max(0.0, min(renew_at - time.monotonic(), 0.1))  # (0.1: a prompt stop)
             applied: dict[str, int] = {}
             for notify in conn.notifies(timeout=wait, stop_after=1):
                 self._note(notify, applied)
