@@ -199,3 +199,25 @@ def test_a_change_bumped_only_by_the_triggers_is_waited_for_too(client, org, set
         assert time.monotonic() - started >= epochwatch.ACK_WAIT_SECONDS and not stalled.leased
     assert keys.leases.known(org.id) == epoch_of(settings, org.id)  # applied before the writer returned
     assert code(client.get("/api/v1/keys", headers=h)) == (401, "api_key_revoked")
+
+
+def test_a_deleted_organization_never_validates_a_cached_entry_again(client, settings, keys):
+    """Deleted by SQL (tidegate never deletes one): announced with an epoch no entry can reach."""
+    org_id = f"org_gone{time.monotonic_ns()}"
+    with raw(settings) as conn:
+        conn.execute(
+            "INSERT INTO organizations (id, name, created_at, api_key_creation_enabled, access_epoch, "
+            "deny_by_default, max_keys_per_user, user_rate_limit_per_minute, embeds_enabled, "
+            "public_share_links_enabled) VALUES (%s, %s, now(), true, 0, false, 100, 100000, true, false)",
+            (org_id, org_id),
+        )
+        conn.execute("UPDATE organizations SET access_epoch = 7 WHERE id = %s", (org_id,))
+        deadline = time.monotonic() + 5
+        while keys.leases.known(org_id) != 7:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        conn.execute("DELETE FROM organizations WHERE id = %s", (org_id,))
+    deadline = time.monotonic() + 5
+    while keys.leases.known(org_id) != epochwatch.DELETED:
+        assert time.monotonic() < deadline, "the deletion was never announced"
+        time.sleep(0.01)
