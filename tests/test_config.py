@@ -101,6 +101,7 @@ def test_the_readme_table_shows_the_defaults_settings_uses(tmp_path):
     assert (table["TIDEGATE_LOG_LEVEL"], settings.log_level) == ("`info`", "info")
     assert (table["TIDEGATE_ACCESS_LOG"], settings.access_log) == ("`1`", True)
     assert (table["TIDEGATE_AUDIT_FSYNC"], settings.audit_fsync) == ("`0`", False)
+    assert (table["TIDEGATE_EPOCH_LEASE_SECONDS"], settings.epoch_lease_seconds) == ("`2`", 2.0)
     assert (table["TIDEGATE_DATA_MEMORY_LIMIT"], settings.data.memory_limit) == ("`2GB`", "2GB")
     assert (table["TIDEGATE_CONNECTOR_ALLOW"], settings.data.connector_allow) == ("`public`", "")
     assert egress.parse_allowlist(settings.data.connector_allow) == egress.parse_allowlist("public")
@@ -214,3 +215,15 @@ def test_no_module_reads_the_environment_but_config():
         if readers.search(writer.sub("", line)) and "ENV_FLAG" not in line and not line.lstrip().startswith("#")
     ]
     assert found == []
+
+
+@pytest.mark.parametrize("raw, wanted", [("0", 0.0), ("0.5", 0.5), ("10", 10.0), ("", 2.0)])
+def test_the_epoch_lease_length_is_read(tmp_path, raw, wanted):
+    settings = load_settings({"TIDEGATE_HOME": str(tmp_path / "home"), "TIDEGATE_EPOCH_LEASE_SECONDS": raw})
+    assert settings.epoch_lease_seconds == wanted
+
+
+@pytest.mark.parametrize("raw", ["two", "0.1", "-1", "61", "nan"])
+def test_a_bad_epoch_lease_length_stops_the_start(tmp_path, raw):
+    with pytest.raises(SystemExit, match="TIDEGATE_EPOCH_LEASE_SECONDS"):
+        load_settings({"TIDEGATE_HOME": str(tmp_path / "home"), "TIDEGATE_EPOCH_LEASE_SECONDS": raw})

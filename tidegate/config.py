@@ -283,6 +283,9 @@ class Settings:
     # The bearer token /metrics asks for; None: /metrics is off (404 metrics_disabled).
     metrics_token: str | None = None
     notify: NotifySettings = field(default_factory=NotifySettings)
+    # PostgreSQL: each serving process keeps its own copy of the access epochs under a lease of
+    # this length (orgs.epochwatch); 0: the epoch is read per request instead.
+    epoch_lease_seconds: float = 2.0
 
     @property
     def part_cache_dir(self) -> Path:
@@ -361,6 +364,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         object_store = _object_store_settings(environ)
         metrics_token = _metrics_token(environ.get("TIDEGATE_METRICS_TOKEN", ""))
         notify = _notify_settings(environ)
+        epoch_lease_seconds = _lease_seconds(environ.get("TIDEGATE_EPOCH_LEASE_SECONDS", ""))
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     home.mkdir(parents=True, exist_ok=True)
@@ -391,7 +395,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         object_store=object_store,
         metrics_token=metrics_token,
         notify=notify,
+        epoch_lease_seconds=epoch_lease_seconds,
     )
+
+
+def _lease_seconds(raw: str) -> float:
+    if not raw.strip():
+        return Settings.epoch_lease_seconds
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"TIDEGATE_EPOCH_LEASE_SECONDS must be a number of seconds, not {raw!r}") from None
+    if value != 0 and not 0.5 <= value <= 60:
+        raise ValueError("TIDEGATE_EPOCH_LEASE_SECONDS must be 0 (off) or between 0.5 and 60")
+    return value
 
 
 def _pg_settings(environ: Mapping[str, str]) -> PgSettings:

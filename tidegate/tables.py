@@ -25,5 +25,5 @@ from tidegate.notifications.models import (  # noqa: F401
     Webhook,
     WebhookDelivery,
 )
-from tidegate.orgs.models import Organization, User  # noqa: F401
+from tidegate.orgs.models import EpochAck, EpochLease, Organization, User  # noqa: F401
 from tidegate.web.models import WebSession  # noqa: F401

@@ -23,11 +23,14 @@ import sys
 import textwrap
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from tidegate.api.app import create_app
 from tidegate.credentials import authenticate
 from tidegate.credentials.authenticate import KeyCache
 from tidegate.credentials.hashing import hash_secret
@@ -53,9 +56,16 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-def write_elsewhere(database_url: str, sql: str, **params) -> None:
+def write_elsewhere(database_url: str, sql: str, keys: KeyCache | None = None, **params) -> None:
     """Run one UPDATE in a separate Python process (sqlite3 / psycopg only, no tidegate)
-    and commit it; exactly one row must change."""
+    and commit it; exactly one row must change.
+
+    With `keys` holding an epoch lease (PostgreSQL), wait until the change's announcement has
+    reached it: SQL run outside tidegate is seen as soon as it is delivered, but no writer
+    waits for it (only tidegate's own writes do), so "the very next request" means the next
+    one after delivery. Without a lease nothing is waited for: the per-request epoch read
+    must see it at once."""
+    before = _epochs_now(database_url, keys)
     out = subprocess.run(
         [sys.executable, "-c", _WRITER, database_url, sql, json.dumps(params)],
         capture_output=True,
@@ -64,6 +74,21 @@ def write_elsewhere(database_url: str, sql: str, **params) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1", f"{sql} changed {out.stdout.strip()} rows"
+    if before:
+        after = _epochs_now(database_url, keys)
+        deadline = time.monotonic() + 5
+        while any(keys.leases.known(org) < epoch for org, epoch in after.items() if epoch != before.get(org)):
+            assert time.monotonic() < deadline, "the change was never announced"
+            time.sleep(0.005)
+
+
+def _epochs_now(database_url: str, keys: KeyCache | None) -> dict[str, int]:
+    if keys is None or keys.leases is None or not keys.leases.leased:
+        return {}
+    import psycopg
+
+    with psycopg.connect("postgresql://" + database_url.split("://", 1)[1]) as conn:
+        return dict(conn.execute("SELECT id, access_epoch FROM organizations").fetchall())
 
 
 def sql_time(database_url: str, when) -> str:
@@ -150,6 +175,7 @@ def test_a_write_by_another_process_is_seen_by_the_very_next_request(client, org
     write_elsewhere(
         settings.database_url,
         sql,
+        keys,
         digest=digest,
         owner=owner,
         false=False,
@@ -180,19 +206,20 @@ def test_demotion_then_reactivation_written_elsewhere_both_take_effect(client, o
     assert client.get("/api/v1/users", headers=h).status_code == 200
     assert client.get("/api/v1/users", headers=h).status_code == 200
     assert_cached(keys, settings, digest)
-    write_elsewhere(settings.database_url, "UPDATE users SET role = 'member' WHERE id = :owner", owner=owner)
+    write_elsewhere(settings.database_url, "UPDATE users SET role = 'member' WHERE id = :owner", keys, owner=owner)
     r = client.get("/api/v1/users", headers=h)
     assert (r.status_code, error_code(r)) == (403, "insufficient_scope")
     assert client.get("/api/v1/keys", headers=h).status_code == 200  # what a member may do still works
     assert_cached(keys, settings, digest)
     write_elsewhere(
-        settings.database_url, "UPDATE users SET is_active = :false WHERE id = :owner", owner=owner, false=False
+        settings.database_url, "UPDATE users SET is_active = :false WHERE id = :owner", keys, owner=owner, false=False
     )
     r = client.get("/api/v1/keys", headers=h)
     assert (r.status_code, error_code(r)) == (401, "api_key_owner_inactive")
     write_elsewhere(
         settings.database_url,
         "UPDATE users SET is_active = :true, role = 'admin' WHERE id = :owner",
+        keys,
         owner=owner,
         true=True,
     )
@@ -217,6 +244,7 @@ def test_a_commit_between_the_generation_and_the_read_is_not_cached_as_fresh(
             write_elsewhere(
                 settings.database_url,
                 "UPDATE api_keys SET revoked_at = :now WHERE secret_hash = :digest",
+                keys,
                 digest=digest,
                 now=sql_time(settings.database_url, utcnow()),
             )
@@ -294,8 +322,17 @@ def test_the_cache_is_bounded(org, settings):
 ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
+@pytest.fixture
+def unleased(settings):
+    """The app without epoch leases (TIDEGATE_EPOCH_LEASE_SECONDS=0): the epoch is read per request."""
+    with TestClient(create_app(replace(settings, epoch_lease_seconds=0)), client=("127.0.0.1", 50000)) as test_client:
+        assert test_client.app.state.key_cache.leases is None
+        yield test_client
+
+
 @ON_POSTGRESQL
-def test_a_cached_key_costs_an_epoch_read_not_a_key_read(client, org, settings, keys, quiet, monkeypatch):
+def test_a_cached_key_costs_an_epoch_read_not_a_key_read(unleased, org, settings, quiet, monkeypatch):
+    client, keys = unleased, unleased.app.state.key_cache
     secret = org.key_for(org.admin_id, name="warm")
     h = org.headers(secret)
     assert client.get("/api/v1/keys", headers=h).status_code == 200
@@ -312,7 +349,8 @@ def test_a_cached_key_costs_an_epoch_read_not_a_key_read(client, org, settings, 
 
 
 @ON_POSTGRESQL
-def test_an_epoch_read_that_fails_is_a_503_never_a_stale_success(client, org, settings, keys, quiet):
+def test_an_epoch_read_that_fails_is_a_503_never_a_stale_success(unleased, org, settings, quiet):
+    client, keys = unleased, unleased.app.state.key_cache
     secret = org.key_for(org.admin_id, name="down")
     h = org.headers(secret)
     assert client.get("/api/v1/keys", headers=h).status_code == 200

@@ -49,6 +49,7 @@ from tidegate.data.maintenance import PeriodicCollector
 from tidegate.data.scheduled_sync import SyncScheduler
 from tidegate.errors import TidegateError
 from tidegate.notifications.delivery import NotificationWorker, Policy
+from tidegate.orgs.epochwatch import EpochWatch
 from tidegate.web import routes as web
 from tidegate.web.throttle import SigninThrottle
 from tidegate.wire.common import ErrorOut
@@ -171,9 +172,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reminders.start()
         notifications.start()
         querypool.pool_for(settings.query_limits)  # its worker processes start now, not on the first query
+        leases = None
+        if key_cache.epochs is not None and settings.epoch_lease_seconds > 0:  # PostgreSQL
+            leases = key_cache.leases = EpochWatch(settings.database_url, settings.epoch_lease_seconds)
+            leases.start()  # until it holds its lease, epochs are read per request
         yield
         notifications.close()
         reminders.close()
+        if leases is not None:
+            key_cache.leases = None
+            leases.close()
         scheduled_syncs.close()
         collector.close()
         journal.close()
@@ -189,7 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.journal = journal
-    app.state.key_cache = KeyCache(settings.database_url)
+    app.state.key_cache = key_cache = KeyCache(settings.database_url)
     app.state.auth_failures = FailureBursts(
         settings.redis_url, notify.auth_failure_burst, notify.auth_failure_window_seconds
     )

@@ -61,3 +61,25 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     deactivated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class EpochLease(Base):
+    """A serving process that answers from its own copy of the organizations' access epochs
+    (PostgreSQL, `orgs.epochwatch`): a writer waits for its acknowledgement of each bump
+    until `expires_at` (PostgreSQL's clock). UNLOGGED on PostgreSQL: nothing to keep across a
+    crash of the server, whose restart drops every listener anyway."""
+
+    __tablename__ = "epoch_leases"
+
+    process_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class EpochAck(Base):
+    """The highest access epoch of an organization that a leased process has applied."""
+
+    __tablename__ = "epoch_acks"
+
+    process_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger)
