@@ -38,6 +38,8 @@ class Organization(Base):
     # Dashboard share links that work without signing in: off unless an admin allows them;
     # switching it off deactivates every public link at once (checked on each use).
     public_share_links_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Audit events older than this are purged (orgs.retention); the purge boundary is signed.
+    audit_retention_days: Mapped[int] = mapped_column(Integer, default=365, server_default="365")
 
 
 class User(Base):
