@@ -8,6 +8,8 @@ generated on first use.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import json
@@ -224,6 +226,8 @@ class Settings:
     object_store: ObjectStoreSettings = field(default_factory=ObjectStoreSettings)
     # The bearer token /metrics asks for; None: /metrics is off (404 metrics_disabled).
     metrics_token: str | None = None
+    # The Ed25519 seed that signs audit checkpoints; None: the key file in `home` (audit.signing).
+    audit_signing_key: bytes | None = None
 
     @property
     def part_cache_dir(self) -> Path:
@@ -271,6 +275,17 @@ def _load_or_create_secrets(home: Path) -> dict[str, str]:
     return _read_secrets(path)
 
 
+def seed_from_text(text: str) -> bytes:
+    """TIDEGATE_AUDIT_SIGNING_KEY: base64 of a 32-byte Ed25519 seed (ValueError otherwise)."""
+    try:
+        seed = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ValueError("TIDEGATE_AUDIT_SIGNING_KEY must be base64 (of a 32-byte Ed25519 seed)") from None
+    if len(seed) != 32:
+        raise ValueError(f"TIDEGATE_AUDIT_SIGNING_KEY must decode to 32 bytes, not {len(seed)}")
+    return seed
+
+
 def normalize_database_url(url: str) -> str:
     """Accept the plain `postgresql://` form and pick the psycopg 3 driver for it."""
     for plain in ("postgresql://", "postgres://"):
@@ -301,6 +316,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         pg = _pg_settings(environ)
         object_store = _object_store_settings(environ)
         metrics_token = _metrics_token(environ.get("TIDEGATE_METRICS_TOKEN", ""))
+        signing_text = environ.get("TIDEGATE_AUDIT_SIGNING_KEY", "").strip()
+        audit_signing_key = seed_from_text(signing_text) if signing_text else None
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     home.mkdir(parents=True, exist_ok=True)
@@ -330,6 +347,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         pg=pg,
         object_store=object_store,
         metrics_token=metrics_token,
+        audit_signing_key=audit_signing_key,
     )
 
 

@@ -36,7 +36,9 @@ from tidegate.api.middleware import RequestMiddleware
 from tidegate.api.responses import JSON, error_response, from_error
 from tidegate.api.uploads import spool_uploads_under
 from tidegate.audit import shipper
+from tidegate.audit.chainer import PeriodicChainer
 from tidegate.audit.journal import Journal, brief_error
+from tidegate.audit.signing import load_signer
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
 from tidegate.credentials.usage import record_last_use
@@ -44,6 +46,7 @@ from tidegate.data import connectors, egress, engine, live, querypool, sandbox
 from tidegate.data.maintenance import PeriodicCollector
 from tidegate.data.scheduled_sync import SyncScheduler
 from tidegate.errors import TidegateError
+from tidegate.orgs.retention import PeriodicPurge
 from tidegate.web import routes as web
 from tidegate.web.throttle import SigninThrottle
 from tidegate.wire.common import ErrorOut
@@ -141,6 +144,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     journal = Journal(
         settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_last_use
     )
+    audit_signer = load_signer(settings.home, settings.audit_signing_key)
+    audit_chainer = PeriodicChainer(settings.database_url, audit_signer)
+    audit_purge = PeriodicPurge(settings.database_url, audit_signer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -150,14 +156,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             journal.flush()  # ship what a previous (possibly killed) process left behind
         except Exception as exc:  # the database is down: serve (503s) and keep retrying
             log.warning("audit events of earlier runs not shipped yet (%s); will retry", brief_error(exc))
-        journal.start(ship=not shipper.ships_elsewhere())
+        chains_here = not shipper.ships_elsewhere()  # else the shipper process chains (audit.chainer)
+        journal.start(ship=chains_here)
+        if chains_here:
+            audit_chainer.start()
+        audit_purge.start()
         collector.start()
         scheduled_syncs.start()
         querypool.pool_for(settings.query_limits)  # its worker processes start now, not on the first query
         yield
         scheduled_syncs.close()
         collector.close()
+        audit_purge.close()
         journal.close()
+        if chains_here:
+            audit_chainer.close()  # after the journal's last shipping: chains and signs it
 
     app = FastAPI(
         title="tidegate",
@@ -170,6 +183,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.journal = journal
+    app.state.audit_signer = audit_signer
+    app.state.audit_verified = {}  # org id -> (position, hash, signed at) verified by this process
     app.state.key_cache = KeyCache(settings.database_url)
     app.state.signin_throttle = SigninThrottle.for_redis_url(settings.redis_url)  # built now, not per request
     app.state.ready_checks = health.checks_for(settings)

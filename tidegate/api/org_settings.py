@@ -33,6 +33,7 @@ class SettingsUpdate(BaseModel):
     public_share_links_enabled: bool | None = Field(
         None, description="Allow dashboard links that open without signing in (off deactivates them all)."
     )
+    audit_retention_days: StrictInt | None = Field(None, description="Days audit events are kept: 1 to 2190.")
 
 
 @router.get("/org/settings", response_model=OrgSettingsOut)
@@ -57,6 +58,7 @@ def update_settings(
         embed_allowed_origins=body.embed_allowed_origins,
         embed_ui_config=body.embed_ui_config,
         public_share_links_enabled=body.public_share_links_enabled,
+        audit_retention_days=body.audit_retention_days,
         context=context,
     )
     if body.deny_by_default is not None:

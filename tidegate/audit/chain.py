@@ -184,7 +184,9 @@ def chain_org(session: Session, org_id: str, *, now: datetime | None = None, bat
     return len(pending)
 
 
-def sign_checkpoint(session: Session, signer: Signer, org_id: str, seq: int, head_hash: str, kind: str) -> AuditCheckpoint:
+def sign_checkpoint(
+    session: Session, signer: Signer, org_id: str, seq: int, head_hash: str, kind: str
+) -> AuditCheckpoint:
     signed_at = utcnow()
     checkpoint = AuditCheckpoint(
         id=new_id("ckp"),
@@ -217,7 +219,9 @@ def sign_heads(
     return signed
 
 
-def latest_checkpoint(session: Session, org_id: str, kinds: Sequence[str] = ("head", "purge")) -> AuditCheckpoint | None:
+def latest_checkpoint(
+    session: Session, org_id: str, kinds: Sequence[str] = ("head", "purge")
+) -> AuditCheckpoint | None:
     return session.scalar(
         select(AuditCheckpoint)
         .where(AuditCheckpoint.org_id == org_id, AuditCheckpoint.kind.in_(kinds))
@@ -254,7 +258,8 @@ def purge_before(session: Session, signer: Signer, org_id: str, cutoff: datetime
         delete(AuditCheckpoint)
         .where(
             AuditCheckpoint.org_id == org_id,
-            (AuditCheckpoint.chain_seq < seq) | ((AuditCheckpoint.chain_seq == seq) & (AuditCheckpoint.kind != "purge")),
+            (AuditCheckpoint.chain_seq < seq)
+            | ((AuditCheckpoint.chain_seq == seq) & (AuditCheckpoint.kind != "purge")),
         )
         .execution_options(synchronize_session=False)
     )

@@ -30,21 +30,25 @@ def chain_round(
     """Chain every unchained event, then sign the heads that are due; how many were chained."""
     with session_scope(database_url) as session:
         org_ids = orgs_with_unchained(session)
-    chained = 0
-    for org_id in org_ids:
-        while True:
-            try:
-                with session_scope(database_url) as session:
-                    count = chain_org(session, org_id)
-            except (IntegrityError, OperationalError) as exc:  # another chainer took these positions first
-                log.info("audit chain of %s: round yielded to another chainer (%s)", org_id, type(exc).__name__)
-                break
-            chained += count
-            if count < CHAIN_BATCH:
-                break
+    # A position another chainer took first rolls back that batch (IntegrityError): it has them.
+    chained = sum(chain_now(database_url, org_id) for org_id in org_ids)
     with session_scope(database_url) as session:
         sign_heads(session, signer, interval=checkpoint_seconds, force=force_sign)
     return chained
+
+
+def chain_now(database_url: str, org_id: str) -> int:
+    """Chain the organization's pending events now (an export wants the latest ones)."""
+    chained = 0
+    while True:
+        try:
+            with session_scope(database_url) as session:
+                count = chain_org(session, org_id)
+        except (IntegrityError, OperationalError):  # the chainer was chaining them: it has them
+            return chained
+        chained += count
+        if count < CHAIN_BATCH:
+            return chained
 
 
 def run_if_due(database_url: str, signer: Signer) -> bool:

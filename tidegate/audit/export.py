@@ -64,7 +64,9 @@ def window(session: Session, org_id: str, since: datetime | None, until: datetim
         chained.append(AuditEvent.timestamp >= since)
     if until is not None:
         chained.append(AuditEvent.timestamp < until)
-    first, last = session.execute(select(func.min(AuditEvent.chain_seq), func.max(AuditEvent.chain_seq)).where(*chained)).one()
+    first, last = session.execute(
+        select(func.min(AuditEvent.chain_seq), func.max(AuditEvent.chain_seq)).where(*chained)
+    ).one()
     return None if first is None else (int(first), int(last))
 
 
@@ -78,7 +80,10 @@ def export_lines(
     """The export, line by line; `open_session()` gives a fresh transaction (a context
     manager) for each batch, so a long export holds no transaction open."""
     exported_at = timestamp_text(utcnow())
-    dates = {"start_date": timestamp_text(since) if since else None, "end_date": timestamp_text(until) if until else None}
+    dates = {
+        "start_date": timestamp_text(since) if since else None,
+        "end_date": timestamp_text(until) if until else None,
+    }
     with open_session() as session:
         span = window(session, org_id, since, until)
     yield _line(
@@ -109,7 +114,9 @@ def export_lines(
                         AuditCheckpoint.chain_seq <= top,
                     )
                 ):
-                    signed.setdefault(checkpoint.chain_seq, []).append({"type": "checkpoint", **checkpoint_fields(checkpoint)})
+                    signed.setdefault(checkpoint.chain_seq, []).append(
+                        {"type": "checkpoint", **checkpoint_fields(checkpoint)}
+                    )
             chunk = []
             for row in rows:
                 if seal["first_seq"] is None:
@@ -168,7 +175,9 @@ def verify_export(path: Path, keys: dict[str, Ed25519PublicKey]) -> Report:
             elif kind == "header":
                 header = value
             elif kind != "event":
-                return Report(None, problem=Problem("malformed", None, None, f"line {number} has unknown type {kind!r}"))
+                return Report(
+                    None, problem=Problem("malformed", None, None, f"line {number} has unknown type {kind!r}")
+                )
     org_id = (seals[-1] if seals else header or {}).get("org_id")
     if len(seals) != 1:
         message = "the export has no seal (its end was cut off)" if not seals else "the export has several seals"

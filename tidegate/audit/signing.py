@@ -76,17 +76,6 @@ class Signer:
         return base64.b64encode(self.private.sign(message)).decode()
 
 
-def seed_from_text(text: str) -> bytes:
-    """TIDEGATE_AUDIT_SIGNING_KEY: ValueError unless base64 of 32 bytes."""
-    try:
-        seed = base64.b64decode(text.strip(), validate=True)
-    except binascii.Error:
-        raise ValueError("TIDEGATE_AUDIT_SIGNING_KEY must be base64 (of a 32-byte Ed25519 seed)") from None
-    if len(seed) != 32:
-        raise ValueError(f"TIDEGATE_AUDIT_SIGNING_KEY must decode to 32 bytes, not {len(seed)}")
-    return seed
-
-
 def load_signer(home: Path, seed: bytes | None = None) -> Signer:
     """The configured key, or the one in `home` (created, 0600, if there is none yet)."""
     if seed is not None:

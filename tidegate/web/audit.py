@@ -20,6 +20,7 @@ from starlette.responses import StreamingResponse
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.query import list_events, parse_bound
 from tidegate.audit.record import record
+from tidegate.audit.verify import verify_org
 from tidegate.core.scopes import Scope
 from tidegate.credentials import service as keys_service
 from tidegate.credentials.models import ApiKey
@@ -210,6 +211,23 @@ def filter_choices(session, org_id: str) -> dict:
     return {"users": users, "key_choices": keys, "actions": actions}
 
 
+def chain_status(request: Request, org_id: str) -> dict:
+    """The page's "verified up to": this process verifies the chain once in full, then only
+    what was added since (from the last position it verified)."""
+    signer = request.app.state.audit_signer
+    verified = request.app.state.audit_verified
+    with session_scope(settings_of(request).database_url) as session:
+        report = verify_org(session, org_id, {signer.key_id: signer.public}, resume=verified.get(org_id))
+    if report.ok and report.verified_seq is not None and report.verified_hash and report.verified_at:
+        verified[org_id] = (report.verified_seq, report.verified_hash, report.verified_at)
+    return {
+        "problem": report.problem.message if report.problem else None,
+        "verified_at": report.verified_at,
+        "verified_seq": report.verified_seq,
+        "unsigned": report.unsigned,
+    }
+
+
 def _flush_journal(request: Request) -> None:
     # Ship this process's request events first, so that the page shows the latest requests.
     request.app.state.journal.flush()
@@ -245,6 +263,7 @@ def audit_page(
             "error": error,
             **filter_choices(session, viewer.org.id),
         }
+    context["chain"] = chain_status(request, viewer.org.id)
     return page(request, "audit.html", context, viewer=viewer, status=status)
 
 

@@ -23,6 +23,7 @@ class OrgSettingsOut(BaseModel):
     embed_allowed_origins: list[str]
     embed_ui_config: dict[str, dict[str, Any]]
     public_share_links_enabled: bool
+    audit_retention_days: int
 
     @classmethod
     def of(cls, org: Organization) -> OrgSettingsOut:
@@ -37,4 +38,5 @@ class OrgSettingsOut(BaseModel):
             embed_allowed_origins=list(org.embed_allowed_origins or []),
             embed_ui_config=ui_config_of(org),
             public_share_links_enabled=org.public_share_links_enabled,
+            audit_retention_days=org.audit_retention_days,
         )
