@@ -67,7 +67,7 @@ def window(session: Session, org_id: str, since: datetime | None, until: datetim
     first, last = session.execute(
         select(func.min(AuditEvent.chain_seq), func.max(AuditEvent.chain_seq)).where(*chained)
     ).one()
-    return None if first is None else (int(first), int(last))
+    return None if first is None or last is None else (int(first), int(last))
 
 
 def _line(value: dict[str, Any]) -> bytes:
