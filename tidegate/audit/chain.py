@@ -27,9 +27,10 @@ import json
 import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from tidegate.audit.models import AuditChainHead, AuditCheckpoint, AuditEvent
@@ -37,6 +38,7 @@ from tidegate.audit.signing import Signer
 from tidegate.db.base import utcnow
 from tidegate.ids import new_id
 
+AUDIT_EVENTS = AuditEvent.metadata.tables[AuditEvent.__tablename__]
 CHAIN_VERSION = 1
 GENESIS = "0" * 64  # the prev_hash of an organization's first event
 CHECKPOINT_SECONDS = 60.0
@@ -77,7 +79,7 @@ def canonical_bytes(value: dict[str, Any]) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def event_fields(event: AuditEvent) -> dict[str, Any]:
+def event_fields(event: Any) -> dict[str, Any]:
     """The event as its hash sees it (and as the export writes it)."""
     return {
         "v": CHAIN_VERSION,
@@ -160,14 +162,13 @@ def chain_org(session: Session, org_id: str, *, now: datetime | None = None, bat
     transaction; how many."""
     _lock_org(session, org_id)
     head = session.get(AuditChainHead, org_id, populate_existing=True)
-    pending = list(
-        session.scalars(
-            select(AuditEvent)
-            .where(AuditEvent.org_id == org_id, AuditEvent.chain_seq.is_(None))
-            .order_by(AuditEvent.timestamp, AuditEvent.id)
-            .limit(batch)
-        )
-    )
+    # Core statements, not ORM objects: a batch is one SELECT and one executemany UPDATE.
+    pending = session.execute(
+        select(AUDIT_EVENTS)
+        .where(AUDIT_EVENTS.c.org_id == org_id, AUDIT_EVENTS.c.chain_seq.is_(None))
+        .order_by(AUDIT_EVENTS.c.timestamp, AUDIT_EVENTS.c.id)
+        .limit(batch)
+    ).all()
     if not pending:
         return 0
     if head is None:
@@ -175,12 +176,24 @@ def chain_org(session: Session, org_id: str, *, now: datetime | None = None, bat
         session.add(head)
     now = now or utcnow()
     seq, previous = head.chain_seq, head.head_hash
-    for event in pending:
+    changes = []
+    for row in pending:
         seq += 1
-        event.chain_seq, event.prev_hash, event.chained_at = seq, previous, now
-        event.hash = previous = event_hash(event_fields(event))
+        event = SimpleNamespace(**{**row._mapping, "chain_seq": seq, "prev_hash": previous, "chained_at": now})
+        previous = event_hash(event_fields(event))
+        changes.append({"event_id": row.id, "seq": seq, "prev": event.prev_hash, "hash": previous, "at": now})
+    # `chain_seq IS NULL`: an event chained by someone else meanwhile is not chained twice (and a
+    # position taken twice fails on the unique (org_id, chain_seq) index, rolling this back).
+    session.execute(
+        update(AUDIT_EVENTS)
+        .where(AUDIT_EVENTS.c.id == bindparam("event_id"), AUDIT_EVENTS.c.chain_seq.is_(None))
+        .values(
+            chain_seq=bindparam("seq"), prev_hash=bindparam("prev"), hash=bindparam("hash"), chained_at=bindparam("at")
+        ),
+        changes,
+    )
     head.chain_seq, head.head_hash = seq, previous
-    session.flush()  # a second chainer's rows collide on (org_id, chain_seq) here or at commit
+    session.flush()
     return len(pending)
 
 
