@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from tidegate.api.app import create_app
-from tidegate.audit.chainer import PeriodicChainer, chain_round
+from tidegate.audit.chainer import chain_round, run_if_due
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.record import event_row
 from tidegate.audit.signing import load_signer
@@ -116,15 +116,16 @@ async def requests_bench(requests: int) -> None:
     settings, app, fresh_headers, _ = build()
     signer = load_signer(settings.home)
     journal = app.state.journal
-    journal.start(ship=True)  # ships every second, as in a server
+    chaining = [True]
+    # As create_app wires it: ship every second, then chain (here only while switched on).
+    journal.start(ship=True, after_ship=lambda: chaining[0] and run_if_due(settings.database_url, signer))
     await timed(app, fresh_headers(), 500)  # warm
     rounds = 10
     with_chain, without = [], []
     for _ in range(rounds):  # interleaved: the machine's load shifts under both alike
-        chainer = PeriodicChainer(settings.database_url, signer)
-        chainer.start()
+        chaining[0] = True
         with_chain.append(await timed(app, fresh_headers(), requests // (2 * rounds)))
-        chainer.close()
+        chaining[0] = False
         without.append(await timed(app, fresh_headers(), requests // (2 * rounds)))
     journal.close()
     chain_round(settings.database_url, signer, force_sign=True)

@@ -35,8 +35,7 @@ from tidegate.api.bodylimit import BodyLimitMiddleware
 from tidegate.api.middleware import RequestMiddleware
 from tidegate.api.responses import JSON, error_response, from_error
 from tidegate.api.uploads import spool_uploads_under
-from tidegate.audit import shipper
-from tidegate.audit.chainer import PeriodicChainer
+from tidegate.audit import chainer, shipper
 from tidegate.audit.journal import Journal, brief_error
 from tidegate.audit.signing import load_signer
 from tidegate.config import Settings, get_settings
@@ -145,7 +144,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_last_use
     )
     audit_signer = load_signer(settings.home, settings.audit_signing_key)
-    audit_chainer = PeriodicChainer(settings.database_url, audit_signer)
     audit_purge = PeriodicPurge(settings.database_url, audit_signer)
 
     @asynccontextmanager
@@ -157,9 +155,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception as exc:  # the database is down: serve (503s) and keep retrying
             log.warning("audit events of earlier runs not shipped yet (%s); will retry", brief_error(exc))
         chains_here = not shipper.ships_elsewhere()  # else the shipper process chains (audit.chainer)
-        journal.start(ship=chains_here)
-        if chains_here:
-            audit_chainer.start()
+        journal.start(
+            ship=chains_here,
+            after_ship=(lambda: chainer.run_if_due(settings.database_url, audit_signer)) if chains_here else None,
+        )
         audit_purge.start()
         collector.start()
         scheduled_syncs.start()
@@ -169,8 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         collector.close()
         audit_purge.close()
         journal.close()
-        if chains_here:
-            audit_chainer.close()  # after the journal's last shipping: chains and signs it
+        if chains_here:  # after the journal's last shipping: chain it, and sign every moved head
+            chainer.last_round(settings.database_url, audit_signer)
 
     app = FastAPI(
         title="tidegate",

@@ -307,15 +307,21 @@ class Journal:
         self.rotate()
         return ship_pending(self.directory, self.database_url, own_path=self._path, after_insert=self.after_insert)
 
-    def start(self, interval: float = 1.0, *, ship: bool = True) -> None:
+    def start(
+        self, interval: float = 1.0, *, ship: bool = True, after_ship: Callable[[], object] | None = None
+    ) -> None:
         """Every `interval`: rotate the segment, and ship what is ready unless `ship` is
-        False (then a separate shipper process does it: `audit.shipper`)."""
+        False (then a separate shipper process does it: `audit.shipper`); then, holding the
+        ship lock, run `after_ship` (the audit chainer, audit.chainer)."""
 
         def loop() -> None:
             failures = 0
             while not self._stop.wait(backoff(interval, failures)):
                 try:
                     self.flush() if ship else self.rotate()
+                    if after_ship is not None:
+                        with _ShipLock(self.directory):
+                            after_ship()
                     failures = 0
                 except Exception as exc:  # keep the segments; the next round retries
                     failures += 1
