@@ -15,7 +15,7 @@ from sqlalchemy import delete, select, text, update
 
 from tidegate.audit.chain import chain_org, event_fields, event_hash, sign_heads
 from tidegate.audit.chainer import chain_round
-from tidegate.audit.models import AuditCheckpoint, AuditEvent
+from tidegate.audit.models import AuditChainHead, AuditCheckpoint, AuditEvent
 from tidegate.audit.record import record
 from tidegate.audit.signing import Signer, load_signer
 from tidegate.audit.verify import verify_org
@@ -358,3 +358,24 @@ def test_unique_position_is_enforced_by_the_database(org, chain):
     with pytest.raises(Exception, match="(?i)unique|duplicate"):
         with session_scope(url) as session:
             session.execute(text("UPDATE audit_events SET chain_seq = 1 WHERE id = :id"), {"id": events[1].id})
+
+
+def test_lost_head_row_continues_the_chain(org, chain, signer):
+    """The chainer's bookkeeping row deleted: it continues after the last chained event."""
+    url, events = chain
+    with session_scope(url) as session:
+        session.execute(delete(AuditChainHead).where(AuditChainHead.org_id == org.id))
+    add_events(url, org.id, 2)
+    chain_round(url, signer, force_sign=True)
+    after = chained(url, org.id)
+    assert [e.chain_seq for e in after] == list(range(1, len(events) + 3))
+    assert verify(url, org.id, signer).ok
+
+
+def test_verify_all_finds_every_chained_org(org, chain, signer):
+    from tidegate.audit.verify import org_ids
+
+    url, _ = chain
+    with session_scope(url) as session:
+        session.execute(delete(AuditChainHead).where(AuditChainHead.org_id == org.id))
+        assert org.id in org_ids(session)

@@ -172,7 +172,7 @@ def chain_org(session: Session, org_id: str, *, now: datetime | None = None, bat
     if not pending:
         return 0
     if head is None:
-        head = AuditChainHead(org_id=org_id, chain_seq=0, head_hash=GENESIS, signed_seq=0)
+        head = _rebuilt_head(session, org_id)
         session.add(head)
     now = now or utcnow()
     seq, previous = head.chain_seq, head.head_hash
@@ -195,6 +195,24 @@ def chain_org(session: Session, org_id: str, *, now: datetime | None = None, bat
     head.chain_seq, head.head_hash = seq, previous
     session.flush()
     return len(pending)
+
+
+def _rebuilt_head(session: Session, org_id: str) -> AuditChainHead:
+    """The head of a chain without one: its first, or its row was lost (continue after its
+    last chained event, or its purge boundary, rather than collide with position 1)."""
+    last = session.execute(
+        select(AuditEvent.chain_seq, AuditEvent.hash)
+        .where(AuditEvent.org_id == org_id, AuditEvent.chain_seq.is_not(None))
+        .order_by(AuditEvent.chain_seq.desc())
+        .limit(1)
+    ).first()
+    boundary = latest_checkpoint(session, org_id, kinds=("purge",))
+    seq, hash_ = (0, GENESIS)
+    if last is not None and last.hash is not None:
+        seq, hash_ = last.chain_seq, last.hash
+    if boundary is not None and boundary.chain_seq > seq:
+        seq, hash_ = boundary.chain_seq, boundary.head_hash
+    return AuditChainHead(org_id=org_id, chain_seq=seq, head_hash=hash_, signed_seq=0)
 
 
 def sign_checkpoint(

@@ -341,4 +341,5 @@ def org_ids(session: Session) -> list[str]:
     return sorted(
         set(session.scalars(select(AuditChainHead.org_id)))
         | set(session.scalars(select(AuditCheckpoint.org_id).distinct()))
+        | set(session.scalars(select(AuditEvent.org_id).where(AuditEvent.chain_seq.is_not(None)).distinct()))
     )
