@@ -25,6 +25,7 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from tidegate.api.app import create_app
+from tidegate.audit import shipper
 from tidegate.audit.chainer import chain_round, run_if_due
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.record import event_row
@@ -33,6 +34,7 @@ from tidegate.config import Settings
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import preset_scopes
 from tidegate.credentials import service as keys_service
+from tidegate.credentials.usage import record_last_use
 from tidegate.db.engine import migrate, session_scope
 from tidegate.orgs import service as orgs
 
@@ -112,27 +114,52 @@ async def timed(app, headers: dict[str, str], requests: int) -> float:
     return (time.perf_counter() - began) / requests * 1e6
 
 
-async def requests_bench(requests: int) -> None:
+async def requests_bench(requests: int, rounds: int = 8) -> None:
+    """Interleaved rounds (the machine's load shifts under both alike), the best of each.
+
+    As `tidegate serve` runs: the app only appends and rotates its journal; a shipper
+    process ships it, and chains (`chain_key`) or not (the yardstick). Then, as `create_app`
+    on its own runs: shipping and chaining in the journal's thread of this very process."""
     settings, app, fresh_headers, _ = build()
     signer = load_signer(settings.home)
     journal = app.state.journal
-    chaining = [True]
-    # As create_app wires it: ship every second, then chain (here only while switched on).
-    journal.start(ship=True, after_ship=lambda: chaining[0] and run_if_due(settings.database_url, signer))
+    chaining = [False]
+    in_process = [False]
+
+    def after_ship() -> None:
+        if in_process[0] and chaining[0]:
+            run_if_due(settings.database_url, signer)
+
+    def ship_here() -> None:
+        if in_process[0]:
+            journal.flush()
+
+    journal.start(ship=False, after_ship=lambda: (ship_here(), after_ship()))
     await timed(app, fresh_headers(), 500)  # warm
-    rounds = 10
-    with_chain, without = [], []
-    for _ in range(rounds):  # interleaved: the machine's load shifts under both alike
-        chaining[0] = True
-        with_chain.append(await timed(app, fresh_headers(), requests // (2 * rounds)))
-        chaining[0] = False
-        without.append(await timed(app, fresh_headers(), requests // (2 * rounds)))
+    per_round = requests // (4 * rounds)
+    results: dict[tuple[bool, bool], list[float]] = {(p, c): [] for p in (False, True) for c in (False, True)}
+    for _ in range(rounds):
+        for here in (False, True):
+            for chain in (True, False):
+                in_process[0], chaining[0] = here, chain
+                process = None
+                if not here:
+                    process = shipper.ShipperProcess(
+                        settings.audit_dir,
+                        settings.database_url,
+                        after_insert=record_last_use,
+                        chain_key=(str(settings.home), None) if chain else None,
+                    )
+                    process.start()
+                    time.sleep(1.5)  # the child has imported and shipped once
+                results[here, chain].append(await timed(app, fresh_headers(), per_round))
+                if process is not None:
+                    process.stop()
     journal.close()
-    chain_round(settings.database_url, signer, force_sign=True)
-    on, off = min(with_chain), min(without)
-    print(f"GET /api/v1/keys, chainer thread running : {on:8.1f} us/request")
-    print(f"GET /api/v1/keys, no chainer (yardstick) : {off:8.1f} us/request")
-    print(f"ratio (chainer / yardstick)              : {on / off:8.3f}   ({on - off:+.1f} us per request)")
+    for here, label in ((False, "shipper process (tidegate serve)"), (True, "journal thread (create_app alone)")):
+        on, off = min(results[here, True]), min(results[here, False])
+        print(f"{label}: GET /api/v1/keys with the chainer {on:8.1f} us/request, without (yardstick) {off:8.1f}")
+        print(f"{' ' * len(label)}  ratio {on / off:6.3f} ({on - off:+.1f} us per request)")
 
 
 def chaining_bench(events: int) -> None:

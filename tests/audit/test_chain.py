@@ -308,9 +308,9 @@ def test_two_processes_chain_one_consistent_order(org, signer, tmp_path):
 def test_purge_keeps_the_rest_verifiable(org, signer):
     url = org.settings.database_url
     add_events(url, org.id, 4, action="old.event")
-    with session_scope(url) as session:  # chained 400 days ago
+    with session_scope(url) as session:  # chained and signed 400 days ago
         chain_org(session, org.id, now=utcnow() - timedelta(days=400))
-        sign_heads(session, signer, force=True)
+        sign_heads(session, signer, force=True, signed_at=utcnow() - timedelta(days=400))
     old = chained(url, org.id)
     add_events(url, org.id, 3, action="new.event")
     chain_round(url, signer, force_sign=True)
@@ -343,6 +343,7 @@ def test_purge_follows_each_orgs_retention(make_org, signer):
     for org in (keeps_long, keeps_short):
         with session_scope(url) as session:
             chain_org(session, org.id, now=utcnow() - timedelta(days=100))
+            sign_heads(session, signer, force=True, signed_at=utcnow() - timedelta(days=100))
     purged = {p.org_id for p in purge_expired(url, signer)}
     assert keeps_short.id in purged and keeps_long.id not in purged
 
@@ -379,3 +380,22 @@ def test_verify_all_finds_every_chained_org(org, chain, signer):
     with session_scope(url) as session:
         session.execute(delete(AuditChainHead).where(AuditChainHead.org_id == org.id))
         assert org.id in org_ids(session)
+
+
+def test_purge_leaves_a_tampered_boundary_alone(org, signer):
+    """Evidence is not purged: a boundary event that does not match its checkpoint stays."""
+    url = org.settings.database_url
+    with session_scope(url) as session:
+        chain_org(session, org.id, now=utcnow() - timedelta(days=400))
+        sign_heads(session, signer, force=True, signed_at=utcnow() - timedelta(days=400))
+        session.execute(
+            update(AuditEvent).where(AuditEvent.org_id == org.id, AuditEvent.chain_seq == 1).values(action="covered.up")
+        )
+    # (the boundary is the last position; altering its hash field is what would hide an edit)
+    with session_scope(url) as session:
+        last = session.scalar(
+            select(AuditEvent).where(AuditEvent.org_id == org.id).order_by(AuditEvent.chain_seq.desc())
+        )
+        last.hash = "f" * 64
+    assert not [p for p in purge_expired(url, signer) if p.org_id == org.id]
+    assert len(chained(url, org.id)) == last.chain_seq

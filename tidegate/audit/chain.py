@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,8 @@ from tidegate.audit.models import AuditChainHead, AuditCheckpoint, AuditEvent
 from tidegate.audit.signing import Signer
 from tidegate.db.base import utcnow
 from tidegate.ids import new_id
+
+log = logging.getLogger("tidegate.audit")
 
 AUDIT_EVENTS = AuditEvent.metadata.tables[AuditEvent.__tablename__]
 CHAIN_VERSION = 1
@@ -216,9 +219,16 @@ def _rebuilt_head(session: Session, org_id: str) -> AuditChainHead:
 
 
 def sign_checkpoint(
-    session: Session, signer: Signer, org_id: str, seq: int, head_hash: str, kind: str
+    session: Session,
+    signer: Signer,
+    org_id: str,
+    seq: int,
+    head_hash: str,
+    kind: str,
+    *,
+    signed_at: datetime | None = None,
 ) -> AuditCheckpoint:
-    signed_at = utcnow()
+    signed_at = signed_at or utcnow()
     checkpoint = AuditCheckpoint(
         id=new_id("ckp"),
         org_id=org_id,
@@ -234,7 +244,12 @@ def sign_checkpoint(
 
 
 def sign_heads(
-    session: Session, signer: Signer, *, interval: float = CHECKPOINT_SECONDS, force: bool = False
+    session: Session,
+    signer: Signer,
+    *,
+    interval: float = CHECKPOINT_SECONDS,
+    force: bool = False,
+    signed_at: datetime | None = None,
 ) -> list[AuditCheckpoint]:
     """A checkpoint for each chain whose head moved since its last one, signed at least
     `interval` seconds ago (any age with `force`: the server stops)."""
@@ -244,7 +259,9 @@ def sign_heads(
         query = query.where((AuditChainHead.signed_at.is_(None)) | (AuditChainHead.signed_at <= due))
     signed = []
     for head in session.scalars(query.with_for_update(skip_locked=True)):
-        checkpoint = sign_checkpoint(session, signer, head.org_id, head.chain_seq, head.head_hash, "head")
+        checkpoint = sign_checkpoint(
+            session, signer, head.org_id, head.chain_seq, head.head_hash, "head", signed_at=signed_at
+        )
         head.signed_seq, head.signed_at = head.chain_seq, checkpoint.signed_at
         signed.append(checkpoint)
     return signed
@@ -265,17 +282,25 @@ def latest_checkpoint(
 
 
 def purge_before(session: Session, signer: Signer, org_id: str, cutoff: datetime) -> tuple[int, int | None]:
-    """Delete the organization's chained events up to the last one chained before `cutoff`
-    (a prefix of the chain), after signing that event's hash as a "purge" checkpoint:
-    verification then starts from it. (deleted count, boundary seq or None)."""
+    """Delete a prefix of the organization's chain: up to the newest checkpoint signed before
+    `cutoff` (its events were all chained before then), after signing that position as a
+    "purge" checkpoint, from which verification then starts. Checkpoints are few and indexed,
+    so finding the boundary reads no events; a boundary whose event does not match its
+    checkpoint (a tampered log) is left alone: evidence is not purged. (deleted, boundary)."""
     _lock_org(session, org_id)
-    boundary = session.scalar(
-        select(AuditEvent)
-        .where(AuditEvent.org_id == org_id, AuditEvent.chain_seq.is_not(None), AuditEvent.chained_at < cutoff)
-        .order_by(AuditEvent.chain_seq.desc())
+    signed = session.scalar(
+        select(AuditCheckpoint)
+        .where(AuditCheckpoint.org_id == org_id, AuditCheckpoint.kind == "head", AuditCheckpoint.signed_at < cutoff)
+        .order_by(AuditCheckpoint.chain_seq.desc())
         .limit(1)
     )
-    if boundary is None or boundary.chain_seq is None or boundary.hash is None:
+    if signed is None:
+        return 0, None
+    boundary = session.scalar(
+        select(AuditEvent).where(AuditEvent.org_id == org_id, AuditEvent.chain_seq == signed.chain_seq)
+    )
+    if boundary is None or boundary.hash != signed.head_hash or boundary.chain_seq is None:
+        log.warning("audit purge of %s skipped: position %s does not match its checkpoint", org_id, signed.chain_seq)
         return 0, None
     seq = boundary.chain_seq
     sign_checkpoint(session, signer, org_id, seq, boundary.hash, "purge")
