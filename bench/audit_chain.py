@@ -114,52 +114,47 @@ async def timed(app, headers: dict[str, str], requests: int) -> float:
     return (time.perf_counter() - began) / requests * 1e6
 
 
-async def requests_bench(requests: int, rounds: int = 8) -> None:
-    """Interleaved rounds (the machine's load shifts under both alike), the best of each.
-
-    As `tidegate serve` runs: the app only appends and rotates its journal; a shipper
-    process ships it, and chains (`chain_key`) or not (the yardstick). Then, as `create_app`
-    on its own runs: shipping and chaining in the journal's thread of this very process."""
+async def requests_bench(requests: int, rounds: int = 4) -> None:
+    """Interleaved rounds (the machine's load shifts under both alike), the best of each."""
+    per_round = requests // (4 * rounds)
+    # As `tidegate serve` runs: the app only appends and rotates its journal; a shipper
+    # process ships it, and chains (`chain_key`) or not (the yardstick).
+    settings, app, fresh_headers, _ = build()
+    app.state.journal.start(ship=False)
+    await timed(app, fresh_headers(), 500)  # warm
+    served: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for chain in (True, False):
+            process = shipper.ShipperProcess(
+                settings.audit_dir,
+                settings.database_url,
+                after_insert=record_last_use,
+                chain_key=(str(settings.home), None) if chain else None,
+            )
+            process.start()
+            time.sleep(1.0)  # the child imports and ships once
+            served[chain].append(await timed(app, fresh_headers(), per_round))
+            process.stop()
+    app.state.journal.close()
+    # As `create_app` on its own runs: shipping, then chaining, in the journal's thread.
     settings, app, fresh_headers, _ = build()
     signer = load_signer(settings.home)
-    journal = app.state.journal
-    chaining = [False]
-    in_process = [False]
-
-    def after_ship() -> None:
-        if in_process[0] and chaining[0]:
-            run_if_due(settings.database_url, signer)
-
-    def ship_here() -> None:
-        if in_process[0]:
-            journal.flush()
-
-    journal.start(ship=False, after_ship=lambda: (ship_here(), after_ship()))
-    await timed(app, fresh_headers(), 500)  # warm
-    per_round = requests // (4 * rounds)
-    results: dict[tuple[bool, bool], list[float]] = {(p, c): [] for p in (False, True) for c in (False, True)}
+    chaining = [True]
+    app.state.journal.start(ship=True, after_ship=lambda: chaining[0] and run_if_due(settings.database_url, signer))
+    await timed(app, fresh_headers(), 500)
+    threaded: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(rounds):
-        for here in (False, True):
-            for chain in (True, False):
-                in_process[0], chaining[0] = here, chain
-                process = None
-                if not here:
-                    process = shipper.ShipperProcess(
-                        settings.audit_dir,
-                        settings.database_url,
-                        after_insert=record_last_use,
-                        chain_key=(str(settings.home), None) if chain else None,
-                    )
-                    process.start()
-                    time.sleep(1.5)  # the child has imported and shipped once
-                results[here, chain].append(await timed(app, fresh_headers(), per_round))
-                if process is not None:
-                    process.stop()
-    journal.close()
-    for here, label in ((False, "shipper process (tidegate serve)"), (True, "journal thread (create_app alone)")):
-        on, off = min(results[here, True]), min(results[here, False])
-        print(f"{label}: GET /api/v1/keys with the chainer {on:8.1f} us/request, without (yardstick) {off:8.1f}")
-        print(f"{' ' * len(label)}  ratio {on / off:6.3f} ({on - off:+.1f} us per request)")
+        for chain in (True, False):
+            chaining[0] = chain
+            threaded[chain].append(await timed(app, fresh_headers(), per_round))
+    app.state.journal.close()
+    for label, results in (
+        ("shipper process (tidegate serve) ", served),
+        ("journal thread (create_app alone)", threaded),
+    ):
+        on, off = min(results[True]), min(results[False])
+        print(f"{label}: GET /api/v1/keys, chainer {on:7.1f} us/request, none (yardstick) {off:7.1f}: ", end="")
+        print(f"ratio {on / off:5.3f} ({on - off:+.1f} us)")
 
 
 def chaining_bench(events: int) -> None:

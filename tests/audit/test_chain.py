@@ -274,6 +274,9 @@ def test_chained_events_keep_their_place(org, chain, signer):
 # -- two processes --------------------------------------------------------------------------
 
 
+ROUNDS = 40
+
+
 def _worker(url: str, org_id: str, home: str, rounds: int) -> None:
     signer = load_signer(Path(home))
     for _ in range(rounds):
@@ -286,7 +289,7 @@ def test_two_processes_chain_one_consistent_order(org, signer, tmp_path):
     exactly one position, the positions have no gap, and the chain verifies."""
     url = org.settings.database_url
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker, args=(url, org.id, str(tmp_path), 15)) for _ in range(2)]
+    workers = [context.Process(target=_worker, args=(url, org.id, str(tmp_path), ROUNDS)) for _ in range(2)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -296,7 +299,7 @@ def test_two_processes_chain_one_consistent_order(org, signer, tmp_path):
     events = chained(url, org.id)
     assert all(e.chain_seq is not None for e in events)
     assert [e.chain_seq for e in events] == list(range(1, len(events) + 1))
-    assert sum(e.action == "test.event" for e in events) == 2 * 15 * 3
+    assert sum(e.action == "test.event" for e in events) == 2 * ROUNDS * 3
     report = verify(url, org.id, signer)
     assert report.ok, report.problem
     assert report.events == len(events)
@@ -399,3 +402,28 @@ def test_purge_leaves_a_tampered_boundary_alone(org, signer):
         last.hash = "f" * 64
     assert not [p for p in purge_expired(url, signer) if p.org_id == org.id]
     assert len(chained(url, org.id)) == last.chain_seq
+
+
+def test_a_limited_check_judges_only_what_it_read(org, chain, signer):
+    url, events = chain
+    with session_scope(url) as session:
+        session.execute(update(AuditEvent).where(AuditEvent.id == events[7].id).values(path="/elsewhere"))
+    partial = verify(url, org.id, signer, limit=3)
+    assert partial.ok and partial.events == 3 and partial.notes
+    report = verify(url, org.id, signer)
+    assert report.problem is not None and report.problem.event_id == events[7].id
+
+
+def test_a_wrong_head_row_is_repaired(org, chain, signer):
+    """The chainer's bookkeeping row set back by hand: the next round continues after the
+    last chained event instead of colliding with it (or linking to the wrong hash)."""
+    url, events = chain
+    with session_scope(url) as session:
+        session.execute(
+            update(AuditChainHead).where(AuditChainHead.org_id == org.id).values(chain_seq=2, head_hash="e" * 64)
+        )
+    add_events(url, org.id, 2)
+    chain_round(url, signer, force_sign=True)
+    after = chained(url, org.id)
+    assert [e.chain_seq for e in after] == list(range(1, len(events) + 3))
+    assert verify(url, org.id, signer).ok

@@ -145,7 +145,10 @@ def checkpoint_fields(checkpoint: AuditCheckpoint) -> dict[str, Any]:
 
 
 def _lock_org(session: Session, org_id: str) -> None:
-    """Serialize the chainers of one organization (PostgreSQL; released at commit)."""
+    """Serialize the chainers of one organization until the transaction ends, before
+    anything is read: on PostgreSQL an advisory lock (later statements see what the previous
+    holder committed); on SQLite a write to the head row, which takes the database's write
+    lock first (reads after it are current, and nobody writes before this commits)."""
     if session.get_bind().dialect.name == "postgresql":
         from tidegate.db.jobs import LOCK_NAMESPACE
 
@@ -153,6 +156,13 @@ def _lock_org(session: Session, org_id: str) -> None:
         session.execute(
             text("SELECT pg_advisory_xact_lock(:namespace, :key)"),
             {"namespace": LOCK_NAMESPACE, "key": key - 2**32 if key >= 2**31 else key},
+        )
+    else:
+        session.execute(
+            update(AuditChainHead)
+            .where(AuditChainHead.org_id == org_id)
+            .values(chain_seq=AuditChainHead.chain_seq)
+            .execution_options(synchronize_session=False)
         )
 
 
@@ -165,6 +175,8 @@ def chain_org(session: Session, org_id: str, *, now: datetime | None = None, bat
     transaction; how many."""
     _lock_org(session, org_id)
     head = session.get(AuditChainHead, org_id, populate_existing=True)
+    if head is not None:
+        _repair(session, head)
     # Core statements, not ORM objects: a batch is one SELECT and one executemany UPDATE.
     pending = session.execute(
         select(AUDIT_EVENTS)
@@ -198,6 +210,20 @@ def chain_org(session: Session, org_id: str, *, now: datetime | None = None, bat
     head.chain_seq, head.head_hash = seq, previous
     session.flush()
     return len(pending)
+
+
+def _repair(session: Session, head: AuditChainHead) -> None:
+    """A head row that disagrees with the last chained event (edited or restored by hand)
+    would make every later round collide or link wrongly: continue after that event."""
+    last = session.execute(
+        select(AuditEvent.chain_seq, AuditEvent.hash)
+        .where(AuditEvent.org_id == head.org_id, AuditEvent.chain_seq.is_not(None))
+        .order_by(AuditEvent.chain_seq.desc())
+        .limit(1)
+    ).first()
+    if last is not None and (last.chain_seq, last.hash) != (head.chain_seq, head.head_hash):
+        log.warning("audit chain of %s: head row repaired to position %s", head.org_id, last.chain_seq)
+        head.chain_seq, head.head_hash = last.chain_seq, last.hash
 
 
 def _rebuilt_head(session: Session, org_id: str) -> AuditChainHead:
