@@ -120,6 +120,22 @@ def test_export_verifies_offline_and_a_tampered_line_fails(client, org, settings
     result = verify_file(cut_tail, key)
     assert result.exit_code == 1 and "missing" in result.output
 
+    checkpoint_at = next(i for i, line in enumerate(lines) if b'"type":"checkpoint"' in line)
+    forged_checkpoint = json.loads(lines[checkpoint_at])
+    forged_checkpoint["signed_at"] = "2001-01-01T00:00:00.000000Z"
+    refiled = tmp_path / "checkpoint.ndjson"
+    refiled.write_bytes(
+        b"\n".join([*lines[:checkpoint_at], json.dumps(forged_checkpoint).encode(), *lines[checkpoint_at + 1 :]])
+        + b"\n"
+    )
+    result = verify_file(refiled, key)
+    assert result.exit_code == 1 and "forged_checkpoint" in result.output
+
+    garbled = tmp_path / "garbled.ndjson"
+    garbled.write_bytes(b"\n".join([*lines[:2], b"{not json", *lines[2:]]) + b"\n")
+    result = verify_file(garbled, key)
+    assert result.exit_code == 1 and "line 3" in result.output
+
     forged_seal = json.loads(lines[-1])
     forged_seal["events"] += 1
     resealed = tmp_path / "resealed.ndjson"
