@@ -282,3 +282,48 @@ def test_bad_signing_key_setting_stops_start(value):
 
     with pytest.raises(SystemExit, match="TIDEGATE_AUDIT_SIGNING_KEY"):
         load_settings({"TIDEGATE_HOME": "/tmp/tidegate-chain-test-home", "TIDEGATE_AUDIT_SIGNING_KEY": value})
+
+
+def test_an_independent_implementation_of_the_readme_verifies_an_export(client, org, settings):
+    """What README "A log you can verify" specifies is enough: hashes, links, checkpoint
+    signatures and the seal checked here with hashlib, json and cryptography only."""
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    fields = (
+        "v org_id chain_seq prev_hash chained_at id timestamp actor_type actor_id action target_type target_id "
+        "key_id method path status ip_address user_agent request_id details"
+    ).split()
+
+    def canonical(value: dict) -> bytes:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    client.get(f"{API}/keys", headers=org.headers())
+    chain_and_sign(client, settings)
+    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key(client, org)))
+    lines = lines_of(export(client, org))
+    events = [line for line in lines if line["type"] == "event"]
+    checkpoints = [line for line in lines if line["type"] == "checkpoint"]
+    seal = lines[-1]
+    previous = "0" * 64
+    for event in events:
+        assert event["prev_hash"] == previous
+        assert hashlib.sha256(canonical({name: event[name] for name in fields})).hexdigest() == event["hash"]
+        previous = event["hash"]
+    hashes = {event["chain_seq"]: event["hash"] for event in events}
+    assert checkpoints
+    for checkpoint in checkpoints:
+        signed = {name: checkpoint[name] for name in ("org_id", "chain_seq", "head_hash", "signed_at", "kind")}
+        key.verify(
+            base64.b64decode(checkpoint["signature"]),
+            canonical({"type": "tidegate.audit.checkpoint", "v": 1, **signed}),
+        )
+        assert hashes[checkpoint["chain_seq"]] == checkpoint["head_hash"]
+    sealed = ("org_id start_date end_date exported_at first_seq first_prev_hash last_seq last_hash events").split()
+    key.verify(
+        base64.b64decode(seal["signature"]),
+        canonical({"type": "tidegate.audit.export-seal", "v": 1, **{name: seal[name] for name in sealed}}),
+    )
+    assert (seal["first_seq"], seal["last_seq"], seal["last_hash"]) == (1, events[-1]["chain_seq"], previous)

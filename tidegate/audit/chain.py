@@ -8,9 +8,9 @@ Events are chained in the order the chainer finds them committed (within one rou
 timestamp then id): request events shipped from any worker or node, and admin events
 written in their change's transaction, all get their place after they are committed, and
 keep it. The chainer runs outside requests (the audit shipper process under `tidegate
-serve`, a thread otherwise) as a cluster job, and per organization under a lock (an
-advisory lock on PostgreSQL; on SQLite the unique (org_id, chain_seq) index refuses a second
-writer of the same position, and its round is rolled back and retried).
+serve`, the journal's thread otherwise) as a cluster job, and per organization under a lock
+taken before anything is read (an advisory lock on PostgreSQL, the write lock on SQLite); the
+unique (org_id, chain_seq) index refuses a position taken twice all the same.
 
 Every CHECKPOINT_SECONDS (and when the server stops), each chain whose head moved gets a
 checkpoint: its head signed with the server's Ed25519 key (audit.signing).
