@@ -7,6 +7,7 @@ checks that verification fails naming the right position and event; a clean log 
 from __future__ import annotations
 
 import multiprocessing
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -427,3 +428,31 @@ def test_a_wrong_head_row_is_repaired(org, chain, signer):
     after = chained(url, org.id)
     assert [e.chain_seq for e in after] == list(range(1, len(events) + 3))
     assert verify(url, org.id, signer).ok
+
+
+def test_a_failing_chainer_does_not_slow_shipping(org, tmp_path):
+    """The journal's thread chains after shipping; a chainer that fails (say, an unreadable
+    signing key) is logged and retried, while shipping keeps its one-interval pace."""
+    from tidegate.audit.journal import Journal, private_directory
+    from tidegate.audit.record import event_row
+
+    url = org.settings.database_url
+    calls = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise RuntimeError("no signing key")
+
+    journal = Journal(private_directory(tmp_path / "journal"), url)
+    journal.start(interval=0.1, after_ship=failing)
+    try:
+        time.sleep(1.5)  # with failures counted as shipping failures, the wait would be 5 s now
+        event = event_row(org_id=org.id, actor_type="system", actor_id="cli", action="late.event")
+        journal.append(event)
+        deadline = time.monotonic() + 1.5
+        while not any(e.id == event["id"] for e in chained(url, org.id)):
+            assert time.monotonic() < deadline, "the event was not shipped within 1.5 s"
+            time.sleep(0.05)
+    finally:
+        journal.close()
+    assert len(calls) >= 5

@@ -319,13 +319,17 @@ class Journal:
             while not self._stop.wait(backoff(interval, failures)):
                 try:
                     self.flush() if ship else self.rotate()
-                    if after_ship is not None:
-                        with _ShipLock(self.directory):
-                            after_ship()
                     failures = 0
                 except Exception as exc:  # keep the segments; the next round retries
                     failures += 1
                     log.warning("audit shipping failed (%s); will retry", brief_error(exc))
+                    continue
+                if after_ship is not None:
+                    try:  # its failure does not slow shipping down
+                        with _ShipLock(self.directory):
+                            after_ship()
+                    except Exception as exc:
+                        log.warning("audit work after shipping failed (%s); will retry", brief_error(exc))
 
         self._thread = threading.Thread(target=loop, name="tidegate-audit-shipper", daemon=True)
         self._thread.start()
