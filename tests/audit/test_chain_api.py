@@ -136,6 +136,16 @@ def test_export_verifies_offline_and_a_tampered_line_fails(client, org, settings
     result = verify_file(garbled, key)
     assert result.exit_code == 1 and "line 3" in result.output
 
+    for field, value in (("chain_seq", "x"), ("details", float("nan")), ("chain_seq", None)):
+        odd = json.loads(lines[checkpoint_at if field == "chain_seq" and value == "x" else target])
+        odd[field] = value
+        weird = tmp_path / "weird.ndjson"
+        position = checkpoint_at if field == "chain_seq" and value == "x" else target
+        weird.write_bytes(b"\n".join([*lines[:position], json.dumps(odd).encode(), *lines[position + 1 :]]) + b"\n")
+        result = verify_file(weird, key)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (field, result.output)
+        assert "FAILED" in result.output, (field, result.output)
+
     forged_seal = json.loads(lines[-1])
     forged_seal["events"] += 1
     resealed = tmp_path / "resealed.ndjson"

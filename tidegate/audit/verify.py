@@ -119,11 +119,11 @@ def verify_chain(
             forged.append(checkpoint)
         else:
             valid.setdefault(int(checkpoint["chain_seq"]), checkpoint)
-    first_forged = min(forged, key=lambda c: int(c.get("chain_seq") or 0), default=None)
+    first_forged = min(forged, key=_position, default=None)
 
     def fail(problem: Problem) -> Report:
         # A forged checkpoint at an earlier position is the first thing wrong.
-        if first_forged is not None and int(first_forged.get("chain_seq") or 0) <= (problem.chain_seq or 0):
+        if first_forged is not None and _position(first_forged) <= (problem.chain_seq or 0):
             problem = _forged(first_forged)
         report.problem = problem
         return report
@@ -186,7 +186,7 @@ def verify_chain(
                     "(a duplicate or inserted event)",
                 )
             )
-        own_hash_ok = event_hash(event) == event.get("hash")
+        own_hash_ok = _hash_or_none(event) == event.get("hash")
         if event.get("prev_hash") != previous_hash:
             # (This event's own hash need not hold: moving it up one changed its position.)
             if previous_id is not None and event.get("prev_hash") == before_previous:
@@ -271,10 +271,23 @@ def verify_chain(
     return report
 
 
+def _position(checkpoint: dict[str, Any]) -> int:
+    value = checkpoint.get("chain_seq")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _hash_or_none(event: dict[str, Any]) -> str | None:
+    """The event's hash; None if its content cannot be hashed (NaN, a value JSON cannot hold)."""
+    try:
+        return event_hash(event)
+    except (TypeError, ValueError):
+        return None
+
+
 def _forged(checkpoint: dict[str, Any]) -> Problem:
     return Problem(
         "forged_checkpoint",
-        int(checkpoint.get("chain_seq") or 0),
+        _position(checkpoint),
         None,
         f"checkpoint {checkpoint.get('id')} (position {checkpoint.get('chain_seq')}, key {checkpoint.get('key_id')}) "
         "has a signature that does not verify with the verifying key: it was forged or altered",
