@@ -87,6 +87,8 @@ RECORDED_WITHOUT_ACCESS_CHANGE = {
     "tidegate/web/auth.py": "signing in and out",
     "tidegate/web/audit.py": "exporting the audit log",
     "tidegate/credentials/failures.py": "observing a burst of failed authentications",
+    "tidegate/api/audit.py": "exporting the audit log",
+    "tidegate/orgs/retention.py": "purging audit events past their retention",
 }
 
 

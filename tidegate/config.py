@@ -8,6 +8,8 @@ generated on first use.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import json
@@ -286,6 +288,8 @@ class Settings:
     # PostgreSQL: each serving process keeps its own copy of the access epochs under a lease of
     # this length (orgs.epochwatch); 0: the epoch is read per request instead.
     epoch_lease_seconds: float = 2.0
+    # The Ed25519 seed that signs audit checkpoints; None: the key file in `home` (audit.signing).
+    audit_signing_key: bytes | None = None
 
     @property
     def part_cache_dir(self) -> Path:
@@ -333,6 +337,17 @@ def _load_or_create_secrets(home: Path) -> dict[str, str]:
     return _read_secrets(path)
 
 
+def seed_from_text(text: str) -> bytes:
+    """TIDEGATE_AUDIT_SIGNING_KEY: base64 of a 32-byte Ed25519 seed (ValueError otherwise)."""
+    try:
+        seed = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ValueError("TIDEGATE_AUDIT_SIGNING_KEY must be base64 (of a 32-byte Ed25519 seed)") from None
+    if len(seed) != 32:
+        raise ValueError(f"TIDEGATE_AUDIT_SIGNING_KEY must decode to 32 bytes, not {len(seed)}")
+    return seed
+
+
 def normalize_database_url(url: str) -> str:
     """Accept the plain `postgresql://` form and pick the psycopg 3 driver for it."""
     for plain in ("postgresql://", "postgres://"):
@@ -365,6 +380,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_token = _metrics_token(environ.get("TIDEGATE_METRICS_TOKEN", ""))
         notify = _notify_settings(environ)
         epoch_lease_seconds = _lease_seconds(environ.get("TIDEGATE_EPOCH_LEASE_SECONDS", ""))
+        signing_text = environ.get("TIDEGATE_AUDIT_SIGNING_KEY", "").strip()
+        audit_signing_key = seed_from_text(signing_text) if signing_text else None
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     home.mkdir(parents=True, exist_ok=True)
@@ -396,6 +413,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_token=metrics_token,
         notify=notify,
         epoch_lease_seconds=epoch_lease_seconds,
+        audit_signing_key=audit_signing_key,
     )
 
 

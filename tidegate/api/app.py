@@ -37,8 +37,9 @@ from tidegate.api.bodylimit import BodyLimitMiddleware
 from tidegate.api.middleware import RequestMiddleware
 from tidegate.api.responses import JSON, error_response, from_error
 from tidegate.api.uploads import spool_uploads_under
-from tidegate.audit import shipper
+from tidegate.audit import chainer, shipper
 from tidegate.audit.journal import Journal, brief_error
+from tidegate.audit.signing import load_signer
 from tidegate.config import Settings, get_settings
 from tidegate.credentials.authenticate import KeyCache
 from tidegate.credentials.failures import FailureBursts
@@ -50,6 +51,7 @@ from tidegate.data.scheduled_sync import SyncScheduler
 from tidegate.errors import TidegateError
 from tidegate.notifications.delivery import NotificationWorker, Policy
 from tidegate.orgs.epochwatch import EpochWatch
+from tidegate.orgs.retention import PeriodicPurge
 from tidegate.web import routes as web
 from tidegate.web.throttle import SigninThrottle
 from tidegate.wire.common import ErrorOut
@@ -157,6 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     journal = Journal(
         settings.audit_dir, settings.database_url, fsync=settings.audit_fsync, after_insert=record_key_use
     )
+    audit_signer = load_signer(settings.home, settings.audit_signing_key)
+    audit_purge = PeriodicPurge(settings.database_url, audit_signer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -166,7 +170,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             journal.flush()  # ship what a previous (possibly killed) process left behind
         except Exception as exc:  # the database is down: serve (503s) and keep retrying
             log.warning("audit events of earlier runs not shipped yet (%s); will retry", brief_error(exc))
-        journal.start(ship=not shipper.ships_elsewhere())
+        chains_here = not shipper.ships_elsewhere()  # else the shipper process chains (audit.chainer)
+        journal.start(
+            ship=chains_here,
+            after_ship=(lambda: chainer.run_if_due(settings.database_url, audit_signer)) if chains_here else None,
+        )
+        audit_purge.start()
         collector.start()
         scheduled_syncs.start()
         reminders.start()
@@ -184,7 +193,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             leases.close()
         scheduled_syncs.close()
         collector.close()
+        audit_purge.close()
         journal.close()
+        if chains_here:  # after the journal's last shipping: chain it, and sign every moved head
+            chainer.last_round(settings.database_url, audit_signer)
 
     app = FastAPI(
         title="tidegate",
@@ -201,6 +213,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth_failures = FailureBursts(
         settings.redis_url, notify.auth_failure_burst, notify.auth_failure_window_seconds
     )
+    app.state.audit_signer = audit_signer
+    app.state.audit_verified = {}  # org id -> (position, hash, signed at) verified by this process
     app.state.signin_throttle = SigninThrottle.for_redis_url(settings.redis_url)  # built now, not per request
     app.state.ready_checks = health.checks_for(settings)
 

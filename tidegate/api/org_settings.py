@@ -36,6 +36,7 @@ class SettingsUpdate(BaseModel):
     unused_key_days: StrictInt | None = Field(
         None, description="Flag active keys not used for this many days (1-3650; default 90)."
     )
+    audit_retention_days: StrictInt | None = Field(None, description="Days audit events are kept: 1 to 2190.")
 
 
 @router.get("/org/settings", response_model=OrgSettingsOut)
@@ -61,6 +62,7 @@ def update_settings(
         embed_ui_config=body.embed_ui_config,
         public_share_links_enabled=body.public_share_links_enabled,
         unused_key_days=body.unused_key_days,
+        audit_retention_days=body.audit_retention_days,
         context=context,
     )
     if body.deny_by_default is not None:

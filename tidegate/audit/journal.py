@@ -308,9 +308,12 @@ class Journal:
         self.rotate()
         return ship_pending(self.directory, self.database_url, own_path=self._path, after_insert=self.after_insert)
 
-    def start(self, interval: float = 1.0, *, ship: bool = True) -> None:
+    def start(
+        self, interval: float = 1.0, *, ship: bool = True, after_ship: Callable[[], object] | None = None
+    ) -> None:
         """Every `interval`: rotate the segment, and ship what is ready unless `ship` is
-        False (then a separate shipper process does it: `audit.shipper`)."""
+        False (then a separate shipper process does it: `audit.shipper`); then, holding the
+        ship lock, run `after_ship` (the audit chainer, audit.chainer)."""
 
         def loop() -> None:
             failures = 0
@@ -321,6 +324,13 @@ class Journal:
                 except Exception as exc:  # keep the segments; the next round retries
                     failures += 1
                     log.warning("audit shipping failed (%s); will retry", brief_error(exc))
+                    continue
+                if after_ship is not None:
+                    try:  # its failure does not slow shipping down
+                        with _ShipLock(self.directory):
+                            after_ship()
+                    except Exception as exc:
+                        log.warning("audit work after shipping failed (%s); will retry", brief_error(exc))
 
         self._thread = threading.Thread(target=loop, name="tidegate-audit-shipper", daemon=True)
         self._thread.start()

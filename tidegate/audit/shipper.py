@@ -24,7 +24,9 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
+from tidegate.audit import chainer
 from tidegate.audit.journal import AfterInsert, backoff, brief_error, private_directory, ship_pending
+from tidegate.audit.signing import Signer
 
 log = logging.getLogger("tidegate.audit")
 
@@ -39,43 +41,68 @@ def ships_elsewhere() -> bool:
     return os.environ.get(ENV_FLAG) == "process"
 
 
+# Where the shipper process finds the checkpoint signing key: ($TIDEGATE_HOME, configured seed).
+ChainKey = tuple[str, bytes | None]
+
+
 def _run(
-    directory: str, database_url: str, parent_pid: int, interval: float, stop: Event, after_insert: AfterInsert | None
+    directory: str,
+    database_url: str,
+    parent_pid: int,
+    interval: float,
+    stop: Event,
+    after_insert: AfterInsert | None,
+    chain_key: ChainKey | None = None,
 ) -> None:
     # Signals to the whole process group (Ctrl-C, a service manager's SIGTERM) are for the
     # server: it stops us through `stop`, or we see it gone. Either way we ship once more.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signer = chainer.signer_for(*chain_key) if chain_key else None
     failures = 0
     while True:
-        failures = 0 if _ship_round(directory, database_url, after_insert) else failures + 1
+        failures = 0 if _ship_round(directory, database_url, after_insert, signer) else failures + 1
         if stop.is_set() or os.getppid() != parent_pid:
             return
         # While the database is down, wait longer between rounds (at most journal.MAX_BACKOFF).
         stop.wait(backoff(interval, failures))
         if stop.is_set() or os.getppid() != parent_pid:
-            _ship_round(directory, database_url, after_insert)
+            _ship_round(directory, database_url, after_insert, signer)
             return
 
 
-def _ship_round(directory: str, database_url: str, after_insert: AfterInsert | None) -> bool:
+def _ship_round(
+    directory: str, database_url: str, after_insert: AfterInsert | None, signer: Signer | None = None
+) -> bool:
     try:
         ship_pending(Path(directory), database_url, after_insert=after_insert)
-        return True
     except Exception as exc:  # keep the segments; the next round retries
         log.warning("audit shipping failed (%s); will retry", brief_error(exc))
         return False
+    if signer is not None:  # here, not in the workers: hashing holds the GIL (see audit.chainer)
+        try:
+            chainer.run_if_due(database_url, signer)
+        except Exception as exc:  # the next round retries
+            log.warning("audit chain round failed (%s); will retry", brief_error(exc))
+    return True
 
 
 class ShipperProcess:
     """Runs `_run` in a child process and restarts it if it dies."""
 
     def __init__(
-        self, directory: Path, database_url: str, interval: float = 1.0, *, after_insert: AfterInsert | None = None
+        self,
+        directory: Path,
+        database_url: str,
+        interval: float = 1.0,
+        *,
+        after_insert: AfterInsert | None = None,
+        chain_key: ChainKey | None = None,
     ):
         self.directory = directory
         self.database_url = database_url
         self.after_insert = after_insert  # a module-level function: the spawned child imports it
+        self.chain_key = chain_key  # None: this process does not run the chainer
         self.interval = interval
         self._context = multiprocessing.get_context("spawn")
         self._process: BaseProcess | None = None
@@ -89,7 +116,15 @@ class ShipperProcess:
     def _spawn(self) -> None:
         self._process = process = self._context.Process(
             target=_run,
-            args=(str(self.directory), self.database_url, os.getpid(), self.interval, self._stop, self.after_insert),
+            args=(
+                str(self.directory),
+                self.database_url,
+                os.getpid(),
+                self.interval,
+                self._stop,
+                self.after_insert,
+                self.chain_key,
+            ),
             name="tidegate-audit-shipper",
             daemon=True,
         )
@@ -121,3 +156,5 @@ class ShipperProcess:
                 self._process.join(timeout=5)
         if not _ship_round(str(self.directory), self.database_url, self.after_insert):
             log.warning("audit events stay in %s until the next start", self.directory)
+        if self.chain_key is not None:  # chain what is left, and sign every moved head
+            chainer.last_round(self.database_url, chainer.signer_for(*self.chain_key))

@@ -36,7 +36,9 @@ app = typer.Typer(help="tidegate: governed, auditable API keys for your organiza
 users_app = typer.Typer(help="Manage users (operator console).", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys (operator console).", no_args_is_help=True)
 org_app = typer.Typer(help="Organization admin controls.", no_args_is_help=True)
-audit_app = typer.Typer(help="The audit journal: its backlog, and events the database refused.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The audit log: its journal backlog, refused events, verification and retention.", no_args_is_help=True
+)
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(org_app, name="org")
@@ -206,7 +208,12 @@ def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_on_signal)
     # Workers append audit events; one process beside them ships them (see audit.shipper).
-    audit_shipper = shipper.ShipperProcess(settings.audit_dir, settings.database_url, after_insert=record_key_use)
+    audit_shipper = shipper.ShipperProcess(
+        settings.audit_dir,
+        settings.database_url,
+        after_insert=record_key_use,
+        chain_key=(str(settings.home), settings.audit_signing_key),
+    )
     audit_shipper.start()
     os.environ[shipper.ENV_FLAG] = "process"
     pg = _start_pg(settings, host, pg_port, pg_allow_plain_loopback)
@@ -607,6 +614,9 @@ def org_settings(
     embed_ui_config: str | None = typer.Option(
         None, "--embed-ui-config", help='The embed UI config as JSON: {"chrome": {}, "theme": {}, "privacy": {}}'
     ),
+    audit_retention_days: int | None = typer.Option(
+        None, "--audit-retention-days", help="Days audit events are kept (1 to 2190)."
+    ),
     as_json: bool = JsonOpt,
 ):
     """Show, or change, the organization's admin controls."""
@@ -627,6 +637,7 @@ def org_settings(
             embed_allowed_origins=None if not embed_origins else [o for o in embed_origins if o],
             embed_ui_config=None if embed_ui_config is None else _json_object(embed_ui_config, "--embed-ui-config"),
             unused_key_days=unused_key_days,
+            audit_retention_days=audit_retention_days,
         )
         payload = OrgSettingsOut.of(organization).model_dump()
     emit(as_json, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
@@ -707,6 +718,112 @@ def audit_reship(as_json: bool = JsonOpt):
         {"shipped": shipped, "still_set_aside": refused},
         f"Shipped {shipped} set-aside event(s); {refused} still refused.",
     )
+
+
+# -- the verifiable audit chain -------------------------------------------------------------------
+
+
+def _verifying_keys(texts: list[str] | None) -> dict:
+    """--public-key values (base64, PEM, or a file holding either) as {key id: key}."""
+    from tidegate.audit.signing import key_id_of, parse_public
+
+    keys = {}
+    for text in texts or []:
+        candidate = Path(text)
+        try:
+            value = candidate.read_text() if len(text) < 4096 and candidate.is_file() else text
+            key = parse_public(value)
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"not an Ed25519 public key ({exc})", param_hint="--public-key") from None
+        keys[key_id_of(key)] = key
+    return keys
+
+
+def _verify_line(report) -> str:
+    head = f"org {report.org_id}: " if report.org_id else ""
+    if report.problem is not None:
+        problem = report.problem
+        where = f" (position {problem.chain_seq}" + (f", event {problem.event_id})" if problem.event_id else ")")
+        return f"{head}FAILED {problem.kind}{where if problem.chain_seq is not None else ''}: {problem.message}"
+    span = f"positions {report.first_seq}..{report.last_seq}" if report.events else "no events"
+    signed = (
+        f"verified up to position {report.verified_seq}, signed {report.verified_at}"
+        if report.verified_seq is not None
+        else "no checkpoint yet"
+    )
+    unsigned = f"; {report.unsigned} newer event(s) not signed yet" if report.unsigned else ""
+    notes = "".join(f"; {note}" for note in report.notes)
+    return f"{head}OK: {report.events} event(s), {span}, {signed}{unsigned}{notes}"
+
+
+@audit_app.command("verify")
+def audit_verify(
+    org: str | None = typer.Option(None, "--org", help="One organization (id or name); default: all."),
+    file: Path | None = typer.Option(None, "--file", help="Verify an export (NDJSON) offline: no database needed."),
+    public_key: list[str] | None = typer.Option(
+        None, "--public-key", help="Verifying key: base64, PEM, or a file (repeat for rotated keys)."
+    ),
+    as_json: bool = JsonOpt,
+):
+    """Check the hash chain and the signed checkpoints; exit 1 naming the first bad event."""
+    keys = _verifying_keys(public_key)
+    if file is not None:
+        from tidegate.audit.export import verify_export
+
+        if not keys:
+            raise typer.BadParameter("offline verification needs the verifying key", param_hint="--public-key")
+        try:
+            reports = [verify_export(file, keys)]
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="--file") from None
+    else:
+        from tidegate.audit.signing import load_signer
+        from tidegate.audit.verify import org_ids, verify_org
+
+        with database(as_json) as (settings, session):
+            signer = load_signer(settings.home, settings.audit_signing_key)
+            keys.setdefault(signer.key_id, signer.public)
+            targets = [orgs.find_org(session, org).id] if org else org_ids(session)
+            reports = [verify_org(session, org_id, keys) for org_id in targets]
+    emit(
+        as_json,
+        [report.view() for report in reports],
+        "\n".join(_verify_line(r) for r in reports) or "No audit chains.",
+    )
+    if any(not report.ok for report in reports):
+        raise typer.Exit(code=1)
+
+
+@audit_app.command("purge")
+def audit_purge(as_json: bool = JsonOpt):
+    """Delete audit events older than each organization's retention, signing the boundary."""
+    from tidegate.audit.signing import load_signer
+    from tidegate.db.jobs import LockBusy
+    from tidegate.orgs.retention import purge_now
+
+    settings = get_settings()
+    with refusals_reported(as_json):
+        migrate(settings.database_url)
+        try:
+            purged = purge_now(settings.database_url, load_signer(settings.home, settings.audit_signing_key))
+        except LockBusy:
+            raise SystemExit("Another node has been purging for a minute and still is; try again later.") from None
+    emit(
+        as_json,
+        [{"org_id": p.org_id, "events": p.events, "through_chain_seq": p.boundary_seq} for p in purged],
+        "\n".join(f"org {p.org_id}: {p.events} event(s) purged, up to position {p.boundary_seq}" for p in purged)
+        or "Nothing older than the retention periods.",
+    )
+
+
+@audit_app.command("public-key")
+def audit_public_key(as_json: bool = JsonOpt):
+    """Print the key that verifies checkpoints and exports (base64 of its 32 raw bytes)."""
+    from tidegate.audit.signing import encode_public, load_signer
+
+    settings = get_settings()
+    signer = load_signer(settings.home, settings.audit_signing_key)
+    emit(as_json, {"key_id": signer.key_id, "public_key": encode_public(signer.public)}, encode_public(signer.public))
 
 
 def main() -> None:  # pragma: no cover - console entry

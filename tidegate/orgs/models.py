@@ -40,6 +40,8 @@ class Organization(Base):
     public_share_links_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Key hygiene: an active key not used for this many days is flagged as unused.
     unused_key_days: Mapped[int] = mapped_column(Integer, default=90, server_default="90")
+    # Audit events older than this are purged (orgs.retention); the purge boundary is signed.
+    audit_retention_days: Mapped[int] = mapped_column(Integer, default=365, server_default="365")
 
 
 class User(Base):

@@ -19,6 +19,7 @@ from tidegate.orgs import embeds
 from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.orgs.models import Organization, User
 from tidegate.orgs.passwords import hash_password
+from tidegate.orgs.retention import check_retention_days
 
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 MIN_PASSWORD_LENGTH = 12
@@ -379,11 +380,14 @@ def update_settings(
     embed_ui_config: dict[str, Any] | None = None,
     public_share_links_enabled: bool | None = None,
     unused_key_days: int | None = None,
+    audit_retention_days: int | None = None,
     context: RequestContext | None = None,
 ) -> Organization:
     """Validates everything before changing anything: a refused update changes nothing."""
     if unused_key_days is not None:
         check_unused_key_days(unused_key_days)
+    if audit_retention_days is not None:
+        check_retention_days(audit_retention_days)
     if max_keys_per_user is not None:
         check_max_keys_per_user(max_keys_per_user)
     if user_rate_limit_per_minute is not None:
@@ -403,6 +407,7 @@ def update_settings(
         # Off deactivates every public dashboard link at once (checked on each use).
         ("public_share_links_enabled", public_share_links_enabled),
         ("unused_key_days", unused_key_days),
+        ("audit_retention_days", audit_retention_days),
     ):
         if value is not None and value != getattr(org, field):
             changes[field] = {"old": getattr(org, field), "new": value}

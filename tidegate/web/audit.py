@@ -25,6 +25,7 @@ from tidegate.audit.query import list_events, parse_bound
 from tidegate.audit.record import record
 from tidegate.audit.usage import Window, events_per_day
 from tidegate.audit.usage import key_activity as key_activity_of
+from tidegate.audit.verify import verify_org
 from tidegate.catalog.analysis import Dashboard, Project
 from tidegate.catalog.models import Source
 from tidegate.core.scopes import Scope
@@ -44,6 +45,7 @@ READ = Scope.AUDIT_READ
 PAGE_SIZE = 50
 EXPORT_BATCH = 500
 EXPORT_MAX_ROWS = 100_000
+CHAIN_CHECK_EVENTS = 50_000  # about a second of hashing
 
 
 def Id():  # a fresh Query per parameter: FastAPI must not share one between parameters
@@ -286,6 +288,26 @@ def filter_choices(session, org_id: str) -> dict:
     return {"users": users, "key_choices": keys, "actions": actions}
 
 
+def chain_status(request: Request, org_id: str) -> dict:
+    """The page's "verified up to": this process verifies the chain from its start, then
+    only what was added since (from the last checkpoint it verified), at most
+    CHAIN_CHECK_EVENTS events per page view (a long log is caught up over a few views)."""
+    signer = request.app.state.audit_signer
+    verified = request.app.state.audit_verified
+    with session_scope(settings_of(request).database_url) as session:
+        report = verify_org(
+            session, org_id, {signer.key_id: signer.public}, resume=verified.get(org_id), limit=CHAIN_CHECK_EVENTS
+        )
+    if report.ok and report.verified_seq is not None and report.verified_hash and report.verified_at:
+        verified[org_id] = (report.verified_seq, report.verified_hash, report.verified_at)
+    return {
+        "problem": report.problem.message if report.problem else None,
+        "verified_at": report.verified_at,
+        "verified_seq": report.verified_seq,
+        "unsigned": report.unsigned,
+    }
+
+
 def _flush_journal(request: Request) -> None:
     # Ship this process's request events first, so that the page shows the latest requests.
     request.app.state.journal.flush()
@@ -330,6 +352,7 @@ def audit_page(
             "error": error,
             **filter_choices(session, viewer.org.id),
         }
+    context["chain"] = chain_status(request, viewer.org.id)
     return page(request, "audit.html", context, viewer=viewer, status=status)
 
 

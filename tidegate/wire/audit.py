@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 
 from tidegate.audit.models import AuditEvent
+from tidegate.audit.signing import encode_public, key_id_of
 from tidegate.db.base import isoformat
 
 
@@ -45,4 +48,20 @@ class EventOut(BaseModel):
             user_agent=event.user_agent,
             request_id=event.request_id,
             details=event.details,
+        )
+
+
+class AuditPublicKeyOut(BaseModel):
+    """GET /audit/public-key: the key that verifies checkpoints and export seals."""
+
+    algorithm: str
+    key_id: str
+    public_key: str  # base64 of the 32 raw bytes (what `tidegate audit verify --public-key` takes)
+    public_key_pem: str
+
+    @classmethod
+    def of(cls, key: Ed25519PublicKey) -> AuditPublicKeyOut:
+        pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return cls(
+            algorithm="Ed25519", key_id=key_id_of(key), public_key=encode_public(key), public_key_pem=pem.decode()
         )

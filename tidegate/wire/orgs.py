@@ -24,6 +24,7 @@ class OrgSettingsOut(BaseModel):
     embed_ui_config: dict[str, dict[str, Any]]
     public_share_links_enabled: bool
     unused_key_days: int
+    audit_retention_days: int
 
     @classmethod
     def of(cls, org: Organization) -> OrgSettingsOut:
@@ -39,4 +40,5 @@ class OrgSettingsOut(BaseModel):
             embed_ui_config=ui_config_of(org),
             public_share_links_enabled=org.public_share_links_enabled,
             unused_key_days=org.unused_key_days,
+            audit_retention_days=org.audit_retention_days,
         )
