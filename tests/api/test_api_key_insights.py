@@ -10,10 +10,10 @@ import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Org, new_org
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from tests.conftest import Org, new_org
 from tidegate.api.app import create_app
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.record import event_row

@@ -9,9 +9,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Org, new_org
 from fastapi.testclient import TestClient
 
+from tests.conftest import Org, new_org
 from tidegate.api.app import create_app
 from tidegate.config import Settings
 from tidegate.credentials.models import ApiKey

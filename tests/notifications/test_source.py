@@ -105,3 +105,26 @@ def test_a_clock_set_ahead_does_not_move_the_cursor_past_new_events(org, loopbac
     with session_scope(db) as session:
         source.scan(session)
     assert [n for n in of_org(db, org.id, Notification) if n.event_type == "api_key.expiring_soon"]
+
+
+def test_an_event_stamped_ahead_does_not_move_the_cursor_past_new_events(org, loopback_settings):
+    """An event written by a node whose clock is a day fast (or stamped ahead by a job run for a
+    future moment) must not carry the shared cursor past what the other nodes write meanwhile."""
+    db = loopback_settings.database_url
+    ahead = event_row(
+        org_id=org.id,
+        actor_type="system",
+        actor_id="tidegate",
+        action="api_key.expiring_soon",
+        timestamp=utcnow() + timedelta(days=1),
+        details={"key_prefix": "qk_FFFFFFFFF"},
+    )
+    with session_scope(db) as session:
+        session.add(AuditEvent(**ahead))
+    with session_scope(db) as session:
+        source.scan(session)
+    emit(db, org.id, "api_key.expiring_soon", key_prefix="qk_GGGGGGGGG")
+    with session_scope(db) as session:
+        source.scan(session)
+    notified = [str(n.details) for n in of_org(db, org.id, Notification) if n.event_type == "api_key.expiring_soon"]
+    assert any("qk_GGGGGGGGG" in s for s in notified), notified

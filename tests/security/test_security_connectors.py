@@ -255,7 +255,16 @@ def test_tidegates_own_database_server_is_refused(monkeypatch, no_connections):
 
 
 def test_api_refuses_a_loopback_connector_with_the_precise_code(client, org, monkeypatch):
-    monkeypatch.setattr(psycopg, "connect", lambda *a, **k: pytest.fail("connected"))
+    real_connect = psycopg.connect
+
+    def connect(*args, **kwargs):
+        # Connectors connect with keyword parameters (host=...); the server's own background
+        # connections (its epoch lease listener) pass a conninfo string and are let through.
+        if "host" in kwargs:
+            pytest.fail("connected to the connector's host")
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", connect)
     r = client.post(
         "/api/v1/sources",
         headers=org.headers(),

@@ -19,7 +19,6 @@ import binascii
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -135,8 +134,8 @@ KEY_ID_HEADER = "github-public-key-identifier"
 SIGNATURE_HEADER = "github-public-key-signature"
 
 
-@lru_cache(maxsize=32)
 def _public_key(pem: str) -> ec.EllipticCurvePublicKey:
+    # Parsed per report, not cached: reports are rare and rate limited per address.
     key = load_pem_public_key(pem.encode())
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ValueError("not an ECDSA public key")

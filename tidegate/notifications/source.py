@@ -74,12 +74,15 @@ def scan(session: Session, now: datetime | None = None) -> int:
             .order_by(AuditEvent.id)
         ).all()
         if events:
-            newest = max(newest, max(e.timestamp for e in events))
+            # Never past this scanner's own clock either: an event stamped ahead (its node's clock
+            # is fast) must not carry the cursor past the events the other nodes write meanwhile.
+            newest = max(newest, min(max(e.timestamp for e in events), now))
         events = [e for e in events if notifies(e.action, e.details)]
         if events:
             made += _notify(session, org_id, events, now)
     # The cursor follows the events, not this process's clock (a clock set ahead must not make
-    # the scans skip events), and moves at most once a minute: an idle scan writes nothing.
+    # the scans skip events), capped by it (so must an event stamped ahead), and moves at most
+    # once a minute: an idle scan writes nothing.
     if newest - cursor.scanned_to >= CURSOR_STEP:
         cursor.scanned_to = newest
     return made
