@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from tests.conftest import Org
 from tests.notifications.signatures import verify
+from tests.notifications.test_webhooks import sign_in
 from tidegate.api.app import create_app
 from tidegate.audit.chain import GENESIS, event_hash
 from tidegate.audit.chainer import chain_round
@@ -29,6 +32,7 @@ from tidegate.errors import InvalidRequest
 from tidegate.notifications import audit_stream
 from tidegate.notifications.audit_stream import StreamPolicy, deliver_due
 from tidegate.notifications.models import AuditStream
+from tidegate.orgs import service as orgs
 
 SETTINGS = "/api/v1/org/settings"
 STREAM = "/api/v1/org/audit-stream"
@@ -303,3 +307,22 @@ def test_the_egress_policy_is_checked_again_at_send(api, org, receiver, signer, 
     assert deliver_due(url, org.settings.session_key, POLICY) == 0 and receiver.got == []
     status = api.get(STREAM, headers=org.headers()).json()
     assert "egress policy" in status["last_error"] and status["delivered_seq"] == 0
+
+
+def test_the_security_page_shows_the_stream(loopback_settings, receiver, client_ip, signer):
+    password = "a-long-enough-password"
+    email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
+    with session_scope(loopback_settings.database_url) as session:
+        made = orgs.create_organization(session, f"org-{uuid.uuid4().hex[:10]}", email, password)
+    with TestClient(create_app(loopback_settings), client=(client_ip, 1)) as client:
+        org = Org(made.org.id, "", made.admin.id, "", loopback_settings)
+        org.admin_key = org.key_for(made.admin.id, None)
+        sign_in(client, email, password)
+        assert "Not streaming." in client.get("/settings/security").text
+        secret = start_stream(client, org, receiver.url)
+        receiver.statuses = [502]
+        chain_all(client, loopback_settings.database_url, signer)
+        deliver_due(loopback_settings.database_url, loopback_settings.session_key, POLICY)
+        page = client.get("/settings/security").text
+        assert receiver.url in page and "HTTP 502" in page and "nothing yet" in page
+        assert secret not in page and secret[:10] in page
