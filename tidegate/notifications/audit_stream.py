@@ -107,7 +107,7 @@ def check_update(
 
 def update_stream(
     session: Session,
-    actor: Principal,
+    actor: Principal | None,
     org_id: str,
     *,
     url: str | None,
