@@ -28,8 +28,8 @@ class OrgSettingsOut(BaseModel):
     public_share_links_enabled: bool
     unused_key_days: int
     audit_retention_days: int
-    audit_stream_url: str | None = None
-    audit_stream_enabled: bool = False
+    audit_stream_url: str | None
+    audit_stream_enabled: bool
 
     @classmethod
     def of(cls, org: Organization, stream: AuditStream | None = None) -> OrgSettingsOut:
@@ -60,7 +60,7 @@ class OrgSettingsWithSecret(OrgSettingsOut):
 class AuditStreamOut(BaseModel):
     """GET /org/audit-stream: where the organization's audit events go, and how far they got."""
 
-    object: str = "audit_stream"
+    object: str
     url: str | None
     enabled: bool
     secret_prefix: str | None
@@ -80,6 +80,7 @@ class AuditStreamOut(BaseModel):
 
         if stream is None:
             return cls(
+                object="audit_stream",
                 url=None,
                 enabled=False,
                 secret_prefix=None,
@@ -93,6 +94,7 @@ class AuditStreamOut(BaseModel):
                 next_attempt_at=None,
             )
         return cls(
+            object="audit_stream",
             url=stream.url,
             enabled=stream.enabled,
             secret_prefix=stream.secret_prefix,
