@@ -31,6 +31,7 @@ from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest
 from tidegate.notifications import audit_stream
 from tidegate.notifications.audit_stream import StreamPolicy, deliver_due
+from tidegate.notifications.delivery import Policy, run_once
 from tidegate.notifications.models import AuditStream
 from tidegate.orgs import service as orgs
 
@@ -326,3 +327,11 @@ def test_the_security_page_shows_the_stream(loopback_settings, receiver, client_
         page = client.get("/settings/security").text
         assert receiver.url in page and "HTTP 502" in page and "nothing yet" in page
         assert secret not in page and secret[:10] in page
+
+
+def test_the_notifications_worker_round_streams_too(api, org, receiver, signer):
+    url = org.settings.database_url
+    start_stream(api, org, receiver.url)
+    chain_all(api, url, signer)
+    run_once(url, org.settings.session_key, Policy())
+    assert receiver.got and [e["id"] for e in lines(receiver.got[0])] == chained_ids(url, org.id)
