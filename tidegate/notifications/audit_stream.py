@@ -49,6 +49,7 @@ BATCH = 500  # events per POST
 MAX_BACKOFF = timedelta(minutes=30)
 CONTENT_TYPE = "application/x-ndjson"
 STREAMS_PER_ROUND = 100
+BATCHES_PER_ROUND = 20  # per stream: a long backlog does not hold up the other streams
 
 
 @dataclass(frozen=True)
@@ -267,8 +268,9 @@ def deliver_due(database_url: str, session_key: bytes, policy: StreamPolicy, now
     sent = 0
     for org_id in due:
         try:
-            while (claim := _claim(database_url, org_id, now, policy)) is not None:
-                if not send_next(database_url, session_key, org_id, claim, now, policy):
+            for _ in range(BATCHES_PER_ROUND):
+                claim = _claim(database_url, org_id, now, policy)
+                if claim is None or not send_next(database_url, session_key, org_id, claim, now, policy):
                     break
                 sent += 1
         except Exception:  # noqa: BLE001 - one stream's failure must not stop the others
