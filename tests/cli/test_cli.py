@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from tidegate.cli.main import app
 from tidegate.config import get_settings
+from tidegate.data import egress
 
 DATA_ACCESS = ["admin:files:read", "admin:sources:read", "data:read"]
 
@@ -623,3 +624,27 @@ def test_keys_insights(tg):
     assert "0 requests in 30 days" in text and "suggestion:" in text
     missing = tg("keys", "insights", "key_nope", "--org", "Acme", ok=False)
     assert missing.code == 1 and "api_key_not_found" in missing.stderr
+
+
+def test_org_settings_audit_stream(tg, monkeypatch):
+    init_org(tg)
+    refused = tg(
+        "org", "settings", "--org", "Acme", "--audit-stream-url", "http://127.0.0.1:9/siem", "--json", ok=False
+    )
+    assert refused.code == 1 and "webhook_url_not_allowed" in refused.stderr  # loopback not allowed by default
+    assert tg("org", "settings", "--org", "Acme", "--audit-stream", "maybe", "--json", ok=False).code == 1
+    monkeypatch.setenv("TIDEGATE_CONNECTOR_ALLOW", "127.0.0.1")
+    try:
+        made = tg(
+            "org", "settings", "--org", "Acme", "--audit-stream-url", "http://127.0.0.1:9/siem",
+            "--audit-stream", "on", "--json",
+        ).json  # fmt: skip
+    finally:
+        egress.configure("")
+    assert made["audit_stream_secret"].startswith("whsec_") and made["audit_stream_enabled"] is True
+    shown = tg("org", "settings", "--org", "Acme", "--json")
+    assert (
+        made["audit_stream_secret"] not in shown.stdout and shown.json["audit_stream_url"] == "http://127.0.0.1:9/siem"
+    )
+    cleared = tg("org", "settings", "--org", "Acme", "--audit-stream-url", "", "--json").json
+    assert (cleared["audit_stream_url"], cleared["audit_stream_enabled"]) == (None, False)

@@ -9,13 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy.orm import Session
 
 from tidegate.access import policies
-from tidegate.api.deps import DB, require
+from tidegate.api.deps import DB, require, settings_of
 from tidegate.api.inputs import InputRoute, Text
+from tidegate.api.responses import JSON
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import Scope
 from tidegate.http import request_context
+from tidegate.notifications import audit_stream, webhooks
 from tidegate.orgs import service
-from tidegate.wire.orgs import OrgSettingsOut
+from tidegate.wire.orgs import AuditStreamOut, OrgSettingsOut, OrgSettingsWithSecret
 
 router = APIRouter(tags=["organization"], route_class=InputRoute)
 
@@ -37,11 +39,19 @@ class SettingsUpdate(BaseModel):
         None, description="Flag active keys not used for this many days (1-3650; default 90)."
     )
     audit_retention_days: StrictInt | None = Field(None, description="Days audit events are kept: 1 to 2190.")
+    audit_stream_url: Text | None = Field(
+        None,
+        max_length=webhooks.MAX_URL_LENGTH,
+        description="HTTPS endpoint that gets the audit chain as NDJSON; a new URL returns a new secret once; "
+        "null clears it (and stops the stream).",
+    )
+    audit_stream_enabled: bool | None = None
 
 
 @router.get("/org/settings", response_model=OrgSettingsOut)
 def get_settings(principal: Principal = require(Scope.ORG_READ), session: Session = DB):
-    return OrgSettingsOut.of(service.get_org(session, principal.org_id))
+    org = service.get_org(session, principal.org_id)
+    return OrgSettingsOut.of(org, audit_stream.get_stream(session, org.id))
 
 
 @router.patch("/org/settings", response_model=OrgSettingsOut)
@@ -50,6 +60,12 @@ def update_settings(
 ):
     org = service.get_org(session, principal.org_id)
     context = request_context(request)
+    stream_fields = body.model_fields_set & {"audit_stream_url", "audit_stream_enabled"}
+    clear_url = "audit_stream_url" in body.model_fields_set and body.audit_stream_url is None
+    if stream_fields:  # checked first: a refused stream setting changes nothing
+        audit_stream.check_update(
+            session, org.id, url=body.audit_stream_url, clear_url=clear_url, enabled=body.audit_stream_enabled
+        )
     service.update_settings(
         session,
         principal,
@@ -67,4 +83,27 @@ def update_settings(
     )
     if body.deny_by_default is not None:
         policies.set_deny_by_default(session, principal, org, body.deny_by_default, context=context)
-    return OrgSettingsOut.of(org)
+    stream = audit_stream.StreamSettings(None, False)
+    if stream_fields:
+        stream = audit_stream.update_stream(
+            session,
+            principal,
+            org.id,
+            url=body.audit_stream_url,
+            clear_url=clear_url,
+            enabled=body.audit_stream_enabled,
+            session_key=settings_of(request).session_key,
+            context=context,
+        )
+    out = OrgSettingsOut.of(org, audit_stream.get_stream(session, org.id))
+    if stream.secret is None:
+        return out
+    # The only response that ever carries the stream's secret; keep it out of every cache.
+    shown = OrgSettingsWithSecret(**out.model_dump(), audit_stream_secret=stream.secret)
+    return JSON(shown.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
+
+
+@router.get("/org/audit-stream", response_model=AuditStreamOut)
+def get_audit_stream(principal: Principal = require(Scope.ORG_READ), session: Session = DB):
+    stream = audit_stream.get_stream(session, principal.org_id)
+    return AuditStreamOut.of(stream, audit_stream.pending_events(session, principal.org_id, stream))

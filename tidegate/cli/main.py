@@ -25,6 +25,7 @@ from tidegate.credentials.hygiene import DEFAULT_UNUSED_KEY_DAYS
 from tidegate.credentials.insights import key_insights
 from tidegate.db.engine import migrate, session_scope
 from tidegate.errors import InvalidRequest, ServiceUnavailable, TidegateError
+from tidegate.notifications import audit_stream as audit_streams
 from tidegate.orgs import service as orgs
 from tidegate.orgs.models import Organization
 from tidegate.outages import unavailable_error
@@ -617,15 +618,34 @@ def org_settings(
     audit_retention_days: int | None = typer.Option(
         None, "--audit-retention-days", help="Days audit events are kept (1 to 2190)."
     ),
+    audit_stream_url: str | None = typer.Option(
+        None,
+        "--audit-stream-url",
+        help="HTTPS endpoint that gets the audit chain as signed NDJSON; prints a new secret once ('' clears it).",
+    ),
+    audit_stream: str | None = typer.Option(None, "--audit-stream", help="Streaming to the SIEM: on or off"),
     as_json: bool = JsonOpt,
 ):
     """Show, or change, the organization's admin controls."""
-    with database(as_json) as (_, session):
+    with database(as_json) as (settings, session):
         organization = orgs.find_org(session, org)
         if api_key_creation is not None and api_key_creation not in ("on", "off"):
             raise InvalidRequest("invalid_value", "--api-key-creation takes on or off.")
         if embeds is not None and embeds not in ("on", "off"):
             raise InvalidRequest("invalid_value", "--embeds takes on or off.")
+        if audit_stream is not None and audit_stream not in ("on", "off"):
+            raise InvalidRequest("invalid_value", "--audit-stream takes on or off.")
+        stream_change = audit_stream_url is not None or audit_stream is not None
+        stream_url = audit_stream_url.strip() or None if audit_stream_url is not None else None
+        stream_enabled = None if audit_stream is None else audit_stream == "on"
+        clear_url = audit_stream_url is not None and stream_url is None
+        if stream_change:  # checked before anything changes, against the server's egress policy
+            from tidegate.data import egress
+
+            egress.configure(settings.data.connector_allow)
+            audit_streams.check_update(
+                session, organization.id, url=stream_url, clear_url=clear_url, enabled=stream_enabled
+            )
         orgs.update_settings(
             session,
             None,
@@ -639,7 +659,20 @@ def org_settings(
             unused_key_days=unused_key_days,
             audit_retention_days=audit_retention_days,
         )
-        payload = OrgSettingsOut.of(organization).model_dump()
+        secret = None
+        if stream_change:
+            secret = audit_streams.update_stream(
+                session,
+                None,
+                organization.id,
+                url=stream_url,
+                clear_url=clear_url,
+                enabled=stream_enabled,
+                session_key=settings.session_key,
+            ).secret
+        payload = OrgSettingsOut.of(organization, audit_streams.get_stream(session, organization.id)).model_dump()
+        if secret is not None:
+            payload["audit_stream_secret"] = secret  # shown this once
     emit(as_json, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
 
 

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import orjson
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -30,9 +27,10 @@ from sqlalchemy.orm import Session
 from tidegate.db.base import isoformat, utcnow
 from tidegate.db.engine import session_scope
 from tidegate.errors import TidegateError
-from tidegate.notifications import source
+from tidegate.notifications import audit_stream, source
 from tidegate.notifications.models import Notification, Webhook, WebhookDelivery
-from tidegate.notifications.webhooks import SIGNATURE_HEADER, decrypt_secret, destination, sign
+from tidegate.notifications.signed_post import Outcome, post_signed
+from tidegate.notifications.webhooks import decrypt_secret
 
 log = logging.getLogger("tidegate.notifications")
 
@@ -53,6 +51,11 @@ class Policy:
     @property
     def claim(self) -> timedelta:
         return timedelta(seconds=self.timeout_seconds * 3 + 30)
+
+    @property
+    def stream(self) -> audit_stream.StreamPolicy:
+        """The audit streams retry on the same schedule (but never give up)."""
+        return audit_stream.StreamPolicy(self.retry_base_seconds, self.timeout_seconds)
 
 
 def payload(notification: Notification) -> bytes:
@@ -94,41 +97,15 @@ def _claim(database_url: str, delivery_id: str, now: datetime, policy: Policy) -
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]  # a CursorResult for an UPDATE
 
 
-@dataclass(frozen=True)
-class Outcome:
-    ok: bool
-    status_code: int | None
-    error: str | None
-
-
 def send(url: str, secret: str, delivery_id: str, event_type: str, body: bytes, timeout: float) -> Outcome:
-    """POST `body` to `url`, signed, to the address the egress policy checked (no redirects)."""
-    try:
-        checked = destination(url)
-    except TidegateError as exc:
-        return Outcome(False, None, exc.message[:500])
-    parts = urlsplit(url)
-    address = f"[{checked.address}]" if ":" in checked.address else checked.address
-    netloc = f"{address}:{checked.port}"
-    target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-    host_header = parts.netloc.rpartition("@")[2]
+    """POST a webhook delivery's `body` to `url`, signed (see `post_signed`)."""
     headers = {
-        "Host": host_header,
         "Content-Type": "application/json",
         "User-Agent": "tidegate-webhooks",
         "Tidegate-Event": event_type,
         "Tidegate-Delivery": delivery_id,
-        SIGNATURE_HEADER: sign(secret, int(time.time()), body),
     }
-    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
-    try:
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            response = client.post(target, content=body, headers=headers, extensions=extensions)
-    except httpx.HTTPError as exc:
-        return Outcome(False, None, f"{type(exc).__name__}: could not deliver"[:500])
-    if 200 <= response.status_code < 300:
-        return Outcome(True, response.status_code, None)
-    return Outcome(False, response.status_code, f"HTTP {response.status_code}")
+    return post_signed(url, secret, body, headers, timeout)
 
 
 def deliver_one(database_url: str, session_key: bytes, delivery_id: str, now: datetime, policy: Policy) -> bool:
@@ -194,10 +171,16 @@ def deliver_due(database_url: str, session_key: bytes, policy: Policy, now: date
 
 
 def run_once(database_url: str, session_key: bytes, policy: Policy, now: datetime | None = None) -> int:
-    """A scan of the audit log, then the deliveries due: what the worker does each round."""
+    """A scan of the audit log, the deliveries due, then the audit streams due: what the
+    worker does each round; how many webhook deliveries were attempted."""
     with session_scope(database_url) as session:
         source.scan(session, now)
-    return deliver_due(database_url, session_key, policy, now)
+    attempted = deliver_due(database_url, session_key, policy, now)
+    try:
+        audit_stream.deliver_due(database_url, session_key, policy.stream, now)
+    except Exception:  # noqa: BLE001 - the webhooks are not held up by the streams
+        log.exception("audit streams round failed; will retry")
+    return attempted
 
 
 class NotificationWorker:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tidegate.db.base import Base, UtcDateTime, utcnow
@@ -81,3 +81,30 @@ class NotificationCursor(Base):
 
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     scanned_to: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class AuditStream(Base):
+    """An organization's audit stream to a SIEM: where to, its secret, and how far it got.
+
+    One row per organization (its settings and its cursor): `delivered_seq` is the last
+    chain position the receiver acknowledged with a 2xx; the next POST starts after it.
+    """
+
+    __tablename__ = "audit_streams"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
+    url: Mapped[str | None] = mapped_column(String(2000))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Fernet token of the signing secret, as a webhook's: never returned after it is set.
+    secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    secret_prefix: Mapped[str | None] = mapped_column(String(20))
+    delivered_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # failed attempts since the last 2xx
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The process sending a batch now holds the stream until then (a crashed one's claim runs out).
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

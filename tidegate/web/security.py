@@ -16,13 +16,21 @@ from tidegate.access import policies
 from tidegate.core.scopes import Scope
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
+from tidegate.notifications import audit_stream
 from tidegate.orgs import service
 from tidegate.web.common import FORM, db, router, signed_in, signed_in_to_change, text
 from tidegate.web.render import page, redirect
+from tidegate.wire.orgs import AuditStreamOut
 
 READ = Scope.ORG_READ
 WRITE = Scope.ORG_WRITE
 NOTICES = {"saved": "Admin controls saved."}
+
+
+def _stream_status(session, org_id: str) -> dict:
+    """The audit stream's state, as GET /org/audit-stream shows it (set through the API or CLI)."""
+    stream = audit_stream.get_stream(session, org_id)
+    return AuditStreamOut.of(stream, audit_stream.pending_events(session, org_id, stream)).model_dump()
 
 
 def _context(org, viewer, notice: str | None = None, error: str | None = None, typed: dict | None = None) -> dict:
@@ -46,6 +54,7 @@ def security_page(request: Request, notice: str | None = Query(None, max_length=
         viewer = signed_in(request, session, READ)
         org = service.get_org(session, viewer.org.id)
         context = _context(org, viewer, notice)
+        context["audit_stream"] = _stream_status(session, org.id)
     return page(request, "security.html", context, viewer=viewer)
 
 
