@@ -3,7 +3,7 @@ and lists of user or policy ids resolved against one organization (never across)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -54,46 +54,63 @@ def _check_description(description: Any) -> str | None:
     return description
 
 
+def _column_entries(
+    raw: Any, *, field: str, second: str, code: str, limit: int, noun: str, repeat_hint: str
+) -> Iterator[tuple[str, str, Any]]:
+    """(where, column, value of `second`) for each entry of a list of {column, `second`},
+    checked alike for row filters and column rules: a list of at most `limit` objects (mappings
+    or objects with those attributes), each column a non-empty printable string named once
+    (case-insensitively: a column named twice is refused, never merged, so that what a policy
+    says is what was sent)."""
+    if raw is None:
+        return
+    if not isinstance(raw, (list, tuple)):
+        raise InvalidRequest(code, f"{field} must be a list of {{column, {second}}}.")
+    if len(raw) > limit:
+        raise InvalidRequest(code, f"A policy holds at most {limit} {noun}.")
+    seen: dict[str, str] = {}
+    for index, item in enumerate(raw):
+        where = f"{field}[{index}]"
+        if isinstance(item, Mapping):
+            extra = sorted(set(item) - {"column", second})
+            if extra:
+                raise InvalidRequest(code, f"{where} has unknown field(s): {', '.join(map(str, extra))}.")
+            column, value = item.get("column"), item.get(second)
+        elif hasattr(item, "column") and hasattr(item, second):
+            column, value = item.column, getattr(item, second)
+        else:
+            raise InvalidRequest(code, f"{where} must be an object {{column, {second}}}.")
+        if not isinstance(column, str) or not column.strip():
+            raise InvalidRequest(code, f"{where}.column must be a non-empty string.")
+        if len(column) > MAX_COLUMN or _has_control(column):
+            raise InvalidRequest(code, f"{where}.column must be at most {MAX_COLUMN} printable characters.")
+        folded = column.casefold()
+        if folded in seen:
+            raise InvalidRequest(
+                code,
+                f"{where}.column {column!r} repeats column {seen[folded]!r} (columns match case-insensitively); "
+                f"{repeat_hint}.",
+            )
+        seen[folded] = column
+        yield where, column, value
+
+
 def normalize_row_filters(raw: Any) -> list[dict[str, Any]]:
     """Validate `row_filters` ([{column, values: [str]}]); return them de-duplicated, as stored.
 
     Accepts mappings or objects with `column`/`values` attributes (e.g. pydantic models).
     """
-    if raw is None:
-        return []
-    if not isinstance(raw, (list, tuple)):
-        raise InvalidRequest("invalid_row_filters", "row_filters must be a list of {column, values}.")
-    if len(raw) > MAX_FILTERS:
-        raise InvalidRequest("invalid_row_filters", f"A policy holds at most {MAX_FILTERS} row filters.")
     result: list[dict[str, Any]] = []
-    seen: dict[str, str] = {}
-    for index, item in enumerate(raw):
-        where = f"row_filters[{index}]"
-        if isinstance(item, Mapping):
-            extra = sorted(set(item) - {"column", "values"})
-            if extra:
-                raise InvalidRequest(
-                    "invalid_row_filters", f"{where} has unknown field(s): {', '.join(map(str, extra))}."
-                )
-            column, values = item.get("column"), item.get("values")
-        elif hasattr(item, "column") and hasattr(item, "values"):
-            column, values = item.column, item.values
-        else:
-            raise InvalidRequest("invalid_row_filters", f"{where} must be an object {{column, values}}.")
-        if not isinstance(column, str) or not column.strip():
-            raise InvalidRequest("invalid_row_filters", f"{where}.column must be a non-empty string.")
-        if len(column) > MAX_COLUMN or _has_control(column):
-            raise InvalidRequest(
-                "invalid_row_filters", f"{where}.column must be at most {MAX_COLUMN} printable characters."
-            )
-        folded = column.casefold()
-        if folded in seen:
-            raise InvalidRequest(
-                "invalid_row_filters",
-                f"{where}.column {column!r} repeats column {seen[folded]!r} (columns match case-insensitively); "
-                f"list every allowed value in one filter.",
-            )
-        seen[folded] = column
+    entries = _column_entries(
+        raw,
+        field="row_filters",
+        second="values",
+        code="invalid_row_filters",
+        limit=MAX_FILTERS,
+        noun="row filters",
+        repeat_hint="list every allowed value in one filter",
+    )
+    for where, column, values in entries:
         if not isinstance(values, (list, tuple)) or not values:
             raise InvalidRequest("invalid_row_filters", f"{where}.values must be a non-empty list of strings.")
         if len(values) > MAX_VALUES:
@@ -115,50 +132,24 @@ def normalize_row_filters(raw: Any) -> list[dict[str, Any]]:
 def normalize_column_rules(raw: Any) -> list[dict[str, str]]:
     """Validate `column_rules` ([{column, action: hide | mask}]); return them as stored.
 
-    One rule per column: a column named twice (case-insensitively) is refused, never merged,
-    so that what a policy says is what was sent. Accepts mappings or objects with
-    `column`/`action` attributes.
+    One rule per column. Accepts mappings or objects with `column`/`action` attributes.
     """
-    if raw is None:
-        return []
-    if not isinstance(raw, (list, tuple)):
-        raise InvalidRequest("invalid_column_rules", "column_rules must be a list of {column, action}.")
-    if len(raw) > MAX_COLUMN_RULES:
-        raise InvalidRequest("invalid_column_rules", f"A policy holds at most {MAX_COLUMN_RULES} column rules.")
     result: list[dict[str, str]] = []
-    seen: dict[str, str] = {}
-    for index, item in enumerate(raw):
-        where = f"column_rules[{index}]"
-        if isinstance(item, Mapping):
-            extra = sorted(set(item) - {"column", "action"})
-            if extra:
-                raise InvalidRequest(
-                    "invalid_column_rules", f"{where} has unknown field(s): {', '.join(map(str, extra))}."
-                )
-            column, action = item.get("column"), item.get("action")
-        elif hasattr(item, "column") and hasattr(item, "action"):
-            column, action = item.column, item.action
-        else:
-            raise InvalidRequest("invalid_column_rules", f"{where} must be an object {{column, action}}.")
-        if not isinstance(column, str) or not column.strip():
-            raise InvalidRequest("invalid_column_rules", f"{where}.column must be a non-empty string.")
-        if len(column) > MAX_COLUMN or _has_control(column):
-            raise InvalidRequest(
-                "invalid_column_rules", f"{where}.column must be at most {MAX_COLUMN} printable characters."
-            )
+    entries = _column_entries(
+        raw,
+        field="column_rules",
+        second="action",
+        code="invalid_column_rules",
+        limit=MAX_COLUMN_RULES,
+        noun="column rules",
+        repeat_hint="give each column one rule",
+    )
+    for where, column, action in entries:
         if action not in ACTIONS:
             raise InvalidRequest(
                 "invalid_column_rule_action",
                 f"{where}.action must be one of {', '.join(ACTIONS)}; got {repr(action)[:60]}.",
             )
-        folded = column.casefold()
-        if folded in seen:
-            raise InvalidRequest(
-                "invalid_column_rules",
-                f"{where}.column {column!r} repeats column {seen[folded]!r} (columns match case-insensitively); "
-                f"give each column one rule.",
-            )
-        seen[folded] = column
         result.append({"column": column, "action": action})
     return result
 
