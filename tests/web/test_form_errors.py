@@ -1,0 +1,87 @@
+"""Form refusals sit at their field, over plain HTTP (no browser): the field is marked
+`aria-invalid="true"` and `aria-describedby` names the message next to it, the message is in
+plain words (no API field names), what was typed is kept, and nothing changed (issue 16)."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+from conftest import Org
+
+from tidegate.db.engine import session_scope
+from tidegate.orgs import service as orgs
+from tidegate.web.sessions import SESSION_COOKIE, start_session
+
+API_FIELD_NAMES = ("rate_limit_per_minute", "max_keys_per_user", "unused_key_days", "grace_period", "_id")
+
+
+def sign_in(client, org: Org, user_id: str) -> None:
+    with session_scope(org.settings.database_url) as session:
+        user = orgs.get_user(session, org.id, user_id)
+        token = start_session(session, org.settings.session_key, user, ip=None, user_agent=None)
+    client.cookies.set(SESSION_COOKIE, token)
+
+
+def csrf_of(page: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def field_tag(page: str, name: str) -> str:
+    """The opening tag of the (first) input, select or textarea named `name`."""
+    match = re.search(rf'<(?:input|select|textarea)\b[^>]*\bname="{re.escape(name)}"[^>]*>', page)
+    assert match, f"no field named {name}"
+    return match.group(0)
+
+
+def error_at(page: str, name: str) -> str:
+    """The refusal shown at field `name`: the field is invalid and described by a message
+    element that exists and is announced; returns the message's text."""
+    tag = field_tag(page, name)
+    assert 'aria-invalid="true"' in tag, tag
+    described = re.search(r'aria-describedby="([^"]+)"', tag)
+    assert described, tag
+    message_id = described.group(1).split()[0]
+    message = re.search(rf'<(\w+)[^>]*\bid="{re.escape(message_id)}"[^>]*>(.*?)</\1>', page, re.S)
+    assert message, f"no element #{message_id}"
+    assert 'role="alert"' in message.group(0)
+    text = html.unescape(re.sub(r"<[^>]+>", "", message.group(2))).strip()
+    assert text and not any(name in text for name in API_FIELD_NAMES), text
+    return text
+
+
+def no_other_field_invalid(page: str, name: str) -> None:
+    others = [t for t in re.findall(r"<(?:input|select|textarea)\b[^>]*>", page) if 'aria-invalid="true"' in t]
+    assert len(others) == 1 and f'name="{name}"' in others[0], others
+
+
+@pytest.mark.parametrize(
+    ("field", "typed", "words"),
+    [
+        ("user_rate_limit_per_minute", "0", "requests per minute between 1 and 100,000,000"),
+        ("user_rate_limit_per_minute", "lots", "requests per minute between 1 and 100,000,000"),
+        ("max_keys_per_user", "100001", "number of keys between 1 and 100,000"),
+        ("unused_key_days", "4000", "number of days between 1 and 3,650"),
+    ],
+)
+def test_admin_controls_refusals_sit_at_their_field(client, org, field, typed, words):
+    sign_in(client, org, org.admin_id)
+    form = {
+        "csrf_token": csrf_of(client.get("/settings/security").text),
+        "api_key_creation_enabled": "on",
+        "max_keys_per_user": "7",
+        "user_rate_limit_per_minute": "500",
+        "unused_key_days": "30",
+        field: typed,
+    }
+    refused = client.post("/settings/security/admin-controls", data=form)
+    assert refused.status_code == 400
+    assert words in error_at(refused.text, field)
+    no_other_field_invalid(refused.text, field)
+    assert 'class="error"' not in refused.text  # not (also) at the top
+    assert f'value="{typed}"' in field_tag(refused.text, field)  # kept as typed
+    assert 'value="7"' in field_tag(refused.text, "max_keys_per_user") or field == "max_keys_per_user"
+    with session_scope(org.settings.database_url) as session:  # nothing saved
+        saved = orgs.get_org(session, org.id)
+        assert (saved.max_keys_per_user, saved.user_rate_limit_per_minute) != (7, 500)
