@@ -85,3 +85,28 @@ def test_admin_controls_refusals_sit_at_their_field(client, org, field, typed, w
     with session_scope(org.settings.database_url) as session:  # nothing saved
         saved = orgs.get_org(session, org.id)
         assert (saved.max_keys_per_user, saved.user_rate_limit_per_minute) != (7, 500)
+
+
+def test_a_refused_group_name_sits_at_the_name_field(client, org):
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get("/settings/security/groups").text)
+    made = client.post("/settings/security/groups", data={"csrf_token": token, "name": "EU sales"})
+    assert made.status_code == 200  # (followed the redirect to the new group)
+    taken = client.post(
+        "/settings/security/groups", data={"csrf_token": token, "name": "EU sales", "description": "kept"}
+    )
+    assert taken.status_code == 409
+    assert "Another group already has this name" in error_at(taken.text, "name")
+    no_other_field_invalid(taken.text, "name")
+    assert 'value="kept"' in field_tag(taken.text, "description")
+    blank = client.post("/settings/security/groups", data={"csrf_token": token, "name": "", "description": "x"})
+    assert blank.status_code == 400 and "Give the group a name" in error_at(blank.text, "name")
+    # Renaming to a taken name: refused at the field on the group's page, the typed name kept.
+    other = client.post("/settings/security/groups", data={"csrf_token": token, "name": "US sales"})
+    group_path = other.url.path
+    renamed = client.post(group_path, data={"csrf_token": token, "name": "EU sales", "description": ""})
+    assert renamed.status_code == 409
+    assert "Another group already has this name" in error_at(renamed.text, "name")
+    assert 'value="EU sales"' in field_tag(renamed.text, "name")
+    assert "<h1>US sales" in renamed.text or "US sales" in client.get(group_path).text  # unchanged
+    assert client.get(group_path).text.count("EU sales") == 0

@@ -12,6 +12,7 @@ from starlette.datastructures import FormData
 
 from tidegate.access import policies as service
 from tidegate.access.models import Group, Policy
+from tidegate.access.policies.validation import MAX_DESCRIPTION, MAX_NAME
 from tidegate.errors import TidegateError
 from tidegate.http import request_context
 from tidegate.orgs.models import User
@@ -19,6 +20,7 @@ from tidegate.web.common import (
     FORM,
     as_page,
     db,
+    field_error,
     required_text,
     router,
     signed_in,
@@ -32,6 +34,15 @@ from tidegate.web.sessions import Viewer
 
 BASE = "/settings/security/groups"
 LIST_LIMIT = 200
+
+# The name and description form (new group, rename): which field a refusal is about, and
+# plain words for the API's.
+FIELD_OF_CODE = {"invalid_name": "name", "group_exists": "name", "invalid_description": "description"}
+PLAIN_WORDS = {
+    "invalid_name": f"Give the group a name of 1 to {MAX_NAME} characters (letters, digits, spaces, punctuation).",
+    "group_exists": "Another group already has this name: choose a different one.",
+    "invalid_description": f"Keep the description to at most {MAX_DESCRIPTION:,} characters.",
+}
 NOTICES = {
     "created": "The group was created. Add its members and policies below.",
     "saved": "The group was saved.",
@@ -109,7 +120,7 @@ def create_group(request: Request, form: FormData = FORM):
         return page(
             request,
             "groups.html",
-            {**context, "create_error": exc.message},
+            {**context, "create_error": field_error(exc, FIELD_OF_CODE, PLAIN_WORDS)},
             viewer=viewer,
             status=exc.status,
             current=BASE,
@@ -171,7 +182,7 @@ def rename_group(request: Request, group_id: str = GroupId(), form: FormData = F
                 context=request_context(request),
             )
     except TidegateError as exc:
-        return _group_error(request, group_id, exc, values, form_error=exc.message)
+        return _group_error(request, group_id, exc, values, form_error=field_error(exc, FIELD_OF_CODE, PLAIN_WORDS))
     return redirect(f"{BASE}/{group_id}?notice=saved")
 
 
