@@ -110,3 +110,26 @@ def test_a_refused_group_name_sits_at_the_name_field(client, org):
     assert 'value="EU sales"' in field_tag(renamed.text, "name")
     assert "<h1>US sales" in renamed.text or "US sales" in client.get(group_path).text  # unchanged
     assert client.get(group_path).text.count("EU sales") == 0
+
+
+def test_embed_origin_and_ui_config_refusals_sit_at_their_field(client, org):
+    sign_in(client, org, org.admin_id)
+    page = "/settings/security/embeds"
+    token = csrf_of(client.get(page).text)
+    refused = client.post(page + "/origins", data={"csrf_token": token, "origin": "ftp://files.example.com"})
+    assert refused.status_code == 400
+    assert "That is not a web origin" in error_at(refused.text, "origin")
+    assert 'value="ftp://files.example.com"' in field_tag(refused.text, "origin")
+    assert 'aria-describedby="error-origin new-origin-help"' in field_tag(refused.text, "origin")
+    typed = {"chrome": "", "theme": '{"primary": "#05f"}', "privacy": "[1]"}
+    refused = client.post(page + "/ui-config", data={"csrf_token": token, **typed})
+    assert refused.status_code == 400
+    assert "Privacy must be a JSON object" in error_at(refused.text, "privacy")
+    no_other_field_invalid(refused.text, "privacy")
+    theme = re.search(r'<textarea[^>]*name="theme"[^>]*>(.*?)</textarea>', refused.text, re.S).group(1)
+    assert html.unescape(theme) == '{"primary": "#05f"}'  # the other areas kept as typed
+    deep = client.post(page + "/ui-config", data={"csrf_token": token, "theme": "[" * 3000 + "]" * 3000})
+    assert deep.status_code == 400 and "Theme is nested too deeply" in error_at(deep.text, "theme")
+    with session_scope(org.settings.database_url) as session:  # nothing saved
+        saved = orgs.get_org(session, org.id)
+        assert not saved.embed_allowed_origins and not saved.embed_ui_config
