@@ -133,3 +133,25 @@ def test_embed_origin_and_ui_config_refusals_sit_at_their_field(client, org):
     with session_scope(org.settings.database_url) as session:  # nothing saved
         saved = orgs.get_org(session, org.id)
         assert not saved.embed_allowed_origins and not saved.embed_ui_config
+
+
+def test_a_rotation_without_a_grace_period_asks_for_it_at_the_choice(client, org):
+    secret = org.key_for(org.admin_id, ["data:read"], name="to rotate")
+    sign_in(client, org, org.admin_id)
+    keys = client.get("/settings/api-keys").text
+    key_id = re.search(r'<tr data-key-id="([^"]+)"', keys).group(1)
+    for forged in ({}, {"grace_seconds": "99999999"}):
+        refused = client.post(f"/settings/api-keys/{key_id}/rotate", data={"csrf_token": csrf_of(keys), **forged})
+        assert refused.status_code == 400
+        fieldset = re.search(r"<fieldset[^>]*>", refused.text).group(0)
+        assert 'aria-invalid="true"' in fieldset and 'aria-describedby="error-grace_seconds"' in fieldset
+        message = re.search(r'<small class="field-error" id="error-grace_seconds" role="alert">([^<]*)<', refused.text)
+        assert message.group(1) == "Choose when the old key should stop working."
+        choices = re.search(r"<fieldset.*?</fieldset>", refused.text, re.S).group(0)
+        assert choices.count('name="grace_seconds"') == 4 and " checked" not in choices  # no choice made for them
+    # Not rotated: the key still works and has no replacement.
+    assert client.get("/api/v1/sources", headers=org.headers(secret)).status_code == 200
+    assert "Replaced by" not in client.get("/settings/api-keys").text
+    # Without a valid CSRF token, the same form is refused as forged (nothing about the key).
+    forged = client.post(f"/settings/api-keys/{key_id}/rotate", data={"csrf_token": "x"})
+    assert forged.status_code == 403
