@@ -38,8 +38,10 @@ def field_tag(page: str, name: str) -> str:
 def error_at(page: str, name: str) -> str:
     """The refusal shown at field `name`: the field is invalid and described by a message
     element that exists and is announced; returns the message's text."""
-    tag = field_tag(page, name)
-    assert 'aria-invalid="true"' in tag, tag
+    tags = re.findall(rf'<(?:input|select|textarea)\b[^>]*\bname="{re.escape(name)}"[^>]*>', page)
+    invalid = [t for t in tags if 'aria-invalid="true"' in t]
+    assert len(invalid) == 1, tags
+    tag = invalid[0]
     described = re.search(r'aria-describedby="([^"]+)"', tag)
     assert described, tag
     message_id = described.group(1).split()[0]
@@ -155,3 +157,33 @@ def test_a_rotation_without_a_grace_period_asks_for_it_at_the_choice(client, org
     # Without a valid CSRF token, the same form is refused as forged (nothing about the key).
     forged = client.post(f"/settings/api-keys/{key_id}/rotate", data={"csrf_token": "x"})
     assert forged.status_code == 403
+
+
+def test_a_refused_share_sits_at_its_field_with_the_choices_kept(client, org):
+    made = client.post(
+        "/api/v1/sources", headers=org.headers(), json={"name": "Inventory", "rows": [{"sku": "A1", "qty": 3}]}
+    )
+    assert made.status_code in (200, 201), made.text
+    source_id = made.json()["id"]
+    colleague = org.add_user("colleague@example.test")
+    sign_in(client, org, org.admin_id)
+    path = f"/sources/{source_id}"
+    token = csrf_of(client.get(path).text)
+    refused = client.post(path + "/shares", data={"csrf_token": token, "user_id": colleague, "permission": "owner"})
+    assert refused.status_code == 400
+    assert error_at(refused.text, "permission") == "Choose View or Edit."
+    no_other_field_invalid(refused.text, "permission")
+    assert "aria-invalid" not in field_tag(refused.text, "permission")  # not the organization form's
+    assert f'<option value="{colleague}" selected>' in refused.text  # the person chosen is kept
+    gone = client.post(path + "/shares", data={"csrf_token": token, "user_id": "usr_nobody", "permission": "edit"})
+    assert gone.status_code == 404
+    assert "not an active member" in error_at(gone.text, "user_id")
+    assert '<option value="edit" selected>' in gone.text
+    refused = client.post(path + "/org-share", data={"csrf_token": token, "enabled": "on", "permission": "all"})
+    assert refused.status_code == 400
+    assert error_at(refused.text, "permission") == "Choose View or Edit."
+    no_other_field_invalid(refused.text, "permission")
+    assert 'aria-invalid="true"' in field_tag(refused.text, "permission")  # the organization form's (first)
+    shares = client.get(f"/api/v1/sources/{source_id}/shares", headers=org.headers())
+    assert shares.status_code == 200 and shares.json()["data"] == []  # nothing shared
+    assert client.get("/api/v1/sources/" + source_id, headers=org.headers()).json()["org_shared"] is False
