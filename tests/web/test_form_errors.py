@@ -98,7 +98,7 @@ def test_a_refused_group_name_sits_at_the_name_field(client, org):
         "/settings/security/groups", data={"csrf_token": token, "name": "EU sales", "description": "kept"}
     )
     assert taken.status_code == 409
-    assert "Another group already has this name" in error_at(taken.text, "name")
+    assert "A group with this name already exists" in error_at(taken.text, "name")
     no_other_field_invalid(taken.text, "name")
     assert 'value="kept"' in field_tag(taken.text, "description")
     blank = client.post("/settings/security/groups", data={"csrf_token": token, "name": "", "description": "x"})
@@ -108,7 +108,7 @@ def test_a_refused_group_name_sits_at_the_name_field(client, org):
     group_path = other.url.path
     renamed = client.post(group_path, data={"csrf_token": token, "name": "EU sales", "description": ""})
     assert renamed.status_code == 409
-    assert "Another group already has this name" in error_at(renamed.text, "name")
+    assert "A group with this name already exists" in error_at(renamed.text, "name")
     assert 'value="EU sales"' in field_tag(renamed.text, "name")
     assert "<h1>US sales" in renamed.text or "US sales" in client.get(group_path).text  # unchanged
     assert client.get(group_path).text.count("EU sales") == 0
@@ -187,3 +187,58 @@ def test_a_refused_share_sits_at_its_field_with_the_choices_kept(client, org):
     shares = client.get(f"/api/v1/sources/{source_id}/shares", headers=org.headers())
     assert shares.status_code == 200 and shares.json()["data"] == []  # nothing shared
     assert client.get("/api/v1/sources/" + source_id, headers=org.headers()).json()["org_shared"] is False
+
+
+POLICIES = "/settings/security/access-policies"
+
+
+@pytest.mark.parametrize(
+    ("typed", "field", "words"),
+    [
+        ({"name": ""}, "name", "Give the policy a name of 1 to 200 characters."),
+        ({"column_0": "region"}, "values_0", "Choose or type at least one allowed value."),
+        (
+            {"column_0": "region", "values_0": "EU", "values_1": "US"},
+            "column_1",
+            "Choose the column this filter is on.",
+        ),
+        (
+            {"column_0": "region", "values_0": "EU", "column_1": "REGION", "values_1": "US"},
+            "column_1",
+            "Row filter 1 is already on region",
+        ),
+        ({"column_0": "region", "values_0": "x" * 1001}, "values_0", "Each value is at most 1,000 characters."),
+        ({"hidden_columns": "amount", "masked_columns": "Amount"}, "masked_columns", "Amount is also hidden"),
+        ({"hidden_columns": "amount\nAMOUNT"}, "hidden_columns", "AMOUNT is listed twice"),
+        ({"binding": "explicit"}, "source_ids", "Choose at least one source"),
+    ],
+)
+def test_policy_form_refusals_sit_at_their_field(client, org, typed, field, words):
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(POLICIES + "/new").text)
+    form = {"csrf_token": token, "name": "EU only", "description": "kept as typed", "binding": "auto", **typed}
+    refused = client.post(POLICIES, data=form)
+    assert refused.status_code == 400
+    if field == "source_ids":  # a group of checkboxes: the fieldset is marked and described
+        tag = re.search(r'<fieldset class="source-choices"[^>]*>', refused.text).group(0)
+        assert 'aria-invalid="true"' in tag and 'aria-describedby="error-source_ids"' in tag
+        assert words in re.search(r'id="error-source_ids" role="alert">([^<]*)<', refused.text).group(1)
+    else:
+        assert words in error_at(refused.text, field)
+        no_other_field_invalid(refused.text, field)
+    assert "kept as typed</textarea>" in refused.text
+    assert "row_filters" not in refused.text and "column_rules[" not in refused.text
+    assert client.get("/api/v1/access/policies", headers=org.headers()).json()["data"] == []  # nothing made
+
+
+def test_renaming_a_policy_to_a_taken_name_is_refused_at_the_name(client, org):
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(POLICIES + "/new").text)
+    client.post(POLICIES, data={"csrf_token": token, "name": "Taken", "binding": "auto"})
+    mine = client.post(POLICIES, data={"csrf_token": token, "name": "Mine", "binding": "auto"})
+    refused = client.post(mine.url.path, data={"csrf_token": token, "name": "Taken", "binding": "auto"})
+    assert refused.status_code == 409
+    assert "already exists" in error_at(refused.text, "name")
+    assert 'value="Taken"' in field_tag(refused.text, "name")
+    names = sorted(p["name"] for p in client.get("/api/v1/access/policies", headers=org.headers()).json()["data"])
+    assert names == ["Mine", "Taken"]

@@ -40,7 +40,7 @@ LIST_LIMIT = 200
 FIELD_OF_CODE = {"invalid_name": "name", "group_exists": "name", "invalid_description": "description"}
 PLAIN_WORDS = {
     "invalid_name": f"Give the group a name of 1 to {MAX_NAME} characters (letters, digits, spaces, punctuation).",
-    "group_exists": "Another group already has this name: choose a different one.",
+    "group_exists": "A group with this name already exists: choose a different name.",
     "invalid_description": f"Keep the description to at most {MAX_DESCRIPTION:,} characters.",
 }
 NOTICES = {
