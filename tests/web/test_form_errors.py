@@ -242,3 +242,33 @@ def test_renaming_a_policy_to_a_taken_name_is_refused_at_the_name(client, org):
     assert 'value="Taken"' in field_tag(refused.text, "name")
     names = sorted(p["name"] for p in client.get("/api/v1/access/policies", headers=org.headers()).json()["data"])
     assert names == ["Mine", "Taken"]
+
+
+def test_project_forms_put_refusals_at_their_field(client, org):
+    source = client.post("/api/v1/sources", headers=org.headers(), json={"name": "Sales", "rows": [{"amount": 1}]})
+    assert source.status_code in (200, 201), source.text
+    source_id = source.json()["id"]
+    project = client.post("/api/v1/projects", headers=org.headers(), json={"name": "Revenue", "user_id": org.admin_id})
+    assert project.status_code == 201, project.text
+    path = "/projects/" + project.json()["id"]
+    colleague = org.add_user("colleague@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(path).text)
+    bad_name = client.post(path + "/sources", data={"csrf_token": token, "source_id": source_id, "name": "9 lives"})
+    assert bad_name.status_code == 400
+    assert "A table name starts with a letter" in error_at(bad_name.text, "name")
+    assert f'<option value="{source_id}" selected>' in bad_name.text and 'value="9 lives"' in bad_name.text
+    attached = client.post(path + "/sources", data={"csrf_token": token, "source_id": source_id, "name": "sales"})
+    assert attached.status_code == 200
+    step = {"csrf_token": token, "name": "sales", "sql": "SELECT * FROM sales"}
+    taken = client.post(path + "/steps", data=step)
+    assert taken.status_code == 409 and "already has a source or step named" in error_at(taken.text, "name")
+    unknown = client.post(path + "/steps", data={**step, "name": "totals", "sql": "SELECT * FROM nowhere"})
+    assert unknown.status_code == 400 and "nowhere" in error_at(unknown.text, "sql")
+    step_name = re.search(r'<input id="step-name"[^>]*>', unknown.text).group(0)
+    assert 'value="totals"' in step_name and "SELECT * FROM nowhere</textarea>" in unknown.text
+    shared = client.post(path + "/shares", data={"csrf_token": token, "user_id": colleague, "permission": "own"})
+    assert shared.status_code == 400 and error_at(shared.text, "permission") == "Choose View or Edit."
+    assert f'<option value="{colleague}" selected>' in shared.text
+    steps = client.get(f"/api/v1{path}", headers=org.headers()).json()
+    assert [s["name"] for s in steps["steps"]] == ["load_sales"]  # (attaching made it) no refused step added
