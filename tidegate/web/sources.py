@@ -394,9 +394,12 @@ def source_page(
     return page(request, "source.html", {**context, "notice": said}, viewer=viewer, current="/sources")
 
 
-def _source_error(request: Request, source_id: str, exc: TidegateError, **form_errors: Any):
-    """The source page again with why a change was refused: above the page, or (`form_errors`)
-    at a form's field."""
+def _source_error(request: Request, source_id: str, exc: TidegateError, form: str | None = None, **typed: Any):
+    """The source page again with why a change was refused: at the field of form `form` (its
+    context key: `<form>_error`, and what was typed) when the refusal is about one, above the
+    page otherwise."""
+    refusal = field_error(exc, SHARE_FIELDS, SHARE_WORDS)
+    shown = {f"{form}_error": refusal, **typed} if form and refusal["field"] else {"page_error": exc.message}
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         access = _open(session, viewer, source_id)
@@ -404,7 +407,7 @@ def _source_error(request: Request, source_id: str, exc: TidegateError, **form_e
     return page(
         request,
         "source.html",
-        {**context, **(form_errors or {"page_error": exc.message})},
+        {**context, **shown},
         viewer=viewer,
         status=exc.status,
         current="/sources",
@@ -441,8 +444,7 @@ def share(request: Request, source_id: str = SourceId(), form: FormData = FORM):
             )
     except TidegateError as exc:
         typed = {"user_id": user_id, "permission": text(form, "permission", 20)}
-        refusal = field_error(exc, SHARE_FIELDS, SHARE_WORDS)
-        return _source_error(request, source_id, exc, share_error=refusal, share_form=typed)
+        return _source_error(request, source_id, exc, "share", share_form=typed)
     return redirect(f"/sources/{source_id}?notice=shared#sharing")
 
 
@@ -472,5 +474,5 @@ def org_share(request: Request, source_id: str = SourceId(), form: FormData = FO
                 context=request_context(request),
             )
     except TidegateError as exc:
-        return _source_error(request, source_id, exc, org_share_error=field_error(exc, SHARE_FIELDS, SHARE_WORDS))
+        return _source_error(request, source_id, exc, "org_share")
     return redirect(f"/sources/{source_id}?notice=org_shared#sharing")
