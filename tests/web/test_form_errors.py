@@ -272,3 +272,19 @@ def test_project_forms_put_refusals_at_their_field(client, org):
     assert f'<option value="{colleague}" selected>' in shared.text
     steps = client.get(f"/api/v1{path}", headers=org.headers()).json()
     assert [s["name"] for s in steps["steps"]] == ["load_sales"]  # (attaching made it) no refused step added
+
+
+def test_assigning_a_policy_to_nobody_is_refused_at_the_choice(client, org):
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(POLICIES + "/new").text)
+    made = client.post(POLICIES, data={"csrf_token": token, "name": "EU only", "binding": "auto"})
+    client.post("/settings/security/groups", data={"csrf_token": token, "name": "Sales"})
+    path = made.url.path
+    for user_id, status, words in (("", 400, "Choose a person"), ("usr_nobody", 400, "not an active member")):
+        refused = client.post(path + "/users", data={"csrf_token": token, "user_id": user_id})
+        assert refused.status_code == status and words in error_at(refused.text, "user_id")
+        no_other_field_invalid(refused.text, "user_id")
+    refused = client.post(path + "/groups", data={"csrf_token": token, "group_id": "grp_nope"})
+    assert refused.status_code == 404 and "That group no longer exists" in error_at(refused.text, "group_id")
+    after = client.get(path).text
+    assert "Nobody directly." in after and "No group." in after  # nothing assigned

@@ -598,14 +598,29 @@ def delete_policy(request: Request, policy_id: str = PolicyId(), form: FormData 
     return redirect(f"{BASE}?notice=deleted")
 
 
-def _assignment(request: Request, policy_id: str, form: FormData, change, notice: str, anchor: str):
-    """Run one assignment change on the policy; its page again, with a notice or the error."""
+# The assign forms (a person, a group): refusals about the one chosen, in plain words.
+ASSIGN_CODES = ("missing_field", "invalid_user_ids", "user_not_found", "group_not_found", "invalid_group_ids")
+ASSIGN_WORDS = {
+    "invalid_user_ids": "That person is not an active member of the organization: choose someone from the list.",
+    "user_not_found": "That person is not an active member of the organization: choose someone from the list.",
+    "group_not_found": "That group no longer exists: choose one from the list.",
+}
+
+
+def _assignment(
+    request: Request, policy_id: str, form: FormData, change, notice: str, anchor: str, field_name: str | None = None
+):
+    """Run one assignment change on the policy; its page again, with a notice or the error (at
+    the form's `field_name` when it is about the one chosen)."""
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
             policy = _policy(session, viewer, policy_id)
             change(session, viewer, policy, request_context(request))
     except TidegateError as exc:
+        if field_name is not None and exc.code in ASSIGN_CODES:
+            refusal = field_error(exc, dict.fromkeys(ASSIGN_CODES, field_name), ASSIGN_WORDS)
+            return _policy_error(request, policy_id, exc, assign_error=refusal)
         return _policy_error(request, policy_id, exc, page_error=exc.message)
     return redirect(f"{BASE}/{policy_id}?notice={notice}#{anchor}")
 
@@ -616,7 +631,7 @@ def assign_user(request: Request, policy_id: str = PolicyId(), form: FormData = 
         user_id = required_text(form, "user_id", "Choose a person to assign the policy to.")
         service.assign_users(session, viewer.principal, policy, [user_id], context=context)
 
-    return _assignment(request, policy_id, form, change, "user_assigned", "users")
+    return _assignment(request, policy_id, form, change, "user_assigned", "users", "user_id")
 
 
 @router.post(BASE + "/{policy_id}/users/{user_id}/remove")
@@ -636,7 +651,7 @@ def assign_group(request: Request, policy_id: str = PolicyId(), form: FormData =
         group = service.get_group(session, viewer.org.id, group_id)
         service.assign_group_policies(session, viewer.principal, group, [policy.id], context=context)
 
-    return _assignment(request, policy_id, form, change, "group_assigned", "groups")
+    return _assignment(request, policy_id, form, change, "group_assigned", "groups", "group_id")
 
 
 @router.post(BASE + "/{policy_id}/groups/{group_id}/remove")
