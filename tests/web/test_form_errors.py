@@ -288,3 +288,19 @@ def test_assigning_a_policy_to_nobody_is_refused_at_the_choice(client, org):
     assert refused.status_code == 404 and "That group no longer exists" in error_at(refused.text, "group_id")
     after = client.get(path).text
     assert "Nobody directly." in after and "No group." in after  # nothing assigned
+
+
+def test_adding_a_member_or_policy_to_a_group_is_refused_at_the_choice(client, org):
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(POLICIES + "/new").text)
+    client.post(POLICIES, data={"csrf_token": token, "name": "EU only", "binding": "auto"})
+    path = client.post("/settings/security/groups", data={"csrf_token": token, "name": "Sales"}).url.path
+    for user_id, words in (("", "Choose a person to add."), ("usr_nobody", "not an active member")):
+        refused = client.post(path + "/members", data={"csrf_token": token, "user_id": user_id})
+        assert refused.status_code == 400 and words in error_at(refused.text, "user_id")
+        no_other_field_invalid(refused.text, "user_id")
+    refused = client.post(path + "/policies", data={"csrf_token": token, "policy_id": "pol_nope"})
+    assert refused.status_code == 400
+    assert "That access policy no longer exists" in error_at(refused.text, "policy_id")
+    after = client.get(path).text
+    assert "No policies yet." in after and "No members yet." in after  # nothing changed
