@@ -59,11 +59,13 @@ def test_hidden_and_masked_columns_in_the_form_the_list_and_the_previews(ui_fact
     expect(page.locator("[data-hidden-column]")).to_have_text(["amount"])
     assert preview_rows(admin) == rows
 
-    # One column both hidden and masked: refused with the service's message, nothing saved.
+    # One column both hidden and masked: refused at the mask field in plain words, nothing saved.
     admin.goto(f"/settings/security/access-policies/{policy_id}", label="policy-columns-edit")
     page.get_by_label("Mask these columns").fill("amount")
     admin.expect_status(400)
     with page.expect_navigation():
         page.get_by_role("button", name="Save changes").click()
-    expect(page.locator("body")).to_contain_text("repeats column")
+    expect(page.locator("#error-masked_columns")).to_have_text("amount is also hidden: list each column once.")
+    expect(page.get_by_label("Mask these columns")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Mask these columns")).to_be_focused()
     assert api_rows(web, mia_key["secret"], source_id) == (200, rows)

@@ -474,7 +474,7 @@ def test_bad_input_is_a_4xx_page_never_a_500(ui, web):
     ui.goto("/settings/security/access-policies", label="policies-for-token")
     csrf = ui.csrf()
     cases = [
-        ("/settings/security/access-policies", {"name": "", "binding": "auto"}, 400, "Policy name must be"),
+        ("/settings/security/access-policies", {"name": "", "binding": "auto"}, 400, "Give the policy a name"),
         ("/settings/security/access-policies", {"name": "x", "binding": "explicit"}, 400, "at least one source"),
         (
             "/settings/security/access-policies",
@@ -482,13 +482,18 @@ def test_bad_input_is_a_4xx_page_never_a_500(ui, web):
             400,
             "at least one allowed value",
         ),
-        ("/settings/security/access-policies", {"name": "x", "binding": "auto", "values_0": "v"}, 400, "no column"),
+        (
+            "/settings/security/access-policies",
+            {"name": "x", "binding": "auto", "values_0": "v"},
+            400,
+            "Choose the column",
+        ),
         ("/settings/security/access-policies", {"name": "x" * 5000, "binding": "auto"}, 400, "too long"),
-        ("/settings/security/groups", {"name": ""}, 400, "Group name must be"),
+        ("/settings/security/groups", {"name": ""}, 400, "Give the group a name"),
         ("/settings/security/groups/grp_nope/members", {"user_id": "u"}, 404, "No group"),
         ("/sources/upload", {}, 400, "Choose a file"),
-        (f"/sources/{source_id}/shares", {"user_id": "user_nope", "permission": "view"}, 404, "No user"),
-        (f"/sources/{source_id}/org-share", {"enabled": "on", "permission": "owner"}, 400, "Choose view or edit"),
+        (f"/sources/{source_id}/shares", {"user_id": "user_nope", "permission": "view"}, 404, "not an active member"),
+        (f"/sources/{source_id}/org-share", {"enabled": "on", "permission": "owner"}, 400, "Choose View or Edit"),
         ("/settings/security/access-policies", {"name": "x", "binding": "auto"}, 403, "security token"),
     ]
     for path, form, status, message in cases:

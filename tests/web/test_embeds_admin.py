@@ -6,6 +6,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
+from tidegate.web.embeds import PLAIN_WORDS
+
 PAGE = "/settings/security/embeds"
 MEMBER_PASSWORD = "member-password-1"
 
@@ -107,7 +109,7 @@ def test_allowed_origins_add_validate_remove(ui, web, embed_user):
     assert error_of(new_session(web, embed_user, origin="https://evil.example")) == (400, "origin_not_allowed")
     assert new_session(web, embed_user, origin="https://app.example.com").status_code == 201
 
-    # A bad origin: the page's 400, with the API's own message; nothing saved.
+    # A bad origin: the page's 400, the reason in plain words at the field; nothing saved.
     with web.api() as api:
         api_refusal = api.patch("/org/settings", json={"embed_allowed_origins": ["ftp://files.example.com"]})
     assert error_of(api_refusal) == (400, "invalid_origin")
@@ -117,8 +119,13 @@ def test_allowed_origins_add_validate_remove(ui, web, embed_user):
         page.get_by_role("button", name="Add origin").click()
     assert navigation.value.status == 400
     ui.snap("origin-refused")
-    expect(page.locator("#origin-error")).to_have_text(api_refusal.json()["error"]["message"])
+    expect(page.locator("#error-origin")).to_have_text(PLAIN_WORDS["invalid_origin"])
     expect(page.get_by_label("Origin to allow")).to_have_value("ftp://files.example.com")
+    expect(page.get_by_label("Origin to allow")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Origin to allow")).to_have_accessible_description(
+        PLAIN_WORDS["invalid_origin"] + " scheme://host[:port], without a path."
+    )
+    expect(page.get_by_label("Origin to allow")).to_be_focused()
     with web.api() as api:
         assert api.get("/org/settings").json()["embed_allowed_origins"] == ["https://app.example.com"]
 
@@ -158,19 +165,24 @@ def test_ui_config_saved_validated_and_served(ui, web):
     }
 
     ui.expect_status(400)
-    for value, message in (
-        ("{not json", "embed_ui_config.chrome is not valid JSON"),
-        ("[1, 2]", "embed_ui_config.chrome must be a JSON object."),
-        ('{"a": {"b": {"c": {"d": {"e": 1}}}}}', "embed_ui_config.chrome is nested too deeply."),
-        ("[" * 3000 + "]" * 3000, "embed_ui_config.chrome is nested too deeply."),
-        ('{"logo": "' + "a" * 16500 + '"}', "The embed UI config is limited to 16384 bytes."),
+    # Refusals of the Chrome object sit at its text area in plain words; the size of all three
+    # together above the form.
+    for value, where, message in (
+        ("{not json", "#error-chrome", "Chrome is not valid JSON"),
+        ("[1, 2]", "#error-chrome", "Chrome must be a JSON object"),
+        ('{"a": {"b": {"c": {"d": {"e": 1}}}}}', "#error-chrome", "Chrome is nested too deeply"),
+        ("[" * 3000 + "]" * 3000, "#error-chrome", "Chrome is nested too deeply"),
+        ('{"logo": "' + "a" * 16500 + '"}', "#ui-config-error", "limited to 16 KB"),
     ):
         page.get_by_label("Chrome (JSON object)").fill(value)
         with page.expect_navigation() as navigation:
             page.get_by_role("button", name="Save UI config").click()
         assert navigation.value.status == 400
-        expect(page.locator("#ui-config-error")).to_contain_text(message)
+        expect(page.locator(where)).to_contain_text(message)
         expect(page.get_by_label("Chrome (JSON object)")).to_have_value(value)  # as typed
+        if where == "#error-chrome":
+            expect(page.get_by_label("Chrome (JSON object)")).to_have_attribute("aria-invalid", "true")
+        expect(page.get_by_label("Theme (JSON object)")).not_to_have_attribute("aria-invalid", "true")
     ui.snap("ui-config-refused")
     # Nothing was saved by the refused forms.
     assert httpx.get(web.url + "/api/embed/ui-config", params={"org": web.org_id}, timeout=30).json() == public

@@ -508,3 +508,28 @@ def test_paged_lists_go_both_ways(ui_factory, web, world):
         again = page.locator(rows).evaluate_all("rows => rows.map(r => r.outerHTML.slice(0, 80))")
         assert again == first, path
         expect(page.get_by_role("navigation", name=label).get_by_role("link", name="Previous")).to_have_count(0)
+
+
+def test_a_refused_policy_form_marks_the_row_it_is_about_and_passes_axe(ui_factory, web, world):
+    _need_axe()
+    ui = ui_factory()
+    ui.context.add_init_script(path=str(AXE))
+    ui.sign_in(web.admin_email, web.admin_password)
+    ui.goto("/settings/security/access-policies/new", label="policy-new-for-refusal")
+    page = ui.page
+    page.locator("#policy-name").fill("Refused at its row")
+    page.get_by_role("group", name="Row filter 1", exact=True).get_by_label("Column").select_option("region")
+    ui.expect_status(400)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Create policy").click()
+    ui.snap("policy-refused-at-row")
+    values = page.get_by_role("group", name="Row filter 1", exact=True).get_by_label(
+        "Other allowed values, one per line"
+    )
+    expect(values).to_have_attribute("aria-invalid", "true")
+    expect(values).to_have_accessible_description("Choose or type at least one allowed value.")
+    expect(values).to_be_focused()
+    expect(page.locator("#form-error")).to_have_count(0)  # not (also) at the top
+    expect(page.locator("#policy-name")).to_have_value("Refused at its row")
+    violations = page.evaluate(AXE_JS)
+    assert not violations, json.dumps(violations, indent=1)

@@ -9,7 +9,8 @@ import pytest
 
 from tidegate.core.scopes import SCOPE_GROUPS, Scope
 from tidegate.errors import InvalidRequest
-from tidegate.web.common import CursorPage, field_error
+from tidegate.web import embeds, policies, security, sources
+from tidegate.web.common import CursorPage, FieldRefusal, field_error
 from tidegate.web.keys import FIELD_OF_CODE, PLAIN_WORDS, SCOPE_WORDS, ListView, list_view
 
 
@@ -50,6 +51,22 @@ def test_refusals_go_to_their_field_in_plain_words():
     }
     other = InvalidRequest("api_key_creation_disabled", "An admin has switched off API key creation.")
     assert field_error(other, FIELD_OF_CODE, PLAIN_WORDS) == {"field": "", "message": other.message}
+
+
+def test_a_forms_own_refusal_names_its_field_whatever_the_code_table_says():
+    refusal = FieldRefusal("values_2", "invalid_row_filters", "Choose or type at least one allowed value.")
+    assert field_error(refusal, policies.FIELD_OF_CODE, policies.PLAIN_WORDS) == {
+        "field": "values_2",
+        "message": "Choose or type at least one allowed value.",
+    }
+    assert refusal.status == 400 and refusal.code == "invalid_row_filters"
+
+
+@pytest.mark.parametrize("module", [security, policies, embeds])
+def test_plain_words_never_name_a_wire_field(module):
+    for words in module.PLAIN_WORDS.values():
+        assert "_" not in words, words  # (wire fields: user_rate_limit_per_minute, row_filters[0])
+    assert "_" not in "".join(sources.SHARE_WORDS.values())
 
 
 def test_list_view_query_and_sort_links():

@@ -231,8 +231,19 @@ class CursorPage:
         return cls(rows, rows[-1].id if more and rows else None, rows[0].id if after and rows else None)
 
 
+class FieldRefusal(InvalidRequest):
+    """A form's own refusal of one of its fields (`field`, as the form names it, e.g. the
+    second row filter's "values_1"), already in plain words."""
+
+    def __init__(self, field: str, code: str, message: str):
+        super().__init__(code, message)
+        self.field = field
+
+
 def field_error(exc: TidegateError, fields: dict[str, str], plain: dict[str, str] | None = None) -> dict[str, str]:
     """A refusal as a form shows it: the field it is about (`fields`: code -> field name; ""
     above the form when none), in plain words where the API's message would name wire fields
     (`plain`: code -> message)."""
+    if isinstance(exc, FieldRefusal):
+        return {"field": exc.field, "message": exc.message}
     return {"field": fields.get(exc.code, ""), "message": (plain or {}).get(exc.code, exc.message)}

@@ -21,7 +21,18 @@ from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.orgs import embeds, service
 from tidegate.orgs.models import User
-from tidegate.web.common import FORM, PageError, as_page, db, router, settings_of, signed_in, signed_in_to_change, text
+from tidegate.web.common import (
+    FORM,
+    PageError,
+    as_page,
+    db,
+    field_error,
+    router,
+    settings_of,
+    signed_in,
+    signed_in_to_change,
+    text,
+)
 from tidegate.web.render import page, redirect
 from tidegate.web.sessions import Viewer
 
@@ -38,6 +49,22 @@ NOTICES = {
     "origin_removed": "The origin was removed. Sessions bound to it keep working until they expire or are revoked.",
     "ui_config_saved": "The embed UI config was saved.",
     "revoked": "The embed session was revoked: its token is refused from now on.",
+}
+
+
+# The origin and UI config forms: which field a refusal is about, and plain words where the
+# API's message names wire fields (embed_ui_config.theme). A UI config group's own refusals
+# are worded here (`_ui_config`) under the code `invalid_<group>`.
+FIELD_OF_CODE = {
+    "invalid_origin": "origin",
+    "too_many_origins": "origin",
+    **{f"invalid_{group}": group for group in embeds.UI_CONFIG_GROUPS},
+}
+PLAIN_WORDS = {
+    "invalid_origin": "That is not a web origin: enter scheme://host[:port] without a path, e.g. https://app.example.com.",
+    "invalid_ui_config": (
+        f"The three settings together are limited to {embeds.MAX_UI_CONFIG_BYTES // 1024} KB: shorten them."
+    ),
 }
 
 
@@ -64,7 +91,7 @@ def _live_sessions(session, org_id: str) -> tuple[list[dict[str, Any]], bool]:
     return items, has_more
 
 
-def _context(session, viewer: Viewer, *, typed: dict | None = None, **errors: str | None) -> dict:
+def _context(session, viewer: Viewer, *, typed: dict | None = None, **errors: dict | None) -> dict:
     org = service.get_org(session, viewer.org.id)
     config = embeds.ui_config_of(org)
     typed = typed or {}
@@ -96,7 +123,7 @@ def embeds_page(request: Request, notice: str | None = Query(None, max_length=40
 
 def _change(request: Request, form: FormData, change, *, error_field: str, typed: dict | None = None):
     """Run `change(session, viewer, org, context)` as an admin; a refused change saves nothing
-    and shows the page again with the service's message next to the form, with its status."""
+    and shows the page again, as typed, with why next to the field (or the form), with its status."""
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
@@ -107,7 +134,8 @@ def _change(request: Request, form: FormData, change, *, error_field: str, typed
     except TidegateError as exc:
         with db(request) as session:
             viewer = signed_in(request, session, READ)
-            context = _context(session, viewer, typed=typed, **{error_field: exc.message})
+            refusal = field_error(exc, FIELD_OF_CODE, PLAIN_WORDS)
+            context = _context(session, viewer, typed=typed, **{error_field: refusal})
         return page(request, "embeds.html", context, viewer=viewer, status=exc.status, current=BASE)
     return redirect(f"{BASE}?notice={notice}")
 
@@ -133,6 +161,11 @@ def add_origin(request: Request, form: FormData = FORM):
         current = list(org.embed_allowed_origins or [])
         if embeds.normalize_origin(typed) in current:
             return "origin_present"
+        if len(current) >= embeds.MAX_ALLOWED_ORIGINS:
+            raise InvalidRequest(
+                "too_many_origins",
+                f"The list already holds {embeds.MAX_ALLOWED_ORIGINS} origins: remove one before adding another.",
+            )
         service.update_settings(
             session,
             viewer.principal,
@@ -169,17 +202,28 @@ def remove_origin(request: Request, form: FormData = FORM):
 
 
 def _ui_config(typed: dict[str, str]) -> dict[str, Any]:
-    """The three text areas as JSON (an empty one is `{}`); the service checks the rest."""
+    """The three text areas as JSON (an empty one is `{}`), each checked on its own so that a
+    refusal names its text area; the service checks them together (their size) again."""
     config: dict[str, Any] = {}
     for group, value in typed.items():
+        code, label = f"invalid_{group}", group.capitalize()
+        too_deep = f"{label} is nested too deeply: at most {embeds.MAX_UI_CONFIG_DEPTH} levels."
         try:
-            config[group] = json.loads(value) if value else {}
+            parsed = json.loads(value) if value else {}
         except json.JSONDecodeError as exc:
             raise InvalidRequest(
-                "invalid_ui_config", f"embed_ui_config.{group} is not valid JSON ({exc.msg}, line {exc.lineno})."
+                code, f"{label} is not valid JSON ({exc.msg}, line {exc.lineno}). Leave it empty for none."
             ) from None
         except RecursionError:  # thousands of brackets: refused before the depth check can run
-            raise InvalidRequest("invalid_ui_config", f"embed_ui_config.{group} is nested too deeply.") from None
+            raise InvalidRequest(code, too_deep) from None
+        if not isinstance(parsed, dict):
+            raise InvalidRequest(code, f'{label} must be a JSON object in braces, e.g. {{"key": "value"}}.')
+        if len(json.dumps(parsed, separators=(",", ":"))) <= embeds.MAX_UI_CONFIG_BYTES:
+            try:
+                embeds.check_ui_config({group: parsed})
+            except InvalidRequest:  # an object of allowed size refused on its own: too deep
+                raise InvalidRequest(code, too_deep) from None
+        config[group] = parsed
     return config
 
 

@@ -12,6 +12,7 @@ from starlette.datastructures import FormData
 
 from tidegate.access import policies as service
 from tidegate.access.models import Group, Policy
+from tidegate.access.policies.validation import MAX_DESCRIPTION, MAX_NAME
 from tidegate.errors import TidegateError
 from tidegate.http import request_context
 from tidegate.orgs.models import User
@@ -19,6 +20,7 @@ from tidegate.web.common import (
     FORM,
     as_page,
     db,
+    field_error,
     required_text,
     router,
     signed_in,
@@ -32,6 +34,15 @@ from tidegate.web.sessions import Viewer
 
 BASE = "/settings/security/groups"
 LIST_LIMIT = 200
+
+# The name and description form (new group, rename): which field a refusal is about, and
+# plain words for the API's.
+FIELD_OF_CODE = {"invalid_name": "name", "group_exists": "name", "invalid_description": "description"}
+PLAIN_WORDS = {
+    "invalid_name": f"Give the group a name of 1 to {MAX_NAME} characters (letters, digits, spaces, punctuation).",
+    "group_exists": "A group with this name already exists: choose a different name.",
+    "invalid_description": f"Keep the description to at most {MAX_DESCRIPTION:,} characters.",
+}
 NOTICES = {
     "created": "The group was created. Add its members and policies below.",
     "saved": "The group was saved.",
@@ -109,7 +120,7 @@ def create_group(request: Request, form: FormData = FORM):
         return page(
             request,
             "groups.html",
-            {**context, "create_error": exc.message},
+            {**context, "create_error": field_error(exc, FIELD_OF_CODE, PLAIN_WORDS)},
             viewer=viewer,
             status=exc.status,
             current=BASE,
@@ -171,7 +182,7 @@ def rename_group(request: Request, group_id: str = GroupId(), form: FormData = F
                 context=request_context(request),
             )
     except TidegateError as exc:
-        return _group_error(request, group_id, exc, values, form_error=exc.message)
+        return _group_error(request, group_id, exc, values, form_error=field_error(exc, FIELD_OF_CODE, PLAIN_WORDS))
     return redirect(f"{BASE}/{group_id}?notice=saved")
 
 
@@ -200,13 +211,30 @@ def delete_group(request: Request, group_id: str = GroupId(), form: FormData = F
     return redirect(f"{BASE}?notice=deleted")
 
 
-def _change(request: Request, group_id: str, form: FormData, change, notice: str, anchor: str):
+# The add-member and assign-policy forms: refusals about the one chosen, in plain words.
+CHOICE_CODES = ("missing_field", "invalid_user_ids", "user_not_found", "invalid_policy_ids", "policy_not_found")
+CHOICE_WORDS = {
+    "invalid_user_ids": "That person is not an active member of the organization: choose someone from the list.",
+    "user_not_found": "That person is not an active member of the organization: choose someone from the list.",
+    "invalid_policy_ids": "That access policy no longer exists: choose one from the list.",
+    "policy_not_found": "That access policy no longer exists: choose one from the list.",
+}
+
+
+def _change(
+    request: Request, group_id: str, form: FormData, change, notice: str, anchor: str, field_name: str | None = None
+):
+    """Run one change of the group; its page again, with a notice or the error (at the form's
+    `field_name` when it is about the one chosen)."""
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
             group = _group(session, viewer, group_id)
             change(session, viewer, group, request_context(request))
     except TidegateError as exc:
+        if field_name is not None and exc.code in CHOICE_CODES:
+            refusal = field_error(exc, dict.fromkeys(CHOICE_CODES, field_name), CHOICE_WORDS)
+            return _group_error(request, group_id, exc, choice_error=refusal)
         return _group_error(request, group_id, exc, page_error=exc.message)
     return redirect(f"{BASE}/{group_id}?notice={notice}#{anchor}")
 
@@ -217,7 +245,7 @@ def add_member(request: Request, group_id: str = GroupId(), form: FormData = FOR
         user_id = required_text(form, "user_id", "Choose a person to add.")
         service.add_group_members(session, viewer.principal, group, [user_id], context=context)
 
-    return _change(request, group_id, form, change, "member_added", "members")
+    return _change(request, group_id, form, change, "member_added", "members", "user_id")
 
 
 @router.post(BASE + "/{group_id}/members/{user_id}/remove")
@@ -236,7 +264,7 @@ def assign_policy(request: Request, group_id: str = GroupId(), form: FormData = 
         policy_id = required_text(form, "policy_id", "Choose a policy to assign.")
         service.assign_group_policies(session, viewer.principal, group, [policy_id], context=context)
 
-    return _change(request, group_id, form, change, "policy_assigned", "policies")
+    return _change(request, group_id, form, change, "policy_assigned", "policies", "policy_id")
 
 
 @router.post(BASE + "/{group_id}/policies/{policy_id}/remove")

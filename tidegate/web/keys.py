@@ -117,6 +117,10 @@ GRACE_PERIODS = (
     ("86400", "Keep the old key working for 24 hours"),
     ("604800", "Keep the old key working for 7 days"),
 )
+# The rotate form (the dialog, and its page without JavaScript): the grace period is a choice
+# of GRACE_PERIODS, so a refusal of it is about a missing or forged choice.
+ROTATE_FIELDS = {"invalid_grace_period": "grace_seconds"}
+ROTATE_WORDS = {"invalid_grace_period": "Choose when the old key should stop working."}
 NOTICES = {
     "revoked": "The key was revoked. Every request made with it is refused from now on.",
 }
@@ -616,7 +620,25 @@ def rotate_confirm(request: Request, key_id: str = KeyId()):
 def rotate(request: Request, key_id: str = KeyId(), form: FormData = FORM):
     grace = text(form, "grace_seconds", 20)
     if grace not in {g for g, _ in GRACE_PERIODS}:
-        raise PageError(400, "Bad request", "Choose when the old key should stop working.")
+        # No choice (or a forged one): the rotate page again, the reason at the choice.
+        refusal = InvalidRequest("invalid_grace_period", "grace_seconds must be one of the offered periods.")
+        with db(request) as session:
+            viewer = signed_in_to_change(request, session, form, MANAGE)
+            key = _key_rows(session, viewer, [_get_key(session, viewer, key_id)])[0]
+        return page(
+            request,
+            "key_action.html",
+            {
+                "title": "Rotate API key",
+                "action": "rotate",
+                "key": key,
+                "grace_periods": GRACE_PERIODS,
+                "form_error": field_error(refusal, ROTATE_FIELDS, ROTATE_WORDS),
+            },
+            viewer=viewer,
+            status=refusal.status,
+            current="/settings/api-keys",
+        )
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, MANAGE)

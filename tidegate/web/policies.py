@@ -25,16 +25,18 @@ from tidegate.core.columnrules import HIDE, MASK
 from tidegate.core.scopes import Scope
 from tidegate.credentials.bounds import keys_naming_policy
 from tidegate.data import engine
-from tidegate.errors import InvalidRequest, TidegateError
+from tidegate.errors import TidegateError
 from tidegate.http import request_context
 from tidegate.orgs.models import User
 from tidegate.orgs.service import get_user
 from tidegate.web.common import (
     FORM,
     LARGE_FORM,
+    FieldRefusal,
     PageError,
     as_page,
     db,
+    field_error,
     required_text,
     router,
     signed_in,
@@ -208,31 +210,100 @@ class PolicyForm:
         )
 
     def changes(self) -> dict:
-        """The service's arguments; InvalidRequest (a 400 page) for what it cannot take."""
+        """The service's arguments. What the form can tell is wrong is refused here, at its
+        field in plain words (FieldRefusal); the service checks everything again."""
         if self.binding not in ("auto", "explicit"):
-            raise InvalidRequest("invalid_binding", "Choose Auto or Explicit for what the policy applies to.")
+            raise FieldRefusal("binding", "invalid_binding", "Choose Auto or Explicit.")
         if self.binding == "explicit" and not self.source_ids:
-            raise InvalidRequest(
-                "invalid_source_ids", "An explicit policy needs at least one source: choose its sources, or use Auto."
+            raise FieldRefusal(
+                "source_ids", "invalid_source_ids", "Choose at least one source, or apply the policy to Auto."
             )
-        for number, row in enumerate(self.filters, 1):
-            if not row.column:
-                raise InvalidRequest(
-                    "invalid_row_filters", f"Row filter {number} has values but no column: choose its column."
-                )
-            if not row.values:
-                raise InvalidRequest(
-                    "invalid_row_filters", f"Choose at least one allowed value for column {row.column!r}."
-                )
+        self._check_filters()
+        self._check_column_rules()
         return {
             "name": self.name,
             "description": self.description or None,
             "source_ids": self.source_ids if self.binding == "explicit" else [],
             "row_filters": [{"column": r.column, "values": r.values} for r in self.filters],
-            # A column in both lists is refused by the service (one rule per column).
             "column_rules": [{"column": c, "action": HIDE} for c in self.hidden_columns]
             + [{"column": c, "action": MASK} for c in self.masked_columns],
         }
+
+    def _check_filters(self) -> None:
+        seen: dict[str, int] = {}
+        for i, row in enumerate(self.filters):
+            column, values = f"column_{i}", f"values_{i}"
+            if not row.column:
+                raise FieldRefusal(column, "invalid_row_filters", "Choose the column this filter is on.")
+            if len(row.column) > service.MAX_COLUMN:
+                raise FieldRefusal(
+                    column, "invalid_row_filters", f"A column name is at most {service.MAX_COLUMN} characters."
+                )
+            earlier = seen.setdefault(row.column.casefold(), i)
+            if earlier != i:
+                raise FieldRefusal(
+                    column,
+                    "invalid_row_filters",
+                    f"Row filter {earlier + 1} is already on {self.filters[earlier].column}: "
+                    "put all its allowed values there.",
+                )
+            if not row.values:
+                raise FieldRefusal(values, "invalid_row_filters", "Choose or type at least one allowed value.")
+            if len(row.values) > service.MAX_VALUES:
+                raise FieldRefusal(
+                    values, "invalid_row_filters", f"A filter allows at most {service.MAX_VALUES:,} values."
+                )
+            if any(len(v) > service.MAX_VALUE for v in row.values):
+                raise FieldRefusal(
+                    values, "invalid_row_filters", f"Each value is at most {service.MAX_VALUE:,} characters."
+                )
+
+    def _check_column_rules(self) -> None:
+        if len(self.hidden_columns) + len(self.masked_columns) > service.MAX_COLUMN_RULES:
+            raise FieldRefusal(
+                "hidden_columns",
+                "invalid_column_rules",
+                f"Hide and mask at most {service.MAX_COLUMN_RULES} columns in all.",
+            )
+        seen: dict[str, str] = {}  # column, case-folded -> the list it is in
+        for field_name, columns in (("hidden_columns", self.hidden_columns), ("masked_columns", self.masked_columns)):
+            for column in columns:
+                if len(column) > service.MAX_COLUMN:
+                    raise FieldRefusal(
+                        field_name, "invalid_column_rules", f"A column name is at most {service.MAX_COLUMN} characters."
+                    )
+                folded = column.casefold()
+                if folded in seen:  # (the lists hold no exact repeats: _column_lines drops them)
+                    twice = f"{column} is listed twice (column names match whatever their case)."
+                    also = f"{column} is also hidden: list each column once."
+                    raise FieldRefusal(
+                        field_name, "invalid_column_rules", twice if seen[folded] == field_name else also
+                    )
+                seen[folded] = field_name
+
+
+# The rest of the policy form (name, description, and what only the service can tell): which
+# field a refusal is about, and plain words for the API's.
+FIELD_OF_CODE = {
+    "invalid_name": "name",
+    "policy_exists": "name",
+    "invalid_description": "description",
+    "invalid_row_filters": "filters",
+    "invalid_column_rules": "column_rules",
+    "invalid_column_rule_action": "column_rules",
+    "invalid_source_ids": "source_ids",
+}
+PLAIN_WORDS = {
+    "invalid_name": f"Give the policy a name of 1 to {service.MAX_NAME} characters.",
+    "policy_exists": "An access policy with this name already exists: choose a different name.",
+    "invalid_description": f"Keep the description to at most {service.MAX_DESCRIPTION:,} characters.",
+    "invalid_row_filters": (
+        f"Check the row filters: at most {service.MAX_FILTERS}, each on a different column, "
+        "with at least one allowed value."
+    ),
+    "invalid_column_rules": "Check the column rules: one column name per line, each column once.",
+    "invalid_source_ids": "Choose the policy's sources from the list.",
+}
 
 
 def _column_lines(typed: str) -> list[str]:
@@ -455,7 +526,7 @@ def create_policy(request: Request, form: FormData = LARGE_FORM):
         return page(
             request,
             "policy.html",
-            {**context, "form_error": exc.message},
+            {**context, "form_error": field_error(exc, FIELD_OF_CODE, PLAIN_WORDS)},
             viewer=viewer,
             status=exc.status,
             current=BASE + "/new",
@@ -491,7 +562,7 @@ def update_policy(request: Request, policy_id: str = PolicyId(), form: FormData 
                 session, viewer.principal, policy, **values.changes(), context=request_context(request)
             )
     except TidegateError as exc:
-        return _policy_error(request, policy_id, exc, values, form_error=exc.message)
+        return _policy_error(request, policy_id, exc, values, form_error=field_error(exc, FIELD_OF_CODE, PLAIN_WORDS))
     return redirect(f"{BASE}/{policy_id}?notice=saved")
 
 
@@ -527,14 +598,29 @@ def delete_policy(request: Request, policy_id: str = PolicyId(), form: FormData 
     return redirect(f"{BASE}?notice=deleted")
 
 
-def _assignment(request: Request, policy_id: str, form: FormData, change, notice: str, anchor: str):
-    """Run one assignment change on the policy; its page again, with a notice or the error."""
+# The assign forms (a person, a group): refusals about the one chosen, in plain words.
+ASSIGN_CODES = ("missing_field", "invalid_user_ids", "user_not_found", "group_not_found", "invalid_group_ids")
+ASSIGN_WORDS = {
+    "invalid_user_ids": "That person is not an active member of the organization: choose someone from the list.",
+    "user_not_found": "That person is not an active member of the organization: choose someone from the list.",
+    "group_not_found": "That group no longer exists: choose one from the list.",
+}
+
+
+def _assignment(
+    request: Request, policy_id: str, form: FormData, change, notice: str, anchor: str, field_name: str | None = None
+):
+    """Run one assignment change on the policy; its page again, with a notice or the error (at
+    the form's `field_name` when it is about the one chosen)."""
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
             policy = _policy(session, viewer, policy_id)
             change(session, viewer, policy, request_context(request))
     except TidegateError as exc:
+        if field_name is not None and exc.code in ASSIGN_CODES:
+            refusal = field_error(exc, dict.fromkeys(ASSIGN_CODES, field_name), ASSIGN_WORDS)
+            return _policy_error(request, policy_id, exc, assign_error=refusal)
         return _policy_error(request, policy_id, exc, page_error=exc.message)
     return redirect(f"{BASE}/{policy_id}?notice={notice}#{anchor}")
 
@@ -545,7 +631,7 @@ def assign_user(request: Request, policy_id: str = PolicyId(), form: FormData = 
         user_id = required_text(form, "user_id", "Choose a person to assign the policy to.")
         service.assign_users(session, viewer.principal, policy, [user_id], context=context)
 
-    return _assignment(request, policy_id, form, change, "user_assigned", "users")
+    return _assignment(request, policy_id, form, change, "user_assigned", "users", "user_id")
 
 
 @router.post(BASE + "/{policy_id}/users/{user_id}/remove")
@@ -565,7 +651,7 @@ def assign_group(request: Request, policy_id: str = PolicyId(), form: FormData =
         group = service.get_group(session, viewer.org.id, group_id)
         service.assign_group_policies(session, viewer.principal, group, [policy.id], context=context)
 
-    return _assignment(request, policy_id, form, change, "group_assigned", "groups")
+    return _assignment(request, policy_id, form, change, "group_assigned", "groups", "group_id")
 
 
 @router.post(BASE + "/{policy_id}/groups/{group_id}/remove")

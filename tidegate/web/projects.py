@@ -35,6 +35,7 @@ from tidegate.web.common import (
     CursorPage,
     as_page,
     db,
+    field_error,
     router,
     settings_of,
     signed_in,
@@ -287,6 +288,7 @@ async def _render(
     error: str | None = None,
     status: int = 200,
     step_form: dict | None = None,
+    form_errors: dict | None = None,
 ) -> Response:
     limits = settings_of(request).query_limits
     viewer, context, plan = await run_in_threadpool(_load, request, project_id)
@@ -302,6 +304,7 @@ async def _render(
         context["data"] = await _step_data(limits, viewer.principal, plan, step_id, page_number)
     if step_form is not None:
         context["step_form"] = step_form
+    context.update(form_errors or {})
     context.update(notice=NOTICES.get(notice or ""), page_error=error)
     return page(request, "project.html", context, viewer=viewer, status=status, current="/projects")
 
@@ -317,9 +320,51 @@ async def project_page(
     return await _render(request, project_id, step_id=step, page_number=page_number, notice=notice)
 
 
-async def _change(request: Request, project_id: str, form: FormData, scope: Scope, work, notice: str, **on_error):
+# Each form of the page: the context key of its refusal, which field a refusal is about, and
+# plain words for the API's.
+STEP_FORM = (
+    "step_error",
+    {"invalid_step_name": "name", "name_taken": "name", "invalid_step_sql": "sql", "unknown_table": "sql"},
+    {
+        "invalid_step_name": "A step name starts with a letter or _, then letters, digits or _ (at most 63).",
+    },
+)
+ATTACH_FORM = (
+    "attach_error",
+    {
+        "invalid_source": "source_id",
+        "source_not_found": "source_id",
+        "invalid_source_name": "name",
+        "name_taken": "name",
+    },
+    {
+        "source_not_found": "That source no longer exists or you may not open it: choose one from the list.",
+        "invalid_source_name": "A table name starts with a letter or _, then letters, digits or _ (at most 63).",
+    },
+)
+SHARE_FORM = (
+    "share_error",
+    {"invalid_user": "user_id", "user_not_found": "user_id", "invalid_permission": "permission"},
+    {
+        "user_not_found": "That person is not an active member of the organization: choose someone from the list.",
+        "invalid_permission": "Choose View or Edit.",
+    },
+)
+
+
+async def _change(
+    request: Request,
+    project_id: str,
+    form: FormData,
+    scope: Scope,
+    work,
+    notice: str,
+    refusal: tuple[str, dict[str, str], dict[str, str]] | None = None,
+    **on_error,
+):
     """Run `work(session, viewer)` as one transaction; then back to the page (with `notice`),
-    or the page again with the refusal (status kept)."""
+    or the page again with the refusal (status kept): at its field when `refusal` (the form's
+    context key, fields and plain words) places it, above the page otherwise."""
 
     def run():
         with db(request) as session:
@@ -329,6 +374,14 @@ async def _change(request: Request, project_id: str, form: FormData, scope: Scop
     try:
         result = await run_in_threadpool(run)
     except TidegateError as exc:
+        if refusal is not None:
+            key, fields, words = refusal
+            at_field = field_error(exc, fields, words)
+            if at_field["field"]:
+                typed = on_error.pop("form_errors", {})
+                return None, await _render(
+                    request, project_id, status=exc.status, form_errors={**typed, key: at_field}, **on_error
+                )
         return None, await _render(request, project_id, error=exc.message, status=exc.status, **on_error)
     return result, redirect(f"/projects/{project_id}?notice={notice}")
 
@@ -343,7 +396,7 @@ async def add_step(request: Request, project_id: str = ProjectId(), form: FormDa
         ).id
 
     step_id, response = await _change(
-        request, project_id, form, WRITE, work, "step_added", step_form={"name": name, "sql": sql}
+        request, project_id, form, WRITE, work, "step_added", STEP_FORM, step_form={"name": name, "sql": sql}
     )
     if step_id is not None:
         return redirect(f"/projects/{project_id}?notice=step_added&step={step_id}")
@@ -371,7 +424,8 @@ async def add_source(request: Request, project_id: str = ProjectId(), form: Form
             session, viewer.principal, project_id, source_id, name=name or None, context=request_context(request)
         )
 
-    return (await _change(request, project_id, form, WRITE, work, "source_added"))[1]
+    typed = {"attach_form": {"source_id": source_id, "name": name}}
+    return (await _change(request, project_id, form, WRITE, work, "source_added", ATTACH_FORM, form_errors=typed))[1]
 
 
 @router.post("/projects/{project_id}/run")
@@ -422,7 +476,8 @@ async def share(request: Request, project_id: str = ProjectId(), form: FormData 
             context=request_context(request),
         )
 
-    return (await _change(request, project_id, form, SHARE_WRITE, work, "shared"))[1]
+    typed = {"share_form": {"user_id": user_id, "permission": permission}}
+    return (await _change(request, project_id, form, SHARE_WRITE, work, "shared", SHARE_FORM, form_errors=typed))[1]
 
 
 @router.post("/projects/{project_id}/shares/{user_id}/remove")

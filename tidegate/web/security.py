@@ -18,13 +18,28 @@ from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.http import request_context
 from tidegate.notifications import audit_stream
 from tidegate.orgs import service
-from tidegate.web.common import FORM, db, router, signed_in, signed_in_to_change, text
+from tidegate.web.common import FORM, db, field_error, router, signed_in, signed_in_to_change, text
 from tidegate.web.render import page, redirect
 from tidegate.wire.orgs import AuditStreamOut
 
 READ = Scope.ORG_READ
 WRITE = Scope.ORG_WRITE
 NOTICES = {"saved": "Admin controls saved."}
+
+# The admin controls form: which field a refusal is about, and plain words for the API's
+# (which name wire fields such as user_rate_limit_per_minute).
+FIELD_OF_CODE = {
+    "invalid_max_keys_per_user": "max_keys_per_user",
+    "invalid_user_rate_limit": "user_rate_limit_per_minute",
+    "invalid_unused_key_days": "unused_key_days",
+}
+PLAIN_WORDS = {
+    "invalid_max_keys_per_user": f"Enter a whole number of keys between 1 and {service.MAX_KEYS_PER_USER:,}.",
+    "invalid_user_rate_limit": (
+        f"Enter a whole number of requests per minute between 1 and {service.MAX_USER_RATE_LIMIT:,}."
+    ),
+    "invalid_unused_key_days": f"Enter a whole number of days between 1 and {service.MAX_UNUSED_KEY_DAYS:,}.",
+}
 
 
 def _stream_status(session, org_id: str) -> dict:
@@ -33,7 +48,7 @@ def _stream_status(session, org_id: str) -> dict:
     return AuditStreamOut.of(stream, audit_stream.pending_events(session, org_id, stream)).model_dump()
 
 
-def _context(org, viewer, notice: str | None = None, error: str | None = None, typed: dict | None = None) -> dict:
+def _context(org, viewer, notice: str | None = None, error: dict | None = None, typed: dict | None = None) -> dict:
     return {
         "title": "Admin Controls",
         "creation_enabled": org.api_key_creation_enabled,
@@ -44,7 +59,7 @@ def _context(org, viewer, notice: str | None = None, error: str | None = None, t
         "unused_key_days": (typed or {}).get("unused_key_days", org.unused_key_days),
         "can_write": viewer.can(WRITE),
         "notice": NOTICES.get(notice or ""),
-        "error": error,
+        "form_error": error,
     }
 
 
@@ -64,7 +79,7 @@ def _whole_number(form: FormData, name: str, invalid_code: str) -> int | None:
     if not value:
         return None
     if not re.fullmatch(r"\d{1,12}", value):
-        raise InvalidRequest(invalid_code, f"{name} must be a whole number.")
+        raise InvalidRequest(invalid_code, PLAIN_WORDS.get(invalid_code, "Enter a whole number."))
     return int(value)
 
 
@@ -99,6 +114,7 @@ def save_admin_controls(request: Request, form: FormData = FORM):
         with db(request) as session:
             viewer = signed_in(request, session, READ)
             org = service.get_org(session, viewer.org.id)
-            page_context = _context(org, viewer, error=exc.message, typed=typed)
+            page_context = _context(org, viewer, error=field_error(exc, FIELD_OF_CODE, PLAIN_WORDS), typed=typed)
+            page_context["audit_stream"] = _stream_status(session, org.id)
         return page(request, "security.html", page_context, viewer=viewer, status=exc.status)
     return redirect("/settings/security?notice=saved")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import PurePath
+from typing import Any
 
 from fastapi import Path, Query, Request
 from sqlalchemy import select
@@ -44,6 +45,7 @@ from tidegate.web.common import (
     CursorPage,
     as_page,
     db,
+    field_error,
     router,
     settings_of,
     signed_in,
@@ -392,7 +394,12 @@ def source_page(
     return page(request, "source.html", {**context, "notice": said}, viewer=viewer, current="/sources")
 
 
-def _source_error(request: Request, source_id: str, exc: TidegateError):
+def _source_error(request: Request, source_id: str, exc: TidegateError, form: str | None = None, **typed: Any):
+    """The source page again with why a change was refused: at the field of form `form` (its
+    context key: `<form>_error`, and what was typed) when the refusal is about one, above the
+    page otherwise."""
+    refusal = field_error(exc, SHARE_FIELDS, SHARE_WORDS)
+    shown = {f"{form}_error": refusal, **typed} if form and refusal["field"] else {"page_error": exc.message}
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         access = _open(session, viewer, source_id)
@@ -400,7 +407,7 @@ def _source_error(request: Request, source_id: str, exc: TidegateError):
     return page(
         request,
         "source.html",
-        {**context, "page_error": exc.message},
+        {**context, **shown},
         viewer=viewer,
         status=exc.status,
         current="/sources",
@@ -408,6 +415,13 @@ def _source_error(request: Request, source_id: str, exc: TidegateError):
 
 
 # -- sharing -------------------------------------------------------------------------------
+
+# The share forms: which field a refusal is about, and plain words for the API's.
+SHARE_FIELDS = {"invalid_user": "user_id", "user_not_found": "user_id", "invalid_permission": "permission"}
+SHARE_WORDS = {
+    "user_not_found": "That person is not an active member of the organization: choose someone from the list.",
+    "invalid_permission": "Choose View or Edit.",
+}
 
 
 def _permission(form: FormData) -> str:
@@ -429,7 +443,8 @@ def share(request: Request, source_id: str = SourceId(), form: FormData = FORM):
                 session, viewer.principal, source_id, user_id, _permission(form), context=request_context(request)
             )
     except TidegateError as exc:
-        return _source_error(request, source_id, exc)
+        typed = {"user_id": user_id, "permission": text(form, "permission", 20)}
+        return _source_error(request, source_id, exc, "share", share_form=typed)
     return redirect(f"/sources/{source_id}?notice=shared#sharing")
 
 
@@ -459,5 +474,5 @@ def org_share(request: Request, source_id: str = SourceId(), form: FormData = FO
                 context=request_context(request),
             )
     except TidegateError as exc:
-        return _source_error(request, source_id, exc)
+        return _source_error(request, source_id, exc, "org_share")
     return redirect(f"/sources/{source_id}?notice=org_shared#sharing")
