@@ -8,6 +8,7 @@ does not: a cycle between two files of one package, and a cycle among top-level 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import grimp
@@ -123,3 +124,17 @@ def test_the_scan_sees_a_record_without_a_bump():
         "def change(s):\n    record(s, None, 'x', org_id='o')\n\ndef ok(s):\n    record(s)\n    bump_access_epoch(s, 'o')\n"
     )
     assert functions_calling(tree, "record") - functions_calling(tree, "bump_access_epoch") == {"change"}
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_tests_import_the_suites_conftest_by_package():
+    """`from conftest import ...` finds whichever conftest module xdist's worker imported first
+    (tests/faults has one too): a module that passes alone fails in the full run."""
+    offenders = [
+        str(path.relative_to(TESTS.parent))
+        for path in TESTS.rglob("*.py")
+        if re.search(r"^\s*(from conftest import|import conftest\b)", path.read_text(), re.MULTILINE)
+    ]
+    assert not offenders, f"import from tests.conftest instead: {offenders}"

@@ -8,8 +8,8 @@ import html
 import re
 
 import pytest
-from conftest import Org
 
+from tests.conftest import Org
 from tidegate.db.engine import session_scope
 from tidegate.orgs import service as orgs
 from tidegate.web.sessions import SESSION_COOKIE, start_session
