@@ -304,3 +304,59 @@ def test_adding_a_member_or_policy_to_a_group_is_refused_at_the_choice(client, o
     assert "That access policy no longer exists" in error_at(refused.text, "policy_id")
     after = client.get(path).text
     assert "No policies yet." in after and "No members yet." in after  # nothing changed
+
+
+def row_of(page: str, user_id: str) -> str:
+    return re.search(rf'<tr data-user-id="{re.escape(user_id)}">.*?</tr>', page, re.S).group(0)
+
+
+def alert_in(row: str, message_id: str) -> str:
+    message = re.search(rf'<small class="field-error" id="{re.escape(message_id)}" role="alert">([^<]*)<', row)
+    assert message, row
+    return html.unescape(message.group(1))
+
+
+def test_a_refused_role_change_sits_at_that_persons_role(client, org):
+    colleague = org.add_user("colleague@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get("/settings/people").text)
+    refused = client.post(f"/settings/people/{colleague}/role", data={"csrf_token": token, "role": "owner"})
+    assert refused.status_code == 400
+    assert error_at(refused.text, "role") == "Choose Admin or Member."
+    no_other_field_invalid(refused.text, "role")
+    row = row_of(refused.text, colleague)
+    assert f'aria-describedby="error-role-{colleague}"' in row and f'id="error-role-{colleague}"' in row
+    assert 'class="error"' not in refused.text  # not (also) at the top
+    with session_scope(org.settings.database_url) as session:  # nothing changed
+        assert orgs.get_user(session, org.id, colleague).role == "member"
+
+
+def test_refusals_about_a_persons_row_are_told_in_that_row(client, org):
+    gone = org.add_user("gone@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get("/settings/people").text)
+    assert client.post(f"/settings/people/{gone}/deactivate", data={"csrf_token": token}).status_code == 200
+    # The only admin demoting themselves (a forged form: their row has no role choice).
+    demoted = client.post(f"/settings/people/{org.admin_id}/role", data={"csrf_token": token, "role": "member"})
+    assert demoted.status_code == 409
+    words = alert_in(row_of(demoted.text, org.admin_id), f"error-role-{org.admin_id}")
+    assert words == "This is the only active admin: make someone else an admin first."
+    # Deactivating yourself (also forged: your row has no Deactivate link).
+    self_off = client.post(f"/settings/people/{org.admin_id}/deactivate", data={"csrf_token": token})
+    assert self_off.status_code == 400
+    words = alert_in(row_of(self_off.text, org.admin_id), f"error-deactivate-{org.admin_id}")
+    assert words == "You cannot deactivate yourself: ask another admin."
+    # A deactivated person's role.
+    inactive = client.post(f"/settings/people/{gone}/role", data={"csrf_token": token, "role": "admin"})
+    assert inactive.status_code == 400
+    words = alert_in(row_of(inactive.text, gone), f"error-role-{gone}")
+    assert words == "This person is deactivated: their role cannot change."
+    for refused in (demoted, self_off, inactive):
+        assert 'class="error"' not in refused.text and "aria-invalid" not in refused.text
+    with session_scope(org.settings.database_url) as session:  # nothing changed
+        me = orgs.get_user(session, org.id, org.admin_id)
+        assert (me.role, me.is_active) == ("admin", True)
+        assert orgs.get_user(session, org.id, gone, include_inactive=True).role == "member"
+    # The next visit of the page shows no stale refusal.
+    page = client.get("/settings/people").text
+    assert "field-error" not in page
