@@ -360,3 +360,87 @@ def test_refusals_about_a_persons_row_are_told_in_that_row(client, org):
     # The next visit of the page shows no stale refusal.
     page = client.get("/settings/people").text
     assert "field-error" not in page
+
+
+def test_dashboard_forms_put_refusals_at_their_field_with_what_was_typed(client, org):
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get("/dashboards").text)
+    blank = client.post("/dashboards", data={"csrf_token": token, "name": "", "description": "kept as typed"})
+    assert blank.status_code == 400
+    assert error_at(blank.text, "name") == "Give the dashboard a name of 1 to 200 characters."
+    no_other_field_invalid(blank.text, "name")
+    assert 'value="kept as typed"' in field_tag(blank.text, "description")
+    assert "No dashboards" in blank.text or "<details open>" in blank.text
+    made = client.post("/dashboards", data={"csrf_token": token, "name": "Revenue"})
+    assert made.status_code == 200
+    path = made.url.path
+    # A step to draw: attaching a source to a project makes one.
+    source = client.post("/api/v1/sources", headers=org.headers(), json={"name": "Sales", "rows": [{"amount": 1}]})
+    project = client.post("/api/v1/projects", headers=org.headers(), json={"name": "P", "user_id": org.admin_id})
+    project_path = "/projects/" + project.json()["id"]
+    attach = {"csrf_token": token, "source_id": source.json()["id"], "name": "sales"}
+    assert client.post(project_path + "/sources", data=attach).status_code == 200
+    step = re.search(r'<option value="([^"]+)">P / load_sales<', client.get(path).text).group(1)
+    widget = {"csrf_token": token, "title": "", "step": step, "kind": "number", "x": "", "y": "amount"}
+    untitled = client.post(path + "/widgets", data=widget)
+    assert untitled.status_code == 400
+    assert error_at(untitled.text, "title") == "Give the widget a title of 1 to 200 characters."
+    no_other_field_invalid(untitled.text, "title")
+    assert f'<option value="{step}" selected>' in untitled.text and 'value="amount"' in field_tag(untitled.text, "y")
+    gone = client.post(path + "/widgets", data={**widget, "title": "Total", "step": "prj_x/stp_gone"})
+    assert gone.status_code == 404 and "That step no longer exists" in error_at(gone.text, "step")
+    assert 'value="Total"' in field_tag(gone.text, "title")
+    kind = client.post(path + "/widgets", data={**widget, "title": "Total", "kind": "pie"})
+    assert kind.status_code == 400 and error_at(kind.text, "kind") == "Choose a kind from the list."
+    # Filters: the line in plain words, the text kept.
+    bad = client.post(path + "/filters", data={"csrf_token": token, "filters": "region = EU\nregion"})
+    assert bad.status_code == 400 and error_at(bad.text, "filters") == "Line 2: write column = value, value."
+    assert "region = EU\nregion</textarea>" in bad.text
+    twice = client.post(path + "/filters", data={"csrf_token": token, "filters": "a = 1\na = 2"})
+    assert twice.status_code == 400 and "each column once" in error_at(twice.text, "filters")
+    assert 'aria-describedby="error-filters filters-help"' in field_tag(twice.text, "filters")
+    # A share link: the expiry at its field, as typed.
+    for days in ("999", "soon"):
+        refused = client.post(path + "/links", data={"csrf_token": token, "expires_in_days": days})
+        assert refused.status_code == 400
+        assert error_at(refused.text, "expires_in_days") == "Choose a number of days from 1 to 365."
+        assert f'value="{days}"' in field_tag(refused.text, "expires_in_days")
+    forged = client.post(path + "/links", data={"csrf_token": token, "policy_ids": "pol_x"})
+    assert forged.status_code == 400
+    assert 'id="error-policy_ids" role="alert">Policies apply to public links only' in forged.text
+    for refused in (untitled, gone, kind, bad, twice, forged):
+        assert 'class="error"' not in refused.text  # not (also) at the top
+    # Nothing changed: no widget, no filter, no link.
+    shown = client.get(path).text
+    assert "data-active-filters" not in shown and "links-table" not in shown and "manage-widgets-title" not in shown
+
+
+def test_a_refused_removal_is_told_next_to_that_rows_button(client, org, monkeypatch):
+    from tidegate.errors import Forbidden
+    from tidegate.web import groups
+
+    member = org.add_user("member@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(POLICIES + "/new").text)
+    client.post(POLICIES, data={"csrf_token": token, "name": "EU only", "binding": "auto"})
+    path = client.post("/settings/security/groups", data={"csrf_token": token, "name": "Sales"}).url.path
+    assert client.post(path + "/members", data={"csrf_token": token, "user_id": member}).status_code == 200
+
+    def refuse(*args, **kwargs):  # a refusal while the row is still there (e.g. a rule added later)
+        raise Forbidden("refused", "This member cannot be removed right now.")
+
+    monkeypatch.setattr(groups.service, "remove_group_member", refuse)
+    refused = client.post(f"{path}/members/{member}/remove", data={"csrf_token": token})
+    assert refused.status_code == 403
+    row = re.search(rf'<tr data-user-id="{member}">.*?</tr>', refused.text, re.S).group(0)
+    button = re.search(r"<button[^>]*>Remove</button>", row).group(0)
+    assert f'aria-describedby="error-row-member-{member}"' in button
+    assert alert_in(row, f"error-row-member-{member}") == "This member cannot be removed right now."
+    assert 'class="error"' not in refused.text and "aria-invalid" not in refused.text
+    monkeypatch.undo()
+    # A row that is not there (someone not in the group, a forged form): said above the page.
+    gone = client.post(f"{path}/members/usr_nobody/remove", data={"csrf_token": token})
+    assert gone.status_code == 404
+    assert re.search(r'<p class="error" role="alert" id="page-error">[^<]+</p>', gone.text)
+    assert "error-row-" not in gone.text
+    assert f'<tr data-user-id="{member}">' in client.get(path).text  # still a member
