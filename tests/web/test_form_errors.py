@@ -444,3 +444,29 @@ def test_a_refused_removal_is_told_next_to_that_rows_button(client, org, monkeyp
     assert re.search(r'<p class="error" role="alert" id="page-error">[^<]+</p>', gone.text)
     assert "error-row-" not in gone.text
     assert f'<tr data-user-id="{member}">' in client.get(path).text  # still a member
+
+
+def test_a_refused_policy_assignment_removal_is_told_next_to_its_button(client, org, monkeypatch):
+    from tidegate.errors import Forbidden
+    from tidegate.web import policies
+
+    member = org.add_user("member@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(POLICIES + "/new").text)
+    path = client.post(POLICIES, data={"csrf_token": token, "name": "EU only", "binding": "auto"}).url.path
+    assert client.post(path + "/users", data={"csrf_token": token, "user_id": member}).status_code == 200
+
+    def refuse(*args, **kwargs):
+        raise Forbidden("refused", "This assignment cannot be removed right now.")
+
+    monkeypatch.setattr(policies.service, "remove_user", refuse)
+    refused = client.post(f"{path}/users/{member}/remove", data={"csrf_token": token})
+    assert refused.status_code == 403
+    row = re.search(rf'<tr data-user-id="{member}">.*?</tr>', refused.text, re.S).group(0)
+    assert f'aria-describedby="error-row-user-{member}"' in re.search(r"<button[^>]*>Remove</button>", row).group(0)
+    assert alert_in(row, f"error-row-user-{member}") == "This assignment cannot be removed right now."
+    assert 'class="error"' not in refused.text
+    monkeypatch.undo()
+    gone = client.post(f"{path}/groups/grp_nope/remove", data={"csrf_token": token})
+    assert gone.status_code == 404 and 'id="page-error"' in gone.text and "error-row-" not in gone.text
+    assert f'<tr data-user-id="{member}">' in client.get(path).text  # still assigned
