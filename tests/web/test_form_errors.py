@@ -499,3 +499,32 @@ def test_a_refused_share_removal_is_told_next_to_its_button(client, org, monkeyp
     gone = client.post(f"{path}/shares/usr_nobody/remove", data={"csrf_token": token})
     assert gone.status_code == 404 and 'id="page-error"' in gone.text and "error-row-" not in gone.text
     assert f'<tr data-share-user="{colleague}">' in client.get(path).text  # still shared
+
+
+def test_a_refused_project_share_removal_is_told_next_to_its_button(client, org, monkeypatch):
+    from tidegate.errors import Forbidden
+    from tidegate.web import projects
+
+    project = client.post("/api/v1/projects", headers=org.headers(), json={"name": "Plan", "user_id": org.admin_id})
+    path = "/projects/" + project.json()["id"]
+    colleague = org.add_user("colleague@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(path).text)
+    shared = client.post(path + "/shares", data={"csrf_token": token, "user_id": colleague, "permission": "view"})
+    assert shared.status_code == 200
+
+    def refuse(*args, **kwargs):
+        raise Forbidden("refused", "This share cannot be removed right now.")
+
+    monkeypatch.setattr(projects.sharing, "unshare", refuse)
+    refused = client.post(f"{path}/shares/{colleague}/remove", data={"csrf_token": token})
+    assert refused.status_code == 403
+    row = re.search(rf'<tr data-share-user="{colleague}">.*?</tr>', refused.text, re.S).group(0)
+    button = re.search(r"<button[^>]*>Remove</button>", row).group(0)
+    assert f'aria-describedby="error-row-share-{colleague}"' in button
+    assert alert_in(row, f"error-row-share-{colleague}") == "This share cannot be removed right now."
+    assert 'class="error"' not in refused.text
+    monkeypatch.undo()
+    gone = client.post(f"{path}/shares/usr_nobody/remove", data={"csrf_token": token})
+    assert gone.status_code == 404 and 'id="page-error"' in gone.text and "error-row-" not in gone.text
+    assert f'<tr data-share-user="{colleague}">' in client.get(path).text  # still shared
