@@ -528,3 +528,37 @@ def test_a_refused_project_share_removal_is_told_next_to_its_button(client, org,
     gone = client.post(f"{path}/shares/usr_nobody/remove", data={"csrf_token": token})
     assert gone.status_code == 404 and 'id="page-error"' in gone.text and "error-row-" not in gone.text
     assert f'<tr data-share-user="{colleague}">' in client.get(path).text  # still shared
+
+
+def test_a_refused_widget_removal_is_told_next_to_its_button(client, org, monkeypatch):
+    from tidegate.errors import Forbidden
+    from tidegate.web import dashboards
+
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get("/dashboards").text)
+    path = client.post("/dashboards", data={"csrf_token": token, "name": "Revenue"}).url.path
+    source = client.post("/api/v1/sources", headers=org.headers(), json={"name": "Sales", "rows": [{"amount": 1}]})
+    project = client.post("/api/v1/projects", headers=org.headers(), json={"name": "P", "user_id": org.admin_id})
+    attach = {"csrf_token": token, "source_id": source.json()["id"], "name": "sales"}
+    assert client.post("/projects/" + project.json()["id"] + "/sources", data=attach).status_code == 200
+    step = re.search(r'<option value="([^"]+)">P / load_sales<', client.get(path).text).group(1)
+    widget = {"csrf_token": token, "title": "Total", "step": step, "kind": "number", "y": "amount"}
+    added = client.post(path + "/widgets", data=widget)
+    assert added.status_code == 200
+    widget_id = re.search(r'<tr data-widget-row="([^"]+)">', added.text).group(1)
+
+    def refuse(*args, **kwargs):
+        raise Forbidden("refused", "This widget cannot be removed right now.")
+
+    monkeypatch.setattr(dashboards.dashboards, "delete_widget", refuse)
+    refused = client.post(f"{path}/widgets/{widget_id}/delete", data={"csrf_token": token})
+    assert refused.status_code == 403
+    row = re.search(rf'<tr data-widget-row="{widget_id}">.*?</tr>', refused.text, re.S).group(0)
+    button = re.search(r"<button[^>]*>Remove</button>", row).group(0)
+    assert f'aria-describedby="error-row-widget-{widget_id}"' in button
+    assert alert_in(row, f"error-row-widget-{widget_id}") == "This widget cannot be removed right now."
+    assert 'class="error"' not in refused.text
+    monkeypatch.undo()
+    gone = client.post(f"{path}/widgets/wdg_nope/delete", data={"csrf_token": token})
+    assert gone.status_code == 404 and 'class="error"' in gone.text and "error-row-" not in gone.text
+    assert f'<tr data-widget-row="{widget_id}">' in client.get(path).text  # still there

@@ -345,7 +345,18 @@ def _steps_offered(session, principal: Principal) -> list[dict[str, str]]:
     return [{"value": f"{s.project_id}/{s.id}", "label": f"{names[s.project_id]} / {s.name}"} for s in steps]
 
 
-async def _show(request: Request, dashboard_id: str, *, notice: str | None = None, status: int = 200, **extra):
+async def _show(
+    request: Request,
+    dashboard_id: str,
+    *,
+    notice: str | None = None,
+    status: int = 200,
+    row: str | None = None,
+    **extra,
+):
+    """The dashboard page; its `error` next to the button of `row` ("widget-<id>", "link-<id>")
+    while that row is shown, above the page otherwise."""
+
     def load():
         with db(request) as session:
             viewer = signed_in(request, session, READ)
@@ -360,6 +371,9 @@ async def _show(request: Request, dashboard_id: str, *, notice: str | None = Non
     viewer, board, context = await run_in_threadpool(load)
     views = await widget_views(request, viewer.principal, board)
     _audit_view(request, viewer.principal, board, views, None)
+    shown = {f"widget-{v['id']}" for v in views} | {f"link-{item['link'].id}" for item in context["links"]}
+    if row is not None and row in shown and extra.get("error"):
+        extra["row_error"] = {"row": row, "message": extra.pop("error")}
     context.update(dashboard=board, widgets=views, notice=NOTICES.get(notice or ""), **extra)
     return page(request, "dashboard.html", context, viewer=viewer, status=status)
 
@@ -378,6 +392,7 @@ async def _change(
     scope: Scope = WRITE,
     refusals: tuple[dict[str, str], dict[str, str]] | None = None,
     typed: dict[str, Any] | None = None,
+    row: str | None = None,
 ):
     """Runs `change(session, viewer)`; on a refusal, the dashboard page again saying why (at
     the form's field, per `refusals`: fields and words, with what was `typed` kept)."""
@@ -393,7 +408,7 @@ async def _change(
         raise
     except TidegateError as exc:
         extra = form_refusal(exc, *refusals) if refusals else {"error": exc.message}
-        return await _show(request, dashboard_id, status=exc.status, typed=typed or {}, **extra)
+        return await _show(request, dashboard_id, status=exc.status, typed=typed or {}, row=row, **extra)
     return redirect(f"/dashboards/{dashboard_id}?notice={notice}")
 
 
@@ -466,7 +481,7 @@ async def delete_widget(
     def change(session, viewer):
         dashboards.delete_widget(session, viewer.principal, dashboard_id, widget_id, context=request_context(request))
 
-    return await _change(request, form, dashboard_id, change, "widget_removed")
+    return await _change(request, form, dashboard_id, change, "widget_removed", row=f"widget-{widget_id}")
 
 
 @router.post("/dashboards/{dashboard_id}/delete")
@@ -520,7 +535,9 @@ async def revoke_link(
     def change(session, viewer):
         links.revoke_link(session, viewer.principal, dashboard_id, link_id, context=request_context(request))
 
-    return await _change(request, form, dashboard_id, change, "link_revoked", Scope.PERMISSIONS_WRITE)
+    return await _change(
+        request, form, dashboard_id, change, "link_revoked", Scope.PERMISSIONS_WRITE, row=f"link-{link_id}"
+    )
 
 
 # -- /links/<token> ---------------------------------------------------------------------------
