@@ -304,3 +304,261 @@ def test_adding_a_member_or_policy_to_a_group_is_refused_at_the_choice(client, o
     assert "That access policy no longer exists" in error_at(refused.text, "policy_id")
     after = client.get(path).text
     assert "No policies yet." in after and "No members yet." in after  # nothing changed
+
+
+def row_of(page: str, user_id: str) -> str:
+    return re.search(rf'<tr data-user-id="{re.escape(user_id)}">.*?</tr>', page, re.S).group(0)
+
+
+def alert_in(row: str, message_id: str) -> str:
+    message = re.search(rf'<small class="field-error" id="{re.escape(message_id)}" role="alert">([^<]*)<', row)
+    assert message, row
+    return html.unescape(message.group(1))
+
+
+def test_a_refused_role_change_sits_at_that_persons_role(client, org):
+    colleague = org.add_user("colleague@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get("/settings/people").text)
+    refused = client.post(f"/settings/people/{colleague}/role", data={"csrf_token": token, "role": "owner"})
+    assert refused.status_code == 400
+    assert error_at(refused.text, "role") == "Choose Admin or Member."
+    no_other_field_invalid(refused.text, "role")
+    row = row_of(refused.text, colleague)
+    assert f'aria-describedby="error-role-{colleague}"' in row and f'id="error-role-{colleague}"' in row
+    assert 'class="error"' not in refused.text  # not (also) at the top
+    with session_scope(org.settings.database_url) as session:  # nothing changed
+        assert orgs.get_user(session, org.id, colleague).role == "member"
+
+
+def test_refusals_about_a_persons_row_are_told_in_that_row(client, org):
+    gone = org.add_user("gone@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get("/settings/people").text)
+    assert client.post(f"/settings/people/{gone}/deactivate", data={"csrf_token": token}).status_code == 200
+    # The only admin demoting themselves (a forged form: their row has no role choice).
+    demoted = client.post(f"/settings/people/{org.admin_id}/role", data={"csrf_token": token, "role": "member"})
+    assert demoted.status_code == 409
+    words = alert_in(row_of(demoted.text, org.admin_id), f"error-role-{org.admin_id}")
+    assert words == "This is the only active admin: make someone else an admin first."
+    # Deactivating yourself (also forged: your row has no Deactivate link).
+    self_off = client.post(f"/settings/people/{org.admin_id}/deactivate", data={"csrf_token": token})
+    assert self_off.status_code == 400
+    words = alert_in(row_of(self_off.text, org.admin_id), f"error-deactivate-{org.admin_id}")
+    assert words == "You cannot deactivate yourself: ask another admin."
+    # A deactivated person's role.
+    inactive = client.post(f"/settings/people/{gone}/role", data={"csrf_token": token, "role": "admin"})
+    assert inactive.status_code == 400
+    words = alert_in(row_of(inactive.text, gone), f"error-role-{gone}")
+    assert words == "This person is deactivated: their role cannot change."
+    for refused in (demoted, self_off, inactive):
+        assert 'class="error"' not in refused.text and "aria-invalid" not in refused.text
+    with session_scope(org.settings.database_url) as session:  # nothing changed
+        me = orgs.get_user(session, org.id, org.admin_id)
+        assert (me.role, me.is_active) == ("admin", True)
+        assert orgs.get_user(session, org.id, gone, include_inactive=True).role == "member"
+    # The next visit of the page shows no stale refusal.
+    page = client.get("/settings/people").text
+    assert "field-error" not in page
+
+
+def test_dashboard_forms_put_refusals_at_their_field_with_what_was_typed(client, org):
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get("/dashboards").text)
+    blank = client.post("/dashboards", data={"csrf_token": token, "name": "", "description": "kept as typed"})
+    assert blank.status_code == 400
+    assert error_at(blank.text, "name") == "Give the dashboard a name of 1 to 200 characters."
+    no_other_field_invalid(blank.text, "name")
+    assert 'value="kept as typed"' in field_tag(blank.text, "description")
+    assert "No dashboards" in blank.text or "<details open>" in blank.text
+    made = client.post("/dashboards", data={"csrf_token": token, "name": "Revenue"})
+    assert made.status_code == 200
+    path = made.url.path
+    # A step to draw: attaching a source to a project makes one.
+    source = client.post("/api/v1/sources", headers=org.headers(), json={"name": "Sales", "rows": [{"amount": 1}]})
+    project = client.post("/api/v1/projects", headers=org.headers(), json={"name": "P", "user_id": org.admin_id})
+    project_path = "/projects/" + project.json()["id"]
+    attach = {"csrf_token": token, "source_id": source.json()["id"], "name": "sales"}
+    assert client.post(project_path + "/sources", data=attach).status_code == 200
+    step = re.search(r'<option value="([^"]+)">P / load_sales<', client.get(path).text).group(1)
+    widget = {"csrf_token": token, "title": "", "step": step, "kind": "number", "x": "", "y": "amount"}
+    untitled = client.post(path + "/widgets", data=widget)
+    assert untitled.status_code == 400
+    assert error_at(untitled.text, "title") == "Give the widget a title of 1 to 200 characters."
+    no_other_field_invalid(untitled.text, "title")
+    assert f'<option value="{step}" selected>' in untitled.text and 'value="amount"' in field_tag(untitled.text, "y")
+    gone = client.post(path + "/widgets", data={**widget, "title": "Total", "step": "prj_x/stp_gone"})
+    assert gone.status_code == 404 and "That step no longer exists" in error_at(gone.text, "step")
+    assert 'value="Total"' in field_tag(gone.text, "title")
+    kind = client.post(path + "/widgets", data={**widget, "title": "Total", "kind": "pie"})
+    assert kind.status_code == 400 and error_at(kind.text, "kind") == "Choose a kind from the list."
+    # Filters: the line in plain words, the text kept.
+    bad = client.post(path + "/filters", data={"csrf_token": token, "filters": "region = EU\nregion"})
+    assert bad.status_code == 400 and error_at(bad.text, "filters") == "Line 2: write column = value, value."
+    assert "region = EU\nregion</textarea>" in bad.text
+    twice = client.post(path + "/filters", data={"csrf_token": token, "filters": "a = 1\na = 2"})
+    assert twice.status_code == 400 and "each column once" in error_at(twice.text, "filters")
+    assert 'aria-describedby="error-filters filters-help"' in field_tag(twice.text, "filters")
+    # A share link: the expiry at its field, as typed.
+    for days in ("999", "soon"):
+        refused = client.post(path + "/links", data={"csrf_token": token, "expires_in_days": days})
+        assert refused.status_code == 400
+        assert error_at(refused.text, "expires_in_days") == "Choose a number of days from 1 to 365."
+        assert f'value="{days}"' in field_tag(refused.text, "expires_in_days")
+    forged = client.post(path + "/links", data={"csrf_token": token, "policy_ids": "pol_x"})
+    assert forged.status_code == 400
+    assert 'id="error-policy_ids" role="alert">Policies apply to public links only' in forged.text
+    for refused in (untitled, gone, kind, bad, twice, forged):
+        assert 'class="error"' not in refused.text  # not (also) at the top
+    # Nothing changed: no widget, no filter, no link.
+    shown = client.get(path).text
+    assert "data-active-filters" not in shown and "links-table" not in shown and "manage-widgets-title" not in shown
+
+
+def test_a_refused_removal_is_told_next_to_that_rows_button(client, org, monkeypatch):
+    from tidegate.errors import Forbidden
+    from tidegate.web import groups
+
+    member = org.add_user("member@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(POLICIES + "/new").text)
+    client.post(POLICIES, data={"csrf_token": token, "name": "EU only", "binding": "auto"})
+    path = client.post("/settings/security/groups", data={"csrf_token": token, "name": "Sales"}).url.path
+    assert client.post(path + "/members", data={"csrf_token": token, "user_id": member}).status_code == 200
+
+    def refuse(*args, **kwargs):  # a refusal while the row is still there (e.g. a rule added later)
+        raise Forbidden("refused", "This member cannot be removed right now.")
+
+    monkeypatch.setattr(groups.service, "remove_group_member", refuse)
+    refused = client.post(f"{path}/members/{member}/remove", data={"csrf_token": token})
+    assert refused.status_code == 403
+    row = re.search(rf'<tr data-user-id="{member}">.*?</tr>', refused.text, re.S).group(0)
+    button = re.search(r"<button[^>]*>Remove</button>", row).group(0)
+    assert f'aria-describedby="error-row-member-{member}"' in button
+    assert alert_in(row, f"error-row-member-{member}") == "This member cannot be removed right now."
+    assert 'class="error"' not in refused.text and "aria-invalid" not in refused.text
+    monkeypatch.undo()
+    # A row that is not there (someone not in the group, a forged form): said above the page.
+    gone = client.post(f"{path}/members/usr_nobody/remove", data={"csrf_token": token})
+    assert gone.status_code == 404
+    assert re.search(r'<p class="error" role="alert" id="page-error">[^<]+</p>', gone.text)
+    assert "error-row-" not in gone.text
+    assert f'<tr data-user-id="{member}">' in client.get(path).text  # still a member
+
+
+def test_a_refused_policy_assignment_removal_is_told_next_to_its_button(client, org, monkeypatch):
+    from tidegate.errors import Forbidden
+    from tidegate.web import policies
+
+    member = org.add_user("member@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(POLICIES + "/new").text)
+    path = client.post(POLICIES, data={"csrf_token": token, "name": "EU only", "binding": "auto"}).url.path
+    assert client.post(path + "/users", data={"csrf_token": token, "user_id": member}).status_code == 200
+
+    def refuse(*args, **kwargs):
+        raise Forbidden("refused", "This assignment cannot be removed right now.")
+
+    monkeypatch.setattr(policies.service, "remove_user", refuse)
+    refused = client.post(f"{path}/users/{member}/remove", data={"csrf_token": token})
+    assert refused.status_code == 403
+    row = re.search(rf'<tr data-user-id="{member}">.*?</tr>', refused.text, re.S).group(0)
+    assert f'aria-describedby="error-row-user-{member}"' in re.search(r"<button[^>]*>Remove</button>", row).group(0)
+    assert alert_in(row, f"error-row-user-{member}") == "This assignment cannot be removed right now."
+    assert 'class="error"' not in refused.text
+    monkeypatch.undo()
+    gone = client.post(f"{path}/groups/grp_nope/remove", data={"csrf_token": token})
+    assert gone.status_code == 404 and 'id="page-error"' in gone.text and "error-row-" not in gone.text
+    assert f'<tr data-user-id="{member}">' in client.get(path).text  # still assigned
+
+
+def test_a_refused_share_removal_is_told_next_to_its_button(client, org, monkeypatch):
+    from tidegate.errors import Forbidden
+    from tidegate.web import sources
+
+    made = client.post("/api/v1/sources", headers=org.headers(), json={"name": "Stock", "rows": [{"sku": "A1"}]})
+    path = "/sources/" + made.json()["id"]
+    colleague = org.add_user("colleague@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(path).text)
+    shared = client.post(path + "/shares", data={"csrf_token": token, "user_id": colleague, "permission": "view"})
+    assert shared.status_code == 200
+
+    def refuse(*args, **kwargs):
+        raise Forbidden("refused", "This share cannot be removed right now.")
+
+    monkeypatch.setattr(sources.data_service, "unshare_source", refuse)
+    refused = client.post(f"{path}/shares/{colleague}/remove", data={"csrf_token": token})
+    assert refused.status_code == 403
+    row = re.search(rf'<tr data-share-user="{colleague}">.*?</tr>', refused.text, re.S).group(0)
+    button = re.search(r"<button[^>]*>Remove</button>", row).group(0)
+    assert f'aria-describedby="error-row-share-{colleague}"' in button
+    assert alert_in(row, f"error-row-share-{colleague}") == "This share cannot be removed right now."
+    assert 'class="error"' not in refused.text
+    monkeypatch.undo()
+    gone = client.post(f"{path}/shares/usr_nobody/remove", data={"csrf_token": token})
+    assert gone.status_code == 404 and 'id="page-error"' in gone.text and "error-row-" not in gone.text
+    assert f'<tr data-share-user="{colleague}">' in client.get(path).text  # still shared
+
+
+def test_a_refused_project_share_removal_is_told_next_to_its_button(client, org, monkeypatch):
+    from tidegate.errors import Forbidden
+    from tidegate.web import projects
+
+    project = client.post("/api/v1/projects", headers=org.headers(), json={"name": "Plan", "user_id": org.admin_id})
+    path = "/projects/" + project.json()["id"]
+    colleague = org.add_user("colleague@example.test")
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get(path).text)
+    shared = client.post(path + "/shares", data={"csrf_token": token, "user_id": colleague, "permission": "view"})
+    assert shared.status_code == 200
+
+    def refuse(*args, **kwargs):
+        raise Forbidden("refused", "This share cannot be removed right now.")
+
+    monkeypatch.setattr(projects.sharing, "unshare", refuse)
+    refused = client.post(f"{path}/shares/{colleague}/remove", data={"csrf_token": token})
+    assert refused.status_code == 403
+    row = re.search(rf'<tr data-share-user="{colleague}">.*?</tr>', refused.text, re.S).group(0)
+    button = re.search(r"<button[^>]*>Remove</button>", row).group(0)
+    assert f'aria-describedby="error-row-share-{colleague}"' in button
+    assert alert_in(row, f"error-row-share-{colleague}") == "This share cannot be removed right now."
+    assert 'class="error"' not in refused.text
+    monkeypatch.undo()
+    gone = client.post(f"{path}/shares/usr_nobody/remove", data={"csrf_token": token})
+    assert gone.status_code == 404 and 'id="page-error"' in gone.text and "error-row-" not in gone.text
+    assert f'<tr data-share-user="{colleague}">' in client.get(path).text  # still shared
+
+
+def test_a_refused_widget_removal_is_told_next_to_its_button(client, org, monkeypatch):
+    from tidegate.errors import Forbidden
+    from tidegate.web import dashboards
+
+    sign_in(client, org, org.admin_id)
+    token = csrf_of(client.get("/dashboards").text)
+    path = client.post("/dashboards", data={"csrf_token": token, "name": "Revenue"}).url.path
+    source = client.post("/api/v1/sources", headers=org.headers(), json={"name": "Sales", "rows": [{"amount": 1}]})
+    project = client.post("/api/v1/projects", headers=org.headers(), json={"name": "P", "user_id": org.admin_id})
+    attach = {"csrf_token": token, "source_id": source.json()["id"], "name": "sales"}
+    assert client.post("/projects/" + project.json()["id"] + "/sources", data=attach).status_code == 200
+    step = re.search(r'<option value="([^"]+)">P / load_sales<', client.get(path).text).group(1)
+    widget = {"csrf_token": token, "title": "Total", "step": step, "kind": "number", "y": "amount"}
+    added = client.post(path + "/widgets", data=widget)
+    assert added.status_code == 200
+    widget_id = re.search(r'<tr data-widget-row="([^"]+)">', added.text).group(1)
+
+    def refuse(*args, **kwargs):
+        raise Forbidden("refused", "This widget cannot be removed right now.")
+
+    monkeypatch.setattr(dashboards.dashboards, "delete_widget", refuse)
+    refused = client.post(f"{path}/widgets/{widget_id}/delete", data={"csrf_token": token})
+    assert refused.status_code == 403
+    row = re.search(rf'<tr data-widget-row="{widget_id}">.*?</tr>', refused.text, re.S).group(0)
+    button = re.search(r"<button[^>]*>Remove</button>", row).group(0)
+    assert f'aria-describedby="error-row-widget-{widget_id}"' in button
+    assert alert_in(row, f"error-row-widget-{widget_id}") == "This widget cannot be removed right now."
+    assert 'class="error"' not in refused.text
+    monkeypatch.undo()
+    gone = client.post(f"{path}/widgets/wdg_nope/delete", data={"csrf_token": token})
+    assert gone.status_code == 404 and 'class="error"' in gone.text and "error-row-" not in gone.text
+    assert f'<tr data-widget-row="{widget_id}">' in client.get(path).text  # still there

@@ -33,9 +33,11 @@ from tidegate.orgs.models import Organization, User
 from tidegate.web.common import (
     FORM,
     CursorPage,
+    FieldRefusal,
     PageError,
     as_page,
     db,
+    field_error,
     router,
     settings_of,
     signed_in,
@@ -56,6 +58,50 @@ NOTICES = {
     "widget_removed": "Widget removed.",
     "link_revoked": "The link was revoked: it no longer opens the dashboard.",
 }
+
+# Each form's refusals: the field they are about (code -> field; the others above the form)
+# and plain words for the API's, which name wire fields (issue 16).
+CREATE_FIELDS = {"invalid_name": "name", "invalid_description": "description"}
+CREATE_WORDS = {"invalid_name": "Give the dashboard a name of 1 to 200 characters."}
+WIDGET_FIELDS = {
+    "invalid_title": "title",
+    "missing_field": "step",
+    "step_not_found": "step",
+    "project_not_found": "step",
+    "invalid_widget_kind": "kind",
+}
+WIDGET_WORDS = {
+    "invalid_title": "Give the widget a title of 1 to 200 characters.",
+    "step_not_found": "That step no longer exists or you may not open it: choose another.",
+    "project_not_found": "That step no longer exists or you may not open it: choose another.",
+    "invalid_widget_kind": "Choose a kind from the list.",
+}
+FILTER_FIELDS = {"invalid_filters": "filters"}
+FILTER_WORDS = {
+    "invalid_filters": "Write one filter a line as column = value, value: a column name of up to 255 "
+    "characters, at least one value of up to 1,000 characters, each column once."
+}
+LINK_FIELDS = {
+    "invalid_expiry": "expires_in_days",
+    "invalid_policy_ids": "policy_ids",
+    "policy_not_found": "policy_ids",
+    "policy_ids_required": "policy_ids",
+    "policy_ids_public_only": "policy_ids",
+}
+LINK_WORDS = {
+    "invalid_expiry": f"Choose a number of days from 1 to {links.MAX_EXPIRY_DAYS}.",
+    "invalid_policy_ids": f"Choose at most {links.MAX_POLICIES} policies.",
+    "policy_not_found": "One of the chosen policies no longer exists: choose again.",
+    "policy_ids_required": "A public link shows rows through the policies you choose: choose at least one.",
+    "policy_ids_public_only": "Policies apply to public links only: switch Public on, or clear the policies.",
+}
+
+
+def form_refusal(exc: TidegateError, fields: dict[str, str], words: dict[str, str]) -> dict[str, Any]:
+    """The page's extras for a refused form: the refusal at its field (`form_error`), or above
+    the forms (`error`) when it is about none."""
+    refusal = field_error(exc, fields, words)
+    return {"form_error": refusal} if refusal["field"] else {"error": refusal["message"]}
 
 
 def DashboardId():
@@ -79,46 +125,60 @@ def dashboards_page(
 ):
     with db(request) as session:
         viewer = signed_in(request, session, READ)
-        before = None if after else before
-        fetched = dashboards.list_dashboards(session, viewer.principal, limit=PAGE_SIZE, after=after, before=before)
-        paged = CursorPage.of(fetched, PAGE_SIZE, after=after, before=before)
-        rows = paged.rows
-        counts = dashboards.widget_counts(session, [d.id for d in rows])
-        owners = _emails(session, [d.created_by for d in rows])
-        items = [
-            {
-                "id": d.id,
-                "name": d.name,
-                "description": d.description,
-                "widgets": counts.get(d.id, 0),
-                "owner": owners.get(d.created_by, d.created_by),
-                "updated_at": d.updated_at,
-            }
-            for d in rows
-        ]
-        context = {
-            "title": "Dashboards",
-            "dashboards": items,
-            "can_write": viewer.can(WRITE),
-            "next_after": paged.next_after,
-            "previous_before": paged.previous_before,
-        }
+        context = dashboards_context(session, viewer, after, before)
     return page(request, "dashboards.html", context, viewer=viewer)
+
+
+def dashboards_context(session, viewer: Viewer, after: str | None = None, before: str | None = None) -> dict:
+    before = None if after else before
+    fetched = dashboards.list_dashboards(session, viewer.principal, limit=PAGE_SIZE, after=after, before=before)
+    paged = CursorPage.of(fetched, PAGE_SIZE, after=after, before=before)
+    rows = paged.rows
+    counts = dashboards.widget_counts(session, [d.id for d in rows])
+    owners = _emails(session, [d.created_by for d in rows])
+    items = [
+        {
+            "id": d.id,
+            "name": d.name,
+            "description": d.description,
+            "widgets": counts.get(d.id, 0),
+            "owner": owners.get(d.created_by, d.created_by),
+            "updated_at": d.updated_at,
+        }
+        for d in rows
+    ]
+    context = {
+        "title": "Dashboards",
+        "dashboards": items,
+        "can_write": viewer.can(WRITE),
+        "next_after": paged.next_after,
+        "previous_before": paged.previous_before,
+        "typed": {},
+    }
+    return context
 
 
 @router.post("/dashboards")
 def create_dashboard(request: Request, form: FormData = FORM):
-    with db(request) as session:
-        viewer = signed_in_to_change(request, session, form, WRITE)
-        with as_page(viewer, "Dashboard not created"):
+    typed = {"name": text(form, "name", 200), "description": text(form, "description", 1000)}
+    try:
+        with db(request) as session:
+            viewer = signed_in_to_change(request, session, form, WRITE)
             dashboard = dashboards.create_dashboard(
                 session,
                 viewer.principal,
-                name=text(form, "name", 200),
-                description=text(form, "description", 1000) or None,
+                name=typed["name"],
+                description=typed["description"] or None,
                 context=request_context(request),
             )
-    return redirect(f"/dashboards/{dashboard.id}?notice=created")
+            dashboard_id = dashboard.id
+    except TidegateError as exc:
+        with db(request) as session:
+            viewer = signed_in(request, session, READ)
+            context = dashboards_context(session, viewer)
+        extra = form_refusal(exc, CREATE_FIELDS, CREATE_WORDS)
+        return page(request, "dashboards.html", {**context, **extra, "typed": typed}, viewer=viewer, status=exc.status)
+    return redirect(f"/dashboards/{dashboard_id}?notice=created")
 
 
 def _emails(session, user_ids) -> dict[str, str]:
@@ -257,6 +317,8 @@ def _dashboard_context(session, viewer: Viewer, dashboard: Dashboard) -> dict[st
         "public_enabled": False,
         "new_link": None,
         "error": None,
+        "form_error": None,
+        "typed": {},
     }
     if context["can_share"]:
         context["links"] = [
@@ -283,7 +345,18 @@ def _steps_offered(session, principal: Principal) -> list[dict[str, str]]:
     return [{"value": f"{s.project_id}/{s.id}", "label": f"{names[s.project_id]} / {s.name}"} for s in steps]
 
 
-async def _show(request: Request, dashboard_id: str, *, notice: str | None = None, status: int = 200, **extra):
+async def _show(
+    request: Request,
+    dashboard_id: str,
+    *,
+    notice: str | None = None,
+    status: int = 200,
+    row: str | None = None,
+    **extra,
+):
+    """The dashboard page; its `error` next to the button of `row` ("widget-<id>", "link-<id>")
+    while that row is shown, above the page otherwise."""
+
     def load():
         with db(request) as session:
             viewer = signed_in(request, session, READ)
@@ -298,6 +371,9 @@ async def _show(request: Request, dashboard_id: str, *, notice: str | None = Non
     viewer, board, context = await run_in_threadpool(load)
     views = await widget_views(request, viewer.principal, board)
     _audit_view(request, viewer.principal, board, views, None)
+    shown = {f"widget-{v['id']}" for v in views} | {f"link-{item['link'].id}" for item in context["links"]}
+    if row is not None and row in shown and extra.get("error"):
+        extra["row_error"] = {"row": row, "message": extra.pop("error")}
     context.update(dashboard=board, widgets=views, notice=NOTICES.get(notice or ""), **extra)
     return page(request, "dashboard.html", context, viewer=viewer, status=status)
 
@@ -307,8 +383,19 @@ async def dashboard_page(request: Request, dashboard_id: str = DashboardId(), no
     return await _show(request, dashboard_id, notice=notice if notice in NOTICES else None)
 
 
-async def _change(request: Request, form: FormData, dashboard_id: str, change, notice: str, scope: Scope = WRITE):
-    """Runs `change(session, viewer)`; on a refusal, the dashboard page again saying why."""
+async def _change(
+    request: Request,
+    form: FormData,
+    dashboard_id: str,
+    change,
+    notice: str,
+    scope: Scope = WRITE,
+    refusals: tuple[dict[str, str], dict[str, str]] | None = None,
+    typed: dict[str, Any] | None = None,
+    row: str | None = None,
+):
+    """Runs `change(session, viewer)`; on a refusal, the dashboard page again saying why (at
+    the form's field, per `refusals`: fields and words, with what was `typed` kept)."""
 
     def run():
         with db(request) as session:
@@ -320,7 +407,8 @@ async def _change(request: Request, form: FormData, dashboard_id: str, change, n
     except PageError:
         raise
     except TidegateError as exc:
-        return await _show(request, dashboard_id, error=exc.message, status=exc.status)
+        extra = form_refusal(exc, *refusals) if refusals else {"error": exc.message}
+        return await _show(request, dashboard_id, status=exc.status, typed=typed or {}, row=row, **extra)
     return redirect(f"/dashboards/{dashboard_id}?notice={notice}")
 
 
@@ -332,45 +420,58 @@ def parse_filters(raw: str) -> list[dict[str, Any]]:
             continue
         column, equals, values = line.partition("=")
         if not equals:
-            raise InvalidRequest("invalid_filters", f"Line {number}: write column = value, value.")
+            raise FieldRefusal("filters", "invalid_filters", f"Line {number}: write column = value, value.")
         filters.append({"column": column.strip(), "values": [v.strip() for v in values.split(",") if v.strip()]})
     return filters
 
 
 @router.post("/dashboards/{dashboard_id}/filters")
 async def save_filters(request: Request, dashboard_id: str = DashboardId(), form: FormData = FORM):
+    typed = {"filters": text(form, "filters", 20_000)}
+
     def change(session, viewer):
         dashboards.update_dashboard(
             session,
             viewer.principal,
             dashboard_id,
-            changes={"filters": parse_filters(text(form, "filters", 20_000))},
+            changes={"filters": parse_filters(typed["filters"])},
             context=request_context(request),
         )
 
-    return await _change(request, form, dashboard_id, change, "filters")
+    return await _change(
+        request, form, dashboard_id, change, "filters", refusals=(FILTER_FIELDS, FILTER_WORDS), typed=typed
+    )
 
 
 @router.post("/dashboards/{dashboard_id}/widgets")
 async def add_widget(request: Request, dashboard_id: str = DashboardId(), form: FormData = FORM):
+    typed = {
+        "title": text(form, "title", 200),
+        "step": text(form, "step", 200),
+        "kind": text(form, "kind", 10),
+        "x": text(form, "x", 255),
+        "y": text(form, "y", 255),
+    }
+
     def change(session, viewer):
-        project_id, _, step_id = text(form, "step", 200).partition("/")
+        project_id, _, step_id = typed["step"].partition("/")
         if not step_id:
             raise InvalidRequest("missing_field", "Choose the project step the widget draws.")
         dashboards.add_widget(
             session,
             viewer.principal,
             dashboard_id,
-            title=text(form, "title", 200),
+            title=typed["title"],
             project_id=project_id,
             step_id=step_id,
-            kind=text(form, "kind", 10),
-            x=text(form, "x", 255) or None,
-            y=text(form, "y", 255) or None,
+            kind=typed["kind"],
+            x=typed["x"] or None,
+            y=typed["y"] or None,
             context=request_context(request),
         )
 
-    return await _change(request, form, dashboard_id, change, "widget_added")
+    refusals = (WIDGET_FIELDS, WIDGET_WORDS)
+    return await _change(request, form, dashboard_id, change, "widget_added", refusals=refusals, typed=typed)
 
 
 @router.post("/dashboards/{dashboard_id}/widgets/{widget_id}/delete")
@@ -380,7 +481,7 @@ async def delete_widget(
     def change(session, viewer):
         dashboards.delete_widget(session, viewer.principal, dashboard_id, widget_id, context=request_context(request))
 
-    return await _change(request, form, dashboard_id, change, "widget_removed")
+    return await _change(request, form, dashboard_id, change, "widget_removed", row=f"widget-{widget_id}")
 
 
 @router.post("/dashboards/{dashboard_id}/delete")
@@ -396,10 +497,13 @@ def delete_dashboard(request: Request, dashboard_id: str = DashboardId(), form: 
 async def create_link(request: Request, dashboard_id: str = DashboardId(), form: FormData = FORM):
     """The new link's URL is shown on this response only (its token is never stored)."""
 
+    days = text(form, "expires_in_days", 10)
+    chosen = [p for p in form.getlist("policy_ids") if isinstance(p, str) and p]
+    typed = {"expires_in_days": days, "public": form.get("public") == "on", "policy_ids": chosen}
+
     def create():
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, Scope.PERMISSIONS_WRITE)
-            days = text(form, "expires_in_days", 10)
             if days and not days.isdigit():
                 raise InvalidRequest("invalid_expiry", "Expires in (days) must be a whole number.")
             return links.create_link(
@@ -408,8 +512,8 @@ async def create_link(request: Request, dashboard_id: str = DashboardId(), form:
                 settings_of(request).pepper,
                 dashboard_id,
                 expires_in_days=int(days) if days else None,
-                public=form.get("public") == "on",
-                policy_ids=[p for p in form.getlist("policy_ids") if isinstance(p, str) and p],
+                public=typed["public"],
+                policy_ids=chosen,
                 context=request_context(request),
             )
 
@@ -418,7 +522,8 @@ async def create_link(request: Request, dashboard_id: str = DashboardId(), form:
     except PageError:
         raise
     except TidegateError as exc:
-        return await _show(request, dashboard_id, error=exc.message, status=exc.status)
+        extra = form_refusal(exc, LINK_FIELDS, LINK_WORDS)
+        return await _show(request, dashboard_id, status=exc.status, typed=typed, **extra)
     url = str(request.base_url).rstrip("/") + "/links/" + created.token
     return await _show(request, dashboard_id, new_link={"url": url, "public": created.link.public})
 
@@ -430,7 +535,9 @@ async def revoke_link(
     def change(session, viewer):
         links.revoke_link(session, viewer.principal, dashboard_id, link_id, context=request_context(request))
 
-    return await _change(request, form, dashboard_id, change, "link_revoked", Scope.PERMISSIONS_WRITE)
+    return await _change(
+        request, form, dashboard_id, change, "link_revoked", Scope.PERMISSIONS_WRITE, row=f"link-{link_id}"
+    )
 
 
 # -- /links/<token> ---------------------------------------------------------------------------

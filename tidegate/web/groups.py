@@ -161,6 +161,10 @@ def _group_error(request: Request, group_id: str, exc: TidegateError, form: dict
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         context = group_context(session, viewer, _group(session, viewer, group_id), form)
+    shown = {f"member-{m['id']}" for m in context["members"]} | {f"policy-{p['id']}" for p in context["policies"]}
+    row_error = extra.get("row_error")
+    if row_error and row_error["row"] not in shown:  # that row is gone: say it above the page
+        extra = {**extra, "row_error": None, "page_error": row_error["message"]}
     return page(
         request, "group.html", {**context, **extra}, viewer=viewer, status=exc.status, current=f"{BASE}/{group_id}"
     )
@@ -222,10 +226,17 @@ CHOICE_WORDS = {
 
 
 def _change(
-    request: Request, group_id: str, form: FormData, change, notice: str, anchor: str, field_name: str | None = None
+    request: Request,
+    group_id: str,
+    form: FormData,
+    change,
+    notice: str,
+    anchor: str,
+    field_name: str | None = None,
+    row: str | None = None,
 ):
     """Run one change of the group; its page again, with a notice or the error (at the form's
-    `field_name` when it is about the one chosen)."""
+    `field_name` when it is about the one chosen; next to the button of `row` for a removal)."""
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
@@ -235,6 +246,8 @@ def _change(
         if field_name is not None and exc.code in CHOICE_CODES:
             refusal = field_error(exc, dict.fromkeys(CHOICE_CODES, field_name), CHOICE_WORDS)
             return _group_error(request, group_id, exc, choice_error=refusal)
+        if row is not None:
+            return _group_error(request, group_id, exc, row_error={"row": row, "message": exc.message})
         return _group_error(request, group_id, exc, page_error=exc.message)
     return redirect(f"{BASE}/{group_id}?notice={notice}#{anchor}")
 
@@ -255,7 +268,7 @@ def remove_member(
     def change(session, viewer, group, context):
         service.remove_group_member(session, viewer.principal, group, user_id, context=context)
 
-    return _change(request, group_id, form, change, "member_removed", "members")
+    return _change(request, group_id, form, change, "member_removed", "members", row=f"member-{user_id}")
 
 
 @router.post(BASE + "/{group_id}/policies")
@@ -274,4 +287,4 @@ def remove_policy(
     def change(session, viewer, group, context):
         service.remove_group_policy(session, viewer.principal, group, policy_id, context=context)
 
-    return _change(request, group_id, form, change, "policy_removed", "policies")
+    return _change(request, group_id, form, change, "policy_removed", "policies", row=f"policy-{policy_id}")

@@ -120,6 +120,24 @@ def add_person(request: Request, form: FormData = FORM):
     return redirect("/settings/people?notice=added")
 
 
+# A person's row controls (role, deactivate): refusals in plain words, shown in that row.
+ROW_WORDS = {
+    "invalid_role": "Choose Admin or Member.",
+    "last_admin": "This is the only active admin: make someone else an admin first.",
+    "user_inactive": "This person is deactivated: their role cannot change.",
+    "cannot_deactivate_self": "You cannot deactivate yourself: ask another admin.",
+}
+
+
+def _row_error(request: Request, exc: TidegateError, user_id: str, control: str, value: str = ""):
+    """The people page again, the refusal at `control` ("role" or "deactivate") in the row of
+    `user_id` (above the table when that person is not in it), with the `value` chosen kept."""
+    message = ROW_WORDS.get(exc.code, exc.message)
+    return _people_error(
+        request, exc, row_error={"user_id": user_id, "field": control, "message": message, "value": value}
+    )
+
+
 @router.post("/settings/people/{user_id}/role")
 def change_role(request: Request, user_id: str = UserId(), form: FormData = FORM):
     role = text(form, "role", 20)
@@ -131,7 +149,7 @@ def change_role(request: Request, user_id: str = UserId(), form: FormData = FORM
                 raise InvalidRequest("user_inactive", f"{user.email} is deactivated.")
             service.update_user(session, viewer.principal, user, role=role, context=request_context(request))
     except TidegateError as exc:
-        return _people_error(request, exc, page_error=exc.message)
+        return _row_error(request, exc, user_id, "role", role)
     return redirect("/settings/people?notice=role_changed")
 
 
@@ -159,5 +177,5 @@ def deactivate(request: Request, user_id: str = UserId(), form: FormData = FORM)
                 raise InvalidRequest("cannot_deactivate_self", "You cannot deactivate yourself; ask another admin.")
             service.deactivate_user(session, viewer.principal, user, context=request_context(request))
     except TidegateError as exc:
-        return _people_error(request, exc, page_error=exc.message)
+        return _row_error(request, exc, user_id, "deactivate")
     return redirect("/settings/people?notice=deactivated")

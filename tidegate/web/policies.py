@@ -546,6 +546,10 @@ def _policy_error(request: Request, policy_id: str, exc: TidegateError, form: Po
     with db(request) as session:
         viewer = signed_in(request, session, READ)
         context = policy_context(session, viewer, _policy(session, viewer, policy_id), form)
+    shown = {f"user-{u['id']}" for u in context["assigned"]} | {f"group-{g['id']}" for g in context["groups"]}
+    row_error = extra.get("row_error")
+    if row_error and row_error["row"] not in shown:  # that row is gone: say it above the page
+        extra = {**extra, "row_error": None, "page_error": row_error["message"]}
     return page(
         request, "policy.html", {**context, **extra}, viewer=viewer, status=exc.status, current=f"{BASE}/{policy_id}"
     )
@@ -608,10 +612,18 @@ ASSIGN_WORDS = {
 
 
 def _assignment(
-    request: Request, policy_id: str, form: FormData, change, notice: str, anchor: str, field_name: str | None = None
+    request: Request,
+    policy_id: str,
+    form: FormData,
+    change,
+    notice: str,
+    anchor: str,
+    field_name: str | None = None,
+    row: str | None = None,
 ):
     """Run one assignment change on the policy; its page again, with a notice or the error (at
-    the form's `field_name` when it is about the one chosen)."""
+    the form's `field_name` when it is about the one chosen; next to the button of `row` for a
+    removal)."""
     try:
         with db(request) as session:
             viewer = signed_in_to_change(request, session, form, WRITE)
@@ -621,6 +633,8 @@ def _assignment(
         if field_name is not None and exc.code in ASSIGN_CODES:
             refusal = field_error(exc, dict.fromkeys(ASSIGN_CODES, field_name), ASSIGN_WORDS)
             return _policy_error(request, policy_id, exc, assign_error=refusal)
+        if row is not None:
+            return _policy_error(request, policy_id, exc, row_error={"row": row, "message": exc.message})
         return _policy_error(request, policy_id, exc, page_error=exc.message)
     return redirect(f"{BASE}/{policy_id}?notice={notice}#{anchor}")
 
@@ -641,7 +655,7 @@ def remove_user(
     def change(session, viewer, policy, context):
         service.remove_user(session, viewer.principal, policy, user_id, context=context)
 
-    return _assignment(request, policy_id, form, change, "user_removed", "users")
+    return _assignment(request, policy_id, form, change, "user_removed", "users", row=f"user-{user_id}")
 
 
 @router.post(BASE + "/{policy_id}/groups")
@@ -662,4 +676,4 @@ def remove_group(
         group = service.get_group(session, viewer.org.id, group_id)
         service.remove_group_policy(session, viewer.principal, group, policy.id, context=context)
 
-    return _assignment(request, policy_id, form, change, "group_removed", "groups")
+    return _assignment(request, policy_id, form, change, "group_removed", "groups", row=f"group-{group_id}")

@@ -289,7 +289,10 @@ async def _render(
     status: int = 200,
     step_form: dict | None = None,
     form_errors: dict | None = None,
+    share_row: str | None = None,
 ) -> Response:
+    """The project page; `error` next to the Remove button of the share of `share_row` (a user
+    id) while that row is shown, above the page otherwise."""
     limits = settings_of(request).query_limits
     viewer, context, plan = await run_in_threadpool(_load, request, project_id)
     computed = await projects.step_results(limits, viewer.principal, plan, timeout=PAGE_STEP_SECONDS)
@@ -305,6 +308,9 @@ async def _render(
     if step_form is not None:
         context["step_form"] = step_form
     context.update(form_errors or {})
+    shared = {s["user_id"] for s in (context.get("sharing") or {}).get("shares", [])}
+    if error and share_row is not None and share_row in shared:
+        context["row_error"], error = {"row": f"share-{share_row}", "message": error}, None
     context.update(notice=NOTICES.get(notice or ""), page_error=error)
     return page(request, "project.html", context, viewer=viewer, status=status, current="/projects")
 
@@ -489,7 +495,7 @@ async def unshare(
             session, viewer.principal, RESOURCE_PROJECT, project_id, user_id, context=request_context(request)
         )
 
-    return (await _change(request, project_id, form, SHARE_WRITE, work, "unshared"))[1]
+    return (await _change(request, project_id, form, SHARE_WRITE, work, "unshared", share_row=user_id))[1]
 
 
 @router.post("/projects/{project_id}/delete")

@@ -394,9 +394,17 @@ def source_page(
     return page(request, "source.html", {**context, "notice": said}, viewer=viewer, current="/sources")
 
 
-def _source_error(request: Request, source_id: str, exc: TidegateError, form: str | None = None, **typed: Any):
+def _source_error(
+    request: Request,
+    source_id: str,
+    exc: TidegateError,
+    form: str | None = None,
+    share_row: str | None = None,
+    **typed: Any,
+):
     """The source page again with why a change was refused: at the field of form `form` (its
-    context key: `<form>_error`, and what was typed) when the refusal is about one, above the
+    context key: `<form>_error`, and what was typed) when the refusal is about one, next to the
+    Remove button of the share of `share_row` (a user id) while that row is shown, above the
     page otherwise."""
     refusal = field_error(exc, SHARE_FIELDS, SHARE_WORDS)
     shown = {f"{form}_error": refusal, **typed} if form and refusal["field"] else {"page_error": exc.message}
@@ -404,6 +412,9 @@ def _source_error(request: Request, source_id: str, exc: TidegateError, form: st
         viewer = signed_in(request, session, READ)
         access = _open(session, viewer, source_id)
         context = source_context(session, viewer, access)
+    rows = {s["user_id"] for s in (context.get("sharing") or {}).get("shares", [])}
+    if share_row is not None and share_row in rows:
+        shown = {"row_error": {"row": f"share-{share_row}", "message": exc.message}}
     return page(
         request,
         "source.html",
@@ -455,7 +466,7 @@ def unshare(request: Request, source_id: str = SourceId(), user_id: str = Path(m
             viewer = signed_in_to_change(request, session, form, SHARE_WRITE)
             data_service.unshare_source(session, viewer.principal, source_id, user_id, context=request_context(request))
     except TidegateError as exc:
-        return _source_error(request, source_id, exc)
+        return _source_error(request, source_id, exc, share_row=user_id)
     return redirect(f"/sources/{source_id}?notice=unshared#sharing")
 
 
