@@ -123,8 +123,23 @@ def test_an_event_stamped_ahead_does_not_move_the_cursor_past_new_events(org, lo
         session.add(AuditEvent(**ahead))
     with session_scope(db) as session:
         source.scan(session)
+    with session_scope(db) as session:
+        source.scan(session, utcnow() + timedelta(days=2))  # and a node whose clock is fast scans it
     emit(db, org.id, "api_key.expiring_soon", key_prefix="qk_GGGGGGGGG")
     with session_scope(db) as session:
         source.scan(session)
     notified = [str(n.details) for n in of_org(db, org.id, Notification) if n.event_type == "api_key.expiring_soon"]
     assert any("qk_GGGGGGGGG" in s for s in notified), notified
+
+
+def test_the_first_scan_ever_by_a_node_whose_clock_is_fast_hides_nothing(org, loopback_settings):
+    db = loopback_settings.database_url
+    with session_scope(db) as session:
+        session.query(NotificationCursor).delete()  # a new deployment: no cursor yet
+    with session_scope(db) as session:
+        source.scan(session, utcnow() + timedelta(days=1))
+    emit(db, org.id, "api_key.expiring_soon", key_prefix="qk_HHHHHHHHH")
+    with session_scope(db) as session:
+        source.scan(session)
+    notified = [str(n.details) for n in of_org(db, org.id, Notification) if n.event_type == "api_key.expiring_soon"]
+    assert any("qk_HHHHHHHHH" in s for s in notified), notified

@@ -16,9 +16,9 @@ skip what another process inserted first.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -50,9 +50,19 @@ def _insert(session: Session):
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
+def _database_now(session: Session) -> datetime:
+    """PostgreSQL's clock (shared by every node); SQLite's database is on this machine."""
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    return session.scalar(select(func.now())).astimezone(UTC)
+
+
 def scan(session: Session, now: datetime | None = None) -> int:
     """One scan (see the module's docstring) in the caller's transaction; notifications made."""
-    now = now or utcnow()
+    # The cursor never goes past the earlier of this process's clock and the database's (one
+    # clock for every node on PostgreSQL): a node whose clock is fast, or an event stamped
+    # ahead, must not carry it past what the other nodes write meanwhile.
+    now = min(now or utcnow(), _database_now(session))
     if session.get(NotificationCursor, CURSOR) is None:  # (first scan ever; a read otherwise)
         session.execute(
             _insert(session)(NotificationCursor)
@@ -74,8 +84,6 @@ def scan(session: Session, now: datetime | None = None) -> int:
             .order_by(AuditEvent.id)
         ).all()
         if events:
-            # Never past this scanner's own clock either: an event stamped ahead (its node's clock
-            # is fast) must not carry the cursor past the events the other nodes write meanwhile.
             newest = max(newest, min(max(e.timestamp for e in events), now))
         events = [e for e in events if notifies(e.action, e.details)]
         if events:
