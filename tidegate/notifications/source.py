@@ -54,7 +54,8 @@ def _database_now(session: Session) -> datetime:
     """PostgreSQL's clock (shared by every node); SQLite's database is on this machine."""
     if session.get_bind().dialect.name != "postgresql":
         return utcnow()
-    return session.scalar(select(func.now())).astimezone(UTC)
+    moment = session.scalar(select(func.now()))
+    return moment.astimezone(UTC) if moment is not None else utcnow()
 
 
 def scan(session: Session, now: datetime | None = None) -> int:
