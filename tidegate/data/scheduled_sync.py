@@ -86,8 +86,9 @@ def run_due(database_url: str, session_key: bytes, now: Callable[[], datetime] =
     for source_id in candidates:
         try:
             with session_scope(database_url) as session:
-                if sync_one(session, source_id, session_key, started):
-                    synced.append(source_id)
+                did = sync_one(session, source_id, session_key, started)
+            if did:  # counted once committed: a commit that fails (SQLite busy) synced nothing
+                synced.append(source_id)
         except Exception:  # noqa: BLE001 - one source's failure must not stop the others
             log.exception("scheduled sync of %s failed; will retry", source_id)
     return synced
