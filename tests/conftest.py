@@ -8,8 +8,10 @@ where it fails instead: CI must exercise it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,49 @@ IN_CI = os.environ.get("CI") == "true"
 
 
 FILE_COSTS = Path(__file__).with_name("file_costs.txt")
+
+# Tests send traffic to loopback only. Addresses such as 10.0.0.1 or 203.0.113.7 appear in tests
+# as data (X-Forwarded-For headers, allowlists, refused webhook URLs): no socket of this process
+# may ever connect to one. A connection attempted to any other address is refused before a
+# packet leaves, and fails the test that made it (even if the code under test swallowed the error).
+_refused_connections: list[str] = []
+_socket_connect = socket.socket.connect
+_socket_connect_ex = socket.socket.connect_ex
+
+
+def _check_loopback(sock: socket.socket, address) -> None:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # Unix sockets and socket pairs
+    host = address[0]
+    try:
+        loopback = ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:  # a name: resolved by the caller to one of the addresses checked here
+        loopback = host == "localhost"
+    if not loopback:
+        _refused_connections.append(str(host))
+        raise PermissionError(f"tests connect to loopback only, not {host}")
+
+
+def _loopback_connect(sock, address):
+    _check_loopback(sock, address)
+    return _socket_connect(sock, address)
+
+
+def _loopback_connect_ex(sock, address):
+    _check_loopback(sock, address)
+    return _socket_connect_ex(sock, address)
+
+
+socket.socket.connect = _loopback_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _loopback_connect_ex  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _no_connection_beyond_loopback():
+    seen = len(_refused_connections)
+    yield
+    attempted = _refused_connections[seen:]
+    assert not attempted, f"the test tried to connect beyond loopback: {attempted}"
 
 
 def pytest_collection_modifyitems(config, items):
