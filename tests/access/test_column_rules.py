@@ -107,6 +107,25 @@ def test_a_rule_never_makes_a_policy_apply_for_rows(world):
     assert rules_of(resolved) == (["salary"], [])  # (the rule still holds for the columns)
 
 
+@pytest.mark.parametrize("binding", ["auto", "explicit"])
+def test_a_policy_with_column_rules_only_grants_no_rows_when_the_org_denies_by_default(world, binding):
+    world.deny_by_default(True)
+    user = world.user()
+    world.policy(
+        source_ids=[SRC] if binding == "explicit" else None,
+        column_rules=[{"column": "salary", "action": "hide"}],
+        users=[user],
+    )
+    resolved = world.user_filter(user, SRC, COLUMNS)
+    assert resolved.deny_all  # a policy made to hide a column opens no row
+    assert rules_of(resolved) == (["salary"], [])
+    # Beside a policy that grants rows, its rule still narrows the columns.
+    world.policy(row_filters=[{"column": "region", "values": ["EU"]}], users=[user])
+    both = world.user_filter(user, SRC, COLUMNS)
+    assert not both.deny_all and [c.column for c in both.clauses] == ["region"]
+    assert rules_of(both) == (["salary"], [])
+
+
 def test_a_key_adds_its_creators_its_own_and_its_bound_users_rules(world):
     creator, bound = world.user(), world.user()
     world.policy(column_rules=[{"column": "salary", "action": "hide"}], users=[creator])

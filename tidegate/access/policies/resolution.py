@@ -123,7 +123,8 @@ def _compose(
     """One principal's policies -> its RowFilter for the source, plus notes explaining it."""
     columns = _column_index(source_columns)
     union: dict[str, set[str]] = {}
-    applicable: list[str] = []
+    applicable: list[str] = []  # policies that apply for rows
+    ruling: list[str] = []  # policies that only set column rules here
     denials: list[str] = []
     notes: list[str] = []
     hidden: set[str] = set()
@@ -133,7 +134,18 @@ def _compose(
         if explicit and source_id not in policy.source_ids:
             notes.append(f"{_label(policy)} is bound to other sources; it does not apply here.")
             continue
+        denied_before = len(denials)
         _collect_column_rules(policy, columns, explicit, source_id, hidden, masked, denials, notes)
+        if len(denials) > denied_before:
+            applicable.append(policy.id)  # (recorded like a policy whose filter column is missing)
+        if policy.column_rules and not policy.row_filters:
+            # Column rules never make a policy apply for rows: a policy made only to hide a
+            # column must not open every row in an organization that denies by default. It
+            # is still among the policies that shaped what is read.
+            if explicit or any(rule["column"].casefold() in columns for rule in policy.column_rules):
+                ruling.append(policy.id)
+            notes.append(f"{_label(policy)} has column rules only: it grants no rows.")
+            continue
         matched: list[tuple[list[str], list[str]]] = []
         missing: list[str] = []
         for row_filter in policy.row_filters:
@@ -143,7 +155,8 @@ def _compose(
             else:
                 missing.append(row_filter["column"])
         if explicit and missing:
-            applicable.append(policy.id)
+            if policy.id not in applicable:
+                applicable.append(policy.id)
             for column in missing:
                 denials.append(
                     f"{_label(policy)} is bound to source {source_id} but that source has no column {column!r}: "
@@ -166,21 +179,22 @@ def _compose(
             note += f"; its filter(s) on absent column(s) {', '.join(repr(c) for c in missing)} do not apply here"
         notes.append(note + ".")
     rules = ColumnRules(hidden=frozenset(hidden), masked=frozenset(masked))
+    shaped_by = tuple(dict.fromkeys(applicable + ruling))
     if denials:
-        denied = RowFilter(clauses=(), deny_all=True, policy_ids=tuple(applicable), reasons=tuple(denials))
+        denied = RowFilter(clauses=(), deny_all=True, policy_ids=shaped_by, reasons=tuple(denials))
         return _with_rules(denied, rules), notes
     if not applicable:
         if deny_by_default:
             reason = (
-                f"No access policy applies to {subject} on source {source_id}, and the organization "
-                f"denies by default: no rows."
+                f"No access policy applies to {subject} on source {source_id} for rows, and the "
+                f"organization denies by default: no rows."
             )
-            return _with_rules(RowFilter.deny(reason), rules), notes
-        notes.append(f"No access policy applies to {subject} on source {source_id}: all rows.")
+            return _with_rules(RowFilter.deny(reason, policy_ids=shaped_by), rules), notes
+        notes.append(f"No access policy applies to {subject} on source {source_id} for rows: all rows.")
         # No policy applies for rows and none is required: every row (column rules still apply).
-        return RowFilter(clauses=(), column_rules=rules), notes
+        return RowFilter(clauses=(), policy_ids=shaped_by, column_rules=rules), notes
     clauses = tuple(Clause(column, frozenset(values)) for column, values in sorted(union.items()))
-    return RowFilter(clauses=clauses, policy_ids=tuple(applicable), column_rules=rules), notes
+    return RowFilter(clauses=clauses, policy_ids=shaped_by, column_rules=rules), notes
 
 
 def _with_rules(row_filter: RowFilter, rules: ColumnRules) -> RowFilter:
