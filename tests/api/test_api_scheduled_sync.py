@@ -87,3 +87,36 @@ def test_a_failing_source_is_marked_and_retried_at_its_interval(client, org, set
     got = client.get(f"/api/v1/sources/{src}", headers=org.headers()).json()
     assert got["status"] == "error" and got["row_count"] == 2  # the last good copy stays
     assert scheduled_sync.run_due(settings.database_url, settings.session_key, now=lambda: later) == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "code"),
+    [
+        ({"column_rules": [{"column": "amount", "action": "hide"}]}, "column_rules_restrict_write"),
+        ({"row_filters": [{"column": "region", "values": ["EU"]}]}, "row_filter_restricts_write"),
+    ],
+)
+def test_a_restricted_reader_cannot_redefine_a_connector_source(client, org, shop, policy, code):
+    """A new table or query could rename a hidden column, or the filter's column, away from
+    the policies: changing a connector's configuration is a replace, refused as one."""
+    config = {"path": str(shop), "table": "sales", "mode": "snapshot"}
+    r = client.post(
+        "/api/v1/sources", json={"name": "shop", "connector_id": "sqlite", "config": config}, headers=org.headers()
+    )
+    assert r.status_code == 201, r.text
+    src = r.json()["id"]
+    made = client.post("/api/v1/access/policies", json={"name": f"restrict-{code}", **policy}, headers=org.headers())
+    assert made.status_code == 201, made.text
+    assigned = client.post(
+        f"/api/v1/access/policies/{made.json()['id']}/users", json={"user_ids": [org.admin_id]}, headers=org.headers()
+    )
+    assert assigned.status_code < 300, assigned.text
+    before = client.get(f"/api/v1/sources/{src}", headers=org.headers()).json()
+    changed = client.patch(f"/api/v1/sources/{src}", json={"config": {"table": "sales"}}, headers=org.headers())
+    assert changed.status_code == 403 and changed.json()["error"]["code"] == code, changed.text
+    after = client.get(f"/api/v1/sources/{src}", headers=org.headers()).json()
+    assert (after["mode"], after["config"], after["updated_at"]) == (
+        before["mode"],
+        before["config"],
+        before["updated_at"],
+    )

@@ -172,10 +172,10 @@ def write_rows(
     authorize(principal, Scope.DATA_WRITE)
     access = open_source(session, principal, source_id, need=EDIT)
     _refuse_live_write(access)
-    _refuse_column_rules(access)
-    if not access.row_filter.is_unrestricted:
-        if replace:
-            raise _cannot_replace()
+    if replace:
+        check_may_replace(access)
+    else:
+        _refuse_column_rules(access)
         _check_rows_pass_filter(rows, access.row_filter)
     columns = None if replace or access.version is None else access.version.columns
     table = _rows_table(rows, columns=columns)
@@ -206,8 +206,19 @@ def _refuse_column_rules(access: SourceAccess) -> None:
         )
 
 
+def check_may_replace(access: SourceAccess) -> None:
+    """Replacing a source's rows, or redefining where they come from (a sync, a connector's
+    configuration), needs every row and column as it is: it would silently destroy, or let the
+    caller rename away from its policies, what this caller may not see."""
+    _refuse_column_rules(access)
+    if not access.row_filter.is_unrestricted:
+        raise _cannot_replace()
+
+
 def _check_rows_pass_filter(rows: list[Any], row_filter: RowFilter) -> None:
     """A filtered writer may only add rows they would be allowed to read back."""
+    if row_filter.is_unrestricted:
+        return
     if row_filter.deny_all:
         raise Forbidden("row_filter_restricts_write", "Your access policies allow you no rows of this source.")
     for number, row in enumerate(rows if isinstance(rows, list) else [], 1):
@@ -234,7 +245,11 @@ def update_source(
     context: RequestContext | None = None,
 ) -> Source:
     authorize(principal, Scope.SOURCES_WRITE)
-    source = source_row(session, open_source(session, principal, source_id, need=EDIT, with_filter=False))
+    redefines = bool(changes.get("config"))
+    access = open_source(session, principal, source_id, need=EDIT, with_filter=redefines)
+    if redefines:
+        check_may_replace(access)  # a new query or table could rename columns away from the policies
+    source = source_row(session, access)
     diff: dict[str, Any] = {}
     if "name" in changes:
         new = _check_name(changes["name"])
@@ -281,10 +296,9 @@ def update_source(
 
 
 def _cannot_replace() -> Forbidden:
-    # Replacing would silently destroy rows this caller is not allowed to see.
     return Forbidden(
         "row_filter_restricts_write",
-        "Your access policies restrict which rows you see, so you cannot replace this source's data.",
+        "Your access policies restrict which rows you see, so you cannot replace or redefine this source's data.",
     )
 
 
@@ -293,9 +307,7 @@ def sync_source(
 ) -> Source:
     authorize(principal, Scope.SOURCES_WRITE)
     access = open_source(session, principal, source_id, need=EDIT)
-    _refuse_column_rules(access)
-    if not access.row_filter.is_unrestricted:  # a sync replaces every row, as a replace does
-        raise _cannot_replace()
+    check_may_replace(access)  # a sync replaces every row, as a replace does
     source = source_row(session, access)
     if source.service not in connectors.CONNECTORS:
         raise InvalidRequest("not_a_connector_source", "This source is not fed by a connector.")
