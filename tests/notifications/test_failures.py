@@ -15,6 +15,7 @@ from sqlalchemy import select
 from tests.conftest import REDIS_URL
 from tidegate.api.app import create_app
 from tidegate.audit.models import AuditEvent
+from tidegate.credentials import failures
 from tidegate.credentials.failures import FailureBursts, prefix_of_attempt
 from tidegate.db.engine import session_scope
 
@@ -79,3 +80,16 @@ def test_requests_from_outside_a_keys_allowlist_count_too(settings, org):
             select(AuditEvent).where(AuditEvent.org_id == org.id, AuditEvent.action == "api_key.auth_failure_burst")
         ).all()
     assert event.details["key_prefix"] == key[:12]
+
+
+def test_a_spray_of_prefixes_keeps_memory_bounded_and_a_prefix_under_attack_counted():
+    bursts = FailureBursts(None, threshold=5, window_seconds=60)
+    now = 1_000_000.0
+    for _ in range(4):
+        bursts.count("qk_TARGET000", now)
+    for n in range(failures.MAX_PREFIXES * 2):  # one-off prefixes, as anyone can send
+        bursts.count(f"qk_{n:09d}", now)
+        if n % 1000 == 0:
+            bursts.count("qk_TARGET000", now)  # the attacked prefix keeps failing meanwhile
+    assert len(bursts._counts) == failures.MAX_PREFIXES
+    assert bursts.count("qk_TARGET000", now) == 4 + failures.MAX_PREFIXES * 2 // 1000 + 1

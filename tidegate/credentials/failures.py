@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tidegate.audit.record import record
+from tidegate.caching import LRUCache
 from tidegate.credentials.keyformat import DISPLAY_PREFIX_LENGTH
 from tidegate.credentials.models import ApiKey
 from tidegate.db.engine import session_scope
@@ -32,6 +33,7 @@ log = logging.getLogger("tidegate.credentials")
 AUTH_FAILURE_BURST = "api_key.auth_failure_burst"
 _PREFIX = re.compile(rf"^qk_[0-9A-Za-z]{{{DISPLAY_PREFIX_LENGTH - 3}}}$")
 NAMESPACE = "tidegate-authfail"
+MAX_PREFIXES = 10_000
 
 
 def prefix_of_attempt(authorization: str | None) -> str | None:
@@ -49,8 +51,10 @@ class FailureBursts:
         self._client = (
             redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2) if redis_url else None
         )
-        self._lock = threading.Lock()
-        self._counts: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()  # (count-and-store is one step: LRUCache locks each alone)
+        # Anyone can send well-formed prefixes: at most this many are counted at once, the least
+        # recently failed dropped first (a prefix under attack stays, a spray of one-offs goes).
+        self._counts: LRUCache[tuple[str, int], int] = LRUCache(MAX_PREFIXES, name="failed-auth counts")
 
     def count(self, prefix: str, now: float | None = None) -> int:
         """Count one failure for `prefix`; this window's count so far (blocking with Redis)."""
@@ -62,10 +66,7 @@ class FailureBursts:
             pipe.expire(name, self.window + 1)
             return int(pipe.execute()[0])
         with self._lock:
-            if len(self._counts) > 10_000:  # bounded memory: older windows weigh nothing
-                self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
-            count = self._counts[(prefix, window)] = self._counts.get((prefix, window), 0) + 1
-            return count
+            return self._counts.put((prefix, window), (self._counts.get((prefix, window)) or 0) + 1)
 
     @property
     def local(self) -> bool:
