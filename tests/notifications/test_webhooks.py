@@ -371,3 +371,25 @@ def test_admins_add_and_delete_webhooks_in_the_panel(loopback_settings, receiver
     with session_scope(loopback_settings.database_url) as session:
         actions = session.scalars(select(AuditEvent.action).where(AuditEvent.target_id == hook_id)).all()
     assert sorted(actions) == ["webhook.created", "webhook.deleted"]
+
+
+def test_the_audit_log_keeps_webhook_urls_without_their_credentials(api, org, receiver, loopback_settings):
+    """Many receivers carry their credential in the URL (a Slack hook's path, a SIEM's
+    ?token=): the audit log, read by every auditor and exported, keeps it redacted."""
+    token = "T0AAAAAAA/B0BBBBBBBBB/XXXXXXXXXXXXXXXXXXXXXXXX"
+    url = f"{receiver.url}/services/{token}?token=s3cr3tvalue&channel=ops"
+    made = create(api, org, url)
+    assert made.status_code == 201, made.text
+    hook = made.json()["id"]
+    changed = api.patch(f"/api/v1/org/webhooks/{hook}", headers=org.headers(), json={"url": receiver.url + "?k=v2"})
+    assert changed.status_code == 200, changed.text
+    assert api.delete(f"/api/v1/org/webhooks/{hook}", headers=org.headers()).status_code < 300
+    with session_scope(loopback_settings.database_url) as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.org_id == org.id, AuditEvent.target_id == hook)
+        ).all()
+    text = str([e.details for e in events])
+    assert (
+        len(events) == 3 and "XXXXXXXXXXXXXXXXXXXXXXXX" not in text and "s3cr3tvalue" not in text and "v2" not in text
+    )
+    assert "/services/T0AAAAAAA/B0BBBBBBBBB/[redacted]?token=[redacted]&channel=[redacted]" in text

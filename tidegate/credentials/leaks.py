@@ -34,7 +34,6 @@ from tidegate.credentials.keyformat import CHECKSUM_LENGTH, RANDOM_LENGTH, displ
 from tidegate.credentials.models import ApiKey
 from tidegate.db.base import utcnow
 from tidegate.errors import Unauthenticated
-from tidegate.orgs.epoch import bump_access_epoch
 
 TRUE_POSITIVE, FALSE_POSITIVE = "true_positive", "false_positive"
 LEAK_REPORTED = "api_key.leak_reported"
@@ -117,8 +116,7 @@ def _act_on_leak(session: Session, key: ApiKey, report: LeakReport, context: Req
             "via": "leak_report",
         },
         context=context,
-    )
-    bump_access_epoch(session, key.org_id)
+    )  # (revoke_key bumped the access epoch if it revoked: a report alone changes no access)
 
 
 def prefix_of(token: str) -> str:

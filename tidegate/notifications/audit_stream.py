@@ -40,8 +40,14 @@ from tidegate.db.engine import session_scope
 from tidegate.errors import InvalidRequest, TidegateError
 from tidegate.notifications.models import AuditStream
 from tidegate.notifications.signed_post import Outcome, post_signed
-from tidegate.notifications.webhooks import SECRET_PREFIX, check_url, decrypt_secret, destination, encrypt_secret
-from tidegate.orgs.epoch import bump_access_epoch
+from tidegate.notifications.webhooks import (
+    SECRET_PREFIX,
+    check_url,
+    decrypt_secret,
+    destination,
+    encrypt_secret,
+    redacted_url,
+)
 
 log = logging.getLogger("tidegate.notifications")
 
@@ -130,12 +136,12 @@ def update_stream(
         session.add(stream)
     if new_url is not None and new_url != stream.url:
         secret = SECRET_PREFIX + "".join(secrets.choice(BASE62) for _ in range(32))
-        changes["url"] = {"old": stream.url, "new": new_url}
+        changes["url"] = {"old": redacted_url(stream.url), "new": redacted_url(new_url)}
         changes["secret_prefix"] = {"old": stream.secret_prefix, "new": secret[: len(SECRET_PREFIX) + 4]}
         stream.url, stream.secret_encrypted = new_url, encrypt_secret(secret, session_key)
         stream.secret_prefix = secret[: len(SECRET_PREFIX) + 4]
     elif clear_url and stream.url is not None:
-        changes["url"] = {"old": stream.url, "new": None}
+        changes["url"] = {"old": redacted_url(stream.url), "new": None}
         stream.url = stream.secret_encrypted = stream.secret_prefix = None
         enabled = False
     if enabled is not None and enabled != stream.enabled:
@@ -155,7 +161,6 @@ def update_stream(
             details=changes,
             context=context,
         )
-        bump_access_epoch(session, org_id)  # (no access decision reads it: harmless, uniform)
     return StreamSettings(stream.url, stream.enabled, secret)
 
 

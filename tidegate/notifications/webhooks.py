@@ -15,9 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -34,7 +35,6 @@ from tidegate.errors import InvalidRequest, NotFound
 from tidegate.ids import new_id
 from tidegate.notifications.events import EVENT_TYPES
 from tidegate.notifications.models import Webhook
-from tidegate.orgs.epoch import bump_access_epoch
 
 SECRET_PREFIX = "whsec_"
 MAX_URL_LENGTH = 2000
@@ -101,6 +101,22 @@ def check_url(url: str) -> str:
         raise InvalidRequest("invalid_webhook_url", "url: must not contain spaces, control characters or a fragment.")
     destination(url, port)
     return url
+
+
+_TOKEN_LIKE = re.compile(r"[^/]{16,}")
+
+
+def redacted_url(url: str | None) -> str | None:
+    """`url` as the audit log keeps it: many receivers put their credential in the URL (Slack,
+    Teams and Discord hooks in the path, SIEM inputs in `?token=`), and audit events are read by
+    every auditor and exported. Query values and any path segment of 16 characters or more
+    become `[redacted]`; the scheme, host, port and short path segments stay."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    path = "/".join("[redacted]" if _TOKEN_LIKE.fullmatch(segment) else segment for segment in parts.path.split("/"))
+    query = urlencode([(name, "[redacted]") for name, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="[]")
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
 
 
 def destination(url: str, port: int | None = None) -> egress.Destination:
@@ -187,10 +203,9 @@ def create_webhook(
         org_id=actor.org_id,
         target_type="webhook",
         target_id=webhook.id,
-        details={"url": url, "events": events, "secret_prefix": webhook.secret_prefix},
+        details={"url": redacted_url(url), "events": events, "secret_prefix": webhook.secret_prefix},
         context=context,
     )
-    bump_access_epoch(session, actor.org_id)  # (no access decision reads webhooks: harmless, uniform)
     return CreatedWebhook(webhook, secret)
 
 
@@ -211,6 +226,8 @@ def update_webhook(
         if value is not None and value != getattr(webhook, field):
             changes[field] = {"old": getattr(webhook, field), "new": value}
             setattr(webhook, field, value)
+    if "url" in changes:  # (as the audit log keeps URLs: without their credentials)
+        changes["url"] = {side: redacted_url(url) for side, url in changes["url"].items()}
     if changes:
         record(
             session,
@@ -222,7 +239,6 @@ def update_webhook(
             details=changes,
             context=context,
         )
-        bump_access_epoch(session, webhook.org_id)
     return webhook
 
 
@@ -238,7 +254,6 @@ def delete_webhook(
         org_id=webhook.org_id,
         target_type="webhook",
         target_id=webhook.id,
-        details={"url": webhook.url},
+        details={"url": redacted_url(webhook.url)},
         context=context,
     )
-    bump_access_epoch(session, webhook.org_id)
