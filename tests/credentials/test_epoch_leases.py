@@ -24,6 +24,7 @@ from tidegate.credentials.models import ApiKey
 from tidegate.db.base import utcnow
 from tidegate.db.engine import session_scope
 from tidegate.orgs import epochwatch, service
+from tidegate.orgs.epoch import bump_access_epoch
 from tidegate.orgs.epochwatch import EpochWatch
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -221,3 +222,15 @@ def test_a_deleted_organization_never_validates_a_cached_entry_again(client, set
     while keys.leases.known(org_id) != epochwatch.DELETED:
         assert time.monotonic() < deadline, "the deletion was never announced"
         time.sleep(0.01)
+
+
+def test_a_savepoint_released_waits_for_nothing_and_the_commit_still_waits(org, settings, monkeypatch):
+    """SQLAlchemy calls the commit hooks for a SAVEPOINT too: its release commits nothing, so
+    nobody is waited for (nor fenced) then, and the real commit keeps its bumps to wait for."""
+    waited: list[dict[str, int]] = []
+    monkeypatch.setattr(epochwatch, "wait_for_acks", lambda engine, bumped: waited.append(dict(bumped)))
+    with session_scope(settings.database_url) as session:
+        with session.begin_nested():
+            bump_access_epoch(session, org.id)
+        assert waited == []  # (the savepoint was released: nothing is committed yet)
+    assert waited == [{org.id: epoch_of(settings, org.id)}]

@@ -57,6 +57,8 @@ def _collect_bumps(session: Session) -> None:
     """PostgreSQL: the epochs this transaction bumped through the database's triggers too (a
     key or user changed by an UPDATE of tidegate's that did not call `bump_access_epoch`),
     as the trigger of migration 0018 notes them; one query, for transactions that wrote."""
+    if session.in_nested_transaction():
+        return  # a SAVEPOINT released: nothing is committed yet (SQLAlchemy calls this for it too)
     engine = _engine_of(session)
     if engine.dialect.name != "postgresql":
         return
@@ -77,6 +79,8 @@ def _wait_until_applied(session: Session) -> None:
     """PostgreSQL: a transaction that bumped epochs returns only once every serving process
     holding an epoch lease has applied them (`orgs.epochwatch`): the next request anywhere
     sees the change, with no round trip of its own."""
+    if session.in_nested_transaction():
+        return  # a SAVEPOINT released: its bumps wait for the real commit, and so does the wait
     bumped = session.info.pop(BUMPED, None)
     session.info.pop(WROTE, None)
     if not bumped:

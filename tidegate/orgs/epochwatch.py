@@ -6,8 +6,9 @@ process has applied their bump before they return.
   whenever an organization's epoch changes, by tidegate or by any SQL; PostgreSQL delivers it
   when the transaction commits.
 - **Listened to, under a lease.** `EpochWatch` (one thread per serving process) LISTENs on a
-  connection of its own, registers a lease (`epoch_leases`: expiry by PostgreSQL's clock) and
-  reads every epoch in the same statement that records them as acknowledged (`epoch_acks`).
+  connection of its own, registers a lease (`epoch_leases`: expiry by PostgreSQL's clock),
+  then, once the lease is committed, reads every epoch in the statement that records them as
+  acknowledged (`epoch_acks`).
   Each notification updates the copy, then is acknowledged. The lease is renewed on that same
   connection every quarter of its length, so a renewal also proves the connection alive, and
   only while it has not lapsed: a lapsed (or fenced) lease is taken again with a full read.
@@ -189,8 +190,14 @@ class EpochWatch:
             backoff = min(2 * backoff, 1.0)
 
     def _register(self, conn: psycopg.Connection) -> None:
-        """Take the lease and read every epoch (after LISTEN: nothing committed since is missed),
-        recording them as acknowledged, in one transaction."""
+        """Take the lease, then read every epoch (after LISTEN: nothing committed since is
+        missed) and record them as acknowledged.
+
+        Two transactions, in this order: a writer that commits before the lease is visible does
+        not wait for this process, so the read must start after the lease committed to see its
+        bump (read in the lease's own transaction, it could miss a bump committed in between
+        and the copy would be used at the old epoch until the notification came). A writer
+        that commits after the lease is visible waits for this process's acknowledgement."""
         self._valid_until = 0.0
         started = time.monotonic()
         with conn.transaction():
@@ -208,11 +215,13 @@ class EpochWatch:
                 "ON CONFLICT (process_id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
                 (self.process_id, self.lease_seconds),
             )
-            rows = conn.execute(
-                "INSERT INTO epoch_acks (process_id, org_id, epoch) "
-                "SELECT %s, id, access_epoch FROM organizations RETURNING org_id, epoch",
-                (self.process_id,),
-            ).fetchall()
+        rows = conn.execute(  # (autocommit: its own transaction, after the lease's)
+            "INSERT INTO epoch_acks (process_id, org_id, epoch) "
+            "SELECT %s, id, access_epoch FROM organizations "
+            "ON CONFLICT (process_id, org_id) DO UPDATE SET epoch = GREATEST(epoch_acks.epoch, EXCLUDED.epoch) "
+            "RETURNING org_id, epoch",
+            (self.process_id,),
+        ).fetchall()
         for org_id, epoch in rows:
             self._apply(org_id, epoch)
         self.registrations += 1
