@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -150,12 +149,11 @@ def _lock_org(session: Session, org_id: str) -> None:
     holder committed); on SQLite a write to the head row, which takes the database's write
     lock first (reads after it are current, and nobody writes before this commits)."""
     if session.get_bind().dialect.name == "postgresql":
-        from tidegate.db.jobs import LOCK_NAMESPACE
+        from tidegate.db.jobs import LOCK_NAMESPACE, lock_key
 
-        key = zlib.crc32(f"audit-chain:{org_id}".encode())
         session.execute(
             text("SELECT pg_advisory_xact_lock(:namespace, :key)"),
-            {"namespace": LOCK_NAMESPACE, "key": key - 2**32 if key >= 2**31 else key},
+            {"namespace": LOCK_NAMESPACE, "key": lock_key(f"audit-chain:{org_id}")},
         )
     else:
         session.execute(

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from tidegate.audit.models import AuditEvent
 from tidegate.db.base import utcnow
-from tidegate.ids import new_id
+from tidegate.ids import id_floor, new_id
 from tidegate.notifications.events import EVENT_TYPES, notifies
 from tidegate.notifications.models import Notification, NotificationCursor, Webhook, WebhookDelivery
 from tidegate.orgs.models import Organization
@@ -33,17 +33,11 @@ from tidegate.orgs.models import Organization
 CURSOR = "audit_events"
 LOOKBACK = timedelta(hours=1)
 CURSOR_STEP = timedelta(minutes=1)  # the cursor moves by a minute or more: the look-back covers the rest
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
 def event_id_floor(moment: datetime) -> str:
     """The smallest audit event id (`evt_` + ULID) of an event made at or after `moment`."""
-    millis = int(moment.timestamp() * 1000)
-    chars = []
-    for _ in range(10):
-        millis, rem = divmod(millis, 32)
-        chars.append(_CROCKFORD[rem])
-    return "evt_" + "".join(reversed(chars)) + "0" * 16
+    return id_floor("evt", int(moment.timestamp() * 1000))
 
 
 def _insert(session: Session):

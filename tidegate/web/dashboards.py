@@ -44,7 +44,7 @@ from tidegate.web.common import (
     signed_in_to_change,
     text,
 )
-from tidegate.web.render import page, redirect
+from tidegate.web.render import badges, page, redirect
 from tidegate.web.sessions import Viewer
 
 READ = Scope.DASHBOARDS_READ
@@ -365,7 +365,7 @@ async def _show(
                 return (
                     viewer,
                     board_of(session, viewer.principal, dashboard),
-                    _dashboard_context(session, viewer, dashboard),
+                    {**_dashboard_context(session, viewer, dashboard), **badges(request, session, viewer)},
                 )
 
     viewer, board, context = await run_in_threadpool(load)

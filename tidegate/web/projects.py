@@ -42,7 +42,7 @@ from tidegate.web.common import (
     signed_in_to_change,
     text,
 )
-from tidegate.web.render import page, redirect
+from tidegate.web.render import badges, page, redirect
 from tidegate.web.sessions import Viewer
 
 READ = Scope.PROJECTS_READ
@@ -263,6 +263,7 @@ def _load(request: Request, project_id: str) -> tuple[Viewer, dict, engine.Proje
             "offered_sources": offered,
             "sharing": _sharing_context(session, viewer, project, permission),
             "step_form": {"name": "", "sql": ""},
+            **badges(request, session, viewer),
         }
     return viewer, context, plan
 

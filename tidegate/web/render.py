@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -147,7 +148,8 @@ def page(
 ) -> HTMLResponse:
     current = current or request.url.path
     security_pages = visible(SECURITY_PAGES, viewer)
-    # (Not on error pages: they may be rendered on the event loop, where no query may block.)
+    # (Not on error pages: they may be rendered on the event loop, where no query may block.
+    # Pages rendered there (dashboards, projects) count in their threadpool step: `badges`.)
     if status < 400 and "notification_count" not in context and viewer is not None and viewer.can(Scope.ORG_READ):
         context = {**context, "notification_count": unseen_notifications(request, viewer)}
     body = _env.get_template(template).render(
@@ -177,14 +179,22 @@ def seen_at(request: Request) -> datetime:
     return max(seen, floor)
 
 
-def unseen_notifications(request: Request, viewer: Viewer) -> int:
-    """The navigation's count; 0 if it cannot be read (a page, an error page included, must
-    not fail for want of its badge)."""
+def unseen_notifications(request: Request, viewer: Viewer, session: Session | None = None) -> int:
+    """The navigation's count (in `session`, else a session of its own); 0 if it cannot be
+    read (a page, an error page included, must not fail for want of its badge)."""
     try:
-        with session_scope(request.app.state.settings.database_url) as session:
+        if session is not None:
             return reads.count_since(session, viewer.org.id, seen_at(request))
+        with session_scope(request.app.state.settings.database_url) as own:
+            return reads.count_since(own, viewer.org.id, seen_at(request))
     except Exception:  # noqa: BLE001
         return 0
+
+
+def badges(request: Request, session: Session, viewer: Viewer) -> dict[str, int]:
+    """The navigation's counts, read in the caller's session: for a page whose `page()` call
+    runs on the event loop, where its own query would block every other request."""
+    return {"notification_count": unseen_notifications(request, viewer, session)} if viewer.can(Scope.ORG_READ) else {}
 
 
 def redirect(url: str) -> Response:
