@@ -34,7 +34,7 @@ from tidegate.config import Settings
 from tidegate.core.principal import Principal
 from tidegate.core.scopes import preset_scopes
 from tidegate.credentials import service as keys_service
-from tidegate.credentials.usage import record_last_use
+from tidegate.credentials.usage import record_key_use
 from tidegate.db.engine import migrate, session_scope
 from tidegate.orgs import service as orgs
 
@@ -128,7 +128,7 @@ async def requests_bench(requests: int, rounds: int = 4) -> None:
             process = shipper.ShipperProcess(
                 settings.audit_dir,
                 settings.database_url,
-                after_insert=record_last_use,
+                after_insert=record_key_use,
                 chain_key=(str(settings.home), None) if chain else None,
             )
             process.start()

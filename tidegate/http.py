@@ -5,24 +5,10 @@ and `tidegate.web` both import it, and neither imports the other for it."""
 from __future__ import annotations
 
 import ipaddress
-import re
 
 from starlette.requests import Request
 
 from tidegate.audit.record import RequestContext
-
-# Our secrets have their own formats (credentials.keyformat: `qk_...`; embed sessions:
-# `es_...`; dashboard share links: `dl_...`). A path may carry one (`DELETE
-# /embed/sessions/{token}`, a link's `/links/{token}`, or a key pasted into a URL by
-# mistake): whatever is logged or audited of a path goes through `redact_secrets`.
-_SECRET = re.compile(r"\b(qk|es|dl)_[A-Za-z0-9_\-]{8,}")
-
-
-def redact_secrets(text: str) -> str:
-    """`text` with every qk_/es_/dl_ secret replaced by its kind and `[redacted]`."""
-    if "_" not in text:  # the common path: nothing to look for
-        return text
-    return _SECRET.sub(lambda match: match.group(1) + "_[redacted]", text)
 
 
 def client_ip(request: Request) -> str | None:

@@ -78,3 +78,12 @@ def test_report_posts_the_keys_to_a_leaks_endpoint_which_revokes_them(tmp_path, 
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_report_refuses_plain_http_beyond_loopback(tmp_path):
+    """The report carries whole keys: never in clear text over a network (nothing is sent)."""
+    key = generate_key()
+    (tmp_path / "settings.py").write_text(f'TOKEN = "{key}"\n')
+    result = scan(str(tmp_path), "--report", "http://10.0.0.1/api/v1/keys/leaks", "--json")
+    assert result.exit_code == 1 and "needs an https:// URL" in result.output  # (found, not reported)
+    assert key not in result.output

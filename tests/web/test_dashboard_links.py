@@ -15,9 +15,9 @@ import pytest
 from analysis_world import SALES, make_project, share
 
 from tidegate.catalog.analysis import ShareLink
+from tidegate.core.redaction import redact_secrets
 from tidegate.db.base import utcnow
 from tidegate.db.engine import session_scope
-from tidegate.http import redact_secrets
 from tidegate.orgs import service as orgs
 from tidegate.web.sessions import SESSION_COOKIE, start_session
 

@@ -23,7 +23,8 @@ from tidegate.access.authorize import stop_tracking_scope_checks, track_scope_ch
 from tidegate.api.responses import error_response, from_error
 from tidegate.audit.journal import AuditUnavailable, Journal
 from tidegate.audit.record import event_row
-from tidegate.http import client_ip, redact_secrets
+from tidegate.core.redaction import redact_secrets
+from tidegate.http import client_ip
 from tidegate.ids import new_ulid
 from tidegate.outages import unavailable_error
 

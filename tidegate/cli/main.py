@@ -531,9 +531,21 @@ def keys_scan(
 
 
 def _report_found(url: str, found: list[tuple[str, int, str]]) -> list[dict] | None:
-    """POST the keys to a leaks endpoint; its labels, or None (said on stderr) if it failed."""
+    """POST the keys to a leaks endpoint; its labels, or None (said on stderr) if it failed.
+    The body holds whole keys: only over https, or plain http to this machine (loopback)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
     import httpx
 
+    parts = urlsplit(url)
+    try:
+        local = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        local = False
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        typer.echo(f"error: --report needs an https:// URL (plain http only to loopback), not {url}", err=True)
+        return None
     body = [
         {
             "token": key,

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tidegate.audit.record import RequestContext, record
+from tidegate.core.redaction import redact_secrets
 from tidegate.credentials import service
 from tidegate.credentials.hashing import hash_secret
 from tidegate.credentials.keyformat import CHECKSUM_LENGTH, RANDOM_LENGTH, display_prefix, is_well_formed
@@ -40,14 +41,6 @@ LEAK_REPORTED = "api_key.leak_reported"
 
 # A qk_ key anywhere in text: not preceded or followed by a character a key could continue with.
 _CANDIDATE = re.compile(rf"(?<![0-9A-Za-z_])qk_[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}(?![0-9A-Za-z])")
-
-
-# The secrets tidegate.http.redact_secrets knows (that module sits above this one).
-_SECRET = re.compile(r"\b(qk|es|dl)_[A-Za-z0-9_\-]{8,}")
-
-
-def redact_secrets(text: str) -> str:
-    return _SECRET.sub(lambda match: match.group(1) + "_[redacted]", text)
 
 
 def find_keys(text: str) -> Iterator[tuple[int, str]]:

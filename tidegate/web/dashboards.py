@@ -26,9 +26,10 @@ from tidegate.analysis import dashboards, links, widgets
 from tidegate.audit.record import event_row
 from tidegate.catalog.analysis import WIDGET_KINDS, Dashboard, Project, Step
 from tidegate.core.principal import Principal
+from tidegate.core.redaction import redact_secrets
 from tidegate.core.scopes import Scope
 from tidegate.errors import InvalidRequest, TidegateError
-from tidegate.http import client_ip, redact_secrets, request_context
+from tidegate.http import client_ip, request_context
 from tidegate.orgs.models import Organization, User
 from tidegate.web.common import (
     FORM,
