@@ -59,3 +59,12 @@ def test_the_statements_sent_never_name_a_hidden_column(typed, sent):  # noqa: F
     list(live.batches(typed, reader, 10))
     live.run_query(typed, reader, "SELECT * FROM data", page=1, page_size=10)
     assert sent and all('"secret"' not in sql for sql, _ in sent)
+
+
+def test_a_reader_who_sees_no_column_gets_rows_without_columns(typed):
+    """Every column hidden: the count stays true, and the projection's placeholder (SQL needs a
+    column) is never shown as one, on a page or in a project step's table."""
+    reader = rules(hidden={"label", "n", "x", "ok", "d", "t", "secret"})
+    table, total = live.read_page(typed, reader, page=1, page_size=10)
+    assert total == 2 and table.num_rows == 2 and table.column_names == []
+    assert live.table(typed, reader).column_names == []

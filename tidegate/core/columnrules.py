@@ -17,6 +17,9 @@ from dataclasses import dataclass
 HIDE, MASK = "hide", "mask"
 ACTIONS = (HIDE, MASK)
 MASK_SUFFIX = "***"
+# What a projection selects when the reader sees no column at all (SQL needs one): it keeps the
+# row count true and is dropped from every result, so no reader ever sees it as a column.
+NO_VISIBLE_COLUMN = "__no_visible_column"
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,6 @@ class ColumnRules:
         if self.is_empty:
             return other
         return ColumnRules(hidden=self.hidden | other.hidden, masked=self.masked | other.masked)
-
-    def action(self, column: str) -> str | None:
-        """hide, mask or None (shown as it is) for a column's exact name."""
-        if column in self.hidden:
-            return HIDE
-        return MASK if column in self.masked else None
 
     def visible(self, columns: Iterable[str]) -> list[str]:
         """The names of `columns` the reader sees (masked ones included), in order."""

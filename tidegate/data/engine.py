@@ -56,7 +56,7 @@ from tidegate.access.sources import SourceAccess
 from tidegate.caching import LRUCache, require_immutable
 from tidegate.catalog.models import SourceVersion
 from tidegate.config import DataSettings, ObjectStoreSettings
-from tidegate.core.columnrules import MASK_SUFFIX
+from tidegate.core.columnrules import MASK_SUFFIX, NO_VISIBLE_COLUMN
 from tidegate.core.rowfilter import RowFilter
 from tidegate.data import ingest, live, querycost, sandbox, storage
 from tidegate.errors import InvalidRequest, ServiceUnavailable, UpstreamTimeout
@@ -339,7 +339,7 @@ def compile_filter(version: SourceVersion, row_filter: RowFilter) -> _Where | Li
 _NULL_TYPES = {"integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMP"}
 
 
-def visible_columns(version: SourceVersion, row_filter: RowFilter) -> list[dict[str, Any]]:
+def _visible_columns(version: SourceVersion, row_filter: RowFilter) -> list[dict[str, Any]]:
     """`[{"name", "type"}]` of the columns the filter's reader sees (hidden ones dropped;
     masked ones keep their type: text masks stay text, other masks are NULLs of the type)."""
     hidden = _check_filter(row_filter).column_rules.hidden
@@ -361,9 +361,9 @@ def _select_list(version: SourceVersion, row_filter: RowFilter) -> str:
         f"{_masked(c['name'], c['type'])} AS {quote_ident(c['name'])}"
         if c["name"] in masked
         else quote_ident(c["name"])
-        for c in visible_columns(version, row_filter)
+        for c in _visible_columns(version, row_filter)
     ]
-    return ", ".join(parts) if parts else "NULL AS __no_visible_column"
+    return ", ".join(parts) if parts else f"NULL AS {NO_VISIBLE_COLUMN}"
 
 
 def _parquet_sql(version: SourceVersion, row_filter: RowFilter, where: str) -> str:
@@ -381,7 +381,7 @@ def _parts(version: SourceVersion) -> Iterator[list[str]]:
 
 
 def _canonical(table: pa.Table, version: SourceVersion, row_filter: RowFilter) -> pa.Table:
-    columns = visible_columns(version, row_filter)
+    columns = _visible_columns(version, row_filter)
     if not columns:  # every column hidden: rows without columns (the count stays true)
         return table.select([])
     schema = ingest.schema_for(columns)
@@ -389,7 +389,7 @@ def _canonical(table: pa.Table, version: SourceVersion, row_filter: RowFilter) -
 
 
 def _empty(version: SourceVersion, row_filter: RowFilter) -> pa.Table:
-    return ingest.empty_table(visible_columns(version, row_filter))
+    return ingest.empty_table(_visible_columns(version, row_filter))
 
 
 # ---------------------------------------------------------------------------------------
@@ -651,7 +651,7 @@ def _batches(version: SourceVersion, row_filter: RowFilter, batch_rows: int) -> 
         yield from table.to_batches(max_chunksize=batch_rows)
         return
     where, params = compiled
-    schema = ingest.schema_for(visible_columns(version, row_filter))
+    schema = ingest.schema_for(_visible_columns(version, row_filter))
     cursor = _connection().cursor()
     try:
         with _parts(version) as paths:  # held while the stream lasts: DuckDB opens files as it goes
@@ -671,7 +671,7 @@ def stream_csv(access: SourceAccess, *, batch_rows: int = 65_536, raw: bool = Fa
     """
     version, row_filter = _opened(access)
     compile_filter(version, row_filter)
-    columns = visible_columns(version, row_filter)
+    columns = _visible_columns(version, row_filter)
     return _csv_chunks(columns, _rows_of(access, version, row_filter, batch_rows), raw)
 
 
@@ -682,7 +682,7 @@ def _rows_of(
     target = _live(access)
     if target is None:
         return _batches(version, row_filter, batch_rows)
-    schema = ingest.schema_for(visible_columns(version, row_filter))
+    schema = ingest.schema_for(_visible_columns(version, row_filter))
     return (_conformed(b, schema) for b in live.batches(target, row_filter, batch_rows))
 
 
@@ -725,7 +725,7 @@ def stream_parquet(access: SourceAccess, *, batch_rows: int = 131_072) -> Iterat
     """The filtered rows as one Parquet file, emitted row group by row group."""
     version, row_filter = _opened(access)
     compile_filter(version, row_filter)
-    columns = visible_columns(version, row_filter)
+    columns = _visible_columns(version, row_filter)
     return _parquet_chunks(columns, _rows_of(access, version, row_filter, batch_rows), batch_rows)
 
 

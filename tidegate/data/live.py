@@ -43,6 +43,7 @@ import sqlglot
 from sqlglot import exp
 
 from tidegate.catalog.snapshots import SourceSnapshot, VersionSnapshot
+from tidegate.core.columnrules import NO_VISIBLE_COLUMN
 from tidegate.core.rowfilter import RowFilter
 from tidegate.data import connectors, ingest, sandbox
 from tidegate.data.live_dialect import QUERY_ALIAS, SOURCE_ALIAS, Connection, Dialect
@@ -269,7 +270,7 @@ def _select_list(target: Target, row_filter: RowFilter) -> str:
         else dialect.quote(name)
         for name in _projection(target, row_filter)
     ]
-    return ", ".join(parts) if parts else "NULL AS __no_visible_column"
+    return ", ".join(parts) if parts else f"NULL AS {NO_VISIBLE_COLUMN}"
 
 
 def _filtered_relation(target: Target, row_filter: RowFilter) -> tuple[str, list[Any]] | None:
@@ -310,7 +311,8 @@ def _typed_table(target: Target, names: list[str], rows: list[tuple[Any, ...]]) 
             arrays.append(ingest.convert_values(values, kind, name) if kind else ingest.infer_values(values))
         except InvalidRequest:
             arrays.append(ingest.infer_values(values))
-    return pa.Table.from_arrays(arrays, names=names)
+    table = pa.Table.from_arrays(arrays, names=names)
+    return table.select([]) if names == [NO_VISIBLE_COLUMN] else table  # (rows, no columns)
 
 
 def _empty(target: Target, row_filter: RowFilter) -> pa.Table:
