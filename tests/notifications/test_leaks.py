@@ -67,6 +67,9 @@ def test_a_leaked_key_is_revoked_and_a_webhook_is_told(api, org, receiver, loopb
     with session_scope(org.settings.database_url) as session:  # the token is in no audit row
         rows = session.scalars(select(AuditEvent).where(AuditEvent.org_id == org.id)).all()
         assert not any(leaked in json.dumps(r.details or {}) + (r.path or "") for r in rows)
+    # Done by tidegate on a report it received, not by an operator at the CLI.
+    acted = [r for r in rows if r.action in ("api_key.revoked", "api_key.leak_reported")]
+    assert len(acted) >= 2 and {(r.actor_type, r.actor_id) for r in acted} == {("system", "tidegate")}
 
     run_once(loopback_settings.database_url, loopback_settings.session_key, Policy(retry_base_seconds=1))
 

@@ -8,7 +8,7 @@ through the journal (audit.journal) so that recording never waits on the databas
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, Literal
 
 from sqlalchemy import String
 from sqlalchemy.orm import Session
@@ -83,9 +83,16 @@ def storable(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+# The actor of what tidegate does on its own: its jobs (expiry reminders, retention purges),
+# what it observes (new client addresses, failed-authentication bursts) and reports it receives
+# (leaked keys). `None` is the operator's CLI.
+SERVER: Final = "tidegate"
+Actor = Principal | Literal["tidegate"] | None
+
+
 def record(
     session: Session,
-    actor: Principal | None,
+    actor: Actor,
     action: str,
     *,
     org_id: str,
@@ -94,7 +101,8 @@ def record(
     details: dict[str, Any] | None = None,
     context: RequestContext | None = None,
 ) -> None:
-    """Add one event to the caller's transaction. `actor` None means the operator CLI.
+    """Add one event to the caller's transaction. `actor` None means the operator CLI,
+    `SERVER` tidegate itself.
 
     Recording changes nothing else: a change that can alter access also calls
     `orgs.epoch.bump_access_epoch` itself (tests/test_structure.py checks each does).
@@ -103,9 +111,9 @@ def record(
         AuditEvent(
             **event_row(
                 org_id=org_id,
-                actor_type=actor.actor_type if actor else "system",
-                actor_id=actor.actor_id if actor else "cli",
-                key_id=actor.key_id if actor else None,
+                actor_type=actor.actor_type if isinstance(actor, Principal) else "system",
+                actor_id=actor.actor_id if isinstance(actor, Principal) else (actor or "cli"),
+                key_id=actor.key_id if isinstance(actor, Principal) else None,
                 action=action,
                 target_type=target_type,
                 target_id=target_id,

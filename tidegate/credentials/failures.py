@@ -22,7 +22,7 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tidegate.audit.record import record
+from tidegate.audit.record import SERVER, record
 from tidegate.caching import LRUCache
 from tidegate.credentials.keyformat import DISPLAY_PREFIX_LENGTH
 from tidegate.credentials.models import ApiKey
@@ -101,7 +101,7 @@ def record_burst(session: Session, prefix: str, failures: int, window_seconds: i
         return False
     record(
         session,
-        None,
+        SERVER,
         AUTH_FAILURE_BURST,
         org_id=key.org_id,
         target_type="api_key",

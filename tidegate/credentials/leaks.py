@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tidegate.audit.record import RequestContext, record
+from tidegate.audit.record import SERVER, RequestContext, record
 from tidegate.core.redaction import redact_secrets
 from tidegate.credentials import service
 from tidegate.credentials.hashing import hash_secret
@@ -89,10 +89,10 @@ def report_leaks(
 def _act_on_leak(session: Session, key: ApiKey, report: LeakReport, context: RequestContext | None) -> None:
     status = key.status_at(utcnow())
     if status == "active":
-        service.revoke_key(session, None, key, context=context, via="leak_report")
+        service.revoke_key(session, SERVER, key, context=context, via="leak_report")
     record(
         session,
-        None,
+        SERVER,
         LEAK_REPORTED,
         org_id=key.org_id,
         target_type="api_key",

@@ -17,9 +17,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from tidegate.audit.models import AuditEvent
-from tidegate.audit.record import event_row
+from tidegate.audit.record import SERVER, event_row
 from tidegate.credentials.models import ApiKey
-from tidegate.credentials.usage import SYSTEM_ACTOR
 from tidegate.db import jobs
 from tidegate.db.base import isoformat, utcnow
 from tidegate.db.engine import session_scope
@@ -77,7 +76,7 @@ def remind(session: Session, now: datetime | None = None) -> list[str]:
                 event_row(
                     org_id=key.org_id,
                     actor_type="system",
-                    actor_id=SYSTEM_ACTOR,
+                    actor_id=SERVER,
                     action=EXPIRING_ACTION,
                     target_type="api_key",
                     target_id=key.id,

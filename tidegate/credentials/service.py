@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from tidegate.access.authorize import Rule, authorize, note_scopes_needed
 from tidegate.access.policies import validate_policy_ids
-from tidegate.audit.record import RequestContext, record
+from tidegate.audit.record import Actor, RequestContext, record
 from tidegate.core.principal import Principal
 from tidegate.core.restrictions import SourceSelection
 from tidegate.core.scopes import expand, validate_scopes
@@ -440,7 +440,7 @@ def narrow_source_scope(
 
 def revoke_key(
     session: Session,
-    principal: Principal | None,
+    principal: Actor,
     key: ApiKey,
     *,
     context: RequestContext | None = None,
@@ -464,7 +464,7 @@ def revoke_key(
 
 def _revoke_one(
     session: Session,
-    principal: Principal | None,
+    principal: Actor,
     key: ApiKey,
     now: datetime,
     details: dict[str, Any],
@@ -473,7 +473,7 @@ def _revoke_one(
     if key.revoked_at is not None:
         return
     key.revoked_at = now
-    key.revoked_by = principal.user_id if principal else None
+    key.revoked_by = principal.user_id if isinstance(principal, Principal) else None
     record(
         session,
         principal,

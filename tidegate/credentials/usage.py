@@ -17,11 +17,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tidegate.audit.models import AuditEvent
-from tidegate.audit.record import event_row
+from tidegate.audit.record import SERVER, event_row
 from tidegate.credentials.models import ApiKey, KeyAddress
 
 NEW_IP_ACTION = "api_key.used_from_new_ip"
-SYSTEM_ACTOR = "tidegate"  # the actor_id of events tidegate emits on its own
 
 
 def accepted(event: dict[str, Any]) -> bool:
@@ -168,7 +167,7 @@ def _report_new(session: Session, key_id: str, ips: list[str], seen: dict[tuple[
                 event_row(
                     org_id=entry.org_id,
                     actor_type="system",
-                    actor_id=SYSTEM_ACTOR,
+                    actor_id=SERVER,
                     action=NEW_IP_ACTION,
                     target_type="api_key",
                     target_id=key_id,

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from tidegate.audit.chain import purge_before
-from tidegate.audit.record import record
+from tidegate.audit.record import SERVER, Actor, record
 from tidegate.audit.signing import Signer
 from tidegate.db import jobs
 from tidegate.db.base import utcnow
@@ -48,8 +48,11 @@ class Purged:
     boundary_seq: int
 
 
-def purge_expired(database_url: str, signer: Signer, *, now: datetime | None = None) -> list[Purged]:
-    """Purge every organization's events older than its retention (one transaction each)."""
+def purge_expired(
+    database_url: str, signer: Signer, *, now: datetime | None = None, actor: Actor = SERVER
+) -> list[Purged]:
+    """Purge every organization's events older than its retention (one transaction each);
+    recorded as `actor`'s (tidegate's job, or None: the operator's CLI)."""
     now = now or utcnow()
     with session_scope(database_url) as session:
         retention = list(session.execute(select(Organization.id, Organization.audit_retention_days)))
@@ -61,7 +64,7 @@ def purge_expired(database_url: str, signer: Signer, *, now: datetime | None = N
                 # Recorded (and so chained) after the boundary: the purge itself stays in the log.
                 record(
                     session,
-                    None,
+                    actor,
                     "audit.purged",
                     org_id=org_id,
                     target_type="audit",
@@ -74,7 +77,8 @@ def purge_expired(database_url: str, signer: Signer, *, now: datetime | None = N
 
 
 def purge_now(database_url: str, signer: Signer, *, now: datetime | None = None) -> list[Purged]:
-    return jobs.run_now(database_url, JOB, lambda: purge_expired(database_url, signer, now=now))
+    """`tidegate audit purge`: a round now, recorded as the operator's."""
+    return jobs.run_now(database_url, JOB, lambda: purge_expired(database_url, signer, now=now, actor=None))
 
 
 class PeriodicPurge:

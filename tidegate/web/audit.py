@@ -22,7 +22,7 @@ from starlette.responses import StreamingResponse
 from tidegate.access.models import Group, Policy
 from tidegate.audit.models import AuditEvent
 from tidegate.audit.query import list_events, parse_bound
-from tidegate.audit.record import record
+from tidegate.audit.record import SERVER, record
 from tidegate.audit.usage import Window, events_per_day
 from tidegate.audit.usage import key_activity as key_activity_of
 from tidegate.audit.verify import verify_org
@@ -214,7 +214,7 @@ def actor_label(event: AuditEvent, users: dict[str, str], keys: dict[str, str]) 
         return users.get(event.actor_id, event.actor_id)
     if event.actor_type == "api_key":
         return "key " + keys.get(event.actor_id, event.actor_id)
-    return "operator (CLI)" if event.actor_id == "cli" else event.actor_id
+    return {"cli": "operator (CLI)", SERVER: "tidegate (automatic)"}.get(event.actor_id, event.actor_id)
 
 
 def target_label(
